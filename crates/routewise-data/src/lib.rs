@@ -1,0 +1,115 @@
+//! Routing datasets: what a router learns from.
+//!
+//! A [`Dataset`] is a list of prompts ([`Record`]s); each prompt carries the outcome
+//! ([`Outcome`]: score in `[0, 1]`, cost in USD, token counts) of every model that was
+//! evaluated on it. Models are interned: `Dataset::models` names them and each record's
+//! `outcomes` vector is indexed by model position, `None` where that model has no result
+//! for that prompt (a missing model is normal; routers and metrics skip it).
+//!
+//! Loaders live in [`jsonl`] (canonical routing JSONL, see `../shared/data/README.md`) and
+//! [`csv_wide`] (RouterBench's wide CSV). Both validate everything before returning, so a
+//! dataset is never half-loaded; every error names `file:line` and the field.
+
+pub mod csv_wide;
+mod error;
+pub mod jsonl;
+pub mod split;
+
+use std::path::Path;
+
+pub use error::DataError;
+pub use split::Split;
+
+/// One model's result on one prompt.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Outcome {
+    /// Quality in `[0, 1]` (1 = correct).
+    pub score: f64,
+    /// What this answer cost, in USD (finite, >= 0).
+    pub cost_usd: f64,
+    /// Prompt tokens (estimate when the source gives none).
+    pub input_tokens: u32,
+    /// Completion tokens (estimate when the source gives none).
+    pub output_tokens: u32,
+}
+
+/// One prompt and the outcomes of the models evaluated on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub task: String,
+    pub prompt: String,
+    pub split: Split,
+    /// Indexed like [`Dataset::models`]; `None` where the model was not evaluated.
+    pub outcomes: Vec<Option<Outcome>>,
+}
+
+impl Record {
+    /// Input tokens of this prompt: the largest count any model reported, else chars / 4.
+    pub fn input_tokens(&self) -> u32 {
+        self.outcomes
+            .iter()
+            .flatten()
+            .map(|o| o.input_tokens)
+            .max()
+            .unwrap_or_else(|| estimate_tokens(&self.prompt))
+    }
+}
+
+/// Token estimate used across routewise where no tokenizer count exists: chars / 4,
+/// at least 1 (the same rule the shared data uses).
+pub fn estimate_tokens(text: &str) -> u32 {
+    let chars = text.chars().count() as u64;
+    (chars.div_ceil(4)).clamp(1, u32::MAX as u64) as u32
+}
+
+/// A validated routing dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Display name (the file name it came from).
+    pub name: String,
+    /// Model names, in first-seen order.
+    pub models: Vec<String>,
+    pub records: Vec<Record>,
+}
+
+impl Dataset {
+    /// Loads a dataset, choosing the parser by extension: `.csv` is RouterBench's wide
+    /// CSV, anything else canonical JSONL.
+    pub fn load(path: &Path) -> Result<Dataset, DataError> {
+        let is_csv = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if is_csv {
+            csv_wide::load(path)
+        } else {
+            jsonl::load(path)
+        }
+    }
+
+    pub fn train(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.split == Split::Train)
+    }
+
+    pub fn test(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.split == Split::Test)
+    }
+
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m == name)
+    }
+
+    /// Keeps only the first `n` records of each split (for quick tests and demos).
+    pub fn truncate_per_split(&mut self, n: usize) {
+        let (mut train, mut test) = (0usize, 0usize);
+        self.records.retain(|r| {
+            let c = match r.split {
+                Split::Train => &mut train,
+                Split::Test => &mut test,
+            };
+            *c += 1;
+            *c <= n
+        });
+    }
+}

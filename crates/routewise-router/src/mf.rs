@@ -1,0 +1,6 @@
+//! Matrix-factorisation router (placeholder until the router-lab work lands it).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MfRouter {}

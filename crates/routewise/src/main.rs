@@ -1,0 +1,44 @@
+//! The `routewise` binary: parses the command line and hands each subcommand to a
+//! library crate. Each subcommand lives in its own module under `cmd/`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid input (data, config, artifact).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "routewise",
+    version,
+    about = "An LLM router: gateway and router lab"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Learn a router from routing data and write an artifact.
+    Train(cmd::train::Args),
+    /// Route one prompt with a trained artifact and print the decision as JSON.
+    Route(cmd::route::Args),
+    /// Fit routers on the train split, evaluate them on the test split.
+    Eval(cmd::eval::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => cmd::train::run(a),
+        Command::Route(a) => cmd::route::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => cmd::report_error(&err),
+    }
+}
