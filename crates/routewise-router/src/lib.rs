@@ -86,12 +86,12 @@ pub enum AnyRouter {
 
 impl Router for AnyRouter {
     fn predict_scores(&self, features: &[f32], out: &mut [f64]) {
-        let _ = features;
         match self {
             AnyRouter::BestSingle { mean_scores } => out.copy_from_slice(mean_scores),
-            AnyRouter::Knn(_) | AnyRouter::Linear(_) | AnyRouter::Mlp(_) | AnyRouter::Mf(_) => {
-                out.fill(0.0)
-            }
+            AnyRouter::Knn(r) => r.predict_scores(features, out),
+            AnyRouter::Linear(r) => r.predict_scores(features, out),
+            AnyRouter::Mlp(r) => r.predict_scores(features, out),
+            AnyRouter::Mf(r) => r.predict_scores(features, out),
         }
     }
 }

@@ -28,6 +28,15 @@ enum Command {
     Route(cmd::route::Args),
     /// Fit routers on the train split, evaluate them on the test split.
     Eval(cmd::eval::Args),
+    /// Find the strong/weak threshold that sends a target share of calls to the strong model.
+    Calibrate(cmd::calibrate::Args),
+    /// Run the OpenAI-compatible routing gateway.
+    Serve(cmd::serve::Args),
+    /// Validate a gateway config file and print the errors, or "ok".
+    CheckConfig(cmd::check_config::Args),
+    /// Manage embedding model weights (fetch, list).
+    #[command(subcommand)]
+    Models(cmd::models::Command),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +45,10 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Route(a) => cmd::route::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::CheckConfig(a) => cmd::check_config::run(a),
+        Command::Models(c) => cmd::models::run(c),
     };
     match result {
         Ok(code) => code,

@@ -3,8 +3,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+pub mod calibrate;
+pub mod check_config;
 pub mod eval;
+pub mod eval_online;
+pub mod models;
 pub mod route;
+pub mod serve;
 pub mod train;
 
 /// Prints `err` with its causes to stderr and returns the exit code: 2 when the

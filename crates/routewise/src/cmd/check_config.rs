@@ -1,0 +1,10 @@
+//! `routewise check-config` (placeholder until its issue lands it).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`check-config` is not implemented yet")
+}
