@@ -39,7 +39,10 @@ pub trait Featurizer: Send + Sync {
 
 /// The featurizer stored in an artifact (config enum; see each variant's module).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+///
+/// Externally tagged (serde's default) so the bincode artifact payload can read it back
+/// (bincode cannot deserialise internally tagged enums).
+#[serde(rename_all = "lowercase")]
 pub enum AnyFeaturizer {
     Tfidf(TfidfFeaturizer),
 }

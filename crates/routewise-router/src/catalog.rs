@@ -8,7 +8,17 @@
 //! We predict cost this way, not from neighbours' observed costs, because the gateway
 //! knows real prices and the prompt's real length, and the estimate is then exact up to
 //! the output length.
+//!
+//! Price fit ([`Catalog::fit`]): for each model, over the training prompts where it was
+//! evaluated, minimise `sum (cost - a * input_tokens - b * output_tokens)^2` subject to
+//! `a, b >= 0`. With two unknowns the non-negative least-squares optimum is either the
+//! unconstrained solution (when both prices come out non-negative) or the best of the two
+//! one-price boundary solutions `(a, 0)` and `(0, b)`; we evaluate those candidates and
+//! keep the feasible one with the lowest squared error. When the normal equations are
+//! (nearly) singular, e.g. every prompt has the same output length, input and output
+//! cannot be separated, and one blended per-token price `p = a = b` is fitted instead.
 
+use routewise_data::Record;
 use serde::{Deserialize, Serialize};
 
 /// One model's prices and typical output length.
@@ -39,6 +49,36 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Fits every model's prices and mean output tokens on training records (see the
+    /// module docs). `models` names the models in dataset order; each record's
+    /// `outcomes` is indexed the same way. A model never observed gets zero prices.
+    pub fn fit<'a>(models: &[String], train: impl IntoIterator<Item = &'a Record>) -> Catalog {
+        let n = models.len();
+        let mut acc = vec![PriceAcc::default(); n];
+        for r in train {
+            for (m, o) in r.outcomes.iter().take(n).enumerate() {
+                if let Some(o) = o {
+                    acc[m].add(f64::from(o.input_tokens), f64::from(o.output_tokens), o.cost_usd);
+                }
+            }
+        }
+        Catalog {
+            models: models
+                .iter()
+                .zip(&acc)
+                .map(|(name, a)| {
+                    let (pin, pout) = a.solve();
+                    ModelInfo {
+                        name: name.clone(),
+                        input_per_mtok: pin * 1e6,
+                        output_per_mtok: pout * 1e6,
+                        mean_output_tokens: if a.n > 0.0 { a.sy / a.n } else { 0.0 },
+                    }
+                })
+                .collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.models.len()
     }
@@ -56,5 +96,140 @@ impl Catalog {
         for (o, m) in out.iter_mut().zip(&self.models) {
             *o = m.expected_cost(input_tokens);
         }
+    }
+}
+
+/// Sufficient statistics of the two-price least-squares fit (x = input tokens,
+/// y = output tokens, c = cost).
+#[derive(Debug, Clone, Copy, Default)]
+struct PriceAcc {
+    n: f64,
+    sy: f64,
+    sxx: f64,
+    syy: f64,
+    sxy: f64,
+    sxc: f64,
+    syc: f64,
+    scc: f64,
+}
+
+impl PriceAcc {
+    fn add(&mut self, x: f64, y: f64, c: f64) {
+        self.n += 1.0;
+        self.sy += y;
+        self.sxx += x * x;
+        self.syy += y * y;
+        self.sxy += x * y;
+        self.sxc += x * c;
+        self.syc += y * c;
+        self.scc += c * c;
+    }
+
+    /// Squared error of prices `(a, b)`.
+    fn sse(&self, a: f64, b: f64) -> f64 {
+        self.scc - 2.0 * a * self.sxc - 2.0 * b * self.syc
+            + a * a * self.sxx
+            + 2.0 * a * b * self.sxy
+            + b * b * self.syy
+    }
+
+    /// Non-negative least-squares prices per token `(input, output)`.
+    fn solve(&self) -> (f64, f64) {
+        if self.n == 0.0 {
+            return (0.0, 0.0);
+        }
+        let det = self.sxx * self.syy - self.sxy * self.sxy;
+        let scale = self.sxx * self.syy;
+        if scale <= 0.0 || det <= 1e-9 * scale {
+            // Input and output lengths are collinear (or one is always zero): fit one
+            // blended per-token price on input + output tokens.
+            let szz = self.sxx + 2.0 * self.sxy + self.syy;
+            let p = if szz > 0.0 {
+                ((self.sxc + self.syc) / szz).max(0.0)
+            } else {
+                0.0
+            };
+            return (p, p);
+        }
+        let mut candidates = Vec::with_capacity(3);
+        let a = (self.sxc * self.syy - self.syc * self.sxy) / det;
+        let b = (self.syc * self.sxx - self.sxc * self.sxy) / det;
+        if a >= 0.0 && b >= 0.0 {
+            candidates.push((a, b));
+        }
+        candidates.push(((self.sxc / self.sxx).max(0.0), 0.0));
+        candidates.push((0.0, (self.syc / self.syy).max(0.0)));
+        candidates
+            .into_iter()
+            .min_by(|p, q| self.sse(p.0, p.1).total_cmp(&self.sse(q.0, q.1)))
+            .unwrap_or((0.0, 0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routewise_data::{Outcome, Split};
+
+    fn rec(outs: Vec<Option<(u32, u32, f64)>>) -> Record {
+        Record {
+            id: "x".into(),
+            task: String::new(),
+            prompt: "p".into(),
+            split: Split::Train,
+            outcomes: outs
+                .into_iter()
+                .map(|o| {
+                    o.map(|(i, out, c)| Outcome {
+                        score: 1.0,
+                        cost_usd: c,
+                        input_tokens: i,
+                        output_tokens: out,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn recovers_exact_prices_and_mean_output() {
+        // model 0: $2/Mtok in, $6/Mtok out; model 1 missing on the second prompt.
+        let price = |i: u32, o: u32| (f64::from(i) * 2.0 + f64::from(o) * 6.0) / 1e6;
+        let recs = [
+            rec(vec![Some((100, 10, price(100, 10))), Some((100, 10, 1e-4))]),
+            rec(vec![Some((300, 50, price(300, 50))), None]),
+            rec(vec![Some((50, 200, price(50, 200))), Some((50, 30, 1e-4))]),
+        ];
+        let c = Catalog::fit(&["a".into(), "b".into()], recs.iter());
+        let a = &c.models[0];
+        assert!((a.input_per_mtok - 2.0).abs() < 1e-9, "{a:?}");
+        assert!((a.output_per_mtok - 6.0).abs() < 1e-9, "{a:?}");
+        assert!((a.mean_output_tokens - 260.0 / 3.0).abs() < 1e-9);
+        assert_eq!(c.models[1].mean_output_tokens, 20.0);
+        assert!(c.models[1].input_per_mtok >= 0.0 && c.models[1].output_per_mtok >= 0.0);
+    }
+
+    #[test]
+    fn collinear_tokens_fall_back_to_blended_price_and_never_go_negative() {
+        // Output always twice the input: not separable -> blended price 1/Mtok.
+        let recs: Vec<Record> = (1..5)
+            .map(|k| {
+                let (i, o) = (100 * k, 200 * k);
+                rec(vec![Some((i, o, f64::from(i + o) / 1e6)), Some((i, o, 0.0))])
+            })
+            .collect();
+        let c = Catalog::fit(&["a".into(), "b".into()], recs.iter());
+        assert!((c.models[0].input_per_mtok - 1.0).abs() < 1e-9);
+        assert!((c.models[0].output_per_mtok - 1.0).abs() < 1e-9);
+        assert_eq!(c.models[1].input_per_mtok, 0.0);
+        // Cost falls with input length: the unconstrained slope would be negative.
+        let recs = [
+            rec(vec![Some((100, 10, 3e-4)), Some((1, 1, 0.0))]),
+            rec(vec![Some((200, 30, 2e-4)), Some((1, 1, 0.0))]),
+            rec(vec![Some((300, 20, 1e-4)), Some((1, 1, 0.0))]),
+        ];
+        let c = Catalog::fit(&["a".into(), "b".into()], recs.iter());
+        assert!(c.models[0].input_per_mtok >= 0.0 && c.models[0].output_per_mtok >= 0.0);
+        assert!(c.models[0].expected_cost(100) > 0.0);
     }
 }

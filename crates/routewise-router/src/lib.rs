@@ -6,9 +6,14 @@
 //!   cost of a prompt for a model.
 //! * [`policy`]: CARROT's lambda rule, per-request budget, RouteLLM's strong/weak threshold.
 //! * [`engine`]: featurizer + router + catalog = one routing decision.
-//! * router implementations: see [`AnyRouter`].
+//! * [`artifact`]: the versioned, checksummed file a trained router is saved as.
+//! * [`baselines`]: best-single, cheapest and random reference routers.
+//! * router implementations: see [`AnyRouter`]; [`fit_router`] trains any of them.
 
+pub mod artifact;
+pub mod baselines;
 pub mod catalog;
+mod dataset;
 pub mod engine;
 pub mod knn;
 pub mod linear;
@@ -16,42 +21,21 @@ pub mod mf;
 pub mod mlp;
 pub mod policy;
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
+pub use artifact::{Artifact, ArtifactMeta, ARTIFACT_FORMAT_VERSION};
 pub use catalog::{Catalog, ModelInfo};
 pub use engine::{Decision, Engine};
+pub use knn::{KnnConfig, KnnIndex, KnnRouter};
+pub use linear::{LinearConfig, LinearRouter};
+pub use mf::{MfConfig, MfRouter};
+pub use mlp::{MlpConfig, MlpRouter};
 pub use policy::Policy;
 
-/// Training data for routers: features and outcomes, dense and row-major.
-#[derive(Debug, Clone)]
-pub struct TrainSet {
-    /// `n * dim` features, one row per prompt.
-    pub features: Vec<f32>,
-    pub dim: usize,
-    /// `n * n_models` scores; `f64::NAN` where the model has no outcome for the prompt.
-    pub scores: Vec<f64>,
-    /// `n * n_models` observed costs in USD; `f64::NAN` where missing.
-    pub costs: Vec<f64>,
-    /// Input tokens of each prompt.
-    pub input_tokens: Vec<u32>,
-    pub n_models: usize,
-}
-
-impl TrainSet {
-    pub fn len(&self) -> usize {
-        self.input_tokens.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.input_tokens.is_empty()
-    }
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.features[i * self.dim..(i + 1) * self.dim]
-    }
-    pub fn score(&self, i: usize, m: usize) -> Option<f64> {
-        let s = self.scores[i * self.n_models + m];
-        (!s.is_nan()).then_some(s)
-    }
-}
+pub use dataset::TrainSet;
 
 /// Predicts each model's expected score for one prompt.
 pub trait Router: Send + Sync {
@@ -71,23 +55,30 @@ pub enum RouterError {
 }
 
 /// The routers routewise can train and serve (config enum; serialisable into artifacts).
+///
+/// Externally tagged (the serde default) so that both JSON and bincode (the artifact
+/// payload, which cannot read internally tagged enums) round-trip it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum AnyRouter {
     Knn(knn::KnnRouter),
     Linear(linear::LinearRouter),
     Mlp(mlp::MlpRouter),
     Mf(mf::MfRouter),
     /// Always predicts each model's mean train score: ranks by mean quality.
-    BestSingle {
-        mean_scores: Vec<f64>,
-    },
+    BestSingle { mean_scores: Vec<f64> },
+    /// Ranks the cheapest model first under every policy (see [`baselines::cheapest`]).
+    Cheapest { scores: Vec<f64> },
+    /// Seeded per-prompt uniform random scores (see [`baselines::random_scores`]).
+    Random { seed: u64, n_models: usize },
 }
 
 impl Router for AnyRouter {
     fn predict_scores(&self, features: &[f32], out: &mut [f64]) {
         match self {
             AnyRouter::BestSingle { mean_scores } => out.copy_from_slice(mean_scores),
+            AnyRouter::Cheapest { scores } => out.copy_from_slice(scores),
+            AnyRouter::Random { seed, .. } => baselines::random_scores(features, *seed, out),
             AnyRouter::Knn(r) => r.predict_scores(features, out),
             AnyRouter::Linear(r) => r.predict_scores(features, out),
             AnyRouter::Mlp(r) => r.predict_scores(features, out),
@@ -98,12 +89,139 @@ impl Router for AnyRouter {
 
 impl AnyRouter {
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Which kind of router this is.
+    pub fn kind(&self) -> RouterKind {
         match self {
-            AnyRouter::BestSingle { .. } => "best-single",
-            AnyRouter::Knn(_) => "knn",
-            AnyRouter::Linear(_) => "linear",
-            AnyRouter::Mlp(_) => "mlp",
-            AnyRouter::Mf(_) => "mf",
+            AnyRouter::BestSingle { .. } => RouterKind::BestSingle,
+            AnyRouter::Cheapest { .. } => RouterKind::Cheapest,
+            AnyRouter::Random { .. } => RouterKind::Random,
+            AnyRouter::Knn(_) => RouterKind::Knn,
+            AnyRouter::Linear(_) => RouterKind::Linear,
+            AnyRouter::Mlp(_) => RouterKind::Mlp,
+            AnyRouter::Mf(_) => RouterKind::Mf,
         }
     }
+}
+
+/// The router names accepted on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterKind {
+    Knn,
+    Linear,
+    Mlp,
+    Mf,
+    BestSingle,
+    Cheapest,
+    Random,
+}
+
+impl RouterKind {
+    /// The routers that learn from prompt features.
+    pub const ALL_LEARNED: [RouterKind; 4] = [
+        RouterKind::Knn,
+        RouterKind::Linear,
+        RouterKind::Mlp,
+        RouterKind::Mf,
+    ];
+    /// Every router kind.
+    pub const ALL: [RouterKind; 7] = [
+        RouterKind::Knn,
+        RouterKind::Linear,
+        RouterKind::Mlp,
+        RouterKind::Mf,
+        RouterKind::BestSingle,
+        RouterKind::Cheapest,
+        RouterKind::Random,
+    ];
+
+    /// The command-line name (`knn`, `best-single`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            RouterKind::Knn => "knn",
+            RouterKind::Linear => "linear",
+            RouterKind::Mlp => "mlp",
+            RouterKind::Mf => "mf",
+            RouterKind::BestSingle => "best-single",
+            RouterKind::Cheapest => "cheapest",
+            RouterKind::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for RouterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RouterKind {
+    type Err = RouterError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        RouterKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(t))
+            .ok_or_else(|| RouterError::UnknownRouter(s.to_string()))
+    }
+}
+
+/// Hyper-parameters of every router, plus the seed used by the randomised ones.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct RouterConfigs {
+    #[serde(default)]
+    pub knn: KnnConfig,
+    #[serde(default)]
+    pub linear: LinearConfig,
+    #[serde(default)]
+    pub mlp: MlpConfig,
+    #[serde(default)]
+    pub mf: MfConfig,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Trains a router of `kind` on `train`. `catalog` (fitted on the same training
+/// records) supplies the prices the `cheapest` baseline ranks by.
+pub fn fit_router(
+    kind: RouterKind,
+    train: &TrainSet,
+    catalog: &Catalog,
+    cfg: &RouterConfigs,
+) -> Result<AnyRouter, RouterError> {
+    if train.is_empty() {
+        return Err(RouterError::Fit {
+            router: kind.to_string(),
+            message: "the training set is empty".into(),
+        });
+    }
+    if catalog.len() != train.n_models {
+        return Err(RouterError::Fit {
+            router: kind.to_string(),
+            message: format!(
+                "the catalog has {} models but the training set {}",
+                catalog.len(),
+                train.n_models
+            ),
+        });
+    }
+    Ok(match kind {
+        RouterKind::Knn => AnyRouter::Knn(knn::KnnRouter::fit(train, &cfg.knn)?),
+        RouterKind::Linear => AnyRouter::Linear(linear::LinearRouter::fit(train, &cfg.linear)?),
+        RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp)?),
+        RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf)?),
+        RouterKind::BestSingle => AnyRouter::BestSingle {
+            mean_scores: baselines::mean_scores(train),
+        },
+        RouterKind::Cheapest => AnyRouter::Cheapest {
+            scores: baselines::cheapest(catalog, train),
+        },
+        RouterKind::Random => AnyRouter::Random {
+            seed: cfg.seed,
+            n_models: train.n_models,
+        },
+    })
 }

@@ -1,0 +1,140 @@
+//! Reference routers that ignore (or barely use) the prompt: the yardsticks every
+//! learned router must beat.
+//!
+//! * `best-single`: predicts each model's mean training score, so every prompt goes to
+//!   the model that was best on average (RouterBench's "best single model" line).
+//! * `cheapest`: predicts a constant score, lowered by a tiny epsilon per rank of the
+//!   model's expected cost on a typical (mean-length) training prompt, so the cheapest
+//!   model ranks first under every policy: with `lambda` the cost term only widens the
+//!   gap, with `budget` the cheapest model is the best-scoring affordable one, and with
+//!   `threshold` the strong model's "win" is negative. The epsilon (1e-9 per rank) is far
+//!   below any real score difference, so it never changes anything but ties.
+//! * `random`: per-prompt uniform random scores in `[0, 1)`, drawn from a SplitMix64
+//!   stream seeded by a hash of the prompt's feature bytes and the configured seed. The
+//!   same prompt therefore always gets the same model (reproducible evaluation and stable
+//!   gateway behaviour), while different prompts are spread uniformly.
+
+use crate::{Catalog, TrainSet};
+
+/// Each model's mean training score; a model never observed gets 0.
+pub fn mean_scores(train: &TrainSet) -> Vec<f64> {
+    train
+        .mean_scores()
+        .into_iter()
+        .map(|s| if s.is_nan() { 0.0 } else { s })
+        .collect()
+}
+
+/// Score step between consecutive cost ranks in the `cheapest` baseline.
+pub const CHEAPEST_EPSILON: f64 = 1e-9;
+
+/// Scores of the `cheapest` baseline: `0.5 - CHEAPEST_EPSILON * rank`, where rank 0 is
+/// the model with the lowest expected cost at the training set's mean input length.
+pub fn cheapest(catalog: &Catalog, train: &TrainSet) -> Vec<f64> {
+    let n = catalog.len();
+    let mean_in = if train.is_empty() {
+        0.0
+    } else {
+        train.input_tokens.iter().map(|&t| f64::from(t)).sum::<f64>() / train.len() as f64
+    };
+    let tokens = mean_in.round().clamp(0.0, f64::from(u32::MAX)) as u32;
+    let mut costs = vec![0.0; n];
+    catalog.expected_costs(tokens, &mut costs);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]).then(a.cmp(&b)));
+    let mut scores = vec![0.0; n];
+    for (rank, &m) in order.iter().enumerate() {
+        scores[m] = 0.5 - CHEAPEST_EPSILON * rank as f64;
+    }
+    scores
+}
+
+/// Writes the `random` baseline's scores for a prompt with these features.
+pub fn random_scores(features: &[f32], seed: u64, out: &mut [f64]) {
+    let mut h = seed ^ 0x51_7cc1_b727_220a_95;
+    for &x in features {
+        h = (h.rotate_left(5) ^ u64::from(x.to_bits())).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    let mut state = splitmix64(h ^ features.len() as u64);
+    for o in out.iter_mut() {
+        state = splitmix64(state);
+        // 53 random mantissa bits -> uniform in [0, 1).
+        *o = (state >> 11) as f64 / (1u64 << 53) as f64;
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelInfo;
+
+    fn train(n_models: usize, scores: &[f64]) -> TrainSet {
+        let n = scores.len() / n_models;
+        TrainSet {
+            features: vec![0.0; n],
+            dim: 1,
+            scores: scores.to_vec(),
+            costs: vec![0.0; scores.len()],
+            input_tokens: vec![100; n],
+            n_models,
+        }
+    }
+
+    #[test]
+    fn mean_scores_skip_missing_and_zero_unseen() {
+        let t = train(3, &[1.0, f64::NAN, f64::NAN, 0.0, 0.5, f64::NAN]);
+        assert_eq!(mean_scores(&t), vec![0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn cheapest_ranks_lowest_expected_cost_first_under_every_policy() {
+        let model = |name: &str, p: f64| ModelInfo {
+            name: name.into(),
+            input_per_mtok: p,
+            output_per_mtok: p,
+            mean_output_tokens: 10.0,
+        };
+        let catalog = Catalog {
+            models: vec![model("a", 3.0), model("b", 1.0), model("c", 2.0)],
+        };
+        let t = train(3, &[1.0, 0.0, 0.5]);
+        let s = cheapest(&catalog, &t);
+        let mut costs = vec![0.0; 3];
+        catalog.expected_costs(100, &mut costs);
+        for p in [
+            crate::Policy::Lambda(0.0),
+            crate::Policy::Lambda(5.0),
+            crate::Policy::BudgetUsd(1.0),
+            crate::Policy::BudgetUsd(0.0),
+        ] {
+            assert_eq!(p.rank(&s, &costs), vec![1, 2, 0], "{p:?}");
+        }
+    }
+
+    #[test]
+    fn random_is_deterministic_per_prompt_and_uniformish() {
+        let mut a = vec![0.0; 4];
+        let mut b = vec![0.0; 4];
+        random_scores(&[0.1, 0.2], 7, &mut a);
+        random_scores(&[0.1, 0.2], 7, &mut b);
+        assert_eq!(a, b);
+        random_scores(&[0.1, 0.3], 7, &mut b);
+        assert_ne!(a, b);
+        let mut wins = [0usize; 4];
+        let mut out = vec![0.0; 4];
+        for i in 0..4000 {
+            random_scores(&[i as f32], 1, &mut out);
+            assert!(out.iter().all(|x| (0.0..1.0).contains(x)));
+            let best = (0..4).max_by(|&x, &y| out[x].total_cmp(&out[y])).unwrap();
+            wins[best] += 1;
+        }
+        assert!(wins.iter().all(|&w| (800..1200).contains(&w)), "{wins:?}");
+    }
+}

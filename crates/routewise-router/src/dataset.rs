@@ -1,0 +1,113 @@
+//! Router training data: a dense feature matrix plus every model's observed score and
+//! cost per prompt, built from dataset records and a featurizer.
+//!
+//! A model missing on a prompt is stored as `NaN` in `scores` and `costs`; routers skip
+//! those cells (kNN skips the neighbour for that model, regressions leave the cell out
+//! of the loss).
+
+use routewise_data::Record;
+use routewise_features::Featurizer;
+
+/// Training data for routers: features and outcomes, dense and row-major.
+#[derive(Debug, Clone)]
+pub struct TrainSet {
+    /// `n * dim` features, one row per prompt.
+    pub features: Vec<f32>,
+    pub dim: usize,
+    /// `n * n_models` scores; `f64::NAN` where the model has no outcome for the prompt.
+    pub scores: Vec<f64>,
+    /// `n * n_models` observed costs in USD; `f64::NAN` where missing.
+    pub costs: Vec<f64>,
+    /// Input tokens of each prompt.
+    pub input_tokens: Vec<u32>,
+    pub n_models: usize,
+}
+
+impl TrainSet {
+    /// Featurizes `records` (with [`Featurizer::featurize_batch`]) and collects their
+    /// outcomes. `n_models` is the dataset's model count: each record's `outcomes` is
+    /// indexed by model, cells beyond its length count as missing.
+    pub fn from_records(
+        records: &[&Record],
+        n_models: usize,
+        featurizer: &dyn Featurizer,
+    ) -> TrainSet {
+        let texts: Vec<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+        let features = featurizer.featurize_batch(&texts);
+        let n = records.len();
+        let mut scores = vec![f64::NAN; n * n_models];
+        let mut costs = vec![f64::NAN; n * n_models];
+        for (i, r) in records.iter().enumerate() {
+            for (m, o) in r.outcomes.iter().take(n_models).enumerate() {
+                if let Some(o) = o {
+                    scores[i * n_models + m] = o.score;
+                    costs[i * n_models + m] = o.cost_usd;
+                }
+            }
+        }
+        TrainSet {
+            features,
+            dim: featurizer.dim(),
+            scores,
+            costs,
+            input_tokens: records.iter().map(|r| r.input_tokens()).collect(),
+            n_models,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.input_tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.features[i * self.dim..(i + 1) * self.dim]
+    }
+    pub fn score(&self, i: usize, m: usize) -> Option<f64> {
+        let s = self.scores[i * self.n_models + m];
+        (!s.is_nan()).then_some(s)
+    }
+    pub fn cost(&self, i: usize, m: usize) -> Option<f64> {
+        let c = self.costs[i * self.n_models + m];
+        (!c.is_nan()).then_some(c)
+    }
+
+    /// Each model's mean observed score (`NaN` for a model never observed).
+    pub fn mean_scores(&self) -> Vec<f64> {
+        let mut sum = vec![0.0; self.n_models];
+        let mut cnt = vec![0usize; self.n_models];
+        for row in self.scores.chunks_exact(self.n_models.max(1)) {
+            for (m, &s) in row.iter().enumerate() {
+                if !s.is_nan() {
+                    sum[m] += s;
+                    cnt[m] += 1;
+                }
+            }
+        }
+        sum.iter()
+            .zip(&cnt)
+            .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
+            .collect()
+    }
+
+    /// The subset of rows `idx` (for cross-validation and tuning).
+    pub fn subset(&self, idx: &[usize]) -> TrainSet {
+        let (d, m) = (self.dim, self.n_models);
+        let mut out = TrainSet {
+            features: Vec::with_capacity(idx.len() * d),
+            dim: d,
+            scores: Vec::with_capacity(idx.len() * m),
+            costs: Vec::with_capacity(idx.len() * m),
+            input_tokens: Vec::with_capacity(idx.len()),
+            n_models: m,
+        };
+        for &i in idx {
+            out.features.extend_from_slice(self.row(i));
+            out.scores.extend_from_slice(&self.scores[i * m..(i + 1) * m]);
+            out.costs.extend_from_slice(&self.costs[i * m..(i + 1) * m]);
+            out.input_tokens.push(self.input_tokens[i]);
+        }
+        out
+    }
+}
