@@ -80,6 +80,32 @@ impl Policy {
     }
 }
 
+/// RouteLLM calibration (Ong et al., 2024): the threshold that sends `strong_share` of
+/// the given prompts to the strong model under [`Policy::Threshold`] (strong when
+/// `win > threshold`), where `wins[i]` is the predicted `score[strong] - score[weak]` of
+/// prompt `i`. With `k = round(strong_share * n)`, the threshold is the midpoint between
+/// the `k`-th and `(k+1)`-th largest wins, so exactly `k` prompts route strong unless
+/// wins tie at the boundary; share 0 gives the largest win (nobody strictly above it) and
+/// share 1 gives one below the smallest. `None` for no prompts, a non-finite win, or a
+/// share outside `[0, 1]`.
+pub fn calibrate_threshold(wins: &[f64], strong_share: f64) -> Option<f64> {
+    if wins.is_empty()
+        || !(0.0..=1.0).contains(&strong_share)
+        || wins.iter().any(|w| !w.is_finite())
+    {
+        return None;
+    }
+    let mut sorted = wins.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a)); // descending
+    let n = sorted.len();
+    let k = ((strong_share * n as f64).round() as usize).min(n);
+    Some(match k {
+        0 => sorted[0],
+        k if k == n => sorted[n - 1] - 1.0,
+        k => 0.5 * (sorted[k - 1] + sorted[k]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +138,23 @@ mod tests {
         };
         assert_eq!(p.rank(&[0.9, 0.7], &[1.0, 0.1])[0], 0);
         assert_eq!(p.rank(&[0.75, 0.7], &[1.0, 0.1])[0], 1);
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn calibrated_threshold_sends_the_target_share_strong() {
+        let wins: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0 - 0.3).collect();
+        for share in [0.0, 0.1, 0.3, 0.55, 1.0] {
+            let t = calibrate_threshold(&wins, share).unwrap();
+            let p = Policy::Threshold { strong: 0, weak: 1, threshold: t };
+            let strong = wins
+                .iter()
+                .filter(|&&w| p.rank(&[w, 0.0], &[1.0, 0.1])[0] == 0)
+                .count();
+            assert_eq!(strong, (share * 100.0_f64).round() as usize, "share {share}");
+        }
+        assert!(calibrate_threshold(&[], 0.3).is_none());
+        assert!(calibrate_threshold(&[0.1], 1.5).is_none());
+        assert!(calibrate_threshold(&[f64::NAN], 0.5).is_none());
     }
 }

@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod check_config;
 pub mod eval;
 pub mod eval_online;
+pub mod featurize;
 pub mod models;
 pub mod route;
 pub mod serve;
