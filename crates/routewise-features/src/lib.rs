@@ -2,13 +2,76 @@
 //!
 //! Every router works on the output of a [`Featurizer`]; which one is used is recorded in
 //! the router artifact as an [`AnyFeaturizer`]. The embedded default is [`tfidf`]
-//! (hashed TF-IDF; no download, deterministic).
+//! (hashed TF-IDF; no download, deterministic). Neural embeddings whose weights are
+//! fetched with `routewise models fetch`: [`static_embed`] (model2vec-style token lookup,
+//! feature `static-embed`) and [`minilm`] (all-MiniLM-L6-v2 on candle, feature `minilm`).
+//! Artifacts store only their model name and file hashes; the weights are resolved from
+//! the models directory ([`weights`]) when the featurizer is loaded.
 
+#[cfg(feature = "minilm")]
+pub mod distill;
+pub mod minilm;
+#[cfg(feature = "minilm")]
+pub mod pca;
+pub mod pooling;
+pub mod static_embed;
 pub mod tfidf;
+pub mod weights;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use minilm::MiniLmFeaturizer;
+pub use static_embed::StaticFeaturizer;
 pub use tfidf::{TfidfConfig, TfidfFeaturizer};
+
+/// Errors from loading embedding weights or running an embedding model.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error("weights of model `{model}` not found: missing {path}; fetch them with: {fetch}")]
+    MissingWeights {
+        model: String,
+        path: PathBuf,
+        fetch: String,
+    },
+    #[error(
+        "{path}: sha256 {actual} differs from the expected {expected}; re-fetch with: {fetch}"
+    )]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        fetch: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the `{featurizer}` featurizer needs routewise built with the cargo feature `{feature}`"
+    )]
+    Disabled {
+        featurizer: &'static str,
+        feature: &'static str,
+    },
+    #[error("invalid model files in {path}: {message}")]
+    BadModel { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("model inference: {0}")]
+    Inference(String),
+}
+
+impl FeatureError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        FeatureError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 /// Turns a prompt into a fixed-size, L2-normalised dense vector.
 pub trait Featurizer: Send + Sync {
@@ -45,6 +108,8 @@ pub trait Featurizer: Send + Sync {
 #[serde(rename_all = "lowercase")]
 pub enum AnyFeaturizer {
     Tfidf(TfidfFeaturizer),
+    Static(StaticFeaturizer),
+    MiniLm(MiniLmFeaturizer),
 }
 
 impl AnyFeaturizer {
@@ -52,6 +117,19 @@ impl AnyFeaturizer {
     pub fn name(&self) -> &'static str {
         match self {
             AnyFeaturizer::Tfidf(_) => "tfidf",
+            AnyFeaturizer::Static(_) => "static",
+            AnyFeaturizer::MiniLm(_) => "minilm",
+        }
+    }
+
+    /// Loads the weights a neural featurizer needs (no-op for TF-IDF). Call this after
+    /// deserialising an artifact: until it succeeds, a neural featurizer writes zero
+    /// vectors. The error names the command that fetches missing weights.
+    pub fn load(&self) -> Result<(), FeatureError> {
+        match self {
+            AnyFeaturizer::Tfidf(_) => Ok(()),
+            AnyFeaturizer::Static(f) => f.load(),
+            AnyFeaturizer::MiniLm(f) => f.load(),
         }
     }
 }
@@ -60,18 +138,24 @@ impl Featurizer for AnyFeaturizer {
     fn dim(&self) -> usize {
         match self {
             AnyFeaturizer::Tfidf(f) => f.dim(),
+            AnyFeaturizer::Static(f) => f.dim(),
+            AnyFeaturizer::MiniLm(f) => f.dim(),
         }
     }
 
     fn featurize_into(&self, text: &str, out: &mut [f32]) {
         match self {
             AnyFeaturizer::Tfidf(f) => f.featurize_into(text, out),
+            AnyFeaturizer::Static(f) => f.featurize_into(text, out),
+            AnyFeaturizer::MiniLm(f) => f.featurize_into(text, out),
         }
     }
 
     fn featurize_batch(&self, texts: &[&str]) -> Vec<f32> {
         match self {
             AnyFeaturizer::Tfidf(f) => f.featurize_batch(texts),
+            AnyFeaturizer::Static(f) => f.featurize_batch(texts),
+            AnyFeaturizer::MiniLm(f) => f.featurize_batch(texts),
         }
     }
 }

@@ -1,0 +1,2 @@
+//! Latency benchmarks for the embedding featurizers (filled in below).
+fn main() {}
