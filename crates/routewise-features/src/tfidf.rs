@@ -177,7 +177,8 @@ impl Scratch {
                 } else {
                     let mut buf = [0u8; 4];
                     for l in c.to_lowercase() {
-                        self.norm.extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
+                        self.norm
+                            .extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
                     }
                 }
                 i += c.len_utf8();
@@ -236,7 +237,11 @@ impl Scratch {
             }
             add(table, used, to_bucket(h));
             if let Some(p) = prev {
-                add(table, used, to_bucket(step(p ^ BIGRAM_SEED, 0).wrapping_add(h)));
+                add(
+                    table,
+                    used,
+                    to_bucket(step(p ^ BIGRAM_SEED, 0).wrapping_add(h)),
+                );
             }
             prev = Some(h);
         }
@@ -267,9 +272,22 @@ fn add(table: &mut [(u32, u32)], used: &mut Vec<u32>, bucket: u32) {
 const fn tf_table() -> [f32; 16] {
     // ln(k) for k = 1..16, to f32 precision.
     [
-        1.0, 1.693_147_2, 2.098_612_3, 2.386_294_4, 2.609_438, 2.791_759_5, 2.945_910_1,
-        3.079_441_5, 3.197_224_6, 3.302_585, 3.397_895_3, 3.484_906_6, 3.564_949_4,
-        3.639_057_4, 3.708_050_2, 3.772_588_7,
+        1.0,
+        1.693_147_2,
+        2.098_612_3,
+        2.386_294_4,
+        2.609_438,
+        2.791_759_5,
+        2.945_910_1,
+        3.079_441_5,
+        3.197_224_6,
+        3.302_585,
+        3.397_895_3,
+        3.484_906_6,
+        3.564_949_4,
+        3.639_057_4,
+        3.708_050_2,
+        3.772_588_7,
     ]
 }
 const TF: [f32; 16] = tf_table();
@@ -409,7 +427,12 @@ mod tests {
         let q = f.featurize("Write a Python function that returns the product of a list.");
         let near = f.featurize("Write a Python function that returns the maximum of a list.");
         let far = f.featurize("Which planet is closest to the sun? A. Mars B. Mercury");
-        assert!(dot(&q, &near) > dot(&q, &far) + 0.3, "{} vs {}", dot(&q, &near), dot(&q, &far));
+        assert!(
+            dot(&q, &near) > dot(&q, &far) + 0.3,
+            "{} vs {}",
+            dot(&q, &near),
+            dot(&q, &far)
+        );
     }
 
     #[test]
@@ -422,12 +445,20 @@ mod tests {
         let count = |s: &mut Scratch, t: &str| {
             s.normalise(t, usize::MAX);
             s.count_terms(&f.config);
-            s.used.iter().map(|&i| s.table[i as usize].0).collect::<Vec<_>>()
+            s.used
+                .iter()
+                .map(|&i| s.table[i as usize].0)
+                .collect::<Vec<_>>()
         };
         let common = count(&mut s, "common");
         let rare = count(&mut s, "zebra");
         let mean = |bs: &[u32]| bs.iter().map(|&b| f.idf(b)).sum::<f32>() / bs.len() as f32;
-        assert!(mean(&common) + 1.0 < mean(&rare), "{} {}", mean(&common), mean(&rare));
+        assert!(
+            mean(&common) + 1.0 < mean(&rare),
+            "{} {}",
+            mean(&common),
+            mean(&rare)
+        );
     }
 
     #[test]
@@ -437,13 +468,18 @@ mod tests {
             ..TfidfConfig::default()
         };
         let f = TfidfFeaturizer::fit(&corpus(), cfg);
-        let long = format!("héllo start {} the question at the end", "filler ".repeat(1000));
+        let long = format!(
+            "héllo start {} the question at the end",
+            "filler ".repeat(1000)
+        );
         let v = f.featurize(&long);
         assert!((dot(&v, &v) - 1.0).abs() < 1e-5);
         let mut s = Scratch::default();
         s.normalise(&long, 64);
         assert!(s.norm.len() <= 70);
-        assert!(std::str::from_utf8(&s.norm).unwrap().ends_with("at the end "));
+        assert!(std::str::from_utf8(&s.norm)
+            .unwrap()
+            .ends_with("at the end "));
     }
 
     #[test]

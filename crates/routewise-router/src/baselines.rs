@@ -35,7 +35,12 @@ pub fn cheapest(catalog: &Catalog, train: &TrainSet) -> Vec<f64> {
     let mean_in = if train.is_empty() {
         0.0
     } else {
-        train.input_tokens.iter().map(|&t| f64::from(t)).sum::<f64>() / train.len() as f64
+        train
+            .input_tokens
+            .iter()
+            .map(|&t| f64::from(t))
+            .sum::<f64>()
+            / train.len() as f64
     };
     let tokens = mean_in.round().clamp(0.0, f64::from(u32::MAX)) as u32;
     let mut costs = vec![0.0; n];
@@ -51,7 +56,7 @@ pub fn cheapest(catalog: &Catalog, train: &TrainSet) -> Vec<f64> {
 
 /// Writes the `random` baseline's scores for a prompt with these features.
 pub fn random_scores(features: &[f32], seed: u64, out: &mut [f64]) {
-    let mut h = seed ^ 0x51_7cc1_b727_220a_95;
+    let mut h = seed ^ 0x2545_f491_4f6c_dd1d;
     for &x in features {
         h = (h.rotate_left(5) ^ u64::from(x.to_bits())).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
@@ -72,6 +77,7 @@ fn splitmix64(x: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::ModelInfo;
 

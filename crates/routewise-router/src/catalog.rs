@@ -58,7 +58,11 @@ impl Catalog {
         for r in train {
             for (m, o) in r.outcomes.iter().take(n).enumerate() {
                 if let Some(o) = o {
-                    acc[m].add(f64::from(o.input_tokens), f64::from(o.output_tokens), o.cost_usd);
+                    acc[m].add(
+                        f64::from(o.input_tokens),
+                        f64::from(o.output_tokens),
+                        o.cost_usd,
+                    );
                 }
             }
         }
@@ -168,6 +172,7 @@ impl PriceAcc {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use routewise_data::{Outcome, Split};
 
@@ -215,7 +220,10 @@ mod tests {
         let recs: Vec<Record> = (1..5)
             .map(|k| {
                 let (i, o) = (100 * k, 200 * k);
-                rec(vec![Some((i, o, f64::from(i + o) / 1e6)), Some((i, o, 0.0))])
+                rec(vec![
+                    Some((i, o, f64::from(i + o) / 1e6)),
+                    Some((i, o, 0.0)),
+                ])
             })
             .collect();
         let c = Catalog::fit(&["a".into(), "b".into()], recs.iter());

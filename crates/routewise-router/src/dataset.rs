@@ -104,7 +104,8 @@ impl TrainSet {
         };
         for &i in idx {
             out.features.extend_from_slice(self.row(i));
-            out.scores.extend_from_slice(&self.scores[i * m..(i + 1) * m]);
+            out.scores
+                .extend_from_slice(&self.scores[i * m..(i + 1) * m]);
             out.costs.extend_from_slice(&self.costs[i * m..(i + 1) * m]);
             out.input_tokens.push(self.input_tokens[i]);
         }

@@ -66,11 +66,18 @@ pub enum AnyRouter {
     Mlp(mlp::MlpRouter),
     Mf(mf::MfRouter),
     /// Always predicts each model's mean train score: ranks by mean quality.
-    BestSingle { mean_scores: Vec<f64> },
+    BestSingle {
+        mean_scores: Vec<f64>,
+    },
     /// Ranks the cheapest model first under every policy (see [`baselines::cheapest`]).
-    Cheapest { scores: Vec<f64> },
+    Cheapest {
+        scores: Vec<f64>,
+    },
     /// Seeded per-prompt uniform random scores (see [`baselines::random_scores`]).
-    Random { seed: u64, n_models: usize },
+    Random {
+        seed: u64,
+        n_models: usize,
+    },
 }
 
 impl Router for AnyRouter {

@@ -73,7 +73,10 @@ impl Policy {
                 let second = if first == strong { weak } else { strong };
                 idx.retain(|&i| i != first && i != second);
                 idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-                idx.insert(0, second);
+                // strong == weak: rank that model once (the ranking is a permutation).
+                if second != first {
+                    idx.insert(0, second);
+                }
                 idx.insert(0, first);
             }
         }
@@ -146,12 +149,20 @@ mod tests {
         let wins: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0 - 0.3).collect();
         for share in [0.0, 0.1, 0.3, 0.55, 1.0] {
             let t = calibrate_threshold(&wins, share).unwrap();
-            let p = Policy::Threshold { strong: 0, weak: 1, threshold: t };
+            let p = Policy::Threshold {
+                strong: 0,
+                weak: 1,
+                threshold: t,
+            };
             let strong = wins
                 .iter()
                 .filter(|&&w| p.rank(&[w, 0.0], &[1.0, 0.1])[0] == 0)
                 .count();
-            assert_eq!(strong, (share * 100.0_f64).round() as usize, "share {share}");
+            assert_eq!(
+                strong,
+                (share * 100.0_f64).round() as usize,
+                "share {share}"
+            );
         }
         assert!(calibrate_threshold(&[], 0.3).is_none());
         assert!(calibrate_threshold(&[0.1], 1.5).is_none());

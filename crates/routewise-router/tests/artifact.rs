@@ -1,0 +1,149 @@
+//! Artifact round trip and the errors for newer, corrupt, truncated and foreign files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use routewise_data::Record;
+use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_router::{
+    fit_router, Artifact, Catalog, Policy, RouterConfigs, RouterError, RouterKind, TrainSet,
+    ARTIFACT_FORMAT_VERSION,
+};
+
+fn artifact(kind: RouterKind) -> (Artifact, Vec<Record>) {
+    let ds = common::dataset(300, 2);
+    let train: Vec<&Record> = ds.train().collect();
+    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
+    let f = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(
+        &texts,
+        TfidfConfig {
+            dim: 32,
+            ..TfidfConfig::default()
+        },
+    ));
+    let ts = TrainSet::from_records(&train, ds.models.len(), &f);
+    let catalog = Catalog::fit(&ds.models, train.iter().copied());
+    let router = fit_router(kind, &ts, &catalog, &RouterConfigs::default()).unwrap();
+    (
+        Artifact::new("synthetic.jsonl", f, router, catalog, ts.len()),
+        ds.test().cloned().collect(),
+    )
+}
+
+#[test]
+fn every_router_round_trips_with_identical_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in RouterKind::ALL {
+        let (a, test) = artifact(kind);
+        let path = dir.path().join(format!("{kind}.rw"));
+        a.save(&path).unwrap();
+        let b = Artifact::load(&path).unwrap();
+        assert_eq!(b.meta, a.meta);
+        assert_eq!(b.meta.router, kind.name());
+        assert_eq!(b.meta.featurizer, "tfidf");
+        assert_eq!(b.meta.models, ["a", "b", "c"]);
+        assert_eq!(b.meta.format_version, ARTIFACT_FORMAT_VERSION);
+        assert_eq!(b.catalog, a.catalog);
+        let (ea, eb) = (a.into_engine(), b.into_engine());
+        for r in &test {
+            for p in [
+                Policy::Lambda(0.0),
+                Policy::Lambda(50.0),
+                Policy::BudgetUsd(1e-4),
+            ] {
+                let (x, y) = (
+                    ea.decide(&r.prompt, r.input_tokens(), p),
+                    eb.decide(&r.prompt, r.input_tokens(), p),
+                );
+                assert_eq!(x.ranking, y.ranking, "{kind}");
+                assert_eq!(x.scores, y.scores, "{kind}");
+                assert_eq!(x.costs, y.costs, "{kind}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_header_is_human_readable() {
+    let (a, _) = artifact(RouterKind::Knn);
+    let bytes = a.to_bytes().unwrap();
+    let head = String::from_utf8_lossy(&bytes[..600.min(bytes.len())]);
+    assert!(head.starts_with("ROUTEWISE-ARTIFACT format=1 "), "{head}");
+    assert!(head.contains("\"router\": \"knn\""), "{head}");
+    assert!(head.contains("\"dataset\": \"synthetic.jsonl\""), "{head}");
+}
+
+fn artifact_err(r: Result<Artifact, RouterError>) -> String {
+    match r {
+        Err(e @ RouterError::Artifact(_)) => e.to_string(),
+        Err(other) => panic!("not an artifact error: {other}"),
+        Ok(_) => panic!("loaded"),
+    }
+}
+
+#[test]
+fn a_newer_format_is_refused_naming_both_versions() {
+    let (a, _) = artifact(RouterKind::BestSingle);
+    let bytes = a.to_bytes().unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let line_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let newer = ARTIFACT_FORMAT_VERSION + 1;
+    let mut b = text[..line_end]
+        .replace(
+            &format!("format={ARTIFACT_FORMAT_VERSION}"),
+            &format!("format={newer}"),
+        )
+        .into_bytes();
+    b.extend_from_slice(&bytes[line_end..]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("newer.rw");
+    std::fs::write(&path, &b).unwrap();
+    let e = artifact_err(Artifact::load(&path));
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains(&format!("format version {newer}"))
+            && e.contains(&format!("format version {ARTIFACT_FORMAT_VERSION}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_files_are_refused() {
+    let (a, _) = artifact(RouterKind::Knn);
+    let bytes = a.to_bytes().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "flipped.rw",
+            {
+                let mut b = bytes.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x55;
+                b
+            },
+            "checksum",
+        ),
+        (
+            "truncated.rw",
+            bytes[..bytes.len() - 100].to_vec(),
+            "checksum",
+        ),
+        ("tiny.rw", bytes[..40].to_vec(), "not a routewise artifact"),
+        (
+            "text.rw",
+            b"{\"hello\": \"world\"}\n".to_vec(),
+            "not a routewise artifact",
+        ),
+        ("empty.rw", Vec::new(), "not a routewise artifact"),
+    ];
+    for (name, b, want) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &b).unwrap();
+        let e = artifact_err(Artifact::load(&path));
+        assert!(e.contains(want), "{name}: {e}");
+        assert!(e.starts_with(&path.display().to_string()), "{name}: {e}");
+    }
+    let missing = dir.path().join("missing.rw");
+    let e = artifact_err(Artifact::load(&missing));
+    assert!(e.contains("missing.rw") && e.contains("cannot read"), "{e}");
+}
