@@ -14,7 +14,8 @@
 //! read, so future layouts can change freely), the checksum (a truncated or corrupted
 //! file is refused), then the header and the payload. The featurizer and the router are
 //! stored as their config enums ([`AnyFeaturizer`], [`AnyRouter`]), so adding variants
-//! (new featurizers, new routers) keeps old artifacts loadable.
+//! (new featurizers, new routers) keeps old artifacts loadable; a neural featurizer's
+//! weights are resolved ([`AnyFeaturizer::load`]) while the artifact is read.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -204,6 +205,14 @@ impl Artifact {
                 "corrupt artifact: the header's models differ from the catalog's",
             ));
         }
+        // Neural featurizers resolve their weights now, so a missing download is a clear
+        // error at load time rather than zero vectors at routing time (no-op for tfidf).
+        payload.featurizer.load().map_err(|e| {
+            err(format!(
+                "cannot load the `{}` featurizer: {e}",
+                meta.featurizer
+            ))
+        })?;
         Ok(Artifact {
             meta,
             featurizer: payload.featurizer,
