@@ -1,10 +1,31 @@
-//! `routewise check-config` (placeholder until its issue lands it).
+//! `routewise check-config FILE`: validates a gateway config the way `serve` would (the
+//! file, environment overrides, API-key variables, the router artifact and its agreement
+//! with the `models` list) and prints every problem, or `ok`. Exit code 2 on errors.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use routewise_gateway::{load, LoadError};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`check-config` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// The gateway config file (YAML).
+    pub file: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match load::from_file(&args.file) {
+        Ok(state) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "ok ({} models, router {})",
+                state.upstreams.len(),
+                state.engine.router.name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(LoadError::Config(e)) => Ok(super::serve::config_errors(&e)),
+        Err(e) => Err(e.into()),
+    }
 }

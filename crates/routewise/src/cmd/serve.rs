@@ -1,10 +1,122 @@
-//! `routewise serve` (placeholder until its issue lands it).
+//! `routewise serve`: runs the OpenAI-compatible routing gateway.
+//!
+//! With `--config FILE` (or `ROUTEWISE_CONFIG`) it serves that config; with none it runs
+//! the embedded DEMO (RouterBench replay models, no keys needed). Logs go to stderr,
+//! filtered by `ROUTEWISE_LOG` (default `info`; e.g. `warn` hides the per-decision lines),
+//! as text or JSON (`--log-format json`). Stops on Ctrl-C / SIGTERM after draining.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use routewise_gateway::{load, LoadError};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`serve` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Gateway config (YAML). Without it the embedded demo runs.
+    #[arg(long, env = "ROUTEWISE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address (overrides the config's `listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTEWISE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Writes config errors to stderr; exit code 2.
+pub fn config_errors(e: &routewise_gateway::ConfigError) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{e}");
+    ExitCode::from(2)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let demo = args.config.is_none();
+    let state = match &args.config {
+        Some(path) => load::from_file(path),
+        None => load::demo(),
+    };
+    let state = match state {
+        Ok(s) => s,
+        Err(LoadError::Config(e)) => return Ok(config_errors(&e)),
+        Err(e) => return Err(e.into()),
+    };
+    let addr = args.listen.unwrap_or(state.config.listen);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        if demo {
+            tracing::warn!(
+                "DEMO MODE: no --config given; serving the embedded demo. Every model is answered \
+                 by the `replay` provider from recorded RouterBench outcomes: no real model is called."
+            );
+        }
+        tracing::info!(
+            listen = %local,
+            config = %state.config.source,
+            models = state.upstreams.len(),
+            router = state.engine.router.name(),
+            "routewise gateway listening on http://{local}"
+        );
+        routewise_gateway::serve(listener, state, shutdown_signal())
+            .await
+            .context("server error")?;
+        tracing::info!("routewise gateway stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

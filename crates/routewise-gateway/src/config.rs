@@ -1,0 +1,824 @@
+//! Gateway configuration: YAML in, a validated [`Config`] out, in two phases.
+//!
+//! 1. The file is read as a YAML tree; environment overrides are applied to the tree.
+//! 2. Each section is deserialised into raw serde structs (`deny_unknown_fields`) and then
+//!    checked (URLs, ranges, uniqueness, environment variables for keys). Every problem is
+//!    collected, not just the first, and names the file and the field path, e.g.
+//!    `gateway.yaml: models[2].base_url: relative URL without a base`.
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8080
+//! router:
+//!   artifact: router.rw          # optional; relative to this file; default: the embedded demo router
+//!   policy: {lambda: 0.5}        # or {budget_usd: 0.002}; default {lambda: 0}
+//! models:
+//!   - name: gpt-4-1106-preview
+//!     provider: openai           # openai (any OpenAI-compatible upstream) or replay (demo)
+//!     base_url: http://127.0.0.1:9001/v1
+//!     api_key_env: OPENAI_API_KEY
+//!     upstream_model: gpt-4-1106-preview
+//!     price: {input_per_mtok: 10.0, output_per_mtok: 30.0}
+//!     context_window: 128000
+//! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000}
+//! cooldown: {failures: 3, seconds: 30}
+//! ```
+//!
+//! Environment overrides: `ROUTEWISE_<PATH>=value`, where PATH is the key path upper-cased
+//! with `__` between levels and list indices as numbers, e.g. `ROUTEWISE_LISTEN`,
+//! `ROUTEWISE_ROUTER__POLICY__LAMBDA`, `ROUTEWISE_LIMITS__MAX_ATTEMPTS`,
+//! `ROUTEWISE_MODELS__0__BASE_URL`. Values are parsed as YAML scalars. Setting one of
+//! `ROUTER__POLICY__LAMBDA` / `ROUTER__POLICY__BUDGET_USD` replaces the file's policy.
+//! `ROUTEWISE_CONFIG` and `ROUTEWISE_LOG` are command-line settings, not overrides.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use routewise_router::Policy;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+/// Variables with the `ROUTEWISE_` prefix that are not config overrides.
+pub const RESERVED_ENV: &[&str] = &["ROUTEWISE_CONFIG", "ROUTEWISE_LOG"];
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (file name, or `<embedded demo>`), for messages.
+    pub source: String,
+    pub listen: SocketAddr,
+    pub router: RouterConfig,
+    pub models: Vec<ModelConfig>,
+    pub limits: Limits,
+    pub cooldown: CooldownConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Router artifact; `None` serves the embedded demo router.
+    pub artifact: Option<PathBuf>,
+    /// Policy used when a request gives none.
+    pub policy: Policy,
+}
+
+/// How the gateway reaches a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// Any OpenAI-compatible HTTP upstream.
+    OpenAi,
+    /// The built-in demo provider answering from recorded outcomes.
+    Replay,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Replay => "replay",
+        }
+    }
+}
+
+/// An upstream API key. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The key itself: only for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Configured list prices, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub provider: Provider,
+    /// Base URL without a trailing slash (`http://host:port/v1`); empty for `replay`.
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub api_key: Option<Secret>,
+    pub upstream_model: String,
+    pub price: Option<Price>,
+    pub context_window: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Per attempt: time allowed until the upstream's first byte (and, for non-streaming
+    /// calls, its whole body); for streams also the longest pause between two chunks.
+    pub request_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout_ms: 60_000,
+            max_attempts: 3,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A model failing `failures` times in a row is skipped for `seconds`, then probed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CooldownConfig {
+    pub failures: u32,
+    pub seconds: f64,
+}
+
+impl Default for CooldownConfig {
+    fn default() -> Self {
+        CooldownConfig {
+            failures: 3,
+            seconds: 30.0,
+        }
+    }
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    /// Field path (`models[2].base_url`), or empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub issues: Vec<Issue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            if issue.path.is_empty() {
+                write!(f, "{}: {}", self.file, issue.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file, issue.path, issue.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    pub fn single(file: &str, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            issues: vec![Issue {
+                path: path.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    #[serde(default)]
+    artifact: Option<String>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    lambda: Option<f64>,
+    #[serde(default)]
+    budget_usd: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
+    price: Option<Price>,
+    #[serde(default)]
+    context_window: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
+    #[serde(default)]
+    request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCooldown {
+    #[serde(default)]
+    failures: Option<u32>,
+    #[serde(default)]
+    seconds: Option<f64>,
+}
+
+const TOP_KEYS: &[&str] = &["listen", "router", "models", "limits", "cooldown"];
+
+/// Reads, overrides from the process environment, and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single(&file, "", format!("cannot read: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base, std::env::vars(), |k| {
+        std::env::var(k).ok()
+    })
+}
+
+/// Parses and validates config text.
+///
+/// `file` names the source in messages, `base_dir` resolves a relative artifact path,
+/// `overrides` are candidate `ROUTEWISE_*` variables and `getenv` reads API keys.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    overrides: impl IntoIterator<Item = (String, String)>,
+    getenv: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let err = |issues: Vec<Issue>| ConfigError {
+        file: file.to_string(),
+        issues,
+    };
+    let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
+        err(vec![Issue {
+            path: String::new(),
+            message: format!("invalid YAML: {e}"),
+        }])
+    })?;
+    if tree.is_null() {
+        tree = Value::Mapping(Mapping::new());
+    }
+    let mut issues = Vec::new();
+    apply_overrides(&mut tree, overrides, &mut issues);
+    let Value::Mapping(map) = tree else {
+        return Err(err(vec![Issue {
+            path: String::new(),
+            message: "the top level must be a mapping".into(),
+        }]));
+    };
+    let mut v = Validator {
+        issues,
+        getenv: &getenv,
+    };
+    for key in map.keys() {
+        let name = key.as_str().unwrap_or("<non-string key>");
+        if !TOP_KEYS.contains(&name) {
+            v.issue(
+                name,
+                format!("unknown field, expected one of {}", TOP_KEYS.join(", ")),
+            );
+        }
+    }
+    let listen = match map.get("listen") {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(val) => v.listen(val),
+    };
+    let router: RawRouter = v.section(map.get("router"), "router").unwrap_or_default();
+    let limits: RawLimits = v.section(map.get("limits"), "limits").unwrap_or_default();
+    let cooldown: RawCooldown = v
+        .section(map.get("cooldown"), "cooldown")
+        .unwrap_or_default();
+    let policy = v.policy(router.policy.as_ref());
+    let artifact = router.artifact.map(|a| {
+        let p = PathBuf::from(a);
+        if p.is_relative() {
+            base_dir.join(p)
+        } else {
+            p
+        }
+    });
+    let limits = v.limits(&limits);
+    let cooldown = v.cooldown(&cooldown);
+    let models = match map.get("models") {
+        None => {
+            v.issue("models", "missing field: at least one model is needed");
+            Vec::new()
+        }
+        Some(Value::Sequence(items)) => {
+            if items.is_empty() {
+                v.issue("models", "at least one model is needed");
+            }
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("models[{i}]");
+                if let Some(raw) = v.section::<RawModel>(Some(item), &path) {
+                    if !seen.insert(raw.name.clone()) {
+                        v.issue(
+                            &format!("{path}.name"),
+                            format!("duplicate model name `{}`", raw.name),
+                        );
+                    }
+                    if let Some(m) = v.model(raw, &path) {
+                        out.push(m);
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            v.issue("models", "must be a list of models");
+            Vec::new()
+        }
+    };
+    if !v.issues.is_empty() {
+        return Err(err(v.issues));
+    }
+    Ok(Config {
+        source: file.to_string(),
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        router: RouterConfig { artifact, policy },
+        models,
+        limits,
+        cooldown,
+    })
+}
+
+struct Validator<'a> {
+    issues: Vec<Issue>,
+    getenv: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn issue(&mut self, path: &str, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn section<T: DeserializeOwned>(&mut self, val: Option<&Value>, path: &str) -> Option<T> {
+        let val = val?;
+        if val.is_null() {
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, T>(val.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.issue(&full, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    fn listen(&mut self, val: &Value) -> Option<SocketAddr> {
+        let s = match val {
+            Value::String(s) => s.clone(),
+            other => {
+                self.issue(
+                    "listen",
+                    format!("expected an address like 127.0.0.1:8080, found {other:?}"),
+                );
+                return None;
+            }
+        };
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.issue(
+                    "listen",
+                    format!("`{s}` is not an address like 127.0.0.1:8080: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn policy(&mut self, raw: Option<&RawPolicy>) -> Policy {
+        let Some(raw) = raw else {
+            return Policy::Lambda(0.0);
+        };
+        match (raw.lambda, raw.budget_usd) {
+            (Some(l), None) => {
+                if !l.is_finite() || l < 0.0 {
+                    self.issue(
+                        "router.policy.lambda",
+                        format!("must be finite and >= 0, found {l}"),
+                    );
+                }
+                Policy::Lambda(l)
+            }
+            (None, Some(b)) => {
+                if !b.is_finite() || b < 0.0 {
+                    self.issue(
+                        "router.policy.budget_usd",
+                        format!("must be finite and >= 0, found {b}"),
+                    );
+                }
+                Policy::BudgetUsd(b)
+            }
+            (Some(_), Some(_)) => {
+                self.issue(
+                    "router.policy",
+                    "give either lambda or budget_usd, not both",
+                );
+                Policy::Lambda(0.0)
+            }
+            (None, None) => {
+                self.issue("router.policy", "give lambda or budget_usd");
+                Policy::Lambda(0.0)
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let d = Limits::default();
+        let mut l = Limits {
+            max_body_bytes: raw.max_body_bytes.map_or(d.max_body_bytes, |b| b as usize),
+            request_timeout_ms: raw.request_timeout_ms.unwrap_or(d.request_timeout_ms),
+            max_attempts: raw.max_attempts.unwrap_or(d.max_attempts),
+            connect_timeout_ms: raw.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
+        };
+        if l.max_body_bytes == 0 {
+            self.issue("limits.max_body_bytes", "must be > 0");
+        }
+        if l.request_timeout_ms == 0 {
+            self.issue("limits.request_timeout_ms", "must be > 0");
+        }
+        if l.connect_timeout_ms == 0 {
+            self.issue("limits.connect_timeout_ms", "must be > 0");
+        }
+        if l.max_attempts == 0 {
+            self.issue("limits.max_attempts", "must be >= 1");
+            l.max_attempts = 1;
+        }
+        l
+    }
+
+    fn cooldown(&mut self, raw: &RawCooldown) -> CooldownConfig {
+        let d = CooldownConfig::default();
+        let c = CooldownConfig {
+            failures: raw.failures.unwrap_or(d.failures),
+            seconds: raw.seconds.unwrap_or(d.seconds),
+        };
+        if c.failures == 0 {
+            self.issue("cooldown.failures", "must be >= 1");
+        }
+        if !c.seconds.is_finite() || c.seconds < 0.0 {
+            self.issue(
+                "cooldown.seconds",
+                format!("must be finite and >= 0, found {}", c.seconds),
+            );
+        }
+        c
+    }
+
+    fn model(&mut self, raw: RawModel, path: &str) -> Option<ModelConfig> {
+        let before = self.issues.len();
+        if raw.name.trim().is_empty() {
+            self.issue(&format!("{path}.name"), "must not be empty");
+        }
+        if matches!(raw.name.as_str(), "auto" | "routewise") {
+            self.issue(
+                &format!("{path}.name"),
+                format!("`{}` is reserved for routing", raw.name),
+            );
+        }
+        let provider = match raw.provider.as_deref().unwrap_or("openai") {
+            "openai" => Provider::OpenAi,
+            "replay" => Provider::Replay,
+            other => {
+                self.issue(
+                    &format!("{path}.provider"),
+                    format!("unknown provider `{other}` (known: openai, replay)"),
+                );
+                Provider::OpenAi
+            }
+        };
+        let base_url = match (provider, raw.base_url) {
+            (Provider::OpenAi, None) => {
+                self.issue(
+                    &format!("{path}.base_url"),
+                    "missing: an openai provider needs a base_url",
+                );
+                String::new()
+            }
+            (Provider::OpenAi, Some(u)) => match reqwest::Url::parse(&u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    u.trim_end_matches('/').to_string()
+                }
+                Ok(url) => {
+                    self.issue(
+                        &format!("{path}.base_url"),
+                        format!("scheme `{}` is not http or https", url.scheme()),
+                    );
+                    String::new()
+                }
+                Err(e) => {
+                    self.issue(&format!("{path}.base_url"), e.to_string());
+                    String::new()
+                }
+            },
+            (Provider::Replay, Some(_)) => {
+                self.issue(
+                    &format!("{path}.base_url"),
+                    "a replay model has no base_url",
+                );
+                String::new()
+            }
+            (Provider::Replay, None) => String::new(),
+        };
+        let api_key = match &raw.api_key_env {
+            None => None,
+            Some(var) => match (self.getenv)(var) {
+                Some(k) if !k.is_empty() => Some(Secret::new(k)),
+                _ => {
+                    self.issue(
+                        &format!("{path}.api_key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(p) = raw.price {
+            for (field, x) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+            ] {
+                if !x.is_finite() || x < 0.0 {
+                    self.issue(
+                        &format!("{path}.price.{field}"),
+                        format!("must be finite and >= 0, found {x}"),
+                    );
+                }
+            }
+        }
+        if raw.context_window == Some(0) {
+            self.issue(&format!("{path}.context_window"), "must be > 0");
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(ModelConfig {
+            upstream_model: raw.upstream_model.unwrap_or_else(|| raw.name.clone()),
+            name: raw.name,
+            provider,
+            base_url,
+            api_key_env: raw.api_key_env,
+            api_key,
+            price: raw.price,
+            context_window: raw.context_window,
+        })
+    }
+}
+
+/// Applies `ROUTEWISE_*` overrides to the YAML tree.
+fn apply_overrides(
+    tree: &mut Value,
+    vars: impl IntoIterator<Item = (String, String)>,
+    issues: &mut Vec<Issue>,
+) {
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ROUTEWISE_") && !RESERVED_ENV.contains(&k.as_str()))
+        .collect();
+    vars.sort();
+    for (key, raw_value) in vars {
+        let path: Vec<String> = key["ROUTEWISE_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            issues.push(Issue {
+                path: format!("env {key}"),
+                message: "empty path segment".into(),
+            });
+            continue;
+        }
+        let value: Value =
+            serde_yaml::from_str(&raw_value).unwrap_or(Value::String(raw_value.clone()));
+        if let Err(message) = set_path(tree, &path, value) {
+            issues.push(Issue {
+                path: format!("env {key}"),
+                message,
+            });
+        }
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    if tree.is_null() {
+        *tree = Value::Mapping(Mapping::new());
+    }
+    let (head, rest) = match path.split_first() {
+        Some(x) => x,
+        None => {
+            *tree = value;
+            return Ok(());
+        }
+    };
+    // A policy override replaces the whole policy (lambda and budget_usd exclude each other).
+    if let (Value::Mapping(m), true) = (&mut *tree, rest.is_empty()) {
+        if head == "lambda" {
+            m.remove("budget_usd");
+        } else if head == "budget_usd" {
+            m.remove("lambda");
+        }
+    }
+    match tree {
+        Value::Mapping(m) => {
+            let key = Value::String(head.clone());
+            let child = m.entry(key).or_insert(Value::Null);
+            set_path(child, rest, value)
+        }
+        Value::Sequence(items) => {
+            let idx: usize = head
+                .parse()
+                .map_err(|_| format!("`{head}` is not a list index"))?;
+            let len = items.len();
+            let child = items
+                .get_mut(idx)
+                .ok_or_else(|| format!("index {idx} is out of range (the list has {len})"))?;
+            set_path(child, rest, value)
+        }
+        _ => Err(format!("cannot set `{head}` inside a scalar")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8081
+router:
+  policy: {lambda: 0.5}
+models:
+  - name: a
+    base_url: http://127.0.0.1:9001/v1/
+    api_key_env: KEY_A
+    price: {input_per_mtok: 1.0, output_per_mtok: 2.0}
+    context_window: 4096
+  - name: b
+    provider: replay
+limits: {max_attempts: 2}
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "KEY_A").then(|| "sk-secret".to_string())
+    }
+
+    fn p(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        parse(
+            text,
+            "gw.yaml",
+            Path::new("/cfg"),
+            vars.iter().map(|(a, b)| (a.to_string(), b.to_string())),
+            env,
+        )
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = p(GOOD, &[]).unwrap();
+        assert_eq!(c.listen.port(), 8081);
+        assert_eq!(c.router.policy, Policy::Lambda(0.5));
+        assert_eq!(c.models[0].base_url, "http://127.0.0.1:9001/v1");
+        assert_eq!(c.models[0].upstream_model, "a");
+        assert_eq!(c.models[0].api_key.as_ref().unwrap().expose(), "sk-secret");
+        assert_eq!(c.models[1].provider, Provider::Replay);
+        assert_eq!(c.limits.max_attempts, 2);
+        assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
+        assert!(!format!("{c:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn reports_every_problem_with_file_and_path() {
+        let text = r#"
+listen: nope
+router: {policy: {lambda: 1, budget_usd: 2}, extra: 1}
+models:
+  - name: a
+    base_url: relative/v1
+  - name: a
+    provider: replay
+  - name: c
+    base_url: http://x/v1
+    api_key_env: MISSING_VAR
+    price: {input_per_mtok: -1, output_per_mtok: 1}
+  - {name: d, base_url: "http://x", colour: red}
+limits: {max_attempts: 0}
+bogus: 1
+"#;
+        let e = p(text, &[]).unwrap_err().to_string();
+        for want in [
+            "gw.yaml: listen: `nope` is not an address",
+            "gw.yaml: router.extra: unknown field `extra`",
+            "gw.yaml: models[0].base_url: relative URL without a base",
+            "gw.yaml: models[1].name: duplicate model name `a`",
+            "gw.yaml: models[2].api_key_env: environment variable MISSING_VAR is not set",
+            "gw.yaml: models[2].price.input_per_mtok: must be finite and >= 0",
+            "gw.yaml: models[3].colour: unknown field `colour`",
+            "gw.yaml: limits.max_attempts: must be >= 1",
+            "gw.yaml: bogus: unknown field",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        assert!(!e.contains("sk-secret"));
+    }
+
+    #[test]
+    fn env_overrides_follow_the_documented_scheme() {
+        let c = p(
+            GOOD,
+            &[
+                ("ROUTEWISE_LISTEN", "0.0.0.0:9999"),
+                ("ROUTEWISE_ROUTER__POLICY__BUDGET_USD", "0.002"),
+                ("ROUTEWISE_LIMITS__MAX_ATTEMPTS", "5"),
+                ("ROUTEWISE_MODELS__0__BASE_URL", "http://10.0.0.1:1/v1"),
+                ("ROUTEWISE_CONFIG", "ignored.yaml"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.router.policy, Policy::BudgetUsd(0.002));
+        assert_eq!(c.limits.max_attempts, 5);
+        assert_eq!(c.models[0].base_url, "http://10.0.0.1:1/v1");
+        let e = p(GOOD, &[("ROUTEWISE_MODELS__7__NAME", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("env ROUTEWISE_MODELS__7__NAME: index 7 is out of range"));
+        let e = p(GOOD, &[("ROUTEWISE_LIMITS__MAX_ATTEMPTS", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn artifact_is_relative_to_the_file_and_models_are_required() {
+        let c = p(
+            "router: {artifact: r.rw}\nmodels: [{name: x, provider: replay}]",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.router.artifact, Some(PathBuf::from("/cfg/r.rw")));
+        let e = p("listen: 127.0.0.1:1", &[]).unwrap_err().to_string();
+        assert!(e.contains("gw.yaml: models: missing field"));
+        let e = p("models: [", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("gw.yaml: invalid YAML"), "{e}");
+    }
+}

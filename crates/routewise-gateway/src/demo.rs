@@ -1,0 +1,60 @@
+//! The embedded demo (`routewise serve` with no `--config`), labelled as a demo everywhere.
+//!
+//! * `fixtures/routerbench-demo.jsonl`: 300 RouterBench train prompts (tails of the
+//!   prompts, all 11 models' real outcomes), derived by `fixtures/make_demo_fixture.py`
+//!   from `../shared/data/routerbench-3k.jsonl`;
+//! * `fixtures/demo.yaml`: the config, every model served by the `replay` provider;
+//! * the router: hashed TF-IDF + kNN, trained on the fixture at start-up (well under a
+//!   second), with the catalog (prices, mean output tokens) fitted on the same records.
+
+use std::path::Path;
+
+use routewise_data::{jsonl, DataError, Dataset, Record};
+use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_router::{
+    fit_router, Catalog, Engine, RouterConfigs, RouterError, RouterKind, TrainSet,
+};
+
+use crate::config::{self, Config, ConfigError};
+use crate::replay::Replay;
+
+/// The demo's routing data (canonical JSONL).
+pub const DEMO_FIXTURE: &str = include_str!("../fixtures/routerbench-demo.jsonl");
+/// The demo's config.
+pub const DEMO_CONFIG: &str = include_str!("../fixtures/demo.yaml");
+/// How the demo config is named in messages.
+pub const DEMO_SOURCE: &str = "<embedded demo config>";
+
+/// Parses the embedded fixture.
+pub fn dataset() -> Result<Dataset, DataError> {
+    jsonl::parse(DEMO_FIXTURE.as_bytes(), Path::new("routerbench-demo.jsonl"))
+}
+
+/// The demo config, with `ROUTEWISE_*` overrides from `overrides`.
+pub fn config(
+    overrides: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    config::parse(DEMO_CONFIG, DEMO_SOURCE, Path::new("."), overrides, |k| {
+        std::env::var(k).ok()
+    })
+}
+
+/// Trains the demo router (TF-IDF + kNN) on `data`'s train records.
+pub fn engine(data: &Dataset) -> Result<Engine, RouterError> {
+    let train: Vec<&Record> = data.train().collect();
+    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
+    let featurizer = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(&texts, TfidfConfig::default()));
+    let set = TrainSet::from_records(&train, data.models.len(), &featurizer);
+    let catalog = Catalog::fit(&data.models, train.iter().copied());
+    let router = fit_router(RouterKind::Knn, &set, &catalog, &RouterConfigs::default())?;
+    Ok(Engine {
+        featurizer,
+        router,
+        catalog,
+    })
+}
+
+/// The demo's replay provider data.
+pub fn replay(data: &Dataset) -> Replay {
+    Replay::from_dataset(data)
+}

@@ -1,0 +1,141 @@
+//! The one error type of the HTTP API, rendered in OpenAI's shape:
+//! `{"error": {"message", "type", "param", "code"}}` with the matching status.
+//!
+//! Client mistakes are 4xx (`invalid_request_error`); upstream failures after all attempts
+//! are 502 / 504 (`upstream_error`). Messages never carry upstream API keys: they are built
+//! from our own text and upstream status codes, never from upstream bodies or headers.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// A malformed request (bad JSON, missing or mistyped field, bad header).
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    /// The body is over `limits.max_body_bytes`.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The requested model is neither `auto`/`routewise` nor a configured model.
+    #[error("the model `{0}` does not exist; use `auto` or one of GET /v1/models")]
+    ModelNotFound(String),
+    /// No configured model has a context window large enough for the request.
+    #[error("the request needs about {tokens} tokens; no eligible model has a context window that large")]
+    ContextTooLong { tokens: u64 },
+    /// No route matches the path.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Every attempt failed (connection errors, 5xx, 429).
+    #[error("{0}")]
+    UpstreamFailed(String),
+    /// Every attempt failed and the last one timed out.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl ApiError {
+    /// A 400 for a request field.
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::ContextTooLong { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::UpstreamFailed(_) | ApiError::UpstreamTimeout(_) => "upstream_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } => param.as_deref(),
+            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::ContextTooLong { .. } => Some("messages"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BadRequest { code, .. } => *code,
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::ContextTooLong { .. } => Some("context_length_exceeded"),
+            ApiError::NotFound(_) => Some("unknown_url"),
+            ApiError::MethodNotAllowed => Some("method_not_allowed"),
+            ApiError::UpstreamFailed(_) => Some("upstream_failed"),
+            ApiError::UpstreamTimeout(_) => Some("upstream_timeout"),
+        }
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": self.param(),
+            "code": self.code(),
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), self.body().to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_openai_shape_with_status() {
+        let e = ApiError::ModelNotFound("gpt-9".into());
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let b = e.body();
+        assert_eq!(b["error"]["code"], "model_not_found");
+        assert_eq!(b["error"]["param"], "model");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert!(b["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        let up = ApiError::UpstreamTimeout("x".into());
+        assert_eq!(up.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(up.body()["error"]["type"], "upstream_error");
+        assert_eq!(
+            ApiError::PayloadTooLarge { limit: 3 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}

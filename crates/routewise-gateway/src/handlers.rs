@@ -1,0 +1,118 @@
+//! Thin HTTP handlers: extract, call the core ([`crate::proxy`]), map the result.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::proxy;
+use crate::state::AppState;
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::bad_request(
+            format!("cannot read the request body: {e}"),
+            None,
+        )),
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = state.config.limits.max_body_bytes;
+    let span = tracing::info_span!("chat_completions", body_bytes = tracing::field::Empty);
+    async move {
+        let bytes = match read_body(&headers, body, limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                state.metrics.request("chat", "-", e.status().as_u16());
+                return e.into_response();
+            }
+        };
+        tracing::Span::current().record("body_bytes", bytes.len());
+        proxy::chat(state, headers, bytes).await
+    }
+    .instrument(span)
+    .await
+}
+
+pub async fn route(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let limit = state.config.limits.max_body_bytes;
+    let result = match read_body(&headers, body, limit).await {
+        Ok(bytes) => proxy::decide(&state, &headers, &bytes),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            state.metrics.request("route", "-", e.status().as_u16());
+            e.into_response()
+        }
+    }
+}
+
+pub async fn models(State(state): State<AppState>) -> Response {
+    let mut data =
+        vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "routewise"})];
+    data.extend(state.upstreams.iter().map(|u| {
+        json!({"id": u.name, "object": "model", "created": 0, "owned_by": u.provider.name(),
+               "context_window": u.context_window})
+    }));
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let now = state.now_ms();
+    let available = state.breakers.iter().filter(|b| !b.is_open(now)).count();
+    let status = if available > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if available > 0 { "ready" } else { "unavailable" },
+                      "models": state.upstreams.len(), "models_available": available});
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+pub async fn not_found(uri: Uri) -> Response {
+    ApiError::NotFound(uri.path().to_string()).into_response()
+}
+
+pub async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
+}

@@ -1,0 +1,68 @@
+//! Building a ready [`AppState`] from a config file or the embedded demo: config, then
+//! the routing engine (the artifact, or the demo router when none is given), then the
+//! replay data when a model uses the `replay` provider, then the cross-checks.
+
+use std::path::Path;
+
+use routewise_router::{Artifact, Engine};
+
+use crate::config::{self, Config, ConfigError, Provider};
+use crate::demo;
+use crate::replay::Replay;
+use crate::state::{AppState, StateError};
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The config (or the artifact it names) is wrong: every problem, with file and field.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The embedded demo data failed to load (a build defect).
+    #[error("embedded demo data: {0}")]
+    Demo(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl From<StateError> for LoadError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Config(c) => LoadError::Config(c),
+            StateError::Client(m) => LoadError::Client(m),
+        }
+    }
+}
+
+/// Loads `path` (with `ROUTEWISE_*` overrides from the environment) and builds the state.
+pub fn from_file(path: &Path) -> Result<AppState, LoadError> {
+    build(config::load(path)?)
+}
+
+/// The embedded demo (with `ROUTEWISE_*` overrides from the environment).
+pub fn demo() -> Result<AppState, LoadError> {
+    build(demo::config(std::env::vars())?)
+}
+
+/// Builds the state for a validated config.
+pub fn build(config: Config) -> Result<AppState, LoadError> {
+    let needs_replay = config.models.iter().any(|m| m.provider == Provider::Replay);
+    let demo_data = if needs_replay || config.router.artifact.is_none() {
+        Some(demo::dataset().map_err(|e| LoadError::Demo(e.to_string()))?)
+    } else {
+        None
+    };
+    let engine: Engine = match &config.router.artifact {
+        Some(path) => Artifact::load(path)
+            .map_err(|e| ConfigError::single(&config.source, "router.artifact", e.to_string()))?
+            .into_engine(),
+        None => match &demo_data {
+            Some(d) => demo::engine(d).map_err(|e| LoadError::Demo(e.to_string()))?,
+            None => return Err(LoadError::Demo("no demo data".into())),
+        },
+    };
+    let replay = match (&demo_data, needs_replay) {
+        (Some(d), true) => Some(Replay::from_dataset(d)),
+        _ => None,
+    };
+    Ok(AppState::new(config, engine, replay)?)
+}

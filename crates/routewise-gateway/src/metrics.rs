@@ -1,0 +1,281 @@
+//! Prometheus metrics of one gateway, in its own registry (so tests can run many
+//! gateways in one process), rendered as Prometheus text at `GET /metrics`.
+//!
+//! Per-model handles are created once at start-up and indexed by model position, so the
+//! hot path increments atomics without hashing or allocating, except for the
+//! `requests_total{model,status}` family whose label set is built per request.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why one upstream attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// An answer was passed to the client (2xx, or a 4xx other than 429).
+    Ok,
+    /// HTTP 5xx.
+    Http5xx,
+    /// HTTP 429.
+    Http429,
+    /// No first byte within the timeout.
+    Timeout,
+    /// Connection refused, reset, or another transport error before the first byte.
+    Connect,
+    /// The body broke before it was complete (non-streaming) or before its first chunk.
+    Body,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 6] = [
+        AttemptOutcome::Ok,
+        AttemptOutcome::Http5xx,
+        AttemptOutcome::Http429,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::Connect,
+        AttemptOutcome::Body,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Http5xx => "http_5xx",
+            AttemptOutcome::Http429 => "http_429",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Connect => "connect_error",
+            AttemptOutcome::Body => "body_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    model: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    model: String,
+    status: u32,
+}
+
+/// Handles of one model's metrics.
+#[derive(Debug, Clone)]
+struct ModelMetrics {
+    attempts: Vec<Counter>,
+    fallbacks: Counter,
+    latency: Histogram,
+    cost: Counter<f64, AtomicU64>,
+    cooldown: Gauge,
+    cooldowns_opened: Counter,
+}
+
+/// All metrics of a gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    decision_latency: Histogram,
+    in_flight: Gauge,
+    models: Vec<ModelMetrics>,
+}
+
+impl Metrics {
+    /// Registers every metric for `models` (names in gateway order).
+    pub fn new(models: &[String]) -> Metrics {
+        let mut registry = Registry::with_prefix("routewise");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint, answering model and HTTP status",
+            requests.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts by model and outcome",
+            attempts.clone(),
+        );
+        let fallbacks = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Times a failed model was fallen back from",
+            fallbacks.clone(),
+        );
+        let latency = Family::<ModelLabel, Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from sending an upstream request to its response headers",
+            latency.clone(),
+        );
+        let decision_latency = Histogram::new(exponential_buckets(1e-6, 2.0, 20));
+        registry.register(
+            "routing_decision_seconds",
+            "Time to parse a request and make the routing decision",
+            decision_latency.clone(),
+        );
+        let cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "realised_cost_usd",
+            "Cost of answered requests from the upstream usage and configured prices",
+            cost.clone(),
+        );
+        let cooldown = Family::<ModelLabel, Gauge>::default();
+        registry.register(
+            "model_cooldown",
+            "1 while a model is cooled down (skipped), else 0",
+            cooldown.clone(),
+        );
+        let opened = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "cooldowns_opened",
+            "Times a model entered cooldown",
+            opened.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Chat requests being served",
+            in_flight.clone(),
+        );
+        let models = models
+            .iter()
+            .map(|m| {
+                let l = ModelLabel { model: m.clone() };
+                ModelMetrics {
+                    attempts: AttemptOutcome::ALL
+                        .iter()
+                        .map(|o| {
+                            attempts
+                                .get_or_create(&AttemptLabels {
+                                    model: m.clone(),
+                                    outcome: o.name(),
+                                })
+                                .clone()
+                        })
+                        .collect(),
+                    fallbacks: fallbacks.get_or_create(&l).clone(),
+                    latency: latency.get_or_create(&l).clone(),
+                    cost: cost.get_or_create(&l).clone(),
+                    cooldown: cooldown.get_or_create(&l).clone(),
+                    cooldowns_opened: opened.get_or_create(&l).clone(),
+                }
+            })
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            decision_latency,
+            in_flight,
+            models,
+        }
+    }
+
+    /// Counts an answered request.
+    pub fn request(&self, endpoint: &'static str, model: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                model: model.to_string(),
+                status: u32::from(status),
+            })
+            .inc();
+    }
+
+    pub fn attempt(&self, model: usize, outcome: AttemptOutcome) {
+        if let Some(m) = self.models.get(model) {
+            m.attempts[outcome.index()].inc();
+        }
+    }
+
+    pub fn fallback(&self, from_model: usize) {
+        if let Some(m) = self.models.get(from_model) {
+            m.fallbacks.inc();
+        }
+    }
+
+    pub fn upstream_latency(&self, model: usize, seconds: f64) {
+        if let Some(m) = self.models.get(model) {
+            m.latency.observe(seconds);
+        }
+    }
+
+    pub fn decision_latency(&self, seconds: f64) {
+        self.decision_latency.observe(seconds);
+    }
+
+    pub fn cost(&self, model: usize, usd: f64) {
+        if let Some(m) = self.models.get(model) {
+            if usd.is_finite() && usd > 0.0 {
+                m.cost.inc_by(usd);
+            }
+        }
+    }
+
+    /// Sets the cooldown gauge; `opened` also counts a cooldown start.
+    pub fn cooldown(&self, model: usize, open: bool, opened: bool) {
+        if let Some(m) = self.models.get(model) {
+            m.cooldown.set(i64::from(open));
+            if opened {
+                m.cooldowns_opened.inc();
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 2.0, 18))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::new(&["a".to_string(), "b".to_string()]);
+        m.request("chat", "a", 200);
+        m.attempt(1, AttemptOutcome::Http5xx);
+        m.fallback(1);
+        m.cost(0, 0.5);
+        m.cooldown(1, true, true);
+        let t = m.render();
+        assert!(
+            t.contains(r#"routewise_requests_total{endpoint="chat",model="a",status="200"} 1"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"routewise_upstream_attempts_total{model="b",outcome="http_5xx"} 1"#));
+        assert!(t.contains(r#"routewise_fallbacks_total{model="b"} 1"#));
+        assert!(t.contains(r#"routewise_realised_cost_usd_total{model="a"} 0.5"#));
+        assert!(t.contains(r#"routewise_model_cooldown{model="b"} 1"#));
+        assert!(t.contains("routewise_routing_decision_seconds_bucket"));
+    }
+}

@@ -1,0 +1,435 @@
+//! Parsing a chat-completions body once: the fields routewise needs are checked and taken
+//! out, everything else stays in a JSON map that is forwarded untouched.
+//!
+//! Checked: `model` (string), `messages` (non-empty array of objects with a string `role`
+//! and a `content` that is a string, an array of parts, or null), `stream` (bool),
+//! `max_tokens` / `max_completion_tokens` (non-negative integers) and the routewise
+//! preference (`{"routewise": {"lambda": x}}` or `{"routewise": {"budget_usd": x}}`, or
+//! the `x-routewise-lambda` / `x-routewise-budget-usd` headers). The `routewise` key is
+//! stripped before forwarding. Every problem is a 400 naming the offending parameter.
+//!
+//! Prompt size is estimated as chars / 4 of the message text (the rule the data uses).
+
+use axum::http::HeaderMap;
+use routewise_router::Policy;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Header giving a per-request lambda.
+pub const LAMBDA_HEADER: &str = "x-routewise-lambda";
+/// Header giving a per-request budget in USD.
+pub const BUDGET_HEADER: &str = "x-routewise-budget-usd";
+
+/// A validated chat-completions request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The requested model (`auto`, `routewise`, or a configured name).
+    pub model: String,
+    pub stream: bool,
+    /// Whether the client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// The per-request preference, if any.
+    pub preference: Option<Policy>,
+    /// Estimated prompt tokens (chars / 4 of message text).
+    pub prompt_tokens: u64,
+    /// `max_tokens` or `max_completion_tokens`, if given.
+    pub max_tokens: Option<u64>,
+    /// The message text the router sees (contents joined by newlines).
+    pub prompt: String,
+    /// Every other field, forwarded as is (messages included).
+    pub rest: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// Tokens the request needs in a model's context window.
+    pub fn needed_tokens(&self) -> u64 {
+        self.prompt_tokens
+            .saturating_add(self.max_tokens.unwrap_or(0))
+    }
+
+    /// Whether the request asks the router to choose.
+    pub fn is_auto(&self) -> bool {
+        is_auto(&self.model)
+    }
+
+    /// The body sent upstream: the client's fields with `model` replaced.
+    pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Outgoing<'a> {
+            model: &'a str,
+            #[serde(flatten)]
+            rest: &'a Map<String, Value>,
+        }
+        serde_json::to_vec(&Outgoing {
+            model: upstream_model,
+            rest: &self.rest,
+        })
+    }
+}
+
+/// `auto` and `routewise` ask the router to choose.
+pub fn is_auto(model: &str) -> bool {
+    model == "auto" || model == "routewise"
+}
+
+/// Parses and validates a chat body. `require_model` is false for `/v1/route`, where a
+/// missing model means `auto`.
+pub fn parse(
+    body: &[u8],
+    headers: &HeaderMap,
+    require_model: bool,
+) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
+    let Value::Object(mut rest) = value else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object",
+            None,
+        ));
+    };
+    let model = match rest.remove("model") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        None | Some(Value::Null) if !require_model => "auto".to_string(),
+        None => {
+            return Err(ApiError::bad_request(
+                "missing required parameter: `model`",
+                Some("model"),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`model` must be a non-empty string",
+                Some("model"),
+            ))
+        }
+    };
+    let (prompt, prompt_chars) = messages_text(rest.get("messages"))?;
+    let stream = match rest.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`stream` must be a boolean",
+                Some("stream"),
+            ))
+        }
+    };
+    let include_usage = match rest.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "`stream_options.include_usage` must be a boolean",
+                    Some("stream_options.include_usage"),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`stream_options` must be an object",
+                Some("stream_options"),
+            ))
+        }
+    };
+    let mut max_tokens = None;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        match rest.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(n) => max_tokens = Some(max_tokens.map_or(n, |m: u64| m.max(n))),
+                None => {
+                    return Err(ApiError::bad_request(
+                        format!("`{key}` must be a non-negative integer"),
+                        Some(key),
+                    ))
+                }
+            },
+        }
+    }
+    let preference = match rest.remove("routewise") {
+        None | Some(Value::Null) => header_preference(headers)?,
+        Some(v) => Some(body_preference(&v)?),
+    };
+    Ok(ChatRequest {
+        model,
+        stream,
+        include_usage,
+        preference,
+        prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
+        max_tokens,
+        prompt,
+        rest,
+    })
+}
+
+/// Checks `messages` and returns the text the router sees and its length in chars.
+fn messages_text(messages: Option<&Value>) -> Result<(String, usize), ApiError> {
+    let msgs = match messages {
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "missing required parameter: `messages`",
+                Some("messages"),
+            ))
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`messages` must be an array of message objects",
+                Some("messages"),
+            ))
+        }
+    };
+    if msgs.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` must contain at least one message",
+            Some("messages"),
+        ));
+    }
+    let mut text = String::new();
+    let mut chars = 0usize;
+    for (i, m) in msgs.iter().enumerate() {
+        let Value::Object(obj) = m else {
+            return Err(ApiError::bad_request(
+                format!("`messages[{i}]` must be an object"),
+                Some(&format!("messages[{i}]")),
+            ));
+        };
+        match obj.get("role") {
+            Some(Value::String(_)) => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!("`messages[{i}].role` must be a string"),
+                    Some(&format!("messages[{i}].role")),
+                ))
+            }
+        }
+        let mut push = |s: &str| {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(s);
+            chars += s.chars().count();
+        };
+        match obj.get("content") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => push(s),
+            Some(Value::Array(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    match part {
+                        Value::Object(p) => {
+                            if let Some(Value::String(t)) = p.get("text") {
+                                push(t);
+                            }
+                        }
+                        Value::String(s) => push(s),
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!(
+                                    "`messages[{i}].content[{j}]` must be a content part object"
+                                ),
+                                Some(&format!("messages[{i}].content[{j}]")),
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    format!("`messages[{i}].content` must be a string, an array of parts or null"),
+                    Some(&format!("messages[{i}].content")),
+                ))
+            }
+        }
+    }
+    Ok((text, chars))
+}
+
+fn check_amount(x: f64, param: &str) -> Result<f64, ApiError> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(x)
+    } else {
+        Err(ApiError::bad_request(
+            format!("`{param}` must be a finite number >= 0"),
+            Some(param),
+        ))
+    }
+}
+
+fn body_preference(v: &Value) -> Result<Policy, ApiError> {
+    let Value::Object(o) = v else {
+        return Err(ApiError::bad_request(
+            "`routewise` must be an object like {\"lambda\": 0.2} or {\"budget_usd\": 0.001}",
+            Some("routewise"),
+        ));
+    };
+    if let Some(k) = o.keys().find(|k| *k != "lambda" && *k != "budget_usd") {
+        return Err(ApiError::bad_request(
+            format!("unknown routewise option `{k}` (known: lambda, budget_usd)"),
+            Some(&format!("routewise.{k}")),
+        ));
+    }
+    let num = |key: &str| -> Result<Option<f64>, ApiError> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) => check_amount(x, &format!("routewise.{key}")).map(Some),
+                None => Err(ApiError::bad_request(
+                    format!("`routewise.{key}` must be a number"),
+                    Some(&format!("routewise.{key}")),
+                )),
+            },
+        }
+    };
+    match (num("lambda")?, num("budget_usd")?) {
+        (Some(l), None) => Ok(Policy::Lambda(l)),
+        (None, Some(b)) => Ok(Policy::BudgetUsd(b)),
+        _ => Err(ApiError::bad_request(
+            "`routewise` needs exactly one of `lambda` and `budget_usd`",
+            Some("routewise"),
+        )),
+    }
+}
+
+fn header_preference(headers: &HeaderMap) -> Result<Option<Policy>, ApiError> {
+    let get = |name: &str| -> Result<Option<f64>, ApiError> {
+        let Some(v) = headers.get(name) else {
+            return Ok(None);
+        };
+        let x = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("header `{name}` must be a number"), Some(name))
+            })?;
+        check_amount(x, name).map(Some)
+    };
+    match (get(LAMBDA_HEADER)?, get(BUDGET_HEADER)?) {
+        (None, None) => Ok(None),
+        (Some(l), None) => Ok(Some(Policy::Lambda(l))),
+        (None, Some(b)) => Ok(Some(Policy::BudgetUsd(b))),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            format!("give either `{LAMBDA_HEADER}` or `{BUDGET_HEADER}`, not both"),
+            Some(LAMBDA_HEADER),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    fn p(v: Value) -> Result<ChatRequest, ApiError> {
+        parse(v.to_string().as_bytes(), &HeaderMap::new(), true)
+    }
+
+    fn param(e: ApiError) -> String {
+        e.body()["error"]["param"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn parses_and_strips_routewise_keeping_unknown_fields() {
+        let r = p(
+            json!({"model": "auto", "messages": [{"role": "user", "content": "abcdefgh"}],
+                         "stream": true, "routewise": {"lambda": 0.2}, "temperature": 0.1,
+                         "tools": [{"type": "function"}], "max_tokens": 10}),
+        )
+        .unwrap();
+        assert!(r.is_auto() && r.stream);
+        assert_eq!(r.preference, Some(Policy::Lambda(0.2)));
+        assert_eq!(r.prompt_tokens, 2);
+        assert_eq!(r.needed_tokens(), 12);
+        let out: Value = serde_json::from_slice(&r.upstream_body("up-1").unwrap()).unwrap();
+        assert_eq!(out["model"], "up-1");
+        assert!(out.get("routewise").is_none());
+        assert_eq!(out["temperature"], 0.1);
+        assert_eq!(out["tools"][0]["type"], "function");
+        assert_eq!(out["stream"], true);
+    }
+
+    #[test]
+    fn content_parts_and_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(BUDGET_HEADER, HeaderValue::from_static("0.001"));
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
+        let r = parse(body.to_string().as_bytes(), &h, true).unwrap();
+        assert_eq!(r.prompt, "hi");
+        assert_eq!(r.preference, Some(Policy::BudgetUsd(0.001)));
+        h.insert(LAMBDA_HEADER, HeaderValue::from_static("1"));
+        assert!(parse(body.to_string().as_bytes(), &h, true).is_err());
+    }
+
+    #[test]
+    fn every_bad_input_names_its_parameter() {
+        let m = json!([{"role": "user", "content": "x"}]);
+        assert!(parse(b"{not json", &HeaderMap::new(), true).is_err());
+        assert!(parse(b"[1]", &HeaderMap::new(), true).is_err());
+        assert_eq!(param(p(json!({"messages": m})).unwrap_err()), "model");
+        assert_eq!(
+            param(p(json!({"model": 3, "messages": m})).unwrap_err()),
+            "model"
+        );
+        assert_eq!(param(p(json!({"model": "a"})).unwrap_err()), "messages");
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": []})).unwrap_err()),
+            "messages"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": "hi"})).unwrap_err()),
+            "messages"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": [1]})).unwrap_err()),
+            "messages[0]"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": [{"content": "x"}]})).unwrap_err()),
+            "messages[0].role"
+        );
+        assert_eq!(
+            param(
+                p(json!({"model": "a", "messages": [{"role": "user", "content": 5}]})).unwrap_err()
+            ),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": m, "stream": "yes"})).unwrap_err()),
+            "stream"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": m, "max_tokens": -1})).unwrap_err()),
+            "max_tokens"
+        );
+        assert_eq!(
+            param(
+                p(json!({"model": "a", "messages": m, "routewise": {"lambda": -1}})).unwrap_err()
+            ),
+            "routewise.lambda"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": m, "routewise": {"speed": 1}})).unwrap_err()),
+            "routewise.speed"
+        );
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": m, "routewise": {}})).unwrap_err()),
+            "routewise"
+        );
+        let r = parse(
+            json!({"messages": m}).to_string().as_bytes(),
+            &HeaderMap::new(),
+            false,
+        )
+        .unwrap();
+        assert!(r.is_auto());
+    }
+}

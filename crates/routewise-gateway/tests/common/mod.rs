@@ -1,0 +1,110 @@
+//! Shared helpers: a gateway on loopback in front of the testkit mock, with a
+//! deterministic router (best-single: a > b > c in quality, a most expensive).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_gateway::{config, AppState};
+use routewise_router::{AnyRouter, Catalog, Engine, ModelInfo};
+use tokio::task::JoinHandle;
+
+/// The API key the tests configure; it must never show up in responses or logs.
+pub const SECRET: &str = "sk-test-SECRET-do-not-leak-1234";
+
+/// A test engine over `names` with fixed mean scores and prices.
+pub fn engine(models: &[(&str, f64, f64)]) -> Engine {
+    let featurizer = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(
+        &["hello world", "some text"],
+        TfidfConfig::default(),
+    ));
+    Engine {
+        featurizer,
+        router: AnyRouter::BestSingle {
+            mean_scores: models.iter().map(|m| m.1).collect(),
+        },
+        catalog: Catalog {
+            models: models
+                .iter()
+                .map(|&(name, _, price)| ModelInfo {
+                    name: name.to_string(),
+                    input_per_mtok: price,
+                    output_per_mtok: price,
+                    mean_output_tokens: 100.0,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Models a (best, $30/Mtok), b ($3), c (cheapest, $0.3).
+pub fn abc() -> Engine {
+    engine(&[("a", 0.9, 30.0), ("b", 0.8, 3.0), ("c", 0.7, 0.3)])
+}
+
+/// Parses YAML config text for tests (`TEST_KEY` holds [`SECRET`]).
+pub fn config(yaml: &str) -> routewise_gateway::Config {
+    config::parse(yaml, "test.yaml", Path::new("."), std::iter::empty(), |k| {
+        (k == "TEST_KEY").then(|| SECRET.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// YAML for models a, b, c on `base_url` (upstream names up-a, up-b, up-c), plus `extra`.
+pub fn abc_yaml(base_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - {{name: a, base_url: "{base_url}", upstream_model: up-a, api_key_env: TEST_KEY, context_window: 1000}}
+  - {{name: b, base_url: "{base_url}", upstream_model: up-b, api_key_env: TEST_KEY}}
+  - {{name: c, base_url: "{base_url}", upstream_model: up-c, price: {{input_per_mtok: 0.3, output_per_mtok: 0.3}}}}
+{extra}
+"#
+    )
+}
+
+/// A gateway serving on an ephemeral loopback port.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Gateway {
+    pub async fn start(state: AppState) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            let _ = routewise_gateway::serve(listener, s, std::future::pending()).await;
+        });
+        Gateway { addr, state, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Starts a gateway for `yaml` with the a/b/c engine.
+pub async fn start(yaml: &str) -> Gateway {
+    let state = AppState::new(config(yaml), abc(), None).unwrap();
+    Gateway::start(state).await
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub fn chat_body(content: &str) -> serde_json::Value {
+    serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": content}]})
+}

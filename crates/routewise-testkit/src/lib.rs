@@ -1,0 +1,574 @@
+//! A real mock OpenAI upstream on loopback, for routewise's tests and benchmarks.
+//!
+//! [`MockUpstream`] serves `POST /v1/chat/completions` (JSON and SSE streaming),
+//! `GET /v1/models` and `GET /healthz` with axum over hyper, on its own accept loop so that
+//! it can misbehave the way real upstreams do:
+//!
+//! * answer with any HTTP status (500, 429, ...) in OpenAI's error shape,
+//! * delay before the response headers,
+//! * reset the connection (TCP RST) instead of answering,
+//! * break a stream after `n` chunks (connection aborted mid-body) or stall it forever,
+//! * stream slowly (one chunk per interval, for client-disconnect tests),
+//! * echo the request it received back in the response (`"mock_echo": true` in the body).
+//!
+//! A fault is chosen per request, first from the FIFO queue ([`MockUpstream::push_faults`]),
+//! then from the per-model setting ([`MockUpstream::set_model_fault`]), then from the
+//! requested model's name: `mock-500`, `mock-429`, `mock-reset`, `mock-delay-<ms>`,
+//! `mock-break-<n>`, `mock-stall-<n>`, `mock-slow-<ms>` (so a config file alone can make
+//! the mock binary misbehave). Anything else answers normally.
+//!
+//! The mock records what it saw (hits per model, request bodies and `Authorization`
+//! headers when recording is on) and counts responses that were abandoned before they
+//! finished (`cancelled`): the observable effect of a client disconnect.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// One way the mock can answer a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with this status and an OpenAI-shaped error body.
+    Status(u16),
+    /// Wait this long before the response headers, then answer normally.
+    Delay(Duration),
+    /// Reset the connection without answering.
+    Reset,
+    /// Streaming: send this many chunks, then abort the connection.
+    BreakStream(usize),
+    /// Streaming: send this many chunks, then hang forever.
+    StallStream(usize),
+    /// Streaming: send many chunks, one per interval.
+    SlowStream(Duration),
+}
+
+impl Fault {
+    /// Parses a model-name directive (`mock-500`, `mock-delay-200`, ...).
+    pub fn from_model_name(model: &str) -> Option<Fault> {
+        let rest = model.strip_prefix("mock-")?;
+        let (kind, arg) = match rest.split_once('-') {
+            Some((k, a)) => (k, Some(a)),
+            None => (rest, None),
+        };
+        let num = || arg.and_then(|a| a.parse::<u64>().ok());
+        match kind {
+            "reset" => Some(Fault::Reset),
+            "delay" => num().map(|ms| Fault::Delay(Duration::from_millis(ms))),
+            "break" => num().map(|n| Fault::BreakStream(n as usize)),
+            "stall" => num().map(|n| Fault::StallStream(n as usize)),
+            "slow" => num().map(|ms| Fault::SlowStream(Duration::from_millis(ms))),
+            code => code
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .map(Fault::Status),
+        }
+    }
+}
+
+/// A request as the mock received it (kept only when recording is on).
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub model: String,
+    pub body: Value,
+    pub authorization: Option<String>,
+}
+
+/// Options of a mock server.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Keep every request body (tests); off for benchmarks.
+    pub record: bool,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions { record: true }
+    }
+}
+
+/// Shared state of a mock server.
+#[derive(Debug, Default)]
+pub struct MockState {
+    record: bool,
+    faults: Mutex<VecDeque<Fault>>,
+    model_faults: Mutex<HashMap<String, Fault>>,
+    hits: Mutex<HashMap<String, u64>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    total: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MockState {
+    /// A fresh state (for [`serve`]).
+    pub fn with_options(options: &MockOptions) -> Self {
+        MockState {
+            record: options.record,
+            ..MockState::default()
+        }
+    }
+
+    fn fault_for(&self, model: &str) -> Option<Fault> {
+        if let Some(f) = lock(&self.faults).pop_front() {
+            return Some(f);
+        }
+        if let Some(f) = lock(&self.model_faults).get(model) {
+            return Some(f.clone());
+        }
+        Fault::from_model_name(model)
+    }
+}
+
+/// A running mock upstream; stops accepting when dropped.
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    /// Starts a recording mock on an ephemeral loopback port.
+    pub async fn start() -> std::io::Result<MockUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, MockOptions::default())
+    }
+
+    /// Starts a mock on `listener`.
+    pub fn start_on(listener: TcpListener, options: MockOptions) -> std::io::Result<MockUpstream> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState::with_options(&options));
+        let task = tokio::spawn(serve(listener, state.clone()));
+        Ok(MockUpstream { addr, state, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, the value for a model's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues faults for the next requests (any model), in order.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.state.faults).extend(faults);
+    }
+
+    /// Makes every request for `model` fail with `fault` (or answer normally with `None`).
+    pub fn set_model_fault(&self, model: &str, fault: Option<Fault>) {
+        let mut m = lock(&self.state.model_faults);
+        match fault {
+            Some(f) => {
+                m.insert(model.to_string(), f);
+            }
+            None => {
+                m.remove(model);
+            }
+        }
+    }
+
+    /// Requests received for `model` (the name sent upstream).
+    pub fn hits(&self, model: &str) -> u64 {
+        lock(&self.state.hits).get(model).copied().unwrap_or(0)
+    }
+
+    /// Requests received in total.
+    pub fn total_hits(&self) -> u64 {
+        self.state.total.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far (recording mocks only).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.state.requests).clone()
+    }
+
+    /// Responses fully produced.
+    pub fn completed(&self) -> u64 {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+
+    /// Responses abandoned before they finished (the client went away).
+    pub fn cancelled(&self) -> u64 {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` until at least `n` responses were cancelled.
+    pub async fn wait_cancelled(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.cancelled() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.cancelled() >= n
+    }
+}
+
+/// Kills the connection a request arrived on.
+#[derive(Clone)]
+struct Killer(Arc<Notify>);
+
+/// Serves the mock on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<MockState>) {
+    let app = router(state);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        // Keep a duplicate of the socket so that a kill can set SO_LINGER 0 (RST on close).
+        let Ok(std_stream) = stream.into_std() else {
+            continue;
+        };
+        let Ok(dup) = std_stream.try_clone() else {
+            continue;
+        };
+        let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else {
+            continue;
+        };
+        let kill = Arc::new(Notify::new());
+        let killer = Killer(kill.clone());
+        let svc = tower::ServiceExt::map_request(app.clone(), move |mut req: Request<_>| {
+            req.extensions_mut().insert(killer.clone());
+            req
+        });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.notified() => {
+                    let _ = socket2::SockRef::from(&dup).set_linger(Some(Duration::ZERO));
+                }
+            }
+            drop(dup);
+        });
+    }
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn models() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "routewise-testkit"}]}),
+    )
+}
+
+/// Counts a response as completed when `done`, as cancelled when dropped before.
+struct Guard {
+    state: Arc<MockState>,
+    done: bool,
+}
+
+impl Guard {
+    fn done(mut self) {
+        self.done = true;
+        self.state.completed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn chat(
+    State(state): State<Arc<MockState>>,
+    Extension(killer): Extension<Killer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let guard = Guard {
+        state: state.clone(),
+        done: false,
+    };
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            guard.done();
+            return error(StatusCode::BAD_REQUEST, &format!("mock: bad JSON: {e}"));
+        }
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    state.total.fetch_add(1, Ordering::SeqCst);
+    *lock(&state.hits).entry(model.clone()).or_insert(0) += 1;
+    if state.record {
+        lock(&state.requests).push(RecordedRequest {
+            model: model.clone(),
+            body: req.clone(),
+            authorization: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        });
+    }
+    let fault = state.fault_for(&model);
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    match fault {
+        Some(Fault::Status(code)) => {
+            guard.done();
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(status, &format!("mock: injected HTTP {code}"));
+        }
+        Some(Fault::Reset) => {
+            killer.0.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let seq = state.seq.fetch_add(1, Ordering::Relaxed);
+    let answer = Answer::new(&req, &model, seq);
+    if !stream {
+        let body = answer.completion(&req);
+        guard.done();
+        return json_response(StatusCode::OK, &body);
+    }
+    let (chunks, after) = match fault {
+        Some(Fault::BreakStream(n)) => (n, After::Break),
+        Some(Fault::StallStream(n)) => (n, After::Stall),
+        Some(Fault::SlowStream(d)) => (usize::MAX, After::Slow(d)),
+        _ => (usize::MAX, After::Finish),
+    };
+    sse_response(answer, &req, chunks, after, guard)
+}
+
+#[derive(Clone, Copy)]
+enum After {
+    Finish,
+    Break,
+    Stall,
+    Slow(Duration),
+}
+
+/// What the mock answers to one request.
+struct Answer {
+    id: String,
+    model: String,
+    content: String,
+    tool_call: Option<Value>,
+    prompt_tokens: u64,
+}
+
+impl Answer {
+    fn new(req: &Value, model: &str, seq: u64) -> Answer {
+        let mut prompt_chars = 0usize;
+        let mut last = String::new();
+        if let Some(msgs) = req.get("messages").and_then(Value::as_array) {
+            for m in msgs {
+                if let Some(c) = m.get("content").and_then(Value::as_str) {
+                    prompt_chars += c.chars().count();
+                    last = c.chars().take(200).collect();
+                }
+            }
+        }
+        let tool_call = req
+            .get("tools")
+            .and_then(Value::as_array)
+            .and_then(|t| t.first())
+            .map(|t| {
+                let name = t
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("tool");
+                json!({"id": format!("call_mock_{seq}"), "type": "function",
+                       "function": {"name": name, "arguments": "{\"x\":1}"}})
+            });
+        Answer {
+            id: format!("chatcmpl-mock-{seq}"),
+            model: model.to_string(),
+            content: format!("mock answer from {model} to: {last}"),
+            tool_call,
+            prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
+        }
+    }
+
+    fn completion_tokens(&self) -> u64 {
+        (self.content.chars().count() as u64).div_ceil(4).max(1)
+    }
+
+    fn usage(&self) -> Value {
+        let c = self.completion_tokens();
+        json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": c,
+               "total_tokens": self.prompt_tokens + c})
+    }
+
+    fn completion(&self, req: &Value) -> Value {
+        let (message, finish) = match &self.tool_call {
+            Some(tc) => (
+                json!({"role": "assistant", "content": null, "tool_calls": [tc]}),
+                "tool_calls",
+            ),
+            None => (
+                json!({"role": "assistant", "content": self.content}),
+                "stop",
+            ),
+        };
+        let mut v = json!({
+            "id": self.id, "object": "chat.completion", "created": 1_700_000_000u64,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "usage": self.usage(),
+            "system_fingerprint": "fp_mock",
+            "mock_extra": {"nested": [1, 2, 3], "flag": true},
+        });
+        if req.get("mock_echo").and_then(Value::as_bool) == Some(true) {
+            v["echo_request"] = req.clone();
+        }
+        v
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
+        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                       "model": self.model, "system_fingerprint": "fp_mock",
+                       "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        Bytes::from(format!("data: {v}\n\n"))
+    }
+
+    /// The full list of SSE events of a normal stream.
+    fn events(&self, include_usage: bool, repeat: usize) -> Vec<Bytes> {
+        let mut out = vec![self.chunk(json!({"role": "assistant", "content": ""}), None)];
+        for _ in 0..repeat {
+            for word in self.content.split_inclusive(' ') {
+                out.push(self.chunk(json!({"content": word}), None));
+            }
+        }
+        out.push(self.chunk(json!({}), Some("stop")));
+        if include_usage {
+            let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000u64,
+                           "model": self.model, "choices": [], "usage": self.usage()});
+            out.push(Bytes::from(format!("data: {v}\n\n")));
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out
+    }
+}
+
+fn sse_response(
+    answer: Answer,
+    req: &Value,
+    chunks: usize,
+    after: After,
+    guard: Guard,
+) -> Response {
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let repeat = if matches!(after, After::Slow(_)) {
+        1000
+    } else {
+        1
+    };
+    let events = answer.events(include_usage, repeat);
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), 0usize, Some(guard)),
+        move |(mut it, sent, mut guard)| {
+            async move {
+                if sent >= chunks {
+                    match after {
+                        After::Break => {
+                            // Let the chunks already sent reach the client, then abort
+                            // the body: hyper closes the connection mid-message.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return Some((
+                                Err(std::io::Error::other("mock: stream broken")),
+                                (it, sent, guard),
+                            ));
+                        }
+                        After::Stall => {
+                            std::future::pending::<()>().await;
+                        }
+                        _ => {}
+                    }
+                }
+                if let After::Slow(d) = after {
+                    if sent > 0 {
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                match it.next() {
+                    Some(b) => Some((Ok::<_, std::io::Error>(b), (it, sent + 1, guard))),
+                    None => {
+                        if let Some(g) = guard.take() {
+                            g.done();
+                        }
+                        None
+                    }
+                }
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+        "rate_limit_error"
+    } else {
+        "server_error"
+    };
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+    )
+}
