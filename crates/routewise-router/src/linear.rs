@@ -393,6 +393,32 @@ mod tests {
     }
 
     #[test]
+    fn a_model_lacking_most_rows_is_fitted_on_its_own_rows() {
+        // Model 1 has rows 0 and 1 only (3 of 5 missing: the direct-sum path), with the
+        // same data as above, so the same hand-computed fit: w = 0.4, b = 0.4.
+        let t = set(
+            vec![0.0, 0.5, 1.0, 0.2, 0.7],
+            1,
+            vec![
+                0.1,
+                0.0,
+                0.3,
+                1.0,
+                0.8,
+                f64::NAN,
+                0.2,
+                f64::NAN,
+                0.6,
+                f64::NAN,
+            ],
+            2,
+        );
+        let r = LinearRouter::fit(&t, &LinearConfig { alpha: 0.5 }).unwrap();
+        assert!((r.weights[1] as f64 - 0.4).abs() < 1e-6);
+        assert!((r.bias[1] - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
     fn cholesky_solves_a_known_system() {
         // A = [[4, 2], [2, 3]], b = [2, 1] -> x = [0.5, 0].
         let l = cholesky(&[4.0, 0.0, 2.0, 3.0], 2).unwrap();
