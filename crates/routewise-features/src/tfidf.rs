@@ -186,8 +186,9 @@ impl Scratch {
         }
     }
 
-    fn reset_table(&mut self, expected_terms: usize) {
-        let cap = (expected_terms * 2).next_power_of_two().max(64);
+    fn reset_table(&mut self, max_terms: usize) {
+        // Load factor <= 2/3 even if every term is distinct (linear probing stays short).
+        let cap = (max_terms + max_terms / 2).next_power_of_two().max(64);
         self.table.clear();
         self.table.resize(cap, (EMPTY, 0));
         self.used.clear();
@@ -202,8 +203,9 @@ impl Scratch {
         } else {
             0
         };
-        // Words: at most one per two bytes, each a unigram plus a bigram.
-        self.reset_table(n_char + n + 8);
+        // Words: at most one per two bytes (a word and its separator), each a unigram
+        // plus a bigram.
+        self.reset_table(n_char + n + 2);
         let shift = 64 - cfg.buckets_log2.clamp(10, 24);
         let to_bucket = |h: u64| (fmix(h) >> shift) as u32;
         let Scratch { norm, table, used } = self;
@@ -252,7 +254,8 @@ impl Scratch {
 #[inline(always)]
 fn add(table: &mut [(u32, u32)], used: &mut Vec<u32>, bucket: u32) {
     let mask = table.len() - 1;
-    let mut slot = (fmix(u64::from(bucket)) as usize) & mask;
+    // Buckets are already well-mixed hash bits: use them as the probe start.
+    let mut slot = bucket as usize & mask;
     loop {
         let e = &mut table[slot];
         if e.0 == bucket {

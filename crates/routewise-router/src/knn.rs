@@ -566,6 +566,33 @@ mod tests {
     }
 
     #[test]
+    fn prior_weight_shrinks_towards_the_global_mean() {
+        let rows = vec![unit(&[1.0, 0.0]), unit(&[0.0, 1.0])];
+        let t = set(&rows, &[1.0, 0.0, 0.0, 1.0], 2);
+        let predict = |pw: f64| {
+            let cfg = KnnConfig {
+                k: 1,
+                index: KnnIndex::Exact,
+                prior_weight: pw,
+                ..KnnConfig::default()
+            };
+            let mut out = vec![0.0; 2];
+            KnnRouter::fit(&t, &cfg)
+                .unwrap()
+                .predict_scores(&unit(&[1.0, 0.0]), &mut out);
+            out
+        };
+        assert_eq!(predict(0.0), vec![1.0, 0.0]);
+        let mid = predict(3.0);
+        assert!(
+            mid[0] < 1.0 && mid[0] > 0.5 && mid[1] > 0.0 && mid[1] < 0.5,
+            "{mid:?}"
+        );
+        let strong = predict(1e9);
+        assert!((strong[0] - 0.5).abs() < 1e-6 && (strong[1] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
     fn rejects_bad_config() {
         let t = set(&[unit(&[1.0, 0.0])], &[1.0, 0.0], 2);
         let bad = KnnConfig {
