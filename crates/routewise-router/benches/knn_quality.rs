@@ -45,7 +45,18 @@ fn main() {
         .collect();
     let quick = std::env::var("RW_QUICK").is_ok();
     let mut configs: Vec<(String, KnnConfig)> = Vec::new();
-    let base = KnnConfig::default();
+    let base = KnnConfig {
+        tune: false,
+        ..KnnConfig::default()
+    };
+    configs.push(("ivf default (tuned)".into(), KnnConfig::default()));
+    configs.push((
+        "exact tuned".into(),
+        KnnConfig {
+            index: KnnIndex::Exact,
+            ..KnnConfig::default()
+        },
+    ));
     for &k in if quick {
         &[20usize][..]
     } else {
@@ -127,6 +138,11 @@ fn main() {
             let t1 = Instant::now();
             let r = KnnRouter::fit(&ts, cfg).expect("fit");
             let fit_s = t1.elapsed().as_secs_f64() + feat_s;
+            let name = if cfg.tune {
+                format!("{name} k={} p={}", r.config().k, r.config().power)
+            } else {
+                name.clone()
+            };
             let mut scores = vec![0.0; n_models];
             let (mut q, mut brier, mut nb) = (0.0, 0.0, 0usize);
             for (i, rec) in test.iter().enumerate() {
