@@ -194,10 +194,14 @@ async fn attempt_http(
     let body = req
         .upstream_body(&up.upstream_model)
         .map_err(|e| Failure::new(AttemptOutcome::Body, format!("cannot encode body: {e}")))?;
+    let url = up
+        .url
+        .clone()
+        .ok_or_else(|| Failure::new(AttemptOutcome::Connect, "no upstream URL"))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut rb = gw
         .client
-        .post(&up.url)
+        .post(url)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body);
     if let Some(auth) = &up.auth {

@@ -22,8 +22,8 @@ use crate::replay::Replay;
 pub struct Upstream {
     pub name: String,
     pub provider: Provider,
-    /// `{base_url}/chat/completions`.
-    pub url: String,
+    /// `{base_url}/chat/completions`, parsed once (`None` for `replay`).
+    pub url: Option<reqwest::Url>,
     /// `Bearer <key>`, marked sensitive.
     pub auth: Option<HeaderValue>,
     pub upstream_model: String,
@@ -142,11 +142,26 @@ impl AppState {
                 },
                 None => None,
             };
+            let url = match m.provider {
+                Provider::Replay => None,
+                Provider::OpenAi => {
+                    match reqwest::Url::parse(&format!("{}/chat/completions", m.base_url)) {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            issues.push(Issue {
+                                path: format!("models[{i}].base_url"),
+                                message: e.to_string(),
+                            });
+                            None
+                        }
+                    }
+                }
+            };
             catalog_to_upstream[ci] = upstreams.len();
             upstreams.push(Upstream {
                 name: m.name.clone(),
                 provider: m.provider,
-                url: format!("{}/chat/completions", m.base_url),
+                url,
                 auth,
                 upstream_model: m.upstream_model.clone(),
                 price,

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Gateway benchmark (issue 3): a real load generator against the testkit mock upstream,
+# directly and through `routewise serve`, on loopback.
+#
+#   bash bench/gateway.sh            # DUR=10 seconds per run
+#   DUR=20 BENCH_LOG=info bash bench/gateway.sh
+#   BENCH_LITELLM=1 bash bench/gateway.sh   # also LiteLLM's proxy (pip install 'litellm[proxy]')
+#
+# Reports, for concurrency 1, 64 and 256 (wrk, closed loop): throughput, p50, p99 and errors,
+# direct vs through routewise; at a fixed 2,000 requests/s (hey, open loop): p50/p99 direct vs
+# through and the added latency; routewise's RSS (VmRSS now, VmHWM peak).
+# Needs wrk and hey (Debian packages; installed here when missing and apt-get is available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dur="${DUR:-10}"
+rate="${RATE:-2000}"
+log_level="${BENCH_LOG:-warn}"
+
+for tool in wrk hey; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hey >/dev/null) \
+      || { echo "bench: $tool is missing and could not be installed"; exit 1; }
+  fi
+done
+
+cargo build -q --release -p routewise -p routewise-testkit
+bin=target/release
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+mock_port="$(free_port)"; gw_port="$(free_port)"; litellm_port="$(free_port)"
+mock="http://127.0.0.1:$mock_port/v1/chat/completions"
+gw="http://127.0.0.1:$gw_port/v1/chat/completions"
+
+models=(gpt-4-1106-preview gpt-3.5-turbo-1106 claude-v2 claude-v1 claude-instant-v1
+        meta/llama-2-70b-chat mistralai/mixtral-8x7b-chat mistralai/mistral-7b-chat
+        zero-one-ai/Yi-34B-Chat meta/code-llama-instruct-34b-chat WizardLM/WizardLM-13B-V1.2)
+{
+  echo "listen: 127.0.0.1:$gw_port"
+  echo "router: {policy: {lambda: 100}}   # the embedded default router (kNN on the demo fixture)"
+  echo "models:"
+  for m in "${models[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
+} > "$work/gateway.yaml"
+
+body='{"model":"auto","messages":[{"role":"user","content":"Write a Python function that checks whether a number is prime, with a docstring."}],"max_tokens":64}'
+printf '%s' "$body" > "$work/body.json"
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '$body'
+LUA
+
+"$bin/routewise-mock" --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
+ROUTEWISE_LOG="$log_level" "$bin/routewise" serve --config "$work/gateway.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$mock_port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf -o /dev/null -X POST -H 'content-type: application/json' -d "$body" "$gw" || { echo "bench: gateway not answering"; cat "$work/gw.log"; exit 1; }
+rss() { awk '/^VmRSS/{r=$2} /^VmHWM/{h=$2} END{printf "%.1f MB (peak %.1f MB)", r/1024, h/1024}' "/proc/$1/status"; }
+echo "routewise RSS after start: $(rss "$gw_pid")"
+
+# wrk: "Requests/sec", latency percentiles (us/ms/s -> ms), errors
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+run_wrk() { # url conns -> "rps p50 p99 errors"
+  local t=$(( $2 < 2 ? 1 : 2 ))
+  local out; out="$(wrk -t"$t" -c"$2" -d"${dur}s" --latency -s "$work/post.lua" "$1" 2>&1)"
+  local rps p50 p99 non2xx sock
+  rps="$(awk '/^Requests\/sec/{print $2}' <<<"$out")"
+  p50="$(awk '$1=="50%"{print $2}' <<<"$out" | to_ms)"
+  p99="$(awk '$1=="99%"{print $2}' <<<"$out" | to_ms)"
+  non2xx="$(awk -F': ' '/Non-2xx/{print $2}' <<<"$out")"
+  sock="$(awk '/Socket errors/{gsub(",",""); print $4+$6+$8+$10}' <<<"$out")"
+  echo "$rps $p50 $p99 $(( ${non2xx:-0} + ${sock:-0} ))"
+}
+# hey at a fixed rate: "rps p50 p99 errors" (latency in ms)
+run_hey() {
+  local c=16 q=$(( rate / 16 ))
+  local out; out="$(hey -z "${dur}s" -c "$c" -q "$q" -m POST -T application/json -D "$work/body.json" "$1" 2>&1)"
+  local rps p50 p99 ok total
+  rps="$(awk '/Requests\/sec/{print $2}' <<<"$out")"
+  p50="$(awk '$1=="50%"{printf "%.3f", $3*1000}' <<<"$out")"
+  p99="$(awk '$1=="99%"{printf "%.3f", $3*1000}' <<<"$out")"
+  ok="$(awk '/\[200\]/{print $2}' <<<"$out")"
+  total="$(awk '/\[[0-9]+\]/{s+=$2} END{print s+0}' <<<"$out")"
+  local errs; errs="$(awk '/Error distribution/{f=1; next} f && /\[/{s+=$1} END{print s+0}' <<<"$out")"
+  echo "$rps $p50 $p99 $(( total - ${ok:-0} + errs ))"
+}
+
+echo
+echo "## Closed loop (wrk, ${dur}s per run): direct = mock only, routewise = client -> routewise -> mock"
+echo
+echo "| conns | direct req/s | direct p50 ms | direct p99 ms | routewise req/s | routewise p50 ms | routewise p99 ms | routewise errors |"
+echo "|---|---|---|---|---|---|---|---|"
+for c in 1 64 256; do
+  read -r drps dp50 dp99 derr < <(run_wrk "$mock" "$c")
+  read -r grps gp50 gp99 gerr < <(run_wrk "$gw" "$c")
+  echo "| $c | $drps | $dp50 | $dp99 | $grps | $gp50 | $gp99 | $gerr |"
+done
+echo
+echo "routewise RSS after the closed-loop runs: $(rss "$gw_pid")"
+
+echo
+echo "## Open loop at ${rate} req/s (hey -c 16 -q $(( rate / 16 )), ${dur}s)"
+echo
+read -r drps dp50 dp99 derr < <(run_hey "$mock")
+read -r grps gp50 gp99 gerr < <(run_hey "$gw")
+echo "| target | req/s | p50 ms | p99 ms | errors |"
+echo "|---|---|---|---|---|"
+echo "| mock direct | $drps | $dp50 | $dp99 | $derr |"
+echo "| through routewise | $grps | $gp50 | $gp99 | $gerr |"
+echo
+echo "added latency at ${rate} req/s: p50 $(awk -v a="$gp50" -v b="$dp50" 'BEGIN{printf "%.3f", a-b}') ms, p99 $(awk -v a="$gp99" -v b="$dp99" 'BEGIN{printf "%.3f", a-b}') ms"
+echo "routewise RSS at the end: $(rss "$gw_pid")"
+
+if [ "${BENCH_LITELLM:-0}" = 1 ]; then
+  if ! command -v litellm >/dev/null 2>&1; then
+    echo "LiteLLM: not installed (pip install 'litellm[proxy]'); skipped"
+  else
+    {
+      echo "model_list:"
+      echo "  - model_name: auto"
+      echo "    litellm_params: {model: openai/gpt-4-1106-preview, api_base: http://127.0.0.1:$mock_port/v1, api_key: sk-none}"
+      echo "litellm_settings: {drop_params: true, turn_off_message_logging: true}"
+    } > "$work/litellm.yaml"
+    litellm --config "$work/litellm.yaml" --host 127.0.0.1 --port "$litellm_port" > "$work/litellm.log" 2>&1 & ll_pid=$!; pids+=($ll_pid)
+    for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$litellm_port/health/liveliness" >/dev/null 2>&1 && break; sleep 0.2; done
+    ll="http://127.0.0.1:$litellm_port/v1/chat/completions"
+    echo
+    echo "## LiteLLM proxy (same mock, one deployment, no routing), wrk ${dur}s"
+    echo
+    echo "| conns | litellm req/s | litellm p50 ms | litellm p99 ms | errors | routewise/litellm throughput |"
+    echo "|---|---|---|---|---|---|"
+    for c in 1 64; do
+      read -r lrps lp50 lp99 lerr < <(run_wrk "$ll" "$c")
+      read -r grps gp50 gp99 gerr < <(run_wrk "$gw" "$c")
+      echo "| $c | $lrps | $lp50 | $lp99 | $lerr | $(awk -v a="$grps" -v b="$lrps" 'BEGIN{if (b>0) printf "%.1fx", a/b; else print "n/a"}') |"
+    done
+    echo "LiteLLM RSS: $(rss "$ll_pid")"
+  fi
+fi

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# End-to-end test: the official `openai` Python client -> `routewise serve` -> the testkit
+# mock upstream (`routewise-mock`), all on loopback. Builds the binaries, starts a mock and
+# two gateways (one healthy, one with failing upstreams), runs pytest, and cleans up.
+#
+# Needs: python3 with `pip install -r tests/e2e/requirements.txt` (openai, pytest).
+# Env: E2E_PROFILE=release to test release binaries (default debug).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+profile="${E2E_PROFILE:-debug}"
+if [ "$profile" = release ]; then
+  cargo build -q --release -p routewise -p routewise-testkit
+else
+  cargo build -q -p routewise -p routewise-testkit
+fi
+bin="target/$profile"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+mock_port="$(free_port)"; gw_port="$(free_port)"; faulty_port="$(free_port)"
+
+models=(gpt-4-1106-preview gpt-3.5-turbo-1106 claude-v2 claude-v1 claude-instant-v1
+        meta/llama-2-70b-chat mistralai/mixtral-8x7b-chat mistralai/mistral-7b-chat
+        zero-one-ai/Yi-34B-Chat meta/code-llama-instruct-34b-chat WizardLM/WizardLM-13B-V1.2)
+
+# healthy: every model answered by the mock under its own name; the key is sent upstream
+{
+  echo "listen: 127.0.0.1:$gw_port"
+  echo "router: {policy: {lambda: 100}}"
+  echo "models:"
+  for m in "${models[@]}"; do
+    echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1, api_key_env: E2E_UPSTREAM_KEY, context_window: 32000}"
+  done
+  echo "limits: {request_timeout_ms: 5000, max_attempts: 3}"
+} > "$work/healthy.yaml"
+
+# faulty: every model returns HTTP 500 except mistral-7b (answers) and claude-v1 (streams break)
+{
+  echo "listen: 127.0.0.1:$faulty_port"
+  echo "router: {policy: {lambda: 0}}"
+  echo "models:"
+  for m in "${models[@]}"; do
+    case "$m" in
+      mistralai/mistral-7b-chat) up="$m" ;;
+      claude-v1) up="mock-break-2" ;;
+      *) up="mock-500" ;;
+    esac
+    echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1, upstream_model: $up}"
+  done
+  echo "limits: {request_timeout_ms: 5000, max_attempts: 11}"
+  echo "cooldown: {failures: 1000, seconds: 1}"
+} > "$work/faulty.yaml"
+
+export E2E_UPSTREAM_KEY="sk-e2e-upstream-secret-42"
+"$bin/routewise-mock" --listen "127.0.0.1:$mock_port" --record > "$work/mock.log" 2>&1 & pids+=($!)
+"$bin/routewise" check-config "$work/healthy.yaml"
+"$bin/routewise" check-config "$work/faulty.yaml"
+ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/healthy.yaml" > "$work/gw.log" 2>&1 & pids+=($!)
+ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/faulty.yaml" > "$work/faulty.log" 2>&1 & pids+=($!)
+
+wait_up() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$1/healthz', timeout=1)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "service on port $1 did not start"; cat "$work"/*.log; return 1
+}
+wait_up "$gw_port"; wait_up "$faulty_port"
+python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$mock_port/healthz', timeout=2)"
+
+status=0
+E2E_GATEWAY="http://127.0.0.1:$gw_port" \
+E2E_FAULTY="http://127.0.0.1:$faulty_port" \
+E2E_BIN="$bin/routewise" \
+E2E_WORK="$work" \
+  python3 -m pytest -q -p no:cacheprovider tests/e2e || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "--- gateway log (tail)"; tail -n 40 "$work/gw.log"
+  echo "--- faulty gateway log (tail)"; tail -n 40 "$work/faulty.log"
+fi
+exit "$status"

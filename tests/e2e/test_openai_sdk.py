@@ -1,0 +1,150 @@
+"""End-to-end: the official `openai` client against `routewise serve` in front of the
+testkit mock upstream. Started by tests/e2e/run.sh, which sets:
+
+E2E_GATEWAY  a healthy gateway (every model answered by the mock, lambda 100)
+E2E_FAULTY   a gateway whose upstreams fail: HTTP 500 everywhere except
+             mistralai/mistral-7b-chat (answers) and claude-v1 (streams break after 2 chunks)
+E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
+"""
+import json
+import os
+import pathlib
+import subprocess
+import urllib.request
+
+import openai
+import pytest
+
+GATEWAY = os.environ.get("E2E_GATEWAY")
+FAULTY = os.environ.get("E2E_FAULTY")
+SECRET = "sk-e2e-upstream-secret-42"
+pytestmark = pytest.mark.skipif(not GATEWAY, reason="run through tests/e2e/run.sh")
+
+PROMPT = "Write a Python function that returns the n-th Fibonacci number."
+
+
+def client(base):
+    # The client's own key is never forwarded: routewise uses its configured upstream keys.
+    return openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0, timeout=20)
+
+
+def route(base, body):
+    req = urllib.request.Request(base + "/v1/route", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def test_non_streaming_routes_and_reports_the_model():
+    raw = client(GATEWAY).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": PROMPT}])
+    chosen = raw.headers["x-routewise-model"]
+    assert len(raw.headers["x-routewise-decision-id"]) == 32
+    completion = raw.parse()
+    # the mock answers under the upstream model name, which is the routed model's name
+    assert completion.model == chosen
+    assert completion.choices[0].message.content.startswith(f"mock answer from {chosen}")
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    # the decision API agrees with what was served
+    assert route(GATEWAY, {"messages": [{"role": "user", "content": PROMPT}]})["model"] == chosen
+
+
+def test_streaming_yields_chunks_and_usage():
+    stream = client(GATEWAY).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": PROMPT}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("mock answer from ")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+
+
+def test_direct_model_and_tool_calls_pass_through():
+    completion = client(GATEWAY).chat.completions.create(
+        model="gpt-3.5-turbo-1106", messages=[{"role": "user", "content": "weather?"}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}])
+    assert completion.model == "gpt-3.5-turbo-1106"
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"x": 1}
+    assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_preferences_in_body_and_header():
+    c = client(GATEWAY)
+    msgs = [{"role": "user", "content": PROMPT}]
+    cheap = route(GATEWAY, {"messages": msgs, "routewise": {"lambda": 1e7}})
+    cheapest = min(cheap["models"], key=lambda m: m["predicted_cost_usd"])["name"]
+    assert cheap["model"] == cheapest
+    raw = c.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs, extra_body={"routewise": {"lambda": 1e7}})
+    assert raw.headers["x-routewise-model"] == cheapest
+    raw = c.chat.completions.with_raw_response.create(
+        model="auto", messages=msgs, extra_headers={"x-routewise-lambda": "10000000"})
+    assert raw.headers["x-routewise-model"] == cheapest
+
+
+def test_models_list():
+    ids = [m.id for m in client(GATEWAY).models.list()]
+    assert ids[0] == "auto" and "gpt-4-1106-preview" in ids and len(ids) == 12
+
+
+def test_client_errors_are_openai_shaped():
+    c = client(GATEWAY)
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="auto", messages="not a list")
+    assert e.value.body["param"] == "messages"
+
+
+def test_fallback_down_the_ranking_through_the_sdk():
+    msgs = [{"role": "user", "content": PROMPT}]
+    order = route(FAULTY, {"messages": msgs})["fallback_order"]
+    working = {"mistralai/mistral-7b-chat", "claude-v1"}  # claude-v1 answers non-streaming calls
+    expected = next(m for m in order if m in working)
+    raw = client(FAULTY).chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert raw.headers["x-routewise-model"] == expected
+    assert int(raw.headers["x-routewise-attempts"]) == order.index(expected) + 1
+    assert raw.parse().choices[0].message.content.startswith("mock answer from")
+
+
+def test_all_attempts_failing_is_a_502():
+    with pytest.raises(openai.APIStatusError) as e:
+        client(FAULTY).chat.completions.create(
+            model="gpt-4-1106-preview", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 502
+    assert e.value.body["type"] == "upstream_error"
+
+
+def test_stream_broken_midway_raises_instead_of_hanging():
+    stream = client(FAULTY).chat.completions.create(
+        model="claude-v1", messages=[{"role": "user", "content": "x"}], stream=True)
+    got = []
+    with pytest.raises(openai.APIError) as e:
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2, got
+    assert "upstream stream broke" in str(e.value)
+
+
+def test_check_config_reports_errors_with_file_and_field():
+    work = pathlib.Path(os.environ["E2E_WORK"])
+    bad = work / "bad.yaml"
+    bad.write_text("models:\n  - {name: x, base_url: not-a-url}\nlimits: {max_attempts: 0}\nextra: 1\n")
+    r = subprocess.run([os.environ["E2E_BIN"], "check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert f"{bad}: models[0].base_url: relative URL without a base" in r.stderr
+    assert f"{bad}: limits.max_attempts: must be >= 1" in r.stderr
+    assert f"{bad}: extra: unknown field" in r.stderr
+    ok = subprocess.run([os.environ["E2E_BIN"], "check-config", str(work / "healthy.yaml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok"), ok.stderr
+
+
+def test_upstream_key_never_in_gateway_logs():
+    work = pathlib.Path(os.environ["E2E_WORK"])
+    logs = (work / "gw.log").read_text() + (work / "faulty.log").read_text()
+    assert "routewise::decision" in logs
+    assert SECRET not in logs
