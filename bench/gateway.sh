@@ -25,7 +25,7 @@ for tool in wrk hey; do
 done
 
 cargo build -q --release -p routewise -p routewise-testkit
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 work="$(mktemp -d)"
 pids=()

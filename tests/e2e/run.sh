@@ -14,7 +14,7 @@ if [ "$profile" = release ]; then
 else
   cargo build -q -p routewise -p routewise-testkit
 fi
-bin="target/$profile"
+bin="${CARGO_TARGET_DIR:-target}/$profile"
 
 work="$(mktemp -d)"
 pids=()
