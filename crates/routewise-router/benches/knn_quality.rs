@@ -7,7 +7,8 @@
 //!
 //! `cargo bench -p routewise-router --bench knn_quality` (env: `RW_DATA` = dataset
 //! path, default `../shared/data/mmlu-pro-12k.jsonl`; `RW_DIMS` = comma list,
-//! default `128,256,512`; `RW_QUICK=1` = fewer configs).
+//! default `128,256,512`; `RW_NPROBES` = comma list of IVF probes; `RW_QUICK=1` =
+//! fewer configs).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -71,17 +72,20 @@ fn main() {
             },
         ));
     }
-    for &nprobe in if quick {
-        &[12usize][..]
-    } else {
-        &[4usize, 8, 12, 20][..]
-    } {
+    let nprobes: Vec<usize> = match std::env::var("RW_NPROBES") {
+        Ok(v) => v
+            .split(',')
+            .map(|x| x.trim().parse().expect("nprobe"))
+            .collect(),
+        Err(_) if quick => vec![12],
+        Err(_) => vec![4, 8, 12, 20],
+    };
+    for nprobe in nprobes {
         configs.push((
-            format!("ivf nprobe={nprobe} k=40"),
+            format!("ivf nprobe={nprobe} tuned"),
             KnnConfig {
-                k: 40,
                 index: KnnIndex::Ivf { nlist: 0, nprobe },
-                ..base.clone()
+                ..KnnConfig::default()
             },
         ));
     }

@@ -16,9 +16,10 @@
 //! subsample of at most 64 points per list) and scans only the `nprobe` lists whose
 //! centroids are closest to the query.
 //!
-//! Storage: the scan is bound by memory bandwidth (9.6k x 256 `f32` is 10 MB, beyond the
-//! L2 cache), so training vectors are stored contiguously per list as `i8` with one
-//! `f32` scale per row (symmetric max-abs quantisation, `x ~ scale * q`, `|q| <= 127`),
+//! Storage: a scan of 9.6k x 256 `f32` (10 MB, beyond the L2 cache) is bound by memory
+//! and, on baseline x86-64 (SSE2, no FMA), by arithmetic; so training vectors are
+//! quantised to 8-bit values (kept as `i16` in memory for 16-bit multiply-adds, `i8` in
+//! the artifact) contiguously per list, with one `f32` scale per row (symmetric max-abs quantisation, `x ~ scale * q`, `|q| <= 127`),
 //! and the query is quantised the same way: similarity = `scale_q * scale_x * sum q_i
 //! x_i` with the sum in exact `i32`. The rounding error of a similarity is below
 //! `|x|_1 * |q|_inf / 254 + ...`, in practice about 1e-3, far below the gaps that
@@ -131,8 +132,11 @@ pub struct KnnRouter {
     config: KnnConfig,
     dim: usize,
     n_models: usize,
-    /// Quantised training vectors, grouped by list (`n * dim`).
-    vectors: Vec<i8>,
+    /// Quantised training vectors, grouped by list (`n * dim`): `i8` values held as
+    /// `i16` in memory (16-bit multiply-adds need no sign extension: 2x faster scans on
+    /// baseline x86-64) and stored as `i8` in artifacts.
+    #[serde(serialize_with = "ser_i8", deserialize_with = "de_i8")]
+    vectors: Vec<i16>,
     /// Per-row dequantisation scale.
     row_scale: Vec<f32>,
     /// Scores in the same row order (`n * n_models`), `NaN` where missing.
@@ -149,7 +153,7 @@ pub struct KnnRouter {
 struct Scratch {
     cand: Vec<(f32, u32)>,
     probe: Vec<(f32, u32)>,
-    query: Vec<i8>,
+    query: Vec<i16>,
     num: Vec<f64>,
     den: Vec<f64>,
 }
@@ -176,17 +180,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
-/// Integer dot product of two `i8` vectors (exact). Written as 32-element chunks with
-/// one `i32` sum each, the shape LLVM turns into 16-bit multiply-adds (`pmaddwd`) on any
-/// x86-64 and `sdot`-style code elsewhere.
+/// Integer dot product of two quantised vectors (values in `[-127, 127]`, held as
+/// `i16`; exact). Written as 16-element chunks with one `i32` sum each, the shape LLVM
+/// turns into 16-bit multiply-adds (`pmaddwd`) on any x86-64.
 #[inline]
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+pub fn dot_q(a: &[i16], b: &[i16]) -> i32 {
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     let mut s = 0i32;
     for (x, y) in ca.zip(cb) {
         let mut t = 0i32;
-        for i in 0..32 {
+        for i in 0..16 {
             t += i32::from(x[i]) * i32::from(y[i]);
         }
         s += t;
@@ -198,14 +202,24 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         .sum::<i32>()
 }
 
+fn ser_i8<S: serde::Serializer>(v: &[i16], s: S) -> Result<S::Ok, S::Error> {
+    let bytes: Vec<i8> = v.iter().map(|&x| x.clamp(-127, 127) as i8).collect();
+    bytes.serialize(s)
+}
+
+fn de_i8<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i16>, D::Error> {
+    let bytes = Vec::<i8>::deserialize(d)?;
+    Ok(bytes.into_iter().map(i16::from).collect())
+}
+
 /// Symmetric max-abs quantisation of `x` into `out`; returns the scale.
-fn quantize(x: &[f32], out: &mut Vec<i8>) -> f32 {
+fn quantize(x: &[f32], out: &mut Vec<i16>) -> f32 {
     let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
     let inv = 1.0 / scale;
     out.extend(
         x.iter()
-            .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+            .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i16),
     );
     scale
 }
@@ -424,7 +438,7 @@ impl KnnRouter {
             let rows = self.vectors[a * d..b * d].chunks_exact(d.max(1));
             let Scratch { cand, query, .. } = s;
             for ((r, x), &sc) in (a as u32..).zip(rows).zip(&self.row_scale[a..b]) {
-                cand.push((dot_i8(query, x) as f32 * (sc * qscale), r));
+                cand.push((dot_q(query, x) as f32 * (sc * qscale), r));
             }
         };
         match self.config.index {
@@ -574,13 +588,13 @@ mod tests {
         );
         let (mut qa, mut qb) = (Vec::new(), Vec::new());
         let (sa, sb) = (quantize(&a, &mut qa), quantize(&b, &mut qb));
-        let approx = dot_i8(&qa, &qb) as f32 * sa * sb;
+        let approx = dot_q(&qa, &qb) as f32 * sa * sb;
         assert!(
             (approx - dot(&a, &b)).abs() < 5e-3,
             "{approx} {}",
             dot(&a, &b)
         );
-        let self_sim = dot_i8(&qa, &qa) as f32 * sa * sa;
+        let self_sim = dot_q(&qa, &qa) as f32 * sa * sa;
         assert!((self_sim - 1.0).abs() < 5e-3);
     }
 
