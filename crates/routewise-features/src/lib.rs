@@ -17,6 +17,8 @@ pub mod pooling;
 pub mod static_embed;
 pub mod tfidf;
 pub mod weights;
+#[cfg(feature = "static-embed")]
+pub mod wordpiece;
 
 use std::path::PathBuf;
 

@@ -114,6 +114,15 @@ impl MiniLmFeaturizer {
         self.state.get().is_some()
     }
 
+    /// Token ids (with `[CLS]`/`[SEP]`, after truncation) the model sees for `text`.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
+        self.load()?;
+        match self.state.get() {
+            Some(s) => s.encode(text),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Embeddings of `texts`, row-major, or the first error.
     pub fn try_embed_batch(&self, texts: &[&str]) -> Result<Vec<f32>, FeatureError> {
         self.load()?;
@@ -328,6 +337,9 @@ pub(crate) mod imp {
         }
         pub fn embed_batch(&self, _texts: &[&str], _out: &mut [f32]) -> Result<(), FeatureError> {
             Ok(())
+        }
+        pub fn encode(&self, _text: &str) -> Result<Vec<u32>, FeatureError> {
+            Ok(Vec::new())
         }
     }
 }

@@ -118,6 +118,15 @@ impl StaticFeaturizer {
         self.state.get().is_some()
     }
 
+    /// Token ids through the `tokenizers` crate only (reference for the fast path).
+    pub fn reference_token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
+        self.load()?;
+        match self.state.get() {
+            Some(s) => s.slow_token_ids(text),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The token ids the featurizer pools for `text` (after truncation).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
         match self.state.get() {
@@ -169,6 +178,7 @@ mod imp {
     /// The loaded tokenizer and `[vocab, dim]` table.
     pub struct State {
         tokenizer: Tokenizer,
+        fast: Option<crate::wordpiece::FastWordPiece>,
         table: Vec<f32>,
         dim: usize,
         max_tokens: usize,
@@ -177,6 +187,12 @@ mod imp {
     impl State {
         pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, FeatureError> {
             let tokenizer = load_tokenizer(dir, max_tokens)?;
+            let tok_path = dir.join("tokenizer.json");
+            let tok_text =
+                std::fs::read_to_string(&tok_path).map_err(|e| FeatureError::io(&tok_path, e))?;
+            let fast = serde_json::from_str(&tok_text)
+                .ok()
+                .and_then(|v| crate::wordpiece::FastWordPiece::from_tokenizer_json(&v));
             let path = dir.join("model.safetensors");
             let bytes = std::fs::read(&path).map_err(|e| FeatureError::io(&path, e))?;
             let (table, dim) = read_f32_matrix(&bytes, "embeddings").map_err(|message| {
@@ -197,6 +213,7 @@ mod imp {
             }
             Ok(State {
                 tokenizer,
+                fast,
                 table,
                 dim,
                 max_tokens,
@@ -208,6 +225,18 @@ mod imp {
         }
 
         pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
+            let text = super::prefix(text, self.max_tokens.saturating_mul(16));
+            if let Some(fast) = &self.fast {
+                let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+                if fast.encode(text, self.max_tokens, &mut ids).is_some() {
+                    return Ok(ids);
+                }
+            }
+            self.slow_token_ids(text)
+        }
+
+        /// Token ids through the `tokenizers` crate (the reference path).
+        pub fn slow_token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
             let text = super::prefix(text, self.max_tokens.saturating_mul(16));
             let enc = self
                 .tokenizer
@@ -317,6 +346,9 @@ mod imp {
             0
         }
         pub fn token_ids(&self, _text: &str) -> Result<Vec<u32>, FeatureError> {
+            Ok(Vec::new())
+        }
+        pub fn slow_token_ids(&self, _text: &str) -> Result<Vec<u32>, FeatureError> {
             Ok(Vec::new())
         }
         pub fn embed_into(&self, _text: &str, _out: &mut [f32]) {}

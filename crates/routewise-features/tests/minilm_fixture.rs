@@ -78,3 +78,17 @@ fn batched_equals_single_despite_padding() {
         );
     }
 }
+
+#[test]
+fn artifact_round_trip_stores_hashes_not_weights() {
+    let Some(f) = open_or_skip() else { return };
+    let any = routewise_features::AnyFeaturizer::MiniLm(f);
+    let text = "Which of the following is a prime number? (A) 21 (B) 27 (C) 29 (D) 33";
+    let before = any.featurize(text);
+    let bytes = bincode::serialize(&any).unwrap();
+    assert!(bytes.len() < 4096, "{} bytes", bytes.len());
+    let back: routewise_features::AnyFeaturizer = bincode::deserialize(&bytes).unwrap();
+    assert_eq!(back.name(), "minilm");
+    back.load().unwrap();
+    assert_eq!(back.featurize(text), before);
+}
