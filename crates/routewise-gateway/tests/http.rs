@@ -625,3 +625,25 @@ async fn metrics_report_requests_attempts_latency_and_cost() {
         assert!(m.contains(want), "missing `{want}` in\n{m}");
     }
 }
+
+#[tokio::test]
+async fn a_stream_with_headers_but_no_first_chunk_falls_back() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_fault("up-a", Some(Fault::StallStream(0)));
+    let gw = start(&abc_yaml(
+        &mock.base_url(),
+        "limits: {request_timeout_ms: 300}",
+    ))
+    .await;
+    let mut body = chat_body("x");
+    body["stream"] = json!(true);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(r.headers(), "x-routewise-model"), "b");
+    assert_eq!(header(r.headers(), "x-routewise-attempts"), "2");
+    assert!(read_sse(r).await.ends_with("data: [DONE]\n\n"));
+}
