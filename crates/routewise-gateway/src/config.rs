@@ -41,7 +41,12 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 /// Variables with the `ROUTEWISE_` prefix that are not config overrides.
-pub const RESERVED_ENV: &[&str] = &["ROUTEWISE_CONFIG", "ROUTEWISE_LOG"];
+pub const RESERVED_ENV: &[&str] = &[
+    "ROUTEWISE_CONFIG",
+    "ROUTEWISE_LOG",
+    "ROUTEWISE_MODELS",
+    "ROUTEWISE_PYTHON",
+];
 
 /// A validated gateway configuration.
 #[derive(Debug, Clone)]
