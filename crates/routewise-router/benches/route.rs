@@ -15,7 +15,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use routewise_data::{Dataset, Record};
 use routewise_features::{AnyFeaturizer, Featurizer, TfidfConfig, TfidfFeaturizer};
 use routewise_router::{
-    fit_router, Catalog, Engine, KnnIndex, Policy, RouterConfigs, RouterKind, TrainSet,
+    fit_router, Artifact, Catalog, Engine, KnnIndex, Policy, RouterConfigs, RouterKind, TrainSet,
 };
 
 struct Setup {
@@ -46,6 +46,17 @@ fn setup() -> Option<Setup> {
             cfg.knn.index = i;
         }
         let router = fit_router(RouterKind::Knn, &ts, &catalog, &cfg).expect("fit");
+        let bytes = Artifact::new(
+            &ds.name,
+            f.clone(),
+            router.clone(),
+            catalog.clone(),
+            ts.len(),
+        )
+        .to_bytes()
+        .expect("artifact")
+        .len();
+        println!("{name}: artifact {:.2} MB", bytes as f64 / 1e6);
         engines.push((
             name.to_string(),
             Engine {
