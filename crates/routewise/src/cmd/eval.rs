@@ -134,6 +134,9 @@ pub struct Report {
     /// `[c_min, c_max]`: the AIQ cost range (cheapest and most expensive single model).
     pub cost_range: [f64; 2],
     pub oracle: Point,
+    /// AIQ of RouterBench's zero router: the non-decreasing convex hull of the single
+    /// models' points (what mixing models at random, ignoring the prompt, achieves).
+    pub zero_router_aiq: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<Pair>,
     pub routers: Vec<RouterRow>,
@@ -417,6 +420,8 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
         });
     }
 
+    let single_points: Vec<(f64, f64)> = models.iter().map(|m| (m.cost, m.quality)).collect();
+    let zero_router_aiq = routewise_eval::aiq(&single_points, c_min, c_max);
     Ok(Report {
         dataset: ds.name.clone(),
         n_train: train.len(),
@@ -428,6 +433,7 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
         best_single,
         cost_range: [c_min, c_max],
         oracle: outcomes.oracle(),
+        zero_router_aiq,
         pair: pair.map(|(s, w)| Pair {
             strong: ds.models[s].clone(),
             weak: ds.models[w].clone(),
@@ -505,6 +511,11 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         out,
         "{:<12} {:>7} {:>8.4} {:>12.6}",
         "oracle", "-", r.oracle.quality, r.oracle.cost
+    )?;
+    writeln!(
+        out,
+        "{:<12} {:>7.4}   (hull of the single models, RouterBench's zero router)",
+        "zero-router", r.zero_router_aiq
     )?;
     writeln!(
         out,
