@@ -3,11 +3,11 @@
 # directly and through `routewise serve`, on loopback.
 #
 #   bash bench/gateway.sh            # DUR=10 seconds per run
-#   DUR=20 BENCH_LOG=info bash bench/gateway.sh
+#   DUR=20 BENCH_LOG=info GW_THREADS=1 RATE=2000 bash bench/gateway.sh
 #   BENCH_LITELLM=1 bash bench/gateway.sh   # also LiteLLM's proxy (pip install 'litellm[proxy]')
 #
 # Reports, for concurrency 1, 64 and 256 (wrk, closed loop): throughput, p50, p99 and errors,
-# direct vs through routewise; at a fixed 2,000 requests/s (hey, open loop): p50/p99 direct vs
+# direct vs through routewise; at a fixed 2,000 requests/s (oha, else hey; open loop): p50/p99 direct vs
 # through and the added latency; routewise's RSS (VmRSS now, VmHWM peak).
 # Needs wrk and hey (Debian packages; installed here when missing and apt-get is available).
 set -euo pipefail
@@ -60,7 +60,7 @@ wrk.body = '$body'
 LUA
 
 "$bin/routewise-mock" --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-ROUTEWISE_LOG="$log_level" "$bin/routewise" serve --config "$work/gateway.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
+ROUTEWISE_LOG="$log_level" "$bin/routewise" serve ${GW_THREADS:+--threads "$GW_THREADS"} --config "$work/gateway.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$mock_port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
@@ -82,8 +82,20 @@ run_wrk() { # url conns -> "rps p50 p99 errors"
   sock="$(awk '/Socket errors/{gsub(",",""); print $4+$6+$8+$10}' <<<"$out")"
   echo "$rps $p50 $p99 $(( ${non2xx:-0} + ${sock:-0} ))"
 }
-# hey at a fixed rate: "rps p50 p99 errors" (latency in ms)
-run_hey() {
+# open loop at a fixed rate: "rps p50 p99 errors" (latency in ms). oha when installed
+# (`cargo install oha`; microsecond precision, latency correction), else hey (0.1 ms precision).
+open_tool() { if command -v oha >/dev/null 2>&1; then echo oha; else echo hey; fi; }
+run_open() {
+  if [ "$(open_tool)" = oha ]; then
+    oha -z "${dur}s" -w -c 16 -q "$rate" --latency-correction -m POST -T application/json \
+        -D "$work/body.json" --no-tui --output-format json "$1" 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]; s = d["summary"]; codes = d.get("statusCodeDistribution") or {}
+errors = sum(v for k, v in codes.items() if k != "200") + sum((d.get("errorDistribution") or {}).values())
+print("%.1f %.3f %.3f %d" % (s["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3, errors))'
+    return
+  fi
   local c=16 q=$(( rate / 16 ))
   local out; out="$(hey -z "${dur}s" -c "$c" -q "$q" -m POST -T application/json -D "$work/body.json" "$1" 2>&1)"
   local rps p50 p99 ok total
@@ -110,10 +122,10 @@ echo
 echo "routewise RSS after the closed-loop runs: $(rss "$gw_pid")"
 
 echo
-echo "## Open loop at ${rate} req/s (hey -c 16 -q $(( rate / 16 )), ${dur}s)"
+echo "## Open loop at ${rate} req/s ($(open_tool), 16 connections, ${dur}s)"
 echo
-read -r drps dp50 dp99 derr < <(run_hey "$mock")
-read -r grps gp50 gp99 gerr < <(run_hey "$gw")
+read -r drps dp50 dp99 derr < <(run_open "$mock")
+read -r grps gp50 gp99 gerr < <(run_open "$gw")
 echo "| target | req/s | p50 ms | p99 ms | errors |"
 echo "|---|---|---|---|---|"
 echo "| mock direct | $drps | $dp50 | $dp99 | $derr |"
@@ -132,8 +144,10 @@ if [ "${BENCH_LITELLM:-0}" = 1 ]; then
       echo "    litellm_params: {model: openai/gpt-4-1106-preview, api_base: http://127.0.0.1:$mock_port/v1, api_key: sk-none}"
       echo "litellm_settings: {drop_params: true, turn_off_message_logging: true}"
     } > "$work/litellm.yaml"
-    litellm --config "$work/litellm.yaml" --host 127.0.0.1 --port "$litellm_port" > "$work/litellm.log" 2>&1 & ll_pid=$!; pids+=($ll_pid)
-    for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$litellm_port/health/liveliness" >/dev/null 2>&1 && break; sleep 0.2; done
+    # local benchmark only: LiteLLM refuses to start without a master key otherwise
+    LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true \
+      litellm --config "$work/litellm.yaml" --host 127.0.0.1 --port "$litellm_port" > "$work/litellm.log" 2>&1 & ll_pid=$!; pids+=($ll_pid)
+    for _ in $(seq 1 900); do curl -sf "http://127.0.0.1:$litellm_port/health/liveliness" >/dev/null 2>&1 && break; sleep 0.2; done
     ll="http://127.0.0.1:$litellm_port/v1/chat/completions"
     echo
     echo "## LiteLLM proxy (same mock, one deployment, no routing), wrk ${dur}s"
