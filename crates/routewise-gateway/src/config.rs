@@ -28,7 +28,8 @@
 //! `ROUTEWISE_ROUTER__POLICY__LAMBDA`, `ROUTEWISE_LIMITS__MAX_ATTEMPTS`,
 //! `ROUTEWISE_MODELS__0__BASE_URL`. Values are parsed as YAML scalars. Setting one of
 //! `ROUTER__POLICY__LAMBDA` / `ROUTER__POLICY__BUDGET_USD` replaces the file's policy.
-//! `ROUTEWISE_CONFIG` and `ROUTEWISE_LOG` are command-line settings, not overrides.
+//! The settings in [`RESERVED_ENV`] (`ROUTEWISE_CONFIG`, `ROUTEWISE_LOG`, `ROUTEWISE_MODELS`,
+//! `ROUTEWISE_PYTHON`) belong to the command line, not to the config.
 
 use std::collections::HashSet;
 use std::fmt;
