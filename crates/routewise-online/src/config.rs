@@ -54,9 +54,9 @@ impl Default for BanditConfig {
     fn default() -> Self {
         BanditConfig {
             algorithm: Algorithm::Linucb,
-            alpha: 0.05,
-            prior_strength: 4.0,
-            forgetting: 0.995,
+            alpha: 0.1,
+            prior_strength: 32.0,
+            forgetting: 0.99,
             dim: 16,
             projection_seed: 0x5eed,
             lambda: 0.0,
