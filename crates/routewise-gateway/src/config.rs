@@ -21,7 +21,15 @@
 //!     context_window: 128000
 //! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000}
 //! cooldown: {failures: 3, seconds: 30}
+//! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
+//! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
 //! ```
+//!
+//! `bandit` (absent = off, `bandit: {}` = on with the defaults of
+//! [`routewise_online::BanditConfig`]) makes `model: auto` requests use the online router
+//! and enables `POST /v1/feedback`; `state` ([`routewise_online::StateConfig`]) says where
+//! its decisions, feedback log and statistics live: a local redb file (relative to this
+//! file) unless `redis_url` is set. Both reject unknown keys.
 //!
 //! Environment overrides: `ROUTEWISE_<PATH>=value`, where PATH is the key path upper-cased
 //! with `__` between levels and list indices as numbers, e.g. `ROUTEWISE_LISTEN`,
@@ -36,6 +44,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use routewise_online::{BanditConfig, StateConfig};
 use routewise_router::Policy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -59,6 +68,10 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub limits: Limits,
     pub cooldown: CooldownConfig,
+    /// Online learning from feedback (`None`: off, requests routed by the engine alone).
+    pub bandit: Option<BanditConfig>,
+    /// Where the online state lives (used only when `bandit` is set).
+    pub state: StateConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -272,7 +285,9 @@ struct RawCooldown {
     seconds: Option<f64>,
 }
 
-const TOP_KEYS: &[&str] = &["listen", "router", "models", "limits", "cooldown"];
+const TOP_KEYS: &[&str] = &[
+    "listen", "router", "models", "limits", "cooldown", "bandit", "state",
+];
 
 /// Reads, overrides from the process environment, and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -350,6 +365,17 @@ pub fn parse(
     });
     let limits = v.limits(&limits);
     let cooldown = v.cooldown(&cooldown);
+    let bandit: Option<BanditConfig> = v.section(map.get("bandit"), "bandit");
+    if let Some(Err(msg)) = bandit.as_ref().map(BanditConfig::validate) {
+        // The message starts with the field path (`bandit.alpha must be ...`).
+        let (path, rest) = msg.split_once(' ').unwrap_or(("bandit", msg.as_str()));
+        v.issue(path, rest.to_string());
+    }
+    let mut state: StateConfig = v.section(map.get("state"), "state").unwrap_or_default();
+    if state.path.is_relative() {
+        state.path = base_dir.join(&state.path);
+    }
+    v.state(&state);
     let models = match map.get("models") {
         None => {
             v.issue("models", "missing field: at least one model is needed");
@@ -392,6 +418,8 @@ pub fn parse(
         models,
         limits,
         cooldown,
+        bandit,
+        state,
     })
 }
 
@@ -510,6 +538,32 @@ impl Validator<'_> {
             l.max_attempts = 1;
         }
         l
+    }
+
+    fn state(&mut self, s: &StateConfig) {
+        if s.path.as_os_str().is_empty() {
+            self.issue("state.path", "must not be empty");
+        }
+        if let Some(url) = &s.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                self.issue(
+                    "state.redis_url",
+                    format!("`{url}` is not a redis:// or rediss:// URL"),
+                );
+            }
+        }
+        if s.redis_prefix.is_empty() {
+            self.issue("state.redis_prefix", "must not be empty");
+        }
+        for (name, val) in [
+            ("decision_ttl_s", s.decision_ttl_s),
+            ("redis_timeout_ms", s.redis_timeout_ms),
+            ("refresh_interval_ms", s.refresh_interval_ms),
+        ] {
+            if val == 0 {
+                self.issue(&format!("state.{name}"), "must be > 0");
+            }
+        }
     }
 
     fn cooldown(&mut self, raw: &RawCooldown) -> CooldownConfig {

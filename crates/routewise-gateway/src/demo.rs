@@ -11,6 +11,7 @@ use std::path::Path;
 
 use routewise_data::{jsonl, DataError, Dataset, Record};
 use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_online::StateConfig;
 use routewise_router::{
     fit_router, Catalog, Engine, RouterConfigs, RouterError, RouterKind, TrainSet,
 };
@@ -34,9 +35,15 @@ pub fn dataset() -> Result<Dataset, DataError> {
 pub fn config(
     overrides: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    config::parse(DEMO_CONFIG, DEMO_SOURCE, Path::new("."), overrides, |k| {
+    let mut c = config::parse(DEMO_CONFIG, DEMO_SOURCE, Path::new("."), overrides, |k| {
         std::env::var(k).ok()
-    })
+    })?;
+    // With `ROUTEWISE_BANDIT__...` set, the demo's default state file goes to the temp
+    // directory, not the working directory (`ROUTEWISE_STATE__PATH` still wins).
+    if c.state.path == Path::new(".").join(StateConfig::default().path) {
+        c.state.path = std::env::temp_dir().join("routewise-demo-state.redb");
+    }
+    Ok(c)
 }
 
 /// Trains the demo router (TF-IDF + kNN) on `data`'s train records.

@@ -16,7 +16,11 @@ use crate::proxy;
 use crate::state::AppState;
 
 /// Reads a body of at most `limit` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -95,12 +99,32 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if available > 0 { "ready" } else { "unavailable" },
+    let mut body = json!({"status": if available > 0 { "ready" } else { "unavailable" },
                       "models": state.upstreams.len(), "models_available": available});
+    let mut status = status;
+    if let Some(online) = state.online.get() {
+        // Serving goes on with the last known statistics; readiness reports the outage.
+        let up = online.feedback.check().await;
+        let kind = online.feedback.store().kind();
+        state.metrics.state_available(kind, up);
+        body["state"] = json!({"store": kind, "available": up});
+        if !up {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            body["status"] = json!("unavailable");
+            body["reason"] = json!(format!(
+                "the {kind} state store is unreachable: routing continues with the last known bandit statistics, feedback is refused"
+            ));
+        }
+    }
     (status, Json(body)).into_response()
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(online) = state.online.get() {
+        state
+            .metrics
+            .state_available(online.feedback.store().kind(), online.feedback.available());
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         CONTENT_TYPE,

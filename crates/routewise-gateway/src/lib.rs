@@ -11,7 +11,8 @@
 //! * [`proxy`]: the pipeline (routing, attempts, streaming); [`request`]: body parsing;
 //! * [`fallback`], [`cooldown`]: which models to try; circuit breakers;
 //! * [`metrics`], [`error`]: Prometheus metrics; the OpenAI-shaped error type;
-//! * [`replay`], [`demo`]: the built-in demo provider and the embedded default.
+//! * [`replay`], [`demo`]: the built-in demo provider and the embedded default;
+//! * [`online`]: the bandit router and `POST /v1/feedback` (config `bandit:` / `state:`).
 
 pub mod config;
 pub mod cooldown;
@@ -21,6 +22,7 @@ pub mod fallback;
 pub mod handlers;
 pub mod load;
 pub mod metrics;
+pub mod online;
 pub mod proxy;
 pub mod replay;
 pub mod request;

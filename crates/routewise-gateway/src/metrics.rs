@@ -69,6 +69,16 @@ struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     endpoint: &'static str,
     model: String,
@@ -94,6 +104,9 @@ pub struct Metrics {
     decision_latency: Histogram,
     in_flight: Gauge,
     models: Vec<ModelMetrics>,
+    feedback: Family<ResultLabel, Counter>,
+    decisions_recorded: Family<ResultLabel, Counter>,
+    state_available: Family<StoreLabel, Gauge>,
 }
 
 impl Metrics {
@@ -154,6 +167,24 @@ impl Metrics {
             "Chat requests being served",
             in_flight.clone(),
         );
+        let feedback = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "feedback",
+            "POST /v1/feedback answers by result (ok or the error code)",
+            feedback.clone(),
+        );
+        let decisions_recorded = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "online_decisions_recorded",
+            "Routed decisions kept in the online state for feedback (ok / error)",
+            decisions_recorded.clone(),
+        );
+        let state_available = Family::<StoreLabel, Gauge>::default();
+        registry.register(
+            "state_available",
+            "1 while the online state store (local / redis) answers, else 0",
+            state_available.clone(),
+        );
         let models = models
             .iter()
             .map(|m| {
@@ -184,7 +215,30 @@ impl Metrics {
             decision_latency,
             in_flight,
             models,
+            feedback,
+            decisions_recorded,
+            state_available,
         }
+    }
+
+    /// Counts a feedback answer: `ok` or the error code.
+    pub fn feedback(&self, result: &'static str) {
+        self.feedback.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a decision kept (or not) for feedback.
+    pub fn decision_recorded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.decisions_recorded
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Sets the state-store availability gauge.
+    pub fn state_available(&self, store: &'static str, available: bool) {
+        self.state_available
+            .get_or_create(&StoreLabel { store })
+            .set(i64::from(available));
     }
 
     /// Counts an answered request.
@@ -267,7 +321,11 @@ mod tests {
         m.fallback(1);
         m.cost(0, 0.5);
         m.cooldown(1, true, true);
+        m.feedback("duplicate_feedback");
+        m.state_available("redis", false);
         let t = m.render();
+        assert!(t.contains(r#"routewise_feedback_total{result="duplicate_feedback"} 1"#));
+        assert!(t.contains(r#"routewise_state_available{store="redis"} 0"#));
         assert!(
             t.contains(r#"routewise_requests_total{endpoint="chat",model="a",status="200"} 1"#),
             "{t}"

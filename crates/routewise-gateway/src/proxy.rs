@@ -1,7 +1,9 @@
 //! The chat-completions pipeline: parse once, route, try models down the ranking, answer.
 //!
-//! * Routing is synchronous: `Engine::decide` ranks every model; the ranking (minus models
-//!   whose context window is too small) is the fallback order ([`crate::fallback`]).
+//! * Routing is synchronous: `Engine::decide` ranks every model (with `bandit:` configured,
+//!   `model: auto` is ranked by the online router instead, [`crate::online`]); the ranking
+//!   (minus models whose context window is too small) is the fallback order
+//!   ([`crate::fallback`]). Online decisions are kept for feedback once a model answered.
 //! * An attempt fails over to the next model on a connection error, HTTP 5xx, 429, a
 //!   timeout before the first byte, or a body that breaks before it is complete
 //!   (non-streaming: nothing has reached the client yet) or before its first chunk
@@ -24,6 +26,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use routewise_online::{DecisionRecord, OnlineDecision};
 use routewise_router::{Decision, Policy};
 use serde::Deserialize;
 use serde_json::json;
@@ -33,6 +36,7 @@ use crate::cooldown::{Admit, Breaker};
 use crate::error::ApiError;
 use crate::fallback::{self, AttemptPlan};
 use crate::metrics::AttemptOutcome;
+use crate::online;
 use crate::request::{self, ChatRequest};
 use crate::state::{AppState, Gateway};
 
@@ -58,6 +62,8 @@ pub struct Routed {
     pub decision: Option<Decision>,
     /// Upstream indices to try, best first, all fitting the context window.
     pub candidates: Vec<usize>,
+    /// The online router's decision (`model: auto` with `bandit:` configured).
+    pub online: Option<OnlineDecision>,
 }
 
 /// Routes a parsed request. `decide_direct` also runs the router for a named model
@@ -74,11 +80,17 @@ pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Rou
                 .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?,
         )
     };
-    let decision = if direct.is_none() || decide_direct {
-        let tokens = u32::try_from(req.prompt_tokens).unwrap_or(u32::MAX);
-        Some(gw.engine.decide(&req.prompt, tokens, policy))
-    } else {
-        None
+    let tokens = u32::try_from(req.prompt_tokens).unwrap_or(u32::MAX);
+    let (decision, online) = match (direct, gw.online.get()) {
+        (None, Some(o)) => {
+            let od = online::decide(gw, o, &req.prompt, tokens, policy);
+            (Some(od.decision.clone()), Some(od))
+        }
+        (None, None) => (Some(gw.engine.decide(&req.prompt, tokens, policy)), None),
+        (Some(_), _) if decide_direct => {
+            (Some(gw.engine.decide(&req.prompt, tokens, policy)), None)
+        }
+        (Some(_), _) => (None, None),
     };
     let candidates = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m], &gw.context_windows, needed),
@@ -97,6 +109,7 @@ pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Rou
         policy,
         decision,
         candidates,
+        online,
     })
 }
 
@@ -377,6 +390,7 @@ struct DecisionLog {
     reason: &'static str,
     policy: Policy,
     decision: Option<Decision>,
+    online: Option<OnlineDecision>,
     attempts: Vec<AttemptRecord>,
     prompt_tokens: u64,
     stream: bool,
@@ -426,6 +440,22 @@ impl fmt::Display for Attempts<'_> {
 }
 
 impl DecisionLog {
+    /// The record to keep for feedback on this (online) decision, answered by `m`.
+    fn online_record(&self, m: usize, cost: Option<f64>) -> Option<DecisionRecord> {
+        let od = self.online.as_ref()?;
+        let online = self.state.online.get()?;
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        Some(online::record(
+            &self.state,
+            online,
+            od,
+            &self.id,
+            m,
+            cost,
+            latency_ms,
+        ))
+    }
+
     fn emit(&self, answered: Option<usize>, status: u16, cost: Option<f64>, end: &str) {
         let gw = &*self.state;
         let model = answered.map_or("-", |m| gw.upstreams[m].name.as_str());
@@ -498,6 +528,7 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
         reason: routed.reason,
         policy: routed.policy,
         decision: routed.decision,
+        online: routed.online,
         attempts: Vec::new(),
         prompt_tokens: req.prompt_tokens,
         stream: req.stream,
@@ -532,7 +563,7 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
                     outcome: AttemptOutcome::Ok,
                     detail: String::new(),
                 });
-                return answer_response(state.clone(), log, m, answer, &req);
+                return answer_response(state.clone(), log, m, answer, &req).await;
             }
             Err(f) => {
                 let opened = gw.breakers[m].failure(gw.now_ms());
@@ -574,7 +605,7 @@ fn reject(gw: &Gateway, e: ApiError, id: &str) -> Response {
     with_headers(e.into_response(), gw, None, id, 0)
 }
 
-fn answer_response(
+async fn answer_response(
     state: AppState,
     log: DecisionLog,
     m: usize,
@@ -598,6 +629,15 @@ fn answer_response(
                 gw.metrics.cost(m, c);
             }
             log.emit(Some(m), status.as_u16(), cost, "complete");
+            if status.is_success() {
+                if let Some(rec) = log.online_record(m, cost) {
+                    if online::store_inline(gw) {
+                        online::store(gw, rec).await;
+                    } else {
+                        online::store_in_background(state.clone(), rec);
+                    }
+                }
+            }
             gw.metrics
                 .request("chat", &gw.upstreams[m].name, status.as_u16());
             let mut resp = (status, body).into_response();
@@ -673,6 +713,11 @@ impl StreamState {
                 gw.metrics.cooldown(self.model, true, true);
             }
             log.emit(Some(self.model), 200, cost, end);
+            if end == "complete" {
+                if let Some(rec) = log.online_record(self.model, cost) {
+                    online::store_in_background(log.state.clone(), rec);
+                }
+            }
         }
     }
 }

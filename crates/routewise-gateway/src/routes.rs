@@ -4,9 +4,10 @@
 //! |---|---|---|
 //! | POST | `/v1/chat/completions` | route, call the model (fallbacks, streaming) |
 //! | POST | `/v1/route` | the decision only, no upstream call |
+//! | POST | `/v1/feedback` | feedback on a decision (online learning, [`crate::online`]) |
 //! | GET | `/v1/models` | `auto` plus every configured model |
 //! | GET | `/healthz` | liveness |
-//! | GET | `/readyz` | readiness: 503 while every model is cooling down |
+//! | GET | `/readyz` | readiness: 503 while every model is cooling down or the online state store is unreachable |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape.
@@ -15,6 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers;
+use crate::online;
 use crate::state::AppState;
 
 /// The gateway's axum application.
@@ -27,6 +29,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/route",
             post(handlers::route).fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/v1/feedback",
+            post(online::feedback).fallback(handlers::method_not_allowed),
         )
         .route(
             "/v1/models",

@@ -10,11 +10,17 @@ use crate::state::AppState;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains connections.
 /// Accepted sockets get `TCP_NODELAY` (small JSON answers must not wait for Nagle).
+/// With `bandit:` configured, the online router and its state are attached first
+/// ([`crate::online::attach`]); a failure there (e.g. the state file cannot be opened) is
+/// returned as an error naming the config file and field.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    crate::online::attach(&state)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -15,6 +15,7 @@ use routewise_router::Engine;
 use crate::config::{Config, ConfigError, Issue, Price, Provider};
 use crate::cooldown::Breaker;
 use crate::metrics::Metrics;
+use crate::online::OnlineSlot;
 use crate::replay::Replay;
 
 /// One configured model at run time.
@@ -57,6 +58,9 @@ pub struct Gateway {
     pub client: reqwest::Client,
     pub metrics: Metrics,
     pub replay: Option<Arc<Replay>>,
+    /// The online router and its state (set by [`crate::online::attach`] when the
+    /// config has `bandit:`).
+    pub online: OnlineSlot,
     started: Instant,
 }
 
@@ -221,6 +225,7 @@ impl AppState {
             client,
             metrics,
             replay: replay.map(Arc::new),
+            online: OnlineSlot::new(),
             engine,
             config,
             started: Instant::now(),

@@ -1,0 +1,378 @@
+//! Online learning through the gateway over real HTTP on loopback (client -> gateway ->
+//! testkit mock): `model: auto` routed by the bandit, `POST /v1/feedback` and its typed
+//! errors, statistics that move with feedback and survive a restart (redb), state in
+//! `/metrics` and `/readyz`, and two instances sharing a real Redis (skipped with a
+//! printed reason when `redis-server` is absent).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{abc, abc_yaml, chat_body, client, config, Gateway};
+use routewise_gateway::{online, AppState};
+use routewise_testkit::MockUpstream;
+use serde_json::{json, Value};
+
+async fn post(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client().post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, v)
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn assert_openai_error(v: &Value, code: &str) {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+    assert_eq!(e["code"], code, "{v}");
+}
+
+fn bandit_yaml(base_url: &str, state: &str) -> String {
+    abc_yaml(
+        base_url,
+        &format!("bandit: {{alpha: 0.1, forgetting: 1.0}}\nstate: {state}\n"),
+    )
+}
+
+fn local_state(dir: &Path) -> String {
+    format!("{{path: \"{}\"}}", dir.join("state.redb").display())
+}
+
+/// Builds and attaches a gateway; retries while a previous instance still holds the
+/// redb file (its connection tasks end asynchronously).
+async fn start_online(yaml: &str) -> Gateway {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let state = AppState::new(config(yaml), abc(), None).unwrap();
+        match online::attach(&state).await {
+            Ok(()) => return Gateway::start(state).await,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot attach the online state: {last}");
+}
+
+/// Routes one `auto` request; returns (decision id, answering model).
+async fn route_one(gw: &Gateway, prompt: &str) -> (String, String) {
+    let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body(prompt)).await;
+    assert_eq!(status, 200, "{v}");
+    let id = h["x-routewise-decision-id"].to_str().unwrap().to_string();
+    let model = h["x-routewise-model"].to_str().unwrap().to_string();
+    (id, model)
+}
+
+fn online_of(gw: &Gateway) -> &online::Online {
+    gw.state.online.get().expect("online attached")
+}
+
+#[tokio::test]
+async fn feedback_is_acknowledged_once_and_errors_are_typed() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_online(&bandit_yaml(&mock.base_url(), &local_state(dir.path()))).await;
+    let fb_url = gw.url("/v1/feedback");
+    let (id, model) = route_one(&gw, "hello world, what is two plus two?").await;
+    assert_eq!(
+        model, "a",
+        "the warm start follows the offline router's best model"
+    );
+    let before = online_of(&gw).router.arm_stats("a").unwrap();
+    assert_eq!(before.n, 0);
+
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": id, "score": 0.2})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision_id"], id.as_str());
+    assert_eq!(v["model"], "a");
+    assert_eq!(v["model_feedback_count"], 1);
+    assert!((v["reward"].as_f64().unwrap() - 0.2).abs() < 1e-12, "{v}"); // lambda 0
+    let after = online_of(&gw).router.arm_stats("a").unwrap();
+    assert_eq!(after.n, 1);
+    assert_ne!(after.a, before.a, "A gains x x^T");
+    assert_ne!(after.b, before.b, "b gains the residual times x");
+    // other arms untouched
+    assert_eq!(online_of(&gw).router.arm_stats("b").unwrap().n, 0);
+
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": id, "score": 1.0})).await;
+    assert_eq!(status, 409, "{v}");
+    assert_openai_error(&v, "duplicate_feedback");
+    assert_eq!(online_of(&gw).router.arm_stats("a").unwrap(), after);
+
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": "nope", "score": 1.0})).await;
+    assert_eq!(status, 404, "{v}");
+    assert_openai_error(&v, "unknown_decision");
+
+    let (id2, _) = route_one(&gw, "some text about the weather").await;
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": id2, "score": 1.5})).await;
+    assert_eq!(status, 422, "{v}");
+    assert_openai_error(&v, "score_out_of_range");
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": id2, "score": "great"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert_openai_error(&v, "invalid_request");
+    let r = client()
+        .post(&fb_url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // the refused attempts left the decision open: a thumbs-up is accepted
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": id2, "score": true})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model_feedback_count"], 2);
+    assert!((v["reward"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{v}");
+
+    let (status, text) = get(&gw.url("/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"routewise_feedback_total{result="ok"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"routewise_feedback_total{result="duplicate_feedback"} 1"#));
+    assert!(text.contains(r#"routewise_feedback_total{result="unknown_decision"} 1"#));
+    assert!(text.contains(r#"routewise_feedback_total{result="score_out_of_range"} 1"#));
+    assert!(text.contains(r#"routewise_state_available{store="local"} 1"#));
+    assert!(text.contains(r#"routewise_online_decisions_recorded_total{result="ok"} 2"#));
+    let (status, text) = get(&gw.url("/readyz")).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["state"], json!({"store": "local", "available": true}));
+}
+
+#[tokio::test]
+async fn bad_feedback_moves_traffic_away_from_the_model() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_online(&bandit_yaml(&mock.base_url(), &local_state(dir.path()))).await;
+    let fb_url = gw.url("/v1/feedback");
+    // a (prior 0.9) keeps scoring 0, b (prior 0.8) is next: after enough zeros, b leads.
+    let mut moved = None;
+    for i in 0..200 {
+        let (id, model) = route_one(&gw, &format!("question number {i}")).await;
+        if model != "a" {
+            moved = Some((i, model));
+            break;
+        }
+        let (status, _, v) = post(&fb_url, &json!({"decision_id": id, "thumbs": "down"})).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (after, model) = moved.expect("the bandit never moved off a model that always fails");
+    assert!(
+        after >= 1,
+        "the warm start must begin with the offline choice"
+    );
+    assert_eq!(model, "b");
+}
+
+#[tokio::test]
+async fn statistics_survive_a_restart_with_the_local_store() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = bandit_yaml(&mock.base_url(), &local_state(dir.path()));
+    let (stats, first_id) = {
+        let gw = start_online(&yaml).await;
+        let mut first = None;
+        for (i, score) in [0.0, 0.5, 1.0, 0.25].into_iter().enumerate() {
+            let (id, _) = route_one(&gw, &format!("hello {i} world")).await;
+            let (status, _, v) = post(
+                &gw.url("/v1/feedback"),
+                &json!({"decision_id": id, "score": score}),
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+            first.get_or_insert(id);
+        }
+        let stats = online_of(&gw).router.arm_stats("a").unwrap();
+        assert_eq!(stats.n, 4);
+        (stats, first.unwrap())
+    };
+    let gw = start_online(&yaml).await;
+    assert_eq!(online_of(&gw).router.arm_stats("a").unwrap(), stats);
+    let (status, _, v) = post(
+        &gw.url("/v1/feedback"),
+        &json!({"decision_id": first_id, "score": 1.0}),
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "duplicates are refused after a restart too: {v}"
+    );
+}
+
+#[tokio::test]
+async fn without_bandit_routing_is_unchanged_and_feedback_is_off() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&abc_yaml(&mock.base_url(), "")).await;
+    assert!(gw.state.online.get().is_none());
+    let (id, model) = route_one(&gw, "hello").await;
+    assert_eq!(model, "a");
+    let (status, _, v) = post(
+        &gw.url("/v1/feedback"),
+        &json!({"decision_id": id, "score": 1}),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert_openai_error(&v, "feedback_disabled");
+    let (_, text) = get(&gw.url("/readyz")).await;
+    assert!(!text.contains("state"), "{text}");
+}
+
+#[test]
+fn bandit_and_state_config_errors_name_the_field() {
+    let parse = |extra: &str| {
+        routewise_gateway::config::parse(
+            &abc_yaml("http://127.0.0.1:1/v1", extra),
+            "gw.yaml",
+            Path::new("/etc/rw"),
+            std::iter::empty(),
+            |_| Some("k".into()),
+        )
+    };
+    let c = parse("").unwrap();
+    assert!(c.bandit.is_none());
+    assert_eq!(c.state.path, Path::new("/etc/rw/routewise-state.redb"));
+    let c = parse("bandit: {}\nstate: {redis_url: \"redis://127.0.0.1:6379\"}").unwrap();
+    assert_eq!(c.bandit, Some(routewise_online::BanditConfig::default()));
+    assert_eq!(c.state.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    let e = parse("bandit: {alpha: -1, forgetting: 0.5}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gw.yaml: bandit.alpha"), "{e}");
+    let e = parse("bandit: {forgetting: 2}").unwrap_err().to_string();
+    assert!(e.contains("gw.yaml: bandit.forgetting"), "{e}");
+    let e = parse("bandit: {alpah: 1}").unwrap_err().to_string();
+    assert!(e.contains("gw.yaml: bandit") && e.contains("alpah"), "{e}");
+    let e = parse("state: {redis_url: \"http://x\", decision_ttl_s: 0}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gw.yaml: state.redis_url"), "{e}");
+    assert!(e.contains("gw.yaml: state.decision_ttl_s"), "{e}");
+    let e = parse("state: {file: x}").unwrap_err().to_string();
+    assert!(e.contains("gw.yaml: state") && e.contains("file"), "{e}");
+}
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> Option<RedisServer> {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = RedisServer { child, port };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server did not start on port {port}");
+}
+
+#[tokio::test]
+async fn two_instances_share_decisions_and_statistics_through_redis() {
+    let Some(redis) = start_redis() else { return };
+    let mock = MockUpstream::start().await.unwrap();
+    let state = format!(
+        "{{redis_url: \"redis://127.0.0.1:{}\", refresh_interval_ms: 50, redis_timeout_ms: 300}}",
+        redis.port
+    );
+    let yaml = bandit_yaml(&mock.base_url(), &state);
+    let gw1 = start_online(&yaml).await;
+    let gw2 = start_online(&yaml).await;
+    // decided on one instance, feedback through the other, concurrently
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
+        ids.push(route_one(gw, &format!("shared prompt {i}")).await.0);
+    }
+    let sends = ids.iter().enumerate().map(|(i, id)| {
+        let url = if i % 2 == 0 {
+            gw2.url("/v1/feedback")
+        } else {
+            gw1.url("/v1/feedback")
+        };
+        let body = json!({"decision_id": id, "score": 0.5});
+        async move { post(&url, &body).await.0 }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // a duplicate through the other instance is refused
+    let (status, _, v) = post(
+        &gw1.url("/v1/feedback"),
+        &json!({"decision_id": ids[0], "score": 0.5}),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    // both instances converge on the shared totals
+    let mut ok = false;
+    for _ in 0..100 {
+        let s1 = online_of(&gw1).router.arm_stats("a").unwrap();
+        let s2 = online_of(&gw2).router.arm_stats("a").unwrap();
+        if s1.n == 20 && s1 == s2 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "instances did not converge on 20 shared feedbacks");
+
+    // outage: serving continues, readiness and metrics show it, feedback is refused
+    let (id, _) = route_one(&gw1, "before the outage").await;
+    drop(redis);
+    let (status, text) = get(&gw1.url("/readyz")).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("redis state store is unreachable"), "{text}");
+    let (status, _, v) = post(
+        &gw1.url("/v1/feedback"),
+        &json!({"decision_id": id, "score": 1}),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    assert_openai_error(&v, "state_unavailable");
+    let (_, model) = route_one(&gw1, "during the outage").await;
+    assert!(!model.is_empty());
+    let (_, text) = get(&gw1.url("/metrics")).await;
+    assert!(
+        text.contains(r#"routewise_state_available{store="redis"} 0"#),
+        "{text}"
+    );
+}
