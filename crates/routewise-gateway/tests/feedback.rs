@@ -376,3 +376,56 @@ async fn two_instances_share_decisions_and_statistics_through_redis() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_decision_takes_feedback_once_the_stream_ended() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_online(&bandit_yaml(&mock.base_url(), &local_state(dir.path()))).await;
+    let mut body = chat_body("stream me a story");
+    body["stream"] = json!(true);
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let id = r.headers()["x-routewise-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    // the stream's record is written in the background when the stream ends
+    let mut last = 0;
+    for _ in 0..100 {
+        let (status, _, _) = post(
+            &gw.url("/v1/feedback"),
+            &json!({"decision_id": id, "score": 0.7}),
+        )
+        .await;
+        last = status;
+        if status != 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last, 200);
+}
+
+#[test]
+fn the_demo_keeps_its_state_in_the_temp_directory() {
+    let vars = [("ROUTEWISE_BANDIT__ALPHA".to_string(), "0.2".to_string())];
+    let c = routewise_gateway::demo::config(vars).unwrap();
+    assert_eq!(c.bandit.as_ref().map(|b| b.alpha), Some(0.2));
+    assert_eq!(
+        c.state.path,
+        std::env::temp_dir().join("routewise-demo-state.redb")
+    );
+    let c = routewise_gateway::demo::config(std::iter::empty()).unwrap();
+    assert!(
+        c.bandit.is_none(),
+        "the demo runs without the bandit by default"
+    );
+}
