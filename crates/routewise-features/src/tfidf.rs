@@ -13,10 +13,14 @@
 //! 3. Each term is hashed (a multiply-rotate hash in the FxHash family, computed
 //!    incrementally, no allocation per term) into `2^buckets_log2` buckets; term
 //!    frequencies are counted per bucket.
-//! 4. Weight: sublinear tf `1 + ln(tf)` times smooth idf `ln((1 + n) / (1 + df)) + 1`
-//!    (the scikit-learn convention), with `df` counted per bucket on the training
-//!    prompts. The idf table is quantised to one byte per bucket (uniform steps over
-//!    `[1, 1 + ln(1 + n)]`, an error below 0.2% of the range) to keep artifacts small.
+//! 4. Weight: sublinear tf `1 + ln(tf)` times idf `ln((1 + n) / (1 + df)) + idf_offset`
+//!    (offset 1, the default, is scikit-learn's smooth idf), with `df` counted per bucket
+//!    on the training prompts; buckets with `df > max_df * n` get weight 0 (off by
+//!    default). The idf table is quantised to one byte per bucket (uniform steps over
+//!    `[0, idf_offset + ln(1 + n)]`, an error below 0.2% of the range) to keep artifacts
+//!    small. Optionally the last `tail_bytes` of a longer prompt are counted again with
+//!    weight `tail_weight` (off by default; validation on the shared data preferred the
+//!    defaults, see `/work/notes/lab-quality.md`).
 //! 5. Project the bucket vector to `dim` dense dimensions with a signed hash
 //!    (feature hashing, Weinberger et al., 2009, "Feature Hashing for Large Scale
 //!    Multitask Learning"): bucket `b` adds `sign(b) * w` to coordinate `h(b) mod dim`,
@@ -47,6 +51,18 @@ fn default_char_max() -> usize {
 fn default_max_bytes() -> usize {
     16_384
 }
+fn default_idf_offset() -> f32 {
+    1.0
+}
+fn default_max_df() -> f32 {
+    1.0
+}
+fn default_tail_bytes() -> usize {
+    0
+}
+fn default_tail_weight() -> f32 {
+    0.0
+}
 
 /// Hyper-parameters of the TF-IDF featurizer (every field has a serde default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +82,22 @@ pub struct TfidfConfig {
     /// Longer prompts keep their first and last `max_bytes / 2` bytes.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
+    /// Added to `ln((1 + n) / (1 + df))`: 1 is scikit-learn's smooth idf; 0 gives a
+    /// term present in every training prompt (shared few-shot prefixes, option
+    /// scaffolding) zero weight.
+    #[serde(default = "default_idf_offset")]
+    pub idf_offset: f32,
+    /// Buckets whose document frequency exceeds this fraction of the training prompts
+    /// get weight 0 (1.0 keeps every bucket).
+    #[serde(default = "default_max_df")]
+    pub max_df: f32,
+    /// The last `tail_bytes` bytes of a longer prompt (where the actual question sits)
+    /// are featurized again and added with weight `tail_weight` (0 disables).
+    #[serde(default = "default_tail_bytes")]
+    pub tail_bytes: usize,
+    /// See `tail_bytes`.
+    #[serde(default = "default_tail_weight")]
+    pub tail_weight: f32,
 }
 
 impl Default for TfidfConfig {
@@ -76,6 +108,10 @@ impl Default for TfidfConfig {
             char_min: default_char_min(),
             char_max: default_char_max(),
             max_bytes: default_max_bytes(),
+            idf_offset: default_idf_offset(),
+            max_df: default_max_df(),
+            tail_bytes: default_tail_bytes(),
+            tail_weight: default_tail_weight(),
         }
     }
 }
@@ -84,7 +120,7 @@ impl Default for TfidfConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TfidfFeaturizer {
     pub config: TfidfConfig,
-    /// Quantised idf per bucket: `idf = 1 + q * idf_step`.
+    /// Quantised idf per bucket: `idf = q * idf_step`.
     idf_q: Vec<u8>,
     idf_step: f32,
     /// Training prompts the idf was fitted on.
@@ -321,14 +357,17 @@ impl TfidfFeaturizer {
             }
         });
         let n = texts.len() as u64;
-        let range = (1.0 + n as f64).ln();
+        let offset = f64::from(config.idf_offset.max(0.0));
+        let max_df = f64::from(config.max_df);
+        let range = offset + (1.0 + n as f64).ln();
         let idf_step = (range / 255.0) as f32;
         let idf_q = df
             .iter()
             .map(|&d| {
-                let idf_minus_1 = ((1.0 + n as f64) / (1.0 + f64::from(d))).ln();
-                if range > 0.0 {
-                    (idf_minus_1 / range * 255.0).round().clamp(0.0, 255.0) as u8
+                let dropped = n > 0 && f64::from(d) > max_df * n as f64;
+                let idf = ((1.0 + n as f64) / (1.0 + f64::from(d))).ln() + offset;
+                if range > 0.0 && !dropped {
+                    (idf / range * 255.0).round().clamp(0.0, 255.0) as u8
                 } else {
                     0
                 }
@@ -351,10 +390,27 @@ impl TfidfFeaturizer {
     #[inline(always)]
     fn idf(&self, b: u32) -> f32 {
         match self.idf_q.get(b as usize) {
-            Some(&q) => 1.0 + f32::from(q) * self.idf_step,
+            Some(&q) => f32::from(q) * self.idf_step,
             // A table that does not match the config (hand-edited artifact): treat the
             // term as unseen in training.
-            None => 1.0 + 255.0 * self.idf_step,
+            None => 255.0 * self.idf_step,
+        }
+    }
+}
+
+impl TfidfFeaturizer {
+    /// Adds `scale` times the projected tf-idf weights of the terms counted in `s`.
+    #[inline]
+    fn accumulate(&self, s: &Scratch, scale: f32, out: &mut [f32]) {
+        let dim = out.len();
+        for &slot in &s.used {
+            let (b, tf) = s.table[slot as usize];
+            let w = scale * sublinear_tf(tf) * self.idf(b);
+            let h = fmix(u64::from(b) ^ 0xa076_1d64_78bd_642f);
+            // Multiply-shift maps the high 32 bits uniformly onto 0..dim.
+            let j = (((h >> 32) * dim as u64) >> 32) as usize;
+            let signed = if h & 1 == 0 { w } else { -w };
+            out[j] += signed;
         }
     }
 }
@@ -374,15 +430,16 @@ impl Featurizer for TfidfFeaturizer {
             let mut s = s.borrow_mut();
             s.normalise(text, self.config.max_bytes);
             s.count_terms(&self.config);
-            let Scratch { table, used, .. } = &*s;
-            for &slot in used {
-                let (b, tf) = table[slot as usize];
-                let w = sublinear_tf(tf) * self.idf(b);
-                let h = fmix(u64::from(b) ^ 0xa076_1d64_78bd_642f);
-                // Multiply-shift maps the high 32 bits uniformly onto 0..dim.
-                let j = (((h >> 32) * dim as u64) >> 32) as usize;
-                let signed = if h & 1 == 0 { w } else { -w };
-                out[j] += signed;
+            self.accumulate(&s, 1.0, out);
+            let tail = self.config.tail_bytes;
+            if self.config.tail_weight > 0.0 && tail > 0 && text.len() > tail {
+                let mut start = text.len() - tail;
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                s.normalise(&text[start..], self.config.max_bytes);
+                s.count_terms(&self.config);
+                self.accumulate(&s, self.config.tail_weight, out);
             }
         });
         l2_normalize(out);
@@ -486,10 +543,88 @@ mod tests {
     }
 
     #[test]
+    fn idf_offset_zero_and_max_df_drop_ubiquitous_terms() {
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("shared prefix {} unique{i}x", i % 7))
+            .collect();
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let buckets = |f: &TfidfFeaturizer, t: &str| {
+            let mut s = Scratch::default();
+            s.normalise(t, usize::MAX);
+            s.count_terms(&f.config);
+            s.used
+                .iter()
+                .map(|&i| s.table[i as usize].0)
+                .collect::<Vec<_>>()
+        };
+        let smooth = TfidfFeaturizer::fit(&refs, TfidfConfig::default());
+        let zero = TfidfFeaturizer::fit(
+            &refs,
+            TfidfConfig {
+                idf_offset: 0.0,
+                ..TfidfConfig::default()
+            },
+        );
+        let shared = buckets(&zero, "shared");
+        // In every document: full weight 1 with smooth idf, nothing without the offset.
+        assert!(shared.iter().all(|&b| (smooth.idf(b) - 1.0).abs() < 0.02));
+        assert!(shared.iter().all(|&b| zero.idf(b) < 0.02));
+        // A 1/7-frequency term keeps a positive weight either way; max_df = 0.1 drops it.
+        let digit = buckets(&zero, " 3 ");
+        assert!(digit.iter().any(|&b| zero.idf(b) > 1.0));
+        let capped = TfidfFeaturizer::fit(
+            &refs,
+            TfidfConfig {
+                max_df: 0.1,
+                ..TfidfConfig::default()
+            },
+        );
+        assert!(digit.iter().all(|&b| capped.idf(b) == 0.0));
+        assert!(buckets(&capped, "unique5x")
+            .iter()
+            .any(|&b| capped.idf(b) > 1.0));
+    }
+
+    #[test]
+    fn tail_weight_emphasises_the_end_of_long_prompts_only() {
+        let base = TfidfFeaturizer::fit(&corpus(), TfidfConfig::default());
+        let tailed = TfidfFeaturizer::fit(
+            &corpus(),
+            TfidfConfig {
+                tail_bytes: 40,
+                tail_weight: 2.0,
+                ..TfidfConfig::default()
+            },
+        );
+        let short = "Solve for x: 2x + 3 = 11.";
+        assert_eq!(base.featurize(short), tailed.featurize(short));
+        let prefix = "Write a Python function that returns the sum of a list. ".repeat(4);
+        let a = format!("{prefix}Which planet is closest to the sun?");
+        let b = format!("{prefix}Which gas do plants absorb from the air?");
+        let (ba, bb) = (base.featurize(&a), base.featurize(&b));
+        let (ta, tb) = (tailed.featurize(&a), tailed.featurize(&b));
+        assert!((dot(&ta, &ta) - 1.0).abs() < 1e-5);
+        // The shared prefix makes the two prompts look alike; the tail weight separates them.
+        assert!(
+            dot(&ta, &tb) + 0.1 < dot(&ba, &bb),
+            "{} vs {}",
+            dot(&ta, &tb),
+            dot(&ba, &bb)
+        );
+    }
+
+    #[test]
     fn serde_defaults_fill_missing_config_fields() {
         let c: TfidfConfig = serde_json::from_str(r#"{"dim": 64}"#).unwrap();
         assert_eq!(c.dim, 64);
         assert_eq!(c.buckets_log2, default_buckets_log2());
+        assert_eq!(
+            c,
+            TfidfConfig {
+                dim: 64,
+                ..TfidfConfig::default()
+            }
+        );
     }
 
     proptest! {

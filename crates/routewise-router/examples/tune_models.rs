@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! cargo run -p routewise-router --release --example tune_models -- \
-//!     ../shared/data/mmlu-pro-12k.jsonl [--routers linear,mlp,mf,mean,knn] [--dim 256] \
+//!     ../shared/data/mmlu-pro-12k.jsonl [--routers linear,mlp,mf,mean,knn,ensemble] [--dim 256] \
 //!     [--splits 3] [key=value ...]
 //! ```
-//! Overrides (`key=value`): `alpha` (linear); `hidden`, `refit` (mlp); `k` (mf); and for
+//! Overrides (`key=value`): `idf_offset`, `max_df`, `tail_bytes`, `tail_weight`
+//! (featurizer); `shrink` (scales predictions about the model means); `members` (ensemble,
+//! e.g. `knn+linear+mlp+mf`); `alpha` (linear); `hidden`, `refit` (mlp); `k` (mf); and for
 //! both mlp and mf `lr`, `wd`, `epochs`, `bs`, `patience`, `seed`.
 //!
 //! Metrics on the held-out 20% of train: masked mean squared error of the predicted
@@ -28,8 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Record};
 use routewise_features::{TfidfConfig, TfidfFeaturizer};
 use routewise_router::{
-    KnnConfig, KnnRouter, LinearConfig, LinearRouter, MfConfig, MfRouter, MlpConfig, MlpRouter,
-    Router, TrainSet,
+    EnsembleRouter, KnnConfig, KnnRouter, LinearConfig, LinearRouter, MfConfig, MfRouter,
+    MlpConfig, MlpRouter, Router, RouterConfigs, TrainSet,
 };
 
 struct MeanRouter(Vec<f64>);
@@ -95,13 +97,17 @@ fn main() {
         let pick = |ix: &[usize]| ix.iter().map(|&i| records[i]).collect::<Vec<_>>();
         let (fit_recs, val_recs) = (pick(fit_idx), pick(val_idx));
         let texts: Vec<&str> = fit_recs.iter().map(|r| r.prompt.as_str()).collect();
-        let fz = TfidfFeaturizer::fit(
-            &texts,
-            TfidfConfig {
+        let fz = TfidfFeaturizer::fit(&texts, {
+            let mut c = TfidfConfig {
                 dim,
                 ..TfidfConfig::default()
-            },
-        );
+            };
+            c.idf_offset = get(&kv, "idf_offset").unwrap_or(c.idf_offset);
+            c.max_df = get(&kv, "max_df").unwrap_or(c.max_df);
+            c.tail_bytes = get(&kv, "tail_bytes").unwrap_or(c.tail_bytes);
+            c.tail_weight = get(&kv, "tail_weight").unwrap_or(c.tail_weight);
+            c
+        });
         let train = TrainSet::from_records(&fit_recs, nm, &fz);
         let val = TrainSet::from_records(&val_recs, nm, &fz);
         for (name, sum) in names.iter().zip(sums.iter_mut()) {
@@ -170,6 +176,16 @@ fn evaluate(name: &str, train: &TrainSet, val: &TrainSet, kv: &[(String, String)
             Box::new(MfRouter::fit(train, &c).unwrap())
         }
         "knn" => Box::new(KnnRouter::fit(train, &KnnConfig::default()).unwrap()),
+        "ensemble" => Box::new(
+            EnsembleRouter::fit(train, &{
+                let mut c = RouterConfigs::default();
+                if let Some(m) = get::<String>(kv, "members") {
+                    c.ensemble.members = m.split('+').map(|k| k.parse().unwrap()).collect();
+                }
+                c
+            })
+            .unwrap(),
+        ),
         "mean" => Box::new(MeanRouter(column_means(train, &train.scores))),
         other => panic!("unknown router {other}"),
     };
@@ -181,6 +197,15 @@ fn evaluate(name: &str, train: &TrainSet, val: &TrainSet, kv: &[(String, String)
         router.predict_scores(val.row(i), out);
     }
     let predict_us = t.elapsed().as_secs_f64() * 1e6 / val.len() as f64;
+    // Optional calibration: `shrink=a` maps p to mean + a * (p - mean) per model.
+    if let Some(a) = get::<f64>(kv, "shrink") {
+        let means = column_means(train, &train.scores);
+        for row in preds.chunks_exact_mut(nm) {
+            for (p, m) in row.iter_mut().zip(&means) {
+                *p = m + a * (*p - m);
+            }
+        }
+    }
 
     let (mut se, mut cnt) = (0.0, 0usize);
     for (p, s) in preds.iter().zip(&val.scores) {

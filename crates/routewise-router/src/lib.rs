@@ -8,6 +8,7 @@
 //! * [`engine`]: featurizer + router + catalog = one routing decision.
 //! * [`artifact`]: the versioned, checksummed file a trained router is saved as.
 //! * [`baselines`]: best-single, cheapest and random reference routers.
+//! * [`ensemble`]: the mean of several learned routers.
 //! * router implementations: see [`AnyRouter`]; [`fit_router`] trains any of them.
 
 pub mod artifact;
@@ -15,6 +16,7 @@ pub mod baselines;
 pub mod catalog;
 mod dataset;
 pub mod engine;
+pub mod ensemble;
 pub mod knn;
 pub mod linear;
 pub mod mf;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use artifact::{Artifact, ArtifactMeta, ARTIFACT_FORMAT_VERSION};
 pub use catalog::{Catalog, ModelInfo};
 pub use engine::{Decision, Engine};
+pub use ensemble::{EnsembleConfig, EnsembleRouter};
 pub use knn::{KnnConfig, KnnIndex, KnnRouter};
 pub use linear::{LinearConfig, LinearRouter};
 pub use mf::{MfConfig, MfRouter};
@@ -48,7 +51,7 @@ pub trait Router: Send + Sync {
 pub enum RouterError {
     #[error("cannot fit `{router}`: {message}")]
     Fit { router: String, message: String },
-    #[error("unknown router `{0}` (known: knn, linear, mlp, mf, best-single, cheapest, random)")]
+    #[error("unknown router `{0}` (known: knn, linear, mlp, mf, ensemble, best-single, cheapest, random)")]
     UnknownRouter(String),
     #[error("{0}")]
     Artifact(String),
@@ -65,6 +68,8 @@ pub enum AnyRouter {
     Linear(linear::LinearRouter),
     Mlp(mlp::MlpRouter),
     Mf(mf::MfRouter),
+    /// Mean of several learned routers.
+    Ensemble(ensemble::EnsembleRouter),
     /// Always predicts each model's mean train score: ranks by mean quality.
     BestSingle {
         mean_scores: Vec<f64>,
@@ -90,6 +95,7 @@ impl Router for AnyRouter {
             AnyRouter::Linear(r) => r.predict_scores(features, out),
             AnyRouter::Mlp(r) => r.predict_scores(features, out),
             AnyRouter::Mf(r) => r.predict_scores(features, out),
+            AnyRouter::Ensemble(r) => r.predict_scores(features, out),
         }
     }
 }
@@ -109,6 +115,7 @@ impl AnyRouter {
             AnyRouter::Linear(_) => RouterKind::Linear,
             AnyRouter::Mlp(_) => RouterKind::Mlp,
             AnyRouter::Mf(_) => RouterKind::Mf,
+            AnyRouter::Ensemble(_) => RouterKind::Ensemble,
         }
     }
 }
@@ -121,6 +128,7 @@ pub enum RouterKind {
     Linear,
     Mlp,
     Mf,
+    Ensemble,
     BestSingle,
     Cheapest,
     Random,
@@ -128,18 +136,20 @@ pub enum RouterKind {
 
 impl RouterKind {
     /// The routers that learn from prompt features.
-    pub const ALL_LEARNED: [RouterKind; 4] = [
+    pub const ALL_LEARNED: [RouterKind; 5] = [
         RouterKind::Knn,
         RouterKind::Linear,
         RouterKind::Mlp,
         RouterKind::Mf,
+        RouterKind::Ensemble,
     ];
     /// Every router kind.
-    pub const ALL: [RouterKind; 7] = [
+    pub const ALL: [RouterKind; 8] = [
         RouterKind::Knn,
         RouterKind::Linear,
         RouterKind::Mlp,
         RouterKind::Mf,
+        RouterKind::Ensemble,
         RouterKind::BestSingle,
         RouterKind::Cheapest,
         RouterKind::Random,
@@ -152,6 +162,7 @@ impl RouterKind {
             RouterKind::Linear => "linear",
             RouterKind::Mlp => "mlp",
             RouterKind::Mf => "mf",
+            RouterKind::Ensemble => "ensemble",
             RouterKind::BestSingle => "best-single",
             RouterKind::Cheapest => "cheapest",
             RouterKind::Random => "random",
@@ -188,7 +199,27 @@ pub struct RouterConfigs {
     #[serde(default)]
     pub mf: MfConfig,
     #[serde(default)]
+    pub ensemble: EnsembleConfig,
+    /// Seeds the randomised routers: `random`, and it is added to the mlp and mf seeds
+    /// (so the default 0 keeps their configured seeds).
+    #[serde(default)]
     pub seed: u64,
+}
+
+impl RouterConfigs {
+    /// The mlp config with `seed` mixed into its seed.
+    pub fn mlp_seeded(&self) -> MlpConfig {
+        let mut c = self.mlp.clone();
+        c.seed = c.seed.wrapping_add(self.seed);
+        c
+    }
+
+    /// The mf config with `seed` mixed into its seed.
+    pub fn mf_seeded(&self) -> MfConfig {
+        let mut c = self.mf.clone();
+        c.seed = c.seed.wrapping_add(self.seed);
+        c
+    }
 }
 
 /// Trains a router of `kind` on `train`. `catalog` (fitted on the same training
@@ -218,8 +249,9 @@ pub fn fit_router(
     Ok(match kind {
         RouterKind::Knn => AnyRouter::Knn(knn::KnnRouter::fit(train, &cfg.knn)?),
         RouterKind::Linear => AnyRouter::Linear(linear::LinearRouter::fit(train, &cfg.linear)?),
-        RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp)?),
-        RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf)?),
+        RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp_seeded())?),
+        RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf_seeded())?),
+        RouterKind::Ensemble => AnyRouter::Ensemble(ensemble::EnsembleRouter::fit(train, cfg)?),
         RouterKind::BestSingle => AnyRouter::BestSingle {
             mean_scores: baselines::mean_scores(train),
         },

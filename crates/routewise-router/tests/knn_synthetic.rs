@@ -131,5 +131,5 @@ fn router_kind_names_round_trip() {
     );
     let e = "oracle".parse::<RouterKind>().unwrap_err().to_string();
     assert!(e.contains("unknown router `oracle`"), "{e}");
-    assert_eq!(RouterKind::ALL_LEARNED.len(), 4);
+    assert_eq!(RouterKind::ALL_LEARNED.len(), 5);
 }

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use routewise_router::{
-    LinearConfig, LinearRouter, MfConfig, MfRouter, MlpConfig, MlpRouter, Router, TrainSet,
+    AnyRouter, EnsembleConfig, EnsembleRouter, LinearConfig, LinearRouter, MfConfig, MfRouter,
+    MlpConfig, MlpRouter, Router, RouterConfigs, RouterKind, TrainSet,
 };
 
 const DIM: usize = 32;
@@ -120,7 +121,88 @@ fn fitted(train: &TrainSet, seed: u64) -> Vec<(&'static str, Box<dyn Router>)> {
                 .unwrap(),
             ),
         ),
+        (
+            // Seeded through `RouterConfigs::seed` (mixed into the mlp's seed).
+            "ensemble",
+            Box::new(
+                EnsembleRouter::fit(
+                    train,
+                    &RouterConfigs {
+                        seed,
+                        ..RouterConfigs::default()
+                    },
+                )
+                .unwrap(),
+            ),
+        ),
     ]
+}
+
+#[test]
+fn ensemble_predicts_the_mean_of_its_members() {
+    let clusters = Clusters::new(11);
+    let (train, _) = make_set(&clusters, 200, 3, 12, two_cluster_scores);
+    let (test, _) = make_set(&clusters, 30, 3, 13, two_cluster_scores);
+    let cfg = RouterConfigs {
+        ensemble: EnsembleConfig {
+            members: vec![RouterKind::Knn, RouterKind::Linear, RouterKind::Mf],
+        },
+        ..RouterConfigs::default()
+    };
+    let e = EnsembleRouter::fit(&train, &cfg).unwrap();
+    assert_eq!(e.members().len(), 3);
+    let (mut out, mut m) = ([0.0; 3], [0.0; 3]);
+    for i in 0..test.len() {
+        e.predict_scores(test.row(i), &mut out);
+        let mut mean = [0.0; 3];
+        for r in e.members() {
+            r.predict_scores(test.row(i), &mut m);
+            for (a, b) in mean.iter_mut().zip(m) {
+                *a += b / 3.0;
+            }
+        }
+        close(&out, &mean);
+    }
+    let bad = RouterConfigs {
+        ensemble: EnsembleConfig {
+            members: vec![RouterKind::Random],
+        },
+        ..RouterConfigs::default()
+    };
+    assert!(EnsembleRouter::fit(&train, &bad).is_err());
+    let empty = RouterConfigs {
+        ensemble: EnsembleConfig { members: vec![] },
+        ..RouterConfigs::default()
+    };
+    assert!(EnsembleRouter::fit(&train, &empty).is_err());
+}
+
+#[test]
+fn router_configs_seed_reseeds_mlp_and_mf() {
+    let clusters = Clusters::new(21);
+    let (train, _) = make_set(&clusters, 200, 3, 22, two_cluster_scores);
+    let x = train.row(0).to_vec();
+    let predict = |kind: RouterKind, seed: u64| {
+        let cfg = RouterConfigs {
+            seed,
+            ..RouterConfigs::default()
+        };
+        let r = match kind {
+            RouterKind::Mlp => AnyRouter::Mlp(MlpRouter::fit(&train, &cfg.mlp_seeded()).unwrap()),
+            _ => AnyRouter::Mf(MfRouter::fit(&train, &cfg.mf_seeded()).unwrap()),
+        };
+        let mut out = [0.0; 3];
+        r.predict_scores(&x, &mut out);
+        out
+    };
+    for kind in [RouterKind::Mlp, RouterKind::Mf] {
+        assert_eq!(predict(kind, 0), predict(kind, 0), "{kind}");
+        assert_ne!(predict(kind, 0), predict(kind, 1), "{kind}: seed ignored");
+    }
+    // Seed 0 keeps the configured seeds.
+    let c = RouterConfigs::default();
+    assert_eq!(c.mlp_seeded().seed, c.mlp.seed);
+    assert_eq!(c.mf_seeded().seed, c.mf.seed);
 }
 
 fn argmax(v: &[f64]) -> usize {
