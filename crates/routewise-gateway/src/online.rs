@@ -4,7 +4,8 @@
 //!
 //! * Enabled by the config's `bandit:` block; [`attach`] (called by [`crate::serve`])
 //!   builds the [`OnlineRouter`] over the engine's catalog (warm-started from the engine's
-//!   offline router), opens the `state:` store (local redb file, or Redis) and loads its
+//!   offline router; configured models the artifact lacks join with an optimistic prior
+//!   and forced exploration), opens the `state:` store (local redb file, or Redis) and loads its
 //!   statistics. Without `bandit:` nothing here runs and routing is unchanged.
 //! * `model: auto` requests are ranked by [`decide`]; once a model has answered, its
 //!   [`DecisionRecord`] (decision id = the `x-routewise-decision-id` header, bandit context,
@@ -68,7 +69,7 @@ pub async fn attach(state: &AppState) -> Result<(), ConfigError> {
     let router = OnlineRouter::new(
         bandit,
         &gw.engine.catalog,
-        Vec::new(),
+        gw.new_models.clone(),
         gw.engine.featurizer.dim(),
     )
     .map_err(|e| ConfigError::single(&file, "bandit", e.to_string()))?;

@@ -410,7 +410,7 @@ impl fmt::Display for Predictions<'_> {
             write!(
                 f,
                 "{{\"model\":\"{}\",\"score\":{:.4},\"cost_usd\":{:.8}}}",
-                gw.engine.catalog.models[ci].name, d.scores[ci], d.costs[ci]
+                gw.upstreams[gw.catalog_to_upstream[ci]].name, d.scores[ci], d.costs[ci]
             )?;
         }
         f.write_str("]")
@@ -459,10 +459,9 @@ impl DecisionLog {
     fn emit(&self, answered: Option<usize>, status: u16, cost: Option<f64>, end: &str) {
         let gw = &*self.state;
         let model = answered.map_or("-", |m| gw.upstreams[m].name.as_str());
-        let chosen = self
-            .decision
-            .as_ref()
-            .map_or(model, |d| gw.engine.catalog.models[d.chosen].name.as_str());
+        let chosen = self.decision.as_ref().map_or(model, |d| {
+            gw.upstreams[gw.catalog_to_upstream[d.chosen]].name.as_str()
+        });
         tracing::info!(
             target: "routewise::decision",
             decision_id = %self.id,

@@ -3,14 +3,16 @@
 //!
 //! Built once at start-up by [`AppState::new`], which also checks that the router and the
 //! config agree: every model the router knows is served by a `models` entry, and every
-//! entry is a model the router knows.
+//! entry is a model the router knows, except, with `bandit:` configured, new models with
+//! a configured `price`: the online router onboards them (optimistic prior, forced
+//! exploration) with catalog indices after the router's own models.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
-use routewise_router::Engine;
+use routewise_router::{Engine, ModelInfo};
 
 use crate::config::{Config, ConfigError, Issue, Price, Provider};
 use crate::cooldown::Breaker;
@@ -58,6 +60,9 @@ pub struct Gateway {
     pub client: reqwest::Client,
     pub metrics: Metrics,
     pub replay: Option<Arc<Replay>>,
+    /// Configured models the router's artifact does not know (only with `bandit:`);
+    /// catalog index `engine.catalog.len() + k`.
+    pub new_models: Vec<ModelInfo>,
     /// The online router and its state (set by [`crate::online::attach`] when the
     /// config has `bandit:`).
     pub online: OnlineSlot,
@@ -94,17 +99,51 @@ impl AppState {
         let mut issues = Vec::new();
         let mut catalog_to_upstream = vec![usize::MAX; engine.catalog.len()];
         let mut upstreams = Vec::with_capacity(config.models.len());
+        let mut new_models: Vec<ModelInfo> = Vec::new();
+        let n_offline = engine.catalog.len();
+        let mean_output_tokens = engine
+            .catalog
+            .models
+            .iter()
+            .map(|m| m.mean_output_tokens)
+            .sum::<f64>()
+            / n_offline.max(1) as f64;
         for (i, m) in config.models.iter().enumerate() {
-            let Some(ci) = engine.catalog.index(&m.name) else {
-                issues.push(Issue {
-                    path: format!("models[{i}].name"),
-                    message: format!(
-                        "`{}` is not a model the router knows (router models: {})",
-                        m.name,
-                        engine.catalog.names().collect::<Vec<_>>().join(", ")
-                    ),
-                });
-                continue;
+            let known = engine.catalog.index(&m.name);
+            let ci = match (known, &config.bandit, m.price) {
+                (Some(ci), _, _) => ci,
+                (None, Some(_), Some(p)) => {
+                    // A new model: onboarded by the online router.
+                    new_models.push(ModelInfo {
+                        name: m.name.clone(),
+                        input_per_mtok: p.input_per_mtok,
+                        output_per_mtok: p.output_per_mtok,
+                        mean_output_tokens,
+                    });
+                    catalog_to_upstream.push(usize::MAX);
+                    n_offline + new_models.len() - 1
+                }
+                (None, Some(_), None) => {
+                    issues.push(Issue {
+                        path: format!("models[{i}].price"),
+                        message: format!(
+                            "`{}` is not a model the router knows: the bandit can onboard it, but it needs a price",
+                            m.name
+                        ),
+                    });
+                    continue;
+                }
+                (None, None, _) => {
+                    issues.push(Issue {
+                        path: format!("models[{i}].name"),
+                        message: format!(
+                            "`{}` is not a model the router knows (router models: {})",
+                            m.name,
+                            engine.catalog.names().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                    continue;
+                }
             };
             if m.provider == Provider::Replay && !replay.as_ref().is_some_and(|r| r.knows(&m.name))
             {
@@ -116,17 +155,22 @@ impl AppState {
                     ),
                 });
             }
-            let info = &mut engine.catalog.models[ci];
-            let price = match m.price {
-                Some(p) => {
+            let price = match (m.price, engine.catalog.models.get_mut(ci)) {
+                (Some(p), Some(info)) => {
                     // Configured list prices also drive the router's cost predictions.
                     info.input_per_mtok = p.input_per_mtok;
                     info.output_per_mtok = p.output_per_mtok;
                     p
                 }
-                None => Price {
+                // A new model (its price is required above).
+                (Some(p), None) => p,
+                (None, Some(info)) => Price {
                     input_per_mtok: info.input_per_mtok,
                     output_per_mtok: info.output_per_mtok,
+                },
+                (None, None) => Price {
+                    input_per_mtok: 0.0,
+                    output_per_mtok: 0.0,
                 },
             };
             let auth = match &m.api_key {
@@ -225,6 +269,7 @@ impl AppState {
             client,
             metrics,
             replay: replay.map(Arc::new),
+            new_models,
             online: OnlineSlot::new(),
             engine,
             config,

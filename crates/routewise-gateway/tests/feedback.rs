@@ -429,3 +429,54 @@ fn the_demo_keeps_its_state_in_the_temp_directory() {
         "the demo runs without the bandit by default"
     );
 }
+
+#[tokio::test]
+async fn a_new_model_is_force_explored_until_it_has_enough_feedback() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = mock.base_url();
+    let d = format!(
+        "  - {{name: d, base_url: \"{base}\", upstream_model: up-d, price: {{input_per_mtok: 1, output_per_mtok: 1}}}}"
+    );
+    let yaml = abc_yaml(
+        &base,
+        &format!(
+            "{d}\nbandit: {{optimistic_score: 0.85, forced_exploration_rate: 1.0, forced_exploration_pulls: 2}}\nstate: {}\n",
+            local_state(dir.path())
+        ),
+    );
+    // `extra` follows the models list, so `d` is the list's fourth entry
+    let gw = start_online(&yaml).await;
+    assert_eq!(gw.state.new_models.len(), 1);
+    for _ in 0..2 {
+        let (id, model) = route_one(&gw, "try the new one").await;
+        assert_eq!(model, "d", "forced exploration of the new model");
+        let (status, _, v) = post(
+            &gw.url("/v1/feedback"),
+            &json!({"decision_id": id, "thumbs": "down"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["model"], "d");
+    }
+    assert_eq!(
+        mock.requests().iter().filter(|r| r.model == "up-d").count(),
+        2
+    );
+    let (_, model) = route_one(&gw, "try the new one").await;
+    assert_eq!(
+        model, "a",
+        "exploration over, its prior 0.85 < a's 0.9 minus what it learned"
+    );
+    // without a price the bandit cannot onboard it; without a bandit it is unknown
+    let no_price = yaml.replace(", price: {input_per_mtok: 1, output_per_mtok: 1}", "");
+    let e = AppState::new(config(&no_price), abc(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("models[3].price"), "{e}");
+    let no_bandit = abc_yaml(&base, &d);
+    let e = AppState::new(config(&no_bandit), abc(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("models[3].name"), "{e}");
+}
