@@ -50,9 +50,13 @@ pub struct Args {
     /// Routing dataset: canonical JSONL, or RouterBench wide CSV (by the `.csv` extension).
     #[arg(long)]
     pub data: PathBuf,
-    /// Routers to fit, comma-separated (knn, linear, mlp, mf); the baselines best-single,
+    /// Routers to fit, comma-separated (knn, linear, mlp, mf, ensemble); the baselines best-single,
     /// cheapest and random are always evaluated too.
-    #[arg(long, value_delimiter = ',', default_value = "knn,linear,mlp,mf")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "knn,linear,mlp,mf,ensemble"
+    )]
     pub routers: Vec<String>,
     /// Write the JSON report here.
     #[arg(long)]
