@@ -19,7 +19,7 @@ pub struct Args {
     /// Routing dataset: canonical JSONL, or RouterBench wide CSV (by the `.csv` extension).
     #[arg(long)]
     pub data: PathBuf,
-    /// Router to fit: knn, linear, mlp, mf, best-single, cheapest, random.
+    /// Router to fit: knn, linear, mlp, mf, ensemble, best-single, cheapest, random.
     #[arg(long, default_value = "knn")]
     pub router: String,
     /// Where to write the artifact (conventionally `*.rw`).
