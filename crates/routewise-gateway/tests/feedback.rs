@@ -3,17 +3,16 @@
 //! errors, statistics that move with feedback and survive a restart (redb), state in
 //! `/metrics` and `/readyz`, and two instances sharing a real Redis (skipped with a
 //! printed reason when `redis-server` is absent).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{abc, abc_yaml, chat_body, client, config, Gateway};
 use routewise_gateway::{online, AppState};
+use routewise_testkit::redis::RedisServer;
 use routewise_testkit::MockUpstream;
 use serde_json::{json, Value};
 
@@ -264,52 +263,11 @@ fn bandit_and_state_config_errors_name_the_field() {
     assert!(e.contains("gw.yaml: state") && e.contains("file"), "{e}");
 }
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Option<RedisServer> {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = RedisServer { child, port };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not start on port {port}");
-}
-
 #[tokio::test]
 async fn two_instances_share_decisions_and_statistics_through_redis() {
-    let Some(redis) = start_redis() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let mock = MockUpstream::start().await.unwrap();
     let state = format!(
         "{{redis_url: \"redis://127.0.0.1:{}\", refresh_interval_ms: 50, redis_timeout_ms: 300}}",

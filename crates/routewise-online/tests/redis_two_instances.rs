@@ -3,70 +3,16 @@
 //! both must lose no increment, duplicates across instances are refused, and an
 //! unreachable Redis shows as unavailable while routing keeps its statistics.
 //! Skips (with a printed reason) when `redis-server` is not installed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use routewise_online::{
     ArmStats, BanditConfig, DecisionRecord, FeedbackEntry, FeedbackError, FeedbackRequest,
     FeedbackService, OnlineRouter, ScoreValue, StateConfig,
 };
 use routewise_router::{Catalog, ModelInfo};
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Option<RedisServer> {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(RedisServer { child, port });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("redis-server did not start on port {port}");
-}
+use routewise_testkit::redis::RedisServer;
 
 fn catalog() -> Catalog {
     let m = |n: &str| ModelInfo {
@@ -139,7 +85,9 @@ fn req(i: usize) -> FeedbackRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_feedback_to_two_instances_loses_nothing() {
-    let Some(redis) = start_redis() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let a = instance(redis.port, "t1").await;
     let b = instance(redis.port, "t1").await;
     assert!(a.check().await && b.check().await);
@@ -206,7 +154,7 @@ async fn concurrent_feedback_to_two_instances_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_last_statistics_and_reports_unavailable() {
-    let Some(mut redis) = start_redis() else {
+    let Some(mut redis) = RedisServer::start() else {
         return;
     };
     let a = instance(redis.port, "t2").await;
@@ -216,8 +164,7 @@ async fn redis_outage_keeps_last_statistics_and_reports_unavailable() {
     assert_eq!(before.n, 1);
     assert!(a.available());
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.kill().unwrap();
     assert!(!a.check().await, "outage must show");
     assert!(!a.available());
     assert!(a.refresh().await.is_err());

@@ -20,6 +20,10 @@
 //! The mock records what it saw (hits per model, request bodies and `Authorization`
 //! headers when recording is on) and counts responses that were abandoned before they
 //! finished (`cancelled`): the observable effect of a client disconnect.
+//!
+//! [`redis::RedisServer`] launches a throwaway `redis-server` for tests of shared state.
+
+pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
