@@ -10,6 +10,7 @@
 
 #[cfg(feature = "minilm")]
 pub mod distill;
+mod handle;
 pub mod minilm;
 #[cfg(feature = "minilm")]
 pub mod pca;

@@ -15,10 +15,12 @@
 //! never the weights; [`MiniLmFeaturizer::load`] resolves them (feature `minilm`).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+#[cfg(feature = "minilm")]
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::handle::{self, Loaded};
 use crate::{FeatureError, Featurizer};
 
 /// Token budget per prompt (the model's `max_seq_length`).
@@ -31,7 +33,7 @@ pub const MINILM_FILES: &[&str] = &["config.json", "tokenizer.json", "model.safe
 pub const BATCH_TOKENS: usize = 4096;
 
 /// MiniLM featurizer: configuration (serialised) + loaded model (not).
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
 pub struct MiniLmFeaturizer {
     /// Model name (`all-minilm-l6-v2`) or a model directory path (Hugging Face layout).
     pub model: String,
@@ -39,36 +41,9 @@ pub struct MiniLmFeaturizer {
     pub max_tokens: usize,
     /// sha256 of each model file at training time (file name -> hex).
     pub sha256: BTreeMap<String, String>,
+    /// Whether the weights are loaded (shared by clones; never serialised).
     #[serde(skip)]
-    state: OnceLock<Arc<imp::State>>,
-}
-
-impl Clone for MiniLmFeaturizer {
-    fn clone(&self) -> Self {
-        let state = OnceLock::new();
-        if let Some(s) = self.state.get() {
-            let _ = state.set(Arc::clone(s));
-        }
-        MiniLmFeaturizer {
-            model: self.model.clone(),
-            dim: self.dim,
-            max_tokens: self.max_tokens,
-            sha256: self.sha256.clone(),
-            state,
-        }
-    }
-}
-
-impl std::fmt::Debug for MiniLmFeaturizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MiniLmFeaturizer")
-            .field("model", &self.model)
-            .field("dim", &self.dim)
-            .field("max_tokens", &self.max_tokens)
-            .field("sha256", &self.sha256)
-            .field("loaded", &self.state.get().is_some())
-            .finish()
-    }
+    loaded: Loaded<imp::State>,
 }
 
 impl MiniLmFeaturizer {
@@ -76,48 +51,38 @@ impl MiniLmFeaturizer {
     /// directory): checks the files (against the registry's sha256 for registered names),
     /// records their hashes and loads the model.
     pub fn open(model: &str) -> Result<Self, FeatureError> {
-        let dir = crate::weights::model_dir(model);
-        crate::weights::require_files(model, &dir, MINILM_FILES)?;
-        let sha256 = crate::weights::hash_files(&dir, MINILM_FILES)?;
-        if let Some(spec) = crate::weights::find_model(model) {
-            crate::weights::verify_hashes(model, &dir, &crate::weights::registry_hashes(spec))?;
-        }
-        let state = imp::State::load(&dir, DEFAULT_MAX_TOKENS)?;
-        let f = MiniLmFeaturizer {
-            model: crate::weights::find_model(model)
-                .map(|m| m.name.to_string())
-                .unwrap_or_else(|| model.to_string()),
+        let opened = handle::open_model(model, MINILM_FILES)?;
+        let state = imp::State::load(&opened.dir, DEFAULT_MAX_TOKENS)?;
+        Ok(MiniLmFeaturizer {
+            model: opened.name,
             dim: state.dim(),
             max_tokens: DEFAULT_MAX_TOKENS,
-            sha256,
-            state: OnceLock::new(),
-        };
-        let _ = f.state.set(Arc::new(state));
-        Ok(f)
+            sha256: opened.sha256,
+            loaded: Loaded::new(state),
+        })
     }
 
     /// Resolves and loads the weights recorded in this featurizer (after deserialising),
     /// checking each file's sha256. Idempotent.
     pub fn load(&self) -> Result<(), FeatureError> {
-        if self.state.get().is_some() {
+        if self.loaded.is_loaded() {
             return Ok(());
         }
-        let dir = crate::weights::model_dir(&self.model);
-        crate::weights::verify_hashes(&self.model, &dir, &self.sha256)?;
+        let dir = handle::verified_dir(&self.model, &self.sha256)?;
         let state = imp::State::load(&dir, self.max_tokens)?;
-        let _ = self.state.set(Arc::new(state));
+        self.loaded.set(state);
         Ok(())
     }
 
     /// Whether the model is loaded (featurizing before that yields zero vectors).
     pub fn is_loaded(&self) -> bool {
-        self.state.get().is_some()
+        self.loaded.is_loaded()
     }
 
     /// Token ids (with `[CLS]`/`[SEP]`, after truncation) the model sees for `text`.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
         self.load()?;
-        match self.state.get() {
+        match self.loaded.get() {
             Some(s) => s.encode(text),
             None => Ok(Vec::new()),
         }
@@ -127,7 +92,7 @@ impl MiniLmFeaturizer {
     pub fn try_embed_batch(&self, texts: &[&str]) -> Result<Vec<f32>, FeatureError> {
         self.load()?;
         let mut out = vec![0.0; texts.len() * self.dim];
-        if let Some(s) = self.state.get() {
+        if let Some(s) = self.loaded.get() {
             s.embed_batch(texts, &mut out)?;
         }
         Ok(out)
@@ -137,7 +102,7 @@ impl MiniLmFeaturizer {
     #[cfg(feature = "minilm")]
     pub(crate) fn state(&self) -> Result<Arc<imp::State>, FeatureError> {
         self.load()?;
-        self.state
+        self.loaded
             .get()
             .cloned()
             .ok_or_else(|| FeatureError::Inference("model not loaded".into()))
@@ -361,7 +326,7 @@ mod tests {
             dim: MINILM_DIM,
             max_tokens: DEFAULT_MAX_TOKENS,
             sha256: crate::weights::registry_hashes(&crate::weights::MINILM),
-            state: OnceLock::new(),
+            loaded: Default::default(),
         };
         let err = f.load().unwrap_err().to_string();
         assert!(err.contains("routewise models fetch minilm"), "{err}");

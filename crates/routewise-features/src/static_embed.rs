@@ -13,10 +13,10 @@
 //! prefix of at most 16 bytes per token of budget (bounds the cost of huge prompts).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::handle::{self, Loaded};
 use crate::{FeatureError, Featurizer};
 
 /// Default token budget of the static featurizer.
@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_TOKENS: usize = 512;
 pub const STATIC_FILES: &[&str] = &["tokenizer.json", "model.safetensors"];
 
 /// A static-embedding featurizer: configuration (serialised) + loaded table (not).
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Clone, Debug)]
 pub struct StaticFeaturizer {
     /// Model name (`static-minilm-256`) or a model directory path.
     pub model: String,
@@ -34,70 +34,33 @@ pub struct StaticFeaturizer {
     pub max_tokens: usize,
     /// sha256 of each model file at training time (file name -> hex).
     pub sha256: BTreeMap<String, String>,
+    /// Whether the weights are loaded (shared by clones; never serialised).
     #[serde(skip)]
-    state: OnceLock<Arc<imp::State>>,
-}
-
-impl Clone for StaticFeaturizer {
-    fn clone(&self) -> Self {
-        let state = OnceLock::new();
-        if let Some(s) = self.state.get() {
-            let _ = state.set(Arc::clone(s));
-        }
-        StaticFeaturizer {
-            model: self.model.clone(),
-            dim: self.dim,
-            max_tokens: self.max_tokens,
-            sha256: self.sha256.clone(),
-            state,
-        }
-    }
-}
-
-impl std::fmt::Debug for StaticFeaturizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticFeaturizer")
-            .field("model", &self.model)
-            .field("dim", &self.dim)
-            .field("max_tokens", &self.max_tokens)
-            .field("sha256", &self.sha256)
-            .field("loaded", &self.state.get().is_some())
-            .finish()
-    }
+    loaded: Loaded<imp::State>,
 }
 
 impl StaticFeaturizer {
     /// Opens the static model `model` (a registered name such as `static`, or a directory
     /// in model2vec layout): checks the files, records their hashes, loads the table.
     pub fn open(model: &str) -> Result<Self, FeatureError> {
-        let dir = crate::weights::model_dir(model);
-        crate::weights::require_files(model, &dir, STATIC_FILES)?;
-        let sha256 = crate::weights::hash_files(&dir, STATIC_FILES)?;
-        if let Some(spec) = crate::weights::find_model(model) {
-            crate::weights::verify_hashes(model, &dir, &crate::weights::registry_hashes(spec))?;
-        }
-        let state = imp::State::load(&dir, DEFAULT_MAX_TOKENS)?;
-        let f = StaticFeaturizer {
-            model: crate::weights::find_model(model)
-                .map(|m| m.name.to_string())
-                .unwrap_or_else(|| model.to_string()),
+        let opened = handle::open_model(model, STATIC_FILES)?;
+        let state = imp::State::load(&opened.dir, DEFAULT_MAX_TOKENS)?;
+        Ok(StaticFeaturizer {
+            model: opened.name,
             dim: state.dim(),
             max_tokens: DEFAULT_MAX_TOKENS,
-            sha256,
-            state: OnceLock::new(),
-        };
-        let _ = f.state.set(Arc::new(state));
-        Ok(f)
+            sha256: opened.sha256,
+            loaded: Loaded::new(state),
+        })
     }
 
     /// Resolves and loads the weights recorded in this featurizer (after deserialising),
     /// checking every file against the recorded sha256. Idempotent.
     pub fn load(&self) -> Result<(), FeatureError> {
-        if self.state.get().is_some() {
+        if self.loaded.is_loaded() {
             return Ok(());
         }
-        let dir = crate::weights::model_dir(&self.model);
-        crate::weights::verify_hashes(&self.model, &dir, &self.sha256)?;
+        let dir = handle::verified_dir(&self.model, &self.sha256)?;
         let state = imp::State::load(&dir, self.max_tokens)?;
         if state.dim() != self.dim {
             return Err(FeatureError::BadModel {
@@ -109,19 +72,19 @@ impl StaticFeaturizer {
                 ),
             });
         }
-        let _ = self.state.set(Arc::new(state));
+        self.loaded.set(state);
         Ok(())
     }
 
     /// Whether the table is loaded (featurizing before that yields zero vectors).
     pub fn is_loaded(&self) -> bool {
-        self.state.get().is_some()
+        self.loaded.is_loaded()
     }
 
     /// Token ids through the `tokenizers` crate only (reference for the fast path).
     pub fn reference_token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
         self.load()?;
-        match self.state.get() {
+        match self.loaded.get() {
             Some(s) => s.slow_token_ids(text),
             None => Ok(Vec::new()),
         }
@@ -129,7 +92,7 @@ impl StaticFeaturizer {
 
     /// The token ids the featurizer pools for `text` (after truncation).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        match self.state.get() {
+        match self.loaded.get() {
             Some(s) => s.token_ids(text),
             None => {
                 self.load()?;
@@ -146,10 +109,10 @@ impl Featurizer for StaticFeaturizer {
 
     fn featurize_into(&self, text: &str, out: &mut [f32]) {
         out.fill(0.0);
-        if self.state.get().is_none() && self.load().is_err() {
+        if !self.loaded.is_loaded() && self.load().is_err() {
             return;
         }
-        if let Some(s) = self.state.get() {
+        if let Some(s) = self.loaded.get() {
             s.embed_into(text, out);
         }
     }
@@ -378,7 +341,7 @@ mod tests {
             dim: 4,
             max_tokens: 8,
             sha256: [("model.safetensors".to_string(), String::new())].into(),
-            state: OnceLock::new(),
+            loaded: Default::default(),
         };
         let mut out = [1.0; 4];
         f.featurize_into("hello", &mut out);
