@@ -12,15 +12,14 @@
 //! nothing); Adam with decoupled weight decay on `W1`, mini-batches, seeded early
 //! stopping on a held-out slice of the training rows (shared helpers in [`crate::mlp`]).
 
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr_free::normal;
 use serde::{Deserialize, Serialize};
 
 use crate::mlp::{
-    axpy, bce_grad_in_place, dot32, fit_err, gather_transposed, mean_logits, sigmoid, Adam,
-    HasValFraction, Schedule,
+    axpy, bce_grad_in_place, dot32, fit_err, gather_transposed, mean_logits, sigmoid, train_epochs,
+    HasValFraction, Hyper, Params, Schedule,
 };
 use crate::{Router, RouterError, TrainSet};
 
@@ -90,18 +89,13 @@ struct MfParams {
 }
 
 impl MfParams {
+    #[cfg(test)]
     fn zeros(d: usize, k: usize, nm: usize) -> Self {
         MfParams {
             w1: vec![0.0; d * k],
             v: vec![0.0; nm * k],
             w2: vec![0.0; k],
             b: vec![0.0; nm],
-        }
-    }
-
-    fn clear(&mut self) {
-        for x in [&mut self.w1, &mut self.v, &mut self.w2, &mut self.b] {
-            x.fill(0.0);
         }
     }
 
@@ -119,6 +113,25 @@ impl MfParams {
             }
         }
         (u, norms)
+    }
+}
+
+impl Params for MfParams {
+    type Workspace = Workspace;
+
+    fn forward_backward(
+        &self,
+        train: &TrainSet,
+        rows: &[usize],
+        ws: &mut Workspace,
+        grads: Option<&mut Self>,
+    ) -> (usize, f64) {
+        let count = forward_backward(self, train, rows, ws, grads, self.w2.len());
+        (count, ws.loss)
+    }
+
+    fn tensors(&mut self) -> [&mut Vec<f32>; 4] {
+        [&mut self.w1, &mut self.v, &mut self.w2, &mut self.b]
     }
 }
 
@@ -160,7 +173,7 @@ impl MfRouter {
         // starts at ones, so u_m starts as a random unit vector and the first logits
         // stay close to the per-model base rates.
         let xav = (6.0 / (d + k) as f64).sqrt();
-        let mut p = MfParams {
+        let p = MfParams {
             w1: (0..d * k)
                 .map(|_| rng.gen_range(-xav..xav) as f32)
                 .collect(),
@@ -169,57 +182,16 @@ impl MfRouter {
             b: mean_logits(train),
         };
         let split = sched.split(train.len(), &mut rng);
-        let mut opt = [
-            Adam::new(d * k),
-            Adam::new(nm * k),
-            Adam::new(k),
-            Adam::new(nm),
-        ];
-        let mut g = MfParams::zeros(d, k, nm);
+        let hp = Hyper {
+            epochs: config.epochs,
+            batch_size: config.batch_size,
+            patience: config.patience,
+            learning_rate: config.learning_rate,
+            decay: [config.weight_decay, 0.0, 0.0, 0.0],
+        };
         let mut ws = Workspace::new(config.batch_size, d, k, nm);
-        let mut best = (f64::INFINITY, p.clone(), 0usize);
-        let mut since_best = 0;
-        let mut order = split.train.clone();
-        let mut epochs_run = 0;
-        for epoch in 0..config.epochs {
-            order.shuffle(&mut rng);
-            for batch in order.chunks(config.batch_size) {
-                g.clear();
-                let count = forward_backward(&p, train, batch, &mut ws, Some(&mut g), k);
-                if count == 0 {
-                    continue;
-                }
-                let scale = 1.0 / count as f32;
-                let (lr, wd) = (config.learning_rate, config.weight_decay);
-                opt[0].step(&mut p.w1, &g.w1, scale, lr, wd);
-                opt[1].step(&mut p.v, &g.v, scale, lr, 0.0);
-                opt[2].step(&mut p.w2, &g.w2, scale, lr, 0.0);
-                opt[3].step(&mut p.b, &g.b, scale, lr, 0.0);
-            }
-            epochs_run = epoch + 1;
-            if split.val.is_empty() {
-                continue;
-            }
-            let (mut loss, mut count) = (0.0, 0usize);
-            for batch in split.val.chunks(config.batch_size) {
-                count += forward_backward(&p, train, batch, &mut ws, None, k);
-                loss += ws.loss;
-            }
-            let loss = loss / count.max(1) as f64;
-            if loss < best.0 - 1e-6 {
-                best = (loss, p.clone(), epochs_run);
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if since_best >= config.patience {
-                    break;
-                }
-            }
-        }
-        if !split.val.is_empty() && best.0.is_finite() {
-            p = best.1;
-            epochs_run = best.2;
-        }
+        let (p, epochs_run) =
+            train_epochs(train, p, &mut ws, &split.train, &split.val, &hp, &mut rng);
         let (u, _) = p.folded(k);
         Ok(MfRouter {
             n_models: nm,

@@ -159,7 +159,7 @@ fn train_mlp(
     // He (ReLU) for the hidden layer, Xavier for the output layer, both uniform.
     let he = (6.0 / d as f64).sqrt();
     let xav = (6.0 / (h + nm) as f64).sqrt();
-    let mut p = MlpParams {
+    let p = MlpParams {
         w1: (0..d * h).map(|_| rng.gen_range(-he..he) as f32).collect(),
         b1: vec![0.0; h],
         w2: (0..h * nm)
@@ -167,57 +167,15 @@ fn train_mlp(
             .collect(),
         b2: mean_logits(train),
     };
-    let mut opt = [
-        Adam::new(d * h),
-        Adam::new(h),
-        Adam::new(h * nm),
-        Adam::new(nm),
-    ];
-    let mut g = MlpParams::zeros(d, h, nm);
+    let hp = Hyper {
+        epochs,
+        batch_size: config.batch_size,
+        patience: config.patience,
+        learning_rate: config.learning_rate,
+        decay: [config.weight_decay, 0.0, config.weight_decay, 0.0],
+    };
     let mut ws = Workspace::new(config.batch_size, d, h, nm);
-    let mut best = (f64::INFINITY, p.clone(), 0usize);
-    let mut since_best = 0usize;
-    let mut order = rows.to_vec();
-    let mut epochs_run = 0;
-    let (lr, wd) = (config.learning_rate, config.weight_decay);
-    for epoch in 0..epochs {
-        order.shuffle(rng);
-        for batch in order.chunks(config.batch_size) {
-            g.clear();
-            let count = forward_backward(&p, train, batch, &mut ws, Some(&mut g), h);
-            if count == 0 {
-                continue;
-            }
-            let scale = 1.0 / count as f32;
-            opt[0].step(&mut p.w1, &g.w1, scale, lr, wd);
-            opt[1].step(&mut p.b1, &g.b1, scale, lr, 0.0);
-            opt[2].step(&mut p.w2, &g.w2, scale, lr, wd);
-            opt[3].step(&mut p.b2, &g.b2, scale, lr, 0.0);
-        }
-        epochs_run = epoch + 1;
-        if val.is_empty() {
-            continue;
-        }
-        let (mut loss, mut count) = (0.0, 0usize);
-        for batch in val.chunks(config.batch_size) {
-            count += forward_backward(&p, train, batch, &mut ws, None, h);
-            loss += ws.loss;
-        }
-        let loss = loss / count.max(1) as f64;
-        if loss < best.0 - 1e-6 {
-            best = (loss, p.clone(), epochs_run);
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= config.patience {
-                break;
-            }
-        }
-    }
-    if !val.is_empty() && best.0.is_finite() {
-        return (best.1, best.2);
-    }
-    (p, epochs_run)
+    train_epochs(train, p, &mut ws, rows, val, &hp, rng)
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +187,7 @@ struct MlpParams {
 }
 
 impl MlpParams {
+    #[cfg(test)]
     fn zeros(d: usize, h: usize, nm: usize) -> Self {
         MlpParams {
             w1: vec![0.0; d * h],
@@ -237,10 +196,24 @@ impl MlpParams {
             b2: vec![0.0; nm],
         }
     }
-    fn clear(&mut self) {
-        for v in [&mut self.w1, &mut self.b1, &mut self.w2, &mut self.b2] {
-            v.fill(0.0);
-        }
+}
+
+impl Params for MlpParams {
+    type Workspace = Workspace;
+
+    fn forward_backward(
+        &self,
+        train: &TrainSet,
+        rows: &[usize],
+        ws: &mut Workspace,
+        grads: Option<&mut Self>,
+    ) -> (usize, f64) {
+        let count = forward_backward(self, train, rows, ws, grads, self.b1.len());
+        (count, ws.loss)
+    }
+
+    fn tensors(&mut self) -> [&mut Vec<f32>; 4] {
+        [&mut self.w1, &mut self.b1, &mut self.w2, &mut self.b2]
     }
 }
 
@@ -570,6 +543,98 @@ impl Adam {
             *pi = *pi * decay - step * *mi / ((*vi * inv_c2).sqrt() + EPS);
         }
     }
+}
+
+/// A parameter set trained by [`train_epochs`]: four tensors and a masked-BCE
+/// forward/backward pass over a batch of training rows.
+pub(crate) trait Params: Clone {
+    type Workspace;
+
+    /// Forward pass over `rows`; with `grads`, adds the (unnormalised) gradients of the
+    /// summed masked BCE. Returns the number of observed targets and the summed loss.
+    fn forward_backward(
+        &self,
+        train: &TrainSet,
+        rows: &[usize],
+        ws: &mut Self::Workspace,
+        grads: Option<&mut Self>,
+    ) -> (usize, f64);
+
+    /// The four tensors, in optimiser order.
+    fn tensors(&mut self) -> [&mut Vec<f32>; 4];
+}
+
+/// Loop settings of [`train_epochs`].
+pub(crate) struct Hyper {
+    pub(crate) epochs: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) patience: usize,
+    pub(crate) learning_rate: f64,
+    /// Decoupled weight decay per tensor, in [`Params::tensors`] order.
+    pub(crate) decay: [f64; 4],
+}
+
+/// Mini-batch AdamW from `p` on `rows` (shuffled each epoch with `rng`) for at most
+/// `hp.epochs`; with a non-empty `val`, stops once its mean masked loss has not improved
+/// for `hp.patience` epochs and returns the best held-out epoch's weights. Returns the
+/// weights and their epoch count.
+pub(crate) fn train_epochs<P: Params>(
+    train: &TrainSet,
+    mut p: P,
+    ws: &mut P::Workspace,
+    rows: &[usize],
+    val: &[usize],
+    hp: &Hyper,
+    rng: &mut ChaCha8Rng,
+) -> (P, usize) {
+    let mut opt = p.tensors().map(|t| Adam::new(t.len()));
+    let mut g = p.clone();
+    let mut best = (f64::INFINITY, p.clone(), 0usize);
+    let mut since_best = 0usize;
+    let mut order = rows.to_vec();
+    let mut epochs_run = 0;
+    let lr = hp.learning_rate;
+    for epoch in 0..hp.epochs {
+        order.shuffle(rng);
+        for batch in order.chunks(hp.batch_size) {
+            for t in g.tensors() {
+                t.fill(0.0);
+            }
+            let (count, _) = p.forward_backward(train, batch, ws, Some(&mut g));
+            if count == 0 {
+                continue;
+            }
+            let scale = 1.0 / count as f32;
+            let steps = opt.iter_mut().zip(p.tensors()).zip(g.tensors());
+            for (((o, w), gr), &wd) in steps.zip(&hp.decay) {
+                o.step(w, gr, scale, lr, wd);
+            }
+        }
+        epochs_run = epoch + 1;
+        if val.is_empty() {
+            continue;
+        }
+        let (mut loss, mut count) = (0.0, 0usize);
+        for batch in val.chunks(hp.batch_size) {
+            let (c, l) = p.forward_backward(train, batch, ws, None);
+            count += c;
+            loss += l;
+        }
+        let loss = loss / count.max(1) as f64;
+        if loss < best.0 - 1e-6 {
+            best = (loss, p.clone(), epochs_run);
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= hp.patience {
+                break;
+            }
+        }
+    }
+    if !val.is_empty() && best.0.is_finite() {
+        return (best.1, best.2);
+    }
+    (p, epochs_run)
 }
 
 #[cfg(test)]
