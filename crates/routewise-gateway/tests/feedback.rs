@@ -10,32 +10,15 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{abc, abc_yaml, chat_body, client, config, Gateway};
+use common::{abc, abc_yaml, chat_body, client, config, get, post, post_stream, Gateway};
 use routewise_gateway::{online, AppState};
 use routewise_testkit::redis::RedisServer;
 use routewise_testkit::MockUpstream;
 use serde_json::{json, Value};
 
-async fn post(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = client().post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, headers, v)
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let r = client().get(url).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 fn assert_openai_error(v: &Value, code: &str) {
-    let e = &v["error"];
-    assert!(e["message"].is_string(), "{v}");
-    assert!(e["type"].is_string(), "{v}");
-    assert!(e.get("param").is_some(), "{v}");
-    assert_eq!(e["code"], code, "{v}");
+    common::assert_openai_error(v);
+    assert_eq!(v["error"]["code"], code, "{v}");
 }
 
 fn bandit_yaml(base_url: &str, state: &str) -> String {
@@ -340,14 +323,11 @@ async fn a_streamed_decision_takes_feedback_once_the_stream_ended() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let gw = start_online(&bandit_yaml(&mock.base_url(), &local_state(dir.path()))).await;
-    let mut body = chat_body("stream me a story");
-    body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(
+        &gw.url("/v1/chat/completions"),
+        chat_body("stream me a story"),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 200);
     let id = r.headers()["x-routewise-decision-id"]
         .to_str()

@@ -5,29 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{abc_yaml, chat_body, client, start, SECRET};
+use common::{
+    abc_yaml, assert_openai_error, chat_body, client, get, header, post, post_stream, read_sse,
+    start, SECRET,
+};
 use routewise_testkit::{Fault, MockUpstream};
 use serde_json::{json, Value};
-
-async fn post(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = client().post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, headers, v)
-}
-
-fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
-    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-fn assert_openai_error(v: &Value) {
-    let e = &v["error"];
-    assert!(e["message"].is_string(), "{v}");
-    assert!(e["type"].is_string(), "{v}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
-}
 
 #[tokio::test]
 async fn routes_auto_to_the_best_model_and_passes_everything_through() {
@@ -115,14 +98,7 @@ async fn fallback_case(fault: Fault, extra: &str) -> (u16, String, String, u64) 
     let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("hello")).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["model"], "up-b");
-    let metrics = client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(&gw.url("/metrics")).await.1;
     assert!(
         metrics.contains(r#"routewise_fallbacks_total{model="a"} 1"#),
         "{metrics}"
@@ -266,14 +242,7 @@ async fn a_failing_model_is_cooled_down_then_probed() {
         ("b", "1")
     );
     assert_eq!(mock.hits("up-a"), 2);
-    let m = client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get(&gw.url("/metrics")).await.1;
     assert!(
         m.contains(r#"routewise_model_cooldown{model="a"} 1"#),
         "{m}"
@@ -288,32 +257,11 @@ async fn a_failing_model_is_cooled_down_then_probed() {
     let (_, h, _) = post(&url, &chat_body("x")).await;
     assert_eq!(header(&h, "x-routewise-model"), "a");
     assert_eq!(mock.hits("up-a"), 3);
-    let m = client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get(&gw.url("/metrics")).await.1;
     assert!(
         m.contains(r#"routewise_model_cooldown{model="a"} 0"#),
         "{m}"
     );
-}
-
-async fn read_sse(resp: reqwest::Response) -> String {
-    let fut = async {
-        let mut out = String::new();
-        let mut s = resp;
-        while let Some(chunk) = s.chunk().await.unwrap_or(None) {
-            out.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        out
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("the stream hung")
 }
 
 #[tokio::test]
@@ -321,14 +269,8 @@ async fn streams_chunk_by_chunk_with_headers() {
     let mock = MockUpstream::start().await.unwrap();
     let gw = start(&abc_yaml(&mock.base_url(), "")).await;
     let mut body = chat_body("stream please");
-    body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw.url("/v1/chat/completions"), body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(r.headers(), "x-routewise-model"), "a");
     assert_eq!(header(r.headers(), "content-type"), "text/event-stream");
@@ -339,14 +281,7 @@ async fn streams_chunk_by_chunk_with_headers() {
     assert!(text.contains("\"finish_reason\":\"stop\""));
     assert!(mock.requests()[0].body["stream"] == json!(true));
     // realised cost from the streamed usage is counted
-    let m = client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get(&gw.url("/metrics")).await.1;
     let cost: f64 = m
         .lines()
         .find_map(|l| l.strip_prefix(r#"routewise_realised_cost_usd_total{model="a"} "#))
@@ -361,14 +296,7 @@ async fn streaming_falls_back_before_the_first_byte() {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_model_fault("up-a", Some(Fault::Status(500)));
     let gw = start(&abc_yaml(&mock.base_url(), "")).await;
-    let mut body = chat_body("x");
-    body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(header(r.headers(), "x-routewise-model"), "b");
     assert!(read_sse(r).await.ends_with("data: [DONE]\n\n"));
 }
@@ -378,14 +306,7 @@ async fn a_stream_broken_midway_ends_with_an_error_event() {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_model_fault("up-a", Some(Fault::BreakStream(2)));
     let gw = start(&abc_yaml(&mock.base_url(), "")).await;
-    let mut body = chat_body("x");
-    body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(
         header(r.headers(), "x-routewise-model"),
         "a",
@@ -409,14 +330,7 @@ async fn a_stalled_stream_ends_with_an_error_event_not_a_hang() {
         "limits: {request_timeout_ms: 300}",
     ))
     .await;
-    let mut body = chat_body("x");
-    body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     let text = read_sse(r).await;
     assert!(text.contains("stalled for 300 ms"), "{text}");
 }
@@ -426,14 +340,7 @@ async fn client_disconnect_mid_stream_cancels_the_upstream() {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_model_fault("up-a", Some(Fault::SlowStream(Duration::from_millis(20))));
     let gw = start(&abc_yaml(&mock.base_url(), "")).await;
-    let mut body = chat_body("x");
-    body["stream"] = json!(true);
-    let mut r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     let first = r.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
     assert_eq!(mock.cancelled(), 0);
@@ -635,14 +542,7 @@ async fn a_stream_with_headers_but_no_first_chunk_falls_back() {
         "limits: {request_timeout_ms: 300}",
     ))
     .await;
-    let mut body = chat_body("x");
-    body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(header(r.headers(), "x-routewise-model"), "b");
     assert_eq!(header(r.headers(), "x-routewise-attempts"), "2");
     assert!(read_sse(r).await.ends_with("data: [DONE]\n\n"));

@@ -108,3 +108,57 @@ pub fn client() -> reqwest::Client {
 pub fn chat_body(content: &str) -> serde_json::Value {
     serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": content}]})
 }
+
+/// POSTs `body` as JSON; returns the status, the headers and the JSON response.
+pub async fn post(
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client().post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, v)
+}
+
+/// GETs `url`; returns the status and the body text.
+pub async fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// POSTs `body` with `"stream": true` and returns the response unread.
+pub async fn post_stream(url: &str, mut body: serde_json::Value) -> reqwest::Response {
+    body["stream"] = serde_json::json!(true);
+    client().post(url).json(&body).send().await.unwrap()
+}
+
+/// Reads a whole event stream (bounded by 10 s).
+pub async fn read_sse(resp: reqwest::Response) -> String {
+    let fut = async {
+        let mut out = String::new();
+        let mut s = resp;
+        while let Some(chunk) = s.chunk().await.unwrap_or(None) {
+            out.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        out
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), fut)
+        .await
+        .expect("the stream hung")
+}
+
+/// The header's value, or "" when absent or not text.
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Asserts the OpenAI error shape: `error.message`, `error.type`, `error.param` and
+/// `error.code` present.
+pub fn assert_openai_error(v: &serde_json::Value) {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+}
