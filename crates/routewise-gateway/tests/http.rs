@@ -6,16 +6,15 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    abc_yaml, assert_openai_error, chat_body, client, get, header, post, post_stream, read_sse,
-    start, SECRET,
+    abc_yaml, assert_openai_error, chat_body, client, get, header, mock_gateway, post, post_stream,
+    read_sse, start, SECRET,
 };
 use routewise_testkit::{Fault, MockUpstream};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn routes_auto_to_the_best_model_and_passes_everything_through() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[], "").await;
     let body = json!({
         "model": "auto",
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}],
@@ -61,8 +60,7 @@ async fn routes_auto_to_the_best_model_and_passes_everything_through() {
 
 #[tokio::test]
 async fn named_model_goes_direct_and_preferences_change_the_choice() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[], "").await;
     let mut body = chat_body("hello");
     body["model"] = json!("b");
     let (status, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
@@ -92,9 +90,7 @@ async fn named_model_goes_direct_and_preferences_change_the_choice() {
 }
 
 async fn fallback_case(fault: Fault, extra: &str) -> (u16, String, String, u64) {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(fault));
-    let gw = start(&abc_yaml(&mock.base_url(), extra)).await;
+    let (mock, gw) = mock_gateway(&[("up-a", fault)], extra).await;
     let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("hello")).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["model"], "up-b");
@@ -151,9 +147,7 @@ async fn falls_back_on_connection_refused() {
 
 #[tokio::test]
 async fn other_4xx_pass_through_without_fallback() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::Status(400)));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[("up-a", Fault::Status(400))], "").await;
     let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("x")).await;
     assert_eq!((status, header(&h, "x-routewise-model")), (400, "a"));
     assert_openai_error(&v);
@@ -200,9 +194,7 @@ async fn all_attempts_failing_gives_502_or_504_bounded_by_max_attempts() {
 
 #[tokio::test]
 async fn never_falls_back_to_a_model_whose_context_window_is_too_small() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-b", Some(Fault::Status(500)));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[("up-b", Fault::Status(500))], "").await;
     // ~1,500 tokens: too long for a (context_window 1000)
     let long = "word ".repeat(1200);
     let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body(&long)).await;
@@ -219,12 +211,10 @@ async fn never_falls_back_to_a_model_whose_context_window_is_too_small() {
 
 #[tokio::test]
 async fn a_failing_model_is_cooled_down_then_probed() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::Status(500)));
-    let gw = start(&abc_yaml(
-        &mock.base_url(),
+    let (mock, gw) = mock_gateway(
+        &[("up-a", Fault::Status(500))],
         "cooldown: {failures: 2, seconds: 0.4}",
-    ))
+    )
     .await;
     let url = gw.url("/v1/chat/completions");
     for _ in 0..2 {
@@ -266,8 +256,7 @@ async fn a_failing_model_is_cooled_down_then_probed() {
 
 #[tokio::test]
 async fn streams_chunk_by_chunk_with_headers() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[], "").await;
     let mut body = chat_body("stream please");
     body["stream_options"] = json!({"include_usage": true});
     let r = post_stream(&gw.url("/v1/chat/completions"), body).await;
@@ -293,9 +282,7 @@ async fn streams_chunk_by_chunk_with_headers() {
 
 #[tokio::test]
 async fn streaming_falls_back_before_the_first_byte() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::Status(500)));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (_mock, gw) = mock_gateway(&[("up-a", Fault::Status(500))], "").await;
     let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(header(r.headers(), "x-routewise-model"), "b");
     assert!(read_sse(r).await.ends_with("data: [DONE]\n\n"));
@@ -303,9 +290,7 @@ async fn streaming_falls_back_before_the_first_byte() {
 
 #[tokio::test]
 async fn a_stream_broken_midway_ends_with_an_error_event() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::BreakStream(2)));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[("up-a", Fault::BreakStream(2))], "").await;
     let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(
         header(r.headers(), "x-routewise-model"),
@@ -323,12 +308,10 @@ async fn a_stream_broken_midway_ends_with_an_error_event() {
 
 #[tokio::test]
 async fn a_stalled_stream_ends_with_an_error_event_not_a_hang() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::StallStream(1)));
-    let gw = start(&abc_yaml(
-        &mock.base_url(),
+    let (_mock, gw) = mock_gateway(
+        &[("up-a", Fault::StallStream(1))],
         "limits: {request_timeout_ms: 300}",
-    ))
+    )
     .await;
     let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     let text = read_sse(r).await;
@@ -337,9 +320,11 @@ async fn a_stalled_stream_ends_with_an_error_event_not_a_hang() {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_cancels_the_upstream() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::SlowStream(Duration::from_millis(20))));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(
+        &[("up-a", Fault::SlowStream(Duration::from_millis(20)))],
+        "",
+    )
+    .await;
     let mut r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     let first = r.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -354,9 +339,7 @@ async fn client_disconnect_mid_stream_cancels_the_upstream() {
 
 #[tokio::test]
 async fn client_disconnect_while_waiting_cancels_the_upstream() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::Delay(Duration::from_secs(3))));
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[("up-a", Fault::Delay(Duration::from_secs(3)))], "").await;
     let c = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(300))
@@ -377,12 +360,7 @@ async fn client_disconnect_while_waiting_cancels_the_upstream() {
 
 #[tokio::test]
 async fn bad_inputs_get_openai_shaped_4xx_and_never_reach_upstream() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(
-        &mock.base_url(),
-        "limits: {max_body_bytes: 2000}",
-    ))
-    .await;
+    let (mock, gw) = mock_gateway(&[], "limits: {max_body_bytes: 2000}").await;
     let url = gw.url("/v1/chat/completions");
     let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
         ("non-JSON", "{not json".into(), 400, None),
@@ -446,8 +424,7 @@ async fn bad_inputs_get_openai_shaped_4xx_and_never_reach_upstream() {
 
 #[tokio::test]
 async fn route_endpoint_gives_the_decision_without_calling_upstream() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (mock, gw) = mock_gateway(&[], "").await;
     let (status, _, v) = post(
         &gw.url("/v1/route"),
         &json!({"messages": [{"role": "user", "content": "hi"}], "routewise": {"budget_usd": 0.0001}}),
@@ -470,8 +447,7 @@ async fn route_endpoint_gives_the_decision_without_calling_upstream() {
 
 #[tokio::test]
 async fn models_health_and_readiness() {
-    let mock = MockUpstream::start().await.unwrap();
-    let gw = start(&abc_yaml(&mock.base_url(), "")).await;
+    let (_mock, gw) = mock_gateway(&[], "").await;
     let v: Value = client()
         .get(gw.url("/v1/models"))
         .send()
@@ -535,12 +511,10 @@ async fn metrics_report_requests_attempts_latency_and_cost() {
 
 #[tokio::test]
 async fn a_stream_with_headers_but_no_first_chunk_falls_back() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::StallStream(0)));
-    let gw = start(&abc_yaml(
-        &mock.base_url(),
+    let (_mock, gw) = mock_gateway(
+        &[("up-a", Fault::StallStream(0))],
         "limits: {request_timeout_ms: 300}",
-    ))
+    )
     .await;
     let r = post_stream(&gw.url("/v1/chat/completions"), chat_body("x")).await;
     assert_eq!(header(r.headers(), "x-routewise-model"), "b");

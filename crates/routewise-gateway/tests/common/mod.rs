@@ -162,3 +162,17 @@ pub fn assert_openai_error(v: &serde_json::Value) {
     assert!(e["type"].is_string(), "{v}");
     assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
 }
+
+/// A testkit mock with `faults` set per upstream model, and a gateway for models a, b, c
+/// on it (plus `extra` YAML).
+pub async fn mock_gateway(
+    faults: &[(&str, routewise_testkit::Fault)],
+    extra: &str,
+) -> (routewise_testkit::MockUpstream, Gateway) {
+    let mock = routewise_testkit::MockUpstream::start().await.unwrap();
+    for (model, fault) in faults {
+        mock.set_model_fault(model, Some(fault.clone()));
+    }
+    let gw = start(&abc_yaml(&mock.base_url(), extra)).await;
+    (mock, gw)
+}
