@@ -273,18 +273,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Fits and evaluates every router in `kinds` on `ds`.
-pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Result<Report> {
+/// The train and test records of `ds`; an error (naming `data`) when either split is empty.
+pub fn split_records<'a>(
+    ds: &'a Dataset,
+    data: &std::path::Path,
+) -> anyhow::Result<(Vec<&'a Record>, Vec<&'a Record>)> {
     let train: Vec<&Record> = ds.train().collect();
     let test: Vec<&Record> = ds.test().collect();
     if train.is_empty() || test.is_empty() {
         anyhow::bail!(
             "{}: need prompts in both splits (train {}, test {})",
-            args.data.display(),
+            data.display(),
             train.len(),
             test.len()
         );
     }
+    Ok((train, test))
+}
+
+/// Fits and evaluates every router in `kinds` on `ds`.
+pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Result<Report> {
+    let (train, test) = split_records(ds, &args.data)?;
     let n_models = ds.models.len();
 
     // Featurizer, training set, catalog.

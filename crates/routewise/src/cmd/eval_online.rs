@@ -16,7 +16,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use routewise_data::Record;
 use routewise_features::Featurizer;
 use routewise_online::plot::render_regret_svg;
 use routewise_online::replay::{replay, DriftSpec, ReplayData, ReplayOptions, ReplayResult};
@@ -126,16 +125,7 @@ fn offline_curve(r: &ReplayResult) -> Vec<(usize, f64)> {
 /// Runs the online replay evaluation for `routewise eval --online`.
 pub fn run(args: &super::eval::Args) -> anyhow::Result<ExitCode> {
     let ds = super::eval::load_dataset(&args.data, args.limit)?;
-    let train: Vec<&Record> = ds.train().collect();
-    let test: Vec<&Record> = ds.test().collect();
-    if train.is_empty() || test.is_empty() {
-        anyhow::bail!(
-            "{}: need prompts in both splits (train {}, test {})",
-            args.data.display(),
-            train.len(),
-            test.len()
-        );
-    }
+    let (train, test) = super::eval::split_records(&ds, &args.data)?;
     let kind = args
         .routers
         .iter()
