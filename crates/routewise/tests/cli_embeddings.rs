@@ -5,21 +5,11 @@
 //! CI first); without them it prints why it skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn data_file() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/routerbench-3k.jsonl");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is absent (the shared data is not checked out here)",
-            p.display()
-        );
-        None
-    }
-}
+mod common;
+use common::data_file;
 
 fn routewise(args: &[&str], models: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_routewise"));

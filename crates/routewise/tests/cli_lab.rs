@@ -3,26 +3,16 @@
 //! RouteLLM metrics, and invalid input exiting with code 2.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+mod common;
+use common::data_file;
 
 use serde_json::Value;
 
 const GPT4: &str = "gpt-4-1106-preview";
 const MISTRAL: &str = "mistralai/mistral-7b-chat";
-
-fn data_file() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/routerbench-3k.jsonl");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is absent (the shared data is not checked out here)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn routewise(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_routewise"))
