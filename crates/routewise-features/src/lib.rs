@@ -9,7 +9,10 @@
 //! the models directory ([`weights`]) when the featurizer is loaded.
 
 #[cfg(feature = "minilm")]
+pub mod bert;
+#[cfg(feature = "minilm")]
 pub mod distill;
+pub mod fastmath;
 mod handle;
 pub mod minilm;
 #[cfg(feature = "minilm")]

@@ -4,7 +4,7 @@
 //! Compression of Pre-Trained Transformers" (NeurIPS 2020), fine-tuned as a sentence
 //! encoder by sentence-transformers (Reimers & Gurevych, 2019). Inference: the model's
 //! WordPiece tokenizer (`tokenizer.json`, `tokenizers` crate) with `[CLS]`/`[SEP]`, the BERT
-//! encoder (`candle_transformers::models::bert`), mean pooling over the attention mask and
+//! encoder ([`crate::bert`], on candle tensors), mean pooling over the attention mask and
 //! L2 normalisation, exactly as the sentence-transformers pipeline of this model.
 //!
 //! Prompts are truncated to [`DEFAULT_MAX_TOKENS`] = 256 tokens (the model's
@@ -131,18 +131,16 @@ impl Featurizer for MiniLmFeaturizer {
 pub(crate) mod imp {
     use std::path::Path;
 
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::VarBuilder;
-    use candle_transformers::models::bert::{BertModel, Config};
     use tokenizers::Tokenizer;
+
+    use crate::bert::Bert;
 
     use crate::FeatureError;
 
     /// Tokenizer + BERT encoder on the CPU.
     pub struct State {
         tokenizer: Tokenizer,
-        model: BertModel,
-        device: Device,
+        model: Bert,
         dim: usize,
         max_tokens: usize,
     }
@@ -157,30 +155,23 @@ pub(crate) mod imp {
             let cfg_path = dir.join("config.json");
             let cfg_text =
                 std::fs::read_to_string(&cfg_path).map_err(|e| FeatureError::io(&cfg_path, e))?;
-            let config: Config =
-                serde_json::from_str(&cfg_text).map_err(|e| FeatureError::BadModel {
+            let config =
+                crate::bert::parse_config(&cfg_text).map_err(|message| FeatureError::BadModel {
                     path: cfg_path.clone(),
-                    message: e.to_string(),
+                    message,
                 })?;
             let w_path = dir.join("model.safetensors");
             let bytes = std::fs::read(&w_path).map_err(|e| FeatureError::io(&w_path, e))?;
-            let device = Device::Cpu;
-            let vb =
-                VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device).map_err(|e| {
-                    FeatureError::BadModel {
-                        path: w_path.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
-            let model = BertModel::load(vb, &config).map_err(|e| FeatureError::BadModel {
-                path: w_path,
+            let bad = |e: candle_core::Error| FeatureError::BadModel {
+                path: w_path.clone(),
                 message: e.to_string(),
-            })?;
+            };
+            let vb = crate::bert::var_builder(bytes).map_err(bad)?;
+            let model = Bert::load(vb, &config).map_err(bad)?;
             Ok(State {
                 tokenizer,
+                dim: model.hidden(),
                 model,
-                device,
-                dim: config.hidden_size,
                 max_tokens,
             })
         }
@@ -226,13 +217,7 @@ pub(crate) mod imp {
                 ids[i * len..i * len + r.len()].copy_from_slice(r);
                 mask[i * len..i * len + r.len()].fill(1);
             }
-            let ids_t = Tensor::from_vec(ids, (b, len), &self.device).map_err(inf)?;
-            let mask_t = Tensor::from_vec(mask.clone(), (b, len), &self.device).map_err(inf)?;
-            let types = ids_t.zeros_like().map_err(inf)?;
-            let hidden = self
-                .model
-                .forward(&ids_t, &types, Some(&mask_t))
-                .map_err(inf)?;
+            let hidden = self.model.forward(&ids, &mask, b, len).map_err(inf)?;
             let hidden: Vec<f32> = hidden.flatten_all().map_err(inf)?.to_vec1().map_err(inf)?;
             let d = self.dim;
             for (i, row_out) in out.chunks_exact_mut(d).take(b).enumerate() {

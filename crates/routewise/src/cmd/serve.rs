@@ -35,16 +35,25 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+/// Installs the subscriber. Log lines are formatted on the request's thread but written to
+/// stderr by a dedicated thread (tracing-appender), so a slow terminal or pipe never stalls a
+/// worker between two requests. Not lossy: if 128k lines are queued, logging waits rather
+/// than dropping decision lines. The returned guard flushes the queue when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTEWISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("routewise-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
 
 /// Writes config errors to stderr; exit code 2.
@@ -55,7 +64,7 @@ pub fn config_errors(e: &routewise_gateway::ConfigError) -> ExitCode {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_format);
+    let _log_guard = init_logging(args.log_format);
     let demo = args.config.is_none();
     let state = match &args.config {
         Some(path) => load::from_file(path),
