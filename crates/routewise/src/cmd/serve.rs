@@ -35,15 +35,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Log lines queued for the writer thread at most.
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Installs the subscriber. Log lines are formatted on the request's thread but written to
 /// stderr by a dedicated thread (tracing-appender), so a slow terminal or pipe never stalls a
-/// worker between two requests. Not lossy: if 128k lines are queued, logging waits rather
-/// than dropping decision lines. The returned guard flushes the queue when dropped.
+/// worker between two requests. The queue holds [`LOG_QUEUE_LINES`] lines (a bounded, small
+/// memory cost); it is not lossy: when it is full, logging waits rather than dropping
+/// decision lines. The returned guard flushes the queue when dropped.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTEWISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("routewise-log")
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
