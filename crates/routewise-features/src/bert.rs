@@ -244,7 +244,7 @@ impl Bert {
         let (h, heads) = (self.hidden, self.heads);
         let d = h / heads;
         let qkv = l.qkv.matmul(x)?;
-        qkv.inplace_op1(&Bias(&l.qkv.b))?;
+        qkv.inplace_op1(&RowOp::bias(&l.qkv.b))?;
         // (rows*len, 3h) -> 3 x (rows, heads, len, d)
         let qkv = qkv.reshape((rows, len, 3, heads, d))?;
         let part = |i: usize| -> R<Tensor> {
@@ -265,7 +265,7 @@ impl Bert {
         a.inplace_op2(x, &BiasResidual(&l.attn_out.b))?;
         let x = l.ln_attn.forward(&a)?;
         let inter = l.inter.matmul(&x)?;
-        inter.inplace_op1(&BiasGelu(&l.inter.b))?;
+        inter.inplace_op1(&RowOp::bias_gelu(&l.inter.b))?;
         let o = l.out.matmul(&inter)?;
         o.inplace_op2(&x, &BiasResidual(&l.out.b))?;
         l.ln_out.forward(&o)
@@ -283,26 +283,38 @@ fn f32_slice<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> R<&'a mut [f32]
     }
 }
 
-struct Bias<'a>(&'a [f32]);
+/// An in-place pass over the rows of a GEMM output with the layer's bias
+/// ([`fastmath::bias_rows`] or [`fastmath::bias_gelu_rows`]).
+struct RowOp<'a> {
+    name: &'static str,
+    bias: &'a [f32],
+    f: fn(&mut [f32], &[f32]),
+}
 
-impl InplaceOp1 for Bias<'_> {
-    fn name(&self) -> &'static str {
-        "bias"
+impl<'a> RowOp<'a> {
+    fn bias(bias: &'a [f32]) -> Self {
+        RowOp {
+            name: "bias",
+            bias,
+            f: fastmath::bias_rows,
+        }
     }
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> R<()> {
-        fastmath::bias_rows(f32_slice(s, l, "bias")?, self.0);
-        Ok(())
+
+    fn bias_gelu(bias: &'a [f32]) -> Self {
+        RowOp {
+            name: "bias-gelu",
+            bias,
+            f: fastmath::bias_gelu_rows,
+        }
     }
 }
 
-struct BiasGelu<'a>(&'a [f32]);
-
-impl InplaceOp1 for BiasGelu<'_> {
+impl InplaceOp1 for RowOp<'_> {
     fn name(&self) -> &'static str {
-        "bias-gelu"
+        self.name
     }
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> R<()> {
-        fastmath::bias_gelu_rows(f32_slice(s, l, "bias-gelu")?, self.0);
+        (self.f)(f32_slice(s, l, self.name)?, self.bias);
         Ok(())
     }
 }
@@ -468,18 +480,6 @@ mod reference_tests {
         w
     }
 
-    fn erf64(x: f64) -> f64 {
-        if x.abs() > 6.0 {
-            return x.signum();
-        }
-        let (mut term, mut sum, x2) = (x, x, x * x);
-        for n in 1..400 {
-            term *= -x2 / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
     fn layer_norm(x: &mut [f64], g: &[f64], b: &[f64]) {
         let n = x.len() as f64;
         let mean = x.iter().sum::<f64>() / n;
@@ -569,7 +569,7 @@ mod reference_tests {
                 .into_iter()
                 .map(|v| {
                     v.into_iter()
-                        .map(|z| 0.5 * z * (1.0 + erf64(z / 2f64.sqrt())))
+                        .map(|z| 0.5 * z * (1.0 + fastmath::erf_f64_series(z / 2f64.sqrt())))
                         .collect()
                 })
                 .collect();
