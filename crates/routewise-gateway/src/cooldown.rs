@@ -61,11 +61,12 @@ impl Breaker {
         }
     }
 
-    /// Records a success: closes the breaker.
-    pub fn success(&self) {
-        self.failures.store(0, Ordering::Release);
+    /// Records a success: closes the breaker. Returns true when it had counted failures.
+    pub fn success(&self) -> bool {
+        let had_failures = self.failures.swap(0, Ordering::AcqRel) > 0;
         self.open_until_ms.store(0, Ordering::Release);
         self.probing.store(false, Ordering::Release);
+        had_failures
     }
 
     /// Records a failure at `now_ms`; returns true when this failure opened the breaker

@@ -17,7 +17,6 @@ use routewise_router::{
 };
 
 use crate::config::{self, Config, ConfigError};
-use crate::replay::Replay;
 
 /// The demo's routing data (canonical JSONL).
 pub const DEMO_FIXTURE: &str = include_str!("../fixtures/routerbench-demo.jsonl");
@@ -59,9 +58,4 @@ pub fn engine(data: &Dataset) -> Result<Engine, RouterError> {
         router,
         catalog,
     })
-}
-
-/// The demo's replay provider data.
-pub fn replay(data: &Dataset) -> Replay {
-    Replay::from_dataset(data)
 }

@@ -96,13 +96,23 @@ impl ApiError {
 
     /// The OpenAI-shaped JSON body.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.to_string(),
-            "type": self.kind(),
-            "param": self.param(),
-            "code": self.code(),
-        }})
+        error_json(&self.to_string(), self.kind(), self.param(), self.code())
     }
+}
+
+/// An OpenAI-shaped error body: `{"error": {"message", "type", "param", "code"}}`.
+pub(crate) fn error_json(
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> serde_json::Value {
+    json!({"error": {
+        "message": message,
+        "type": kind,
+        "param": param,
+        "code": code,
+    }})
 }
 
 impl IntoResponse for ApiError {

@@ -94,14 +94,14 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let now = state.now_ms();
     let available = state.breakers.iter().filter(|b| !b.is_open(now)).count();
-    let status = if available > 0 {
+    let ready = available > 0;
+    let mut status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({"status": if available > 0 { "ready" } else { "unavailable" },
+    let mut body = json!({"status": if ready { "ready" } else { "unavailable" },
                       "models": state.upstreams.len(), "models_available": available});
-    let mut status = status;
     if let Some(online) = state.online.get() {
         // Serving goes on with the last known statistics; readiness reports the outage.
         let up = online.feedback.check().await;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Why one upstream attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,77 +113,78 @@ impl Metrics {
     /// Registers every metric for `models` (names in gateway order).
     pub fn new(models: &[String]) -> Metrics {
         let mut registry = Registry::with_prefix("routewise");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let r = &mut registry;
+        let requests = reg(
+            r,
             "requests",
             "Requests answered, by endpoint, answering model and HTTP status",
-            requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
-        let attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register(
+        let attempts = reg(
+            r,
             "upstream_attempts",
             "Upstream attempts by model and outcome",
-            attempts.clone(),
+            Family::<AttemptLabels, Counter>::default(),
         );
-        let fallbacks = Family::<ModelLabel, Counter>::default();
-        registry.register(
+        let fallbacks = reg(
+            r,
             "fallbacks",
             "Times a failed model was fallen back from",
-            fallbacks.clone(),
+            Family::<ModelLabel, Counter>::default(),
         );
-        let latency = Family::<ModelLabel, Histogram>::new_with_constructor(latency_histogram);
-        registry.register(
+        let latency = reg(
+            r,
             "upstream_latency_seconds",
             "Time from sending an upstream request to its response headers",
-            latency.clone(),
+            Family::<ModelLabel, Histogram>::new_with_constructor(latency_histogram),
         );
-        let decision_latency = Histogram::new(exponential_buckets(1e-6, 2.0, 20));
-        registry.register(
+        let decision_latency = reg(
+            r,
             "routing_decision_seconds",
             "Time to parse a request and make the routing decision",
-            decision_latency.clone(),
+            Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
         );
-        let cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
-        registry.register(
+        let cost = reg(
+            r,
             "realised_cost_usd",
             "Cost of answered requests from the upstream usage and configured prices",
-            cost.clone(),
+            Family::<ModelLabel, Counter<f64, AtomicU64>>::default(),
         );
-        let cooldown = Family::<ModelLabel, Gauge>::default();
-        registry.register(
+        let cooldown = reg(
+            r,
             "model_cooldown",
             "1 while a model is cooled down (skipped), else 0",
-            cooldown.clone(),
+            Family::<ModelLabel, Gauge>::default(),
         );
-        let opened = Family::<ModelLabel, Counter>::default();
-        registry.register(
+        let opened = reg(
+            r,
             "cooldowns_opened",
             "Times a model entered cooldown",
-            opened.clone(),
+            Family::<ModelLabel, Counter>::default(),
         );
-        let in_flight = Gauge::default();
-        registry.register(
+        let in_flight = reg(
+            r,
             "in_flight_requests",
             "Chat requests being served",
-            in_flight.clone(),
+            Gauge::default(),
         );
-        let feedback = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let feedback = reg(
+            r,
             "feedback",
             "POST /v1/feedback answers by result (ok or the error code)",
-            feedback.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
-        let decisions_recorded = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let decisions_recorded = reg(
+            r,
             "online_decisions_recorded",
             "Routed decisions kept in the online state for feedback (ok / error)",
-            decisions_recorded.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
-        let state_available = Family::<StoreLabel, Gauge>::default();
-        registry.register(
+        let state_available = reg(
+            r,
             "state_available",
             "1 while the online state store (local / redis) answers, else 0",
-            state_available.clone(),
+            Family::<StoreLabel, Gauge>::default(),
         );
         let models = models
             .iter()
@@ -282,11 +283,11 @@ impl Metrics {
         }
     }
 
-    /// Sets the cooldown gauge; `opened` also counts a cooldown start.
-    pub fn cooldown(&self, model: usize, open: bool, opened: bool) {
+    /// Sets the cooldown gauge; `open` also counts a cooldown start.
+    pub fn cooldown(&self, model: usize, open: bool) {
         if let Some(m) = self.models.get(model) {
             m.cooldown.set(i64::from(open));
-            if opened {
+            if open {
                 m.cooldowns_opened.inc();
             }
         }
@@ -305,6 +306,12 @@ impl Metrics {
     }
 }
 
+/// Registers a clone of `metric` under `name` and returns the handle.
+fn reg<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-4, 2.0, 18))
 }
@@ -320,7 +327,7 @@ mod tests {
         m.attempt(1, AttemptOutcome::Http5xx);
         m.fallback(1);
         m.cost(0, 0.5);
-        m.cooldown(1, true, true);
+        m.cooldown(1, true);
         m.feedback("duplicate_feedback");
         m.state_available("redis", false);
         let t = m.render();

@@ -31,10 +31,10 @@ use routewise_online::{
     DecisionRecord, FeedbackError, FeedbackRequest, FeedbackService, OnlineDecision, OnlineRouter,
 };
 use routewise_router::Policy;
-use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
+use crate::error::error_json;
 use crate::handlers::read_body;
 use crate::state::{AppState, Gateway};
 
@@ -83,8 +83,6 @@ pub async fn attach(state: &AppState) -> Result<(), ConfigError> {
         .await
         .map_err(|e| ConfigError::single(&file, field, e.to_string()))?;
     let feedback = Arc::new(svc);
-    gw.metrics
-        .state_available(feedback.store().kind(), feedback.available());
     let task = tokio::spawn(maintain(
         Arc::downgrade(&feedback),
         Duration::from_millis(gw.config.state.refresh_interval_ms),
@@ -164,8 +162,6 @@ pub async fn store(gw: &Gateway, rec: DecisionRecord) {
     let id = rec.id.clone();
     let result = online.feedback.record_decision(rec).await;
     gw.metrics.decision_recorded(result.is_ok());
-    gw.metrics
-        .state_available(online.feedback.store().kind(), online.feedback.available());
     if let Err(e) = result {
         tracing::warn!(decision_id = %id, error = %e, "cannot keep the decision for feedback");
     }
@@ -189,7 +185,7 @@ fn error_response(status: StatusCode, code: &'static str, message: String) -> Re
     } else {
         "invalid_request_error"
     };
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    let body = error_json(&message, kind, None, Some(code));
     (status, Json(body)).into_response()
 }
 
@@ -229,8 +225,6 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
     let result = online.feedback.submit(&req).await;
-    gw.metrics
-        .state_available(online.feedback.store().kind(), online.feedback.available());
     match result {
         Ok(ack) => {
             gw.metrics.feedback("ok");

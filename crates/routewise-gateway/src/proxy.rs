@@ -33,7 +33,7 @@ use serde_json::json;
 
 use crate::config::Provider;
 use crate::cooldown::{Admit, Breaker};
-use crate::error::ApiError;
+use crate::error::{error_json, ApiError};
 use crate::fallback::{self, AttemptPlan};
 use crate::metrics::AttemptOutcome;
 use crate::online;
@@ -58,12 +58,28 @@ pub struct Routed {
     /// `routed` (the router chose) or `direct` (the client named the model).
     pub reason: &'static str,
     pub policy: Policy,
-    /// The engine's decision (`None` for direct requests).
+    /// The engine's decision (`None` for direct requests, and for online decisions: those
+    /// are in `online`; read either through [`Routed::decision`]).
     pub decision: Option<Decision>,
     /// Upstream indices to try, best first, all fitting the context window.
     pub candidates: Vec<usize>,
     /// The online router's decision (`model: auto` with `bandit:` configured).
     pub online: Option<OnlineDecision>,
+}
+
+impl Routed {
+    /// The decision the candidates came from: the engine's, or the online router's.
+    pub fn decision(&self) -> Option<&Decision> {
+        decision_of(&self.decision, &self.online)
+    }
+}
+
+/// The engine's decision if any, else the online router's.
+fn decision_of<'a>(
+    decision: &'a Option<Decision>,
+    online: &'a Option<OnlineDecision>,
+) -> Option<&'a Decision> {
+    decision.as_ref().or(online.as_ref().map(|o| &o.decision))
 }
 
 /// Routes a parsed request. `decide_direct` also runs the router for a named model
@@ -84,7 +100,7 @@ pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Rou
     let (decision, online) = match (direct, gw.online.get()) {
         (None, Some(o)) => {
             let od = online::decide(gw, o, &req.prompt, tokens, policy);
-            (Some(od.decision.clone()), Some(od))
+            (None, Some(od))
         }
         (None, None) => (Some(gw.engine.decide(&req.prompt, tokens, policy)), None),
         (Some(_), _) if decide_direct => {
@@ -92,7 +108,7 @@ pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Rou
         }
         (Some(_), _) => (None, None),
     };
-    let candidates = match (direct, &decision) {
+    let candidates = match (direct, decision_of(&decision, &online)) {
         (Some(m), _) => fallback::eligible([m], &gw.context_windows, needed),
         (None, Some(d)) => fallback::eligible(
             d.ranking.iter().map(|&ci| gw.catalog_to_upstream[ci]),
@@ -440,6 +456,11 @@ impl fmt::Display for Attempts<'_> {
 }
 
 impl DecisionLog {
+    /// The decision made: the engine's, or the online router's.
+    fn decision(&self) -> Option<&Decision> {
+        decision_of(&self.decision, &self.online)
+    }
+
     /// The record to keep for feedback on this (online) decision, answered by `m`.
     fn online_record(&self, m: usize, cost: Option<f64>) -> Option<DecisionRecord> {
         let od = self.online.as_ref()?;
@@ -459,7 +480,7 @@ impl DecisionLog {
     fn emit(&self, answered: Option<usize>, status: u16, cost: Option<f64>, end: &str) {
         let gw = &*self.state;
         let model = answered.map_or("-", |m| gw.upstreams[m].name.as_str());
-        let chosen = self.decision.as_ref().map_or(model, |d| {
+        let chosen = self.decision().map_or(model, |d| {
             gw.upstreams[gw.catalog_to_upstream[d.chosen]].name.as_str()
         });
         tracing::info!(
@@ -478,7 +499,7 @@ impl DecisionLog {
             prompt_tokens = self.prompt_tokens,
             realised_cost_usd = cost.unwrap_or(f64::NAN),
             elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            predictions = %self.decision.as_ref().map(|d| Predictions(gw, d).to_string()).unwrap_or_default(),
+            predictions = %self.decision().map(|d| Predictions(gw, d).to_string()).unwrap_or_default(),
             "decision"
         );
     }
@@ -551,11 +572,7 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
         probe.armed = false;
         match result {
             Ok(answer) => {
-                let was_failing = gw.breakers[m].consecutive_failures() > 0;
-                gw.breakers[m].success();
-                if was_failing {
-                    gw.metrics.cooldown(m, false, false);
-                }
+                gw.record_success(m);
                 gw.metrics.attempt(m, AttemptOutcome::Ok);
                 log.attempts.push(AttemptRecord {
                     model: m,
@@ -565,10 +582,9 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
                 return answer_response(state.clone(), log, m, answer, &req).await;
             }
             Err(f) => {
-                let opened = gw.breakers[m].failure(gw.now_ms());
+                let opened = gw.record_failure(m);
                 gw.metrics.attempt(m, f.outcome);
                 if opened {
-                    gw.metrics.cooldown(m, true, true);
                     tracing::warn!(model = %gw.upstreams[m].name, cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
                 log.attempts.push(AttemptRecord {
@@ -708,8 +724,8 @@ impl StreamState {
                 gw.metrics.cost(self.model, c);
             }
             let failed = end != "complete" && end != "client_disconnected";
-            if failed && gw.breakers[self.model].failure(gw.now_ms()) {
-                gw.metrics.cooldown(self.model, true, true);
+            if failed {
+                gw.record_failure(self.model);
             }
             log.emit(Some(self.model), 200, cost, end);
             if end == "complete" {
@@ -728,7 +744,12 @@ impl Drop for StreamState {
 }
 
 fn error_event(message: &str) -> Bytes {
-    let v = json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": "upstream_stream_error"}});
+    let v = error_json(
+        message,
+        "upstream_error",
+        None,
+        Some("upstream_stream_error"),
+    );
     Bytes::from(format!("data: {v}\n\n"))
 }
 
@@ -780,7 +801,7 @@ pub fn decide(
     let now = gw.now_ms();
     let chosen = routed.candidates[0];
     let mut models = Vec::with_capacity(gw.upstreams.len());
-    if let Some(d) = &routed.decision {
+    if let Some(d) = routed.decision() {
         for &ci in &d.ranking {
             let u = gw.catalog_to_upstream[ci];
             models.push(json!({

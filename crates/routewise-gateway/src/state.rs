@@ -283,4 +283,22 @@ impl Gateway {
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+
+    /// Records a successful attempt on model `m`: closes its breaker, and clears its
+    /// cooldown gauge when it had failures.
+    pub fn record_success(&self, m: usize) {
+        if self.breakers[m].success() {
+            self.metrics.cooldown(m, false);
+        }
+    }
+
+    /// Records a failed attempt on model `m`; returns true when this failure opened its
+    /// breaker (then also counted in the cooldown metrics).
+    pub fn record_failure(&self, m: usize) -> bool {
+        let opened = self.breakers[m].failure(self.now_ms());
+        if opened {
+            self.metrics.cooldown(m, true);
+        }
+        opened
+    }
 }

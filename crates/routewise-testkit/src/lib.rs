@@ -172,10 +172,6 @@ impl MockUpstream {
         Ok(MockUpstream { addr, state, task })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://127.0.0.1:PORT/v1`, the value for a model's `base_url`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
