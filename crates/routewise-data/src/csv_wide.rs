@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use crate::jsonl::{check_outcome, dataset_name};
+use crate::jsonl::{check_outcome, dataset_name, fill_missing_output};
 use crate::split::{hash_split, DEFAULT_SPLIT_SEED};
 use crate::{estimate_tokens, DataError, Dataset, Outcome, Record, Split};
 
@@ -204,7 +204,7 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
                 format!("a prompt needs at least 2 models, found {present}"),
             ));
         }
-        fill_missing_output(&mut outcomes, &missing_out);
+        fill_missing_output(&mut outcomes, &missing_out, |o| o.as_mut());
         records.push(Record {
             id,
             task: task_col.map(cell).unwrap_or("").to_string(),
@@ -231,25 +231,6 @@ fn parse_number(v: &str) -> Option<f64> {
         "True" | "true" => Some(1.0),
         "False" | "false" => Some(0.0),
         _ => v.parse::<f64>().ok(),
-    }
-}
-
-fn fill_missing_output(outcomes: &mut [Option<Outcome>], missing: &[usize]) {
-    if missing.is_empty() {
-        return;
-    }
-    let mut known: Vec<u32> = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !missing.contains(i))
-        .filter_map(|(_, o)| o.map(|o| o.output_tokens))
-        .collect();
-    known.sort_unstable();
-    let median = known.get(known.len() / 2).copied().unwrap_or(0);
-    for &i in missing {
-        if let Some(o) = outcomes[i].as_mut() {
-            o.output_tokens = median;
-        }
     }
 }
 

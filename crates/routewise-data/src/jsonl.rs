@@ -117,7 +117,7 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
                 },
             ));
         }
-        fill_missing_output_tokens(&mut outs, &missing_out);
+        fill_missing_output(&mut outs, &missing_out, |(_, o)| Some(o));
         let split = raw
             .split
             .unwrap_or_else(|| hash_split(&raw.id, DEFAULT_SPLIT_SEED));
@@ -188,20 +188,28 @@ pub(crate) fn dataset_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn fill_missing_output_tokens(outs: &mut [(usize, Outcome)], missing: &[usize]) {
+/// Sets the output tokens of the outcomes at `missing` (indices into `items`) to the median
+/// over the prompt's other outcomes (0 when there are none). Shared by both loaders.
+pub(crate) fn fill_missing_output<T>(
+    items: &mut [T],
+    missing: &[usize],
+    outcome: impl Fn(&mut T) -> Option<&mut Outcome>,
+) {
     if missing.is_empty() {
         return;
     }
-    let mut known: Vec<u32> = outs
-        .iter()
+    let mut known: Vec<u32> = items
+        .iter_mut()
         .enumerate()
         .filter(|(i, _)| !missing.contains(i))
-        .map(|(_, (_, o))| o.output_tokens)
+        .filter_map(|(_, t)| outcome(t).map(|o| o.output_tokens))
         .collect();
     known.sort_unstable();
     let median = known.get(known.len() / 2).copied().unwrap_or(0);
     for &i in missing {
-        outs[i].1.output_tokens = median;
+        if let Some(o) = items.get_mut(i).and_then(&outcome) {
+            o.output_tokens = median;
+        }
     }
 }
 

@@ -96,10 +96,6 @@ impl Dataset {
         self.records.iter().filter(|r| r.split == Split::Test)
     }
 
-    pub fn model_index(&self, name: &str) -> Option<usize> {
-        self.models.iter().position(|m| m == name)
-    }
-
     /// Keeps only the first `n` records of each split (for quick tests and demos).
     pub fn truncate_per_split(&mut self, n: usize) {
         let (mut train, mut test) = (0usize, 0usize);

@@ -82,7 +82,8 @@ pub(crate) fn open_model(model: &str, files: &[&str]) -> Result<Opened, FeatureE
     let sha256 = crate::weights::hash_files(&dir, files)?;
     let spec = crate::weights::find_model(model);
     if let Some(spec) = spec {
-        crate::weights::verify_hashes(model, &dir, &crate::weights::registry_hashes(spec))?;
+        let expected = crate::weights::registry_hashes(spec);
+        crate::weights::verify_hashes_with(model, &dir, &expected, &sha256)?;
     }
     let name = spec
         .map(|m| m.name.to_string())

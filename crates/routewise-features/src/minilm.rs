@@ -116,8 +116,13 @@ impl Featurizer for MiniLmFeaturizer {
 
     fn featurize_into(&self, text: &str, out: &mut [f32]) {
         out.fill(0.0);
-        if let Ok(v) = self.try_embed_batch(&[text]) {
-            out.copy_from_slice(&v);
+        if self.load().is_err() {
+            return;
+        }
+        if let Some(s) = self.loaded.get() {
+            if s.embed_batch(&[text], out).is_err() {
+                out.fill(0.0);
+            }
         }
     }
 
@@ -141,7 +146,6 @@ pub(crate) mod imp {
     pub struct State {
         tokenizer: Tokenizer,
         model: Bert,
-        dim: usize,
         max_tokens: usize,
     }
 
@@ -170,14 +174,13 @@ pub(crate) mod imp {
             let model = Bert::load(vb, &config).map_err(bad)?;
             Ok(State {
                 tokenizer,
-                dim: model.hidden(),
                 model,
                 max_tokens,
             })
         }
 
         pub fn dim(&self) -> usize {
-            self.dim
+            self.model.hidden()
         }
 
         /// Vocabulary size and the ids of `[CLS]` and `[SEP]`.
@@ -219,7 +222,7 @@ pub(crate) mod imp {
             }
             let hidden = self.model.forward(&ids, &mask, b, len).map_err(inf)?;
             let hidden: Vec<f32> = hidden.flatten_all().map_err(inf)?.to_vec1().map_err(inf)?;
-            let d = self.dim;
+            let d = self.dim();
             for (i, row_out) in out.chunks_exact_mut(d).take(b).enumerate() {
                 crate::pooling::masked_mean(
                     &hidden[i * len * d..(i + 1) * len * d],
@@ -233,7 +236,7 @@ pub(crate) mod imp {
 
         /// Embeddings of many texts: sorted by length, batched by [`super::BATCH_TOKENS`].
         pub fn embed_batch(&self, texts: &[&str], out: &mut [f32]) -> Result<(), FeatureError> {
-            let d = self.dim;
+            let d = self.dim();
             let encoded: Vec<Vec<u32>> = texts
                 .iter()
                 .map(|t| self.encode(t))

@@ -10,7 +10,6 @@
 pub struct Pca {
     pub mean: Vec<f64>,
     pub components: Vec<f64>,
-    pub eigenvalues: Vec<f64>,
     pub d: usize,
     pub k: usize,
 }
@@ -62,7 +61,6 @@ impl Pca {
         }
         Pca {
             mean,
-            eigenvalues: order.iter().take(k).map(|&j| vals[j]).collect(),
             components,
             d,
             k,

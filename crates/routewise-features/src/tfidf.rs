@@ -452,6 +452,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The hash buckets of the terms of `text` under `cfg`.
+    fn term_buckets(cfg: &TfidfConfig, text: &str) -> Vec<u32> {
+        let mut s = Scratch::default();
+        s.normalise(text, usize::MAX);
+        s.count_terms(cfg);
+        s.used.iter().map(|&i| s.table[i as usize].0).collect()
+    }
+
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
@@ -501,17 +509,8 @@ mod tests {
         let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
         let f = TfidfFeaturizer::fit(&refs, TfidfConfig::default());
         assert_eq!(f.n_docs(), 50);
-        let mut s = Scratch::default();
-        let count = |s: &mut Scratch, t: &str| {
-            s.normalise(t, usize::MAX);
-            s.count_terms(&f.config);
-            s.used
-                .iter()
-                .map(|&i| s.table[i as usize].0)
-                .collect::<Vec<_>>()
-        };
-        let common = count(&mut s, "common");
-        let rare = count(&mut s, "zebra");
+        let common = term_buckets(&f.config, "common");
+        let rare = term_buckets(&f.config, "zebra");
         let mean = |bs: &[u32]| bs.iter().map(|&b| f.idf(b)).sum::<f32>() / bs.len() as f32;
         assert!(
             mean(&common) + 1.0 < mean(&rare),
@@ -548,15 +547,7 @@ mod tests {
             .map(|i| format!("shared prefix {} unique{i}x", i % 7))
             .collect();
         let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-        let buckets = |f: &TfidfFeaturizer, t: &str| {
-            let mut s = Scratch::default();
-            s.normalise(t, usize::MAX);
-            s.count_terms(&f.config);
-            s.used
-                .iter()
-                .map(|&i| s.table[i as usize].0)
-                .collect::<Vec<_>>()
-        };
+        let buckets = |f: &TfidfFeaturizer, t: &str| term_buckets(&f.config, t);
         let smooth = TfidfFeaturizer::fit(&refs, TfidfConfig::default());
         let zero = TfidfFeaturizer::fit(
             &refs,

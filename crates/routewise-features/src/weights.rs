@@ -190,13 +190,27 @@ pub fn verify_hashes(
     dir: &Path,
     expected: &BTreeMap<String, String>,
 ) -> Result<(), FeatureError> {
+    verify_hashes_with(model, dir, expected, &BTreeMap::new())
+}
+
+/// Like [`verify_hashes`], taking the hashes already computed in `known` (file name -> hex)
+/// instead of reading those files again.
+pub fn verify_hashes_with(
+    model: &str,
+    dir: &Path,
+    expected: &BTreeMap<String, String>,
+    known: &BTreeMap<String, String>,
+) -> Result<(), FeatureError> {
     let names: Vec<&str> = expected.keys().map(String::as_str).collect();
     require_files(model, dir, &names)?;
     for (name, want) in expected {
         if want.is_empty() {
             continue;
         }
-        let got = sha256_file(&dir.join(name))?;
+        let got = match known.get(name) {
+            Some(h) => h.clone(),
+            None => sha256_file(&dir.join(name))?,
+        };
         if &got != want {
             return Err(FeatureError::Checksum {
                 path: dir.join(name),

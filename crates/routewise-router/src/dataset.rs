@@ -68,10 +68,6 @@ impl TrainSet {
         let s = self.scores[i * self.n_models + m];
         (!s.is_nan()).then_some(s)
     }
-    pub fn cost(&self, i: usize, m: usize) -> Option<f64> {
-        let c = self.costs[i * self.n_models + m];
-        (!c.is_nan()).then_some(c)
-    }
 
     /// Each model's mean observed score (`NaN` for a model never observed).
     pub fn mean_scores(&self) -> Vec<f64> {
@@ -89,26 +85,5 @@ impl TrainSet {
             .zip(&cnt)
             .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
             .collect()
-    }
-
-    /// The subset of rows `idx` (for cross-validation and tuning).
-    pub fn subset(&self, idx: &[usize]) -> TrainSet {
-        let (d, m) = (self.dim, self.n_models);
-        let mut out = TrainSet {
-            features: Vec::with_capacity(idx.len() * d),
-            dim: d,
-            scores: Vec::with_capacity(idx.len() * m),
-            costs: Vec::with_capacity(idx.len() * m),
-            input_tokens: Vec::with_capacity(idx.len()),
-            n_models: m,
-        };
-        for &i in idx {
-            out.features.extend_from_slice(self.row(i));
-            out.scores
-                .extend_from_slice(&self.scores[i * m..(i + 1) * m]);
-            out.costs.extend_from_slice(&self.costs[i * m..(i + 1) * m]);
-            out.input_tokens.push(self.input_tokens[i]);
-        }
-        out
     }
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::TrainSet;
-use crate::{knn, linear, mf, mlp, AnyRouter, Router, RouterConfigs, RouterError, RouterKind};
+use crate::{AnyRouter, Router, RouterConfigs, RouterError, RouterKind};
 
 fn default_members() -> Vec<RouterKind> {
     vec![RouterKind::Knn, RouterKind::Linear, RouterKind::Mlp]
@@ -50,19 +50,11 @@ impl EnsembleRouter {
         }
         let mut members = Vec::with_capacity(cfg.ensemble.members.len());
         for &kind in &cfg.ensemble.members {
-            members.push(match kind {
-                RouterKind::Knn => AnyRouter::Knn(knn::KnnRouter::fit(train, &cfg.knn)?),
-                RouterKind::Linear => {
-                    AnyRouter::Linear(linear::LinearRouter::fit(train, &cfg.linear)?)
-                }
-                RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp_seeded())?),
-                RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf_seeded())?),
-                other => {
-                    return Err(fit_err(format!(
-                        "`{other}` cannot be an ensemble member (use knn, linear, mlp or mf)"
-                    )))
-                }
-            });
+            members.push(crate::fit_learned(kind, train, cfg)?.ok_or_else(|| {
+                fit_err(format!(
+                    "`{kind}` cannot be an ensemble member (use knn, linear, mlp or mf)"
+                ))
+            })?);
         }
         Ok(EnsembleRouter {
             members,

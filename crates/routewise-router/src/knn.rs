@@ -164,7 +164,7 @@ thread_local! {
 
 /// Dot product written to auto-vectorise: 16 independent lanes, then a tail.
 #[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -247,10 +247,6 @@ pub fn fit_router(
         });
     }
     Ok(match kind {
-        RouterKind::Knn => AnyRouter::Knn(knn::KnnRouter::fit(train, &cfg.knn)?),
-        RouterKind::Linear => AnyRouter::Linear(linear::LinearRouter::fit(train, &cfg.linear)?),
-        RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp_seeded())?),
-        RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf_seeded())?),
         RouterKind::Ensemble => AnyRouter::Ensemble(ensemble::EnsembleRouter::fit(train, cfg)?),
         RouterKind::BestSingle => AnyRouter::BestSingle {
             mean_scores: baselines::mean_scores(train),
@@ -262,5 +258,25 @@ pub fn fit_router(
             seed: cfg.seed,
             n_models: train.n_models,
         },
+        learned => fit_learned(learned, train, cfg)?.ok_or_else(|| RouterError::Fit {
+            router: kind.to_string(),
+            message: "not a learned router".into(),
+        })?,
     })
+}
+
+/// Fits one of the learned routers (knn, linear, mlp, mf) with its config from `cfg`;
+/// `None` for any other kind. Shared by [`fit_router`] and the ensemble's members.
+pub(crate) fn fit_learned(
+    kind: RouterKind,
+    train: &TrainSet,
+    cfg: &RouterConfigs,
+) -> Result<Option<AnyRouter>, RouterError> {
+    Ok(Some(match kind {
+        RouterKind::Knn => AnyRouter::Knn(knn::KnnRouter::fit(train, &cfg.knn)?),
+        RouterKind::Linear => AnyRouter::Linear(linear::LinearRouter::fit(train, &cfg.linear)?),
+        RouterKind::Mlp => AnyRouter::Mlp(mlp::MlpRouter::fit(train, &cfg.mlp_seeded())?),
+        RouterKind::Mf => AnyRouter::Mf(mf::MfRouter::fit(train, &cfg.mf_seeded())?),
+        _ => return Ok(None),
+    }))
 }

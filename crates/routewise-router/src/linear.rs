@@ -127,16 +127,6 @@ impl LinearRouter {
             bias,
         })
     }
-
-    /// Number of models this router scores.
-    pub fn n_models(&self) -> usize {
-        self.n_models
-    }
-
-    /// Feature dimension the router was fitted on.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
 }
 
 /// Sums over a set of rows: the Gram matrix (upper triangle filled, `d * d`), the

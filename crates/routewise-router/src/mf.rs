@@ -203,16 +203,6 @@ impl MfRouter {
             epochs_run,
         })
     }
-
-    /// Number of models this router scores.
-    pub fn n_models(&self) -> usize {
-        self.n_models
-    }
-
-    /// Epochs of the kept weights (the best held-out epoch under early stopping).
-    pub fn epochs_run(&self) -> usize {
-        self.epochs_run
-    }
 }
 
 impl Router for MfRouter {

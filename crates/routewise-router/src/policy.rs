@@ -27,7 +27,7 @@ pub enum Policy {
 impl Policy {
     /// Orders all models by preference under this policy (best first).
     pub fn rank(&self, scores: &[f64], costs: &[f64]) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..scores.len()).collect();
+        let mut idx = Vec::with_capacity(scores.len());
         self.rank_into(scores, costs, &mut idx);
         idx
     }
