@@ -27,28 +27,17 @@ done
 cargo build -q --release -p routewise -p routewise-testkit
 bin="${CARGO_TARGET_DIR:-target}/release"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# work dir, pids + cleanup trap, free_port, RW_MODELS
+source tests/lib.sh
 mock_port="$(free_port)"; gw_port="$(free_port)"; litellm_port="$(free_port)"
 mock="http://127.0.0.1:$mock_port/v1/chat/completions"
 gw="http://127.0.0.1:$gw_port/v1/chat/completions"
 
-models=(gpt-4-1106-preview gpt-3.5-turbo-1106 claude-v2 claude-v1 claude-instant-v1
-        meta/llama-2-70b-chat mistralai/mixtral-8x7b-chat mistralai/mistral-7b-chat
-        zero-one-ai/Yi-34B-Chat meta/code-llama-instruct-34b-chat WizardLM/WizardLM-13B-V1.2)
 {
   echo "listen: 127.0.0.1:$gw_port"
   echo "router: {policy: {lambda: 100}}   # the embedded default router (kNN on the demo fixture)"
   echo "models:"
-  for m in "${models[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
+  for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gateway.yaml"
 
 body='{"model":"auto","messages":[{"role":"user","content":"Write a Python function that checks whether a number is prime, with a docstring."}],"max_tokens":64}'

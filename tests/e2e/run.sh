@@ -16,28 +16,16 @@ else
 fi
 bin="${CARGO_TARGET_DIR:-target}/$profile"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# work dir, pids + cleanup trap, free_port, RW_MODELS
+source tests/lib.sh
 mock_port="$(free_port)"; gw_port="$(free_port)"; faulty_port="$(free_port)"
-
-models=(gpt-4-1106-preview gpt-3.5-turbo-1106 claude-v2 claude-v1 claude-instant-v1
-        meta/llama-2-70b-chat mistralai/mixtral-8x7b-chat mistralai/mistral-7b-chat
-        zero-one-ai/Yi-34B-Chat meta/code-llama-instruct-34b-chat WizardLM/WizardLM-13B-V1.2)
 
 # healthy: every model answered by the mock under its own name; the key is sent upstream
 {
   echo "listen: 127.0.0.1:$gw_port"
   echo "router: {policy: {lambda: 100}}"
   echo "models:"
-  for m in "${models[@]}"; do
+  for m in "${RW_MODELS[@]}"; do
     echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1, api_key_env: E2E_UPSTREAM_KEY, context_window: 32000}"
   done
   echo "limits: {request_timeout_ms: 5000, max_attempts: 3}"
@@ -48,7 +36,7 @@ models=(gpt-4-1106-preview gpt-3.5-turbo-1106 claude-v2 claude-v1 claude-instant
   echo "listen: 127.0.0.1:$faulty_port"
   echo "router: {policy: {lambda: 0}}"
   echo "models:"
-  for m in "${models[@]}"; do
+  for m in "${RW_MODELS[@]}"; do
     case "$m" in
       mistralai/mistral-7b-chat) up="$m" ;;
       claude-v1) up="mock-break-2" ;;

@@ -115,7 +115,7 @@ impl Arm {
             });
         }
         let chol = linalg::cholesky(&stats.a, d).ok_or(BanditError::NotPositiveDefinite)?;
-        let a_inv = linalg::spd_inverse(&stats.a, d).ok_or(BanditError::NotPositiveDefinite)?;
+        let a_inv = linalg::inverse_from_cholesky(&chol, d);
         let theta = linalg::mat_vec(&a_inv, &stats.b, d);
         Ok(Arm {
             stats,
@@ -139,13 +139,15 @@ impl Arm {
     pub fn update(&mut self, x: &[f64], y: f64, gamma: f64, lambda0: f64) {
         let d = self.stats.dim();
         self.stats.update(x, y, gamma, lambda0);
-        if let Some(chol) = linalg::cholesky(&self.stats.a, d) {
-            self.chol = chol;
-        }
+        // A failed factorisation (non-finite input) keeps the previous factor and inverse.
+        let chol = linalg::cholesky(&self.stats.a, d);
         if gamma >= 1.0 {
             linalg::sherman_morrison(&mut self.a_inv, x, d);
-        } else if let Some(inv) = linalg::spd_inverse(&self.stats.a, d) {
-            self.a_inv = inv;
+        } else if let Some(l) = &chol {
+            self.a_inv = linalg::inverse_from_cholesky(l, d);
+        }
+        if let Some(l) = chol {
+            self.chol = l;
         }
         self.theta = linalg::mat_vec(&self.a_inv, &self.stats.b, d);
     }
@@ -219,17 +221,8 @@ impl LinearBandit {
     pub fn config(&self) -> &BanditConfig {
         &self.config
     }
-    pub fn len(&self) -> usize {
-        self.arms.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.arms.is_empty()
-    }
     pub fn arm(&self, m: usize) -> &Arm {
         &self.arms[m]
-    }
-    pub fn is_new(&self, m: usize) -> bool {
-        self.is_new[m]
     }
 
     /// Replaces arm `m`'s statistics (loaded from a store).

@@ -57,13 +57,18 @@ pub fn solve_lower_transpose(l: &[f64], y: &[f64], d: usize) -> Vec<f64> {
 /// Inverse of a symmetric positive-definite matrix through its Cholesky factor.
 pub fn spd_inverse(a: &[f64], d: usize) -> Option<Vec<f64>> {
     let l = cholesky(a, d)?;
+    Some(inverse_from_cholesky(&l, d))
+}
+
+/// `A^-1` from the lower-triangular Cholesky factor `l` of `A` (as [`cholesky`] returns it).
+pub fn inverse_from_cholesky(l: &[f64], d: usize) -> Vec<f64> {
     let mut inv = vec![0.0; d * d];
     let mut e = vec![0.0; d];
     for c in 0..d {
         e.fill(0.0);
         e[c] = 1.0;
-        let y = solve_lower(&l, &e, d);
-        let x = solve_lower_transpose(&l, &y, d);
+        let y = solve_lower(l, &e, d);
+        let x = solve_lower_transpose(l, &y, d);
         for r in 0..d {
             inv[r * d + c] = x[r];
         }
@@ -76,7 +81,7 @@ pub fn spd_inverse(a: &[f64], d: usize) -> Option<Vec<f64>> {
             inv[c * d + r] = m;
         }
     }
-    Some(inv)
+    inv
 }
 
 /// `M x`.

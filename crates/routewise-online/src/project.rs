@@ -39,10 +39,6 @@ impl Projector {
         }
     }
 
-    pub fn in_dim(&self) -> usize {
-        self.in_dim
-    }
-
     /// Context dimension (`out_dim + 1`).
     pub fn context_dim(&self) -> usize {
         self.out_dim + 1

@@ -9,9 +9,9 @@
 //! configured ones, appended after the offline models) get `optimistic_score` as their
 //! prior score and are force-explored (see [`crate::bandit`]).
 
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use routewise_router::{Catalog, Decision, ModelInfo, Policy, Router};
 
@@ -42,6 +42,43 @@ pub struct OnlineRouter {
     projector: Projector,
     bandit: RwLock<LinearBandit>,
     rng: Mutex<ChaCha8Rng>,
+    /// Every catalog model is a forced-exploration candidate (`forced_pick`'s mask).
+    all_available: Vec<bool>,
+}
+
+/// The shared RNG, locked on its first draw and held until dropped: a request's draws
+/// stay one contiguous run of the stream, and requests that draw nothing (LinUCB without
+/// forced exploration) never take the lock.
+struct LazyRng<'a> {
+    rng: &'a Mutex<ChaCha8Rng>,
+    guard: Option<MutexGuard<'a, ChaCha8Rng>>,
+}
+
+impl<'a> LazyRng<'a> {
+    fn new(rng: &'a Mutex<ChaCha8Rng>) -> Self {
+        LazyRng { rng, guard: None }
+    }
+
+    fn get(&mut self) -> &mut ChaCha8Rng {
+        let rng = self.rng;
+        self.guard
+            .get_or_insert_with(|| rng.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl RngCore for LazyRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.get().next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.get().next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.get().fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.get().try_fill_bytes(dest)
+    }
 }
 
 /// Errors building the online router.
@@ -80,6 +117,7 @@ impl OnlineRouter {
             projector: Projector::new(feature_dim, config.dim, config.projection_seed),
             bandit: RwLock::new(LinearBandit::new(&config, is_new)),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
+            all_available: vec![true; models.len()],
             catalog: Catalog { models },
             n_offline,
             config,
@@ -88,16 +126,6 @@ impl OnlineRouter {
 
     pub fn config(&self) -> &BanditConfig {
         &self.config
-    }
-
-    /// Offline models followed by new ones: indices of [`Decision`]s refer to it.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
-    /// The bandit context of a feature vector.
-    pub fn context(&self, features: &[f32]) -> Vec<f64> {
-        self.projector.context(features)
     }
 
     /// Routes one prompt: `offline` predicts the prior scores of the offline models.
@@ -117,9 +145,9 @@ impl OnlineRouter {
         let mut est = vec![0.0; n];
         let forced_pick = {
             let bandit = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
-            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-            bandit.estimates(&x, &mut *rng, &mut est);
-            bandit.forced_pick(&vec![true; n], &mut *rng)
+            let mut rng = LazyRng::new(&self.rng);
+            bandit.estimates(&x, &mut rng, &mut est);
+            bandit.forced_pick(&self.all_available, &mut rng)
         };
         let scores: Vec<f64> = prior.iter().zip(&est).map(|(p, e)| p + e).collect();
         let mut ranking = policy.rank(&scores, &costs);
@@ -165,11 +193,18 @@ impl OnlineRouter {
     }
 
     /// Replaces a model's statistics (from the store); unknown models are ignored
-    /// (returns `false`).
+    /// (returns `false`). Statistics equal to the current ones are a no-op (the periodic
+    /// refresh reloads every arm), so the arm is not refactorised under the write lock.
     pub fn set_arm(&self, model: &str, stats: ArmStats) -> Result<bool, BanditError> {
         let Some(m) = self.catalog.index(model) else {
             return Ok(false);
         };
+        {
+            let b = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
+            if b.arm(m).stats() == &stats {
+                return Ok(true);
+            }
+        }
         let mut b = self.bandit.write().unwrap_or_else(PoisonError::into_inner);
         b.set_stats(m, stats)?;
         Ok(true)

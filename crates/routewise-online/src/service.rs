@@ -102,7 +102,7 @@ impl FeedbackService {
     /// carries its HTTP status ([`FeedbackError::status`]).
     pub async fn submit(&self, req: &FeedbackRequest) -> Result<FeedbackAck, FeedbackError> {
         let fb = req.validate()?;
-        let cfg = self.router.config().clone();
+        let cfg = self.router.config();
         let (gamma, lambda0, lambda) = (cfg.forgetting, cfg.prior_strength, cfg.lambda);
         let now = now_ms();
         let (entry, stats) = match &self.store {

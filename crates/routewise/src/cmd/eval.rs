@@ -188,7 +188,7 @@ pub(crate) fn load_dataset(
 }
 
 /// Parses the `--routers` list, keeping the order and dropping duplicates.
-fn parse_routers(names: &[String]) -> anyhow::Result<Vec<RouterKind>> {
+pub(crate) fn parse_routers(names: &[String]) -> anyhow::Result<Vec<RouterKind>> {
     let mut kinds: Vec<RouterKind> = Vec::new();
     for n in names.iter().filter(|n| !n.trim().is_empty()) {
         let k: RouterKind = n.parse()?;

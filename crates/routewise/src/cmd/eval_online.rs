@@ -126,12 +126,7 @@ fn offline_curve(r: &ReplayResult) -> Vec<(usize, f64)> {
 pub fn run(args: &super::eval::Args) -> anyhow::Result<ExitCode> {
     let ds = super::eval::load_dataset(&args.data, args.limit)?;
     let (train, test) = super::eval::split_records(&ds, &args.data)?;
-    let kind = args
-        .routers
-        .iter()
-        .filter(|n| !n.trim().is_empty())
-        .map(|n| n.parse::<RouterKind>())
-        .collect::<Result<Vec<_>, _>>()?
+    let kind = super::eval::parse_routers(&args.routers)?
         .into_iter()
         .find(|k| RouterKind::ALL_LEARNED.contains(k))
         .unwrap_or(RouterKind::Knn);
