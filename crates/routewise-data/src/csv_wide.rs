@@ -29,7 +29,7 @@ use std::path::Path;
 
 use crate::jsonl::{check_outcome, dataset_name, fill_missing_output};
 use crate::split::{hash_split, DEFAULT_SPLIT_SEED};
-use crate::{estimate_tokens, DataError, Dataset, Outcome, Record, Split};
+use crate::{estimate_tokens, Answer, DataError, Dataset, Outcome, Record, Split};
 
 struct ModelCols {
     name: String,
@@ -193,6 +193,7 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
                 cost_usd: cost,
                 input_tokens,
                 output_tokens,
+                answer: Answer::Absent,
             });
         }
         let present = outcomes.iter().flatten().count();
@@ -210,6 +211,7 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
             task: task_col.map(cell).unwrap_or("").to_string(),
             prompt,
             split,
+            reference: None,
             outcomes,
         });
     }
@@ -222,6 +224,8 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
         name: dataset_name(path),
         models: models.into_iter().map(|m| m.name).collect(),
         records,
+        answers: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

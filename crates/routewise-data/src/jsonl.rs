@@ -1,19 +1,32 @@
 //! Canonical routing JSONL (`../shared/data/README.md`): one prompt per line with
-//! `id`, `prompt`, optional `task` and `split`, and a `models` map of
-//! `{score, cost_usd, input_tokens?, output_tokens?}`.
+//! `id`, `prompt`, optional `task`, `split` and `reference`, and a `models` map of
+//! `{score, cost_usd, input_tokens?, output_tokens?, answer?}`.
 //!
 //! Missing token counts are estimated as chars / 4 (input) and the median of the other
 //! models' outputs on the same prompt (output), the same rule the shared data uses.
 //! Blank lines are skipped. Every other problem is an error naming `file:line` and field.
+//!
+//! Forward compatibility is deliberate and asymmetric:
+//! * an unknown **top-level** key (a field a newer writer added to the prompt) is ignored,
+//!   and reported once per file in [`Dataset::warnings`] with the line it first appears on;
+//! * an unknown key **inside an outcome** is an error: outcomes are what routers learn
+//!   from, and a misspelt `scroe` silently read as "no score" would corrupt a fit.
+//!
+//! `answer` and `reference` must be strings or `null` (an empty string is refused: write
+//! `null`). Answers are interned in [`Dataset::answers`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 
 use crate::split::{hash_split, DEFAULT_SPLIT_SEED};
-use crate::{estimate_tokens, DataError, Dataset, Outcome, Record, Split};
+use crate::{estimate_tokens, Answer, AnswerId, DataError, Dataset, Outcome, Record, Split};
+
+/// The top-level keys routewise reads (named in the unknown-key warning).
+const KNOWN_KEYS: &str = "id, task, prompt, split, reference, models";
 
 #[derive(Deserialize)]
 struct RawRecord {
@@ -23,7 +36,12 @@ struct RawRecord {
     prompt: String,
     #[serde(default)]
     split: Option<Split>,
+    #[serde(default)]
+    reference: Option<String>,
     models: serde_json::Map<String, serde_json::Value>,
+    /// Keys this version does not read (reported once per file).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +53,33 @@ struct RawOutcome {
     input_tokens: Option<u32>,
     #[serde(default)]
     output_tokens: Option<u32>,
+    /// Absent (`None`), `null` (`Some(None)`) or a string.
+    #[serde(default, deserialize_with = "present")]
+    answer: Option<Option<String>>,
+}
+
+/// Tells a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Answer strings, interned in first-seen order.
+#[derive(Default)]
+struct Interner {
+    texts: Vec<String>,
+    ids: HashMap<String, AnswerId>,
+}
+
+impl Interner {
+    fn intern(&mut self, text: String) -> AnswerId {
+        if let Some(&id) = self.ids.get(&text) {
+            return id;
+        }
+        let id = AnswerId(self.texts.len() as u32);
+        self.texts.push(text.clone());
+        self.ids.insert(text, id);
+        id
+    }
 }
 
 /// Reads and validates a canonical routing JSONL file.
@@ -52,6 +97,9 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut rows: Vec<(Record, Vec<(usize, Outcome)>)> = Vec::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    let mut answers = Interner::default();
+    // Unknown top-level key -> the line it first appeared on.
+    let mut unknown_keys: BTreeMap<String, usize> = BTreeMap::new();
 
     for (i, line) in reader.lines().enumerate() {
         let lineno = i + 1;
@@ -62,14 +110,21 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let raw: RawRecord = serde_json::from_str(&line).map_err(|e| {
-            DataError::invalid(
-                path,
-                lineno,
-                json_field(&e),
-                format!("malformed record: {e}"),
-            )
-        })?;
+        let mut de = serde_json::Deserializer::from_str(&line);
+        let raw: RawRecord = from_json(&mut de)
+            .and_then(|raw| de.end().map(|()| raw).map_err(|e| (String::new(), e)))
+            .map_err(|(field, e)| {
+                let field = if field.is_empty() {
+                    "<record>".to_string()
+                } else {
+                    field
+                };
+                DataError::invalid(path, lineno, field, format!("malformed record: {e}"))
+            })?;
+        for key in raw.unknown.into_keys() {
+            unknown_keys.entry(key).or_insert(lineno);
+        }
+        check_answer_text(path, lineno, "reference", raw.reference.as_deref())?;
         if let Some(first) = seen_ids.insert(raw.id.clone(), lineno) {
             return Err(DataError::invalid(
                 path,
@@ -93,10 +148,23 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
         let mut missing_out = Vec::new();
         for (name, value) in raw.models {
             let field = format!("models.{name}");
-            let ro: RawOutcome = serde_json::from_value(value).map_err(|e| {
-                DataError::invalid(path, lineno, &field, format!("malformed outcome: {e}"))
+            let ro: RawOutcome = from_json(value).map_err(|(sub, e)| {
+                let at = if sub.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{field}.{sub}")
+                };
+                DataError::invalid(path, lineno, at, format!("malformed outcome: {e}"))
             })?;
             check_outcome(path, lineno, &field, ro.score, ro.cost_usd)?;
+            let answer = match ro.answer {
+                None => Answer::Absent,
+                Some(None) => Answer::Unreadable,
+                Some(Some(text)) => {
+                    check_answer_text(path, lineno, &format!("{field}.answer"), Some(&text))?;
+                    Answer::Given(answers.intern(text))
+                }
+            };
             let idx = *index.entry(name.clone()).or_insert_with(|| {
                 models.push(name.clone());
                 models.len() - 1
@@ -114,6 +182,7 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
                     cost_usd: ro.cost_usd,
                     input_tokens,
                     output_tokens: ro.output_tokens.unwrap_or(0),
+                    answer,
                 },
             ));
         }
@@ -127,6 +196,7 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
                 task: raw.task.unwrap_or_default(),
                 prompt: raw.prompt,
                 split,
+                reference: raw.reference,
                 outcomes: Vec::new(),
             },
             outs,
@@ -148,11 +218,60 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
             r
         })
         .collect();
+    let mut warnings = Vec::new();
+    if !unknown_keys.is_empty() {
+        let keys: Vec<String> = unknown_keys
+            .iter()
+            .map(|(k, line)| format!("`{k}` (first on line {line})"))
+            .collect();
+        warnings.push(format!(
+            "{}: ignored unknown top-level key(s) {}; this version reads {KNOWN_KEYS}",
+            path.display(),
+            keys.join(", ")
+        ));
+    }
     Ok(Dataset {
         name: dataset_name(path),
         models,
         records,
+        answers: answers.texts,
+        warnings,
     })
+}
+
+/// Deserialises `input`, returning the failing field's dotted path (empty at the root)
+/// with the error.
+fn from_json<'de, T: Deserialize<'de>>(
+    input: impl Deserializer<'de, Error = serde_json::Error>,
+) -> Result<T, (String, serde_json::Error)> {
+    serde_path_to_error::deserialize(input).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if at.is_empty() || at == "." {
+            json_field(&inner)
+        } else {
+            at
+        };
+        (field, inner)
+    })
+}
+
+/// An `answer` or `reference` string must not be empty (the data writes `null` for none).
+fn check_answer_text(
+    path: &Path,
+    line: usize,
+    field: &str,
+    text: Option<&str>,
+) -> Result<(), DataError> {
+    match text {
+        Some(t) if t.trim().is_empty() => Err(DataError::invalid(
+            path,
+            line,
+            field,
+            "empty string (write null when there is no answer)",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Validates a score and a cost; shared by every loader.
@@ -221,7 +340,7 @@ fn json_field(e: &serde_json::Error) -> String {
             return msg[start + 1..start + 1 + len].to_string();
         }
     }
-    "<record>".to_string()
+    String::new()
 }
 
 #[cfg(test)]
@@ -246,6 +365,92 @@ mod tests {
         assert!(d.records[1].outcomes[0].is_none());
         assert_eq!(d.records[0].outcomes[1].unwrap().output_tokens, 5);
         assert_eq!(d.records[1].split, Split::Test);
+    }
+
+    #[test]
+    fn keeps_answers_and_references_telling_absent_from_null() {
+        let d = parse_str(concat!(
+            r#"{"id":"a","prompt":"q1","reference":"B","models":{"m1":{"score":1,"cost_usd":0.1,"answer":"B"},"m2":{"score":0,"cost_usd":0.01,"answer":null},"m3":{"score":0,"cost_usd":0.01}}}"#,
+            "\n",
+            r#"{"id":"b","prompt":"q2","reference":null,"models":{"m1":{"score":0,"cost_usd":0.1,"answer":"C"},"m2":{"score":1,"cost_usd":0.01,"answer":"B"}}}"#,
+        ))
+        .unwrap();
+        let (a, b) = (&d.records[0], &d.records[1]);
+        assert_eq!(a.reference.as_deref(), Some("B"));
+        assert_eq!(b.reference, None);
+        let ans = |r: &Record, m: usize| r.outcomes[m].unwrap().answer;
+        // Equal strings share one id; null and absent stay distinct.
+        assert_eq!(ans(a, 0), ans(b, 1));
+        assert_ne!(ans(a, 0), ans(b, 0));
+        assert_eq!(ans(a, 1), Answer::Unreadable);
+        assert_eq!(ans(a, 2), Answer::Absent);
+        assert_eq!(d.answer_text(ans(b, 0)), Some("C"));
+        assert_eq!(d.answers, ["B", "C"]);
+        let matches = |r: &Record, m: usize| d.answer_matches_reference(r, &r.outcomes[m].unwrap());
+        assert_eq!(matches(a, 0), Some(true));
+        assert_eq!(matches(a, 1), Some(false), "unreadable counts as wrong");
+        assert_eq!(matches(a, 2), None, "no answer field: cannot grade");
+        assert_eq!(matches(b, 0), None, "no reference: cannot grade");
+        assert!(d.warnings.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_answer_and_reference_values_naming_the_field() {
+        let bad = |line: &str| parse_str(line).unwrap_err().to_string();
+        let e = bad(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"answer":5},"m2":{"score":0,"cost_usd":0}}}"#,
+        );
+        assert!(e.starts_with("t.jsonl:1: field `models.m1.answer`"), "{e}");
+        let e = bad(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"answer":["A"]},"m2":{"score":0,"cost_usd":0}}}"#,
+        );
+        assert!(e.contains("`models.m1.answer`"), "{e}");
+        let e = bad(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"answer":""},"m2":{"score":0,"cost_usd":0}}}"#,
+        );
+        assert!(e.contains("`models.m1.answer`: empty string"), "{e}");
+        let e = bad(
+            r#"{"id":"a","prompt":"x","reference":true,"models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
+        );
+        assert!(e.starts_with("t.jsonl:1: field `reference`"), "{e}");
+        let e = bad(
+            r#"{"id":"a","prompt":"x","reference":" ","models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
+        );
+        assert!(e.contains("`reference`: empty string"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_keys_warn_once_per_file_but_unknown_outcome_keys_fail() {
+        let d = parse_str(concat!(
+            r#"{"id":"a","prompt":"x","source":"s1","models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
+            "\n",
+            r#"{"id":"b","prompt":"y","source":"s2","meta":{"k":1},"models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(d.records.len(), 2);
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        let w = &d.warnings[0];
+        assert!(w.contains("`meta` (first on line 2)"), "{w}");
+        assert!(w.contains("`source` (first on line 1)"), "{w}");
+        let e = parse_str(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"scroe":1},"m2":{"score":0,"cost_usd":0}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("models.m1") && e.contains("unknown field `scroe`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_after_a_record_is_refused() {
+        let e = parse_str(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}} x"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.jsonl:1:"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,18 @@
 //! `outcomes` vector is indexed by model position, `None` where that model has no result
 //! for that prompt (a missing model is normal; routers and metrics skip it).
 //!
+//! Two optional fields support grading without a judge and answer-checking cascades: each
+//! outcome's [`Answer`] (the model's extracted final answer, interned in
+//! [`Dataset::answers`]) and each record's `reference` (the gold answer). A reader that
+//! needs them checks for them; none is ever guessed.
+//!
 //! Loaders live in [`jsonl`] (canonical routing JSONL, see `../shared/data/README.md`) and
 //! [`csv_wide`] (RouterBench's wide CSV). Both validate everything before returning, so a
-//! dataset is never half-loaded; every error names `file:line` and the field.
+//! dataset is never half-loaded; every error names `file:line` and the field. What a
+//! loader tolerates but a user should know (unknown top-level keys) is collected in
+//! [`Dataset::warnings`], once per file.
 
+pub mod coverage;
 pub mod csv_wide;
 mod error;
 pub mod jsonl;
@@ -20,8 +28,28 @@ use std::path::Path;
 pub use error::DataError;
 pub use split::Split;
 
+/// Index of an answer string in [`Dataset::answers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AnswerId(pub u32);
+
+/// A model's extracted final answer on one prompt (the optional `answer` field).
+///
+/// Three states, because the data distinguishes them: the field is absent (the task is
+/// not closed-form, or the source records no answers), `null` (the model answered but no
+/// final answer could be read from its output), or an answer string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Answer {
+    /// No `answer` field.
+    #[default]
+    Absent,
+    /// `"answer": null`: nothing could be read from the model's output.
+    Unreadable,
+    /// An answer, interned in [`Dataset::answers`]: equal ids are equal answers.
+    Given(AnswerId),
+}
+
 /// One model's result on one prompt.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Outcome {
     /// Quality in `[0, 1]` (1 = correct).
     pub score: f64,
@@ -31,6 +59,8 @@ pub struct Outcome {
     pub input_tokens: u32,
     /// Completion tokens (estimate when the source gives none).
     pub output_tokens: u32,
+    /// The model's extracted final answer, when the data records it.
+    pub answer: Answer,
 }
 
 /// One prompt and the outcomes of the models evaluated on it.
@@ -40,6 +70,8 @@ pub struct Record {
     pub task: String,
     pub prompt: String,
     pub split: Split,
+    /// The gold answer (the optional `reference` field), normalised like the answers.
+    pub reference: Option<String>,
     /// Indexed like [`Dataset::models`]; `None` where the model was not evaluated.
     pub outcomes: Vec<Option<Outcome>>,
 }
@@ -71,6 +103,10 @@ pub struct Dataset {
     /// Model names, in first-seen order.
     pub models: Vec<String>,
     pub records: Vec<Record>,
+    /// Every distinct answer string, indexed by [`AnswerId`].
+    pub answers: Vec<String>,
+    /// What the loader tolerated but reports (e.g. unknown top-level keys), one line each.
+    pub warnings: Vec<String>,
 }
 
 impl Dataset {
@@ -85,6 +121,25 @@ impl Dataset {
             csv_wide::load(path)
         } else {
             jsonl::load(path)
+        }
+    }
+
+    /// The text of an answer; `None` for an absent or unreadable one.
+    pub fn answer_text(&self, answer: Answer) -> Option<&str> {
+        match answer {
+            Answer::Given(AnswerId(i)) => self.answers.get(i as usize).map(String::as_str),
+            Answer::Absent | Answer::Unreadable => None,
+        }
+    }
+
+    /// Whether `outcome`'s answer matches `record`'s reference: `None` when the record has
+    /// no reference or the outcome no `answer` field (an unreadable answer is wrong).
+    pub fn answer_matches_reference(&self, record: &Record, outcome: &Outcome) -> Option<bool> {
+        let reference = record.reference.as_deref()?;
+        match outcome.answer {
+            Answer::Absent => None,
+            Answer::Unreadable => Some(false),
+            given => Some(self.answer_text(given) == Some(reference)),
         }
     }
 

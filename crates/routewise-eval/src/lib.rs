@@ -8,20 +8,28 @@
 //!   lambda grid.
 //! * [`metrics`]: the non-decreasing convex hull, AIQ and the per-router summary.
 //! * [`pairwise`]: RouteLLM's strong/weak metrics (PGR curve, APGR, CPT).
+//! * [`singles`]: the single models compared on common prompts, and the best one.
+//! * [`bootstrap`]: standard errors of AIQs, and which differences are within noise.
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
 //!
 //! Everything here is pure computation: no file or network I/O.
 
+pub mod bootstrap;
 pub mod metrics;
 pub mod outcomes;
 pub mod pairwise;
 pub mod plot;
+pub mod singles;
 pub mod sweep;
 
+pub use bootstrap::{bootstrap_aiq, AiqNoise};
 pub use metrics::{aiq, nondecreasing_hull, router_metrics, Hull, RouterMetrics};
 pub use outcomes::{Outcomes, Point};
 pub use pairwise::{pairwise_metrics, pgr_curve, PairwiseMetrics};
-pub use sweep::{evaluate_policy, lambda_grid, sweep_lambda, CurvePoint, Predictions};
+pub use singles::{SingleModel, Singles};
+pub use sweep::{
+    evaluate_policy, lambda_grid, realise, sweep_lambda, CurvePoint, Predictions, Realised,
+};
 
 /// Errors from building evaluation inputs or rendering the plot.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
 //! The test outcome matrix: for each held-out prompt and each model, the real score and
 //! cost (`NaN` where the model has no result for that prompt).
 //!
-//! Missing outcomes: a single model's quality and cost are means over the prompts it
-//! was evaluated on; the oracle picks among the models present on each prompt. Every
-//! prompt must have at least one outcome.
+//! Missing outcomes: [`Outcomes::single`] is a model's mean over the prompts it was
+//! evaluated on (its "own" prompts); comparing models uses [`crate::singles`] instead,
+//! which measures them on common prompts. The oracle picks among the models present on
+//! each prompt. Every prompt must have at least one outcome.
 
 use routewise_data::Record;
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,11 @@ impl Outcomes {
 
     pub fn n_models(&self) -> usize {
         self.n_models
+    }
+
+    /// The row-major score matrix (`NaN` = missing).
+    pub fn scores(&self) -> &[f64] {
+        &self.scores
     }
 
     /// `(score, cost)` of model `m` on prompt `i`, if it was evaluated there.

@@ -2,7 +2,8 @@
 //!
 //! For each test prompt the policy ranks the models from the router's *predicted*
 //! scores and costs ([`routewise_router::Policy::rank_into`], the same code the gateway
-//! runs); the prompt is then charged the *real* outcome of the chosen model. When the
+//! runs; a router with a fixed ranking, such as `best-single`, uses that ranking under
+//! every policy); the prompt is then charged the *real* outcome of the chosen model. When the
 //! chosen model has no outcome on that prompt (missing in the data), the next model in
 //! the ranking that has one is used instead, as the gateway's fallback would. Quality is
 //! the mean real score, cost the mean real USD cost per prompt.
@@ -28,6 +29,9 @@ pub struct Predictions {
     pub scores: Vec<f64>,
     /// Predicted USD cost per prompt and model.
     pub costs: Vec<f64>,
+    /// A ranking used for every prompt under every policy (the fixed baselines; see
+    /// `routewise_router::Router::fixed_ranking`).
+    pub fixed_ranking: Option<Vec<usize>>,
 }
 
 impl Predictions {
@@ -66,6 +70,124 @@ pub struct CurvePoint {
     pub cost: f64,
 }
 
+/// What routing every test prompt under each of several policies realises: the real score
+/// and cost charged per (policy, prompt). The bootstrap reweights these rows
+/// ([`Realised::curve_weighted`]) instead of re-ranking.
+#[derive(Debug, Clone)]
+pub struct Realised {
+    n_prompts: usize,
+    /// The policies' lambdas (curve order).
+    pub lambdas: Vec<f64>,
+    /// `lambdas.len() x n_prompts` realised scores.
+    scores: Vec<f64>,
+    /// `lambdas.len() x n_prompts` realised costs.
+    costs: Vec<f64>,
+}
+
+/// The realised outcome of each prompt under `policy`: `(scores, costs)` per prompt.
+fn realise_policy(
+    outcomes: &Outcomes,
+    preds: &Predictions,
+    policy: Policy,
+    scores: &mut Vec<f64>,
+    costs: &mut Vec<f64>,
+) -> Result<(), EvalError> {
+    let mut idx = Vec::with_capacity(outcomes.n_models());
+    for i in 0..outcomes.len() {
+        let ranking: &[usize] = match &preds.fixed_ranking {
+            Some(r) => r,
+            None => {
+                let (s, pc) = preds.row(i);
+                policy.rank_into(s, pc, &mut idx);
+                &idx
+            }
+        };
+        let (score, cost) = ranking
+            .iter()
+            .find_map(|&m| outcomes.get(i, m))
+            .ok_or(EvalError::NoOutcome(i))?;
+        scores.push(score);
+        costs.push(cost);
+    }
+    Ok(())
+}
+
+/// Realised outcomes of CARROT's lambda rule at each of `lambdas`.
+pub fn realise(
+    outcomes: &Outcomes,
+    preds: &Predictions,
+    lambdas: &[f64],
+) -> Result<Realised, EvalError> {
+    preds.check(outcomes)?;
+    let n = outcomes.len();
+    let mut scores = Vec::with_capacity(n * lambdas.len());
+    let mut costs = Vec::with_capacity(n * lambdas.len());
+    for &lambda in lambdas {
+        realise_policy(
+            outcomes,
+            preds,
+            Policy::Lambda(lambda),
+            &mut scores,
+            &mut costs,
+        )?;
+    }
+    Ok(Realised {
+        n_prompts: n,
+        lambdas: lambdas.to_vec(),
+        scores,
+        costs,
+    })
+}
+
+impl Realised {
+    /// One point per lambda: mean realised quality and cost over the prompts.
+    pub fn curve(&self) -> Vec<CurvePoint> {
+        let n = self.n_prompts.max(1) as f64;
+        self.rows()
+            .map(|(lambda, s, c)| CurvePoint {
+                lambda,
+                quality: s.iter().sum::<f64>() / n,
+                cost: c.iter().sum::<f64>() / n,
+            })
+            .collect()
+    }
+
+    /// The curve with prompt `i` counted `weights[i]` times (a bootstrap resample).
+    pub fn curve_weighted(&self, weights: &[u32]) -> Vec<CurvePoint> {
+        let total = weights.iter().map(|&w| f64::from(w)).sum::<f64>().max(1.0);
+        self.rows()
+            .map(|(lambda, s, c)| {
+                let (mut q, mut k) = (0.0, 0.0);
+                for ((&w, &si), &ci) in weights.iter().zip(s).zip(c) {
+                    let w = f64::from(w);
+                    q += w * si;
+                    k += w * ci;
+                }
+                CurvePoint {
+                    lambda,
+                    quality: q / total,
+                    cost: k / total,
+                }
+            })
+            .collect()
+    }
+
+    /// Realised per-prompt scores under the `k`-th lambda (empty past the end).
+    pub fn scores_at(&self, k: usize) -> &[f64] {
+        let n = self.n_prompts;
+        self.scores.get(k * n..(k + 1) * n).unwrap_or(&[])
+    }
+
+    fn rows(&self) -> impl Iterator<Item = (f64, &[f64], &[f64])> {
+        let n = self.n_prompts.max(1);
+        self.lambdas
+            .iter()
+            .zip(self.scores.chunks(n))
+            .zip(self.costs.chunks(n))
+            .map(|((&l, s), c)| (l, s, c))
+    }
+}
+
 /// Realised mean quality and cost of routing every test prompt with `policy`.
 pub fn evaluate_policy(
     outcomes: &Outcomes,
@@ -73,22 +195,12 @@ pub fn evaluate_policy(
     policy: Policy,
 ) -> Result<Point, EvalError> {
     preds.check(outcomes)?;
-    let mut idx = Vec::with_capacity(outcomes.n_models());
-    let (mut q, mut c) = (0.0, 0.0);
-    for i in 0..outcomes.len() {
-        let (s, pc) = preds.row(i);
-        policy.rank_into(s, pc, &mut idx);
-        let (score, cost) = idx
-            .iter()
-            .find_map(|&m| outcomes.get(i, m))
-            .ok_or(EvalError::NoOutcome(i))?;
-        q += score;
-        c += cost;
-    }
+    let (mut scores, mut costs) = (Vec::new(), Vec::new());
+    realise_policy(outcomes, preds, policy, &mut scores, &mut costs)?;
     let n = outcomes.len().max(1) as f64;
     Ok(Point {
-        quality: q / n,
-        cost: c / n,
+        quality: scores.iter().sum::<f64>() / n,
+        cost: costs.iter().sum::<f64>() / n,
     })
 }
 
@@ -128,16 +240,7 @@ pub fn sweep_lambda(
     preds: &Predictions,
     lambdas: &[f64],
 ) -> Result<Vec<CurvePoint>, EvalError> {
-    lambdas
-        .iter()
-        .map(|&lambda| {
-            evaluate_policy(outcomes, preds, Policy::Lambda(lambda)).map(|p| CurvePoint {
-                lambda,
-                quality: p.quality,
-                cost: p.cost,
-            })
-        })
-        .collect()
+    Ok(realise(outcomes, preds, lambdas)?.curve())
 }
 
 #[cfg(test)]
@@ -159,6 +262,7 @@ mod tests {
             n_models: 3,
             scores: vec![0.9, 0.5, 0.2, 0.9, 0.6, 0.2],
             costs: vec![1.0, 0.1, 0.01, 1.0, 0.1, 0.01],
+            fixed_ranking: None,
         };
         (o, p)
     }
@@ -188,6 +292,30 @@ mod tests {
         assert!((g[1] - 0.01 / 0.01).abs() < 1e-9);
         assert!((g[50] - 100.0 / 0.001).abs() < 1e-6);
         assert!(g.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_fixed_ranking_is_one_point_under_every_lambda() {
+        let (o, mut p) = toy();
+        p.fixed_ranking = Some(vec![0, 1, 2]);
+        let curve = sweep_lambda(&o, &p, &[0.0, 1.0, 1e6]).unwrap();
+        for c in &curve {
+            // prompt 0 -> model 0 (1.0, 1.0); prompt 1: model 0 missing -> model 1 (1.0, 0.1).
+            assert!(
+                (c.quality - 1.0).abs() < 1e-12 && (c.cost - 0.55).abs() < 1e-12,
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn weighted_curve_counts_prompts_by_their_weights() {
+        let (o, p) = toy();
+        let r = realise(&o, &p, &[0.0]).unwrap();
+        assert_eq!(r.curve_weighted(&[1, 1]), r.curve());
+        // Prompt 1 twice, prompt 0 never: quality 1.0, cost 0.1.
+        let w = r.curve_weighted(&[0, 2])[0];
+        assert!((w.quality - 1.0).abs() < 1e-12 && (w.cost - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Single-prompt latency of the embedding featurizers for a 128-token prompt:
-//! `static` (lookup + mean) and `minilm` (candle BERT, no batching).
-//! Needs the weights (`routewise models fetch static` / `minilm`); a missing model is
-//! reported and its benchmark skipped.
+//! `static-mini` (built in: int8 lookup + mean), `static` (f32 lookup + mean) and
+//! `minilm` (candle BERT, no batching), and the time to load the built-in model.
+//! `static` and `minilm` need the weights (`routewise models fetch static` / `minilm`); a
+//! missing model is reported and its benchmark skipped.
 //!
 //! Run: `cargo bench -p routewise-features --features minilm --bench embed`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use routewise_features::{Featurizer, MiniLmFeaturizer, StaticFeaturizer};
+use routewise_features::{BuiltinStaticFeaturizer, Featurizer, MiniLmFeaturizer, StaticFeaturizer};
 
 const BASE: &str = "A 45-year-old patient presents to the emergency department with sudden \
 onset chest pain radiating to the left arm, shortness of breath and sweating. The pain began \
@@ -34,6 +35,18 @@ fn prompt_with_tokens(n: usize, count: impl Fn(&str) -> usize) -> String {
 }
 
 fn bench(c: &mut Criterion) {
+    let mini = BuiltinStaticFeaturizer::new().unwrap();
+    let p = prompt_with_tokens(128, |t| mini.token_ids(t).unwrap().len());
+    let mut out = vec![0.0; mini.dim()];
+    c.bench_function("static_mini_128_tokens", |b| {
+        b.iter(|| mini.featurize_into(&p, &mut out))
+    });
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10);
+    g.bench_function("static_mini_load", |b| {
+        b.iter(|| BuiltinStaticFeaturizer::new().unwrap())
+    });
+    g.finish();
     match StaticFeaturizer::open("static") {
         Ok(f) => {
             let p = prompt_with_tokens(128, |t| f.token_ids(t).unwrap().len());

@@ -10,6 +10,7 @@
 
 #[cfg(feature = "minilm")]
 pub mod bert;
+pub mod compact;
 #[cfg(feature = "minilm")]
 pub mod distill;
 pub mod fastmath;
@@ -24,12 +25,14 @@ pub mod weights;
 #[cfg(feature = "static-embed")]
 pub mod wordpiece;
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 pub use minilm::MiniLmFeaturizer;
-pub use static_embed::StaticFeaturizer;
+pub use static_embed::{BuiltinStaticFeaturizer, StaticFeaturizer};
 pub use tfidf::{TfidfConfig, TfidfFeaturizer};
 
 /// Errors from loading embedding weights or running an embedding model.
@@ -64,6 +67,12 @@ pub enum FeatureError {
     },
     #[error("invalid model files in {path}: {message}")]
     BadModel { path: PathBuf, message: String },
+    #[error(
+        "this artifact was trained with the built-in static model sha256 {expected}, but this \
+         routewise ships {actual}: retrain the router, or serve it with the routewise version \
+         that trained it"
+    )]
+    BuiltinMismatch { expected: String, actual: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("model inference: {0}")]
@@ -116,15 +125,25 @@ pub enum AnyFeaturizer {
     Tfidf(TfidfFeaturizer),
     Static(StaticFeaturizer),
     MiniLm(MiniLmFeaturizer),
+    /// The built-in compact static model (appended last: bincode stores the variant
+    /// index, so older artifacts keep loading).
+    #[serde(rename = "static-mini")]
+    StaticMini(BuiltinStaticFeaturizer),
 }
 
 impl AnyFeaturizer {
     /// The short name used on the command line and in artifacts (`tfidf`, ...).
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Which kind of featurizer this is.
+    pub fn kind(&self) -> FeaturizerKind {
         match self {
-            AnyFeaturizer::Tfidf(_) => "tfidf",
-            AnyFeaturizer::Static(_) => "static",
-            AnyFeaturizer::MiniLm(_) => "minilm",
+            AnyFeaturizer::Tfidf(_) => FeaturizerKind::Tfidf,
+            AnyFeaturizer::Static(_) => FeaturizerKind::Static,
+            AnyFeaturizer::MiniLm(_) => FeaturizerKind::MiniLm,
+            AnyFeaturizer::StaticMini(_) => FeaturizerKind::StaticMini,
         }
     }
 
@@ -136,6 +155,7 @@ impl AnyFeaturizer {
             AnyFeaturizer::Tfidf(_) => Ok(()),
             AnyFeaturizer::Static(f) => f.load(),
             AnyFeaturizer::MiniLm(f) => f.load(),
+            AnyFeaturizer::StaticMini(f) => f.load(),
         }
     }
 }
@@ -146,6 +166,7 @@ impl Featurizer for AnyFeaturizer {
             AnyFeaturizer::Tfidf(f) => f.dim(),
             AnyFeaturizer::Static(f) => f.dim(),
             AnyFeaturizer::MiniLm(f) => f.dim(),
+            AnyFeaturizer::StaticMini(f) => f.dim(),
         }
     }
 
@@ -154,6 +175,7 @@ impl Featurizer for AnyFeaturizer {
             AnyFeaturizer::Tfidf(f) => f.featurize_into(text, out),
             AnyFeaturizer::Static(f) => f.featurize_into(text, out),
             AnyFeaturizer::MiniLm(f) => f.featurize_into(text, out),
+            AnyFeaturizer::StaticMini(f) => f.featurize_into(text, out),
         }
     }
 
@@ -162,7 +184,94 @@ impl Featurizer for AnyFeaturizer {
             AnyFeaturizer::Tfidf(f) => f.featurize_batch(texts),
             AnyFeaturizer::Static(f) => f.featurize_batch(texts),
             AnyFeaturizer::MiniLm(f) => f.featurize_batch(texts),
+            AnyFeaturizer::StaticMini(f) => f.featurize_batch(texts),
         }
+    }
+}
+
+/// The featurizers routewise can fit or open (the config enum behind `--featurizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeaturizerKind {
+    /// The built-in compact static embeddings (default).
+    StaticMini,
+    /// Hashed TF-IDF fitted on the training prompts.
+    Tfidf,
+    /// The full static embeddings (`routewise models fetch static`).
+    Static,
+    /// all-MiniLM-L6-v2 on candle (`routewise models fetch minilm`).
+    MiniLm,
+}
+
+impl FeaturizerKind {
+    /// Every kind, the default first.
+    pub const ALL: [FeaturizerKind; 4] = [
+        FeaturizerKind::StaticMini,
+        FeaturizerKind::Tfidf,
+        FeaturizerKind::Static,
+        FeaturizerKind::MiniLm,
+    ];
+
+    /// The name used on the command line and in artifacts.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeaturizerKind::StaticMini => "static-mini",
+            FeaturizerKind::Tfidf => "tfidf",
+            FeaturizerKind::Static => "static",
+            FeaturizerKind::MiniLm => "minilm",
+        }
+    }
+
+    /// One line for `--help`.
+    pub fn description(self) -> &'static str {
+        match self {
+            FeaturizerKind::StaticMini => {
+                "built-in compact static embeddings (128-d int8, distilled from all-MiniLM-L6-v2); no download"
+            }
+            FeaturizerKind::Tfidf => "hashed word and char n-gram TF-IDF, fitted on the training prompts",
+            FeaturizerKind::Static => {
+                "full static embeddings (256-d); needs `routewise models fetch static`"
+            }
+            FeaturizerKind::MiniLm => {
+                "all-MiniLM-L6-v2 on CPU (slow: ~20 ms a prompt); needs `routewise models fetch minilm`"
+            }
+        }
+    }
+
+    /// Fits (TF-IDF, on `train_texts`) or opens (the embedding models) a featurizer.
+    pub fn fit(self, train_texts: &[&str]) -> Result<AnyFeaturizer, FeatureError> {
+        Ok(match self {
+            FeaturizerKind::StaticMini => {
+                AnyFeaturizer::StaticMini(BuiltinStaticFeaturizer::new()?)
+            }
+            FeaturizerKind::Tfidf => {
+                AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(train_texts, TfidfConfig::default()))
+            }
+            FeaturizerKind::Static => AnyFeaturizer::Static(StaticFeaturizer::open("static")?),
+            FeaturizerKind::MiniLm => AnyFeaturizer::MiniLm(MiniLmFeaturizer::open("minilm")?),
+        })
+    }
+}
+
+impl fmt::Display for FeaturizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown featurizer name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown featurizer `{0}` (known: static-mini, tfidf, static, minilm)")]
+pub struct UnknownFeaturizer(pub String);
+
+impl FromStr for FeaturizerKind {
+    type Err = UnknownFeaturizer;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        FeaturizerKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(t))
+            .ok_or_else(|| UnknownFeaturizer(s.to_string()))
     }
 }
 

@@ -71,11 +71,37 @@ impl FastWordPiece {
         let max_chars = model["max_input_chars_per_word"].as_u64().unwrap_or(100) as usize;
         let vocab = model["vocab"].as_object()?;
         let unk = vocab.get(model["unk_token"].as_str()?)?.as_u64()? as u32;
+        let mut tokens = Vec::with_capacity(vocab.len());
+        for (tok, id) in vocab {
+            tokens.push((tok.as_str(), u32::try_from(id.as_u64()?).ok()?));
+        }
+        let added = json["added_tokens"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["content"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(FastWordPiece::from_vocab(
+            tokens, prefix, unk, max_chars, added,
+        ))
+    }
+
+    /// Builds the fast path from `(token, id)` pairs: `prefix` marks continuation pieces,
+    /// `unk` is the `[UNK]` id, `added` the added tokens (text holding one takes the slow
+    /// path).
+    pub fn from_vocab<'a>(
+        tokens: impl IntoIterator<Item = (&'a str, u32)>,
+        prefix: &str,
+        unk: u32,
+        max_chars: usize,
+        added: Vec<String>,
+    ) -> FastWordPiece {
         let mut start = FxMap::default();
         let mut cont = FxMap::default();
         let mut longest = 0;
-        for (tok, id) in vocab {
-            let id = id.as_u64()? as u32;
+        for (tok, id) in tokens {
             match tok.strip_prefix(prefix) {
                 Some(rest) if !rest.is_empty() => {
                     longest = longest.max(rest.len());
@@ -87,22 +113,14 @@ impl FastWordPiece {
                 }
             }
         }
-        let added = json["added_tokens"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t["content"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(FastWordPiece {
+        FastWordPiece {
             start,
             cont,
             unk,
             max_chars,
             added,
             longest,
-        })
+        }
     }
 
     /// Appends the ids of `text` (no special tokens) to `out`, stopping at `max_tokens`;

@@ -4,13 +4,14 @@
 //!   prompts, all 11 models' real outcomes), derived by `fixtures/make_demo_fixture.py`
 //!   from `../shared/data/routerbench-3k.jsonl`;
 //! * `fixtures/demo.yaml`: the config, every model served by the `replay` provider;
-//! * the router: hashed TF-IDF + kNN, trained on the fixture at start-up (well under a
-//!   second), with the catalog (prices, mean output tokens) fitted on the same records.
+//! * the router: the built-in compact static embeddings (`static-mini`, the default
+//!   featurizer) + kNN, trained on the fixture at start-up (well under a second), with the
+//!   catalog (prices, mean output tokens) fitted on the same records.
 
 use std::path::Path;
 
 use routewise_data::{jsonl, DataError, Dataset, Record};
-use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_features::FeaturizerKind;
 use routewise_online::StateConfig;
 use routewise_router::{
     fit_router, Catalog, Engine, RouterConfigs, RouterError, RouterKind, TrainSet,
@@ -45,11 +46,11 @@ pub fn config(
     Ok(c)
 }
 
-/// Trains the demo router (TF-IDF + kNN) on `data`'s train records.
+/// Trains the demo router (`static-mini` + kNN) on `data`'s train records.
 pub fn engine(data: &Dataset) -> Result<Engine, RouterError> {
     let train: Vec<&Record> = data.train().collect();
     let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(&texts, TfidfConfig::default()));
+    let featurizer = FeaturizerKind::StaticMini.fit(&texts)?;
     let set = TrainSet::from_records(&train, data.models.len(), &featurizer);
     let catalog = Catalog::fit(&data.models, train.iter().copied());
     let router = fit_router(RouterKind::Knn, &set, &catalog, &RouterConfigs::default())?;

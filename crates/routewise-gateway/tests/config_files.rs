@@ -46,7 +46,7 @@ fn artifact_and_models_must_agree_both_ways() {
     .unwrap();
     let state = load::from_file(&path).unwrap();
     assert_eq!(state.upstreams.len(), 3);
-    assert_eq!(state.engine.router.name(), "best-single");
+    assert_eq!(state.engine.router.name(), "linear");
     // configured prices override the artifact's catalog
     let b = state.engine.catalog.index("b").unwrap();
     assert_eq!(state.engine.catalog.models[b].output_per_mtok, 2.0);

@@ -182,6 +182,7 @@ mod tests {
             task: String::new(),
             prompt: "p".into(),
             split: Split::Train,
+            reference: None,
             outcomes: outs
                 .into_iter()
                 .map(|o| {
@@ -190,6 +191,7 @@ mod tests {
                         cost_usd: c,
                         input_tokens: i,
                         output_tokens: out,
+                        answer: Default::default(),
                     })
                 })
                 .collect(),

@@ -31,17 +31,27 @@ impl Engine {
     /// Routes `prompt` (whose length is `input_tokens`) under `policy`.
     pub fn decide(&self, prompt: &str, input_tokens: u32, policy: Policy) -> Decision {
         let features = self.featurizer.featurize(prompt);
-        self.decide_features(&features, input_tokens, policy)
+        self.decide_features(&features, prompt, input_tokens, policy)
     }
 
-    /// Routes already-featurized input.
-    pub fn decide_features(&self, features: &[f32], input_tokens: u32, policy: Policy) -> Decision {
+    /// Routes already-featurized input; `prompt` keys the per-prompt random baseline.
+    pub fn decide_features(
+        &self,
+        features: &[f32],
+        prompt: &str,
+        input_tokens: u32,
+        policy: Policy,
+    ) -> Decision {
         let n = self.catalog.len();
         let mut scores = vec![0.0; n];
         let mut costs = vec![0.0; n];
-        self.router.predict_scores(features, &mut scores);
+        self.router
+            .predict_scores_keyed(features, prompt, &mut scores);
         self.catalog.expected_costs(input_tokens, &mut costs);
-        let ranking = policy.rank(&scores, &costs);
+        let ranking = self
+            .router
+            .fixed_ranking()
+            .unwrap_or_else(|| policy.rank(&scores, &costs));
         Decision {
             chosen: ranking.first().copied().unwrap_or(0),
             ranking,

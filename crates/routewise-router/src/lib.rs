@@ -44,6 +44,20 @@ pub use dataset::TrainSet;
 pub trait Router: Send + Sync {
     /// Writes one expected score per model into `out` (`out.len() == n_models`).
     fn predict_scores(&self, features: &[f32], out: &mut [f64]);
+
+    /// Like [`Router::predict_scores`] for a prompt identified by `key` (its id in a
+    /// dataset, its text in the gateway). Only routers that are random per prompt read
+    /// the key, so their choices do not depend on the featurizer.
+    fn predict_scores_keyed(&self, features: &[f32], key: &str, out: &mut [f64]) {
+        let _ = key;
+        self.predict_scores(features, out);
+    }
+
+    /// A ranking that ignores the prompt and the policy (the fixed baselines
+    /// `best-single` and `cheapest`); `None` for routers whose choice depends on them.
+    fn fixed_ranking(&self) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// Errors from fitting or loading routers.
@@ -55,6 +69,8 @@ pub enum RouterError {
     UnknownRouter(String),
     #[error("{0}")]
     Artifact(String),
+    #[error("featurizer: {0}")]
+    Featurizer(#[from] routewise_features::FeatureError),
 }
 
 /// The routers routewise can train and serve (config enum; serialisable into artifacts).
@@ -70,11 +86,13 @@ pub enum AnyRouter {
     Mf(mf::MfRouter),
     /// Mean of several learned routers.
     Ensemble(ensemble::EnsembleRouter),
-    /// Always predicts each model's mean train score: ranks by mean quality.
+    /// The best single model on train, under every policy: its fixed ranking orders the
+    /// models by `mean_scores` (see [`baselines::mean_scores`]).
     BestSingle {
         mean_scores: Vec<f64>,
     },
-    /// Ranks the cheapest model first under every policy (see [`baselines::cheapest`]).
+    /// The cheapest model under every policy: its fixed ranking orders the models by
+    /// `scores` (see [`baselines::cheapest`]).
     Cheapest {
         scores: Vec<f64>,
     },
@@ -90,12 +108,30 @@ impl Router for AnyRouter {
         match self {
             AnyRouter::BestSingle { mean_scores } => out.copy_from_slice(mean_scores),
             AnyRouter::Cheapest { scores } => out.copy_from_slice(scores),
-            AnyRouter::Random { seed, .. } => baselines::random_scores(features, *seed, out),
+            AnyRouter::Random { seed, .. } => {
+                baselines::random_scores(&baselines::feature_bytes(features), *seed, out)
+            }
             AnyRouter::Knn(r) => r.predict_scores(features, out),
             AnyRouter::Linear(r) => r.predict_scores(features, out),
             AnyRouter::Mlp(r) => r.predict_scores(features, out),
             AnyRouter::Mf(r) => r.predict_scores(features, out),
             AnyRouter::Ensemble(r) => r.predict_scores(features, out),
+        }
+    }
+
+    fn predict_scores_keyed(&self, features: &[f32], key: &str, out: &mut [f64]) {
+        match self {
+            AnyRouter::Random { seed, .. } => baselines::random_scores(key.as_bytes(), *seed, out),
+            other => other.predict_scores(features, out),
+        }
+    }
+
+    fn fixed_ranking(&self) -> Option<Vec<usize>> {
+        match self {
+            AnyRouter::BestSingle { mean_scores: s } | AnyRouter::Cheapest { scores: s } => {
+                Some(baselines::ranking(s))
+            }
+            _ => None,
         }
     }
 }

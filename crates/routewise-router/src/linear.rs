@@ -55,6 +55,17 @@ pub struct LinearRouter {
 }
 
 impl LinearRouter {
+    /// A router that predicts `scores` for every prompt (zero weights): a fixed quality
+    /// estimate per model that the policy still trades against each prompt's cost.
+    pub fn constant(dim: usize, scores: Vec<f64>) -> Self {
+        LinearRouter {
+            n_models: scores.len(),
+            dim,
+            weights: vec![0.0; dim * scores.len()],
+            bias: scores,
+        }
+    }
+
     /// Fits one ridge regression per model on `train` (see the module docs).
     pub fn fit(train: &TrainSet, config: &LinearConfig) -> Result<Self, RouterError> {
         let err = |message: String| RouterError::Fit {

@@ -1,13 +1,15 @@
 //! Shared helpers: a gateway on loopback in front of the testkit mock, with a
-//! deterministic router (best-single: a > b > c in quality, a most expensive).
+//! deterministic router (constant predicted scores: a > b > c in quality, a most expensive;
+//! the policy trades them against cost).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use routewise_features::Featurizer;
 use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
 use routewise_gateway::{config, AppState};
-use routewise_router::{AnyRouter, Catalog, Engine, ModelInfo};
+use routewise_router::{AnyRouter, Catalog, Engine, LinearRouter, ModelInfo};
 use tokio::task::JoinHandle;
 
 /// The API key the tests configure; it must never show up in responses or logs.
@@ -20,10 +22,11 @@ pub fn engine(models: &[(&str, f64, f64)]) -> Engine {
         TfidfConfig::default(),
     ));
     Engine {
-        featurizer,
-        router: AnyRouter::BestSingle {
-            mean_scores: models.iter().map(|m| m.1).collect(),
-        },
+        featurizer: featurizer.clone(),
+        router: AnyRouter::Linear(LinearRouter::constant(
+            featurizer.dim(),
+            models.iter().map(|m| m.1).collect(),
+        )),
         catalog: Catalog {
             models: models
                 .iter()

@@ -63,6 +63,7 @@ pub fn dataset(n: usize, seed: u64) -> Dataset {
                     cost_usd: price * f64::from(tok + 10) / 1e6,
                     input_tokens: tok,
                     output_tokens: 10,
+                    answer: Default::default(),
                 })
             };
             let c_right = rng.gen_bool(0.5);
@@ -75,6 +76,7 @@ pub fn dataset(n: usize, seed: u64) -> Dataset {
                 } else {
                     Split::Train
                 },
+                reference: None,
                 outcomes: vec![
                     o(if cl == 0 { 1.0 } else { 0.0 }, 10.0),
                     if i % 7 == 3 {
@@ -91,5 +93,7 @@ pub fn dataset(n: usize, seed: u64) -> Dataset {
         name: "synthetic".into(),
         models: vec!["a".into(), "b".into(), "c".into()],
         records,
+        answers: Vec::new(),
+        warnings: Vec::new(),
     }
 }

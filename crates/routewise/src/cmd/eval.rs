@@ -27,7 +27,8 @@ use routewise_eval::metrics::router_metrics;
 use routewise_eval::pairwise::pairwise_metrics;
 use routewise_eval::plot::{render_svg, PlotInput};
 use routewise_eval::{
-    lambda_grid, sweep_lambda, CurvePoint, Outcomes, PairwiseMetrics, Point, Predictions,
+    bootstrap_aiq, lambda_grid, realise, CurvePoint, Outcomes, PairwiseMetrics, Point, Predictions,
+    Realised, SingleModel, Singles,
 };
 use routewise_features::{AnyFeaturizer, Featurizer};
 use routewise_router::{
@@ -74,11 +75,15 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Prompt featurizer.
-    #[arg(long, default_value = "tfidf")]
-    pub featurizer: String,
+    #[arg(long, value_enum, default_value = "static-mini")]
+    pub featurizer: super::FeaturizerArg,
     /// Number of log-spaced lambda values in the sweep (0 is always added).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(50..))]
     pub n_lambdas: u64,
+    /// Bootstrap resamples of the test prompts for the AIQ standard errors (seeded by
+    /// `--seed`; 0 turns the bootstrap off).
+    #[arg(long, default_value_t = routewise_eval::bootstrap::DEFAULT_RESAMPLES)]
+    pub bootstrap: usize,
     /// Replay the test split as an online stream instead (bandit learning).
     #[arg(long)]
     pub online: bool,
@@ -88,8 +93,16 @@ pub struct Args {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelRow {
     pub name: String,
+    /// Mean test score: on the common prompts for a comparable model, else on its own.
     pub quality: f64,
+    /// Mean test cost per prompt, measured like `quality`.
     pub cost: f64,
+    /// Share of the test prompts the model has a score on.
+    pub coverage: f64,
+    /// Test prompts the model has a score on.
+    pub n_prompts: usize,
+    /// Whether it takes part in the single-model comparison (coverage >= 95%).
+    pub comparable: bool,
 }
 
 /// One router's results (the issue's shape, plus extra keys).
@@ -97,9 +110,18 @@ pub struct ModelRow {
 pub struct RouterRow {
     pub name: String,
     pub aiq: f64,
+    /// Bootstrap standard error of `aiq` (see `bootstrap` in the report).
+    pub aiq_se: f64,
+    /// Whether the gap to the router with the highest AIQ is within noise (paired
+    /// bootstrap, 95%); true for that router itself.
+    pub aiq_within_noise_of_best: bool,
+    /// Realised test quality at lambda 0 (quality first), and its standard error.
+    pub quality_first: f64,
+    pub quality_first_se: f64,
     pub max_quality: f64,
     pub cost_at_max_quality: f64,
     pub quality_at_best_single_cost: f64,
+    /// `null` when never reached, and on quality-only datasets (equal prices).
     pub cost_ratio_at_best_single_quality: Option<f64>,
     /// Same, over measured lambda points only (no mixing of two operating points).
     pub cost_ratio_at_best_single_quality_measured: Option<f64>,
@@ -123,6 +145,13 @@ pub struct Pair {
     pub weak: String,
 }
 
+/// How the AIQ standard errors were computed.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapInfo {
+    pub resamples: usize,
+    pub seed: u64,
+}
+
 /// The `--json` report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -133,17 +162,27 @@ pub struct Report {
     pub featurizer_fit_seconds: f64,
     pub seed: u64,
     pub models: Vec<ModelRow>,
-    /// Highest test quality among single models.
+    /// Highest test quality among the comparable single models, on the common prompts.
     pub best_single: ModelRow,
-    /// `[c_min, c_max]`: the AIQ cost range (cheapest and most expensive single model).
+    /// Test prompts every figure (routers, single models, oracle) is computed on: those
+    /// where every comparable model has a score (all of them, on complete data).
+    pub eval_prompts: usize,
+    /// `[c_min, c_max]`: the AIQ cost range (cheapest and most expensive comparable model).
     pub cost_range: [f64; 2],
     pub oracle: Point,
     /// AIQ of RouterBench's zero router: the non-decreasing convex hull of the single
     /// models' points (what mixing models at random, ignoring the prompt, achieves).
     pub zero_router_aiq: f64,
+    /// Every model costs the same (equal prices, or a cost range under 1% of the top
+    /// cost): cost metrics mean nothing, AIQ is plain quality; compare `quality_first`.
+    pub quality_only: bool,
+    pub bootstrap: BootstrapInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<Pair>,
     pub routers: Vec<RouterRow>,
+    /// What the reader should know before trusting the figures (data warnings, partial
+    /// coverage of the most accurate model, equal prices, ...).
+    pub warnings: Vec<String>,
 }
 
 /// A progress bar (`len`) or spinner (`None`) on stderr, hidden when stderr is not a
@@ -257,6 +296,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ds = load_dataset(&args.data, args.limit)?;
     let report = evaluate(&ds, &args, &kinds)?;
 
+    {
+        let mut err = std::io::stderr().lock();
+        for w in &report.warnings {
+            writeln!(err, "warning: {w}")?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     write_table(&mut out, &report)?;
     if let Some(path) = &args.json {
@@ -291,16 +336,68 @@ pub fn split_records<'a>(
     Ok((train, test))
 }
 
+/// Relative spread of the single models' mean costs under which cost metrics mean nothing.
+const EQUAL_COST_SPREAD: f64 = 0.01;
+
+/// Why cost metrics mean nothing on this data, if they do not: every model has the same
+/// fitted prices, or the cheapest and the dearest comparable model cost within 1%.
+fn quality_only_reason(catalog: &Catalog, c_min: f64, c_max: f64) -> Option<String> {
+    let first = catalog.models.first()?;
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-12);
+    if catalog.models.iter().all(|m| {
+        same(m.input_per_mtok, first.input_per_mtok)
+            && same(m.output_per_mtok, first.output_per_mtok)
+    }) {
+        return Some(format!(
+            "every model has the same price (${:.4} in / ${:.4} out per million tokens): cost \
+             differences are only output length, so cost metrics are not meaningful; reporting \
+             quality only (compare quality_first; AIQ reduces to quality)",
+            first.input_per_mtok, first.output_per_mtok
+        ));
+    }
+    if c_max <= 0.0 || c_max - c_min <= EQUAL_COST_SPREAD * c_max {
+        return Some(format!(
+            "the single models' mean costs span only [{c_min:.6}, {c_max:.6}] USD: cost metrics \
+             are not meaningful; reporting quality only (compare quality_first; AIQ reduces to \
+             quality)"
+        ));
+    }
+    None
+}
+
+/// Mean and standard error of a sample.
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 /// Fits and evaluates every router in `kinds` on `ds`.
 pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Result<Report> {
-    let (train, test) = split_records(ds, &args.data)?;
+    let (train, all_test) = split_records(ds, &args.data)?;
     let n_models = ds.models.len();
+    let featurizer_kind = args.featurizer.0;
+
+    // Single models on the prompts that every comparable model covers; every figure
+    // (routers, singles, oracle) is computed on those prompts.
+    let singles = Singles::of(&Outcomes::from_records(&all_test, n_models)?);
+    let test: Vec<&Record> = all_test
+        .iter()
+        .zip(&singles.coverage.common)
+        .filter(|(_, &common)| common)
+        .map(|(r, _)| *r)
+        .collect();
+    let eval_coverage = singles.coverage.restricted_to_common();
 
     // Featurizer, training set, catalog.
-    let pb = progress(None, &format!("fitting {} featurizer", args.featurizer));
+    let pb = progress(None, &format!("fitting {featurizer_kind} featurizer"));
     let t0 = Instant::now();
     let train_texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = super::featurize::fit_featurizer(&args.featurizer, &train_texts)?;
+    let featurizer = featurizer_kind.fit(&train_texts)?;
     let featurizer_fit_seconds = t0.elapsed().as_secs_f64();
     pb.set_message("featurizing prompts");
     let train_set = TrainSet::from_records(&train, n_models, &featurizer);
@@ -311,45 +408,39 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
     let test_tokens: Vec<u32> = test.iter().map(|r| r.input_tokens()).collect();
     pb.finish_and_clear();
 
-    // Test outcomes, singles, oracle, cost range, lambda grid.
+    // Test outcomes, oracle, cost range, lambda grid.
     let outcomes = Outcomes::from_records(&test, n_models)?;
-    let models: Vec<ModelRow> = outcomes
-        .singles()
-        .into_iter()
-        .zip(&ds.models)
-        .filter_map(|(p, name)| {
-            p.map(|p| ModelRow {
-                name: name.clone(),
-                quality: p.quality,
-                cost: p.cost,
-            })
-        })
-        .collect();
-    let best_single = models
+    let mut warnings = ds.warnings.clone();
+    warnings.extend(singles.warnings(&ds.models));
+    let row = |s: &SingleModel| ModelRow {
+        name: ds.models[s.model].clone(),
+        quality: s.point.quality,
+        cost: s.point.cost,
+        coverage: s.coverage,
+        n_prompts: s.n_prompts,
+        comparable: s.comparable,
+    };
+    let models: Vec<ModelRow> = singles.models.iter().map(row).collect();
+    let best = singles.best().context("no model has a test outcome")?;
+    let best_single = row(best);
+    let comparable_costs: Vec<f64> = singles.comparable().map(|s| s.point.cost).collect();
+    let c_min = comparable_costs
         .iter()
-        .max_by(|a, b| {
-            a.quality
-                .total_cmp(&b.quality)
-                .then(b.cost.total_cmp(&a.cost))
-        })
-        .cloned()
-        .context("no model has a test outcome")?;
-    let c_min = models.iter().map(|m| m.cost).fold(f64::INFINITY, f64::min);
-    let c_max = models
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let c_max = comparable_costs
         .iter()
-        .map(|m| m.cost)
+        .copied()
         .fold(f64::NEG_INFINITY, f64::max);
-    let model_costs: Vec<f64> = models.iter().map(|m| m.cost).collect();
-    let mut lambdas = lambda_grid(&model_costs, args.n_lambdas as usize);
+    let quality_only = quality_only_reason(&catalog, c_min, c_max);
+    warnings.extend(quality_only.clone());
+    let mut lambdas = lambda_grid(&comparable_costs, args.n_lambdas as usize);
     if let Some(l) = args.lambda {
         if !lambdas.contains(&l) {
             lambdas.push(l);
         }
     }
-    let best_point = Point {
-        quality: best_single.quality,
-        cost: best_single.cost,
-    };
+    let best_point = best.point;
 
     // 2-model datasets: strong = the more expensive model on the test split.
     let pair = (n_models == 2)
@@ -378,6 +469,7 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
         ..RouterConfigs::default()
     };
     let mut routers = Vec::with_capacity(kinds.len());
+    let mut realised = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         let pb = progress(None, &format!("fitting {kind}"));
         let t0 = Instant::now();
@@ -388,7 +480,7 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
         let pb = progress(Some(test.len() as u64), &format!("predicting {kind}"));
         let mut scores = vec![0.0; test.len() * n_models];
         for (i, row) in scores.chunks_exact_mut(n_models).enumerate() {
-            router.predict_scores(&test_feats[i * dim..(i + 1) * dim], row);
+            router.predict_scores_keyed(&test_feats[i * dim..(i + 1) * dim], &test[i].id, row);
             if i % 64 == 0 {
                 pb.set_position(i as u64);
             }
@@ -400,8 +492,10 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
             n_models,
             scores,
             costs: pred_costs.clone(),
+            fixed_ranking: router.fixed_ranking(),
         };
-        let mut curve = sweep_lambda(&outcomes, &preds, &lambdas)?;
+        let r = realise(&outcomes, &preds, &lambdas)?;
+        let mut curve = r.curve();
         let at_lambda = args
             .lambda
             .and_then(|l| curve.iter().find(|p| p.lambda == l).copied());
@@ -415,15 +509,22 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
                 .collect();
             pairwise_metrics(&outcomes, &wins, s, w)
         });
+        let (quality_first, quality_first_se) = mean_se(r.scores_at(0));
+        let cost_ratio = |v: Option<f64>| v.filter(|_| quality_only.is_none());
         routers.push(RouterRow {
             name: kind.to_string(),
             aiq: m.aiq,
+            aiq_se: 0.0,
+            aiq_within_noise_of_best: false,
+            quality_first,
+            quality_first_se,
             max_quality: m.max_quality,
             cost_at_max_quality: m.cost_at_max_quality,
             quality_at_best_single_cost: m.quality_at_best_single_cost,
-            cost_ratio_at_best_single_quality: m.cost_ratio_at_best_single_quality,
-            cost_ratio_at_best_single_quality_measured: m
-                .cost_ratio_at_best_single_quality_measured,
+            cost_ratio_at_best_single_quality: cost_ratio(m.cost_ratio_at_best_single_quality),
+            cost_ratio_at_best_single_quality_measured: cost_ratio(
+                m.cost_ratio_at_best_single_quality_measured,
+            ),
             fit_seconds,
             route_us_p50,
             route_timing_prompts: timing.len(),
@@ -431,27 +532,58 @@ pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Resu
             at_lambda,
             curve,
         });
+        realised.push(r);
     }
 
-    let single_points: Vec<(f64, f64)> = models.iter().map(|m| (m.cost, m.quality)).collect();
+    // AIQ noise: a seeded paired bootstrap over the test prompts.
+    let aiqs: Vec<f64> = routers.iter().map(|r| r.aiq).collect();
+    if args.bootstrap > 0 && !routers.is_empty() {
+        let pb = progress(None, &format!("bootstrap ({} resamples)", args.bootstrap));
+        let refs: Vec<&Realised> = realised.iter().collect();
+        let noise = bootstrap_aiq(
+            &outcomes,
+            &eval_coverage,
+            &refs,
+            &aiqs,
+            args.bootstrap,
+            args.seed,
+        );
+        for (i, r) in routers.iter_mut().enumerate() {
+            r.aiq_se = noise.se[i];
+            r.aiq_within_noise_of_best = noise.within_noise_of_best[i];
+        }
+        pb.finish_and_clear();
+    }
+
+    let single_points: Vec<(f64, f64)> = singles
+        .comparable()
+        .map(|s| (s.point.cost, s.point.quality))
+        .collect();
     let zero_router_aiq = routewise_eval::aiq(&single_points, c_min, c_max);
     Ok(Report {
         dataset: ds.name.clone(),
         n_train: train.len(),
-        n_test: test.len(),
+        n_test: all_test.len(),
         featurizer: featurizer.name().to_string(),
         featurizer_fit_seconds,
         seed: args.seed,
         models,
         best_single,
+        eval_prompts: test.len(),
         cost_range: [c_min, c_max],
         oracle: outcomes.oracle(),
         zero_router_aiq,
+        quality_only: quality_only.is_some(),
+        bootstrap: BootstrapInfo {
+            resamples: args.bootstrap,
+            seed: args.seed,
+        },
         pair: pair.map(|(s, w)| Pair {
             strong: ds.models[s].clone(),
             weak: ds.models[w].clone(),
         }),
         routers,
+        warnings,
     })
 }
 
@@ -471,44 +603,115 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         r.featurizer,
         r.featurizer_fit_seconds
     )?;
-    writeln!(out, "\n{:<34} {:>8} {:>12}", "model", "quality", "cost_usd")?;
+    let w = r
+        .models
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "\n{:<w$} {:>8} {:>12} {:>9}",
+        "model", "quality", "cost_usd", "coverage"
+    )?;
     let mut models = r.models.clone();
     models.sort_by(|a, b| a.cost.total_cmp(&b.cost));
     for m in &models {
         let mark = if m.name == r.best_single.name {
             " (best single)"
+        } else if !m.comparable {
+            " (not compared: under 95% coverage; quality on its own prompts)"
         } else {
             ""
         };
         writeln!(
             out,
-            "{:<34} {:>8.4} {:>12.6}{mark}",
-            m.name, m.quality, m.cost
+            "{:<w$} {:>8.4} {:>12.6} {:>8.1}%{mark}",
+            m.name,
+            m.quality,
+            m.cost,
+            m.coverage * 100.0
         )?;
     }
+    let rw = r
+        .routers
+        .iter()
+        .map(|x| x.name.len())
+        .chain([11])
+        .max()
+        .unwrap_or(11);
     let pairwise = r.routers.iter().any(|x| x.pairwise.is_some());
-    write!(
-        out,
-        "\n{:<12} {:>7} {:>8} {:>12} {:>10} {:>11} {:>8} {:>9}",
-        "router", "AIQ", "max_q", "cost@max_q", "q@best_c", "cost_ratio", "fit_s", "route_us"
-    )?;
+    let best_aiq = r
+        .routers
+        .iter()
+        .map(|x| x.aiq)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mark = |x: &RouterRow| {
+        if r.bootstrap.resamples == 0 {
+            " "
+        } else if x.aiq == best_aiq {
+            "*"
+        } else if x.aiq_within_noise_of_best {
+            "~"
+        } else {
+            " "
+        }
+    };
+    if r.quality_only {
+        write!(
+            out,
+            "\n{:<rw$} {:>9} {:>7} {:>8} {:>10} {:>8} {:>9}",
+            "router", "quality", "se", "max_q", "vs_best_1", "fit_s", "route_us"
+        )?;
+    } else {
+        write!(
+            out,
+            "\n{:<rw$} {:>7} {:>7}  {:>8} {:>12} {:>10} {:>11} {:>8} {:>9}",
+            "router",
+            "AIQ",
+            "se",
+            "max_q",
+            "cost@max_q",
+            "q@best_c",
+            "cost_ratio",
+            "fit_s",
+            "route_us"
+        )?;
+    }
     if pairwise {
         write!(out, " {:>6} {:>7} {:>7}", "APGR", "CPT50%", "CPT80%")?;
     }
     writeln!(out)?;
     for x in &r.routers {
-        write!(
-            out,
-            "{:<12} {:>7.4} {:>8.4} {:>12.6} {:>10.4} {:>11} {:>8.3} {:>9.1}",
-            x.name,
-            x.aiq,
-            x.max_quality,
-            x.cost_at_max_quality,
-            x.quality_at_best_single_cost,
-            opt(x.cost_ratio_at_best_single_quality, 3),
-            x.fit_seconds,
-            x.route_us_p50
-        )?;
+        if r.quality_only {
+            write!(
+                out,
+                "{:<rw$} {:>9.4} {:>7.4} {:>8.4} {:>+10.4} {:>8.3} {:>9.1}",
+                x.name,
+                x.quality_first,
+                x.quality_first_se,
+                x.max_quality,
+                x.quality_first - r.best_single.quality,
+                x.fit_seconds,
+                x.route_us_p50
+            )?;
+        } else {
+            write!(
+                out,
+                "{:<rw$} {:>7.4} {:>7.4}{} {:>8.4} {:>12.6} {:>10.4} {:>11} {:>8.3} {:>9.1}",
+                x.name,
+                x.aiq,
+                x.aiq_se,
+                mark(x),
+                x.max_quality,
+                x.cost_at_max_quality,
+                x.quality_at_best_single_cost,
+                opt(x.cost_ratio_at_best_single_quality, 3),
+                x.fit_seconds,
+                x.route_us_p50
+            )?;
+        }
         if let Some(p) = &x.pairwise {
             write!(
                 out,
@@ -522,18 +725,44 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{:<12} {:>7} {:>8.4} {:>12.6}",
-        "oracle", "-", r.oracle.quality, r.oracle.cost
+        "{:<rw$} {:>7} {:>7}  {:>8.4} {:>12.6}",
+        "oracle", "-", "", r.oracle.quality, r.oracle.cost
     )?;
+    if !r.quality_only {
+        writeln!(
+            out,
+            "{:<rw$} {:>7.4}           (hull of the single models, RouterBench's zero router)",
+            "zero-router", r.zero_router_aiq
+        )?;
+    }
+    writeln!(out)?;
+    if r.quality_only {
+        writeln!(
+            out,
+            "Quality only (all models cost the same): quality = realised test quality at lambda 0 \
+             (se: standard error over prompts); vs_best_1 = quality minus the best single model's \
+             ({}, {:.4}).",
+            r.best_single.name, r.best_single.quality
+        )?;
+    } else {
+        writeln!(
+            out,
+            "AIQ over cost range [{:.6}, {:.6}] USD; se = bootstrap standard error ({} resamples \
+             of the test prompts); * = highest AIQ, ~ = within noise of it (paired bootstrap, 95%).",
+            r.cost_range[0], r.cost_range[1], r.bootstrap.resamples
+        )?;
+        writeln!(
+            out,
+            "cost_ratio = lowest cost at which the router's frontier reaches {} ({:.4}), over its \
+             cost {:.6}; - = never reaches it.",
+            r.best_single.name, r.best_single.quality, r.best_single.cost
+        )?;
+    }
     writeln!(
         out,
-        "{:<12} {:>7.4}   (hull of the single models, RouterBench's zero router)",
-        "zero-router", r.zero_router_aiq
-    )?;
-    writeln!(
-        out,
-        "\nAIQ over cost range [{:.6}, {:.6}] USD; cost_ratio = lowest cost reaching {} ({:.4}) / its cost {:.6}.",
-        r.cost_range[0], r.cost_range[1], r.best_single.name, r.best_single.quality, r.best_single.cost
+        "Evaluated on the {} of {} test prompts that every model with >= 95% coverage has; \
+         best-single and cheapest always route to one model (fixed baselines).",
+        r.eval_prompts, r.n_test
     )?;
     Ok(())
 }

@@ -132,7 +132,7 @@ pub fn run(args: &super::eval::Args) -> anyhow::Result<ExitCode> {
         .unwrap_or(RouterKind::Knn);
     let n_models = ds.models.len();
     let train_texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = super::featurize::fit_featurizer(&args.featurizer, &train_texts)?;
+    let featurizer = args.featurizer.0.fit(&train_texts)?;
     let train_set = TrainSet::from_records(&train, n_models, &featurizer);
     let catalog = Catalog::fit(&ds.models, train.iter().copied());
     let router_cfg = RouterConfigs {

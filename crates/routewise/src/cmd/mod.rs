@@ -3,15 +3,37 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use routewise_features::FeaturizerKind;
+
 pub mod calibrate;
 pub mod check_config;
 pub mod eval;
 pub mod eval_online;
-pub mod featurize;
 pub mod models;
 pub mod route;
 pub mod serve;
 pub mod train;
+
+/// `--featurizer`: a [`FeaturizerKind`] whose `--help` lists every featurizer with its
+/// description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeaturizerArg(pub FeaturizerKind);
+
+impl clap::ValueEnum for FeaturizerArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [FeaturizerArg; 4] = [
+            FeaturizerArg(FeaturizerKind::ALL[0]),
+            FeaturizerArg(FeaturizerKind::ALL[1]),
+            FeaturizerArg(FeaturizerKind::ALL[2]),
+            FeaturizerArg(FeaturizerKind::ALL[3]),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.description()))
+    }
+}
 
 /// Prints `err` with its causes to stderr and returns the exit code: 2 when the
 /// failure is invalid input (data, config, artifact), else 1.

@@ -16,6 +16,7 @@ use std::process::{Command as Process, ExitCode};
 
 use anyhow::{bail, Context};
 use routewise_features::weights::{self, ModelSpec, Source};
+use routewise_features::FeaturizerKind;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -50,6 +51,14 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::List => {
             writeln!(out, "models root: {}", weights::models_root().display())?;
+            writeln!(
+                out,
+                "{:<20} {:<8} {:<9} {}  [compiled into routewise; derived from all-MiniLM-L6-v2: Apache-2.0]",
+                "static-mini",
+                "-",
+                "built-in",
+                FeaturizerKind::StaticMini.description()
+            )?;
             for m in weights::KNOWN_MODELS {
                 let dir = weights::model_dir(m.name);
                 let present = m.files.iter().all(|f| dir.join(f.name).is_file());

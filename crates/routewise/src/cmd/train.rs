@@ -26,8 +26,8 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Prompt featurizer.
-    #[arg(long, default_value = "tfidf")]
-    pub featurizer: String,
+    #[arg(long, value_enum, default_value = "static-mini")]
+    pub featurizer: super::FeaturizerArg,
     /// Seed of the randomised routers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -51,9 +51,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{}: no training prompts", args.data.display());
     }
 
-    let pb = progress(None, &format!("fitting {} featurizer", args.featurizer));
+    let pb = progress(None, &format!("fitting {} featurizer", args.featurizer.0));
     let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = super::featurize::fit_featurizer(&args.featurizer, &texts)?;
+    let featurizer = args.featurizer.0.fit(&texts)?;
     pb.set_message("featurizing prompts");
     let train_set = TrainSet::from_records(&train, ds.models.len(), &featurizer);
     let catalog = Catalog::fit(&ds.models, train.iter().copied());

@@ -1,0 +1,159 @@
+//! Which models can be compared as single models, and on which prompts.
+//!
+//! A model missing on a prompt is left out of that prompt only, so a model evaluated on
+//! half the prompts has a mean over a different, easier or harder, half. Comparing such
+//! means picks the wrong "best single model". The rule used everywhere a single model is
+//! ranked (the `best-single` baseline on train, the best single model and the AIQ cost
+//! range on test):
+//!
+//! 1. a model is **comparable** when it covers at least [`MIN_COVERAGE`] (95%) of the
+//!    prompts: a model missing 1 of 2,368 prompts stays in, a model with half the prompts
+//!    is out;
+//! 2. comparable models are measured on the **common prompts**, those where every
+//!    comparable model has an outcome;
+//! 3. when no model reaches 95% (sparse data), the best-covered models (within 95% of the
+//!    highest coverage) are comparable instead; when the common prompts are fewer than
+//!    half of all prompts, each comparable model is measured on its own prompts. Both
+//!    fallbacks are flagged ([`Coverage::fallback`]).
+//!
+//! Pure computation over a row-major `n_prompts x n_models` matrix with `NaN` for missing.
+
+/// Share of the prompts a model must cover to be compared with the others.
+pub const MIN_COVERAGE: f64 = 0.95;
+
+/// Smallest share of all prompts the common prompts may be before the fallback to each
+/// model's own prompts.
+pub const MIN_COMMON_SHARE: f64 = 0.5;
+
+/// How the models cover the prompts (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coverage {
+    /// Prompts each model has an outcome on.
+    pub counts: Vec<usize>,
+    /// Share of the prompts each model covers.
+    pub shares: Vec<f64>,
+    /// Whether each model is compared as a single model.
+    pub comparable: Vec<bool>,
+    /// Per prompt: whether it counts for the comparable models' means. All comparable
+    /// models have an outcome there, except under the own-prompts fallback, where every
+    /// prompt counts and each model averages over the prompts it has.
+    pub common: Vec<bool>,
+    /// Number of prompts with `common` set.
+    pub n_common: usize,
+    /// Why a fallback rule was used, if one was.
+    pub fallback: Option<String>,
+}
+
+impl Coverage {
+    /// Applies the rule to `values` (`n_models` columns, `NaN` = missing).
+    pub fn of(values: &[f64], n_models: usize) -> Coverage {
+        let n_prompts = values.len().checked_div(n_models).unwrap_or(0);
+        let present = |i: usize, m: usize| !values[i * n_models + m].is_nan();
+        let counts: Vec<usize> = (0..n_models)
+            .map(|m| (0..n_prompts).filter(|&i| present(i, m)).count())
+            .collect();
+        let shares: Vec<f64> = counts
+            .iter()
+            .map(|&c| c as f64 / n_prompts.max(1) as f64)
+            .collect();
+        let best = shares.iter().copied().fold(0.0, f64::max);
+        let mut fallback = None;
+        let threshold = if best >= MIN_COVERAGE {
+            MIN_COVERAGE
+        } else {
+            fallback = Some(format!(
+                "no model covers {:.0}% of the prompts (best {:.1}%): the models within 95% of \
+                 the best coverage are compared",
+                MIN_COVERAGE * 100.0,
+                best * 100.0
+            ));
+            best * MIN_COVERAGE
+        };
+        let comparable: Vec<bool> = shares.iter().map(|&s| s > 0.0 && s >= threshold).collect();
+        let mut common: Vec<bool> = (0..n_prompts)
+            .map(|i| (0..n_models).all(|m| !comparable[m] || present(i, m)))
+            .collect();
+        let mut n_common = common.iter().filter(|&&c| c).count();
+        if n_prompts > 0 && (n_common as f64) < MIN_COMMON_SHARE * n_prompts as f64 {
+            fallback = Some(format!(
+                "the comparable models share only {n_common} of {n_prompts} prompts: each is \
+                 measured on its own prompts"
+            ));
+            common = vec![true; n_prompts];
+            n_common = n_prompts;
+        }
+        Coverage {
+            counts,
+            shares,
+            comparable,
+            common,
+            n_common,
+            fallback,
+        }
+    }
+}
+
+impl Coverage {
+    /// The same models compared, over the common prompts only (all of which then count):
+    /// the coverage of a matrix already restricted to `common`.
+    pub fn restricted_to_common(&self) -> Coverage {
+        Coverage {
+            counts: self.counts.clone(),
+            shares: self.shares.clone(),
+            comparable: self.comparable.clone(),
+            common: vec![true; self.n_common],
+            n_common: self.n_common,
+            fallback: self.fallback.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const N: f64 = f64::NAN;
+
+    #[test]
+    fn half_covered_model_is_not_comparable_and_means_use_common_prompts() {
+        // 4 prompts x 3 models; model 2 covers half, model 1 misses prompt 3.
+        let v = [
+            1.0, 1.0, 1.0, //
+            0.0, 1.0, N, //
+            1.0, 0.0, 1.0, //
+            1.0, N, N,
+        ];
+        let c = Coverage::of(&v, 3);
+        assert_eq!(c.counts, [4, 3, 2]);
+        // 3/4 < 95%: with threshold 95% only model 0 qualifies (100%).
+        assert_eq!(c.comparable, [true, false, false]);
+        assert_eq!(c.n_common, 4);
+        assert!(c.fallback.is_none());
+    }
+
+    #[test]
+    fn one_missing_prompt_in_many_stays_comparable() {
+        let n = 2368;
+        let mut v = vec![0.5; n * 2];
+        v[7 * 2 + 1] = N; // model 1 misses one prompt
+        let c = Coverage::of(&v, 2);
+        assert_eq!(c.comparable, [true, true]);
+        assert_eq!(c.n_common, n - 1);
+        assert!(!c.common[7]);
+    }
+
+    #[test]
+    fn sparse_data_falls_back_and_says_so() {
+        // Every model covers 2 of 4 prompts, on disjoint halves.
+        let v = [
+            1.0, N, //
+            1.0, N, //
+            N, 0.0, //
+            N, 0.0,
+        ];
+        let c = Coverage::of(&v, 2);
+        assert_eq!(c.comparable, [true, true]);
+        assert_eq!(c.n_common, 4, "own-prompts fallback");
+        assert!(c.fallback.unwrap().contains("own prompts"));
+    }
+}
