@@ -11,29 +11,71 @@
 //! * [`singles`]: the single models compared on common prompts, and the best one.
 //! * [`bootstrap`]: standard errors of AIQs, and which differences are within noise.
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
+//! * [`report`]: `routewise eval` as a function ([`evaluate`]): fit, predict, sweep,
+//!   summarise; the table and the plot series.
+//! * [`online`]: the replay protocol of the bandit router (`eval --online`);
+//!   [`online_report`]: the replay as a function ([`evaluate_online`]), its table and its
+//!   regret plot ([`online_plot`]).
 //!
-//! Everything here is pure computation: no file or network I/O.
+//! No file or network I/O: data comes in as a `Dataset`, results go out as values and
+//! strings; the CLI reads and writes files and draws progress ([`Progress`]).
 
 pub mod bootstrap;
 pub mod metrics;
+pub mod online;
+pub mod online_plot;
+pub mod online_report;
 pub mod outcomes;
 pub mod pairwise;
 pub mod plot;
+pub mod report;
 pub mod singles;
 pub mod sweep;
 
 pub use bootstrap::{bootstrap_aiq, AiqNoise};
 pub use metrics::{aiq, nondecreasing_hull, router_metrics, Hull, RouterMetrics};
+pub use online_report::{evaluate_online, OnlineOptions, OnlineReport};
 pub use outcomes::{Outcomes, Point};
 pub use pairwise::{pairwise_metrics, pgr_curve, PairwiseMetrics};
+pub use report::{evaluate, EvalOptions, Report};
 pub use singles::{SingleModel, Singles};
 pub use sweep::{
     evaluate_policy, lambda_grid, realise, sweep_lambda, CurvePoint, Predictions, Realised,
 };
 
-/// Errors from building evaluation inputs or rendering the plot.
+/// Progress of the long steps of an evaluation, one step at a time (the CLI draws bars;
+/// [`NoProgress`] ignores it).
+pub trait Progress {
+    /// A step starts: `len` items, or unknown.
+    fn start(&self, message: &str, len: Option<u64>);
+    /// Items done in the current step.
+    fn set_position(&self, pos: u64);
+    /// The current step is over.
+    fn finish(&self);
+}
+
+/// Reports no progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _message: &str, _len: Option<u64>) {}
+    fn set_position(&self, _pos: u64) {}
+    fn finish(&self) {}
+}
+
+/// Errors from building evaluation inputs, fitting routers or rendering the plot.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The data cannot be evaluated (an empty split, no outcome).
+    #[error("{0}")]
+    Split(String),
+    /// Fitting a featurizer or a router failed.
+    #[error("{0}")]
+    Router(#[from] routewise_router::RouterError),
+    /// Invalid evaluation settings.
+    #[error("{0}")]
+    Config(String),
     #[error("shape mismatch: {0}")]
     Shape(String),
     #[error("prompt {0} has no model outcome")]

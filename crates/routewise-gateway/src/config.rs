@@ -13,12 +13,14 @@
 //!   policy: {lambda: 0.5}        # or {budget_usd: 0.002}; default {lambda: 0}
 //! models:
 //!   - name: gpt-4-1106-preview
-//!     provider: openai           # openai (any OpenAI-compatible upstream) or replay (demo)
+//!     provider: openai           # openai (any OpenAI-compatible upstream), anthropic, or replay (demo)
 //!     base_url: http://127.0.0.1:9001/v1
 //!     api_key_env: OPENAI_API_KEY
 //!     upstream_model: gpt-4-1106-preview
 //!     price: {input_per_mtok: 10.0, output_per_mtok: 30.0}
 //!     context_window: 128000
+//!     max_tokens: 4096           # anthropic: the output cap sent when a request gives none
+//!     anthropic_version: 2023-06-01  # anthropic: the API version header
 //! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000}
 //! cooldown: {failures: 3, seconds: 30}
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
@@ -35,7 +37,13 @@
 //! with `__` between levels and list indices as numbers, e.g. `ROUTEWISE_LISTEN`,
 //! `ROUTEWISE_ROUTER__POLICY__LAMBDA`, `ROUTEWISE_LIMITS__MAX_ATTEMPTS`,
 //! `ROUTEWISE_MODELS__0__BASE_URL`. Values are parsed as YAML scalars. Setting one of
-//! `ROUTER__POLICY__LAMBDA` / `ROUTER__POLICY__BUDGET_USD` replaces the file's policy.
+//! `ROUTER__POLICY__LAMBDA` / `ROUTER__POLICY__BUDGET_USD` replaces the file's policy (the
+//! override becomes the policy string `lambda=x`, parsed like every policy by
+//! `routewise_router::Policy`).
+//!
+//! Each section validates itself (the policy in `routewise_router::policy`, `bandit:` and
+//! `state:` in `routewise_online::config`, models here); this module collects the issues.
+//! The upstream URL and the auth header of each model are built here, once.
 //! The settings in [`RESERVED_ENV`] (`ROUTEWISE_CONFIG`, `ROUTEWISE_LOG`, `ROUTEWISE_MODELS`,
 //! `ROUTEWISE_PYTHON`) belong to the command line, not to the config.
 
@@ -44,11 +52,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use routewise_online::{BanditConfig, StateConfig};
+use axum::http::{HeaderName, HeaderValue};
+use routewise_online::{BanditConfig, ConfigIssue, StateConfig};
 use routewise_router::Policy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
+
+/// How the gateway reaches a model (`provider:`).
+pub use crate::upstream::ProviderKind as Provider;
 
 /// Variables with the `ROUTEWISE_` prefix that are not config overrides.
 pub const RESERVED_ENV: &[&str] = &[
@@ -72,6 +84,9 @@ pub struct Config {
     pub bandit: Option<BanditConfig>,
     /// Where the online state lives (used only when `bandit` is set).
     pub state: StateConfig,
+    /// Settings that are accepted but deprecated (logged at start, shown by
+    /// `check-config`), as issues with their paths.
+    pub warnings: Vec<Issue>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,24 +95,6 @@ pub struct RouterConfig {
     pub artifact: Option<PathBuf>,
     /// Policy used when a request gives none.
     pub policy: Policy,
-}
-
-/// How the gateway reaches a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// Any OpenAI-compatible HTTP upstream.
-    OpenAi,
-    /// The built-in demo provider answering from recorded outcomes.
-    Replay,
-}
-
-impl Provider {
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::Replay => "replay",
-        }
-    }
 }
 
 /// An upstream API key. Its `Debug` and `Display` never show the value.
@@ -140,11 +137,20 @@ pub struct ModelConfig {
     pub provider: Provider,
     /// Base URL without a trailing slash (`http://host:port/v1`); empty for `replay`.
     pub base_url: String,
+    /// The provider's chat endpoint under `base_url`, parsed once.
+    pub endpoint: Option<reqwest::Url>,
     pub api_key_env: Option<String>,
     pub api_key: Option<Secret>,
+    /// The header carrying the key (`Authorization: Bearer ...` or `x-api-key`), marked
+    /// sensitive.
+    pub auth: Option<(HeaderName, HeaderValue)>,
     pub upstream_model: String,
     pub price: Option<Price>,
     pub context_window: Option<u64>,
+    /// Output cap sent when a request gives none (providers that require one).
+    pub max_tokens: Option<u64>,
+    /// `anthropic-version` for the anthropic provider.
+    pub anthropic_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -232,17 +238,10 @@ impl ConfigError {
 struct RawRouter {
     #[serde(default)]
     artifact: Option<String>,
+    /// Parsed on its own (as a [`Policy`]) so its problems and the router's are all
+    /// reported.
     #[serde(default)]
-    policy: Option<RawPolicy>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    lambda: Option<f64>,
-    #[serde(default)]
-    budget_usd: Option<f64>,
+    policy: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +260,10 @@ struct RawModel {
     price: Option<Price>,
     #[serde(default)]
     context_window: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    anthropic_version: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -354,7 +357,9 @@ pub fn parse(
     let cooldown: RawCooldown = v
         .section(map.get("cooldown"), "cooldown")
         .unwrap_or_default();
-    let policy = v.policy(router.policy.as_ref());
+    let policy = v
+        .section::<Policy>(router.policy.as_ref(), "router.policy")
+        .unwrap_or(Policy::Lambda(0.0));
     let artifact = router.artifact.map(|a| {
         let p = PathBuf::from(a);
         if p.is_relative() {
@@ -366,16 +371,16 @@ pub fn parse(
     let limits = v.limits(&limits);
     let cooldown = v.cooldown(&cooldown);
     let bandit: Option<BanditConfig> = v.section(map.get("bandit"), "bandit");
-    if let Some(Err(msg)) = bandit.as_ref().map(BanditConfig::validate) {
-        // The message starts with the field path (`bandit.alpha must be ...`).
-        let (path, rest) = msg.split_once(' ').unwrap_or(("bandit", msg.as_str()));
-        v.issue(path, rest.to_string());
+    let mut warnings = Vec::new();
+    if let Some(b) = &bandit {
+        v.collect(b.validate());
+        warnings.extend(b.deprecations().into_iter().map(Issue::from));
     }
     let mut state: StateConfig = v.section(map.get("state"), "state").unwrap_or_default();
     if state.path.is_relative() {
         state.path = base_dir.join(&state.path);
     }
-    v.state(&state);
+    v.collect(state.validate());
     let models = match map.get("models") {
         None => {
             v.issue("models", "missing field: at least one model is needed");
@@ -420,7 +425,17 @@ pub fn parse(
         cooldown,
         bandit,
         state,
+        warnings,
     })
+}
+
+impl From<ConfigIssue> for Issue {
+    fn from(i: ConfigIssue) -> Self {
+        Issue {
+            path: i.path,
+            message: i.message,
+        }
+    }
 }
 
 struct Validator<'a> {
@@ -434,6 +449,11 @@ impl Validator<'_> {
             path: path.to_string(),
             message: message.into(),
         });
+    }
+
+    /// Adds the issues a section found itself.
+    fn collect(&mut self, issues: Vec<ConfigIssue>) {
+        self.issues.extend(issues.into_iter().map(Issue::from));
     }
 
     fn section<T: DeserializeOwned>(&mut self, val: Option<&Value>, path: &str) -> Option<T> {
@@ -479,43 +499,6 @@ impl Validator<'_> {
         }
     }
 
-    fn policy(&mut self, raw: Option<&RawPolicy>) -> Policy {
-        let Some(raw) = raw else {
-            return Policy::Lambda(0.0);
-        };
-        match (raw.lambda, raw.budget_usd) {
-            (Some(l), None) => {
-                if !l.is_finite() || l < 0.0 {
-                    self.issue(
-                        "router.policy.lambda",
-                        format!("must be finite and >= 0, found {l}"),
-                    );
-                }
-                Policy::Lambda(l)
-            }
-            (None, Some(b)) => {
-                if !b.is_finite() || b < 0.0 {
-                    self.issue(
-                        "router.policy.budget_usd",
-                        format!("must be finite and >= 0, found {b}"),
-                    );
-                }
-                Policy::BudgetUsd(b)
-            }
-            (Some(_), Some(_)) => {
-                self.issue(
-                    "router.policy",
-                    "give either lambda or budget_usd, not both",
-                );
-                Policy::Lambda(0.0)
-            }
-            (None, None) => {
-                self.issue("router.policy", "give lambda or budget_usd");
-                Policy::Lambda(0.0)
-            }
-        }
-    }
-
     fn limits(&mut self, raw: &RawLimits) -> Limits {
         let d = Limits::default();
         let mut l = Limits {
@@ -538,32 +521,6 @@ impl Validator<'_> {
             l.max_attempts = 1;
         }
         l
-    }
-
-    fn state(&mut self, s: &StateConfig) {
-        if s.path.as_os_str().is_empty() {
-            self.issue("state.path", "must not be empty");
-        }
-        if let Some(url) = &s.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                self.issue(
-                    "state.redis_url",
-                    format!("`{url}` is not a redis:// or rediss:// URL"),
-                );
-            }
-        }
-        if s.redis_prefix.is_empty() {
-            self.issue("state.redis_prefix", "must not be empty");
-        }
-        for (name, val) in [
-            ("decision_ttl_s", s.decision_ttl_s),
-            ("redis_timeout_ms", s.redis_timeout_ms),
-            ("refresh_interval_ms", s.refresh_interval_ms),
-        ] {
-            if val == 0 {
-                self.issue(&format!("state.{name}"), "must be > 0");
-            }
-        }
     }
 
     fn cooldown(&mut self, raw: &RawCooldown) -> CooldownConfig {
@@ -595,49 +552,56 @@ impl Validator<'_> {
                 format!("`{}` is reserved for routing", raw.name),
             );
         }
-        let provider = match raw.provider.as_deref().unwrap_or("openai") {
-            "openai" => Provider::OpenAi,
-            "replay" => Provider::Replay,
-            other => {
+        let name = raw.provider.as_deref().unwrap_or("openai");
+        let provider = match Provider::from_name(name) {
+            Some(p) => p,
+            None => {
                 self.issue(
                     &format!("{path}.provider"),
-                    format!("unknown provider `{other}` (known: openai, replay)"),
+                    format!("unknown provider `{name}` (known: openai, anthropic, replay)"),
                 );
                 Provider::OpenAi
             }
         };
-        let base_url = match (provider, raw.base_url) {
-            (Provider::OpenAi, None) => {
+        let (base_url, endpoint) = match (provider.needs_url(), raw.base_url) {
+            (true, None) => {
                 self.issue(
                     &format!("{path}.base_url"),
-                    "missing: an openai provider needs a base_url",
+                    format!("missing: an {} provider needs a base_url", provider.name()),
                 );
-                String::new()
+                (String::new(), None)
             }
-            (Provider::OpenAi, Some(u)) => match reqwest::Url::parse(&u) {
+            (true, Some(u)) => match reqwest::Url::parse(&u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    u.trim_end_matches('/').to_string()
+                    let base = u.trim_end_matches('/').to_string();
+                    match provider.endpoint(&base) {
+                        Ok(e) => (base, Some(e)),
+                        Err(e) => {
+                            self.issue(&format!("{path}.base_url"), e);
+                            (String::new(), None)
+                        }
+                    }
                 }
                 Ok(url) => {
                     self.issue(
                         &format!("{path}.base_url"),
                         format!("scheme `{}` is not http or https", url.scheme()),
                     );
-                    String::new()
+                    (String::new(), None)
                 }
                 Err(e) => {
                     self.issue(&format!("{path}.base_url"), e.to_string());
-                    String::new()
+                    (String::new(), None)
                 }
             },
-            (Provider::Replay, Some(_)) => {
+            (false, Some(_)) => {
                 self.issue(
                     &format!("{path}.base_url"),
-                    "a replay model has no base_url",
+                    format!("a {} model has no base_url", provider.name()),
                 );
-                String::new()
+                (String::new(), None)
             }
-            (Provider::Replay, None) => String::new(),
+            (false, None) => (String::new(), None),
         };
         let api_key = match &raw.api_key_env {
             None => None,
@@ -652,6 +616,33 @@ impl Validator<'_> {
                 }
             },
         };
+        let auth = match &api_key {
+            None => None,
+            Some(k) => match provider.auth_header(k.expose()) {
+                Ok(h) => Some(h),
+                Err(message) => {
+                    self.issue(&format!("{path}.api_key_env"), message);
+                    None
+                }
+            },
+        };
+        if raw.anthropic_version.is_some() && provider != Provider::Anthropic {
+            self.issue(
+                &format!("{path}.anthropic_version"),
+                "only the anthropic provider takes an anthropic_version",
+            );
+        }
+        if let Some(v) = &raw.anthropic_version {
+            if HeaderValue::from_str(v).is_err() || v.is_empty() {
+                self.issue(
+                    &format!("{path}.anthropic_version"),
+                    format!("`{v}` is not a valid header value"),
+                );
+            }
+        }
+        if raw.max_tokens == Some(0) {
+            self.issue(&format!("{path}.max_tokens"), "must be > 0");
+        }
         if let Some(p) = raw.price {
             for (field, x) in [
                 ("input_per_mtok", p.input_per_mtok),
@@ -676,10 +667,14 @@ impl Validator<'_> {
             name: raw.name,
             provider,
             base_url,
+            endpoint,
             api_key_env: raw.api_key_env,
             api_key,
+            auth,
             price: raw.price,
             context_window: raw.context_window,
+            max_tokens: raw.max_tokens,
+            anthropic_version: raw.anthropic_version,
         })
     }
 }
@@ -709,6 +704,14 @@ fn apply_overrides(
         }
         let value: Value =
             serde_yaml::from_str(&raw_value).unwrap_or(Value::String(raw_value.clone()));
+        // A policy key replaces the whole policy: `router.policy` becomes `key=value`.
+        let (path, value) = match path.as_slice() {
+            [r, p, key] if r == "router" && p == "policy" => (
+                path[..2].to_vec(),
+                Value::String(format!("{key}={}", raw_value.trim())),
+            ),
+            _ => (path, value),
+        };
         if let Err(message) = set_path(tree, &path, value) {
             issues.push(Issue {
                 path: format!("env {key}"),
@@ -729,14 +732,6 @@ fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), Strin
             return Ok(());
         }
     };
-    // A policy override replaces the whole policy (lambda and budget_usd exclude each other).
-    if let (Value::Mapping(m), true) = (&mut *tree, rest.is_empty()) {
-        if head == "lambda" {
-            m.remove("budget_usd");
-        } else if head == "budget_usd" {
-            m.remove("lambda");
-        }
-    }
     match tree {
         Value::Mapping(m) => {
             let key = Value::String(head.clone());

@@ -13,9 +13,7 @@ use std::path::Path;
 use routewise_data::{jsonl, DataError, Dataset, Record};
 use routewise_features::FeaturizerKind;
 use routewise_online::StateConfig;
-use routewise_router::{
-    fit_router, Catalog, Engine, RouterConfigs, RouterError, RouterKind, TrainSet,
-};
+use routewise_router::{Engine, RouterConfigs, RouterError, RouterKind};
 
 use crate::config::{self, Config, ConfigError};
 
@@ -46,17 +44,11 @@ pub fn config(
     Ok(c)
 }
 
-/// Trains the demo router (`static-mini` + kNN) on `data`'s train records.
+/// Trains the demo router (`static-mini` + kNN) on `data`'s train records, through the
+/// one training pipeline.
 pub fn engine(data: &Dataset) -> Result<Engine, RouterError> {
     let train: Vec<&Record> = data.train().collect();
-    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = FeaturizerKind::StaticMini.fit(&texts)?;
-    let set = TrainSet::from_records(&train, data.models.len(), &featurizer);
-    let catalog = Catalog::fit(&data.models, train.iter().copied());
-    let router = fit_router(RouterKind::Knn, &set, &catalog, &RouterConfigs::default())?;
-    Ok(Engine {
-        featurizer,
-        router,
-        catalog,
-    })
+    let prepared = routewise_router::prepare(&data.models, &train, FeaturizerKind::StaticMini)?;
+    let router = prepared.fit(RouterKind::Knn, &RouterConfigs::default())?;
+    Ok(prepared.into_engine(router))
 }

@@ -8,8 +8,8 @@ use routewise_router::{Artifact, Engine};
 
 use crate::config::{self, Config, ConfigError, Provider};
 use crate::demo;
-use crate::replay::Replay;
 use crate::state::{AppState, StateError};
+use crate::upstream::replay::Replay;
 
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]

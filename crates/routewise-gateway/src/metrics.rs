@@ -14,48 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
 
-/// Why one upstream attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// An answer was passed to the client (2xx, or a 4xx other than 429).
-    Ok,
-    /// HTTP 5xx.
-    Http5xx,
-    /// HTTP 429.
-    Http429,
-    /// No first byte within the timeout.
-    Timeout,
-    /// Connection refused, reset, or another transport error before the first byte.
-    Connect,
-    /// The body broke before it was complete (non-streaming) or before its first chunk.
-    Body,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 6] = [
-        AttemptOutcome::Ok,
-        AttemptOutcome::Http5xx,
-        AttemptOutcome::Http429,
-        AttemptOutcome::Timeout,
-        AttemptOutcome::Connect,
-        AttemptOutcome::Body,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AttemptOutcome::Ok => "ok",
-            AttemptOutcome::Http5xx => "http_5xx",
-            AttemptOutcome::Http429 => "http_429",
-            AttemptOutcome::Timeout => "timeout",
-            AttemptOutcome::Connect => "connect_error",
-            AttemptOutcome::Body => "body_error",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::upstream::AttemptOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {

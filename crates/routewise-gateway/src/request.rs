@@ -5,8 +5,9 @@
 //! and a `content` that is a string, an array of parts, or null), `stream` (bool),
 //! `max_tokens` / `max_completion_tokens` (non-negative integers) and the routewise
 //! preference (`{"routewise": {"lambda": x}}` or `{"routewise": {"budget_usd": x}}`, or
-//! the `x-routewise-lambda` / `x-routewise-budget-usd` headers). The `routewise` key is
-//! stripped before forwarding. Every problem is a 400 naming the offending parameter.
+//! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
+//! `routewise_router::Policy` like the config's. The `routewise` key is stripped before
+//! forwarding. Every problem is a 400 naming the offending parameter.
 //!
 //! Prompt size is estimated as chars / 4 of the message text (the rule the data uses).
 
@@ -248,70 +249,38 @@ fn messages_text(messages: Option<&Value>) -> Result<(String, usize), ApiError> 
     Ok((text, chars))
 }
 
-fn check_amount(x: f64, param: &str) -> Result<f64, ApiError> {
-    if x.is_finite() && x >= 0.0 {
-        Ok(x)
-    } else {
-        Err(ApiError::bad_request(
-            format!("`{param}` must be a finite number >= 0"),
-            Some(param),
-        ))
-    }
-}
-
+/// The body's `routewise` object as a [`Policy`] (parsed by `routewise_router::policy`);
+/// errors name the offending key (`routewise.lambda`).
 fn body_preference(v: &Value) -> Result<Policy, ApiError> {
-    let Value::Object(o) = v else {
-        return Err(ApiError::bad_request(
-            "`routewise` must be an object like {\"lambda\": 0.2} or {\"budget_usd\": 0.001}",
-            Some("routewise"),
-        ));
-    };
-    if let Some(k) = o.keys().find(|k| *k != "lambda" && *k != "budget_usd") {
-        return Err(ApiError::bad_request(
-            format!("unknown routewise option `{k}` (known: lambda, budget_usd)"),
-            Some(&format!("routewise.{k}")),
-        ));
-    }
-    let num = |key: &str| -> Result<Option<f64>, ApiError> {
-        match o.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) => check_amount(x, &format!("routewise.{key}")).map(Some),
-                None => Err(ApiError::bad_request(
-                    format!("`routewise.{key}` must be a number"),
-                    Some(&format!("routewise.{key}")),
-                )),
-            },
-        }
-    };
-    match (num("lambda")?, num("budget_usd")?) {
-        (Some(l), None) => Ok(Policy::Lambda(l)),
-        (None, Some(b)) => Ok(Policy::BudgetUsd(b)),
-        _ => Err(ApiError::bad_request(
-            "`routewise` needs exactly one of `lambda` and `budget_usd`",
-            Some("routewise"),
-        )),
-    }
+    serde_path_to_error::deserialize::<_, Policy>(v).map_err(|e| {
+        let at = e.path().to_string();
+        let param = if at.is_empty() || at == "." {
+            "routewise".to_string()
+        } else {
+            format!("routewise.{at}")
+        };
+        ApiError::bad_request(format!("`{param}`: {}", e.into_inner()), Some(&param))
+    })
 }
 
+/// The preference headers as a [`Policy`] (each header value is the policy's amount).
 fn header_preference(headers: &HeaderMap) -> Result<Option<Policy>, ApiError> {
-    let get = |name: &str| -> Result<Option<f64>, ApiError> {
+    let get = |name: &str, key: &str| -> Result<Option<Policy>, ApiError> {
         let Some(v) = headers.get(name) else {
             return Ok(None);
         };
-        let x = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("header `{name}` must be a number"), Some(name))
-            })?;
-        check_amount(x, name).map(Some)
+        let text = v.to_str().unwrap_or("");
+        format!("{key}={text}")
+            .parse::<Policy>()
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("header `{name}`: {e}"), Some(name)))
     };
-    match (get(LAMBDA_HEADER)?, get(BUDGET_HEADER)?) {
+    match (
+        get(LAMBDA_HEADER, "lambda")?,
+        get(BUDGET_HEADER, "budget_usd")?,
+    ) {
         (None, None) => Ok(None),
-        (Some(l), None) => Ok(Some(Policy::Lambda(l))),
-        (None, Some(b)) => Ok(Some(Policy::BudgetUsd(b))),
+        (Some(p), None) | (None, Some(p)) => Ok(Some(p)),
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             format!("give either `{LAMBDA_HEADER}` or `{BUDGET_HEADER}`, not both"),
             Some(LAMBDA_HEADER),

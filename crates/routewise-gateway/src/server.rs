@@ -5,20 +5,21 @@ use std::future::Future;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::routes::app;
+use crate::http::app;
 use crate::state::AppState;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains connections.
 /// Accepted sockets get `TCP_NODELAY` (small JSON answers must not wait for Nagle).
-/// With `bandit:` configured, the online router and its state are attached first
-/// ([`crate::online::attach`]); a failure there (e.g. the state file cannot be opened) is
-/// returned as an error naming the config file and field.
+/// With `bandit:` configured, the online router's state is attached first
+/// ([`AppState::attach_online`]); a failure there (e.g. the state file cannot be opened)
+/// is returned as an error naming the config file and field.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::online::attach(&state)
+    state
+        .attach_online()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = listener.tap_io(|tcp| {

@@ -55,7 +55,7 @@ async fn demo_routes_and_replays_without_any_upstream() {
     let (status, headers, bytes) = call(&state, post_json("/v1/chat/completions", &body)).await;
     assert_eq!(status, StatusCode::OK);
     let model = headers["x-routewise-model"].to_str().unwrap().to_string();
-    assert!(state.by_name.contains_key(&model));
+    assert!(state.upstreams.contains(&model));
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(

@@ -38,7 +38,7 @@ async fn start_online(yaml: &str) -> Gateway {
     let mut last = String::new();
     for _ in 0..100 {
         let state = AppState::new(config(yaml), abc(), None).unwrap();
-        match online::attach(&state).await {
+        match state.attach_online().await {
             Ok(()) => return Gateway::start(state).await,
             Err(e) => last = e.to_string(),
         }
@@ -385,7 +385,7 @@ async fn a_new_model_is_force_explored_until_it_has_enough_feedback() {
     );
     // `extra` follows the models list, so `d` is the list's fourth entry
     let gw = start_online(&yaml).await;
-    assert_eq!(gw.state.new_models.len(), 1);
+    assert_eq!(gw.state.new_models().len(), 1);
     for _ in 0..2 {
         let (id, model) = route_one(&gw, "try the new one").await;
         assert_eq!(model, "d", "forced exploration of the new model");

@@ -16,6 +16,10 @@ pub struct DecisionRecord {
     /// The prior (offline router) reward of the chosen model:
     /// predicted score minus lambda times expected cost.
     pub prior_reward: f64,
+    /// The reward's cost weight: the lambda of the policy that made the decision (0 under
+    /// a budget). Absent in records written by versions before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
     /// Realised cost in USD, as measured by the gateway.
     pub cost_usd: f64,
     /// Realised latency in milliseconds.
@@ -136,8 +140,15 @@ pub struct FeedbackEntry {
 }
 
 impl FeedbackEntry {
-    /// Joins a validated feedback with its decision.
-    pub fn new(fb: &ValidFeedback, dec: &DecisionRecord, lambda: f64, now_ms: u64) -> Self {
+    /// Joins a validated feedback with its decision. The reward's cost weight is the one
+    /// recorded with the decision; `fallback_lambda` serves records that predate it.
+    pub fn new(
+        fb: &ValidFeedback,
+        dec: &DecisionRecord,
+        fallback_lambda: f64,
+        now_ms: u64,
+    ) -> Self {
+        let lambda = dec.lambda.unwrap_or(fallback_lambda);
         let cost = fb.cost_usd.unwrap_or(dec.cost_usd);
         let reward = fb.score - lambda * cost;
         FeedbackEntry {
@@ -265,6 +276,7 @@ mod tests {
             model: "m".into(),
             x: vec![1.0],
             prior_reward: 0.5,
+            lambda: None,
             cost_usd: 0.01,
             latency_ms: Some(10.0),
             created_ms: 0,

@@ -20,27 +20,27 @@
 //! LinUCB with a prior learned offline, the warm start used here.
 //!
 //! Modules: [`config`] (YAML), [`linalg`], [`bandit`], [`project`] (pure, no I/O);
-//! [`feedback`] (protocol and typed errors); [`router`] ([`OnlineRouter`], used per
-//! request); [`store`] (redb / Redis); [`service`] ([`FeedbackService`], async);
-//! [`replay`] (the online evaluation protocol, pure); [`plot`] (its regret SVG).
+//! [`feedback`] (protocol and typed errors); [`router`] ([`OnlineRouter`], the
+//! `routewise_router::Decide` implementation used per request); [`store`] (the
+//! [`StateStore`] trait: redb / Redis); [`service`] ([`FeedbackService`], async). The
+//! offline replay evaluation of this router lives in `routewise-eval` (`online`).
 
 pub mod bandit;
 pub mod config;
 pub mod feedback;
 pub mod linalg;
-pub mod plot;
 pub mod project;
-pub mod replay;
 pub mod router;
 pub mod service;
 pub mod store;
 
 pub use bandit::{ArmStats, BanditError, LinearBandit};
-pub use config::{Algorithm, BanditConfig, StateConfig};
+pub use config::{Algorithm, Backend, BanditConfig, ConfigIssue, StateConfig};
 pub use feedback::{
     DecisionRecord, FeedbackAck, FeedbackEntry, FeedbackError, FeedbackRequest, ScoreValue, Thumbs,
+    ValidFeedback,
 };
 pub use project::Projector;
-pub use router::{OnlineDecision, OnlineError, OnlineRouter};
+pub use router::{OnlineError, OnlineRouter};
 pub use service::FeedbackService;
-pub use store::{LocalStore, RedisStore, StateStore, StoreError};
+pub use store::{FeedbackParams, LocalStore, RedisStore, StateStore, StoreError};

@@ -1,42 +1,36 @@
-//! The online ("bandit") router for the gateway: the offline router's predicted scores
-//! are the prior mean, the [`LinearBandit`] adds its learned residual and exploration
-//! term, and the request's [`Policy`] ranks the result with the catalog's costs.
+//! The online ("bandit") router for the gateway, a [`Decide`] that wraps the offline
+//! [`Engine`]: the engine's predicted scores are the prior mean, the [`LinearBandit`] adds
+//! its learned residual and exploration term, and the request's [`Policy`] ranks the
+//! result with the serving catalog's costs.
 //!
-//! With `Policy::Lambda(lambda)` and the bandit configured with the same `lambda`, the
-//! ranking maximises `prior_reward + residual + exploration`, where
-//! `prior_reward = offline_score - lambda * expected_cost`: exactly the bandit's reward
-//! model. Models in the serving catalog that the offline router does not know (newly
-//! configured ones, appended after the offline models) get `optimistic_score` as their
-//! prior score and are force-explored (see [`crate::bandit`]).
+//! One lambda: under `Policy::Lambda(lambda)` the ranking maximises
+//! `prior_reward + residual + exploration` with `prior_reward = offline_score - lambda *
+//! expected_cost`, and the decision's record keeps that `lambda`, so its feedback's reward
+//! is `score - lambda * cost`: the policy that decided is the reward model (a budget
+//! policy learns quality, lambda 0). Models in the serving catalog that the offline
+//! router does not know (newly configured ones, appended after the offline models) get
+//! `optimistic_score` as their prior score and are force-explored (see [`crate::bandit`]).
 
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use routewise_router::{Catalog, Decision, ModelInfo, Policy, Router};
+use routewise_features::Featurizer;
+use routewise_router::{
+    Catalog, Decide, Decision, DecisionReason, Engine, Learning, Policy, RouteRequest, Router,
+};
 
 use crate::bandit::{ArmStats, BanditError, LinearBandit};
 use crate::config::BanditConfig;
 use crate::feedback::DecisionRecord;
 use crate::project::Projector;
 
-/// A decision plus what must be kept to learn from its feedback.
-#[derive(Debug, Clone)]
-pub struct OnlineDecision {
-    /// `scores` are the bandit-adjusted scores the ranking used.
-    pub decision: Decision,
-    /// The bandit context of the prompt.
-    pub context: Vec<f64>,
-    /// Prior (offline or optimistic) score per catalog model.
-    pub prior_scores: Vec<f64>,
-    /// Whether the choice was a forced exploration of a new model.
-    pub forced: bool,
-}
-
 /// The bandit router shared by the gateway's request handlers.
 #[derive(Debug)]
 pub struct OnlineRouter {
     config: BanditConfig,
+    engine: Arc<Engine>,
+    /// The serving catalog: the engine's models (first) and the newly configured ones.
     catalog: Catalog,
     n_offline: usize,
     projector: Projector,
@@ -91,34 +85,41 @@ pub enum OnlineError {
 }
 
 impl OnlineRouter {
-    /// `offline`: the artifact's catalog (the offline router predicts these, in order);
-    /// `new_models`: configured models the artifact lacks; `feature_dim`: the
-    /// featurizer's output dimension.
+    /// `engine`: the offline router (it predicts the first `engine.catalog.len()` models
+    /// of `serving`); `serving`: the catalog decisions rank, the engine's models first
+    /// (with the operator's prices) and then configured models the engine lacks (see
+    /// `routewise_router::Catalog::reconcile`).
     pub fn new(
         config: BanditConfig,
-        offline: &Catalog,
-        new_models: Vec<ModelInfo>,
-        feature_dim: usize,
+        engine: Arc<Engine>,
+        serving: Catalog,
     ) -> Result<Self, OnlineError> {
-        config.validate().map_err(OnlineError::Config)?;
-        let n_offline = offline.len();
-        let mut models = offline.models.clone();
-        for m in new_models {
-            if models.iter().any(|k| k.name == m.name) {
-                return Err(OnlineError::Config(format!(
-                    "model `{}` listed twice",
-                    m.name
-                )));
-            }
-            models.push(m);
+        if let Some(issue) = config.validate().into_iter().next() {
+            return Err(OnlineError::Config(issue.to_string()));
         }
-        let is_new = (0..models.len()).map(|i| i >= n_offline).collect();
+        let n_offline = engine.catalog.len();
+        let known_match = serving.len() >= n_offline
+            && serving
+                .names()
+                .zip(engine.catalog.names())
+                .all(|(a, b)| a == b);
+        if !known_match {
+            return Err(OnlineError::Config(
+                "the serving catalog must start with the offline router's models, in order".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = serving.names().find(|n| !seen.insert(*n)) {
+            return Err(OnlineError::Config(format!("model `{dup}` listed twice")));
+        }
+        let is_new = (0..serving.len()).map(|i| i >= n_offline).collect();
         Ok(OnlineRouter {
-            projector: Projector::new(feature_dim, config.dim, config.projection_seed),
+            projector: Projector::new(engine.featurizer.dim(), config.dim, config.projection_seed),
             bandit: RwLock::new(LinearBandit::new(&config, is_new)),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
-            all_available: vec![true; models.len()],
-            catalog: Catalog { models },
+            all_available: vec![true; serving.len()],
+            catalog: serving,
+            engine,
             n_offline,
             config,
         })
@@ -128,26 +129,36 @@ impl OnlineRouter {
         &self.config
     }
 
-    /// Routes one prompt: `offline` predicts the prior scores of the offline models.
-    pub fn decide(
+    /// The offline engine this router starts from.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Routes already-featurized input: `offline` predicts the prior scores of the
+    /// offline models (`prompt` keys per-prompt baselines).
+    pub fn decide_features(
         &self,
         offline: &dyn Router,
         features: &[f32],
+        prompt: &str,
         input_tokens: u32,
         policy: Policy,
-    ) -> OnlineDecision {
+    ) -> Decision {
         let n = self.catalog.len();
         let mut prior = vec![self.config.optimistic_score; n];
-        offline.predict_scores(features, &mut prior[..self.n_offline]);
+        offline.predict_scores_keyed(features, prompt, &mut prior[..self.n_offline]);
         let mut costs = vec![0.0; n];
         self.catalog.expected_costs(input_tokens, &mut costs);
         let x = self.projector.context(features);
         let mut est = vec![0.0; n];
-        let forced_pick = {
+        let (forced_pick, explorable) = {
             let bandit = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
             let mut rng = LazyRng::new(&self.rng);
             bandit.estimates(&x, &mut rng, &mut est);
-            bandit.forced_pick(&self.all_available, &mut rng)
+            (
+                bandit.forced_pick(&self.all_available, &mut rng),
+                bandit.forced_candidates(&self.all_available).len(),
+            )
         };
         let scores: Vec<f64> = prior.iter().zip(&est).map(|(p, e)| p + e).collect();
         let mut ranking = policy.rank(&scores, &costs);
@@ -155,41 +166,60 @@ impl OnlineRouter {
             ranking.retain(|&m| m != f);
             ranking.insert(0, f);
         }
-        OnlineDecision {
-            decision: Decision {
-                chosen: ranking.first().copied().unwrap_or(0),
-                ranking,
-                scores,
-                costs,
-                policy,
+        // The probability of this choice under the rule that made it: exact for LinUCB
+        // (the forced-exploration mass is split evenly over the under-explored models);
+        // Thompson sampling's needs Monte Carlo, so it is left unknown here.
+        let rate = self.config.forced_exploration_rate;
+        let propensity = match (self.config.algorithm, forced_pick, explorable) {
+            (_, Some(_), k) => Some(rate / k.max(1) as f64),
+            (crate::Algorithm::Linucb, None, 0) => Some(1.0),
+            (crate::Algorithm::Linucb, None, _) => Some(1.0 - rate),
+            (crate::Algorithm::Thompson, None, _) => None,
+        };
+        Decision {
+            chosen: ranking.first().copied().unwrap_or(0),
+            ranking,
+            scores,
+            costs,
+            policy,
+            reason: if forced_pick.is_some() {
+                DecisionReason::Explored
+            } else {
+                DecisionReason::Learned
             },
-            context: x,
-            prior_scores: prior,
-            forced: forced_pick.is_some(),
+            learning: Some(Learning {
+                context: x,
+                prior_scores: prior,
+                propensity,
+            }),
         }
     }
 
     /// The record to store once model `served` (the chosen one, or the fallback that
-    /// answered) has answered, with the measured cost, latency and decision time.
+    /// answered) has answered, with the measured cost, latency and decision time; `None`
+    /// for a decision this router did not make (no learning context).
     pub fn record(
         &self,
-        decision: &OnlineDecision,
+        decision: &Decision,
         id: String,
         served: usize,
         cost_usd: f64,
         latency_ms: Option<f64>,
         created_ms: u64,
-    ) -> DecisionRecord {
-        DecisionRecord {
+    ) -> Option<DecisionRecord> {
+        let learning = decision.learning.as_ref()?;
+        let lambda = decision.policy.cost_weight();
+        Some(DecisionRecord {
             id,
-            model: self.catalog.models[served].name.clone(),
-            x: decision.context.clone(),
-            prior_reward: decision.prior_scores[served]
-                - self.config.lambda * decision.decision.costs[served],
+            model: self.catalog.models.get(served)?.name.clone(),
+            x: learning.context.clone(),
+            prior_reward: learning.prior_scores.get(served)?
+                - lambda * decision.costs.get(served)?,
+            lambda: Some(lambda),
             cost_usd,
             latency_ms,
             created_ms,
-        }
+        })
     }
 
     /// Replaces a model's statistics (from the store); unknown models are ignored
@@ -218,10 +248,36 @@ impl OnlineRouter {
     }
 }
 
+impl Decide for OnlineRouter {
+    fn decide(&self, req: &RouteRequest<'_>) -> Decision {
+        let features = self.engine.featurizer.featurize(req.prompt);
+        self.decide_features(
+            &self.engine.router,
+            &features,
+            req.prompt,
+            req.input_tokens,
+            req.policy,
+        )
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn describe(&self) -> String {
+        let algo = match self.config.algorithm {
+            crate::Algorithm::Linucb => "linucb",
+            crate::Algorithm::Thompson => "thompson",
+        };
+        format!("online({algo}) over {}", self.engine.describe())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
+    use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+    use routewise_router::{AnyRouter, LinearRouter, ModelInfo};
 
     struct Fixed(Vec<f64>);
     impl Router for Fixed {
@@ -239,6 +295,20 @@ mod tests {
         }
     }
 
+    /// An engine over `models` that predicts `scores` for every prompt.
+    fn engine(models: Vec<ModelInfo>, scores: Vec<f64>) -> Arc<Engine> {
+        let featurizer = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(
+            &["hello world", "some text"],
+            TfidfConfig::default(),
+        ));
+        let router = AnyRouter::Linear(LinearRouter::constant(featurizer.dim(), scores));
+        Arc::new(Engine {
+            featurizer,
+            router,
+            catalog: Catalog { models },
+        })
+    }
+
     #[test]
     fn starts_as_the_offline_router_then_learns() {
         let cat = Catalog {
@@ -251,41 +321,91 @@ mod tests {
             forgetting: 1.0,
             ..BanditConfig::default()
         };
-        let r = OnlineRouter::new(cfg, &cat, vec![], 8).unwrap();
-        let off = Fixed(vec![0.9, 0.8]);
-        let f = [0.5f32; 8];
-        let d = r.decide(&off, &f, 100, Policy::Lambda(0.0));
-        assert_eq!(d.decision.chosen, 0);
-        assert_eq!(d.decision.scores, vec![0.9, 0.8]);
+        let e = engine(cat.models.clone(), vec![0.9, 0.8]);
+        let r = OnlineRouter::new(cfg, e, cat).unwrap();
+        let req = RouteRequest {
+            prompt: "hello",
+            input_tokens: 100,
+            policy: Policy::Lambda(0.0),
+        };
+        let d = r.decide(&req);
+        assert_eq!(d.chosen, 0);
+        assert_eq!(d.scores, vec![0.9, 0.8]);
+        assert_eq!(d.reason, DecisionReason::Learned);
+        let ctx = d.learning.as_ref().unwrap().context.clone();
         // Model a turns out bad: residual -0.9 many times.
         let mut s = ArmStats::prior(5, 1.0);
         for _ in 0..20 {
-            s.update(&d.context, -0.9, 1.0, 1.0);
+            s.update(&ctx, -0.9, 1.0, 1.0);
         }
         assert!(r.set_arm("a", s).unwrap());
         assert!(!r.set_arm("zz", ArmStats::prior(5, 1.0)).unwrap());
-        let d2 = r.decide(&off, &f, 100, Policy::Lambda(0.0));
-        assert_eq!(d2.decision.chosen, 1);
-        let rec = r.record(&d2, "id".into(), 1, 0.001, None, 7);
+        let d2 = r.decide(&req);
+        assert_eq!(d2.chosen, 1);
+        let rec = r.record(&d2, "id".into(), 1, 0.001, None, 7).unwrap();
         assert_eq!(rec.model, "b");
         assert_eq!(rec.prior_reward, 0.8);
+        assert_eq!(rec.lambda, Some(0.0));
+    }
+
+    #[test]
+    fn the_deciding_policy_sets_the_reward_lambda() {
+        let cat = Catalog {
+            models: vec![info("a", 1.0), info("b", 100.0)],
+        };
+        let r = OnlineRouter::new(
+            BanditConfig::default(),
+            engine(cat.models.clone(), vec![0.5, 0.9]),
+            cat,
+        )
+        .unwrap();
+        for (policy, lambda) in [(Policy::Lambda(10.0), 10.0), (Policy::BudgetUsd(1.0), 0.0)] {
+            let d = r.decide(&RouteRequest {
+                prompt: "x",
+                input_tokens: 1000,
+                policy,
+            });
+            let rec = r.record(&d, "i".into(), 1, 0.2, None, 0).unwrap();
+            assert_eq!(rec.lambda, Some(lambda));
+            assert!((rec.prior_reward - (0.9 - lambda * d.costs[1])).abs() < 1e-12);
+        }
     }
 
     #[test]
     fn new_model_gets_optimistic_prior() {
-        let cat = Catalog {
-            models: vec![info("a", 1.0)],
-        };
+        let offline = vec![info("a", 1.0)];
         let cfg = BanditConfig {
             alpha: 0.0,
             optimistic_score: 1.0,
             forced_exploration_rate: 0.0,
             ..BanditConfig::default()
         };
-        let r = OnlineRouter::new(cfg, &cat, vec![info("new", 1.0)], 8).unwrap();
-        let d = r.decide(&Fixed(vec![0.9]), &[0.1; 8], 10, Policy::Lambda(0.0));
-        assert_eq!(d.prior_scores, vec![0.9, 1.0]);
-        assert_eq!(d.decision.chosen, 1);
-        assert!(OnlineRouter::new(BanditConfig::default(), &cat, vec![info("a", 1.0)], 8).is_err());
+        let serving = Catalog {
+            models: vec![info("a", 1.0), info("new", 1.0)],
+        };
+        let r = OnlineRouter::new(cfg, engine(offline.clone(), vec![0.9]), serving).unwrap();
+        let f = vec![0.1f32; r.engine().featurizer.dim()];
+        let d = r.decide_features(&Fixed(vec![0.9]), &f, "p", 10, Policy::Lambda(0.0));
+        assert_eq!(d.learning.as_ref().unwrap().prior_scores, vec![0.9, 1.0]);
+        assert_eq!(d.chosen, 1);
+        assert_eq!(d.learning.unwrap().propensity, Some(1.0));
+        let dup = Catalog {
+            models: vec![info("a", 1.0), info("a", 1.0)],
+        };
+        assert!(OnlineRouter::new(
+            BanditConfig::default(),
+            engine(offline.clone(), vec![0.9]),
+            dup
+        )
+        .is_err());
+        let wrong_order = Catalog {
+            models: vec![info("new", 1.0), info("a", 1.0)],
+        };
+        assert!(OnlineRouter::new(
+            BanditConfig::default(),
+            engine(offline, vec![0.9]),
+            wrong_order
+        )
+        .is_err());
     }
 }

@@ -10,10 +10,12 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use routewise_router::Decision;
+
 use crate::config::StateConfig;
-use crate::feedback::{DecisionRecord, FeedbackAck, FeedbackEntry, FeedbackError, FeedbackRequest};
+use crate::feedback::{DecisionRecord, FeedbackAck, FeedbackError, FeedbackRequest};
 use crate::router::OnlineRouter;
-use crate::store::{StateStore, StoreError};
+use crate::store::{self, FeedbackParams, StateStore, StoreError};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -27,12 +29,8 @@ pub fn now_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct FeedbackService {
     router: Arc<OnlineRouter>,
-    store: StateStore,
+    store: Arc<dyn StateStore>,
     ttl_s: u64,
-}
-
-fn join_err(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 impl FeedbackService {
@@ -40,19 +38,25 @@ impl FeedbackService {
     /// unreachable it still returns (the router keeps its prior; [`Self::available`] is
     /// false and [`Self::refresh`] catches up later).
     pub async fn open(router: Arc<OnlineRouter>, cfg: &StateConfig) -> Result<Self, StoreError> {
-        let store = match &cfg.redis_url {
-            Some(_) => StateStore::open(cfg)?,
-            None => {
-                let cfg = cfg.clone();
-                tokio::task::spawn_blocking(move || StateStore::open(&cfg))
-                    .await
-                    .map_err(join_err)??
-            }
+        let opened = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || store::open(&cfg))
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))??
         };
+        Self::with_store(router, opened, cfg.decision_ttl_s).await
+    }
+
+    /// A service over an already opened store; loads its statistics as [`Self::open`].
+    pub async fn with_store(
+        router: Arc<OnlineRouter>,
+        store: Arc<dyn StateStore>,
+        ttl_s: u64,
+    ) -> Result<Self, StoreError> {
         let svc = FeedbackService {
             router,
             store,
-            ttl_s: cfg.decision_ttl_s,
+            ttl_s,
         };
         match svc.refresh().await {
             Ok(()) | Err(StoreError::Unavailable(_)) => Ok(svc),
@@ -64,38 +68,44 @@ impl FeedbackService {
         &self.router
     }
 
-    pub fn store(&self) -> &StateStore {
+    pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
     }
 
     /// Whether the state store answered its last command (always true for the local
-    /// file). Expose as a gauge in `/metrics` and fail `/readyz` on false... or report it.
+    /// file).
     pub fn available(&self) -> bool {
-        match &self.store {
-            StateStore::Local(_) => true,
-            StateStore::Redis(r) => r.available(),
-        }
+        self.store.available()
     }
 
     /// Re-checks availability (Redis `PING`).
     pub async fn check(&self) -> bool {
-        match &self.store {
-            StateStore::Local(_) => true,
-            StateStore::Redis(r) => r.ping().await,
-        }
+        self.store.ping().await
+    }
+
+    /// The record of `decision` answered by catalog model `served` (`None` for a decision
+    /// the online router did not make).
+    pub fn record_for(
+        &self,
+        decision: &Decision,
+        id: &str,
+        served: usize,
+        cost_usd: f64,
+        latency_ms: f64,
+    ) -> Option<DecisionRecord> {
+        self.router.record(
+            decision,
+            id.to_string(),
+            served,
+            cost_usd,
+            Some(latency_ms),
+            now_ms(),
+        )
     }
 
     /// Keeps a decision for the feedback window.
     pub async fn record_decision(&self, rec: DecisionRecord) -> Result<(), StoreError> {
-        match &self.store {
-            StateStore::Local(s) => {
-                let s = Arc::clone(s);
-                tokio::task::spawn_blocking(move || s.record_decision(&rec))
-                    .await
-                    .map_err(join_err)?
-            }
-            StateStore::Redis(r) => r.record_decision(&rec, self.ttl_s).await,
-        }
+        self.store.record_decision(&rec, self.ttl_s).await
     }
 
     /// Applies one feedback. `Ok` means it is durably recorded (answer 200); each error
@@ -103,34 +113,14 @@ impl FeedbackService {
     pub async fn submit(&self, req: &FeedbackRequest) -> Result<FeedbackAck, FeedbackError> {
         let fb = req.validate()?;
         let cfg = self.router.config();
-        let (gamma, lambda0, lambda) = (cfg.forgetting, cfg.prior_strength, cfg.lambda);
-        let now = now_ms();
-        let (entry, stats) = match &self.store {
-            StateStore::Local(s) => {
-                let s = Arc::clone(s);
-                let ttl_ms = self.ttl_s.saturating_mul(1000);
-                let id = fb.decision_id.clone();
-                tokio::task::spawn_blocking(move || {
-                    s.apply_feedback(&id, now, ttl_ms, gamma, lambda0, |dec| {
-                        FeedbackEntry::new(&fb, dec, lambda, now)
-                    })
-                })
-                .await
-                .map_err(|e| FeedbackError::Store(e.to_string()))??
-            }
-            StateStore::Redis(r) => {
-                let dec = r
-                    .decision(&fb.decision_id)
-                    .await
-                    .map_err(|e| FeedbackError::Unavailable(e.to_string()))?
-                    .ok_or_else(|| FeedbackError::UnknownDecision(fb.decision_id.clone()))?;
-                let entry = FeedbackEntry::new(&fb, &dec, lambda, now);
-                let stats = r
-                    .apply_feedback(&dec, &entry, self.ttl_s, gamma, lambda0)
-                    .await?;
-                (entry, stats)
-            }
+        let params = FeedbackParams {
+            now_ms: now_ms(),
+            ttl_s: self.ttl_s,
+            gamma: cfg.forgetting,
+            lambda0: cfg.prior_strength,
+            fallback_lambda: cfg.lambda.unwrap_or(0.0),
         };
+        let (entry, stats) = self.store.apply_feedback(&fb, &params).await?;
         let n = stats.n;
         // The store committed; a statistics shape mismatch only affects this instance's
         // copy (it is logged, and the next refresh retries).
@@ -148,16 +138,7 @@ impl FeedbackService {
     /// Pulls every arm's statistics from the store into the router (other instances'
     /// feedback, with Redis). Call every `refresh_interval_ms`.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let arms = match &self.store {
-            StateStore::Local(s) => {
-                let s = Arc::clone(s);
-                tokio::task::spawn_blocking(move || s.load_arms())
-                    .await
-                    .map_err(join_err)??
-            }
-            StateStore::Redis(r) => r.load_arms().await?,
-        };
-        for (model, stats) in arms {
+        for (model, stats) in self.store.load_arms().await? {
             if let Err(e) = self.router.set_arm(&model, stats) {
                 tracing::warn!(%model, error = %e, "ignoring incompatible arm statistics");
             }
@@ -165,17 +146,8 @@ impl FeedbackService {
         Ok(())
     }
 
-    /// Drops decisions past the window from the local store (Redis expires them itself).
+    /// Drops decisions past the window (a no-op where the store expires them itself).
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        match &self.store {
-            StateStore::Local(s) => {
-                let s = Arc::clone(s);
-                let ttl_ms = self.ttl_s.saturating_mul(1000);
-                tokio::task::spawn_blocking(move || s.purge_expired(now_ms(), ttl_ms))
-                    .await
-                    .map_err(join_err)?
-            }
-            StateStore::Redis(_) => Ok(0),
-        }
+        self.store.purge_expired(now_ms(), self.ttl_s).await
     }
 }

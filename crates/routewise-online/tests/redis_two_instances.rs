@@ -11,7 +11,7 @@ use routewise_online::{
     ArmStats, BanditConfig, DecisionRecord, FeedbackError, FeedbackRequest, FeedbackService,
     OnlineRouter, ScoreValue, StateConfig,
 };
-use routewise_router::{Catalog, ModelInfo};
+use routewise_router::{Catalog, Engine, ModelInfo};
 use routewise_testkit::redis::RedisServer;
 
 fn catalog() -> Catalog {
@@ -31,7 +31,6 @@ fn bandit_cfg() -> BanditConfig {
         dim: 3,
         forgetting: 1.0,
         prior_strength: 1.0,
-        lambda: 0.0,
         ..BanditConfig::default()
     }
 }
@@ -48,6 +47,7 @@ fn decision(i: usize) -> DecisionRecord {
         },
         x: vec![1.0, q(1), q(2), q(3)],
         prior_reward: 0.5,
+        lambda: Some(0.0),
         cost_usd: 0.0,
         latency_ms: None,
         created_ms: routewise_online::service::now_ms(),
@@ -63,7 +63,8 @@ fn score(i: usize) -> f64 {
 }
 
 async fn instance(port: u16, prefix: &str) -> FeedbackService {
-    let router = Arc::new(OnlineRouter::new(bandit_cfg(), &catalog(), vec![], 16).unwrap());
+    let engine = Arc::new(Engine::constant(catalog(), vec![0.5, 0.5]));
+    let router = Arc::new(OnlineRouter::new(bandit_cfg(), engine, catalog()).unwrap());
     let cfg = StateConfig {
         redis_url: Some(format!("redis://127.0.0.1:{port}")),
         redis_prefix: prefix.into(),
@@ -137,12 +138,8 @@ async fn concurrent_feedback_to_two_instances_loses_nothing() {
         assert_eq!(sb, want[model], "instance b, {model}");
         assert_eq!(sa.n, (N / 2) as u64);
     }
-    match a.store() {
-        routewise_online::StateStore::Redis(r) => {
-            assert_eq!(r.feedback_log_len().await.unwrap(), N as u64)
-        }
-        _ => unreachable!(),
-    }
+    assert_eq!(a.store().kind(), "redis");
+    assert_eq!(a.store().feedback_log_len().await.unwrap(), N as u64);
     // Unknown decision and out-of-range score through the service.
     assert_eq!(a.submit(&req(N + 5)).await.unwrap_err().status(), 404);
     let mut bad = req(1);

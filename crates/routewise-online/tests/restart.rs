@@ -33,6 +33,7 @@ fn decision(i: usize) -> DecisionRecord {
             0.5 - (i % 5) as f64 * 0.2,
         ],
         prior_reward: 0.4 + (i % 7) as f64 * 0.05,
+        lambda: None,
         cost_usd: 0.001 * (i % 4) as f64,
         latency_ms: Some(100.0 + t),
         created_ms: 1_000,

@@ -103,6 +103,119 @@ impl Catalog {
     }
 }
 
+/// A model an operator configured to serve: its name and, optionally, list prices
+/// (USD per million input and output tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfiguredModel<'a> {
+    pub name: &'a str,
+    pub price: Option<(f64, f64)>,
+}
+
+/// A problem reconciling the configured models with a router's catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileIssue {
+    /// The configured entry at fault (its index), or `None` for a router model that no
+    /// entry serves.
+    pub entry: Option<usize>,
+    /// The entry's field at fault (`name`, `price`); empty when `entry` is `None`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// The serving catalog: the router's models (configured prices override fitted ones)
+/// followed by configured models the router does not know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciled {
+    pub catalog: Catalog,
+    /// How many of the catalog's models the router knows (the first ones).
+    pub n_known: usize,
+    /// For each catalog index, the configured entry that serves it.
+    pub entry_of: Vec<usize>,
+}
+
+impl Catalog {
+    /// Matches `configured` models with this (the router's) catalog. Every router model
+    /// must be configured, and every configured model must be a router model, except
+    /// when `allow_new` (an online router can onboard models it has no data for): then an
+    /// unknown model joins with its configured price (required) and the known models'
+    /// mean output length. Collects every problem.
+    pub fn reconcile(
+        &self,
+        configured: &[ConfiguredModel<'_>],
+        allow_new: bool,
+    ) -> Result<Reconciled, Vec<ReconcileIssue>> {
+        let n_known = self.len();
+        let mean_output_tokens = self
+            .models
+            .iter()
+            .map(|m| m.mean_output_tokens)
+            .sum::<f64>()
+            / n_known.max(1) as f64;
+        let mut catalog = self.clone();
+        let mut entry_of = vec![usize::MAX; n_known];
+        let mut issues = Vec::new();
+        for (i, c) in configured.iter().enumerate() {
+            match (self.index(c.name), c.price) {
+                (Some(k), price) => {
+                    if let Some((input, output)) = price {
+                        catalog.models[k].input_per_mtok = input;
+                        catalog.models[k].output_per_mtok = output;
+                    }
+                    entry_of[k] = i;
+                }
+                (None, Some((input, output))) if allow_new => {
+                    catalog.models.push(ModelInfo {
+                        name: c.name.to_string(),
+                        input_per_mtok: input,
+                        output_per_mtok: output,
+                        mean_output_tokens,
+                    });
+                    entry_of.push(i);
+                }
+                (None, None) if allow_new => issues.push(ReconcileIssue {
+                    entry: Some(i),
+                    field: "price",
+                    message: format!(
+                        "`{}` is not a model the router knows: the bandit can onboard it, but \
+                         it needs a price",
+                        c.name
+                    ),
+                }),
+                (None, _) => issues.push(ReconcileIssue {
+                    entry: Some(i),
+                    field: "name",
+                    message: format!(
+                        "`{}` is not a model the router knows (router models: {})",
+                        c.name,
+                        self.names().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+            }
+        }
+        for (k, &e) in entry_of.iter().enumerate().take(n_known) {
+            if e == usize::MAX {
+                issues.push(ReconcileIssue {
+                    entry: None,
+                    field: "",
+                    message: format!(
+                        "the router knows `{}` but no `models` entry serves it",
+                        self.models[k].name
+                    ),
+                });
+            }
+        }
+        if issues.is_empty() {
+            Ok(Reconciled {
+                catalog,
+                n_known,
+                entry_of,
+            })
+        } else {
+            Err(issues)
+        }
+    }
+}
+
 /// Sufficient statistics of the two-price least-squares fit (x = input tokens,
 /// y = output tokens, c = cost).
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,6 +309,48 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn info(name: &str, price: f64, out: f64) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            input_per_mtok: price,
+            output_per_mtok: price,
+            mean_output_tokens: out,
+        }
+    }
+
+    #[test]
+    fn reconcile_overrides_prices_onboards_new_models_and_collects_every_issue() {
+        let cat = Catalog {
+            models: vec![info("a", 1.0, 10.0), info("b", 2.0, 30.0)],
+        };
+        let cfg = |name, price| ConfiguredModel { name, price };
+        let r = cat
+            .reconcile(&[cfg("b", Some((5.0, 6.0))), cfg("a", None)], false)
+            .unwrap();
+        assert_eq!(r.catalog.models[1].input_per_mtok, 5.0);
+        assert_eq!(r.catalog.models[0], cat.models[0]);
+        assert_eq!((r.n_known, r.entry_of.clone()), (2, vec![1, 0]));
+        let r = cat
+            .reconcile(
+                &[cfg("a", None), cfg("b", None), cfg("new", Some((1.0, 2.0)))],
+                true,
+            )
+            .unwrap();
+        assert_eq!(r.catalog.len(), 3);
+        assert_eq!(r.catalog.models[2].mean_output_tokens, 20.0);
+        assert_eq!(r.entry_of, vec![0, 1, 2]);
+        let issues = cat
+            .reconcile(&[cfg("a", None), cfg("zz", None)], false)
+            .unwrap_err();
+        assert_eq!(issues.len(), 2);
+        assert_eq!((issues[0].entry, issues[0].field), (Some(1), "name"));
+        assert!(issues[1].message.contains("the router knows `b`"));
+        let issues = cat
+            .reconcile(&[cfg("a", None), cfg("b", None), cfg("zz", None)], true)
+            .unwrap_err();
+        assert_eq!((issues[0].entry, issues[0].field), (Some(2), "price"));
     }
 
     #[test]

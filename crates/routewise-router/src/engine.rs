@@ -1,8 +1,9 @@
-//! One routing decision: featurize the prompt, predict scores, estimate costs, rank.
+//! The offline routing engine: featurize the prompt, predict scores, estimate costs, rank.
+//! It implements [`Decide`], the seam the gateway routes through.
 
 use routewise_features::{AnyFeaturizer, Featurizer};
-use serde::Serialize;
 
+use crate::decide::{Decide, Decision, DecisionReason, RouteRequest};
 use crate::{AnyRouter, Catalog, Policy, Router};
 
 /// A loaded router ready to serve decisions.
@@ -13,21 +14,24 @@ pub struct Engine {
     pub catalog: Catalog,
 }
 
-/// The outcome of routing one prompt.
-#[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    /// Index of the chosen model in the catalog (`ranking[0]`).
-    pub chosen: usize,
-    /// Every model, best first: the fallback order.
-    pub ranking: Vec<usize>,
-    /// Predicted score per catalog model.
-    pub scores: Vec<f64>,
-    /// Predicted cost (USD) per catalog model.
-    pub costs: Vec<f64>,
-    pub policy: Policy,
-}
-
 impl Engine {
+    /// An engine that predicts the same `scores` (one per catalog model) for every prompt:
+    /// a hashed TF-IDF featurizer over no data and a constant [`crate::LinearRouter`].
+    /// For tests, and for a pool with no outcome data yet (the policy still trades the
+    /// scores against each prompt's cost).
+    pub fn constant(catalog: Catalog, scores: Vec<f64>) -> Engine {
+        let featurizer = AnyFeaturizer::Tfidf(routewise_features::TfidfFeaturizer::fit(
+            &[],
+            routewise_features::TfidfConfig::default(),
+        ));
+        let router = AnyRouter::Linear(crate::LinearRouter::constant(featurizer.dim(), scores));
+        Engine {
+            featurizer,
+            router,
+            catalog,
+        }
+    }
+
     /// Routes `prompt` (whose length is `input_tokens`) under `policy`.
     pub fn decide(&self, prompt: &str, input_tokens: u32, policy: Policy) -> Decision {
         let features = self.featurizer.featurize(prompt);
@@ -48,16 +52,32 @@ impl Engine {
         self.router
             .predict_scores_keyed(features, prompt, &mut scores);
         self.catalog.expected_costs(input_tokens, &mut costs);
-        let ranking = self
-            .router
-            .fixed_ranking()
-            .unwrap_or_else(|| policy.rank(&scores, &costs));
+        let (ranking, reason) = match self.router.fixed_ranking() {
+            Some(r) => (r, DecisionReason::Fixed),
+            None => (policy.rank(&scores, &costs), DecisionReason::Predicted),
+        };
         Decision {
             chosen: ranking.first().copied().unwrap_or(0),
             ranking,
             scores,
             costs,
             policy,
+            reason,
+            learning: None,
         }
+    }
+}
+
+impl Decide for Engine {
+    fn decide(&self, req: &RouteRequest<'_>) -> Decision {
+        Engine::decide(self, req.prompt, req.input_tokens, req.policy)
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({})", self.router.name(), self.featurizer.name())
     }
 }

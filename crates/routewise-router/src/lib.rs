@@ -5,7 +5,10 @@
 //! * [`catalog`]: per-model prices and mean output tokens, fitted from the data; expected
 //!   cost of a prompt for a model.
 //! * [`policy`]: CARROT's lambda rule, per-request budget, RouteLLM's strong/weak threshold.
-//! * [`engine`]: featurizer + router + catalog = one routing decision.
+//! * [`decide`]: the [`Decide`] seam (prompt + policy -> [`Decision`]) every router serves
+//!   through; [`engine`]: featurizer + router + catalog, its offline implementation.
+//! * [`train`]: the one training pipeline (featurizer -> train set -> catalog -> router ->
+//!   artifact) used by `train`, `eval`, the online replay and the demo.
 //! * [`artifact`]: the versioned, checksummed file a trained router is saved as.
 //! * [`baselines`]: best-single, cheapest and random reference routers.
 //! * [`ensemble`]: the mean of several learned routers.
@@ -15,6 +18,7 @@ pub mod artifact;
 pub mod baselines;
 pub mod catalog;
 mod dataset;
+pub mod decide;
 pub mod engine;
 pub mod ensemble;
 pub mod knn;
@@ -22,6 +26,7 @@ pub mod linear;
 pub mod mf;
 pub mod mlp;
 pub mod policy;
+pub mod train;
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,16 +34,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use artifact::{Artifact, ArtifactMeta, ARTIFACT_FORMAT_VERSION};
-pub use catalog::{Catalog, ModelInfo};
-pub use engine::{Decision, Engine};
+pub use catalog::{Catalog, ConfiguredModel, ModelInfo, ReconcileIssue, Reconciled};
+pub use decide::{Decide, Decision, DecisionReason, Learning, RouteRequest};
+pub use engine::Engine;
 pub use ensemble::{EnsembleConfig, EnsembleRouter};
 pub use knn::{KnnConfig, KnnIndex, KnnRouter};
 pub use linear::{LinearConfig, LinearRouter};
 pub use mf::{MfConfig, MfRouter};
 pub use mlp::{MlpConfig, MlpRouter};
-pub use policy::Policy;
+pub use policy::{Policy, PolicyError};
 
 pub use dataset::TrainSet;
+pub use train::{prepare, train, Prepared};
 
 /// Predicts each model's expected score for one prompt.
 pub trait Router: Send + Sync {

@@ -19,23 +19,27 @@
 //! Tables: `decisions` (id -> JSON [`DecisionRecord`]), `feedback` (id -> JSON
 //! [`FeedbackEntry`], the log and the idempotency key), `arms` (model -> JSON
 //! [`ArmStats`]; serde_json round-trips f64 exactly).
+//!
+//! The inherent methods are blocking (redb commits fsync); the [`StateStore`]
+//! implementation runs them on tokio's blocking pool.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::bandit::ArmStats;
-use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError};
-use crate::store::StoreError;
+use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError, ValidFeedback};
+use crate::store::{FeedbackParams, StateStore, StoreError};
 
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("decisions");
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
 const ARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("arms");
 
-/// The redb-backed store.
-#[derive(Debug)]
+/// The redb-backed store (cheap to clone: clones share the open database).
+#[derive(Debug, Clone)]
 pub struct LocalStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 fn se<E: std::fmt::Display>(e: E) -> StoreError {
@@ -57,7 +61,7 @@ impl LocalStore {
             tx.open_table(ARMS).map_err(se)?;
         }
         tx.commit().map_err(se)?;
-        Ok(LocalStore { db })
+        Ok(LocalStore { db: Arc::new(db) })
     }
 
     /// Keeps a decision for the feedback window.
@@ -176,6 +180,84 @@ impl LocalStore {
         tx.commit().map_err(se)?;
         Ok(n)
     }
+
+    /// Entries in the feedback log.
+    pub fn feedback_log_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let t = tx.open_table(FEEDBACK).map_err(se)?;
+        t.len().map_err(se)
+    }
+
+    /// Runs a blocking store call on tokio's blocking pool.
+    async fn blocking<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(LocalStore) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| E::from(StoreError::Backend(e.to_string())))?
+    }
+}
+
+impl From<StoreError> for FeedbackError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => FeedbackError::Unavailable(m),
+            other => FeedbackError::Store(other.to_string()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for LocalStore {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn ping(&self) -> bool {
+        true
+    }
+
+    async fn record_decision(&self, rec: &DecisionRecord, _ttl_s: u64) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.blocking(move |s| LocalStore::record_decision(&s, &rec))
+            .await
+    }
+
+    async fn apply_feedback(
+        &self,
+        fb: &ValidFeedback,
+        p: &FeedbackParams,
+    ) -> Result<(FeedbackEntry, ArmStats), FeedbackError> {
+        let (fb, p) = (fb.clone(), *p);
+        self.blocking(move |s| {
+            let id = fb.decision_id.clone();
+            LocalStore::apply_feedback(
+                &s,
+                &id,
+                p.now_ms,
+                p.ttl_s.saturating_mul(1000),
+                p.gamma,
+                p.lambda0,
+                |dec| FeedbackEntry::new(&fb, dec, p.fallback_lambda, p.now_ms),
+            )
+        })
+        .await
+    }
+
+    async fn load_arms(&self) -> Result<Vec<(String, ArmStats)>, StoreError> {
+        self.blocking(|s| LocalStore::load_arms(&s)).await
+    }
+
+    async fn purge_expired(&self, now_ms: u64, ttl_s: u64) -> Result<usize, StoreError> {
+        self.blocking(move |s| LocalStore::purge_expired(&s, now_ms, ttl_s.saturating_mul(1000)))
+            .await
+    }
+
+    async fn feedback_log_len(&self) -> Result<u64, StoreError> {
+        self.blocking(|s| LocalStore::feedback_log_len(&s)).await
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +271,7 @@ mod tests {
             model: "m".into(),
             x: vec![1.0, 0.5],
             prior_reward: 0.25,
+            lambda: None,
             cost_usd: 0.0,
             latency_ms: None,
             created_ms,

@@ -29,8 +29,8 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
 use crate::bandit::ArmStats;
-use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError};
-use crate::store::StoreError;
+use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError, ValidFeedback};
+use crate::store::{FeedbackParams, StateStore, StoreError};
 
 const APPLY_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
@@ -298,7 +298,7 @@ impl RedisStore {
     }
 
     /// Number of entries in the shared feedback log.
-    pub async fn feedback_log_len(&self) -> Result<u64, StoreError> {
+    async fn log_len(&self) -> Result<u64, StoreError> {
         let mut c = self.connection().await?;
         let r: Result<u64, _> = redis::cmd("XLEN")
             .arg(format!("{}:feedback_log", self.prefix))
@@ -306,6 +306,54 @@ impl RedisStore {
             .await;
         self.mark(r)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn available(&self) -> bool {
+        RedisStore::available(self)
+    }
+
+    async fn ping(&self) -> bool {
+        RedisStore::ping(self).await
+    }
+
+    async fn record_decision(&self, rec: &DecisionRecord, ttl_s: u64) -> Result<(), StoreError> {
+        RedisStore::record_decision(self, rec, ttl_s).await
+    }
+
+    async fn apply_feedback(
+        &self,
+        fb: &ValidFeedback,
+        p: &FeedbackParams,
+    ) -> Result<(FeedbackEntry, ArmStats), FeedbackError> {
+        let dec = self
+            .decision(&fb.decision_id)
+            .await
+            .map_err(|e| FeedbackError::Unavailable(e.to_string()))?
+            .ok_or_else(|| FeedbackError::UnknownDecision(fb.decision_id.clone()))?;
+        let entry = FeedbackEntry::new(fb, &dec, p.fallback_lambda, p.now_ms);
+        let stats =
+            RedisStore::apply_feedback(self, &dec, &entry, p.ttl_s, p.gamma, p.lambda0).await?;
+        Ok((entry, stats))
+    }
+
+    async fn load_arms(&self) -> Result<Vec<(String, ArmStats)>, StoreError> {
+        RedisStore::load_arms(self).await
+    }
+
+    async fn purge_expired(&self, _now_ms: u64, _ttl_s: u64) -> Result<usize, StoreError> {
+        // Redis expires decisions itself (SET EX).
+        Ok(0)
+    }
+
+    async fn feedback_log_len(&self) -> Result<u64, StoreError> {
+        self.log_len().await
     }
 }
 

@@ -15,7 +15,7 @@ use routewise_router::policy::calibrate_threshold;
 use routewise_router::{Artifact, Router};
 use serde::Serialize;
 
-use super::eval::{load_dataset, progress};
+use super::{load_dataset, progress};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -1,50 +1,21 @@
-//! `routewise eval`: fit routers on the train split, evaluate them on the test split.
-//!
-//! Steps: load and validate the data; fit the featurizer and the model catalog (prices)
-//! on the train prompts; fit each requested router plus the baselines (best-single,
-//! cheapest, random); predict every test prompt; sweep CARROT's lambda over the grid of
-//! [`routewise_eval::lambda_grid`] and charge each decision the chosen model's real test
-//! outcome ([`routewise_eval::sweep`]); summarise each curve (AIQ and friends, and APGR /
-//! CPT on 2-model data); print a table, and optionally write the JSON report and the SVG.
-//!
-//! Timings: `fit_seconds` is the router's fit alone (the featurizer's fit is reported
-//! once, as `featurizer_fit_seconds`); `route_us_p50` is the median wall time of the
-//! full routing path for one prompt (featurize + predict + expected costs + lambda
-//! ranking), measured per prompt over up to [`TIMING_PROMPTS`] test prompts spread evenly
-//! over the split.
-//!
-//! `--online` hands over to [`super::eval_online`].
+//! `routewise eval`: fit routers on the train split, evaluate them on the test split
+//! ([`routewise_eval::evaluate`]), print the table, write the JSON report and the SVG.
+//! `--online` replays the test split through the bandit router instead
+//! ([`routewise_eval::evaluate_online`]).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use routewise_data::{Dataset, Record};
-use routewise_eval::metrics::router_metrics;
-use routewise_eval::pairwise::pairwise_metrics;
-use routewise_eval::plot::{render_svg, PlotInput};
-use routewise_eval::{
-    bootstrap_aiq, lambda_grid, realise, CurvePoint, Outcomes, PairwiseMetrics, Point, Predictions,
-    Realised, SingleModel, Singles,
-};
-use routewise_features::{AnyFeaturizer, Featurizer};
-use routewise_router::{
-    fit_router, AnyRouter, Catalog, Policy, Router, RouterConfigs, RouterKind, TrainSet,
-};
-use serde::Serialize;
+use routewise_eval::online_report::{regret_svg, write_online_table};
+use routewise_eval::plot::render_svg;
+use routewise_eval::report::{plot_input, write_table};
+use routewise_eval::{EvalOptions, OnlineOptions};
+use routewise_online::BanditConfig;
+use routewise_router::RouterKind;
 
-/// Most test prompts timed per router for `route_us_p50`.
-pub const TIMING_PROMPTS: usize = 500;
-
-/// Baselines that every evaluation reports.
-const BASELINES: [RouterKind; 3] = [
-    RouterKind::BestSingle,
-    RouterKind::Cheapest,
-    RouterKind::Random,
-];
+use super::{load_dataset, parse_routers, write_json, Bars, FeaturizerArg};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -76,7 +47,7 @@ pub struct Args {
     pub seed: u64,
     /// Prompt featurizer.
     #[arg(long, value_enum, default_value = "static-mini")]
-    pub featurizer: super::FeaturizerArg,
+    pub featurizer: FeaturizerArg,
     /// Number of log-spaced lambda values in the sweep (0 is always added).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(50..))]
     pub n_lambdas: u64,
@@ -84,230 +55,45 @@ pub struct Args {
     /// `--seed`; 0 turns the bootstrap off).
     #[arg(long, default_value_t = routewise_eval::bootstrap::DEFAULT_RESAMPLES)]
     pub bootstrap: usize,
-    /// Replay the test split as an online stream instead (bandit learning).
+    /// Replay the test split as an online stream instead (bandit learning). The offline
+    /// router is the first learned router of `--routers`; bandit settings: the defaults, or
+    /// a JSON object in the `ROUTEWISE_BANDIT` environment variable.
     #[arg(long)]
     pub online: bool,
 }
 
-/// One single model on the test split.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelRow {
-    pub name: String,
-    /// Mean test score: on the common prompts for a comparable model, else on its own.
-    pub quality: f64,
-    /// Mean test cost per prompt, measured like `quality`.
-    pub cost: f64,
-    /// Share of the test prompts the model has a score on.
-    pub coverage: f64,
-    /// Test prompts the model has a score on.
-    pub n_prompts: usize,
-    /// Whether it takes part in the single-model comparison (coverage >= 95%).
-    pub comparable: bool,
-}
-
-/// One router's results (the issue's shape, plus extra keys).
-#[derive(Debug, Clone, Serialize)]
-pub struct RouterRow {
-    pub name: String,
-    pub aiq: f64,
-    /// Bootstrap standard error of `aiq` (see `bootstrap` in the report).
-    pub aiq_se: f64,
-    /// Whether the gap to the router with the highest AIQ is within noise (paired
-    /// bootstrap, 95%); true for that router itself.
-    pub aiq_within_noise_of_best: bool,
-    /// Realised test quality at lambda 0 (quality first), and its standard error.
-    pub quality_first: f64,
-    pub quality_first_se: f64,
-    pub max_quality: f64,
-    pub cost_at_max_quality: f64,
-    pub quality_at_best_single_cost: f64,
-    /// `null` when never reached, and on quality-only datasets (equal prices).
-    pub cost_ratio_at_best_single_quality: Option<f64>,
-    /// Same, over measured lambda points only (no mixing of two operating points).
-    pub cost_ratio_at_best_single_quality_measured: Option<f64>,
-    pub fit_seconds: f64,
-    pub route_us_p50: f64,
-    /// Test prompts timed for `route_us_p50`.
-    pub route_timing_prompts: usize,
-    /// APGR, CPT(50%), CPT(80%) (percent of strong calls): 2-model datasets only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub pairwise: Option<PairwiseMetrics>,
-    /// The realised point at `--lambda`, when given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub at_lambda: Option<CurvePoint>,
-    pub curve: Vec<CurvePoint>,
-}
-
-/// The strong/weak pair of a 2-model dataset.
-#[derive(Debug, Clone, Serialize)]
-pub struct Pair {
-    pub strong: String,
-    pub weak: String,
-}
-
-/// How the AIQ standard errors were computed.
-#[derive(Debug, Clone, Serialize)]
-pub struct BootstrapInfo {
-    pub resamples: usize,
-    pub seed: u64,
-}
-
-/// The `--json` report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub dataset: String,
-    pub n_train: usize,
-    pub n_test: usize,
-    pub featurizer: String,
-    pub featurizer_fit_seconds: f64,
-    pub seed: u64,
-    pub models: Vec<ModelRow>,
-    /// Highest test quality among the comparable single models, on the common prompts.
-    pub best_single: ModelRow,
-    /// Test prompts every figure (routers, single models, oracle) is computed on: those
-    /// where every comparable model has a score (all of them, on complete data).
-    pub eval_prompts: usize,
-    /// `[c_min, c_max]`: the AIQ cost range (cheapest and most expensive comparable model).
-    pub cost_range: [f64; 2],
-    pub oracle: Point,
-    /// AIQ of RouterBench's zero router: the non-decreasing convex hull of the single
-    /// models' points (what mixing models at random, ignoring the prompt, achieves).
-    pub zero_router_aiq: f64,
-    /// Every model costs the same (equal prices, or a cost range under 1% of the top
-    /// cost): cost metrics mean nothing, AIQ is plain quality; compare `quality_first`.
-    pub quality_only: bool,
-    pub bootstrap: BootstrapInfo,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pair: Option<Pair>,
-    pub routers: Vec<RouterRow>,
-    /// What the reader should know before trusting the figures (data warnings, partial
-    /// coverage of the most accurate model, equal prices, ...).
-    pub warnings: Vec<String>,
-}
-
-/// A progress bar (`len`) or spinner (`None`) on stderr, hidden when stderr is not a
-/// terminal.
-pub(crate) fn progress(len: Option<u64>, msg: &str) -> ProgressBar {
-    let pb = match len {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
-    if std::io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::stderr());
-        let style = match len {
-            Some(_) => ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
-                .map(|s| s.progress_chars("=> ")),
-            None => ProgressStyle::with_template("{spinner} {msg} {elapsed}"),
-        };
-        if let Ok(style) = style {
-            pb.set_style(style);
-        }
-        if len.is_none() {
-            pb.enable_steady_tick(Duration::from_millis(120));
-        }
-    } else {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_message(msg.to_string());
-    pb
-}
-
-/// Loads the dataset, applying `--limit` per split.
-pub(crate) fn load_dataset(
-    path: &std::path::Path,
-    limit: Option<usize>,
-) -> anyhow::Result<Dataset> {
-    let pb = progress(None, "loading data");
-    let mut ds = Dataset::load(path)?;
-    if let Some(n) = limit {
-        ds.truncate_per_split(n);
-    }
-    pb.finish_and_clear();
-    Ok(ds)
-}
-
-/// Parses the `--routers` list, keeping the order and dropping duplicates.
-pub(crate) fn parse_routers(names: &[String]) -> anyhow::Result<Vec<RouterKind>> {
-    let mut kinds: Vec<RouterKind> = Vec::new();
-    for n in names.iter().filter(|n| !n.trim().is_empty()) {
-        let k: RouterKind = n.parse()?;
-        if !kinds.contains(&k) {
-            kinds.push(k);
-        }
-    }
-    for b in BASELINES {
-        if !kinds.contains(&b) {
-            kinds.push(b);
-        }
-    }
-    Ok(kinds)
-}
-
-/// Median wall time (microseconds) of routing one prompt end to end.
-fn route_p50(
-    featurizer: &AnyFeaturizer,
-    router: &AnyRouter,
-    catalog: &Catalog,
-    prompts: &[(&str, u32)],
-) -> f64 {
-    let n = catalog.len();
-    let mut feats = vec![0.0f32; featurizer.dim()];
-    let (mut scores, mut costs, mut idx) = (vec![0.0; n], vec![0.0; n], Vec::with_capacity(n));
-    let mut once = |text: &str, tokens: u32| {
-        featurizer.featurize_into(text, &mut feats);
-        router.predict_scores(&feats, &mut scores);
-        catalog.expected_costs(tokens, &mut costs);
-        Policy::Lambda(0.0).rank_into(&scores, &costs, &mut idx);
-        std::hint::black_box(idx.first().copied())
-    };
-    if let Some(&(t, k)) = prompts.first() {
-        once(t, k); // warm-up
-    }
-    let mut times: Vec<f64> = prompts
-        .iter()
-        .map(|&(t, k)| {
-            let start = Instant::now();
-            once(t, k);
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    median(&mut times)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        0.5 * (v[m - 1] + v[m])
-    }
-}
-
 /// Runs `routewise eval`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.online {
-        return super::eval_online::run(&args);
-    }
     let kinds = parse_routers(&args.routers)?;
     let ds = load_dataset(&args.data, args.limit)?;
-    let report = evaluate(&ds, &args, &kinds)?;
-
     {
         let mut err = std::io::stderr().lock();
-        for w in &report.warnings {
+        for w in &ds.warnings {
+            writeln!(err, "warning: {w}")?;
+        }
+    }
+    if args.online {
+        return online(&args, &kinds, &ds);
+    }
+    let opts = EvalOptions {
+        routers: kinds,
+        featurizer: args.featurizer.0,
+        n_lambdas: args.n_lambdas as usize,
+        lambda: args.lambda,
+        seed: args.seed,
+        bootstrap: args.bootstrap,
+    };
+    let report = routewise_eval::evaluate(&ds, &opts, &Bars::default())?;
+    {
+        let mut err = std::io::stderr().lock();
+        for w in report.warnings.iter().filter(|w| !ds.warnings.contains(w)) {
             writeln!(err, "warning: {w}")?;
         }
     }
     let mut out = std::io::stdout().lock();
     write_table(&mut out, &report)?;
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_json(path, &report)?;
         writeln!(out, "wrote {}", path.display())?;
     }
     if let Some(path) = &args.plot {
@@ -318,485 +104,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The train and test records of `ds`; an error (naming `data`) when either split is empty.
-pub fn split_records<'a>(
-    ds: &'a Dataset,
-    data: &std::path::Path,
-) -> anyhow::Result<(Vec<&'a Record>, Vec<&'a Record>)> {
-    let train: Vec<&Record> = ds.train().collect();
-    let test: Vec<&Record> = ds.test().collect();
-    if train.is_empty() || test.is_empty() {
-        anyhow::bail!(
-            "{}: need prompts in both splits (train {}, test {})",
-            data.display(),
-            train.len(),
-            test.len()
-        );
-    }
-    Ok((train, test))
-}
-
-/// Relative spread of the single models' mean costs under which cost metrics mean nothing.
-const EQUAL_COST_SPREAD: f64 = 0.01;
-
-/// Why cost metrics mean nothing on this data, if they do not: every model has the same
-/// fitted prices, or the cheapest and the dearest comparable model cost within 1%.
-fn quality_only_reason(catalog: &Catalog, c_min: f64, c_max: f64) -> Option<String> {
-    let first = catalog.models.first()?;
-    let same = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-12);
-    if catalog.models.iter().all(|m| {
-        same(m.input_per_mtok, first.input_per_mtok)
-            && same(m.output_per_mtok, first.output_per_mtok)
-    }) {
-        return Some(format!(
-            "every model has the same price (${:.4} in / ${:.4} out per million tokens): cost \
-             differences are only output length, so cost metrics are not meaningful; reporting \
-             quality only (compare quality_first; AIQ reduces to quality)",
-            first.input_per_mtok, first.output_per_mtok
-        ));
-    }
-    if c_max <= 0.0 || c_max - c_min <= EQUAL_COST_SPREAD * c_max {
-        return Some(format!(
-            "the single models' mean costs span only [{c_min:.6}, {c_max:.6}] USD: cost metrics \
-             are not meaningful; reporting quality only (compare quality_first; AIQ reduces to \
-             quality)"
-        ));
-    }
-    None
-}
-
-/// Mean and standard error of a sample.
-fn mean_se(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
-}
-
-/// Fits and evaluates every router in `kinds` on `ds`.
-pub fn evaluate(ds: &Dataset, args: &Args, kinds: &[RouterKind]) -> anyhow::Result<Report> {
-    let (train, all_test) = split_records(ds, &args.data)?;
-    let n_models = ds.models.len();
-    let featurizer_kind = args.featurizer.0;
-
-    // Single models on the prompts that every comparable model covers; every figure
-    // (routers, singles, oracle) is computed on those prompts.
-    let singles = Singles::of(&Outcomes::from_records(&all_test, n_models)?);
-    let test: Vec<&Record> = all_test
-        .iter()
-        .zip(&singles.coverage.common)
-        .filter(|(_, &common)| common)
-        .map(|(r, _)| *r)
-        .collect();
-    let eval_coverage = singles.coverage.restricted_to_common();
-
-    // Featurizer, training set, catalog.
-    let pb = progress(None, &format!("fitting {featurizer_kind} featurizer"));
-    let t0 = Instant::now();
-    let train_texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = featurizer_kind.fit(&train_texts)?;
-    let featurizer_fit_seconds = t0.elapsed().as_secs_f64();
-    pb.set_message("featurizing prompts");
-    let train_set = TrainSet::from_records(&train, n_models, &featurizer);
-    let catalog = Catalog::fit(&ds.models, train.iter().copied());
-    let test_texts: Vec<&str> = test.iter().map(|r| r.prompt.as_str()).collect();
-    let test_feats = featurizer.featurize_batch(&test_texts);
-    let dim = featurizer.dim();
-    let test_tokens: Vec<u32> = test.iter().map(|r| r.input_tokens()).collect();
-    pb.finish_and_clear();
-
-    // Test outcomes, oracle, cost range, lambda grid.
-    let outcomes = Outcomes::from_records(&test, n_models)?;
-    let mut warnings = ds.warnings.clone();
-    warnings.extend(singles.warnings(&ds.models));
-    let row = |s: &SingleModel| ModelRow {
-        name: ds.models[s.model].clone(),
-        quality: s.point.quality,
-        cost: s.point.cost,
-        coverage: s.coverage,
-        n_prompts: s.n_prompts,
-        comparable: s.comparable,
-    };
-    let models: Vec<ModelRow> = singles.models.iter().map(row).collect();
-    let best = singles.best().context("no model has a test outcome")?;
-    let best_single = row(best);
-    let comparable_costs: Vec<f64> = singles.comparable().map(|s| s.point.cost).collect();
-    let c_min = comparable_costs
+/// `eval --online`.
+fn online(
+    args: &Args,
+    kinds: &[RouterKind],
+    ds: &routewise_data::Dataset,
+) -> anyhow::Result<ExitCode> {
+    let router = kinds
         .iter()
         .copied()
-        .fold(f64::INFINITY, f64::min);
-    let c_max = comparable_costs
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
-    let quality_only = quality_only_reason(&catalog, c_min, c_max);
-    warnings.extend(quality_only.clone());
-    let mut lambdas = lambda_grid(&comparable_costs, args.n_lambdas as usize);
-    if let Some(l) = args.lambda {
-        if !lambdas.contains(&l) {
-            lambdas.push(l);
+        .find(|k| RouterKind::ALL_LEARNED.contains(k))
+        .unwrap_or(RouterKind::Knn);
+    let bandit: BanditConfig = match std::env::var("ROUTEWISE_BANDIT") {
+        Ok(s) if !s.trim().is_empty() => {
+            serde_json::from_str(&s).context("ROUTEWISE_BANDIT is not a valid bandit config")?
         }
-    }
-    let best_point = best.point;
-
-    // 2-model datasets: strong = the more expensive model on the test split.
-    let pair = (n_models == 2)
-        .then(|| {
-            let (a, b) = (outcomes.single(0)?, outcomes.single(1)?);
-            Some(if (a.cost, a.quality) >= (b.cost, b.quality) {
-                (0, 1)
-            } else {
-                (1, 0)
-            })
-        })
-        .flatten();
-
-    let mut pred_costs = vec![0.0; test.len() * n_models];
-    for (row, &tok) in pred_costs.chunks_exact_mut(n_models).zip(&test_tokens) {
-        catalog.expected_costs(tok, row);
-    }
-    let step = test.len().div_ceil(TIMING_PROMPTS).max(1);
-    let timing: Vec<(&str, u32)> = (0..test.len())
-        .step_by(step)
-        .map(|i| (test_texts[i], test_tokens[i]))
-        .collect();
-
-    let cfg = RouterConfigs {
-        seed: args.seed,
-        ..RouterConfigs::default()
+        _ => BanditConfig::default(),
     };
-    let mut routers = Vec::with_capacity(kinds.len());
-    let mut realised = Vec::with_capacity(kinds.len());
-    for &kind in kinds {
-        let pb = progress(None, &format!("fitting {kind}"));
-        let t0 = Instant::now();
-        let router = fit_router(kind, &train_set, &catalog, &cfg)?;
-        let fit_seconds = t0.elapsed().as_secs_f64();
-        pb.finish_and_clear();
-
-        let pb = progress(Some(test.len() as u64), &format!("predicting {kind}"));
-        let mut scores = vec![0.0; test.len() * n_models];
-        for (i, row) in scores.chunks_exact_mut(n_models).enumerate() {
-            router.predict_scores_keyed(&test_feats[i * dim..(i + 1) * dim], &test[i].id, row);
-            if i % 64 == 0 {
-                pb.set_position(i as u64);
-            }
-        }
-        pb.finish_and_clear();
-        let route_us_p50 = route_p50(&featurizer, &router, &catalog, &timing);
-
-        let preds = Predictions {
-            n_models,
-            scores,
-            costs: pred_costs.clone(),
-            fixed_ranking: router.fixed_ranking(),
-        };
-        let r = realise(&outcomes, &preds, &lambdas)?;
-        let mut curve = r.curve();
-        let at_lambda = args
-            .lambda
-            .and_then(|l| curve.iter().find(|p| p.lambda == l).copied());
-        curve.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
-        let m = router_metrics(&curve, best_point, c_min, c_max);
-        let pairwise = pair.and_then(|(s, w)| {
-            let wins: Vec<f64> = preds
-                .scores
-                .chunks_exact(n_models)
-                .map(|r| r[s] - r[w])
-                .collect();
-            pairwise_metrics(&outcomes, &wins, s, w)
-        });
-        let (quality_first, quality_first_se) = mean_se(r.scores_at(0));
-        let cost_ratio = |v: Option<f64>| v.filter(|_| quality_only.is_none());
-        routers.push(RouterRow {
-            name: kind.to_string(),
-            aiq: m.aiq,
-            aiq_se: 0.0,
-            aiq_within_noise_of_best: false,
-            quality_first,
-            quality_first_se,
-            max_quality: m.max_quality,
-            cost_at_max_quality: m.cost_at_max_quality,
-            quality_at_best_single_cost: m.quality_at_best_single_cost,
-            cost_ratio_at_best_single_quality: cost_ratio(m.cost_ratio_at_best_single_quality),
-            cost_ratio_at_best_single_quality_measured: cost_ratio(
-                m.cost_ratio_at_best_single_quality_measured,
-            ),
-            fit_seconds,
-            route_us_p50,
-            route_timing_prompts: timing.len(),
-            pairwise,
-            at_lambda,
-            curve,
-        });
-        realised.push(r);
-    }
-
-    // AIQ noise: a seeded paired bootstrap over the test prompts.
-    let aiqs: Vec<f64> = routers.iter().map(|r| r.aiq).collect();
-    if args.bootstrap > 0 && !routers.is_empty() {
-        let pb = progress(None, &format!("bootstrap ({} resamples)", args.bootstrap));
-        let refs: Vec<&Realised> = realised.iter().collect();
-        let noise = bootstrap_aiq(
-            &outcomes,
-            &eval_coverage,
-            &refs,
-            &aiqs,
-            args.bootstrap,
-            args.seed,
-        );
-        for (i, r) in routers.iter_mut().enumerate() {
-            r.aiq_se = noise.se[i];
-            r.aiq_within_noise_of_best = noise.within_noise_of_best[i];
-        }
-        pb.finish_and_clear();
-    }
-
-    let single_points: Vec<(f64, f64)> = singles
-        .comparable()
-        .map(|s| (s.point.cost, s.point.quality))
-        .collect();
-    let zero_router_aiq = routewise_eval::aiq(&single_points, c_min, c_max);
-    Ok(Report {
-        dataset: ds.name.clone(),
-        n_train: train.len(),
-        n_test: all_test.len(),
-        featurizer: featurizer.name().to_string(),
-        featurizer_fit_seconds,
+    let opts = OnlineOptions {
+        router,
+        featurizer: args.featurizer.0,
+        lambda: args.lambda.unwrap_or(0.0),
         seed: args.seed,
-        models,
-        best_single,
-        eval_prompts: test.len(),
-        cost_range: [c_min, c_max],
-        oracle: outcomes.oracle(),
-        zero_router_aiq,
-        quality_only: quality_only.is_some(),
-        bootstrap: BootstrapInfo {
-            resamples: args.bootstrap,
-            seed: args.seed,
-        },
-        pair: pair.map(|(s, w)| Pair {
-            strong: ds.models[s].clone(),
-            weak: ds.models[w].clone(),
-        }),
-        routers,
-        warnings,
-    })
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
-}
-
-/// Prints the human-readable summary.
-pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "dataset {}: {} train / {} test prompts, {} models, featurizer {} (fit {:.2} s)",
-        r.dataset,
-        r.n_train,
-        r.n_test,
-        r.models.len(),
-        r.featurizer,
-        r.featurizer_fit_seconds
-    )?;
-    let w = r
-        .models
-        .iter()
-        .map(|m| m.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    writeln!(
-        out,
-        "\n{:<w$} {:>8} {:>12} {:>9}",
-        "model", "quality", "cost_usd", "coverage"
-    )?;
-    let mut models = r.models.clone();
-    models.sort_by(|a, b| a.cost.total_cmp(&b.cost));
-    for m in &models {
-        let mark = if m.name == r.best_single.name {
-            " (best single)"
-        } else if !m.comparable {
-            " (not compared: under 95% coverage; quality on its own prompts)"
-        } else {
-            ""
-        };
-        writeln!(
-            out,
-            "{:<w$} {:>8.4} {:>12.6} {:>8.1}%{mark}",
-            m.name,
-            m.quality,
-            m.cost,
-            m.coverage * 100.0
-        )?;
-    }
-    let rw = r
-        .routers
-        .iter()
-        .map(|x| x.name.len())
-        .chain([11])
-        .max()
-        .unwrap_or(11);
-    let pairwise = r.routers.iter().any(|x| x.pairwise.is_some());
-    let best_aiq = r
-        .routers
-        .iter()
-        .map(|x| x.aiq)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let mark = |x: &RouterRow| {
-        if r.bootstrap.resamples == 0 {
-            " "
-        } else if x.aiq == best_aiq {
-            "*"
-        } else if x.aiq_within_noise_of_best {
-            "~"
-        } else {
-            " "
-        }
+        bandit,
     };
-    if r.quality_only {
-        write!(
-            out,
-            "\n{:<rw$} {:>9} {:>7} {:>8} {:>10} {:>8} {:>9}",
-            "router", "quality", "se", "max_q", "vs_best_1", "fit_s", "route_us"
-        )?;
-    } else {
-        write!(
-            out,
-            "\n{:<rw$} {:>7} {:>7}  {:>8} {:>12} {:>10} {:>11} {:>8} {:>9}",
-            "router",
-            "AIQ",
-            "se",
-            "max_q",
-            "cost@max_q",
-            "q@best_c",
-            "cost_ratio",
-            "fit_s",
-            "route_us"
-        )?;
+    let report = routewise_eval::evaluate_online(ds, &opts)?;
+    let mut out = std::io::stdout().lock();
+    write_online_table(&mut out, &report)?;
+    if let Some(path) = &args.json {
+        write_json(path, &serde_json::json!({ "online": report }))?;
+        writeln!(out, "wrote {}", path.display())?;
     }
-    if pairwise {
-        write!(out, " {:>6} {:>7} {:>7}", "APGR", "CPT50%", "CPT80%")?;
+    if let Some(path) = &args.plot {
+        std::fs::write(path, regret_svg(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
     }
-    writeln!(out)?;
-    for x in &r.routers {
-        if r.quality_only {
-            write!(
-                out,
-                "{:<rw$} {:>9.4} {:>7.4} {:>8.4} {:>+10.4} {:>8.3} {:>9.1}",
-                x.name,
-                x.quality_first,
-                x.quality_first_se,
-                x.max_quality,
-                x.quality_first - r.best_single.quality,
-                x.fit_seconds,
-                x.route_us_p50
-            )?;
-        } else {
-            write!(
-                out,
-                "{:<rw$} {:>7.4} {:>7.4}{} {:>8.4} {:>12.6} {:>10.4} {:>11} {:>8.3} {:>9.1}",
-                x.name,
-                x.aiq,
-                x.aiq_se,
-                mark(x),
-                x.max_quality,
-                x.cost_at_max_quality,
-                x.quality_at_best_single_cost,
-                opt(x.cost_ratio_at_best_single_quality, 3),
-                x.fit_seconds,
-                x.route_us_p50
-            )?;
-        }
-        if let Some(p) = &x.pairwise {
-            write!(
-                out,
-                " {:>6.3} {:>7} {:>7}",
-                p.apgr,
-                opt(p.cpt50, 1),
-                opt(p.cpt80, 1)
-            )?;
-        }
-        writeln!(out)?;
-    }
-    writeln!(
-        out,
-        "{:<rw$} {:>7} {:>7}  {:>8.4} {:>12.6}",
-        "oracle", "-", "", r.oracle.quality, r.oracle.cost
-    )?;
-    if !r.quality_only {
-        writeln!(
-            out,
-            "{:<rw$} {:>7.4}           (hull of the single models, RouterBench's zero router)",
-            "zero-router", r.zero_router_aiq
-        )?;
-    }
-    writeln!(out)?;
-    if r.quality_only {
-        writeln!(
-            out,
-            "Quality only (all models cost the same): quality = realised test quality at lambda 0 \
-             (se: standard error over prompts); vs_best_1 = quality minus the best single model's \
-             ({}, {:.4}).",
-            r.best_single.name, r.best_single.quality
-        )?;
-    } else {
-        writeln!(
-            out,
-            "AIQ over cost range [{:.6}, {:.6}] USD; se = bootstrap standard error ({} resamples \
-             of the test prompts); * = highest AIQ, ~ = within noise of it (paired bootstrap, 95%).",
-            r.cost_range[0], r.cost_range[1], r.bootstrap.resamples
-        )?;
-        writeln!(
-            out,
-            "cost_ratio = lowest cost at which the router's frontier reaches {} ({:.4}), over its \
-             cost {:.6}; - = never reaches it.",
-            r.best_single.name, r.best_single.quality, r.best_single.cost
-        )?;
-    }
-    writeln!(
-        out,
-        "Evaluated on the {} of {} test prompts that every model with >= 95% coverage has; \
-         best-single and cheapest always route to one model (fixed baselines).",
-        r.eval_prompts, r.n_test
-    )?;
-    Ok(())
-}
-
-/// The plot's series from a report.
-pub fn plot_input(r: &Report) -> PlotInput {
-    PlotInput {
-        title: format!(
-            "{}: test quality vs cost ({} test prompts)",
-            r.dataset, r.n_test
-        ),
-        curves: r
-            .routers
-            .iter()
-            .map(|x| {
-                (
-                    x.name.clone(),
-                    x.curve.iter().map(|p| (p.cost, p.quality)).collect(),
-                )
-            })
-            .collect(),
-        singles: r
-            .models
-            .iter()
-            .map(|m| {
-                (
-                    m.name.clone(),
-                    Point {
-                        quality: m.quality,
-                        cost: m.cost,
-                    },
-                )
-            })
-            .collect(),
-        oracle: Some(r.oracle),
-    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,18 +1,103 @@
-//! One module per subcommand, plus the shared error reporting.
+//! One module per subcommand, plus what several commands share: dataset loading,
+//! progress bars, the `--featurizer` and `--routers` parsing, JSON output, and the error
+//! reporting with its exit codes.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use routewise_data::Dataset;
 use routewise_features::FeaturizerKind;
+use routewise_router::RouterKind;
 
 pub mod calibrate;
 pub mod check_config;
 pub mod eval;
-pub mod eval_online;
 pub mod models;
 pub mod route;
 pub mod serve;
 pub mod train;
+
+/// A progress bar (`len`) or spinner (`None`) on stderr, hidden when stderr is not a
+/// terminal.
+pub fn progress(len: Option<u64>, msg: &str) -> ProgressBar {
+    let pb = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    if std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::stderr());
+        let style = match len {
+            Some(_) => ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed}")
+                .map(|s| s.progress_chars("=> ")),
+            None => ProgressStyle::with_template("{spinner} {msg} {elapsed}"),
+        };
+        if let Ok(style) = style {
+            pb.set_style(style);
+        }
+        if len.is_none() {
+            pb.enable_steady_tick(Duration::from_millis(120));
+        }
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// [`routewise_eval::Progress`] drawn as indicatif bars on stderr.
+#[derive(Default)]
+pub struct Bars(RefCell<Option<ProgressBar>>);
+
+impl routewise_eval::Progress for Bars {
+    fn start(&self, message: &str, len: Option<u64>) {
+        self.finish();
+        *self.0.borrow_mut() = Some(progress(len, message));
+    }
+
+    fn set_position(&self, pos: u64) {
+        if let Some(pb) = self.0.borrow().as_ref() {
+            pb.set_position(pos);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = self.0.borrow_mut().take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// Loads the dataset, applying `--limit` per split.
+pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset> {
+    let pb = progress(None, "loading data");
+    let mut ds = Dataset::load(path)?;
+    if let Some(n) = limit {
+        ds.truncate_per_split(n);
+    }
+    pb.finish_and_clear();
+    Ok(ds)
+}
+
+/// Parses the `--routers` list, keeping the order and dropping duplicates; the baselines
+/// follow.
+pub fn parse_routers(names: &[String]) -> anyhow::Result<Vec<RouterKind>> {
+    let mut kinds: Vec<RouterKind> = Vec::new();
+    for n in names.iter().filter(|n| !n.trim().is_empty()) {
+        kinds.push(n.parse()?);
+    }
+    Ok(routewise_eval::report::with_baselines(&kinds))
+}
+
+/// Writes `value` as pretty JSON (with a final newline) to `path`.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// `--featurizer`: a [`FeaturizerKind`] whose `--help` lists every featurizer with its
 /// description.
@@ -49,6 +134,12 @@ pub fn report_error(err: &anyhow::Error) -> ExitCode {
 
 /// Invalid input: a dataset, artifact or config the user gave us is wrong.
 fn is_invalid_input(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| e.is::<routewise_data::DataError>() || e.is::<routewise_router::RouterError>())
+    err.chain().any(|e| {
+        e.is::<routewise_data::DataError>()
+            || e.is::<routewise_router::RouterError>()
+            || matches!(
+                e.downcast_ref::<routewise_eval::EvalError>(),
+                Some(routewise_eval::EvalError::Split(_) | routewise_eval::EvalError::Config(_))
+            )
+    })
 }

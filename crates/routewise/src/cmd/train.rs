@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use routewise_data::Record;
-use routewise_router::{fit_router, Artifact, Catalog, RouterConfigs, RouterKind, TrainSet};
+use routewise_router::{RouterConfigs, RouterKind};
 
-use super::eval::{load_dataset, progress};
+use super::{load_dataset, progress};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,28 +50,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if train.is_empty() {
         anyhow::bail!("{}: no training prompts", args.data.display());
     }
-
-    let pb = progress(None, &format!("fitting {} featurizer", args.featurizer.0));
-    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let featurizer = args.featurizer.0.fit(&texts)?;
-    pb.set_message("featurizing prompts");
-    let train_set = TrainSet::from_records(&train, ds.models.len(), &featurizer);
-    let catalog = Catalog::fit(&ds.models, train.iter().copied());
-    pb.set_message(format!("fitting {kind}"));
+    let pb = progress(
+        None,
+        &format!("training {kind} ({} featurizer)", args.featurizer.0),
+    );
     let t0 = Instant::now();
     let cfg = RouterConfigs {
         seed: args.seed,
         ..RouterConfigs::default()
     };
-    let router = fit_router(kind, &train_set, &catalog, &cfg)?;
-    let fit_seconds = t0.elapsed().as_secs_f64();
+    let artifact =
+        routewise_router::train(&ds.name, &ds.models, &train, args.featurizer.0, kind, &cfg)?;
+    let seconds = t0.elapsed().as_secs_f64();
     pb.finish_and_clear();
-
-    let artifact = Artifact::new(ds.name.clone(), featurizer, router, catalog, train.len());
     artifact.save(&args.out)?;
     writeln!(
         std::io::stdout().lock(),
-        "wrote {}: router {kind}, featurizer {}, {} models, {} training prompts, fit {fit_seconds:.2} s",
+        "wrote {}: router {kind}, featurizer {}, {} models, {} training prompts, trained in {seconds:.2} s",
         args.out.display(),
         artifact.meta.featurizer,
         artifact.meta.models.len(),

@@ -1,6 +1,6 @@
-//! Offline replay of a prompt stream through the bandit: the protocol behind
-//! `routewise eval --online`. Pure (no I/O); the CLI loads data and fits the offline
-//! router, this module simulates deployment.
+//! Offline replay of a prompt stream through the bandit of `routewise-online`: the
+//! protocol behind `routewise eval --online`. Pure (no I/O): [`crate::run_online`] loads
+//! the predictions, this module simulates deployment.
 //!
 //! Protocol. The test prompts are replayed `passes` times, each pass in a fresh seeded
 //! order (ChaCha8, `seed + pass`). At every step the bandit chooses among the models
@@ -21,8 +21,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::bandit::{argmax_available, LinearBandit};
-use crate::config::BanditConfig;
+use routewise_online::bandit::{argmax_available, LinearBandit};
+use routewise_online::BanditConfig;
 
 /// The replayed stream, row-major `n x k` (`n` prompts, `k` models).
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct DriftSpec {
 /// Options of one replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
+    /// The policy's lambda: the ranking's and the reward's cost weight.
+    pub lambda: f64,
     pub passes: usize,
     pub seed: u64,
     pub drift: Option<DriftSpec>,
@@ -116,11 +118,12 @@ fn fill_row(data: &ReplayData, i: usize, lambda: f64, prior: &mut [f64], avail: 
     }
 }
 
-/// Replays `data` through a bandit configured by `config` (its `lambda` is the reward's).
+/// Replays `data` through a bandit configured by `config`, deciding and rewarding at
+/// `opts.lambda`.
 pub fn replay(data: &ReplayData, config: &BanditConfig, opts: &ReplayOptions) -> ReplayResult {
     let k = data.n_models;
     let n = data.contexts.len();
-    let lambda = config.lambda;
+    let lambda = opts.lambda;
     let total = n * opts.passes.max(1);
     let change_step = opts.drift.map(|_| total / 2);
     let drifted = opts.drift.map(|_| most_chosen_offline(data, lambda));
@@ -242,6 +245,7 @@ mod tests {
     #[test]
     fn bandit_corrects_a_biased_offline_router() {
         let opts = ReplayOptions {
+            lambda: 0.0,
             passes: 1,
             seed: 0,
             drift: None,
@@ -262,6 +266,7 @@ mod tests {
         let mut d = toy(400);
         d.scores = [0.9, 0.6].repeat(400);
         let opts = ReplayOptions {
+            lambda: 0.0,
             passes: 1,
             seed: 0,
             drift: Some(DriftSpec {

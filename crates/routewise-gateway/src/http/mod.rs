@@ -1,22 +1,27 @@
-//! The route table: every endpoint of the gateway, in one place.
+//! The HTTP layer: the route table ([`app`]), thin handlers ([`handlers`], [`feedback`])
+//! and the extractors they share ([`extract`]). A handler extracts, calls the pipeline
+//! ([`crate::pipeline`]) or a service, and maps the result; nothing else.
 //!
 //! | method | path | handler |
 //! |---|---|---|
 //! | POST | `/v1/chat/completions` | route, call the model (fallbacks, streaming) |
 //! | POST | `/v1/route` | the decision only, no upstream call |
-//! | POST | `/v1/feedback` | feedback on a decision (online learning, [`crate::online`]) |
+//! | POST | `/v1/feedback` | feedback on a decision (online learning) |
 //! | GET | `/v1/models` | `auto` plus every configured model |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness: 503 while every model is cooling down or the online state store is unreachable |
 //! | GET | `/metrics` | Prometheus text |
 //!
-//! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape.
+//! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape. A new endpoint
+//! is one line here and one handler.
+
+pub mod extract;
+pub mod feedback;
+pub mod handlers;
 
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handlers;
-use crate::online;
 use crate::state::AppState;
 
 /// The gateway's axum application.
@@ -32,7 +37,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/feedback",
-            post(online::feedback).fallback(handlers::method_not_allowed),
+            post(feedback::feedback).fallback(handlers::method_not_allowed),
         )
         .route(
             "/v1/models",

@@ -1,4 +1,4 @@
-//! Thin HTTP handlers: extract, call the core ([`crate::proxy`]), map the result.
+//! Thin HTTP handlers: extract, call the core ([`crate::pipeline`]), map the result.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -6,39 +6,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::proxy;
+use crate::http::extract::read_body;
+use crate::pipeline;
 use crate::state::AppState;
-
-/// Reads a body of at most `limit` bytes.
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::bad_request(
-            format!("cannot read the request body: {e}"),
-            None,
-        )),
-    }
-}
 
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -56,7 +30,7 @@ pub async fn chat_completions(
             }
         };
         tracing::Span::current().record("body_bytes", bytes.len());
-        proxy::chat(state, headers, bytes).await
+        pipeline::chat(state, headers, bytes).await
     }
     .instrument(span)
     .await
@@ -65,7 +39,7 @@ pub async fn chat_completions(
 pub async fn route(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let limit = state.config.limits.max_body_bytes;
     let result = match read_body(&headers, body, limit).await {
-        Ok(bytes) => proxy::decide(&state, &headers, &bytes),
+        Ok(bytes) => pipeline::decide_only(&state, &headers, &bytes),
         Err(e) => Err(e),
     };
     match result {
@@ -80,8 +54,8 @@ pub async fn route(State(state): State<AppState>, headers: HeaderMap, body: Body
 pub async fn models(State(state): State<AppState>) -> Response {
     let mut data =
         vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "routewise"})];
-    data.extend(state.upstreams.iter().map(|u| {
-        json!({"id": u.name, "object": "model", "created": 0, "owned_by": u.provider.name(),
+    data.extend(state.upstreams.in_config_order().map(|u| {
+        json!({"id": u.name, "object": "model", "created": 0, "owned_by": u.kind.name(),
                "context_window": u.context_window})
     }));
     Json(json!({"object": "list", "data": data})).into_response()
@@ -93,7 +67,11 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let now = state.now_ms();
-    let available = state.breakers.iter().filter(|b| !b.is_open(now)).count();
+    let available = state
+        .upstreams
+        .iter()
+        .filter(|u| !u.breaker.is_open(now))
+        .count();
     let ready = available > 0;
     let mut status = if ready {
         StatusCode::OK

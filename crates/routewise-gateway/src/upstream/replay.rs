@@ -1,5 +1,6 @@
 //! The `replay` provider: answers a model's requests in-process from recorded outcomes,
-//! so the demo runs on a fresh machine with no keys and no upstream.
+//! so the demo runs on a fresh machine with no keys and no upstream. [`Replay`] holds the
+//! recorded outcomes; [`ReplayProvider`] is the [`Provider`] that answers from them.
 //!
 //! The routing data has no response text, so a replay answer says that it is a routewise
 //! demo replay, which model answered, and what that model scored and cost on the nearest
@@ -8,10 +9,60 @@
 //! prompt tokens and the answer's chars / 4.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use axum::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
 use routewise_data::{Dataset, Outcome};
 use serde_json::json;
+
+use super::{unix_now, Answer, AttemptOutcome, Call, Failure, Provider, ProviderKind, Timing};
+
+/// The provider answering from a [`Replay`].
+#[derive(Debug, Clone)]
+pub struct ReplayProvider {
+    replay: Arc<Replay>,
+}
+
+impl ReplayProvider {
+    pub fn new(replay: Arc<Replay>) -> Self {
+        ReplayProvider { replay }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ReplayProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Replay
+    }
+
+    async fn call(&self, call: Call<'_>, _timing: &mut Timing) -> Result<Answer, Failure> {
+        let req = call.request;
+        let answer = self
+            .replay
+            .answer(call.model, &req.prompt, req.prompt_tokens)
+            .ok_or_else(|| {
+                Failure::new(AttemptOutcome::Connect, "replay has no data for this model")
+            })?;
+        if !req.stream {
+            return Ok(Answer::Full {
+                status: StatusCode::OK,
+                content_type: Some(HeaderValue::from_static("application/json")),
+                body: answer.completion(call.id, call.model, unix_now()),
+            });
+        }
+        let mut events = answer
+            .events(call.id, call.model, unix_now(), req.include_usage)
+            .into_iter();
+        let first = events.next().unwrap_or_default();
+        Ok(Answer::Stream {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("text/event-stream")),
+            first,
+            rest: Box::pin(futures_util::stream::iter(events.map(Ok))),
+        })
+    }
+}
 
 /// One recorded prompt.
 #[derive(Debug, Clone)]

@@ -2,27 +2,38 @@
 //!
 //! The router's ranking is the fallback order. Models whose context window is smaller
 //! than the request's estimated tokens are never tried. Models whose breaker is open
-//! (see [`crate::cooldown`]) are skipped; if that leaves nothing, the best eligible model
+//! (see [`super::cooldown`]) are skipped; if that leaves nothing, the best eligible model
 //! is tried anyway (a request is never refused only because everything is cooling down).
 //! At most `max_attempts` models are tried. Pure logic: no I/O, no clock.
 
-use crate::cooldown::Admit;
+use super::cooldown::Admit;
+
+/// Each model's context window in tokens (`None`: unknown, anything fits).
+pub trait ContextWindows {
+    fn window(&self, model: usize) -> Option<u64>;
+}
+
+impl ContextWindows for [Option<u64>] {
+    fn window(&self, model: usize) -> Option<u64> {
+        self.get(model).copied().flatten()
+    }
+}
+
+impl<const N: usize> ContextWindows for [Option<u64>; N] {
+    fn window(&self, model: usize) -> Option<u64> {
+        self.as_slice().window(model)
+    }
+}
 
 /// Models of `ranking` whose context window fits `needed_tokens`, in ranking order.
 pub fn eligible(
     ranking: impl IntoIterator<Item = usize>,
-    context_windows: &[Option<u64>],
+    context_windows: &(impl ContextWindows + ?Sized),
     needed_tokens: u64,
 ) -> Vec<usize> {
     ranking
         .into_iter()
-        .filter(|&m| {
-            context_windows
-                .get(m)
-                .copied()
-                .flatten()
-                .is_none_or(|w| w >= needed_tokens)
-        })
+        .filter(|&m| context_windows.window(m).is_none_or(|w| w >= needed_tokens))
         .collect()
 }
 

@@ -1,0 +1,73 @@
+//! `POST /v1/feedback`: `{"decision_id", "score" (0..1, or true/false), "thumbs"
+//! ("up"/"down"), "cost_usd"?, "latency_ms"?}`. Answers 200 with the ack once the store
+//! committed (fsynced locally, acknowledged by Redis), else the typed error
+//! (`routewise_online::FeedbackError`) in OpenAI's shape.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use routewise_online::{FeedbackError, FeedbackRequest};
+
+use crate::error::error_json;
+use crate::http::extract::read_body;
+use crate::state::AppState;
+
+fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body = error_json(&message, kind, None, Some(code));
+    (status, Json(body)).into_response()
+}
+
+fn feedback_error(e: &FeedbackError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_response(status, e.code(), e.to_string())
+}
+
+pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let gw = &*state;
+    let Some(online) = gw.online.get() else {
+        gw.metrics.feedback("disabled");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "feedback_disabled",
+            "feedback is not enabled on this gateway (add a `bandit:` block to its config)".into(),
+        );
+    };
+    let bytes = match read_body(&headers, body, gw.config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            gw.metrics.feedback("invalid_request");
+            return e.into_response();
+        }
+    };
+    let req: FeedbackRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            gw.metrics.feedback("invalid_request");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("invalid feedback body: {e}"),
+            );
+        }
+    };
+    match online.feedback.submit(&req).await {
+        Ok(ack) => {
+            gw.metrics.feedback("ok");
+            Json(ack).into_response()
+        }
+        Err(e) => {
+            gw.metrics.feedback(e.code());
+            if e.status() >= 500 {
+                tracing::warn!(decision_id = %req.decision_id, error = %e, "feedback not recorded");
+            }
+            feedback_error(&e)
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The gateway's model table: one [`Upstream`] record per served model, indexed by
+//! [`ModelId`], the model's index in the deciding router's catalog, so a decision's
+//! ranking indexes the table directly. Each record holds everything an attempt needs:
+//! the provider (URL and auth parsed once, at config validation), the upstream model
+//! name, prices, context window and the model's circuit breaker.
+//!
+//! Built by [`ModelTable::build`] from the validated config and the reconciled catalog
+//! (`routewise_router::Catalog::reconcile`), which already checked that the router and
+//! the config agree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::HeaderValue;
+use routewise_router::Reconciled;
+
+use crate::config::{Config, Issue, ModelConfig, Price};
+use crate::pipeline::attempts::cooldown::Breaker;
+use crate::pipeline::attempts::fallback::ContextWindows;
+use crate::upstream::anthropic::{self, Anthropic};
+use crate::upstream::openai::OpenAi;
+use crate::upstream::replay::{Replay, ReplayProvider};
+use crate::upstream::{Provider, ProviderKind};
+
+/// A served model: its index in the router's catalog and in the [`ModelTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelId(u32);
+
+impl ModelId {
+    /// The catalog index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    pub(crate) fn from_index(i: usize) -> ModelId {
+        ModelId(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+}
+
+/// One served model at run time.
+#[derive(Debug)]
+pub struct Upstream {
+    pub id: ModelId,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub provider: Arc<dyn Provider>,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+    /// Configured prices, else the router catalog's.
+    pub price: Price,
+    pub context_window: Option<u64>,
+    pub breaker: Breaker,
+}
+
+impl Upstream {
+    /// USD cost of a call with this usage.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.price.input_per_mtok
+            + completion_tokens as f64 * self.price.output_per_mtok)
+            / 1e6
+    }
+}
+
+/// Every served model, in catalog order.
+#[derive(Debug)]
+pub struct ModelTable {
+    models: Vec<Upstream>,
+    by_name: HashMap<String, ModelId>,
+    /// Ids in the config's order (listings).
+    config_order: Vec<ModelId>,
+}
+
+impl ModelTable {
+    /// Builds the table: the catalog of `reconciled` decides the order, `config` says how
+    /// each model is reached. `replay` answers the `replay` models (required if any).
+    pub fn build(
+        config: &Config,
+        reconciled: &Reconciled,
+        client: &reqwest::Client,
+        replay: Option<Arc<Replay>>,
+    ) -> Result<ModelTable, Vec<Issue>> {
+        let mut issues = Vec::new();
+        let mut models = Vec::with_capacity(reconciled.catalog.len());
+        for (ci, info) in reconciled.catalog.models.iter().enumerate() {
+            let Some(&entry) = reconciled.entry_of.get(ci) else {
+                continue;
+            };
+            let Some(m) = config.models.get(entry) else {
+                continue;
+            };
+            let provider = match provider(m, client, replay.as_ref()) {
+                Ok(p) => p,
+                Err(message) => {
+                    issues.push(Issue {
+                        path: format!("models[{entry}].provider"),
+                        message,
+                    });
+                    continue;
+                }
+            };
+            models.push(Upstream {
+                id: ModelId::from_index(ci),
+                name: m.name.clone(),
+                kind: m.provider,
+                provider,
+                upstream_model: m.upstream_model.clone(),
+                price: m.price.unwrap_or(Price {
+                    input_per_mtok: info.input_per_mtok,
+                    output_per_mtok: info.output_per_mtok,
+                }),
+                context_window: m.context_window,
+                breaker: Breaker::new(
+                    config.cooldown.failures,
+                    (config.cooldown.seconds * 1000.0) as u64,
+                ),
+            });
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let by_name: HashMap<String, ModelId> =
+            models.iter().map(|u| (u.name.clone(), u.id)).collect();
+        let config_order = config
+            .models
+            .iter()
+            .filter_map(|m| by_name.get(&m.name).copied())
+            .collect();
+        Ok(ModelTable {
+            models,
+            by_name,
+            config_order,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The model with this id.
+    pub fn get(&self, id: ModelId) -> &Upstream {
+        &self.models[id.index()]
+    }
+
+    /// The model a catalog index names, if served.
+    pub fn at(&self, catalog_index: usize) -> Option<&Upstream> {
+        self.models.get(catalog_index)
+    }
+
+    /// The model called `name`, if served.
+    pub fn by_name(&self, name: &str) -> Option<ModelId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Whether `name` is served.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Every model, in catalog order.
+    pub fn iter(&self) -> impl Iterator<Item = &Upstream> {
+        self.models.iter()
+    }
+
+    /// Every model, in the config's order.
+    pub fn in_config_order(&self) -> impl Iterator<Item = &Upstream> {
+        self.config_order.iter().map(|&id| self.get(id))
+    }
+
+    /// Model names, in catalog order (metrics labels).
+    pub fn names(&self) -> Vec<String> {
+        self.models.iter().map(|u| u.name.clone()).collect()
+    }
+}
+
+impl ContextWindows for ModelTable {
+    fn window(&self, model: usize) -> Option<u64> {
+        self.models.get(model).and_then(|u| u.context_window)
+    }
+}
+
+/// The provider that reaches `m`.
+fn provider(
+    m: &ModelConfig,
+    client: &reqwest::Client,
+    replay: Option<&Arc<Replay>>,
+) -> Result<Arc<dyn Provider>, String> {
+    let endpoint = || {
+        m.endpoint
+            .clone()
+            .ok_or_else(|| format!("`{}` has no endpoint", m.name))
+    };
+    Ok(match m.provider {
+        ProviderKind::OpenAi => Arc::new(OpenAi::new(client.clone(), endpoint()?, m.auth.clone())),
+        ProviderKind::Anthropic => {
+            let version = m
+                .anthropic_version
+                .as_deref()
+                .unwrap_or(anthropic::DEFAULT_VERSION);
+            let version = HeaderValue::from_str(version)
+                .map_err(|_| format!("anthropic_version `{version}` is not a header value"))?;
+            Arc::new(Anthropic::new(
+                client.clone(),
+                endpoint()?,
+                m.auth.clone(),
+                version,
+                m.max_tokens.unwrap_or(anthropic::DEFAULT_MAX_TOKENS),
+            ))
+        }
+        ProviderKind::Replay => match replay.filter(|r| r.knows(&m.name)) {
+            Some(r) => Arc::new(ReplayProvider::new(Arc::clone(r))),
+            None => {
+                return Err(format!(
+                    "the replay provider has no recorded outcomes for `{}`",
+                    m.name
+                ))
+            }
+        },
+    })
+}

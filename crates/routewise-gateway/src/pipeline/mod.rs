@@ -1,0 +1,244 @@
+//! The request pipeline: one [`RequestContext`] carried through an explicit sequence of
+//! stages, each in its own module.
+//!
+//! `POST /v1/chat/completions` ([`chat`]):
+//!
+//! | # | stage | module | what it does |
+//! |---|---|---|---|
+//! | 1 | parse | [`crate::request`] | validate the body and headers once |
+//! | 2 | before routing | (here, in [`chat`]) | where rules, a cache or auth go: look at the context, answer early or continue |
+//! | 3 | route | [`route`] | the decider ranks the models; context windows filter them |
+//! | 4 | attempts | [`attempts`] | try models down the ranking through their providers (fallback, cooldown) |
+//! | 5 | respond | [`stream`] | the full body, or the stream piped chunk by chunk |
+//! | 6 | after the response | [`decision_log`], [`record`] | one log line per decision; the feedback record of a learned decision |
+//!
+//! `POST /v1/route` ([`decide_only`]) runs stages 1-3 and answers the decision.
+//! Stages get the context (or the part they need) and never call back into the HTTP
+//! layer; the HTTP layer ([`crate::http`]) only extracts and maps.
+
+pub mod attempts;
+pub mod decision_log;
+pub mod record;
+pub mod route;
+pub mod stream;
+
+use std::time::Instant;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::models::ModelId;
+use crate::request::{self, ChatRequest};
+use crate::state::{AppState, Gateway};
+use crate::upstream::Answer;
+
+use self::attempts::AttemptRecord;
+use self::route::Routed;
+use self::stream::End;
+
+/// Response header naming the model that answered.
+pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-routewise-model");
+/// Response header carrying the decision id.
+pub const DECISION_HEADER: HeaderName = HeaderName::from_static("x-routewise-decision-id");
+/// Response header with the number of upstream attempts.
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-routewise-attempts");
+
+/// A fresh decision id (UUIDv7: time-ordered, unique).
+pub fn new_decision_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// One chat request on its way through the stages.
+#[derive(Debug)]
+pub struct RequestContext {
+    pub state: AppState,
+    /// The decision id (`x-routewise-decision-id`).
+    pub id: String,
+    pub started: Instant,
+    pub request: ChatRequest,
+    /// What the route stage decided.
+    pub routed: Routed,
+    /// Every upstream attempt so far.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Decrements the in-flight gauge when the request ends, however it ends.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn start(gw: &Gateway) -> InFlight {
+        gw.metrics.in_flight().inc();
+        InFlight(gw.metrics.in_flight().clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves `POST /v1/chat/completions` for an already read body.
+pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let id = new_decision_id();
+    let gw = &*state;
+    // 1. parse
+    let request = match request::parse(&body, &headers, true) {
+        Ok(r) => r,
+        Err(e) => return reject(gw, e, &id),
+    };
+    // 2. before routing: rules, cache and auth stages go here.
+    // 3. route
+    let routed = match route::route(gw, &request, false) {
+        Ok(r) => r,
+        Err(e) => return reject(gw, e, &id),
+    };
+    gw.metrics.decision_latency(started.elapsed().as_secs_f64());
+    let _in_flight = InFlight::start(gw);
+    let mut ctx = RequestContext {
+        state: state.clone(),
+        id,
+        started,
+        request,
+        routed,
+        attempts: Vec::new(),
+    };
+    // 4. attempts
+    match attempts::run(&mut ctx).await {
+        // 5. respond (6. runs when the answer is complete)
+        Ok((m, answer)) => respond(ctx, m, answer).await,
+        Err(err) => {
+            let status = err.status().as_u16();
+            decision_log::emit(&ctx, None, status, None, End::Failed);
+            gw.metrics.request("chat", "-", status);
+            with_headers(err.into_response(), gw, None, &ctx.id, ctx.attempts.len())
+        }
+    }
+}
+
+/// A client error: counted, answered, never logged at more than debug.
+fn reject(gw: &Gateway, e: ApiError, id: &str) -> Response {
+    gw.metrics.request("chat", "-", e.status().as_u16());
+    tracing::debug!(decision_id = %id, error = %e, "rejected request");
+    with_headers(e.into_response(), gw, None, id, 0)
+}
+
+/// Stage 5 for an answer from model `m`; stage 6 for a complete one.
+async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
+    let state = ctx.state.clone();
+    let gw = &*state;
+    let name = gw.upstreams.get(m).name.as_str();
+    let attempts = ctx.attempts.len();
+    match answer {
+        Answer::Full {
+            status,
+            content_type,
+            body,
+        } => {
+            let cost = if status.is_success() {
+                stream::parse_usage(&body).map(|(p, c)| gw.upstreams.get(m).cost(p, c))
+            } else {
+                None
+            };
+            if let Some(c) = cost {
+                gw.metrics.cost(m.index(), c);
+            }
+            // 6. after the response
+            decision_log::emit(&ctx, Some(m), status.as_u16(), cost, End::Complete);
+            if status.is_success() {
+                record::record(&ctx, m, cost, record::When::BeforeAnswering).await;
+            }
+            gw.metrics.request("chat", name, status.as_u16());
+            let mut resp = (status, body).into_response();
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("application/json")),
+            );
+            with_headers(resp, gw, Some(m), &ctx.id, attempts)
+        }
+        Answer::Stream {
+            status,
+            content_type,
+            first,
+            rest,
+        } => {
+            gw.metrics.request("chat", name, status.as_u16());
+            let id = ctx.id.clone();
+            let mut resp = stream::pipe(ctx, m, first, rest);
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("text/event-stream")),
+            );
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-cache"));
+            with_headers(resp, gw, Some(m), &id, attempts)
+        }
+    }
+}
+
+/// Adds the routewise response headers.
+fn with_headers(
+    mut resp: Response,
+    gw: &Gateway,
+    model: Option<ModelId>,
+    id: &str,
+    attempts: usize,
+) -> Response {
+    let h = resp.headers_mut();
+    if let Some(m) = model {
+        if let Ok(v) = HeaderValue::from_str(&gw.upstreams.get(m).name) {
+            h.insert(MODEL_HEADER, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(DECISION_HEADER, v);
+    }
+    h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    resp
+}
+
+/// Serves `POST /v1/route`: stages 1-3, then the decision as JSON; no upstream call.
+pub fn decide_only(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    let started = Instant::now();
+    let gw = &**state;
+    let req = request::parse(body, headers, false)?;
+    let routed = route::route(gw, &req, true)?;
+    gw.metrics.decision_latency(started.elapsed().as_secs_f64());
+    let now = gw.now_ms();
+    let chosen = gw.upstreams.get(routed.candidates[0]);
+    let mut models = Vec::with_capacity(gw.upstreams.len());
+    if let Some(d) = &routed.decision {
+        for &ci in &d.ranking {
+            let Some(u) = gw.upstreams.at(ci) else {
+                continue;
+            };
+            models.push(json!({
+                "name": u.name,
+                "predicted_score": d.scores[ci],
+                "predicted_cost_usd": d.costs[ci],
+                "eligible": routed.candidates.contains(&u.id),
+                "cooling_down": u.breaker.is_open(now),
+            }));
+        }
+    }
+    gw.metrics.request("route", &chosen.name, 200);
+    Ok(json!({
+        "decision_id": new_decision_id(),
+        "model": chosen.name,
+        "reason": routed.reason.name(),
+        "policy": routed.policy,
+        "prompt_tokens": req.prompt_tokens,
+        "fallback_order": routed.candidates.iter().map(|&u| gw.upstreams.get(u).name.as_str()).collect::<Vec<_>>(),
+        "models": models,
+    }))
+}

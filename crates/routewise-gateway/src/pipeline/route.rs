@@ -1,0 +1,82 @@
+//! Stage 3, routing: the decider (`Arc<dyn Decide>`: the offline engine, or the online
+//! router) ranks every model for `model: auto`; a configured model name goes straight to
+//! that model. The ranking minus the models whose context window is too small is the
+//! fallback order ([`super::attempts::fallback::eligible`]).
+
+use routewise_router::{Decision, Policy, RouteRequest};
+
+use crate::error::ApiError;
+use crate::models::ModelId;
+use crate::pipeline::attempts::fallback;
+use crate::request::ChatRequest;
+use crate::state::Gateway;
+
+/// Why these models are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The router chose (`model: auto`).
+    Routed,
+    /// The client named the model.
+    Direct,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Routed => "routed",
+            Reason::Direct => "direct",
+        }
+    }
+}
+
+/// A routed request: the models to try, and why.
+#[derive(Debug)]
+pub struct Routed {
+    pub reason: Reason,
+    pub policy: Policy,
+    /// The decision (`None` for a direct request unless predictions were asked for).
+    pub decision: Option<Decision>,
+    /// Models to try, best first, all fitting the context window.
+    pub candidates: Vec<ModelId>,
+}
+
+/// Routes a parsed request. `decide_direct` also runs the router for a named model
+/// (to report predictions from `/v1/route`).
+pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Routed, ApiError> {
+    let policy = req.preference.unwrap_or(gw.config.router.policy);
+    let needed = req.needed_tokens();
+    let direct = if req.is_auto() {
+        None
+    } else {
+        Some(
+            gw.upstreams
+                .by_name(&req.model)
+                .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?,
+        )
+    };
+    let decision = (direct.is_none() || decide_direct).then(|| {
+        gw.decider.decide(&RouteRequest {
+            prompt: &req.prompt,
+            input_tokens: u32::try_from(req.prompt_tokens).unwrap_or(u32::MAX),
+            policy,
+        })
+    });
+    let candidates: Vec<usize> = match (direct, &decision) {
+        (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
+        (None, Some(d)) => fallback::eligible(d.ranking.iter().copied(), &gw.upstreams, needed),
+        (None, None) => Vec::new(),
+    };
+    if candidates.is_empty() {
+        return Err(ApiError::ContextTooLong { tokens: needed });
+    }
+    Ok(Routed {
+        reason: if direct.is_some() {
+            Reason::Direct
+        } else {
+            Reason::Routed
+        },
+        policy,
+        decision,
+        candidates: candidates.into_iter().map(ModelId::from_index).collect(),
+    })
+}

@@ -1,0 +1,227 @@
+//! Stage 5 for streams: the upstream's chunks are piped to the client one by one. Once
+//! the first chunk is sent there is no fallback: an upstream error or a stall longer than
+//! `request_timeout_ms` ends the stream with an SSE error event
+//! (`data: {"error": {...}}`). A client that goes away drops the body, which drops the
+//! upstream response and closes its connection. How the stream ended ([`End`]) goes to the
+//! decision log; a failed end counts against the model's breaker; a complete one is
+//! recorded for feedback. Usage (for the realised cost) is read from the chunks when the
+//! client asked for it (`stream_options.include_usage`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::error::error_json;
+use crate::models::ModelId;
+use crate::pipeline::{decision_log, record, RequestContext};
+use crate::upstream::UpstreamStream;
+
+/// How an answer ended (the decision log's `end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every chunk (or the whole body) reached the client.
+    Complete,
+    /// The client went away first.
+    ClientDisconnected,
+    /// The upstream stream broke after the first chunk.
+    StreamError,
+    /// The upstream stream stalled longer than `request_timeout_ms`.
+    StreamTimeout,
+    /// Every attempt failed: no answer.
+    Failed,
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::ClientDisconnected => "client_disconnected",
+            End::StreamError => "stream_error",
+            End::StreamTimeout => "stream_timeout",
+            End::Failed => "failed",
+        }
+    }
+
+    /// Whether the upstream is to blame (counts as a failure of the model).
+    fn upstream_failed(self) -> bool {
+        matches!(self, End::StreamError | End::StreamTimeout)
+    }
+}
+
+/// The response body piping `first` then `rest` from model `m`.
+pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream) -> Response {
+    let gw = &*ctx.state;
+    let st = StreamState {
+        first: Some(first),
+        rest,
+        idle: Duration::from_millis(gw.config.limits.request_timeout_ms),
+        scan_usage: ctx.request.include_usage,
+        usage: None,
+        model: m,
+        ctx: Some(ctx),
+        done: false,
+    };
+    Response::new(Body::from_stream(futures_util::stream::unfold(
+        st, next_chunk,
+    )))
+}
+
+/// The state of a piped stream; logs the decision when it ends or is dropped.
+struct StreamState {
+    first: Option<Bytes>,
+    rest: UpstreamStream,
+    idle: Duration,
+    scan_usage: bool,
+    usage: Option<(u64, u64)>,
+    model: ModelId,
+    ctx: Option<RequestContext>,
+    done: bool,
+}
+
+impl StreamState {
+    fn seen(&mut self, b: &Bytes) {
+        if self.scan_usage {
+            if let Some(u) = scan_stream_usage(b) {
+                self.usage = Some(u);
+            }
+        }
+    }
+
+    fn finish(&mut self, end: End) {
+        let Some(ctx) = self.ctx.take() else {
+            return;
+        };
+        let gw = &*ctx.state;
+        let cost = self
+            .usage
+            .map(|(p, c)| gw.upstreams.get(self.model).cost(p, c));
+        if let Some(c) = cost {
+            gw.metrics.cost(self.model.index(), c);
+        }
+        if end.upstream_failed() {
+            gw.record_failure(self.model);
+        }
+        decision_log::emit(&ctx, Some(self.model), 200, cost, end);
+        if end == End::Complete {
+            record::record_in_background(&ctx, self.model, cost);
+        }
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.finish(End::ClientDisconnected);
+    }
+}
+
+/// An SSE event carrying an OpenAI-shaped error.
+fn error_event(message: &str) -> Bytes {
+    let v = error_json(
+        message,
+        "upstream_error",
+        None,
+        Some("upstream_stream_error"),
+    );
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
+    if st.done {
+        return None;
+    }
+    if let Some(b) = st.first.take() {
+        st.seen(&b);
+        return Some((Ok(b), st));
+    }
+    match tokio::time::timeout(st.idle, st.rest.next()).await {
+        Ok(Some(Ok(b))) => {
+            st.seen(&b);
+            Some((Ok(b), st))
+        }
+        Ok(None) => {
+            st.finish(End::Complete);
+            None
+        }
+        Ok(Some(Err(e))) => {
+            st.done = true;
+            st.finish(End::StreamError);
+            Some((
+                Ok(error_event(&format!("the upstream stream broke: {e}"))),
+                st,
+            ))
+        }
+        Err(_) => {
+            st.done = true;
+            st.finish(End::StreamTimeout);
+            let msg = format!("the upstream stream stalled for {} ms", st.idle.as_millis());
+            Some((Ok(error_event(&msg)), st))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// `(prompt_tokens, completion_tokens)` of an OpenAI body's `usage`.
+pub fn parse_usage(json: &[u8]) -> Option<(u64, u64)> {
+    let u = serde_json::from_slice::<UsageOnly>(json).ok()?.usage?;
+    Some((
+        u.prompt_tokens.unwrap_or(0),
+        u.completion_tokens.unwrap_or(0),
+    ))
+}
+
+/// Finds a `usage` object in SSE data lines of `chunk`.
+fn scan_stream_usage(chunk: &[u8]) -> Option<(u64, u64)> {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    if !chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return None;
+    }
+    chunk
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|data| parse_usage(data.trim_ascii()))
+        .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_usage_in_sse_chunks() {
+        let chunk = b"data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        assert_eq!(scan_stream_usage(chunk), Some((3, 4)));
+        assert_eq!(scan_stream_usage(b"data: {\"choices\":[]}\n\n"), None);
+        assert_eq!(
+            parse_usage(br#"{"id":"x","usage":{"prompt_tokens":1}}"#),
+            Some((1, 0))
+        );
+    }
+
+    #[test]
+    fn error_event_is_sse_with_openai_error_shape() {
+        let e = error_event("boom");
+        let s = std::str::from_utf8(&e).unwrap_or("");
+        assert!(s.starts_with("data: {") && s.ends_with("}\n\n"));
+        let v: serde_json::Value = serde_json::from_str(&s[6..]).unwrap_or_default();
+        assert_eq!(v["error"]["message"], "boom");
+        assert_eq!(v["error"]["type"], "upstream_error");
+    }
+}
