@@ -5,6 +5,8 @@
 #   bash bench/gateway.sh            # DUR=10 seconds per run
 #   DUR=20 BENCH_LOG=info GW_THREADS=1 RATE=2000 bash bench/gateway.sh
 #   BENCH_LITELLM=1 bash bench/gateway.sh   # also LiteLLM's proxy (pip install 'litellm[proxy]')
+#   RW_BIN=/path/to/other/routewise bash bench/gateway.sh   # another build (before/after comparisons)
+#   BENCH_CLOSED=0 bash bench/gateway.sh     # skip the closed-loop runs
 #
 # Reports, for concurrency 1, 64 and 256 (wrk, closed loop): throughput, p50, p99 and errors,
 # direct vs through routewise; at a fixed 2,000 requests/s (oha, else hey; open loop): p50/p99 direct vs
@@ -26,6 +28,7 @@ done
 
 cargo build -q --release -p routewise -p routewise-testkit
 bin="${CARGO_TARGET_DIR:-target}/release"
+rw_bin="${RW_BIN:-$bin/routewise}"
 
 # work dir, pids + cleanup trap, free_port, RW_MODELS
 source tests/lib.sh
@@ -49,7 +52,7 @@ wrk.body = '$body'
 LUA
 
 "$bin/routewise-mock" --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-ROUTEWISE_LOG="$log_level" "$bin/routewise" serve ${GW_THREADS:+--threads "$GW_THREADS"} --config "$work/gateway.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
+ROUTEWISE_LOG="$log_level" "$rw_bin" serve ${GW_THREADS:+--threads "$GW_THREADS"} --config "$work/gateway.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$mock_port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
@@ -97,6 +100,7 @@ print("%.1f %.3f %.3f %d" % (s["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3
   echo "$rps $p50 $p99 $(( total - ${ok:-0} + errs ))"
 }
 
+if [ "${BENCH_CLOSED:-1}" != 0 ]; then
 echo
 echo "## Closed loop (wrk, ${dur}s per run): direct = mock only, routewise = client -> routewise -> mock"
 echo
@@ -109,6 +113,7 @@ for c in 1 64 256; do
 done
 echo
 echo "routewise RSS after the closed-loop runs: $(rss "$gw_pid")"
+fi
 
 echo
 echo "## Open loop at ${rate} req/s ($(open_tool), 16 connections, ${dur}s)"

@@ -20,29 +20,36 @@ bin="${CARGO_TARGET_DIR:-target}/$profile"
 source tests/lib.sh
 mock_port="$(free_port)"; gw_port="$(free_port)"; faulty_port="$(free_port)"
 
+# A mixed pool: the claude-* models are reached through the native Anthropic provider
+# (the mock's /v1/messages), every other model through the OpenAI-compatible one.
+provider_of() { case "$1" in claude-*) echo anthropic ;; *) echo openai ;; esac; }
+
 # healthy: every model answered by the mock under its own name; the key is sent upstream
 {
   echo "listen: 127.0.0.1:$gw_port"
   echo "router: {policy: {lambda: 100}}"
   echo "models:"
   for m in "${RW_MODELS[@]}"; do
-    echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1, api_key_env: E2E_UPSTREAM_KEY, context_window: 32000}"
+    echo "  - {name: $m, provider: $(provider_of "$m"), base_url: http://127.0.0.1:$mock_port/v1, api_key_env: E2E_UPSTREAM_KEY, context_window: 32000}"
   done
   echo "limits: {request_timeout_ms: 5000, max_attempts: 3}"
 } > "$work/healthy.yaml"
 
-# faulty: every model returns HTTP 500 except mistral-7b (answers) and claude-v1 (streams break)
+# faulty: every model returns HTTP 500 except mistral-7b (answers) and claude-v1 (streams
+# break); claude-v2 and claude-instant-v1 fail through the Anthropic provider
 {
   echo "listen: 127.0.0.1:$faulty_port"
   echo "router: {policy: {lambda: 0}}"
   echo "models:"
   for m in "${RW_MODELS[@]}"; do
+    provider=openai
     case "$m" in
       mistralai/mistral-7b-chat) up="$m" ;;
       claude-v1) up="mock-break-2" ;;
+      claude-v2|claude-instant-v1) up="mock-500"; provider=anthropic ;;
       *) up="mock-500" ;;
     esac
-    echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1, upstream_model: $up}"
+    echo "  - {name: $m, provider: $provider, base_url: http://127.0.0.1:$mock_port/v1, upstream_model: $up}"
   done
   echo "limits: {request_timeout_ms: 5000, max_attempts: 11}"
   echo "cooldown: {failures: 1000, seconds: 1}"

@@ -1,9 +1,11 @@
 """End-to-end: the official `openai` client against `routewise serve` in front of the
 testkit mock upstream. Started by tests/e2e/run.sh, which sets:
 
-E2E_GATEWAY  a healthy gateway (every model answered by the mock, lambda 100)
+E2E_GATEWAY  a healthy gateway (every model answered by the mock, lambda 100); a mixed
+             pool: the claude-* models go through the native Anthropic provider
 E2E_FAULTY   a gateway whose upstreams fail: HTTP 500 everywhere except
-             mistralai/mistral-7b-chat (answers) and claude-v1 (streams break after 2 chunks)
+             mistralai/mistral-7b-chat (answers) and claude-v1 (streams break after 2 chunks);
+             claude-v2 and claude-instant-v1 fail through the Anthropic provider
 E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
 """
 import json
@@ -68,6 +70,27 @@ def test_direct_model_and_tool_calls_pass_through():
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"x": 1}
     assert completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_anthropic_models_answer_in_openai_format():
+    c = client(GATEWAY)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "weather?"}]
+    completion = c.chat.completions.create(model="claude-v1", messages=msgs)
+    assert completion.object == "chat.completion" and completion.model == "claude-v1"
+    assert completion.choices[0].message.content.startswith("mock answer from claude-v1 to: weather?")
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    tool = c.chat.completions.create(model="claude-v2", messages=msgs, tools=tools)
+    call = tool.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"x": 1}
+    assert tool.choices[0].finish_reason == "tool_calls"
+    stream = c.chat.completions.create(model="claude-instant-v1", messages=msgs, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text.startswith("mock answer from claude-instant-v1")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_preferences_in_body_and_header():

@@ -319,7 +319,6 @@ fn hex_char(it: &mut impl Iterator<Item = char>, n: usize) -> Option<char> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

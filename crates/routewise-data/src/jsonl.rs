@@ -345,7 +345,6 @@ fn json_field(e: &serde_json::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn parse_str(s: &str) -> Result<Dataset, DataError> {

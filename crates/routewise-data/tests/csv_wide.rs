@@ -1,5 +1,5 @@
 //! RouterBench wide CSV loader: a hand-written fixture and its error cases.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! The shared routing data loads: the first ~200 lines of routerbench-3k.jsonl.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![cfg(test)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -76,7 +76,6 @@ pub fn render_regret_svg(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -102,7 +102,6 @@ fn cpt(curve: &[(f64, f64)], x: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

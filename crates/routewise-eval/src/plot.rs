@@ -128,7 +128,6 @@ pub fn render_svg(input: &PlotInput) -> Result<String, EvalError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

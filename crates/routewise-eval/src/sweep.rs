@@ -244,7 +244,6 @@ pub fn sweep_lambda(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -379,7 +379,6 @@ pub fn var_builder(bytes: Vec<u8>) -> R<VarBuilder<'static>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -404,7 +403,6 @@ mod tests {
 mod reference_tests {
     //! The forward pass against a plain f64 implementation on a small random model,
     //! including a padded batch (the key mask) and the `bert.` weight prefix.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::collections::HashMap;
 
     use super::*;

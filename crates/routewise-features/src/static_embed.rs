@@ -560,7 +560,6 @@ pub use imp::{load_tokenizer, read_f32_matrix, write_f32_matrix};
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

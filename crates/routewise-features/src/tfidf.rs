@@ -448,7 +448,6 @@ impl Featurizer for TfidfFeaturizer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use proptest::prelude::*;
 

@@ -234,7 +234,6 @@ pub fn registry_hashes(spec: &ModelSpec) -> BTreeMap<String, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -192,7 +192,6 @@ impl FastWordPiece {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn tiny() -> FastWordPiece {

@@ -2,7 +2,7 @@
 //! (made by `scripts/minilm_reference.py`). Needs the weights: `routewise models fetch
 //! minilm` (CI does this first); without them the tests print why they skip.
 #![cfg(feature = "minilm")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![cfg(test)]
 
 use routewise_features::pooling::cosine;
 use routewise_features::weights::{model_dir, MINILM};

@@ -2,7 +2,7 @@
 //! L2 normalisation against hand-computed vectors, the artifact (bincode) round trip, and
 //! the errors for missing and altered weights.
 #![cfg(feature = "static-embed")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 use std::path::Path;
 

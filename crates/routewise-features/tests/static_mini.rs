@@ -4,7 +4,7 @@
 //! `tokenizer.json` (that part needs `routewise models fetch static` and the shared data;
 //! it prints why it skips otherwise).
 #![cfg(feature = "static-embed")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![cfg(test)]
 
 use std::path::Path;
 

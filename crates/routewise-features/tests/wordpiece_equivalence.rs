@@ -2,7 +2,7 @@
 //! on real prompts (both shared datasets) and on edge cases. Needs the `static` model
 //! (`routewise models fetch static`) and the shared data; prints why it skips otherwise.
 #![cfg(feature = "static-embed")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![cfg(test)]
 
 use std::path::Path;
 

@@ -238,10 +238,10 @@ impl ConfigError {
 struct RawRouter {
     #[serde(default)]
     artifact: Option<String>,
-    /// Parsed on its own (as a [`Policy`]) so its problems and the router's are all
-    /// reported.
-    #[serde(default)]
-    policy: Option<Value>,
+    /// Parsed on its own from the tree (as a [`Policy`]) so its problems and the router's
+    /// are all reported; here it is only an accepted key.
+    #[serde(default, rename = "policy")]
+    _policy: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -357,8 +357,12 @@ pub fn parse(
     let cooldown: RawCooldown = v
         .section(map.get("cooldown"), "cooldown")
         .unwrap_or_default();
+    // Read from the tree, so that its problems show even when the router section has others.
     let policy = v
-        .section::<Policy>(router.policy.as_ref(), "router.policy")
+        .section::<Policy>(
+            map.get("router").and_then(|r| r.get("policy")),
+            "router.policy",
+        )
         .unwrap_or(Policy::Lambda(0.0));
     let artifact = router.artifact.map(|a| {
         let p = PathBuf::from(a);
@@ -754,7 +758,6 @@ fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), Strin
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const GOOD: &str = r#"
@@ -861,6 +864,49 @@ bogus: 1
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn sections_validate_themselves_and_deprecations_are_warnings() {
+        let c = p(
+            &format!("{GOOD}bandit: {{lambda: 2.0}}\nstate: {{backend: local}}\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].path, "bandit.lambda");
+        let e = p(
+            &format!("{GOOD}bandit: {{alpha: -1, forgetting: 2}}\nstate: {{backend: redis}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "gw.yaml: bandit.alpha: must be finite and >= 0",
+            "gw.yaml: bandit.forgetting: must be in (0, 1]",
+            "gw.yaml: state.redis_url: the redis backend needs a redis_url",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        // Policy problems and router problems are reported together.
+        let e = p(
+            "router: {policy: {lambda: -1}, extra: 1}\nmodels: [{name: x, provider: replay}]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("gw.yaml: router.policy.lambda: must be a finite number >= 0"),
+            "{e}"
+        );
+        assert!(e.contains("gw.yaml: router.extra: unknown field"), "{e}");
+        let e = p(
+            "models: [{name: a, provider: anthropic, base_url: 'http://x/v1', anthropic_version: ''}]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("models[0].anthropic_version"), "{e}");
     }
 
     #[test]

@@ -290,7 +290,6 @@ fn header_preference(headers: &HeaderMap) -> Result<Option<Policy>, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use axum::http::HeaderValue;
     use serde_json::json;

@@ -1,6 +1,6 @@
 //! Config files on disk: a router artifact and the `models` list must agree, and every
 //! problem names the file and the field.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 

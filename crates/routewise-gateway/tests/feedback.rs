@@ -3,7 +3,7 @@
 //! errors, statistics that move with feedback and survive a restart (redb), state in
 //! `/metrics` and `/readyz`, and two instances sharing a real Redis (skipped with a
 //! printed reason when `redis-server` is absent).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 

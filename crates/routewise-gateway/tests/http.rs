@@ -1,5 +1,5 @@
 //! Integration tests over real HTTP on loopback: client -> gateway -> testkit mock.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 

@@ -361,7 +361,6 @@ pub fn argmax_available(prior: &[f64], est: &[f64], available: &[bool]) -> Optio
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

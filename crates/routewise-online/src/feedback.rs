@@ -224,7 +224,6 @@ impl FeedbackError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn req(json: &str) -> Result<ValidFeedback, FeedbackError> {

@@ -43,4 +43,6 @@ pub use feedback::{
 pub use project::Projector;
 pub use router::{OnlineError, OnlineRouter};
 pub use service::FeedbackService;
-pub use store::{FeedbackParams, LocalStore, RedisStore, StateStore, StoreError};
+pub use store::local::LocalStore;
+pub use store::redis::RedisStore;
+pub use store::state_store::{FeedbackParams, StateStore, StoreError};

@@ -121,7 +121,6 @@ pub fn sherman_morrison(a_inv: &mut [f64], x: &[f64], d: usize) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

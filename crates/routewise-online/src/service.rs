@@ -15,7 +15,8 @@ use routewise_router::Decision;
 use crate::config::StateConfig;
 use crate::feedback::{DecisionRecord, FeedbackAck, FeedbackError, FeedbackRequest};
 use crate::router::OnlineRouter;
-use crate::store::{self, FeedbackParams, StateStore, StoreError};
+use crate::store::open::open;
+use crate::store::state_store::{FeedbackParams, StateStore, StoreError};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -40,7 +41,7 @@ impl FeedbackService {
     pub async fn open(router: Arc<OnlineRouter>, cfg: &StateConfig) -> Result<Self, StoreError> {
         let opened = {
             let cfg = cfg.clone();
-            tokio::task::spawn_blocking(move || store::open(&cfg))
+            tokio::task::spawn_blocking(move || open(&cfg))
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))??
         };

@@ -2,7 +2,7 @@
 //! bounded stream of updates (with or without forgetting), the Sherman-Morrison inverse
 //! stays equal to a fresh inverse, and selection probabilities are a distribution over
 //! the available arms.
-#![allow(clippy::unwrap_used)]
+#![cfg(test)]
 
 use proptest::prelude::*;
 use rand::SeedableRng;

@@ -285,7 +285,6 @@ impl PriceAcc {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use routewise_data::{Outcome, Split};
 

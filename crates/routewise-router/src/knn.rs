@@ -541,7 +541,6 @@ fn spherical_kmeans(train: &TrainSet, nlist: usize, seed: u64) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn unit(v: &[f32]) -> Vec<f32> {

@@ -348,7 +348,6 @@ impl Router for LinearRouter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn set(features: Vec<f32>, dim: usize, scores: Vec<f64>, n_models: usize) -> TrainSet {

@@ -629,7 +629,6 @@ pub(crate) fn train_epochs<P: Params>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

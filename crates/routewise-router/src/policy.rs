@@ -380,7 +380,6 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::unwrap_used)]
     fn calibrated_threshold_sends_the_target_share_strong() {
         let wins: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0 - 0.3).collect();
         for share in [0.0, 0.1, 0.3, 0.55, 1.0] {

@@ -1,5 +1,5 @@
 //! Artifact round trip and the errors for newer, corrupt, truncated and foreign files.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 mod common;
 

@@ -1,7 +1,6 @@
 //! The learned routers `linear`, `mlp` and `mf` on synthetic data whose right answer is
 //! known: prompts from two clusters, model A right on the first, model B on the second.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};

@@ -1,5 +1,5 @@
 //! kNN on the shared routerbench-3k data: the artifact stays small and round-trips.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![cfg(test)]
 
 use std::path::PathBuf;
 

@@ -1,10 +1,13 @@
-//! A real mock OpenAI upstream on loopback, for routewise's tests and benchmarks.
+//! A real mock LLM upstream on loopback, for routewise's tests and benchmarks.
 //!
-//! [`MockUpstream`] serves `POST /v1/chat/completions` (JSON and SSE streaming),
-//! `GET /v1/models` and `GET /healthz` with axum over hyper, on its own accept loop so that
-//! it can misbehave the way real upstreams do:
+//! [`MockUpstream`] serves two protocols on one port: OpenAI's `POST /v1/chat/completions`
+//! and Anthropic's `POST /v1/messages` (both JSON and SSE streaming; Anthropic's requires
+//! `max_tokens` and answers in its own message, event and error shapes), plus
+//! `GET /v1/models` and `GET /healthz`, with axum over hyper, on its own accept loop so
+//! that it can misbehave the way real upstreams do, in either protocol:
 //!
-//! * answer with any HTTP status (500, 429, ...) in OpenAI's error shape,
+//! * answer with any HTTP status (500, 429, 529, ...) in the protocol's error shape
+//!   (Anthropic: 529 is `overloaded_error`),
 //! * delay before the response headers,
 //! * reset the connection (TCP RST) instead of answering,
 //! * break a stream after `n` chunks (connection aborted mid-body) or stall it forever,
@@ -85,12 +88,26 @@ impl Fault {
     }
 }
 
+/// Which protocol a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `POST /v1/chat/completions`.
+    OpenAi,
+    /// `POST /v1/messages`.
+    Anthropic,
+}
+
 /// A request as the mock received it (kept only when recording is on).
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
+    pub protocol: Protocol,
     pub model: String,
     pub body: Value,
     pub authorization: Option<String>,
+    /// `x-api-key` (Anthropic).
+    pub api_key: Option<String>,
+    /// `anthropic-version` (Anthropic).
+    pub anthropic_version: Option<String>,
 }
 
 /// Options of a mock server.
@@ -280,6 +297,7 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>) {
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
@@ -319,6 +337,32 @@ async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    handle(state, killer, headers, body, Protocol::OpenAi).await
+}
+
+async fn messages(
+    State(state): State<Arc<MockState>>,
+    Extension(killer): Extension<Killer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, killer, headers, body, Protocol::Anthropic).await
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn handle(
+    state: Arc<MockState>,
+    killer: Killer,
+    headers: HeaderMap,
+    body: Bytes,
+    protocol: Protocol,
+) -> Response {
     let guard = Guard {
         state: state.clone(),
         done: false,
@@ -327,7 +371,11 @@ async fn chat(
         Ok(v) => v,
         Err(e) => {
             guard.done();
-            return error(StatusCode::BAD_REQUEST, &format!("mock: bad JSON: {e}"));
+            return error(
+                protocol,
+                StatusCode::BAD_REQUEST,
+                &format!("mock: bad JSON: {e}"),
+            );
         }
     };
     let model = req
@@ -339,13 +387,28 @@ async fn chat(
     *lock(&state.hits).entry(model.clone()).or_insert(0) += 1;
     if state.record {
         lock(&state.requests).push(RecordedRequest {
+            protocol,
             model: model.clone(),
             body: req.clone(),
-            authorization: headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            authorization: header_str(&headers, header::AUTHORIZATION.as_str()),
+            api_key: header_str(&headers, "x-api-key"),
+            anthropic_version: header_str(&headers, "anthropic-version"),
         });
+    }
+    if protocol == Protocol::Anthropic {
+        // The Messages API requires max_tokens and at least one message.
+        let has_messages = req
+            .get("messages")
+            .and_then(Value::as_array)
+            .is_some_and(|m| !m.is_empty());
+        if req.get("max_tokens").and_then(Value::as_u64).is_none() || !has_messages {
+            guard.done();
+            return error(
+                protocol,
+                StatusCode::BAD_REQUEST,
+                "mock: max_tokens and a non-empty messages array are required",
+            );
+        }
     }
     let fault = state.fault_for(&model);
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -353,7 +416,7 @@ async fn chat(
         Some(Fault::Status(code)) => {
             guard.done();
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error(status, &format!("mock: injected HTTP {code}"));
+            return error(protocol, status, &format!("mock: injected HTTP {code}"));
         }
         Some(Fault::Reset) => {
             killer.0.notify_one();
@@ -365,7 +428,10 @@ async fn chat(
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
     let answer = Answer::new(&req, &model, seq);
     if !stream {
-        let body = answer.completion(&req);
+        let body = match protocol {
+            Protocol::OpenAi => answer.completion(&req),
+            Protocol::Anthropic => answer.message(),
+        };
         guard.done();
         return json_response(StatusCode::OK, &body);
     }
@@ -375,7 +441,22 @@ async fn chat(
         Some(Fault::SlowStream(d)) => (usize::MAX, After::Slow(d)),
         _ => (usize::MAX, After::Finish),
     };
-    sse_response(answer, &req, chunks, after, guard)
+    let repeat = if matches!(after, After::Slow(_)) {
+        1000
+    } else {
+        1
+    };
+    let events = match protocol {
+        Protocol::OpenAi => {
+            let include_usage = req
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            answer.events(include_usage, repeat)
+        }
+        Protocol::Anthropic => answer.anthropic_events(repeat),
+    };
+    sse_response(events, chunks, after, guard)
 }
 
 #[derive(Clone, Copy)]
@@ -401,7 +482,20 @@ impl Answer {
         let mut last = String::new();
         if let Some(msgs) = req.get("messages").and_then(Value::as_array) {
             for m in msgs {
-                if let Some(c) = m.get("content").and_then(Value::as_str) {
+                // A string content, or (Anthropic) the text of its blocks.
+                let text = match m.get("content") {
+                    Some(Value::String(c)) => Some(c.clone()),
+                    Some(Value::Array(blocks)) => Some(
+                        blocks
+                            .iter()
+                            .filter_map(|b| b.get("text").and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    )
+                    .filter(|t| !t.is_empty()),
+                    _ => None,
+                };
+                if let Some(c) = text {
                     prompt_chars += c.chars().count();
                     last = c.chars().take(200).collect();
                 }
@@ -414,6 +508,7 @@ impl Answer {
             .map(|t| {
                 let name = t
                     .pointer("/function/name")
+                    .or_else(|| t.get("name"))
                     .and_then(Value::as_str)
                     .unwrap_or("tool");
                 json!({"id": format!("call_mock_{seq}"), "type": "function",
@@ -463,6 +558,67 @@ impl Answer {
         v
     }
 
+    /// An Anthropic Messages API response.
+    fn message(&self) -> Value {
+        let (content, stop) = match &self.tool_call {
+            Some(tc) => (
+                json!([{"type": "tool_use", "id": tc["id"], "name": tc["function"]["name"],
+                        "input": {"x": 1}}]),
+                "tool_use",
+            ),
+            None => (json!([{"type": "text", "text": self.content}]), "end_turn"),
+        };
+        json!({
+            "id": format!("msg_{}", self.id), "type": "message", "role": "assistant",
+            "model": self.model, "content": content, "stop_reason": stop,
+            "stop_sequence": null,
+            "usage": {"input_tokens": self.prompt_tokens, "output_tokens": self.completion_tokens()},
+        })
+    }
+
+    /// The SSE events of an Anthropic stream.
+    fn anthropic_events(&self, repeat: usize) -> Vec<Bytes> {
+        let ev = |v: Value| {
+            Bytes::from(format!(
+                "event: {}\ndata: {v}\n\n",
+                v["type"].as_str().unwrap_or("")
+            ))
+        };
+        let mut out = vec![ev(json!({"type": "message_start", "message": {
+            "id": format!("msg_{}", self.id), "type": "message", "role": "assistant",
+            "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 1}}}))];
+        let stop = match &self.tool_call {
+            Some(tc) => {
+                out.push(ev(json!({"type": "content_block_start", "index": 0, "content_block": {
+                    "type": "tool_use", "id": tc["id"], "name": tc["function"]["name"], "input": {}}})));
+                for part in ["{\"x\":", "1}"] {
+                    out.push(ev(json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "input_json_delta", "partial_json": part}})));
+                }
+                "tool_use"
+            }
+            None => {
+                out.push(ev(json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}})));
+                out.push(ev(json!({"type": "ping"})));
+                for _ in 0..repeat {
+                    for word in self.content.split_inclusive(' ') {
+                        out.push(ev(json!({"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "text_delta", "text": word}})));
+                    }
+                }
+                "end_turn"
+            }
+        };
+        out.push(ev(json!({"type": "content_block_stop", "index": 0})));
+        out.push(ev(json!({"type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": null},
+            "usage": {"output_tokens": self.completion_tokens()}})));
+        out.push(ev(json!({"type": "message_stop"})));
+        out
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
         let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000u64,
                        "model": self.model, "system_fingerprint": "fp_mock",
@@ -489,23 +645,7 @@ impl Answer {
     }
 }
 
-fn sse_response(
-    answer: Answer,
-    req: &Value,
-    chunks: usize,
-    after: After,
-    guard: Guard,
-) -> Response {
-    let include_usage = req
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let repeat = if matches!(after, After::Slow(_)) {
-        1000
-    } else {
-        1
-    };
-    let events = answer.events(include_usage, repeat);
+fn sse_response(events: Vec<Bytes>, chunks: usize, after: After, guard: Guard) -> Response {
     let stream = futures_util::stream::unfold(
         (events.into_iter(), 0usize, Some(guard)),
         move |(mut it, sent, mut guard)| {
@@ -561,14 +701,34 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    let kind = if status == StatusCode::TOO_MANY_REQUESTS {
-        "rate_limit_error"
-    } else {
-        "server_error"
-    };
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
-    )
+fn error(protocol: Protocol, status: StatusCode, message: &str) -> Response {
+    match protocol {
+        Protocol::OpenAi => {
+            let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+                "rate_limit_error"
+            } else {
+                "server_error"
+            };
+            json_response(
+                status,
+                &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
+            )
+        }
+        Protocol::Anthropic => {
+            let kind = match status.as_u16() {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            json_response(
+                status,
+                &json!({"type": "error", "error": {"type": kind, "message": message}}),
+            )
+        }
+    }
 }

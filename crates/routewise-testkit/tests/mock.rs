@@ -1,5 +1,6 @@
 //! The mock itself: answers, faults and bookkeeping, over real HTTP.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#![cfg(test)]
 
 use std::time::Duration;
 

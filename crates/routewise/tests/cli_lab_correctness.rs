@@ -2,7 +2,7 @@
 //! issue): partial model coverage, the best-single baseline, equal prices, small data,
 //! unknown fields, and the CLI papercuts. Each builds a small synthetic JSONL file, so
 //! none needs the shared data.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![cfg(test)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -11,22 +11,44 @@
 pub mod cooldown;
 pub mod fallback;
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::models::ModelId;
-use crate::pipeline::RequestContext;
+use crate::pipeline::context::{AttemptRecord, RequestContext};
+use crate::state::Gateway;
 use crate::upstream::{Answer, AttemptOutcome, Call, Timing};
 
 use self::cooldown::{Admit, Breaker};
 use self::fallback::AttemptPlan;
 
-/// One attempt, for the decision log.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub model: ModelId,
-    pub outcome: AttemptOutcome,
-    pub detail: String,
+/// The attempts as `model: outcome (detail); ...`.
+pub struct Attempts<'a>(pub &'a Gateway, pub &'a [AttemptRecord]);
+
+impl fmt::Display for Attempts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, a) in self.1.iter().enumerate() {
+            if k > 0 {
+                f.write_str("; ")?;
+            }
+            write!(
+                f,
+                "{}: {}",
+                self.0.upstreams.get(a.model).name,
+                a.outcome.name()
+            )?;
+            if !a.detail.is_empty() {
+                write!(f, " ({})", a.detail)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The attempts of a request in one line (error messages).
+pub fn attempts_summary(gw: &Gateway, attempts: &[AttemptRecord]) -> String {
+    Attempts(gw, attempts).to_string()
 }
 
 /// Releases a half-open probe if the attempt ends with no outcome (request cancelled).
@@ -102,7 +124,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             }
         }
     }
-    let summary = super::decision_log::attempts_summary(gw, &ctx.attempts);
+    let summary = attempts_summary(gw, &ctx.attempts);
     Err(match ctx.attempts.last().map(|a| a.outcome) {
         Some(AttemptOutcome::Timeout) => ApiError::UpstreamTimeout(format!(
             "all {} upstream attempts failed, the last by timeout: {summary}",

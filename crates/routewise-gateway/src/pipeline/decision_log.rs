@@ -9,10 +9,41 @@ use std::fmt;
 use routewise_router::Decision;
 
 use crate::models::ModelId;
-use crate::pipeline::attempts::AttemptRecord;
-use crate::pipeline::stream::End;
-use crate::pipeline::RequestContext;
+use crate::pipeline::attempts::Attempts;
+use crate::pipeline::context::RequestContext;
 use crate::state::Gateway;
+
+/// How an answer ended (the decision log's `end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every chunk (or the whole body) reached the client.
+    Complete,
+    /// The client went away first.
+    ClientDisconnected,
+    /// The upstream stream broke after the first chunk.
+    StreamError,
+    /// The upstream stream stalled longer than `request_timeout_ms`.
+    StreamTimeout,
+    /// Every attempt failed: no answer.
+    Failed,
+}
+
+impl End {
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Complete => "complete",
+            End::ClientDisconnected => "client_disconnected",
+            End::StreamError => "stream_error",
+            End::StreamTimeout => "stream_timeout",
+            End::Failed => "failed",
+        }
+    }
+
+    /// Whether the upstream is to blame (counts as a failure of the model).
+    pub fn upstream_failed(self) -> bool {
+        matches!(self, End::StreamError | End::StreamTimeout)
+    }
+}
 
 /// The predictions of a decision as compact JSON, best first.
 struct Predictions<'a>(&'a Gateway, &'a Decision);
@@ -34,34 +65,6 @@ impl fmt::Display for Predictions<'_> {
         }
         f.write_str("]")
     }
-}
-
-/// The attempts as `model: outcome (detail); ...`.
-struct Attempts<'a>(&'a Gateway, &'a [AttemptRecord]);
-
-impl fmt::Display for Attempts<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (k, a) in self.1.iter().enumerate() {
-            if k > 0 {
-                f.write_str("; ")?;
-            }
-            write!(
-                f,
-                "{}: {}",
-                self.0.upstreams.get(a.model).name,
-                a.outcome.name()
-            )?;
-            if !a.detail.is_empty() {
-                write!(f, " ({})", a.detail)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The attempts of a request in one line (error messages).
-pub fn attempts_summary(gw: &Gateway, attempts: &[AttemptRecord]) -> String {
-    Attempts(gw, attempts).to_string()
 }
 
 /// Writes the decision's log line: answered by `answered` (if any) with `status`,

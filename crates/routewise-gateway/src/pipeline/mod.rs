@@ -17,10 +17,13 @@
 //! layer; the HTTP layer ([`crate::http`]) only extracts and maps.
 
 pub mod attempts;
+pub mod context;
 pub mod decision_log;
 pub mod record;
 pub mod route;
 pub mod stream;
+
+pub use context::RequestContext;
 
 use std::time::Instant;
 
@@ -32,13 +35,11 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::models::ModelId;
-use crate::request::{self, ChatRequest};
+use crate::request;
 use crate::state::{AppState, Gateway};
 use crate::upstream::Answer;
 
-use self::attempts::AttemptRecord;
-use self::route::Routed;
-use self::stream::End;
+use self::decision_log::End;
 
 /// Response header naming the model that answered.
 pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-routewise-model");
@@ -50,20 +51,6 @@ pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-routewise-att
 /// A fresh decision id (UUIDv7: time-ordered, unique).
 pub fn new_decision_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
-}
-
-/// One chat request on its way through the stages.
-#[derive(Debug)]
-pub struct RequestContext {
-    pub state: AppState,
-    /// The decision id (`x-routewise-decision-id`).
-    pub id: String,
-    pub started: Instant,
-    pub request: ChatRequest,
-    /// What the route stage decided.
-    pub routed: Routed,
-    /// Every upstream attempt so far.
-    pub attempts: Vec<AttemptRecord>,
 }
 
 /// Decrements the in-flight gauge when the request ends, however it ends.

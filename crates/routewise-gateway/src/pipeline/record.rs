@@ -10,7 +10,7 @@
 use routewise_online::DecisionRecord;
 
 use crate::models::ModelId;
-use crate::pipeline::RequestContext;
+use crate::pipeline::context::RequestContext;
 use crate::state::{AppState, Gateway};
 
 /// When the record is written relative to the answer.

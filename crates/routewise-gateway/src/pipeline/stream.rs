@@ -18,40 +18,10 @@ use serde::Deserialize;
 
 use crate::error::error_json;
 use crate::models::ModelId;
-use crate::pipeline::{decision_log, record, RequestContext};
+use crate::pipeline::context::RequestContext;
+use crate::pipeline::decision_log::{self, End};
+use crate::pipeline::record;
 use crate::upstream::UpstreamStream;
-
-/// How an answer ended (the decision log's `end`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Every chunk (or the whole body) reached the client.
-    Complete,
-    /// The client went away first.
-    ClientDisconnected,
-    /// The upstream stream broke after the first chunk.
-    StreamError,
-    /// The upstream stream stalled longer than `request_timeout_ms`.
-    StreamTimeout,
-    /// Every attempt failed: no answer.
-    Failed,
-}
-
-impl End {
-    pub fn name(self) -> &'static str {
-        match self {
-            End::Complete => "complete",
-            End::ClientDisconnected => "client_disconnected",
-            End::StreamError => "stream_error",
-            End::StreamTimeout => "stream_timeout",
-            End::Failed => "failed",
-        }
-    }
-
-    /// Whether the upstream is to blame (counts as a failure of the model).
-    fn upstream_failed(self) -> bool {
-        matches!(self, End::StreamError | End::StreamTimeout)
-    }
-}
 
 /// The response body piping `first` then `rest` from model `m`.
 pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream) -> Response {

@@ -242,7 +242,6 @@ impl ReplayAnswer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::path::Path;
 

@@ -1,7 +1,8 @@
 //! Shared helpers: a gateway on loopback in front of the testkit mock, with a
 //! deterministic router (constant predicted scores: a > b > c in quality, a most expensive;
 //! the policy trades them against cost).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+#![cfg(test)]
 
 use std::net::SocketAddr;
 use std::path::Path;

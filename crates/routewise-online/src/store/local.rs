@@ -30,7 +30,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 
 use crate::bandit::ArmStats;
 use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError, ValidFeedback};
-use crate::store::{FeedbackParams, StateStore, StoreError};
+use crate::store::state_store::{FeedbackParams, StateStore, StoreError};
 
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("decisions");
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
@@ -262,7 +262,6 @@ impl StateStore for LocalStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn dec(id: &str, created_ms: u64) -> DecisionRecord {

@@ -2,97 +2,11 @@
 //! apply a feedback (atomically: lookup, duplicate check, log, arm statistics), load the
 //! arms, purge expired decisions, ping. Two backends: [`local`] (a redb file, the
 //! embedded default; its blocking calls run on tokio's blocking pool inside the trait
-//! methods) and [`redis`] (shared by several instances). [`open`] picks one from the
-//! config's `backend`. A new store is one file implementing the trait plus one
+//! methods) and [`redis`] (shared by several instances). [`open::open`] picks one from the
+//! config's `backend`. The trait and its types are in [`state_store`]. A new store is one file implementing the trait plus one
 //! [`crate::config::Backend`] variant.
 
 pub mod local;
+pub mod open;
 pub mod redis;
-
-use std::sync::Arc;
-use std::time::Duration;
-
-pub use local::LocalStore;
-pub use redis::RedisStore;
-
-use crate::bandit::ArmStats;
-use crate::config::{Backend, StateConfig};
-use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError, ValidFeedback};
-
-/// Errors of the state stores (feedback has its own typed errors,
-/// [`crate::FeedbackError`]).
-#[derive(Debug, thiserror::Error, Clone, PartialEq)]
-pub enum StoreError {
-    #[error("invalid state config: {0}")]
-    Config(String),
-    #[error("state store unavailable: {0}")]
-    Unavailable(String),
-    #[error("state store: {0}")]
-    Backend(String),
-}
-
-/// What applying a feedback needs besides the feedback itself.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FeedbackParams {
-    /// Unix time now, in milliseconds.
-    pub now_ms: u64,
-    /// The feedback window (`state.decision_ttl_s`).
-    pub ttl_s: u64,
-    /// Forgetting factor and prior strength of the bandit ([`crate::BanditConfig`]).
-    pub gamma: f64,
-    pub lambda0: f64,
-    /// The reward's cost weight for decision records that predate recording it.
-    pub fallback_lambda: f64,
-}
-
-/// A store of decisions, feedback and bandit statistics.
-#[async_trait::async_trait]
-pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// `local` or `redis` (metrics labels, messages).
-    fn kind(&self) -> &'static str;
-
-    /// Whether the last command reached the store (a local file always does).
-    fn available(&self) -> bool {
-        true
-    }
-
-    /// Re-checks availability.
-    async fn ping(&self) -> bool;
-
-    /// Keeps a decision for `ttl_s` seconds.
-    async fn record_decision(&self, rec: &DecisionRecord, ttl_s: u64) -> Result<(), StoreError>;
-
-    /// Atomically: looks the decision up (unknown or expired), refuses a duplicate, logs
-    /// the entry and updates the answering model's statistics. `Ok` means durable.
-    async fn apply_feedback(
-        &self,
-        fb: &ValidFeedback,
-        params: &FeedbackParams,
-    ) -> Result<(FeedbackEntry, ArmStats), FeedbackError>;
-
-    /// Every arm's statistics.
-    async fn load_arms(&self) -> Result<Vec<(String, ArmStats)>, StoreError>;
-
-    /// Drops decisions older than `ttl_s` (a store with native expiry does nothing);
-    /// returns how many were removed.
-    async fn purge_expired(&self, now_ms: u64, ttl_s: u64) -> Result<usize, StoreError>;
-
-    /// Entries in the feedback log.
-    async fn feedback_log_len(&self) -> Result<u64, StoreError>;
-}
-
-/// Opens the configured store (a local file is opened and locked now; Redis connects
-/// lazily, so an instance starts while Redis is down). Blocking for the local file.
-pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StoreError> {
-    match (cfg.backend(), &cfg.redis_url) {
-        (Backend::Redis, Some(url)) => Ok(Arc::new(RedisStore::new(
-            url,
-            &cfg.redis_prefix,
-            Duration::from_millis(cfg.redis_timeout_ms.max(1)),
-        )?)),
-        (Backend::Redis, None) => Err(StoreError::Config(
-            "the redis backend needs a redis_url".into(),
-        )),
-        (Backend::Local, _) => Ok(Arc::new(LocalStore::open(&cfg.path)?)),
-    }
-}
+pub mod state_store;

@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::bandit::ArmStats;
 use crate::feedback::{DecisionRecord, FeedbackEntry, FeedbackError, ValidFeedback};
-use crate::store::{FeedbackParams, StateStore, StoreError};
+use crate::store::state_store::{FeedbackParams, StateStore, StoreError};
 
 const APPLY_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end

@@ -1,7 +1,8 @@
 //! Synthetic routing data for the integration tests: prompts built from two
 //! vocabularies (cluster 0: arithmetic, cluster 1: cooking); model `a` is right on
 //! cluster 0, model `b` on cluster 1, model `c` is cheap and right half the time.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+#![cfg(test)]
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

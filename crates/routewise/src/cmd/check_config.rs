@@ -23,6 +23,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 state.upstreams.len(),
                 state.engine.router.name()
             );
+            let mut err = std::io::stderr().lock();
+            for w in &state.config.warnings {
+                let _ = writeln!(
+                    err,
+                    "warning: {}: {}: {}",
+                    state.config.source, w.path, w.message
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Config(e)) => Ok(super::serve::config_errors(&e)),

@@ -98,11 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                  by the `replay` provider from recorded RouterBench outcomes: no real model is called."
             );
         }
+        for w in &state.config.warnings {
+            tracing::warn!(config = %state.config.source, field = %w.path, "{}", w.message);
+        }
         tracing::info!(
             listen = %local,
             config = %state.config.source,
             models = state.upstreams.len(),
-            router = state.engine.router.name(),
+            router = %state.decider.describe(),
             "routewise gateway listening on http://{local}"
         );
         routewise_gateway::serve(listener, state, shutdown_signal())

@@ -1,4 +1,5 @@
 //! Helpers shared by the CLI integration tests.
+#![cfg(test)]
 
 use std::path::{Path, PathBuf};
 
