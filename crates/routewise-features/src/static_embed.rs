@@ -88,22 +88,12 @@ impl StaticFeaturizer {
 
     /// Token ids through the `tokenizers` crate only (reference for the fast path).
     pub fn reference_token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        self.load()?;
-        match self.loaded.get() {
-            Some(s) => s.slow_token_ids(text),
-            None => Ok(Vec::new()),
-        }
+        with_state(&self.loaded, || self.load(), |s| s.slow_token_ids(text))
     }
 
     /// The token ids the featurizer pools for `text` (after truncation).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        match self.loaded.get() {
-            Some(s) => s.token_ids(text),
-            None => {
-                self.load()?;
-                self.token_ids(text)
-            }
-        }
+        with_state(&self.loaded, || self.load(), |s| s.token_ids(text))
     }
 }
 
@@ -113,13 +103,38 @@ impl Featurizer for StaticFeaturizer {
     }
 
     fn featurize_into(&self, text: &str, out: &mut [f32]) {
-        out.fill(0.0);
-        if !self.loaded.is_loaded() && self.load().is_err() {
-            return;
-        }
-        if let Some(s) = self.loaded.get() {
-            s.embed_into(text, out);
-        }
+        embed_loaded(&self.loaded, || self.load(), text, out);
+    }
+}
+
+/// Runs `f` on the loaded state, loading it first with `load` when needed.
+fn with_state<T>(
+    loaded: &Loaded<imp::State>,
+    load: impl FnOnce() -> Result<(), FeatureError>,
+    f: impl FnOnce(&imp::State) -> Result<T, FeatureError>,
+) -> Result<T, FeatureError> {
+    if !loaded.is_loaded() {
+        load()?;
+    }
+    match loaded.get() {
+        Some(s) => f(s),
+        None => Err(FeatureError::Inference("the model is not loaded".into())),
+    }
+}
+
+/// Embeds `text` into `out` with the loaded state (zeros when it cannot be loaded).
+fn embed_loaded(
+    loaded: &Loaded<imp::State>,
+    load: impl FnOnce() -> Result<(), FeatureError>,
+    text: &str,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    if !loaded.is_loaded() && load().is_err() {
+        return;
+    }
+    if let Some(s) = loaded.get() {
+        s.embed_into(text, out);
     }
 }
 
@@ -175,20 +190,12 @@ impl BuiltinStaticFeaturizer {
 
     /// The token ids the featurizer pools for `text` (after truncation).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        self.load()?;
-        match self.loaded.get() {
-            Some(s) => s.token_ids(text),
-            None => Ok(Vec::new()),
-        }
+        with_state(&self.loaded, || self.load(), |s| s.token_ids(text))
     }
 
     /// Token ids through the `tokenizers` crate only (reference for the fast path).
     pub fn reference_token_ids(&self, text: &str) -> Result<Vec<u32>, FeatureError> {
-        self.load()?;
-        match self.loaded.get() {
-            Some(s) => s.slow_token_ids(text),
-            None => Ok(Vec::new()),
-        }
+        with_state(&self.loaded, || self.load(), |s| s.slow_token_ids(text))
     }
 }
 
@@ -198,13 +205,7 @@ impl Featurizer for BuiltinStaticFeaturizer {
     }
 
     fn featurize_into(&self, text: &str, out: &mut [f32]) {
-        out.fill(0.0);
-        if !self.loaded.is_loaded() && self.load().is_err() {
-            return;
-        }
-        if let Some(s) = self.loaded.get() {
-            s.embed_into(text, out);
-        }
+        embed_loaded(&self.loaded, || self.load(), text, out);
     }
 }
 

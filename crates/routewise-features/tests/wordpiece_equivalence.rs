@@ -1,5 +1,6 @@
 //! The static featurizer's fast WordPiece path gives exactly the `tokenizers` crate's ids
-//! on real prompts (both shared datasets) and on edge cases. Needs the `static` model
+//! on real prompts (both shared datasets) and on edge cases, and the built-in compact
+//! model (whose tokenizer is rebuilt from its vocabulary) gives the full model's ids. Needs the `static` model
 //! (`routewise models fetch static`) and the shared data; prints why it skips otherwise.
 #![cfg(feature = "static-embed")]
 #![cfg(test)]
@@ -7,7 +8,7 @@
 use std::path::Path;
 
 use routewise_features::weights::{model_dir, STATIC_MINILM};
-use routewise_features::StaticFeaturizer;
+use routewise_features::{BuiltinStaticFeaturizer, StaticFeaturizer};
 
 fn prompts(file: &str, n: usize) -> Vec<String> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,17 +27,24 @@ fn prompts(file: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn fast_path_matches_tokenizers_crate() {
+/// The full static model, or `None` (with the reason printed) when it is not installed.
+fn full_static_model() -> Option<StaticFeaturizer> {
     let dir = model_dir(STATIC_MINILM.name);
     if !dir.join("model.safetensors").is_file() {
         eprintln!(
             "SKIPPED: static model absent in {} (run `routewise models fetch static`)",
             dir.display()
         );
-        return;
+        return None;
     }
-    let f = StaticFeaturizer::open("static").unwrap();
+    Some(StaticFeaturizer::open("static").unwrap())
+}
+
+#[test]
+fn fast_path_matches_tokenizers_crate() {
+    let Some(f) = full_static_model() else {
+        return;
+    };
     let mut texts: Vec<String> = [
         "",
         "   ",
@@ -72,4 +80,38 @@ fn fast_path_matches_tokenizers_crate() {
         texts.len()
     );
     assert!(ascii > 10);
+}
+
+/// The compact model keeps the whole vocabulary, so its tokenizer (built from that
+/// vocabulary) must give the full model's ids, fast path and `tokenizers` path alike.
+#[test]
+fn tokenizes_exactly_like_the_full_model() {
+    let Some(full) = full_static_model() else {
+        return;
+    };
+    let mini = BuiltinStaticFeaturizer::new().unwrap();
+    let mut texts: Vec<String> = [
+        "Café, naïve, résumé: accents and UTF-8 text should tokenize correctly.",
+        "日本語のテキストと English mixed 123",
+        "Ünïcödé ½ — “quotes” …",
+        "[CLS] special [SEP] [MASK]",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for file in ["routerbench-3k.jsonl", "mmlu-pro-12k.jsonl"] {
+        texts.extend(prompts(file, usize::MAX).into_iter().step_by(40));
+    }
+    for t in &texts {
+        assert_eq!(
+            mini.token_ids(t).unwrap(),
+            full.token_ids(t).unwrap(),
+            "{t}"
+        );
+        assert_eq!(
+            mini.reference_token_ids(t).unwrap(),
+            full.reference_token_ids(t).unwrap(),
+            "{t}"
+        );
+    }
 }

@@ -176,23 +176,17 @@ impl OnlineRouter {
             (crate::Algorithm::Linucb, None, _) => Some(1.0 - rate),
             (crate::Algorithm::Thompson, None, _) => None,
         };
-        Decision {
-            chosen: ranking.first().copied().unwrap_or(0),
-            ranking,
-            scores,
-            costs,
-            policy,
-            reason: if forced_pick.is_some() {
-                DecisionReason::Explored
-            } else {
-                DecisionReason::Learned
-            },
-            learning: Some(Learning {
-                context: x,
-                prior_scores: prior,
-                propensity,
-            }),
-        }
+        let reason = if forced_pick.is_some() {
+            DecisionReason::Explored
+        } else {
+            DecisionReason::Learned
+        };
+        let learning = Learning {
+            context: x,
+            prior_scores: prior,
+            propensity,
+        };
+        Decision::new(ranking, scores, costs, policy, reason, Some(learning))
     }
 
     /// The record to store once model `served` (the chosen one, or the fallback that

@@ -80,6 +80,28 @@ pub struct Decision {
     pub learning: Option<Learning>,
 }
 
+impl Decision {
+    /// A decision for `ranking` (the first model is the choice).
+    pub fn new(
+        ranking: Vec<usize>,
+        scores: Vec<f64>,
+        costs: Vec<f64>,
+        policy: Policy,
+        reason: DecisionReason,
+        learning: Option<Learning>,
+    ) -> Decision {
+        Decision {
+            chosen: ranking.first().copied().unwrap_or(0),
+            ranking,
+            scores,
+            costs,
+            policy,
+            reason,
+            learning,
+        }
+    }
+}
+
 /// Turns a prompt and a preference into a ranking of the catalog's models.
 pub trait Decide: Send + Sync + std::fmt::Debug {
     /// Routes one request.

@@ -56,15 +56,7 @@ impl Engine {
             Some(r) => (r, DecisionReason::Fixed),
             None => (policy.rank(&scores, &costs), DecisionReason::Predicted),
         };
-        Decision {
-            chosen: ranking.first().copied().unwrap_or(0),
-            ranking,
-            scores,
-            costs,
-            policy,
-            reason,
-            learning: None,
-        }
+        Decision::new(ranking, scores, costs, policy, reason, None)
     }
 }
 

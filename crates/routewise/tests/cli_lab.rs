@@ -4,33 +4,14 @@
 #![cfg(test)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 mod common;
-use common::data_file;
+use common::{data_file, ok, routewise};
 
 use serde_json::Value;
 
 const GPT4: &str = "gpt-4-1106-preview";
 const MISTRAL: &str = "mistralai/mistral-7b-chat";
-
-fn routewise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_routewise"))
-        .args(args)
-        .output()
-        .expect("run routewise")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = routewise(args);
-    assert!(
-        out.status.success(),
-        "routewise {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The first `n` lines of the data, optionally keeping only the `keep` models.
 fn slice(src: &Path, dst: &Path, n: usize, keep: Option<&[&str]>) {

@@ -5,30 +5,11 @@
 #![cfg(test)]
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-fn routewise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_routewise"))
-        .args(args)
-        .output()
-        .expect("run routewise")
-}
-
-fn ok(args: &[&str]) -> (String, String) {
-    let out = routewise(args);
-    assert!(
-        out.status.success(),
-        "routewise {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+mod common;
+use common::ok_out;
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -89,7 +70,7 @@ fn eval_json(data: &Path, extra: &[&str]) -> (Value, String, String) {
         json.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let (table, stderr) = ok(&args);
+    let (table, stderr) = ok_out(&args);
     let r = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     (r, table, stderr)
 }
@@ -239,7 +220,7 @@ fn regression_small_data_reports_aiq_noise() {
 /// long model names broke the columns, and `random` changed with the featurizer.
 #[test]
 fn regression_cli_papercuts() {
-    let (help, _) = ok(&["eval", "--help"]);
+    let (help, _) = ok_out(&["eval", "--help"]);
     for name in ["static-mini", "tfidf", "static", "minilm"] {
         assert!(help.contains(name), "{name} missing from\n{help}");
     }

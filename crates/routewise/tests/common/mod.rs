@@ -1,7 +1,37 @@
 //! Helpers shared by the CLI integration tests.
 #![cfg(test)]
+#![allow(dead_code)] // each test crate uses a subset of the helpers
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `routewise` binary with `args`.
+pub fn routewise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_routewise"))
+        .args(args)
+        .output()
+        .expect("run routewise")
+}
+
+/// Runs `routewise` and requires success; its stdout and stderr.
+pub fn ok_out(args: &[&str]) -> (String, String) {
+    let out = routewise(args);
+    assert!(
+        out.status.success(),
+        "routewise {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Runs `routewise` and requires success; its stdout.
+pub fn ok(args: &[&str]) -> String {
+    ok_out(args).0
+}
 
 /// `../shared/data/routerbench-3k.jsonl`, or `None` (with the reason printed) when the
 /// shared data is not checked out beside the repository.
