@@ -159,7 +159,7 @@ def test_check_config_reports_errors_with_file_and_field():
     r = subprocess.run([os.environ["E2E_BIN"], "check-config", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2
     assert f"{bad}: models[0].base_url: relative URL without a base" in r.stderr
-    assert f"{bad}: limits.max_attempts: must be >= 1" in r.stderr
+    assert f"{bad}: limits.max_attempts: must be in 1..=64, found 0" in r.stderr
     assert f"{bad}: extra: unknown field" in r.stderr
     ok = subprocess.run([os.environ["E2E_BIN"], "check-config", str(work / "healthy.yaml")],
                         capture_output=True, text=True)

@@ -21,7 +21,10 @@
 //!     context_window: 128000
 //!     max_tokens: 4096           # anthropic: the output cap sent when a request gives none
 //!     anthropic_version: 2023-06-01  # anthropic: the API version header
-//! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000}
+//! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000,
+//!          header_timeout_ms: 10000, body_timeout_ms: 30000, idle_timeout_ms: 60000,
+//!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
+//!          shutdown_grace_ms: 10000, trusted_proxies: [10.0.0.0/8]}
 //! cooldown: {failures: 3, seconds: 30}
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
@@ -53,6 +56,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use axum::http::{HeaderName, HeaderValue};
+
+use crate::limits::TrustedProxies;
 use routewise_online::{BanditConfig, ConfigIssue, StateConfig};
 use routewise_router::Policy;
 use serde::de::DeserializeOwned;
@@ -153,7 +158,7 @@ pub struct ModelConfig {
     pub anthropic_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_body_bytes: usize,
     /// Per attempt: time allowed until the upstream's first byte (and, for non-streaming
@@ -161,6 +166,23 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     pub max_attempts: u32,
     pub connect_timeout_ms: u64,
+    /// A request head must arrive within this long (a silent connection is closed then).
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this long once its head has.
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection may stay idle between requests this long.
+    pub idle_timeout_ms: u64,
+    /// Open connections at most; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Open connections per client IP at most (0: no cap); for trusted proxies, requests in
+    /// flight per forwarded client instead.
+    pub max_connections_per_ip: usize,
+    /// `/v1/*` requests in flight at most; more get 503 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// On shutdown, time given to requests in flight before streams are ended.
+    pub shutdown_grace_ms: u64,
+    /// Addresses (IPs or CIDR ranges) whose `x-forwarded-for` is believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Limits {
@@ -170,6 +192,14 @@ impl Default for Limits {
             request_timeout_ms: 60_000,
             max_attempts: 3,
             connect_timeout_ms: 5_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 16_384,
+            max_connections_per_ip: 1_024,
+            max_in_flight: 4_096,
+            shutdown_grace_ms: 10_000,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -277,7 +307,26 @@ struct RawLimits {
     max_attempts: Option<u32>,
     #[serde(default)]
     connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    header_timeout_ms: Option<u64>,
+    #[serde(default)]
+    body_timeout_ms: Option<u64>,
+    #[serde(default)]
+    idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_connections: Option<u64>,
+    #[serde(default)]
+    max_connections_per_ip: Option<u64>,
+    #[serde(default)]
+    max_in_flight: Option<u64>,
+    #[serde(default)]
+    shutdown_grace_ms: Option<u64>,
+    #[serde(default)]
+    trusted_proxies: Option<Vec<String>>,
 }
+
+/// The range a setting must lie in, for messages.
+const DAY_MS: u64 = 86_400_000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -328,7 +377,7 @@ pub fn parse(
         tree = Value::Mapping(Mapping::new());
     }
     let mut issues = Vec::new();
-    apply_overrides(&mut tree, overrides, &mut issues);
+    let set_by = apply_overrides(&mut tree, overrides, &mut issues);
     let Value::Mapping(map) = tree else {
         return Err(err(vec![Issue {
             path: String::new(),
@@ -418,7 +467,9 @@ pub fn parse(
         }
     };
     if !v.issues.is_empty() {
-        return Err(err(v.issues));
+        let mut issues = v.issues;
+        blame_env(&mut issues, &set_by);
+        return Err(err(issues));
     }
     Ok(Config {
         source: file.to_string(),
@@ -460,24 +511,44 @@ impl Validator<'_> {
         self.issues.extend(issues.into_iter().map(Issue::from));
     }
 
+    /// Deserialises a section, reporting every problem in it: after each error the
+    /// offending key is taken out and the section is read again, so a second bad field is
+    /// not hidden by the first.
     fn section<T: DeserializeOwned>(&mut self, val: Option<&Value>, path: &str) -> Option<T> {
-        let val = val?;
+        let mut val = val?.clone();
         if val.is_null() {
             return None;
         }
-        match serde_path_to_error::deserialize::<_, T>(val.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." || inner.is_empty() {
-                    path.to_string()
-                } else {
-                    format!("{path}.{inner}")
-                };
-                self.issue(&full, e.into_inner().to_string());
-                None
+        // Each round reports one problem and removes the key at fault, so that every
+        // problem of the section is reported; what remains is returned for validation.
+        let mut reported: Vec<String> = Vec::new();
+        for _ in 0..256 {
+            match serde_path_to_error::deserialize::<_, T>(val.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => {
+                    let inner = e.path().to_string();
+                    let message = e.into_inner().to_string();
+                    let segments: Vec<String> = if inner == "." || inner.is_empty() {
+                        Vec::new()
+                    } else {
+                        inner.split('.').map(str::to_string).collect()
+                    };
+                    let full = std::iter::once(path.to_string())
+                        .chain(segments.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    // A parent's complaint caused by removing its child is not news.
+                    if !reported.iter().any(|r| r.starts_with(&format!("{full}."))) {
+                        self.issue(&full, message);
+                        reported.push(full);
+                    }
+                    if segments.is_empty() || !remove_path(&mut val, &segments) {
+                        break;
+                    }
+                }
             }
         }
+        None
     }
 
     fn listen(&mut self, val: &Value) -> Option<SocketAddr> {
@@ -503,28 +574,118 @@ impl Validator<'_> {
         }
     }
 
+    /// Checks that `value` lies in `lo..=hi`; returns it clamped (so later checks see a
+    /// sane value).
+    fn bounded(&mut self, path: &str, value: u64, lo: u64, hi: u64) -> u64 {
+        if value < lo || value > hi {
+            self.issue(path, format!("must be in {lo}..={hi}, found {value}"));
+        }
+        value.clamp(lo, hi)
+    }
+
     fn limits(&mut self, raw: &RawLimits) -> Limits {
         let d = Limits::default();
-        let mut l = Limits {
-            max_body_bytes: raw.max_body_bytes.map_or(d.max_body_bytes, |b| b as usize),
-            request_timeout_ms: raw.request_timeout_ms.unwrap_or(d.request_timeout_ms),
-            max_attempts: raw.max_attempts.unwrap_or(d.max_attempts),
-            connect_timeout_ms: raw.connect_timeout_ms.unwrap_or(d.connect_timeout_ms),
+        let mut b = |field: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| {
+            self.bounded(&format!("limits.{field}"), v.unwrap_or(default), lo, hi)
         };
-        if l.max_body_bytes == 0 {
-            self.issue("limits.max_body_bytes", "must be > 0");
+        let max_connections = b(
+            "max_connections",
+            raw.max_connections,
+            d.max_connections as u64,
+            1,
+            1 << 20,
+        ) as usize;
+        let l = Limits {
+            max_body_bytes: b(
+                "max_body_bytes",
+                raw.max_body_bytes,
+                d.max_body_bytes as u64,
+                1,
+                1 << 30,
+            ) as usize,
+            request_timeout_ms: b(
+                "request_timeout_ms",
+                raw.request_timeout_ms,
+                d.request_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            max_attempts: b(
+                "max_attempts",
+                raw.max_attempts.map(u64::from),
+                u64::from(d.max_attempts),
+                1,
+                64,
+            ) as u32,
+            connect_timeout_ms: b(
+                "connect_timeout_ms",
+                raw.connect_timeout_ms,
+                d.connect_timeout_ms,
+                1,
+                600_000,
+            ),
+            header_timeout_ms: b(
+                "header_timeout_ms",
+                raw.header_timeout_ms,
+                d.header_timeout_ms,
+                1,
+                600_000,
+            ),
+            body_timeout_ms: b(
+                "body_timeout_ms",
+                raw.body_timeout_ms,
+                d.body_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            idle_timeout_ms: b(
+                "idle_timeout_ms",
+                raw.idle_timeout_ms,
+                d.idle_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            max_connections,
+            max_connections_per_ip: b(
+                "max_connections_per_ip",
+                raw.max_connections_per_ip,
+                d.max_connections_per_ip as u64,
+                0,
+                max_connections as u64,
+            ) as usize,
+            max_in_flight: b(
+                "max_in_flight",
+                raw.max_in_flight,
+                d.max_in_flight as u64,
+                1,
+                1 << 20,
+            ) as usize,
+            shutdown_grace_ms: b(
+                "shutdown_grace_ms",
+                raw.shutdown_grace_ms,
+                d.shutdown_grace_ms,
+                0,
+                3_600_000,
+            ),
+            trusted_proxies: TrustedProxies::default(),
+        };
+        let mut nets = Vec::new();
+        for (i, p) in raw.trusted_proxies.iter().flatten().enumerate() {
+            let parsed = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => nets.push(n),
+                Err(_) => self.issue(
+                    &format!("limits.trusted_proxies[{i}]"),
+                    format!("`{p}` is not an IP address or a CIDR range like 10.0.0.0/8"),
+                ),
+            }
         }
-        if l.request_timeout_ms == 0 {
-            self.issue("limits.request_timeout_ms", "must be > 0");
+        Limits {
+            trusted_proxies: TrustedProxies(nets),
+            ..l
         }
-        if l.connect_timeout_ms == 0 {
-            self.issue("limits.connect_timeout_ms", "must be > 0");
-        }
-        if l.max_attempts == 0 {
-            self.issue("limits.max_attempts", "must be >= 1");
-            l.max_attempts = 1;
-        }
-        l
     }
 
     fn cooldown(&mut self, raw: &RawCooldown) -> CooldownConfig {
@@ -536,10 +697,10 @@ impl Validator<'_> {
         if c.failures == 0 {
             self.issue("cooldown.failures", "must be >= 1");
         }
-        if !c.seconds.is_finite() || c.seconds < 0.0 {
+        if !c.seconds.is_finite() || !(0.0..=86_400.0).contains(&c.seconds) {
             self.issue(
                 "cooldown.seconds",
-                format!("must be finite and >= 0, found {}", c.seconds),
+                format!("must be in 0..=86400 (one day), found {}", c.seconds),
             );
         }
         c
@@ -683,12 +844,61 @@ impl Validator<'_> {
     }
 }
 
-/// Applies `ROUTEWISE_*` overrides to the YAML tree.
+/// Removes the value at `segments` (keys, with `name[i]` for list items) from `tree`;
+/// false when there is nothing there.
+fn remove_path(tree: &mut Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in parents {
+        let (key, index) = split_index(seg);
+        let next = match node {
+            Value::Mapping(m) => m.get_mut(key),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = match index {
+            Some(i) => match next {
+                Value::Sequence(items) => match items.get_mut(i) {
+                    Some(item) => item,
+                    None => return false,
+                },
+                _ => return false,
+            },
+            None => next,
+        };
+    }
+    let (key, index) = split_index(last);
+    match (node, index) {
+        (Value::Mapping(m), None) => m.remove(key).is_some(),
+        (Value::Mapping(m), Some(i)) => match m.get_mut(key) {
+            Some(Value::Sequence(items)) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `name[3]` -> (`name`, Some(3)); `name` -> (`name`, None).
+fn split_index(seg: &str) -> (&str, Option<usize>) {
+    match seg.strip_suffix(']').and_then(|s| s.split_once('[')) {
+        Some((name, i)) => (name, i.parse().ok()),
+        None => (seg, None),
+    }
+}
+
+/// Applies `ROUTEWISE_*` overrides to the YAML tree; returns which config paths each
+/// variable set (so that problems there name the variable, not the file).
 fn apply_overrides(
     tree: &mut Value,
     vars: impl IntoIterator<Item = (String, String)>,
     issues: &mut Vec<Issue>,
-) {
+) -> Vec<(String, String)> {
+    let mut set_by = Vec::new();
     let mut vars: Vec<(String, String)> = vars
         .into_iter()
         .filter(|(k, _)| k.starts_with("ROUTEWISE_") && !RESERVED_ENV.contains(&k.as_str()))
@@ -716,11 +926,44 @@ fn apply_overrides(
             ),
             _ => (path, value),
         };
-        if let Err(message) = set_path(tree, &path, value) {
-            issues.push(Issue {
+        match set_path(tree, &path, value) {
+            Ok(()) => set_by.push((issue_path(&path), key)),
+            Err(message) => issues.push(Issue {
                 path: format!("env {key}"),
                 message,
-            });
+            }),
+        }
+    }
+    set_by
+}
+
+/// Tree segments as an issue path: `["models", "0", "base_url"]` -> `models[0].base_url`.
+fn issue_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for seg in segments {
+        if seg.parse::<usize>().is_ok() && !out.is_empty() {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// Rewrites the path of every issue under a path an environment variable set, to name
+/// the variable (the file is not at fault there).
+fn blame_env(issues: &mut [Issue], set_by: &[(String, String)]) {
+    for issue in issues {
+        let by = set_by.iter().find(|(path, _)| {
+            issue.path == *path
+                || issue.path.starts_with(&format!("{path}."))
+                || issue.path.starts_with(&format!("{path}["))
+        });
+        if let Some((_, var)) = by {
+            issue.path = format!("{} (set by {var})", issue.path);
         }
     }
 }
@@ -830,7 +1073,7 @@ bogus: 1
             "gw.yaml: models[2].api_key_env: environment variable MISSING_VAR is not set",
             "gw.yaml: models[2].price.input_per_mtok: must be finite and >= 0",
             "gw.yaml: models[3].colour: unknown field `colour`",
-            "gw.yaml: limits.max_attempts: must be >= 1",
+            "gw.yaml: limits.max_attempts: must be in 1..=64, found 0",
             "gw.yaml: bogus: unknown field",
         ] {
             assert!(e.contains(want), "missing `{want}` in:\n{e}");
@@ -921,5 +1164,82 @@ bogus: 1
         assert!(e.contains("gw.yaml: models: missing field"));
         let e = p("models: [", &[]).unwrap_err().to_string();
         assert!(e.starts_with("gw.yaml: invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn regression_every_error_of_a_section_is_reported() {
+        let text = GOOD.replace(
+            "limits: {max_attempts: 2}",
+            "limits: {max_attempts: 0, request_timeout_ms: -5, header_timeout_ms: x}",
+        );
+        let e = p(&text, &[]).unwrap_err().to_string();
+        for want in [
+            "gw.yaml: limits.max_attempts: must be in 1..=64",
+            "gw.yaml: limits.request_timeout_ms:",
+            "gw.yaml: limits.header_timeout_ms:",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn regression_absurd_values_are_refused_and_realistic_ones_kept() {
+        let with = |limits: &str, cooldown: &str| {
+            let text = GOOD.replace("limits: {max_attempts: 2}", limits);
+            p(&format!("{text}cooldown: {cooldown}\n"), &[])
+        };
+        let max = u64::MAX;
+        let e = with(
+            &format!("limits: {{request_timeout_ms: {max}, max_body_bytes: {max}, idle_timeout_ms: {max}}}"),
+            "{seconds: 1e300}",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "limits.request_timeout_ms: must be in",
+            "limits.max_body_bytes: must be in",
+            "limits.idle_timeout_ms: must be in",
+            "cooldown.seconds:",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        let c = with(
+            "limits: {max_attempts: 64, request_timeout_ms: 600000, max_body_bytes: 104857600, max_connections: 100000, max_in_flight: 50000, shutdown_grace_ms: 120000}",
+            "{seconds: 3600, failures: 10}",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_attempts, 64);
+        assert_eq!(c.limits.max_body_bytes, 100 << 20);
+        assert_eq!(c.limits.max_connections, 100_000);
+    }
+
+    #[test]
+    fn regression_env_override_errors_name_the_variable() {
+        let e = p(GOOD, &[("ROUTEWISE_LIMITS__REQUEST_TIMEOUT_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.request_timeout_ms (set by ROUTEWISE_LIMITS__REQUEST_TIMEOUT_MS)"),
+            "{e}"
+        );
+        let e = p(GOOD, &[("ROUTEWISE_MODELS__0__BASE_URL", "nope")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models[0].base_url (set by ROUTEWISE_MODELS__0__BASE_URL)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_default_limits_are_the_documented_ones() {
+        let l = p(GOOD, &[]).unwrap().limits;
+        assert_eq!(l.header_timeout_ms, 10_000);
+        assert_eq!(l.body_timeout_ms, 30_000);
+        assert_eq!(l.idle_timeout_ms, 60_000);
+        assert_eq!(l.max_connections, 16_384);
+        assert_eq!(l.max_connections_per_ip, 1_024);
+        assert_eq!(l.max_in_flight, 4_096);
+        assert_eq!(l.shutdown_grace_ms, 10_000);
     }
 }

@@ -40,6 +40,21 @@ pub enum ApiError {
     /// Every attempt failed and the last one timed out.
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// The gateway is at `limits.max_in_flight`: try again shortly.
+    #[error("the gateway is at its limit of {limit} requests in flight; retry shortly")]
+    Overloaded { limit: usize },
+    /// One client (IP) is at its share of requests in flight.
+    #[error("too many requests in flight from this client (limit {limit}); retry shortly")]
+    ClientLimit { limit: usize },
+    /// The request body did not arrive within `limits.body_timeout_ms`.
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
+    /// A model named directly answered 429: passed through with its `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<HeaderValue>,
+    },
 }
 
 impl ApiError {
@@ -62,12 +77,19 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
             ApiError::UpstreamFailed(_) | ApiError::UpstreamTimeout(_) => "upstream_error",
+            ApiError::Overloaded { .. } => "server_error",
+            ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
             _ => "invalid_request_error",
         }
     }
@@ -91,6 +113,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => Some("method_not_allowed"),
             ApiError::UpstreamFailed(_) => Some("upstream_failed"),
             ApiError::UpstreamTimeout(_) => Some("upstream_timeout"),
+            ApiError::Overloaded { .. } => Some("overloaded"),
+            ApiError::ClientLimit { .. } => Some("client_limit"),
+            ApiError::BodyTimeout { .. } => Some("body_timeout"),
+            ApiError::RateLimited { .. } => Some("rate_limited"),
         }
     }
 
@@ -118,10 +144,26 @@ pub(crate) fn error_json(
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), self.body().to_string()).into_response();
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        match self {
+            ApiError::Overloaded { .. } | ApiError::ClientLimit { .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited {
+                retry_after: Some(v),
+                ..
+            } => {
+                h.insert(header::RETRY_AFTER, v);
+            }
+            ApiError::BodyTimeout { .. } => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
         resp
     }
 }

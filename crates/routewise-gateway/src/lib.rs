@@ -14,22 +14,28 @@
 //! * [`request`]: parsing a chat body once; [`error`]: the OpenAI-shaped error type;
 //! * [`config`]: YAML config, validated, with environment overrides; [`models`]: the
 //!   typed model table; [`state`]: everything a request needs; [`load`]: building it
-//!   from a file or the demo ([`demo`]); [`server`]: serving it;
+//!   from a file or the demo ([`demo`]);
+//! * [`server`]: the accept loop, connection deadlines and caps ([`limits`]), shutdown;
 //! * [`online`]: the bandit router's state store and maintenance task;
+//! * [`trace`]: request ids and W3C trace context; [`otel`]: span export glue (the
+//!   `otel` cargo feature);
 //! * [`metrics`]: Prometheus metrics.
 
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod models;
 pub mod online;
+pub mod otel;
 pub mod pipeline;
 pub mod request;
 pub mod server;
 pub mod state;
+pub mod trace;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

@@ -16,6 +16,8 @@ use prometheus_client::registry::{Metric, Registry};
 
 pub use crate::upstream::AttemptOutcome;
 
+use crate::limits::Refused;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
@@ -33,8 +35,18 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabel {
     store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +78,9 @@ pub struct Metrics {
     feedback: Family<ResultLabel, Counter>,
     decisions_recorded: Family<ResultLabel, Counter>,
     state_available: Family<StoreLabel, Gauge>,
+    connections_refused: Family<ReasonLabel, Counter>,
+    shed: Family<ReasonLabel, Counter>,
+    protocol_errors: Family<StatusLabel, Counter>,
 }
 
 impl Metrics {
@@ -145,6 +160,24 @@ impl Metrics {
             "1 while the online state store (local / redis) answers, else 0",
             Family::<StoreLabel, Gauge>::default(),
         );
+        let connections_refused = reg(
+            r,
+            "connections_refused",
+            "Connections accepted and closed at once, by cap (total / per_ip)",
+            Family::<ReasonLabel, Counter>::default(),
+        );
+        let shed = reg(
+            r,
+            "requests_shed",
+            "Requests refused by load shedding, by cap (total: 503 / per_ip: 429)",
+            Family::<ReasonLabel, Counter>::default(),
+        );
+        let protocol_errors = reg(
+            r,
+            "protocol_errors",
+            "Unparsable request heads answered (400 / 414 / 431) before reaching a handler",
+            Family::<StatusLabel, Counter>::default(),
+        );
         let models = models
             .iter()
             .map(|m| {
@@ -178,7 +211,37 @@ impl Metrics {
             feedback,
             decisions_recorded,
             state_available,
+            connections_refused,
+            shed,
+            protocol_errors,
         }
+    }
+
+    /// Counts an unparsable request head answered with `status`.
+    pub fn protocol_error(&self, status: u16) {
+        self.protocol_errors
+            .get_or_create(&StatusLabel {
+                status: status.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed at accept.
+    pub fn connection_refused(&self, why: Refused) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: refused_name(why),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by load shedding.
+    pub fn shed(&self, why: Refused) {
+        self.shed
+            .get_or_create(&ReasonLabel {
+                reason: refused_name(why),
+            })
+            .inc();
     }
 
     /// Counts a feedback answer: `ok` or the error code.
@@ -262,6 +325,13 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn refused_name(why: Refused) -> &'static str {
+    match why {
+        Refused::Total => "total",
+        Refused::PerIp => "per_ip",
     }
 }
 

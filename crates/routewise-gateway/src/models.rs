@@ -19,6 +19,7 @@ use crate::pipeline::attempts::cooldown::Breaker;
 use crate::pipeline::attempts::fallback::ContextWindows;
 use crate::upstream::anthropic::{self, Anthropic};
 use crate::upstream::openai::OpenAi;
+use crate::upstream::redact::Redactor;
 use crate::upstream::replay::{Replay, ReplayProvider};
 use crate::upstream::{Provider, ProviderKind};
 
@@ -188,13 +189,19 @@ fn provider(
     client: &reqwest::Client,
     replay: Option<&Arc<Replay>>,
 ) -> Result<Arc<dyn Provider>, String> {
+    let redactor = || Redactor::new(m.api_key.as_ref().map(|k| k.expose()));
     let endpoint = || {
         m.endpoint
             .clone()
             .ok_or_else(|| format!("`{}` has no endpoint", m.name))
     };
     Ok(match m.provider {
-        ProviderKind::OpenAi => Arc::new(OpenAi::new(client.clone(), endpoint()?, m.auth.clone())),
+        ProviderKind::OpenAi => Arc::new(OpenAi::new(
+            client.clone(),
+            endpoint()?,
+            m.auth.clone(),
+            redactor(),
+        )),
         ProviderKind::Anthropic => {
             let version = m
                 .anthropic_version
@@ -208,6 +215,7 @@ fn provider(
                 m.auth.clone(),
                 version,
                 m.max_tokens.unwrap_or(anthropic::DEFAULT_MAX_TOKENS),
+                redactor(),
             ))
         }
         ProviderKind::Replay => match replay.filter(|r| r.knows(&m.name)) {

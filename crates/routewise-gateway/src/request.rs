@@ -222,8 +222,28 @@ fn messages_text(messages: Option<&Value>) -> Result<(String, usize), ApiError> 
                 for (j, part) in parts.iter().enumerate() {
                     match part {
                         Value::Object(p) => {
-                            if let Some(Value::String(t)) = p.get("text") {
-                                push(t);
+                            let at = format!("messages[{i}].content[{j}]");
+                            match (p.get("type"), p.get("text")) {
+                                (Some(Value::String(k)), Some(Value::String(t))) if k == "text" => {
+                                    push(t)
+                                }
+                                (Some(Value::String(k)), _) if k == "text" => {
+                                    return Err(ApiError::bad_request(
+                                        format!("`{at}.text` must be a string"),
+                                        Some(&format!("{at}.text")),
+                                    ))
+                                }
+                                // Other part types (images, audio, files) are the
+                                // upstream's to check.
+                                (Some(Value::String(_)), _) => {}
+                                _ => {
+                                    return Err(ApiError::bad_request(
+                                        format!(
+                                            "`{at}.type` must be a string naming the part's type"
+                                        ),
+                                        Some(&format!("{at}.type")),
+                                    ))
+                                }
                             }
                         }
                         Value::String(s) => push(s),
@@ -370,6 +390,20 @@ mod tests {
             ),
             "messages[0].content"
         );
+        let part = |v: Value| json!({"model": "a", "messages": [{"role": "user", "content": [v]}]});
+        assert_eq!(
+            param(p(part(json!({"type": "text", "text": 5}))).unwrap_err()),
+            "messages[0].content[0].text"
+        );
+        assert_eq!(
+            param(p(part(json!({"type": "text"}))).unwrap_err()),
+            "messages[0].content[0].text"
+        );
+        assert_eq!(
+            param(p(part(json!({"text": "hi"}))).unwrap_err()),
+            "messages[0].content[0].type"
+        );
+        assert!(p(part(json!({"type": "input_audio", "input_audio": {}}))).is_ok());
         assert_eq!(
             param(p(json!({"model": "a", "messages": m, "stream": "yes"})).unwrap_err()),
             "stream"
@@ -399,5 +433,13 @@ mod tests {
         )
         .unwrap();
         assert!(r.is_auto());
+    }
+
+    #[test]
+    fn regression_a_text_part_whose_text_is_a_number_is_refused() {
+        let body = json!({"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]});
+        let e = p(body).unwrap_err();
+        assert_eq!(e.status().as_u16(), 400);
+        assert_eq!(param(e), "messages[0].content[0].text");
     }
 }

@@ -12,10 +12,13 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use routewise_online::{Backend, OnlineRouter};
 use routewise_router::{ConfiguredModel, Decide, Engine, ModelInfo};
 
 use crate::config::{Config, ConfigError, Issue};
+use crate::limits::Counter;
 use crate::metrics::Metrics;
 use crate::models::{ModelId, ModelTable};
 use crate::online::Online;
@@ -38,7 +41,21 @@ pub struct Gateway {
     pub online_router: Option<Arc<OnlineRouter>>,
     /// The online router's store and maintenance task, once attached.
     pub online: OnceLock<Online>,
+    /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
+    pub in_flight: Arc<Counter>,
+    /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
+    pub shutdown: watch::Sender<ShutdownPhase>,
     started: Instant,
+}
+
+/// The server's shutdown, as the requests in flight see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownPhase {
+    Running,
+    /// No new connections; requests in flight finish.
+    Draining,
+    /// The grace period is over: streams end now with an error event.
+    Aborting,
 }
 
 /// Cheaply clonable handle on the gateway state.
@@ -135,6 +152,8 @@ impl AppState {
             metrics,
             online_router,
             online: OnceLock::new(),
+            in_flight: Arc::new(Counter::default()),
+            shutdown: watch::channel(ShutdownPhase::Running).0,
             started: Instant::now(),
         })))
     }
@@ -171,10 +190,11 @@ impl Gateway {
         &self.decider.catalog().models[known.min(self.decider.catalog().len())..]
     }
 
-    /// Records a successful attempt on `m`: closes its breaker, and clears its cooldown
-    /// gauge when it had failures.
-    pub fn record_success(&self, m: ModelId) {
-        if self.upstreams.get(m).breaker.success() {
+    /// Records a successful attempt on `m` that started at `started_ms` (the breakers'
+    /// clock): closes its breaker unless it opened since, and clears its cooldown gauge
+    /// when it had failures.
+    pub fn record_success(&self, m: ModelId, started_ms: u64) {
+        if self.upstreams.get(m).breaker.success_since(started_ms) {
             self.metrics.cooldown(m.index(), false);
         }
     }

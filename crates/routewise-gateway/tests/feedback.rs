@@ -131,7 +131,10 @@ async fn feedback_is_acknowledged_once_and_errors_are_typed() {
     let (status, text) = get(&gw.url("/readyz")).await;
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["state"], json!({"store": "local", "available": true}));
+    assert_eq!(
+        v["state"],
+        json!({"store": "local", "available": true, "required": false})
+    );
 }
 
 #[tokio::test]
@@ -299,9 +302,21 @@ async fn two_instances_share_decisions_and_statistics_through_redis() {
     // outage: serving continues, readiness and metrics show it, feedback is refused
     let (id, _) = route_one(&gw1, "before the outage").await;
     drop(redis);
-    let (status, text) = get(&gw1.url("/readyz")).await;
-    assert_eq!(status, 503, "{text}");
-    assert!(text.contains("redis state store is unreachable"), "{text}");
+    // Readiness answers from cached state: degraded, still ready (the store is optional).
+    let mut seen = None;
+    for _ in 0..100 {
+        let (status, text) = get(&gw1.url("/readyz")).await;
+        if text.contains("unreachable") {
+            seen = Some((status, text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, text) = seen.expect("the outage shows in /readyz within 2 s");
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "degraded", "{text}");
+    assert_eq!(v["state"]["available"], false, "{text}");
     let (status, _, v) = post(
         &gw1.url("/v1/feedback"),
         &json!({"decision_id": id, "score": 1}),
@@ -417,4 +432,43 @@ async fn a_new_model_is_force_explored_until_it_has_enough_feedback() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("models[3].name"), "{e}");
+}
+
+#[tokio::test]
+async fn regression_readiness_during_a_redis_outage_is_cached_and_fails_only_when_required() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let state = |required: bool| {
+        format!(
+            "{{redis_url: \"redis://127.0.0.1:{}\", refresh_interval_ms: 50, redis_timeout_ms: 300, required: {required}}}",
+            redis.port
+        )
+    };
+    let optional = start_online(&bandit_yaml(&mock.base_url(), &state(false))).await;
+    let required = start_online(&bandit_yaml(&mock.base_url(), &state(true))).await;
+    assert_eq!(get(&optional.url("/readyz")).await.0, 200);
+    assert_eq!(get(&required.url("/readyz")).await.0, 200);
+    drop(redis);
+    // Within a few refresh intervals both see the outage; every probe is answered from
+    // cached state (no probe waits for Redis's timeouts).
+    let mut slowest = Duration::ZERO;
+    let mut states = (0, 0);
+    for _ in 0..100 {
+        let t = std::time::Instant::now();
+        let a = get(&optional.url("/readyz")).await.0;
+        let b = get(&required.url("/readyz")).await.0;
+        slowest = slowest.max(t.elapsed() / 2);
+        states = (a, b);
+        if b == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(states, (200, 503));
+    assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    // Routing goes on.
+    let (_, model) = route_one(&optional, "during the outage").await;
+    assert!(!model.is_empty());
 }

@@ -191,6 +191,10 @@ pub struct StateConfig {
     pub redis_timeout_ms: u64,
     /// How often the gateway should pull shared statistics from Redis, in milliseconds.
     pub refresh_interval_ms: u64,
+    /// Whether the gateway is unready (`/readyz` 503) while the store is unreachable.
+    /// Off by default: routing goes on with the last known statistics, so an optional
+    /// store's outage must not take every instance out of a load balancer.
+    pub required: bool,
 }
 
 impl Default for StateConfig {
@@ -203,6 +207,7 @@ impl Default for StateConfig {
             decision_ttl_s: 86_400,
             redis_timeout_ms: 500,
             refresh_interval_ms: 1_000,
+            required: false,
         }
     }
 }

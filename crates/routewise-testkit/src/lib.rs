@@ -12,7 +12,13 @@
 //! * reset the connection (TCP RST) instead of answering,
 //! * break a stream after `n` chunks (connection aborted mid-body) or stall it forever,
 //! * stream slowly (one chunk per interval, for client-disconnect tests),
-//! * echo the request it received back in the response (`"mock_echo": true` in the body).
+//! * echo the request it received back in the response (`"mock_echo": true` in the body),
+//! * leak the caller's API key, as real upstreams do: error messages quote the key they
+//!   were sent (`Incorrect API key provided: sk-...` for a 401), and `"mock_leak_key": true`
+//!   puts it in the answer's content.
+//!
+//! Like real upstreams it sends its own request id (`x-request-id`; Anthropic:
+//! `request-id`), and a 429 carries `retry-after` and `x-ratelimit-*` headers.
 //!
 //! A fault is chosen per request, first from the FIFO queue ([`MockUpstream::push_faults`]),
 //! then from the per-model setting ([`MockUpstream::set_model_fault`]), then from the
@@ -108,7 +114,14 @@ pub struct RecordedRequest {
     pub api_key: Option<String>,
     /// `anthropic-version` (Anthropic).
     pub anthropic_version: Option<String>,
+    /// `x-request-id` as received.
+    pub request_id: Option<String>,
+    /// `traceparent` as received.
+    pub traceparent: Option<String>,
 }
+
+/// The `retry-after` the mock sends with a 429.
+pub const MOCK_RETRY_AFTER: &str = "7";
 
 /// Options of a mock server.
 #[derive(Debug, Clone)]
@@ -393,8 +406,37 @@ async fn handle(
             authorization: header_str(&headers, header::AUTHORIZATION.as_str()),
             api_key: header_str(&headers, "x-api-key"),
             anthropic_version: header_str(&headers, "anthropic-version"),
+            request_id: header_str(&headers, "x-request-id"),
+            traceparent: header_str(&headers, "traceparent"),
         });
     }
+    let key = header_str(&headers, header::AUTHORIZATION.as_str())
+        .map(|a| a.trim_start_matches("Bearer ").to_string())
+        .or_else(|| header_str(&headers, "x-api-key"))
+        .unwrap_or_default();
+    let upstream_id = format!("req_mock_{}", state.total.load(Ordering::Relaxed));
+    let mut resp = answer(&state, &killer, guard, req, &model, &key, protocol).await;
+    let id_header = match protocol {
+        Protocol::OpenAi => "x-request-id",
+        Protocol::Anthropic => "request-id",
+    };
+    if let Ok(v) = header::HeaderValue::from_str(&upstream_id) {
+        resp.headers_mut().insert(id_header, v);
+    }
+    resp
+}
+
+/// The answer to a recorded, valid-JSON request.
+async fn answer(
+    state: &Arc<MockState>,
+    killer: &Killer,
+    guard: Guard,
+    req: Value,
+    model: &str,
+    key: &str,
+    protocol: Protocol,
+) -> Response {
+    let model = model.to_string();
     if protocol == Protocol::Anthropic {
         // The Messages API requires max_tokens and at least one message.
         let has_messages = req
@@ -416,7 +458,27 @@ async fn handle(
         Some(Fault::Status(code)) => {
             guard.done();
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error(protocol, status, &format!("mock: injected HTTP {code}"));
+            let message = match code {
+                401 => format!("Incorrect API key provided: {key}. You can find your API key at https://example.invalid/keys."),
+                _ => format!("mock: injected HTTP {code} (request sent with key {key})"),
+            };
+            let mut resp = error(protocol, status, &message);
+            if code == 429 {
+                let h = resp.headers_mut();
+                h.insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from_static(MOCK_RETRY_AFTER),
+                );
+                h.insert(
+                    "x-ratelimit-remaining-requests",
+                    header::HeaderValue::from_static("0"),
+                );
+                h.insert(
+                    "x-ratelimit-reset-requests",
+                    header::HeaderValue::from_static("7s"),
+                );
+            }
+            return resp;
         }
         Some(Fault::Reset) => {
             killer.0.notify_one();
@@ -426,7 +488,10 @@ async fn handle(
         _ => {}
     }
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
-    let answer = Answer::new(&req, &model, seq);
+    let mut answer = Answer::new(&req, &model, seq);
+    if req.get("mock_leak_key").and_then(Value::as_bool) == Some(true) {
+        answer.content = format!("the key I was called with is {key}");
+    }
     if !stream {
         let body = match protocol {
             Protocol::OpenAi => answer.completion(&req),

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+#[cfg(feature = "otel")]
+mod otel;
 
 #[derive(Parser)]
 #[command(

@@ -1,4 +1,7 @@
-//! Extractors shared by the handlers.
+//! Extractors shared by the handlers, and what the server puts in each request.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
@@ -6,6 +9,31 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::ApiError;
+use crate::state::Gateway;
+
+/// The TCP peer of the connection a request arrived on (a request extension set by
+/// [`crate::server`]; absent when the app is called without a socket, as in tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Reads the body within the gateway's `limits.max_body_bytes` and `limits.body_timeout_ms`.
+pub async fn read_request_body(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    let limits = &gw.config.limits;
+    let ms = limits.body_timeout_ms;
+    match tokio::time::timeout(
+        Duration::from_millis(ms),
+        read_body(headers, body, limits.max_body_bytes),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::BodyTimeout { ms }),
+    }
+}
 
 /// Reads a body of at most `limit` bytes (a larger declared `content-length` is refused
 /// before reading).

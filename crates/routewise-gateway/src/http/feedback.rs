@@ -11,7 +11,7 @@ use axum::Json;
 use routewise_online::{FeedbackError, FeedbackRequest};
 
 use crate::error::error_json;
-use crate::http::extract::read_body;
+use crate::http::extract::read_request_body;
 use crate::state::AppState;
 
 fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
@@ -39,7 +39,7 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
             "feedback is not enabled on this gateway (add a `bandit:` block to its config)".into(),
         );
     };
-    let bytes = match read_body(&headers, body, gw.config.limits.max_body_bytes).await {
+    let bytes = match read_request_body(gw, &headers, body).await {
         Ok(b) => b,
         Err(e) => {
             gw.metrics.feedback("invalid_request");
@@ -64,8 +64,15 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
         }
         Err(e) => {
             gw.metrics.feedback(e.code());
-            if e.status() >= 500 {
-                tracing::warn!(decision_id = %req.decision_id, error = %e, "feedback not recorded");
+            match e {
+                // An outage is logged once, by the maintenance task (crate::online).
+                FeedbackError::Unavailable(_) => {
+                    tracing::debug!(decision_id = %req.decision_id, error = %e, "feedback not recorded")
+                }
+                FeedbackError::Store(_) => {
+                    tracing::warn!(decision_id = %req.decision_id, error = %e, "feedback not recorded")
+                }
+                _ => {}
             }
             feedback_error(&e)
         }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::http::extract::read_body;
+use crate::http::extract::read_request_body;
 use crate::pipeline;
 use crate::state::AppState;
 
@@ -19,10 +19,9 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let limit = state.config.limits.max_body_bytes;
     let span = tracing::info_span!("chat_completions", body_bytes = tracing::field::Empty);
     async move {
-        let bytes = match read_body(&headers, body, limit).await {
+        let bytes = match read_request_body(&state, &headers, body).await {
             Ok(b) => b,
             Err(e) => {
                 state.metrics.request("chat", "-", e.status().as_u16());
@@ -37,8 +36,7 @@ pub async fn chat_completions(
 }
 
 pub async fn route(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let limit = state.config.limits.max_body_bytes;
-    let result = match read_body(&headers, body, limit).await {
+    let result = match read_request_body(&state, &headers, body).await {
         Ok(bytes) => pipeline::decide_only(&state, &headers, &bytes),
         Err(e) => Err(e),
     };
@@ -65,6 +63,9 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// Readiness from cached state only (never waits on a store): 503 while every model is
+/// cooling down, or while the online state store is unreachable and `state.required`.
+/// An unreachable optional store is reported as `degraded` and stays ready.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let now = state.now_ms();
     let available = state
@@ -72,28 +73,36 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .iter()
         .filter(|u| !u.breaker.is_open(now))
         .count();
-    let ready = available > 0;
-    let mut status = if ready {
+    let mut ready = available > 0;
+    let mut body = json!({"status": "ready",
+                      "models": state.upstreams.len(), "models_available": available});
+    if !ready {
+        body["reason"] = json!("every model is cooling down after repeated failures");
+    }
+    if let Some(online) = state.online.get() {
+        let up = online.feedback.available();
+        let kind = online.feedback.store().kind();
+        let required = state.config.state.required;
+        state.metrics.state_available(kind, up);
+        body["state"] = json!({"store": kind, "available": up, "required": required});
+        if !up {
+            ready &= !required;
+            if ready {
+                body["status"] = json!("degraded");
+            }
+            body["reason"] = json!(format!(
+                "the {kind} state store is unreachable: routing goes on with the last known bandit statistics, feedback is refused"
+            ));
+        }
+    }
+    if !ready {
+        body["status"] = json!("unavailable");
+    }
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({"status": if ready { "ready" } else { "unavailable" },
-                      "models": state.upstreams.len(), "models_available": available});
-    if let Some(online) = state.online.get() {
-        // Serving goes on with the last known statistics; readiness reports the outage.
-        let up = online.feedback.check().await;
-        let kind = online.feedback.store().kind();
-        state.metrics.state_available(kind, up);
-        body["state"] = json!({"store": kind, "available": up});
-        if !up {
-            status = StatusCode::SERVICE_UNAVAILABLE;
-            body["status"] = json!("unavailable");
-            body["reason"] = json!(format!(
-                "the {kind} state store is unreachable: routing continues with the last known bandit statistics, feedback is refused"
-            ));
-        }
-    }
     (status, Json(body)).into_response()
 }
 

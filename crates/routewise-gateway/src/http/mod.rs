@@ -9,24 +9,27 @@
 //! | POST | `/v1/feedback` | feedback on a decision (online learning) |
 //! | GET | `/v1/models` | `auto` plus every configured model |
 //! | GET | `/healthz` | liveness |
-//! | GET | `/readyz` | readiness: 503 while every model is cooling down or the online state store is unreachable |
+//! | GET | `/readyz` | readiness from cached state: 503 while every model is cooling down (or a `state.required` store is unreachable) |
 //! | GET | `/metrics` | Prometheus text |
 //!
 //! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape. A new endpoint
 //! is one line here and one handler.
 
+pub mod body;
 pub mod extract;
 pub mod feedback;
 pub mod handlers;
+pub mod limit;
 
 use axum::routing::{get, post};
 use axum::Router;
 
 use crate::state::AppState;
 
-/// The gateway's axum application.
+/// The gateway's axum application. The `/v1/*` endpoints are behind load shedding
+/// ([`limit`]); health and metrics are not, so they answer under any load.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route(
             "/v1/chat/completions",
             post(handlers::chat_completions).fallback(handlers::method_not_allowed),
@@ -43,6 +46,12 @@ pub fn app(state: AppState) -> Router {
             "/v1/models",
             get(handlers::models).fallback(handlers::method_not_allowed),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::shed,
+        ));
+    Router::new()
+        .merge(v1)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

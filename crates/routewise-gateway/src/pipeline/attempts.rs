@@ -3,10 +3,16 @@
 //! * Which models, in which order: [`fallback`] (context windows, `max_attempts`, skip
 //!   cooled-down models, but never refuse a request only because all are cooling down).
 //! * When a model is cooled down: [`cooldown`] (a circuit breaker per model).
-//! * An attempt goes through the model's [`crate::upstream::Provider`]. It fails over to
-//!   the next model on a connection error, HTTP 5xx, 429, a timeout before the first
-//!   byte, or a body that breaks before it is complete (non-streaming) or before its first
-//!   chunk (streaming). Any other upstream answer (2xx, other 4xx) is returned as is.
+//! * An attempt goes through the model's [`crate::upstream::Provider`], with the request
+//!   id and trace context ([`crate::trace`]; a span id per attempt). It fails over to the
+//!   next model on a connection error, HTTP 5xx, 429, 401 / 403 / 404 (`upstream_auth`: a
+//!   refused key or a model missing upstream), a timeout before the first byte, or a body
+//!   that breaks before it is complete (non-streaming) or before its first chunk
+//!   (streaming); each failure counts against the model's breaker. Any other answer (2xx,
+//!   other 4xx) is returned (see [`crate::upstream`] for what reaches the client).
+//! * When every attempt failed: 504 if the last timed out, else 502; a model named
+//!   directly (`reason: direct`) that answered 429 gives the client that 429 with the
+//!   upstream's `Retry-After` (and `x-ratelimit-*`, [`RequestContext::rate_limit`]).
 
 pub mod cooldown;
 pub mod fallback;
@@ -17,8 +23,10 @@ use std::time::Duration;
 use crate::error::ApiError;
 use crate::models::ModelId;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
+use crate::pipeline::route::Reason;
 use crate::state::Gateway;
-use crate::upstream::{Answer, AttemptOutcome, Call, Timing};
+use crate::upstream::{Answer, AttemptInfo, AttemptOutcome, Call};
+use tracing::Instrument;
 
 use self::cooldown::{Admit, Breaker};
 use self::fallback::AttemptPlan;
@@ -74,6 +82,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     let candidates = ctx.routed.candidates.iter().map(|m| m.index()).collect();
     let mut plan = AttemptPlan::new(candidates, gw.config.limits.max_attempts);
     let now = gw.now_ms();
+    let mut last_info = AttemptInfo::default();
     while let Some((m, admit)) =
         plan.next_attempt(|m| gw.upstreams.get(ModelId::from_index(m)).breaker.admit(now))
     {
@@ -82,57 +91,91 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         if let Some(prev) = ctx.attempts.last() {
             gw.metrics.fallback(prev.model.index());
         }
+        let span = tracing::debug_span!(
+            "attempt",
+            model = %up.name,
+            attempt = ctx.attempts.len() + 1,
+            outcome = tracing::field::Empty,
+            upstream_request_id = tracing::field::Empty,
+        );
+        let forward = ctx.trace.upstream_headers(
+            crate::otel::span_id(&span).unwrap_or_else(crate::trace::new_span_id),
+        );
         let mut probe = ProbeGuard {
             breaker: &up.breaker,
             armed: admit == Admit::Probe,
         };
-        let mut timing = Timing::default();
+        let mut info = AttemptInfo::default();
+        let attempt_started = gw.now_ms();
         let call = Call {
             request: &ctx.request,
             model: &up.name,
             upstream_model: &up.upstream_model,
             timeout,
             id: &ctx.id,
+            forward: &forward,
         };
-        let result = up.provider.call(call, &mut timing).await;
+        let result = up
+            .provider
+            .call(call, &mut info)
+            .instrument(span.clone())
+            .await;
         probe.armed = false;
-        if let Some(t) = timing.headers_after {
+        if let Some(t) = info.headers_after {
             gw.metrics.upstream_latency(m.index(), t.as_secs_f64());
         }
+        let outcome = result
+            .as_ref()
+            .map_or_else(|f| f.outcome, |_| AttemptOutcome::Ok);
+        span.record("outcome", outcome.name());
+        if let Some(id) = &info.upstream_request_id {
+            span.record("upstream_request_id", id.as_str());
+        }
+        gw.metrics.attempt(m.index(), outcome);
+        let upstream_request_id = info.upstream_request_id.take();
         match result {
             Ok(answer) => {
-                gw.record_success(m);
-                gw.metrics.attempt(m.index(), AttemptOutcome::Ok);
+                gw.record_success(m, attempt_started);
                 ctx.attempts.push(AttemptRecord {
                     model: m,
-                    outcome: AttemptOutcome::Ok,
+                    outcome,
                     detail: String::new(),
+                    upstream_request_id,
                 });
+                ctx.rate_limit = info.rate_limit;
                 return Ok((m, answer));
             }
             Err(f) => {
-                let opened = gw.record_failure(m);
-                gw.metrics.attempt(m.index(), f.outcome);
-                if opened {
-                    tracing::warn!(model = %up.name, cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
+                if gw.record_failure(m) {
+                    tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
                 ctx.attempts.push(AttemptRecord {
                     model: m,
-                    outcome: f.outcome,
+                    outcome,
                     detail: f.detail,
+                    upstream_request_id,
                 });
+                last_info = info;
             }
         }
     }
     let summary = attempts_summary(gw, &ctx.attempts);
+    let n = ctx.attempts.len();
     Err(match ctx.attempts.last().map(|a| a.outcome) {
         Some(AttemptOutcome::Timeout) => ApiError::UpstreamTimeout(format!(
-            "all {} upstream attempts failed, the last by timeout: {summary}",
-            ctx.attempts.len()
+            "all {n} upstream attempts failed, the last by timeout: {summary}"
         )),
-        _ => ApiError::UpstreamFailed(format!(
-            "all {} upstream attempts failed: {summary}",
-            ctx.attempts.len()
-        )),
+        Some(AttemptOutcome::Http429) if ctx.routed.reason == Reason::Direct => {
+            let retry_after = last_info.retry_after().cloned();
+            ctx.rate_limit = last_info.rate_limit;
+            ApiError::RateLimited {
+                message: format!(
+                    "model `{}` is rate limited upstream (HTTP 429); retry later",
+                    ctx.request.model
+                ),
+                retry_after,
+            }
+        }
+        _ => ApiError::UpstreamFailed(format!("all {n} upstream attempts failed: {summary}")),
     })
 }

@@ -1,14 +1,24 @@
 //! The request context: one chat request as it goes through the pipeline's stages
 //! (what was asked, what was decided, what was tried). Stages read and extend it; the
-//! stream and the decision log keep it until the answer ends.
+//! stream and the decision log keep it until the answer ends. A context dropped before
+//! its decision was logged (the client went away while an upstream was answering) logs it
+//! then, as `client_disconnected` with status 499.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use axum::http::{HeaderName, HeaderValue};
+
 use crate::models::ModelId;
+use crate::pipeline::decision_log::{self, End};
 use crate::pipeline::route::Routed;
 use crate::request::ChatRequest;
 use crate::state::AppState;
+use crate::trace::TraceContext;
 use crate::upstream::AttemptOutcome;
+
+/// The status logged and counted for a request whose client went away (nginx's code).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// One chat request on its way through the stages.
 #[derive(Debug)]
@@ -22,6 +32,36 @@ pub struct RequestContext {
     pub routed: Routed,
     /// Every upstream attempt so far.
     pub attempts: Vec<AttemptRecord>,
+    /// The request id and trace context.
+    pub trace: TraceContext,
+    /// The last attempt's rate-limit headers (passed on for direct requests).
+    pub rate_limit: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the decision log line was written.
+    pub logged: AtomicBool,
+}
+
+impl RequestContext {
+    /// Marks the decision as logged; false if it already was.
+    pub fn mark_logged(&self) -> bool {
+        !self.logged.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl Drop for RequestContext {
+    fn drop(&mut self) {
+        if !*self.logged.get_mut() {
+            decision_log::emit(
+                self,
+                None,
+                CLIENT_CLOSED_REQUEST,
+                None,
+                End::ClientDisconnected,
+            );
+            self.state
+                .metrics
+                .request("chat", "-", CLIENT_CLOSED_REQUEST);
+        }
+    }
 }
 
 /// One attempt, for the decision log.
@@ -30,4 +70,6 @@ pub struct AttemptRecord {
     pub model: ModelId,
     pub outcome: AttemptOutcome,
     pub detail: String,
+    /// The upstream's own request id, when it sent one.
+    pub upstream_request_id: Option<String>,
 }

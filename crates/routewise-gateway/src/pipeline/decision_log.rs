@@ -1,8 +1,9 @@
 //! Stage 6a, the decision log: one structured line per decision (target
 //! `routewise::decision`): the request, the reason, the policy, the chosen and the
 //! answering model, every attempt, the realised cost (upstream usage x prices), how the
-//! answer ended, and the predictions (each model's predicted score and cost, in ranking
-//! order).
+//! answer ended, the request id, trace id and the answering upstream's request id, and
+//! the predictions (each model's predicted score and cost, in ranking order). Written
+//! once per request ([`RequestContext::mark_logged`]).
 
 use std::fmt;
 
@@ -26,6 +27,8 @@ pub enum End {
     StreamTimeout,
     /// Every attempt failed: no answer.
     Failed,
+    /// The gateway's shutdown grace period ended the stream.
+    Shutdown,
 }
 
 impl End {
@@ -36,6 +39,7 @@ impl End {
             End::StreamError => "stream_error",
             End::StreamTimeout => "stream_timeout",
             End::Failed => "failed",
+            End::Shutdown => "shutdown",
         }
     }
 
@@ -76,6 +80,9 @@ pub fn emit(
     cost: Option<f64>,
     end: End,
 ) {
+    if !ctx.mark_logged() {
+        return;
+    }
     let gw = &*ctx.state;
     let model = answered.map_or("-", |m| gw.upstreams.get(m).name.as_str());
     let decision = ctx.routed.decision.as_ref();
@@ -83,9 +90,17 @@ pub fn emit(
         .and_then(|d| gw.upstreams.at(d.chosen))
         .map_or(model, |u| u.name.as_str());
     let policy = serde_json::to_string(&ctx.routed.policy).unwrap_or_default();
+    let upstream_request_id = ctx
+        .attempts
+        .last()
+        .and_then(|a| a.upstream_request_id.as_deref())
+        .unwrap_or("-");
     tracing::info!(
         target: "routewise::decision",
         decision_id = %ctx.id,
+        request_id = %ctx.trace.request_id,
+        trace_id = %ctx.trace.trace_id_hex(),
+        upstream_request_id,
         requested = %ctx.request.model,
         reason = ctx.routed.reason.name(),
         policy = %policy,

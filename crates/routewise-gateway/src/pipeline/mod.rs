@@ -15,6 +15,13 @@
 //! `POST /v1/route` ([`decide_only`]) runs stages 1-3 and answers the decision.
 //! Stages get the context (or the part they need) and never call back into the HTTP
 //! layer; the HTTP layer ([`crate::http`]) only extracts and maps.
+//!
+//! Every chat request runs in a `request` span, its stages in `parse` / `route` /
+//! `attempts` spans and each upstream call in an `attempt` span (debug level: free
+//! unless traced, exported with the `otel` feature, [`crate::otel`]). Every answer
+//! carries `x-routewise-model`, `x-routewise-decision-id`, `x-routewise-attempts`, the
+//! request id and `traceparent` ([`crate::trace`]); a direct request's answer also
+//! carries the upstream's rate-limit headers.
 
 pub mod attempts;
 pub mod context;
@@ -25,6 +32,7 @@ pub mod stream;
 
 pub use context::RequestContext;
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::http::header::CONTENT_TYPE;
@@ -37,9 +45,12 @@ use crate::error::ApiError;
 use crate::models::ModelId;
 use crate::request;
 use crate::state::{AppState, Gateway};
+use crate::trace::TraceContext;
 use crate::upstream::Answer;
+use tracing::Instrument;
 
 use self::decision_log::End;
+use self::route::Reason;
 
 /// Response header naming the model that answered.
 pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-routewise-model");
@@ -73,17 +84,41 @@ impl Drop for InFlight {
 pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let id = new_decision_id();
+    let mut trace = TraceContext::from_headers(&headers, &id);
+    let span = tracing::debug_span!(
+        "request",
+        decision_id = %id,
+        request_id = %trace.request_id,
+        model = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    crate::otel::link(&span, &mut trace);
+    chat_stages(state, headers, body, started, id, trace)
+        .instrument(span)
+        .await
+}
+
+async fn chat_stages(
+    state: AppState,
+    headers: HeaderMap,
+    body: Bytes,
+    started: Instant,
+    id: String,
+    trace: TraceContext,
+) -> Response {
     let gw = &*state;
     // 1. parse
-    let request = match request::parse(&body, &headers, true) {
+    let parsed = tracing::debug_span!("parse").in_scope(|| request::parse(&body, &headers, true));
+    let request = match parsed {
         Ok(r) => r,
-        Err(e) => return reject(gw, e, &id),
+        Err(e) => return reject(gw, e, &id, &trace),
     };
     // 2. before routing: rules, cache and auth stages go here.
     // 3. route
-    let routed = match route::route(gw, &request, false) {
+    let routed = tracing::debug_span!("route").in_scope(|| route::route(gw, &request, false));
+    let routed = match routed {
         Ok(r) => r,
-        Err(e) => return reject(gw, e, &id),
+        Err(e) => return reject(gw, e, &id, &trace),
     };
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     let _in_flight = InFlight::start(gw);
@@ -94,25 +129,38 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
         request,
         routed,
         attempts: Vec::new(),
+        trace,
+        rate_limit: Vec::new(),
+        logged: AtomicBool::new(false),
     };
     // 4. attempts
-    match attempts::run(&mut ctx).await {
+    let attempted = attempts::run(&mut ctx)
+        .instrument(tracing::debug_span!("attempts"))
+        .await;
+    match attempted {
         // 5. respond (6. runs when the answer is complete)
         Ok((m, answer)) => respond(ctx, m, answer).await,
         Err(err) => {
             let status = err.status().as_u16();
             decision_log::emit(&ctx, None, status, None, End::Failed);
             gw.metrics.request("chat", "-", status);
-            with_headers(err.into_response(), gw, None, &ctx.id, ctx.attempts.len())
+            with_headers(err.into_response(), &ctx, None)
         }
     }
 }
 
 /// A client error: counted, answered, never logged at more than debug.
-fn reject(gw: &Gateway, e: ApiError, id: &str) -> Response {
+fn reject(gw: &Gateway, e: ApiError, id: &str, trace: &TraceContext) -> Response {
     gw.metrics.request("chat", "-", e.status().as_u16());
     tracing::debug!(decision_id = %id, error = %e, "rejected request");
-    with_headers(e.into_response(), gw, None, id, 0)
+    let mut resp = e.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(DECISION_HEADER, v);
+    }
+    h.insert(ATTEMPTS_HEADER, HeaderValue::from(0));
+    trace.echo(h);
+    resp
 }
 
 /// Stage 5 for an answer from model `m`; stage 6 for a complete one.
@@ -120,7 +168,7 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
     let state = ctx.state.clone();
     let gw = &*state;
     let name = gw.upstreams.get(m).name.as_str();
-    let attempts = ctx.attempts.len();
+    tracing::Span::current().record("model", name);
     match answer {
         Answer::Full {
             status,
@@ -146,7 +194,7 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
                 CONTENT_TYPE,
                 content_type.unwrap_or(HeaderValue::from_static("application/json")),
             );
-            with_headers(resp, gw, Some(m), &ctx.id, attempts)
+            with_headers(resp, &ctx, Some(m))
         }
         Answer::Stream {
             status,
@@ -155,38 +203,41 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             rest,
         } => {
             gw.metrics.request("chat", name, status.as_u16());
-            let id = ctx.id.clone();
-            let mut resp = stream::pipe(ctx, m, first, rest);
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
+            let mut head = with_headers(Response::new(axum::body::Body::empty()), &ctx, Some(m));
+            *head.status_mut() = status;
+            head.headers_mut().insert(
                 CONTENT_TYPE,
                 content_type.unwrap_or(HeaderValue::from_static("text/event-stream")),
             );
-            resp.headers_mut()
+            head.headers_mut()
                 .insert("cache-control", HeaderValue::from_static("no-cache"));
-            with_headers(resp, gw, Some(m), &id, attempts)
+            let (parts, _) = head.into_parts();
+            let piped = stream::pipe(ctx, m, first, rest);
+            Response::from_parts(parts, piped.into_body())
         }
     }
 }
 
-/// Adds the routewise response headers.
-fn with_headers(
-    mut resp: Response,
-    gw: &Gateway,
-    model: Option<ModelId>,
-    id: &str,
-    attempts: usize,
-) -> Response {
+/// Adds the routewise response headers, the request's ids and, for a direct request,
+/// the upstream's rate-limit headers.
+fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>) -> Response {
+    let gw = &*ctx.state;
     let h = resp.headers_mut();
+    if ctx.routed.reason == Reason::Direct {
+        for (name, value) in &ctx.rate_limit {
+            h.insert(name.clone(), value.clone());
+        }
+    }
     if let Some(m) = model {
         if let Ok(v) = HeaderValue::from_str(&gw.upstreams.get(m).name) {
             h.insert(MODEL_HEADER, v);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(id) {
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         h.insert(DECISION_HEADER, v);
     }
-    h.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    h.insert(ATTEMPTS_HEADER, HeaderValue::from(ctx.attempts.len()));
+    ctx.trace.echo(h);
     resp
 }
 

@@ -5,7 +5,8 @@
 //! cost (the upstream's usage x prices, else the decision's expected cost) and the
 //! latency. A non-streaming answer is recorded before it is returned while the store is
 //! reachable, so feedback may follow at once; a stream's record is written when it ends.
-//! Failures are logged and counted, never fail the request.
+//! Failures are counted (and logged at debug level: the outage itself is logged once by
+//! [`crate::online`]), never fail the request.
 
 use routewise_online::DecisionRecord;
 
@@ -67,7 +68,7 @@ async fn store(gw: &Gateway, rec: DecisionRecord) {
     let result = online.feedback.record_decision(rec).await;
     gw.metrics.decision_recorded(result.is_ok());
     if let Err(e) = result {
-        tracing::warn!(decision_id = %id, error = %e, "cannot keep the decision for feedback");
+        tracing::debug!(decision_id = %id, error = %e, "cannot keep the decision for feedback");
     }
 }
 

@@ -21,7 +21,9 @@ use crate::models::ModelId;
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::decision_log::{self, End};
 use crate::pipeline::record;
+use crate::state::ShutdownPhase;
 use crate::upstream::UpstreamStream;
+use tokio::sync::watch;
 
 /// The response body piping `first` then `rest` from model `m`.
 pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream) -> Response {
@@ -29,6 +31,7 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
     let st = StreamState {
         first: Some(first),
         rest,
+        shutdown: gw.shutdown.subscribe(),
         idle: Duration::from_millis(gw.config.limits.request_timeout_ms),
         scan_usage: ctx.request.include_usage,
         usage: None,
@@ -45,6 +48,7 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
 struct StreamState {
     first: Option<Bytes>,
     rest: UpstreamStream,
+    shutdown: watch::Receiver<ShutdownPhase>,
     idle: Duration,
     scan_usage: bool,
     usage: Option<(u64, u64)>,
@@ -108,7 +112,16 @@ async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, Infallible>, S
         st.seen(&b);
         return Some((Ok(b), st));
     }
-    match tokio::time::timeout(st.idle, st.rest.next()).await {
+    let next = tokio::select! {
+        n = tokio::time::timeout(st.idle, st.rest.next()) => Some(n),
+        _ = st.shutdown.wait_for(|p| *p == ShutdownPhase::Aborting) => None,
+    };
+    let Some(next) = next else {
+        st.done = true;
+        st.finish(End::Shutdown);
+        return Some((Ok(error_event("the gateway is shutting down")), st));
+    };
+    match next {
         Ok(Some(Ok(b))) => {
             st.seen(&b);
             Some((Ok(b), st))

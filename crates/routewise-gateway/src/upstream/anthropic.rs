@@ -23,8 +23,10 @@
 //! JSON string), `stop_reason` maps to `finish_reason` (`end_turn` / `stop_sequence` /
 //! `pause_turn` -> `stop`, `max_tokens` -> `length`, `tool_use` -> `tool_calls`, `refusal`
 //! -> `content_filter`), usage maps to `prompt_tokens` (input plus cache reads and
-//! writes) / `completion_tokens` / `total_tokens`. Error bodies become OpenAI's error
-//! shape with the same status; 529 `overloaded_error` and 429 fall back like 5xx.
+//! writes) / `completion_tokens` / `total_tokens`. An error answer becomes OpenAI's error
+//! shape with the same status and the redacted message ([`super::client_error_body`]);
+//! 529 `overloaded_error`, 429, 401, 403 and 404 fall back ([`super::post_json`]). The
+//! model's key is scrubbed from the bytes received before they are translated.
 //!
 //! Streaming ([`StreamTranslator`]): `message_start` opens the stream (role chunk),
 //! `content_block_start` of a tool opens a tool call, `content_block_delta` carries text
@@ -36,14 +38,15 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
+use super::redact::Redactor;
 use super::{
-    describe, post_json, read_body, unix_now, Answer, AttemptOutcome, Call, Failure, Provider,
-    ProviderKind, Timing, UpstreamStream,
+    client_error_body, describe, post_json, read_body, unix_now, Answer, AttemptInfo,
+    AttemptOutcome, Call, Failure, Provider, ProviderKind, UpstreamStream,
 };
 use crate::request::ChatRequest;
 
@@ -59,17 +62,20 @@ pub struct Anthropic {
     url: reqwest::Url,
     headers: Vec<(HeaderName, HeaderValue)>,
     max_tokens: u64,
+    redactor: Redactor,
 }
 
 impl Anthropic {
     /// `url`: the messages endpoint; `auth`: the `x-api-key` header; `version`: the
-    /// `anthropic-version` header; `max_tokens`: the default output cap.
+    /// `anthropic-version` header; `max_tokens`: the default output cap; `redactor`
+    /// scrubs the key from answers.
     pub fn new(
         client: reqwest::Client,
         url: reqwest::Url,
         auth: Option<(HeaderName, HeaderValue)>,
         version: HeaderValue,
         max_tokens: u64,
+        redactor: Redactor,
     ) -> Self {
         let mut headers = vec![(HeaderName::from_static("anthropic-version"), version)];
         headers.extend(auth);
@@ -78,6 +84,7 @@ impl Anthropic {
             url,
             headers,
             max_tokens,
+            redactor,
         }
     }
 }
@@ -88,22 +95,14 @@ impl Provider for Anthropic {
         ProviderKind::Anthropic
     }
 
-    async fn call(&self, call: Call<'_>, timing: &mut Timing) -> Result<Answer, Failure> {
+    async fn call(&self, call: Call<'_>, info: &mut AttemptInfo) -> Result<Answer, Failure> {
         let req = call.request;
         let body = to_messages_body(req, call.upstream_model, self.max_tokens)
             .map_err(|e| Failure::new(AttemptOutcome::Body, e))?;
         let bytes = serde_json::to_vec(&body)
             .map_err(|e| Failure::new(AttemptOutcome::Body, format!("cannot encode body: {e}")))?;
         let deadline = tokio::time::Instant::now() + call.timeout;
-        let resp = post_json(
-            &self.client,
-            &self.url,
-            &self.headers,
-            bytes,
-            call.timeout,
-            timing,
-        )
-        .await?;
+        let resp = post_json(&self.client, &self.url, &self.headers, &call, bytes, info).await?;
         let status = resp.status();
         let json_type = Some(HeaderValue::from_static("application/json"));
         if !status.is_success() {
@@ -111,11 +110,13 @@ impl Provider for Anthropic {
             return Ok(Answer::Full {
                 status,
                 content_type: json_type,
-                body: Bytes::from(to_openai_error(status, &body).to_string()),
+                body: client_error_body(status, &body, call.model, &self.redactor),
             });
         }
         if !req.stream {
-            let body = read_body(resp, deadline, call.timeout).await?;
+            let body = self
+                .redactor
+                .bytes(read_body(resp, deadline, call.timeout).await?);
             let v: Value = serde_json::from_slice(&body).map_err(|e| {
                 Failure::new(
                     AttemptOutcome::Body,
@@ -136,7 +137,7 @@ impl Provider for Anthropic {
         }
         let upstream = resp.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
         let mut stream = Box::pin(translate_stream(
-            Box::pin(upstream),
+            self.redactor.stream(Box::pin(upstream)),
             StreamTranslator::new(call.id, call.upstream_model, req.include_usage),
         ));
         // The first translated chunk, or a failure before any output (fall back).
@@ -449,23 +450,6 @@ pub fn to_chat_completion(msg: &Value, id: &str) -> Result<Value, String> {
     }))
 }
 
-/// OpenAI's error shape for an Anthropic error body (`{"type": "error", "error": {type,
-/// message}}`), keeping its type; other bodies are not echoed.
-pub fn to_openai_error(status: StatusCode, body: &[u8]) -> Value {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let err = parsed.as_ref().and_then(|v| v.get("error"));
-    let kind = err
-        .and_then(|e| e.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("upstream_error");
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("the upstream answered HTTP {}", status.as_u16()));
-    crate::error::error_json(&message, kind, None, None)
-}
-
 /// Why a translated stream stopped early.
 #[derive(Debug)]
 pub enum StreamFailure {
@@ -674,7 +658,7 @@ pub fn translate_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderMap;
+    use axum::http::{HeaderMap, StatusCode};
 
     fn req(v: Value) -> ChatRequest {
         crate::request::parse(v.to_string().as_bytes(), &HeaderMap::new(), true).unwrap()
@@ -775,12 +759,18 @@ mod tests {
         ] {
             assert_eq!(finish_reason(Some(stop)), Some(finish));
         }
-        let e = to_openai_error(
+        let e = client_error_body(
             StatusCode::BAD_REQUEST,
             br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+            "claude",
+            &Redactor::default(),
         );
+        let e: Value = serde_json::from_slice(&e).unwrap();
         assert_eq!(e["error"]["type"], "invalid_request_error");
-        assert_eq!(e["error"]["message"], "bad");
+        assert_eq!(
+            e["error"]["message"],
+            "model `claude` answered HTTP 400: bad"
+        );
     }
 
     fn sse(events: &[Value]) -> String {

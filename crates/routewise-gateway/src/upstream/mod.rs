@@ -8,12 +8,19 @@
 //!
 //! A provider either answers ([`Answer`]: a complete body, or a stream whose first chunk
 //! has arrived) or fails before anything reached the client ([`Failure`], classified by
-//! [`AttemptOutcome`] so the attempt loop can fall back). What an upstream answered with a
-//! status that is not a failure (2xx, a 4xx other than 429) is an answer. A new provider is
-//! one file here plus one [`ProviderKind`] variant.
+//! [`AttemptOutcome`] so the attempt loop can fall back). The status decides
+//! ([`post_json`]): 5xx, 429, and 401 / 403 / 404 (a revoked key, a model missing
+//! upstream: the model's fault, not the client's) fail the attempt; 2xx is an answer,
+//! with the model's key scrubbed from it ([`redact`]); any other 4xx is answered with an
+//! error built from its status and the upstream's redacted message
+//! ([`client_error_body`]), never with the upstream body itself. Besides its answer an
+//! attempt reports [`AttemptInfo`]: the time to the response headers, the upstream's
+//! request id and its rate-limit headers. A new provider is one file here plus one
+//! [`ProviderKind`] variant.
 
 pub mod anthropic;
 pub mod openai;
+pub mod redact;
 pub mod replay;
 
 use std::fmt;
@@ -97,7 +104,7 @@ impl ProviderKind {
 /// Why one upstream attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// An answer was passed to the client (2xx, or a 4xx other than 429).
+    /// An answer was passed to the client (2xx, or a 4xx other than 401, 403, 404, 429).
     Ok,
     /// HTTP 5xx (Anthropic's 529 `overloaded_error` included).
     Http5xx,
@@ -109,16 +116,19 @@ pub enum AttemptOutcome {
     Connect,
     /// The body broke before it was complete (non-streaming) or before its first chunk.
     Body,
+    /// HTTP 401, 403 or 404: the key is refused or the model is missing upstream.
+    UpstreamAuth,
 }
 
 impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 6] = [
+    pub const ALL: [AttemptOutcome; 7] = [
         AttemptOutcome::Ok,
         AttemptOutcome::Http5xx,
         AttemptOutcome::Http429,
         AttemptOutcome::Timeout,
         AttemptOutcome::Connect,
         AttemptOutcome::Body,
+        AttemptOutcome::UpstreamAuth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +139,7 @@ impl AttemptOutcome {
             AttemptOutcome::Timeout => "timeout",
             AttemptOutcome::Connect => "connect_error",
             AttemptOutcome::Body => "body_error",
+            AttemptOutcome::UpstreamAuth => "upstream_auth",
         }
     }
 
@@ -199,12 +210,44 @@ pub struct Call<'a> {
     pub timeout: Duration,
     /// The decision id (ids of generated completions).
     pub id: &'a str,
+    /// Headers forwarded upstream: the request id and trace context ([`crate::trace`]).
+    pub forward: &'a [(HeaderName, HeaderValue)],
 }
 
-/// What an attempt reports besides its answer: time to the upstream's response headers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timing {
+/// What an attempt reports besides its answer.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptInfo {
+    /// Time to the upstream's response headers.
     pub headers_after: Option<Duration>,
+    /// The upstream's own request id (`x-request-id`, or Anthropic's `request-id`).
+    pub upstream_request_id: Option<String>,
+    /// `retry-after` and `x-ratelimit-*`, passed on to clients of direct requests.
+    pub rate_limit: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl AttemptInfo {
+    /// Reads what it keeps from an upstream response's headers.
+    fn read(&mut self, headers: &reqwest::header::HeaderMap) {
+        self.upstream_request_id = crate::trace::upstream_request_id(headers);
+        self.rate_limit = headers
+            .iter()
+            .filter(|(name, _)| is_rate_limit_header(name.as_str()))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+    }
+
+    /// The upstream's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<&HeaderValue> {
+        self.rate_limit
+            .iter()
+            .find(|(n, _)| n == axum::http::header::RETRY_AFTER)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Whether a response header is about rate limits (passed on for direct requests).
+fn is_rate_limit_header(name: &str) -> bool {
+    name == "retry-after" || name.starts_with("x-ratelimit-")
 }
 
 /// One way of reaching a model.
@@ -213,19 +256,21 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn kind(&self) -> ProviderKind;
 
     /// Makes one attempt; never retries.
-    async fn call(&self, call: Call<'_>, timing: &mut Timing) -> Result<Answer, Failure>;
+    async fn call(&self, call: Call<'_>, info: &mut AttemptInfo) -> Result<Answer, Failure>;
 }
 
-/// Sends a JSON POST and waits for the response headers until `deadline`; a 5xx or a 429
-/// is a [`Failure`] (fall back), any other status is returned for the provider to read.
+/// Sends a JSON POST with `headers` and the call's forwarded headers, and waits for the
+/// response headers within the call's timeout. 5xx, 429, 401, 403 and 404 are a
+/// [`Failure`] (fall back); any other status is returned for the provider to read.
 pub(crate) async fn post_json(
     client: &reqwest::Client,
     url: &reqwest::Url,
     headers: &[(HeaderName, HeaderValue)],
+    call: &Call<'_>,
     body: Vec<u8>,
-    timeout: Duration,
-    timing: &mut Timing,
+    info: &mut AttemptInfo,
 ) -> Result<reqwest::Response, Failure> {
+    let timeout = call.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut rb = client
         .post(url.clone())
@@ -234,7 +279,7 @@ pub(crate) async fn post_json(
             HeaderValue::from_static("application/json"),
         )
         .body(body);
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(call.forward) {
         rb = rb.header(name, value.clone());
     }
     let sent = std::time::Instant::now();
@@ -248,18 +293,64 @@ pub(crate) async fn post_json(
         Ok(Err(e)) => return Err(Failure::new(transport_outcome(&e), describe(&e))),
         Ok(Ok(r)) => r,
     };
-    timing.headers_after = Some(sent.elapsed());
+    info.headers_after = Some(sent.elapsed());
+    info.read(resp.headers());
     let status = resp.status();
-    if status.is_server_error() {
-        return Err(Failure::new(
-            AttemptOutcome::Http5xx,
-            format!("HTTP {}", status.as_u16()),
-        ));
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(Failure::new(AttemptOutcome::Http429, "HTTP 429"));
-    }
-    Ok(resp)
+    let outcome = match status {
+        s if s.is_server_error() => AttemptOutcome::Http5xx,
+        StatusCode::TOO_MANY_REQUESTS => AttemptOutcome::Http429,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+            AttemptOutcome::UpstreamAuth
+        }
+        _ => return Ok(resp),
+    };
+    Err(Failure::new(outcome, format!("HTTP {}", status.as_u16())))
+}
+
+/// The longest upstream error message passed on (in characters).
+const MAX_ERROR_MESSAGE: usize = 1000;
+
+/// The error body a client gets for an upstream's 4xx answer (one that is not a failure):
+/// OpenAI's error shape, built from the status and the upstream's message (OpenAI's and
+/// Anthropic's `{"error": {"message", "type"}}`), redacted and truncated. The upstream's
+/// `type`, `param` and `code` are kept when they are short identifiers.
+pub fn client_error_body(
+    status: StatusCode,
+    upstream_body: &[u8],
+    model: &str,
+    redactor: &redact::Redactor,
+) -> Bytes {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(upstream_body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    let field = |k: &str| {
+        err.and_then(|e| e.get(k))
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| is_identifier(s))
+    };
+    let detail = err
+        .and_then(|e| e.get("message"))
+        .and_then(serde_json::Value::as_str)
+        .map(|m| {
+            let m: String = m.chars().take(MAX_ERROR_MESSAGE).collect();
+            format!(": {}", redactor.message(&m))
+        })
+        .unwrap_or_default();
+    let message = format!("model `{model}` answered HTTP {}{detail}", status.as_u16());
+    let body = crate::error::error_json(
+        &message,
+        field("type").unwrap_or("upstream_error"),
+        field("param"),
+        field("code"),
+    );
+    Bytes::from(body.to_string())
+}
+
+/// A short `[A-Za-z0-9_.-]` word (an error type, code or parameter name).
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']'))
 }
 
 /// Reads a whole body within `timeout` of the call's start (`deadline`).
@@ -346,4 +437,41 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_error_body_is_rebuilt_never_passed_on() {
+        let r = redact::Redactor::new(Some("sk-secret-0123456789"));
+        let upstream = br#"{"error": {"message": "Invalid key sk-secret-0123456789 for <b>org</b>", "type": "invalid_request_error", "param": "messages", "code": "bad key with spaces", "extra": "kept out"}}"#;
+        let body = client_error_body(StatusCode::BAD_REQUEST, upstream, "m1", &r);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("model `m1` answered HTTP 400: Invalid key [REDACTED]"));
+        assert!(!msg.contains("0123456789"));
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "messages");
+        assert!(v["error"]["code"].is_null());
+        assert!(!body.windows(8).any(|w| w == b"kept out"));
+        let html = client_error_body(
+            StatusCode::CONFLICT,
+            b"<html>sk-secret-0123456789</html>",
+            "m1",
+            &r,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&html).unwrap();
+        assert_eq!(v["error"]["message"], "model `m1` answered HTTP 409");
+        assert_eq!(v["error"]["type"], "upstream_error");
+    }
+
+    #[test]
+    fn rate_limit_headers_are_the_ones_kept() {
+        assert!(is_rate_limit_header("retry-after"));
+        assert!(is_rate_limit_header("x-ratelimit-remaining-requests"));
+        assert!(!is_rate_limit_header("set-cookie"));
+        assert!(!is_rate_limit_header("x-request-id"));
+    }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use routewise_data::{Dataset, Outcome};
 use serde_json::json;
 
-use super::{unix_now, Answer, AttemptOutcome, Call, Failure, Provider, ProviderKind, Timing};
+use super::{unix_now, Answer, AttemptInfo, AttemptOutcome, Call, Failure, Provider, ProviderKind};
 
 /// The provider answering from a [`Replay`].
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ impl Provider for ReplayProvider {
         ProviderKind::Replay
     }
 
-    async fn call(&self, call: Call<'_>, _timing: &mut Timing) -> Result<Answer, Failure> {
+    async fn call(&self, call: Call<'_>, _info: &mut AttemptInfo) -> Result<Answer, Failure> {
         let req = call.request;
         let answer = self
             .replay

@@ -3,7 +3,12 @@
 //! With `--config FILE` (or `ROUTEWISE_CONFIG`) it serves that config; with none it runs
 //! the embedded DEMO (RouterBench replay models, no keys needed). Logs go to stderr,
 //! filtered by `ROUTEWISE_LOG` (default `info`; e.g. `warn` hides the per-decision lines),
-//! as text or JSON (`--log-format json`). Stops on Ctrl-C / SIGTERM after draining.
+//! as text or JSON (`--log-format json`). Stops on Ctrl-C / SIGTERM after draining (for
+//! at most `limits.shutdown_grace_ms`); SIGHUP is logged and ignored (no hot reload yet).
+//!
+//! Start-up order: config, then the open-file limit raised to fit `limits.max_connections`,
+//! then the online state store opened (a locked or unreadable store fails here), and only
+//! then the socket bound and "listening" logged.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,12 +43,28 @@ pub enum LogFormat {
 /// Log lines queued for the writer thread at most.
 const LOG_QUEUE_LINES: usize = 4096;
 
+/// What must live as long as the server: the log writer (flushes when dropped) and, with
+/// the `otel` feature, the span exporter.
+struct TelemetryGuard {
+    _log: tracing_appender::non_blocking::WorkerGuard,
+    #[cfg(feature = "otel")]
+    _otel: Option<crate::otel::OtelGuard>,
+}
+
 /// Installs the subscriber. Log lines are formatted on the request's thread but written to
 /// stderr by a dedicated thread (tracing-appender), so a slow terminal or pipe never stalls a
 /// worker between two requests. The queue holds [`LOG_QUEUE_LINES`] lines (a bounded, small
 /// memory cost); it is not lossy: when it is full, logging waits rather than dropping
-/// decision lines. The returned guard flushes the queue when dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// decision lines. The log filter (`ROUTEWISE_LOG`) applies to the log output only, so the
+/// span exporter (the `otel` feature) sees the debug-level pipeline spans that the log
+/// never pays for.
+fn init_logging(
+    format: LogFormat,
+    #[allow(unused_variables)] runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<TelemetryGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTEWISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -51,14 +72,31 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("routewise-log")
         .finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Text => Box::new(fmt.with_filter(filter)),
+        LogFormat::Json => Box::new(fmt.json().with_filter(filter)),
     };
-    guard
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    {
+        let (otel, otel_guard) = if crate::otel::enabled() {
+            let (layer, g) = crate::otel::layer(runtime.clone())?;
+            (Some(layer), Some(g))
+        } else {
+            (None, None)
+        };
+        let _ = registry.with(otel).try_init();
+        Ok(TelemetryGuard {
+            _log: guard,
+            _otel: otel_guard,
+        })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = registry.try_init();
+        Ok(TelemetryGuard { _log: guard })
+    }
 }
 
 /// Writes config errors to stderr; exit code 2.
@@ -69,7 +107,13 @@ pub fn config_errors(e: &routewise_gateway::ConfigError) -> ExitCode {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _log_guard = init_logging(args.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("cannot start the async runtime")?;
+    let _telemetry = init_logging(args.log_format, rt.handle())?;
     let demo = args.config.is_none();
     let state = match &args.config {
         Some(path) => load::from_file(path),
@@ -81,13 +125,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let addr = args.listen.unwrap_or(state.config.listen);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = rt.build().context("cannot start the async runtime")?;
     rt.block_on(async move {
+        ignore_sighup()?;
+        raise_open_file_limit(state.config.limits.max_connections);
+        if let Err(e) = state.attach_online().await {
+            return Ok(config_errors(&e));
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -114,6 +157,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("routewise gateway stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// File descriptors kept for everything but client connections (upstream connections,
+/// the state store, logs).
+const SPARE_FDS: u64 = 1024;
+
+/// Raises the soft open-file limit (up to the hard limit) so that `max_connections`
+/// client connections fit; warns when the hard limit is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + SPARE_FDS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_file_limit = got,
+            max_connections,
+            "the open-file limit is below limits.max_connections + {SPARE_FDS}: connections past it are refused by the OS; raise `ulimit -Hn` or lower limits.max_connections"
+        ),
+        Ok(got) => tracing::debug!(open_file_limit = got, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+/// Logs and ignores SIGHUP (its default action would kill the process at once).
+fn ignore_sighup() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP received and ignored: configuration reload is not supported; restart to apply changes"
+                );
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -4,7 +4,10 @@
 //! * open: after `failures` consecutive failures the model is skipped for `cooldown_ms`;
 //! * half-open: once the cooldown has passed, exactly one request is admitted as a probe;
 //!   its success closes the breaker, its failure re-opens it for another period, and a
-//!   probe abandoned without an outcome (client went away) lets the next request probe.
+//!   probe abandoned without an outcome (client went away) lets the next request probe;
+//! * a success only closes the breaker if its attempt started after the breaker last
+//!   opened ([`Breaker::success_since`]): a slow success from before the failures must
+//!   not re-admit a model that is failing now.
 //!
 //! The method is the classic circuit breaker (Nygard, *Release It!*, 2007). Time is
 //! passed in as milliseconds on a monotonic clock, so this module does no I/O.
@@ -29,6 +32,8 @@ pub struct Breaker {
     cooldown_ms: u64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
+    /// When the breaker last opened (0: never).
+    opened_at_ms: AtomicU64,
     probing: AtomicBool,
 }
 
@@ -40,6 +45,7 @@ impl Breaker {
             cooldown_ms,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            opened_at_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
         }
     }
@@ -69,6 +75,17 @@ impl Breaker {
         had_failures
     }
 
+    /// Records the success of an attempt that started at `started_ms`: closes the breaker
+    /// unless it opened after the attempt started (then the success is stale and the
+    /// breaker stays as it is). Returns true when it closed a breaker that had failures.
+    pub fn success_since(&self, started_ms: u64) -> bool {
+        let open = self.failures.load(Ordering::Acquire) >= self.threshold;
+        if open && self.opened_at_ms.load(Ordering::Acquire) > started_ms {
+            return false;
+        }
+        self.success()
+    }
+
     /// Records a failure at `now_ms`; returns true when this failure opened the breaker
     /// (the `failures`-th in a row, or a failed probe).
     pub fn failure(&self, now_ms: u64) -> bool {
@@ -78,6 +95,7 @@ impl Breaker {
             .saturating_add(1);
         let was_probe = self.probing.swap(false, Ordering::AcqRel);
         if n >= self.threshold {
+            self.opened_at_ms.store(now_ms.max(1), Ordering::Release);
             self.open_until_ms
                 .store(now_ms.saturating_add(self.cooldown_ms), Ordering::Release);
         }
@@ -126,6 +144,26 @@ mod tests {
         b.success();
         assert_eq!(b.admit(2031), Admit::Yes);
         assert!(!b.is_open(2031));
+        assert_eq!(b.consecutive_failures(), 0);
+    }
+
+    /// Regression (hardening issue, defect 6): a slow success that started before the
+    /// model was cooled down re-admitted it (2 cooldowns within 3 s of a 30 s cooldown).
+    #[test]
+    fn regression_a_late_success_does_not_reopen_a_cooled_down_model() {
+        let b = Breaker::new(2, 30_000);
+        let slow_started = 100;
+        b.failure(200);
+        assert!(b.failure(300), "opened");
+        assert!(!b.success_since(slow_started), "stale success");
+        assert_eq!(b.admit(400), Admit::No, "still cooling down");
+        // A probe after the cooldown started after the opening: it closes the breaker.
+        assert_eq!(b.admit(30_400), Admit::Probe);
+        assert!(b.success_since(30_400));
+        assert_eq!(b.admit(30_401), Admit::Yes);
+        // Without an opening in between, an old success still closes as before.
+        b.failure(40_000);
+        assert!(b.success_since(1));
         assert_eq!(b.consecutive_failures(), 0);
     }
 

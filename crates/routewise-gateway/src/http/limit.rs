@@ -1,0 +1,46 @@
+//! Load shedding at the door of every `/v1/*` endpoint: at most `limits.max_in_flight`
+//! requests are served at once (a request counts until its response body ends, so a
+//! stream counts while it streams); past that the answer is 503 with `Retry-After: 1`.
+//! For a connection from a trusted proxy, the client behind it (from `x-forwarded-for`,
+//! see [`crate::limits::TrustedProxies`]) gets at most `limits.max_connections_per_ip`
+//! requests in flight (429 past that), the request-level form of the per-IP connection
+//! cap.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::http::body::hold_until_body_ends;
+use crate::http::extract::PeerAddr;
+use crate::limits::Refused;
+use crate::state::AppState;
+
+pub async fn shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limits = &state.config.limits;
+    let client = req.extensions().get::<PeerAddr>().and_then(|p| {
+        let peer = p.0.ip();
+        limits
+            .trusted_proxies
+            .contains(peer)
+            .then(|| limits.trusted_proxies.client(peer, req.headers()))
+    });
+    match state
+        .in_flight
+        .admit(client, limits.max_in_flight, limits.max_connections_per_ip)
+    {
+        Ok(permit) => hold_until_body_ends(next.run(req).await, permit),
+        Err(why) => {
+            state.metrics.shed(why);
+            match why {
+                Refused::Total => ApiError::Overloaded {
+                    limit: limits.max_in_flight,
+                },
+                Refused::PerIp => ApiError::ClientLimit {
+                    limit: limits.max_connections_per_ip,
+                },
+            }
+            .into_response()
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Serving an [`AppState`] on a TCP listener: the accept loop, HTTP/1 connections with
+//! deadlines, and a shutdown that always ends.
+//!
+//! * Accept: a connection over `limits.max_connections`, or over
+//!   `limits.max_connections_per_ip` for its address (trusted proxies exempt), is accepted
+//!   and closed at once ([`crate::limits`]). Accepted sockets get `TCP_NODELAY`.
+//! * Each connection has a watchdog ([`conn`]): the request head must arrive within
+//!   `header_timeout_ms` (a silent connection is closed then too), an idle keep-alive
+//!   connection is closed after `idle_timeout_ms`. Bodies are read within
+//!   `body_timeout_ms` ([`crate::http::extract`]). An unparsable request head gets a JSON
+//!   error ([`conn`]), counted in `routewise_protocol_errors_total`.
+//! * Shutdown: stop accepting, let connections finish their requests (keep-alive off) for
+//!   up to `shutdown_grace_ms`; past that, streams still running end with an SSE error
+//!   event ([`crate::state::ShutdownPhase::Aborting`]), and what remains is closed.
+
+pub mod conn;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::http::body::hold_until_body_ends;
+use crate::http::extract::PeerAddr;
+use crate::limits::Counter;
+use crate::state::{AppState, ShutdownPhase};
+
+use self::conn::{Activity, Timeouts, TrackedIo};
+
+/// Milliseconds on a process-wide monotonic clock (connection deadlines).
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains connections
+/// (see the module docs). With `bandit:` configured, the online router's state is attached
+/// first ([`AppState::attach_online`]); a failure there is returned as an error naming the
+/// config file and field.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state
+        .attach_online()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let limits = state.config.limits.clone();
+    let app = crate::http::app(state.clone());
+    let connections = Arc::new(Counter::default());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let per_ip = (!limits.trusted_proxies.contains(peer.ip())).then_some(peer.ip());
+        let permit = match connections.admit(
+            per_ip,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        ) {
+            Ok(p) => p,
+            Err(why) => {
+                state.metrics.connection_refused(why);
+                drop(stream); // closed at once: never left in the backlog
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let timeouts = Timeouts {
+            header: Duration::from_millis(limits.header_timeout_ms),
+            idle: Duration::from_millis(limits.idle_timeout_ms),
+        };
+        let state = state.clone();
+        let (app, drain) = (app.clone(), drain_rx.clone());
+        tasks.spawn(async move {
+            let activity = Arc::new(Activity::new(clock_ms()));
+            serve_connection(stream, peer, app, timeouts, Arc::clone(&activity), drain).await;
+            drop(permit);
+            if let Some(status) = activity.protocol_error() {
+                state.metrics.protocol_error(status);
+                tracing::debug!(%peer, status, "unparsable request head answered");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tracing::info!(connections = connections.current(), "draining");
+    let _ = drain_tx.send(true);
+    state.shutdown.send_replace(ShutdownPhase::Draining);
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_ok();
+    if !drained {
+        tracing::warn!(
+            connections = connections.current(),
+            grace_ms = limits.shutdown_grace_ms,
+            "shutdown grace period over: ending streams and closing connections"
+        );
+        state.shutdown.send_replace(ShutdownPhase::Aborting);
+        // Let the streams write their error event, then close what remains.
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+/// Serves one connection until it ends, its deadline passes, or the drain finishes it.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    timeouts: Timeouts,
+    activity: Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity), clock_ms));
+    let act = Arc::clone(&activity);
+    let svc = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        act.request_started();
+        let guard = FinishGuard(Arc::clone(&act));
+        let app = app.clone();
+        async move {
+            let resp = tower::ServiceExt::oneshot(app, req.map(Body::new)).await?;
+            Ok::<_, std::convert::Infallible>(hold_until_body_ends(resp, guard))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The watchdog below enforces `header_timeout_ms` (hyper's own default is 30 s).
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .serve_connection(io, hyper_util::service::TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let sleep = match activity.deadline(timeouts) {
+            Some(at) => Duration::from_millis(at.saturating_sub(clock_ms())),
+            None => timeouts.idle,
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(sleep) => {
+                if activity.deadline(timeouts).is_some_and(|at| clock_ms() >= at) {
+                    return; // deadline passed: dropping the connection closes the socket
+                }
+            }
+            _ = activity.changed.notified() => {}
+            r = drain.changed(), if !draining => {
+                draining = true;
+                if r.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Marks the connection idle again when the response body is done (or dropped).
+struct FinishGuard(Arc<Activity>);
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        self.0.request_finished(clock_ms());
+    }
+}

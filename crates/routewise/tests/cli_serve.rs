@@ -1,0 +1,159 @@
+//! `routewise serve` as a process: signals, start-up order, exit codes (issue 11's
+//! regression tests that need a real process).
+#![cfg(test)]
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `routewise serve` (the demo) on `port`, with `env`; stderr lines arrive on the channel.
+fn serve(port: u16, env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_routewise"));
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--threads",
+        "2",
+    ])
+    .env("ROUTEWISE_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn routewise serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a stderr line containing `needle`.
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> Option<String> {
+    let end = Instant::now() + limit;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// GET /healthz over a raw socket; whether it answered 200.
+fn healthy(port: u16) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Waits for the process to exit; its status and how long it took.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status, started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn regression_sighup_is_logged_and_ignored_and_sigterm_stops_within_the_grace() {
+    let port = free_port();
+    let (mut child, rx) = serve(port, &[("ROUTEWISE_LIMITS__SHUTDOWN_GRACE_MS", "1000")]);
+    assert!(wait_for(&rx, "listening", Duration::from_secs(60)).is_some());
+    for _ in 0..3 {
+        signal(&child, "HUP");
+        assert!(
+            wait_for(&rx, "SIGHUP received and ignored", Duration::from_secs(5)).is_some(),
+            "SIGHUP must be logged"
+        );
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the gateway"
+    );
+    assert!(healthy(port));
+
+    // A half-open request must not hold the shutdown past the grace period.
+    use std::io::Write;
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, "TERM");
+    let (status, took) =
+        wait_exit(&mut child, Duration::from_secs(10)).expect("SIGTERM must end the process");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_millis(3000), "{took:?}");
+}
+
+#[test]
+fn regression_a_locked_state_store_fails_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let path = path.to_str().unwrap();
+    let env = [
+        ("ROUTEWISE_BANDIT__ALPHA", "0.5"),
+        ("ROUTEWISE_STATE__PATH", path),
+    ];
+    let first_port = free_port();
+    let (mut first, rx) = serve(first_port, &env);
+    assert!(wait_for(&rx, "listening", Duration::from_secs(60)).is_some());
+
+    let second = Command::new(env!("CARGO_BIN_EXE_routewise"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("ROUTEWISE_LOG", "info")
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("state.path"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    signal(&first, "TERM");
+    assert!(wait_exit(&mut first, Duration::from_secs(10)).is_some());
+}
