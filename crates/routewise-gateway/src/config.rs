@@ -235,17 +235,35 @@ pub struct ConfigError {
     pub issues: Vec<Issue>,
 }
 
+/// Text with its control characters escaped (`\n`, `\u{1b}`), so that one issue stays
+/// one line whatever keys or values the file holds.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One line per issue: `file: path: message`.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, issue) in self.issues.iter().enumerate() {
             if i > 0 {
                 f.write_str("\n")?;
             }
-            if issue.path.is_empty() {
-                write!(f, "{}: {}", self.file, issue.message)?;
-            } else {
-                write!(f, "{}: {}: {}", self.file, issue.path, issue.message)?;
+            write!(f, "{}: ", OneLine(&self.file))?;
+            if !issue.path.is_empty() {
+                write!(f, "{}: ", OneLine(&issue.path))?;
             }
+            write!(f, "{}", OneLine(&issue.message))?;
         }
         Ok(())
     }
@@ -447,6 +465,10 @@ pub fn parse(
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let path = format!("models[{i}]");
+                if item.is_null() {
+                    v.issue(&path, "must be a model: a mapping with at least a `name`");
+                    continue;
+                }
                 if let Some(raw) = v.section::<RawModel>(Some(item), &path) {
                     if !seen.insert(raw.name.clone()) {
                         v.issue(
@@ -1241,5 +1263,25 @@ bogus: 1
         assert_eq!(l.max_connections_per_ip, 1_024);
         assert_eq!(l.max_in_flight, 4_096);
         assert_eq!(l.shutdown_grace_ms, 10_000);
+    }
+
+    #[test]
+    fn regression_a_null_model_entry_is_an_error_not_an_empty_pool() {
+        // Found by fuzzing: `models: [null]` parsed as a config with no model.
+        let e = p("models:\n  - \n", &[]).unwrap_err().to_string();
+        assert!(e.contains("gw.yaml: models[0]: must be a model"), "{e}");
+    }
+
+    #[test]
+    fn regression_an_issue_is_one_line_whatever_the_key_holds() {
+        // Found by fuzzing: an unknown key with a newline split its issue over lines.
+        let e = p(
+            "models: [{name: m, provider: replay, \"bad\\nkey\\r\": 1}]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e.lines().count(), e.matches("gw.yaml: ").count(), "{e}");
+        assert!(e.contains("bad\\nkey\\r"), "{e}");
     }
 }

@@ -23,8 +23,9 @@
 //! A fault is chosen per request, first from the FIFO queue ([`MockUpstream::push_faults`]),
 //! then from the per-model setting ([`MockUpstream::set_model_fault`]), then from the
 //! requested model's name: `mock-500`, `mock-429`, `mock-reset`, `mock-delay-<ms>`,
-//! `mock-break-<n>`, `mock-stall-<n>`, `mock-slow-<ms>` (so a config file alone can make
-//! the mock binary misbehave). Anything else answers normally.
+//! `mock-break-<n>`, `mock-stall-<n>`, `mock-slow-<ms>`, `mock-flaky-<percent>` (a
+//! reproducible mix of 500, reset, stall, 429 and 401 on that share of requests), so a
+//! config file alone can make the mock binary misbehave. Anything else answers normally.
 //!
 //! The mock records what it saw (hits per model, request bodies and `Authorization`
 //! headers when recording is on) and counts responses that were abandoned before they
@@ -68,6 +69,46 @@ pub enum Fault {
     StallStream(usize),
     /// Streaming: send many chunks, one per interval.
     SlowStream(Duration),
+    /// Fail this percentage of requests, each with one of [`FLAKY_MIX`] (picked by a hash
+    /// of the request's sequence number, so a run is reproducible); answer the rest.
+    Flaky(u8),
+}
+
+/// How long a flaky "stall" holds the response headers: past any sane request timeout.
+pub const FLAKY_STALL: Duration = Duration::from_secs(90);
+
+/// The failures of [`Fault::Flaky`], equally likely: HTTP 500, a connection reset, a
+/// stall before the headers ([`FLAKY_STALL`]), HTTP 429 and HTTP 401.
+pub const FLAKY_MIX: [&str; 5] = ["500", "reset", "stall", "429", "401"];
+
+/// SplitMix64: the flaky fault's hash of a sequence number.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Fault {
+    /// The concrete fault of a flaky model for request number `seq` (`None`: answer).
+    pub fn resolve(self, seq: u64) -> Option<Fault> {
+        let Fault::Flaky(pct) = self else {
+            return Some(self);
+        };
+        let h = splitmix(seq);
+        if h % 100 >= u64::from(pct) {
+            return None;
+        }
+        Some(
+            match FLAKY_MIX[((h >> 32) % FLAKY_MIX.len() as u64) as usize] {
+                "500" => Fault::Status(500),
+                "reset" => Fault::Reset,
+                "stall" => Fault::Delay(FLAKY_STALL),
+                "429" => Fault::Status(429),
+                _ => Fault::Status(401),
+            },
+        )
+    }
 }
 
 impl Fault {
@@ -85,6 +126,7 @@ impl Fault {
             "break" => num().map(|n| Fault::BreakStream(n as usize)),
             "stall" => num().map(|n| Fault::StallStream(n as usize)),
             "slow" => num().map(|ms| Fault::SlowStream(Duration::from_millis(ms))),
+            "flaky" => num().filter(|p| *p <= 100).map(|p| Fault::Flaky(p as u8)),
             code => code
                 .parse::<u16>()
                 .ok()
@@ -452,7 +494,9 @@ async fn answer(
             );
         }
     }
-    let fault = state.fault_for(&model);
+    let fault = state
+        .fault_for(&model)
+        .and_then(|f| f.resolve(state.total.load(Ordering::Relaxed)));
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     match fault {
         Some(Fault::Status(code)) => {
@@ -795,5 +839,32 @@ fn error(protocol: Protocol, status: StatusCode, message: &str) -> Response {
                 &json!({"type": "error", "error": {"type": kind, "message": message}}),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flaky_model_fails_its_share_with_every_kind_of_fault() {
+        let faults: Vec<Option<Fault>> = (0..10_000).map(|s| Fault::Flaky(30).resolve(s)).collect();
+        let failed = faults.iter().filter(|f| f.is_some()).count();
+        assert!((2_800..3_200).contains(&failed), "{failed}");
+        for want in [
+            Fault::Status(500),
+            Fault::Reset,
+            Fault::Delay(FLAKY_STALL),
+            Fault::Status(429),
+            Fault::Status(401),
+        ] {
+            assert!(faults.contains(&Some(want.clone())), "{want:?}");
+        }
+        assert_eq!(
+            Fault::from_model_name("mock-flaky-30"),
+            Some(Fault::Flaky(30))
+        );
+        assert_eq!(Fault::Flaky(0).resolve(7), None);
+        assert_eq!(Fault::Reset.resolve(7), Some(Fault::Reset));
     }
 }
