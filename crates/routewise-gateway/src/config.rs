@@ -668,10 +668,11 @@ impl Validator<'_> {
                 DAY_MS,
             ),
             max_connections,
+            // Unset, it follows a lowered `max_connections` rather than contradict it.
             max_connections_per_ip: b(
                 "max_connections_per_ip",
                 raw.max_connections_per_ip,
-                d.max_connections_per_ip as u64,
+                (d.max_connections_per_ip as u64).min(max_connections as u64),
                 0,
                 max_connections as u64,
             ) as usize,
@@ -1283,5 +1284,32 @@ bogus: 1
         .to_string();
         assert_eq!(e.lines().count(), e.matches("gw.yaml: ").count(), "{e}");
         assert!(e.contains("bad\\nkey\\r"), "{e}");
+    }
+
+    #[test]
+    fn regression_lowering_max_connections_alone_is_valid() {
+        // Review finding: the per-IP default (1024) contradicted a lower total cap.
+        let c = p(
+            &GOOD.replace(
+                "limits: {max_attempts: 2}",
+                "limits: {max_connections: 500}",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 500);
+        let e = p(
+            &GOOD.replace(
+                "limits: {max_attempts: 2}",
+                "limits: {max_connections: 500, max_connections_per_ip: 600}",
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("limits.max_connections_per_ip: must be in 0..=500"),
+            "{e}"
+        );
     }
 }

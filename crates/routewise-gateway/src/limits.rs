@@ -99,13 +99,17 @@ impl Counter {
 pub struct TrustedProxies(pub Vec<IpNet>);
 
 impl TrustedProxies {
+    /// Whether `ip` is a trusted proxy (an IPv4-mapped IPv6 address, as a dual-stack
+    /// listener reports IPv4 peers, counts as its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
 
     /// The client behind `peer`: the right-most `x-forwarded-for` address that is not a
     /// trusted proxy when `peer` is one, else `peer`.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.contains(peer) {
             return peer;
         }
@@ -115,6 +119,7 @@ impl TrustedProxies {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
             .collect();
         hops.into_iter()
             .rev()
@@ -129,6 +134,17 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn regression_ipv4_mapped_peers_match_ipv4_proxies() {
+        // Review finding: a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+        let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert!(t.contains(ip("::ffff:10.0.0.5")));
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(t.client(ip("::ffff:10.0.0.5"), &h), ip("192.0.2.7"));
+        assert_eq!(t.client(ip("::ffff:192.0.2.9"), &h), ip("192.0.2.9"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Checked: `model` (string), `messages` (non-empty array of objects with a string `role`
 //! and a `content` that is a string, an array of parts, or null), `stream` (bool),
-//! `max_tokens` / `max_completion_tokens` (non-negative integers) and the routewise
+//! `max_tokens` / `max_completion_tokens` (positive integers) and the routewise
 //! preference (`{"routewise": {"lambda": x}}` or `{"routewise": {"budget_usd": x}}`, or
 //! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
 //! `routewise_router::Policy` like the config's. The `routewise` key is stripped before
@@ -140,11 +140,12 @@ pub fn parse(
     for key in ["max_tokens", "max_completion_tokens"] {
         match rest.get(key) {
             None | Some(Value::Null) => {}
-            Some(v) => match v.as_u64() {
+            // At least 1, as OpenAI requires (Anthropic refuses 0 too).
+            Some(v) => match v.as_u64().filter(|&n| n >= 1) {
                 Some(n) => max_tokens = Some(max_tokens.map_or(n, |m: u64| m.max(n))),
                 None => {
                     return Err(ApiError::bad_request(
-                        format!("`{key}` must be a non-negative integer"),
+                        format!("`{key}` must be a positive integer"),
                         Some(key),
                     ))
                 }
@@ -441,5 +442,15 @@ mod tests {
         let e = p(body).unwrap_err();
         assert_eq!(e.status().as_u16(), 400);
         assert_eq!(param(e), "messages[0].content[0].text");
+    }
+
+    #[test]
+    fn regression_max_tokens_zero_is_refused() {
+        // Found by fuzzing: 0 passed through, and the Anthropic provider sent max_tokens 0.
+        let m = json!([{"role": "user", "content": "x"}]);
+        for key in ["max_tokens", "max_completion_tokens"] {
+            let e = p(json!({"model": "a", "messages": m, key: 0})).unwrap_err();
+            assert_eq!(param(e), key);
+        }
     }
 }

@@ -117,9 +117,12 @@ pub fn new_span_id() -> [u8; 8] {
     random_nonzero()
 }
 
-fn random_nonzero<const N: usize>() -> [u8; N] {
+fn random_nonzero<const N: usize>() -> [u8; N]
+where
+    rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
+{
     loop {
-        let b: [u8; N] = std::array::from_fn(|_| rand::random::<u8>());
+        let b: [u8; N] = rand::random();
         if b.iter().any(|&x| x != 0) {
             return b;
         }

@@ -545,3 +545,12 @@ async fn trusted_proxies_cap_the_client_behind_them_not_the_proxy() {
     });
     assert_eq!((a, b, a2), (200, 200, 429));
 }
+
+#[tokio::test]
+async fn regression_debug_output_of_the_state_never_shows_a_key() {
+    // Review finding: the redactor's search needle printed the key in `{:?}`.
+    let (_mock, gw) = mock_gateway(&[], "").await;
+    let shown = format!("{:?}", gw.state);
+    assert!(!shown.contains(SECRET), "the key shows in Debug output");
+    assert!(!shown.contains(&format!("{:?}", SECRET.as_bytes())[1..20]));
+}

@@ -2,7 +2,8 @@
 //! (what was asked, what was decided, what was tried). Stages read and extend it; the
 //! stream and the decision log keep it until the answer ends. A context dropped before
 //! its decision was logged (the client went away while an upstream was answering) logs it
-//! then, as `client_disconnected` with status 499.
+//! then, as `client_disconnected` with status 499 (`shutdown`, 503, when the shutdown
+//! grace period cut it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -13,12 +14,14 @@ use crate::models::ModelId;
 use crate::pipeline::decision_log::{self, End};
 use crate::pipeline::route::Routed;
 use crate::request::ChatRequest;
-use crate::state::AppState;
+use crate::state::{AppState, ShutdownPhase};
 use crate::trace::TraceContext;
 use crate::upstream::AttemptOutcome;
 
 /// The status logged and counted for a request whose client went away (nginx's code).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+/// The status logged and counted for a request cut by the end of the shutdown grace.
+pub const SHUTDOWN_STATUS: u16 = 503;
 
 /// One chat request on its way through the stages.
 #[derive(Debug)]
@@ -49,18 +52,17 @@ impl RequestContext {
 
 impl Drop for RequestContext {
     fn drop(&mut self) {
-        if !*self.logged.get_mut() {
-            decision_log::emit(
-                self,
-                None,
-                CLIENT_CLOSED_REQUEST,
-                None,
-                End::ClientDisconnected,
-            );
-            self.state
-                .metrics
-                .request("chat", "-", CLIENT_CLOSED_REQUEST);
+        if *self.logged.get_mut() {
+            return;
         }
+        // Dropped unanswered: the client went away, or the shutdown grace period ended.
+        let (status, end) = if *self.state.shutdown.borrow() == ShutdownPhase::Aborting {
+            (SHUTDOWN_STATUS, End::Shutdown)
+        } else {
+            (CLIENT_CLOSED_REQUEST, End::ClientDisconnected)
+        };
+        decision_log::emit(self, None, status, None, end);
+        self.state.metrics.request("chat", "-", status);
     }
 }
 

@@ -183,12 +183,13 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             if let Some(c) = cost {
                 gw.metrics.cost(m.index(), c);
             }
-            // 6. after the response
+            // 6. after the response (counted before the record's wait, so that a client
+            // leaving meanwhile is counted once)
             decision_log::emit(&ctx, Some(m), status.as_u16(), cost, End::Complete);
+            gw.metrics.request("chat", name, status.as_u16());
             if status.is_success() {
                 record::record(&ctx, m, cost, record::When::BeforeAnswering).await;
             }
-            gw.metrics.request("chat", name, status.as_u16());
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,

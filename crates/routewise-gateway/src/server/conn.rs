@@ -6,7 +6,9 @@
 //! * Once the first byte of a request head arrives, the whole head must arrive within
 //!   `header_timeout` of it (slow-header "slowloris" clients are cut).
 //! * While a request is being served there is no connection deadline (the body read has
-//!   its own `body_timeout`, the upstream its `request_timeout`).
+//!   its own `body_timeout`, the upstream its `request_timeout`), except for a client that
+//!   stops reading: a response write that makes no progress for `idle_timeout` closes the
+//!   connection (a stalled reader would otherwise hold its request slot forever).
 //! * Between keep-alive requests, the connection may stay idle for `idle_timeout`.
 //!
 //! [`Activity`] is updated by the connection's I/O ([`TrackedIo`]: bytes read) and by the
@@ -52,6 +54,11 @@ pub struct Activity {
     served: AtomicBool,
     /// The status of hyper's automatic answer to an unparsable request head (0: none).
     protocol_error: AtomicU16,
+    /// Responses whose status line is still to be written (requests started minus
+    /// status lines written).
+    responses_owed: AtomicU32,
+    /// Since when a response write has made no progress (0: writes are flowing).
+    write_blocked_ms: AtomicU64,
     /// Wakes the watchdog when a deadline moves earlier (a head starts).
     pub changed: Notify,
 }
@@ -65,6 +72,8 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             protocol_error: AtomicU16::new(0),
+            responses_owed: AtomicU32::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -84,6 +93,7 @@ impl Activity {
     /// A request's head was parsed and its handling starts.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.responses_owed.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
         self.served.store(true, Ordering::Release);
     }
@@ -95,11 +105,36 @@ impl Activity {
         self.changed.notify_one();
     }
 
-    /// Whether a request head is arriving and no request is being served (what hyper
-    /// writes then is its own answer to a head it could not parse).
+    /// Whether a request head is arriving, no request is being served and no response
+    /// is owed (a status line written then is hyper's own answer to a head it could not
+    /// parse).
     fn head_pending(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+            && self.responses_owed.load(Ordering::Acquire) == 0
             && self.head_started_ms.load(Ordering::Acquire) > 0
+    }
+
+    /// A status line owed to a served request was written.
+    fn response_head_written(&self) {
+        let _ = self
+            .responses_owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A write could not proceed at `now_ms` (the peer is not reading).
+    fn write_blocked(&self, now_ms: u64) {
+        if self
+            .write_blocked_ms
+            .compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write made progress.
+    fn write_progressed(&self) {
+        self.write_blocked_ms.store(0, Ordering::Release);
     }
 
     /// The status of the protocol error answered on this connection, if any.
@@ -111,21 +146,33 @@ impl Activity {
     }
 
     /// The time (ms) past which the connection is closed; `None` while a request is
-    /// being served.
+    /// being served and its response writes flow.
     pub fn deadline(&self, t: Timeouts) -> Option<u64> {
+        let idle = t.idle.as_millis() as u64;
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return match self.write_blocked_ms.load(Ordering::Acquire) {
+                0 => None,
+                since => Some(since.saturating_add(idle)),
+            };
         }
         let header = t.header.as_millis() as u64;
+        let fresh = !self.served.load(Ordering::Acquire);
         let head = self.head_started_ms.load(Ordering::Acquire);
         if head > 0 {
-            return Some(head.saturating_add(header));
+            let from_head = head.saturating_add(header);
+            // A new connection's first head is due `header` after accept, however late
+            // its first byte came.
+            return Some(if fresh {
+                from_head.min(self.accepted_ms.saturating_add(header))
+            } else {
+                from_head
+            });
         }
-        if !self.served.load(Ordering::Acquire) {
+        if fresh {
             return Some(self.accepted_ms.saturating_add(header));
         }
-        let idle = self.idle_since_ms.load(Ordering::Acquire);
-        Some(idle.saturating_add(t.idle.as_millis() as u64))
+        let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+        Some(idle_since.saturating_add(idle))
     }
 }
 
@@ -207,8 +254,8 @@ impl<T: AsyncWrite + Unpin> TrackedIo<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Whether `head` (the start of a write) is hyper's answer to an unparsable head;
-    /// if so the replacement is queued.
+    /// Whether a write starting with `head` is hyper's answer to an unparsable head; if
+    /// so the replacement is queued.
     fn intercept(&mut self, head: &[u8]) -> bool {
         if self.replaced {
             return true;
@@ -223,6 +270,20 @@ impl<T: AsyncWrite + Unpin> TrackedIo<T> {
         self.replacement = Some((protocol_error_response(status), 0));
         self.replaced = true;
         true
+    }
+
+    /// Accounts for a write of the inner socket that started with `head`.
+    fn wrote(&self, head: &[u8], r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.activity.write_progressed();
+                if head.starts_with(b"HTTP/1.") {
+                    self.activity.response_head_written();
+                }
+            }
+            Poll::Pending => self.activity.write_blocked((self.clock)()),
+            _ => {}
+        }
     }
 }
 
@@ -255,7 +316,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
                 _ => Poll::Ready(Ok(buf.len())),
             };
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(buf, &r);
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -276,8 +339,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.replaced || this.activity.head_pending() {
-            // Rare (a head is pending): look at the write as one buffer.
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]);
+        if this.replaced || (first.starts_with(b"HTTP/1.") && this.activity.head_pending()) {
+            // Rare (a status line while a head is pending): look at it as one buffer.
             let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             if this.intercept(&joined) {
                 return match this.poll_replacement(cx) {
@@ -286,7 +350,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
                 };
             }
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(first, &r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -312,6 +378,9 @@ mod tests {
     #[test]
     fn a_slow_head_is_cut_from_its_first_byte_and_bytes_do_not_extend_it() {
         let a = Activity::new(1_000);
+        // A keep-alive connection after its first request.
+        a.request_started();
+        a.request_finished(2_000);
         a.bytes_read(5_000);
         a.bytes_read(9_000);
         assert_eq!(a.deadline(T), Some(15_000));
@@ -360,5 +429,43 @@ mod tests {
         assert!(!a.head_pending());
         a.request_finished(20);
         assert!(!a.head_pending());
+    }
+
+    #[test]
+    fn regression_a_late_first_byte_does_not_extend_a_new_connection() {
+        // Review finding: a byte just before the accept deadline restarted the clock.
+        let a = Activity::new(1_000);
+        a.bytes_read(10_900);
+        assert_eq!(a.deadline(T), Some(11_000));
+    }
+
+    #[test]
+    fn a_pipelined_head_does_not_make_a_served_response_look_like_a_protocol_error() {
+        let a = Activity::new(0);
+        a.bytes_read(1);
+        a.request_started();
+        a.request_finished(2); // the body is handed over before its bytes are written
+        a.bytes_read(3); // the next (pipelined) head arrives
+        assert!(
+            !a.head_pending(),
+            "the status line of the served response is owed"
+        );
+        a.response_head_written();
+        assert!(a.head_pending());
+    }
+
+    #[tokio::test]
+    async fn regression_a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (server, _client) = tokio::io::duplex(64);
+        let a = Arc::new(Activity::new(0));
+        let mut io = TrackedIo::new(server, Arc::clone(&a), || 5_000);
+        a.request_started();
+        assert_eq!(a.deadline(T), None);
+        // The peer never reads: the 64-byte pipe fills and the write stalls.
+        let big = vec![b'x'; 1024];
+        let r = tokio::time::timeout(Duration::from_millis(50), io.write_all(&big)).await;
+        assert!(r.is_err(), "the write must stall");
+        assert_eq!(a.deadline(T), Some(65_000));
     }
 }

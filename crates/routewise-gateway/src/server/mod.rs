@@ -74,7 +74,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let per_ip = (!limits.trusted_proxies.contains(peer.ip())).then_some(peer.ip());
+        let ip = peer.ip().to_canonical();
+        let per_ip = (!limits.trusted_proxies.contains(ip)).then_some(ip);
         let permit = match connections.admit(
             per_ip,
             limits.max_connections,

@@ -138,7 +138,12 @@ impl Provider for Anthropic {
         let upstream = resp.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
         let mut stream = Box::pin(translate_stream(
             self.redactor.stream(Box::pin(upstream)),
-            StreamTranslator::new(call.id, call.upstream_model, req.include_usage),
+            StreamTranslator::new(
+                call.id,
+                call.upstream_model,
+                req.include_usage,
+                self.redactor.clone(),
+            ),
         ));
         // The first translated chunk, or a failure before any output (fall back).
         let first = match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -221,13 +226,17 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
 
 /// An image block from an OpenAI image URL (`data:` URLs become base64 sources).
 fn image_block(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:") {
-        if let Some((meta, data)) = rest.split_once(',') {
-            let media_type = meta.trim_end_matches(";base64");
-            return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
+    // Only a base64 data URL is a base64 source; anything else is passed as a URL.
+    let base64 = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(','))
+        .and_then(|(meta, data)| Some((meta.strip_suffix(";base64")?, data)));
+    match base64 {
+        Some((media_type, data)) => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
         }
+        None => json!({"type": "image", "source": {"type": "url", "url": url}}),
     }
-    json!({"type": "image", "source": {"type": "url", "url": url}})
 }
 
 /// Appends `blocks` as a `role` turn, merged into the previous turn of the same role.
@@ -473,11 +482,15 @@ pub struct StreamTranslator {
     input_tokens: u64,
     output_tokens: u64,
     finished: bool,
+    redactor: Redactor,
 }
 
 impl StreamTranslator {
-    pub fn new(id: &str, model: &str, include_usage: bool) -> Self {
+    /// `redactor` cleans the message of an in-stream `error` event (it may reach the
+    /// client).
+    pub fn new(id: &str, model: &str, include_usage: bool, redactor: Redactor) -> Self {
         StreamTranslator {
+            redactor,
             buf: Vec::new(),
             id: format!("chatcmpl-{id}"),
             model: model.to_string(),
@@ -588,8 +601,13 @@ impl StreamTranslator {
                 self.finished = true;
             }
             Some("error") => {
-                let kind = v["error"]["type"].as_str().unwrap_or("api_error");
+                let kind = v["error"]["type"]
+                    .as_str()
+                    .filter(|k| super::is_identifier(k))
+                    .unwrap_or("api_error");
                 let message = v["error"]["message"].as_str().unwrap_or("upstream error");
+                let message: String = message.chars().take(super::MAX_ERROR_MESSAGE).collect();
+                let message = self.redactor.message(&message);
                 let outcome = match kind {
                     "rate_limit_error" => AttemptOutcome::Http429,
                     "overloaded_error" | "api_error" => AttemptOutcome::Http5xx,
@@ -811,7 +829,7 @@ mod tests {
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
             json!({"type": "message_stop"}),
         ]);
-        let mut t = StreamTranslator::new("id1", "up", true);
+        let mut t = StreamTranslator::new("id1", "up", true, Redactor::default());
         let mut out = VecDeque::new();
         // Byte-by-byte: events split anywhere must still translate.
         for b in text.as_bytes().chunks(7) {
@@ -848,7 +866,7 @@ mod tests {
 
     #[test]
     fn an_error_event_is_an_upstream_failure_by_kind() {
-        let mut t = StreamTranslator::new("id", "m", false);
+        let mut t = StreamTranslator::new("id", "m", false, Redactor::default());
         let mut out = VecDeque::new();
         let e = t
             .push(
@@ -862,10 +880,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(out.is_empty());
-        let mut t = StreamTranslator::new("id", "m", false);
+        let mut t = StreamTranslator::new("id", "m", false, Redactor::default());
         assert!(matches!(
             t.push(b"data: {not json\n\n", &mut out),
             Err(StreamFailure::Broken(_))
         ));
+    }
+
+    #[test]
+    fn only_a_base64_data_url_becomes_a_base64_source() {
+        let b = image_block("data:image/png;base64,AAAA");
+        assert_eq!(b["source"]["type"], "base64");
+        assert_eq!(b["source"]["media_type"], "image/png");
+        // Found by fuzzing: a data URL without `;base64` was sent as base64 data.
+        let u = image_block("data:image/png;charset=x,AAAA");
+        assert_eq!(u["source"]["type"], "url");
     }
 }

@@ -308,7 +308,7 @@ pub(crate) async fn post_json(
 }
 
 /// The longest upstream error message passed on (in characters).
-const MAX_ERROR_MESSAGE: usize = 1000;
+pub(crate) const MAX_ERROR_MESSAGE: usize = 1000;
 
 /// The error body a client gets for an upstream's 4xx answer (one that is not a failure):
 /// OpenAI's error shape, built from the status and the upstream's message (OpenAI's and
@@ -325,7 +325,7 @@ pub fn client_error_body(
     let field = |k: &str| {
         err.and_then(|e| e.get(k))
             .and_then(serde_json::Value::as_str)
-            .filter(|s| is_identifier(s))
+            .filter(|s| is_identifier(s) && !redactor.echoes(s))
     };
     let detail = err
         .and_then(|e| e.get("message"))
@@ -346,7 +346,7 @@ pub fn client_error_body(
 }
 
 /// A short `[A-Za-z0-9_.-]` word (an error type, code or parameter name).
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -447,6 +447,10 @@ mod tests {
     fn an_upstream_error_body_is_rebuilt_never_passed_on() {
         let r = redact::Redactor::new(Some("sk-secret-0123456789"));
         let upstream = br#"{"error": {"message": "Invalid key sk-secret-0123456789 for <b>org</b>", "type": "invalid_request_error", "param": "messages", "code": "bad key with spaces", "extra": "kept out"}}"#;
+        // Review finding: the key in `param` or `code` (identifier-shaped) must not pass.
+        let sneaky = br#"{"error": {"message": "x", "type": "sk-secret-0123456789", "param": "sk-secret-0123456789", "code": "sk-secret-0123456789"}}"#;
+        let out = client_error_body(StatusCode::BAD_REQUEST, sneaky, "m1", &r);
+        assert!(!out.windows(10).any(|w| w == b"0123456789"), "{out:?}");
         let body = client_error_body(StatusCode::BAD_REQUEST, upstream, "m1", &r);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let msg = v["error"]["message"].as_str().unwrap();

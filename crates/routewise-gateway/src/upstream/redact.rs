@@ -28,9 +28,20 @@ const SHARED_RUN: usize = 8;
 const MASKED_KEEP: usize = 4;
 
 /// Scrubs one model's key.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Redactor {
     finder: Option<Finder<'static>>,
+}
+
+/// Never shows the key (a `Finder`'s own `Debug` prints its needle).
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.finder.is_some() {
+            "Redactor(<redacted>)"
+        } else {
+            "Redactor(none)"
+        })
+    }
 }
 
 impl Redactor {
@@ -70,6 +81,16 @@ impl Redactor {
                 }
                 loop {
                     match stream.next().await {
+                        // The usual case: nothing held, no key, no key prefix at the end.
+                        Some(Ok(chunk))
+                            if held.is_empty()
+                                && finder.find(&chunk).is_none()
+                                && partial_key_suffix(&chunk, finder.needle()) == 0 =>
+                        {
+                            if !chunk.is_empty() {
+                                return Some((Ok(chunk), (stream, finder, held, false)));
+                            }
+                        }
                         Some(Ok(chunk)) => {
                             held.extend_from_slice(&chunk);
                             let scrubbed = replace_all(&finder, &held);
@@ -90,6 +111,14 @@ impl Redactor {
                 }
             },
         ))
+    }
+
+    /// Whether `word` quotes the key, part of it, or a masked form of it.
+    pub fn echoes(&self, word: &str) -> bool {
+        match self.key().map(std::str::from_utf8) {
+            Some(Ok(key)) => echoes_key(word, key),
+            _ => false,
+        }
     }
 
     /// An upstream's error message, safe to show a client: the key, any word that shares
@@ -256,6 +285,23 @@ mod tests {
         // A tail that only looks like the start of the key is released at the end.
         let out = collect(r.stream(stream_of(&["abc", "sk-te"]))).await;
         assert_eq!(out, "abcsk-te");
+    }
+
+    #[tokio::test]
+    async fn clean_chunks_pass_through_without_a_copy() {
+        let chunk = Bytes::from_static(b"data: {\"x\": 1}\n\n");
+        let items: Vec<Result<Bytes, String>> = vec![Ok(chunk.clone())];
+        let mut s = Redactor::new(Some(KEY)).stream(Box::pin(futures_util::stream::iter(items)));
+        let out = s.next().await.unwrap().unwrap();
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn regression_debug_output_never_shows_the_key() {
+        let r = Redactor::new(Some(KEY));
+        let shown = format!("{r:?}");
+        assert_eq!(shown, "Redactor(<redacted>)");
+        assert!(r.echoes(KEY) && !r.echoes("messages"));
     }
 
     #[test]
