@@ -7,7 +7,8 @@
 #
 # For SOAK_SECONDS, all together:
 #   * well-behaved load (oha, from 127.0.0.1): SOAK_RATE non-streaming requests/s, 64
-#     connections, `model: auto`, over three models: two answer through a mock that fails
+#     connections, `model: auto`, routed by a kNN router (trained here on three models'
+#     RouterBench outcomes) over those three models: two answer through a mock that fails
 #     30% of their calls (a reproducible mix of HTTP 500, connection reset, a 90 s stall
 #     before the headers, HTTP 429 and HTTP 401 echoing the key), one healthy;
 #   * one hostile client (127.0.0.2): SOAK_IDLE idle connections (default 20,000, in two
@@ -50,10 +51,25 @@ start_redis() {
 }
 start_redis
 
+# The operator's router over three models (kNN on their RouterBench outcomes).
+data="${SOAK_DATA:-../shared/data/routerbench-3k.jsonl}"
+[ -f "$data" ] || { echo "soak: $data is missing (the shared data)"; exit 1; }
+python3 - "$data" "$work/pool.jsonl" <<'PY'
+import json, sys
+keep = ["gpt-4-1106-preview", "claude-v2", "mistralai/mistral-7b-chat"]
+with open(sys.argv[1]) as src, open(sys.argv[2], "w") as out:
+    for line in src:
+        row = json.loads(line)
+        row["models"] = {m: row["models"][m] for m in keep if m in row["models"]}
+        if len(row["models"]) == len(keep):
+            out.write(json.dumps(row) + "\n")
+PY
+"$bin/routewise" train --data "$work/pool.jsonl" --out "$work/pool.rw" > /dev/null
+
 export SOAK_UPSTREAM_KEY="sk-soak-upstream-secret-0123456789"
 cat > "$work/gateway.yaml" <<YAML
 listen: 127.0.0.1:$gw_port
-router: {policy: {lambda: 0}}
+router: {artifact: pool.rw, policy: {lambda: 0}}
 models:
   - {name: gpt-4-1106-preview, base_url: "http://127.0.0.1:$mock_port/v1", upstream_model: mock-flaky-30, api_key_env: SOAK_UPSTREAM_KEY}
   - {name: claude-v2, base_url: "http://127.0.0.1:$mock_port/v1", upstream_model: mock-flaky-30, api_key_env: SOAK_UPSTREAM_KEY}
@@ -81,9 +97,9 @@ echo "soak: ${dur}s at ${rate} req/s, ${idle} idle + ${slow} slowloris connectio
 oha -z "${dur}s" -w -q "$rate" -c 64 -t 180s --no-tui --output-format json \
   -m POST -H 'content-type: application/json' -D "$work/body.json" "$gw/v1/chat/completions" \
   > "$work/load.json" 2> "$work/load.err" & load_pid=$!; pids+=($load_pid)
-oha -z "${dur}s" -q 20 -c 2 -t 10s --no-tui --output-format json "$gw/healthz" \
+oha -z "${dur}s" -w -q 20 -c 2 -t 10s --no-tui --output-format json "$gw/healthz" \
   > "$work/health.json" 2>/dev/null & health_pid=$!; pids+=($health_pid)
-oha -z "${dur}s" -q 10 -c 1 -t 10s --no-tui --output-format json "$gw/readyz" \
+oha -z "${dur}s" -w -q 10 -c 1 -t 10s --no-tui --output-format json "$gw/readyz" \
   > "$work/ready.json" 2>/dev/null & ready_pid=$!; pids+=($ready_pid)
 attack_for=$((dur + 20))
 python3 bench/soak_attack.py 127.0.0.1 "$gw_port" "$attack_for" --idle $((idle / 2)) --slowloris "$slow" \
@@ -140,9 +156,16 @@ def pct(j, p):
 load_j, health, ready = load("load.json"), load("health.json"), load("ready.json")
 rss = [int(x) for x in open(f"{work}/rss.txt").read().split() if x.strip().isdigit()]
 metrics = open(f"{work}/metrics.txt").read()
-attempts = {}
+attempts, per_model = {}, {}
 for m in re.finditer(r'routewise_upstream_attempts_total\{model="([^"]+)",outcome="([^"]+)"\} (\d+)', metrics):
     attempts[m.group(2)] = attempts.get(m.group(2), 0) + int(m.group(3))
+    pm = per_model.setdefault(m.group(1), {"attempts": 0, "failed": 0})
+    pm["attempts"] += int(m.group(3))
+    if m.group(2) != "ok":
+        pm["failed"] += int(m.group(3))
+for pm in per_model.values():
+    pm["failure_share"] = round(pm["failed"] / pm["attempts"], 3) if pm["attempts"] else None
+cooldowns = {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_cooldowns_opened_total\{model="([^"]+)"\} (\d+)', metrics)}
 total_attempts = sum(attempts.values())
 log = open(f"{work}/gw.log", errors="replace").read()
 attack = [load("attack1.json"), load("attack2.json")]
@@ -157,13 +180,15 @@ out = {
         "p50_ms": pct(load_j, "p50"), "p99_ms": pct(load_j, "p99"),
     },
     "upstream_attempts": attempts,
+    "per_model": per_model,
+    "cooldowns_opened": cooldowns,
     "upstream_failure_share": round(1 - attempts.get("ok", 0) / total_attempts, 3) if total_attempts else None,
     "healthz": {"status_codes": health.get("statusCodeDistribution"), "errors": health.get("errorDistribution"),
                  "p50_ms": pct(health, "p50"), "p99_ms": pct(health, "p99"), "max_ms": round((health.get("summary") or {}).get("slowest", 0) * 1000, 2)},
     "readyz": {"status_codes": ready.get("statusCodeDistribution"), "errors": ready.get("errorDistribution"),
                 "p99_ms": pct(ready, "p99"), "max_ms": round((ready.get("summary") or {}).get("slowest", 0) * 1000, 2)},
     "rss_kb": {"start": int(rss_start), "max": max(rss) if rss else None, "end": int(rss_end)},
-    "hostile_client": {k: sum(a.get(k) or 0 for a in attack) for k in ["opened", "closed_by_server", "connect_errors", "max_open", "slowloris_cut"]},
+    "hostile_client": {k: sum(a.get(k) or 0 for a in attack) for k in ["opened", "closed_by_server", "connect_errors", "max_open", "slowloris_refused_at_accept", "slowloris_cut"]},
     "slowloris_cut_after_s": {"median": attack[0].get("slowloris_cut_after_median_s"), "max": attack[0].get("slowloris_cut_after_max_s")},
     "connections_refused": {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_connections_refused_total\{reason="([^"]+)"\} (\d+)', metrics)},
     "log": {
@@ -180,6 +205,7 @@ json.dump(out, open("bench/results/soak.json", "w"), indent=1)
 w = out["well_behaved"]
 print(f"well-behaved requests: {w['requests']}, non-200: {w['non_200']} {w['status_codes']} transport errors {w['transport_errors']}; p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms")
 print(f"upstream attempts: {attempts} (failure share {out['upstream_failure_share']})")
+print(f"per model: {per_model}; cooldowns opened: {cooldowns}")
 h = out["healthz"]; r = out["readyz"]
 print(f"/healthz: {h['status_codes']} errors {h['errors']}, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms")
 print(f"/readyz:  {r['status_codes']} errors {r['errors']}, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")

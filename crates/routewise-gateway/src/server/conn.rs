@@ -90,6 +90,11 @@ impl Activity {
         }
     }
 
+    /// Whether a request is being served.
+    pub fn serving(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     /// A request's head was parsed and its handling starts.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);

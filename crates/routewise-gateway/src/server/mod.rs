@@ -11,7 +11,9 @@
 //!   error ([`conn`]), counted in `routewise_protocol_errors_total`.
 //! * Shutdown: stop accepting, let connections finish their requests (keep-alive off) for
 //!   up to `shutdown_grace_ms`; past that, streams still running end with an SSE error
-//!   event ([`crate::state::ShutdownPhase::Aborting`]), and what remains is closed.
+//!   event ([`crate::state::ShutdownPhase::Aborting`]), and what remains is closed. A
+//!   connection serving nothing is closed at once if idle, within a second if a request
+//!   head is part-way in.
 
 pub mod conn;
 
@@ -160,25 +162,34 @@ async fn serve_connection(
         .keep_alive(true)
         .serve_connection(io, hyper_util::service::TowerToHyperService::new(svc));
     tokio::pin!(conn);
-    let mut draining = *drain.borrow();
-    if draining {
+    let mut drain_at = drain.borrow().then(clock_ms);
+    if drain_at.is_some() {
         conn.as_mut().graceful_shutdown();
     }
+    // While draining, a connection serving nothing (idle, or part-way through a head that
+    // hyper waits for) gets DRAIN_HEAD_MS more, not the whole header timeout.
+    let deadline = |drain_at: Option<u64>| {
+        let at = activity.deadline(timeouts)?;
+        Some(match drain_at {
+            Some(d) if !activity.serving() => at.min(d + DRAIN_HEAD_MS),
+            _ => at,
+        })
+    };
     loop {
-        let sleep = match activity.deadline(timeouts) {
+        let sleep = match deadline(drain_at) {
             Some(at) => Duration::from_millis(at.saturating_sub(clock_ms())),
             None => timeouts.idle,
         };
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = tokio::time::sleep(sleep) => {
-                if activity.deadline(timeouts).is_some_and(|at| clock_ms() >= at) {
+                if deadline(drain_at).is_some_and(|at| clock_ms() >= at) {
                     return; // deadline passed: dropping the connection closes the socket
                 }
             }
             _ = activity.changed.notified() => {}
-            r = drain.changed(), if !draining => {
-                draining = true;
+            r = drain.changed(), if drain_at.is_none() => {
+                drain_at = Some(clock_ms());
                 if r.is_ok() {
                     conn.as_mut().graceful_shutdown();
                 }
@@ -186,6 +197,10 @@ async fn serve_connection(
         }
     }
 }
+
+/// How long a draining connection that serves nothing may take to finish a request head
+/// (one already on its way, or pipelined behind a response still being flushed).
+const DRAIN_HEAD_MS: u64 = 1_000;
 
 /// Marks the connection idle again when the response body is done (or dropped).
 struct FinishGuard(Arc<Activity>);
