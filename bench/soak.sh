@@ -191,6 +191,7 @@ out = {
     "hostile_client": {k: sum(a.get(k) or 0 for a in attack) for k in ["opened", "closed_by_server", "connect_errors", "max_open", "slowloris_refused_at_accept", "slowloris_cut"]},
     "slowloris_cut_after_s": {"median": attack[0].get("slowloris_cut_after_median_s"), "max": attack[0].get("slowloris_cut_after_max_s")},
     "connections_refused": {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_connections_refused_total\{reason="([^"]+)"\} (\d+)', metrics)},
+    "connections_cut": {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_connections_cut_total\{reason="([^"]+)"\} (\d+)', metrics)},
     "log": {
         "sighup_ignored": log.count("SIGHUP received and ignored"),
         "store_unreachable_warnings": log.count("state store is unreachable"),
@@ -210,7 +211,7 @@ h = out["healthz"]; r = out["readyz"]
 print(f"/healthz: {h['status_codes']} errors {h['errors']}, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms")
 print(f"/readyz:  {r['status_codes']} errors {r['errors']}, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
 print(f"RSS: start {out['rss_kb']['start']/1024:.1f} MB, max {out['rss_kb']['max']/1024:.1f} MB, end {out['rss_kb']['end']/1024:.1f} MB")
-print(f"hostile client: {out['hostile_client']}; slowloris cut after {out['slowloris_cut_after_s']} s; refused at accept {out['connections_refused']}")
+print(f"hostile client: {out['hostile_client']}; slowloris cut after {out['slowloris_cut_after_s']} s; refused at accept {out['connections_refused']}; cut by a deadline {out['connections_cut']}")
 print(f"log: {out['log']}")
 print(f"SIGTERM: exit {out['sigterm']['exit_code']} after {out['sigterm']['exit_ms']} ms (grace {grace_ms} ms)")
 PY

@@ -79,6 +79,7 @@ pub struct Metrics {
     decisions_recorded: Family<ResultLabel, Counter>,
     state_available: Family<StoreLabel, Gauge>,
     connections_refused: Family<ReasonLabel, Counter>,
+    connections_cut: Family<ReasonLabel, Counter>,
     shed: Family<ReasonLabel, Counter>,
     protocol_errors: Family<StatusLabel, Counter>,
 }
@@ -166,6 +167,12 @@ impl Metrics {
             "Connections accepted and closed at once, by cap (total / per_ip)",
             Family::<ReasonLabel, Counter>::default(),
         );
+        let connections_cut = reg(
+            r,
+            "connections_cut",
+            "Accepted connections closed by a deadline (header_timeout / idle_timeout / write_stall / drain)",
+            Family::<ReasonLabel, Counter>::default(),
+        );
         let shed = reg(
             r,
             "requests_shed",
@@ -212,6 +219,7 @@ impl Metrics {
             decisions_recorded,
             state_available,
             connections_refused,
+            connections_cut,
             shed,
             protocol_errors,
         }
@@ -232,6 +240,13 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: refused_name(why),
             })
+            .inc();
+    }
+
+    /// Counts a connection closed by one of its deadlines.
+    pub fn connection_cut(&self, why: crate::server::conn::Cut) {
+        self.connections_cut
+            .get_or_create(&ReasonLabel { reason: why.name() })
             .inc();
     }
 

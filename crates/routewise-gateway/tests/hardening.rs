@@ -81,6 +81,12 @@ async fn regression_a_slowloris_head_is_cut_at_the_header_timeout() {
     }
     let closed = closed_at.expect("a dribbled head must be cut");
     assert!(closed < Duration::from_secs(2), "{closed:?}");
+    // The cut is counted by its reason (the soak test reads this).
+    let metrics = get(&gw.url("/metrics")).await.1;
+    assert!(
+        metrics.contains(r#"routewise_connections_cut_total{reason="header_timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -94,6 +100,11 @@ async fn regression_an_idle_keep_alive_connection_is_closed_at_the_idle_timeout(
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let closed = closed.expect("an idle keep-alive connection must be closed");
     assert!(closed >= Duration::from_millis(250), "{closed:?}");
+    let metrics = get(&gw.url("/metrics")).await.1;
+    assert!(
+        metrics.contains(r#"routewise_connections_cut_total{reason="idle_timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

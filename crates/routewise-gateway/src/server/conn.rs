@@ -33,6 +33,32 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+/// Why the gateway closed a connection it had accepted (the metric
+/// `routewise_connections_cut_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// No complete request head within `header_timeout` (silent or slowloris).
+    HeaderTimeout,
+    /// Idle between keep-alive requests for `idle_timeout`.
+    IdleTimeout,
+    /// A response write made no progress for `idle_timeout` (the client stopped reading).
+    WriteStall,
+    /// Serving nothing while the gateway drains for shutdown.
+    Drain,
+}
+
+impl Cut {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cut::HeaderTimeout => "header_timeout",
+            Cut::IdleTimeout => "idle_timeout",
+            Cut::WriteStall => "write_stall",
+            Cut::Drain => "drain",
+        }
+    }
+}
+
 /// The connection timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -150,14 +176,14 @@ impl Activity {
         }
     }
 
-    /// The time (ms) past which the connection is closed; `None` while a request is
-    /// being served and its response writes flow.
-    pub fn deadline(&self, t: Timeouts) -> Option<u64> {
+    /// The time (ms) past which the connection is closed, and which deadline that is;
+    /// `None` while a request is being served and its response writes flow.
+    pub fn deadline(&self, t: Timeouts) -> Option<(u64, Cut)> {
         let idle = t.idle.as_millis() as u64;
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return match self.write_blocked_ms.load(Ordering::Acquire) {
                 0 => None,
-                since => Some(since.saturating_add(idle)),
+                since => Some((since.saturating_add(idle), Cut::WriteStall)),
             };
         }
         let header = t.header.as_millis() as u64;
@@ -167,17 +193,18 @@ impl Activity {
             let from_head = head.saturating_add(header);
             // A new connection's first head is due `header` after accept, however late
             // its first byte came.
-            return Some(if fresh {
+            let at = if fresh {
                 from_head.min(self.accepted_ms.saturating_add(header))
             } else {
                 from_head
-            });
+            };
+            return Some((at, Cut::HeaderTimeout));
         }
         if fresh {
-            return Some(self.accepted_ms.saturating_add(header));
+            return Some((self.accepted_ms.saturating_add(header), Cut::HeaderTimeout));
         }
         let idle_since = self.idle_since_ms.load(Ordering::Acquire);
-        Some(idle_since.saturating_add(idle))
+        Some((idle_since.saturating_add(idle), Cut::IdleTimeout))
     }
 }
 
@@ -377,7 +404,7 @@ mod tests {
     #[test]
     fn a_silent_new_connection_gets_the_header_timeout() {
         let a = Activity::new(1_000);
-        assert_eq!(a.deadline(T), Some(11_000));
+        assert_eq!(a.deadline(T), Some((11_000, Cut::HeaderTimeout)));
     }
 
     #[test]
@@ -388,7 +415,7 @@ mod tests {
         a.request_finished(2_000);
         a.bytes_read(5_000);
         a.bytes_read(9_000);
-        assert_eq!(a.deadline(T), Some(15_000));
+        assert_eq!(a.deadline(T), Some((15_000, Cut::HeaderTimeout)));
     }
 
     #[test]
@@ -399,9 +426,9 @@ mod tests {
         a.bytes_read(200); // body bytes: not a new head
         assert_eq!(a.deadline(T), None);
         a.request_finished(300);
-        assert_eq!(a.deadline(T), Some(60_300));
+        assert_eq!(a.deadline(T), Some((60_300, Cut::IdleTimeout)));
         a.bytes_read(40_000); // the next request's head
-        assert_eq!(a.deadline(T), Some(50_000));
+        assert_eq!(a.deadline(T), Some((50_000, Cut::HeaderTimeout)));
     }
 
     #[test]
@@ -441,7 +468,7 @@ mod tests {
         // Review finding: a byte just before the accept deadline restarted the clock.
         let a = Activity::new(1_000);
         a.bytes_read(10_900);
-        assert_eq!(a.deadline(T), Some(11_000));
+        assert_eq!(a.deadline(T), Some((11_000, Cut::HeaderTimeout)));
     }
 
     #[test]
@@ -471,6 +498,6 @@ mod tests {
         let big = vec![b'x'; 1024];
         let r = tokio::time::timeout(Duration::from_millis(50), io.write_all(&big)).await;
         assert!(r.is_err(), "the write must stall");
-        assert_eq!(a.deadline(T), Some(65_000));
+        assert_eq!(a.deadline(T), Some((65_000, Cut::WriteStall)));
     }
 }

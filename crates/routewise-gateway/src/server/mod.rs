@@ -35,7 +35,7 @@ use crate::http::extract::PeerAddr;
 use crate::limits::Counter;
 use crate::state::{AppState, ShutdownPhase};
 
-use self::conn::{Activity, Timeouts, TrackedIo};
+use self::conn::{Activity, Cut, Timeouts, TrackedIo};
 
 /// Milliseconds on a process-wide monotonic clock (connection deadlines).
 fn clock_ms() -> u64 {
@@ -99,8 +99,13 @@ pub async fn serve(
         let (app, drain) = (app.clone(), drain_rx.clone());
         tasks.spawn(async move {
             let activity = Arc::new(Activity::new(clock_ms()));
-            serve_connection(stream, peer, app, timeouts, Arc::clone(&activity), drain).await;
+            let cut =
+                serve_connection(stream, peer, app, timeouts, Arc::clone(&activity), drain).await;
             drop(permit);
+            if let Some(why) = cut {
+                state.metrics.connection_cut(why);
+                tracing::debug!(%peer, reason = why.name(), "connection closed by a deadline");
+            }
             if let Some(status) = activity.protocol_error() {
                 state.metrics.protocol_error(status);
                 tracing::debug!(%peer, status, "unparsable request head answered");
@@ -134,7 +139,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends, its deadline passes, or the drain finishes it.
+/// Serves one connection until it ends, its deadline passes, or the drain finishes it;
+/// answers which deadline cut it, if one did.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -142,7 +148,7 @@ async fn serve_connection(
     timeouts: Timeouts,
     activity: Arc<Activity>,
     mut drain: watch::Receiver<bool>,
-) {
+) -> Option<Cut> {
     let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&activity), clock_ms));
     let act = Arc::clone(&activity);
     let svc = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
@@ -169,22 +175,27 @@ async fn serve_connection(
     // While draining, a connection serving nothing (idle, or part-way through a head that
     // hyper waits for) gets DRAIN_HEAD_MS more, not the whole header timeout.
     let deadline = |drain_at: Option<u64>| {
-        let at = activity.deadline(timeouts)?;
+        let (at, why) = activity.deadline(timeouts)?;
         Some(match drain_at {
-            Some(d) if !activity.serving() => at.min(d + DRAIN_HEAD_MS),
-            _ => at,
+            Some(d) if !activity.serving() && d + DRAIN_HEAD_MS < at => {
+                (d + DRAIN_HEAD_MS, Cut::Drain)
+            }
+            _ => (at, why),
         })
     };
     loop {
         let sleep = match deadline(drain_at) {
-            Some(at) => Duration::from_millis(at.saturating_sub(clock_ms())),
+            Some((at, _)) => Duration::from_millis(at.saturating_sub(clock_ms())),
             None => timeouts.idle,
         };
         tokio::select! {
-            _ = conn.as_mut() => return,
+            _ = conn.as_mut() => return None,
             _ = tokio::time::sleep(sleep) => {
-                if deadline(drain_at).is_some_and(|at| clock_ms() >= at) {
-                    return; // deadline passed: dropping the connection closes the socket
+                if let Some((at, why)) = deadline(drain_at) {
+                    if clock_ms() >= at {
+                        // dropping the connection closes the socket
+                        return Some(why);
+                    }
                 }
             }
             _ = activity.changed.notified() => {}
