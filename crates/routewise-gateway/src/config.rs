@@ -26,6 +26,7 @@
 //!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
 //!          shutdown_grace_ms: 10000, trusted_proxies: [10.0.0.0/8]}
 //! cooldown: {failures: 3, seconds: 30}
+//! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192}}  # the decision log (ROUTEWISE_LOG=warn: off)
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
 //! ```
@@ -85,6 +86,8 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub limits: Limits,
     pub cooldown: CooldownConfig,
+    /// The decision log.
+    pub decision_log: DecisionLogConfig,
     /// Online learning from feedback (`None`: off, requests routed by the engine alone).
     pub bandit: Option<BanditConfig>,
     /// Where the online state lives (used only when `bandit` is set).
@@ -200,6 +203,28 @@ impl Default for Limits {
             max_in_flight: 4_096,
             shutdown_grace_ms: 10_000,
             trusted_proxies: TrustedProxies::default(),
+        }
+    }
+}
+
+/// The decision log (`log.decisions`): one line per decision, written by a background
+/// thread ([`crate::pipeline::decision_log`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecisionLogConfig {
+    /// Predictions logged per decision: the first `top_k` models of the ranking.
+    pub top_k: usize,
+    /// Share of decisions logged (1 = all), chosen by the decision id.
+    pub sample: f64,
+    /// Decisions queued for the writer at most; past it they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            top_k: 3,
+            sample: 1.0,
+            queue: 8192,
         }
     }
 }
@@ -355,8 +380,26 @@ struct RawCooldown {
     seconds: Option<f64>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    decisions: Option<RawDecisionLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecisionLog {
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    sample: Option<f64>,
+    #[serde(default)]
+    queue: Option<usize>,
+}
+
 const TOP_KEYS: &[&str] = &[
-    "listen", "router", "models", "limits", "cooldown", "bandit", "state",
+    "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state",
 ];
 
 /// Reads, overrides from the process environment, and validates a config file.
@@ -441,6 +484,8 @@ pub fn parse(
     });
     let limits = v.limits(&limits);
     let cooldown = v.cooldown(&cooldown);
+    let log: RawLog = v.section(map.get("log"), "log").unwrap_or_default();
+    let decision_log = v.decision_log(&log.decisions.unwrap_or_default());
     let bandit: Option<BanditConfig> = v.section(map.get("bandit"), "bandit");
     let mut warnings = Vec::new();
     if let Some(b) = &bandit {
@@ -500,6 +545,7 @@ pub fn parse(
         models,
         limits,
         cooldown,
+        decision_log,
         bandit,
         state,
         warnings,
@@ -724,6 +770,37 @@ impl Validator<'_> {
             self.issue(
                 "cooldown.seconds",
                 format!("must be in 0..=86400 (one day), found {}", c.seconds),
+            );
+        }
+        c
+    }
+
+    fn decision_log(&mut self, raw: &RawDecisionLog) -> DecisionLogConfig {
+        let d = DecisionLogConfig::default();
+        let c = DecisionLogConfig {
+            top_k: raw.top_k.unwrap_or(d.top_k),
+            sample: raw.sample.unwrap_or(d.sample),
+            queue: raw.queue.unwrap_or(d.queue),
+        };
+        if !(0.0..=1.0).contains(&c.sample) {
+            self.issue(
+                "log.decisions.sample",
+                format!(
+                    "must be in 0..=1 (the share of decisions logged), found {}",
+                    c.sample
+                ),
+            );
+        }
+        if !(1..=1_048_576).contains(&c.queue) {
+            self.issue(
+                "log.decisions.queue",
+                format!("must be in 1..=1048576, found {}", c.queue),
+            );
+        }
+        if c.top_k > 4096 {
+            self.issue(
+                "log.decisions.top_k",
+                format!("must be in 0..=4096, found {}", c.top_k),
             );
         }
         c

@@ -22,6 +22,8 @@ pub enum LoadError {
     Demo(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("cannot start the decision log writer: {0}")]
+    DecisionLog(std::io::Error),
 }
 
 impl From<StateError> for LoadError {
@@ -29,6 +31,7 @@ impl From<StateError> for LoadError {
         match e {
             StateError::Config(c) => LoadError::Config(c),
             StateError::Client(m) => LoadError::Client(m),
+            StateError::DecisionLog(e) => LoadError::DecisionLog(e),
         }
     }
 }

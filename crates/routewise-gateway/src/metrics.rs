@@ -74,6 +74,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     decision_latency: Histogram,
     in_flight: Gauge,
+    decision_log_dropped: Counter,
     models: Vec<ModelMetrics>,
     feedback: Family<ResultLabel, Counter>,
     decisions_recorded: Family<ResultLabel, Counter>,
@@ -142,6 +143,12 @@ impl Metrics {
             "in_flight_requests",
             "Chat requests being served",
             Gauge::default(),
+        );
+        let decision_log_dropped = reg(
+            r,
+            "decision_log_dropped",
+            "Decision log lines dropped because the writer's queue was full",
+            Counter::default(),
         );
         let feedback = reg(
             r,
@@ -214,6 +221,7 @@ impl Metrics {
             requests,
             decision_latency,
             in_flight,
+            decision_log_dropped,
             models,
             feedback,
             decisions_recorded,
@@ -332,6 +340,11 @@ impl Metrics {
 
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
+    }
+
+    /// Decision log lines dropped (a handle for the log's queue).
+    pub fn decision_log_dropped(&self) -> Counter {
+        self.decision_log_dropped.clone()
     }
 
     /// The Prometheus text exposition.

@@ -22,6 +22,7 @@ use crate::limits::Counter;
 use crate::metrics::Metrics;
 use crate::models::{ModelId, ModelTable};
 use crate::online::Online;
+use crate::pipeline::decision_log::DecisionLog;
 use crate::upstream::replay::Replay;
 
 /// Everything a request handler needs.
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub upstreams: ModelTable,
     pub client: reqwest::Client,
     pub metrics: Metrics,
+    /// The decision log's queue and writer.
+    pub decision_log: DecisionLog,
     /// The online router (it is the decider) when `bandit:` is configured.
     pub online_router: Option<Arc<OnlineRouter>>,
     /// The online router's store and maintenance task, once attached.
@@ -76,6 +79,8 @@ pub enum StateError {
     Config(#[from] ConfigError),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("cannot start the decision log writer: {0}")]
+    DecisionLog(#[from] std::io::Error),
 }
 
 impl AppState {
@@ -122,6 +127,9 @@ impl AppState {
             .http1_only()
             .tcp_nodelay(true)
             .no_proxy()
+            // An upstream's redirect is its answer, not a request to follow (and following
+            // one would turn a POST into a GET).
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(Duration::from_millis(config.limits.connect_timeout_ms))
@@ -143,6 +151,7 @@ impl AppState {
             None => (engine.clone(), None),
         };
         let metrics = Metrics::new(&upstreams.names());
+        let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;
         Ok(AppState(Arc::new(Gateway {
             config,
             decider,
@@ -150,6 +159,7 @@ impl AppState {
             upstreams,
             client,
             metrics,
+            decision_log,
             online_router,
             online: OnceLock::new(),
             in_flight: Arc::new(Counter::default()),

@@ -208,7 +208,11 @@ async fn api_keys_never_appear_in_responses_or_logs_and_decisions_are_logged() {
         .authorization
         .as_deref()
         .is_some_and(|a| a.contains(common::SECRET))));
-    // ...and nowhere else
+    // ...and nowhere else (the decision lines are written by the log's thread: wait for it)
+    assert!(gw
+        .state
+        .decision_log
+        .flush(std::time::Duration::from_secs(5)));
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(!bodies.contains(common::SECRET), "key leaked in a response");
     assert!(!logs.contains(common::SECRET), "key leaked in logs");

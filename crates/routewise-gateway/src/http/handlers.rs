@@ -19,7 +19,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let span = tracing::info_span!("chat_completions", body_bytes = tracing::field::Empty);
+    let span = tracing::debug_span!("chat_completions", body_bytes = tracing::field::Empty);
     async move {
         let bytes = match read_request_body(&state, &headers, body).await {
             Ok(b) => b,

@@ -2,17 +2,30 @@
 //! `routewise::decision`): the request, the reason, the policy, the chosen and the
 //! answering model, every attempt, the realised cost (upstream usage x prices), how the
 //! answer ended, the request id, trace id and the answering upstream's request id, and
-//! the predictions (each model's predicted score and cost, in ranking order). Written
-//! once per request ([`RequestContext::mark_logged`]).
+//! the predictions of the first `log.decisions.top_k` models of the ranking (predicted
+//! score and cost). Written once per request ([`RequestContext::mark_logged`]).
+//!
+//! Off the request path: the request's task only moves a [`DecisionRecord`] (owned
+//! fields, no formatting) into a bounded queue ([`DecisionLog`]); a writer thread takes
+//! the queued records in batches and emits them as `tracing` events, which the installed
+//! subscriber formats (text or JSON, `routewise serve --log-format`) and filters
+//! (`ROUTEWISE_LOG`). The queue never blocks a request: when it is full the record is
+//! dropped and counted (`routewise_decision_log_dropped_total`). `log.decisions.sample`
+//! keeps a share of the decisions, chosen by the decision id (the same decisions on every
+//! instance). When the log level hides `routewise::decision`, no record is built.
 
 use std::fmt;
+use std::time::Duration;
 
-use routewise_router::Decision;
+use crossbeam_channel::{Receiver, Sender};
+use prometheus_client::metrics::counter::Counter;
+use routewise_router::Policy;
 
+use crate::config::DecisionLogConfig;
 use crate::models::ModelId;
 use crate::pipeline::attempts::Attempts;
-use crate::pipeline::context::RequestContext;
-use crate::state::Gateway;
+use crate::pipeline::context::{AttemptRecord, RequestContext};
+use crate::state::{AppState, Gateway};
 
 /// How an answer ended (the decision log's `end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,30 +62,198 @@ impl End {
     }
 }
 
-/// The predictions of a decision as compact JSON, best first.
-struct Predictions<'a>(&'a Gateway, &'a Decision);
+/// The predictions of a decision as compact JSON, in ranking order.
+struct Predictions<'a>(&'a Gateway, &'a [Prediction]);
 
 impl fmt::Display for Predictions<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (gw, d) = (self.0, self.1);
         f.write_str("[")?;
-        for (k, &ci) in d.ranking.iter().enumerate() {
+        for (k, p) in self.1.iter().enumerate() {
             if k > 0 {
                 f.write_str(",")?;
             }
-            let name = gw.upstreams.at(ci).map_or("?", |u| u.name.as_str());
+            let name = self
+                .0
+                .upstreams
+                .at(p.model)
+                .map_or("?", |u| u.name.as_str());
             write!(
                 f,
                 "{{\"model\":\"{}\",\"score\":{:.4},\"cost_usd\":{:.8}}}",
-                name, d.scores[ci], d.costs[ci]
+                name, p.score, p.cost_usd
             )?;
         }
         f.write_str("]")
     }
 }
 
-/// Writes the decision's log line: answered by `answered` (if any) with `status`,
-/// realised `cost`, ended as `end`.
+/// One model's prediction (catalog index).
+#[derive(Debug, Clone, Copy)]
+struct Prediction {
+    model: usize,
+    score: f64,
+    cost_usd: f64,
+}
+
+/// Everything a decision line says, owned, so that it can be formatted on another thread.
+pub struct DecisionRecord {
+    state: AppState,
+    decision_id: String,
+    request_id: String,
+    trace_id: [u8; 16],
+    upstream_request_id: Option<String>,
+    requested: String,
+    reason: &'static str,
+    policy: Policy,
+    chosen: Option<usize>,
+    model: Option<ModelId>,
+    status: u16,
+    stream: bool,
+    end: End,
+    attempts: Vec<AttemptRecord>,
+    prompt_tokens: u64,
+    cost: Option<f64>,
+    elapsed_ms: f64,
+    predictions: Vec<Prediction>,
+}
+
+impl DecisionRecord {
+    /// Emits the record as a `routewise::decision` event (on the writer thread).
+    fn write(&self) {
+        let gw = &*self.state;
+        let model = self
+            .model
+            .map_or("-", |m| gw.upstreams.get(m).name.as_str());
+        let chosen = self
+            .chosen
+            .and_then(|c| gw.upstreams.at(c))
+            .map_or(model, |u| u.name.as_str());
+        let policy = serde_json::to_string(&self.policy).unwrap_or_default();
+        tracing::info!(
+            target: "routewise::decision",
+            decision_id = %self.decision_id,
+            request_id = %self.request_id,
+            trace_id = %crate::trace::hex(&self.trace_id),
+            upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
+            requested = %self.requested,
+            reason = self.reason,
+            policy = %policy,
+            chosen,
+            model,
+            status = self.status,
+            stream = self.stream,
+            end = self.end.name(),
+            attempts = self.attempts.len(),
+            attempt_log = %Attempts(gw, &self.attempts),
+            prompt_tokens = self.prompt_tokens,
+            realised_cost_usd = self.cost.unwrap_or(f64::NAN),
+            elapsed_ms = self.elapsed_ms,
+            predictions = %Predictions(gw, &self.predictions),
+            "decision"
+        );
+    }
+}
+
+enum Msg {
+    Record(Box<DecisionRecord>),
+    /// Answered once every record queued before it is written.
+    Flush(Sender<()>),
+}
+
+/// How long the writer lets records gather after the first of a batch: one wake-up per
+/// batch, not per request.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// The decision log's queue and its writer thread.
+pub struct DecisionLog {
+    tx: Sender<Msg>,
+    config: DecisionLogConfig,
+    dropped: Counter,
+}
+
+impl fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("config", &self.config)
+            .field("queued", &self.tx.len())
+            .finish()
+    }
+}
+
+impl DecisionLog {
+    /// Starts the writer thread. Its events go to the subscriber that is the default
+    /// where this is called (the global one in `routewise serve`).
+    pub fn start(config: DecisionLogConfig, dropped: Counter) -> std::io::Result<DecisionLog> {
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(config.queue);
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::Builder::new()
+            .name("routewise-decisions".into())
+            .spawn(move || tracing::dispatcher::with_default(&dispatch, || writer(&rx)))?;
+        Ok(DecisionLog {
+            tx,
+            config,
+            dropped,
+        })
+    }
+
+    /// Whether decision lines are logged at all (the log level lets them through).
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: "routewise::decision", tracing::Level::INFO)
+    }
+
+    /// Whether the decision `decision_id` is in the sample.
+    fn sampled(&self, decision_id: &str) -> bool {
+        let sample = self.config.sample;
+        if sample >= 1.0 {
+            return true;
+        }
+        // A UUIDv7's last 15 hex digits (60 bits) are random (the 16th from the end holds
+        // the variant bits): a uniform draw per decision.
+        let tail = decision_id.get(decision_id.len().saturating_sub(15)..);
+        let draw = tail
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+            .unwrap_or(0);
+        (draw as f64) < sample * (1u64 << 60) as f64
+    }
+
+    /// Queues a record; drops (and counts) it when the queue is full.
+    fn push(&self, record: DecisionRecord) {
+        if self.tx.try_send(Msg::Record(Box::new(record))).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Waits (up to `timeout`) until every decision queued so far is written.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        self.tx.send_timeout(Msg::Flush(ack), timeout).is_ok() && done.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// The writer thread: waits for a record, lets a batch gather, writes it; ends when the
+/// gateway (the sender) is gone.
+fn writer(rx: &Receiver<Msg>) {
+    let handle = |msg: Msg| match msg {
+        Msg::Record(r) => r.write(),
+        Msg::Flush(ack) => {
+            let _ = ack.send(());
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let flush_now = matches!(first, Msg::Flush(_));
+        handle(first);
+        if !flush_now {
+            std::thread::sleep(BATCH_WINDOW);
+        }
+        for msg in rx.try_iter() {
+            handle(msg);
+        }
+    }
+}
+
+/// Logs the decision: answered by `answered` (if any) with `status`, realised `cost`,
+/// ended as `end`. Builds the record and queues it; formatting happens on the writer
+/// thread.
 pub fn emit(
     ctx: &RequestContext,
     answered: Option<ModelId>,
@@ -83,38 +264,43 @@ pub fn emit(
     if !ctx.mark_logged() {
         return;
     }
-    let gw = &*ctx.state;
-    let model = answered.map_or("-", |m| gw.upstreams.get(m).name.as_str());
+    let log = &ctx.state.decision_log;
+    if !DecisionLog::enabled() || !log.sampled(&ctx.id) {
+        return;
+    }
     let decision = ctx.routed.decision.as_ref();
-    let chosen = decision
-        .and_then(|d| gw.upstreams.at(d.chosen))
-        .map_or(model, |u| u.name.as_str());
-    let policy = serde_json::to_string(&ctx.routed.policy).unwrap_or_default();
-    let upstream_request_id = ctx
-        .attempts
-        .last()
-        .and_then(|a| a.upstream_request_id.as_deref())
-        .unwrap_or("-");
-    tracing::info!(
-        target: "routewise::decision",
-        decision_id = %ctx.id,
-        request_id = %ctx.trace.request_id,
-        trace_id = %ctx.trace.trace_id_hex(),
-        upstream_request_id,
-        requested = %ctx.request.model,
-        reason = ctx.routed.reason.name(),
-        policy = %policy,
-        chosen,
-        model,
+    let predictions = decision.map_or_else(Vec::new, |d| {
+        d.ranking
+            .iter()
+            .take(log.config.top_k)
+            .map(|&ci| Prediction {
+                model: ci,
+                score: d.scores[ci],
+                cost_usd: d.costs[ci],
+            })
+            .collect()
+    });
+    log.push(DecisionRecord {
+        state: ctx.state.clone(),
+        decision_id: ctx.id.clone(),
+        request_id: ctx.trace.request_id.clone(),
+        trace_id: ctx.trace.trace_id,
+        upstream_request_id: ctx
+            .attempts
+            .last()
+            .and_then(|a| a.upstream_request_id.clone()),
+        requested: ctx.request.model.clone(),
+        reason: ctx.routed.reason.name(),
+        policy: ctx.routed.policy,
+        chosen: decision.map(|d| d.chosen),
+        model: answered,
         status,
-        stream = ctx.request.stream,
-        end = end.name(),
-        attempts = ctx.attempts.len(),
-        attempt_log = %Attempts(gw, &ctx.attempts),
-        prompt_tokens = ctx.request.prompt_tokens,
-        realised_cost_usd = cost.unwrap_or(f64::NAN),
-        elapsed_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
-        predictions = %decision.map(|d| Predictions(gw, d).to_string()).unwrap_or_default(),
-        "decision"
-    );
+        stream: ctx.request.stream,
+        end,
+        attempts: ctx.attempts.clone(),
+        prompt_tokens: ctx.request.prompt_tokens,
+        cost,
+        elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
+        predictions,
+    });
 }

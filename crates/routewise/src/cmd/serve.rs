@@ -14,6 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use routewise_gateway::{load, LoadError};
@@ -67,12 +68,21 @@ fn init_logging(
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROUTEWISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The writer thread flushes after each batch it takes from the queue: one write(2)
+    // per batch of lines, not per line.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("routewise-log")
-        .finish(std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    // Colours only for a terminal (escape codes in a log file or a pipe are noise).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
         LogFormat::Text => Box::new(fmt.with_filter(filter)),
         LogFormat::Json => Box::new(fmt.json().with_filter(filter)),
@@ -151,9 +161,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             router = %state.decider.describe(),
             "routewise gateway listening on http://{local}"
         );
-        routewise_gateway::serve(listener, state, shutdown_signal())
-            .await
-            .context("server error")?;
+        let served = routewise_gateway::serve(listener, state.clone(), shutdown_signal()).await;
+        // The decisions still queued are written before the log is flushed.
+        if !state.decision_log.flush(Duration::from_secs(2)) {
+            tracing::warn!("the decision log did not drain within 2 s");
+        }
+        served.context("server error")?;
         tracing::info!("routewise gateway stopped");
         Ok(ExitCode::SUCCESS)
     })

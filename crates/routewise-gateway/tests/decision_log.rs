@@ -1,0 +1,145 @@
+//! The decision log off the request path: records queued to a writer thread, the top-k
+//! trim, sampling, and a full queue that drops and counts instead of blocking.
+#![cfg(test)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A writer capturing log output for one test.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serves `n` routed requests through a gateway with `log` settings; answers the decision
+/// lines written and the `routewise_decision_log_dropped_total` value.
+async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, u64) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mock = routewise_testkit::MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), log)).await;
+    let c = common::client();
+    let send = |i: usize| {
+        let c = c.clone();
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let r = c
+                .post(url)
+                .json(&common::chat_body(&format!("question {i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    if concurrent {
+        futures_util::future::join_all((0..n).map(send)).await;
+    } else {
+        for i in 0..n {
+            send(i).await;
+        }
+    }
+    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
+    let metrics = c
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("routewise_decision_log_dropped_total "))
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .expect("the dropped counter is exported");
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("routewise::decision"))
+        .map(str::to_string)
+        .collect();
+    (lines, dropped)
+}
+
+fn predictions(line: &str) -> usize {
+    line.split("predictions=")
+        .nth(1)
+        .unwrap()
+        .matches("\"model\"")
+        .count()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_decision_is_logged_with_the_top_k_predictions_and_nothing_dropped() {
+    let (lines, dropped) = decision_lines("", 20, false).await;
+    assert_eq!(lines.len(), 20);
+    assert_eq!(dropped, 0);
+    // three models configured, top_k 3 by default: all three
+    assert!(lines.iter().all(|l| predictions(l) == 3), "{lines:?}");
+    assert!(lines[0].contains("attempt_log=a: ok"), "{}", lines[0]);
+    assert!(lines[0].contains("end=\"complete\""), "{}", lines[0]);
+
+    let (lines, _) = decision_lines("log: {decisions: {top_k: 1}}", 5, false).await;
+    assert_eq!(lines.len(), 5);
+    assert!(
+        lines
+            .iter()
+            .all(|l| predictions(l) == 1 && l.contains("predictions=[{\"model\":\"a\"")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sampling_keeps_a_share_of_the_decisions() {
+    let (lines, dropped) = decision_lines("log: {decisions: {sample: 0}}", 10, false).await;
+    assert!(lines.is_empty(), "{lines:?}");
+    assert_eq!(dropped, 0);
+    let (lines, _) = decision_lines("log: {decisions: {sample: 0.5}}", 200, true).await;
+    assert!((40..=160).contains(&lines.len()), "{} of 200", lines.len());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    // A queue of one record: concurrent requests overflow it while the writer gathers its
+    // batch. Every decision is either written or counted as dropped.
+    let (lines, dropped) = decision_lines("log: {decisions: {queue: 1}}", 64, true).await;
+    assert_eq!(lines.len() as u64 + dropped, 64, "{} written", lines.len());
+}
+
+#[test]
+fn bad_decision_log_settings_are_config_errors() {
+    let yaml = common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "log: {decisions: {sample: 2, queue: 0, top: 3}}",
+    );
+    let err = routewise_gateway::config::parse(
+        &yaml,
+        "gw.yaml",
+        std::path::Path::new("."),
+        Vec::new(),
+        |_| Some("k".into()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("log.decisions.top"), "{err}");
+    assert!(err.contains("log.decisions.sample"), "{err}");
+    assert!(err.contains("log.decisions.queue"), "{err}");
+}
