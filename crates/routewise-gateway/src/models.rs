@@ -18,6 +18,7 @@ use crate::config::{Config, Issue, ModelConfig, Price};
 use crate::pipeline::attempts::cooldown::Breaker;
 use crate::pipeline::attempts::fallback::ContextWindows;
 use crate::upstream::anthropic::{self, Anthropic};
+use crate::upstream::client::{Endpoint, HttpClient};
 use crate::upstream::openai::OpenAi;
 use crate::upstream::redact::Redactor;
 use crate::upstream::replay::{Replay, ReplayProvider};
@@ -77,7 +78,7 @@ impl ModelTable {
     pub fn build(
         config: &Config,
         reconciled: &Reconciled,
-        client: &reqwest::Client,
+        client: &HttpClient,
         replay: Option<Arc<Replay>>,
     ) -> Result<ModelTable, Vec<Issue>> {
         let mut issues = Vec::new();
@@ -186,14 +187,15 @@ impl ContextWindows for ModelTable {
 /// The provider that reaches `m`.
 fn provider(
     m: &ModelConfig,
-    client: &reqwest::Client,
+    client: &HttpClient,
     replay: Option<&Arc<Replay>>,
 ) -> Result<Arc<dyn Provider>, String> {
     let redactor = || Redactor::new(m.api_key.as_ref().map(|k| k.expose()));
     let endpoint = || {
         m.endpoint
-            .clone()
+            .as_ref()
             .ok_or_else(|| format!("`{}` has no endpoint", m.name))
+            .and_then(Endpoint::new)
     };
     Ok(match m.provider {
         ProviderKind::OpenAi => Arc::new(OpenAi::new(

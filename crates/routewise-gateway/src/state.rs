@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::models::{ModelId, ModelTable};
 use crate::online::Online;
 use crate::pipeline::decision_log::DecisionLog;
+use crate::upstream::client::HttpClient;
 use crate::upstream::replay::Replay;
 
 /// Everything a request handler needs.
@@ -36,7 +37,7 @@ pub struct Gateway {
     pub engine: Arc<Engine>,
     /// The served models, indexed like the decider's catalog.
     pub upstreams: ModelTable,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub metrics: Metrics,
     /// The decision log's queue and writer.
     pub decision_log: DecisionLog,
@@ -123,18 +124,7 @@ impl AppState {
         // The offline router costs its models at the operator's prices.
         engine.catalog.models = reconciled.catalog.models[..reconciled.n_known].to_vec();
         let engine = Arc::new(engine);
-        let client = reqwest::Client::builder()
-            .http1_only()
-            .tcp_nodelay(true)
-            .no_proxy()
-            // An upstream's redirect is its answer, not a request to follow (and following
-            // one would turn a POST into a GET).
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_millis(config.limits.connect_timeout_ms))
-            .build()
-            .map_err(|e| StateError::Client(e.to_string()))?;
+        let client = HttpClient::new(Duration::from_millis(config.limits.connect_timeout_ms));
         let upstreams = ModelTable::build(&config, &reconciled, &client, replay.map(Arc::new))
             .map_err(config_error)?;
         let (decider, online_router): (Arc<dyn Decide>, _) = match &config.bandit {

@@ -207,13 +207,14 @@ impl DecisionLog {
         if sample >= 1.0 {
             return true;
         }
-        // A UUIDv7's last 15 hex digits (60 bits) are random (the 16th from the end holds
-        // the variant bits): a uniform draw per decision.
-        let tail = decision_id.get(decision_id.len().saturating_sub(15)..);
-        let draw = tail
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-            .unwrap_or(0);
-        (draw as f64) < sample * (1u64 << 60) as f64
+        // UUIDv7 ids made in the same millisecond differ only by a counter, so their bits
+        // are no draw: the id is mixed (splitmix64's finaliser) into a uniform one.
+        let id = u128::from_str_radix(decision_id, 16).unwrap_or(0);
+        let mut x = (id >> 64) as u64 ^ id as u64;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        ((x >> 11) as f64) < sample * (1u64 << 53) as f64
     }
 
     /// Queues a record; drops (and counts) it when the queue is full.
@@ -303,4 +304,30 @@ pub fn emit(
         elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
         predictions,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_ids_made_back_to_back_are_sampled_independently() {
+        // Review finding: sampling on the id's raw bits kept or dropped whole bursts,
+        // because ids made in one millisecond share them.
+        let log = DecisionLog::start(
+            DecisionLogConfig {
+                sample: 0.5,
+                ..DecisionLogConfig::default()
+            },
+            Counter::default(),
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..2000)
+            .map(|_| crate::pipeline::new_decision_id())
+            .collect();
+        let kept = ids.iter().filter(|id| log.sampled(id)).count();
+        assert!((850..=1150).contains(&kept), "{kept} of 2000");
+        // the same decision is always in or out
+        assert!(ids.iter().all(|id| log.sampled(id) == log.sampled(id)));
+    }
 }

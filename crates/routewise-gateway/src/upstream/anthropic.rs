@@ -43,9 +43,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
+use super::client::{Endpoint, HttpClient};
 use super::redact::Redactor;
 use super::{
-    client_error_body, describe, post_json, read_body, unix_now, Answer, AttemptInfo,
+    body_stream, client_error_body, post_json, read_body, unix_now, Answer, AttemptInfo,
     AttemptOutcome, Call, Failure, Provider, ProviderKind, UpstreamStream,
 };
 use crate::request::ChatRequest;
@@ -58,8 +59,8 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// One Anthropic upstream.
 #[derive(Debug, Clone)]
 pub struct Anthropic {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: HttpClient,
+    url: Endpoint,
     headers: Vec<(HeaderName, HeaderValue)>,
     max_tokens: u64,
     redactor: Redactor,
@@ -70,8 +71,8 @@ impl Anthropic {
     /// `anthropic-version` header; `max_tokens`: the default output cap; `redactor`
     /// scrubs the key from answers.
     pub fn new(
-        client: reqwest::Client,
-        url: reqwest::Url,
+        client: HttpClient,
+        url: Endpoint,
         auth: Option<(HeaderName, HeaderValue)>,
         version: HeaderValue,
         max_tokens: u64,
@@ -135,7 +136,7 @@ impl Provider for Anthropic {
                 body: Bytes::from(out.to_string()),
             });
         }
-        let upstream = resp.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
+        let upstream = body_stream(resp);
         let mut stream = Box::pin(translate_stream(
             self.redactor.stream(Box::pin(upstream)),
             StreamTranslator::new(

@@ -19,6 +19,7 @@
 //! [`ProviderKind`] variant.
 
 pub mod anthropic;
+pub mod client;
 pub mod openai;
 pub mod redact;
 pub mod replay;
@@ -31,6 +32,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
 
+use self::client::{Endpoint, HttpClient, Response};
 use crate::request::ChatRequest;
 
 /// The wire protocols routewise speaks (`provider:` in the config).
@@ -227,7 +229,7 @@ pub struct AttemptInfo {
 
 impl AttemptInfo {
     /// Reads what it keeps from an upstream response's headers.
-    fn read(&mut self, headers: &reqwest::header::HeaderMap) {
+    fn read(&mut self, headers: &axum::http::HeaderMap) {
         self.upstream_request_id = crate::trace::upstream_request_id(headers);
         self.rate_limit = headers
             .iter()
@@ -263,34 +265,35 @@ pub trait Provider: Send + Sync + fmt::Debug {
 /// response headers within the call's timeout. 5xx, 429, 401, 403 and 404 are a
 /// [`Failure`] (fall back); any other status is returned for the provider to read.
 pub(crate) async fn post_json(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
+    client: &HttpClient,
+    endpoint: &Endpoint,
     headers: &[(HeaderName, HeaderValue)],
     call: &Call<'_>,
     body: Vec<u8>,
     info: &mut AttemptInfo,
-) -> Result<reqwest::Response, Failure> {
+) -> Result<Response, Failure> {
     let timeout = call.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut rb = client
-        .post(url.clone())
-        .header(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .body(body);
-    for (name, value) in headers.iter().chain(call.forward) {
-        rb = rb.header(name, value.clone());
-    }
     let sent = std::time::Instant::now();
-    let resp = match tokio::time::timeout_at(deadline, rb.send()).await {
+    let request = client.post_json(endpoint, headers.iter().chain(call.forward), body);
+    let resp = match tokio::time::timeout_at(deadline, request).await {
         Err(_) => {
             return Err(Failure::new(
                 AttemptOutcome::Timeout,
                 format!("no response within {} ms", timeout.as_millis()),
             ))
         }
-        Ok(Err(e)) => return Err(Failure::new(transport_outcome(&e), describe(&e))),
+        Ok(Err(e)) => {
+            let what = if e.is_connect() {
+                "connect error"
+            } else {
+                "transport error"
+            };
+            return Err(Failure::new(
+                AttemptOutcome::Connect,
+                client::describe(what, &e),
+            ));
+        }
         Ok(Ok(r)) => r,
     };
     info.headers_after = Some(sent.elapsed());
@@ -355,18 +358,29 @@ pub(crate) fn is_identifier(s: &str) -> bool {
 
 /// Reads a whole body within `timeout` of the call's start (`deadline`).
 pub(crate) async fn read_body(
-    resp: reqwest::Response,
+    resp: Response,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<Bytes, Failure> {
-    match tokio::time::timeout_at(deadline, resp.bytes()).await {
+    use http_body_util::BodyExt;
+    match tokio::time::timeout_at(deadline, resp.into_body().collect()).await {
         Err(_) => Err(Failure::new(
             AttemptOutcome::Timeout,
             format!("body not complete within {} ms", timeout.as_millis()),
         )),
-        Ok(Err(e)) => Err(Failure::new(AttemptOutcome::Body, describe(&e))),
-        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(Failure::new(
+            AttemptOutcome::Body,
+            client::describe("body error", &e),
+        )),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
     }
+}
+
+/// The body of `resp` as a stream of chunks (errors described).
+pub(crate) fn body_stream(resp: Response) -> impl Stream<Item = Result<Bytes, String>> + Send {
+    use futures_util::StreamExt;
+    http_body_util::BodyDataStream::new(resp.into_body())
+        .map(|r| r.map_err(|e| client::describe("body error", &e)))
 }
 
 /// Waits for the first non-empty chunk of `stream` until `deadline`.
@@ -397,37 +411,6 @@ where
             Ok(Some(Ok(b))) if b.is_empty() => continue,
             Ok(Some(Ok(b))) => return Ok(b),
         }
-    }
-}
-
-/// Describes a transport error with its causes, without the URL.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_connect() {
-        "connect error".to_string()
-    } else if e.is_timeout() {
-        "timeout".to_string()
-    } else if e.is_body() || e.is_decode() {
-        "body error".to_string()
-    } else {
-        "transport error".to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-/// The attempt outcome of a transport error.
-pub(crate) fn transport_outcome(e: &reqwest::Error) -> AttemptOutcome {
-    if e.is_timeout() {
-        AttemptOutcome::Timeout
-    } else if e.is_body() || e.is_decode() {
-        AttemptOutcome::Body
-    } else {
-        AttemptOutcome::Connect
     }
 }
 

@@ -5,19 +5,19 @@
 //! anything else that speaks the chat-completions protocol.
 
 use axum::http::{HeaderName, HeaderValue};
-use futures_util::StreamExt;
 
+use super::client::{Endpoint, HttpClient};
 use super::redact::Redactor;
 use super::{
-    client_error_body, describe, first_chunk, post_json, read_body, Answer, AttemptInfo,
+    body_stream, client_error_body, first_chunk, post_json, read_body, Answer, AttemptInfo,
     AttemptOutcome, Call, Failure, Provider, ProviderKind,
 };
 
 /// One OpenAI-compatible upstream.
 #[derive(Debug, Clone)]
 pub struct OpenAi {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: HttpClient,
+    url: Endpoint,
     auth: Option<(HeaderName, HeaderValue)>,
     redactor: Redactor,
 }
@@ -26,8 +26,8 @@ impl OpenAi {
     /// `url` is the full chat endpoint; `auth` the key header, if any; `redactor`
     /// scrubs that key from answers.
     pub fn new(
-        client: reqwest::Client,
-        url: reqwest::Url,
+        client: HttpClient,
+        url: Endpoint,
         auth: Option<(HeaderName, HeaderValue)>,
         redactor: Redactor,
     ) -> Self {
@@ -75,8 +75,7 @@ impl Provider for OpenAi {
                 body: self.redactor.bytes(body),
             });
         }
-        let stream = resp.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
-        let mut stream = self.redactor.stream(Box::pin(stream));
+        let mut stream = self.redactor.stream(Box::pin(body_stream(resp)));
         let first = first_chunk(&mut stream, deadline, call.timeout).await?;
         Ok(Answer::Stream {
             status,
