@@ -17,7 +17,7 @@ CATS = [
  ("key redaction", r"redact::"),
  ("trace ids", r"routewise_gateway::trace::|new_decision_id|uuid::"),
  ("metrics", r"prometheus_client|routewise_gateway::metrics"),
- ("upstream client (reqwest + hyper client + its connection)", r"reqwest::|hyper_util::client|dispatch::Client|role::Client|hyper::client"),
+ ("upstream client (hyper client + its connection; reqwest before issue 18)", r"reqwest::|hyper_util::client|dispatch::Client|role::Client|hyper::client"),
  ("tracing spans", r"tracing::span|tracing_core::|sharded_slab|tracing_subscriber::registry"),
  ("response headers / axum", r"axum::|routewise_gateway::http::|with_headers"),
  ("server connection (hyper server, TrackedIo, watchdog)", r"routewise_gateway::server::|hyper::proto::h1|hyper::server"),
