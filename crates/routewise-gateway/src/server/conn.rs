@@ -85,7 +85,11 @@ pub struct Activity {
     responses_owed: AtomicU32,
     /// Since when a response write has made no progress (0: writes are flowing).
     write_blocked_ms: AtomicU64,
-    /// Wakes the watchdog when a deadline moves earlier (a head starts).
+    /// Whether the server drains (a finished request then makes the deadline earlier).
+    draining: AtomicBool,
+    /// Wakes the watchdog when a deadline moves earlier: a head starts, a write stalls,
+    /// or a request finishes while the server drains. (Otherwise the watchdog's timer,
+    /// armed for a later or equal deadline, wakes it: no wake-up per request.)
     pub changed: Notify,
 }
 
@@ -100,6 +104,7 @@ impl Activity {
             protocol_error: AtomicU16::new(0),
             responses_owed: AtomicU32::new(0),
             write_blocked_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -133,7 +138,14 @@ impl Activity {
     pub fn request_finished(&self, now_ms: u64) {
         self.idle_since_ms.store(now_ms.max(1), Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_one();
+        if self.draining.load(Ordering::Acquire) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The server started draining: from now on a finished request wakes the watchdog.
+    pub fn drain_started(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Whether a request head is arriving, no request is being served and no response
@@ -499,5 +511,23 @@ mod tests {
         let r = tokio::time::timeout(Duration::from_millis(50), io.write_all(&big)).await;
         assert!(r.is_err(), "the write must stall");
         assert_eq!(a.deadline(T), Some((65_000, Cut::WriteStall)));
+    }
+
+    #[tokio::test]
+    async fn a_finished_request_wakes_the_watchdog_only_while_draining() {
+        let ready = |a: &Activity| {
+            let n = a.changed.notified();
+            futures_util::FutureExt::now_or_never(n).is_some()
+        };
+        let a = Activity::new(0);
+        a.request_started();
+        a.request_finished(10);
+        // the deadline moved later: the watchdog's timer suffices, no wake-up per request
+        assert!(!ready(&a));
+        a.drain_started();
+        a.request_started();
+        a.request_finished(20);
+        // draining: the deadline moves earlier (the drain's), so the watchdog must look now
+        assert!(ready(&a));
     }
 }

@@ -170,6 +170,7 @@ async fn serve_connection(
     tokio::pin!(conn);
     let mut drain_at = drain.borrow().then(clock_ms);
     if drain_at.is_some() {
+        activity.drain_started();
         conn.as_mut().graceful_shutdown();
     }
     // While draining, a connection serving nothing (idle, or part-way through a head that
@@ -201,6 +202,7 @@ async fn serve_connection(
             _ = activity.changed.notified() => {}
             r = drain.changed(), if drain_at.is_none() => {
                 drain_at = Some(clock_ms());
+                activity.drain_started();
                 if r.is_ok() {
                     conn.as_mut().graceful_shutdown();
                 }
