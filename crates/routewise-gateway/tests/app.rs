@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -135,30 +132,9 @@ async fn oneshot_endpoints_answer_without_a_socket() {
     assert_eq!(v["error"]["param"], "messages");
 }
 
-/// A writer capturing log output for one test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn api_keys_never_appear_in_responses_or_logs_and_decisions_are_logged() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = common::capture_logs(tracing::Level::TRACE);
 
     let mock = MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
@@ -213,7 +189,7 @@ async fn api_keys_never_appear_in_responses_or_logs_and_decisions_are_logged() {
         .state
         .decision_log
         .flush(std::time::Duration::from_secs(5)));
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(!bodies.contains(common::SECRET), "key leaked in a response");
     assert!(!logs.contains(common::SECRET), "key leaked in logs");
     // one decision line per routed request, with predictions, attempts and cost

@@ -4,35 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A writer capturing log output for one test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Serves `n` routed requests through a gateway with `log` settings; answers the decision
 /// lines written and the `routewise_decision_log_dropped_total` value.
 async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, u64) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
     let mock = routewise_testkit::MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(&mock.base_url(), log)).await;
     let c = common::client();
@@ -70,7 +47,7 @@ async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, 
         .find_map(|l| l.strip_prefix("routewise_decision_log_dropped_total "))
         .map(|v| v.trim().parse::<u64>().unwrap())
         .expect("the dropped counter is exported");
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     let lines = logs
         .lines()
         .filter(|l| l.contains("routewise::decision"))

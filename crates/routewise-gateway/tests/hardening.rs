@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     abc_yaml, assert_openai_error, chat_body, client, config, get, header, mock_gateway, post,
-    post_stream, read_sse, SECRET,
+    post_stream, read_sse, send_json, SECRET,
 };
 use routewise_gateway::AppState;
 use routewise_testkit::{Fault, MockUpstream, MOCK_RETRY_AFTER};
@@ -258,12 +258,7 @@ async fn regression_an_upstream_error_body_is_rebuilt_without_the_key() {
     let (_mock, gw) = mock_gateway(&[("up-a", Fault::Status(400))], "").await;
     let mut body = chat_body("hello");
     body["model"] = json!("a");
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(&gw.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert!(!text.contains(SECRET), "the key leaked: {text}");
@@ -303,12 +298,7 @@ async fn regression_a_direct_429_reaches_the_client_with_retry_after() {
     let (_mock, gw) = mock_gateway(&[("up-a", Fault::Status(429))], "").await;
     let mut body = chat_body("hello");
     body["model"] = json!("a");
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_json(&gw.url("/v1/chat/completions"), &body).await;
     assert_eq!(r.status(), 429);
     assert_eq!(header(r.headers(), "retry-after"), MOCK_RETRY_AFTER);
     assert_eq!(header(r.headers(), "x-ratelimit-remaining-requests"), "0");

@@ -113,6 +113,11 @@ pub fn chat_body(content: &str) -> serde_json::Value {
     serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": content}]})
 }
 
+/// POSTs `body` as JSON; returns the raw response.
+pub async fn send_json(url: &str, body: &serde_json::Value) -> reqwest::Response {
+    client().post(url).json(body).send().await.unwrap()
+}
+
 /// POSTs `body` as JSON; returns the status, the headers and the JSON response.
 pub async fn post(
     url: &str,
@@ -179,4 +184,37 @@ pub async fn mock_gateway(
     }
     let gw = start(&abc_yaml(&mock.base_url(), extra)).await;
     (mock, gw)
+}
+
+/// A writer capturing log output for one test ([`capture_logs`]).
+#[derive(Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Captures this thread's log output (plain text, up to `level`) while the guard lives.
+pub fn capture_logs(level: tracing::Level) -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (capture, tracing::subscriber::set_default(subscriber))
 }
