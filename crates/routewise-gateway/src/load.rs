@@ -20,8 +20,6 @@ pub enum LoadError {
     /// The embedded demo data failed to load (a build defect).
     #[error("embedded demo data: {0}")]
     Demo(String),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
     #[error("cannot start the decision log writer: {0}")]
     DecisionLog(std::io::Error),
 }
@@ -30,7 +28,6 @@ impl From<StateError> for LoadError {
     fn from(e: StateError) -> Self {
         match e {
             StateError::Config(c) => LoadError::Config(c),
-            StateError::Client(m) => LoadError::Client(m),
             StateError::DecisionLog(e) => LoadError::DecisionLog(e),
         }
     }

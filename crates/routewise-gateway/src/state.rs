@@ -1,6 +1,6 @@
 //! The gateway's shared state: the validated config, the deciding router (one
 //! `Arc<dyn Decide>`: the offline [`Engine`], or the online bandit router wrapping it when
-//! `bandit:` is configured), the typed model table, the pooled HTTP client, the metrics,
+//! `bandit:` is configured), the typed model table (its providers share one pooled HTTP client), the metrics,
 //! and the online learner's store once attached.
 //!
 //! Built once at start-up by [`AppState::new`]: the configured models are reconciled with
@@ -37,7 +37,6 @@ pub struct Gateway {
     pub engine: Arc<Engine>,
     /// The served models, indexed like the decider's catalog.
     pub upstreams: ModelTable,
-    pub client: HttpClient,
     pub metrics: Metrics,
     /// The decision log's queue and writer.
     pub decision_log: DecisionLog,
@@ -78,8 +77,6 @@ impl std::ops::Deref for AppState {
 pub enum StateError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
     #[error("cannot start the decision log writer: {0}")]
     DecisionLog(#[from] std::io::Error),
 }
@@ -147,7 +144,6 @@ impl AppState {
             decider,
             engine,
             upstreams,
-            client,
             metrics,
             decision_log,
             online_router,

@@ -12,17 +12,11 @@ async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, 
     let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
     let mock = routewise_testkit::MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(&mock.base_url(), log)).await;
-    let c = common::client();
+    let url = gw.url("/v1/chat/completions");
     let send = |i: usize| {
-        let c = c.clone();
-        let url = gw.url("/v1/chat/completions");
+        let url = url.clone();
         async move {
-            let r = c
-                .post(url)
-                .json(&common::chat_body(&format!("question {i}")))
-                .send()
-                .await
-                .unwrap();
+            let r = common::send_json(&url, &common::chat_body(&format!("question {i}"))).await;
             assert_eq!(r.status(), 200);
         }
     };
@@ -34,14 +28,7 @@ async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, 
         }
     }
     assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
-    let metrics = c
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get(&gw.url("/metrics")).await.1;
     let dropped = metrics
         .lines()
         .find_map(|l| l.strip_prefix("routewise_decision_log_dropped_total "))
