@@ -5,7 +5,7 @@
 # stime from /proc/PID/stat), CPU per request and the latency percentiles.
 #
 #   bash bench/cpu_per_request.sh target/release/routewise            # ROUTEWISE_LOG=info
-#   LOG=warn RATE=2000 DUR=8 THREADS=1 bash bench/cpu_per_request.sh /tmp/other-build
+#   LOG=warn RATE=2000 DUR=8 THREADS=1 RUNTIME=thread-per-core bash bench/cpu_per_request.sh /tmp/other-build
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
@@ -23,13 +23,13 @@ mock_port="$(free_port)"; gw_port="$(free_port)"
   echo "models:"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"
-target/release/routewise-mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-ROUTEWISE_LOG="$level" "$bin" serve ${THREADS:+--threads "$THREADS"} --config "$work/gw.yaml" 2> "$work/gw.log" & gw_pid=$!; pids+=($gw_pid)
+target/release/routewise-mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & mock_pid=$!; pids+=($mock_pid)
+ROUTEWISE_LOG="$level" "$bin" serve ${THREADS:+--threads "$THREADS"} ${RUNTIME:+--runtime "$RUNTIME"} --config "$work/gw.yaml" 2> "$work/gw.log" & gw_pid=$!; pids+=($gw_pid)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 printf '%s' '{"model":"auto","messages":[{"role":"user","content":"Write a Python function that checks whether a number is prime, with a docstring."}],"max_tokens":64}' > "$work/body.json"
 url="http://127.0.0.1:$gw_port/v1/chat/completions"
 oha -z 3s -c 16 -q "$rate" -m POST -T application/json -D "$work/body.json" --no-tui "$url" > /dev/null   # warm-up
-t0="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"
+t0="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m0="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"
 perf_pid=""
 if [ "${PERF:-0}" = 1 ]; then
   perf record -F 2999 -g --call-graph dwarf,16384 -p "$gw_pid" -o "${PERF_OUT:-perf.data}" -- sleep "$dur" > /dev/null 2>&1 &
@@ -37,13 +37,14 @@ if [ "${PERF:-0}" = 1 ]; then
 fi
 oha -z "${dur}s" -c 16 -q "$rate" --latency-correction -m POST -T application/json -D "$work/body.json" \
     --no-tui --output-format json "$url" > "$work/oha.json"
-t1="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"
+t1="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m1="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"
 [ -z "$perf_pid" ] || wait "$perf_pid" || true
-python3 - "$work/oha.json" "$t0" "$t1" <<'PY'
+python3 - "$work/oha.json" "$t0" "$t1" "$m0" "$m1" <<'PY'
 import json, os, sys
 d = json.load(open(sys.argv[1]))
 n = sum((d.get("statusCodeDistribution") or {}).values())
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
 p = d["latencyPercentiles"]
-print(f"requests {n}, cpu {cpu:.2f} s, cpu/request {cpu / n * 1e6:.1f} us, p50 {p['p50'] * 1e3:.3f} ms, p99 {p['p99'] * 1e3:.3f} ms")
+mock = (int(sys.argv[5]) - int(sys.argv[4])) / os.sysconf("SC_CLK_TCK")
+print(f"requests {n}, cpu {cpu:.2f} s, cpu/request {cpu / n * 1e6:.1f} us (the mock behind it: {mock / n * 1e6:.1f} us), p50 {p['p50'] * 1e3:.3f} ms, p99 {p['p99'] * 1e3:.3f} ms")
 PY

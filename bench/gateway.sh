@@ -4,6 +4,7 @@
 #
 #   bash bench/gateway.sh            # DUR=10 seconds per run
 #   DUR=20 GW_THREADS=1 RATE=2000 bash bench/gateway.sh
+#   GW_RUNTIME=thread-per-core bash bench/gateway.sh   # `serve --runtime thread-per-core`
 #   BENCH_LOG=warn bash bench/gateway.sh   # the headline gateway at another log level
 #   BENCH_LITELLM=1 bash bench/gateway.sh   # also LiteLLM's proxy (pip install 'litellm[proxy]')
 #   RW_BIN=/path/to/other/routewise bash bench/gateway.sh   # another build (before/after comparisons)
@@ -82,8 +83,8 @@ wrk.body = '$body'
 LUA
 
 "$bin/routewise-mock" --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-ROUTEWISE_LOG="$log_level" "$rw_bin" serve ${GW_THREADS:+--threads "$GW_THREADS"} --config "$work/gateway-$gw_port.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
-ROUTEWISE_LOG=warn "$rw_bin" serve ${GW_THREADS:+--threads "$GW_THREADS"} --config "$work/gateway-$warn_port.yaml" > "$work/gw-warn.log" 2>&1 & warn_pid=$!; pids+=($warn_pid)
+ROUTEWISE_LOG="$log_level" "$rw_bin" serve ${GW_THREADS:+--threads "$GW_THREADS"} ${GW_RUNTIME:+--runtime "$GW_RUNTIME"} --config "$work/gateway-$gw_port.yaml" > "$work/gw.log" 2>&1 & gw_pid=$!; pids+=($gw_pid)
+ROUTEWISE_LOG=warn "$rw_bin" serve ${GW_THREADS:+--threads "$GW_THREADS"} ${GW_RUNTIME:+--runtime "$GW_RUNTIME"} --config "$work/gateway-$warn_port.yaml" > "$work/gw-warn.log" 2>&1 & warn_pid=$!; pids+=($warn_pid)
 for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$warn_port/healthz" >/dev/null 2>&1 \
     && curl -sf "http://127.0.0.1:$mock_port/healthz" >/dev/null 2>&1 && break

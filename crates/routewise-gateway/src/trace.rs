@@ -14,8 +14,6 @@
 //! cargo feature the span ids are those of the exported spans ([`crate::otel`]).
 //! Spec: <https://www.w3.org/TR/trace-context/>.
 
-use std::fmt::Write as _;
-
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The request id header (client -> routewise -> upstream, echoed back).
@@ -81,12 +79,13 @@ impl TraceContext {
 
     /// `traceparent` naming `span` as the parent.
     pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
-        let v = format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&span),
-            self.flags
-        );
+        let mut v = String::with_capacity(55);
+        v.push_str("00-");
+        push_hex(&mut v, &self.trace_id);
+        v.push('-');
+        push_hex(&mut v, &span);
+        v.push('-');
+        push_hex(&mut v, &[self.flags]);
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
@@ -129,13 +128,19 @@ where
     }
 }
 
-/// Lower-case hex.
+/// Lower-case hex (a table lookup per nibble: this runs several times per request).
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -211,6 +216,13 @@ mod tests {
             parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn hex_matches_the_formatter_for_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), want);
     }
 
     #[test]

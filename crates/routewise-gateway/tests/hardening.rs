@@ -12,6 +12,7 @@ use common::{
     abc_yaml, assert_openai_error, chat_body, client, config, get, header, mock_gateway, post,
     post_stream, read_sse, send_json, SECRET,
 };
+use routewise_gateway::server::Threads;
 use routewise_gateway::AppState;
 use routewise_testkit::{Fault, MockUpstream, MOCK_RETRY_AFTER};
 use serde_json::{json, Value};
@@ -437,18 +438,103 @@ async fn stoppable(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Instant>,
 ) {
+    stoppable_on(yaml, Threads::Caller).await
+}
+
+/// [`stoppable`], serving its connections where `threads` says.
+async fn stoppable_on(
+    yaml: &str,
+    threads: Threads,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Instant>,
+) {
     let state = AppState::new(config(yaml), common::abc(), None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = routewise_gateway::serve(listener, state, async {
-            let _ = rx.await;
-        })
+        let served = routewise_gateway::server::serve_on(
+            listener,
+            state,
+            async {
+                let _ = rx.await;
+            },
+            threads,
+        )
         .await;
+        assert!(served.is_ok(), "{served:?}");
         Instant::now()
     });
     (addr, tx, task)
+}
+
+#[tokio::test]
+async fn thread_per_core_answers_every_connection_and_drains_the_one_in_flight() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_fault("up-b", Some(Fault::Delay(Duration::from_millis(300))));
+    let yaml = abc_yaml(&mock.base_url(), "limits: {shutdown_grace_ms: 5000}");
+    let (addr, stop, done) = stoppable_on(&yaml, Threads::Shards(3)).await;
+    let url = format!("http://{addr}/v1/chat/completions");
+    // One client per connection: the connections go round-robin over the three threads,
+    // and each thread opens its own upstream connections.
+    for round in 0..2 {
+        for i in 0..6 {
+            let c = client();
+            let resp = c
+                .post(&url)
+                .json(&chat_body(&format!("round {round} connection {i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["object"], "chat.completion", "{v}");
+        }
+    }
+    let mut slow = chat_body("finish me");
+    slow["model"] = "b".into();
+    let pending = tokio::spawn({
+        let url = url.clone();
+        async move { post(&url, &slow).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    assert_eq!(pending.await.unwrap(), 200);
+    tokio::time::timeout(Duration::from_secs(3), done)
+        .await
+        .expect("drained")
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener must be closed after the drain"
+    );
+}
+
+#[tokio::test]
+async fn thread_per_core_ends_a_long_stream_at_the_grace_deadline() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_fault("up-a", Some(Fault::SlowStream(Duration::from_millis(100))));
+    let yaml = abc_yaml(&mock.base_url(), "limits: {shutdown_grace_ms: 400}");
+    let (addr, stop, done) = stoppable_on(&yaml, Threads::Shards(2)).await;
+    let resp = post_stream(
+        &format!("http://{addr}/v1/chat/completions"),
+        chat_body("a long story"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let asked = Instant::now();
+    stop.send(()).unwrap();
+    let sse = read_sse(resp).await;
+    assert!(sse.contains("the gateway is shutting down"), "{sse}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("shutdown must end")
+        .unwrap();
+    let took = ended - asked;
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
 }
 
 #[tokio::test]

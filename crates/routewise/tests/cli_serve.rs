@@ -22,6 +22,11 @@ fn free_port() -> u16 {
 
 /// `routewise serve` (the demo) on `port`, with `env`; stderr lines arrive on the channel.
 fn serve(port: u16, env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
+    serve_with(port, &[], env)
+}
+
+/// [`serve`] with more arguments.
+fn serve_with(port: u16, args: &[&str], env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_routewise"));
     cmd.args([
         "serve",
@@ -30,6 +35,7 @@ fn serve(port: u16, env: &[(&str, &str)]) -> (Child, mpsc::Receiver<String>) {
         "--threads",
         "2",
     ])
+    .args(args)
     .env("ROUTEWISE_LOG", "info")
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
@@ -124,6 +130,26 @@ fn regression_sighup_is_logged_and_ignored_and_sigterm_stops_within_the_grace() 
     half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
+    signal(&child, "TERM");
+    let (status, took) =
+        wait_exit(&mut child, Duration::from_secs(10)).expect("SIGTERM must end the process");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_millis(3000), "{took:?}");
+}
+
+#[test]
+fn thread_per_core_serves_and_stops_on_sigterm() {
+    let port = free_port();
+    let (mut child, rx) = serve_with(
+        port,
+        &["--runtime", "thread-per-core"],
+        &[("ROUTEWISE_LIMITS__SHUTDOWN_GRACE_MS", "1000")],
+    );
+    assert!(wait_for(&rx, "listening", Duration::from_secs(60)).is_some());
+    // Connections go round-robin over the two connection threads.
+    for _ in 0..4 {
+        assert!(healthy(port));
+    }
     signal(&child, "TERM");
     let (status, took) =
         wait_exit(&mut child, Duration::from_secs(10)).expect("SIGTERM must end the process");

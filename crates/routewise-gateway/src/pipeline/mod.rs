@@ -61,7 +61,11 @@ pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-routewise-att
 
 /// A fresh decision id (UUIDv7: time-ordered, unique).
 pub fn new_decision_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .simple()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// Decrements the in-flight gauge when the request ends, however it ends.
@@ -280,4 +284,26 @@ pub fn decide_only(
         "fallback_order": routed.candidates.iter().map(|&u| gw.upstreams.get(u).name.as_str()).collect::<Vec<_>>(),
         "models": models,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_ids_are_uuid_v7_in_simple_lower_hex_and_unique() {
+        let ids: Vec<String> = (0..1000).map(|_| new_decision_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 7, "{id}");
+        }
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+    }
 }

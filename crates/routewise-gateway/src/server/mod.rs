@@ -27,12 +27,12 @@ use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::http::body::hold_until_body_ends;
 use crate::http::extract::PeerAddr;
-use crate::limits::Counter;
+use crate::limits::{Counter, Permit};
 use crate::state::{AppState, ShutdownPhase};
 
 use self::conn::{Activity, Cut, Timeouts, TrackedIo};
@@ -43,24 +43,71 @@ fn clock_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// Where connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// As tasks on the caller's runtime (tests, embedding).
+    #[default]
+    Caller,
+    /// Spread round-robin over `n` threads, each running its own single-threaded runtime
+    /// with its own upstream connection pool: a request never leaves the thread its
+    /// connection was given to, so it pays no cross-thread wake-ups. More requests per
+    /// second at saturation, a higher tail when the threads' loads differ (no work
+    /// stealing; BENCHMARKS.md, section 5).
+    Shards(usize),
+}
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains connections
-/// (see the module docs). With `bandit:` configured, the online router's state is attached
-/// first ([`AppState::attach_online`]); a failure there is returned as an error naming the
-/// config file and field.
+/// (see the module docs), with every connection on the caller's runtime.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_on(listener, state, shutdown, Threads::Caller).await
+}
+
+/// [`serve`], with the connections served where `threads` says. With `bandit:`
+/// configured, the online router's state is attached first ([`AppState::attach_online`]);
+/// a failure there is returned as an error naming the config file and field.
+pub async fn serve_on(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    threads: Threads,
 ) -> std::io::Result<()> {
     state
         .attach_online()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let limits = state.config.limits.clone();
-    let app = crate::http::app(state.clone());
-    let connections = Arc::new(Counter::default());
     let (drain_tx, drain_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let shard = Shard {
+        state: state.clone(),
+        app: crate::http::app(state.clone()),
+        timeouts: Timeouts {
+            header: Duration::from_millis(limits.header_timeout_ms),
+            idle: Duration::from_millis(limits.idle_timeout_ms),
+        },
+        drain: drain_rx,
+    };
+    // Every shard holds a clone of `alive` until it has closed its last connection.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let inboxes = match threads {
+        Threads::Caller => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                shard.run(rx).await;
+                drop(alive);
+            });
+            vec![tx]
+        }
+        Threads::Shards(n) => start_shards(&shard, n.max(1), &alive)?,
+    };
+    drop(alive);
+    let connections = Arc::new(Counter::default());
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -91,12 +138,131 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let timeouts = Timeouts {
-            header: Duration::from_millis(limits.header_timeout_ms),
-            idle: Duration::from_millis(limits.idle_timeout_ms),
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand an accepted connection over");
+                continue;
+            }
         };
-        let state = state.clone();
-        let (app, drain) = (app.clone(), drain_rx.clone());
+        next = (next + 1) % inboxes.len();
+        if inboxes[next]
+            .send(Accepted {
+                stream,
+                peer,
+                permit,
+            })
+            .is_err()
+        {
+            // The shard is gone (its thread panicked): serve on without it.
+            tracing::error!(shard = next, "a connection thread has stopped");
+        }
+    }
+    drop(listener);
+    drop(inboxes);
+    tracing::info!(connections = connections.current(), "draining");
+    let _ = drain_tx.send(true);
+    state.shutdown.send_replace(ShutdownPhase::Draining);
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, all_closed.recv()).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            connections = connections.current(),
+            grace_ms = limits.shutdown_grace_ms,
+            "shutdown grace period over: ending streams and closing connections"
+        );
+        // Each shard lets its streams write their error event, then closes what remains.
+        state.shutdown.send_replace(ShutdownPhase::Aborting);
+        let _ = all_closed.recv().await;
+    }
+    Ok(())
+}
+
+/// An accepted connection on its way to the thread that serves it.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+}
+
+/// What a thread (or the caller's runtime) needs to serve connections.
+#[derive(Clone)]
+struct Shard {
+    state: AppState,
+    app: Router,
+    timeouts: Timeouts,
+    drain: watch::Receiver<bool>,
+}
+
+/// Starts `n` connection threads, each holding a clone of `alive` until it ends;
+/// answers their inboxes.
+fn start_shards(
+    shard: &Shard,
+    n: usize,
+    alive: &mpsc::Sender<()>,
+) -> std::io::Result<Vec<mpsc::UnboundedSender<Accepted>>> {
+    let mut inboxes = Vec::with_capacity(n);
+    for i in 0..n {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shard, alive) = (shard.clone(), alive.clone());
+        std::thread::Builder::new()
+            .name(format!("routewise-conn-{i}"))
+            .spawn(move || {
+                crate::upstream::client::enter_shard(i + 1);
+                rt.block_on(shard.run(rx));
+                drop(alive);
+            })?;
+        inboxes.push(tx);
+    }
+    Ok(inboxes)
+}
+
+impl Shard {
+    /// Serves the connections sent to `inbox` until it closes (shutdown), then drains
+    /// them: they finish, or, once the phase is [`ShutdownPhase::Aborting`], get 200 ms
+    /// to write their error events and are closed.
+    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Accepted>) {
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                conn = inbox.recv() => match conn {
+                    Some(c) => self.spawn(&mut tasks, c),
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let mut phase = self.state.shutdown.subscribe();
+        tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => return,
+            _ = phase.wait_for(|p| *p == ShutdownPhase::Aborting) => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn spawn(&self, tasks: &mut JoinSet<()>, conn: Accepted) {
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = conn;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register an accepted connection");
+                return;
+            }
+        };
+        let state = self.state.clone();
+        let (app, drain, timeouts) = (self.app.clone(), self.drain.clone(), self.timeouts);
         tasks.spawn(async move {
             let activity = Arc::new(Activity::new(clock_ms()));
             let cut =
@@ -111,32 +277,7 @@ pub async fn serve(
                 tracing::debug!(%peer, status, "unparsable request head answered");
             }
         });
-        while tasks.try_join_next().is_some() {}
     }
-    drop(listener);
-    tracing::info!(connections = connections.current(), "draining");
-    let _ = drain_tx.send(true);
-    state.shutdown.send_replace(ShutdownPhase::Draining);
-    let grace = Duration::from_millis(limits.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_ok();
-    if !drained {
-        tracing::warn!(
-            connections = connections.current(),
-            grace_ms = limits.shutdown_grace_ms,
-            "shutdown grace period over: ending streams and closing connections"
-        );
-        state.shutdown.send_replace(ShutdownPhase::Aborting);
-        // Let the streams write their error event, then close what remains.
-        let _ = tokio::time::timeout(Duration::from_millis(200), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-    Ok(())
 }
 
 /// Serves one connection until it ends, its deadline passes, or the drain finishes it;

@@ -8,7 +8,14 @@
 //! own header map on every request: about 10% of the gateway's CPU per request in the
 //! profile of BENCHMARKS.md (section 5, run I). The endpoint here is parsed once, at
 //! configuration ([`Endpoint`]).
+//!
+//! One pool per connection thread ([`crate::server::Threads::Shards`]): a pooled
+//! connection is driven by a task of the runtime that opened it, so a request reusing a
+//! connection of another thread's pool would wake that thread twice. Each thread marks
+//! itself with [`enter_shard`] and uses its own pool; every other thread shares pool 0.
 
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, Request, Uri};
@@ -39,30 +46,40 @@ impl Endpoint {
     }
 }
 
-/// The shared upstream client (cheap to clone: one pool).
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as connection thread `shard` (1-based; 0: not one), whose
+/// upstream requests use pool `shard` (modulo the number of pools).
+pub fn enter_shard(shard: usize) {
+    SHARD.with(|s| s.set(shard));
+}
+
+/// The shared upstream client (cheap to clone): one keep-alive pool per connection
+/// thread, each built on first use.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pools: Arc<[OnceLock<Pool>]>,
+    connect_timeout: Duration,
 }
 
 impl HttpClient {
     /// A client whose connections are established within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> HttpClient {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        HttpClient { inner }
+        // One pool per core plus the shared one: enough for one connection thread per core.
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        HttpClient {
+            pools: (0..n).map(|_| OnceLock::new()).collect(),
+            connect_timeout,
+        }
+    }
+
+    fn pool(&self) -> &Pool {
+        let i = SHARD.with(Cell::get) % self.pools.len();
+        self.pools[i].get_or_init(|| build_pool(self.connect_timeout))
     }
 
     /// POSTs `body` (JSON) to `endpoint` with `headers`; answers when the response
@@ -84,8 +101,25 @@ impl HttpClient {
         for (name, value) in headers {
             h.insert(name.clone(), value.clone());
         }
-        self.inner.request(req).await
+        self.pool().request(req).await
     }
+}
+
+fn build_pool(connect_timeout: Duration) -> Pool {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https)
 }
 
 /// Describes a transport or body error with its causes (never the URL): `what` names the
