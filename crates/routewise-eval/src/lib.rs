@@ -10,6 +10,9 @@
 //! * [`pairwise`]: RouteLLM's strong/weak metrics (PGR curve, APGR, CPT).
 //! * [`singles`]: the single models compared on common prompts, and the best one.
 //! * [`bootstrap`]: standard errors of AIQs, and which differences are within noise.
+//! * [`calibrate`]: a cascade's threshold with a risk guarantee (Learn then Test).
+//! * [`cascade`]: cascades (confidence chain, agreement tier) simulated on recorded
+//!   answers: cross-fitted acceptor, tier choice on train, frontier on test.
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
 //! * [`report`]: `routewise eval` as a function ([`evaluate`]): fit, predict, sweep,
 //!   summarise; the table and the plot series.
@@ -21,6 +24,8 @@
 //! strings; the CLI reads and writes files and draws progress ([`Progress`]).
 
 pub mod bootstrap;
+pub mod calibrate;
+pub mod cascade;
 pub mod metrics;
 pub mod online;
 pub mod online_plot;

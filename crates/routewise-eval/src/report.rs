@@ -25,6 +25,7 @@ use routewise_features::{AnyFeaturizer, Featurizer, FeaturizerKind};
 use routewise_router::{AnyRouter, Catalog, Policy, Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
+use crate::cascade::CascadeRow;
 use crate::metrics::router_metrics;
 use crate::pairwise::pairwise_metrics;
 use crate::plot::PlotInput;
@@ -57,6 +58,9 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Bootstrap resamples (0: off).
     pub bootstrap: usize,
+    /// Also evaluate the cascade families ([`crate::cascade`]) on this router's
+    /// predictions (`None`: no cascades).
+    pub cascades: Option<RouterKind>,
 }
 
 /// The routers to evaluate: `kinds` in order without duplicates, then the baselines.
@@ -161,6 +165,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<Pair>,
     pub routers: Vec<RouterRow>,
+    /// The cascade families (`eval --cascades`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cascades: Option<Vec<CascadeRow>>,
     /// What the reader should know before trusting the figures (data warnings, partial
     /// coverage of the most accurate model, equal prices, ...).
     pub warnings: Vec<String>,
@@ -447,6 +454,28 @@ pub fn evaluate(
         progress.finish();
     }
 
+    let cascades = match opts.cascades {
+        None => None,
+        Some(kind) => {
+            progress.start(&format!("cascades on {kind}"), None);
+            let rows = crate::cascade::evaluate_cascades(
+                &prepared,
+                &train,
+                &test,
+                &test_feats,
+                &pred_costs,
+                kind,
+                &cfg,
+                &lambdas,
+                best_point,
+                (c_min, c_max),
+                &ds.models,
+            )?;
+            progress.finish();
+            Some(rows)
+        }
+    };
+
     let single_points: Vec<(f64, f64)> = singles
         .comparable()
         .map(|s| (s.point.cost, s.point.quality))
@@ -475,6 +504,7 @@ pub fn evaluate(
             weak: ds.models[w].clone(),
         }),
         routers,
+        cascades,
         warnings,
     })
 }
@@ -620,6 +650,9 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         "{:<rw$} {:>7} {:>7}  {:>8.4} {:>12.6}",
         "oracle", "-", "", r.oracle.quality, r.oracle.cost
     )?;
+    if let Some(cascades) = &r.cascades {
+        write_cascades(out, cascades)?;
+    }
     if !r.quality_only {
         writeln!(
             out,
@@ -659,6 +692,37 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The cascade rows of the table.
+fn write_cascades(out: &mut impl Write, rows: &[CascadeRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "\n{:<18} {:>7} {:>8} {:>10} {:>11} {:>11} {:>9} {:>6}  tier",
+        "cascade", "AIQ", "max_q", "q@best_c", "cost_ratio", "ratio@95%", "train_AIQ", "plain"
+    )?;
+    for c in rows {
+        writeln!(
+            out,
+            "{:<18} {:>7.4} {:>8.4} {:>10.4} {:>11} {:>11} {:>9.4} {:>6}  {} (router: {})",
+            c.name,
+            c.aiq,
+            c.max_quality,
+            c.quality_at_best_single_cost,
+            opt(c.cost_ratio_at_best_single_quality, 3),
+            opt(c.cost_ratio_at_95pct, 3),
+            c.train_aiq,
+            c.prompts_without_answers,
+            c.tier.join(" -> "),
+            c.router
+        )?;
+    }
+    writeln!(
+        out,
+        "Cascades: tier chosen on train (cross-fitted predictions), thresholds and lambda swept on \
+         test; ratio@95% = cost ratio at 95% of the best single model's quality; plain = test \
+         prompts without recorded answers, routed plainly."
+    )
+}
+
 /// The plot's series from a report.
 pub fn plot_input(r: &Report) -> PlotInput {
     PlotInput {
@@ -675,6 +739,12 @@ pub fn plot_input(r: &Report) -> PlotInput {
                     x.curve.iter().map(|p| (p.cost, p.quality)).collect(),
                 )
             })
+            .chain(r.cascades.iter().flatten().map(|c| {
+                (
+                    c.name.clone(),
+                    c.curve.iter().map(|p| (p[0], p[1])).collect(),
+                )
+            }))
             .collect(),
         singles: r
             .models

@@ -58,6 +58,29 @@ impl TrainSet {
     pub fn len(&self) -> usize {
         self.input_tokens.len()
     }
+
+    /// The rows `rows` of this set, in that order (cross-fitting: fit on some folds,
+    /// predict the others).
+    pub fn subset(&self, rows: &[usize]) -> TrainSet {
+        let (d, nm) = (self.dim, self.n_models);
+        let mut out = TrainSet {
+            features: Vec::with_capacity(rows.len() * d),
+            dim: d,
+            scores: Vec::with_capacity(rows.len() * nm),
+            costs: Vec::with_capacity(rows.len() * nm),
+            input_tokens: Vec::with_capacity(rows.len()),
+            n_models: nm,
+        };
+        for &i in rows {
+            out.features.extend_from_slice(self.row(i));
+            out.scores
+                .extend_from_slice(&self.scores[i * nm..(i + 1) * nm]);
+            out.costs
+                .extend_from_slice(&self.costs[i * nm..(i + 1) * nm]);
+            out.input_tokens.push(self.input_tokens[i]);
+        }
+        out
+    }
     pub fn is_empty(&self) -> bool {
         self.input_tokens.is_empty()
     }

@@ -11,16 +11,21 @@
 //!   artifact) used by `train`, `eval`, the online replay and the demo.
 //! * [`artifact`]: the versioned, checksummed file a trained router is saved as.
 //! * [`baselines`]: best-single, cheapest and random reference routers.
+//! * [`extract`]: answer extractors (option letter, last number, JSON field, exact text).
+//! * [`cascade`]: cascades (confidence chain, agreement tier): the acceptor and the
+//!   next-step rule, for the lab and the gateway.
 //! * [`ensemble`]: the mean of several learned routers.
 //! * router implementations: see [`AnyRouter`]; [`fit_router`] trains any of them.
 
 pub mod artifact;
 pub mod baselines;
+pub mod cascade;
 pub mod catalog;
 mod dataset;
 pub mod decide;
 pub mod engine;
 pub mod ensemble;
+pub mod extract;
 pub mod knn;
 pub mod linear;
 pub mod mf;

@@ -285,7 +285,7 @@ fn solve_group(
 
 /// Lower-triangular Cholesky factor `L` of the symmetric positive definite `a` (its
 /// lower triangle is read), row-major `d * d`; `None` if `a` is not positive definite.
-fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+pub(crate) fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0f64; d * d];
     for i in 0..d {
         for j in 0..=i {
@@ -305,7 +305,7 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
 }
 
 /// Solves `L L^T x = b` given the Cholesky factor `l`.
-fn cholesky_solve(l: &[f64], d: usize, mut b: Vec<f64>) -> Vec<f64> {
+pub(crate) fn cholesky_solve(l: &[f64], d: usize, mut b: Vec<f64>) -> Vec<f64> {
     // Forward: L z = b.
     for i in 0..d {
         let s = dot(&l[i * d..i * d + i], &b[..i]);

@@ -60,6 +60,14 @@ pub struct Args {
     /// a JSON object in the `ROUTEWISE_BANDIT` environment variable.
     #[arg(long)]
     pub online: bool,
+    /// Also evaluate cascades (a confidence chain and an agreement tier of cheap models,
+    /// escalating to the router's choice), using the data's recorded answers; their tiers
+    /// are chosen on train.
+    #[arg(long)]
+    pub cascades: bool,
+    /// The router whose predictions feed the cascades' acceptor and escalation.
+    #[arg(long, default_value = "knn")]
+    pub cascade_router: String,
 }
 
 /// Runs `routewise eval`.
@@ -75,6 +83,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.online {
         return online(&args, &kinds, &ds);
     }
+    let cascades = if args.cascades {
+        let kind: RouterKind = args
+            .cascade_router
+            .parse()
+            .with_context(|| format!("--cascade-router `{}`", args.cascade_router))?;
+        Some(kind)
+    } else {
+        None
+    };
     let opts = EvalOptions {
         routers: kinds,
         featurizer: args.featurizer.0,
@@ -82,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         lambda: args.lambda,
         seed: args.seed,
         bootstrap: args.bootstrap,
+        cascades,
     };
     let report = routewise_eval::evaluate(&ds, &opts, &Bars::default())?;
     {
