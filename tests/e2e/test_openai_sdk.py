@@ -6,6 +6,8 @@ E2E_GATEWAY  a healthy gateway (every model answered by the mock, lambda 100); a
 E2E_FAULTY   a gateway whose upstreams fail: HTTP 500 everywhere except
              mistralai/mistral-7b-chat (answers) and claude-v1 (streams break after 2 chunks);
              claude-v2 and claude-instant-v1 fail through the Anthropic provider
+E2E_CASCADE  a gateway with `router.cascade`: mistral-7b and mixtral asked first, their
+             answers read as numbers, accepted when both agree
 E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
 """
 import json
@@ -19,6 +21,7 @@ import pytest
 
 GATEWAY = os.environ.get("E2E_GATEWAY")
 FAULTY = os.environ.get("E2E_FAULTY")
+CASCADE = os.environ.get("E2E_CASCADE")
 SECRET = "sk-e2e-upstream-secret-42"
 pytestmark = pytest.mark.skipif(not GATEWAY, reason="run through tests/e2e/run.sh")
 
@@ -49,6 +52,27 @@ def test_non_streaming_routes_and_reports_the_model():
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
     # the decision API agrees with what was served
     assert route(GATEWAY, {"messages": [{"role": "user", "content": PROMPT}]})["model"] == chosen
+
+
+def test_a_cascaded_request_is_answered_by_the_agreeing_tier():
+    # The mock's answer repeats the prompt's last words, so both tier models answer "42".
+    raw = client(CASCADE).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "What is six times seven? 42"}])
+    verdict = raw.headers["x-routewise-cascade"]
+    assert verdict.startswith("accepted@mistralai/"), verdict
+    assert raw.headers["x-routewise-cascade-calls"] == "2"
+    assert raw.parse().choices[0].message.content.endswith("42")
+    # Streaming: the accepted answer replayed as chunks.
+    stream = client(CASCADE).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "What is six times seven? 42"}],
+        stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.endswith("42")
+    # Different numbers: escalated to the router's choice.
+    raw = client(CASCADE).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Pick any number"}],
+        extra_body={"routewise": {"cascade": {"extractor": "exact"}}})
+    assert raw.headers["x-routewise-cascade"].startswith("escalated@"), raw.headers
 
 
 def test_streaming_yields_chunks_and_usage():

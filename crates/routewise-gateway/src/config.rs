@@ -11,6 +11,7 @@
 //! router:
 //!   artifact: router.rw          # optional; relative to this file; default: the embedded demo router
 //!   policy: {lambda: 0.5}        # or {budget_usd: 0.002}; default {lambda: 0}
+//!   cascade: {tier: [a, b], min_agree: 2, extractor: choice}   # optional (see below)
 //! models:
 //!   - name: gpt-4-1106-preview
 //!     provider: openai           # openai (any OpenAI-compatible upstream), anthropic, or replay (demo)
@@ -45,6 +46,12 @@
 //! override becomes the policy string `lambda=x`, parsed like every policy by
 //! `routewise_router::Policy`).
 //!
+//! `router.cascade` (absent = off) asks the `tier` models first, in parallel, for a request
+//! the router chooses for (`model: auto`), and returns their plurality answer when at least
+//! `min_agree` (default: all of them) gave it, read by `extractor` (`choice`, `number`,
+//! `exact` or `json:FIELD`; default `choice`); otherwise the request goes to the router's
+//! choice ([`crate::pipeline::cascade`]). Tier names must be configured models.
+//!
 //! Each section validates itself (the policy in `routewise_router::policy`, `bandit:` and
 //! `state:` in `routewise_online::config`, models here); this module collects the issues.
 //! The upstream URL and the auth header of each model are built here, once.
@@ -57,6 +64,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use axum::http::{HeaderName, HeaderValue};
+use routewise_router::extract::Extractor;
 
 use crate::limits::TrustedProxies;
 use routewise_online::{BanditConfig, ConfigIssue, StateConfig};
@@ -103,6 +111,19 @@ pub struct RouterConfig {
     pub artifact: Option<PathBuf>,
     /// Policy used when a request gives none.
     pub policy: Policy,
+    /// The agreement cascade in front of the router, if configured.
+    pub cascade: Option<CascadeConfig>,
+}
+
+/// `router.cascade`: ask the tier first, accept an answer enough of it agrees on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CascadeConfig {
+    /// Configured model names, called in parallel.
+    pub tier: Vec<String>,
+    /// How many tier answers must agree (1..=tier.len()).
+    pub min_agree: usize,
+    /// How an answer is read from a response's text.
+    pub extractor: Extractor,
 }
 
 /// An upstream API key. Its `Debug` and `Display` never show the value.
@@ -315,6 +336,18 @@ struct RawRouter {
     /// are all reported; here it is only an accepted key.
     #[serde(default, rename = "policy")]
     _policy: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    cascade: Option<RawCascade>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCascade {
+    tier: Vec<String>,
+    #[serde(default)]
+    min_agree: Option<usize>,
+    #[serde(default)]
+    extractor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -533,6 +566,7 @@ pub fn parse(
             Vec::new()
         }
     };
+    let cascade = router.cascade.and_then(|c| v.cascade(c, &models));
     if !v.issues.is_empty() {
         let mut issues = v.issues;
         blame_env(&mut issues, &set_by);
@@ -541,7 +575,11 @@ pub fn parse(
     Ok(Config {
         source: file.to_string(),
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        router: RouterConfig { artifact, policy },
+        router: RouterConfig {
+            artifact,
+            policy,
+            cascade,
+        },
         models,
         limits,
         cooldown,
@@ -567,6 +605,47 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `router.cascade`, checked against the configured `models`.
+    fn cascade(&mut self, raw: RawCascade, models: &[ModelConfig]) -> Option<CascadeConfig> {
+        let before = self.issues.len();
+        if raw.tier.is_empty() {
+            self.issue("router.cascade.tier", "must name at least one model");
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in raw.tier.iter().enumerate() {
+            let path = format!("router.cascade.tier[{i}]");
+            if !models.iter().any(|m| &m.name == name) {
+                self.issue(&path, format!("`{name}` is not a configured model"));
+            } else if !seen.insert(name) {
+                self.issue(&path, format!("`{name}` is listed twice"));
+            }
+        }
+        let min_agree = raw.min_agree.unwrap_or(raw.tier.len());
+        if raw.min_agree.is_some() && !(1..=raw.tier.len().max(1)).contains(&min_agree) {
+            self.issue(
+                "router.cascade.min_agree",
+                format!("must lie in 1..={} (the tier's size)", raw.tier.len()),
+            );
+        }
+        let extractor = match raw
+            .extractor
+            .as_deref()
+            .unwrap_or("choice")
+            .parse::<Extractor>()
+        {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.issue("router.cascade.extractor", e);
+                None
+            }
+        };
+        (self.issues.len() == before).then_some(CascadeConfig {
+            tier: raw.tier,
+            min_agree,
+            extractor: extractor?,
+        })
+    }
+
     fn issue(&mut self, path: &str, message: impl Into<String>) {
         self.issues.push(Issue {
             path: path.to_string(),

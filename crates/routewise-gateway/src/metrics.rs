@@ -40,6 +40,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabel {
     store: &'static str,
 }
@@ -83,6 +88,7 @@ pub struct Metrics {
     connections_cut: Family<ReasonLabel, Counter>,
     shed: Family<ReasonLabel, Counter>,
     protocol_errors: Family<StatusLabel, Counter>,
+    cascades: Family<VerdictLabel, Counter>,
 }
 
 impl Metrics {
@@ -192,6 +198,12 @@ impl Metrics {
             "Unparsable request heads answered (400 / 414 / 431) before reaching a handler",
             Family::<StatusLabel, Counter>::default(),
         );
+        let cascades = reg(
+            r,
+            "cascades",
+            "Cascaded requests by verdict (accepted: a tier answer / escalated)",
+            Family::<VerdictLabel, Counter>::default(),
+        );
         let models = models
             .iter()
             .map(|m| {
@@ -230,7 +242,13 @@ impl Metrics {
             connections_cut,
             shed,
             protocol_errors,
+            cascades,
         }
+    }
+
+    /// Counts a cascaded request by `verdict` (`accepted` / `escalated`).
+    pub fn cascade(&self, verdict: &'static str) {
+        self.cascades.get_or_create(&VerdictLabel { verdict }).inc();
     }
 
     /// Counts an unparsable request head answered with `status`.

@@ -6,12 +6,15 @@
 //! `max_tokens` / `max_completion_tokens` (positive integers) and the routewise
 //! preference (`{"routewise": {"lambda": x}}` or `{"routewise": {"budget_usd": x}}`, or
 //! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
-//! `routewise_router::Policy` like the config's. The `routewise` key is stripped before
+//! `routewise_router::Policy` like the config's, and the cascade switch
+//! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
+//! "number"}` to override the configured cascade). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
 //! Prompt size is estimated as chars / 4 of the message text (the rule the data uses).
 
 use axum::http::HeaderMap;
+use routewise_router::extract::Extractor;
 use routewise_router::Policy;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -33,6 +36,8 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// The per-request preference, if any.
     pub preference: Option<Policy>,
+    /// What the request says about the configured cascade.
+    pub cascade: CascadeChoice,
     /// Estimated prompt tokens (chars / 4 of message text).
     pub prompt_tokens: u64,
     /// `max_tokens` or `max_completion_tokens`, if given.
@@ -68,6 +73,21 @@ impl ChatRequest {
             rest: &self.rest,
         })
     }
+}
+
+/// What a request says about the cascade (`"routewise": {"cascade": ...}`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CascadeChoice {
+    /// Nothing: the configured cascade, if any.
+    #[default]
+    Config,
+    /// `false`: no cascade for this request.
+    Off,
+    /// `true` or an object: the configured cascade, with these overrides.
+    With {
+        min_agree: Option<usize>,
+        extractor: Option<Extractor>,
+    },
 }
 
 /// `auto` and `routewise` ask the router to choose.
@@ -152,15 +172,25 @@ pub fn parse(
             },
         }
     }
-    let preference = match rest.remove("routewise") {
-        None | Some(Value::Null) => header_preference(headers)?,
-        Some(v) => Some(body_preference(&v)?),
+    let (preference, cascade) = match rest.remove("routewise") {
+        None | Some(Value::Null) => (header_preference(headers)?, CascadeChoice::Config),
+        Some(Value::Object(mut o)) if o.contains_key("cascade") => {
+            let cascade = cascade_choice(o.remove("cascade").unwrap_or(Value::Null))?;
+            let preference = if o.is_empty() {
+                header_preference(headers)?
+            } else {
+                Some(body_preference(&Value::Object(o))?)
+            };
+            (preference, cascade)
+        }
+        Some(v) => (Some(body_preference(&v)?), CascadeChoice::Config),
     };
     Ok(ChatRequest {
         model,
         stream,
         include_usage,
         preference,
+        cascade,
         prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
         max_tokens,
         prompt,
@@ -284,6 +314,52 @@ fn body_preference(v: &Value) -> Result<Policy, ApiError> {
     })
 }
 
+/// `routewise.cascade`: a bool or `{min_agree, extractor}`.
+fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
+    let bad = |at: &str, msg: &str| {
+        let param = format!("routewise.cascade{at}");
+        ApiError::bad_request(format!("`{param}`: {msg}"), Some(&param))
+    };
+    match v {
+        Value::Bool(false) => Ok(CascadeChoice::Off),
+        Value::Bool(true) => Ok(CascadeChoice::With {
+            min_agree: None,
+            extractor: None,
+        }),
+        Value::Object(o) => {
+            let mut min_agree = None;
+            let mut extractor = None;
+            for (k, v) in o {
+                match k.as_str() {
+                    "min_agree" => match v.as_u64() {
+                        Some(n) if n >= 1 => min_agree = Some(n as usize),
+                        _ => return Err(bad(".min_agree", "must be a positive integer")),
+                    },
+                    "extractor" => match v.as_str().map(str::parse::<Extractor>) {
+                        Some(Ok(e)) => extractor = Some(e),
+                        Some(Err(e)) => return Err(bad(".extractor", &e)),
+                        None => return Err(bad(".extractor", "must be a string")),
+                    },
+                    other => {
+                        return Err(bad(
+                            &format!(".{other}"),
+                            "unknown field, expected min_agree or extractor",
+                        ))
+                    }
+                }
+            }
+            Ok(CascadeChoice::With {
+                min_agree,
+                extractor,
+            })
+        }
+        _ => Err(bad(
+            "",
+            "must be true, false or {\"min_agree\": n, \"extractor\": \"choice\"}",
+        )),
+    }
+}
+
 /// The preference headers as a [`Policy`] (each header value is the policy's amount).
 fn header_preference(headers: &HeaderMap) -> Result<Option<Policy>, ApiError> {
     let get = |name: &str, key: &str| -> Result<Option<Policy>, ApiError> {
@@ -324,6 +400,44 @@ mod tests {
             .as_str()
             .unwrap_or("")
             .to_string()
+    }
+
+    #[test]
+    fn the_cascade_switch_is_parsed_beside_the_policy() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        let off =
+            p(json!({"model": "auto", "messages": m, "routewise": {"cascade": false}})).unwrap();
+        assert_eq!(off.cascade, CascadeChoice::Off);
+        assert_eq!(off.preference, None);
+        let with = p(json!({"model": "auto", "messages": m,
+                            "routewise": {"cascade": {"min_agree": 1, "extractor": "number"}, "lambda": 2}}))
+        .unwrap();
+        assert_eq!(
+            with.cascade,
+            CascadeChoice::With {
+                min_agree: Some(1),
+                extractor: Some(Extractor::Number)
+            }
+        );
+        assert_eq!(with.preference, Some(Policy::Lambda(2.0)));
+        assert!(with.rest.get("routewise").is_none());
+        let none = p(json!({"model": "auto", "messages": m})).unwrap();
+        assert_eq!(none.cascade, CascadeChoice::Config);
+        for (bad, at) in [
+            (json!({"cascade": 3}), "routewise.cascade"),
+            (
+                json!({"cascade": {"min_agree": 0}}),
+                "routewise.cascade.min_agree",
+            ),
+            (
+                json!({"cascade": {"extractor": "regex"}}),
+                "routewise.cascade.extractor",
+            ),
+            (json!({"cascade": {"k": 1}}), "routewise.cascade.k"),
+        ] {
+            let e = p(json!({"model": "auto", "messages": m, "routewise": bad})).unwrap_err();
+            assert_eq!(param(e), at);
+        }
     }
 
     #[test]

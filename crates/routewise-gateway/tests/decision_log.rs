@@ -107,3 +107,29 @@ fn bad_decision_log_settings_are_config_errors() {
     assert!(err.contains("log.decisions.sample"), "{err}");
     assert!(err.contains("log.decisions.queue"), "{err}");
 }
+
+/// A cascaded decision (issue 13): its verdict and every tier call with the answer read.
+#[tokio::test(flavor = "current_thread")]
+async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
+    let mock = routewise_testkit::MockUpstream::start().await.unwrap();
+    let yaml = format!(
+        "router: {{policy: {{lambda: 0}}, cascade: {{tier: [c, b]}}}}\nmodels:\n  - {{name: a, base_url: \"{u}\", upstream_model: up-a}}\n  - {{name: b, base_url: \"{u}\", upstream_model: up-b}}\n  - {{name: c, base_url: \"{u}\", upstream_model: up-c}}\n",
+        u = mock.base_url()
+    );
+    let gw = common::start(&yaml).await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    let (status, _, _) =
+        common::post(&gw.url("/v1/chat/completions"), &common::chat_body("pick")).await;
+    assert_eq!(status, 200);
+    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
+    let logs = capture.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("routewise::decision"))
+        .unwrap_or_else(|| panic!("no decision line in: {logs}"));
+    assert!(line.contains("cascade=escalated@a ["), "{line}");
+    assert!(line.contains("b: \"B\""), "{line}");
+    assert!(line.contains("c: \"C\""), "{line}");
+}

@@ -13,6 +13,7 @@
 //! * break a stream after `n` chunks (connection aborted mid-body) or stall it forever,
 //! * stream slowly (one chunk per interval, for client-disconnect tests),
 //! * echo the request it received back in the response (`"mock_echo": true` in the body),
+//! * answer a given text per model ([`MockUpstream::set_model_answer`]: cascade tests),
 //! * leak the caller's API key, as real upstreams do: error messages quote the key they
 //!   were sent (`Incorrect API key provided: sk-...` for a 401), and `"mock_leak_key": true`
 //!   puts it in the answer's content.
@@ -184,6 +185,8 @@ pub struct MockState {
     record: bool,
     faults: Mutex<VecDeque<Fault>>,
     model_faults: Mutex<HashMap<String, Fault>>,
+    /// Content to answer with, per model (else `mock answer from ...`).
+    model_answers: Mutex<HashMap<String, String>>,
     hits: Mutex<HashMap<String, u64>>,
     requests: Mutex<Vec<RecordedRequest>>,
     total: AtomicU64,
@@ -260,6 +263,20 @@ impl MockUpstream {
         match fault {
             Some(f) => {
                 m.insert(model.to_string(), f);
+            }
+            None => {
+                m.remove(model);
+            }
+        }
+    }
+
+    /// Makes every answer for `model` carry `content` (or the default text with `None`):
+    /// what a cascade's answer extractors read.
+    pub fn set_model_answer(&self, model: &str, content: Option<&str>) {
+        let mut m = lock(&self.state.model_answers);
+        match content {
+            Some(c) => {
+                m.insert(model.to_string(), c.to_string());
             }
             None => {
                 m.remove(model);
@@ -533,6 +550,9 @@ async fn answer(
     }
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
     let mut answer = Answer::new(&req, &model, seq);
+    if let Some(c) = lock(&state.model_answers).get(&model) {
+        answer.content = c.clone();
+    }
     if req.get("mock_leak_key").and_then(Value::as_bool) == Some(true) {
         answer.content = format!("the key I was called with is {key}");
     }

@@ -60,9 +60,9 @@ pub fn attempts_summary(gw: &Gateway, attempts: &[AttemptRecord]) -> String {
 }
 
 /// Releases a half-open probe if the attempt ends with no outcome (request cancelled).
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    armed: bool,
+pub(crate) struct ProbeGuard<'a> {
+    pub(crate) breaker: &'a Breaker,
+    pub(crate) armed: bool,
 }
 
 impl Drop for ProbeGuard<'_> {

@@ -41,6 +41,8 @@ pub struct RequestContext {
     pub rate_limit: Vec<(HeaderName, HeaderValue)>,
     /// Whether the decision log line was written.
     pub logged: AtomicBool,
+    /// What the cascade stage did, when it ran.
+    pub cascade: Option<crate::pipeline::cascade::CascadeTrace>,
 }
 
 impl RequestContext {

@@ -3,7 +3,8 @@
 //! answering model, every attempt, the realised cost (upstream usage x prices), how the
 //! answer ended, the request id, trace id and the answering upstream's request id, and
 //! the predictions of the first `log.decisions.top_k` models of the ranking (predicted
-//! score and cost). Written once per request ([`RequestContext::mark_logged`]).
+//! score and cost), and for a cascaded request its verdict and every tier call (answer
+//! read, cost). Written once per request ([`RequestContext::mark_logged`]).
 //!
 //! Off the request path: the request's task only moves a [`DecisionRecord`] (owned
 //! fields, no formatting) into a bounded queue ([`DecisionLog`]); a writer thread takes
@@ -24,8 +25,10 @@ use routewise_router::Policy;
 use crate::config::DecisionLogConfig;
 use crate::models::ModelId;
 use crate::pipeline::attempts::Attempts;
+use crate::pipeline::cascade::CascadeTrace;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
 use crate::state::{AppState, Gateway};
+use crate::upstream::AttemptOutcome;
 
 /// How an answer ended (the decision log's `end`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,38 @@ impl fmt::Display for Predictions<'_> {
     }
 }
 
+/// A cascade's verdict and tier calls: `accepted@a [a: B $0.00010000; b: B ...]`, or `-`.
+struct CascadeLog<'a>(&'a Gateway, Option<&'a CascadeTrace>, Option<ModelId>);
+
+impl fmt::Display for CascadeLog<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(t) = self.1 else {
+            return f.write_str("-");
+        };
+        let name = |m: ModelId| self.0.upstreams.get(m).name.as_str();
+        match (t.accepted, self.2) {
+            (Some(m), _) => write!(f, "accepted@{} [", name(m))?,
+            (None, Some(m)) => write!(f, "escalated@{} [", name(m))?,
+            (None, None) => f.write_str("escalated [")?,
+        }
+        for (k, c) in t.calls.iter().enumerate() {
+            if k > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: ", name(c.model))?;
+            match (&c.answer, c.outcome) {
+                (Some(a), _) => write!(f, "{a:?}")?,
+                (None, AttemptOutcome::Ok) => f.write_str("no answer read")?,
+                (None, o) => write!(f, "failed ({})", o.name())?,
+            }
+            if let Some(cost) = c.cost {
+                write!(f, " ${cost:.8}")?;
+            }
+        }
+        f.write_str("]")
+    }
+}
+
 /// One model's prediction (catalog index).
 #[derive(Debug, Clone, Copy)]
 struct Prediction {
@@ -115,6 +150,7 @@ pub struct DecisionRecord {
     cost: Option<f64>,
     elapsed_ms: f64,
     predictions: Vec<Prediction>,
+    cascade: Option<CascadeTrace>,
 }
 
 impl DecisionRecord {
@@ -149,6 +185,7 @@ impl DecisionRecord {
             realised_cost_usd = self.cost.unwrap_or(f64::NAN),
             elapsed_ms = self.elapsed_ms,
             predictions = %Predictions(gw, &self.predictions),
+            cascade = %CascadeLog(gw, self.cascade.as_ref(), self.model),
             "decision"
         );
     }
@@ -303,6 +340,7 @@ pub fn emit(
         cost,
         elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
         predictions,
+        cascade: ctx.cascade.clone(),
     });
 }
 

@@ -8,6 +8,7 @@
 //! | 1 | parse | [`crate::request`] | validate the body and headers once |
 //! | 2 | before routing | (here, in [`chat`]) | where rules, a cache or auth go: look at the context, answer early or continue |
 //! | 3 | route | [`route`] | the decider ranks the models; context windows filter them |
+//! | 3b | cascade | [`cascade`] | `router.cascade`: ask the cheap tier first, answer when enough of it agrees, else go on (reusing a tier answer when the router's choice is a tier model) |
 //! | 4 | attempts | [`attempts`] | try models down the ranking through their providers (fallback, cooldown) |
 //! | 5 | respond | [`stream`] | the full body, or the stream piped chunk by chunk |
 //! | 6 | after the response | [`decision_log`], [`record`] | one log line per decision; the feedback record of a learned decision |
@@ -21,9 +22,11 @@
 //! unless traced, exported with the `otel` feature, [`crate::otel`]). Every answer
 //! carries `x-routewise-model`, `x-routewise-decision-id`, `x-routewise-attempts`, the
 //! request id and `traceparent` ([`crate::trace`]); a direct request's answer also
-//! carries the upstream's rate-limit headers.
+//! carries the upstream's rate-limit headers, a cascaded one `x-routewise-cascade`
+//! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`.
 
 pub mod attempts;
+pub mod cascade;
 pub mod context;
 pub mod decision_log;
 pub mod record;
@@ -58,6 +61,10 @@ pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-routewise-model"
 pub const DECISION_HEADER: HeaderName = HeaderName::from_static("x-routewise-decision-id");
 /// Response header with the number of upstream attempts.
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-routewise-attempts");
+/// Response header with a cascade's verdict: `accepted@<model>` or `escalated@<model>`.
+pub const CASCADE_HEADER: HeaderName = HeaderName::from_static("x-routewise-cascade");
+/// Response header with the upstream calls a cascaded request made (tier + escalation).
+pub const CASCADE_CALLS_HEADER: HeaderName = HeaderName::from_static("x-routewise-cascade-calls");
 
 /// A fresh decision id (UUIDv7: time-ordered, unique).
 pub fn new_decision_id() -> String {
@@ -124,6 +131,10 @@ async fn chat_stages(
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
     };
+    let cascade_plan = match cascade::plan(gw, &request, &routed) {
+        Ok(p) => p,
+        Err(e) => return reject(gw, e, &id, &trace),
+    };
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     let _in_flight = InFlight::start(gw);
     let mut ctx = RequestContext {
@@ -136,7 +147,27 @@ async fn chat_stages(
         trace,
         rate_limit: Vec::new(),
         logged: AtomicBool::new(false),
+        cascade: None,
     };
+    // 3b. cascade: the tier's agreed answer, or on to the router's choice (reusing a tier
+    // answer when the choice is a tier model).
+    if let Some(plan) = cascade_plan {
+        let verdict = cascade::run(&mut ctx, &plan)
+            .instrument(tracing::debug_span!("cascade"))
+            .await;
+        let reuse = match verdict {
+            cascade::Verdict::Accepted(a) => Some(a),
+            cascade::Verdict::Escalate(answers) => {
+                let first = ctx.routed.candidates.first().copied();
+                answers.into_iter().find(|a| Some(a.model) == first)
+            }
+        };
+        if let Some(a) = reuse {
+            let m = a.model;
+            let answer = cascade::answer_of(a, &ctx.request);
+            return respond(ctx, m, answer).await;
+        }
+    }
     // 4. attempts
     let attempted = attempts::run(&mut ctx)
         .instrument(tracing::debug_span!("attempts"))
@@ -179,7 +210,9 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             content_type,
             body,
         } => {
-            let cost = if status.is_success() {
+            let cost = if cascade::answered_by_tier(&ctx, m) {
+                None // already counted with the tier calls
+            } else if status.is_success() {
                 stream::parse_usage(&body).map(|(p, c)| gw.upstreams.get(m).cost(p, c))
             } else {
                 None
@@ -187,6 +220,7 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             if let Some(c) = cost {
                 gw.metrics.cost(m.index(), c);
             }
+            let cost = cascade::total_cost(&ctx, cost);
             // 6. after the response (counted before the record's wait, so that a client
             // leaving meanwhile is counted once)
             decision_log::emit(&ctx, Some(m), status.as_u16(), cost, End::Complete);
@@ -242,6 +276,15 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
         h.insert(DECISION_HEADER, v);
     }
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(ctx.attempts.len()));
+    if let Some(t) = &ctx.cascade {
+        if let Some(v) = cascade::header_value(gw, t, model) {
+            h.insert(CASCADE_HEADER, v);
+        }
+        h.insert(
+            CASCADE_CALLS_HEADER,
+            HeaderValue::from(t.calls.len() + ctx.attempts.len()),
+        );
+    }
     ctx.trace.echo(h);
     resp
 }

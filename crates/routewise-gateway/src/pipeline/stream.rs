@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::error::error_json;
 use crate::models::ModelId;
+use crate::pipeline::cascade;
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::decision_log::{self, End};
 use crate::pipeline::record;
@@ -71,12 +72,16 @@ impl StreamState {
             return;
         };
         let gw = &*ctx.state;
-        let cost = self
-            .usage
-            .map(|(p, c)| gw.upstreams.get(self.model).cost(p, c));
+        let cost = if cascade::answered_by_tier(&ctx, self.model) {
+            None // a replayed tier answer: counted with the tier calls
+        } else {
+            self.usage
+                .map(|(p, c)| gw.upstreams.get(self.model).cost(p, c))
+        };
         if let Some(c) = cost {
             gw.metrics.cost(self.model.index(), c);
         }
+        let cost = cascade::total_cost(&ctx, cost);
         if end.upstream_failed() {
             gw.record_failure(self.model);
         }

@@ -1,0 +1,434 @@
+//! Stage 3b, the cascade (`router.cascade`, issue 13): for a request the router chooses
+//! for, ask the cheap tier first and return its answer when enough of the tier agrees;
+//! otherwise escalate to the router's choice (stage 4).
+//!
+//! The agreement family of [`routewise_router::cascade`] (the mixture-of-thoughts cascade,
+//! Yue et al., ICLR 2024): the tier models are called concurrently, without streaming; each
+//! answer is read by the configured extractor ([`routewise_router::extract`]) from the
+//! response's `choices[0].message.content`, and the plurality answer is accepted as soon
+//! as `min_agree` models gave it. The calls still running are then dropped, which closes
+//! their upstream connections; likewise once no plurality can reach `min_agree` any more.
+//! A tier model that fails, times out or is cooling down simply gives no answer: the
+//! request escalates, it is never lost. When the router's choice is a tier model that
+//! answered, that answer is used without a new call.
+//!
+//! A streaming request is answered from the buffer: the accepted completion is replayed
+//! as `chat.completion.chunk` events (role and content in one chunk, then the finish
+//! reason, the usage chunk when asked for, and `[DONE]`), so the time to first token is
+//! the slowest tier call that the verdict waited for. An escalated stream streams from
+//! the upstream as usual.
+//!
+//! Skipped for requests that name a model, that turn it off (`"routewise": {"cascade":
+//! false}`), and when no cascade is configured (a request asking for one then gets a 400).
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode};
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use routewise_router::extract::Extractor;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::models::ModelId;
+use crate::pipeline::attempts::cooldown::Admit;
+use crate::pipeline::attempts::ProbeGuard;
+use crate::pipeline::context::RequestContext;
+use crate::pipeline::route::{Reason, Routed};
+use crate::request::{CascadeChoice, ChatRequest};
+use crate::state::Gateway;
+use crate::upstream::{Answer, AttemptInfo, AttemptOutcome, Call};
+
+/// What the cascade will do for a request, decided before any call.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub tier: Vec<ModelId>,
+    pub min_agree: usize,
+    pub extractor: Extractor,
+}
+
+/// The cascade's plan for `request`, `None` when it does not apply; a 400 when the
+/// request asks for a cascade that is not configured or overrides it badly.
+pub fn plan(
+    gw: &Gateway,
+    request: &ChatRequest,
+    routed: &Routed,
+) -> Result<Option<Plan>, ApiError> {
+    let config = gw.config.router.cascade.as_ref();
+    let (min_agree, extractor) = match (&request.cascade, config) {
+        (CascadeChoice::Off, _) => return Ok(None),
+        (CascadeChoice::Config, None) => return Ok(None),
+        (CascadeChoice::With { .. }, None) => {
+            return Err(ApiError::bad_request(
+                "`routewise.cascade`: no cascade is configured (`router.cascade`)",
+                Some("routewise.cascade"),
+            ))
+        }
+        (CascadeChoice::Config, Some(c)) => (c.min_agree, c.extractor.clone()),
+        (
+            CascadeChoice::With {
+                min_agree,
+                extractor,
+            },
+            Some(c),
+        ) => (
+            min_agree.unwrap_or(c.min_agree),
+            extractor.clone().unwrap_or_else(|| c.extractor.clone()),
+        ),
+    };
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    if min_agree > config.tier.len() {
+        return Err(ApiError::bad_request(
+            format!(
+                "`routewise.cascade.min_agree`: {min_agree} is more than the tier's {} models",
+                config.tier.len()
+            ),
+            Some("routewise.cascade.min_agree"),
+        ));
+    }
+    if routed.reason == Reason::Direct {
+        return Ok(None);
+    }
+    let tier = config
+        .tier
+        .iter()
+        .filter_map(|n| gw.upstreams.by_name(n))
+        .collect();
+    Ok(Some(Plan {
+        tier,
+        min_agree,
+        extractor,
+    }))
+}
+
+/// One tier call, for the decision log and the headers.
+#[derive(Debug, Clone)]
+pub struct TierCall {
+    pub model: ModelId,
+    pub outcome: AttemptOutcome,
+    /// The extracted answer, when one could be read.
+    pub answer: Option<String>,
+    /// Its cost from the upstream's usage and the model's prices.
+    pub cost: Option<f64>,
+}
+
+/// What the cascade did (kept in the request context).
+#[derive(Debug, Clone, Default)]
+pub struct CascadeTrace {
+    pub calls: Vec<TierCall>,
+    /// `Some(model)`: that tier answer was accepted.
+    pub accepted: Option<ModelId>,
+}
+
+impl CascadeTrace {
+    /// What the tier calls cost together.
+    pub fn cost(&self) -> f64 {
+        self.calls.iter().filter_map(|c| c.cost).sum()
+    }
+}
+
+/// A tier answer that came back (2xx, complete body).
+#[derive(Debug, Clone)]
+pub struct TierAnswer {
+    pub model: ModelId,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// The stage's verdict.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Answer with this tier response.
+    Accepted(TierAnswer),
+    /// Go on to the router's choice; the tier answers that came back, for reuse.
+    Escalate(Vec<TierAnswer>),
+}
+
+/// The text of a completion's first choice.
+fn content(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.pointer("/choices/0/message/content")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Runs the tier of `plan` for `ctx`'s request (see the module docs); records every call
+/// in `ctx.cascade`.
+pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
+    let state = ctx.state.clone();
+    let gw = &*state;
+    let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
+    // The tier is asked without streaming, whatever the client asked.
+    let mut request = ctx.request.clone();
+    request.stream = false;
+    request.include_usage = false;
+    request.rest.remove("stream");
+    request.rest.remove("stream_options");
+    let now = gw.now_ms();
+    let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
+    let (request, forward, id) = (&request, &forward, ctx.id.as_str());
+    let mut pending: FuturesUnordered<_> = plan
+        .tier
+        .iter()
+        .filter_map(|&m| {
+            let admit = gw.upstreams.get(m).breaker.admit(now);
+            (admit != Admit::No).then_some((m, admit))
+        })
+        .map(|(m, admit)| {
+            let up = gw.upstreams.get(m);
+            let span = tracing::debug_span!("tier_call", model = %up.name);
+            async move {
+                // A half-open breaker's probe is released if this call is cancelled.
+                let mut probe = ProbeGuard {
+                    breaker: &up.breaker,
+                    armed: admit == Admit::Probe,
+                };
+                let mut info = AttemptInfo::default();
+                let started = gw.now_ms();
+                let call = Call {
+                    request,
+                    model: &up.name,
+                    upstream_model: &up.upstream_model,
+                    timeout,
+                    id,
+                    forward,
+                };
+                let result = up.provider.call(call, &mut info).await;
+                probe.armed = false;
+                (m, started, result)
+            }
+            .instrument(span)
+        })
+        .collect();
+    let mut trace = CascadeTrace::default();
+    let mut answers: Vec<(TierAnswer, Option<String>)> = Vec::new();
+    let mut accepted = None;
+    while let Some((m, started, result)) = pending.next().await {
+        let up = gw.upstreams.get(m);
+        let outcome = match result {
+            Ok(Answer::Full {
+                status,
+                content_type,
+                body,
+            }) if status.is_success() => {
+                gw.record_success(m, started);
+                let text = content(&body);
+                let answer = text.as_deref().and_then(|t| plan.extractor.extract(t));
+                let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
+                if let Some(c) = cost {
+                    gw.metrics.cost(m.index(), c);
+                }
+                trace.calls.push(TierCall {
+                    model: m,
+                    outcome: AttemptOutcome::Ok,
+                    answer: answer.clone(),
+                    cost,
+                });
+                answers.push((
+                    TierAnswer {
+                        model: m,
+                        content_type,
+                        body,
+                    },
+                    answer,
+                ));
+                AttemptOutcome::Ok
+            }
+            Ok(_) => {
+                // An error answer the client would get (a 4xx other than auth): no vote.
+                trace.calls.push(TierCall {
+                    model: m,
+                    outcome: AttemptOutcome::Ok,
+                    answer: None,
+                    cost: None,
+                });
+                AttemptOutcome::Ok
+            }
+            Err(f) => {
+                gw.record_failure(m);
+                trace.calls.push(TierCall {
+                    model: m,
+                    outcome: f.outcome,
+                    answer: None,
+                    cost: None,
+                });
+                f.outcome
+            }
+        };
+        gw.metrics.attempt(m.index(), outcome);
+        // The plurality so far, and whether it can still reach min_agree.
+        let (best, votes) = plurality(&answers);
+        if votes >= plan.min_agree.max(1) {
+            accepted = best;
+            break;
+        }
+        if votes + pending.len() < plan.min_agree {
+            break;
+        }
+    }
+    drop(pending); // cancels the calls still running
+    let verdict = match accepted {
+        Some(k) => {
+            let a = answers.swap_remove(k).0;
+            trace.accepted = Some(a.model);
+            gw.metrics.cascade("accepted");
+            Verdict::Accepted(a)
+        }
+        None => {
+            gw.metrics.cascade("escalated");
+            Verdict::Escalate(answers.into_iter().map(|(a, _)| a).collect())
+        }
+    };
+    ctx.cascade = Some(trace);
+    verdict
+}
+
+/// The index (into `answers`) of the first response of the most common readable answer,
+/// and that answer's count (0 when none is readable).
+fn plurality(answers: &[(TierAnswer, Option<String>)]) -> (Option<usize>, usize) {
+    let mut best: (Option<usize>, usize) = (None, 0);
+    for (i, (_, a)) in answers.iter().enumerate() {
+        let Some(a) = a else { continue };
+        let votes = answers
+            .iter()
+            .filter(|(_, b)| b.as_deref() == Some(a.as_str()))
+            .count();
+        if votes > best.1 {
+            best = (Some(i), votes);
+        }
+    }
+    best
+}
+
+/// A complete chat completion replayed as a chat-completions SSE stream: one chunk with
+/// the role and the whole content, one with the finish reason, the usage chunk when
+/// `include_usage`, then `[DONE]`. `None` when `body` is not a completion.
+pub fn replay_as_stream(body: &[u8], include_usage: bool) -> Option<Bytes> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let choice = v.pointer("/choices/0")?;
+    let message = choice.get("message")?;
+    let base = |choices: Value| {
+        json!({
+            "id": v.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": v.get("created").cloned().unwrap_or(Value::Null),
+            "model": v.get("model").cloned().unwrap_or(Value::Null),
+            "choices": choices,
+        })
+    };
+    let mut delta = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null)});
+    if let Some(t) = message.get("tool_calls") {
+        delta["tool_calls"] = t.clone();
+    }
+    let mut out = String::new();
+    let mut push = |v: Value| {
+        out.push_str("data: ");
+        out.push_str(&v.to_string());
+        out.push_str("\n\n");
+    };
+    push(base(
+        json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+    ));
+    push(base(
+        json!([{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason").cloned().unwrap_or(json!("stop"))}]),
+    ));
+    if include_usage {
+        if let Some(u) = v.get("usage") {
+            let mut last = base(json!([]));
+            last["usage"] = u.clone();
+            push(last);
+        }
+    }
+    out.push_str("data: [DONE]\n\n");
+    Some(Bytes::from(out))
+}
+
+/// The answer for an accepted (or reused) tier response, in the shape the client asked
+/// for.
+pub fn answer_of(a: TierAnswer, request: &ChatRequest) -> Answer {
+    if request.stream {
+        if let Some(sse) = replay_as_stream(&a.body, request.include_usage) {
+            return Answer::Stream {
+                status: StatusCode::OK,
+                content_type: Some(HeaderValue::from_static("text/event-stream")),
+                first: sse,
+                rest: Box::pin(futures_util::stream::empty()),
+            };
+        }
+    }
+    Answer::Full {
+        status: StatusCode::OK,
+        content_type: a.content_type,
+        body: a.body,
+    }
+}
+
+/// Whether `ctx`'s answer from `m` is a tier response (accepted, or reused by the
+/// escalation), whose cost was counted with the tier calls.
+pub fn answered_by_tier(ctx: &RequestContext, m: ModelId) -> bool {
+    ctx.cascade.as_ref().is_some_and(|t| {
+        t.accepted == Some(m)
+            || (ctx.attempts.is_empty()
+                && t.calls
+                    .iter()
+                    .any(|c| c.model == m && c.outcome == AttemptOutcome::Ok))
+    })
+}
+
+/// The decision's realised cost: the answer's own (`None` for a tier response) plus every
+/// tier call's.
+pub fn total_cost(ctx: &RequestContext, own: Option<f64>) -> Option<f64> {
+    match &ctx.cascade {
+        Some(t) => Some(t.cost() + own.unwrap_or(0.0)),
+        None => own,
+    }
+}
+
+/// `x-routewise-cascade`: `accepted@<model>` or `escalated@<model>`.
+pub fn header_value(
+    gw: &Gateway,
+    trace: &CascadeTrace,
+    answered: Option<ModelId>,
+) -> Option<HeaderValue> {
+    let (verdict, m) = match (trace.accepted, answered) {
+        (Some(m), _) => ("accepted", m),
+        (None, Some(m)) => ("escalated", m),
+        (None, None) => return HeaderValue::from_str("escalated").ok(),
+    };
+    HeaderValue::from_str(&format!("{verdict}@{}", gw.upstreams.get(m).name)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completion_replays_as_chunks_with_usage_and_done() {
+        let body = br#"{"id":"c1","object":"chat.completion","created":7,"model":"m",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"The answer is (B)."},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let sse = String::from_utf8(replay_as_stream(body, true).unwrap().to_vec()).unwrap();
+        let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 4, "{sse}");
+        let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(
+            first["choices"][0]["delta"]["content"],
+            "The answer is (B)."
+        );
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        let second: Value =
+            serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(second["choices"][0]["finish_reason"], "stop");
+        let usage: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 5);
+        assert_eq!(events[3], "data: [DONE]");
+        // Without include_usage: no usage chunk.
+        let sse = String::from_utf8(replay_as_stream(body, false).unwrap().to_vec()).unwrap();
+        assert_eq!(sse.matches("data: ").count(), 3);
+        assert!(replay_as_stream(b"{\"error\":{}}", true).is_none());
+    }
+}

@@ -1,0 +1,208 @@
+//! The cascade stage over real HTTP (client -> gateway -> testkit mock): the tier (c, b)
+//! asked first, its agreed answer accepted, disagreement, failures and unreadable answers
+//! escalated to the router's choice (a), streams replayed, per-request switches and the
+//! `/metrics` counter (the decision log's cascade field: `tests/decision_log.rs`).
+#![cfg(test)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{chat_body, header, post, post_stream, read_sse};
+use routewise_testkit::{Fault, MockUpstream};
+use serde_json::{json, Value};
+
+/// Models a (the router's choice at lambda 0), b, c, with `cascade` under `router`.
+fn yaml(base_url: &str, cascade: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}, cascade: {cascade}}}
+models:
+  - {{name: a, base_url: "{base_url}", upstream_model: up-a}}
+  - {{name: b, base_url: "{base_url}", upstream_model: up-b}}
+  - {{name: c, base_url: "{base_url}", upstream_model: up-c}}
+"#
+    )
+}
+
+async fn setup(cascade: &str) -> (MockUpstream, common::Gateway) {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&yaml(&mock.base_url(), cascade)).await;
+    (mock, gw)
+}
+
+fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn an_agreed_tier_answer_is_accepted_without_calling_the_router_choice() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 2, extractor: choice}").await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("B) because of the second law"));
+    let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("pick one")).await;
+    assert_eq!(status, 200, "{v}");
+    let verdict = header(&h, "x-routewise-cascade");
+    assert!(
+        verdict == "accepted@b" || verdict == "accepted@c",
+        "{verdict}"
+    );
+    assert_eq!(
+        header(&h, "x-routewise-model"),
+        &verdict["accepted@".len()..]
+    );
+    assert_eq!(header(&h, "x-routewise-cascade-calls"), "2");
+    assert!(
+        content(&v) == "The answer is (B)." || content(&v).starts_with("B)"),
+        "{v}"
+    );
+    assert_eq!(mock.hits("up-a"), 0, "the strong model must not be asked");
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
+    let metrics = common::get(&gw.url("/metrics")).await.1;
+    assert!(
+        metrics.contains("routewise_cascades_total{verdict=\"accepted\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn disagreement_escalates_to_the_router_choice() {
+    let (mock, gw) = setup("{tier: [c, b]}").await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("pick one")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    assert_eq!(header(&h, "x-routewise-model"), "a");
+    assert_eq!(header(&h, "x-routewise-cascade-calls"), "3");
+    assert_eq!(mock.hits("up-a"), 1);
+}
+
+#[tokio::test]
+async fn unreadable_answers_escalate() {
+    let (mock, gw) = setup("{tier: [c, b], extractor: number}").await;
+    mock.set_model_answer("up-b", Some("It depends."));
+    mock.set_model_answer("up-c", Some("It depends."));
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("how many?")).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // The same text read as exact text agrees.
+    let mut body = chat_body("how many?");
+    body["routewise"] = json!({"cascade": {"extractor": "exact"}});
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
+}
+
+#[tokio::test]
+async fn a_failing_tier_model_gives_no_vote_and_loses_no_request() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 2}").await;
+    mock.set_model_fault("up-c", Some(Fault::Status(500)));
+    mock.set_model_answer("up-b", Some("B"));
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("pick")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // With one vote enough, b's answer is accepted despite c failing.
+    let mut body = chat_body("pick");
+    body["routewise"] = json!({"cascade": {"min_agree": 1}});
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+}
+
+#[tokio::test]
+async fn once_the_verdict_is_in_the_slow_tier_calls_are_cancelled() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 1}").await;
+    mock.set_model_fault("up-c", Some(Fault::Delay(Duration::from_secs(5))));
+    mock.set_model_answer("up-b", Some("B"));
+    let t = Instant::now();
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("pick")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(
+        mock.wait_cancelled(1, Duration::from_secs(3)).await,
+        "the slow call must be dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_is_answered_from_the_accepted_buffer() {
+    let (mock, gw) = setup("{tier: [c, b]}").await;
+    mock.set_model_answer("up-b", Some("Answer: D"));
+    mock.set_model_answer("up-c", Some("Answer: D"));
+    let mut body = chat_body("pick");
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = post_stream(&gw.url("/v1/chat/completions"), body).await;
+    assert_eq!(resp.status(), 200);
+    let verdict = resp
+        .headers()
+        .get("x-routewise-cascade")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(verdict.starts_with("accepted@"), "{verdict}");
+    let sse = read_sse(resp).await;
+    assert!(sse.contains("\"content\":\"Answer: D\""), "{sse}");
+    assert!(sse.contains("\"usage\""), "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+    // The tier was asked without streaming.
+    assert_eq!(mock.hits("up-a"), 0);
+}
+
+#[tokio::test]
+async fn the_cascade_is_skipped_when_turned_off_or_for_a_named_model() {
+    let (mock, gw) = setup("{tier: [c, b]}").await;
+    let mut off = chat_body("pick");
+    off["routewise"] = json!({"cascade": false});
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &off).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "");
+    assert_eq!(header(&h, "x-routewise-model"), "a");
+    let mut named = chat_body("pick");
+    named["model"] = json!("a");
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &named).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "");
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (0, 0));
+}
+
+#[tokio::test]
+async fn asking_for_a_cascade_that_is_not_there_is_a_400() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
+    let mut body = chat_body("pick");
+    body["routewise"] = json!({"cascade": true});
+    let (status, _, v) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "routewise.cascade");
+    let (_, gw) = setup("{tier: [c, b]}").await;
+    body["routewise"] = json!({"cascade": {"min_agree": 3}});
+    let (status, _, v) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "routewise.cascade.min_agree");
+}
+
+#[test]
+fn cascade_config_errors_name_their_fields() {
+    let text = yaml(
+        "http://127.0.0.1:1/v1",
+        "{tier: [c, zz, c], min_agree: 5, extractor: regex}",
+    );
+    let e = routewise_gateway::config::parse(
+        &text,
+        "gw.yaml",
+        std::path::Path::new("."),
+        std::iter::empty(),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "router.cascade.tier[1]: `zz` is not a configured model",
+        "router.cascade.tier[2]: `c` is listed twice",
+        "router.cascade.min_agree",
+        "router.cascade.extractor: unknown answer extractor `regex`",
+    ] {
+        assert!(e.contains(want), "{want} not in {e}");
+    }
+}
