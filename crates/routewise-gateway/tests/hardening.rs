@@ -499,13 +499,7 @@ async fn thread_per_core_answers_every_connection_and_drains_the_one_in_flight()
         let url = url.clone();
         async move { post(&url, &slow).await.0 }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.send(()).unwrap();
-    assert_eq!(pending.await.unwrap(), 200);
-    tokio::time::timeout(Duration::from_secs(3), done)
-        .await
-        .expect("drained")
-        .unwrap();
+    stop_while_in_flight(pending, stop, done).await;
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "the listener must be closed after the drain"
@@ -514,27 +508,7 @@ async fn thread_per_core_answers_every_connection_and_drains_the_one_in_flight()
 
 #[tokio::test]
 async fn thread_per_core_ends_a_long_stream_at_the_grace_deadline() {
-    let mock = MockUpstream::start().await.unwrap();
-    mock.set_model_fault("up-a", Some(Fault::SlowStream(Duration::from_millis(100))));
-    let yaml = abc_yaml(&mock.base_url(), "limits: {shutdown_grace_ms: 400}");
-    let (addr, stop, done) = stoppable_on(&yaml, Threads::Shards(2)).await;
-    let resp = post_stream(
-        &format!("http://{addr}/v1/chat/completions"),
-        chat_body("a long story"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let asked = Instant::now();
-    stop.send(()).unwrap();
-    let sse = read_sse(resp).await;
-    assert!(sse.contains("the gateway is shutting down"), "{sse}");
-    let ended = tokio::time::timeout(Duration::from_secs(5), done)
-        .await
-        .expect("shutdown must end")
-        .unwrap();
-    let took = ended - asked;
-    assert!(took >= Duration::from_millis(350), "{took:?}");
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    long_stream_ends_at_the_grace_deadline(Threads::Shards(2)).await;
 }
 
 #[tokio::test]
@@ -564,10 +538,16 @@ async fn regression_shutdown_ends_within_the_grace_despite_a_half_open_request()
 
 #[tokio::test]
 async fn regression_a_long_stream_ends_with_an_error_event_at_the_grace_deadline() {
+    long_stream_ends_at_the_grace_deadline(Threads::Caller).await;
+}
+
+/// A stream still running at shutdown ends with an error event once `shutdown_grace_ms`
+/// (400 ms) is over, and serving ends soon after, with connections served per `threads`.
+async fn long_stream_ends_at_the_grace_deadline(threads: Threads) {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_model_fault("up-a", Some(Fault::SlowStream(Duration::from_millis(100))));
     let yaml = abc_yaml(&mock.base_url(), "limits: {shutdown_grace_ms: 400}");
-    let (addr, stop, done) = stoppable(&yaml).await;
+    let (addr, stop, done) = stoppable_on(&yaml, threads).await;
     let resp = post_stream(
         &format!("http://{addr}/v1/chat/completions"),
         chat_body("a long story"),
@@ -595,6 +575,16 @@ async fn a_request_in_flight_finishes_during_the_drain() {
     let (addr, stop, done) = stoppable(&yaml).await;
     let url = format!("http://{addr}/v1/chat/completions");
     let pending = tokio::spawn(async move { post(&url, &chat_body("finish me")).await.0 });
+    stop_while_in_flight(pending, stop, done).await;
+}
+
+/// Stops the gateway 100 ms into the `pending` request: it must still answer 200, and
+/// serving must end within 3 s.
+async fn stop_while_in_flight(
+    pending: tokio::task::JoinHandle<u16>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Instant>,
+) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(()).unwrap();
     assert_eq!(pending.await.unwrap(), 200);

@@ -67,6 +67,29 @@ fn write_agreement_data(path: &Path, n: usize) {
     std::fs::write(path, out).unwrap();
 }
 
+/// `routewise eval --routers knn --bootstrap 0 --cascades` on `data` (plus `extra`): the
+/// JSON report and the table.
+fn eval_cascades(data: &Path, extra: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut args = vec![
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--routers",
+        "knn",
+        "--bootstrap",
+        "0",
+        "--cascades",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (table, _) = ok_out(&args);
+    let r = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (r, table)
+}
+
 fn cascade<'a>(r: &'a Value, name: &str) -> &'a Value {
     r["cascades"]
         .as_array()
@@ -81,21 +104,8 @@ fn cascades_beat_prompt_only_routers_when_cheap_answers_agree() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("mc.jsonl");
     write_agreement_data(&data, 3000);
-    let json = dir.path().join("mc.json");
-    let (table, _) = ok_out(&[
-        "eval",
-        "--data",
-        data.to_str().unwrap(),
-        "--routers",
-        "knn",
-        "--bootstrap",
-        "0",
-        "--cascades",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let (r, table) = eval_cascades(&data, &[]);
     assert!(table.contains("cascade-chain"), "{table}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let knn = r["routers"]
         .as_array()
         .unwrap()
@@ -195,23 +205,7 @@ fn calibrate_cascade_needs_alpha_and_the_threshold_mode_its_models() {
 #[test]
 fn shared_data_cascades_report_the_issue_keys() {
     let Some(data) = data_file() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("rb.json");
-    ok_out(&[
-        "eval",
-        "--data",
-        data.to_str().unwrap(),
-        "--limit",
-        "800",
-        "--routers",
-        "knn",
-        "--bootstrap",
-        "0",
-        "--cascades",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (r, _) = eval_cascades(&data, &["--limit", "800"]);
     let cascades = r["cascades"].as_array().unwrap();
     assert_eq!(cascades.len(), 2);
     let models: Vec<&str> = r["models"]
