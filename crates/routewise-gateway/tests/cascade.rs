@@ -14,6 +14,11 @@ use serde_json::{json, Value};
 
 /// Models a (the router's choice at lambda 0), b, c, with `cascade` under `router`.
 fn yaml(base_url: &str, cascade: &str) -> String {
+    yaml_with(base_url, cascade, "", "")
+}
+
+/// [`yaml`] with `c_extra` in model c's entry and `extra` top-level YAML.
+fn yaml_with(base_url: &str, cascade: &str, c_extra: &str, extra: &str) -> String {
     format!(
         r#"
 listen: 127.0.0.1:0
@@ -21,14 +26,19 @@ router: {{policy: {{lambda: 0}}, cascade: {cascade}}}
 models:
   - {{name: a, base_url: "{base_url}", upstream_model: up-a}}
   - {{name: b, base_url: "{base_url}", upstream_model: up-b}}
-  - {{name: c, base_url: "{base_url}", upstream_model: up-c}}
+  - {{name: c, base_url: "{base_url}", upstream_model: up-c{c_extra}}}
+{extra}
 "#
     )
 }
 
 async fn setup(cascade: &str) -> (MockUpstream, common::Gateway) {
+    setup_with(cascade, "", "").await
+}
+
+async fn setup_with(cascade: &str, c_extra: &str, extra: &str) -> (MockUpstream, common::Gateway) {
     let mock = MockUpstream::start().await.unwrap();
-    let gw = common::start(&yaml(&mock.base_url(), cascade)).await;
+    let gw = common::start(&yaml_with(&mock.base_url(), cascade, c_extra, extra)).await;
     (mock, gw)
 }
 
@@ -107,6 +117,61 @@ async fn a_failing_tier_model_gives_no_vote_and_loses_no_request() {
     let (status, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+}
+
+/// Review finding: a tier model's 4xx answer on its half-open probe left the probe taken,
+/// so the model was skipped (by the cascade and by fallback) until restart.
+#[tokio::test]
+async fn regression_a_4xx_tier_answer_releases_the_half_open_probe() {
+    let (mock, gw) = setup_with(
+        "{tier: [c, b], min_agree: 1}",
+        "",
+        "cooldown: {failures: 1, seconds: 1}",
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    mock.set_model_fault("up-c", Some(Fault::Status(500)));
+    mock.set_model_fault("up-b", Some(Fault::Status(500)));
+    let (status, _, _) = post(&url, &chat_body("pick")).await;
+    assert_eq!(status, 200, "escalated to a");
+    // c is cooled down; after the cooldown its next call is the half-open probe, and
+    // it answers 400.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    mock.set_model_fault("up-c", Some(Fault::Status(400)));
+    let _ = post(&url, &chat_body("pick")).await;
+    let asked = mock.hits("up-c");
+    mock.set_model_fault("up-c", None);
+    mock.set_model_fault("up-b", None);
+    mock.set_model_answer("up-c", Some("B"));
+    let (status, h, _) = post(&url, &chat_body("pick")).await;
+    assert_eq!(status, 200);
+    assert_eq!(mock.hits("up-c"), asked + 1, "c must be asked again");
+    assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
+}
+
+/// Review finding: tier models were called for prompts over their context window.
+#[tokio::test]
+async fn regression_a_tier_model_the_prompt_does_not_fit_is_not_called() {
+    let (mock, gw) = setup_with("{tier: [c, b], min_agree: 1}", ", context_window: 50", "").await;
+    mock.set_model_answer("up-b", Some("B"));
+    let long = "word ".repeat(200);
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body(&long)).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert_eq!(mock.hits("up-c"), 0);
+}
+
+/// Review finding: with fewer askable tier models than `min_agree`, the cascade still
+/// called (and paid for) the others before escalating.
+#[tokio::test]
+async fn regression_a_tier_that_cannot_agree_is_not_called() {
+    let (mock, gw) = setup_with("{tier: [c, b], min_agree: 2}", ", context_window: 50", "").await;
+    let long = "word ".repeat(200);
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body(&long)).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    assert_eq!(header(&h, "x-routewise-cascade-calls"), "1");
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (0, 0));
 }
 
 #[tokio::test]

@@ -80,6 +80,9 @@ pub fn plan(
     let Some(config) = config else {
         return Ok(None);
     };
+    if routed.reason == Reason::Direct {
+        return Ok(None);
+    }
     if min_agree > config.tier.len() {
         return Err(ApiError::bad_request(
             format!(
@@ -89,13 +92,12 @@ pub fn plan(
             Some("routewise.cascade.min_agree"),
         ));
     }
-    if routed.reason == Reason::Direct {
-        return Ok(None);
-    }
+    // Only tier models the request fits (context windows, as for the ranking).
     let tier = config
         .tier
         .iter()
         .filter_map(|n| gw.upstreams.by_name(n))
+        .filter(|m| routed.candidates.contains(m))
         .collect();
     Ok(Some(Plan {
         tier,
@@ -109,6 +111,8 @@ pub fn plan(
 pub struct TierCall {
     pub model: ModelId,
     pub outcome: AttemptOutcome,
+    /// The HTTP status of an answer that came back (`None`: no answer).
+    pub status: Option<u16>,
     /// The extracted answer, when one could be read.
     pub answer: Option<String>,
     /// Its cost from the upstream's usage and the model's prices.
@@ -169,7 +173,11 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     request.rest.remove("stream_options");
     let now = gw.now_ms();
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
-    let (request, forward, id) = (&request, &forward, ctx.id.as_str());
+    let id = ctx.id.clone();
+    let (request, forward, id) = (&request, &forward, id.as_str());
+    // The trace lives in the context from the start, so that a request cut short (the
+    // client went away) still logs the tier calls it paid for.
+    ctx.cascade = Some(CascadeTrace::default());
     let mut pending: FuturesUnordered<_> = plan
         .tier
         .iter()
@@ -203,10 +211,14 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             .instrument(span)
         })
         .collect();
-    let mut trace = CascadeTrace::default();
     let mut answers: Vec<(TierAnswer, Option<String>)> = Vec::new();
     let mut accepted = None;
+    // Too few tier models can be asked to ever agree: straight to the router's choice.
+    if pending.len() < plan.min_agree {
+        pending.clear();
+    }
     while let Some((m, started, result)) = pending.next().await {
+        let trace = ctx.cascade.get_or_insert_with(CascadeTrace::default);
         let up = gw.upstreams.get(m);
         let outcome = match result {
             Ok(Answer::Full {
@@ -224,6 +236,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: AttemptOutcome::Ok,
+                    status: Some(status.as_u16()),
                     answer: answer.clone(),
                     cost,
                 });
@@ -237,11 +250,17 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 ));
                 AttemptOutcome::Ok
             }
-            Ok(_) => {
-                // An error answer the client would get (a 4xx other than auth): no vote.
+            Ok(other) => {
+                // An answer the client would get as is (a 4xx other than auth): the model
+                // works (its breaker is told so, releasing a half-open probe), but no vote.
+                gw.record_success(m, started);
+                let status = match &other {
+                    Answer::Full { status, .. } | Answer::Stream { status, .. } => status.as_u16(),
+                };
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: AttemptOutcome::Ok,
+                    status: Some(status),
                     answer: None,
                     cost: None,
                 });
@@ -252,6 +271,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: f.outcome,
+                    status: None,
                     answer: None,
                     cost: None,
                 });
@@ -270,10 +290,12 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         }
     }
     drop(pending); // cancels the calls still running
-    let verdict = match accepted {
+    match accepted {
         Some(k) => {
             let a = answers.swap_remove(k).0;
-            trace.accepted = Some(a.model);
+            if let Some(t) = ctx.cascade.as_mut() {
+                t.accepted = Some(a.model);
+            }
             gw.metrics.cascade("accepted");
             Verdict::Accepted(a)
         }
@@ -281,9 +303,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             gw.metrics.cascade("escalated");
             Verdict::Escalate(answers.into_iter().map(|(a, _)| a).collect())
         }
-    };
-    ctx.cascade = Some(trace);
-    verdict
+    }
 }
 
 /// The index (into `answers`) of the first response of the most common readable answer,
@@ -305,11 +325,18 @@ fn plurality(answers: &[(TierAnswer, Option<String>)]) -> (Option<usize>, usize)
 
 /// A complete chat completion replayed as a chat-completions SSE stream: one chunk with
 /// the role and the whole content, one with the finish reason, the usage chunk when
-/// `include_usage`, then `[DONE]`. `None` when `body` is not a completion.
+/// `include_usage`, then `[DONE]`. `None` when `body` is not a single-choice text
+/// completion (tool calls and `n > 1` are not replayed: the request goes upstream).
 pub fn replay_as_stream(body: &[u8], include_usage: bool) -> Option<Bytes> {
     let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("choices")?.as_array()?.len() != 1 {
+        return None;
+    }
     let choice = v.pointer("/choices/0")?;
     let message = choice.get("message")?;
+    if message.get("tool_calls").is_some_and(|t| !t.is_null()) {
+        return None;
+    }
     let base = |choices: Value| {
         json!({
             "id": v.get("id").cloned().unwrap_or(Value::Null),
@@ -319,10 +346,7 @@ pub fn replay_as_stream(body: &[u8], include_usage: bool) -> Option<Bytes> {
             "choices": choices,
         })
     };
-    let mut delta = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null)});
-    if let Some(t) = message.get("tool_calls") {
-        delta["tool_calls"] = t.clone();
-    }
+    let delta = json!({"role": "assistant", "content": message.get("content").cloned().unwrap_or(Value::Null)});
     let mut out = String::new();
     let mut push = |v: Value| {
         out.push_str("data: ");
@@ -347,23 +371,22 @@ pub fn replay_as_stream(body: &[u8], include_usage: bool) -> Option<Bytes> {
 }
 
 /// The answer for an accepted (or reused) tier response, in the shape the client asked
-/// for.
-pub fn answer_of(a: TierAnswer, request: &ChatRequest) -> Answer {
+/// for; `None` when a stream was asked for and the response cannot be replayed as one.
+pub fn answer_of(a: TierAnswer, request: &ChatRequest) -> Option<Answer> {
     if request.stream {
-        if let Some(sse) = replay_as_stream(&a.body, request.include_usage) {
-            return Answer::Stream {
-                status: StatusCode::OK,
-                content_type: Some(HeaderValue::from_static("text/event-stream")),
-                first: sse,
-                rest: Box::pin(futures_util::stream::empty()),
-            };
-        }
+        let sse = replay_as_stream(&a.body, request.include_usage)?;
+        return Some(Answer::Stream {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("text/event-stream")),
+            first: sse,
+            rest: Box::pin(futures_util::stream::empty()),
+        });
     }
-    Answer::Full {
+    Some(Answer::Full {
         status: StatusCode::OK,
         content_type: a.content_type,
         body: a.body,
-    }
+    })
 }
 
 /// Whether `ctx`'s answer from `m` is a tier response (accepted, or reused by the
@@ -430,5 +453,10 @@ mod tests {
         let sse = String::from_utf8(replay_as_stream(body, false).unwrap().to_vec()).unwrap();
         assert_eq!(sse.matches("data: ").count(), 3);
         assert!(replay_as_stream(b"{\"error\":{}}", true).is_none());
+        // Tool calls and several choices are not replayed.
+        let tools = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"x","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        assert!(replay_as_stream(tools, false).is_none());
+        let two = br#"{"choices":[{"index":0,"message":{"content":"a"}},{"index":1,"message":{"content":"b"}}]}"#;
+        assert!(replay_as_stream(two, false).is_none());
     }
 }

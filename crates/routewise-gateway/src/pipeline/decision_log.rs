@@ -109,10 +109,13 @@ impl fmt::Display for CascadeLog<'_> {
                 f.write_str("; ")?;
             }
             write!(f, "{}: ", name(c.model))?;
-            match (&c.answer, c.outcome) {
-                (Some(a), _) => write!(f, "{a:?}")?,
-                (None, AttemptOutcome::Ok) => f.write_str("no answer read")?,
-                (None, o) => write!(f, "failed ({})", o.name())?,
+            match (&c.answer, c.outcome, c.status) {
+                (Some(a), _, _) => write!(f, "{a:?}")?,
+                (None, AttemptOutcome::Ok, Some(s)) if !(200..300).contains(&s) => {
+                    write!(f, "answered HTTP {s}")?
+                }
+                (None, AttemptOutcome::Ok, _) => f.write_str("no answer read")?,
+                (None, o, _) => write!(f, "failed ({})", o.name())?,
             }
             if let Some(cost) = c.cost {
                 write!(f, " ${cost:.8}")?;

@@ -164,8 +164,13 @@ async fn chat_stages(
         };
         if let Some(a) = reuse {
             let m = a.model;
-            let answer = cascade::answer_of(a, &ctx.request);
-            return respond(ctx, m, answer).await;
+            if let Some(answer) = cascade::answer_of(a, &ctx.request) {
+                return respond(ctx, m, answer).await;
+            }
+            // Not replayable as the stream asked for: the router's choice is asked.
+            if let Some(t) = ctx.cascade.as_mut() {
+                t.accepted = None;
+            }
         }
     }
     // 4. attempts
@@ -177,7 +182,8 @@ async fn chat_stages(
         Ok((m, answer)) => respond(ctx, m, answer).await,
         Err(err) => {
             let status = err.status().as_u16();
-            decision_log::emit(&ctx, None, status, None, End::Failed);
+            let cost = cascade::total_cost(&ctx, None);
+            decision_log::emit(&ctx, None, status, cost, End::Failed);
             gw.metrics.request("chat", "-", status);
             with_headers(err.into_response(), &ctx, None)
         }

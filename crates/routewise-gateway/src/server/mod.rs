@@ -34,6 +34,7 @@ use crate::http::body::hold_until_body_ends;
 use crate::http::extract::PeerAddr;
 use crate::limits::{Counter, Permit};
 use crate::state::{AppState, ShutdownPhase};
+use crate::upstream::client::MAX_SHARDS;
 
 use self::conn::{Activity, Cut, Timeouts, TrackedIo};
 
@@ -53,7 +54,8 @@ pub enum Threads {
     /// with its own upstream connection pool: a request never leaves the thread its
     /// connection was given to, so it pays no cross-thread wake-ups. More requests per
     /// second at saturation, a higher tail when the threads' loads differ (no work
-    /// stealing; BENCHMARKS.md, section 5).
+    /// stealing; BENCHMARKS.md, section 5). At most
+    /// [`MAX_SHARDS`](crate::upstream::client::MAX_SHARDS) threads.
     Shards(usize),
 }
 
@@ -93,7 +95,7 @@ pub async fn serve_on(
     };
     // Every shard holds a clone of `alive` until it has closed its last connection.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
-    let inboxes = match threads {
+    let mut inboxes = match threads {
         Threads::Caller => {
             let (tx, rx) = mpsc::unbounded_channel();
             let alive = alive.clone();
@@ -103,7 +105,7 @@ pub async fn serve_on(
             });
             vec![tx]
         }
-        Threads::Shards(n) => start_shards(&shard, n.max(1), &alive)?,
+        Threads::Shards(n) => start_shards(&shard, n.clamp(1, MAX_SHARDS), &alive)?,
     };
     drop(alive);
     let connections = Arc::new(Counter::default());
@@ -145,17 +147,33 @@ pub async fn serve_on(
                 continue;
             }
         };
-        next = (next + 1) % inboxes.len();
-        if inboxes[next]
-            .send(Accepted {
-                stream,
-                peer,
-                permit,
-            })
-            .is_err()
-        {
-            // The shard is gone (its thread panicked): serve on without it.
-            tracing::error!(shard = next, "a connection thread has stopped");
+        let mut conn = Accepted {
+            stream,
+            peer,
+            permit,
+        };
+        // Round-robin; a shard whose thread has stopped (a panic) is dropped from the
+        // rotation and the connection goes to the next one.
+        loop {
+            next = (next + 1) % inboxes.len();
+            match inboxes[next].send(conn) {
+                Ok(()) => break,
+                Err(back) => {
+                    tracing::error!(
+                        threads_left = inboxes.len() - 1,
+                        "a connection thread has stopped; serving on without it"
+                    );
+                    inboxes.swap_remove(next);
+                    conn = back.0;
+                    if inboxes.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        if inboxes.is_empty() {
+            tracing::error!("every connection thread has stopped: no longer accepting");
+            break;
         }
     }
     drop(listener);
@@ -213,6 +231,9 @@ fn start_shards(
             .spawn(move || {
                 crate::upstream::client::enter_shard(i + 1);
                 rt.block_on(shard.run(rx));
+                // What is left on this runtime (upstream connections, background work)
+                // ends before the server is told this thread is done.
+                rt.shutdown_timeout(Duration::from_secs(1));
                 drop(alive);
             })?;
         inboxes.push(tx);

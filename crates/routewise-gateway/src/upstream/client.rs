@@ -52,8 +52,13 @@ thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as connection thread `shard` (1-based; 0: not one), whose
-/// upstream requests use pool `shard` (modulo the number of pools).
+/// The most connection threads that get a pool of their own (`serve --threads` is capped
+/// at it): a pooled connection dies with the runtime that drives it, so threads must not
+/// share pools.
+pub const MAX_SHARDS: usize = 256;
+
+/// Marks the calling thread as connection thread `shard` (1-based, at most
+/// [`MAX_SHARDS`]; 0: not one), whose upstream requests use pool `shard`.
 pub fn enter_shard(shard: usize) {
     SHARD.with(|s| s.set(shard));
 }
@@ -69,10 +74,10 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client whose connections are established within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> HttpClient {
-        // One pool per core plus the shared one: enough for one connection thread per core.
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+        // Slots for the shared pool and MAX_SHARDS connection threads; a pool is only
+        // built when its thread first uses it.
         HttpClient {
-            pools: (0..n).map(|_| OnceLock::new()).collect(),
+            pools: (0..=MAX_SHARDS).map(|_| OnceLock::new()).collect(),
             connect_timeout,
         }
     }

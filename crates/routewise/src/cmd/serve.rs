@@ -31,7 +31,7 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Threads serving connections (default: one per core).
+    /// Threads serving connections (default: one per core; thread-per-core: at most 256).
     #[arg(long)]
     pub threads: Option<usize>,
     /// How connections are spread over the threads.
