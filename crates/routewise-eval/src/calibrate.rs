@@ -15,6 +15,11 @@
 //!   lowest of them (the cheapest) is chosen; when none is, the cascade is off (always
 //!   escalate).
 //!
+//! Assumption: the calibration prompts and the prompts served (here `test`) are
+//! exchangeable. That holds for the data's hash-based `split`; a dataset whose `split`
+//! field separates train and test some other way (by time, by task) weakens the headline
+//! guarantee, and the re-split check below cannot see it (it pools the two).
+//!
 //! Protocol: `train` is split (seeded) into a fitting part (70%: the router, cross-fitted
 //! for the acceptor as in [`crate::cascade`], and the tier: of the chains of cheap
 //! candidates, the one that saves the most when calibrated the same way on the fitting
@@ -88,7 +93,8 @@ pub fn hb_p_value(risk_hat: f64, alpha: f64, n: usize) -> f64 {
         return 1.0;
     }
     let hoeffding = (-(n as f64) * kl_bernoulli(risk_hat.min(alpha), alpha)).exp();
-    let k = (n as f64 * risk_hat).ceil() as usize;
+    // 1e-9: a mean of 0/1 losses times n is an integer up to rounding.
+    let k = (n as f64 * risk_hat - 1e-9).ceil().max(0.0) as usize;
     let bentkus = std::f64::consts::E * binom_cdf(k, n, alpha);
     hoeffding.min(bentkus).min(1.0)
 }
@@ -201,7 +207,7 @@ impl Pool {
                     step_discount,
                 };
                 let (s, c) = realise_prompt(d, i, &run, &rule, t, lambda);
-                let accepted = run.accepted_after(&rule, 0.0).is_some();
+                let accepted = run.accepted_after(&rule, |_| 0.0).is_some();
                 out.cascade[j].push((s, c, accepted));
             }
         }

@@ -224,11 +224,15 @@ pub struct TierRun {
 }
 
 impl TierRun {
-    /// The call after which a chain under `rule` accepts (`penalty`: lambda times the
-    /// escalation's expected cost).
-    pub fn accepted_after(&self, rule: &CascadeRule, penalty: f64) -> Option<usize> {
+    /// The call after which a chain under `rule` accepts; `penalty(k)`: lambda times what
+    /// escalating would still cost after call `k` (0 once the target was called).
+    pub fn accepted_after(
+        &self,
+        rule: &CascadeRule,
+        penalty: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
         (0..self.accept_prob.len())
-            .find(|&k| rule.accepts(k, self.accept_prob[k], self.escalate_prob[k], penalty))
+            .find(|&k| rule.accepts(k, self.accept_prob[k], self.escalate_prob[k], penalty(k)))
     }
 }
 
@@ -295,8 +299,13 @@ pub fn realise_prompt(
     let paid = run.cum_cost.last().copied().unwrap_or(0.0);
     match rule {
         CascadeRule::Chain { .. } | CascadeRule::Gain { .. } => {
+            // Escalating to a model already called costs nothing more.
             let penalty = lambda * d.pred_cost[i * d.n_models + target];
-            match run.accepted_after(rule, penalty) {
+            let called_at = run.calls.iter().position(|c| c.model == target);
+            match run.accepted_after(rule, |k| match called_at {
+                Some(t) if t <= k => 0.0,
+                _ => penalty,
+            }) {
                 Some(k) => (run.pick_score[k], run.cum_cost[k]),
                 None => escalate(paid),
             }
@@ -974,11 +983,16 @@ mod tests {
                     let (pred, _) = d.pred_row(i);
                     let best = pred.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let (mut calls, mut attempted, mut paid) = (Vec::new(), 0, 0.0);
-                    let cx = Context {
-                        best_predicted: best,
-                        escalation_penalty: lambda * d.pred_cost[i * 3 + target],
-                    };
                     let slow = loop {
+                        let called = calls.iter().any(|x: &Call| x.model == target);
+                        let cx = Context {
+                            best_predicted: best,
+                            escalation_penalty: if called {
+                                0.0
+                            } else {
+                                lambda * d.pred_cost[i * 3 + target]
+                            },
+                        };
                         match c.next(&calls, attempted, cx) {
                             Next::Call(m) => {
                                 attempted += 1;

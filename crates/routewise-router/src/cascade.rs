@@ -230,12 +230,15 @@ fn fit_logistic(ex: &[(Features, f64)]) -> Features {
         h[0] += 1e-9;
         let Some(l) = cholesky(&h, D) else { break };
         let step = cholesky_solve(&l, D, g.to_vec());
-        let mut moved = 0.0f64;
+        // A diverging step keeps the last finite weights.
+        let moved = step.iter().fold(0.0f64, |m, si| m.max(si.abs()));
+        if !moved.is_finite() {
+            break;
+        }
         for (wi, si) in w.iter_mut().zip(&step) {
             *wi -= si;
-            moved = moved.max(si.abs());
         }
-        if !moved.is_finite() || moved < 1e-9 {
+        if moved < 1e-9 {
             break;
         }
     }
