@@ -32,13 +32,13 @@
 use routewise_data::{Dataset, Record};
 use routewise_features::Featurizer;
 use routewise_features::FeaturizerKind;
+use routewise_router::baselines::splitmix64;
 use routewise_router::cascade::{Cascade, CascadeRule};
 use routewise_router::{Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
 use crate::cascade::{
-    build, candidates, cross_fit, realise_prompt, tier_run, tiers, CascadeInputs, Family, TierRun,
-    MAX_TIER,
+    build, candidates, cross_fit, realise_prompt, tier_run, tiers, CascadeInputs, Family, MAX_TIER,
 };
 use crate::report::split_records;
 use crate::{EvalError, Progress};
@@ -184,9 +184,7 @@ struct Pool {
 impl Pool {
     fn build(d: &CascadeInputs, cascade: &Cascade, lambda: f64) -> Result<Pool, EvalError> {
         let targets = d.escalation_targets(&[lambda])?;
-        let none = CascadeRule::Agreement {
-            min_agree: usize::MAX,
-        };
+
         let step_discount = match cascade.rule {
             CascadeRule::Chain { step_discount, .. } => step_discount,
             CascadeRule::Gain { .. } | CascadeRule::Agreement { .. } => 0.0,
@@ -196,10 +194,9 @@ impl Pool {
             escalate: Vec::with_capacity(d.len()),
             cascade: vec![Vec::with_capacity(d.len()); ts.len()],
         };
-        let empty = TierRun::default();
         for (i, &t) in targets[0].iter().enumerate() {
-            out.escalate
-                .push(realise_prompt(d, i, &empty, &none, t, lambda));
+            // Always escalating: the router's choice alone.
+            out.escalate.push(d.outcome(i, t).unwrap_or((0.0, 0.0)));
             let run = tier_run(d, i, &cascade.tier, cascade.acceptor.as_ref());
             for (j, &threshold) in ts.iter().enumerate() {
                 let rule = CascadeRule::Chain {
@@ -263,13 +260,12 @@ impl Pool {
 
 /// A seeded permutation of `0..n` (splitmix64 + Fisher-Yates).
 fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut s = seed ^ GOLDEN;
     let mut next = || {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let z = splitmix64(s);
+        s = s.wrapping_add(GOLDEN);
+        z
     };
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {

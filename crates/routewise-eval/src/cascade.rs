@@ -130,29 +130,8 @@ impl CascadeInputs {
         self.has_answers.iter().filter(|h| !**h).count()
     }
 
-    /// The rows `rows`, in that order.
-    pub fn subset(&self, rows: &[usize]) -> CascadeInputs {
-        let nm = self.n_models;
-        let pick = |v: &[f64]| -> Vec<f64> {
-            rows.iter()
-                .flat_map(|&i| v[i * nm..(i + 1) * nm].iter().copied())
-                .collect()
-        };
-        CascadeInputs {
-            n_models: nm,
-            scores: pick(&self.scores),
-            costs: pick(&self.costs),
-            answers: rows
-                .iter()
-                .flat_map(|&i| self.answers[i * nm..(i + 1) * nm].iter().copied())
-                .collect(),
-            has_answers: rows.iter().map(|&i| self.has_answers[i]).collect(),
-            pred: pick(&self.pred),
-            pred_cost: pick(&self.pred_cost),
-        }
-    }
-
-    fn outcome(&self, i: usize, m: usize) -> Option<(f64, f64)> {
+    /// The real (score, cost) of model `m` on prompt `i`, if it has one.
+    pub(crate) fn outcome(&self, i: usize, m: usize) -> Option<(f64, f64)> {
         let k = i * self.n_models + m;
         let s = self.scores[k];
         (!s.is_nan()).then(|| (s, self.costs[k]))
@@ -551,7 +530,9 @@ pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, Eva
     let mut out = Vec::new();
     for family in [Family::Chain, Family::Agreement] {
         let min_len = if family == Family::Agreement { 2 } else { 1 };
-        let mut all: Vec<Config> = Vec::new();
+        // Every swept point: its tier's cascade (index into `bases`), rule and lambda.
+        let mut bases: Vec<Cascade> = Vec::new();
+        let mut all: Vec<(usize, SweepPoint)> = Vec::new();
         let mut all_tiers = tiers(&cands, min_len, MAX_TIER);
         if family == Family::Chain {
             // No tier: plain routing, so the chain's frontier can fall back to the
@@ -565,28 +546,27 @@ pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, Eva
                 rules.truncate(1);
             }
             let pts = sweep(train, &base, &rules, lambdas, &targets);
-            for (k, p) in pts.iter().enumerate() {
-                let mut cascade = base.clone();
-                cascade.rule = rules[k / lambdas.len()].clone();
-                all.push(Config {
-                    cascade,
-                    lambda: p.lambda,
-                    train: (p.quality, p.cost),
-                });
-            }
+            all.extend(pts.into_iter().map(|p| (bases.len(), p)));
+            bases.push(base);
         }
         if all.is_empty() {
             continue;
         }
-        let pts: Vec<(f64, f64)> = all.iter().map(|c| (c.train.1, c.train.0)).collect();
+        let pts: Vec<(f64, f64)> = all.iter().map(|(_, p)| (p.cost, p.quality)).collect();
         let hull = nondecreasing_hull(&pts);
         let mut configs: Vec<Config> = Vec::new();
         for &(cost, quality) in &hull.vertices {
-            if let Some(c) = all
+            if let Some((b, p)) = all
                 .iter()
-                .find(|c| c.train.1 == cost && c.train.0 == quality)
+                .find(|(_, p)| p.cost == cost && p.quality == quality)
             {
-                configs.push(c.clone());
+                let mut cascade = bases[*b].clone();
+                cascade.rule = p.rule.clone();
+                configs.push(Config {
+                    cascade,
+                    lambda: p.lambda,
+                    train: (p.quality, p.cost),
+                });
             }
         }
         out.push(Chosen {
@@ -745,9 +725,10 @@ fn coarse(lambdas: &[f64]) -> Vec<f64> {
 
 /// `eval --cascades`: cross-fits a `kind` router on `train` (`prepared` holds its
 /// features and catalog), chooses each family's tier there, and evaluates the chosen
-/// cascades on `test` with the router refitted on all of `train`. `test_feats` and
-/// `test_costs` are the test prompts' features and expected costs; `cost_range` the AIQ
-/// range.
+/// cascades on `test` with the router fitted on all of `train`: `test_pred` are its test
+/// predictions when the caller already has them (the router is among those evaluated),
+/// else it is fitted here. `test_feats` and `test_costs` are the test prompts' features
+/// and expected costs; `cost_range` the AIQ range.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_cascades(
     prepared: &routewise_router::Prepared,
@@ -755,6 +736,7 @@ pub fn evaluate_cascades(
     test: &[&Record],
     test_feats: &[f32],
     test_costs: &[f64],
+    test_pred: Option<Vec<f64>>,
     kind: RouterKind,
     cfg: &RouterConfigs,
     lambdas: &[f64],
@@ -771,17 +753,23 @@ pub fn evaluate_cascades(
     let train_in = CascadeInputs::new(train, nm, oof, train_costs)?;
     let chosen = choose(&train_in, &coarse(lambdas))?;
 
-    let router = prepared.fit(kind, cfg)?;
-    let dim = prepared.train_set.dim;
-    let mut pred = vec![0.0; test.len() * nm];
-    for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
-        routewise_router::Router::predict_scores_keyed(
-            &router,
-            &test_feats[i * dim..(i + 1) * dim],
-            &test[i].id,
-            row,
-        );
-    }
+    let pred = match test_pred {
+        Some(p) => p,
+        None => {
+            let router = prepared.fit(kind, cfg)?;
+            let dim = prepared.train_set.dim;
+            let mut pred = vec![0.0; test.len() * nm];
+            for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
+                routewise_router::Router::predict_scores_keyed(
+                    &router,
+                    &test_feats[i * dim..(i + 1) * dim],
+                    &test[i].id,
+                    row,
+                );
+            }
+            pred
+        }
+    };
     let test_in = CascadeInputs::new(test, nm, pred, test_costs.to_vec())?;
     chosen
         .iter()

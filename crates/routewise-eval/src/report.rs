@@ -369,6 +369,8 @@ pub fn evaluate(
     };
     let mut routers = Vec::with_capacity(kinds.len());
     let mut realised = Vec::with_capacity(kinds.len());
+    // The cascades' router's test predictions, kept when it is one of those evaluated.
+    let mut cascade_pred = None;
     for &kind in &kinds {
         progress.start(&format!("fitting {kind}"), None);
         let t0 = Instant::now();
@@ -386,6 +388,9 @@ pub fn evaluate(
         }
         progress.finish();
         let route_us_p50 = route_p50(featurizer, &router, catalog, &timing);
+        if opts.cascades == Some(kind) {
+            cascade_pred = Some(scores.clone());
+        }
 
         let preds = Predictions {
             n_models,
@@ -464,6 +469,7 @@ pub fn evaluate(
                 &test,
                 &test_feats,
                 &pred_costs,
+                cascade_pred.take(),
                 kind,
                 &cfg,
                 &lambdas,
@@ -717,8 +723,8 @@ fn write_cascades(out: &mut impl Write, rows: &[CascadeRow]) -> std::io::Result<
     }
     writeln!(
         out,
-        "Cascades: tier chosen on train (cross-fitted predictions), thresholds and lambda swept on \
-         test; ratio@95% = cost ratio at 95% of the best single model's quality; plain = test \
+        "Cascades: operating points (tier, rule, lambda) chosen on train's cross-fitted \
+         predictions, each run once on test; ratio@95% = cost ratio at 95% of the best single model's quality; plain = test \
          prompts without recorded answers, routed plainly."
     )
 }

@@ -72,11 +72,6 @@ impl TraceContext {
         }
     }
 
-    /// The trace id in lower-case hex (32 characters).
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-
     /// `traceparent` naming `span` as the parent.
     pub fn traceparent(&self, span: [u8; 8]) -> HeaderValue {
         let mut v = String::with_capacity(55);
@@ -233,7 +228,7 @@ mod tests {
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
         let t = TraceContext::from_headers(&h, "decision");
         assert_eq!(t.request_id, "client-req-1");
-        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&t.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             t.parent_id.map(|p| hex(&p)).as_deref(),
             Some("00f067aa0ba902b7")

@@ -97,7 +97,8 @@ pub fn feature_bytes(features: &[f32]) -> Vec<u8> {
     features.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn splitmix64(x: u64) -> u64 {
+/// SplitMix64's output function: a well-mixed 64-bit value from `x` (seeded draws).
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

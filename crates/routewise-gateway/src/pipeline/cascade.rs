@@ -26,6 +26,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use routewise_router::cascade::{plurality, AnswerKey, Call as VoteCall, Plurality};
 use routewise_router::extract::Extractor;
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -55,17 +56,15 @@ pub fn plan(
     request: &ChatRequest,
     routed: &Routed,
 ) -> Result<Option<Plan>, ApiError> {
-    let config = gw.config.router.cascade.as_ref();
-    let (min_agree, extractor) = match (&request.cascade, config) {
-        (CascadeChoice::Off, _) => return Ok(None),
-        (CascadeChoice::Config, None) => return Ok(None),
+    let (config, min_agree, extractor) = match (&request.cascade, &gw.config.router.cascade) {
+        (CascadeChoice::Off, _) | (CascadeChoice::Config, None) => return Ok(None),
         (CascadeChoice::With { .. }, None) => {
             return Err(ApiError::bad_request(
                 "`routewise.cascade`: no cascade is configured (`router.cascade`)",
                 Some("routewise.cascade"),
             ))
         }
-        (CascadeChoice::Config, Some(c)) => (c.min_agree, c.extractor.clone()),
+        (CascadeChoice::Config, Some(c)) => (c, c.min_agree, c.extractor.clone()),
         (
             CascadeChoice::With {
                 min_agree,
@@ -73,12 +72,10 @@ pub fn plan(
             },
             Some(c),
         ) => (
+            c,
             min_agree.unwrap_or(c.min_agree),
             extractor.clone().unwrap_or_else(|| c.extractor.clone()),
         ),
-    };
-    let Some(config) = config else {
-        return Ok(None);
     };
     if routed.reason == Reason::Direct {
         return Ok(None);
@@ -128,6 +125,15 @@ pub struct CascadeTrace {
 }
 
 impl CascadeTrace {
+    /// The verdict, and the model it names, for a request answered by `answered`:
+    /// `accepted` (a tier answer) or `escalated` (by the answering model, if any).
+    pub fn verdict(&self, answered: Option<ModelId>) -> (&'static str, Option<ModelId>) {
+        match self.accepted {
+            Some(m) => ("accepted", Some(m)),
+            None => ("escalated", answered),
+        }
+    }
+
     /// What the tier calls cost together.
     pub fn cost(&self) -> f64 {
         self.calls.iter().filter_map(|c| c.cost).sum()
@@ -188,12 +194,13 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         .map(|(m, admit)| {
             let up = gw.upstreams.get(m);
             let span = tracing::debug_span!("tier_call", model = %up.name);
+            // A half-open breaker's probe is released if this call is dropped, run or not.
+            let probe = ProbeGuard {
+                breaker: &up.breaker,
+                armed: admit == Admit::Probe,
+            };
             async move {
-                // A half-open breaker's probe is released if this call is cancelled.
-                let mut probe = ProbeGuard {
-                    breaker: &up.breaker,
-                    armed: admit == Admit::Probe,
-                };
+                let mut probe = probe; // the whole guard moves into the call
                 let mut info = AttemptInfo::default();
                 let started = gw.now_ms();
                 let call = Call {
@@ -211,7 +218,11 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             .instrument(span)
         })
         .collect();
-    let mut answers: Vec<(TierAnswer, Option<String>)> = Vec::new();
+    // The answers that came back, and their votes: each read answer interned as a key for
+    // the router crate's plurality rule (`predicted` plays no part here).
+    let mut answers: Vec<TierAnswer> = Vec::new();
+    let mut votes: Vec<VoteCall> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
     let mut accepted = None;
     // Too few tier models can be asked to ever agree: straight to the router's choice.
     if pending.len() < plan.min_agree {
@@ -233,21 +244,30 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 if let Some(c) = cost {
                     gw.metrics.cost(m.index(), c);
                 }
+                let key = answer.as_ref().map(|a| {
+                    let k = keys.iter().position(|x| x == a).unwrap_or_else(|| {
+                        keys.push(a.clone());
+                        keys.len() - 1
+                    });
+                    k as AnswerKey
+                });
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: AttemptOutcome::Ok,
                     status: Some(status.as_u16()),
-                    answer: answer.clone(),
+                    answer,
                     cost,
                 });
-                answers.push((
-                    TierAnswer {
-                        model: m,
-                        content_type,
-                        body,
-                    },
-                    answer,
-                ));
+                answers.push(TierAnswer {
+                    model: m,
+                    content_type,
+                    body,
+                });
+                votes.push(VoteCall {
+                    model: m.index(),
+                    answer: key,
+                    predicted: 0.0,
+                });
                 AttemptOutcome::Ok
             }
             Ok(other) => {
@@ -280,19 +300,23 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         };
         gw.metrics.attempt(m.index(), outcome);
         // The plurality so far, and whether it can still reach min_agree.
-        let (best, votes) = plurality(&answers);
-        if votes >= plan.min_agree.max(1) {
-            accepted = best;
+        let top = if votes.is_empty() {
+            Plurality { pick: 0, votes: 0 }
+        } else {
+            plurality(&votes)
+        };
+        if top.votes >= plan.min_agree.max(1) {
+            accepted = Some(top.pick);
             break;
         }
-        if votes + pending.len() < plan.min_agree {
+        if top.votes + pending.len() < plan.min_agree {
             break;
         }
     }
     drop(pending); // cancels the calls still running
     match accepted {
         Some(k) => {
-            let a = answers.swap_remove(k).0;
+            let a = answers.swap_remove(k);
             if let Some(t) = ctx.cascade.as_mut() {
                 t.accepted = Some(a.model);
             }
@@ -301,26 +325,9 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         }
         None => {
             gw.metrics.cascade("escalated");
-            Verdict::Escalate(answers.into_iter().map(|(a, _)| a).collect())
+            Verdict::Escalate(answers)
         }
     }
-}
-
-/// The index (into `answers`) of the first response of the most common readable answer,
-/// and that answer's count (0 when none is readable).
-fn plurality(answers: &[(TierAnswer, Option<String>)]) -> (Option<usize>, usize) {
-    let mut best: (Option<usize>, usize) = (None, 0);
-    for (i, (_, a)) in answers.iter().enumerate() {
-        let Some(a) = a else { continue };
-        let votes = answers
-            .iter()
-            .filter(|(_, b)| b.as_deref() == Some(a.as_str()))
-            .count();
-        if votes > best.1 {
-            best = (Some(i), votes);
-        }
-    }
-    best
 }
 
 /// A complete chat completion replayed as a chat-completions SSE stream: one chunk with
@@ -416,12 +423,12 @@ pub fn header_value(
     trace: &CascadeTrace,
     answered: Option<ModelId>,
 ) -> Option<HeaderValue> {
-    let (verdict, m) = match (trace.accepted, answered) {
-        (Some(m), _) => ("accepted", m),
-        (None, Some(m)) => ("escalated", m),
-        (None, None) => return HeaderValue::from_str("escalated").ok(),
-    };
-    HeaderValue::from_str(&format!("{verdict}@{}", gw.upstreams.get(m).name)).ok()
+    match trace.verdict(answered) {
+        (verdict, Some(m)) => {
+            HeaderValue::from_str(&format!("{verdict}@{}", gw.upstreams.get(m).name)).ok()
+        }
+        (verdict, None) => Some(HeaderValue::from_static(verdict)),
+    }
 }
 
 #[cfg(test)]

@@ -99,10 +99,9 @@ impl fmt::Display for CascadeLog<'_> {
             return f.write_str("-");
         };
         let name = |m: ModelId| self.0.upstreams.get(m).name.as_str();
-        match (t.accepted, self.2) {
-            (Some(m), _) => write!(f, "accepted@{} [", name(m))?,
-            (None, Some(m)) => write!(f, "escalated@{} [", name(m))?,
-            (None, None) => f.write_str("escalated [")?,
+        match t.verdict(self.2) {
+            (verdict, Some(m)) => write!(f, "{verdict}@{} [", name(m))?,
+            (verdict, None) => write!(f, "{verdict} [")?,
         }
         for (k, c) in t.calls.iter().enumerate() {
             if k > 0 {

@@ -140,12 +140,16 @@ pub async fn serve_on(
             }
         };
         let _ = stream.set_nodelay(true);
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand an accepted connection over");
-                continue;
-            }
+        // A connection served on another thread is detached from this runtime's reactor.
+        let stream = match threads {
+            Threads::Caller => Socket::Here(stream),
+            Threads::Shards(_) => match stream.into_std() {
+                Ok(s) => Socket::Moved(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand an accepted connection over");
+                    continue;
+                }
+            },
         };
         let mut conn = Accepted {
             stream,
@@ -198,9 +202,16 @@ pub async fn serve_on(
 
 /// An accepted connection on its way to the thread that serves it.
 struct Accepted {
-    stream: std::net::TcpStream,
+    stream: Socket,
     peer: SocketAddr,
     permit: Permit,
+}
+
+/// An accepted socket: still registered with the accepting runtime, or detached for
+/// another thread's runtime to register.
+enum Socket {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
 }
 
 /// What a thread (or the caller's runtime) needs to serve connections.
@@ -275,12 +286,15 @@ impl Shard {
             peer,
             permit,
         } = conn;
-        let stream = match TcpStream::from_std(stream) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register an accepted connection");
-                return;
-            }
+        let stream = match stream {
+            Socket::Here(s) => s,
+            Socket::Moved(s) => match TcpStream::from_std(s) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register an accepted connection");
+                    return;
+                }
+            },
         };
         let state = self.state.clone();
         let (app, drain, timeouts) = (self.app.clone(), self.drain.clone(), self.timeouts);
