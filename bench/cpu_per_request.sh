@@ -6,6 +6,7 @@
 #
 #   bash bench/cpu_per_request.sh target/release/routewise            # ROUTEWISE_LOG=info
 #   LOG=warn RATE=2000 DUR=8 THREADS=1 RUNTIME=thread-per-core bash bench/cpu_per_request.sh /tmp/other-build
+#   BODY=conversation.json bash bench/cpu_per_request.sh BIN   # another request body
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
@@ -26,7 +27,9 @@ mock_port="$(free_port)"; gw_port="$(free_port)"
 target/release/routewise-mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & mock_pid=$!; pids+=($mock_pid)
 ROUTEWISE_LOG="$level" "$bin" serve ${THREADS:+--threads "$THREADS"} ${RUNTIME:+--runtime "$RUNTIME"} --config "$work/gw.yaml" 2> "$work/gw.log" & gw_pid=$!; pids+=($gw_pid)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+if [ -n "${BODY:-}" ]; then cp "$BODY" "$work/body.json"; else
 printf '%s' '{"model":"auto","messages":[{"role":"user","content":"Write a Python function that checks whether a number is prime, with a docstring."}],"max_tokens":64}' > "$work/body.json"
+fi
 url="http://127.0.0.1:$gw_port/v1/chat/completions"
 oha -z 3s -c 16 -q "$rate" -m POST -T application/json -D "$work/body.json" --no-tui "$url" > /dev/null   # warm-up
 t0="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m0="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"

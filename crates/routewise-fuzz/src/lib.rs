@@ -77,8 +77,9 @@ pub fn request(data: &[u8]) {
     let reparsed = echoed.to_str().ok().and_then(parse_traceparent);
     assert_eq!(reparsed.map(|r| r.0), Some(trace.trace_id));
 
+    let body = bytes::Bytes::copy_from_slice(body);
     for require_model in [true, false] {
-        match request::parse(body, &headers, require_model) {
+        match request::parse(&body, &headers, require_model) {
             Ok(req) => check_request(&req),
             Err(e) => {
                 let status = e.status().as_u16();
@@ -91,14 +92,14 @@ pub fn request(data: &[u8]) {
     }
 
     let redactor = Redactor::new(Some(SECRET));
-    let text = String::from_utf8_lossy(body);
+    let text = String::from_utf8_lossy(&body);
     let scrubbed = redactor.message(&text);
     assert!(!scrubbed.contains(SECRET));
 }
 
 fn check_request(req: &request::ChatRequest) {
     assert!(!req.model.is_empty());
-    assert!(!req.rest.contains_key("routewise") && !req.rest.contains_key("model"));
+    assert!(!req.rest().contains_key("routewise") && !req.rest().contains_key("model"));
     if let Some(p) = &req.preference {
         assert!(valid_policy(p), "{p:?}");
     }
@@ -112,6 +113,15 @@ fn check_request(req: &request::ChatRequest) {
     };
     assert_eq!(v["model"], "up-model");
     assert!(v.get("routewise").is_none());
+    if req.forwards_original_bytes() {
+        // The client's bytes with the model spliced read as the encoded fields do.
+        let mut encoded = req.clone();
+        encoded.rest_mut();
+        let e = encoded
+            .upstream_body("up-model")
+            .map(|b| serde_json::from_slice::<Value>(&b));
+        assert!(matches!(e, Ok(Ok(ref e)) if *e == v), "{v} vs {e:?}");
+    }
     if let Ok(m) = anthropic::to_messages_body(req, "claude", 4096) {
         assert_eq!(m["model"], "claude");
         assert!(m["max_tokens"].as_u64().is_some_and(|t| t > 0), "{m}");

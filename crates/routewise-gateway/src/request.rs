@@ -11,12 +11,26 @@
 //! "number"}` to override the configured cascade). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
+//! Forwarding: when routewise changes nothing but `model` (no `routewise` key, `model`
+//! given once), the upstream gets the client's own bytes with the routed model spliced
+//! over the `model` value, found in the same parsing pass. Nothing is re-encoded, so
+//! numbers keep their exact spelling (an integer beyond 64 bits, `1.10`), key order and
+//! duplicate keys stay the client's, and a long conversation is copied, not serialised
+//! again (`cargo bench -p routewise-gateway --bench body`). Otherwise the fields are
+//! encoded from the parsed map.
+//!
 //! Prompt size is estimated as chars / 4 of the message text (the rule the data uses).
 
+use std::fmt;
+use std::ops::Range;
+
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use routewise_router::extract::Extractor;
 use routewise_router::Policy;
+use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -44,8 +58,19 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     /// The message text the router sees (contents joined by newlines).
     pub prompt: String,
-    /// Every other field, forwarded as is (messages included).
-    pub rest: Map<String, Value>,
+    /// Every other field, forwarded as is (messages included). Changing it goes through
+    /// [`ChatRequest::rest_mut`], which makes forwarding encode the map.
+    rest: Map<String, Value>,
+    /// The client's bytes, while they may be forwarded with only `model` spliced.
+    original: Option<Original>,
+}
+
+/// The client's body and the byte range of its top-level `model` value (the JSON string
+/// token, quotes included).
+#[derive(Debug, Clone)]
+struct Original {
+    bytes: Bytes,
+    model: Range<usize>,
 }
 
 impl ChatRequest {
@@ -60,8 +85,33 @@ impl ChatRequest {
         is_auto(&self.model)
     }
 
+    /// Every field but `model` and `routewise`, as parsed.
+    pub fn rest(&self) -> &Map<String, Value> {
+        &self.rest
+    }
+
+    /// The fields, to change what is forwarded; the body is then encoded from them.
+    pub fn rest_mut(&mut self) -> &mut Map<String, Value> {
+        self.original = None;
+        &mut self.rest
+    }
+
+    /// Whether the upstream body is the client's bytes with `model` spliced (else it is
+    /// encoded from the parsed fields).
+    pub fn forwards_original_bytes(&self) -> bool {
+        self.original.is_some()
+    }
+
     /// The body sent upstream: the client's fields with `model` replaced.
     pub fn upstream_body(&self, upstream_model: &str) -> Result<Vec<u8>, serde_json::Error> {
+        if let Some(o) = &self.original {
+            let (head, tail) = (&o.bytes[..o.model.start], &o.bytes[o.model.end..]);
+            let mut out = Vec::with_capacity(o.bytes.len() + upstream_model.len() + 8);
+            out.extend_from_slice(head);
+            serde_json::to_writer(&mut out, upstream_model)?;
+            out.extend_from_slice(tail);
+            return Ok(out);
+        }
         #[derive(Serialize)]
         struct Outgoing<'a> {
             model: &'a str,
@@ -98,17 +148,15 @@ pub fn is_auto(model: &str) -> bool {
 /// Parses and validates a chat body. `require_model` is false for `/v1/route`, where a
 /// missing model means `auto`.
 pub fn parse(
-    body: &[u8],
+    body: &Bytes,
     headers: &HeaderMap,
     require_model: bool,
 ) -> Result<ChatRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
-    let Value::Object(mut rest) = value else {
-        return Err(ApiError::bad_request(
-            "the body must be a JSON object",
-            None,
-        ));
+    let top = TopLevel::parse(body)?;
+    let mut rest = top.fields;
+    let model_span = match top.model {
+        Some(ModelToken::Once(span)) => Some(span),
+        _ => None,
     };
     let model = match rest.remove("model") {
         Some(Value::String(s)) if !s.is_empty() => s,
@@ -172,6 +220,7 @@ pub fn parse(
             },
         }
     }
+    let stripped = rest.contains_key("routewise");
     let (preference, cascade) = match rest.remove("routewise") {
         None | Some(Value::Null) => (header_preference(headers)?, CascadeChoice::Config),
         Some(Value::Object(mut o)) if o.contains_key("cascade") => {
@@ -195,7 +244,117 @@ pub fn parse(
         max_tokens,
         prompt,
         rest,
+        original: match model_span {
+            Some(model) if !stripped => Some(Original {
+                bytes: body.clone(),
+                model,
+            }),
+            _ => None,
+        },
     })
+}
+
+/// Where the top-level `model` sits in the body.
+enum ModelToken {
+    /// Given once, as a string: the token's byte range.
+    Once(Range<usize>),
+    /// Given more than once, or not a string: the body is encoded, not spliced.
+    Other,
+}
+
+/// The body's top-level object, parsed in one pass: every field as a JSON value, and the
+/// byte range of the `model` value.
+struct TopLevel {
+    fields: Map<String, Value>,
+    model: Option<ModelToken>,
+}
+
+impl TopLevel {
+    fn parse(body: &[u8]) -> Result<TopLevel, ApiError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let top = de
+            .deserialize_any(TopVisitor { body })
+            .and_then(|top| de.end().map(|()| top));
+        match top {
+            Ok(Some(top)) => Ok(top),
+            Ok(None) => Err(ApiError::bad_request(
+                "the body must be a JSON object",
+                None,
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                format!("the body is not valid JSON: {e}"),
+                None,
+            )),
+        }
+    }
+}
+
+/// Builds a [`TopLevel`] from an object, or `None` from any other JSON value.
+struct TopVisitor<'b> {
+    body: &'b [u8],
+}
+
+impl TopVisitor<'_> {
+    /// Where `token`, a slice the parser borrowed from the body, sits in the body
+    /// (checked against the body's bytes).
+    fn span_of(&self, token: &str) -> Option<Range<usize>> {
+        let start = (token.as_ptr() as usize).checked_sub(self.body.as_ptr() as usize)?;
+        let span = start..start.checked_add(token.len())?;
+        (self.body.get(span.clone()) == Some(token.as_bytes())).then_some(span)
+    }
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_> {
+    type Value = Option<TopLevel>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Map::new();
+        let mut model = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "model" {
+                let raw: &'de RawValue = map.next_value()?;
+                let value: Value =
+                    serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
+                model = Some(match (&model, &value, self.span_of(raw.get())) {
+                    (None, Value::String(_), Some(span)) => ModelToken::Once(span),
+                    _ => ModelToken::Other,
+                });
+                fields.insert(key, value);
+            } else {
+                let value: Value = map.next_value()?;
+                fields.insert(key, value);
+            }
+        }
+        Ok(Some(TopLevel { fields, model }))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// Checks `messages` and returns the text the router sees and its length in chars.
@@ -392,7 +551,7 @@ mod tests {
     use serde_json::json;
 
     fn p(v: Value) -> Result<ChatRequest, ApiError> {
-        parse(v.to_string().as_bytes(), &HeaderMap::new(), true)
+        parse(&Bytes::from(v.to_string()), &HeaderMap::new(), true)
     }
 
     fn param(e: ApiError) -> String {
@@ -420,7 +579,7 @@ mod tests {
             }
         );
         assert_eq!(with.preference, Some(Policy::Lambda(2.0)));
-        assert!(with.rest.get("routewise").is_none());
+        assert!(with.rest().get("routewise").is_none());
         let none = p(json!({"model": "auto", "messages": m})).unwrap();
         assert_eq!(none.cascade, CascadeChoice::Config);
         for (bad, at) in [
@@ -465,18 +624,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(BUDGET_HEADER, HeaderValue::from_static("0.001"));
         let body = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
-        let r = parse(body.to_string().as_bytes(), &h, true).unwrap();
+        let r = parse(&Bytes::from(body.to_string()), &h, true).unwrap();
         assert_eq!(r.prompt, "hi");
         assert_eq!(r.preference, Some(Policy::BudgetUsd(0.001)));
         h.insert(LAMBDA_HEADER, HeaderValue::from_static("1"));
-        assert!(parse(body.to_string().as_bytes(), &h, true).is_err());
+        assert!(parse(&Bytes::from(body.to_string()), &h, true).is_err());
     }
 
     #[test]
     fn every_bad_input_names_its_parameter() {
         let m = json!([{"role": "user", "content": "x"}]);
-        assert!(parse(b"{not json", &HeaderMap::new(), true).is_err());
-        assert!(parse(b"[1]", &HeaderMap::new(), true).is_err());
+        assert!(parse(&Bytes::from_static(b"{not json"), &HeaderMap::new(), true).is_err());
+        assert!(parse(&Bytes::from_static(b"[1]"), &HeaderMap::new(), true).is_err());
         assert_eq!(param(p(json!({"messages": m})).unwrap_err()), "model");
         assert_eq!(
             param(p(json!({"model": 3, "messages": m})).unwrap_err()),
@@ -542,7 +701,7 @@ mod tests {
             "routewise"
         );
         let r = parse(
-            json!({"messages": m}).to_string().as_bytes(),
+            &Bytes::from(json!({"messages": m}).to_string()),
             &HeaderMap::new(),
             false,
         )
@@ -565,6 +724,118 @@ mod tests {
         for key in ["max_tokens", "max_completion_tokens"] {
             let e = p(json!({"model": "a", "messages": m, key: 0})).unwrap_err();
             assert_eq!(param(e), key);
+        }
+    }
+
+    fn raw(body: &str) -> ChatRequest {
+        parse(&Bytes::from(body.to_string()), &HeaderMap::new(), true).unwrap()
+    }
+
+    #[test]
+    fn the_original_bytes_are_forwarded_with_only_the_model_spliced() {
+        // Spelling serde_json would change: a 70-bit integer, `1.10`, key order, spaces.
+        let body = r#"{ "seed": 1180591620717411303424, "temperature": 1.10,
+            "messages": [{"role": "user", "content": "hi"}], "model" : "auto", "n": 1 }"#;
+        let r = raw(body);
+        assert!(r.forwards_original_bytes());
+        let out = String::from_utf8(r.upstream_body("gpt-4o-mini").unwrap()).unwrap();
+        assert_eq!(out, body.replace(r#""auto""#, r#""gpt-4o-mini""#));
+        // The upstream name is written as a JSON string, escapes included.
+        let out = r.upstream_body("a\"b\\c").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "a\"b\\c");
+    }
+
+    #[test]
+    fn the_body_is_encoded_when_routewise_changes_more_than_the_model() {
+        let m = r#""messages": [{"role": "user", "content": "hi"}]"#;
+        // The `routewise` key is stripped.
+        let r = raw(&format!(
+            r#"{{"model": "auto", {m}, "routewise": {{"lambda": 1}}}}"#
+        ));
+        assert!(!r.forwards_original_bytes());
+        let v: Value = serde_json::from_slice(&r.upstream_body("x").unwrap()).unwrap();
+        assert!(v.get("routewise").is_none());
+        assert_eq!(v["model"], "x");
+        // `model` twice: the last one counts, as for serde_json, and one is sent.
+        let r = raw(&format!(r#"{{"model": "a", {m}, "model": "auto"}}"#));
+        assert!(r.is_auto() && !r.forwards_original_bytes());
+        let out = String::from_utf8(r.upstream_body("x").unwrap()).unwrap();
+        assert_eq!(out.matches("\"model\"").count(), 1);
+        // A changed field.
+        let mut r = raw(&format!(r#"{{"model": "auto", {m}, "stream": true}}"#));
+        assert!(r.forwards_original_bytes());
+        r.rest_mut().remove("stream");
+        assert!(!r.forwards_original_bytes());
+        let v: Value = serde_json::from_slice(&r.upstream_body("x").unwrap()).unwrap();
+        assert!(v.get("stream").is_none());
+        // An escaped key is still the model key.
+        let r = raw(&format!(r#"{{"mod\u0065l": "auto", {m}}}"#));
+        assert!(r.is_auto() && r.forwards_original_bytes());
+        let v: Value = serde_json::from_slice(&r.upstream_body("x").unwrap()).unwrap();
+        assert_eq!(v["model"], "x");
+    }
+
+    #[test]
+    fn bodies_that_are_not_one_json_object_are_refused() {
+        for bad in [
+            &b"[1]"[..],
+            b"\"s\"",
+            b"3",
+            b"null",
+            b"{} {}",
+            b"{\"model\": \"a\"} x",
+        ] {
+            let e = parse(&Bytes::copy_from_slice(bad), &HeaderMap::new(), true).unwrap_err();
+            assert_eq!(e.status().as_u16(), 400, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "[a-z\"\\\\é ]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Splicing the model into the client's bytes sends the same JSON as encoding
+        /// the parsed fields, whatever the other fields and the spacing.
+        #[test]
+        fn splicing_sends_the_same_json_as_encoding(
+            extra in proptest::collection::btree_map("[a-z_]{1,6}", json_value(), 0..5),
+            model in "[a-zA-Z0-9\"\\\\/.: -]{1,12}",
+            pretty in proptest::bool::ANY,
+        ) {
+            let mut obj: Map<String, Value> = extra.into_iter().collect();
+            obj.remove("routewise");
+            obj.insert("model".into(), Value::from("auto"));
+            obj.insert("messages".into(), json!([{"role": "user", "content": "q"}]));
+            let text = if pretty {
+                serde_json::to_string_pretty(&obj).unwrap()
+            } else {
+                serde_json::to_string(&obj).unwrap()
+            };
+            let r = raw(&text);
+            proptest::prop_assert!(r.forwards_original_bytes());
+            let spliced: Value = serde_json::from_slice(&r.upstream_body(&model).unwrap()).unwrap();
+            let mut encoded = r.clone();
+            encoded.rest_mut();
+            let encoded: Value =
+                serde_json::from_slice(&encoded.upstream_body(&model).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&spliced, &encoded);
+            proptest::prop_assert_eq!(&spliced["model"], &Value::from(model));
         }
     }
 }

@@ -175,8 +175,8 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let mut request = ctx.request.clone();
     request.stream = false;
     request.include_usage = false;
-    request.rest.remove("stream");
-    request.rest.remove("stream_options");
+    request.rest_mut().remove("stream");
+    request.rest_mut().remove("stream_options");
     let now = gw.now_ms();
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();

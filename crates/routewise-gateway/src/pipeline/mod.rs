@@ -299,7 +299,7 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
 pub fn decide_only(
     state: &AppState,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<serde_json::Value, ApiError> {
     let started = Instant::now();
     let gw = &**state;

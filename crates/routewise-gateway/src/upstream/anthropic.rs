@@ -262,7 +262,7 @@ pub fn to_messages_body(
     upstream_model: &str,
     default_max_tokens: u64,
 ) -> Result<Value, String> {
-    let rest = &req.rest;
+    let rest = req.rest();
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     let empty = Vec::new();
@@ -680,7 +680,7 @@ mod tests {
     use axum::http::{HeaderMap, StatusCode};
 
     fn req(v: Value) -> ChatRequest {
-        crate::request::parse(v.to_string().as_bytes(), &HeaderMap::new(), true).unwrap()
+        crate::request::parse(&bytes::Bytes::from(v.to_string()), &HeaderMap::new(), true).unwrap()
     }
 
     #[test]
