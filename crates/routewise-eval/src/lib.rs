@@ -13,6 +13,8 @@
 //! * [`calibrate`]: a cascade's threshold with a risk guarantee (Learn then Test).
 //! * [`cascade`]: cascades (confidence chain, agreement tier) simulated on recorded
 //!   answers: cross-fitted acceptor, tier choice on train, frontier on test.
+//! * [`ope`]: off-policy estimators (IPS, SNIPS, doubly robust) with bootstrap
+//!   intervals; [`ope_validate`]: their validation in simulation (`replay --validate`).
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
 //! * [`report`]: `routewise eval` as a function ([`evaluate`]): fit, predict, sweep,
 //!   summarise; the table and the plot series.
@@ -30,6 +32,8 @@ pub mod metrics;
 pub mod online;
 pub mod online_plot;
 pub mod online_report;
+pub mod ope;
+pub mod ope_validate;
 pub mod outcomes;
 pub mod pairwise;
 pub mod plot;

@@ -32,6 +32,9 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Find the strong/weak threshold that sends a target share of calls to the strong model.
     Calibrate(cmd::calibrate::Args),
+    /// Off-policy evaluation of routing policies (`--validate`: the estimators checked in
+    /// simulation on a dataset).
+    Replay(cmd::replay::Args),
     /// Run the OpenAI-compatible routing gateway.
     Serve(cmd::serve::Args),
     /// Validate a gateway config file and print the errors, or "ok".
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Route(a) => cmd::route::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Replay(a) => cmd::replay::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Models(c) => cmd::models::run(c),

@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod check_config;
 pub mod eval;
 pub mod models;
+pub mod replay;
 pub mod route;
 pub mod serve;
 pub mod train;
