@@ -32,7 +32,7 @@ use routewise_features::{Featurizer, FeaturizerKind};
 use routewise_router::{Policy, Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
-use crate::ope::{dr_difference, estimate_all, Estimates, Sample};
+use crate::ope::{bounded_outcome_var, column, dr_difference, estimate_all, Estimates, Sample};
 use crate::report::split_records;
 use crate::{lambda_grid, EvalError, Outcomes, Progress};
 
@@ -165,6 +165,8 @@ struct World {
     /// Per candidate: its model per prompt, and `n x k` predicted rewards.
     picks: Vec<Vec<usize>>,
     predicted: Vec<Vec<f64>>,
+    /// Per candidate: `n x k` predicted scores (the outcome variance's mean).
+    scores: Vec<Vec<f64>>,
 }
 
 impl World {
@@ -192,13 +194,15 @@ impl World {
             };
             let p = self.propensity(i, a);
             let r = self.reward[i * k + a];
-            for (picks, pred) in self.picks.iter().zip(&self.predicted) {
+            for ((picks, pred), scores) in self.picks.iter().zip(&self.predicted).zip(&self.scores)
+            {
                 let pick = picks[i];
                 out.push(Sample {
                     weight: if pick == a { 1.0 / p } else { 0.0 },
                     outcome: r,
                     direct: pred[i * k + pick],
                     direct_logged: pred[i * k + a],
+                    outcome_var: bounded_outcome_var(scores[i * k + a]),
                 });
             }
         }
@@ -212,6 +216,8 @@ type Spec = (String, Vec<f64>, f64, Option<Vec<usize>>);
 
 /// One run's estimates per candidate.
 type RunResult = Vec<Estimates>;
+/// One run's verdicts per checked pair: (identified, named the wrong one).
+type Verdicts = Vec<(bool, bool)>;
 
 fn run_seed(seed: u64, size: usize, run: usize) -> u64 {
     let x = seed ^ (size as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((run as u64) << 1);
@@ -447,8 +453,15 @@ pub fn validate(
         top,
         picks,
         predicted,
+        scores: specs.iter().map(|s| s.1.clone()).collect(),
     };
     let truth: Vec<f64> = candidates.iter().map(|c| c.true_reward).collect();
+    // Pairs (better, worse) far enough apart to check identification.
+    let c = truth.len();
+    let pairs: Vec<(usize, usize)> = (0..c)
+        .flat_map(|a| (0..c).map(move |b| (a, b)))
+        .filter(|&(a, b)| a != b && truth[a] - truth[b] >= MIN_GAP)
+        .collect();
 
     let mut by_size = Vec::with_capacity(opts.sizes.len());
     let threads = opts.threads.max(1);
@@ -458,10 +471,10 @@ pub fn validate(
             Some(opts.runs as u64),
         );
         let done = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<(usize, RunResult)> = std::thread::scope(|s| {
+        let mut results: Vec<(usize, RunResult, Verdicts)> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|t| {
-                    let (world, done) = (&world, &done);
+                    let (world, done, pairs) = (&world, &done, &pairs);
                     s.spawn(move || {
                         (t..opts.runs)
                             .step_by(threads)
@@ -475,8 +488,21 @@ pub fn validate(
                                     opts.resamples,
                                     seed ^ 1,
                                 );
+                                let verdicts: Verdicts = pairs
+                                    .iter()
+                                    .map(|&(a, b)| {
+                                        let c = world.picks.len();
+                                        let d = dr_difference(
+                                            &est[a],
+                                            &est[b],
+                                            column(&samples, c, a),
+                                            column(&samples, c, b),
+                                        );
+                                        (d.ci[0] > 0.0, d.ci[1] < 0.0)
+                                    })
+                                    .collect();
                                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                (run, est)
+                                (run, est, verdicts)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -493,14 +519,14 @@ pub fn validate(
         });
         progress.set_position(done.into_inner() as u64);
         progress.finish();
-        results.sort_by_key(|(run, _)| *run);
-        let results: Vec<RunResult> = results.into_iter().map(|(_, r)| r).collect();
+        results.sort_by_key(|(run, _, _)| *run);
+        let (results, verdicts): (Vec<RunResult>, Vec<Verdicts>) =
+            results.into_iter().map(|(_, r, v)| (r, v)).unzip();
         let estimators = Estimators {
             ips: stats(&results, &truth, |e| e.ips),
             snips: stats(&results, &truth, |e| e.snips),
             dr: stats(&results, &truth, |e| e.dr),
         };
-        let c = truth.len();
         let runs = results.len().max(1) as f64;
         let mean_ess = (0..c)
             .map(|ci| results.iter().map(|r| r[ci].ess).sum::<f64>() / runs)
@@ -510,28 +536,22 @@ pub fn validate(
             .flat_map(|r| r.iter())
             .filter(|e| e.low_ess)
             .count();
-        let mut identification = Vec::new();
-        for a in 0..c {
-            for b in 0..c {
-                let gap = truth[a] - truth[b];
-                if a == b || gap < MIN_GAP {
-                    continue;
-                }
-                let (mut yes, mut wrong) = (0usize, 0usize);
-                for r in &results {
-                    let d = dr_difference(&r[a], &r[b]);
-                    yes += usize::from(d.ci[0] > 0.0);
-                    wrong += usize::from(d.ci[1] < 0.0);
-                }
-                identification.push(Identification {
+        let identification = pairs
+            .iter()
+            .enumerate()
+            .map(|(p, &(a, b))| {
+                let count = |f: fn(&(bool, bool)) -> bool| {
+                    verdicts.iter().filter(|v| f(&v[p])).count() as f64 / runs
+                };
+                Identification {
                     better: candidates[a].name.clone(),
                     worse: candidates[b].name.clone(),
-                    true_gap: gap,
-                    identified: yes as f64 / runs,
-                    wrong: wrong as f64 / runs,
-                });
-            }
-        }
+                    true_gap: truth[a] - truth[b],
+                    identified: count(|v| v.0),
+                    wrong: count(|v| v.1),
+                }
+            })
+            .collect();
         by_size.push(SizeReport {
             size,
             estimators,

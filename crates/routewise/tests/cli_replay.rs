@@ -76,7 +76,7 @@ fn validate_reports_the_estimators_accuracy_against_the_truth() {
     let far: Vec<&Value> = ident.iter().filter(|p| f(&p["true_gap"]) > 0.2).collect();
     assert!(!far.is_empty(), "{ident:?}");
     for p in far {
-        assert!(f(&p["identified"]) > 0.9 && f(&p["wrong"]) == 0.0, "{p}");
+        assert!(f(&p["identified"]) > 0.75 && f(&p["wrong"]) == 0.0, "{p}");
     }
 }
 
