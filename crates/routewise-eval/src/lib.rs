@@ -14,7 +14,9 @@
 //! * [`cascade`]: cascades (confidence chain, agreement tier) simulated on recorded
 //!   answers: cross-fitted acceptor, tier choice on train, frontier on test.
 //! * [`ope`]: off-policy estimators (IPS, SNIPS, doubly robust) with bootstrap
-//!   intervals; [`ope_validate`]: their validation in simulation (`replay --validate`).
+//!   intervals; [`ope_validate`]: their validation in simulation (`replay --validate`);
+//!   [`ope_log`]: a candidate router evaluated on the gateway's decision log
+//!   (`replay --log`).
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
 //! * [`report`]: `routewise eval` as a function ([`evaluate`]): fit, predict, sweep,
 //!   summarise; the table and the plot series.
@@ -22,7 +24,7 @@
 //!   [`online_report`]: the replay as a function ([`evaluate_online`]), its table and its
 //!   regret plot ([`online_plot`]).
 //!
-//! No file or network I/O: data comes in as a `Dataset`, results go out as values and
+//! No file or network I/O: data comes in as a `Dataset` (or a log's text), results go out as values and
 //! strings; the CLI reads and writes files and draws progress ([`Progress`]).
 
 pub mod bootstrap;
@@ -33,6 +35,7 @@ pub mod online;
 pub mod online_plot;
 pub mod online_report;
 pub mod ope;
+pub mod ope_log;
 pub mod ope_validate;
 pub mod outcomes;
 pub mod pairwise;

@@ -234,12 +234,15 @@ pub fn estimate_all(
         .zip(reps)
         .enumerate()
         .map(|(ci, (f, [mut ips, mut sn, dr]))| {
+            // The interval always holds the point estimate (a percentile interval of a
+            // skewed statistic may not, by a hair of rounding or by skew).
             let interval = |v: &mut Vec<f64>, point: f64| {
                 v.retain(|x| x.is_finite());
-                if v.is_empty() {
+                if v.is_empty() || !point.is_finite() {
                     [point, point]
                 } else {
-                    percentile_interval(v)
+                    let [lo, hi] = percentile_interval(v);
+                    [lo.min(point), hi.max(point)]
                 }
             };
             let (ips_v, sn_v, dr_v) = (f[0] / nf, snips(f[1], f[2]), f[3] / nf);
@@ -295,7 +298,8 @@ pub fn dr_difference(
     let ci = if d.is_empty() {
         [value, value]
     } else {
-        percentile_interval(&mut d)
+        let [lo, hi] = percentile_interval(&mut d);
+        [lo.min(value), hi.max(value)]
     };
     // Given the logged decision, the two residual terms share the outcome's noise:
     // `(w_a - w_b)^2 v` is the floor of their difference.

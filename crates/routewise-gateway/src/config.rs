@@ -12,6 +12,7 @@
 //!   artifact: router.rw          # optional; relative to this file; default: the embedded demo router
 //!   policy: {lambda: 0.5}        # or {budget_usd: 0.002}; default {lambda: 0}
 //!   cascade: {tier: [a, b], min_agree: 2, extractor: choice}   # optional (see below)
+//!   exploration: {epsilon: 0.02}  # optional: epsilon-greedy, logged propensities (see below)
 //! models:
 //!   - name: gpt-4-1106-preview
 //!     provider: openai           # openai (any OpenAI-compatible upstream), anthropic, or replay (demo)
@@ -27,7 +28,7 @@
 //!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
 //!          shutdown_grace_ms: 10000, trusted_proxies: [10.0.0.0/8]}
 //! cooldown: {failures: 3, seconds: 30}
-//! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192}}  # the decision log (ROUTEWISE_LOG=warn: off)
+//! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192, prompt: false}}  # the decision log (ROUTEWISE_LOG=warn: off)
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
 //! ```
@@ -51,6 +52,14 @@
 //! `min_agree` (default: all of them) gave it, read by `extractor` (`choice`, `number`,
 //! `exact` or `json:FIELD`; default `choice`); otherwise the request goes to the router's
 //! choice ([`crate::pipeline::cascade`]). Tier names must be configured models.
+//!
+//! `router.exploration.epsilon` (default 0: off) replaces the router's choice by a
+//! uniformly drawn model on that share of `model: auto` requests
+//! ([`routewise_router::explore`]), so that the decision log, whose lines carry each
+//! choice's propensity, can evaluate other routers off-line (`routewise replay --log`).
+//! `log.decisions.prompt: true` also logs the prompt text the router saw, which `replay`
+//! needs to re-score decisions with another router; it is off by default because prompts
+//! may be sensitive.
 //!
 //! Each section validates itself (the policy in `routewise_router::policy`, `bandit:` and
 //! `state:` in `routewise_online::config`, models here); this module collects the issues.
@@ -113,6 +122,8 @@ pub struct RouterConfig {
     pub policy: Policy,
     /// The agreement cascade in front of the router, if configured.
     pub cascade: Option<CascadeConfig>,
+    /// The epsilon-greedy exploration rate (0: off).
+    pub epsilon: f64,
 }
 
 /// `router.cascade`: ask the tier first, accept an answer enough of it agrees on.
@@ -238,6 +249,8 @@ pub struct DecisionLogConfig {
     pub sample: f64,
     /// Decisions queued for the writer at most; past it they are dropped and counted.
     pub queue: usize,
+    /// Whether a line carries the prompt text the router saw (for `routewise replay`).
+    pub prompt: bool,
 }
 
 impl Default for DecisionLogConfig {
@@ -246,6 +259,7 @@ impl Default for DecisionLogConfig {
             top_k: 3,
             sample: 1.0,
             queue: 8192,
+            prompt: false,
         }
     }
 }
@@ -338,6 +352,14 @@ struct RawRouter {
     _policy: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     cascade: Option<RawCascade>,
+    #[serde(default)]
+    exploration: Option<RawExploration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExploration {
+    epsilon: f64,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +451,8 @@ struct RawDecisionLog {
     sample: Option<f64>,
     #[serde(default)]
     queue: Option<usize>,
+    #[serde(default)]
+    prompt: Option<bool>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -567,6 +591,13 @@ pub fn parse(
         }
     };
     let cascade = router.cascade.and_then(|c| v.cascade(c, &models));
+    let epsilon = router.exploration.map_or(0.0, |e| e.epsilon);
+    if !(0.0..=1.0).contains(&epsilon) {
+        v.issue(
+            "router.exploration.epsilon",
+            format!("must be in 0..=1 (the share of requests explored), found {epsilon}"),
+        );
+    }
     if !v.issues.is_empty() {
         let mut issues = v.issues;
         blame_env(&mut issues, &set_by);
@@ -579,6 +610,7 @@ pub fn parse(
             artifact,
             policy,
             cascade,
+            epsilon,
         },
         models,
         limits,
@@ -860,6 +892,7 @@ impl Validator<'_> {
             top_k: raw.top_k.unwrap_or(d.top_k),
             sample: raw.sample.unwrap_or(d.sample),
             queue: raw.queue.unwrap_or(d.queue),
+            prompt: raw.prompt.unwrap_or(d.prompt),
         };
         if !(0.0..=1.0).contains(&c.sample) {
             self.issue(
@@ -1408,6 +1441,29 @@ bogus: 1
             e.contains("models[0].base_url (set by ROUTEWISE_MODELS__0__BASE_URL)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn exploration_and_prompt_logging_are_read_and_checked() {
+        let c = p(GOOD, &[]).unwrap();
+        assert_eq!(c.router.epsilon, 0.0);
+        assert!(!c.decision_log.prompt);
+        let c = p(
+            GOOD,
+            &[
+                ("ROUTEWISE_ROUTER__EXPLORATION__EPSILON", "0.05"),
+                ("ROUTEWISE_LOG__DECISIONS__PROMPT", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.router.epsilon, 0.05);
+        assert!(c.decision_log.prompt);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let e = p(GOOD, &[("ROUTEWISE_ROUTER__EXPLORATION__EPSILON", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("router.exploration.epsilon"), "{bad}: {e}");
+        }
     }
 
     #[test]

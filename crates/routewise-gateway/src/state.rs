@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use routewise_online::{Backend, OnlineRouter};
-use routewise_router::{ConfiguredModel, Decide, Engine, ModelInfo};
+use routewise_router::{ConfiguredModel, Decide, Engine, Exploring, ModelInfo};
 
 use crate::config::{Config, ConfigError, Issue};
 use crate::limits::Counter;
@@ -136,6 +136,11 @@ impl AppState {
                 (router.clone(), Some(router))
             }
             None => (engine.clone(), None),
+        };
+        let decider: Arc<dyn Decide> = if config.router.epsilon > 0.0 {
+            Arc::new(Exploring::new(decider, config.router.epsilon))
+        } else {
+            decider
         };
         let metrics = Metrics::new(&upstreams.names());
         let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;

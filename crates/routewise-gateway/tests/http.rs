@@ -439,6 +439,9 @@ async fn route_endpoint_gives_the_decision_without_calling_upstream() {
         assert!(m["predicted_score"].is_number() && m["predicted_cost_usd"].is_number());
     }
     assert_eq!(v["fallback_order"][0], "c");
+    // A deterministic router without exploration chose with probability 1.
+    assert_eq!(v["propensity"], 1.0);
+    assert_eq!(v["explored"], false);
     assert_eq!(mock.total_hits(), 0);
     let (status, _, v) = post(&gw.url("/v1/route"), &json!({"messages": 5})).await;
     assert_eq!(status, 400);

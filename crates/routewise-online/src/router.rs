@@ -184,9 +184,10 @@ impl OnlineRouter {
         let learning = Learning {
             context: x,
             prior_scores: prior,
-            propensity,
         };
-        Decision::new(ranking, scores, costs, policy, reason, Some(learning))
+        let mut d = Decision::new(ranking, scores, costs, policy, reason, Some(learning));
+        d.propensity = propensity;
+        d
     }
 
     /// The record to store once model `served` (the chosen one, or the fallback that
@@ -382,7 +383,7 @@ mod tests {
         let d = r.decide_features(&Fixed(vec![0.9]), &f, "p", 10, Policy::Lambda(0.0));
         assert_eq!(d.learning.as_ref().unwrap().prior_scores, vec![0.9, 1.0]);
         assert_eq!(d.chosen, 1);
-        assert_eq!(d.learning.unwrap().propensity, Some(1.0));
+        assert_eq!(d.propensity, Some(1.0));
         let dup = Catalog {
             models: vec![info("a", 1.0), info("a", 1.0)],
         };

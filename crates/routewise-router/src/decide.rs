@@ -6,8 +6,10 @@
 //! this trait or wraps one that does.
 //!
 //! A decision carries the ranking (the choice and the fallback order), every model's
-//! predicted score and cost, why it was made, and what a learner needs later
-//! ([`Learning`]: the bandit context, the prior scores, the probability of the choice).
+//! predicted score and cost, why it was made, the probability with which the choice was
+//! made (its propensity, for off-policy evaluation of other policies on the logged
+//! decisions), and what a learner needs later ([`Learning`]: the bandit context, the prior
+//! scores).
 
 use serde::Serialize;
 
@@ -57,9 +59,6 @@ pub struct Learning {
     pub context: Vec<f64>,
     /// Prior (offline or optimistic) score per catalog model.
     pub prior_scores: Vec<f64>,
-    /// Probability that the chosen model was chosen under the rule that chose it (1 for
-    /// a deterministic rule); `None` where it is not computed on the request path.
-    pub propensity: Option<f64>,
 }
 
 /// The outcome of routing one prompt.
@@ -75,6 +74,13 @@ pub struct Decision {
     pub costs: Vec<f64>,
     pub policy: Policy,
     pub reason: DecisionReason,
+    /// Probability that `chosen` was chosen under the rule that chose it, given the
+    /// prompt: 1 for a deterministic rule; `None` where it is not computed on the request
+    /// path (Thompson sampling).
+    pub propensity: Option<f64>,
+    /// Whether an exploration rule replaced the router's choice
+    /// ([`crate::explore::Exploring`]).
+    pub explored: bool,
     /// Set by learning routers (see [`Learning`]).
     #[serde(skip)]
     pub learning: Option<Learning>,
@@ -97,6 +103,8 @@ impl Decision {
             costs,
             policy,
             reason,
+            propensity: Some(1.0),
+            explored: false,
             learning,
         }
     }

@@ -25,6 +25,7 @@ mod dataset;
 pub mod decide;
 pub mod engine;
 pub mod ensemble;
+pub mod explore;
 pub mod extract;
 pub mod knn;
 pub mod linear;
@@ -43,6 +44,7 @@ pub use catalog::{Catalog, ConfiguredModel, ModelInfo, ReconcileIssue, Reconcile
 pub use decide::{Decide, Decision, DecisionReason, Learning, RouteRequest};
 pub use engine::Engine;
 pub use ensemble::{EnsembleConfig, EnsembleRouter};
+pub use explore::Exploring;
 pub use knn::{KnnConfig, KnnIndex, KnnRouter};
 pub use linear::{LinearConfig, LinearRouter};
 pub use mf::{MfConfig, MfRouter};

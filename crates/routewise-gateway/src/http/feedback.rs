@@ -1,7 +1,8 @@
 //! `POST /v1/feedback`: `{"decision_id", "score" (0..1, or true/false), "thumbs"
 //! ("up"/"down"), "cost_usd"?, "latency_ms"?}`. Answers 200 with the ack once the store
 //! committed (fsynced locally, acknowledged by Redis), else the typed error
-//! (`routewise_online::FeedbackError`) in OpenAI's shape.
+//! (`routewise_online::FeedbackError`) in OpenAI's shape. Accepted feedback is logged
+//! (target `routewise::feedback`: decision id, model, score) beside the decision lines.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -60,6 +61,17 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
     match online.feedback.submit(&req).await {
         Ok(ack) => {
             gw.metrics.feedback("ok");
+            // The outcome beside the decision lines, for `routewise replay --log`.
+            if let Ok(fb) = req.validate() {
+                tracing::info!(
+                    target: "routewise::feedback",
+                    decision_id = %ack.decision_id,
+                    model = %ack.model,
+                    score = fb.score,
+                    cost_usd = req.cost_usd.unwrap_or(f64::NAN),
+                    "feedback"
+                );
+            }
             Json(ack).into_response()
         }
         Err(e) => {

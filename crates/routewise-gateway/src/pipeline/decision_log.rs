@@ -6,6 +6,14 @@
 //! score and cost), and for a cascaded request its verdict and every tier call (answer
 //! read, cost). Written once per request ([`RequestContext::mark_logged`]).
 //!
+//! For off-policy evaluation (`routewise replay --log`), a line also carries the
+//! propensity of the router's choice (`propensity`: 1 for a deterministic router, the
+//! epsilon-greedy probability under `router.exploration`, null where unknown), whether
+//! the choice was an exploration (`explored`), and, with `log.decisions.prompt: true`, the
+//! prompt text the router saw (`prompt`). Accepted feedback is logged as a
+//! `routewise::feedback` line with the decision id and the score, so that one log holds
+//! decisions and outcomes.
+//!
 //! Off the request path: the request's task only moves a [`DecisionRecord`] (owned
 //! fields, no formatting) into a bounded queue ([`DecisionLog`]); a writer thread takes
 //! the queued records in batches and emits them as `tracing` events, which the installed
@@ -153,6 +161,9 @@ pub struct DecisionRecord {
     elapsed_ms: f64,
     predictions: Vec<Prediction>,
     cascade: Option<CascadeTrace>,
+    propensity: Option<f64>,
+    explored: bool,
+    prompt: Option<String>,
 }
 
 impl DecisionRecord {
@@ -188,6 +199,10 @@ impl DecisionRecord {
             elapsed_ms = self.elapsed_ms,
             predictions = %Predictions(gw, &self.predictions),
             cascade = %CascadeLog(gw, self.cascade.as_ref(), self.model),
+            // NaN (null in JSON) when unknown or when no router decided.
+            propensity = self.propensity.unwrap_or(f64::NAN),
+            explored = self.explored,
+            prompt = self.prompt.as_deref(),
             "decision"
         );
     }
@@ -343,6 +358,9 @@ pub fn emit(
         elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
         predictions,
         cascade: ctx.cascade.clone(),
+        propensity: decision.and_then(|d| d.propensity),
+        explored: decision.is_some_and(|d| d.explored),
+        prompt: (log.config.prompt && decision.is_some()).then(|| ctx.request.prompt.clone()),
     });
 }
 

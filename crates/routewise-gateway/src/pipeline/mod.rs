@@ -330,6 +330,8 @@ pub fn decide_only(
         "reason": routed.reason.name(),
         "policy": routed.policy,
         "prompt_tokens": req.prompt_tokens,
+        "propensity": routed.decision.as_ref().and_then(|d| d.propensity),
+        "explored": routed.decision.as_ref().is_some_and(|d| d.explored),
         "fallback_order": routed.candidates.iter().map(|&u| gw.upstreams.get(u).name.as_str()).collect::<Vec<_>>(),
         "models": models,
     }))

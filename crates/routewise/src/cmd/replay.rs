@@ -1,25 +1,42 @@
-//! `routewise replay`: off-policy evaluation. `--validate` checks the estimators in
-//! simulation on a routing dataset, where every policy's true value is known
-//! ([`routewise_eval::ope_validate`]): it prints the table and writes the JSON report.
+//! `routewise replay`: off-policy evaluation.
+//! * `--log decisions.jsonl --router candidate.rw [--policy lambda=50]`: estimates what the
+//!   candidate router would have earned on the gateway's logged traffic
+//!   ([`routewise_eval::ope_log`]).
+//! * `--validate --data D`: checks the estimators in simulation on a routing dataset,
+//!   where every policy's true value is known ([`routewise_eval::ope_validate`]).
+//!
+//! Both print a table and write the JSON report to `--json`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use routewise_eval::ope_log::{parse_log, replay_log, write_replay_table, ReplayOptions};
 use routewise_eval::ope_validate::{validate, write_validation_table, ValidateOptions};
-use routewise_router::RouterKind;
+use routewise_router::{Artifact, Policy, RouterKind};
 
 use super::{load_dataset, write_json, Bars, FeaturizerArg};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// The gateway's JSON log (`serve --log-format json`): decision and feedback lines.
+    #[arg(long, required_unless_present = "validate", requires = "router")]
+    pub log: Option<PathBuf>,
+    /// The candidate router artifact to evaluate on `--log`.
+    #[arg(long, requires = "log")]
+    pub router: Option<PathBuf>,
+    /// The candidate's policy (`lambda=50`, `budget_usd=0.002`); default: each logged
+    /// decision's own.
+    #[arg(long, requires = "log")]
+    pub policy: Option<String>,
     /// Validate the estimators in simulation on `--data` (logs drawn from the test split
     /// through an epsilon-greedy logger; the truth comes from the data).
-    #[arg(long, required = true)]
+    #[arg(long, conflicts_with = "log", requires = "data")]
     pub validate: bool,
-    /// Routing dataset (canonical JSONL or RouterBench CSV).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Routing dataset (canonical JSONL or RouterBench CSV), for `--validate`.
+    #[arg(long, requires = "validate")]
+    pub data: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -32,9 +49,10 @@ pub struct Args {
     /// Logged decisions per simulated log, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
     pub sizes: Vec<usize>,
-    /// The reward's cost weight (`score - lambda * cost_usd`), also the logger's policy.
-    #[arg(long, default_value_t = 0.0)]
-    pub lambda: f64,
+    /// The reward's cost weight (`score - lambda * cost_usd`). `--validate`: also the
+    /// logger's policy (default 0); `--log`: default the policy's own lambda.
+    #[arg(long)]
+    pub lambda: Option<f64>,
     /// The logging router.
     #[arg(long, default_value = "knn")]
     pub logger: String,
@@ -56,12 +74,18 @@ pub struct Args {
 
 /// Runs `routewise replay`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let (Some(log), Some(router)) = (&args.log, &args.router) {
+        return replay(&args, log, router);
+    }
+    let Some(data) = &args.data else {
+        anyhow::bail!("give --log and --router, or --validate --data");
+    };
     let logger: RouterKind = args.logger.parse()?;
-    let ds = load_dataset(&args.data, args.limit)?;
+    let ds = load_dataset(data, args.limit)?;
     let opts = ValidateOptions {
         featurizer: args.featurizer.0,
         logger,
-        lambda: args.lambda,
+        lambda: args.lambda.unwrap_or(0.0),
         epsilon: args.epsilon,
         runs: args.runs,
         sizes: args.sizes.clone(),
@@ -74,6 +98,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = validate(&ds, &opts, &Bars::default())?;
     let mut out = std::io::stdout().lock();
     write_validation_table(&mut out, &report)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay --log`.
+fn replay(
+    args: &Args,
+    log: &std::path::Path,
+    router: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let policy: Option<Policy> = args
+        .policy
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    let engine = Artifact::load(router)?.into_engine();
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let file = log.display().to_string();
+    let (decisions, counts) = parse_log(&file, &text)?;
+    let opts = ReplayOptions {
+        policy,
+        lambda: args.lambda,
+        resamples: args.bootstrap,
+        seed: args.seed,
+    };
+    let report = replay_log(&file, &decisions, counts, &engine, &opts)?;
+    let mut out = std::io::stdout().lock();
+    write_replay_table(&mut out, &report)?;
     if let Some(path) = &args.json {
         write_json(path, &report)?;
         writeln!(out, "wrote {}", path.display())?;
