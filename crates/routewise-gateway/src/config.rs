@@ -31,7 +31,12 @@
 //! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192, prompt: false}}  # the decision log (ROUTEWISE_LOG=warn: off)
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
+//! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5}}]  # optional (see below)
 //! ```
+//!
+//! `shadow` lists shadow routers: artifacts (relative to this file) that decide every
+//! routed request beside the live router, off the request path, without being executed;
+//! their choices are logged and compared ([`crate::pipeline::shadow`]).
 //!
 //! `bandit` (absent = off, `bandit: {}` = on with the defaults of
 //! [`routewise_online::BanditConfig`]) makes `model: auto` requests use the online router
@@ -109,9 +114,22 @@ pub struct Config {
     pub bandit: Option<BanditConfig>,
     /// Where the online state lives (used only when `bandit` is set).
     pub state: StateConfig,
+    /// Shadow routers: decide every routed request beside the live router, off the
+    /// request path, logged and compared ([`crate::pipeline::shadow`]).
+    pub shadows: Vec<ShadowConfig>,
     /// Settings that are accepted but deprecated (logged at start, shown by
     /// `check-config`), as issues with their paths.
     pub warnings: Vec<Issue>,
+}
+
+/// One `shadow:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// Its name in logs and stats (default: the artifact's file stem).
+    pub name: String,
+    pub artifact: PathBuf,
+    /// Its policy; `None`: the live request's.
+    pub policy: Option<Policy>,
 }
 
 #[derive(Debug, Clone)]
@@ -456,8 +474,18 @@ struct RawDecisionLog {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state",
+    "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state", "shadow",
 ];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    #[serde(default)]
+    name: Option<String>,
+    artifact: String,
+    #[serde(default)]
+    policy: Option<Policy>,
+}
 
 /// Reads, overrides from the process environment, and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -591,6 +619,44 @@ pub fn parse(
         }
     };
     let cascade = router.cascade.and_then(|c| v.cascade(c, &models));
+    let raw_shadows: Vec<(usize, RawShadow)> = match map.get("shadow") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| Some((i, v.section(Some(item), &format!("shadow[{i}]"))?)))
+            .collect(),
+        Some(_) => {
+            v.issue("shadow", "must be a list of shadow routers");
+            Vec::new()
+        }
+    };
+    let mut shadows: Vec<ShadowConfig> = Vec::with_capacity(raw_shadows.len());
+    for (i, raw) in raw_shadows {
+        let mut artifact = PathBuf::from(&raw.artifact);
+        if artifact.is_relative() {
+            artifact = base_dir.join(artifact);
+        }
+        let name = raw.name.unwrap_or_else(|| {
+            artifact.file_stem().map_or_else(
+                || format!("shadow-{i}"),
+                |s| s.to_string_lossy().into_owned(),
+            )
+        });
+        if name.trim().is_empty() {
+            v.issue(&format!("shadow[{i}].name"), "must not be empty");
+        } else if shadows.iter().any(|s| s.name == name) {
+            v.issue(
+                &format!("shadow[{i}].name"),
+                format!("duplicate shadow name `{name}` (give each a distinct `name`)"),
+            );
+        }
+        shadows.push(ShadowConfig {
+            name,
+            artifact,
+            policy: raw.policy,
+        });
+    }
     let epsilon = router.exploration.map_or(0.0, |e| e.epsilon);
     if !(0.0..=1.0).contains(&epsilon) {
         v.issue(
@@ -618,6 +684,7 @@ pub fn parse(
         decision_log,
         bandit,
         state,
+        shadows,
         warnings,
     })
 }
@@ -1464,6 +1531,32 @@ bogus: 1
                 .to_string();
             assert!(e.contains("router.exploration.epsilon"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn shadows_are_named_resolved_and_checked() {
+        let c = p(
+            &format!("{GOOD}shadow: [{{artifact: next.rw}}, {{name: b, artifact: /abs/b.rw, policy: {{lambda: 2}}}}]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.shadows.len(), 2);
+        assert_eq!(c.shadows[0].name, "next");
+        assert_eq!(c.shadows[0].artifact, Path::new("/cfg/next.rw"));
+        assert_eq!(c.shadows[0].policy, None);
+        assert_eq!(c.shadows[1].artifact, Path::new("/abs/b.rw"));
+        assert_eq!(c.shadows[1].policy, Some(Policy::Lambda(2.0)));
+        let e = p(
+            &format!("{GOOD}shadow: [{{artifact: a/x.rw}}, {{artifact: b/x.rw}}, {{artifact: c.rw, execute: true}}]\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("shadow[1].name: duplicate shadow name `x`"),
+            "{e}"
+        );
+        assert!(e.contains("shadow[2].execute"), "{e}");
     }
 
     #[test]

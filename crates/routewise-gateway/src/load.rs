@@ -1,6 +1,7 @@
 //! Building a ready [`AppState`] from a config file or the embedded demo: config, then
 //! the routing engine (the artifact, or the demo router when none is given), then the
-//! replay data when a model uses the `replay` provider, then the cross-checks.
+//! replay data when a model uses the `replay` provider, then the cross-checks, then the
+//! shadow routers' artifacts.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use routewise_router::{Artifact, Engine};
 
 use crate::config::{self, Config, ConfigError, Provider};
 use crate::demo;
+use crate::pipeline::shadow::Shadow;
 use crate::state::{AppState, StateError};
 use crate::upstream::replay::Replay;
 
@@ -22,6 +24,8 @@ pub enum LoadError {
     Demo(String),
     #[error("cannot start the decision log writer: {0}")]
     DecisionLog(std::io::Error),
+    #[error("cannot start the shadow routers' worker: {0}")]
+    Shadows(std::io::Error),
 }
 
 impl From<StateError> for LoadError {
@@ -64,5 +68,24 @@ pub fn build(config: Config) -> Result<AppState, LoadError> {
         (Some(d), true) => Some(Replay::from_dataset(d)),
         _ => None,
     };
-    Ok(AppState::new(config, engine, replay)?)
+    let mut shadows = Vec::with_capacity(config.shadows.len());
+    for (i, s) in config.shadows.iter().enumerate() {
+        let engine = Artifact::load(&s.artifact)
+            .map_err(|e| {
+                ConfigError::single(
+                    &config.source,
+                    &format!("shadow[{i}].artifact"),
+                    e.to_string(),
+                )
+            })?
+            .into_engine();
+        shadows.push(Shadow {
+            name: s.name.clone(),
+            engine,
+            policy: s.policy,
+        });
+    }
+    let state = AppState::new(config, engine, replay)?;
+    state.attach_shadows(shadows).map_err(LoadError::Shadows)?;
+    Ok(state)
 }

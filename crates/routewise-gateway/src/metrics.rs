@@ -80,6 +80,7 @@ pub struct Metrics {
     decision_latency: Histogram,
     in_flight: Gauge,
     decision_log_dropped: Counter,
+    shadow_dropped: Counter,
     models: Vec<ModelMetrics>,
     feedback: Family<ResultLabel, Counter>,
     decisions_recorded: Family<ResultLabel, Counter>,
@@ -154,6 +155,12 @@ impl Metrics {
             r,
             "decision_log_dropped",
             "Decision log lines dropped because the writer's queue was full",
+            Counter::default(),
+        );
+        let shadow_dropped = reg(
+            r,
+            "shadow_dropped",
+            "Shadow router jobs (decisions, feedback) dropped because the shadow queue was full",
             Counter::default(),
         );
         let feedback = reg(
@@ -234,6 +241,7 @@ impl Metrics {
             decision_latency,
             in_flight,
             decision_log_dropped,
+            shadow_dropped,
             models,
             feedback,
             decisions_recorded,
@@ -363,6 +371,11 @@ impl Metrics {
     /// Decision log lines dropped (a handle for the log's queue).
     pub fn decision_log_dropped(&self) -> Counter {
         self.decision_log_dropped.clone()
+    }
+
+    /// Shadow jobs dropped (a handle for the shadows' queue).
+    pub fn shadow_dropped(&self) -> Counter {
+        self.shadow_dropped.clone()
     }
 
     /// The Prometheus text exposition.

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::models::{ModelId, ModelTable};
 use crate::online::Online;
 use crate::pipeline::decision_log::DecisionLog;
+use crate::pipeline::shadow::{Shadow, Shadows};
 use crate::upstream::client::HttpClient;
 use crate::upstream::replay::Replay;
 
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub online_router: Option<Arc<OnlineRouter>>,
     /// The online router's store and maintenance task, once attached.
     pub online: OnceLock<Online>,
+    /// The shadow routers' queue and worker, once attached (`shadow:` in the config).
+    pub shadows: OnceLock<Shadows>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
     pub in_flight: Arc<Counter>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
@@ -153,10 +156,21 @@ impl AppState {
             decision_log,
             online_router,
             online: OnceLock::new(),
+            shadows: OnceLock::new(),
             in_flight: Arc::new(Counter::default()),
             shutdown: watch::channel(ShutdownPhase::Running).0,
             started: Instant::now(),
         })))
+    }
+
+    /// Starts the shadow routers' worker (a no-op for none, or when already attached).
+    pub fn attach_shadows(&self, shadows: Vec<Shadow>) -> std::io::Result<()> {
+        if shadows.is_empty() || self.shadows.get().is_some() {
+            return Ok(());
+        }
+        let started = Shadows::start(shadows, self.metrics.shadow_dropped())?;
+        let _ = self.shadows.set(started);
+        Ok(())
     }
 
     /// Opens the online router's state store and starts its maintenance task, when

@@ -130,8 +130,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The gateway with exploration, prompt logging and feedback, a few hundred requests and
-/// their feedback, then `replay --log` with a candidate artifact on the gateway's own log.
+/// The gateway with exploration, prompt logging, feedback and a shadow router, a few
+/// hundred requests and their feedback, the shadow's live statistics, then `replay --log`
+/// with the same artifact on the gateway's own log.
 #[test]
 #[cfg(unix)]
 fn replay_estimates_a_candidate_on_the_gateways_own_log() {
@@ -156,10 +157,30 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
         "meta/code-llama-instruct-34b-chat",
         "WizardLM/WizardLM-13B-V1.2",
     ];
+    // The candidate: kNN trained on a slice of the shared data; it also runs as a shadow.
+    let data = d.join("slice.jsonl");
+    let text = std::fs::read_to_string(src).unwrap();
+    std::fs::write(
+        &data,
+        text.lines().take(400).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let cand = d.join("cand.rw");
+    ok(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--router",
+        "knn",
+        "--out",
+        cand.to_str().unwrap(),
+    ]);
     let mut cfg = format!(
         "listen: 127.0.0.1:{port}\nrouter: {{policy: {{lambda: 100}}, exploration: {{epsilon: 0.3}}}}\n\
-         bandit: {{}}\nstate: {{path: {}}}\nlog: {{decisions: {{prompt: true}}}}\nmodels:\n",
-        d.join("state.redb").display()
+         bandit: {{}}\nstate: {{path: {}}}\nlog: {{decisions: {{prompt: true}}}}\n\
+         shadow: [{{name: next, artifact: {}, policy: {{lambda: 0}}}}]\nmodels:\n",
+        d.join("state.redb").display(),
+        cand.display()
     );
     for m in models {
         cfg.push_str(&format!("  - {{name: {m}, provider: replay}}\n"));
@@ -208,6 +229,26 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
         assert_eq!(status, 200, "{ack}");
         sent += 1;
     }
+    // The shadow saw every routed request, and the feedback.
+    let stats = (0..100).find_map(|_| {
+        let (_, _, body) = http(port, "GET", "/v1/stats/shadow", "");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let s = v["data"][0].clone();
+        if s["feedback"].as_u64() == Some(sent as u64) {
+            Some(s)
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            None
+        }
+    });
+    let stats = stats.expect("the shadow's statistics did not reach every feedback");
+    assert_eq!(stats["name"], "next");
+    assert_eq!(stats["decisions"].as_u64(), Some(sent as u64));
+    let agreement = f(&stats["agreement"]);
+    assert!((0.0..=1.0).contains(&agreement), "{stats}");
+    let q = f(&stats["quality_dr"]);
+    let (lo, hi) = (f(&stats["quality_dr_ci"][0]), f(&stats["quality_dr_ci"][1]));
+    assert!(lo <= q && q <= hi, "{stats}");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -232,25 +273,8 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
         "{explored} of {sent} explored"
     );
     assert_eq!(log.matches("routewise::feedback").count(), sent);
+    assert_eq!(log.matches("routewise::shadow").count(), sent);
 
-    // The candidate: kNN trained on a slice of the shared data.
-    let data = d.join("slice.jsonl");
-    let text = std::fs::read_to_string(src).unwrap();
-    std::fs::write(
-        &data,
-        text.lines().take(400).collect::<Vec<_>>().join("\n") + "\n",
-    )
-    .unwrap();
-    let cand = d.join("cand.rw");
-    ok(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--router",
-        "knn",
-        "--out",
-        cand.to_str().unwrap(),
-    ]);
     let out = d.join("replay.json");
     let table = ok(&[
         "replay",

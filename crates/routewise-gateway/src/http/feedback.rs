@@ -63,6 +63,9 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
             gw.metrics.feedback("ok");
             // The outcome beside the decision lines, for `routewise replay --log`.
             if let Ok(fb) = req.validate() {
+                if let Some(shadows) = gw.shadows.get() {
+                    shadows.feedback(&ack.decision_id, fb.score);
+                }
                 tracing::info!(
                     target: "routewise::feedback",
                     decision_id = %ack.decision_id,

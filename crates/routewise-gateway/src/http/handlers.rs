@@ -59,6 +59,12 @@ pub async fn models(State(state): State<AppState>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// The shadow routers' statistics (`shadow:` in the config); an empty list without any.
+pub async fn shadow_stats(State(state): State<AppState>) -> Response {
+    let shadows = state.shadows.get().map(|s| s.stats()).unwrap_or_default();
+    Json(json!({"object": "list", "data": shadows})).into_response()
+}
+
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }

@@ -8,6 +8,7 @@
 //! | POST | `/v1/route` | the decision only, no upstream call |
 //! | POST | `/v1/feedback` | feedback on a decision (online learning) |
 //! | GET | `/v1/models` | `auto` plus every configured model |
+//! | GET | `/v1/stats/shadow` | the shadow routers' agreement, predicted savings and estimate |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness from cached state: 503 while every model is cooling down (or a `state.required` store is unreachable) |
 //! | GET | `/metrics` | Prometheus text |
@@ -45,6 +46,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/models",
             get(handlers::models).fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/v1/stats/shadow",
+            get(handlers::shadow_stats).fallback(handlers::method_not_allowed),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

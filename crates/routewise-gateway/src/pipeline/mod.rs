@@ -31,6 +31,7 @@ pub mod context;
 pub mod decision_log;
 pub mod record;
 pub mod route;
+pub mod shadow;
 pub mod stream;
 
 pub use context::RequestContext;
@@ -136,6 +137,22 @@ async fn chat_stages(
         Err(e) => return reject(gw, e, &id, &trace),
     };
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
+    // 3c. shadow routers: queued, decided off the request path.
+    if let (Some(shadows), Some(d)) = (gw.shadows.get(), &routed.decision) {
+        if routed.reason == route::Reason::Routed {
+            shadows.observe(shadow::Job {
+                decision_id: id.clone(),
+                prompt: request.prompt.clone(),
+                input_tokens: u32::try_from(request.prompt_tokens).unwrap_or(u32::MAX),
+                policy: routed.policy,
+                live: gw
+                    .upstreams
+                    .at(d.chosen)
+                    .map_or_else(String::new, |u| u.name.clone()),
+                propensity: d.propensity,
+            });
+        }
+    }
     let _in_flight = InFlight::start(gw);
     let mut ctx = RequestContext {
         state: state.clone(),

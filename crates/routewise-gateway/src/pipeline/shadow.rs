@@ -1,0 +1,428 @@
+//! Stage 3c, shadow routers (`shadow:` in the config): every routed request is also
+//! decided by each shadow router, off the request path, and never executed. The request's
+//! task only moves a small job (the decision id, the prompt, the live choice and its
+//! propensity) into a bounded queue; when the queue is full the job is dropped and counted
+//! (`routewise_shadow_dropped_total`), so a shadow never slows or blocks live traffic. A
+//! worker thread decides with each shadow's engine and:
+//!
+//! * logs one `routewise::shadow` line per shadow (decision id, the shadow's choice, the
+//!   live one, whether they agree, the shadow's predicted score and cost), which
+//!   `routewise replay --log` or a later join can use;
+//! * keeps running statistics, served by `GET /v1/stats/shadow`: decisions, agreement with
+//!   live, predicted savings per request (the shadow's expected cost of the live choice
+//!   minus that of its own, at the shadow artifact's prices), and, as feedback arrives
+//!   (`POST /v1/feedback`), an off-policy estimate of the shadow's mean quality (score)
+//!   on live traffic: self-normalised IPS and doubly robust, the latter with a 95%
+//!   interval ([`routewise_eval`]'s estimators, in running sums: the shadow's predicted
+//!   score is DR's direct model, the live choice's logged propensity the weight's
+//!   denominator). Decisions whose propensity is unknown count in agreement only.
+//!
+//! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_channel::{Receiver, Sender};
+use prometheus_client::metrics::counter::Counter;
+use routewise_router::{Engine, Policy};
+use serde::Serialize;
+
+/// Jobs queued for the worker at most.
+const QUEUE: usize = 4096;
+/// Decisions kept waiting for feedback at most.
+const PENDING: usize = 65_536;
+/// Effective sample size under which the estimate is flagged.
+const MIN_ESS: f64 = 100.0;
+
+/// One shadow router.
+#[derive(Debug)]
+pub struct Shadow {
+    pub name: String,
+    pub engine: Engine,
+    /// `None`: the live request's policy.
+    pub policy: Option<Policy>,
+}
+
+/// A routed request, as the shadows see it.
+#[derive(Debug)]
+pub struct Job {
+    pub decision_id: String,
+    pub prompt: String,
+    pub input_tokens: u32,
+    pub policy: Policy,
+    /// The live choice's name and propensity.
+    pub live: String,
+    pub propensity: Option<f64>,
+}
+
+enum Msg {
+    Decide(Box<Job>),
+    Feedback { decision_id: String, score: f64 },
+    Flush(Sender<()>),
+}
+
+/// Running sums of one shadow.
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    decisions: u64,
+    agreed: u64,
+    /// Decisions where the live model is in the shadow's catalog (savings are defined).
+    priced: u64,
+    savings: f64,
+    /// With feedback and a known propensity:
+    n: u64,
+    w: f64,
+    w2: f64,
+    wr: f64,
+    dr: f64,
+    dr2: f64,
+    shortfall: f64,
+}
+
+/// What `GET /v1/stats/shadow` reports for one shadow.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ShadowStats {
+    pub name: String,
+    pub decisions: u64,
+    /// Share of decisions where the shadow picks the live model.
+    pub agreement: f64,
+    /// Mean of (expected cost of the live choice - of the shadow's), USD per request.
+    pub predicted_savings_usd: f64,
+    /// Decisions with feedback used by the estimate.
+    pub feedback: u64,
+    /// The shadow's estimated mean quality on live traffic (SNIPS; null before feedback).
+    pub quality_snips: Option<f64>,
+    /// The same, doubly robust, with a 95% interval.
+    pub quality_dr: Option<f64>,
+    pub quality_dr_ci: Option<[f64; 2]>,
+    /// Kish's effective sample size of the weights.
+    pub ess: f64,
+    /// Below 100: the estimate is imprecise whatever its interval says.
+    pub low_ess: bool,
+}
+
+impl Sums {
+    fn stats(&self, name: &str) -> ShadowStats {
+        let d = self.decisions.max(1) as f64;
+        let n = self.n as f64;
+        let (snips, dr, ci) = if self.n > 1 {
+            let mean = self.dr / n;
+            let var =
+                ((self.dr2 - self.dr * self.dr / n) / (n - 1.0)).max(0.0) + self.shortfall / n;
+            let half = 1.96 * (var / n).sqrt();
+            (
+                (self.w > 0.0).then(|| self.wr / self.w),
+                Some(mean),
+                Some([mean - half, mean + half]),
+            )
+        } else {
+            (None, None, None)
+        };
+        let ess = if self.w2 > 0.0 {
+            self.w * self.w / self.w2
+        } else {
+            0.0
+        };
+        ShadowStats {
+            name: name.to_string(),
+            decisions: self.decisions,
+            agreement: self.agreed as f64 / d,
+            predicted_savings_usd: if self.priced > 0 {
+                self.savings / self.priced as f64
+            } else {
+                0.0
+            },
+            feedback: self.n,
+            quality_snips: snips,
+            quality_dr: dr,
+            quality_dr_ci: ci,
+            ess,
+            low_ess: ess < MIN_ESS,
+        }
+    }
+}
+
+/// A decision waiting for its feedback: per shadow, (weight numerator: agrees, the shadow's
+/// predicted score of its pick, of the live model, the outcome variance floor).
+struct Pending {
+    propensity: f64,
+    per_shadow: Vec<(bool, f64, f64, f64)>,
+}
+
+/// The shadows' queue, worker and statistics.
+pub struct Shadows {
+    tx: Sender<Msg>,
+    names: Vec<String>,
+    stats: Arc<Mutex<Vec<Sums>>>,
+    dropped: Counter,
+}
+
+impl std::fmt::Debug for Shadows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadows")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Shadows {
+    /// Starts the worker thread for `shadows`; full-queue drops count on `dropped`.
+    pub fn start(shadows: Vec<Shadow>, dropped: Counter) -> std::io::Result<Shadows> {
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE);
+        let names: Vec<String> = shadows.iter().map(|s| s.name.clone()).collect();
+        let stats = Arc::new(Mutex::new(vec![Sums::default(); shadows.len()]));
+        let shared = Arc::clone(&stats);
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::Builder::new()
+            .name("routewise-shadows".into())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || worker(&shadows, &rx, &shared))
+            })?;
+        Ok(Shadows {
+            tx,
+            names,
+            stats,
+            dropped,
+        })
+    }
+
+    /// Queues a routed request for the shadows; never blocks.
+    pub fn observe(&self, job: Job) {
+        if self.tx.try_send(Msg::Decide(Box::new(job))).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// Passes a decision's feedback score to the shadows' estimates; never blocks.
+    pub fn feedback(&self, decision_id: &str, score: f64) {
+        let msg = Msg::Feedback {
+            decision_id: decision_id.to_string(),
+            score,
+        };
+        if self.tx.try_send(msg).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// The statistics so far, one entry per shadow.
+    pub fn stats(&self) -> Vec<ShadowStats> {
+        let sums = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        self.names
+            .iter()
+            .zip(sums.iter())
+            .map(|(n, s)| s.stats(n))
+            .collect()
+    }
+
+    /// Waits (up to `timeout`) until every job queued so far is handled.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        self.tx.send_timeout(Msg::Flush(ack), timeout).is_ok() && done.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn bounded_var(s: f64) -> f64 {
+    if s.is_finite() {
+        let s = s.clamp(0.0, 1.0);
+        s * (1.0 - s)
+    } else {
+        0.0
+    }
+}
+
+/// The worker: decides queued jobs with every shadow, folds feedback into the estimates;
+/// ends when the gateway (the sender) is gone.
+fn worker(shadows: &[Shadow], rx: &Receiver<Msg>, stats: &Mutex<Vec<Sums>>) {
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut order: VecDeque<String> = VecDeque::new();
+    let index: Vec<HashMap<String, usize>> = shadows
+        .iter()
+        .map(|s| {
+            s.engine
+                .catalog
+                .models
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name.clone(), i))
+                .collect()
+        })
+        .collect();
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Decide(job) => {
+                let mut per_shadow = Vec::with_capacity(shadows.len());
+                let mut local = Vec::with_capacity(shadows.len());
+                for (s, idx) in shadows.iter().zip(&index) {
+                    let policy = s.policy.unwrap_or(job.policy);
+                    let d = s.engine.decide(&job.prompt, job.input_tokens, policy);
+                    let pick = &s.engine.catalog.models[d.chosen].name;
+                    let agrees = *pick == job.live;
+                    let live = idx.get(&job.live).copied();
+                    let savings = live.map(|l| d.costs[l] - d.costs[d.chosen]);
+                    tracing::info!(
+                        target: "routewise::shadow",
+                        decision_id = %job.decision_id,
+                        shadow = %s.name,
+                        chosen = %pick,
+                        live = %job.live,
+                        agrees,
+                        predicted_score = d.scores[d.chosen],
+                        predicted_cost_usd = d.costs[d.chosen],
+                        "shadow decision"
+                    );
+                    let s_live = live.map_or(f64::NAN, |l| d.scores[l]);
+                    per_shadow.push((agrees, d.scores[d.chosen], s_live, bounded_var(s_live)));
+                    local.push((agrees, savings));
+                }
+                {
+                    let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (sum, (agrees, savings)) in sums.iter_mut().zip(local) {
+                        sum.decisions += 1;
+                        sum.agreed += u64::from(agrees);
+                        if let Some(v) = savings.filter(|v| v.is_finite()) {
+                            sum.priced += 1;
+                            sum.savings += v;
+                        }
+                    }
+                }
+                // The live model must be known to every shadow for the direct model.
+                let usable = per_shadow.iter().all(|p| p.2.is_finite());
+                if let (Some(p), true) = (job.propensity.filter(|p| *p > 0.0), usable) {
+                    if order.len() >= PENDING {
+                        if let Some(old) = order.pop_front() {
+                            pending.remove(&old);
+                        }
+                    }
+                    order.push_back(job.decision_id.clone());
+                    pending.insert(
+                        job.decision_id,
+                        Pending {
+                            propensity: p,
+                            per_shadow,
+                        },
+                    );
+                }
+            }
+            Msg::Feedback { decision_id, score } => {
+                let Some(p) = pending.remove(&decision_id) else {
+                    continue;
+                };
+                let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
+                for (sum, (agrees, s_pick, s_live, var)) in sums.iter_mut().zip(p.per_shadow) {
+                    let w = if agrees { 1.0 / p.propensity } else { 0.0 };
+                    let resid = w * (score - s_live);
+                    let t = s_pick + resid;
+                    sum.n += 1;
+                    sum.w += w;
+                    sum.w2 += w * w;
+                    sum.wr += w * score;
+                    sum.dr += t;
+                    sum.dr2 += t * t;
+                    sum.shortfall += (w * w * var - resid * resid).max(0.0);
+                }
+            }
+            Msg::Flush(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routewise_router::{Catalog, ModelInfo};
+
+    fn engine(scores: Vec<f64>) -> Engine {
+        let m = |n: &str, price: f64| ModelInfo {
+            name: n.into(),
+            input_per_mtok: price,
+            output_per_mtok: price,
+            mean_output_tokens: 100.0,
+        };
+        Engine::constant(
+            Catalog {
+                models: vec![m("cheap", 1.0), m("dear", 10.0)],
+            },
+            scores,
+        )
+    }
+
+    fn job(id: &str, live: &str, p: Option<f64>) -> Job {
+        Job {
+            decision_id: id.into(),
+            prompt: "hello".into(),
+            input_tokens: 100,
+            policy: Policy::Lambda(0.0),
+            live: live.into(),
+            propensity: p,
+        }
+    }
+
+    #[test]
+    fn shadows_report_agreement_savings_and_a_feedback_estimate() {
+        // "prefers-cheap" always picks `cheap`; "prefers-dear" always `dear`.
+        let shadows = Shadows::start(
+            vec![
+                Shadow {
+                    name: "prefers-cheap".into(),
+                    engine: engine(vec![0.8, 0.5]),
+                    policy: None,
+                },
+                Shadow {
+                    name: "prefers-dear".into(),
+                    engine: engine(vec![0.5, 0.8]),
+                    policy: None,
+                },
+            ],
+            Counter::default(),
+        )
+        .unwrap();
+        // Live: `dear` with probability 0.5, `cheap` 0.5 (a coin flip logger); `cheap`
+        // scores 1, `dear` 0.
+        for i in 0..400 {
+            let live = if i % 2 == 0 { "cheap" } else { "dear" };
+            shadows.observe(job(&i.to_string(), live, Some(0.5)));
+            shadows.feedback(&i.to_string(), if live == "cheap" { 1.0 } else { 0.0 });
+        }
+        // Unknown propensity: counted in agreement, not in the estimate.
+        shadows.observe(job("x", "cheap", None));
+        shadows.feedback("x", 1.0);
+        assert!(shadows.flush(std::time::Duration::from_secs(5)));
+        let s = shadows.stats();
+        assert_eq!(s[0].name, "prefers-cheap");
+        assert_eq!(s[0].decisions, 401);
+        assert!((s[0].agreement - 201.0 / 401.0).abs() < 1e-12);
+        assert_eq!(s[0].feedback, 400);
+        // Its true quality is 1 (it always picks the model that scores 1).
+        assert!((s[0].quality_snips.unwrap() - 1.0).abs() < 1e-9);
+        let ci = s[0].quality_dr_ci.unwrap();
+        assert!(ci[0] <= 1.0 && 1.0 <= ci[1], "{ci:?}");
+        assert!((s[1].quality_snips.unwrap() - 0.0).abs() < 1e-9);
+        let ci = s[1].quality_dr_ci.unwrap();
+        assert!(ci[0] <= 0.0 && 0.0 <= ci[1], "{ci:?}");
+        // Picking `cheap` where live picked `dear` saves; the other shadow spends.
+        assert!(s[0].predicted_savings_usd > 0.0 && s[1].predicted_savings_usd < 0.0);
+        assert!((s[0].ess - 200.0).abs() < 1e-9 && !s[0].low_ess);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let dropped = Counter::default();
+        let shadows = Shadows::start(
+            vec![Shadow {
+                name: "s".into(),
+                engine: engine(vec![0.5, 0.5]),
+                policy: None,
+            }],
+            dropped.clone(),
+        )
+        .unwrap();
+        for i in 0..(QUEUE * 4) {
+            shadows.observe(job(&i.to_string(), "cheap", Some(1.0)));
+        }
+        assert!(shadows.flush(std::time::Duration::from_secs(10)));
+        let handled = shadows.stats()[0].decisions;
+        assert_eq!(handled + dropped.get(), (QUEUE * 4) as u64);
+    }
+}
