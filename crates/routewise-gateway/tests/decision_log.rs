@@ -9,9 +9,19 @@ use std::time::Duration;
 /// Serves `n` routed requests through a gateway with `log` settings; answers the decision
 /// lines written and the `routewise_decision_log_dropped_total` value.
 async fn decision_lines(log: &str, n: usize, concurrent: bool) -> (Vec<String>, u64) {
+    decision_lines_with(|y| y, log, n, concurrent).await
+}
+
+/// [`decision_lines`] with the config text passed through `edit`.
+async fn decision_lines_with(
+    edit: impl Fn(String) -> String,
+    log: &str,
+    n: usize,
+    concurrent: bool,
+) -> (Vec<String>, u64) {
     let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
     let mock = routewise_testkit::MockUpstream::start().await.unwrap();
-    let gw = common::start(&common::abc_yaml(&mock.base_url(), log)).await;
+    let gw = common::start(&edit(common::abc_yaml(&mock.base_url(), log))).await;
     let url = gw.url("/v1/chat/completions");
     let send = |i: usize| {
         let url = url.clone();
@@ -69,6 +79,53 @@ async fn every_decision_is_logged_with_the_top_k_predictions_and_nothing_dropped
             .all(|l| predictions(l) == 1 && l.contains("predictions=[{\"model\":\"a\"")),
         "{lines:?}"
     );
+}
+
+/// The `propensity=` field of a text decision line.
+fn propensity(line: &str) -> f64 {
+    line.split("propensity=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no propensity in {line}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_line_carries_the_propensity_of_its_choice() {
+    // A deterministic router: 1.
+    let (lines, _) = decision_lines("", 5, false).await;
+    assert!(lines.iter().all(|l| propensity(l) == 1.0), "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains("explored=false")));
+    // Exploration at 0.6 over 3 models: 0.6 / 3 for an explored model, 0.4 + 0.2 for the
+    // router's choice.
+    let explore = |y: String| {
+        y.replace(
+            "router: {policy: {lambda: 0}}",
+            "router: {policy: {lambda: 0}, exploration: {epsilon: 0.6}}",
+        )
+    };
+    let (lines, _) =
+        decision_lines_with(explore, "log: {decisions: {prompt: true}}", 60, false).await;
+    let explored = lines.iter().filter(|l| l.contains("explored=true")).count();
+    assert!((10..=50).contains(&explored), "{explored} of 60");
+    for l in &lines {
+        let p = propensity(l);
+        let want = if l.contains("explored=true") {
+            0.2
+        } else {
+            0.6
+        };
+        assert!((p - want).abs() < 1e-9, "{l}");
+        assert!(l.contains("prompt=\"question "), "{l}");
+    }
+    // Thompson sampling leaves it to the writer thread's Monte-Carlo estimate.
+    let thompson = |y: String| y + "bandit: {algorithm: thompson, alpha: 0.05}\n";
+    let (lines, _) = decision_lines_with(thompson, "", 10, false).await;
+    assert_eq!(lines.len(), 10);
+    for l in &lines {
+        let p = propensity(l);
+        assert!(p > 0.0 && p <= 1.0, "{l}");
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

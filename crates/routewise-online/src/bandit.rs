@@ -256,6 +256,19 @@ impl LinearBandit {
         }
     }
 
+    /// Per arm, the mean and the standard deviation of the residual estimate's exploration
+    /// term in context `x`: LinUCB adds `alpha * width` deterministically; Thompson's
+    /// `theta^T x` with `theta ~ N(A^-1 b, alpha^2 A^-1)` is normal with mean `mean(x)` and
+    /// standard deviation `alpha * width(x)`, so one draw of it needs one normal, not a
+    /// `d`-dimensional sample.
+    pub fn estimate_moments(&self, x: &[f64]) -> Vec<(f64, f64)> {
+        let alpha = self.config.alpha;
+        self.arms
+            .iter()
+            .map(|arm| (arm.mean(x), alpha * arm.width(x)))
+            .collect()
+    }
+
     /// New arms still under their forced-exploration limit, among `available`.
     pub fn forced_candidates(&self, available: &[bool]) -> Vec<usize> {
         (0..self.arms.len())

@@ -190,6 +190,76 @@ impl OnlineRouter {
         d
     }
 
+    /// The probability that this router, in its current state, chooses `chosen` for a
+    /// decision with `learning`'s context and prior, `costs` and `policy`: the forced
+    /// exploration's share, plus LinUCB's deterministic choice or, for Thompson sampling,
+    /// a Monte-Carlo estimate over `draws` posterior draws (each arm's estimate is a 1-D
+    /// normal, [`crate::bandit::LinearBandit::estimate_moments`]). The decision itself was
+    /// one such draw, so it is counted: the estimate is `(hits + 1) / (draws + 1)` of the
+    /// non-forced share, never 0 for a model that was chosen. Meant for the decision log's
+    /// writer thread (off the request path); the state may have moved a little since the
+    /// decision, which the estimate does not undo.
+    pub fn choice_probability(
+        &self,
+        learning: &Learning,
+        costs: &[f64],
+        policy: Policy,
+        chosen: usize,
+        draws: usize,
+        seed: u64,
+    ) -> f64 {
+        let (moments, forced) = {
+            let bandit = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                bandit.estimate_moments(&learning.context),
+                bandit.forced_candidates(&self.all_available),
+            )
+        };
+        let rate = if forced.is_empty() {
+            0.0
+        } else {
+            self.config.forced_exploration_rate
+        };
+        let mut p = if forced.contains(&chosen) {
+            rate / forced.len() as f64
+        } else {
+            0.0
+        };
+        let k = moments
+            .len()
+            .min(learning.prior_scores.len())
+            .min(costs.len());
+        let mut scores = vec![0.0; k];
+        let mut idx = Vec::with_capacity(k);
+        let top = |scores: &[f64], idx: &mut Vec<usize>| {
+            policy.rank_into(scores, &costs[..k], idx);
+            idx.first().copied()
+        };
+        match self.config.algorithm {
+            crate::Algorithm::Linucb => {
+                for (m, s) in scores.iter_mut().enumerate() {
+                    *s = learning.prior_scores[m] + moments[m].0 + moments[m].1;
+                }
+                if top(&scores, &mut idx) == Some(chosen) {
+                    p += 1.0 - rate;
+                }
+            }
+            crate::Algorithm::Thompson => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut hits = 1usize;
+                for _ in 0..draws {
+                    for (m, s) in scores.iter_mut().enumerate() {
+                        let z = crate::bandit::standard_normal(&mut rng);
+                        *s = learning.prior_scores[m] + moments[m].0 + moments[m].1 * z;
+                    }
+                    hits += usize::from(top(&scores, &mut idx) == Some(chosen));
+                }
+                p += (1.0 - rate) * hits as f64 / (draws + 1) as f64;
+            }
+        }
+        p.clamp(0.0, 1.0)
+    }
+
     /// The record to store once model `served` (the chosen one, or the fallback that
     /// answered) has answered, with the measured cost, latency and decision time; `None`
     /// for a decision this router did not make (no learning context).
@@ -341,6 +411,71 @@ mod tests {
         assert_eq!(rec.model, "b");
         assert_eq!(rec.prior_reward, 0.8);
         assert_eq!(rec.lambda, Some(0.0));
+    }
+
+    #[test]
+    fn thompson_choice_probabilities_match_the_choice_frequencies() {
+        // Three close models and a wide posterior: Thompson sampling spreads its choices.
+        let cat = Catalog {
+            models: vec![info("a", 1.0), info("b", 1.0), info("c", 1.0)],
+        };
+        let cfg = BanditConfig {
+            algorithm: crate::Algorithm::Thompson,
+            alpha: 0.3,
+            dim: 4,
+            ..BanditConfig::default()
+        };
+        let r =
+            OnlineRouter::new(cfg, engine(cat.models.clone(), vec![0.8, 0.78, 0.7]), cat).unwrap();
+        let req = RouteRequest {
+            prompt: "hello",
+            input_tokens: 100,
+            policy: Policy::Lambda(0.0),
+        };
+        let n = 6000;
+        let mut counts = [0usize; 3];
+        let mut last = None;
+        for _ in 0..n {
+            let d = r.decide(&req);
+            assert_eq!(d.propensity, None);
+            counts[d.chosen] += 1;
+            last = Some(d);
+        }
+        let d = last.unwrap();
+        let learning = d.learning.as_ref().unwrap();
+        let mut total = 0.0;
+        for (m, &count) in counts.iter().enumerate() {
+            let p = r.choice_probability(learning, &d.costs, d.policy, m, 4000, m as u64);
+            let freq = count as f64 / n as f64;
+            assert!((p - freq).abs() < 0.03, "model {m}: {p} vs {freq}");
+            total += p;
+        }
+        // Three independent estimates (each within about 0.007 of its value): they sum
+        // to 1 up to that noise.
+        assert!((total - 1.0).abs() < 0.04, "{total}");
+        // LinUCB is deterministic: 1 for its choice, 0 otherwise.
+        let cat = Catalog {
+            models: vec![info("a", 1.0), info("b", 1.0)],
+        };
+        let r = OnlineRouter::new(
+            BanditConfig {
+                dim: 4,
+                ..BanditConfig::default()
+            },
+            engine(cat.models.clone(), vec![0.9, 0.5]),
+            cat,
+        )
+        .unwrap();
+        let d = r.decide(&req);
+        let l = d.learning.as_ref().unwrap();
+        assert_eq!(
+            r.choice_probability(l, &d.costs, d.policy, d.chosen, 0, 0),
+            1.0
+        );
+        assert_eq!(
+            r.choice_probability(l, &d.costs, d.policy, 1 - d.chosen, 0, 0),
+            0.0
+        );
     }
 
     #[test]

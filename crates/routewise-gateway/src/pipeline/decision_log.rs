@@ -8,11 +8,15 @@
 //!
 //! For off-policy evaluation (`routewise replay --log`), a line also carries the
 //! propensity of the router's choice (`propensity`: 1 for a deterministic router, the
-//! epsilon-greedy probability under `router.exploration`, null where unknown), whether
+//! epsilon-greedy probability under `router.exploration`), whether
 //! the choice was an exploration (`explored`), and, with `log.decisions.prompt: true`, the
 //! prompt text the router saw (`prompt`). Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
-//! decisions and outcomes.
+//! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
+//! sampling; an exploration over a stochastic choice), the writer thread estimates it
+//! with the online router's current state ([`THOMPSON_DRAWS`] Monte-Carlo draws,
+//! `OnlineRouter::choice_probability`), mixed with the exploration rate when
+//! `router.exploration` is on; it stays null only without a learning context.
 //!
 //! Off the request path: the request's task only moves a [`DecisionRecord`] (owned
 //! fields, no formatting) into a bounded queue ([`DecisionLog`]); a writer thread takes
@@ -132,6 +136,20 @@ impl fmt::Display for CascadeLog<'_> {
     }
 }
 
+/// Posterior draws per decision when the writer estimates a Thompson-sampling propensity
+/// (about 20 us of the writer's time for 11 models; the estimate's standard error is at
+/// most 0.03).
+pub const THOMPSON_DRAWS: usize = 256;
+
+/// What the writer needs to estimate a propensity the request path left unknown.
+struct PropensityInput {
+    learning: routewise_router::Learning,
+    costs: Vec<f64>,
+    chosen: usize,
+    /// Models the exploration drew from.
+    k: usize,
+}
+
 /// One model's prediction (catalog index).
 #[derive(Debug, Clone, Copy)]
 struct Prediction {
@@ -162,6 +180,8 @@ pub struct DecisionRecord {
     predictions: Vec<Prediction>,
     cascade: Option<CascadeTrace>,
     propensity: Option<f64>,
+    /// Set when `propensity` is unknown and a learning context exists.
+    estimate: Option<Box<PropensityInput>>,
     explored: bool,
     prompt: Option<String>,
 }
@@ -178,6 +198,7 @@ impl DecisionRecord {
             .and_then(|c| gw.upstreams.at(c))
             .map_or(model, |u| u.name.as_str());
         let policy = serde_json::to_string(&self.policy).unwrap_or_default();
+        let propensity = self.propensity.or_else(|| self.estimated_propensity(gw));
         tracing::info!(
             target: "routewise::decision",
             decision_id = %self.decision_id,
@@ -200,11 +221,35 @@ impl DecisionRecord {
             predictions = %Predictions(gw, &self.predictions),
             cascade = %CascadeLog(gw, self.cascade.as_ref(), self.model),
             // NaN (null in JSON) when unknown or when no router decided.
-            propensity = self.propensity.unwrap_or(f64::NAN),
+            propensity = propensity.unwrap_or(f64::NAN),
             explored = self.explored,
             prompt = self.prompt.as_deref(),
             "decision"
         );
+    }
+}
+
+impl DecisionRecord {
+    /// The propensity the request path left unknown, estimated with the online router's
+    /// current state (see the module docs).
+    fn estimated_propensity(&self, gw: &Gateway) -> Option<f64> {
+        let input = self.estimate.as_ref()?;
+        let router = gw.online_router.as_ref()?;
+        let seed = u64::from_str_radix(self.decision_id.get(..16).unwrap_or("0"), 16).unwrap_or(0);
+        let inner = router.choice_probability(
+            &input.learning,
+            &input.costs,
+            self.policy,
+            input.chosen,
+            THOMPSON_DRAWS,
+            seed,
+        );
+        let eps = gw.config.router.epsilon;
+        Some(if eps > 0.0 && input.k > 0 {
+            (1.0 - eps) * inner + eps / input.k as f64
+        } else {
+            inner
+        })
     }
 }
 
@@ -359,6 +404,15 @@ pub fn emit(
         predictions,
         cascade: ctx.cascade.clone(),
         propensity: decision.and_then(|d| d.propensity),
+        estimate: decision.and_then(|d| {
+            let learning = d.learning.as_ref().filter(|_| d.propensity.is_none())?;
+            Some(Box::new(PropensityInput {
+                learning: learning.clone(),
+                costs: d.costs.clone(),
+                chosen: d.chosen,
+                k: d.ranking.len(),
+            }))
+        }),
         explored: decision.is_some_and(|d| d.explored),
         prompt: (log.config.prompt && decision.is_some()).then(|| ctx.request.prompt.clone()),
     });
