@@ -19,6 +19,7 @@
 //! `score - lambda * cost_usd`, with `lambda` from `--lambda`, else the policy's own.
 //!
 //! Parsing is a pure function of the text ([`parse_log`]); [`replay_log`] does the rest.
+//! [`entry_lines`] writes a state store's feedback log entry as the same two lines.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,41 @@ use serde_json::Value;
 
 use crate::ope::{bounded_outcome_var, estimate_all, Estimate, Estimates, Sample, MIN_ESS};
 use crate::EvalError;
+
+/// The two log lines (`routewise::decision`, `routewise::feedback`) that a feedback log
+/// entry stands for, in the gateway's JSON log shape, so that [`parse_log`] reads an
+/// export (`routewise logs export`) like a log; `None` for an entry without a replay
+/// context (written before it was kept).
+pub fn entry_lines(e: &routewise_online::FeedbackEntry) -> Option<[Value; 2]> {
+    let r = e.replay.as_ref()?;
+    let decision = serde_json::json!({
+        "target": "routewise::decision",
+        "fields": {
+            "message": "decision",
+            "decision_id": e.decision_id,
+            "reason": "routed",
+            "chosen": r.chosen,
+            "model": e.model,
+            "policy": r.policy,
+            "propensity": r.propensity,
+            "explored": r.explored,
+            "prompt": r.prompt,
+            "prompt_tokens": r.prompt_tokens,
+            "realised_cost_usd": e.cost_usd,
+        }
+    });
+    let feedback = serde_json::json!({
+        "target": "routewise::feedback",
+        "fields": {
+            "message": "feedback",
+            "decision_id": e.decision_id,
+            "model": e.model,
+            "score": e.score,
+            "received_ms": e.received_ms,
+        }
+    });
+    Some([decision, feedback])
+}
 
 /// One routed decision read from the log, joined with its feedback.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,29 @@ pub struct DecisionRecord {
     pub latency_ms: Option<f64>,
     /// Unix time of the decision, in milliseconds.
     pub created_ms: u64,
+    /// What off-policy evaluation needs to re-score the decision with another router
+    /// (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayContext>,
+}
+
+/// A decision's context for off-policy evaluation (`routewise replay`): kept with the
+/// decision and copied into its feedback log entry, so that `routewise logs export` can
+/// rebuild decision and feedback lines from the state store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayContext {
+    /// The router's choice (the answering model is [`DecisionRecord::model`]).
+    pub chosen: String,
+    /// Probability of that choice under the deciding policy; `None` where it was not
+    /// computed on the request path (Thompson sampling).
+    pub propensity: Option<f64>,
+    pub explored: bool,
+    /// The deciding policy, as `routewise_router::Policy` serialises it.
+    pub policy: String,
+    /// The prompt text the router saw, when the gateway logs prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    pub prompt_tokens: u64,
 }
 
 /// A score given as a number in `[0, 1]` or as a thumbs-up/down boolean.
@@ -137,6 +160,9 @@ pub struct FeedbackEntry {
     /// `reward - prior_reward`: what the bandit learns.
     pub residual: f64,
     pub received_ms: u64,
+    /// The decision's context for off-policy evaluation, when it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayContext>,
 }
 
 impl FeedbackEntry {
@@ -160,6 +186,7 @@ impl FeedbackEntry {
             reward,
             residual: reward - dec.prior_reward,
             received_ms: now_ms,
+            replay: dec.replay.clone(),
         }
     }
 }
@@ -279,6 +306,7 @@ mod tests {
             cost_usd: 0.01,
             latency_ms: Some(10.0),
             created_ms: 0,
+            replay: None,
         };
         let fb = req(r#"{"decision_id":"d","score":1,"cost_usd":0.02}"#).unwrap();
         let e = FeedbackEntry::new(&fb, &dec, 10.0, 5);

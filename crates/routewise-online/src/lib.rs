@@ -37,8 +37,8 @@ pub mod store;
 pub use bandit::{ArmStats, BanditError, LinearBandit};
 pub use config::{Algorithm, Backend, BanditConfig, ConfigIssue, StateConfig};
 pub use feedback::{
-    DecisionRecord, FeedbackAck, FeedbackEntry, FeedbackError, FeedbackRequest, ScoreValue, Thumbs,
-    ValidFeedback,
+    DecisionRecord, FeedbackAck, FeedbackEntry, FeedbackError, FeedbackRequest, ReplayContext,
+    ScoreValue, Thumbs, ValidFeedback,
 };
 pub use project::Projector;
 pub use router::{OnlineError, OnlineRouter};

@@ -284,6 +284,7 @@ impl OnlineRouter {
             cost_usd,
             latency_ms,
             created_ms,
+            replay: None,
         })
     }
 

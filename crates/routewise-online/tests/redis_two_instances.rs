@@ -51,6 +51,14 @@ fn decision(i: usize) -> DecisionRecord {
         cost_usd: 0.0,
         latency_ms: None,
         created_ms: routewise_online::service::now_ms(),
+        replay: Some(routewise_online::ReplayContext {
+            chosen: "alpha".into(),
+            propensity: Some(0.5),
+            explored: i % 3 == 0,
+            policy: r#"{"lambda":0.0}"#.into(),
+            prompt: Some(format!("prompt {i}")),
+            prompt_tokens: 3,
+        }),
     }
 }
 
@@ -140,6 +148,19 @@ async fn concurrent_feedback_to_two_instances_loses_nothing() {
     }
     assert_eq!(a.store().kind(), "redis");
     assert_eq!(a.store().feedback_log_len().await.unwrap(), N as u64);
+    // The log exports with each decision's replay context, in append order.
+    let all = b.store().feedback_entries(0).await.unwrap();
+    assert_eq!(all.len(), N);
+    let ids: std::collections::HashSet<&str> = all.iter().map(|e| e.decision_id.as_str()).collect();
+    assert_eq!(ids.len(), N);
+    for e in &all {
+        let i: usize = e.decision_id[1..].parse().unwrap();
+        let r = e.replay.as_ref().unwrap();
+        assert_eq!(r.prompt.as_deref(), Some(format!("prompt {i}").as_str()));
+        assert_eq!(r.explored, i % 3 == 0);
+    }
+    let later = a.store().feedback_entries(u64::MAX / 2).await.unwrap();
+    assert!(later.is_empty());
     // Unknown decision and out-of-range score through the service.
     assert_eq!(a.submit(&req(N + 5)).await.unwrap_err().status(), 404);
     let mut bad = req(1);

@@ -35,6 +35,9 @@ enum Command {
     /// Off-policy evaluation of routing policies (`--validate`: the estimators checked in
     /// simulation on a dataset).
     Replay(cmd::replay::Args),
+    /// The gateway's records: export the decisions with feedback from its state store.
+    #[command(subcommand)]
+    Logs(cmd::logs::Command),
     /// Run the OpenAI-compatible routing gateway.
     Serve(cmd::serve::Args),
     /// Validate a gateway config file and print the errors, or "ok".
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Replay(a) => cmd::replay::run(a),
+        Command::Logs(c) => cmd::logs::run(c),
         Command::Serve(a) => cmd::serve::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Models(c) => cmd::models::run(c),

@@ -305,6 +305,40 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
     // At lambda 0 the reward is the score: the logged policy's mean is the mean feedback.
     assert!((f(&r["logged"]["reward"]) - f(&r["logged"]["quality"])).abs() < 1e-12);
 
+    // The same decisions exported from the state store (the gateway is stopped, so its
+    // redb file is free) replay to the same point estimates.
+    let export = d.join("export.jsonl");
+    let msg = ok(&[
+        "logs",
+        "export",
+        "--config",
+        d.join("gw.yaml").to_str().unwrap(),
+        "--since",
+        "1h",
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(msg.contains(&format!("wrote {sent} decisions")), "{msg}");
+    let out2 = d.join("replay-export.json");
+    ok(&[
+        "replay",
+        "--log",
+        export.to_str().unwrap(),
+        "--router",
+        cand.to_str().unwrap(),
+        "--policy",
+        "lambda=0",
+        "--json",
+        out2.to_str().unwrap(),
+    ]);
+    let r2: Value = serde_json::from_str(&std::fs::read_to_string(&out2).unwrap()).unwrap();
+    assert_eq!(r2["n"], r["n"]);
+    assert_eq!(r2["agreement"], r["agreement"]);
+    for e in ["ips", "snips", "dr"] {
+        let (a, b) = (f(&r["estimates"][e]["reward"]), f(&r2["estimates"][e]["reward"]));
+        assert!((a - b).abs() < 1e-9, "{e}: {a} vs {b}");
+    }
+
     // Bad input is refused with the line: no propensity, no prompt.
     let first = log
         .lines()

@@ -2,13 +2,16 @@
 //! bandit) is kept, once a model has answered, for `state.decision_ttl_s`, so that
 //! `POST /v1/feedback` can teach the router. The record holds the decision id (the
 //! `x-routewise-decision-id` header), the bandit context, the prior reward, the realised
-//! cost (the upstream's usage x prices, else the decision's expected cost) and the
-//! latency. A non-streaming answer is recorded before it is returned while the store is
-//! reachable, so feedback may follow at once; a stream's record is written when it ends.
+//! cost (the upstream's usage x prices, else the decision's expected cost), the
+//! latency, and the decision's context for off-policy evaluation (the choice, its
+//! propensity, the policy, and the prompt when `log.decisions.prompt` is on), which the
+//! feedback log keeps for `routewise logs export`. A non-streaming answer is recorded
+//! before it is returned while the store is reachable, so feedback may follow at once; a
+//! stream's record is written when it ends.
 //! Failures are counted (and logged at debug level: the outage itself is logged once by
 //! [`crate::online`]), never fail the request.
 
-use routewise_online::DecisionRecord;
+use routewise_online::{DecisionRecord, ReplayContext};
 
 use crate::models::ModelId;
 use crate::pipeline::context::RequestContext;
@@ -54,9 +57,26 @@ fn build(ctx: &RequestContext, m: ModelId, cost: Option<f64>) -> Option<Decision
         .filter(|c| c.is_finite() && *c >= 0.0)
         .or_else(|| decision.costs.get(ci).copied())?;
     let latency_ms = ctx.started.elapsed().as_secs_f64() * 1e3;
-    online
+    let mut rec = online
         .feedback
-        .record_for(decision, &ctx.id, ci, cost, latency_ms)
+        .record_for(decision, &ctx.id, ci, cost, latency_ms)?;
+    let gw = &*ctx.state;
+    rec.replay = Some(ReplayContext {
+        chosen: gw
+            .upstreams
+            .at(decision.chosen)
+            .map_or_else(String::new, |u| u.name.clone()),
+        propensity: decision.propensity,
+        explored: decision.explored,
+        policy: serde_json::to_string(&decision.policy).unwrap_or_default(),
+        prompt: gw
+            .config
+            .decision_log
+            .prompt
+            .then(|| ctx.request.prompt.clone()),
+        prompt_tokens: ctx.request.prompt_tokens,
+    });
+    Some(rec)
 }
 
 /// Stores a record; failures are logged and counted.

@@ -258,6 +258,13 @@ impl StateStore for LocalStore {
     async fn feedback_log_len(&self) -> Result<u64, StoreError> {
         self.blocking(|s| LocalStore::feedback_log_len(&s)).await
     }
+
+    async fn feedback_entries(&self, since_ms: u64) -> Result<Vec<FeedbackEntry>, StoreError> {
+        let mut log = self.blocking(|s| LocalStore::feedback_log(&s)).await?;
+        log.retain(|e| e.received_ms >= since_ms);
+        log.sort_by_key(|e| e.received_ms);
+        Ok(log)
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +281,7 @@ mod tests {
             cost_usd: 0.0,
             latency_ms: None,
             created_ms,
+            replay: None,
         }
     }
 
@@ -287,6 +295,7 @@ mod tests {
             reward: 1.0,
             residual: 1.0 - d.prior_reward,
             received_ms: 0,
+            replay: None,
         }
     }
 
@@ -321,6 +330,30 @@ mod tests {
         assert_eq!(
             s.apply_feedback("old", 1_500, 1_000, 1.0, 2.0, entry),
             Err(FeedbackError::UnknownDecision("old".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feedback_log_exports_from_a_time_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(&dir.path().join("s.redb")).unwrap();
+        for (id, at) in [("late", 3_000u64), ("early", 1_000), ("mid", 2_000)] {
+            s.record_decision(&dec(id, 0)).unwrap();
+            s.apply_feedback(id, 0, 1_000_000, 1.0, 2.0, |d| FeedbackEntry {
+                received_ms: at,
+                ..entry(d)
+            })
+            .unwrap();
+        }
+        let store: &dyn StateStore = &s;
+        let ids = |v: Vec<FeedbackEntry>| v.into_iter().map(|e| e.decision_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.feedback_entries(0).await.unwrap()),
+            ["early", "mid", "late"]
+        );
+        assert_eq!(
+            ids(store.feedback_entries(2_000).await.unwrap()),
+            ["mid", "late"]
         );
     }
 }

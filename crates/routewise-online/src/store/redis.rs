@@ -355,6 +355,26 @@ impl StateStore for RedisStore {
     async fn feedback_log_len(&self) -> Result<u64, StoreError> {
         self.log_len().await
     }
+
+    async fn feedback_entries(&self, since_ms: u64) -> Result<Vec<FeedbackEntry>, StoreError> {
+        // Stream ids start with the Unix ms at which Redis appended the entry.
+        let mut c = self.connection().await?;
+        let r: Result<Vec<(String, Vec<(String, String)>)>, _> = redis::cmd("XRANGE")
+            .arg(format!("{}:feedback_log", self.prefix))
+            .arg(since_ms.to_string())
+            .arg("+")
+            .query_async(&mut c)
+            .await;
+        let rows = self
+            .mark(r)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        rows.into_iter()
+            .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "entry"))
+            .map(|(_, json)| {
+                serde_json::from_str(&json).map_err(|e| StoreError::Backend(e.to_string()))
+            })
+            .collect()
+    }
 }
 
 fn parse_f64(s: &str) -> Result<f64, String> {

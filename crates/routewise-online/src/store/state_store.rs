@@ -63,4 +63,9 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Entries in the feedback log.
     async fn feedback_log_len(&self) -> Result<u64, StoreError>;
+
+    /// The feedback log's entries from `since_ms` (Unix ms) on, in log order
+    /// (`routewise logs export`): by `received_ms` in the local store, by Redis's append
+    /// time (its stream ids) in Redis.
+    async fn feedback_entries(&self, since_ms: u64) -> Result<Vec<FeedbackEntry>, StoreError>;
 }
