@@ -54,7 +54,7 @@ fn decision(i: usize) -> DecisionRecord {
         replay: Some(routewise_online::ReplayContext {
             chosen: "alpha".into(),
             propensity: Some(0.5),
-            explored: i % 3 == 0,
+            explored: i.is_multiple_of(3),
             policy: r#"{"lambda":0.0}"#.into(),
             prompt: Some(format!("prompt {i}")),
             prompt_tokens: 3,
@@ -157,7 +157,7 @@ async fn concurrent_feedback_to_two_instances_loses_nothing() {
         let i: usize = e.decision_id[1..].parse().unwrap();
         let r = e.replay.as_ref().unwrap();
         assert_eq!(r.prompt.as_deref(), Some(format!("prompt {i}").as_str()));
-        assert_eq!(r.explored, i % 3 == 0);
+        assert_eq!(r.explored, i.is_multiple_of(3));
     }
     let later = a.store().feedback_entries(u64::MAX / 2).await.unwrap();
     assert!(later.is_empty());
