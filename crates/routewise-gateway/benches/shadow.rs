@@ -31,8 +31,10 @@ fn bench(c: &mut Criterion) {
             name: "next".into(),
             engine: engine(),
             policy: None,
+            execute: None,
         }],
         Counter::default(),
+        std::sync::Weak::new(),
     )
     .unwrap();
     let prompt = "Write a Python function that checks whether a number is prime, with a docstring.";
@@ -47,6 +49,7 @@ fn bench(c: &mut Criterion) {
                 policy: Policy::Lambda(0.5),
                 live: "dear".to_string(),
                 propensity: Some(1.0),
+                exec: None,
             });
         })
     });

@@ -31,12 +31,14 @@
 //! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192, prompt: false}}  # the decision log (ROUTEWISE_LOG=warn: off)
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
-//! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5}}]  # optional (see below)
+//! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5},   # optional (see below)
+//!           execute: {sample: 0.01, max_usd_per_day: 5}}]           # optional
 //! ```
 //!
 //! `shadow` lists shadow routers: artifacts (relative to this file) that decide every
-//! routed request beside the live router, off the request path, without being executed;
-//! their choices are logged and compared ([`crate::pipeline::shadow`]).
+//! routed request beside the live router, off the request path; their choices are logged
+//! and compared ([`crate::pipeline::shadow`]), and with `execute` a sample of them is also
+//! sent upstream (never to the client) within a daily budget.
 //!
 //! `bandit` (absent = off, `bandit: {}` = on with the defaults of
 //! [`routewise_online::BanditConfig`]) makes `model: auto` requests use the online router
@@ -130,6 +132,17 @@ pub struct ShadowConfig {
     pub artifact: PathBuf,
     /// Its policy; `None`: the live request's.
     pub policy: Option<Policy>,
+    /// Execute a sample of its choices (`execute: {sample, max_usd_per_day}`).
+    pub execute: Option<ShadowExecute>,
+}
+
+/// `execute:` of a shadow ([`crate::pipeline::shadow`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowExecute {
+    /// Share of routed requests executed (chosen by the decision id).
+    pub sample: f64,
+    /// Spend per UTC day, reservations included, at most.
+    pub max_usd_per_day: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -485,6 +498,15 @@ struct RawShadow {
     artifact: String,
     #[serde(default)]
     policy: Option<Policy>,
+    #[serde(default)]
+    execute: Option<RawExecute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecute {
+    sample: f64,
+    max_usd_per_day: f64,
 }
 
 /// Reads, overrides from the process environment, and validates a config file.
@@ -651,10 +673,35 @@ pub fn parse(
                 format!("duplicate shadow name `{name}` (give each a distinct `name`)"),
             );
         }
+        let execute = raw.execute.and_then(|e| {
+            let mut ok = true;
+            if !(0.0..=1.0).contains(&e.sample) {
+                v.issue(
+                    &format!("shadow[{i}].execute.sample"),
+                    format!(
+                        "must be in 0..=1 (the share of requests executed), found {}",
+                        e.sample
+                    ),
+                );
+                ok = false;
+            }
+            if !(e.max_usd_per_day.is_finite() && e.max_usd_per_day >= 0.0) {
+                v.issue(
+                    &format!("shadow[{i}].execute.max_usd_per_day"),
+                    format!("must be a finite amount >= 0, found {}", e.max_usd_per_day),
+                );
+                ok = false;
+            }
+            ok.then_some(ShadowExecute {
+                sample: e.sample,
+                max_usd_per_day: e.max_usd_per_day,
+            })
+        });
         shadows.push(ShadowConfig {
             name,
             artifact,
             policy: raw.policy,
+            execute,
         });
     }
     let epsilon = router.exploration.map_or(0.0, |e| e.epsilon);
@@ -1557,6 +1604,22 @@ bogus: 1
             "{e}"
         );
         assert!(e.contains("shadow[2].execute"), "{e}");
+        let e = p(
+            &format!(
+                "{GOOD}shadow: [{{artifact: a.rw, execute: {{sample: 2, max_usd_per_day: -1}}}}]\n"
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shadow[0].execute.sample"), "{e}");
+        assert!(e.contains("shadow[0].execute.max_usd_per_day"), "{e}");
+        let c = p(
+            &format!("{GOOD}shadow: [{{artifact: a.rw, execute: {{sample: 0.01, max_usd_per_day: 5}}}}]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.shadows[0].execute.unwrap().max_usd_per_day, 5.0);
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn build(config: Config) -> Result<AppState, LoadError> {
             name: s.name.clone(),
             engine,
             policy: s.policy,
+            execute: s.execute,
         });
     }
     let state = AppState::new(config, engine, replay)?;

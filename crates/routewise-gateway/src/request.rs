@@ -96,6 +96,17 @@ impl ChatRequest {
         &mut self.rest
     }
 
+    /// A non-streaming copy (for calls whose answer is read whole: cascade tiers, shadow
+    /// executions).
+    pub fn non_streaming(&self) -> ChatRequest {
+        let mut r = self.clone();
+        r.stream = false;
+        r.include_usage = false;
+        r.rest_mut().remove("stream");
+        r.rest_mut().remove("stream_options");
+        r
+    }
+
     /// Whether the upstream body is the client's bytes with `model` spliced (else it is
     /// encoded from the parsed fields).
     pub fn forwards_original_bytes(&self) -> bool {

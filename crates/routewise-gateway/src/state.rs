@@ -168,7 +168,11 @@ impl AppState {
         if shadows.is_empty() || self.shadows.get().is_some() {
             return Ok(());
         }
-        let started = Shadows::start(shadows, self.metrics.shadow_dropped())?;
+        let started = Shadows::start(
+            shadows,
+            self.metrics.shadow_dropped(),
+            Arc::downgrade(&self.0),
+        )?;
         let _ = self.shadows.set(started);
         Ok(())
     }

@@ -335,7 +335,10 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
     assert_eq!(r2["n"], r["n"]);
     assert_eq!(r2["agreement"], r["agreement"]);
     for e in ["ips", "snips", "dr"] {
-        let (a, b) = (f(&r["estimates"][e]["reward"]), f(&r2["estimates"][e]["reward"]));
+        let (a, b) = (
+            f(&r["estimates"][e]["reward"]),
+            f(&r2["estimates"][e]["reward"]),
+        );
         assert!((a - b).abs() < 1e-9, "{e}: {a} vs {b}");
     }
 

@@ -158,7 +158,7 @@ pub enum Verdict {
 }
 
 /// The text of a completion's first choice.
-fn content(body: &[u8]) -> Option<String> {
+pub(crate) fn content(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.pointer("/choices/0/message/content")?
         .as_str()
@@ -172,11 +172,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let gw = &*state;
     let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
     // The tier is asked without streaming, whatever the client asked.
-    let mut request = ctx.request.clone();
-    request.stream = false;
-    request.include_usage = false;
-    request.rest_mut().remove("stream");
-    request.rest_mut().remove("stream_options");
+    let request = ctx.request.non_streaming();
     let now = gw.now_ms();
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();

@@ -150,6 +150,10 @@ async fn chat_stages(
                     .at(d.chosen)
                     .map_or_else(String::new, |u| u.name.clone()),
                 propensity: d.propensity,
+                exec: shadows.executes(&id).then(|| shadow::ExecRequest {
+                    request: request.non_streaming(),
+                    runtime: tokio::runtime::Handle::current(),
+                }),
             });
         }
     }

@@ -18,14 +18,31 @@
 //!   denominator). Decisions whose propensity is unknown count in agreement only.
 //!
 //! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
+//!
+//! Optional execution (`execute: {sample, max_usd_per_day}`): on a `sample` share of the
+//! routed requests (chosen by the decision id, so the same on every instance), when the
+//! shadow picks another model than live, the request is also sent to the shadow's pick,
+//! without streaming, on the runtime, after the decision; the client never sees it. Each
+//! call first reserves its worst case (the prompt plus `max_tokens`, else 4,096 output
+//! tokens, at the gateway's prices for that model) against the shadow's budget for the UTC
+//! day, and settles to the real cost from usage once it answers: the reservations never
+//! exceed the budget, so neither does the spend. Each execution is logged as a
+//! `routewise::shadow_execution` line (status, cost, latency, and the answer's text when
+//! `log.decisions.prompt` is on) for comparison by a judge or feedback, and counted in the
+//! statistics. Shadow calls leave the live breakers and cost metrics alone.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use prometheus_client::metrics::counter::Counter;
 use routewise_router::{Engine, Policy};
 use serde::Serialize;
+
+use crate::request::ChatRequest;
+use crate::state::Gateway;
+use crate::upstream::{Answer, AttemptInfo, Call};
 
 /// Jobs queued for the worker at most.
 const QUEUE: usize = 4096;
@@ -41,6 +58,67 @@ pub struct Shadow {
     pub engine: Engine,
     /// `None`: the live request's policy.
     pub policy: Option<Policy>,
+    /// Whether (and how much) the shadow's choices are executed.
+    pub execute: Option<Execute>,
+}
+
+pub use crate::config::ShadowExecute as Execute;
+
+/// Output tokens reserved for a call that gives no `max_tokens`.
+const DEFAULT_RESERVED_OUTPUT: u64 = 4096;
+const DAY_MS: u64 = 86_400_000;
+
+/// One shadow's spend for the current UTC day.
+#[derive(Debug, Default)]
+struct Budget {
+    day: u64,
+    spent: f64,
+    reserved: f64,
+}
+
+impl Budget {
+    /// Reserves `amount` if it fits in `limit` today.
+    fn reserve(&mut self, now_ms: u64, amount: f64, limit: f64) -> bool {
+        let day = now_ms / DAY_MS;
+        if day != self.day {
+            self.day = day;
+            self.spent = 0.0;
+        }
+        if self.spent + self.reserved + amount > limit {
+            return false;
+        }
+        self.reserved += amount;
+        true
+    }
+
+    /// Replaces a reservation by the real cost.
+    fn settle(&mut self, reserved: f64, cost: f64) {
+        self.reserved = (self.reserved - reserved).max(0.0);
+        self.spent += cost;
+    }
+}
+
+/// Whether decision `id` is in a `share` sample (the decision log's rule: the id mixed
+/// into a uniform number).
+pub fn sampled(id: &str, share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    let id = u128::from_str_radix(id, 16).unwrap_or(0);
+    let mut x = (id >> 64) as u64 ^ id as u64 ^ 0x5bd1_e995_0000_0001;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    ((x >> 11) as f64) < share * (1u64 << 53) as f64
+}
+
+/// What executing a shadow's choice needs from the request.
+#[derive(Debug)]
+pub struct ExecRequest {
+    /// The client's request, made non-streaming.
+    pub request: ChatRequest,
+    /// The runtime the call runs on.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A routed request, as the shadows see it.
@@ -53,6 +131,8 @@ pub struct Job {
     /// The live choice's name and propensity.
     pub live: String,
     pub propensity: Option<f64>,
+    /// Present when some shadow executes this request ([`Shadows::executes`]).
+    pub exec: Option<ExecRequest>,
 }
 
 enum Msg {
@@ -77,6 +157,10 @@ struct Sums {
     dr: f64,
     dr2: f64,
     shortfall: f64,
+    /// Executions sent, their settled cost, and those the budget refused.
+    executed: u64,
+    executed_usd: f64,
+    over_budget: u64,
 }
 
 /// What `GET /v1/stats/shadow` reports for one shadow.
@@ -99,6 +183,11 @@ pub struct ShadowStats {
     pub ess: f64,
     /// Below 100: the estimate is imprecise whatever its interval says.
     pub low_ess: bool,
+    /// Executions of the shadow's choice sent (`execute:`), their cost so far, and those
+    /// the daily budget refused.
+    pub executed: u64,
+    pub executed_usd: f64,
+    pub over_budget: u64,
 }
 
 impl Sums {
@@ -138,6 +227,9 @@ impl Sums {
             quality_dr_ci: ci,
             ess,
             low_ess: ess < MIN_ESS,
+            executed: self.executed,
+            executed_usd: self.executed_usd,
+            over_budget: self.over_budget,
         }
     }
 }
@@ -153,6 +245,8 @@ struct Pending {
 pub struct Shadows {
     tx: Sender<Msg>,
     names: Vec<String>,
+    /// Each shadow's execution sample (0: not executed).
+    samples: Vec<f64>,
     stats: Arc<Mutex<Vec<Sums>>>,
     dropped: Counter,
 }
@@ -166,24 +260,41 @@ impl std::fmt::Debug for Shadows {
 }
 
 impl Shadows {
-    /// Starts the worker thread for `shadows`; full-queue drops count on `dropped`.
-    pub fn start(shadows: Vec<Shadow>, dropped: Counter) -> std::io::Result<Shadows> {
+    /// Starts the worker thread for `shadows`; full-queue drops count on `dropped`;
+    /// executions call the upstreams of `gateway` (held weakly: the gateway owns this).
+    pub fn start(
+        shadows: Vec<Shadow>,
+        dropped: Counter,
+        gateway: Weak<Gateway>,
+    ) -> std::io::Result<Shadows> {
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE);
         let names: Vec<String> = shadows.iter().map(|s| s.name.clone()).collect();
+        let samples = shadows
+            .iter()
+            .map(|s| s.execute.map_or(0.0, |e| e.sample))
+            .collect();
         let stats = Arc::new(Mutex::new(vec![Sums::default(); shadows.len()]));
         let shared = Arc::clone(&stats);
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("routewise-shadows".into())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || worker(&shadows, &rx, &shared))
+                tracing::dispatcher::with_default(&dispatch, || {
+                    worker(&shadows, &rx, &shared, &gateway)
+                })
             })?;
         Ok(Shadows {
             tx,
             names,
+            samples,
             stats,
             dropped,
         })
+    }
+
+    /// Whether some shadow executes decision `id` (then the job carries the request).
+    pub fn executes(&self, id: &str) -> bool {
+        self.samples.iter().any(|&s| s > 0.0 && sampled(id, s))
     }
 
     /// Queues a routed request for the shadows; never blocks.
@@ -232,7 +343,16 @@ fn bounded_var(s: f64) -> f64 {
 
 /// The worker: decides queued jobs with every shadow, folds feedback into the estimates;
 /// ends when the gateway (the sender) is gone.
-fn worker(shadows: &[Shadow], rx: &Receiver<Msg>, stats: &Mutex<Vec<Sums>>) {
+fn worker(
+    shadows: &[Shadow],
+    rx: &Receiver<Msg>,
+    stats: &Arc<Mutex<Vec<Sums>>>,
+    gateway: &Weak<Gateway>,
+) {
+    let budgets: Vec<Arc<Mutex<Budget>>> = shadows
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Budget::default())))
+        .collect();
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut order: VecDeque<String> = VecDeque::new();
     let index: Vec<HashMap<String, usize>> = shadows
@@ -252,11 +372,26 @@ fn worker(shadows: &[Shadow], rx: &Receiver<Msg>, stats: &Mutex<Vec<Sums>>) {
             Msg::Decide(job) => {
                 let mut per_shadow = Vec::with_capacity(shadows.len());
                 let mut local = Vec::with_capacity(shadows.len());
-                for (s, idx) in shadows.iter().zip(&index) {
+                for (k, (s, idx)) in shadows.iter().zip(&index).enumerate() {
                     let policy = s.policy.unwrap_or(job.policy);
                     let d = s.engine.decide(&job.prompt, job.input_tokens, policy);
                     let pick = &s.engine.catalog.models[d.chosen].name;
                     let agrees = *pick == job.live;
+                    if let (Some(e), Some(exec), false) = (s.execute, &job.exec, agrees) {
+                        if sampled(&job.decision_id, e.sample) {
+                            execute(
+                                gateway,
+                                exec,
+                                &job.decision_id,
+                                &s.name,
+                                pick,
+                                e,
+                                &budgets[k],
+                                stats,
+                                k,
+                            );
+                        }
+                    }
                     let live = idx.get(&job.live).copied();
                     let savings = live.map(|l| d.costs[l] - d.costs[d.chosen]);
                     tracing::info!(
@@ -328,10 +463,125 @@ fn worker(shadows: &[Shadow], rx: &Receiver<Msg>, stats: &Mutex<Vec<Sums>>) {
     }
 }
 
+/// Sends `exec`'s request to `model` for shadow `k` (see the module docs), within its
+/// budget; returns at once, the call runs on the request's runtime.
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    gateway: &Weak<Gateway>,
+    exec: &ExecRequest,
+    decision_id: &str,
+    shadow: &str,
+    model: &str,
+    e: Execute,
+    budget: &Arc<Mutex<Budget>>,
+    stats: &Arc<Mutex<Vec<Sums>>>,
+    k: usize,
+) {
+    let Some(gw) = gateway.upgrade() else {
+        return;
+    };
+    let Some(m) = gw.upstreams.by_name(model) else {
+        return;
+    };
+    let up = gw.upstreams.get(m);
+    let output = exec.request.max_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT);
+    let reservation = up.cost(exec.request.prompt_tokens, output);
+    let admitted = budget
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .reserve(gw.now_ms(), reservation, e.max_usd_per_day);
+    if !admitted {
+        let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
+        sums[k].over_budget += 1;
+        return;
+    }
+    let request = exec.request.clone();
+    let (gateway, budget, stats) = (gateway.clone(), Arc::clone(budget), Arc::clone(stats));
+    let (id, shadow) = (decision_id.to_string(), shadow.to_string());
+    exec.runtime.spawn(async move {
+        let Some(gw) = gateway.upgrade() else {
+            return;
+        };
+        let up = gw.upstreams.get(m);
+        let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
+        let call = Call {
+            request: &request,
+            model: &up.name,
+            upstream_model: &up.upstream_model,
+            timeout,
+            id: &id,
+            forward: &[],
+        };
+        let started = Instant::now();
+        let mut info = AttemptInfo::default();
+        let result = up.provider.call(call, &mut info).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (status, cost, text) = match &result {
+            Ok(Answer::Full { status, body, .. }) => (
+                status.as_u16(),
+                crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c)),
+                super::cascade::content(body),
+            ),
+            Ok(Answer::Stream { status, .. }) => (status.as_u16(), None, None),
+            Err(_) => (0, None, None),
+        };
+        // Unknown usage on an answer: charge the reservation; no answer: nothing.
+        let charged = match (&result, cost) {
+            (_, Some(c)) => c,
+            (Ok(_), None) => reservation,
+            (Err(_), None) => 0.0,
+        };
+        budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .settle(reservation, charged);
+        {
+            let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
+            sums[k].executed += 1;
+            sums[k].executed_usd += charged;
+        }
+        let answer = text.filter(|_| gw.config.decision_log.prompt);
+        tracing::info!(
+            target: "routewise::shadow_execution",
+            decision_id = %id,
+            shadow = %shadow,
+            model = %up.name,
+            status,
+            cost_usd = charged,
+            latency_ms,
+            error = result.as_ref().err().map(|f| f.outcome.name()),
+            answer = answer.as_deref(),
+            "shadow execution"
+        );
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use routewise_router::{Catalog, ModelInfo};
+
+    #[test]
+    fn the_budget_holds_reservations_and_resets_each_day() {
+        let mut b = Budget::default();
+        assert!(b.reserve(1_000, 0.6, 1.0));
+        assert!(!b.reserve(1_000, 0.6, 1.0)); // 1.2 > 1
+        b.settle(0.6, 0.1);
+        assert!(b.reserve(2_000, 0.6, 1.0)); // 0.1 + 0.6
+        assert!(!b.reserve(2_000, 0.31, 1.0));
+        // The next UTC day starts from what is still reserved, not from what was spent.
+        assert!(b.reserve(DAY_MS + 5, 0.3, 1.0));
+        assert!(!b.reserve(DAY_MS + 5, 0.2, 1.0)); // 0.6 + 0.3 + 0.2 reserved
+    }
+
+    #[test]
+    fn sampling_by_decision_id_keeps_about_the_share() {
+        let ids: Vec<String> = (0..4000u64).map(|i| format!("{:032x}", i * 7919)).collect();
+        let kept = ids.iter().filter(|id| sampled(id, 0.25)).count();
+        assert!((800..=1200).contains(&kept), "{kept}");
+        assert!(ids.iter().all(|id| sampled(id, 1.0)));
+        assert!(!ids.iter().any(|id| sampled(id, 0.0)));
+    }
 
     fn engine(scores: Vec<f64>) -> Engine {
         let m = |n: &str, price: f64| ModelInfo {
@@ -356,6 +606,7 @@ mod tests {
             policy: Policy::Lambda(0.0),
             live: live.into(),
             propensity: p,
+            exec: None,
         }
     }
 
@@ -368,14 +619,17 @@ mod tests {
                     name: "prefers-cheap".into(),
                     engine: engine(vec![0.8, 0.5]),
                     policy: None,
+                    execute: None,
                 },
                 Shadow {
                     name: "prefers-dear".into(),
                     engine: engine(vec![0.5, 0.8]),
                     policy: None,
+                    execute: None,
                 },
             ],
             Counter::default(),
+            Weak::new(),
         )
         .unwrap();
         // Live: `dear` with probability 0.5, `cheap` 0.5 (a coin flip logger); `cheap`
@@ -414,8 +668,10 @@ mod tests {
                 name: "s".into(),
                 engine: engine(vec![0.5, 0.5]),
                 policy: None,
+                execute: None,
             }],
             dropped.clone(),
+            Weak::new(),
         )
         .unwrap();
         for i in 0..(QUEUE * 4) {
