@@ -119,7 +119,14 @@ async fn every_line_carries_the_propensity_of_its_choice() {
         assert!(l.contains("prompt=\"question "), "{l}");
     }
     // Thompson sampling leaves it to the writer thread's Monte-Carlo estimate.
-    let thompson = |y: String| y + "bandit: {algorithm: thompson, alpha: 0.05}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    let thompson = |y: String| {
+        y + &format!(
+            "bandit: {{algorithm: thompson, alpha: 0.05}}\nstate: {{path: {}}}\n",
+            state.display()
+        )
+    };
     let (lines, _) = decision_lines_with(thompson, "", 10, false).await;
     assert_eq!(lines.len(), 10);
     for l in &lines {
