@@ -302,7 +302,7 @@ pub fn replay_log(
     let mut all_certain = true;
     for d in decisions {
         let p = d.propensity.filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
-            bad(file, d.line, "the decision has no propensity (a router that does not log one, such as Thompson sampling, cannot be evaluated off-policy)")
+            bad(file, d.line, "the decision has no propensity, so it cannot be reweighted (a state store export of a Thompson-sampling decision: replay it from the gateway's log, whose line carries the estimate)")
         })?;
         all_certain &= p >= 1.0;
         let prompt = d.prompt.as_deref().ok_or_else(|| {

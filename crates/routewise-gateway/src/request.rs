@@ -11,11 +11,11 @@
 //! "number"}` to override the configured cascade). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
-//! Forwarding: when routewise changes nothing but `model` (no `routewise` key, `model`
-//! given once), the upstream gets the client's own bytes with the routed model spliced
+//! Forwarding: when routewise changes nothing but `model` (no `routewise` key, no key
+//! given twice), the upstream gets the client's own bytes with the routed model spliced
 //! over the `model` value, found in the same parsing pass. Nothing is re-encoded, so
 //! numbers keep their exact spelling (an integer beyond 64 bits, `1.10`), key order and
-//! duplicate keys stay the client's, and a long conversation is copied, not serialised
+//! spacing stay the client's, and a long conversation is copied, not serialised
 //! again (`cargo bench -p routewise-gateway --bench body`). Otherwise the fields are
 //! encoded from the parsed map.
 //!
@@ -166,7 +166,7 @@ pub fn parse(
     let top = TopLevel::parse(body)?;
     let mut rest = top.fields;
     let model_span = match top.model {
-        Some(ModelToken::Once(span)) => Some(span),
+        Some(ModelToken::Once(span)) if !top.duplicate_key => Some(span),
         _ => None,
     };
     let model = match rest.remove("model") {
@@ -278,6 +278,9 @@ enum ModelToken {
 struct TopLevel {
     fields: Map<String, Value>,
     model: Option<ModelToken>,
+    /// A key given twice: routewise reads the last copy, an upstream may read the first
+    /// or refuse the body, so such a body is encoded (one copy of each key), not spliced.
+    duplicate_key: bool,
 }
 
 impl TopLevel {
@@ -325,8 +328,9 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Map::new();
         let mut model = None;
+        let mut duplicate_key = false;
         while let Some(key) = map.next_key::<String>()? {
-            if key == "model" {
+            let value = if key == "model" {
                 let raw: &'de RawValue = map.next_value()?;
                 let value: Value =
                     serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
@@ -334,13 +338,17 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
                     (None, Value::String(_), Some(span)) => ModelToken::Once(span),
                     _ => ModelToken::Other,
                 });
-                fields.insert(key, value);
+                value
             } else {
-                let value: Value = map.next_value()?;
-                fields.insert(key, value);
-            }
+                map.next_value()?
+            };
+            duplicate_key |= fields.insert(key, value).is_some();
         }
-        Ok(Some(TopLevel { fields, model }))
+        Ok(Some(TopLevel {
+            fields,
+            model,
+            duplicate_key,
+        }))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -773,6 +781,16 @@ mod tests {
         assert!(r.is_auto() && !r.forwards_original_bytes());
         let out = String::from_utf8(r.upstream_body("x").unwrap()).unwrap();
         assert_eq!(out.matches("\"model\"").count(), 1);
+        // Any key twice (routewise reads the last `messages`; an upstream might read the
+        // first): encoded, one copy.
+        let r = raw(&format!(
+            r#"{{"model": "auto", {m}, "max_tokens": 5, "max_tokens": 9}}"#
+        ));
+        assert!(!r.forwards_original_bytes());
+        assert_eq!(r.max_tokens, Some(9));
+        let out = String::from_utf8(r.upstream_body("x").unwrap()).unwrap();
+        assert_eq!(out.matches("max_tokens").count(), 1);
+        assert!(out.contains("\"max_tokens\":9"), "{out}");
         // A changed field.
         let mut r = raw(&format!(r#"{{"model": "auto", {m}, "stream": true}}"#));
         assert!(r.forwards_original_bytes());

@@ -65,6 +65,10 @@ async fn a_shadow_decides_every_routed_request_and_executes_within_its_budget() 
     assert_eq!(s["over_budget"], 0);
     assert_eq!(mock.hits("up-a"), 5);
     assert_eq!(mock.hits("up-c"), 5);
+    // The executed copy is capped at the output it reserved.
+    for r in mock.requests().iter().filter(|r| r.model == "up-c") {
+        assert_eq!(r.body["max_tokens"], 4096, "{}", r.body);
+    }
     // A request naming its model is not a routing decision: no shadow.
     let mut body = common::chat_body("direct");
     body["model"] = "b".into();
@@ -83,7 +87,8 @@ async fn a_shadow_decides_every_routed_request_and_executes_within_its_budget() 
 async fn a_budget_smaller_than_one_call_executes_nothing() {
     let mock = routewise_testkit::MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
-    // One call reserves the prompt plus 4,096 output tokens at c's $0.3/Mtok: ~$0.0012.
+    // One call reserves the body's bytes plus 4,096 output tokens at c's $0.3/Mtok:
+    // more than $0.0012.
     let execute = Execute {
         sample: 1.0,
         max_usd_per_day: 0.001,

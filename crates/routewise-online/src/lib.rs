@@ -41,7 +41,7 @@ pub use feedback::{
     ScoreValue, Thumbs, ValidFeedback,
 };
 pub use project::Projector;
-pub use router::{OnlineError, OnlineRouter};
+pub use router::{Choice, OnlineError, OnlineRouter};
 pub use service::FeedbackService;
 pub use store::local::LocalStore;
 pub use store::redis::RedisStore;

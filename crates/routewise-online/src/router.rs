@@ -84,6 +84,21 @@ pub enum OnlineError {
     Bandit(#[from] BanditError),
 }
 
+/// A decision whose probability [`OnlineRouter::choice_probability`] estimates.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    /// The decision's bandit context and prior scores.
+    pub learning: &'a Learning,
+    /// Its expected cost per model.
+    pub costs: &'a [f64],
+    pub policy: Policy,
+    /// The model chosen.
+    pub chosen: usize,
+    /// Whether the router's own rule made the choice (not a forced or an outer
+    /// exploration): the decision then counts as one of the rule's draws.
+    pub drawn: bool,
+}
+
 impl OnlineRouter {
     /// `engine`: the offline router (it predicts the first `engine.catalog.len()` models
     /// of `serving`); `serving`: the catalog decisions rank, the engine's models first
@@ -151,30 +166,44 @@ impl OnlineRouter {
         self.catalog.expected_costs(input_tokens, &mut costs);
         let x = self.projector.context(features);
         let mut est = vec![0.0; n];
-        let (forced_pick, explorable) = {
+        let (forced_pick, forced) = {
             let bandit = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
             let mut rng = LazyRng::new(&self.rng);
             bandit.estimates(&x, &mut rng, &mut est);
             (
                 bandit.forced_pick(&self.all_available, &mut rng),
-                bandit.forced_candidates(&self.all_available).len(),
+                bandit.forced_candidates(&self.all_available),
             )
         };
         let scores: Vec<f64> = prior.iter().zip(&est).map(|(p, e)| p + e).collect();
         let mut ranking = policy.rank(&scores, &costs);
+        let rule_top = ranking.first().copied();
         if let Some(f) = forced_pick {
             ranking.retain(|&m| m != f);
             ranking.insert(0, f);
         }
-        // The probability of this choice under the rule that made it: exact for LinUCB
-        // (the forced-exploration mass is split evenly over the under-explored models);
-        // Thompson sampling's needs Monte Carlo, so it is left unknown here.
-        let rate = self.config.forced_exploration_rate;
-        let propensity = match (self.config.algorithm, forced_pick, explorable) {
-            (_, Some(_), k) => Some(rate / k.max(1) as f64),
-            (crate::Algorithm::Linucb, None, 0) => Some(1.0),
-            (crate::Algorithm::Linucb, None, _) => Some(1.0 - rate),
-            (crate::Algorithm::Thompson, None, _) => None,
+        // The probability of this choice under the rule that made it, exact for LinUCB:
+        // the forced-exploration share split evenly over the under-explored models, plus
+        // the rule's share when the choice is also the rule's own (a new model's optimistic
+        // prior often makes it both). Thompson sampling's needs Monte Carlo, so it is left
+        // unknown here (the decision log's writer estimates it).
+        let rate = if forced.is_empty() || self.config.forced_exploration_rate <= 0.0 {
+            0.0
+        } else {
+            self.config.forced_exploration_rate
+        };
+        let chosen = ranking.first().copied();
+        let propensity = match self.config.algorithm {
+            crate::Algorithm::Linucb => {
+                let forced_share = if chosen.is_some_and(|c| forced.contains(&c)) {
+                    rate / forced.len() as f64
+                } else {
+                    0.0
+                };
+                let rule_share = if chosen == rule_top { 1.0 - rate } else { 0.0 };
+                Some(forced_share + rule_share)
+            }
+            crate::Algorithm::Thompson => None,
         };
         let reason = if forced_pick.is_some() {
             DecisionReason::Explored
@@ -194,20 +223,20 @@ impl OnlineRouter {
     /// decision with `learning`'s context and prior, `costs` and `policy`: the forced
     /// exploration's share, plus LinUCB's deterministic choice or, for Thompson sampling,
     /// a Monte-Carlo estimate over `draws` posterior draws (each arm's estimate is a 1-D
-    /// normal, [`crate::bandit::LinearBandit::estimate_moments`]). The decision itself was
-    /// one such draw, so it is counted: the estimate is `(hits + 1) / (draws + 1)` of the
-    /// non-forced share, never 0 for a model that was chosen. Meant for the decision log's
+    /// normal, [`crate::bandit::LinearBandit::estimate_moments`]). When the rule itself
+    /// chose `chosen` (`drawn`: not a forced or an outer exploration), the decision was one
+    /// such draw and is counted, `(hits + 1) / (draws + 1)` of the non-forced share, so a
+    /// model that was chosen never gets 0. Meant for the decision log's
     /// writer thread (off the request path); the state may have moved a little since the
     /// decision, which the estimate does not undo.
-    pub fn choice_probability(
-        &self,
-        learning: &Learning,
-        costs: &[f64],
-        policy: Policy,
-        chosen: usize,
-        draws: usize,
-        seed: u64,
-    ) -> f64 {
+    pub fn choice_probability(&self, choice: &Choice<'_>, draws: usize, seed: u64) -> f64 {
+        let Choice {
+            learning,
+            costs,
+            policy,
+            chosen,
+            drawn,
+        } = *choice;
         let (moments, forced) = {
             let bandit = self.bandit.read().unwrap_or_else(PoisonError::into_inner);
             (
@@ -246,7 +275,8 @@ impl OnlineRouter {
             }
             crate::Algorithm::Thompson => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let mut hits = 1usize;
+                let own = usize::from(drawn);
+                let mut hits = own;
                 for _ in 0..draws {
                     for (m, s) in scores.iter_mut().enumerate() {
                         let z = crate::bandit::standard_normal(&mut rng);
@@ -254,7 +284,7 @@ impl OnlineRouter {
                     }
                     hits += usize::from(top(&scores, &mut idx) == Some(chosen));
                 }
-                p += (1.0 - rate) * hits as f64 / (draws + 1) as f64;
+                p += (1.0 - rate) * hits as f64 / (draws + own).max(1) as f64;
             }
         }
         p.clamp(0.0, 1.0)
@@ -446,7 +476,14 @@ mod tests {
         let learning = d.learning.as_ref().unwrap();
         let mut total = 0.0;
         for (m, &count) in counts.iter().enumerate() {
-            let p = r.choice_probability(learning, &d.costs, d.policy, m, 4000, m as u64);
+            let choice = Choice {
+                learning,
+                costs: &d.costs,
+                policy: d.policy,
+                chosen: m,
+                drawn: true,
+            };
+            let p = r.choice_probability(&choice, 4000, m as u64);
             let freq = count as f64 / n as f64;
             assert!((p - freq).abs() < 0.03, "model {m}: {p} vs {freq}");
             total += p;
@@ -469,12 +506,16 @@ mod tests {
         .unwrap();
         let d = r.decide(&req);
         let l = d.learning.as_ref().unwrap();
+        let choice = |chosen: usize, drawn: bool| Choice {
+            learning: l,
+            costs: &d.costs,
+            policy: d.policy,
+            chosen,
+            drawn,
+        };
+        assert_eq!(r.choice_probability(&choice(d.chosen, true), 0, 0), 1.0);
         assert_eq!(
-            r.choice_probability(l, &d.costs, d.policy, d.chosen, 0, 0),
-            1.0
-        );
-        assert_eq!(
-            r.choice_probability(l, &d.costs, d.policy, 1 - d.chosen, 0, 0),
+            r.choice_probability(&choice(1 - d.chosen, false), 0, 0),
             0.0
         );
     }

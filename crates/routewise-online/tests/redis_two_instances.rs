@@ -6,10 +6,11 @@
 #![cfg(test)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use routewise_online::{
     ArmStats, BanditConfig, DecisionRecord, FeedbackError, FeedbackRequest, FeedbackService,
-    OnlineRouter, ScoreValue, StateConfig,
+    OnlineRouter, ScoreValue, StateConfig, StateStore,
 };
 use routewise_router::{Catalog, Engine, ModelInfo};
 use routewise_testkit::redis::RedisServer;
@@ -192,4 +193,51 @@ async fn redis_outage_keeps_last_statistics_and_reports_unavailable() {
     let c = instance(redis.port, "t2").await;
     assert!(!c.available());
     assert_eq!(c.router().arm_stats("alpha").unwrap().n, 0);
+}
+
+#[tokio::test]
+async fn the_feedback_log_exports_in_pages_from_a_time() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // 2,500 entries written straight into the stream, with explicit ids (ms 1..=2500):
+    // more than two export pages.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for i in 1..=2500u64 {
+        let e = routewise_online::FeedbackEntry {
+            decision_id: format!("d{i}"),
+            model: "alpha".into(),
+            score: 1.0,
+            cost_usd: 0.0,
+            latency_ms: None,
+            reward: 1.0,
+            residual: 0.5,
+            received_ms: i,
+            replay: None,
+        };
+        pipe.cmd("XADD")
+            .arg("p2:feedback_log")
+            .arg(format!("{i}-0"))
+            .arg("entry")
+            .arg(serde_json::to_string(&e).unwrap())
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let store = routewise_online::RedisStore::new(
+        &format!("redis://127.0.0.1:{}", redis.port),
+        "p2",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let all = store.feedback_entries(0).await.unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(k, e)| e.decision_id == format!("d{}", k + 1)));
+    let tail = store.feedback_entries(2001).await.unwrap();
+    assert_eq!(tail.len(), 500);
+    assert_eq!(tail[0].decision_id, "d2001");
 }

@@ -81,6 +81,12 @@ pub struct Decision {
     /// Whether an exploration rule replaced the router's choice
     /// ([`crate::explore::Exploring`]).
     pub explored: bool,
+    /// How an exploration rule mixed with the router's own choice: the final propensity
+    /// is `keep * p + add`, with `p` the router's probability of `chosen`. Set where the
+    /// router's probability is unknown on the request path, so that it can be combined
+    /// once estimated.
+    #[serde(skip)]
+    pub mix: Option<(f64, f64)>,
     /// Set by learning routers (see [`Learning`]).
     #[serde(skip)]
     pub learning: Option<Learning>,
@@ -105,6 +111,7 @@ impl Decision {
             reason,
             propensity: Some(1.0),
             explored: false,
+            mix: None,
             learning,
         }
     }

@@ -5,10 +5,12 @@
 //! nothing about what another policy would have earned where the two disagree, and
 //! inverse-propensity estimators have no support there. [`Exploring`] wraps a
 //! [`Decide`]: with probability `epsilon` the choice is replaced by a model drawn
-//! uniformly from the catalog (moved to the front of the ranking; the rest keeps the
+//! uniformly from the pool (moved to the front of the ranking; the rest keeps the
 //! router's order as the fallback order), and the decision records the probability of
 //! the model it chose: `1 - epsilon + epsilon / K` for the router's own choice,
-//! `epsilon / K` for any other (Sutton & Barto, "Reinforcement Learning", 2nd ed., 2018,
+//! `epsilon / K` for any other. The pool is the catalog, or under a budget policy the `K`
+//! models whose predicted cost fits the budget (exploration never spends past a client's
+//! budget; with none fitting, nothing is explored) (Sutton & Barto, "Reinforcement Learning", 2nd ed., 2018,
 //! sec. 2.2; for the logging side of off-policy evaluation, Li et al., "Unbiased Offline
 //! Evaluation of Contextual-bandit-based News Article Recommendation Algorithms", WSDM
 //! 2011).
@@ -20,8 +22,10 @@
 //!
 //! Propensities are exact when the wrapped decider is deterministic (its own propensity
 //! is 1). Over a stochastic one (the bandit's forced exploration, Thompson sampling) the
-//! propensity of the router's own choice is combined exactly when known, and an explored
-//! model's is left unknown (`None`), since the inner rule's probability of it is not.
+//! router's probability of the chosen model is needed: known for its own choice, it is
+//! combined at once; otherwise the propensity is left unknown (`None`) with the mixing
+//! weights in [`Decision::mix`], for the decision log's writer to combine with its
+//! estimate.
 //!
 //! No I/O; randomness comes from the calling thread's generator.
 
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use crate::decide::{Decide, Decision, DecisionReason, RouteRequest};
-use crate::Catalog;
+use crate::{Catalog, Policy};
 
 /// A decider with epsilon-greedy exploration (see the module docs).
 #[derive(Debug)]
@@ -58,24 +62,29 @@ impl Exploring {
     /// Applies exploration to `d` with the draws `(u, slot)`: `u` uniform in `[0, 1)`
     /// decides whether to explore, `slot` picks the model among the ranking's entries.
     fn apply(&self, mut d: Decision, u: f64, slot: usize) -> Decision {
-        let k = d.ranking.len();
+        let pool = self.pool(&d);
+        let k = pool.len();
         if k == 0 || self.epsilon == 0.0 {
             return d;
         }
         let top = d.chosen;
         let share = self.epsilon / k as f64;
         let pick = if u < self.epsilon {
-            d.ranking[slot % k]
+            pool[slot % k]
         } else {
             top
         };
-        d.propensity = if pick == top {
-            d.propensity.map(|p| (1.0 - self.epsilon) * p + share)
-        } else if d.propensity == Some(1.0) {
-            Some(share)
-        } else {
-            None
+        let add = if pool.contains(&pick) { share } else { 0.0 };
+        let keep = 1.0 - self.epsilon;
+        // The router chose `pick` with probability `p` (1 for its own choice when it is
+        // deterministic, 0 for another model then).
+        let inner = match d.propensity {
+            Some(p) if pick == top => Some(p),
+            Some(p) if p >= 1.0 => Some(0.0),
+            _ => None,
         };
+        d.propensity = inner.map(|p| keep * p + add);
+        d.mix = d.propensity.is_none().then_some((keep, add));
         if pick != top {
             d.ranking.retain(|&m| m != pick);
             d.ranking.insert(0, pick);
@@ -87,6 +96,22 @@ impl Exploring {
     }
 }
 
+impl Exploring {
+    /// The models exploration draws from: the ranking, or under a budget policy those
+    /// whose predicted cost fits it (in ranking order).
+    fn pool(&self, d: &Decision) -> Vec<usize> {
+        match d.policy {
+            Policy::BudgetUsd(b) => d
+                .ranking
+                .iter()
+                .copied()
+                .filter(|&m| d.costs.get(m).is_some_and(|&c| c <= b))
+                .collect(),
+            _ => d.ranking.clone(),
+        }
+    }
+}
+
 impl Decide for Exploring {
     fn decide(&self, req: &RouteRequest<'_>) -> Decision {
         let d = self.inner.decide(req);
@@ -94,7 +119,7 @@ impl Decide for Exploring {
             return d;
         }
         let mut rng = rand::thread_rng();
-        let (u, slot) = (rng.gen::<f64>(), rng.gen_range(0..d.ranking.len().max(1)));
+        let (u, slot) = (rng.gen::<f64>(), rng.gen::<u32>() as usize);
         self.apply(d, u, slot)
     }
 
@@ -114,7 +139,7 @@ impl Decide for Exploring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ModelInfo, Policy};
+    use crate::ModelInfo;
 
     #[derive(Debug)]
     struct Fixed(Catalog, Option<f64>);
@@ -184,14 +209,38 @@ mod tests {
     }
 
     #[test]
-    fn a_stochastic_inner_rule_leaves_explored_propensities_unknown() {
+    fn a_stochastic_inner_rule_leaves_explored_propensities_to_combine_later() {
         let e = ex(0.2, Some(0.9));
         let d = e.apply(decision(&e), 0.5, 0);
         assert!((d.propensity.unwrap() - (0.8 * 0.9 + 0.05)).abs() < 1e-12);
+        assert_eq!(d.mix, None);
         let d = e.apply(decision(&e), 0.1, 1);
         assert_eq!(d.propensity, None);
+        assert_eq!(d.mix, Some((0.8, 0.05)));
         let e = ex(0.2, None);
-        assert_eq!(e.apply(decision(&e), 0.5, 0).propensity, None);
+        let d = e.apply(decision(&e), 0.5, 0);
+        assert_eq!((d.propensity, d.mix), (None, Some((0.8, 0.05))));
+    }
+
+    #[test]
+    fn under_a_budget_only_affordable_models_are_explored() {
+        let e = ex(0.5, Some(1.0));
+        let mut d = decision(&e);
+        d.policy = Policy::BudgetUsd(0.1);
+        d.costs = vec![0.05, 0.5, 0.08, 0.9]; // affordable: 0 and 2 (ranking 2, 0, 1, 3)
+        for slot in 0..8 {
+            let out = e.apply(d.clone(), 0.1, slot);
+            assert!(out.chosen == 0 || out.chosen == 2, "{slot}: {}", out.chosen);
+            let want = if out.chosen == 2 { 0.5 + 0.25 } else { 0.25 };
+            assert!((out.propensity.unwrap() - want).abs() < 1e-12);
+        }
+        // Nothing fits: no exploration.
+        d.costs = vec![1.0; 4];
+        let out = e.apply(d.clone(), 0.1, 3);
+        assert_eq!(
+            (out.chosen, out.propensity, out.explored),
+            (2, Some(1.0), false)
+        );
     }
 
     #[test]

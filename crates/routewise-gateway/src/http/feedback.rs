@@ -64,7 +64,7 @@ pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: B
             // The outcome beside the decision lines, for `routewise replay --log`.
             if let Ok(fb) = req.validate() {
                 if let Some(shadows) = gw.shadows.get() {
-                    shadows.feedback(&ack.decision_id, fb.score);
+                    shadows.feedback(&ack.decision_id, &ack.model, fb.score);
                 }
                 tracing::info!(
                     target: "routewise::feedback",

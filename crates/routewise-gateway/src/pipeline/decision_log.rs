@@ -136,6 +136,23 @@ impl fmt::Display for CascadeLog<'_> {
     }
 }
 
+/// Bytes of a prompt logged (and kept with a decision in the state store) at most: the
+/// decision log's queue and the store stay bounded whatever the requests' size. Longer
+/// prompts are cut at a character boundary, which `replay` then re-routes as they are.
+pub const MAX_LOGGED_PROMPT: usize = 16 << 10;
+
+/// `prompt` cut to [`MAX_LOGGED_PROMPT`] bytes (at a character boundary).
+pub fn logged_prompt(prompt: &str) -> String {
+    if prompt.len() <= MAX_LOGGED_PROMPT {
+        return prompt.to_string();
+    }
+    let mut end = MAX_LOGGED_PROMPT;
+    while !prompt.is_char_boundary(end) {
+        end -= 1;
+    }
+    prompt[..end].to_string()
+}
+
 /// Posterior draws per decision when the writer estimates a Thompson-sampling propensity
 /// (about 20 us of the writer's time for 11 models; the estimate's standard error is at
 /// most 0.03).
@@ -146,8 +163,11 @@ struct PropensityInput {
     learning: routewise_router::Learning,
     costs: Vec<f64>,
     chosen: usize,
-    /// Models the exploration drew from.
-    k: usize,
+    /// Whether the router's own rule made the choice (not a forced or an outer
+    /// exploration): the decision then counts as one of the rule's draws.
+    drawn: bool,
+    /// How an outer exploration mixed with the router's choice (`Decision::mix`).
+    mix: Option<(f64, f64)>,
 }
 
 /// One model's prediction (catalog index).
@@ -235,20 +255,20 @@ impl DecisionRecord {
     fn estimated_propensity(&self, gw: &Gateway) -> Option<f64> {
         let input = self.estimate.as_ref()?;
         let router = gw.online_router.as_ref()?;
-        let seed = u64::from_str_radix(self.decision_id.get(..16).unwrap_or("0"), 16).unwrap_or(0);
-        let inner = router.choice_probability(
-            &input.learning,
-            &input.costs,
-            self.policy,
-            input.chosen,
-            THOMPSON_DRAWS,
-            seed,
-        );
-        let eps = gw.config.router.epsilon;
-        Some(if eps > 0.0 && input.k > 0 {
-            (1.0 - eps) * inner + eps / input.k as f64
-        } else {
-            inner
+        // Both halves of the id: its first 16 hex digits are mostly the timestamp.
+        let id = u128::from_str_radix(&self.decision_id, 16).unwrap_or(0);
+        let seed = routewise_router::baselines::splitmix64((id >> 64) as u64 ^ id as u64);
+        let choice = routewise_online::Choice {
+            learning: &input.learning,
+            costs: &input.costs,
+            policy: self.policy,
+            chosen: input.chosen,
+            drawn: input.drawn,
+        };
+        let inner = router.choice_probability(&choice, THOMPSON_DRAWS, seed);
+        Some(match input.mix {
+            Some((keep, add)) => keep * inner + add,
+            None => inner,
         })
     }
 }
@@ -410,17 +430,31 @@ pub fn emit(
                 learning: learning.clone(),
                 costs: d.costs.clone(),
                 chosen: d.chosen,
-                k: d.ranking.len(),
+                drawn: d.reason != routewise_router::DecisionReason::Explored,
+                mix: d.mix,
             }))
         }),
         explored: decision.is_some_and(|d| d.explored),
-        prompt: (log.config.prompt && decision.is_some()).then(|| ctx.request.prompt.clone()),
+        prompt: (log.config.prompt && decision.is_some())
+            .then(|| logged_prompt(&ctx.request.prompt)),
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_prompts_are_cut_at_a_character_boundary() {
+        assert_eq!(logged_prompt("short"), "short");
+        let long = "é".repeat(MAX_LOGGED_PROMPT); // two bytes each
+        let cut = logged_prompt(&long);
+        assert_eq!(cut.len(), MAX_LOGGED_PROMPT);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("a{long}");
+        let cut = logged_prompt(&odd);
+        assert_eq!(cut.len(), MAX_LOGGED_PROMPT - 1);
+    }
 
     #[test]
     fn regression_ids_made_back_to_back_are_sampled_independently() {

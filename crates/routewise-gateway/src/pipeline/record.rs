@@ -73,7 +73,7 @@ fn build(ctx: &RequestContext, m: ModelId, cost: Option<f64>) -> Option<Decision
             .config
             .decision_log
             .prompt
-            .then(|| ctx.request.prompt.clone()),
+            .then(|| crate::pipeline::decision_log::logged_prompt(&ctx.request.prompt)),
         prompt_tokens: ctx.request.prompt_tokens,
     });
     Some(rec)

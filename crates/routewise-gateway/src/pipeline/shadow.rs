@@ -23,15 +23,18 @@
 //! routed requests (chosen by the decision id, so the same on every instance), when the
 //! shadow picks another model than live, the request is also sent to the shadow's pick,
 //! without streaming, on the runtime, after the decision; the client never sees it. Each
-//! call first reserves its worst case (the prompt plus `max_tokens`, else 4,096 output
-//! tokens, at the gateway's prices for that model) against the shadow's budget for the UTC
-//! day, and settles to the real cost from usage once it answers: the reservations never
-//! exceed the budget, so neither does the spend. Each execution is logged as a
+//! call first reserves its worst case (as many input tokens as the body has bytes, and
+//! `max_tokens` output tokens, set to 4,096 when the request gives none, at the gateway's
+//! prices for that model) against the shadow's budget for the UTC day, and settles to the
+//! real cost from usage once it answers: the reservations never exceed the budget, so
+//! neither does the spend, as long as the upstream bills no more input tokens than the
+//! body has bytes (true of text; images are billed by their own rules). Each execution is logged as a
 //! `routewise::shadow_execution` line (status, cost, latency, and the answer's text when
 //! `log.decisions.prompt` is on) for comparison by a judge or feedback, and counted in the
 //! statistics. Shadow calls leave the live breakers and cost metrics alone.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,9 @@ use crate::upstream::{Answer, AttemptInfo, Call};
 
 /// Jobs queued for the worker at most.
 const QUEUE: usize = 4096;
+/// Bytes of prompts and request copies queued at most (past it, jobs are dropped and
+/// counted like a full queue): a burst of large prompts cannot grow memory unboundedly.
+const QUEUE_BYTES: usize = 64 << 20;
 /// Decisions kept waiting for feedback at most.
 const PENDING: usize = 65_536;
 /// Effective sample size under which the estimate is flagged.
@@ -136,8 +142,14 @@ pub struct Job {
 }
 
 enum Msg {
-    Decide(Box<Job>),
-    Feedback { decision_id: String, score: f64 },
+    /// A job and the bytes it holds (released once handled).
+    Decide(Box<Job>, usize),
+    Feedback {
+        decision_id: String,
+        /// The model that answered (a fallback's score is not the live choice's).
+        model: String,
+        score: f64,
+    },
     Flush(Sender<()>),
 }
 
@@ -238,12 +250,16 @@ impl Sums {
 /// predicted score of its pick, of the live model, the outcome variance floor).
 struct Pending {
     propensity: f64,
+    /// The live choice: feedback on another model's answer (a fallback) is not its.
+    live: String,
     per_shadow: Vec<(bool, f64, f64, f64)>,
 }
 
 /// The shadows' queue, worker and statistics.
 pub struct Shadows {
     tx: Sender<Msg>,
+    /// Bytes held by queued jobs.
+    queued: Arc<AtomicUsize>,
     names: Vec<String>,
     /// Each shadow's execution sample (0: not executed).
     samples: Vec<f64>,
@@ -275,16 +291,19 @@ impl Shadows {
             .collect();
         let stats = Arc::new(Mutex::new(vec![Sums::default(); shadows.len()]));
         let shared = Arc::clone(&stats);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let held = Arc::clone(&queued);
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("routewise-shadows".into())
             .spawn(move || {
                 tracing::dispatcher::with_default(&dispatch, || {
-                    worker(&shadows, &rx, &shared, &gateway)
+                    worker(&shadows, &rx, &shared, &gateway, &held)
                 })
             })?;
         Ok(Shadows {
             tx,
+            queued,
             names,
             samples,
             stats,
@@ -299,15 +318,23 @@ impl Shadows {
 
     /// Queues a routed request for the shadows; never blocks.
     pub fn observe(&self, job: Job) {
-        if self.tx.try_send(Msg::Decide(Box::new(job))).is_err() {
+        // The request copy holds about twice the prompt (the messages and their text).
+        let bytes = job.prompt.len() + job.exec.as_ref().map_or(0, |e| 2 * e.request.prompt.len());
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > QUEUE_BYTES
+            || self.tx.try_send(Msg::Decide(Box::new(job), bytes)).is_err()
+        {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             self.dropped.inc();
         }
     }
 
-    /// Passes a decision's feedback score to the shadows' estimates; never blocks.
-    pub fn feedback(&self, decision_id: &str, score: f64) {
+    /// Passes a decision's feedback score (for the answer of `model`) to the shadows'
+    /// estimates; never blocks.
+    pub fn feedback(&self, decision_id: &str, model: &str, score: f64) {
         let msg = Msg::Feedback {
             decision_id: decision_id.to_string(),
+            model: model.to_string(),
             score,
         };
         if self.tx.try_send(msg).is_err() {
@@ -348,6 +375,7 @@ fn worker(
     rx: &Receiver<Msg>,
     stats: &Arc<Mutex<Vec<Sums>>>,
     gateway: &Weak<Gateway>,
+    queued: &AtomicUsize,
 ) {
     let budgets: Vec<Arc<Mutex<Budget>>> = shadows
         .iter()
@@ -369,7 +397,8 @@ fn worker(
         .collect();
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Decide(job) => {
+            Msg::Decide(job, bytes) => {
+                queued.fetch_sub(bytes, Ordering::Relaxed);
                 let mut per_shadow = Vec::with_capacity(shadows.len());
                 let mut local = Vec::with_capacity(shadows.len());
                 for (k, (s, idx)) in shadows.iter().zip(&index).enumerate() {
@@ -420,9 +449,9 @@ fn worker(
                         }
                     }
                 }
-                // The live model must be known to every shadow for the direct model.
-                let usable = per_shadow.iter().all(|p| p.2.is_finite());
-                if let (Some(p), true) = (job.propensity.filter(|p| *p > 0.0), usable) {
+                // A shadow that does not know the live model has no direct model for it:
+                // its entry (NaN) is skipped when the feedback comes, the others count.
+                if let Some(p) = job.propensity.filter(|p| *p > 0.0) {
                     if order.len() >= PENDING {
                         if let Some(old) = order.pop_front() {
                             pending.remove(&old);
@@ -433,17 +462,28 @@ fn worker(
                         job.decision_id,
                         Pending {
                             propensity: p,
+                            live: job.live,
                             per_shadow,
                         },
                     );
                 }
             }
-            Msg::Feedback { decision_id, score } => {
+            Msg::Feedback {
+                decision_id,
+                model,
+                score,
+            } => {
                 let Some(p) = pending.remove(&decision_id) else {
                     continue;
                 };
+                if model != p.live {
+                    continue;
+                }
                 let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
                 for (sum, (agrees, s_pick, s_live, var)) in sums.iter_mut().zip(p.per_shadow) {
+                    if !s_live.is_finite() {
+                        continue;
+                    }
                     let w = if agrees { 1.0 / p.propensity } else { 0.0 };
                     let resid = w * (score - s_live);
                     let t = s_pick + resid;
@@ -484,8 +524,24 @@ fn execute(
         return;
     };
     let up = gw.upstreams.get(m);
-    let output = exec.request.max_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT);
-    let reservation = up.cost(exec.request.prompt_tokens, output);
+    // The worst case: at most the body's bytes in input tokens (a text token spans at
+    // least one byte), and the output capped at what is reserved.
+    let mut request = exec.request.clone();
+    let output = match request.max_tokens {
+        Some(t) => t,
+        None => {
+            request
+                .rest_mut()
+                .insert("max_tokens".into(), DEFAULT_RESERVED_OUTPUT.into());
+            request.max_tokens = Some(DEFAULT_RESERVED_OUTPUT);
+            DEFAULT_RESERVED_OUTPUT
+        }
+    };
+    let input = request
+        .upstream_body(&up.upstream_model)
+        .map_or(0, |b| b.len() as u64)
+        .max(request.prompt_tokens);
+    let reservation = up.cost(input, output);
     let admitted = budget
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -495,7 +551,6 @@ fn execute(
         sums[k].over_budget += 1;
         return;
     }
-    let request = exec.request.clone();
     let (gateway, budget, stats) = (gateway.clone(), Arc::clone(budget), Arc::clone(stats));
     let (id, shadow) = (decision_id.to_string(), shadow.to_string());
     exec.runtime.spawn(async move {
@@ -637,16 +692,23 @@ mod tests {
         for i in 0..400 {
             let live = if i % 2 == 0 { "cheap" } else { "dear" };
             shadows.observe(job(&i.to_string(), live, Some(0.5)));
-            shadows.feedback(&i.to_string(), if live == "cheap" { 1.0 } else { 0.0 });
+            shadows.feedback(
+                &i.to_string(),
+                live,
+                if live == "cheap" { 1.0 } else { 0.0 },
+            );
         }
         // Unknown propensity: counted in agreement, not in the estimate.
         shadows.observe(job("x", "cheap", None));
-        shadows.feedback("x", 1.0);
+        shadows.feedback("x", "cheap", 1.0);
+        // Feedback on a fallback's answer is not the live choice's.
+        shadows.observe(job("y", "cheap", Some(0.5)));
+        shadows.feedback("y", "dear", 0.0);
         assert!(shadows.flush(std::time::Duration::from_secs(5)));
         let s = shadows.stats();
         assert_eq!(s[0].name, "prefers-cheap");
-        assert_eq!(s[0].decisions, 401);
-        assert!((s[0].agreement - 201.0 / 401.0).abs() < 1e-12);
+        assert_eq!(s[0].decisions, 402);
+        assert!((s[0].agreement - 202.0 / 402.0).abs() < 1e-12);
         assert_eq!(s[0].feedback, 400);
         // Its true quality is 1 (it always picks the model that scores 1).
         assert!((s[0].quality_snips.unwrap() - 1.0).abs() < 1e-9);

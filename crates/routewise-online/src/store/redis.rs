@@ -357,23 +357,41 @@ impl StateStore for RedisStore {
     }
 
     async fn feedback_entries(&self, since_ms: u64) -> Result<Vec<FeedbackEntry>, StoreError> {
-        // Stream ids start with the Unix ms at which Redis appended the entry.
+        // Stream ids start with the Unix ms at which Redis appended the entry. Read in
+        // pages (each from just after the last id read), so that a long log never
+        // holds the shared Redis on one huge reply.
+        const PAGE: usize = 1000;
         let mut c = self.connection().await?;
-        let r: Result<Vec<(String, Vec<(String, String)>)>, _> = redis::cmd("XRANGE")
-            .arg(format!("{}:feedback_log", self.prefix))
-            .arg(since_ms.to_string())
-            .arg("+")
-            .query_async(&mut c)
-            .await;
-        let rows = self
-            .mark(r)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        rows.into_iter()
-            .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "entry"))
-            .map(|(_, json)| {
-                serde_json::from_str(&json).map_err(|e| StoreError::Backend(e.to_string()))
-            })
-            .collect()
+        let key = format!("{}:feedback_log", self.prefix);
+        let mut start = since_ms.to_string();
+        let mut out = Vec::new();
+        loop {
+            let r: Result<Vec<(String, Vec<(String, String)>)>, _> = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut c)
+                .await;
+            let rows = self
+                .mark(r)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let n = rows.len();
+            let last = rows.last().map(|(id, _)| id.clone());
+            for (_, fields) in rows {
+                if let Some((_, json)) = fields.into_iter().find(|(k, _)| k == "entry") {
+                    out.push(
+                        serde_json::from_str(&json)
+                            .map_err(|e| StoreError::Backend(e.to_string()))?,
+                    );
+                }
+            }
+            match last {
+                Some(id) if n == PAGE => start = format!("({id}"),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 
