@@ -34,6 +34,17 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// A model with one price for input and output tokens (USD per million) and 100
+    /// output tokens on average: tests, benches and hand-made pools.
+    pub fn flat(name: &str, usd_per_mtok: f64) -> ModelInfo {
+        ModelInfo {
+            name: name.to_string(),
+            input_per_mtok: usd_per_mtok,
+            output_per_mtok: usd_per_mtok,
+            mean_output_tokens: 100.0,
+        }
+    }
+
     /// Expected USD cost of a prompt of `input_tokens` tokens.
     pub fn expected_cost(&self, input_tokens: u32) -> f64 {
         (f64::from(input_tokens) * self.input_per_mtok

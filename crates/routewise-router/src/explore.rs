@@ -166,14 +166,11 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
-        let m = |n: &str| ModelInfo {
-            name: n.into(),
-            input_per_mtok: 1.0,
-            output_per_mtok: 1.0,
-            mean_output_tokens: 10.0,
-        };
         Catalog {
-            models: vec![m("a"), m("b"), m("c"), m("d")],
+            models: ["a", "b", "c", "d"]
+                .iter()
+                .map(|n| ModelInfo::flat(n, 1.0))
+                .collect(),
         }
     }
 

@@ -639,15 +639,9 @@ mod tests {
     }
 
     fn engine(scores: Vec<f64>) -> Engine {
-        let m = |n: &str, price: f64| ModelInfo {
-            name: n.into(),
-            input_per_mtok: price,
-            output_per_mtok: price,
-            mean_output_tokens: 100.0,
-        };
         Engine::constant(
             Catalog {
-                models: vec![m("cheap", 1.0), m("dear", 10.0)],
+                models: vec![ModelInfo::flat("cheap", 1.0), ModelInfo::flat("dear", 10.0)],
             },
             scores,
         )
