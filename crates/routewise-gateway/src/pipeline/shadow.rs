@@ -1,9 +1,10 @@
 //! Stage 3c, shadow routers (`shadow:` in the config): every routed request is also
-//! decided by each shadow router, off the request path, and never executed. The request's
-//! task only moves a small job (the decision id, the prompt, the live choice and its
-//! propensity) into a bounded queue; when the queue is full the job is dropped and counted
-//! (`routewise_shadow_dropped_total`), so a shadow never slows or blocks live traffic. A
-//! worker thread decides with each shadow's engine and:
+//! decided by each shadow router, off the request path; the client only ever gets the live
+//! choice's answer. The request's task moves a small job (the decision id, the prompt, the
+//! live choice and its propensity) into a queue bounded in jobs and in bytes; when it is
+//! full the job is dropped and counted (`routewise_shadow_dropped_total`), so a shadow
+//! never slows or blocks live traffic. A worker thread decides with each shadow's engine
+//! and:
 //!
 //! * logs one `routewise::shadow` line per shadow (decision id, the shadow's choice, the
 //!   live one, whether they agree, the shadow's predicted score and cost), which
@@ -12,10 +13,11 @@
 //!   live, predicted savings per request (the shadow's expected cost of the live choice
 //!   minus that of its own, at the shadow artifact's prices), and, as feedback arrives
 //!   (`POST /v1/feedback`), an off-policy estimate of the shadow's mean quality (score)
-//!   on live traffic: self-normalised IPS and doubly robust, the latter with a 95%
-//!   interval ([`routewise_eval`]'s estimators, in running sums: the shadow's predicted
-//!   score is DR's direct model, the live choice's logged propensity the weight's
-//!   denominator). Decisions whose propensity is unknown count in agreement only.
+//!   on live traffic: self-normalised IPS and doubly robust, the latter with a 95% normal
+//!   interval under the same variance floor as `routewise_eval::ope` (running sums: the
+//!   shadow's predicted score is DR's direct model, the live choice's logged propensity
+//!   the weight's denominator). Decisions whose propensity is unknown on the request path
+//!   (Thompson sampling) count in agreement only, as does feedback on a fallback's answer.
 //!
 //! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
 //!
@@ -28,10 +30,10 @@
 //! prices for that model) against the shadow's budget for the UTC day, and settles to the
 //! real cost from usage once it answers: the reservations never exceed the budget, so
 //! neither does the spend, as long as the upstream bills no more input tokens than the
-//! body has bytes (true of text; images are billed by their own rules). Each execution is logged as a
-//! `routewise::shadow_execution` line (status, cost, latency, and the answer's text when
-//! `log.decisions.prompt` is on) for comparison by a judge or feedback, and counted in the
-//! statistics. Shadow calls leave the live breakers and cost metrics alone.
+//! body has bytes (true of text; images are billed by their own rules). Each execution is
+//! logged as a `routewise::shadow_execution` line (status, cost, latency, and the answer's
+//! text when `log.decisions.prompt` is on) for comparison by a judge or feedback, and
+//! counted in the statistics. Shadow calls leave the live breakers and cost metrics alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
