@@ -13,10 +13,15 @@
 //! candidate does not know is refused with the line's number: estimates from a log that
 //! cannot support them are not given.
 //!
-//! For each used decision the candidate routes the logged prompt (under `--policy`, else
-//! the decision's own policy); its predicted score and cost are DR's direct model, and the
-//! outcome's variance floor is `s (1 - s)` of its predicted score. Reward =
+//! The candidate is either a router artifact, which re-routes each logged prompt (under
+//! `--policy`, else the decision's own policy), or a shadow router of the gateway
+//! (`--shadow NAME`), whose `routewise::shadow` lines already hold its choice and its
+//! predicted score and cost for its choice and for the live one: no artifact and no prompt
+//! needed. Either way the candidate's predicted score and cost are DR's direct model, and
+//! the outcome's variance floor is `s (1 - s)` of its predicted score. Reward =
 //! `score - lambda * cost_usd`, with `lambda` from `--lambda`, else the policy's own.
+//! Decisions a shadow has no line for (dropped from its queue) or whose live model it does
+//! not know are counted and left out.
 //!
 //! Parsing is a pure function of the text ([`parse_log`]); [`replay_log`] does the rest.
 //! [`entry_lines`] writes a state store's feedback log entry as the same two lines.
@@ -84,6 +89,20 @@ pub struct LoggedDecision {
     pub score: Option<f64>,
 }
 
+/// A shadow router's logged decision (`routewise::shadow` line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowDecision {
+    pub chosen: String,
+    pub score: f64,
+    pub cost: f64,
+    /// Its predictions for the live choice (absent when it does not know that model).
+    pub live_score: Option<f64>,
+    pub live_cost: Option<f64>,
+}
+
+/// Shadow name -> decision id -> its decision.
+pub type ShadowLines = HashMap<String, HashMap<String, ShadowDecision>>;
+
 /// What the log held.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LogCounts {
@@ -99,6 +118,10 @@ pub struct LogCounts {
     pub feedback_lines: usize,
     /// Feedback for a decision not in the log.
     pub orphan_feedback: usize,
+    /// `routewise::shadow` lines.
+    pub shadow_lines: usize,
+    /// Used decisions the evaluated shadow has no usable line for (`--shadow`).
+    pub without_shadow_decision: usize,
 }
 
 fn bad(file: &str, line: usize, msg: impl std::fmt::Display) -> EvalError {
@@ -121,8 +144,12 @@ fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// Reads the routed decisions of a JSON log and joins their feedback (`file` names the
 /// log in errors). Decisions without feedback or answered by a fallback are counted and
 /// left out.
-pub fn parse_log(file: &str, log: &str) -> Result<(Vec<LoggedDecision>, LogCounts), EvalError> {
+pub fn parse_log(
+    file: &str,
+    log: &str,
+) -> Result<(Vec<LoggedDecision>, LogCounts, ShadowLines), EvalError> {
     let mut counts = LogCounts::default();
+    let mut shadows: ShadowLines = HashMap::new();
     let mut decisions: Vec<LoggedDecision> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut feedback: Vec<(usize, String, f64, Option<f64>)> = Vec::new();
@@ -168,6 +195,29 @@ pub fn parse_log(file: &str, log: &str) -> Result<(Vec<LoggedDecision>, LogCount
                 by_id.insert(id, decisions.len());
                 decisions.push(d);
             }
+            Some("routewise::shadow") => {
+                counts.shadow_lines += 1;
+                let need = |key: &str| {
+                    text(f, key)
+                        .ok_or_else(|| bad(file, line, format!("the shadow line has no `{key}`")))
+                };
+                let (name, id, chosen) = (need("shadow")?, need("decision_id")?, need("chosen")?);
+                let score = num(f, "predicted_score")
+                    .ok_or_else(|| bad(file, line, "the shadow line has no `predicted_score`"))?;
+                let cost = num(f, "predicted_cost_usd").ok_or_else(|| {
+                    bad(file, line, "the shadow line has no `predicted_cost_usd`")
+                })?;
+                shadows.entry(name.to_string()).or_default().insert(
+                    id.to_string(),
+                    ShadowDecision {
+                        chosen: chosen.to_string(),
+                        score,
+                        cost,
+                        live_score: num(f, "live_predicted_score"),
+                        live_cost: num(f, "live_predicted_cost_usd"),
+                    },
+                );
+            }
             Some("routewise::feedback") => {
                 counts.feedback_lines += 1;
                 let id = text(f, "decision_id")
@@ -200,7 +250,7 @@ pub fn parse_log(file: &str, log: &str) -> Result<(Vec<LoggedDecision>, LogCount
             used.push(d);
         }
     }
-    Ok((used, counts))
+    Ok((used, counts, shadows))
 }
 
 /// One estimator's estimates of the candidate.
@@ -251,6 +301,25 @@ pub struct LoggedMeans {
     pub cost: f64,
 }
 
+/// Whose decisions are evaluated.
+#[derive(Debug, Clone, Copy)]
+pub enum Candidate<'a> {
+    /// A router artifact re-routing the logged prompts.
+    Router(&'a Engine),
+    /// A shadow router's logged decisions (by decision id).
+    Shadow(&'a HashMap<String, ShadowDecision>),
+}
+
+/// The candidate's view of one logged decision: its pick, and its predicted score and
+/// cost for its pick and for the logged model.
+struct View {
+    pick: String,
+    s_pick: f64,
+    c_pick: f64,
+    s_logged: f64,
+    c_logged: f64,
+}
+
 /// What to replay with.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -274,8 +343,8 @@ fn policy_lambda(p: Policy) -> f64 {
 pub fn replay_log(
     file: &str,
     decisions: &[LoggedDecision],
-    counts: LogCounts,
-    candidate: &Engine,
+    mut counts: LogCounts,
+    candidate: Candidate<'_>,
     opts: &ReplayOptions,
 ) -> Result<ReplayReport, EvalError> {
     if decisions.is_empty() {
@@ -284,75 +353,110 @@ pub fn replay_log(
             counts.decision_lines, counts.direct, counts.answered_by_fallback, counts.without_feedback
         )));
     }
-    let index: HashMap<&str, usize> = candidate
-        .catalog
-        .models
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.as_str(), i))
-        .collect();
-    let n = decisions.len();
+    let index: HashMap<&str, usize> = match candidate {
+        Candidate::Router(engine) => engine
+            .catalog
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
+            .collect(),
+        Candidate::Shadow(_) => HashMap::new(),
+    };
+    // The candidate's view of decision `d` (whose propensity is `p`), or `None` for a
+    // shadow with no usable line for it.
+    let view = |d: &LoggedDecision, policy: Policy| -> Result<Option<View>, EvalError> {
+        match candidate {
+            Candidate::Router(engine) => {
+                let prompt = d.prompt.as_deref().ok_or_else(|| {
+                    bad(file, d.line, "the decision has no prompt: set `log.decisions.prompt: true` in the gateway's config to log it")
+                })?;
+                let a = *index.get(d.chosen.as_str()).ok_or_else(|| {
+                    bad(file, d.line, format!("model `{}` is not in the candidate router's catalog (a log from another model pool?)", d.chosen))
+                })?;
+                let dec = engine.decide(prompt, d.prompt_tokens, policy);
+                Ok(Some(View {
+                    pick: engine.catalog.models[dec.chosen].name.clone(),
+                    s_pick: dec.scores[dec.chosen],
+                    c_pick: dec.costs[dec.chosen],
+                    s_logged: dec.scores[a],
+                    c_logged: dec.costs[a],
+                }))
+            }
+            Candidate::Shadow(lines) => Ok(lines.get(&d.decision_id).and_then(|s| {
+                Some(View {
+                    pick: s.chosen.clone(),
+                    s_pick: s.score,
+                    c_pick: s.cost,
+                    s_logged: s.live_score?,
+                    c_logged: s.live_cost?,
+                })
+            })),
+        }
+    };
     // Row-major n x 3: reward, quality, cost.
-    let mut samples = Vec::with_capacity(n * 3);
+    let mut samples = Vec::with_capacity(decisions.len() * 3);
     let (mut agree, mut explored) = (0usize, 0usize);
     let (mut r_sum, mut q_sum, mut c_sum) = (0.0, 0.0, 0.0);
-    let mut picked_unlogged: HashMap<usize, usize> = HashMap::new();
+    let mut picked_unlogged: HashMap<String, usize> = HashMap::new();
     let logged_models: std::collections::HashSet<&str> =
         decisions.iter().map(|d| d.chosen.as_str()).collect();
     let mut all_certain = true;
+    let mut n = 0usize;
     for d in decisions {
         let p = d.propensity.filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
             bad(file, d.line, "the decision has no propensity, so it cannot be reweighted (a state store export of a Thompson-sampling decision: replay it from the gateway's log, whose line carries the estimate)")
         })?;
-        all_certain &= p >= 1.0;
-        let prompt = d.prompt.as_deref().ok_or_else(|| {
-            bad(file, d.line, "the decision has no prompt: set `log.decisions.prompt: true` in the gateway's config to log it")
-        })?;
-        let a = *index.get(d.chosen.as_str()).ok_or_else(|| {
-            bad(file, d.line, format!("model `{}` is not in the candidate router's catalog (a log from another model pool?)", d.chosen))
-        })?;
         let policy = opts.policy.unwrap_or(d.policy);
+        let Some(v) = view(d, policy)? else {
+            counts.without_shadow_decision += 1;
+            continue;
+        };
+        n += 1;
+        all_certain &= p >= 1.0;
         let lambda = opts.lambda.unwrap_or_else(|| policy_lambda(policy));
-        let dec = candidate.decide(prompt, d.prompt_tokens, policy);
-        let pick = dec.chosen;
         let score = d.score.unwrap_or(0.0);
-        let cost = d
-            .cost_usd
-            .unwrap_or_else(|| dec.costs.get(a).copied().unwrap_or(0.0));
+        let cost = d.cost_usd.unwrap_or(v.c_logged);
         let reward = score - lambda * cost;
         r_sum += reward;
         q_sum += score;
         c_sum += cost;
-        agree += usize::from(pick == a);
+        let agrees = v.pick == d.chosen;
+        agree += usize::from(agrees);
         explored += usize::from(d.explored);
-        if !logged_models.contains(candidate.catalog.models[pick].name.as_str()) {
-            *picked_unlogged.entry(pick).or_default() += 1;
+        if !logged_models.contains(v.pick.as_str()) {
+            *picked_unlogged.entry(v.pick.clone()).or_default() += 1;
         }
-        let w = if pick == a { 1.0 / p } else { 0.0 };
-        let (s_pick, s_a) = (dec.scores[pick], dec.scores[a]);
-        let (c_pick, c_a) = (dec.costs[pick], dec.costs[a]);
-        let var = bounded_outcome_var(s_a);
+        let w = if agrees { 1.0 / p } else { 0.0 };
+        let var = bounded_outcome_var(v.s_logged);
         samples.push(Sample {
             weight: w,
             outcome: reward,
-            direct: s_pick - lambda * c_pick,
-            direct_logged: s_a - lambda * c_a,
+            direct: v.s_pick - lambda * v.c_pick,
+            direct_logged: v.s_logged - lambda * v.c_logged,
             outcome_var: var,
         });
         samples.push(Sample {
             weight: w,
             outcome: score,
-            direct: s_pick,
-            direct_logged: s_a,
+            direct: v.s_pick,
+            direct_logged: v.s_logged,
             outcome_var: var,
         });
         samples.push(Sample {
             weight: w,
             outcome: cost,
-            direct: c_pick,
-            direct_logged: c_a,
+            direct: v.c_pick,
+            direct_logged: v.c_logged,
             outcome_var: 0.0,
         });
+    }
+    if n == 0 {
+        return Err(EvalError::Config(format!(
+            "{file}: the shadow has no usable line for any of the {} decisions with feedback (its name is `--shadow`; {} shadow lines in the log)",
+            decisions.len(),
+            counts.shadow_lines
+        )));
     }
     let est = estimate_all(&samples, 3, opts.resamples, opts.seed);
     let agreement = agree as f64 / n as f64;
@@ -363,12 +467,17 @@ pub fn replay_log(
             100.0 * (1.0 - agreement)
         ));
     }
-    let mut unlogged: Vec<(usize, usize)> = picked_unlogged.into_iter().collect();
+    let mut unlogged: Vec<(String, usize)> = picked_unlogged.into_iter().collect();
     unlogged.sort();
     for (m, count) in unlogged {
         warnings.push(format!(
-            "the candidate picks `{}` on {count} decisions, a model the log never chose: no support there",
-            candidate.catalog.models[m].name
+            "the candidate picks `{m}` on {count} decisions, a model the log never chose: no support there"
+        ));
+    }
+    if counts.without_shadow_decision > 0 {
+        warnings.push(format!(
+            "{} decisions with feedback have no usable line of the shadow (dropped from its queue, or a live model it does not know) and were left out",
+            counts.without_shadow_decision
         ));
     }
     let ess = est[0].ess;

@@ -305,6 +305,40 @@ fn replay_estimates_a_candidate_on_the_gateways_own_log() {
     // At lambda 0 the reward is the score: the logged policy's mean is the mean feedback.
     assert!((f(&r["logged"]["reward"]) - f(&r["logged"]["quality"])).abs() < 1e-12);
 
+    // The shadow evaluated from its own log lines (no artifact, no prompts): the same
+    // point estimate of its quality as the gateway's running statistics.
+    let out3 = d.join("replay-shadow.json");
+    ok(&[
+        "replay",
+        "--log",
+        log_path.to_str().unwrap(),
+        "--shadow",
+        "next",
+        "--json",
+        out3.to_str().unwrap(),
+    ]);
+    let r3: Value = serde_json::from_str(&std::fs::read_to_string(&out3).unwrap()).unwrap();
+    assert_eq!(r3["n"].as_u64().unwrap() as usize, sent);
+    assert!(
+        (f(&r3["agreement"]) - f(&stats["agreement"])).abs() < 1e-9,
+        "{r3}"
+    );
+    let (batch, running) = (
+        f(&r3["estimates"]["dr"]["quality"]["value"]),
+        f(&stats["quality_dr"]),
+    );
+    assert!((batch - running).abs() < 1e-9, "{batch} vs {running}");
+    let o = routewise(&[
+        "replay",
+        "--log",
+        log_path.to_str().unwrap(),
+        "--shadow",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`nope`") && err.contains("next"), "{err}");
+
     // The same decisions exported from the state store (the gateway is stopped, so its
     // redb file is free) replay to the same point estimates.
     let export = d.join("export.jsonl");

@@ -7,8 +7,9 @@
 //! and:
 //!
 //! * logs one `routewise::shadow` line per shadow (decision id, the shadow's choice, the
-//!   live one, whether they agree, the shadow's predicted score and cost), which
-//!   `routewise replay --log` or a later join can use;
+//!   live one, whether they agree, the shadow's predicted score and cost for both), from
+//!   which `routewise replay --log LOG --shadow NAME` evaluates it without its artifact
+//!   or the prompts;
 //! * keeps running statistics, served by `GET /v1/stats/shadow`: decisions, agreement with
 //!   live, predicted savings per request (the shadow's expected cost of the live choice
 //!   minus that of its own, at the shadow artifact's prices), and, as feedback arrives
@@ -425,6 +426,10 @@ fn worker(
                     }
                     let live = idx.get(&job.live).copied();
                     let savings = live.map(|l| d.costs[l] - d.costs[d.chosen]);
+                    let s_live = live.map_or(f64::NAN, |l| d.scores[l]);
+                    // With the shadow's predictions for the live model too, `routewise
+                    // replay --log --shadow NAME` evaluates it from this line alone (DR's
+                    // direct model at the logged choice); NaN (null) when it lacks it.
                     tracing::info!(
                         target: "routewise::shadow",
                         decision_id = %job.decision_id,
@@ -434,9 +439,10 @@ fn worker(
                         agrees,
                         predicted_score = d.scores[d.chosen],
                         predicted_cost_usd = d.costs[d.chosen],
+                        live_predicted_score = s_live,
+                        live_predicted_cost_usd = live.map_or(f64::NAN, |l| d.costs[l]),
                         "shadow decision"
                     );
-                    let s_live = live.map_or(f64::NAN, |l| d.scores[l]);
                     per_shadow.push((agrees, d.scores[d.chosen], s_live, bounded_var(s_live)));
                     local.push((agrees, savings));
                 }

@@ -1,7 +1,8 @@
 //! `routewise replay`: off-policy evaluation.
 //! * `--log decisions.jsonl --router candidate.rw [--policy lambda=50]`: estimates what the
 //!   candidate router would have earned on the gateway's logged traffic
-//!   ([`routewise_eval::ope_log`]).
+//!   ([`routewise_eval::ope_log`]); `--shadow NAME` instead of `--router` evaluates a
+//!   shadow router from its own logged decisions.
 //! * `--validate --data D`: checks the estimators in simulation on a routing dataset,
 //!   where every policy's true value is known ([`routewise_eval::ope_validate`]).
 //!
@@ -12,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use routewise_eval::ope_log::{parse_log, replay_log, write_replay_table, ReplayOptions};
+use routewise_eval::ope_log::{
+    parse_log, replay_log, write_replay_table, Candidate, ReplayOptions,
+};
 use routewise_eval::ope_validate::{validate, write_validation_table, ValidateOptions};
 use routewise_router::{Artifact, Policy, RouterKind};
 
@@ -21,11 +24,15 @@ use super::{load_dataset, write_json, Bars, FeaturizerArg};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The gateway's JSON log (`serve --log-format json`): decision and feedback lines.
-    #[arg(long, required_unless_present = "validate", requires = "router")]
+    #[arg(long, required_unless_present = "validate")]
     pub log: Option<PathBuf>,
     /// The candidate router artifact to evaluate on `--log`.
-    #[arg(long, requires = "log")]
+    #[arg(long, requires = "log", required_unless_present_any = ["validate", "shadow"])]
     pub router: Option<PathBuf>,
+    /// Evaluate the gateway's shadow router of this name instead, from its
+    /// `routewise::shadow` lines in `--log` (no artifact, no prompts needed).
+    #[arg(long, requires = "log", conflicts_with_all = ["router", "policy"])]
+    pub shadow: Option<String>,
     /// The candidate's policy (`lambda=50`, `budget_usd=0.002`); default: each logged
     /// decision's own.
     #[arg(long, requires = "log")]
@@ -74,8 +81,8 @@ pub struct Args {
 
 /// Runs `routewise replay`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let (Some(log), Some(router)) = (&args.log, &args.router) {
-        return replay(&args, log, router);
+    if let Some(log) = &args.log {
+        return replay(&args, log);
     }
     let Some(data) = &args.data else {
         anyhow::bail!("give --log and --router, or --validate --data");
@@ -106,29 +113,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `replay --log`.
-fn replay(
-    args: &Args,
-    log: &std::path::Path,
-    router: &std::path::Path,
-) -> anyhow::Result<ExitCode> {
+fn replay(args: &Args, log: &std::path::Path) -> anyhow::Result<ExitCode> {
     let policy: Option<Policy> = args
         .policy
         .as_deref()
         .map(str::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
-    let engine = Artifact::load(router)?.into_engine();
     let text =
         std::fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
     let file = log.display().to_string();
-    let (decisions, counts) = parse_log(&file, &text)?;
+    let (decisions, counts, shadows) = parse_log(&file, &text)?;
     let opts = ReplayOptions {
         policy,
         lambda: args.lambda,
         resamples: args.bootstrap,
         seed: args.seed,
     };
-    let report = replay_log(&file, &decisions, counts, &engine, &opts)?;
+    let engine;
+    let candidate = match (&args.shadow, &args.router) {
+        (Some(name), _) => {
+            let lines = shadows.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> = shadows.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                routewise_eval::EvalError::Config(format!(
+                    "{file}: no `routewise::shadow` line of a shadow named `{name}` (shadows in the log: {known})"
+                ))
+            })?;
+            Candidate::Shadow(lines)
+        }
+        (None, Some(router)) => {
+            engine = Artifact::load(router)?.into_engine();
+            Candidate::Router(&engine)
+        }
+        (None, None) => anyhow::bail!("give --router or --shadow with --log"),
+    };
+    let report = replay_log(&file, &decisions, counts, candidate, &opts)?;
     let mut out = std::io::stdout().lock();
     write_replay_table(&mut out, &report)?;
     if let Some(path) = &args.json {
