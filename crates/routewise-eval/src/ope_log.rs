@@ -19,7 +19,8 @@
 //! predicted score and cost for its choice and for the live one: no artifact and no prompt
 //! needed. Either way the candidate's predicted score and cost are DR's direct model, and
 //! the outcome's variance floor is `s (1 - s)` of its predicted score. Reward =
-//! `score - lambda * cost_usd`, with `lambda` from `--lambda`, else the policy's own.
+//! `score - lambda * cost_usd`, with `lambda` from `--lambda`, else that of the policy the
+//! candidate decided under (a shadow's logs its own).
 //! Decisions a shadow has no line for (dropped from its queue) or whose live model it does
 //! not know are counted and left out.
 //!
@@ -93,6 +94,8 @@ pub struct LoggedDecision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowDecision {
     pub chosen: String,
+    /// The shadow's policy (its reward's lambda).
+    pub policy: Option<Policy>,
     pub score: f64,
     pub cost: f64,
     /// Its predictions for the live choice (absent when it does not know that model).
@@ -211,6 +214,7 @@ pub fn parse_log(
                     id.to_string(),
                     ShadowDecision {
                         chosen: chosen.to_string(),
+                        policy: text(f, "policy").and_then(|p| serde_json::from_str(p).ok()),
                         score,
                         cost,
                         live_score: num(f, "live_predicted_score"),
@@ -313,6 +317,8 @@ pub enum Candidate<'a> {
 /// The candidate's view of one logged decision: its pick, and its predicted score and
 /// cost for its pick and for the logged model.
 struct View {
+    /// The policy the candidate decided under (its reward's lambda).
+    policy: Policy,
     pick: String,
     s_pick: f64,
     c_pick: f64,
@@ -376,6 +382,7 @@ pub fn replay_log(
                 })?;
                 let dec = engine.decide(prompt, d.prompt_tokens, policy);
                 Ok(Some(View {
+                    policy,
                     pick: engine.catalog.models[dec.chosen].name.clone(),
                     s_pick: dec.scores[dec.chosen],
                     c_pick: dec.costs[dec.chosen],
@@ -385,6 +392,7 @@ pub fn replay_log(
             }
             Candidate::Shadow(lines) => Ok(lines.get(&d.decision_id).and_then(|s| {
                 Some(View {
+                    policy: s.policy.unwrap_or(policy),
                     pick: s.chosen.clone(),
                     s_pick: s.score,
                     c_pick: s.cost,
@@ -414,7 +422,7 @@ pub fn replay_log(
         };
         n += 1;
         all_certain &= p >= 1.0;
-        let lambda = opts.lambda.unwrap_or_else(|| policy_lambda(policy));
+        let lambda = opts.lambda.unwrap_or_else(|| policy_lambda(v.policy));
         let score = d.score.unwrap_or(0.0);
         let cost = d.cost_usd.unwrap_or(v.c_logged);
         let reward = score - lambda * cost;

@@ -112,9 +112,18 @@ async fn a_budget_smaller_than_one_call_executes_nothing() {
     let mock = routewise_testkit::MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
     gw.state.attach_shadows(vec![prefers_c(None)]).unwrap();
-    let r = common::send_json(&gw.url("/v1/chat/completions"), &common::chat_body("x")).await;
-    assert_eq!(r.status(), 200);
-    let s = stats_when(&gw, |s| s["decisions"] == 1).await;
+    for i in 0..3 {
+        let r = common::send_json(
+            &gw.url("/v1/chat/completions"),
+            &common::chat_body(&format!("x {i}")),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let s = stats_when(&gw, |s| s["decisions"] == 3).await;
+    // An execution would have been spawned by now; give it the time to reach the mock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s["executed"], 0);
     assert_eq!(mock.hits("up-c"), 0);
+    assert_eq!(mock.hits("up-a"), 3);
 }

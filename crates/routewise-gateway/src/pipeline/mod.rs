@@ -152,6 +152,7 @@ async fn chat_stages(
                 propensity: d.propensity,
                 exec: shadows.executes(&id).then(|| shadow::ExecRequest {
                     request: request.non_streaming(),
+                    body_bytes: body.len(),
                     runtime: tokio::runtime::Handle::current(),
                 }),
             });

@@ -18,23 +18,28 @@
 //!   interval under the same variance floor as `routewise_eval::ope` (running sums: the
 //!   shadow's predicted score is DR's direct model, the live choice's logged propensity
 //!   the weight's denominator). Decisions whose propensity is unknown on the request path
-//!   (Thompson sampling) count in agreement only, as does feedback on a fallback's answer.
+//!   (Thompson sampling; an exploration replacing a forced pick) count in agreement only, as does feedback on a fallback's answer.
 //!
 //! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
 //!
-//! Optional execution (`execute: {sample, max_usd_per_day}`): on a `sample` share of the
+//! Optional execution (`execute: {sample, max_usd_per_day}`, per instance: N replicas
+//! spend up to N budgets): on a `sample` share of the
 //! routed requests (chosen by the decision id, so the same on every instance), when the
 //! shadow picks another model than live, the request is also sent to the shadow's pick,
 //! without streaming, on the runtime, after the decision; the client never sees it. Each
 //! call first reserves its worst case (as many input tokens as the body has bytes, and
-//! `max_tokens` output tokens, set to 4,096 when the request gives none, at the gateway's
-//! prices for that model) against the shadow's budget for the UTC day, and settles to the
+//! `max_tokens` output tokens per completion, `max_tokens` set to 4,096 when the request
+//! gives none, at the gateway's prices for that model) against the shadow's budget for the
+//! UTC day (wall clock), and settles to the
 //! real cost from usage once it answers: the reservations never exceed the budget, so
 //! neither does the spend, as long as the upstream bills no more input tokens than the
 //! body has bytes (true of text; images are billed by their own rules). Each execution is
 //! logged as a `routewise::shadow_execution` line (status, cost, latency, and the answer's
 //! text when `log.decisions.prompt` is on) for comparison by a judge or feedback, and
-//! counted in the statistics. Shadow calls leave the live breakers and cost metrics alone.
+//! counted in the statistics. Shadow calls leave the live breakers and cost metrics alone,
+//! but they share the upstreams' rate limits with live traffic: keep `sample` small. At
+//! most 64 run at once (past it they are skipped and counted as `throttled`); a call cut
+//! short by shutdown is charged its reservation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -126,6 +131,8 @@ pub fn sampled(id: &str, share: f64) -> bool {
 pub struct ExecRequest {
     /// The client's request, made non-streaming.
     pub request: ChatRequest,
+    /// The client's body size, which bounds what the copy holds.
+    pub body_bytes: usize,
     /// The runtime the call runs on.
     pub runtime: tokio::runtime::Handle,
 }
@@ -172,10 +179,12 @@ struct Sums {
     dr: f64,
     dr2: f64,
     shortfall: f64,
-    /// Executions sent, their settled cost, and those the budget refused.
+    /// Executions sent, their settled cost, those the budget refused, and those skipped
+    /// while [`MAX_EXECUTIONS`] were running.
     executed: u64,
     executed_usd: f64,
     over_budget: u64,
+    throttled: u64,
 }
 
 /// What `GET /v1/stats/shadow` reports for one shadow.
@@ -203,6 +212,8 @@ pub struct ShadowStats {
     pub executed: u64,
     pub executed_usd: f64,
     pub over_budget: u64,
+    /// Executions skipped because 64 were already running.
+    pub throttled: u64,
 }
 
 impl Sums {
@@ -245,6 +256,7 @@ impl Sums {
             executed: self.executed,
             executed_usd: self.executed_usd,
             over_budget: self.over_budget,
+            throttled: self.throttled,
         }
     }
 }
@@ -321,8 +333,8 @@ impl Shadows {
 
     /// Queues a routed request for the shadows; never blocks.
     pub fn observe(&self, job: Job) {
-        // The request copy holds about twice the prompt (the messages and their text).
-        let bytes = job.prompt.len() + job.exec.as_ref().map_or(0, |e| 2 * e.request.prompt.len());
+        // A parsed request copy holds about twice its body (the values and their keys).
+        let bytes = job.prompt.len() + job.exec.as_ref().map_or(0, |e| 2 * e.body_bytes);
         let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > QUEUE_BYTES
             || self.tx.try_send(Msg::Decide(Box::new(job), bytes)).is_err()
@@ -384,6 +396,7 @@ fn worker(
         .iter()
         .map(|_| Arc::new(Mutex::new(Budget::default())))
         .collect();
+    let running = Arc::new(AtomicUsize::new(0));
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut order: VecDeque<String> = VecDeque::new();
     let index: Vec<HashMap<String, usize>> = shadows
@@ -419,6 +432,7 @@ fn worker(
                                 pick,
                                 e,
                                 &budgets[k],
+                                &running,
                                 stats,
                                 k,
                             );
@@ -430,10 +444,12 @@ fn worker(
                     // With the shadow's predictions for the live model too, `routewise
                     // replay --log --shadow NAME` evaluates it from this line alone (DR's
                     // direct model at the logged choice); NaN (null) when it lacks it.
+                    let shadow_policy = serde_json::to_string(&policy).unwrap_or_default();
                     tracing::info!(
                         target: "routewise::shadow",
                         decision_id = %job.decision_id,
                         shadow = %s.name,
+                        policy = %shadow_policy,
                         chosen = %pick,
                         live = %job.live,
                         agrees,
@@ -511,6 +527,102 @@ fn worker(
     }
 }
 
+/// Executions of shadow choices running at once, at most (past it they are skipped and
+/// counted as `throttled`): their request copies stay bounded.
+const MAX_EXECUTIONS: usize = 64;
+
+/// Unix time in milliseconds (the budget's UTC day).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The worst case a shadow call to `upstream_model` can cost under `cost(input tokens,
+/// output tokens)`: as many input tokens as the body has bytes (a text token spans at
+/// least one byte), and `max_tokens` output tokens per completion (`n`). `request` gets
+/// `max_tokens` set to [`DEFAULT_RESERVED_OUTPUT`] when it has none, so that the upstream
+/// is held to what is reserved.
+fn reserve_for(
+    request: &mut ChatRequest,
+    upstream_model: &str,
+    cost: impl Fn(u64, u64) -> f64,
+) -> f64 {
+    let output = match request.max_tokens {
+        Some(t) => t,
+        None => {
+            request
+                .rest_mut()
+                .insert("max_tokens".into(), DEFAULT_RESERVED_OUTPUT.into());
+            request.max_tokens = Some(DEFAULT_RESERVED_OUTPUT);
+            DEFAULT_RESERVED_OUTPUT
+        }
+    };
+    let completions = request
+        .rest()
+        .get("n")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let input = request
+        .upstream_body(upstream_model)
+        .map_or(0, |b| b.len() as u64)
+        .max(request.prompt_tokens);
+    cost(input, output.saturating_mul(completions))
+}
+
+/// What a finished shadow call is charged: its usage when reported; else the reservation
+/// when the upstream may have billed it (a success without usage, a timeout, a body cut
+/// short), and nothing when it refused the call (an error status, no connection).
+fn charge(
+    result: &Result<Answer, crate::upstream::Failure>,
+    usage: Option<f64>,
+    reserved: f64,
+) -> f64 {
+    use crate::upstream::AttemptOutcome;
+    match (result, usage) {
+        (_, Some(c)) => c,
+        (Ok(Answer::Full { status, .. }), None) if !status.is_success() => 0.0,
+        (Ok(_), None) => reserved,
+        (Err(f), None) => match f.outcome {
+            AttemptOutcome::Timeout | AttemptOutcome::Body => reserved,
+            _ => 0.0,
+        },
+    }
+}
+
+/// A reservation against a shadow's budget, settled exactly once: by [`Held::settle`], or
+/// at the reserved amount if the call is dropped unfinished (shutdown), so that a lost
+/// task never holds budget forever.
+struct Held {
+    budget: Arc<Mutex<Budget>>,
+    running: Arc<AtomicUsize>,
+    amount: f64,
+    settled: bool,
+}
+
+impl Held {
+    fn settle(mut self, cost: f64) {
+        self.settled = true;
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .settle(self.amount, cost);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.budget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .settle(self.amount, self.amount);
+        }
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Sends `exec`'s request to `model` for shadow `k` (see the module docs), within its
 /// budget; returns at once, the call runs on the request's runtime.
 #[allow(clippy::too_many_arguments)]
@@ -522,6 +634,7 @@ fn execute(
     model: &str,
     e: Execute,
     budget: &Arc<Mutex<Budget>>,
+    running: &Arc<AtomicUsize>,
     stats: &Arc<Mutex<Vec<Sums>>>,
     k: usize,
 ) {
@@ -531,35 +644,30 @@ fn execute(
     let Some(m) = gw.upstreams.by_name(model) else {
         return;
     };
+    if running.fetch_add(1, Ordering::Relaxed) >= MAX_EXECUTIONS {
+        running.fetch_sub(1, Ordering::Relaxed);
+        stats.lock().unwrap_or_else(PoisonError::into_inner)[k].throttled += 1;
+        return;
+    }
     let up = gw.upstreams.get(m);
-    // The worst case: at most the body's bytes in input tokens (a text token spans at
-    // least one byte), and the output capped at what is reserved.
     let mut request = exec.request.clone();
-    let output = match request.max_tokens {
-        Some(t) => t,
-        None => {
-            request
-                .rest_mut()
-                .insert("max_tokens".into(), DEFAULT_RESERVED_OUTPUT.into());
-            request.max_tokens = Some(DEFAULT_RESERVED_OUTPUT);
-            DEFAULT_RESERVED_OUTPUT
-        }
-    };
-    let input = request
-        .upstream_body(&up.upstream_model)
-        .map_or(0, |b| b.len() as u64)
-        .max(request.prompt_tokens);
-    let reservation = up.cost(input, output);
+    let reservation = reserve_for(&mut request, &up.upstream_model, |i, o| up.cost(i, o));
     let admitted = budget
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .reserve(gw.now_ms(), reservation, e.max_usd_per_day);
+        .reserve(unix_ms(), reservation, e.max_usd_per_day);
     if !admitted {
-        let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
-        sums[k].over_budget += 1;
+        running.fetch_sub(1, Ordering::Relaxed);
+        stats.lock().unwrap_or_else(PoisonError::into_inner)[k].over_budget += 1;
         return;
     }
-    let (gateway, budget, stats) = (gateway.clone(), Arc::clone(budget), Arc::clone(stats));
+    let held = Held {
+        budget: Arc::clone(budget),
+        running: Arc::clone(running),
+        amount: reservation,
+        settled: false,
+    };
+    let (gateway, stats) = (gateway.clone(), Arc::clone(stats));
     let (id, shadow) = (decision_id.to_string(), shadow.to_string());
     exec.runtime.spawn(async move {
         let Some(gw) = gateway.upgrade() else {
@@ -579,25 +687,20 @@ fn execute(
         let mut info = AttemptInfo::default();
         let result = up.provider.call(call, &mut info).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (status, cost, text) = match &result {
+        let (status, usage, text) = match &result {
             Ok(Answer::Full { status, body, .. }) => (
                 status.as_u16(),
                 crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c)),
-                super::cascade::content(body),
+                status
+                    .is_success()
+                    .then(|| super::cascade::content(body))
+                    .flatten(),
             ),
             Ok(Answer::Stream { status, .. }) => (status.as_u16(), None, None),
             Err(_) => (0, None, None),
         };
-        // Unknown usage on an answer: charge the reservation; no answer: nothing.
-        let charged = match (&result, cost) {
-            (_, Some(c)) => c,
-            (Ok(_), None) => reservation,
-            (Err(_), None) => 0.0,
-        };
-        budget
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .settle(reservation, charged);
+        let charged = charge(&result, usage, reservation);
+        held.settle(charged);
         {
             let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
             sums[k].executed += 1;
@@ -623,6 +726,73 @@ fn execute(
 mod tests {
     use super::*;
     use routewise_router::{Catalog, ModelInfo};
+
+    fn chat(body: serde_json::Value) -> ChatRequest {
+        crate::request::parse(
+            &bytes::Bytes::from(body.to_string()),
+            &axum::http::HeaderMap::new(),
+            true,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reservation_covers_every_completion_and_caps_the_output() {
+        let per_token = |i: u64, o: u64| (i + o) as f64;
+        let m = serde_json::json!([{"role": "user", "content": "hi"}]);
+        // No max_tokens: 4,096 reserved, and set on the copy sent.
+        let mut r = chat(serde_json::json!({"model": "auto", "messages": m}));
+        let bytes = r.upstream_body("up").unwrap().len() as f64;
+        let got = reserve_for(&mut r, "up", per_token);
+        let bytes_after = r.upstream_body("up").unwrap().len() as f64;
+        assert!(
+            got >= bytes + 4096.0 && got <= bytes_after + 4096.0,
+            "{got}"
+        );
+        assert_eq!(r.max_tokens, Some(4096));
+        assert_eq!(r.rest()["max_tokens"], 4096);
+        // n completions of max_tokens each.
+        let mut r =
+            chat(serde_json::json!({"model": "auto", "messages": m, "max_tokens": 10, "n": 3}));
+        let input = r.upstream_body("up").unwrap().len() as f64;
+        assert_eq!(reserve_for(&mut r, "up", per_token), input + 30.0);
+    }
+
+    #[test]
+    fn a_call_is_charged_what_it_may_have_cost() {
+        use crate::upstream::{AttemptOutcome, Failure};
+        let full = |status: u16| -> Result<Answer, Failure> {
+            Ok(Answer::Full {
+                status: axum::http::StatusCode::from_u16(status).unwrap(),
+                content_type: None,
+                body: bytes::Bytes::new(),
+            })
+        };
+        assert_eq!(charge(&full(200), Some(0.2), 1.0), 0.2); // usage reported
+        assert_eq!(charge(&full(200), None, 1.0), 1.0); // answered, usage unknown
+        assert_eq!(charge(&full(400), None, 1.0), 0.0); // refused
+        let err = |o| -> Result<Answer, Failure> { Err(Failure::new(o, "x")) };
+        assert_eq!(charge(&err(AttemptOutcome::Timeout), None, 1.0), 1.0);
+        assert_eq!(charge(&err(AttemptOutcome::Body), None, 1.0), 1.0);
+        assert_eq!(charge(&err(AttemptOutcome::Connect), None, 1.0), 0.0);
+        assert_eq!(charge(&err(AttemptOutcome::Http429), None, 1.0), 0.0);
+    }
+
+    #[test]
+    fn a_dropped_call_settles_its_reservation() {
+        let budget = Arc::new(Mutex::new(Budget::default()));
+        let running = Arc::new(AtomicUsize::new(1));
+        assert!(budget.lock().unwrap().reserve(0, 0.4, 1.0));
+        drop(Held {
+            budget: Arc::clone(&budget),
+            running: Arc::clone(&running),
+            amount: 0.4,
+            settled: false,
+        });
+        let b = budget.lock().unwrap();
+        assert_eq!((b.reserved, b.spent), (0.0, 0.4));
+        assert_eq!(running.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn the_budget_holds_reservations_and_resets_each_day() {

@@ -358,8 +358,8 @@ impl StateStore for RedisStore {
 
     async fn feedback_entries(&self, since_ms: u64) -> Result<Vec<FeedbackEntry>, StoreError> {
         // Stream ids start with the Unix ms at which Redis appended the entry. Read in
-        // pages (each from just after the last id read), so that a long log never
-        // holds the shared Redis on one huge reply.
+        // pages (each from just after the last id read: the exclusive `(id` start needs
+        // Redis 6.2), so that a long log never holds the shared Redis on one huge reply.
         const PAGE: usize = 1000;
         let mut c = self.connection().await?;
         let key = format!("{}:feedback_log", self.prefix);
