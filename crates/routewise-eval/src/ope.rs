@@ -32,12 +32,17 @@
 //! covered the truth in 85-88% of logs instead of 95% (BENCHMARKS.md, section 9). So DR's
 //! interval is the bootstrap interval widened, where needed, to the normal interval of a
 //! variance in which each decision's weighted residual `w (r - q)` counts at least as much
-//! as the direct model's own outcome variance says it should (`w^2 v`, with `v` the
-//! [`Sample::outcome_var`] of the logged model: `s (1 - s)` for a predicted score `s` of a
-//! 0/1-like outcome). The floor never narrows an interval.
+//! as it should (`w^2 v`): `v` is the larger of the direct model's own outcome variance
+//! ([`Sample::outcome_var`]: `s (1 - s)` for a predicted score `s` of a 0/1-like outcome)
+//! and the mean squared residual of the logged model over every decision of the log that
+//! the candidate agrees with ([`Sample::group`]; mostly the logger's own choices, many),
+//! which also carries what `s (1 - s)` does not: cost prediction errors, a miscalibrated
+//! direct model. The floor never narrows an interval.
 //!
 //! Pure computation; the simulation that validates these estimators is
 //! [`crate::ope_validate`], reading logs is the CLI's job.
+
+use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -59,8 +64,35 @@ pub struct Sample {
     pub direct: f64,
     /// The direct model's prediction for the logged model, `q(x, a)`.
     pub direct_logged: f64,
-    /// The direct model's variance of the logged outcome (0: unknown, no floor).
+    /// The direct model's variance of the logged outcome (0: unknown).
     pub outcome_var: f64,
+    /// The logged model (pools residuals for the variance floor); [`NO_GROUP`]: none.
+    pub group: u32,
+}
+
+/// [`Sample::group`] of a sample whose residuals are not pooled.
+pub const NO_GROUP: u32 = u32::MAX;
+
+/// Per logged model ([`Sample::group`]), the mean squared residual `(r - q)^2` over the
+/// samples with a positive weight (the decisions the candidate agrees with).
+fn pooled_residual_vars<'a>(samples: impl Iterator<Item = &'a Sample>) -> HashMap<u32, f64> {
+    let mut acc: HashMap<u32, (f64, usize)> = HashMap::new();
+    for s in samples.filter(|s| s.weight > 0.0 && s.group != NO_GROUP) {
+        let e = acc.entry(s.group).or_default();
+        e.0 += (s.outcome - s.direct_logged).powi(2);
+        e.1 += 1;
+    }
+    acc.into_iter()
+        .map(|(g, (sq, n))| (g, sq / n as f64))
+        .collect()
+}
+
+impl Sample {
+    /// The floor's variance of this sample's outcome given `pooled` residuals.
+    fn floor_var(&self, pooled: &HashMap<u32, f64>) -> f64 {
+        self.outcome_var
+            .max(pooled.get(&self.group).copied().unwrap_or(0.0))
+    }
 }
 
 /// The variance of an outcome in `[0, 1]` whose predicted mean is `s` (the Bernoulli
@@ -248,12 +280,13 @@ pub fn estimate_all(
             let (ips_v, sn_v, dr_v) = (f[0] / nf, snips(f[1], f[2]), f[3] / nf);
             let mut dr_sorted = dr.clone();
             let ess = effective_sample_size(rows().map(|r| r[ci].weight));
+            let pooled = pooled_residual_vars(rows().map(|r| &r[ci]));
             let floor = floored_variance_of_mean(rows().map(|r| {
                 let s = &r[ci];
                 let seen = s.weighted_residual().powi(2);
                 (
                     s.dr(),
-                    (s.weight * s.weight * s.outcome_var - seen).max(0.0),
+                    (s.weight * s.weight * s.floor_var(&pooled) - seen).max(0.0),
                 )
             }));
             Estimates {
@@ -303,9 +336,14 @@ pub fn dr_difference(
     };
     // Given the logged decision, the two residual terms share the outcome's noise:
     // `(w_a - w_b)^2 v` is the floor of their difference.
-    let floor = floored_variance_of_mean(samples_a.zip(samples_b).map(|(x, y)| {
+    let (xs, ys): (Vec<Sample>, Vec<Sample>) = samples_a.zip(samples_b).unzip();
+    let (pa, pb) = (
+        pooled_residual_vars(xs.iter()),
+        pooled_residual_vars(ys.iter()),
+    );
+    let floor = floored_variance_of_mean(xs.iter().zip(&ys).map(|(x, y)| {
         let seen = (x.weighted_residual() - y.weighted_residual()).powi(2);
-        let var = x.outcome_var.max(y.outcome_var);
+        let var = x.floor_var(&pa).max(y.floor_var(&pb));
         (
             x.dr() - y.dr(),
             ((x.weight - y.weight).powi(2) * var - seen).max(0.0),
@@ -337,6 +375,7 @@ mod tests {
             direct,
             direct_logged,
             outcome_var: 0.0,
+            group: NO_GROUP,
         }
     }
 
@@ -416,6 +455,7 @@ mod tests {
                 direct: 0.8,
                 direct_logged: 0.8,
                 outcome_var: bounded_outcome_var(0.8),
+                group: NO_GROUP,
             });
         }
         let e = &estimate_all(&s, 1, 200, 3)[0];

@@ -411,6 +411,8 @@ pub fn replay_log(
         decisions.iter().map(|d| d.chosen.as_str()).collect();
     let mut all_certain = true;
     let mut n = 0usize;
+    // The logged models, numbered for the variance floor's pooling.
+    let mut groups: HashMap<String, u32> = HashMap::new();
     for d in decisions {
         let p = d.propensity.filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
             bad(file, d.line, "the decision has no propensity, so it cannot be reweighted (a state store export of a Thompson-sampling decision: replay it from the gateway's log, whose line carries the estimate)")
@@ -437,12 +439,15 @@ pub fn replay_log(
         }
         let w = if agrees { 1.0 / p } else { 0.0 };
         let var = bounded_outcome_var(v.s_logged);
+        let next = groups.len() as u32;
+        let group = *groups.entry(d.chosen.clone()).or_insert(next);
         samples.push(Sample {
             weight: w,
             outcome: reward,
             direct: v.s_pick - lambda * v.c_pick,
             direct_logged: v.s_logged - lambda * v.c_logged,
             outcome_var: var,
+            group,
         });
         samples.push(Sample {
             weight: w,
@@ -450,6 +455,7 @@ pub fn replay_log(
             direct: v.s_pick,
             direct_logged: v.s_logged,
             outcome_var: var,
+            group,
         });
         samples.push(Sample {
             weight: w,
@@ -457,6 +463,7 @@ pub fn replay_log(
             direct: v.c_pick,
             direct_logged: v.c_logged,
             outcome_var: 0.0,
+            group,
         });
     }
     if n == 0 {

@@ -203,6 +203,7 @@ impl World {
                     direct: pred[i * k + pick],
                     direct_logged: pred[i * k + a],
                     outcome_var: bounded_outcome_var(scores[i * k + a]),
+                    group: a as u32,
                 });
             }
         }

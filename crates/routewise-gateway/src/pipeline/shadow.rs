@@ -15,10 +15,12 @@
 //!   minus that of its own, at the shadow artifact's prices), and, as feedback arrives
 //!   (`POST /v1/feedback`), an off-policy estimate of the shadow's mean quality (score)
 //!   on live traffic: self-normalised IPS and doubly robust, the latter with a 95% normal
-//!   interval under the same variance floor as `routewise_eval::ope` (running sums: the
+//!   interval under a variance floor like `routewise_eval::ope`'s, from `s (1 - s)` of the
+//!   predicted score (the lab's also pools each model's residuals). Running sums: the
 //!   shadow's predicted score is DR's direct model, the live choice's logged propensity
-//!   the weight's denominator). Decisions whose propensity is unknown on the request path
-//!   (Thompson sampling; an exploration replacing a forced pick) count in agreement only, as does feedback on a fallback's answer.
+//!   the weight's denominator. Decisions whose propensity is unknown on the request path
+//!   (Thompson sampling; an exploration replacing a forced pick) count in agreement only,
+//!   as does feedback on a fallback's answer.
 //!
 //! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
 //!
