@@ -8,7 +8,8 @@
 #   LOG=warn RATE=2000 DUR=8 THREADS=1 RUNTIME=thread-per-core bash bench/cpu_per_request.sh /tmp/other-build
 #   BODY=conversation.json bash bench/cpu_per_request.sh BIN   # another request body
 #   EPSILON=0.02 LOG_PROMPT=1 SHADOW=1 bash bench/cpu_per_request.sh BIN   # issue 17's logging:
-#       exploration, prompts in the decision log, one shadow router (the same kNN, lambda 5)
+#       exploration, prompts in the decision log, one shadow router (the same kNN, lambda 5;
+#       SHADOW_SAMPLE=0.25: it decides a quarter of the requests)
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
@@ -25,7 +26,7 @@ explore=""; [ -z "${EPSILON:-}" ] || explore=", exploration: {epsilon: $EPSILON}
   echo "listen: 127.0.0.1:$gw_port"
   echo "router: {artifact: $work/knn.rw, policy: {lambda: 0.5}$explore}"
   if [ "${LOG_PROMPT:-0}" = 1 ]; then echo "log: {decisions: {prompt: true}}"; fi
-  if [ "${SHADOW:-0}" = 1 ]; then echo "shadow: [{name: shadow, artifact: $work/knn.rw, policy: {lambda: 5}}]"; fi
+  if [ "${SHADOW:-0}" = 1 ]; then echo "shadow: [{name: shadow, artifact: $work/knn.rw, policy: {lambda: 5}, sample: ${SHADOW_SAMPLE:-1}}]"; fi
   echo "models:"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"

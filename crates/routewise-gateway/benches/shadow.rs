@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
             name: "next".into(),
             engine: engine(),
             policy: None,
+            sample: 1.0,
             execute: None,
         }],
         Counter::default(),

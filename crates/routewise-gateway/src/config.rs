@@ -31,7 +31,7 @@
 //! log: {decisions: {top_k: 3, sample: 1.0, queue: 8192, prompt: false}}  # the decision log (ROUTEWISE_LOG=warn: off)
 //! bandit: {alpha: 0.1, lambda: 0.0}   # optional: learn online from POST /v1/feedback
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
-//! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5},   # optional (see below)
+//! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5}, sample: 1.0,   # optional (see below)
 //!           execute: {sample: 0.01, max_usd_per_day: 5}}]           # optional
 //! ```
 //!
@@ -132,6 +132,8 @@ pub struct ShadowConfig {
     pub artifact: PathBuf,
     /// Its policy; `None`: the live request's.
     pub policy: Option<Policy>,
+    /// Share of routed requests it decides (default 1).
+    pub sample: f64,
     /// Execute a sample of its choices (`execute: {sample, max_usd_per_day}`).
     pub execute: Option<ShadowExecute>,
 }
@@ -499,6 +501,8 @@ struct RawShadow {
     #[serde(default)]
     policy: Option<Policy>,
     #[serde(default)]
+    sample: Option<f64>,
+    #[serde(default)]
     execute: Option<RawExecute>,
 }
 
@@ -697,10 +701,20 @@ pub fn parse(
                 max_usd_per_day: e.max_usd_per_day,
             })
         });
+        let sample = raw.sample.unwrap_or(1.0);
+        if !(sample > 0.0 && sample <= 1.0) {
+            v.issue(
+                &format!("shadow[{i}].sample"),
+                format!(
+                    "must be in (0, 1] (the share of requests the shadow decides), found {sample}"
+                ),
+            );
+        }
         shadows.push(ShadowConfig {
             name,
             artifact,
             policy: raw.policy,
+            sample,
             execute,
         });
     }
@@ -1614,6 +1628,18 @@ bogus: 1
         .to_string();
         assert!(e.contains("shadow[0].execute.sample"), "{e}");
         assert!(e.contains("shadow[0].execute.max_usd_per_day"), "{e}");
+        let e = p(
+            &format!(
+                "{GOOD}shadow: [{{artifact: a.rw, sample: 0}}, {{artifact: b.rw, sample: 1.5}}]\n"
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("shadow[0].sample") && e.contains("shadow[1].sample"),
+            "{e}"
+        );
         let c = p(
             &format!("{GOOD}shadow: [{{artifact: a.rw, execute: {{sample: 0.01, max_usd_per_day: 5}}}}]\n"),
             &[],

@@ -83,6 +83,7 @@ pub fn build(config: Config) -> Result<AppState, LoadError> {
             name: s.name.clone(),
             engine,
             policy: s.policy,
+            sample: s.sample,
             execute: s.execute,
         });
     }

@@ -15,6 +15,7 @@ fn prefers_c(execute: Option<Execute>) -> Shadow {
         name: "cheap-first".into(),
         engine: common::engine(&[("a", 0.5, 30.0), ("b", 0.6, 3.0), ("c", 0.9, 0.3)]),
         policy: None,
+        sample: 1.0,
         execute,
     }
 }

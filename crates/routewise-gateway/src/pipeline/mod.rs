@@ -139,7 +139,7 @@ async fn chat_stages(
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     // 3c. shadow routers: queued, decided off the request path.
     if let (Some(shadows), Some(d)) = (gw.shadows.get(), &routed.decision) {
-        if routed.reason == route::Reason::Routed {
+        if routed.reason == route::Reason::Routed && shadows.decides(&id) {
             shadows.observe(shadow::Job {
                 decision_id: id.clone(),
                 prompt: request.prompt.clone(),

@@ -74,6 +74,9 @@ pub struct Shadow {
     pub engine: Engine,
     /// `None`: the live request's policy.
     pub policy: Option<Policy>,
+    /// Share of routed requests this shadow decides (chosen by the decision id; 1: all):
+    /// bounds its CPU on a small machine, its statistics staying unbiased.
+    pub sample: f64,
     /// Whether (and how much) the shadow's choices are executed.
     pub execute: Option<Execute>,
 }
@@ -278,6 +281,8 @@ pub struct Shadows {
     /// Bytes held by queued jobs.
     queued: Arc<AtomicUsize>,
     names: Vec<String>,
+    /// Each shadow's decision sample.
+    decides: Vec<f64>,
     /// Each shadow's execution sample (0: not executed).
     samples: Vec<f64>,
     stats: Arc<Mutex<Vec<Sums>>>,
@@ -302,9 +307,10 @@ impl Shadows {
     ) -> std::io::Result<Shadows> {
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE);
         let names: Vec<String> = shadows.iter().map(|s| s.name.clone()).collect();
+        let decides = shadows.iter().map(|s| s.sample).collect();
         let samples = shadows
             .iter()
-            .map(|s| s.execute.map_or(0.0, |e| e.sample))
+            .map(|s| s.execute.map_or(0.0, |e| e.sample.min(s.sample)))
             .collect();
         let stats = Arc::new(Mutex::new(vec![Sums::default(); shadows.len()]));
         let shared = Arc::clone(&stats);
@@ -322,6 +328,7 @@ impl Shadows {
             tx,
             queued,
             names,
+            decides,
             samples,
             stats,
             dropped,
@@ -331,6 +338,11 @@ impl Shadows {
     /// Whether some shadow executes decision `id` (then the job carries the request).
     pub fn executes(&self, id: &str) -> bool {
         self.samples.iter().any(|&s| s > 0.0 && sampled(id, s))
+    }
+
+    /// Whether some shadow decides decision `id` (else nothing is queued for it).
+    pub fn decides(&self, id: &str) -> bool {
+        self.decides.iter().any(|&s| s > 0.0 && sampled(id, s))
     }
 
     /// Queues a routed request for the shadows; never blocks.
@@ -420,6 +432,12 @@ fn worker(
                 let mut per_shadow = Vec::with_capacity(shadows.len());
                 let mut local = Vec::with_capacity(shadows.len());
                 for (k, (s, idx)) in shadows.iter().zip(&index).enumerate() {
+                    if !sampled(&job.decision_id, s.sample) {
+                        // Not in this shadow's sample: no decision, nothing to estimate.
+                        per_shadow.push((false, f64::NAN, f64::NAN, 0.0));
+                        local.push(None);
+                        continue;
+                    }
                     let policy = s.policy.unwrap_or(job.policy);
                     let d = s.engine.decide(&job.prompt, job.input_tokens, policy);
                     let pick = &s.engine.catalog.models[d.chosen].name;
@@ -462,11 +480,15 @@ fn worker(
                         "shadow decision"
                     );
                     per_shadow.push((agrees, d.scores[d.chosen], s_live, bounded_var(s_live)));
-                    local.push((agrees, savings));
+                    local.push(Some((agrees, savings)));
                 }
                 {
                     let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
-                    for (sum, (agrees, savings)) in sums.iter_mut().zip(local) {
+                    for (sum, (agrees, savings)) in sums
+                        .iter_mut()
+                        .zip(local)
+                        .filter_map(|(sum, l)| Some((sum, l?)))
+                    {
                         sum.decisions += 1;
                         sum.agreed += u64::from(agrees);
                         if let Some(v) = savings.filter(|v| v.is_finite()) {
@@ -848,12 +870,14 @@ mod tests {
                     name: "prefers-cheap".into(),
                     engine: engine(vec![0.8, 0.5]),
                     policy: None,
+                    sample: 1.0,
                     execute: None,
                 },
                 Shadow {
                     name: "prefers-dear".into(),
                     engine: engine(vec![0.5, 0.8]),
                     policy: None,
+                    sample: 1.0,
                     execute: None,
                 },
             ],
@@ -897,6 +921,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sampled_shadow_decides_its_share_and_estimates_on_it() {
+        let shadows = Shadows::start(
+            vec![Shadow {
+                name: "half".into(),
+                engine: engine(vec![0.8, 0.5]),
+                policy: None,
+                sample: 0.5,
+                execute: None,
+            }],
+            Counter::default(),
+            Weak::new(),
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..2000u64)
+            .map(|i| format!("{:032x}", i * 104_729))
+            .collect();
+        let mut queued = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if !shadows.decides(id) {
+                continue;
+            }
+            queued += 1;
+            let live = if i % 2 == 0 { "cheap" } else { "dear" };
+            shadows.observe(job(id, live, Some(0.5)));
+            shadows.feedback(id, live, if live == "cheap" { 1.0 } else { 0.0 });
+        }
+        assert!(shadows.flush(std::time::Duration::from_secs(5)));
+        let s = &shadows.stats()[0];
+        assert!((800..=1200).contains(&queued), "{queued}");
+        assert_eq!(s.decisions, queued as u64);
+        assert_eq!(s.feedback, queued as u64);
+        // Always `cheap`, which scores 1: the estimate on the sample is still 1.
+        assert!((s.quality_snips.unwrap() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
         let dropped = Counter::default();
         let shadows = Shadows::start(
@@ -904,6 +964,7 @@ mod tests {
                 name: "s".into(),
                 engine: engine(vec![0.5, 0.5]),
                 policy: None,
+                sample: 1.0,
                 execute: None,
             }],
             dropped.clone(),
