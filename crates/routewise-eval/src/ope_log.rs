@@ -337,13 +337,6 @@ pub struct ReplayOptions {
     pub seed: u64,
 }
 
-fn policy_lambda(p: Policy) -> f64 {
-    match p {
-        Policy::Lambda(l) => l,
-        _ => 0.0,
-    }
-}
-
 /// Estimates `candidate` on the decisions of [`parse_log`] (`file` names the log in
 /// errors).
 pub fn replay_log(
@@ -424,7 +417,7 @@ pub fn replay_log(
         };
         n += 1;
         all_certain &= p >= 1.0;
-        let lambda = opts.lambda.unwrap_or_else(|| policy_lambda(v.policy));
+        let lambda = opts.lambda.unwrap_or_else(|| v.policy.cost_weight());
         let score = d.score.unwrap_or(0.0);
         let cost = d.cost_usd.unwrap_or(v.c_logged);
         let reward = score - lambda * cost;

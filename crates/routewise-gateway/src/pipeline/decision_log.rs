@@ -143,14 +143,7 @@ pub const MAX_LOGGED_PROMPT: usize = 16 << 10;
 
 /// `prompt` cut to [`MAX_LOGGED_PROMPT`] bytes (at a character boundary).
 pub fn logged_prompt(prompt: &str) -> String {
-    if prompt.len() <= MAX_LOGGED_PROMPT {
-        return prompt.to_string();
-    }
-    let mut end = MAX_LOGGED_PROMPT;
-    while !prompt.is_char_boundary(end) {
-        end -= 1;
-    }
-    prompt[..end].to_string()
+    routewise_features::static_embed::prefix(prompt, MAX_LOGGED_PROMPT).to_string()
 }
 
 /// Posterior draws per decision when the writer estimates a Thompson-sampling propensity
@@ -256,8 +249,8 @@ impl DecisionRecord {
         let input = self.estimate.as_ref()?;
         let router = gw.online_router.as_ref()?;
         // Both halves of the id: its first 16 hex digits are mostly the timestamp.
-        let id = u128::from_str_radix(&self.decision_id, 16).unwrap_or(0);
-        let seed = routewise_router::baselines::splitmix64((id >> 64) as u64 ^ id as u64);
+        let seed =
+            routewise_router::baselines::splitmix64(crate::pipeline::id_bits(&self.decision_id));
         let choice = routewise_online::Choice {
             learning: &input.learning,
             costs: &input.costs,
@@ -322,18 +315,7 @@ impl DecisionLog {
 
     /// Whether the decision `decision_id` is in the sample.
     fn sampled(&self, decision_id: &str) -> bool {
-        let sample = self.config.sample;
-        if sample >= 1.0 {
-            return true;
-        }
-        // UUIDv7 ids made in the same millisecond differ only by a counter, so their bits
-        // are no draw: the id is mixed (splitmix64's finaliser) into a uniform one.
-        let id = u128::from_str_radix(decision_id, 16).unwrap_or(0);
-        let mut x = (id >> 64) as u64 ^ id as u64;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-        ((x >> 11) as f64) < sample * (1u64 << 53) as f64
+        crate::pipeline::id_in_sample(decision_id, 0, self.config.sample)
     }
 
     /// Queues a record; drops (and counts) it when the queue is full.

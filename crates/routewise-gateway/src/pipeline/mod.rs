@@ -67,6 +67,27 @@ pub const CASCADE_HEADER: HeaderName = HeaderName::from_static("x-routewise-casc
 /// Response header with the upstream calls a cascaded request made (tier + escalation).
 pub const CASCADE_CALLS_HEADER: HeaderName = HeaderName::from_static("x-routewise-cascade-calls");
 
+/// Whether decision `id` falls in a `share` sample, the same on every instance. UUIDv7 ids
+/// made in the same millisecond differ only by a counter, so their bits are no draw: the
+/// id (xor `salt`, which makes independent samples) is mixed by splitmix64's finaliser
+/// into a uniform number.
+pub fn id_in_sample(id: &str, salt: u64, share: f64) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    let mut x = id_bits(id) ^ salt;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    ((x >> 11) as f64) < share * (1u64 << 53) as f64
+}
+
+/// A hex decision id folded into 64 bits (its two halves xored; 0 if it is not hex).
+pub fn id_bits(id: &str) -> u64 {
+    let id = u128::from_str_radix(id, 16).unwrap_or(0);
+    (id >> 64) as u64 ^ id as u64
+}
+
 /// A fresh decision id (UUIDv7: time-ordered, unique).
 pub fn new_decision_id() -> String {
     let mut buf = uuid::Uuid::encode_buffer();

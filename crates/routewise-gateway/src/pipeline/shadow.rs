@@ -117,18 +117,10 @@ impl Budget {
     }
 }
 
-/// Whether decision `id` is in a `share` sample (the decision log's rule: the id mixed
-/// into a uniform number).
+/// Whether decision `id` is in a shadow's `share` sample ([`super::id_in_sample`], salted
+/// so that it is independent of the decision log's sample).
 pub fn sampled(id: &str, share: f64) -> bool {
-    if share >= 1.0 {
-        return true;
-    }
-    let id = u128::from_str_radix(id, 16).unwrap_or(0);
-    let mut x = (id >> 64) as u64 ^ id as u64 ^ 0x5bd1_e995_0000_0001;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    ((x >> 11) as f64) < share * (1u64 << 53) as f64
+    super::id_in_sample(id, 0x5bd1_e995_0000_0001, share)
 }
 
 /// What executing a shadow's choice needs from the request.
@@ -388,6 +380,7 @@ impl Shadows {
     }
 }
 
+/// `routewise_eval::ope::bounded_outcome_var` (the gateway does not depend on the lab).
 fn bounded_var(s: f64) -> f64 {
     if s.is_finite() {
         let s = s.clamp(0.0, 1.0);
@@ -555,13 +548,6 @@ fn worker(
 /// counted as `throttled`): their request copies stay bounded.
 const MAX_EXECUTIONS: usize = 64;
 
-/// Unix time in milliseconds (the budget's UTC day).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The worst case a shadow call to `upstream_model` can cost under `cost(input tokens,
 /// output tokens)`: as many input tokens as the body has bytes (a text token spans at
 /// least one byte), and `max_tokens` output tokens per completion (`n`). `request` gets
@@ -679,7 +665,11 @@ fn execute(
     let admitted = budget
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .reserve(unix_ms(), reservation, e.max_usd_per_day);
+        .reserve(
+            routewise_online::service::now_ms(),
+            reservation,
+            e.max_usd_per_day,
+        );
     if !admitted {
         running.fetch_sub(1, Ordering::Relaxed);
         stats.lock().unwrap_or_else(PoisonError::into_inner)[k].over_budget += 1;

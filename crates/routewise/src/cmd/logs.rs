@@ -10,7 +10,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use routewise_online::Backend;
@@ -62,9 +61,7 @@ fn since_ms(s: &str, now_ms: u64) -> anyhow::Result<u64> {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let Command::Export(args) = cmd;
     let config = routewise_gateway::config::load(&args.config)?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = routewise_online::service::now_ms();
     let since = match &args.since {
         Some(s) => since_ms(s, now_ms)?,
         None => 0,
