@@ -30,6 +30,7 @@
 pub mod bootstrap;
 pub mod calibrate;
 pub mod cascade;
+pub mod describe;
 pub mod metrics;
 pub mod online;
 pub mod online_plot;

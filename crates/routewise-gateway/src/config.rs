@@ -78,6 +78,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 use routewise_router::extract::Extractor;
@@ -85,6 +86,8 @@ use routewise_router::extract::Extractor;
 use crate::limits::TrustedProxies;
 use routewise_online::{BanditConfig, ConfigIssue, StateConfig};
 use routewise_router::Policy;
+use routewise_signals::rules::ModelFacts;
+use routewise_signals::{Detector, Embedder, PiiAction, PiiKind, RawRoute, RuleSet};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
@@ -119,9 +122,52 @@ pub struct Config {
     /// Shadow routers: decide every routed request beside the live router, off the
     /// request path, logged and compared ([`crate::pipeline::shadow`]).
     pub shadows: Vec<ShadowConfig>,
+    /// The `routes:` rules, compiled (`None`: none configured).
+    pub routes: Option<Arc<RuleSet>>,
+    /// The PII guard (`None`: off).
+    pub pii: Option<PiiConfig>,
+    /// The response cache (`None`: off).
+    pub cache: Option<CacheConfig>,
     /// Settings that are accepted but deprecated (logged at start, shown by
     /// `check-config`), as issues with their paths.
     pub warnings: Vec<Issue>,
+}
+
+/// `pii:`: which detectors run on every chat request's messages, and what a finding does.
+#[derive(Debug, Clone)]
+pub struct PiiConfig {
+    pub detector: Arc<Detector>,
+    /// The default action (a route's `pii:` overrides it).
+    pub action: PiiAction,
+    /// With `redact`: put the originals back in a full (non-streamed) answer.
+    pub restore: bool,
+}
+
+/// `cache:`: the in-memory response cache ([`crate::pipeline::cache`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Look requests up by the hash of the whole normalised request.
+    pub exact: bool,
+    /// Look up near-duplicates of the last user message at this cosine (`None`: off).
+    pub threshold: Option<f32>,
+    /// Veto semantic hits whose numbers, negations or names differ.
+    pub guards: bool,
+    pub ttl_ms: u64,
+    pub max_entries: usize,
+    /// A header whose value scopes the cache (a tenant or key id); requests without it are
+    /// not cached.
+    pub scope_header: Option<HeaderName>,
+}
+
+/// How `model: auto` requests are ranked (`router.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouterMode {
+    /// The router artifact (or the embedded demo router).
+    #[default]
+    Learned,
+    /// No outcome data: route pools from `routes:`, ordered by price; otherwise the
+    /// models' `quality_tier` under the policy ([`routewise_signals::tiers`]).
+    Rules,
 }
 
 /// One `shadow:` entry.
@@ -157,6 +203,7 @@ pub struct RouterConfig {
     pub cascade: Option<CascadeConfig>,
     /// The epsilon-greedy exploration rate (0: off).
     pub epsilon: f64,
+    pub mode: RouterMode,
 }
 
 /// `router.cascade`: ask the tier first, accept an answer enough of it agrees on.
@@ -224,6 +271,12 @@ pub struct ModelConfig {
     pub max_tokens: Option<u64>,
     /// `anthropic-version` for the anthropic provider.
     pub anthropic_version: Option<String>,
+    /// A positive integer, higher is better: the zero-data router's quality, and what
+    /// routes' `min_tier` reads.
+    pub quality_tier: Option<u32>,
+    /// Self-hosted (or otherwise trusted with personal data): where `pii: {action:
+    /// restrict}` sends requests with findings.
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -387,6 +440,57 @@ struct RawRouter {
     cascade: Option<RawCascade>,
     #[serde(default)]
     exploration: Option<RawExploration>,
+    #[serde(default)]
+    mode: Option<RawMode>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    Learned,
+    Rules,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default)]
+    exact: Option<bool>,
+    #[serde(default)]
+    semantic: Option<RawSemantic>,
+    #[serde(default)]
+    ttl_s: Option<f64>,
+    #[serde(default)]
+    max_entries: Option<usize>,
+    #[serde(default)]
+    backend: Option<RawCacheBackend>,
+    #[serde(default)]
+    scope_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSemantic {
+    threshold: f32,
+    #[serde(default)]
+    guards: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawCacheBackend {
+    Memory,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPii {
+    #[serde(default)]
+    detect: Option<Vec<PiiKind>>,
+    #[serde(default)]
+    action: Option<PiiAction>,
+    #[serde(default)]
+    restore: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +529,10 @@ struct RawModel {
     max_tokens: Option<u64>,
     #[serde(default)]
     anthropic_version: Option<String>,
+    #[serde(default)]
+    quality_tier: Option<u32>,
+    #[serde(default)]
+    private: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -490,6 +598,7 @@ struct RawDecisionLog {
 
 const TOP_KEYS: &[&str] = &[
     "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state", "shadow",
+    "routes", "pii", "cache",
 ];
 
 #[derive(Deserialize)]
@@ -725,6 +834,28 @@ pub fn parse(
             format!("must be in 0..=1 (the share of requests explored), found {epsilon}"),
         );
     }
+    let mode = match router.mode {
+        None | Some(RawMode::Learned) => RouterMode::Learned,
+        Some(RawMode::Rules) => RouterMode::Rules,
+    };
+    if mode == RouterMode::Rules {
+        if artifact.is_some() {
+            v.issue(
+                "router.artifact",
+                "`mode: rules` routes without a trained router: remove the artifact or the mode",
+            );
+        }
+        for (i, m) in models.iter().enumerate() {
+            if m.price.is_none() {
+                v.issue(
+                    &format!("models[{i}].price"),
+                    "`router.mode: rules` orders models by price: give each model a price",
+                );
+            }
+        }
+    }
+    let (routes, pii) = v.signals(map.get("routes"), map.get("pii"), &models);
+    let cache = v.cache(map.get("cache"));
     if !v.issues.is_empty() {
         let mut issues = v.issues;
         blame_env(&mut issues, &set_by);
@@ -738,6 +869,7 @@ pub fn parse(
             policy,
             cascade,
             epsilon,
+            mode,
         },
         models,
         limits,
@@ -746,6 +878,9 @@ pub fn parse(
         bandit,
         state,
         shadows,
+        routes,
+        pii,
+        cache,
         warnings,
     })
 }
@@ -764,7 +899,166 @@ struct Validator<'a> {
     getenv: &'a dyn Fn(&str) -> Option<String>,
 }
 
+/// Most entries a cache may hold.
+const MAX_CACHE_ENTRIES: usize = 10_000_000;
+
 impl Validator<'_> {
+    /// `cache:`, checked.
+    fn cache(&mut self, raw: Option<&Value>) -> Option<CacheConfig> {
+        let raw: RawCache = self.section(raw, "cache")?;
+        let exact = raw.exact.unwrap_or(true);
+        let threshold = raw.semantic.as_ref().map(|s| s.threshold);
+        if let Some(t) = threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                self.issue(
+                    "cache.semantic.threshold",
+                    format!("must be a cosine in (0, 1], found {t}"),
+                );
+            }
+        }
+        if !exact && threshold.is_none() {
+            self.issue(
+                "cache",
+                "nothing to look up: set `exact: true` or a `semantic` threshold",
+            );
+        }
+        let ttl_s = raw.ttl_s.unwrap_or(3600.0);
+        if !(ttl_s.is_finite() && ttl_s > 0.0 && ttl_s <= 365.0 * 86_400.0) {
+            self.issue(
+                "cache.ttl_s",
+                format!("must be in (0, 31536000] seconds, found {ttl_s}"),
+            );
+        }
+        let max_entries = raw.max_entries.unwrap_or(10_000);
+        if !(1..=MAX_CACHE_ENTRIES).contains(&max_entries) {
+            self.issue(
+                "cache.max_entries",
+                format!("must be in 1..={MAX_CACHE_ENTRIES}, found {max_entries}"),
+            );
+        }
+        let scope_header = raw.scope_header.as_deref().and_then(|h| {
+            match HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.issue(
+                        "cache.scope_header",
+                        format!("`{h}` is not a valid header name"),
+                    );
+                    None
+                }
+            }
+        });
+        // The one backend so far: this instance's memory.
+        let (None | Some(RawCacheBackend::Memory)) = raw.backend;
+        Some(CacheConfig {
+            exact,
+            threshold,
+            guards: raw.semantic.and_then(|s| s.guards).unwrap_or(true),
+            ttl_ms: (ttl_s * 1000.0) as u64,
+            max_entries,
+            scope_header,
+        })
+    }
+
+    /// `routes:` and `pii:`, compiled against the configured models.
+    fn signals(
+        &mut self,
+        routes: Option<&Value>,
+        pii: Option<&Value>,
+        models: &[ModelConfig],
+    ) -> (Option<Arc<RuleSet>>, Option<PiiConfig>) {
+        let mut all_parsed = true;
+        let raw_routes: Vec<RawRoute> = match routes {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let r = self.section(Some(item), &format!("routes[{i}]"));
+                    all_parsed &= r.is_some();
+                    r
+                })
+                .collect(),
+            Some(_) => {
+                self.issue("routes", "must be a list of routes");
+                Vec::new()
+            }
+        };
+        let facts: Vec<ModelFacts<'_>> = models
+            .iter()
+            .map(|m| ModelFacts {
+                name: &m.name,
+                context_window: m.context_window,
+                quality_tier: m.quality_tier,
+            })
+            .collect();
+        // Compiled only when every route parsed, so that the paths of its problems hold.
+        let rules = if raw_routes.is_empty() || !all_parsed {
+            None
+        } else {
+            match RuleSet::compile(&raw_routes, &facts, || {
+                Embedder::builtin().map_err(|e| e.to_string())
+            }) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(issues) => {
+                    for i in issues {
+                        self.issue(&i.path, i.message);
+                    }
+                    None
+                }
+            }
+        };
+        let raw_pii: Option<RawPii> = self.section(pii, "pii");
+        let route_pii: Vec<(usize, PiiAction)> = raw_routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.then.pii?)))
+            .collect();
+        let restricts = raw_pii
+            .as_ref()
+            .and_then(|p| p.action)
+            .map(|a| ("pii.action".to_string(), a))
+            .into_iter()
+            .chain(
+                route_pii
+                    .iter()
+                    .map(|(i, a)| (format!("routes[{i}].then.pii"), *a)),
+            )
+            .filter(|(_, a)| *a == PiiAction::Restrict);
+        for (path, _) in restricts {
+            if !models.iter().any(|m| m.private) {
+                self.issue(
+                    &path,
+                    "`restrict` sends requests with personal data to private models, and no model has `private: true`",
+                );
+            }
+        }
+        let pii = match raw_pii {
+            Some(p) => {
+                let kinds = p.detect.unwrap_or_else(|| PiiKind::ALL.to_vec());
+                if kinds.is_empty() {
+                    self.issue("pii.detect", "must list at least one detector");
+                }
+                if p.restore == Some(true) && p.action != Some(PiiAction::Redact) {
+                    self.issue("pii.restore", "`restore` belongs to `action: redact`");
+                }
+                Some(PiiConfig {
+                    detector: Arc::new(Detector::new(kinds)),
+                    action: p.action.unwrap_or(PiiAction::Tag),
+                    restore: p.restore.unwrap_or(false),
+                })
+            }
+            // A route's `pii:` action alone turns every detector on, tagging elsewhere.
+            None if !route_pii.is_empty() => Some(PiiConfig {
+                detector: Arc::new(Detector::new(PiiKind::ALL)),
+                action: PiiAction::Tag,
+                restore: false,
+            }),
+            None => None,
+        };
+        (rules, pii)
+    }
+
     /// `router.cascade`, checked against the configured `models`.
     fn cascade(&mut self, raw: RawCascade, models: &[ModelConfig]) -> Option<CascadeConfig> {
         let before = self.issues.len();
@@ -1164,6 +1458,12 @@ impl Validator<'_> {
         if raw.context_window == Some(0) {
             self.issue(&format!("{path}.context_window"), "must be > 0");
         }
+        if raw.quality_tier == Some(0) {
+            self.issue(
+                &format!("{path}.quality_tier"),
+                "must be a positive integer (higher is better)",
+            );
+        }
         if self.issues.len() > before {
             return None;
         }
@@ -1180,6 +1480,8 @@ impl Validator<'_> {
             context_window: raw.context_window,
             max_tokens: raw.max_tokens,
             anthropic_version: raw.anthropic_version,
+            quality_tier: raw.quality_tier,
+            private: raw.private.unwrap_or(false),
         })
     }
 }

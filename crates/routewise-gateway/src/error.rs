@@ -49,6 +49,17 @@ pub enum ApiError {
     /// The request body did not arrive within `limits.body_timeout_ms`.
     #[error("the request body did not arrive within {ms} ms")]
     BodyTimeout { ms: u64 },
+    /// A route's `block` action, a route's pool without the named model, or the PII
+    /// guard (`code`: `blocked_by_route` or `pii_blocked`); 400 or 403. The message never
+    /// carries matched text.
+    #[error("{message}")]
+    Blocked {
+        code: &'static str,
+        status: u16,
+        message: String,
+        /// The route that blocked, sent as `x-routewise-route`.
+        route: Option<String>,
+    },
     /// A model named directly answered 429: passed through with its `Retry-After`.
     #[error("{message}")]
     RateLimited {
@@ -82,6 +93,9 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Blocked { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
+            }
         }
     }
 
@@ -117,6 +131,7 @@ impl ApiError {
             ApiError::ClientLimit { .. } => Some("client_limit"),
             ApiError::BodyTimeout { .. } => Some("body_timeout"),
             ApiError::RateLimited { .. } => Some("rate_limited"),
+            ApiError::Blocked { code, .. } => Some(*code),
         }
     }
 
@@ -161,6 +176,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::BodyTimeout { .. } => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ApiError::Blocked { route: Some(r), .. } => {
+                if let Ok(v) = HeaderValue::from_str(&r) {
+                    h.insert(crate::pipeline::ROUTE_HEADER, v);
+                }
             }
             _ => {}
         }

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use routewise_router::{Artifact, Engine};
+use routewise_router::{Artifact, Catalog, Engine, ModelInfo};
 
-use crate::config::{self, Config, ConfigError, Provider};
+use crate::config::{self, Config, ConfigError, Provider, RouterMode};
 use crate::demo;
 use crate::pipeline::shadow::Shadow;
 use crate::state::{AppState, StateError};
@@ -48,14 +48,43 @@ pub fn demo() -> Result<AppState, LoadError> {
 }
 
 /// Builds the state for a validated config.
+/// Completion tokens the zero-data router assumes per answer when it prices a request.
+pub const ZERO_DATA_OUTPUT_TOKENS: f64 = 256.0;
+
+/// `router.mode: rules`: no outcome data; every model scores its `quality_tier` share
+/// ([`routewise_signals::tiers::tier_scores`]) and costs its configured prices.
+fn zero_data_engine(config: &Config) -> Engine {
+    let catalog = Catalog {
+        models: config
+            .models
+            .iter()
+            .map(|m| {
+                let (input, output) = m
+                    .price
+                    .map_or((0.0, 0.0), |p| (p.input_per_mtok, p.output_per_mtok));
+                ModelInfo {
+                    name: m.name.clone(),
+                    input_per_mtok: input,
+                    output_per_mtok: output,
+                    mean_output_tokens: ZERO_DATA_OUTPUT_TOKENS,
+                }
+            })
+            .collect(),
+    };
+    let tiers: Vec<Option<u32>> = config.models.iter().map(|m| m.quality_tier).collect();
+    Engine::constant(catalog, routewise_signals::tiers::tier_scores(&tiers))
+}
+
 pub fn build(config: Config) -> Result<AppState, LoadError> {
     let needs_replay = config.models.iter().any(|m| m.provider == Provider::Replay);
-    let demo_data = if needs_replay || config.router.artifact.is_none() {
+    let rules_mode = config.router.mode == RouterMode::Rules;
+    let demo_data = if needs_replay || (config.router.artifact.is_none() && !rules_mode) {
         Some(demo::dataset().map_err(|e| LoadError::Demo(e.to_string()))?)
     } else {
         None
     };
     let engine: Engine = match &config.router.artifact {
+        None if rules_mode => zero_data_engine(&config),
         Some(path) => Artifact::load(path)
             .map_err(|e| ConfigError::single(&config.source, "router.artifact", e.to_string()))?
             .into_engine(),

@@ -45,6 +45,17 @@ struct VerdictLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PiiLabels {
+    kind: &'static str,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabel {
     store: &'static str,
 }
@@ -90,6 +101,9 @@ pub struct Metrics {
     shed: Family<ReasonLabel, Counter>,
     protocol_errors: Family<StatusLabel, Counter>,
     cascades: Family<VerdictLabel, Counter>,
+    routes: Family<RouteLabel, Counter>,
+    cache: Family<ResultLabel, Counter>,
+    pii: Family<PiiLabels, Counter>,
 }
 
 impl Metrics {
@@ -211,6 +225,24 @@ impl Metrics {
             "Cascaded requests by verdict (accepted: a tier answer / escalated)",
             Family::<VerdictLabel, Counter>::default(),
         );
+        let routes = reg(
+            r,
+            "route_matched",
+            "Requests a `routes:` rule applied to, by route",
+            Family::<RouteLabel, Counter>::default(),
+        );
+        let pii = reg(
+            r,
+            "pii_detected",
+            "Requests in which the PII guard found a kind of personal data, by kind and action",
+            Family::<PiiLabels, Counter>::default(),
+        );
+        let cache = reg(
+            r,
+            "cache_lookups",
+            "Response cache lookups by result (hit-exact / hit-semantic / miss / bypass)",
+            Family::<ResultLabel, Counter>::default(),
+        );
         let models = models
             .iter()
             .map(|m| {
@@ -251,10 +283,32 @@ impl Metrics {
             shed,
             protocol_errors,
             cascades,
+            routes,
+            cache,
+            pii,
         }
     }
 
     /// Counts a cascaded request by `verdict` (`accepted` / `escalated`).
+    /// Counts a response cache lookup.
+    pub fn cache_lookup(&self, result: &'static str) {
+        self.cache.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a request a route applied to.
+    pub fn route_matched(&self, route: &str) {
+        self.routes
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request with personal data of `kind`, and what was done.
+    pub fn pii_detected(&self, kind: &'static str, action: &'static str) {
+        self.pii.get_or_create(&PiiLabels { kind, action }).inc();
+    }
+
     pub fn cascade(&self, verdict: &'static str) {
         self.cascades.get_or_create(&VerdictLabel { verdict }).inc();
     }

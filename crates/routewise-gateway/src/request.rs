@@ -8,7 +8,8 @@
 //! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
 //! `routewise_router::Policy` like the config's, and the cascade switch
 //! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
-//! "number"}` to override the configured cascade). The `routewise` key is stripped before
+//! "number"}` to override the configured cascade), and the cache switch (`{"routewise":
+//! {"cache": false}}`). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
 //! Forwarding: when routewise changes nothing but `model` (no `routewise` key, no key
@@ -52,6 +53,9 @@ pub struct ChatRequest {
     pub preference: Option<Policy>,
     /// What the request says about the configured cascade.
     pub cascade: CascadeChoice,
+    /// False when the request opts out of the response cache (`"routewise": {"cache":
+    /// false}`).
+    pub cache: bool,
     /// Estimated prompt tokens (chars / 4 of message text).
     pub prompt_tokens: u64,
     /// `max_tokens` or `max_completion_tokens`, if given.
@@ -232,7 +236,28 @@ pub fn parse(
         }
     }
     let stripped = rest.contains_key("routewise");
-    let (preference, cascade) = match rest.remove("routewise") {
+    let mut routewise = rest.remove("routewise");
+    // `"routewise": {"cache": false}`: neither read nor fill the response cache. An object
+    // left empty by taking `cache` out says nothing more (`{}` itself stays an error).
+    let mut cache = true;
+    if let Some(Value::Object(o)) = &mut routewise {
+        if let Some(v) = o.remove("cache") {
+            match v {
+                Value::Null => {}
+                Value::Bool(b) => cache = b,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "`routewise.cache` must be a boolean",
+                        Some("routewise.cache"),
+                    ))
+                }
+            }
+            if o.is_empty() {
+                routewise = None;
+            }
+        }
+    }
+    let (preference, cascade) = match routewise {
         None | Some(Value::Null) => (header_preference(headers)?, CascadeChoice::Config),
         Some(Value::Object(mut o)) if o.contains_key("cascade") => {
             let cascade = cascade_choice(o.remove("cascade").unwrap_or(Value::Null))?;
@@ -251,6 +276,7 @@ pub fn parse(
         include_usage,
         preference,
         cascade,
+        cache,
         prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
         max_tokens,
         prompt,
@@ -726,6 +752,20 @@ mod tests {
         )
         .unwrap();
         assert!(r.is_auto());
+    }
+
+    #[test]
+    fn the_cache_switch_is_read_beside_the_preference() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        let r = p(json!({"model": "a", "messages": m, "routewise": {"cache": false}})).unwrap();
+        assert!(!r.cache && r.preference.is_none());
+        let r = p(json!({"model": "a", "messages": m, "routewise": {"cache": true, "lambda": 2}}))
+            .unwrap();
+        assert!(r.cache);
+        assert_eq!(r.preference, Some(Policy::Lambda(2.0)));
+        assert!(p(json!({"model": "a", "messages": m})).unwrap().cache);
+        let e = p(json!({"model": "a", "messages": m, "routewise": {"cache": "no"}})).unwrap_err();
+        assert_eq!(param(e), "routewise.cache");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub shadows: OnceLock<Shadows>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
     pub in_flight: Arc<Counter>,
+    /// The response cache (`cache:` in the config).
+    pub cache: Option<crate::pipeline::cache::ResponseCache>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
     pub shutdown: watch::Sender<ShutdownPhase>,
     started: Instant,
@@ -145,6 +147,13 @@ impl AppState {
         } else {
             decider
         };
+        let cache = match &config.cache {
+            Some(c) => Some(
+                crate::pipeline::cache::ResponseCache::new(c)
+                    .map_err(|e| ConfigError::single(&file, "cache.semantic", e))?,
+            ),
+            None => None,
+        };
         let metrics = Metrics::new(&upstreams.names());
         let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;
         Ok(AppState(Arc::new(Gateway {
@@ -157,6 +166,7 @@ impl AppState {
             online_router,
             online: OnceLock::new(),
             shadows: OnceLock::new(),
+            cache,
             in_flight: Arc::new(Counter::default()),
             shutdown: watch::channel(ShutdownPhase::Running).0,
             started: Instant::now(),

@@ -197,3 +197,46 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     assert!(line.contains("b: \"B\""), "{line}");
     assert!(line.contains("c: \"C\""), "{line}");
 }
+
+/// Stage 2 in the log: the routes that applied and the kinds of personal data found, never
+/// the text.
+#[tokio::test]
+async fn the_decision_log_names_routes_and_pii_kinds_but_not_the_text() {
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
+    let mock = routewise_testkit::MockUpstream::start().await.unwrap();
+    let routes = "routes:\n  - {name: code, when: {keywords: [python]}, then: {models: [b, c]}}\npii: {action: tag}";
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), routes)).await;
+    let (status, _, _) = common::post(
+        &gw.url("/v1/chat/completions"),
+        &common::chat_body("python help, write to bob@corp.example"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(gw
+        .state
+        .decision_log
+        .flush(std::time::Duration::from_secs(5)));
+    let logs = capture.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("decision_id"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("route=\"code\"") || line.contains("route=code"),
+        "{line}"
+    );
+    assert!(
+        line.contains("pii=\"email\"") || line.contains("pii=email"),
+        "{line}"
+    );
+    assert!(!logs.contains("bob@corp.example"), "{logs}");
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_route_matched_total{route=\"code\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("routewise_pii_detected_total{kind=\"email\",action=\"tag\"} 1"),
+        "{metrics}"
+    );
+}

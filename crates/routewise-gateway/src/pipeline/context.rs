@@ -43,6 +43,10 @@ pub struct RequestContext {
     pub logged: AtomicBool,
     /// What the cascade stage did, when it ran.
     pub cascade: Option<crate::pipeline::cascade::CascadeTrace>,
+    /// What the rules and the PII guard found (stage 2), when configured.
+    pub signals: Option<Box<crate::pipeline::rules::SignalTrace>>,
+    /// The response cache's keys for this request, when the cache is on.
+    pub cache: Option<Box<crate::pipeline::cache::Probe>>,
 }
 
 impl RequestContext {

@@ -10,7 +10,9 @@
 //! propensity of the router's choice (`propensity`: 1 for a deterministic router, the
 //! epsilon-greedy probability under `router.exploration`), whether the choice was an
 //! exploration (`explored`), and, with `log.decisions.prompt: true`, the prompt text the
-//! router saw (`prompt`, cut at [`MAX_LOGGED_PROMPT`] bytes). Accepted feedback is logged as a
+//! router saw (`prompt`, cut at [`MAX_LOGGED_PROMPT`] bytes; after redaction when the PII
+//! guard redacts). The `routes:` rules that applied are in `route`, the kinds of personal
+//! data found in `pii` with `pii_action` (never the matched text). Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
@@ -197,6 +199,10 @@ pub struct DecisionRecord {
     estimate: Option<Box<PropensityInput>>,
     explored: bool,
     prompt: Option<String>,
+    /// The `routes:` rules that applied (names, comma-separated).
+    routes: Option<String>,
+    /// The kinds of personal data found (never the text) and the action taken.
+    pii: Option<(routewise_signals::KindSet, &'static str)>,
 }
 
 impl DecisionRecord {
@@ -237,6 +243,9 @@ impl DecisionRecord {
             propensity = propensity.unwrap_or(f64::NAN),
             explored = self.explored,
             prompt = self.prompt.as_deref(),
+            route = self.routes.as_deref(),
+            pii = self.pii.map(|(k, _)| k.names()),
+            pii_action = self.pii.map(|(_, a)| a),
             "decision"
         );
     }
@@ -419,6 +428,11 @@ pub fn emit(
         explored: decision.is_some_and(|d| d.explored),
         prompt: (log.config.prompt && decision.is_some())
             .then(|| logged_prompt(&ctx.request.prompt)),
+        routes: ctx.signals.as_ref().and_then(|s| s.route_names(&ctx.state)),
+        pii: ctx.signals.as_ref().and_then(|s| {
+            let action = s.pii_action?;
+            Some((s.pii, action.name()))
+        }),
     });
 }
 

@@ -6,7 +6,8 @@
 //! | # | stage | module | what it does |
 //! |---|---|---|---|
 //! | 1 | parse | [`crate::request`] | validate the body and headers once |
-//! | 2 | before routing | (here, in [`chat`]) | where rules, a cache or auth go: look at the context, answer early or continue |
+//! | 2 | before routing | [`rules`] | the `routes:` rules and the PII guard: block, redact, or narrow the pool (auth goes here too) |
+//! | 2c | cache | [`cache`] | a stored answer to the same (or a guarded near-duplicate) request, answered at once |
 //! | 3 | route | [`route`] | the decider ranks the models; context windows filter them |
 //! | 3b | cascade | [`cascade`] | `router.cascade`: ask the cheap tier first, answer when enough of it agrees, else go on (reusing a tier answer when the router's choice is a tier model) |
 //! | 4 | attempts | [`attempts`] | try models down the ranking through their providers (fallback, cooldown) |
@@ -23,14 +24,17 @@
 //! carries `x-routewise-model`, `x-routewise-decision-id`, `x-routewise-attempts`, the
 //! request id and `traceparent` ([`crate::trace`]); a direct request's answer also
 //! carries the upstream's rate-limit headers, a cascaded one `x-routewise-cascade`
-//! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`.
+//! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`, and one
+//! that routes matched `x-routewise-route` (their names, comma-separated).
 
 pub mod attempts;
+pub mod cache;
 pub mod cascade;
 pub mod context;
 pub mod decision_log;
 pub mod record;
 pub mod route;
+pub mod rules;
 pub mod shadow;
 pub mod stream;
 
@@ -64,6 +68,10 @@ pub const DECISION_HEADER: HeaderName = HeaderName::from_static("x-routewise-dec
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-routewise-attempts");
 /// Response header with a cascade's verdict: `accepted@<model>` or `escalated@<model>`.
 pub const CASCADE_HEADER: HeaderName = HeaderName::from_static("x-routewise-cascade");
+/// Response header with the cache's verdict: `hit-exact`, `hit-semantic` or `miss`.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-routewise-cache");
+/// Response header naming the `routes:` rules that applied (comma-separated).
+pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-routewise-route");
 /// Response header with the upstream calls a cascaded request made (tier + escalation).
 pub const CASCADE_CALLS_HEADER: HeaderName = HeaderName::from_static("x-routewise-cascade-calls");
 
@@ -142,13 +150,57 @@ async fn chat_stages(
     let gw = &*state;
     // 1. parse
     let parsed = tracing::debug_span!("parse").in_scope(|| request::parse(&body, &headers, true));
-    let request = match parsed {
+    let mut request = match parsed {
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
     };
-    // 2. before routing: rules, cache and auth stages go here.
+    // 2. before routing: the rules and the PII guard (a cache and auth go here too).
+    let signals = match rules::run(gw, &mut request, &headers, true) {
+        Ok(s) => s.map(Box::new),
+        Err(e) => return reject(gw, e, &id, &trace),
+    };
+    // 2c. the response cache
+    let mut probe = cache::probe(gw, &request, &headers, signals.as_deref()).map(Box::new);
+    if let Some(p) = probe.as_mut() {
+        // A stored body that cannot be replayed as the stream asked for is a miss.
+        let hit =
+            cache::lookup(gw, p).and_then(|hit| Some((hit.model, cache::replay(&hit, &request)?)));
+        if hit.is_none() {
+            p.status = "miss";
+        }
+        if let Some((model, answer)) = hit {
+            let routed = route::Routed {
+                reason: route::Reason::Cached,
+                policy: request.preference.unwrap_or(gw.config.router.policy),
+                decision: None,
+                candidates: vec![model],
+            };
+            let _in_flight = InFlight::start(gw);
+            let ctx = RequestContext {
+                state: state.clone(),
+                id,
+                started,
+                request,
+                routed,
+                attempts: Vec::new(),
+                trace,
+                rate_limit: Vec::new(),
+                logged: AtomicBool::new(false),
+                cascade: None,
+                signals,
+                cache: probe,
+            };
+            return respond(ctx, model, answer).await;
+        }
+    }
+    // A pool narrowed by the rules is not left by the calls beside the answer.
+    let restricted = signals.as_ref().is_some_and(|s| s.outcome.allow.is_some());
+    if restricted {
+        request.cascade = request::CascadeChoice::Off;
+    }
     // 3. route
-    let routed = tracing::debug_span!("route").in_scope(|| route::route(gw, &request, false));
+    let routed = tracing::debug_span!("route")
+        .in_scope(|| route::route(gw, &request, false, signals.as_deref()));
     let routed = match routed {
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
@@ -171,7 +223,7 @@ async fn chat_stages(
                     .at(d.chosen)
                     .map_or_else(String::new, |u| u.name.clone()),
                 propensity: d.propensity,
-                exec: shadows.executes(&id).then(|| shadow::ExecRequest {
+                exec: (!restricted && shadows.executes(&id)).then(|| shadow::ExecRequest {
                     request: request.non_streaming(),
                     body_bytes: body.len(),
                     runtime: tokio::runtime::Handle::current(),
@@ -191,6 +243,8 @@ async fn chat_stages(
         rate_limit: Vec::new(),
         logged: AtomicBool::new(false),
         cascade: None,
+        signals,
+        cache: probe,
     };
     // 3b. cascade: the tier's agreed answer, or on to the router's choice (reusing a tier
     // answer when the choice is a tier model).
@@ -248,7 +302,7 @@ fn reject(gw: &Gateway, e: ApiError, id: &str, trace: &TraceContext) -> Response
 }
 
 /// Stage 5 for an answer from model `m`; stage 6 for a complete one.
-async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
+async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
     let state = ctx.state.clone();
     let gw = &*state;
     let name = gw.upstreams.get(m).name.as_str();
@@ -259,7 +313,10 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             content_type,
             body,
         } => {
-            let cost = if cascade::answered_by_tier(&ctx, m) {
+            let cached = ctx.routed.reason == Reason::Cached;
+            let cost = if cached {
+                Some(0.0) // no model was called
+            } else if cascade::answered_by_tier(&ctx, m) {
                 None // already counted with the tier calls
             } else if status.is_success() {
                 stream::parse_usage(&body).map(|(p, c)| gw.upstreams.get(m).cost(p, c))
@@ -277,6 +334,24 @@ async fn respond(ctx: RequestContext, m: ModelId, answer: Answer) -> Response {
             if status.is_success() {
                 record::record(&ctx, m, cost, record::When::BeforeAnswering).await;
             }
+            if let (Some(p), false, true) = (ctx.cache.as_mut(), cached, status.is_success()) {
+                cache::store(
+                    gw,
+                    p,
+                    cache::Cached {
+                        model: m,
+                        content_type: content_type.clone(),
+                        body: body.clone(),
+                    },
+                );
+            }
+            let body = match ctx.signals.as_ref().and_then(|s| s.restore.as_ref()) {
+                Some(r) if !r.is_empty() => match std::str::from_utf8(&body) {
+                    Ok(text) => Bytes::from(r.restore(text, true)),
+                    Err(_) => body,
+                },
+                _ => body,
+            };
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -325,6 +400,14 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
         h.insert(DECISION_HEADER, v);
     }
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(ctx.attempts.len()));
+    if let Some(p) = &ctx.cache {
+        h.insert(CACHE_HEADER, HeaderValue::from_static(p.status));
+    }
+    if let Some(names) = ctx.signals.as_ref().and_then(|s| s.route_names(gw)) {
+        if let Ok(v) = HeaderValue::from_str(&names) {
+            h.insert(ROUTE_HEADER, v);
+        }
+    }
     if let Some(t) = &ctx.cascade {
         if let Some(v) = cascade::header_value(gw, t, model) {
             h.insert(CASCADE_HEADER, v);
@@ -346,8 +429,9 @@ pub fn decide_only(
 ) -> Result<serde_json::Value, ApiError> {
     let started = Instant::now();
     let gw = &**state;
-    let req = request::parse(body, headers, false)?;
-    let routed = route::route(gw, &req, true)?;
+    let mut req = request::parse(body, headers, false)?;
+    let signals = rules::run(gw, &mut req, headers, false)?;
+    let routed = route::route(gw, &req, true, signals.as_ref())?;
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     let now = gw.now_ms();
     let chosen = gw.upstreams.get(routed.candidates[0]);
@@ -377,6 +461,12 @@ pub fn decide_only(
         "explored": routed.decision.as_ref().is_some_and(|d| d.explored),
         "fallback_order": routed.candidates.iter().map(|&u| gw.upstreams.get(u).name.as_str()).collect::<Vec<_>>(),
         "models": models,
+        "route": signals.as_ref().map(|s| json!({
+            "matched": s.matched_json(gw),
+            "tags": s.outcome.tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            "pii": s.pii.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "pii_action": s.pii_action.map(|a| a.name()),
+        })),
     }))
 }
 

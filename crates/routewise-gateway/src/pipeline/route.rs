@@ -2,12 +2,20 @@
 //! router) ranks every model for `model: auto`; a configured model name goes straight to
 //! that model. The ranking minus the models whose context window is too small is the
 //! fallback order ([`super::attempts::fallback::eligible`]).
+//!
+//! What stage 2's rules decided ([`super::rules::SignalTrace`]) applies here: a route's
+//! policy replaces the request's and the config's; only the route's pool is ranked (and
+//! fallen back through); a forced model goes first; in `router.mode: rules` a route's pool
+//! is ordered cheapest first ([`routewise_signals::tiers`]). A model named directly that
+//! the pool excludes is refused (403 `blocked_by_route`).
 
 use routewise_router::{Decision, Policy, RouteRequest};
 
+use crate::config::RouterMode;
 use crate::error::ApiError;
 use crate::models::ModelId;
 use crate::pipeline::attempts::fallback;
+use crate::pipeline::rules::SignalTrace;
 use crate::request::ChatRequest;
 use crate::state::Gateway;
 
@@ -18,6 +26,8 @@ pub enum Reason {
     Routed,
     /// The client named the model.
     Direct,
+    /// The response cache answered.
+    Cached,
 }
 
 impl Reason {
@@ -25,6 +35,7 @@ impl Reason {
         match self {
             Reason::Routed => "routed",
             Reason::Direct => "direct",
+            Reason::Cached => "cache",
         }
     }
 }
@@ -42,8 +53,17 @@ pub struct Routed {
 
 /// Routes a parsed request. `decide_direct` also runs the router for a named model
 /// (to report predictions from `/v1/route`).
-pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Routed, ApiError> {
-    let policy = req.preference.unwrap_or(gw.config.router.policy);
+pub fn route(
+    gw: &Gateway,
+    req: &ChatRequest,
+    decide_direct: bool,
+    signals: Option<&SignalTrace>,
+) -> Result<Routed, ApiError> {
+    let rules = signals.map(|s| &s.outcome);
+    let policy = rules
+        .and_then(|o| o.policy)
+        .or(req.preference)
+        .unwrap_or(gw.config.router.policy);
     let needed = req.needed_tokens();
     let direct = if req.is_auto() {
         None
@@ -61,9 +81,36 @@ pub fn route(gw: &Gateway, req: &ChatRequest, decide_direct: bool) -> Result<Rou
             policy,
         })
     });
+    if let (Some(m), Some(o)) = (direct, rules) {
+        if !o.allows(m.index()) {
+            return Err(ApiError::Blocked {
+                code: "blocked_by_route",
+                status: 403,
+                message: format!(
+                    "the model `{}` is outside the models the matched rules allow for this request",
+                    req.model
+                ),
+                route: signals.and_then(|s| s.route_names(gw)),
+            });
+        }
+    }
     let candidates: Vec<usize> = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
-        (None, Some(d)) => fallback::eligible(d.ranking.iter().copied(), &gw.upstreams, needed),
+        (None, Some(d)) => match rules {
+            None => fallback::eligible(d.ranking.iter().copied(), &gw.upstreams, needed),
+            Some(o) => {
+                let mut pool: Vec<usize> =
+                    d.ranking.iter().copied().filter(|&m| o.allows(m)).collect();
+                if o.allow.is_some() && gw.config.router.mode == RouterMode::Rules {
+                    routewise_signals::tiers::cheapest_first(&mut pool, &d.costs);
+                }
+                if let Some(f) = o.force.filter(|&f| o.allows(f)) {
+                    pool.retain(|&m| m != f);
+                    pool.insert(0, f);
+                }
+                fallback::eligible(pool, &gw.upstreams, needed)
+            }
+        },
         (None, None) => Vec::new(),
     };
     if candidates.is_empty() {

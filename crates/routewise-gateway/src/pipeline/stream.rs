@@ -72,7 +72,9 @@ impl StreamState {
             return;
         };
         let gw = &*ctx.state;
-        let cost = if cascade::answered_by_tier(&ctx, self.model) {
+        let cost = if ctx.routed.reason == super::route::Reason::Cached {
+            Some(0.0) // replayed from the response cache: no model was called
+        } else if cascade::answered_by_tier(&ctx, self.model) {
             None // a replayed tier answer: counted with the tier calls
         } else {
             self.usage

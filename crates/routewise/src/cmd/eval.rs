@@ -1,7 +1,8 @@
 //! `routewise eval`: fit routers on the train split, evaluate them on the test split
 //! ([`routewise_eval::evaluate`]), print the table, write the JSON report and the SVG.
 //! `--online` replays the test split through the bandit router instead
-//! ([`routewise_eval::evaluate_online`]).
+//! ([`routewise_eval::evaluate_online`]). `--routes ROUTES.yaml` measures description
+//! routing as a classifier instead ([`routewise_eval::describe`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -68,10 +69,18 @@ pub struct Args {
     /// The router whose predictions feed the cascades' acceptor and escalation.
     #[arg(long, default_value = "knn")]
     pub cascade_router: String,
+    /// Measure description routing instead: a YAML file whose `routes:` are named after the
+    /// data's tasks, each with `when: {description: ...}`; reports zero-shot, ten-shot,
+    /// TF-IDF centroid and supervised kNN accuracy and macro-F1 on the test split.
+    #[arg(long)]
+    pub routes: Option<PathBuf>,
 }
 
 /// Runs `routewise eval`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(routes) = &args.routes {
+        return describe(&args, routes);
+    }
     let kinds = parse_routers(&args.routers)?;
     let ds = load_dataset(&args.data, args.limit)?;
     {
@@ -157,6 +166,61 @@ fn online(
         std::fs::write(path, regret_svg(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval --routes`: description routing as a classifier.
+fn describe(args: &Args, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        routes: Vec<routewise_signals::RawRoute>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: File = serde_yaml::from_str(&text)
+        .with_context(|| format!("{}: not a routes file", path.display()))?;
+    let mut specs = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.into_iter().enumerate() {
+        let description = r.when.and_then(|w| w.description).with_context(|| {
+            format!("{}: routes[{i}].when.description: missing", path.display())
+        })?;
+        specs.push(routewise_eval::describe::RouteSpec {
+            name: r.name,
+            description,
+        });
+    }
+    let ds = &load_dataset(&args.data, args.limit)?;
+    let train: Vec<&str> = ds.train().map(|r| r.prompt.as_str()).collect();
+    let featurizer = args.featurizer.0.fit(&train)?;
+    let embedder = routewise_signals::Embedder::new(std::sync::Arc::new(featurizer));
+    let report = routewise_eval::describe::evaluate_descriptions(ds, &specs, &embedder, args.seed)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "description routing on {} ({} routes, {} train / {} test prompts, {} embeddings)",
+        ds.name,
+        report.routes.len(),
+        report.n_train,
+        report.n_test,
+        args.featurizer.0.name()
+    )?;
+    writeln!(
+        out,
+        "{:<28} {:>9} {:>9}",
+        "classifier", "accuracy", "macro-F1"
+    )?;
+    let supervised = format!("supervised kNN (k={})", report.supervised_k);
+    for (name, s) in [
+        ("zero-shot (description)", report.zero_shot),
+        ("ten-shot (description+10)", report.ten_shot),
+        ("tf-idf centroid (all train)", report.centroid),
+        (supervised.as_str(), report.supervised),
+    ] {
+        writeln!(out, "{name:<28} {:>9.3} {:>9.3}", s.accuracy, s.macro_f1)?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

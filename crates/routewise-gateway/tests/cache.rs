@@ -1,0 +1,206 @@
+//! The response cache over real HTTP (client -> gateway -> testkit mock): exact and
+//! semantic hits, the guards, streams replayed from a stored answer, opting out, scopes,
+//! and redacted requests that never serve another request's personal data.
+#![cfg(test)]
+
+mod common;
+
+use routewise_testkit::MockUpstream;
+use serde_json::{json, Value};
+
+async fn setup(cache: &str) -> (MockUpstream, common::Gateway) {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), cache)).await;
+    (mock, gw)
+}
+
+async fn ask(gw: &common::Gateway, body: &Value) -> (String, String, Value) {
+    let (status, h, v) = common::post(&gw.url("/v1/chat/completions"), body).await;
+    assert_eq!(status, 200, "{v}");
+    (
+        common::header(&h, "x-routewise-cache").to_string(),
+        common::header(&h, "x-routewise-model").to_string(),
+        v,
+    )
+}
+
+fn content(v: &Value) -> &str {
+    v["choices"][0]["message"]["content"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn exact_hits_skip_the_upstream_and_ignore_whitespace() {
+    let (mock, gw) = setup("cache: {exact: true, ttl_s: 60, max_entries: 100}").await;
+    let (c, m, first) = ask(&gw, &common::chat_body("Name three prime numbers.")).await;
+    assert_eq!((c.as_str(), m.as_str()), ("miss", "a"));
+    let (c, m, second) = ask(&gw, &common::chat_body("  Name three   prime numbers. ")).await;
+    assert_eq!((c.as_str(), m.as_str()), ("hit-exact", "a"));
+    assert_eq!(content(&first), content(&second));
+    assert_eq!(mock.total_hits(), 1);
+    // Other parameters are another request.
+    let mut body = common::chat_body("Name three prime numbers.");
+    body["temperature"] = json!(1.5);
+    assert_eq!(ask(&gw, &body).await.0, "miss");
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_cache_lookups_total{result=\"hit-exact\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn semantic_hits_are_vetoed_by_changed_numbers_and_negations() {
+    let (mock, gw) = setup("cache: {semantic: {threshold: 0.9}}").await;
+    ask(
+        &gw,
+        &common::chat_body("What is the capital city of France?"),
+    )
+    .await;
+    let (c, _, _) = ask(
+        &gw,
+        &common::chat_body("what is the capital city of france"),
+    )
+    .await;
+    assert_eq!(c, "hit-semantic");
+    ask(&gw, &common::chat_body("Convert 5 miles to kilometers")).await;
+    assert_eq!(
+        ask(&gw, &common::chat_body("Convert 7 miles to kilometers"))
+            .await
+            .0,
+        "miss"
+    );
+    assert_eq!(
+        ask(
+            &gw,
+            &common::chat_body("What is not the capital city of France?")
+        )
+        .await
+        .0,
+        "miss"
+    );
+    assert_eq!(mock.total_hits(), 4);
+}
+
+#[tokio::test]
+async fn a_stream_is_replayed_from_a_stored_answer() {
+    let (mock, gw) = setup("cache: {}").await;
+    let (_, _, v) = ask(&gw, &common::chat_body("Tell me a fact about owls.")).await;
+    let r = common::post_stream(
+        &gw.url("/v1/chat/completions"),
+        common::chat_body("Tell me a fact about owls."),
+    )
+    .await;
+    assert_eq!(
+        common::header(r.headers(), "x-routewise-cache"),
+        "hit-exact"
+    );
+    let sse = common::read_sse(r).await;
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+    let text: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, content(&v));
+    assert_eq!(mock.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn requests_opt_out_and_scopes_separate_tenants() {
+    let (mock, gw) = setup("cache: {scope_header: x-tenant}").await;
+    let send = |tenant: Option<&'static str>, body: Value| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let mut r = common::client().post(url).json(&body);
+            if let Some(t) = tenant {
+                r = r.header("x-tenant", t);
+            }
+            let r = r.send().await.unwrap();
+            common::header(r.headers(), "x-routewise-cache").to_string()
+        }
+    };
+    let q = || common::chat_body("Summarise the plot of Hamlet.");
+    assert_eq!(send(Some("t1"), q()).await, "miss");
+    assert_eq!(send(Some("t1"), q()).await, "hit-exact");
+    assert_eq!(send(Some("t2"), q()).await, "miss", "another tenant");
+    assert_eq!(send(None, q()).await, "", "no tenant: not cached");
+    let mut off = q();
+    off["routewise"] = json!({"cache": false});
+    assert_eq!(send(Some("t1"), off).await, "");
+    let r = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-tenant", "t1")
+        .header("cache-control", "no-cache")
+        .json(&q())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::header(r.headers(), "x-routewise-cache"), "miss");
+    assert_eq!(mock.total_hits(), 5);
+}
+
+#[tokio::test]
+async fn a_redacted_request_never_gets_another_requests_personal_data() {
+    let (mock, gw) = setup("cache: {}\npii: {action: redact, restore: true}").await;
+    let (c, _, a) = ask(
+        &gw,
+        &common::chat_body("Write a greeting to ann@corp.example"),
+    )
+    .await;
+    assert_eq!(c, "miss");
+    assert!(content(&a).contains("ann@corp.example"));
+    // The same redacted text: a hit, restored with this request's own address.
+    let (c, _, b) = ask(
+        &gw,
+        &common::chat_body("Write a greeting to bob@firm.example"),
+    )
+    .await;
+    assert_eq!(c, "hit-exact");
+    assert!(content(&b).contains("bob@firm.example"), "{b}");
+    assert!(!content(&b).contains("ann@"), "{b}");
+    assert_eq!(mock.total_hits(), 1);
+}
+
+#[test]
+fn bad_cache_settings_are_config_errors() {
+    let e = routewise_gateway::config::parse(
+        &common::abc_yaml(
+            "http://127.0.0.1:9/v1",
+            "cache: {exact: false, semantic: {threshold: 1.5}, ttl_s: 0, max_entries: 0, backend: disk}",
+        ),
+        "gw.yaml",
+        std::path::Path::new("."),
+        std::iter::empty(),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in ["cache.backend", "gw.yaml: cache"] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+    let e = routewise_gateway::config::parse(
+        &common::abc_yaml(
+            "http://127.0.0.1:9/v1",
+            "cache: {exact: false, semantic: {threshold: 1.5}, ttl_s: 0, max_entries: 0}",
+        ),
+        "gw.yaml",
+        std::path::Path::new("."),
+        std::iter::empty(),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "cache.semantic.threshold",
+        "cache.ttl_s",
+        "cache.max_entries",
+    ] {
+        assert!(e.contains(want), "missing `{want}` in:\n{e}");
+    }
+}

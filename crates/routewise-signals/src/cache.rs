@@ -1,0 +1,722 @@
+//! The response cache's index: an exact lookup and a semantic one, with guards against
+//! the semantic cache's known failure (a near-duplicate that asks something different).
+//!
+//! * **Exact**: a 128-bit hash of the normalised request ([`RequestKeys`]: the requested
+//!   model, the scope, every parameter, every message with its whitespace collapsed).
+//! * **Semantic**: entries whose *context* (everything but the last user message: the
+//!   model, scope, parameters, earlier turns) hashes the same, and whose last user
+//!   message's embedding has a cosine at or above the threshold. The candidates come from
+//!   a random-hyperplane LSH index (Charikar, "Similarity estimation techniques from
+//!   rounding algorithms", STOC 2002): [`TABLES`] tables of [`BITS`]-bit signatures, each
+//!   keyed with the context hash, so a lookup computes cosines for a few dozen entries,
+//!   not for every entry. For a pair at cosine 0.92 (23 degrees) one table collides with
+//!   probability (1 - 23/180)^8 ≈ 0.33, and at least one of 12 does with ≈ 0.99.
+//! * **Guards** (GPTCache #694, vLLM Semantic Router #2691 / #3036: negations, changed
+//!   numbers, names, units and options embed close together): a semantic hit is vetoed
+//!   when the two messages' numbers differ (as multisets), their negation words differ,
+//!   their multiple-choice option lines differ, or one's capitalised names or standalone
+//!   option letters are missing from the other ([`Guard`]).
+//! * **Bounds**: a TTL per entry and a size bound with least-recently-used eviction
+//!   (an intrusive list over a slab: O(1) per operation).
+//!
+//! Pure: the caller hashes, embeds, keeps the clock and stores any value type.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+/// LSH tables.
+pub const TABLES: usize = 12;
+/// Signature bits per table.
+pub const BITS: usize = 8;
+/// Most candidates a semantic lookup compares (the most recent of each bucket first):
+/// templated traffic puts thousands of near-duplicates in the same buckets, and a lookup
+/// stays bounded whatever the cache holds.
+pub const MAX_CANDIDATES: usize = 128;
+
+/// Words that flip a question's meaning.
+const NEGATIONS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "none",
+    "nor",
+    "neither",
+    "without",
+    "except",
+    "cannot",
+    "can't",
+    "don't",
+    "doesn't",
+    "didn't",
+    "isn't",
+    "aren't",
+    "wasn't",
+    "weren't",
+    "won't",
+    "wouldn't",
+    "shouldn't",
+    "couldn't",
+    "false",
+    "incorrect",
+    "least",
+];
+
+/// What a semantic hit must agree on exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Guard {
+    /// Numbers in the message, normalised (`1,000` = `1000`), sorted.
+    numbers: Vec<String>,
+    /// Negation words, sorted.
+    negations: Vec<String>,
+    /// Capitalised words after the first of each sentence and standalone option letters
+    /// (`(B)`, `B.`), lowercased, sorted.
+    names: Vec<String>,
+    /// Every word, lowercased, sorted, deduplicated: a name matches the other message's
+    /// word whatever its case (`France` / `france`).
+    words: Vec<String>,
+    /// The multiple-choice option lines (`A. ...`, `(B) ...`, `c) ...`), whitespace
+    /// normalised, in order: the same question with other options is another question.
+    options: Vec<String>,
+}
+
+/// Whether `line` starts like a multiple-choice option: a letter A-J (or a-j), optionally
+/// in brackets, then `.` or `)` and a space.
+fn is_option_line(line: &str) -> bool {
+    let t = line.trim_start().trim_start_matches('(');
+    let b = t.as_bytes();
+    b.len() > 2
+        && matches!(b[0], b'A'..=b'J' | b'a'..=b'j')
+        && matches!(b[1], b'.' | b')')
+        && b[2] == b' '
+}
+
+impl Guard {
+    /// The guard features of a message.
+    pub fn of(text: &str) -> Guard {
+        let mut g = Guard::default();
+        let mut sentence_start = true;
+        for raw in text.split(|c: char| c.is_whitespace()) {
+            if raw.is_empty() {
+                continue;
+            }
+            let word = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+            let ends_sentence = raw.ends_with(['.', '?', '!', ':']);
+            if !word.is_empty() {
+                g.words.push(word.to_lowercase());
+                if word.chars().any(|c| c.is_ascii_digit()) {
+                    let n: String = word.chars().filter(|c| *c != ',').collect();
+                    g.numbers.push(n);
+                } else {
+                    let lower = word.to_lowercase();
+                    if NEGATIONS.contains(&lower.as_str()) || lower.ends_with("n't") {
+                        g.negations.push(lower);
+                    } else if (word.len() == 1 && word.chars().all(|c| c.is_ascii_uppercase()))
+                        || (!sentence_start && word.chars().next().is_some_and(char::is_uppercase))
+                    {
+                        g.names.push(lower);
+                    }
+                }
+            }
+            sentence_start = ends_sentence;
+        }
+        g.numbers.sort_unstable();
+        g.negations.sort_unstable();
+        g.names.sort_unstable();
+        g.words.sort_unstable();
+        g.words.dedup();
+        g.options = text
+            .lines()
+            .filter(|l| is_option_line(l))
+            .map(normalise)
+            .collect();
+        g
+    }
+
+    /// Whether two messages may share an answer: the same numbers and negations, and each
+    /// one's names among the other's words.
+    pub fn agrees(&self, other: &Guard) -> bool {
+        self.numbers == other.numbers
+            && self.negations == other.negations
+            && self.options == other.options
+            && self
+                .names
+                .iter()
+                .all(|n| other.words.binary_search(n).is_ok())
+            && other
+                .names
+                .iter()
+                .all(|n| self.words.binary_search(n).is_ok())
+    }
+}
+
+/// How a request is keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestKeys {
+    /// The hash of the whole normalised request.
+    pub exact: u128,
+    /// The hash of everything but the last user message.
+    pub context: u64,
+}
+
+impl RequestKeys {
+    /// Keys from the request's parts: `scope` (tenant, route, model), the parameters as
+    /// canonical JSON text, the earlier messages (role, text) and the last user message.
+    pub fn new(
+        scope: &str,
+        params: &str,
+        earlier: &[(&str, &str)],
+        last_user: &str,
+    ) -> RequestKeys {
+        let mut h = Sha256::new();
+        let field = |h: &mut Sha256, s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        field(&mut h, scope);
+        field(&mut h, params);
+        for (role, text) in earlier {
+            field(&mut h, role);
+            field(&mut h, &normalise(text));
+        }
+        let context = h.clone().finalize();
+        field(&mut h, &normalise(last_user));
+        let exact = h.finalize();
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&context[..8]);
+        let mut e = [0u8; 16];
+        e.copy_from_slice(&exact[..16]);
+        RequestKeys {
+            exact: u128::from_le_bytes(e),
+            context: u64::from_le_bytes(c),
+        }
+    }
+}
+
+/// The dot product of two equally long vectors (the cosine of unit vectors).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    // Eight independent sums: the compiler vectorises them.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Whitespace runs collapsed to one space, ends trimmed.
+pub fn normalise(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How a lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HitKind {
+    Exact,
+    /// With the cosine of the two messages.
+    Semantic(f32),
+}
+
+/// The semantic part of a lookup or an insertion.
+#[derive(Debug, Clone)]
+pub struct Semantic<'a> {
+    /// The last user message's unit embedding.
+    pub embedding: &'a [f32],
+    pub guard: &'a Guard,
+}
+
+/// Cache settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheSettings {
+    /// Whether the exact key answers lookups.
+    pub exact: bool,
+    /// Cosine at or above which a semantic candidate is a hit (`None`: exact only).
+    pub threshold: Option<f32>,
+    /// Whether the guards veto semantic hits.
+    pub guards: bool,
+    pub ttl_ms: u64,
+    pub max_entries: usize,
+}
+
+const NIL: u32 = u32::MAX;
+
+struct Entry<V> {
+    exact: u128,
+    context: u64,
+    embedding: Box<[f32]>,
+    guard: Guard,
+    signatures: [u8; TABLES],
+    expires_ms: u64,
+    value: V,
+    prev: u32,
+    next: u32,
+}
+
+/// The index: exact map, LSH tables, LRU list.
+pub struct CacheIndex<V> {
+    settings: CacheSettings,
+    dim: usize,
+    /// `TABLES * BITS` hyperplanes of `dim` floats.
+    planes: Vec<f32>,
+    slots: Vec<Option<Entry<V>>>,
+    free: Vec<u32>,
+    exact: HashMap<u128, u32>,
+    tables: Vec<HashMap<(u64, u8), Vec<u32>>>,
+    /// Most recently used first.
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl<V> std::fmt::Debug for CacheIndex<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheIndex")
+            .field("settings", &self.settings)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<V: Clone> CacheIndex<V> {
+    /// An empty index for `dim`-dimensional embeddings; the hyperplanes are drawn from
+    /// `seed` (the same on every instance).
+    pub fn new(settings: CacheSettings, dim: usize, seed: u64) -> CacheIndex<V> {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state = routewise_router::baselines::splitmix64(state);
+            // A standard normal from two uniforms (Box-Muller).
+            let u1 = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            state = routewise_router::baselines::splitmix64(state);
+            let u2 = (state >> 11) as f64 / (1u64 << 53) as f64;
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        };
+        let planes = (0..TABLES * BITS * dim).map(|_| next()).collect();
+        CacheIndex {
+            settings,
+            dim,
+            planes,
+            slots: Vec::new(),
+            free: Vec::new(),
+            exact: HashMap::new(),
+            tables: (0..TABLES).map(|_| HashMap::new()).collect(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn settings(&self) -> CacheSettings {
+        self.settings
+    }
+
+    fn signatures(&self, e: &[f32]) -> [u8; TABLES] {
+        let mut out = [0u8; TABLES];
+        if e.len() != self.dim {
+            return out;
+        }
+        for (t, sig) in out.iter_mut().enumerate() {
+            for b in 0..BITS {
+                let p = &self.planes[(t * BITS + b) * self.dim..(t * BITS + b + 1) * self.dim];
+                if dot(p, e) >= 0.0 {
+                    *sig |= 1 << b;
+                }
+            }
+        }
+        out
+    }
+
+    /// Looks a request up: the exact key first, then (with `semantic`) the closest
+    /// guarded candidate at or above the threshold. A hit becomes the most recently used.
+    pub fn get(
+        &mut self,
+        keys: RequestKeys,
+        semantic: Option<&Semantic<'_>>,
+        now_ms: u64,
+    ) -> Option<(HitKind, V)> {
+        if let Some(&slot) = self.exact.get(&keys.exact) {
+            if !self.live(slot, now_ms) {
+                self.remove(slot);
+            } else if self.settings.exact {
+                self.touch(slot);
+                return self.value(slot).map(|v| (HitKind::Exact, v));
+            }
+        }
+        let (threshold, s) = (self.settings.threshold?, semantic?);
+        let sigs = self.signatures(s.embedding);
+        let mut best: Option<(u32, f32)> = None;
+        let mut expired = Vec::new();
+        let mut seen: Vec<u32> = Vec::with_capacity(MAX_CANDIDATES);
+        // Round-robin over the tables' buckets, newest entries first, so that the
+        // candidate cap takes the most recent entries of every table.
+        let buckets: Vec<&[u32]> = sigs
+            .iter()
+            .enumerate()
+            .filter_map(|(t, sig)| self.tables[t].get(&(keys.context, *sig)).map(Vec::as_slice))
+            .collect();
+        let longest = buckets.iter().map(|b| b.len()).max().unwrap_or(0);
+        let candidates = (0..longest).flat_map(|k| {
+            buckets
+                .iter()
+                .filter_map(move |b| b.len().checked_sub(k + 1).map(|i| b[i]))
+        });
+        for slot in candidates {
+            if seen.len() >= MAX_CANDIDATES {
+                break;
+            }
+            if seen.contains(&slot) {
+                continue;
+            }
+            seen.push(slot);
+            let Some(e) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            if e.expires_ms <= now_ms {
+                expired.push(slot);
+                continue;
+            }
+            let sim = dot(s.embedding, &e.embedding);
+            if sim >= threshold
+                && best.is_none_or(|(_, b)| sim > b)
+                && (!self.settings.guards || e.guard.agrees(s.guard))
+            {
+                best = Some((slot, sim));
+            }
+        }
+        for slot in expired {
+            self.remove(slot);
+        }
+        let (slot, sim) = best?;
+        self.touch(slot);
+        self.value(slot).map(|v| (HitKind::Semantic(sim), v))
+    }
+
+    /// Stores `value` for a request (replacing an entry with the same exact key); evicts
+    /// the least recently used entry beyond `max_entries`.
+    pub fn insert(
+        &mut self,
+        keys: RequestKeys,
+        semantic: Option<&Semantic<'_>>,
+        value: V,
+        now_ms: u64,
+    ) {
+        if self.settings.max_entries == 0 {
+            return;
+        }
+        if let Some(&slot) = self.exact.get(&keys.exact) {
+            self.remove(slot);
+        }
+        while self.len >= self.settings.max_entries && self.tail != NIL {
+            self.remove(self.tail);
+        }
+        let (embedding, guard) = match semantic {
+            Some(s) if s.embedding.len() == self.dim && self.settings.threshold.is_some() => {
+                (s.embedding.to_vec().into_boxed_slice(), s.guard.clone())
+            }
+            _ => (Box::default(), Guard::default()),
+        };
+        let indexed = !embedding.is_empty();
+        let signatures = if indexed {
+            self.signatures(&embedding)
+        } else {
+            [0; TABLES]
+        };
+        let entry = Entry {
+            exact: keys.exact,
+            context: keys.context,
+            embedding,
+            guard,
+            signatures,
+            expires_ms: now_ms.saturating_add(self.settings.ttl_ms),
+            value,
+            prev: NIL,
+            next: NIL,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(entry);
+                s
+            }
+            None => {
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.exact.insert(keys.exact, slot);
+        if indexed {
+            for (t, sig) in signatures.iter().enumerate() {
+                self.tables[t]
+                    .entry((keys.context, *sig))
+                    .or_default()
+                    .push(slot);
+            }
+        }
+        self.push_front(slot);
+        self.len += 1;
+    }
+
+    fn live(&self, slot: u32, now_ms: u64) -> bool {
+        self.slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|e| e.expires_ms > now_ms)
+    }
+
+    fn value(&self, slot: u32) -> Option<V> {
+        self.slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .map(|e| e.value.clone())
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.unlink(slot, e.prev, e.next);
+        if self.exact.get(&e.exact) == Some(&slot) {
+            self.exact.remove(&e.exact);
+        }
+        if !e.embedding.is_empty() {
+            for (t, sig) in e.signatures.iter().enumerate() {
+                let key = (e.context, *sig);
+                if let Some(b) = self.tables[t].get_mut(&key) {
+                    b.retain(|&s| s != slot);
+                    if b.is_empty() {
+                        self.tables[t].remove(&key);
+                    }
+                }
+            }
+        }
+        self.free.push(slot);
+        self.len -= 1;
+    }
+
+    fn links(&mut self, slot: u32) -> Option<&mut Entry<V>> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    fn unlink(&mut self, slot: u32, prev: u32, next: u32) {
+        if let Some(p) = self.links(prev) {
+            p.next = next;
+        } else if self.head == slot {
+            self.head = next;
+        }
+        if let Some(n) = self.links(next) {
+            n.prev = prev;
+        } else if self.tail == slot {
+            self.tail = prev;
+        }
+    }
+
+    fn push_front(&mut self, slot: u32) {
+        let head = self.head;
+        if let Some(e) = self.links(slot) {
+            e.prev = NIL;
+            e.next = head;
+        }
+        if let Some(h) = self.links(head) {
+            h.prev = slot;
+        }
+        self.head = slot;
+        if self.tail == NIL {
+            self.tail = slot;
+        }
+    }
+
+    fn touch(&mut self, slot: u32) {
+        if self.head == slot {
+            return;
+        }
+        let Some((prev, next)) = self.links(slot).map(|e| (e.prev, e.next)) else {
+            return;
+        };
+        self.unlink(slot, prev, next);
+        self.push_front(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Embedder;
+
+    fn settings(max: usize) -> CacheSettings {
+        CacheSettings {
+            exact: true,
+            threshold: Some(0.9),
+            guards: true,
+            ttl_ms: 1000,
+            max_entries: max,
+        }
+    }
+
+    fn keys(text: &str) -> RequestKeys {
+        RequestKeys::new("m", "{}", &[], text)
+    }
+
+    #[test]
+    fn exact_hits_ignore_whitespace_and_expire() {
+        let mut c: CacheIndex<u32> = CacheIndex::new(settings(10), 4, 1);
+        c.insert(keys("hello  world "), None, 7, 0);
+        assert_eq!(
+            c.get(keys("hello world"), None, 10),
+            Some((HitKind::Exact, 7))
+        );
+        assert_eq!(c.get(keys("hello there"), None, 10), None);
+        assert_eq!(c.get(keys("hello world"), None, 1000), None, "expired");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn scope_and_params_separate_entries() {
+        let mut c: CacheIndex<u32> = CacheIndex::new(settings(10), 4, 1);
+        c.insert(RequestKeys::new("tenant-a", "{}", &[], "q"), None, 1, 0);
+        assert_eq!(
+            c.get(RequestKeys::new("tenant-b", "{}", &[], "q"), None, 1),
+            None
+        );
+        assert_eq!(
+            c.get(
+                RequestKeys::new("tenant-a", "{\"temperature\":1}", &[], "q"),
+                None,
+                1
+            ),
+            None
+        );
+        assert_eq!(
+            c.get(
+                RequestKeys::new("tenant-a", "{}", &[("system", "be brief")], "q"),
+                None,
+                1
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let mut c: CacheIndex<u32> = CacheIndex::new(settings(2), 4, 1);
+        c.insert(keys("a"), None, 1, 0);
+        c.insert(keys("b"), None, 2, 0);
+        assert!(c.get(keys("a"), None, 1).is_some()); // a is now the most recent
+        c.insert(keys("c"), None, 3, 0);
+        assert_eq!(c.len(), 2);
+        assert!(
+            c.get(keys("b"), None, 1).is_none(),
+            "b was the least recently used"
+        );
+        assert!(c.get(keys("a"), None, 1).is_some() && c.get(keys("c"), None, 1).is_some());
+    }
+
+    #[test]
+    fn semantic_hits_need_the_threshold_and_the_guards() {
+        let e = Embedder::builtin().unwrap();
+        let mut c: CacheIndex<u32> = CacheIndex::new(settings(100), e.dim(), 7);
+        let put = |c: &mut CacheIndex<u32>, t: &str, v| {
+            let emb = e.embed(t);
+            let g = Guard::of(t);
+            c.insert(
+                keys(t),
+                Some(&Semantic {
+                    embedding: &emb,
+                    guard: &g,
+                }),
+                v,
+                0,
+            );
+        };
+        let get = |c: &mut CacheIndex<u32>, t: &str| {
+            let emb = e.embed(t);
+            let g = Guard::of(t);
+            c.get(
+                keys(t),
+                Some(&Semantic {
+                    embedding: &emb,
+                    guard: &g,
+                }),
+                1,
+            )
+        };
+        put(&mut c, "What is the capital city of France?", 1);
+        assert!(matches!(
+            get(&mut c, "what is the capital city of france"),
+            Some((HitKind::Semantic(_), 1))
+        ));
+        put(&mut c, "Convert 5 miles to kilometers", 2);
+        assert_eq!(
+            get(&mut c, "Convert 7 miles to kilometers"),
+            None,
+            "a number changed"
+        );
+        put(&mut c, "Which of these is a mammal?", 3);
+        assert_eq!(
+            get(&mut c, "Which of these is not a mammal?"),
+            None,
+            "a negation"
+        );
+    }
+
+    #[test]
+    fn guards_read_numbers_negations_and_names() {
+        assert!(Guard::of("Add 1,000 and 2").agrees(&Guard::of("add 2 and 1000")));
+        assert!(!Guard::of("Is it true?").agrees(&Guard::of("Isn't it true?")));
+        assert!(!Guard::of("Tell me about Paris and me")
+            .agrees(&Guard::of("Tell me about Rome and me")));
+        assert!(!Guard::of("Is the answer (B)?").agrees(&Guard::of("Is the answer (C)?")));
+        let q = |opt: &str| {
+            Guard::of(&format!(
+                "Which organelle makes ATP?\nA. the nucleus\nB. {opt}"
+            ))
+        };
+        assert!(q("the  mitochondrion").agrees(&q("the mitochondrion")));
+        assert!(!q("the mitochondrion").agrees(&q("the ribosome")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_index_stays_consistent_under_any_operations(ops in proptest::collection::vec((0u8..3, 0u8..12, 0u64..50), 1..200)) {
+            let mut c: CacheIndex<u8> = CacheIndex::new(settings(5), 4, 3);
+            let mut now = 0;
+            for (op, key, dt) in ops {
+                now += dt;
+                let k = keys(&key.to_string());
+                let emb = [f32::from(key), 1.0, 0.5, -1.0];
+                let norm = emb.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let emb: Vec<f32> = emb.iter().map(|x| x / norm).collect();
+                let g = Guard::default();
+                let s = Semantic { embedding: &emb, guard: &g };
+                match op {
+                    0 => c.insert(k, Some(&s), key, now),
+                    1 => { if let Some((_, v)) = c.get(k, Some(&s), now) { proptest::prop_assert!(v <= 11); } }
+                    _ => { if let Some((HitKind::Exact, v)) = c.get(k, None, now) { proptest::prop_assert_eq!(v, key); } }
+                }
+                proptest::prop_assert!(c.len() <= 5);
+                proptest::prop_assert_eq!(c.len(), c.exact.len());
+                // The LRU list holds exactly the live entries.
+                let mut n = 0;
+                let mut at = c.head;
+                while at != NIL { n += 1; at = c.slots[at as usize].as_ref().unwrap().next; proptest::prop_assert!(n <= 5); }
+                proptest::prop_assert_eq!(n, c.len());
+            }
+        }
+    }
+}
