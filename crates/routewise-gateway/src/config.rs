@@ -23,6 +23,8 @@
 //!     context_window: 128000
 //!     max_tokens: 4096           # anthropic: the output cap sent when a request gives none
 //!     anthropic_version: 2023-06-01  # anthropic: the API version header
+//!     quality_tier: 3            # optional: routes' `min_tier`, and `router.mode: rules`
+//!     private: false             # optional: may receive personal data (`pii: {action: restrict}`)
 //! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000,
 //!          header_timeout_ms: 10000, body_timeout_ms: 30000, idle_timeout_ms: 60000,
 //!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
@@ -33,7 +35,19 @@
 //! state: {path: routewise-state.redb} # optional; or {redis_url: redis://127.0.0.1:6379}
 //! shadow: [{name: next, artifact: candidate.rw, policy: {lambda: 5}, sample: 1.0,   # optional (see below)
 //!           execute: {sample: 0.01, max_usd_per_day: 5}}]           # optional
+//! routes: [{name: code, when: {keywords: [python]}, then: {models: [a, b]}}]   # optional (see below)
+//! pii: {detect: [email, card, iban, phone, ssn, ip, secret], action: redact, restore: true}  # optional
+//! cache: {exact: true, semantic: {threshold: 0.92, guards: true}, ttl_s: 3600,               # optional
+//!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //! ```
+//!
+//! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
+//! the configured models (a bad regex, an unknown model, a route that leaves no model, an
+//! action beside `block` are errors at their path, e.g. `routes[1].then.models[0]`); `pii`
+//! sets the detectors and the default action (`block | redact | restrict | tag`; `restrict`
+//! needs a model with `private: true`); `cache` the response cache
+//! ([`crate::pipeline::cache`]). `router.mode: rules` routes without an artifact: every
+//! model needs a `price`, and `quality_tier` orders unmatched requests.
 //!
 //! `shadow` lists shadow routers: artifacts (relative to this file) that decide every
 //! routed request beside the live router, off the request path; their choices are logged

@@ -49,6 +49,9 @@ pub struct Gateway {
     pub shadows: OnceLock<Shadows>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
     pub in_flight: Arc<Counter>,
+    /// Each configured model's catalog index (`config.models` order -> [`ModelId`] index):
+    /// the rules are compiled in config order, candidates are in catalog order.
+    pub catalog_of_config: Vec<Option<usize>>,
     /// The response cache (`cache:` in the config).
     pub cache: Option<crate::pipeline::cache::ResponseCache>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
@@ -154,6 +157,11 @@ impl AppState {
             ),
             None => None,
         };
+        let catalog_of_config = config
+            .models
+            .iter()
+            .map(|m| upstreams.by_name(&m.name).map(ModelId::index))
+            .collect();
         let metrics = Metrics::new(&upstreams.names());
         let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;
         Ok(AppState(Arc::new(Gateway {
@@ -166,6 +174,7 @@ impl AppState {
             online_router,
             online: OnceLock::new(),
             shadows: OnceLock::new(),
+            catalog_of_config,
             cache,
             in_flight: Arc::new(Counter::default()),
             shutdown: watch::channel(ShutdownPhase::Running).0,

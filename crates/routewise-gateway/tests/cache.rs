@@ -204,3 +204,38 @@ fn bad_cache_settings_are_config_errors() {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
 }
+
+#[tokio::test]
+async fn regression_images_and_personal_data_in_the_clear_get_exact_hits_only() {
+    let (mock, gw) = setup("cache: {semantic: {threshold: 0.5}}\npii: {action: tag}").await;
+    let image = |url: &str| {
+        json!({"model": "auto", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this image?"},
+            {"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    assert_eq!(ask(&gw, &image("https://x.example/1.png")).await.0, "miss");
+    assert_eq!(
+        ask(&gw, &image("https://x.example/2.png")).await.0,
+        "miss",
+        "another image"
+    );
+    assert_eq!(
+        ask(&gw, &image("https://x.example/1.png")).await.0,
+        "hit-exact"
+    );
+    ask(
+        &gw,
+        &common::chat_body("Draft a polite reply to john@corp.example declining"),
+    )
+    .await;
+    let (c, _, _) = ask(
+        &gw,
+        &common::chat_body("Draft a polite reply to mary@corp.example declining"),
+    )
+    .await;
+    assert_eq!(
+        c, "miss",
+        "an address in the clear is not matched semantically"
+    );
+    assert_eq!(mock.total_hits(), 4);
+}

@@ -289,3 +289,56 @@ pii: {detect: [email, passport], action: block}
     .to_string();
     assert!(e.contains("gw.yaml: pii.action: `restrict`"), "{e}");
 }
+
+#[tokio::test]
+async fn regression_rules_follow_the_catalog_order_not_the_config_order() {
+    // The router's catalog lists c, a, b; the config a, b, c (c private).
+    let mock = MockUpstream::start().await.unwrap();
+    let text = yaml(
+        &mock.base_url(),
+        "routes:\n  - {name: only-b, when: {keywords: [beta]}, then: {models: [b]}}\npii: {action: restrict}",
+    );
+    let engine = common::engine(&[("c", 0.7, 0.3), ("a", 0.9, 30.0), ("b", 0.8, 3.0)]);
+    let state = routewise_gateway::AppState::new(common::config(&text), engine, None).unwrap();
+    let gw = common::Gateway::start(state).await;
+    let (_, h, _) = common::post(
+        &gw.url("/v1/chat/completions"),
+        &common::chat_body("beta test"),
+    )
+    .await;
+    assert_eq!(common::header(&h, "x-routewise-model"), "b");
+    let (_, h, _) = common::post(
+        &gw.url("/v1/chat/completions"),
+        &common::chat_body("my SSN is 123-45-6789"),
+    )
+    .await;
+    assert_eq!(common::header(&h, "x-routewise-model"), "c");
+    assert_eq!(mock.hits("up-a"), 0);
+}
+
+#[tokio::test]
+async fn regression_bare_string_parts_are_redacted_too() {
+    let (mock, gw) = setup("pii: {action: redact}").await;
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": ["my SSN is 123-45-6789"]}]});
+    let (status, _, v) = common::post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200, "{v}");
+    let sent = serde_json::to_string(&mock.requests().last().unwrap().body).unwrap();
+    assert!(
+        !sent.contains("123-45-6789") && sent.contains("[SSN_1]"),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn regression_routes_whose_pools_do_not_meet_refuse_the_request() {
+    let (mock, gw) = setup(
+        "routes:\n  - {name: x, when: {keywords: [alpha]}, then: {models: [a]}, continue: true}\n  - {name: y, when: {keywords: [alpha]}, then: {models: [b]}}",
+    )
+    .await;
+    let (status, h, v) =
+        common::post(&gw.url("/v1/chat/completions"), &common::chat_body("alpha")).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "blocked_by_route");
+    assert_eq!(common::header(&h, "x-routewise-route"), "x,y");
+    assert_eq!(mock.total_hits(), 0);
+}

@@ -174,7 +174,9 @@ pub struct Detector {
     secret: Regex,
 }
 
-/// A pattern compiled once; the patterns are constants, tested below.
+/// A pattern compiled once; the patterns are constants, tested below. Digits are written
+/// `[0-9]`: the `regex` crate's `\d` is any Unicode digit, which the checks (Luhn, SSN
+/// ranges) do not read.
 fn re(pattern: &str) -> Regex {
     match Regex::new(pattern) {
         Ok(r) => r,
@@ -191,15 +193,17 @@ impl Detector {
             email: re(
                 r"(?i)\b[a-z0-9][a-z0-9._%+\-]{0,63}@[a-z0-9](?:[a-z0-9\-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,62}[a-z0-9])?)*\.[a-z]{2,24}\b",
             ),
-            card: re(r"\b\d(?:[ \-]?\d){11,18}\b"),
-            iban: re(r"(?i)\b[a-z]{2}\d{2}(?:[ \-]?[a-z0-9]){11,30}\b"),
-            phone: re(r"(?:\+|\b00|\(|\b)\d[\d \-.()/]{5,22}\d(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b"),
-            ssn: re(r"\b\d{3}([\- ])\d{2}([\- ])\d{4}\b"),
-            ipv4: re(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),
+            card: re(r"\b[0-9](?:[ \-]?[0-9]){11,18}\b"),
+            iban: re(r"(?i)\b[a-z]{2}[0-9]{2}(?:[ \-]?[a-z0-9]){11,30}\b"),
+            phone: re(
+                r"(?:\+|\b00|\(|\b)[0-9][[0-9] \-.()/]{5,22}[0-9](?:\s?(?:x|ext\.?)\s?[0-9]{1,5})?\b",
+            ),
+            ssn: re(r"\b[0-9]{3}([\- ])[0-9]{2}([\- ])[0-9]{4}\b"),
+            ipv4: re(r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b"),
             ipv6: re(r"(?i)(?:\b[0-9a-f]{1,4}|:)(?::[0-9a-f]{0,4}){2,7}(?:%[0-9a-z]+)?"),
             secret: re(concat!(
                 r"\bAKIA[0-9A-Z]{16}\b",
-                r"|\bsk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_\-]{20,}",
+                r"|\bsk-(?:proj-|ant-(?:api[0-9][0-9]-)?)?[A-Za-z0-9_\-]{20,}",
                 r"|\bgh[pousr]_[A-Za-z0-9]{30,}",
                 r"|\bgithub_pat_[A-Za-z0-9_]{22,}",
                 r"|\bxox[abposr]-[A-Za-z0-9\-]{10,}",
@@ -222,13 +226,21 @@ impl Detector {
         if text.is_empty() || self.kinds.is_empty() {
             return out;
         }
+        // Accepted spans by start (disjoint): the one starting last before a candidate's
+        // end is the only one that can overlap it, so each check is a range query.
+        let mut claimed: std::collections::BTreeMap<usize, usize> = Default::default();
         let has_digit = text.bytes().any(|b| b.is_ascii_digit());
         for kind in PiiKind::PRIORITY {
             if !self.kinds.contains(kind) {
                 continue;
             }
             let mut add = |start: usize, end: usize| {
-                if !out.iter().any(|f| f.start < end && start < f.end) {
+                let overlaps = claimed
+                    .range(..end)
+                    .next_back()
+                    .is_some_and(|(_, &e)| e > start);
+                if !overlaps {
+                    claimed.insert(start, end);
                     out.push(Finding { kind, start, end });
                 }
             };
@@ -343,7 +355,10 @@ fn is_card(s: &str) -> bool {
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
     // Issuer ranges: 2-6 (Mastercard 2-series, Amex, JCB, Diners, Visa, Mastercard,
     // Maestro, Discover, UnionPay), and JCB's older 1800 / 2131 15-digit ranges.
-    let issuer = (b'2'..=b'6').contains(&digits[0]) || digits.starts_with(b"1800");
+    let Some(first) = digits.first() else {
+        return false;
+    };
+    let issuer = (b'2'..=b'6').contains(first) || digits.starts_with(b"1800");
     if !(12..=19).contains(&digits.len()) || !issuer {
         return false;
     }
@@ -509,13 +524,24 @@ fn is_high_entropy(s: &str) -> bool {
     h > 4.2
 }
 
-/// Placeholders put in place of findings, to restore them in an answer.
-#[derive(Debug, Clone, Default)]
+/// Placeholders put in place of findings, to restore them in an answer. Its `Debug`
+/// shows the placeholders only, never the originals.
+#[derive(Clone, Default)]
 pub struct Redactions {
     /// (placeholder, original), in order of appearance; the same value gets the same
     /// placeholder.
     pub entries: Vec<(String, String)>,
+    /// Original -> its index in `entries`.
+    index: std::collections::HashMap<String, usize>,
     counts: [u32; 7],
+}
+
+impl fmt::Debug for Redactions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(p, _)| p))
+            .finish()
+    }
 }
 
 impl Redactions {
@@ -533,17 +559,17 @@ impl Redactions {
             }
             out.push_str(&text[at..f.start]);
             let original = &text[f.start..f.end];
-            let placeholder = match self.entries.iter().find(|(_, o)| o == original) {
-                Some((p, _)) => p.clone(),
+            match self.index.get(original) {
+                Some(&i) => out.push_str(&self.entries[i].0),
                 None => {
                     let n = &mut self.counts[f.kind as usize];
                     *n += 1;
                     let p = format!("[{}_{}]", f.kind.name().to_ascii_uppercase(), n);
-                    self.entries.push((p.clone(), original.to_string()));
-                    p
+                    out.push_str(&p);
+                    self.index.insert(original.to_string(), self.entries.len());
+                    self.entries.push((p, original.to_string()));
                 }
-            };
-            out.push_str(&placeholder);
+            }
             at = f.end;
         }
         out.push_str(&text[at..]);
@@ -677,6 +703,22 @@ mod tests {
         assert!(!red.contains("ann@"));
         assert_eq!(r.restore(&red, false), text);
         assert_eq!(r.restore("Dear [EMAIL_1]", true), "Dear ann@x.org");
+    }
+
+    #[test]
+    fn regression_non_ascii_digits_neither_panic_nor_match() {
+        // Arabic-Indic digits: `\d` would have matched them and the card check indexed an
+        // empty digit list.
+        assert!(found("order 1: \u{661}\u{662}\u{663}\u{664}\u{665}\u{666}\u{667}\u{668}\u{669}\u{660}\u{661}\u{662}\u{663}").is_empty());
+    }
+
+    #[test]
+    fn many_findings_scan_in_linear_time() {
+        let text = "1.1.1.1 ".repeat(50_000);
+        let f = Detector::new(PiiKind::ALL).scan(&text);
+        assert_eq!(f.len(), 50_000);
+        let mut r = Redactions::default();
+        assert_eq!(r.redact(&text, &f).matches("[IP_1]").count(), 50_000);
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //! * `tokens: {min, max}` — the estimated prompt tokens, bounds inclusive.
 //! * `tools: true`, `images: true`, `json: true` — the request has tools (or functions),
 //!   an image part, or asks for JSON / structured output.
-//! * `user: [..]`, `team: [..]`, `tag: "key=value"` (or `"key"`), `header: {name, equals |
-//!   regex}` — request metadata: the `user` field, the API key's team, the
-//!   `x-routewise-tags` header (`team=search,env=prod`), any header.
+//! * `user: [..]`, `tag: "key=value"` (or `"key"`), `header: {name, equals | regex}` —
+//!   request metadata: the `user` field, the `x-routewise-tags` header
+//!   (`team=search,env=prod`), any header. (An API key's team needs virtual keys, which
+//!   the gateway does not have yet.)
 //! * `language: [eng, deu, ..]` — the language of the last user message detected by
 //!   `whatlang` (ISO 639-3 codes or English names).
 //! * `description: ".."`, with `threshold` (default [`DEFAULT_THRESHOLD`]) and optional
@@ -100,8 +101,6 @@ pub struct RawCondition {
     pub json: Option<bool>,
     #[serde(default)]
     pub user: Option<OneOrMany>,
-    #[serde(default)]
-    pub team: Option<OneOrMany>,
     #[serde(default)]
     pub tag: Option<String>,
     #[serde(default)]
@@ -230,7 +229,6 @@ enum Cond {
     Images(bool),
     Json(bool),
     User(Vec<String>),
-    Team(Vec<String>),
     Tag {
         key: String,
         value: Option<String>,
@@ -311,7 +309,6 @@ pub struct Signals<'a> {
     pub images: bool,
     pub json: bool,
     pub user: Option<&'a str>,
-    pub team: Option<&'a str>,
     /// `x-routewise-tags` entries (`key`, `value`; value empty for a bare key).
     pub tags: &'a [(&'a str, &'a str)],
     /// The headers named in `header:` conditions ([`RuleSet::header_names`]), name
@@ -590,10 +587,6 @@ impl RuleSet {
                 .user
                 .filter(|u| users.iter().any(|x| x == u))
                 .map(|u| format!("user {u}")),
-            Cond::Team(teams) => s
-                .team
-                .filter(|t| teams.iter().any(|x| x == t))
-                .map(|t| format!("team {t}")),
             Cond::Tag { key, value } => s
                 .tags
                 .iter()
@@ -680,7 +673,6 @@ impl Cond {
             Cond::Images(_) => "images",
             Cond::Json(_) => "json",
             Cond::User(_) => "user",
-            Cond::Team(_) => "team",
             Cond::Tag { .. } => "tag",
             Cond::Header { .. } => "header",
             Cond::Language(_) => "language",
@@ -828,7 +820,6 @@ impl Compiler<'_> {
             images,
             json,
             user,
-            team,
             tag,
             header,
             language,
@@ -836,7 +827,7 @@ impl Compiler<'_> {
         );
         if kinds.len() != 1 {
             let msg = if kinds.is_empty() {
-                "a condition needs one of all, any, not, keywords, regex, tokens, tools, images, json, user, team, tag, header, language, description".to_string()
+                "a condition needs one of all, any, not, keywords, regex, tokens, tools, images, json, user, tag, header, language, description".to_string()
             } else {
                 format!(
                     "a condition has exactly one kind; found {} (combine them with `all` or `any`)",
@@ -943,11 +934,6 @@ impl Compiler<'_> {
             return self
                 .non_empty(u.clone().into_vec(), &format!("{path}.user"))
                 .map(Cond::User);
-        }
-        if let Some(t) = &raw.team {
-            return self
-                .non_empty(t.clone().into_vec(), &format!("{path}.team"))
-                .map(Cond::Team);
         }
         if let Some(tag) = &raw.tag {
             let (key, value) = match tag.split_once('=') {

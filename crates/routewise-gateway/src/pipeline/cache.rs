@@ -13,8 +13,12 @@
 //!   chunk sequence when the client asked for one), with `x-routewise-cache: hit-exact` or
 //!   `hit-semantic`, the model that made the answer in `x-routewise-model`, and a decision
 //!   log line with reason `cache` and cost 0.
-//! * A miss goes on; a successful non-streamed answer is stored (after redaction, before
-//!   restoring: a stored answer never holds another request's personal data).
+//! * A miss goes on; a successful non-streamed answer is stored, keyed by the request as
+//!   redacted and before restoring, so that with `pii: {action: redact}` a stored answer
+//!   holds placeholders, not another request's personal data. A request whose personal data
+//!   stays in the clear (`tag`, `restrict`) or whose last message has non-text parts
+//!   (images) is looked up by its exact key only: the semantic guards do not see a changed
+//!   address or image.
 //!   Streamed answers are not stored.
 //! * `"routewise": {"cache": false}` skips the cache both ways; `cache-control: no-cache`
 //!   skips the lookup, `no-store` the storing. Without the configured `scope_header`, a
@@ -193,8 +197,22 @@ pub fn probe(
         &last_text,
     );
     // The embedding and the guards read the message's text (the rules' embedding of it
-    // when they made one); both are computed only when the exact key misses.
-    let text = (cache.embedder.is_some() && last.is_some())
+    // when they made one); both are computed only when the exact key misses. No semantic
+    // lookup for a message with parts that are not text (an image: the same words about
+    // another image are another question), nor for personal data left in the clear (the
+    // guards do not see a changed address).
+    let non_text = last
+        .and_then(|i| messages[i].get("content"))
+        .and_then(Value::as_array)
+        .is_some_and(|parts| {
+            parts
+                .iter()
+                .any(|p| !p.is_string() && p.get("type").and_then(Value::as_str) != Some("text"))
+        });
+    let pii_in_clear = signals.is_some_and(|s| {
+        !s.pii.is_empty() && s.pii_action != Some(routewise_signals::PiiAction::Redact)
+    });
+    let text = (cache.embedder.is_some() && last.is_some() && !non_text && !pii_in_clear)
         .then(|| super::rules::last_user_text(rest.get("messages")).into_owned());
     Some(Probe {
         keys,

@@ -94,6 +94,16 @@ pub fn route(
             });
         }
     }
+    if let Some(o) = rules {
+        if o.allow.as_ref().is_some_and(|a| !a.iter().any(|&x| x)) {
+            return Err(ApiError::Blocked {
+                code: "blocked_by_route",
+                status: 403,
+                message: "the routes that matched this request leave no model to try".into(),
+                route: signals.and_then(|s| s.route_names(gw)),
+            });
+        }
+    }
     let candidates: Vec<usize> = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
         (None, Some(d)) => match rules {

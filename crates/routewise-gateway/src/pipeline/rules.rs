@@ -118,12 +118,19 @@ pub fn run(
             images: has_images(rest.get("messages")),
             json: wants_json(rest.get("response_format")),
             user: rest.get("user").and_then(Value::as_str),
-            team: None,
             tags: &tags,
             headers: &read,
             last_user_embedding: trace.last_user_embedding.as_deref(),
         };
         trace.outcome = rules.evaluate(&signals);
+        // The rules index models in config order; the route stage in catalog order.
+        if let Some(allow) = trace.outcome.allow.take() {
+            trace.outcome.allow = Some(to_catalog(gw, |i| allow.get(i).copied().unwrap_or(false)));
+        }
+        trace.outcome.force = trace
+            .outcome
+            .force
+            .and_then(|f| gw.catalog_of_config.get(f).copied().flatten());
         for m in &trace.outcome.matched {
             gw.metrics.route_matched(&rules.routes()[m.route].name);
         }
@@ -171,13 +178,15 @@ pub fn run(
                 PiiAction::Redact if redact => {
                     let mut r = Redactions::default();
                     redact_request(req, &pii.detector, &mut r);
+                    // It was the embedding of the text before redaction.
+                    trace.last_user_embedding = None;
                     if pii.restore {
                         trace.restore = Some(r);
                     }
                 }
                 PiiAction::Redact | PiiAction::Tag => {}
                 PiiAction::Restrict => {
-                    let private: Vec<bool> = gw.config.models.iter().map(|m| m.private).collect();
+                    let private = to_catalog(gw, |i| gw.config.models[i].private);
                     let allow = trace.outcome.allow.get_or_insert_with(|| vec![true; private.len()]);
                     for (a, p) in allow.iter_mut().zip(&private) {
                         *a &= *p;
@@ -200,6 +209,17 @@ pub fn run(
     Ok(Some(trace))
 }
 
+/// A per-model flag given in config order (`flag(config index)`), in catalog order.
+fn to_catalog(gw: &Gateway, flag: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut out = vec![false; gw.upstreams.len()];
+    for (i, c) in gw.catalog_of_config.iter().enumerate() {
+        if let Some(slot) = c.and_then(|c| out.get_mut(c)) {
+            *slot = flag(i);
+        }
+    }
+    out
+}
+
 /// Replaces every finding in the messages' text (forwarded) and in the router's text.
 fn redact_request(
     req: &mut ChatRequest,
@@ -218,8 +238,14 @@ fn redact_request(
                 Some(Value::String(s)) => redact_str(s),
                 Some(Value::Array(parts)) => {
                     for p in parts.iter_mut() {
-                        if let Some(Value::String(s)) = p.get_mut("text") {
-                            redact_str(s);
+                        match p {
+                            // A bare string part (the router reads it as text too).
+                            Value::String(s) => redact_str(s),
+                            _ => {
+                                if let Some(Value::String(s)) = p.get_mut("text") {
+                                    redact_str(s);
+                                }
+                            }
                         }
                     }
                 }
@@ -232,7 +258,8 @@ fn redact_request(
     req.prompt = prompt;
 }
 
-/// The text of the last `user` message (its string content, or its text parts joined).
+/// The text of the last `user` message (its string content, or its text parts and bare
+/// string parts joined).
 pub fn last_user_text(messages: Option<&Value>) -> Cow<'_, str> {
     let Some(Value::Array(msgs)) = messages else {
         return Cow::Borrowed("");
@@ -249,7 +276,10 @@ pub fn last_user_text(messages: Option<&Value>) -> Cow<'_, str> {
         Some(Value::Array(parts)) => Cow::Owned(
             parts
                 .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .filter_map(|p| match p {
+                    Value::String(s) => Some(s.as_str()),
+                    _ => p.get("text").and_then(Value::as_str),
+                })
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
