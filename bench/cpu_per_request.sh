@@ -10,6 +10,10 @@
 #   EPSILON=0.02 LOG_PROMPT=1 SHADOW=1 bash bench/cpu_per_request.sh BIN   # issue 17's logging:
 #       exploration, prompts in the decision log, one shadow router (the same kNN, lambda 5;
 #       SHADOW_SAMPLE=0.25: it decides a quarter of the requests)
+#   SIGNALS=1 bash bench/cpu_per_request.sh BIN   # issue 15: 20 routes (bench/signals-routes.yaml,
+#       none matching the request) and the PII guard (every detector, action tag)
+#   CACHE=1 bash bench/cpu_per_request.sh BIN     # the response cache (the one request body:
+#       every request after the first is an exact hit)
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
@@ -27,6 +31,8 @@ explore=""; [ -z "${EPSILON:-}" ] || explore=", exploration: {epsilon: $EPSILON}
   echo "router: {artifact: $work/knn.rw, policy: {lambda: 0.5}$explore}"
   if [ "${LOG_PROMPT:-0}" = 1 ]; then echo "log: {decisions: {prompt: true}}"; fi
   if [ "${SHADOW:-0}" = 1 ]; then echo "shadow: [{name: shadow, artifact: $work/knn.rw, policy: {lambda: 5}, sample: ${SHADOW_SAMPLE:-1}}]"; fi
+  if [ "${SIGNALS:-0}" = 1 ]; then cat bench/signals-routes.yaml; echo "pii: {action: tag}"; fi
+  if [ "${CACHE:-0}" = 1 ]; then echo "cache: {exact: true, semantic: {threshold: 0.92}}"; fi
   echo "models:"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"
