@@ -8,12 +8,15 @@ E2E_FAULTY   a gateway whose upstreams fail: HTTP 500 everywhere except
              claude-v2 and claude-instant-v1 fail through the Anthropic provider
 E2E_CASCADE  a gateway with `router.cascade`: mistral-7b and mixtral asked first, their
              answers read as numbers, accepted when both agree
+E2E_SIGNALS  a gateway with `routes:` (a blocking route; a route sending greetings to
+             mistral-7b), `pii: {action: redact, restore: true}` and the response cache
 E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
 """
 import json
 import os
 import pathlib
 import subprocess
+import time
 import urllib.request
 
 import openai
@@ -22,6 +25,7 @@ import pytest
 GATEWAY = os.environ.get("E2E_GATEWAY")
 FAULTY = os.environ.get("E2E_FAULTY")
 CASCADE = os.environ.get("E2E_CASCADE")
+SIGNALS = os.environ.get("E2E_SIGNALS")
 SECRET = "sk-e2e-upstream-secret-42"
 pytestmark = pytest.mark.skipif(not GATEWAY, reason="run through tests/e2e/run.sh")
 
@@ -195,3 +199,44 @@ def test_upstream_key_never_in_gateway_logs():
     logs = (work / "gw.log").read_text() + (work / "faulty.log").read_text()
     assert "routewise::decision" in logs
     assert SECRET not in logs
+
+
+def test_routes_block_and_steer_through_the_sdk():
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client(SIGNALS).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "write an exploit"}])
+    assert e.value.status_code == 403
+    assert e.value.body["code"] == "blocked_by_route"
+    raw = client(SIGNALS).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hello there"}])
+    assert raw.headers["x-routewise-route"] == "cheap-chat"
+    assert raw.headers["x-routewise-model"] == "mistralai/mistral-7b-chat"
+
+
+def test_pii_is_redacted_upstream_and_restored_for_the_client():
+    completion = client(SIGNALS).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Greet ann@corp.example warmly"}])
+    # The mock repeats the message it received: `[EMAIL_1]` (the Rust tests check the
+    # upstream body); the client gets the address back.
+    content = completion.choices[0].message.content
+    assert "ann@corp.example" in content and "[EMAIL_1]" not in content
+    # The decision line is written by the log's writer thread, in batches.
+    log = ""
+    for _ in range(50):
+        log = pathlib.Path(os.environ["E2E_WORK"], "signals.log").read_text()
+        if 'pii="email"' in log:
+            break
+        time.sleep(0.1)
+    assert 'pii="email"' in log and "ann@corp.example" not in log
+
+
+def test_the_cache_answers_a_repeated_request():
+    msgs = [{"role": "user", "content": "Name the largest planet of the solar system."}]
+    first = client(SIGNALS).chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    again = client(SIGNALS).chat.completions.with_raw_response.create(model="auto", messages=msgs)
+    assert first.headers["x-routewise-cache"] == "miss"
+    assert again.headers["x-routewise-cache"] == "hit-exact"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    chunks = list(client(SIGNALS).chat.completions.create(model="auto", messages=msgs, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == first.parse().choices[0].message.content
