@@ -30,7 +30,7 @@
 use std::sync::Mutex;
 
 use axum::http::header::CACHE_CONTROL;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use routewise_signals::cache::{CacheIndex, CacheSettings, Guard, HitKind, RequestKeys, Semantic};
 use routewise_signals::Embedder;
@@ -287,20 +287,7 @@ pub fn lookup(gw: &Gateway, probe: &mut Probe) -> Option<Cached> {
 /// The stored answer in the shape the request asks for: the body, or a stream replayed
 /// from it (`None` when the body cannot be replayed as one).
 pub fn replay(hit: &Cached, req: &ChatRequest) -> Option<Answer> {
-    if req.stream {
-        let sse = super::cascade::replay_as_stream(&hit.body, req.include_usage)?;
-        return Some(Answer::Stream {
-            status: StatusCode::OK,
-            content_type: Some(HeaderValue::from_static("text/event-stream")),
-            first: sse,
-            rest: Box::pin(futures_util::stream::empty()),
-        });
-    }
-    Some(Answer::Full {
-        status: StatusCode::OK,
-        content_type: hit.content_type.clone(),
-        body: hit.body.clone(),
-    })
+    super::cascade::buffered_answer(hit.body.clone(), hit.content_type.clone(), req)
 }
 
 /// Stores a successful answer for the probe's request.

@@ -376,8 +376,19 @@ pub fn replay_as_stream(body: &[u8], include_usage: bool) -> Option<Bytes> {
 /// The answer for an accepted (or reused) tier response, in the shape the client asked
 /// for; `None` when a stream was asked for and the response cannot be replayed as one.
 pub fn answer_of(a: TierAnswer, request: &ChatRequest) -> Option<Answer> {
+    buffered_answer(a.body, a.content_type, request)
+}
+
+/// A complete chat completion body (a tier's, a cached one) as the answer the request asks
+/// for: the body, or a stream replayed from it; `None` when a stream was asked for and the
+/// body cannot be replayed as one.
+pub fn buffered_answer(
+    body: Bytes,
+    content_type: Option<HeaderValue>,
+    request: &ChatRequest,
+) -> Option<Answer> {
     if request.stream {
-        let sse = replay_as_stream(&a.body, request.include_usage)?;
+        let sse = replay_as_stream(&body, request.include_usage)?;
         return Some(Answer::Stream {
             status: StatusCode::OK,
             content_type: Some(HeaderValue::from_static("text/event-stream")),
@@ -387,8 +398,8 @@ pub fn answer_of(a: TierAnswer, request: &ChatRequest) -> Option<Answer> {
     }
     Some(Answer::Full {
         status: StatusCode::OK,
-        content_type: a.content_type,
-        body: a.body,
+        content_type,
+        body,
     })
 }
 

@@ -50,6 +50,34 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// A context for a request that stage 1-3 (or the cache) settled, before any attempt.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: AppState,
+        id: String,
+        started: Instant,
+        request: ChatRequest,
+        routed: Routed,
+        trace: TraceContext,
+        signals: Option<Box<crate::pipeline::rules::SignalTrace>>,
+        cache: Option<Box<crate::pipeline::cache::Probe>>,
+    ) -> RequestContext {
+        RequestContext {
+            state,
+            id,
+            started,
+            request,
+            routed,
+            attempts: Vec::new(),
+            trace,
+            rate_limit: Vec::new(),
+            logged: AtomicBool::new(false),
+            cascade: None,
+            signals,
+            cache,
+        }
+    }
+
     /// Marks the decision as logged; false if it already was.
     pub fn mark_logged(&self) -> bool {
         !self.logged.swap(true, Ordering::AcqRel)

@@ -40,7 +40,6 @@ pub mod stream;
 
 pub use context::RequestContext;
 
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use axum::http::header::CONTENT_TYPE;
@@ -176,20 +175,16 @@ async fn chat_stages(
                 candidates: vec![model],
             };
             let _in_flight = InFlight::start(gw);
-            let ctx = RequestContext {
-                state: state.clone(),
+            let ctx = RequestContext::new(
+                state.clone(),
                 id,
                 started,
                 request,
                 routed,
-                attempts: Vec::new(),
                 trace,
-                rate_limit: Vec::new(),
-                logged: AtomicBool::new(false),
-                cascade: None,
                 signals,
-                cache: probe,
-            };
+                probe,
+            );
             return respond(ctx, model, answer).await;
         }
     }
@@ -232,20 +227,16 @@ async fn chat_stages(
         }
     }
     let _in_flight = InFlight::start(gw);
-    let mut ctx = RequestContext {
-        state: state.clone(),
+    let mut ctx = RequestContext::new(
+        state.clone(),
         id,
         started,
         request,
         routed,
-        attempts: Vec::new(),
         trace,
-        rate_limit: Vec::new(),
-        logged: AtomicBool::new(false),
-        cascade: None,
         signals,
-        cache: probe,
-    };
+        probe,
+    );
     // 3b. cascade: the tier's agreed answer, or on to the router's choice (reusing a tier
     // answer when the choice is a tier model).
     if let Some(plan) = cascade_plan {
