@@ -119,6 +119,10 @@ fn body_with(i: usize, extra: &str) -> bytes::Bytes {
 fn bench(c: &mut Criterion) {
     let st = state();
     let gw = &*st;
+    // The memory backend's lookup is async only in name: it never yields.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert("x-routewise-tags", HeaderValue::from_static("team=ads"));
     // 10,000 cached answers.
@@ -127,7 +131,7 @@ fn bench(c: &mut Criterion) {
         let sig = rules::run(gw, &mut req, &headers, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
         cache::store(
-            gw,
+            &st,
             &mut probe,
             cache::Cached {
                 model: gw.upstreams.by_name("c").unwrap(),
@@ -136,7 +140,7 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
-    assert_eq!(gw.cache.as_ref().unwrap().len(), 10_000);
+    assert_eq!(gw.cache.as_ref().unwrap().memory_entries(), Some(10_000));
     // A near-duplicate of a cached question that the guards veto (a number was added):
     // the lookup finds candidates, computes their cosines and refuses them.
     let miss = body_with(17, " Use 2 examples.");
@@ -148,7 +152,7 @@ fn bench(c: &mut Criterion) {
         let mut req = request::parse(body, &headers, true).unwrap();
         let sig = rules::run(gw, &mut req, &headers, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
-        cache::lookup(gw, &mut probe).is_some()
+        rt.block_on(cache::lookup(gw, &mut probe)).is_some()
     };
     assert!(!stage2(&miss) && stage2(&hit));
     c.bench_function(
@@ -168,7 +172,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache probe + lookup only (miss)", |b| {
         b.iter(|| {
             let mut probe = cache::probe(gw, &parsed, &headers, None).unwrap();
-            cache::lookup(gw, &mut probe).is_some()
+            rt.block_on(cache::lookup(gw, &mut probe)).is_some()
         })
     });
 }

@@ -39,6 +39,7 @@
 //! pii: {detect: [email, card, iban, phone, ssn, ip, secret], action: redact, restore: true}  # optional
 //! cache: {exact: true, semantic: {threshold: 0.92, guards: true}, ttl_s: 3600,               # optional
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
+//!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
 //! ```
 //!
 //! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
@@ -171,6 +172,17 @@ pub struct CacheConfig {
     /// A header whose value scopes the cache (a tenant or key id); requests without it are
     /// not cached.
     pub scope_header: Option<HeaderName>,
+    pub backend: CacheBackend,
+}
+
+/// Where the response cache keeps its entries (`cache.backend`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheBackend {
+    /// This instance's memory (`max_entries`, LRU).
+    Memory,
+    /// Redis, shared by every instance (`redis_url`; entries under `prefix`; the size bound
+    /// is Redis's `maxmemory` with an LRU policy).
+    Redis { url: String, prefix: String },
 }
 
 /// How `model: auto` requests are ranked (`router.mode`).
@@ -479,6 +491,10 @@ struct RawCache {
     #[serde(default)]
     backend: Option<RawCacheBackend>,
     #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
     scope_header: Option<String>,
 }
 
@@ -490,10 +506,11 @@ struct RawSemantic {
     guards: Option<bool>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum RawCacheBackend {
     Memory,
+    Redis,
 }
 
 #[derive(Deserialize)]
@@ -962,8 +979,38 @@ impl Validator<'_> {
                 }
             }
         });
-        // The one backend so far: this instance's memory.
-        let (None | Some(RawCacheBackend::Memory)) = raw.backend;
+        let backend = match (raw.backend, raw.redis_url) {
+            (None | Some(RawCacheBackend::Memory), None) => CacheBackend::Memory,
+            (None | Some(RawCacheBackend::Memory), Some(_)) => {
+                self.issue("cache.redis_url", "belongs to `backend: redis`");
+                CacheBackend::Memory
+            }
+            (Some(RawCacheBackend::Redis), None) => {
+                self.issue("cache.redis_url", "the redis backend needs a redis_url");
+                CacheBackend::Memory
+            }
+            (Some(RawCacheBackend::Redis), Some(url)) => {
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    self.issue("cache.redis_url", format!("not a Redis URL: {e}"));
+                }
+                CacheBackend::Redis {
+                    url,
+                    prefix: raw
+                        .prefix
+                        .clone()
+                        .unwrap_or_else(|| "routewise:cache".into()),
+                }
+            }
+        };
+        if raw.prefix.is_some() && backend == CacheBackend::Memory {
+            self.issue("cache.prefix", "belongs to `backend: redis`");
+        }
+        if raw.max_entries.is_some() && backend != CacheBackend::Memory {
+            self.issue(
+                "cache.max_entries",
+                "bounds the memory backend; bound Redis with its maxmemory and an LRU policy",
+            );
+        }
         Some(CacheConfig {
             exact,
             threshold,
@@ -971,6 +1018,7 @@ impl Validator<'_> {
             ttl_ms: (ttl_s * 1000.0) as u64,
             max_entries,
             scope_header,
+            backend,
         })
     }
 

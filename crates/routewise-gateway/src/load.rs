@@ -75,6 +75,29 @@ fn zero_data_engine(config: &Config) -> Engine {
     Engine::constant(catalog, routewise_signals::tiers::tier_scores(&tiers))
 }
 
+/// What the config points at but a start does not require, checked once (blocking): the
+/// response cache's Redis (`cache.redis_url`, PING within 2 s). `check-config` reports these
+/// as errors; `serve` starts anyway and logs them (the cache misses until Redis answers).
+pub fn reachability(config: &Config) -> Vec<config::Issue> {
+    let mut issues = Vec::new();
+    if let Some(config::CacheConfig {
+        backend: config::CacheBackend::Redis { url, .. },
+        ..
+    }) = &config.cache
+    {
+        if let Err(e) = crate::pipeline::cache::redis::RedisCache::ping_blocking(
+            url,
+            std::time::Duration::from_secs(2),
+        ) {
+            issues.push(config::Issue {
+                path: "cache.redis_url".into(),
+                message: format!("cannot reach Redis: {e}"),
+            });
+        }
+    }
+    issues
+}
+
 pub fn build(config: Config) -> Result<AppState, LoadError> {
     let needs_replay = config.models.iter().any(|m| m.provider == Provider::Replay);
     let rules_mode = config.router.mode == RouterMode::Rules;

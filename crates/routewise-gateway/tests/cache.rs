@@ -181,7 +181,7 @@ fn bad_cache_settings_are_config_errors() {
     )
     .unwrap_err()
     .to_string();
-    for want in ["cache.backend", "gw.yaml: cache"] {
+    for want in ["cache.backend: unknown variant `disk`", "gw.yaml: cache"] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
     let e = routewise_gateway::config::parse(
@@ -238,4 +238,123 @@ async fn regression_images_and_personal_data_in_the_clear_get_exact_hits_only() 
         "an address in the clear is not matched semantically"
     );
     assert_eq!(mock.total_hits(), 4);
+}
+
+/// Waits (at most 2 s) until Redis holds `n` cache entries under `prefix` (an instance
+/// stores in the background).
+async fn wait_for_entries(port: u16, prefix: &str, n: usize) {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..40 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:e:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if keys.len() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("redis never held {n} entries");
+}
+
+#[tokio::test]
+async fn two_instances_share_the_cache_through_redis_and_survive_its_outage() {
+    let Some(mut redis) = routewise_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let yaml = common::abc_yaml(
+        &mock.base_url(),
+        &format!(
+            "cache: {{backend: redis, redis_url: \"redis://127.0.0.1:{}\", prefix: t1, semantic: {{threshold: 0.9}}}}",
+            redis.port
+        ),
+    );
+    let gw1 = common::start(&yaml).await;
+    let gw2 = common::start(&yaml).await;
+    let q = common::chat_body("What is the capital city of France?");
+    assert_eq!(ask(&gw1, &q).await.0, "miss");
+    wait_for_entries(redis.port, "t1", 1).await;
+    // Stored by gw1, found by gw2: exactly, then semantically.
+    assert_eq!(ask(&gw2, &q).await.0, "hit-exact");
+    let near = common::chat_body("what is the capital city of france");
+    assert_eq!(ask(&gw2, &near).await.0, "hit-semantic");
+    // The guards hold across instances too.
+    let changed = common::chat_body("What is not the capital city of France?");
+    assert_eq!(ask(&gw2, &changed).await.0, "miss");
+    assert_eq!(mock.total_hits(), 2);
+    wait_for_entries(redis.port, "t1", 2).await;
+    // Redis goes away: requests are answered by the models, as misses.
+    redis.kill().unwrap();
+    let (c, m, _) = ask(&gw1, &common::chat_body("Name a prime number above 100.")).await;
+    assert_eq!((c.as_str(), m.as_str()), ("miss", "a"));
+    let (c, _, _) = ask(&gw1, &q).await;
+    assert_eq!(c, "miss");
+    let (_, metrics) = common::get(&gw1.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_cache_lookups_total{result=\"error\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_unreachable_cache_redis_is_reported_at_its_field() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = common::config(&common::abc_yaml(
+        "http://127.0.0.1:9/v1",
+        &format!("cache: {{backend: redis, redis_url: \"redis://127.0.0.1:{port}\"}}"),
+    ));
+    let issues = routewise_gateway::load::reachability(&cfg);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "cache.redis_url");
+    assert!(
+        issues[0].message.contains("cannot reach Redis"),
+        "{issues:?}"
+    );
+    let e = routewise_gateway::config::parse(
+        &common::abc_yaml("http://127.0.0.1:9/v1", "cache: {backend: redis}"),
+        "gw.yaml",
+        std::path::Path::new("."),
+        std::iter::empty(),
+        |_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("gw.yaml: cache.redis_url: the redis backend needs a redis_url"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_stored_once_complete() {
+    let (mock, gw) = setup("cache: {}").await;
+    let q = common::chat_body("Tell me a fact about otters.");
+    let r = common::post_stream(&gw.url("/v1/chat/completions"), q.clone()).await;
+    assert_eq!(common::header(r.headers(), "x-routewise-cache"), "miss");
+    let sse = common::read_sse(r).await;
+    let streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(!streamed.is_empty(), "{sse}");
+    // Stored as the stream ended (before its last bytes reached the client): the same
+    // request, not streamed, is a hit with the same text.
+    let (c, _, v) = ask(&gw, &q).await;
+    assert_eq!(c, "hit-exact");
+    assert_eq!(content(&v), streamed);
+    assert_eq!(mock.total_hits(), 1);
 }

@@ -63,7 +63,7 @@ const NEGATIONS: &[&str] = &[
 ];
 
 /// What a semantic hit must agree on exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Guard {
     /// Numbers in the message, normalised (`1,000` = `1000`), sorted.
     numbers: Vec<String>,
@@ -263,12 +263,91 @@ struct Entry<V> {
     next: u32,
 }
 
-/// The index: exact map, LSH tables, LRU list.
-pub struct CacheIndex<V> {
-    settings: CacheSettings,
+/// The random hyperplanes of the LSH tables (the same on every instance for one seed, so
+/// that instances sharing a store compute the same buckets).
+#[derive(Debug, Clone)]
+pub struct Lsh {
     dim: usize,
     /// `TABLES * BITS` hyperplanes of `dim` floats.
     planes: Vec<f32>,
+}
+
+impl Lsh {
+    /// Hyperplanes for `dim`-dimensional vectors, drawn (standard normal) from `seed`.
+    pub fn new(dim: usize, seed: u64) -> Lsh {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state = routewise_router::baselines::splitmix64(state);
+            // A standard normal from two uniforms (Box-Muller).
+            let u1 = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            state = routewise_router::baselines::splitmix64(state);
+            let u2 = (state >> 11) as f64 / (1u64 << 53) as f64;
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        };
+        let planes = (0..TABLES * BITS * dim).map(|_| next()).collect();
+        Lsh { dim, planes }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// One `BITS`-bit signature per table (all zero for a vector of another dimension).
+    pub fn signatures(&self, e: &[f32]) -> [u8; TABLES] {
+        let mut out = [0u8; TABLES];
+        if e.len() != self.dim {
+            return out;
+        }
+        for (t, sig) in out.iter_mut().enumerate() {
+            for b in 0..BITS {
+                let p = &self.planes[(t * BITS + b) * self.dim..(t * BITS + b + 1) * self.dim];
+                if dot(p, e) >= 0.0 {
+                    *sig |= 1 << b;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Candidates from the buckets of a lookup (each newest first), round-robin across the
+/// buckets, without repeats, at most [`MAX_CANDIDATES`]: the cap takes the most recent
+/// entries of every table.
+pub fn round_robin<T: Copy + PartialEq>(buckets: &[&[T]]) -> Vec<T> {
+    let longest = buckets.iter().map(|b| b.len()).max().unwrap_or(0);
+    let mut out: Vec<T> = Vec::with_capacity(MAX_CANDIDATES);
+    'outer: for k in 0..longest {
+        for b in buckets {
+            if let Some(&x) = b.get(k) {
+                if out.len() >= MAX_CANDIDATES {
+                    break 'outer;
+                }
+                if !out.contains(&x) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a candidate (its embedding and guards) answers a semantic lookup, and with what
+/// cosine: at or above `threshold`, and agreeing on the guards when they are on.
+pub fn judge(
+    query: &Semantic<'_>,
+    embedding: &[f32],
+    guard: &Guard,
+    settings: &CacheSettings,
+) -> Option<f32> {
+    let threshold = settings.threshold?;
+    let sim = dot(query.embedding, embedding);
+    (sim >= threshold && (!settings.guards || guard.agrees(query.guard))).then_some(sim)
+}
+
+/// The index: exact map, LSH tables, LRU list.
+pub struct CacheIndex<V> {
+    settings: CacheSettings,
+    lsh: Lsh,
     slots: Vec<Option<Entry<V>>>,
     free: Vec<u32>,
     exact: HashMap<u128, u32>,
@@ -292,20 +371,9 @@ impl<V: Clone> CacheIndex<V> {
     /// An empty index for `dim`-dimensional embeddings; the hyperplanes are drawn from
     /// `seed` (the same on every instance).
     pub fn new(settings: CacheSettings, dim: usize, seed: u64) -> CacheIndex<V> {
-        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            state = routewise_router::baselines::splitmix64(state);
-            // A standard normal from two uniforms (Box-Muller).
-            let u1 = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            state = routewise_router::baselines::splitmix64(state);
-            let u2 = (state >> 11) as f64 / (1u64 << 53) as f64;
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        };
-        let planes = (0..TABLES * BITS * dim).map(|_| next()).collect();
         CacheIndex {
             settings,
-            dim,
-            planes,
+            lsh: Lsh::new(dim, seed),
             slots: Vec::new(),
             free: Vec::new(),
             exact: HashMap::new(),
@@ -328,22 +396,6 @@ impl<V: Clone> CacheIndex<V> {
         self.settings
     }
 
-    fn signatures(&self, e: &[f32]) -> [u8; TABLES] {
-        let mut out = [0u8; TABLES];
-        if e.len() != self.dim {
-            return out;
-        }
-        for (t, sig) in out.iter_mut().enumerate() {
-            for b in 0..BITS {
-                let p = &self.planes[(t * BITS + b) * self.dim..(t * BITS + b + 1) * self.dim];
-                if dot(p, e) >= 0.0 {
-                    *sig |= 1 << b;
-                }
-            }
-        }
-        out
-    }
-
     /// Looks a request up: the exact key first, then (with `semantic`) the closest
     /// guarded candidate at or above the threshold. A hit becomes the most recently used.
     pub fn get(
@@ -360,32 +412,20 @@ impl<V: Clone> CacheIndex<V> {
                 return self.value(slot).map(|v| (HitKind::Exact, v));
             }
         }
-        let (threshold, s) = (self.settings.threshold?, semantic?);
-        let sigs = self.signatures(s.embedding);
+        let s = semantic?;
+        self.settings.threshold?;
+        let sigs = self.lsh.signatures(s.embedding);
         let mut best: Option<(u32, f32)> = None;
         let mut expired = Vec::new();
-        let mut seen: Vec<u32> = Vec::with_capacity(MAX_CANDIDATES);
-        // Round-robin over the tables' buckets, newest entries first, so that the
-        // candidate cap takes the most recent entries of every table.
-        let buckets: Vec<&[u32]> = sigs
+        // Buckets are kept oldest first: reversed, newest first.
+        let buckets: Vec<Vec<u32>> = sigs
             .iter()
             .enumerate()
-            .filter_map(|(t, sig)| self.tables[t].get(&(keys.context, *sig)).map(Vec::as_slice))
+            .filter_map(|(t, sig)| self.tables[t].get(&(keys.context, *sig)))
+            .map(|b| b.iter().rev().take(MAX_CANDIDATES).copied().collect())
             .collect();
-        let longest = buckets.iter().map(|b| b.len()).max().unwrap_or(0);
-        let candidates = (0..longest).flat_map(|k| {
-            buckets
-                .iter()
-                .filter_map(move |b| b.len().checked_sub(k + 1).map(|i| b[i]))
-        });
-        for slot in candidates {
-            if seen.len() >= MAX_CANDIDATES {
-                break;
-            }
-            if seen.contains(&slot) {
-                continue;
-            }
-            seen.push(slot);
+        let views: Vec<&[u32]> = buckets.iter().map(Vec::as_slice).collect();
+        for slot in round_robin(&views) {
             let Some(e) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
                 continue;
             };
@@ -393,12 +433,10 @@ impl<V: Clone> CacheIndex<V> {
                 expired.push(slot);
                 continue;
             }
-            let sim = dot(s.embedding, &e.embedding);
-            if sim >= threshold
-                && best.is_none_or(|(_, b)| sim > b)
-                && (!self.settings.guards || e.guard.agrees(s.guard))
-            {
-                best = Some((slot, sim));
+            if let Some(sim) = judge(s, &e.embedding, &e.guard, &self.settings) {
+                if best.is_none_or(|(_, b)| sim > b) {
+                    best = Some((slot, sim));
+                }
             }
         }
         for slot in expired {
@@ -428,14 +466,14 @@ impl<V: Clone> CacheIndex<V> {
             self.remove(self.tail);
         }
         let (embedding, guard) = match semantic {
-            Some(s) if s.embedding.len() == self.dim && self.settings.threshold.is_some() => {
+            Some(s) if s.embedding.len() == self.lsh.dim() && self.settings.threshold.is_some() => {
                 (s.embedding.to_vec().into_boxed_slice(), s.guard.clone())
             }
             _ => (Box::default(), Guard::default()),
         };
         let indexed = !embedding.is_empty();
         let signatures = if indexed {
-            self.signatures(&embedding)
+            self.lsh.signatures(&embedding)
         } else {
             [0; TABLES]
         };

@@ -162,8 +162,9 @@ async fn chat_stages(
     let mut probe = cache::probe(gw, &request, &headers, signals.as_deref()).map(Box::new);
     if let Some(p) = probe.as_mut() {
         // A stored body that cannot be replayed as the stream asked for is a miss.
-        let hit =
-            cache::lookup(gw, p).and_then(|hit| Some((hit.model, cache::replay(&hit, &request)?)));
+        let hit = cache::lookup(gw, p)
+            .await
+            .and_then(|hit| Some((hit.model, cache::replay(&hit, &request)?)));
         if hit.is_none() {
             p.status = "miss";
         }
@@ -327,7 +328,7 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             }
             if let (Some(p), false, true) = (ctx.cache.as_mut(), cached, status.is_success()) {
                 cache::store(
-                    gw,
+                    &state,
                     p,
                     cache::Cached {
                         model: m,

@@ -36,6 +36,12 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
         idle: Duration::from_millis(gw.config.limits.request_timeout_ms),
         scan_usage: ctx.request.include_usage,
         usage: None,
+        // A streamed answer the response cache will store: its bytes, bounded.
+        capture: ctx
+            .cache
+            .as_ref()
+            .filter(|p| p.stores() && ctx.routed.reason != super::route::Reason::Cached)
+            .map(|_| Vec::new()),
         model: m,
         ctx: Some(ctx),
         done: false,
@@ -53,6 +59,9 @@ struct StreamState {
     idle: Duration,
     scan_usage: bool,
     usage: Option<(u64, u64)>,
+    /// The stream's bytes so far, while the response cache may store them (dropped past
+    /// [`super::cache::MAX_STORED_BYTES`]).
+    capture: Option<Vec<u8>>,
     model: ModelId,
     ctx: Option<RequestContext>,
     done: bool,
@@ -60,6 +69,13 @@ struct StreamState {
 
 impl StreamState {
     fn seen(&mut self, b: &Bytes) {
+        if let Some(c) = &mut self.capture {
+            if c.len() + b.len() > super::cache::MAX_STORED_BYTES {
+                self.capture = None;
+            } else {
+                c.extend_from_slice(b);
+            }
+        }
         if self.scan_usage {
             if let Some(u) = scan_stream_usage(b) {
                 self.usage = Some(u);
@@ -90,6 +106,21 @@ impl StreamState {
         decision_log::emit(&ctx, Some(self.model), 200, cost, end);
         if end == End::Complete {
             record::record_in_background(&ctx, self.model, cost);
+            if let (Some(sse), Some(mut probe)) = (self.capture.take(), ctx.cache.clone()) {
+                if let Some(body) = super::cache::assemble_stream(&sse) {
+                    super::cache::store(
+                        &ctx.state,
+                        &mut probe,
+                        super::cache::Cached {
+                            model: self.model,
+                            content_type: Some(axum::http::HeaderValue::from_static(
+                                "application/json",
+                            )),
+                            body: Bytes::from(body),
+                        },
+                    );
+                }
+            }
         }
     }
 }

@@ -17,6 +17,15 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match load::from_file(&args.file) {
         Ok(state) => {
+            let unreachable = load::reachability(&state.config);
+            if !unreachable.is_empty() {
+                return Ok(super::serve::config_errors(
+                    &routewise_gateway::ConfigError {
+                        file: state.config.source.clone(),
+                        issues: unreachable,
+                    },
+                ));
+            }
             let _ = writeln!(
                 std::io::stdout(),
                 "ok ({} models, router {})",

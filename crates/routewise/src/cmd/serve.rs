@@ -180,6 +180,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for w in &state.config.warnings {
             tracing::warn!(config = %state.config.source, field = %w.path, "{}", w.message);
         }
+        for w in load::reachability(&state.config) {
+            tracing::warn!(config = %state.config.source, field = %w.path, "{} (serving anyway; the cache misses until it answers)", w.message);
+        }
         tracing::info!(
             listen = %local,
             config = %state.config.source,
