@@ -14,6 +14,7 @@
 #       none matching the request) and the PII guard (every detector, action tag)
 #   CACHE=1 bash bench/cpu_per_request.sh BIN     # the response cache (the one request body:
 #       every request after the first is an exact hit)
+#   CACHE_REDIS=redis://127.0.0.1:6399 bash bench/cpu_per_request.sh BIN   # the same in Redis
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
@@ -33,6 +34,7 @@ explore=""; [ -z "${EPSILON:-}" ] || explore=", exploration: {epsilon: $EPSILON}
   if [ "${SHADOW:-0}" = 1 ]; then echo "shadow: [{name: shadow, artifact: $work/knn.rw, policy: {lambda: 5}, sample: ${SHADOW_SAMPLE:-1}}]"; fi
   if [ "${SIGNALS:-0}" = 1 ]; then cat bench/signals-routes.yaml; echo "pii: {action: tag}"; fi
   if [ "${CACHE:-0}" = 1 ]; then echo "cache: {exact: true, semantic: {threshold: 0.92}}"; fi
+  if [ -n "${CACHE_REDIS:-}" ]; then echo "cache: {exact: true, semantic: {threshold: 0.92}, backend: redis, redis_url: \"$CACHE_REDIS\"}"; fi
   echo "models:"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"

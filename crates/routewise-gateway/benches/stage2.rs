@@ -152,7 +152,7 @@ fn bench(c: &mut Criterion) {
         let mut req = request::parse(body, &headers, true).unwrap();
         let sig = rules::run(gw, &mut req, &headers, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
-        rt.block_on(cache::lookup(gw, &mut probe)).is_some()
+        rt.block_on(cache::answer(gw, &mut probe, &req)).is_some()
     };
     assert!(!stage2(&miss) && stage2(&hit));
     c.bench_function(
@@ -172,7 +172,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache probe + lookup only (miss)", |b| {
         b.iter(|| {
             let mut probe = cache::probe(gw, &parsed, &headers, None).unwrap();
-            rt.block_on(cache::lookup(gw, &mut probe)).is_some()
+            rt.block_on(cache::answer(gw, &mut probe, &parsed))
+                .is_some()
         })
     });
 }

@@ -954,10 +954,10 @@ impl Validator<'_> {
             );
         }
         let ttl_s = raw.ttl_s.unwrap_or(3600.0);
-        if !(ttl_s.is_finite() && ttl_s > 0.0 && ttl_s <= 365.0 * 86_400.0) {
+        if !(0.001..=365.0 * 86_400.0).contains(&ttl_s) {
             self.issue(
                 "cache.ttl_s",
-                format!("must be in (0, 31536000] seconds, found {ttl_s}"),
+                format!("must be in [0.001, 31536000] seconds, found {ttl_s}"),
             );
         }
         let max_entries = raw.max_entries.unwrap_or(10_000);

@@ -337,7 +337,14 @@ fn an_unreachable_cache_redis_is_reported_at_its_field() {
 async fn a_streamed_answer_is_stored_once_complete() {
     let (mock, gw) = setup("cache: {}").await;
     let q = common::chat_body("Tell me a fact about otters.");
+    // Without the usage chunk, a stream is not stored (its body would lack usage).
     let r = common::post_stream(&gw.url("/v1/chat/completions"), q.clone()).await;
+    common::read_sse(r).await;
+    assert_eq!(ask(&gw, &q).await.0, "miss");
+    let q = common::chat_body("Tell me a fact about beavers.");
+    let mut with_usage = q.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let r = common::post_stream(&gw.url("/v1/chat/completions"), with_usage).await;
     assert_eq!(common::header(r.headers(), "x-routewise-cache"), "miss");
     let sse = common::read_sse(r).await;
     let streamed: String = sse
@@ -356,5 +363,47 @@ async fn a_streamed_answer_is_stored_once_complete() {
     let (c, _, v) = ask(&gw, &q).await;
     assert_eq!(c, "hit-exact");
     assert_eq!(content(&v), streamed);
-    assert_eq!(mock.total_hits(), 1);
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(mock.total_hits(), 3);
+}
+
+#[tokio::test]
+async fn regression_a_redis_that_never_answers_does_not_queue_requests() {
+    // A "Redis" that accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(
+        &mock.base_url(),
+        &format!("cache: {{backend: redis, redis_url: \"redis://127.0.0.1:{port}\"}}"),
+    ))
+    .await;
+    // 50 requests at once: one waits for the connection (at most 100 ms), the others miss
+    // at once. Queued behind one another they took 100 ms each (5 s in all).
+    let started = std::time::Instant::now();
+    let all = (0..50).map(|i| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let (s, _, _) = common::post(&url, &common::chat_body(&format!("question {i}"))).await;
+            s
+        }
+    });
+    let statuses = futures_util::future::join_all(all).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "took {took:?}"
+    );
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_cache_lookups_total{result=\"error\"} 50"),
+        "{metrics}"
+    );
 }

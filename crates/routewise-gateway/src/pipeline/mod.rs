@@ -161,13 +161,7 @@ async fn chat_stages(
     // 2c. the response cache
     let mut probe = cache::probe(gw, &request, &headers, signals.as_deref()).map(Box::new);
     if let Some(p) = probe.as_mut() {
-        // A stored body that cannot be replayed as the stream asked for is a miss.
-        let hit = cache::lookup(gw, p)
-            .await
-            .and_then(|hit| Some((hit.model, cache::replay(&hit, &request)?)));
-        if hit.is_none() {
-            p.status = "miss";
-        }
+        let hit = cache::answer(gw, p, &request).await;
         if let Some((model, answer)) = hit {
             let routed = route::Routed {
                 reason: route::Reason::Cached,

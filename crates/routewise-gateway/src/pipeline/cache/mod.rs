@@ -268,13 +268,40 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-/// Looks the probe up; counts the result.
-pub async fn lookup(gw: &Gateway, probe: &mut Probe) -> Option<Cached> {
-    let cache = gw.cache.as_ref()?;
+/// Looks the probe up and, when a hit can be answered in the shape the request asks for,
+/// returns it; counts the result once (`hit-exact`, `hit-semantic`, `miss`, `error`,
+/// `bypass`).
+pub async fn answer(
+    gw: &Gateway,
+    probe: &mut Probe,
+    req: &ChatRequest,
+) -> Option<(ModelId, Answer)> {
     if !probe.lookup {
         gw.metrics.cache_lookup("bypass");
         return None;
     }
+    let (result, hit) = match lookup(gw, probe).await {
+        Ok(Some((kind, c))) => match replay(&c, req) {
+            Some(a) => (kind, Some((c.model, a))),
+            // A stored body that cannot be replayed as the stream asked for is a miss.
+            None => ("miss", None),
+        },
+        Ok(None) => ("miss", None),
+        Err(()) => ("error", None),
+    };
+    if hit.is_some() {
+        probe.status = result;
+    }
+    gw.metrics.cache_lookup(result);
+    hit
+}
+
+/// Looks the probe up: the kind of hit and the stored answer, `Ok(None)` for a miss,
+/// `Err` when the backend did not answer.
+async fn lookup(gw: &Gateway, probe: &mut Probe) -> Result<Option<(&'static str, Cached)>, ()> {
+    let Some(cache) = gw.cache.as_ref() else {
+        return Ok(None);
+    };
     let hit = match &cache.backend {
         Backend::Memory(index) => {
             let now = gw.now_ms();
@@ -304,26 +331,18 @@ pub async fn lookup(gw: &Gateway, probe: &mut Probe) -> Option<Cached> {
                 Ok(None) => None,
                 Err(e) => {
                     tracing::debug!(error = %e, "response cache unavailable; treated as a miss");
-                    gw.metrics.cache_lookup("error");
-                    return None;
+                    return Err(());
                 }
             }
         }
     };
-    match hit {
-        Some((kind, v)) => {
-            probe.status = match kind {
-                HitKind::Exact => "hit-exact",
-                HitKind::Semantic(_) => "hit-semantic",
-            };
-            gw.metrics.cache_lookup(probe.status);
-            Some(v)
-        }
-        None => {
-            gw.metrics.cache_lookup("miss");
-            None
-        }
-    }
+    Ok(hit.map(|(kind, v)| {
+        let status = match kind {
+            HitKind::Exact => "hit-exact",
+            HitKind::Semantic(_) => "hit-semantic",
+        };
+        (status, v)
+    }))
 }
 
 /// The stored answer in the shape the request asks for: the body, or a stream replayed
@@ -332,18 +351,20 @@ pub fn replay(hit: &Cached, req: &ChatRequest) -> Option<Answer> {
     super::cascade::buffered_answer(hit.body.clone(), hit.content_type.clone(), req)
 }
 
-/// The most bytes of a streamed answer kept to store it.
+/// The largest answer stored (a body, or a stream's bytes).
 pub const MAX_STORED_BYTES: usize = 1 << 20;
 
 /// A streamed answer (the server-sent events of `chat.completion.chunk`s, `[DONE]` last)
-/// put back together as one `chat.completion` body: the content and the tool calls
-/// concatenated from the deltas, the finish reason, the usage when the stream carried it.
-/// `None` for a stream that did not finish, carried an error, or has more than one choice.
+/// put back together as one `chat.completion` body: the content concatenated from the
+/// deltas, the finish reason and the usage. `None` (not stored) for a stream that did not
+/// finish, carried an error, has more than one choice, carried no usage (the client did
+/// not ask for it: a body without usage would answer later requests that expect it), or
+/// carried anything but text (tool calls, a refusal, logprobs, a legacy function call:
+/// what a replay could not give back in full).
 pub fn assemble_stream(sse: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(sse).ok()?;
     let (mut id, mut model, mut created) = (Value::Null, Value::Null, Value::Null);
     let mut content = String::new();
-    let mut tool_calls: Vec<Value> = Vec::new();
     let mut finish: Option<String> = None;
     let mut usage = Value::Null;
     let mut done = false;
@@ -373,48 +394,29 @@ pub fn assemble_stream(sse: &[u8]) -> Option<Vec<u8>> {
         }
         let choices = chunk.get("choices").and_then(Value::as_array);
         for choice in choices.into_iter().flatten() {
-            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+            if choice.get("index").and_then(Value::as_u64).unwrap_or(0) != 0
+                || choice.get("logprobs").is_some_and(|l| !l.is_null())
+            {
                 return None;
             }
             let delta = &choice["delta"];
+            let plain = delta.as_object().is_none_or(|d| {
+                d.iter()
+                    .all(|(k, v)| matches!(k.as_str(), "role" | "content") || v.is_null())
+            });
+            if !plain {
+                return None;
+            }
             if let Some(t) = delta.get("content").and_then(Value::as_str) {
                 content.push_str(t);
-            }
-            let calls = delta.get("tool_calls").and_then(Value::as_array);
-            for call in calls.into_iter().flatten() {
-                let i = usize::try_from(call.get("index").and_then(Value::as_u64)?).ok()?;
-                if i > 64 {
-                    return None;
-                }
-                while tool_calls.len() <= i {
-                    tool_calls.push(serde_json::json!({"id": null, "type": "function",
-                        "function": {"name": "", "arguments": ""}}));
-                }
-                let t = &mut tool_calls[i];
-                if let Some(v) = call.get("id").filter(|v| !v.is_null()) {
-                    t["id"] = v.clone();
-                }
-                for key in ["name", "arguments"] {
-                    if let Some(s) = call["function"].get(key).and_then(Value::as_str) {
-                        let mut acc = t["function"][key].as_str().unwrap_or("").to_string();
-                        acc.push_str(s);
-                        t["function"][key] = Value::String(acc);
-                    }
-                }
             }
             if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
                 finish = Some(f.to_string());
             }
         }
     }
-    let finish = finish.filter(|_| done)?;
-    let mut message = serde_json::json!({"role": "assistant", "content": content});
-    if !tool_calls.is_empty() {
-        if content.is_empty() {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
+    let finish = finish.filter(|_| done && !usage.is_null())?;
+    let message = serde_json::json!({"role": "assistant", "content": content});
     let mut body = serde_json::json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -434,12 +436,13 @@ fn from_stored(gw: &Gateway, s: redis::Stored) -> Option<Cached> {
     })
 }
 
-/// Stores a successful answer for the probe's request (in the background for Redis).
+/// Stores a successful answer for the probe's request (in the background for Redis);
+/// bodies over [`MAX_STORED_BYTES`] are not stored.
 pub fn store(state: &AppState, probe: &mut Probe, answer: Cached) {
     let Some(cache) = state.cache.as_ref() else {
         return;
     };
-    if !probe.store {
+    if !probe.store || answer.body.len() > MAX_STORED_BYTES {
         return;
     }
     probe.embed(cache);
@@ -509,19 +512,29 @@ mod tests {
     }
 
     #[test]
-    fn tool_call_deltas_are_concatenated() {
-        let s = sse(&[
-            serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t1", "type": "function",
-                "function": {"name": "get_", "arguments": "{\"a\""}}]}}]}),
-            serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0,
-                "function": {"name": "weather", "arguments": ":1}"}}]}, "finish_reason": "tool_calls"}]}),
+    fn streams_a_replay_could_not_give_back_in_full_are_not_stored() {
+        let usage = serde_json::json!({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}});
+        let tools = sse(&[
+            serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t1",
+                "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                "finish_reason": "tool_calls"}]}),
+            usage.clone(),
         ]);
-        let body: Value = serde_json::from_slice(&assemble_stream(&s).unwrap()).unwrap();
-        let call = &body["choices"][0]["message"]["tool_calls"][0];
-        assert_eq!(call["id"], "t1");
-        assert_eq!(call["function"]["name"], "get_weather");
-        assert_eq!(call["function"]["arguments"], "{\"a\":1}");
-        assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
+        assert!(assemble_stream(&tools).is_none(), "tool calls");
+        let refusal = sse(&[
+            serde_json::json!({"choices": [{"index": 0, "delta": {"refusal": "no"}, "finish_reason": "stop"}]}),
+            usage.clone(),
+        ]);
+        assert!(assemble_stream(&refusal).is_none(), "a refusal");
+        let logprobs = sse(&[
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": []}, "finish_reason": "stop"}]}),
+            usage,
+        ]);
+        assert!(assemble_stream(&logprobs).is_none(), "logprobs");
+        let no_usage = sse(&[
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]}),
+        ]);
+        assert!(assemble_stream(&no_usage).is_none(), "no usage");
     }
 
     #[test]

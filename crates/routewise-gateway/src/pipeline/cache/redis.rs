@@ -14,9 +14,11 @@
 //! backend's. Insertions are one pipeline, sent in the background. The size bound is Redis's
 //! own: set `maxmemory` with an LRU `maxmemory-policy` (entries and buckets all have TTLs).
 //!
-//! Redis is an optimisation here, never a dependency of a request: every command has a
-//! [`OP_TIMEOUT`] budget, and after a failure the backend is skipped for [`BACKOFF`] (the
-//! request is a miss, counted as `result="error"`).
+//! Redis is an optimisation here, never a dependency of a request: a whole lookup (connect
+//! included) has [`OP_TIMEOUT`], one task connects while the others miss at once, and after
+//! a failed or slow lookup the backend is skipped for [`BACKOFF`] (the request is a miss,
+//! counted as `result="error"`). Insertions run in the background with their own budget
+//! ([`INSERT_TIMEOUT`]) and do not start the back-off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,8 +29,10 @@ use routewise_signals::cache::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Time a cache command may take before the request goes on without it.
+/// Time a whole lookup may take before the request goes on without it.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(100);
+/// Time a background insertion may take.
+pub const INSERT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the backend is skipped after a failure.
 pub const BACKOFF: Duration = Duration::from_secs(1);
 /// Entries an LSH bucket keeps (the newest).
@@ -53,6 +57,8 @@ pub enum RedisCacheError {
     Timeout(Duration),
     #[error("redis skipped after a recent failure")]
     BackingOff,
+    #[error("another task is connecting to redis")]
+    Connecting,
 }
 
 /// The Redis backend of one gateway.
@@ -61,7 +67,10 @@ pub struct RedisCache {
     prefix: String,
     settings: CacheSettings,
     lsh: Lsh,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// The connection once made (a clone per command: it multiplexes).
+    conn: std::sync::RwLock<Option<ConnectionManager>>,
+    /// Set while one task connects; the others miss meanwhile.
+    connecting: std::sync::atomic::AtomicBool,
     /// Milliseconds since `started` before which Redis is not tried again.
     skip_until_ms: AtomicU64,
     started: std::time::Instant,
@@ -89,7 +98,8 @@ impl RedisCache {
             prefix: prefix.to_string(),
             settings,
             lsh,
-            conn: tokio::sync::Mutex::new(None),
+            conn: std::sync::RwLock::new(None),
+            connecting: std::sync::atomic::AtomicBool::new(false),
             skip_until_ms: AtomicU64::new(0),
             started: std::time::Instant::now(),
         })
@@ -122,57 +132,85 @@ impl RedisCache {
         format!("{}:b:{context:016x}:{table}:{sig:02x}", self.prefix)
     }
 
+    /// The connection: made by one task at a time (the others get
+    /// [`RedisCacheError::Connecting`] at once), never during the back-off.
     async fn connection(&self) -> Result<ConnectionManager, RedisCacheError> {
         if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
             return Err(RedisCacheError::BackingOff);
         }
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+        if let Some(c) = self.conn.read().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        if self
+            .connecting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(RedisCacheError::Connecting);
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(OP_TIMEOUT)
             .set_response_timeout(OP_TIMEOUT)
             .set_number_of_retries(0);
-        let c = self
-            .timed(ConnectionManager::new_with_config(self.client.clone(), cfg))
-            .await?;
-        *slot = Some(c.clone());
-        Ok(c)
+        let made = match tokio::time::timeout(
+            OP_TIMEOUT,
+            ConnectionManager::new_with_config(self.client.clone(), cfg),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(RedisCacheError::Redis(e)),
+            Err(_) => Err(RedisCacheError::Timeout(OP_TIMEOUT)),
+        };
+        if let Ok(c) = &made {
+            if let Ok(mut slot) = self.conn.write() {
+                *slot = Some(c.clone());
+            }
+        } else {
+            self.back_off();
+        }
+        self.connecting.store(false, Ordering::Release);
+        made
     }
 
-    /// Runs `fut` within [`OP_TIMEOUT`]; a failure starts the back-off.
-    async fn timed<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, RedisCacheError> {
-        let r = match tokio::time::timeout(OP_TIMEOUT, fut).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => RedisCacheError::Redis(e),
-            Err(_) => RedisCacheError::Timeout(OP_TIMEOUT),
-        };
+    fn back_off(&self) {
         self.skip_until_ms.store(
             self.now_ms() + u64::try_from(BACKOFF.as_millis()).unwrap_or(1000),
             Ordering::Relaxed,
         );
-        Err(r)
     }
 
-    /// Looks a request up: the exact key, then (with `semantic`) the closest guarded
-    /// candidate of its buckets.
+    /// Looks a request up within [`OP_TIMEOUT`] in all: the exact key, then (with
+    /// `semantic`) the closest guarded candidate of its buckets. A failure or a timeout
+    /// starts the back-off.
     pub async fn get(
+        &self,
+        keys: RequestKeys,
+        semantic: Option<&Semantic<'_>>,
+    ) -> Result<Option<(HitKind, Stored)>, RedisCacheError> {
+        let r = match tokio::time::timeout(OP_TIMEOUT, self.get_inner(keys, semantic)).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisCacheError::Timeout(OP_TIMEOUT)),
+        };
+        if matches!(
+            r,
+            Err(RedisCacheError::Redis(_) | RedisCacheError::Timeout(_))
+        ) {
+            self.back_off();
+        }
+        r
+    }
+
+    async fn get_inner(
         &self,
         keys: RequestKeys,
         semantic: Option<&Semantic<'_>>,
     ) -> Result<Option<(HitKind, Stored)>, RedisCacheError> {
         let mut c = self.connection().await?;
         if self.settings.exact {
-            let bytes: Option<Vec<u8>> = self
-                .timed(
-                    redis::cmd("GET")
-                        .arg(self.entry_key(keys.exact))
-                        .query_async(&mut c),
-                )
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(self.entry_key(keys.exact))
+                .query_async(&mut c)
                 .await?;
             if let Some(s) = bytes.and_then(|b| bincode::deserialize::<Stored>(&b).ok()) {
                 return Ok(Some((HitKind::Exact, s)));
@@ -189,7 +227,7 @@ impl RedisCache {
                 .arg(0)
                 .arg(BUCKET_LEN - 1);
         }
-        let buckets: Vec<Vec<String>> = self.timed(pipe.query_async(&mut c)).await?;
+        let buckets: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
         let refs: Vec<Vec<&String>> = buckets.iter().map(|b| b.iter().collect()).collect();
         let views: Vec<&[&String]> = refs.iter().map(Vec::as_slice).collect();
         let ids = round_robin(&views);
@@ -200,8 +238,9 @@ impl RedisCache {
             .iter()
             .map(|id| format!("{}:e:{id}", self.prefix))
             .collect();
-        let entries: Vec<Option<Vec<u8>>> = self
-            .timed(redis::cmd("MGET").arg(&entry_keys).query_async(&mut c))
+        let entries: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&entry_keys)
+            .query_async(&mut c)
             .await?;
         let mut best: Option<(f32, Stored)> = None;
         for bytes in entries.into_iter().flatten() {
@@ -218,7 +257,8 @@ impl RedisCache {
         Ok(best.map(|(sim, s)| (HitKind::Semantic(sim), s)))
     }
 
-    /// Stores an entry and indexes it in its buckets.
+    /// Stores an entry and indexes it in its buckets, within [`INSERT_TIMEOUT`] (a failure
+    /// does not start the back-off: lookups go on).
     pub async fn insert(&self, keys: RequestKeys, stored: &Stored) -> Result<(), RedisCacheError> {
         let mut c = self.connection().await?;
         let Ok(bytes) = bincode::serialize(stored) else {
@@ -247,6 +287,9 @@ impl RedisCache {
                 pipe.cmd("PEXPIRE").arg(&b).arg(ttl).ignore();
             }
         }
-        self.timed(pipe.query_async::<()>(&mut c)).await
+        match tokio::time::timeout(INSERT_TIMEOUT, pipe.query_async::<()>(&mut c)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RedisCacheError::Timeout(INSERT_TIMEOUT)),
+        }
     }
 }
