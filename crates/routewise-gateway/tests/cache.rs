@@ -169,33 +169,19 @@ async fn a_redacted_request_never_gets_another_requests_personal_data() {
 
 #[test]
 fn bad_cache_settings_are_config_errors() {
-    let e = routewise_gateway::config::parse(
+    let e = common::config_error(
         &common::abc_yaml(
             "http://127.0.0.1:9/v1",
             "cache: {exact: false, semantic: {threshold: 1.5}, ttl_s: 0, max_entries: 0, backend: disk}",
         ),
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    );
     for want in ["cache.backend: unknown variant `disk`", "gw.yaml: cache"] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
-    let e = routewise_gateway::config::parse(
-        &common::abc_yaml(
-            "http://127.0.0.1:9/v1",
-            "cache: {exact: false, semantic: {threshold: 1.5}, ttl_s: 0, max_entries: 0}",
-        ),
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:9/v1",
+        "cache: {exact: false, semantic: {threshold: 1.5}, ttl_s: 0, max_entries: 0}",
+    ));
     for want in [
         "cache.semantic.threshold",
         "cache.ttl_s",
@@ -318,15 +304,10 @@ fn an_unreachable_cache_redis_is_reported_at_its_field() {
         issues[0].message.contains("cannot reach Redis"),
         "{issues:?}"
     );
-    let e = routewise_gateway::config::parse(
-        &common::abc_yaml("http://127.0.0.1:9/v1", "cache: {backend: redis}"),
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:9/v1",
+        "cache: {backend: redis}",
+    ));
     assert!(
         e.contains("gw.yaml: cache.redis_url: the redis backend needs a redis_url"),
         "{e}"

@@ -5,7 +5,7 @@
 
 mod common;
 
-use routewise_gateway::{config, load};
+use routewise_gateway::load;
 use routewise_testkit::MockUpstream;
 use serde_json::{json, Value};
 
@@ -253,23 +253,15 @@ routes:
 
 #[test]
 fn bad_routes_and_pii_settings_are_config_errors_naming_the_field() {
-    let e = config::parse(
-        &yaml(
-            "http://127.0.0.1:9/v1",
-            r#"
+    let e = common::config_error(&yaml(
+        "http://127.0.0.1:9/v1",
+        r#"
 routes:
   - {name: r, when: {regex: "(oops"}, then: {models: [a, nope]}}
   - {name: s, when: {keywords: [x], colour: red}}
 pii: {detect: [email, passport], action: block}
 "#,
-        ),
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    ));
     for want in [
         "gw.yaml: routes[0].when.regex: invalid regex",
         "gw.yaml: routes[0].then.models[1]: unknown model `nope`",
@@ -278,15 +270,9 @@ pii: {detect: [email, passport], action: block}
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
-    let e = config::parse(
+    let e = common::config_error(
         &yaml("http://127.0.0.1:9/v1", "pii: {action: restrict}").replace(", private: true", ""),
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(e.contains("gw.yaml: pii.action: `restrict`"), "{e}");
 }
 

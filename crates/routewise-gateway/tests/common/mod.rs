@@ -55,6 +55,15 @@ pub fn config(yaml: &str) -> routewise_gateway::Config {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The error text of config `yaml` (named `gw.yaml`, no environment), which must not parse.
+pub fn config_error(yaml: &str) -> String {
+    config::parse(yaml, "gw.yaml", Path::new("."), std::iter::empty(), |_| {
+        None
+    })
+    .unwrap_err()
+    .to_string()
+}
+
 /// YAML for models a, b, c on `base_url` (upstream names up-a, up-b, up-c), plus `extra`.
 pub fn abc_yaml(base_url: &str, extra: &str) -> String {
     format!(
