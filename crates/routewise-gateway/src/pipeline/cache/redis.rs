@@ -61,6 +61,15 @@ pub enum RedisCacheError {
     Connecting,
 }
 
+/// Clears a flag when dropped.
+struct Flag<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// The Redis backend of one gateway.
 pub struct RedisCache {
     client: redis::Client,
@@ -148,6 +157,9 @@ impl RedisCache {
         {
             return Err(RedisCacheError::Connecting);
         }
+        // Cleared however this ends, a lookup cancelled mid-connect (its client went away,
+        // its deadline passed) included.
+        let _connecting = Flag(&self.connecting);
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(OP_TIMEOUT)
             .set_response_timeout(OP_TIMEOUT)
@@ -169,7 +181,6 @@ impl RedisCache {
         } else {
             self.back_off();
         }
-        self.connecting.store(false, Ordering::Release);
         made
     }
 
@@ -291,5 +302,43 @@ impl RedisCache {
             Ok(r) => Ok(r?),
             Err(_) => Err(RedisCacheError::Timeout(INSERT_TIMEOUT)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn regression_a_connect_cancelled_midway_lets_the_next_lookup_connect() {
+        // A "Redis" that accepts and never answers: connecting hangs until cancelled.
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = hole.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hole.accept().await {
+                held.push(s);
+            }
+        });
+        let settings = CacheSettings {
+            exact: true,
+            threshold: None,
+            guards: true,
+            ttl_ms: 1000,
+            max_entries: 10,
+        };
+        let cache = RedisCache::new(
+            &format!("redis://127.0.0.1:{port}"),
+            "t",
+            settings,
+            Lsh::new(4, 1),
+        )
+        .unwrap();
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), cache.connection()).await;
+        assert!(cancelled.is_err(), "the connect should still be pending");
+        assert!(
+            !cache.connecting.load(Ordering::Acquire),
+            "a cancelled connect must not leave the flag set"
+        );
     }
 }
