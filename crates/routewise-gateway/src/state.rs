@@ -49,9 +49,11 @@ pub struct Gateway {
     pub shadows: OnceLock<Shadows>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
     pub in_flight: Arc<Counter>,
-    /// Each configured model's catalog index (`config.models` order -> [`ModelId`] index):
-    /// the rules are compiled in config order, candidates are in catalog order.
-    pub catalog_of_config: Vec<Option<usize>>,
+    /// The `routes:` rules with their model indices in catalog order (the config compiles
+    /// them in its own order; candidates are in the catalog's).
+    pub rules: Option<routewise_signals::RuleSet>,
+    /// Which models are `private: true`, in catalog order (`pii: {action: restrict}`).
+    pub private: Vec<bool>,
     /// The response cache (`cache:` in the config).
     pub cache: Option<crate::pipeline::cache::ResponseCache>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
@@ -157,11 +159,21 @@ impl AppState {
             ),
             None => None,
         };
-        let catalog_of_config = config
+        let catalog_of_config: Vec<Option<usize>> = config
             .models
             .iter()
             .map(|m| upstreams.by_name(&m.name).map(ModelId::index))
             .collect();
+        let rules = config
+            .routes
+            .as_ref()
+            .map(|r| r.reordered(&catalog_of_config, upstreams.len()));
+        let mut private = vec![false; upstreams.len()];
+        for (m, c) in config.models.iter().zip(&catalog_of_config) {
+            if let Some(slot) = c.and_then(|c| private.get_mut(c)) {
+                *slot = m.private;
+            }
+        }
         let metrics = Metrics::new(&upstreams.names());
         let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;
         Ok(AppState(Arc::new(Gateway {
@@ -174,7 +186,8 @@ impl AppState {
             online_router,
             online: OnceLock::new(),
             shadows: OnceLock::new(),
-            catalog_of_config,
+            rules,
+            private,
             cache,
             in_flight: Arc::new(Counter::default()),
             shutdown: watch::channel(ShutdownPhase::Running).0,

@@ -96,18 +96,7 @@ async fn a_stream_is_replayed_from_a_stored_answer() {
     );
     let sse = common::read_sse(r).await;
     assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
-    let text: String = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|l| *l != "[DONE]")
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, content(&v));
+    assert_eq!(common::streamed_text(&sse), content(&v));
     assert_eq!(mock.total_hits(), 1);
 }
 
@@ -328,16 +317,7 @@ async fn a_streamed_answer_is_stored_once_complete() {
     let r = common::post_stream(&gw.url("/v1/chat/completions"), with_usage).await;
     assert_eq!(common::header(r.headers(), "x-routewise-cache"), "miss");
     let sse = common::read_sse(r).await;
-    let streamed: String = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
+    let streamed = common::streamed_text(&sse);
     assert!(!streamed.is_empty(), "{sse}");
     // Stored as the stream ended (before its last bytes reached the client): the same
     // request, not streamed, is a hit with the same text.
@@ -351,14 +331,7 @@ async fn a_streamed_answer_is_stored_once_complete() {
 #[tokio::test]
 async fn regression_a_redis_that_never_answers_does_not_queue_requests() {
     // A "Redis" that accepts connections and never answers.
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = hole.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
+    let port = routewise_testkit::silent_listener().await.unwrap();
     let mock = MockUpstream::start().await.unwrap();
     let gw = common::start(&common::abc_yaml(
         &mock.base_url(),

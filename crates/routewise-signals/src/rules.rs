@@ -205,7 +205,7 @@ pub struct ModelFacts<'a> {
 }
 
 /// A compiled condition.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
@@ -269,7 +269,7 @@ pub struct Action {
 }
 
 /// One compiled route.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
     when: Option<Cond>,
@@ -278,7 +278,7 @@ pub struct Route {
 }
 
 /// The compiled `routes:` list.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     routes: Vec<Route>,
     n_models: usize,
@@ -478,6 +478,29 @@ impl RuleSet {
             keywords,
             regexes,
         })
+    }
+
+    /// The rule set with its model indices (pools, forced models) moved to another order:
+    /// `to[i]` is the new index of model `i` (`None`: not served), `n` the new number of
+    /// models. Compiled in config order, a gateway reorders it once to its catalog's.
+    pub fn reordered(&self, to: &[Option<usize>], n: usize) -> RuleSet {
+        let mut out = self.clone();
+        out.n_models = n;
+        for route in &mut out.routes {
+            let a = &mut route.action;
+            if let Some(allow) = &a.allow {
+                let mut moved = vec![false; n];
+                for (i, &ok) in allow.iter().enumerate() {
+                    if let Some(slot) = to.get(i).copied().flatten().and_then(|j| moved.get_mut(j))
+                    {
+                        *slot = ok;
+                    }
+                }
+                a.allow = Some(moved);
+            }
+            a.force = a.force.and_then(|f| to.get(f).copied().flatten());
+        }
+        out
     }
 
     /// The routes, in order.
@@ -696,7 +719,7 @@ struct Lazy<'a> {
 
 /// Every keyword condition of one scope in one Aho-Corasick automaton: one pass over the
 /// text answers them all.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct KeywordUnion {
     automaton: Option<AhoCorasick>,
     /// Per pattern: (keyword condition, word).
@@ -728,7 +751,7 @@ impl KeywordUnion {
 }
 
 /// Every regex condition of one scope in one `RegexSet` (one pass).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct RegexUnion {
     set: Option<RegexSet>,
     /// Per pattern: its regex condition id.

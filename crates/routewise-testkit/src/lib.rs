@@ -862,6 +862,20 @@ fn error(protocol: Protocol, status: StatusCode, message: &str) -> Response {
     }
 }
 
+/// A loopback port that accepts connections and never answers (a peer that hangs): the
+/// accepted sockets are held open until the runtime ends.
+pub async fn silent_listener() -> std::io::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok(port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

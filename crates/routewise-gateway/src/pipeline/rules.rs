@@ -51,7 +51,7 @@ pub struct SignalTrace {
 impl SignalTrace {
     /// The matched routes' names joined by commas (`x-routewise-route`, the decision log).
     pub fn route_names(&self, gw: &Gateway) -> Option<String> {
-        let rules = gw.config.routes.as_ref()?;
+        let rules = gw.rules.as_ref()?;
         if self.outcome.matched.is_empty() {
             return None;
         }
@@ -66,7 +66,7 @@ impl SignalTrace {
 
     /// `[{name, why}]` for `/v1/route`.
     pub fn matched_json(&self, gw: &Gateway) -> Vec<Value> {
-        let Some(rules) = gw.config.routes.as_ref() else {
+        let Some(rules) = gw.rules.as_ref() else {
             return Vec::new();
         };
         self.outcome
@@ -87,7 +87,7 @@ pub fn run(
     headers: &HeaderMap,
     redact: bool,
 ) -> Result<Option<SignalTrace>, ApiError> {
-    let (rules, pii) = (gw.config.routes.as_deref(), gw.config.pii.as_ref());
+    let (rules, pii) = (gw.rules.as_ref(), gw.config.pii.as_ref());
     if rules.is_none() && pii.is_none() {
         return Ok(None);
     }
@@ -123,14 +123,6 @@ pub fn run(
             last_user_embedding: trace.last_user_embedding.as_deref(),
         };
         trace.outcome = rules.evaluate(&signals);
-        // The rules index models in config order; the route stage in catalog order.
-        if let Some(allow) = trace.outcome.allow.take() {
-            trace.outcome.allow = Some(to_catalog(gw, |i| allow.get(i).copied().unwrap_or(false)));
-        }
-        trace.outcome.force = trace
-            .outcome
-            .force
-            .and_then(|f| gw.catalog_of_config.get(f).copied().flatten());
         for m in &trace.outcome.matched {
             gw.metrics.route_matched(&rules.routes()[m.route].name);
         }
@@ -186,9 +178,9 @@ pub fn run(
                 }
                 PiiAction::Redact | PiiAction::Tag => {}
                 PiiAction::Restrict => {
-                    let private = to_catalog(gw, |i| gw.config.models[i].private);
+                    let private = &gw.private;
                     let allow = trace.outcome.allow.get_or_insert_with(|| vec![true; private.len()]);
-                    for (a, p) in allow.iter_mut().zip(&private) {
+                    for (a, p) in allow.iter_mut().zip(private) {
                         *a &= *p;
                     }
                     if !allow.iter().any(|&a| a) {
@@ -207,17 +199,6 @@ pub fn run(
         }
     }
     Ok(Some(trace))
-}
-
-/// A per-model flag given in config order (`flag(config index)`), in catalog order.
-fn to_catalog(gw: &Gateway, flag: impl Fn(usize) -> bool) -> Vec<bool> {
-    let mut out = vec![false; gw.upstreams.len()];
-    for (i, c) in gw.catalog_of_config.iter().enumerate() {
-        if let Some(slot) = c.and_then(|c| out.get_mut(c)) {
-            *slot = flag(i);
-        }
-    }
-    out
 }
 
 /// Replaces every finding in the messages' text (forwarded) and in the router's text.

@@ -329,12 +329,16 @@ impl Shadows {
 
     /// Whether some shadow executes decision `id` (then the job carries the request).
     pub fn executes(&self, id: &str) -> bool {
-        self.samples.iter().any(|&s| s > 0.0 && sampled(id, s))
+        // Every shadow's sample uses the same draw of the id: some shadow samples it
+        // exactly when the largest share does (one hash, not one per shadow).
+        let share = self.samples.iter().copied().fold(0.0, f64::max);
+        share > 0.0 && sampled(id, share)
     }
 
     /// Whether some shadow decides decision `id` (else nothing is queued for it).
     pub fn decides(&self, id: &str) -> bool {
-        self.decides.iter().any(|&s| s > 0.0 && sampled(id, s))
+        let share = self.decides.iter().copied().fold(0.0, f64::max);
+        share > 0.0 && sampled(id, share)
     }
 
     /// Queues a routed request for the shadows; never blocks.

@@ -167,6 +167,19 @@ pub async fn read_sse(resp: reqwest::Response) -> String {
         .expect("the stream hung")
 }
 
+/// The text of a chat completion stream: its chunks' `delta.content`, concatenated.
+pub fn streamed_text(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The header's value, or "" when absent or not text.
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")

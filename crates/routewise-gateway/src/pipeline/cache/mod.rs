@@ -201,7 +201,9 @@ pub fn probe(
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let params: serde_json::Map<String, Value> = rest
+    // Borrowed, in key order (the parsed map is sorted): serialised without copying the
+    // values (tool definitions can be large).
+    let params: std::collections::BTreeMap<&str, &Value> = rest
         .iter()
         .filter(|(k, _)| {
             !matches!(
@@ -209,7 +211,7 @@ pub fn probe(
                 "messages" | "stream" | "stream_options" | "user"
             )
         })
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.as_str(), v))
         .collect();
     let scope = format!(
         "{tenant}\u{1f}{}\u{1f}{route}\u{1f}{}",
@@ -218,7 +220,7 @@ pub fn probe(
     );
     let keys = RequestKeys::new(
         &scope,
-        &Value::Object(params).to_string(),
+        &serde_json::to_string(&params).unwrap_or_default(),
         &earlier,
         &last_text,
     );

@@ -312,14 +312,7 @@ mod tests {
     #[tokio::test]
     async fn regression_a_connect_cancelled_midway_lets_the_next_lookup_connect() {
         // A "Redis" that accepts and never answers: connecting hangs until cancelled.
-        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = hole.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = hole.accept().await {
-                held.push(s);
-            }
-        });
+        let port = routewise_testkit::silent_listener().await.unwrap();
         let settings = CacheSettings {
             exact: true,
             threshold: None,
