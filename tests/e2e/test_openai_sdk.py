@@ -228,6 +228,12 @@ def test_pii_is_redacted_upstream_and_restored_for_the_client():
             break
         time.sleep(0.1)
     assert 'pii="email"' in log and "ann@corp.example" not in log
+    # Streamed answers are restored too.
+    stream = client(SIGNALS).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Greet bob@corp.example warmly"}],
+        stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "bob@corp.example" in text and "[EMAIL_1]" not in text
 
 
 def test_the_cache_answers_a_repeated_request():

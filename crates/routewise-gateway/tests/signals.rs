@@ -185,6 +185,72 @@ async fn pii_redact_hides_values_from_the_upstream_and_restores_them_in_the_answ
 }
 
 #[tokio::test]
+async fn pii_redact_restores_streamed_answers() {
+    let (mock, gw) = setup("pii: {action: redact, restore: true}").await;
+    let resp = common::post_stream(
+        &gw.url("/v1/chat/completions"),
+        common::chat_body("reply to jane@corp.example about IBAN GB82 WEST 1234 5698 7654 32"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let sse = common::read_sse(resp).await;
+    let sent = serde_json::to_string(&mock.requests().last().unwrap().body).unwrap();
+    assert!(sent.contains("[EMAIL_1]") && !sent.contains("jane@"), "{sent}");
+    let text = common::streamed_text(&sse);
+    assert!(text.contains("jane@corp.example"), "{text}");
+    assert!(text.contains("GB82 WEST 1234 5698 7654 32"), "{text}");
+    assert!(!sse.contains("[EMAIL_1]") && !sse.contains("[IBAN_1]"), "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+}
+
+/// An upstream that streams a fixed answer whose placeholder is cut between two deltas,
+/// each delta cut between two network writes.
+async fn cutting_upstream() -> String {
+    use axum::body::Body;
+    use axum::response::Response;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            let chunk = |delta: Value, finish: Value| {
+                let v = json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "up-a",
+                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                format!("data: {v}\n\n")
+            };
+            let sse = chunk(json!({"role": "assistant", "content": "Writing to [EMA"}), Value::Null)
+                + &chunk(json!({"content": "IL_1] now."}), Value::Null)
+                + &chunk(json!({}), json!("stop"))
+                + "data: [DONE]\n\n";
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = sse
+                .as_bytes()
+                .chunks(9)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(futures_util::stream::iter(pieces)))
+                .unwrap()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn pii_restore_puts_back_a_placeholder_cut_across_deltas() {
+    let base = cutting_upstream().await;
+    let gw = common::start(&yaml(&base, "pii: {action: redact, restore: true}")).await;
+    let mut body = common::chat_body("tell ann@x.org the plan");
+    body["model"] = json!("a");
+    let resp = common::post_stream(&gw.url("/v1/chat/completions"), body).await;
+    assert_eq!(resp.status(), 200);
+    let sse = common::read_sse(resp).await;
+    assert_eq!(common::streamed_text(&sse), "Writing to ann@x.org now.", "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+}
+
+#[tokio::test]
 async fn pii_restrict_sends_personal_data_to_private_models_only() {
     let (mock, gw) = setup("pii: {action: restrict}").await;
     let (status, h, _) = common::post(

@@ -23,7 +23,7 @@ pub mod rules;
 pub mod tiers;
 
 pub use describe::Embedder;
-pub use pii::{Detector, Finding, KindSet, PiiAction, PiiKind, Redactions};
+pub use pii::{Detector, Finding, KindSet, PiiAction, PiiKind, Redactions, StreamRestore};
 pub use rules::{ModelFacts, Outcome, RawRoute, RuleSet, Signals};
 
 /// A configuration problem: the field path (under the section that was compiled) and

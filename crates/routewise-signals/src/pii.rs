@@ -577,25 +577,85 @@ impl Redactions {
     }
 
     /// `text` with the placeholders put back (`json`: the originals escaped for the inside
-    /// of a JSON string).
+    /// of a JSON string). One pass from left to right: a restored value is never scanned
+    /// again, whatever it contains.
     pub fn restore(&self, text: &str, json: bool) -> String {
-        let mut out = text.to_string();
-        for (p, o) in &self.entries {
-            if !out.contains(p.as_str()) {
-                continue;
-            }
-            let value = if json {
-                let quoted = serde_json::to_string(o).unwrap_or_default();
-                quoted
-                    .get(1..quoted.len().saturating_sub(1))
-                    .unwrap_or_default()
-                    .to_string()
-            } else {
-                o.clone()
-            };
-            out = out.replace(p.as_str(), &value);
+        if self.entries.is_empty() || !text.contains('[') {
+            return text.to_string();
         }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find('[') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            match self
+                .entries
+                .iter()
+                .find(|(p, _)| rest.starts_with(p.as_str()))
+            {
+                Some((p, o)) => {
+                    if json {
+                        let quoted = serde_json::to_string(o).unwrap_or_default();
+                        out.push_str(
+                            quoted
+                                .get(1..quoted.len().saturating_sub(1))
+                                .unwrap_or_default(),
+                        );
+                    } else {
+                        out.push_str(o);
+                    }
+                    rest = &rest[p.len()..];
+                }
+                None => {
+                    out.push('[');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        out.push_str(rest);
         out
+    }
+
+    /// Whether `tail` (which starts with `[`) could still grow into a placeholder.
+    fn could_become_placeholder(&self, tail: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(p, _)| p.len() > tail.len() && p.starts_with(tail))
+    }
+}
+
+/// Restores placeholders in a text that arrives in pieces, such as the deltas of a
+/// streamed answer, where a placeholder may be cut in two (`[EMA` then `IL_1]`). Each
+/// piece is passed on at once except a tail that could still become a placeholder, which
+/// is held until the next piece decides it (at most one placeholder's length). The
+/// pieces passed on, followed by [`StreamRestore::flush`], are the restored whole.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRestore {
+    held: String,
+}
+
+impl StreamRestore {
+    /// The restored text that can be passed on after `piece`.
+    pub fn push(&mut self, r: &Redactions, piece: &str) -> String {
+        self.held.push_str(piece);
+        let cut = match self.held.rfind('[') {
+            Some(i) if r.could_become_placeholder(&self.held[i..]) => i,
+            _ => self.held.len(),
+        };
+        let out = r.restore(&self.held[..cut], false);
+        self.held.drain(..cut);
+        out
+    }
+
+    /// What is held, restored: the end of the text.
+    pub fn flush(&mut self, r: &Redactions) -> String {
+        let out = r.restore(&self.held, false);
+        self.held.clear();
+        out
+    }
+
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
     }
 }
 
@@ -705,6 +765,39 @@ mod tests {
         assert_eq!(r.restore("Dear [EMAIL_1]", true), "Dear ann@x.org");
     }
 
+    fn redactions(pairs: &[(&str, &str)]) -> Redactions {
+        let mut r = Redactions::default();
+        for (p, o) in pairs {
+            r.index.insert(o.to_string(), r.entries.len());
+            r.entries.push((p.to_string(), o.to_string()));
+        }
+        r
+    }
+
+    #[test]
+    fn restore_does_not_rescan_a_restored_value() {
+        let r = redactions(&[("[EMAIL_1]", "x[IP_1]@y.org"), ("[IP_1]", "10.0.0.1")]);
+        assert_eq!(
+            r.restore("[EMAIL_1] [IP_1] [NOPE_1] [", false),
+            "x[IP_1]@y.org 10.0.0.1 [NOPE_1] ["
+        );
+    }
+
+    #[test]
+    fn stream_restore_holds_a_cut_placeholder_until_it_is_decided() {
+        let r = redactions(&[("[EMAIL_1]", "ann@x.org")]);
+        let mut s = StreamRestore::default();
+        assert_eq!(s.push(&r, "write to [EM"), "write to ");
+        assert!(s.is_holding());
+        assert_eq!(s.push(&r, "AIL_1"), "");
+        assert_eq!(s.push(&r, "] now ["), "ann@x.org now ");
+        // `[` then something that is no placeholder: passed on as it is.
+        assert_eq!(s.push(&r, "x] done"), "[x] done");
+        assert_eq!(s.push(&r, " [EMAIL"), " ");
+        assert_eq!(s.flush(&r), "[EMAIL");
+        assert!(!s.is_holding());
+    }
+
     #[test]
     fn regression_non_ascii_digits_neither_panic_nor_match() {
         // Arabic-Indic digits: `\d` would have matched them and the card check indexed an
@@ -749,6 +842,20 @@ mod tests {
             let red = r.redact(&text, &d.scan(&text));
             proptest::prop_assert!(!red.contains("4111"));
             proptest::prop_assert_eq!(r.restore(&red, false), text);
+        }
+
+        #[test]
+        fn stream_restore_of_any_split_is_the_whole_restored(
+            parts in proptest::collection::vec("(\\[|\\]|\\[EMAIL_1\\]|\\[CARD_12\\]|EMAIL|_1|[a-z ]|é){0,8}", 0..12),
+        ) {
+            let r = redactions(&[("[EMAIL_1]", "ann@x.org"), ("[CARD_12]", "4111 1111 1111 1111"), ("[CARD_1]", "5500 0000 0000 0004")]);
+            let mut s = StreamRestore::default();
+            let mut got = String::new();
+            for p in &parts {
+                got.push_str(&s.push(&r, p));
+            }
+            got.push_str(&s.flush(&r));
+            proptest::prop_assert_eq!(got, r.restore(&parts.concat(), false));
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod cascade;
 pub mod context;
 pub mod decision_log;
 pub mod record;
+pub mod restore;
 pub mod route;
 pub mod rules;
 pub mod shadow;

@@ -9,8 +9,8 @@
 //!    the matched text) and the action (the matched route's `pii:`, else `pii.action`)
 //!    applies: `block` answers 400 `pii_blocked` naming the kinds; `redact` replaces each
 //!    finding in the forwarded messages and in the text the router sees by a placeholder
-//!    (`[EMAIL_1]`), and with `restore: true` the placeholders in a full answer are
-//!    replaced back; `restrict` leaves only the models marked `private: true`; `tag`
+//!    (`[EMAIL_1]`), and with `restore: true` the placeholders in the answer, full or
+//!    streamed ([`super::restore`]), are replaced back; `restrict` leaves only the models marked `private: true`; `tag`
 //!    records.
 //!
 //! The route stage then ranks within the pool the rules leave ([`super::route`]); the

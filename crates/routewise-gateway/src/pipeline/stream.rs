@@ -5,7 +5,8 @@
 //! upstream response and closes its connection. How the stream ended ([`End`]) goes to the
 //! decision log; a failed end counts against the model's breaker; a complete one is
 //! recorded for feedback. Usage (for the realised cost) is read from the chunks when the
-//! client asked for it (`stream_options.include_usage`).
+//! client asked for it (`stream_options.include_usage`). Under `pii: {restore: true}` the
+//! bytes pass through [`super::restore::SseRestore`] on their way out.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::pipeline::cascade;
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::decision_log::{self, End};
 use crate::pipeline::record;
+use crate::pipeline::restore::SseRestore;
 use crate::state::ShutdownPhase;
 use crate::upstream::UpstreamStream;
 use tokio::sync::watch;
@@ -42,6 +44,12 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
             .as_ref()
             .filter(|p| p.stores() && ctx.routed.reason != super::route::Reason::Cached)
             .map(|_| Vec::new()),
+        restore: ctx
+            .signals
+            .as_ref()
+            .and_then(|s| s.restore.as_ref())
+            .filter(|r| !r.is_empty())
+            .map(|r| SseRestore::new(r.clone())),
         model: m,
         ctx: Some(ctx),
         done: false,
@@ -62,6 +70,8 @@ struct StreamState {
     /// The stream's bytes so far, while the response cache may store them (dropped past
     /// [`super::cache::MAX_STORED_BYTES`]).
     capture: Option<Vec<u8>>,
+    /// Puts redacted values back, when the request was redacted with `restore: true`.
+    restore: Option<SseRestore>,
     model: ModelId,
     ctx: Option<RequestContext>,
     done: bool,
@@ -81,6 +91,26 @@ impl StreamState {
                 self.usage = Some(u);
             }
         }
+    }
+
+    /// The bytes to send for `b`, as the client is to see them (empty while a restored
+    /// stream holds them back).
+    fn outgoing(&mut self, b: Bytes) -> Bytes {
+        match &mut self.restore {
+            Some(r) => Bytes::from(r.feed(&b)),
+            None => b,
+        }
+    }
+
+    /// The last bytes to send: what a restored stream still holds, then `end`.
+    fn last(&mut self, end: &[u8]) -> Bytes {
+        let mut out = self
+            .restore
+            .as_mut()
+            .map(SseRestore::finish)
+            .unwrap_or_default();
+        out.extend_from_slice(end);
+        Bytes::from(out)
     }
 
     fn finish(&mut self, end: End) {
@@ -143,45 +173,60 @@ fn error_event(message: &str) -> Bytes {
 }
 
 async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
-    if st.done {
-        return None;
-    }
-    if let Some(b) = st.first.take() {
-        st.seen(&b);
-        return Some((Ok(b), st));
-    }
-    let next = tokio::select! {
-        n = tokio::time::timeout(st.idle, st.rest.next()) => Some(n),
-        _ = st.shutdown.wait_for(|p| *p == ShutdownPhase::Aborting) => None,
-    };
-    let Some(next) = next else {
-        st.done = true;
-        st.finish(End::Shutdown);
-        return Some((Ok(error_event("the gateway is shutting down")), st));
-    };
-    match next {
-        Ok(Some(Ok(b))) => {
+    loop {
+        if st.done {
+            return None;
+        }
+        if let Some(b) = st.first.take() {
             st.seen(&b);
-            Some((Ok(b), st))
+            let b = st.outgoing(b);
+            if b.is_empty() {
+                continue;
+            }
+            return Some((Ok(b), st));
         }
-        Ok(None) => {
-            st.finish(End::Complete);
-            None
-        }
-        Ok(Some(Err(e))) => {
+        let next = tokio::select! {
+            n = tokio::time::timeout(st.idle, st.rest.next()) => Some(n),
+            _ = st.shutdown.wait_for(|p| *p == ShutdownPhase::Aborting) => None,
+        };
+        let Some(next) = next else {
             st.done = true;
-            st.finish(End::StreamError);
-            Some((
-                Ok(error_event(&format!("the upstream stream broke: {e}"))),
-                st,
-            ))
-        }
-        Err(_) => {
-            st.done = true;
-            st.finish(End::StreamTimeout);
-            let msg = format!("the upstream stream stalled for {} ms", st.idle.as_millis());
-            Some((Ok(error_event(&msg)), st))
-        }
+            st.finish(End::Shutdown);
+            let b = st.last(&error_event("the gateway is shutting down"));
+            return Some((Ok(b), st));
+        };
+        return match next {
+            Ok(Some(Ok(b))) => {
+                st.seen(&b);
+                let b = st.outgoing(b);
+                if b.is_empty() {
+                    continue;
+                }
+                Some((Ok(b), st))
+            }
+            Ok(None) => {
+                st.done = true;
+                st.finish(End::Complete);
+                let b = st.last(b"");
+                if b.is_empty() {
+                    return None;
+                }
+                Some((Ok(b), st))
+            }
+            Ok(Some(Err(e))) => {
+                st.done = true;
+                st.finish(End::StreamError);
+                let b = st.last(&error_event(&format!("the upstream stream broke: {e}")));
+                Some((Ok(b), st))
+            }
+            Err(_) => {
+                st.done = true;
+                st.finish(End::StreamTimeout);
+                let msg = format!("the upstream stream stalled for {} ms", st.idle.as_millis());
+                let b = st.last(&error_event(&msg));
+                Some((Ok(b), st))
+            }
+        };
     }
 }
 
