@@ -1,14 +1,16 @@
 //! Stage 2 on the request path, without I/O: the `routes:` rules (20 routes: keywords,
 //! regexes, metadata and 5 descriptions), the PII guard (every detector) and a response
 //! cache lookup (exact + semantic, 10,000 entries of the same context), on a parsed chat
-//! request, against parsing alone.
+//! request, against parsing alone. And stage 0, `auth: {mode: keys}`: a valid key checked
+//! (lookup in the instance's cache, SHA-256, constant-time compare, expiry) and applied
+//! (its models narrowing the pool).
 //!
 //! `cargo bench -p routewise-gateway --bench stage2`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use routewise_gateway::pipeline::{cache, rules};
+use routewise_gateway::pipeline::{auth, cache, rules};
 use routewise_gateway::{config, request, AppState};
 use routewise_router::{Catalog, Engine, ModelInfo};
 use serde_json::json;
@@ -39,14 +41,14 @@ pii: {action: tag}
 cache: {exact: true, semantic: {threshold: 0.92}, ttl_s: 3600, max_entries: 10000}
 "#;
 
-fn state() -> AppState {
+fn state(extra: &str) -> AppState {
     let yaml = format!(
         r#"
 models:
   - {{name: a, base_url: "http://127.0.0.1:9/v1", price: {{input_per_mtok: 10, output_per_mtok: 30}}, context_window: 128000}}
   - {{name: b, base_url: "http://127.0.0.1:9/v1", price: {{input_per_mtok: 1, output_per_mtok: 2}}}}
   - {{name: c, base_url: "http://127.0.0.1:9/v1", price: {{input_per_mtok: 0.1, output_per_mtok: 0.2}}}}
-{ROUTES}"#
+{extra}"#
     );
     let cfg = config::parse(
         &yaml,
@@ -117,7 +119,7 @@ fn body_with(i: usize, extra: &str) -> bytes::Bytes {
 }
 
 fn bench(c: &mut Criterion) {
-    let st = state();
+    let st = state(ROUTES);
     let gw = &*st;
     // The memory backend's lookup is async only in name: it never yields.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -128,7 +130,7 @@ fn bench(c: &mut Criterion) {
     // 10,000 cached answers.
     for i in 0..10_000 {
         let mut req = request::parse(&body(i), &headers, true).unwrap();
-        let sig = rules::run(gw, &mut req, &headers, true).unwrap();
+        let sig = rules::run(gw, &mut req, &headers, None, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
         cache::store(
             &st,
@@ -150,7 +152,7 @@ fn bench(c: &mut Criterion) {
     });
     let stage2 = |body: &bytes::Bytes| {
         let mut req = request::parse(body, &headers, true).unwrap();
-        let sig = rules::run(gw, &mut req, &headers, true).unwrap();
+        let sig = rules::run(gw, &mut req, &headers, None, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
         rt.block_on(cache::answer(gw, &mut probe, &req)).is_some()
     };
@@ -166,7 +168,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("rules + pii only (20 routes)", |b| {
         b.iter(|| {
             let mut req = parsed.clone();
-            rules::run(gw, &mut req, &headers, true).unwrap()
+            rules::run(gw, &mut req, &headers, None, true).unwrap()
         })
     });
     c.bench_function("cache probe + lookup only (miss)", |b| {
@@ -178,9 +180,60 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+fn bench_auth(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&format!(
+        "auth: {{mode: keys}}\nstate: {{path: \"{}\"}}",
+        dir.path().join("state.redb").display()
+    ));
+    let gw = &*st;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(st.attach_keys()).unwrap();
+    let spec = routewise_online::keys::KeySpec {
+        name: Some("bench".into()),
+        models: Some(vec!["b".into(), "c".into()]),
+        ..Default::default()
+    };
+    let key = rt
+        .block_on(gw.keys.get().unwrap().create(gw, &spec))
+        .unwrap()
+        .key;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    let parsed = request::parse(&body(1), &headers, true).unwrap();
+    c.bench_function("auth: check a key (stage 0)", |b| {
+        b.iter(|| {
+            rt.block_on(auth::authenticate(gw, black_box(&headers)))
+                .unwrap()
+                .is_some()
+        })
+    });
+    c.bench_function(
+        "auth: check a key + apply its pool to a parsed request",
+        |b| {
+            b.iter(|| {
+                let caller = rt
+                    .block_on(auth::authenticate(gw, black_box(&headers)))
+                    .unwrap();
+                let mut req = parsed.clone();
+                auth::apply(gw, caller.as_deref().unwrap(), &mut req).unwrap();
+                rules::run(gw, &mut req, &headers, caller.as_deref(), true).unwrap()
+            })
+        },
+    );
+    c.bench_function("parsed request clone (baseline of the line above)", |b| {
+        b.iter(|| black_box(parsed.clone()))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3));
-    targets = bench
+    targets = bench, bench_auth
 }
 criterion_main!(benches);

@@ -37,6 +37,7 @@
 //!           execute: {sample: 0.01, max_usd_per_day: 5}}]           # optional
 //! routes: [{name: code, when: {keywords: [python]}, then: {models: [a, b]}}]   # optional (see below)
 //! pii: {detect: [email, card, iban, phone, ssn, ip, secret], action: redact, restore: true}  # optional
+//! auth: {mode: keys, cache_ttl_s: 5}  # optional; virtual keys (`routewise keys`), stored in `state`
 //! cache: {exact: true, semantic: {threshold: 0.92, guards: true}, ttl_s: 3600,               # optional
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
@@ -86,8 +87,9 @@
 //! Each section validates itself (the policy in `routewise_router::policy`, `bandit:` and
 //! `state:` in `routewise_online::config`, models here); this module collects the issues.
 //! The upstream URL and the auth header of each model are built here, once.
-//! The settings in [`RESERVED_ENV`] (`ROUTEWISE_CONFIG`, `ROUTEWISE_LOG`, `ROUTEWISE_MODELS`,
-//! `ROUTEWISE_PYTHON`) belong to the command line, not to the config.
+//! The settings in [`RESERVED_ENV`] (`ROUTEWISE_ADMIN_KEY`, `ROUTEWISE_CONFIG`,
+//! `ROUTEWISE_LOG`, `ROUTEWISE_MODELS`, `ROUTEWISE_PYTHON`) belong to the command line, not
+//! to the config.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -112,6 +114,7 @@ pub use crate::upstream::ProviderKind as Provider;
 
 /// Variables with the `ROUTEWISE_` prefix that are not config overrides.
 pub const RESERVED_ENV: &[&str] = &[
+    "ROUTEWISE_ADMIN_KEY",
     "ROUTEWISE_CONFIG",
     "ROUTEWISE_LOG",
     "ROUTEWISE_MODELS",
@@ -132,7 +135,8 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// Online learning from feedback (`None`: off, requests routed by the engine alone).
     pub bandit: Option<BanditConfig>,
-    /// Where the online state lives (used only when `bandit` is set).
+    /// Where the online state and the virtual keys live (used when `bandit` is set or
+    /// `auth.mode` is `keys`).
     pub state: StateConfig,
     /// Shadow routers: decide every routed request beside the live router, off the
     /// request path, logged and compared ([`crate::pipeline::shadow`]).
@@ -143,6 +147,8 @@ pub struct Config {
     pub pii: Option<PiiConfig>,
     /// The response cache (`None`: off).
     pub cache: Option<CacheConfig>,
+    /// Who may call the gateway.
+    pub auth: AuthConfig,
     /// Settings that are accepted but deprecated (logged at start, shown by
     /// `check-config`), as issues with their paths.
     pub warnings: Vec<Issue>,
@@ -154,8 +160,39 @@ pub struct PiiConfig {
     pub detector: Arc<Detector>,
     /// The default action (a route's `pii:` overrides it).
     pub action: PiiAction,
-    /// With `redact`: put the originals back in a full (non-streamed) answer.
+    /// With `redact`: put the originals back in the answer (full or streamed).
     pub restore: bool,
+}
+
+/// `auth.mode`: who may call the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the port (the demo default; a warning when listening beyond
+    /// loopback).
+    #[default]
+    Open,
+    /// Only virtual keys (`Authorization: Bearer rw-...`) from `routewise keys`, kept in
+    /// the `state` store.
+    Keys,
+}
+
+/// `auth:` ([`crate::pipeline::auth`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// How long an instance trusts a key record it read before reading it again (a
+    /// revocation by another instance takes effect within this).
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            cache_ttl_ms: 5_000,
+        }
+    }
 }
 
 /// `cache:`: the in-memory response cache ([`crate::pipeline::cache`]).
@@ -515,6 +552,15 @@ enum RawCacheBackend {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    mode: Option<AuthMode>,
+    #[serde(default)]
+    cache_ttl_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPii {
     #[serde(default)]
     detect: Option<Vec<PiiKind>>,
@@ -629,7 +675,7 @@ struct RawDecisionLog {
 
 const TOP_KEYS: &[&str] = &[
     "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state", "shadow",
-    "routes", "pii", "cache",
+    "routes", "pii", "cache", "auth",
 ];
 
 #[derive(Deserialize)]
@@ -887,6 +933,7 @@ pub fn parse(
     }
     let (routes, pii) = v.signals(map.get("routes"), map.get("pii"), &models);
     let cache = v.cache(map.get("cache"));
+    let auth = v.auth(map.get("auth"));
     if !v.issues.is_empty() {
         let mut issues = v.issues;
         blame_env(&mut issues, &set_by);
@@ -912,6 +959,7 @@ pub fn parse(
         routes,
         pii,
         cache,
+        auth,
         warnings,
     })
 }
@@ -934,6 +982,24 @@ struct Validator<'a> {
 const MAX_CACHE_ENTRIES: usize = 10_000_000;
 
 impl Validator<'_> {
+    /// `auth:`, checked.
+    fn auth(&mut self, raw: Option<&Value>) -> AuthConfig {
+        let Some(raw) = self.section::<RawAuth>(raw, "auth") else {
+            return AuthConfig::default();
+        };
+        let ttl_s = raw.cache_ttl_s.unwrap_or(5.0);
+        if !(0.0..=3600.0).contains(&ttl_s) {
+            self.issue(
+                "auth.cache_ttl_s",
+                format!("must be in [0, 3600] seconds, found {ttl_s}"),
+            );
+        }
+        AuthConfig {
+            mode: raw.mode.unwrap_or_default(),
+            cache_ttl_ms: (ttl_s * 1000.0) as u64,
+        }
+    }
+
     /// `cache:`, checked.
     fn cache(&mut self, raw: Option<&Value>) -> Option<CacheConfig> {
         let raw: RawCache = self.section(raw, "cache")?;

@@ -60,6 +60,12 @@ pub enum ApiError {
         /// The route that blocked, sent as `x-routewise-route`.
         route: Option<String>,
     },
+    /// `auth: {mode: keys}` and no valid key (missing, unknown, revoked, expired).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key store could not be read to check a key not yet known to this instance.
+    #[error("the key store is unreachable; retry shortly")]
+    AuthUnavailable,
     /// A model named directly answered 429: passed through with its `Retry-After`.
     #[error("{message}")]
     RateLimited {
@@ -93,6 +99,8 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Blocked { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
             }
@@ -102,7 +110,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::UpstreamFailed(_) | ApiError::UpstreamTimeout(_) => "upstream_error",
-            ApiError::Overloaded { .. } => "server_error",
+            ApiError::Overloaded { .. } | ApiError::AuthUnavailable => "server_error",
             ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
             _ => "invalid_request_error",
         }
@@ -131,6 +139,8 @@ impl ApiError {
             ApiError::ClientLimit { .. } => Some("client_limit"),
             ApiError::BodyTimeout { .. } => Some("body_timeout"),
             ApiError::RateLimited { .. } => Some("rate_limited"),
+            ApiError::Unauthorized(_) => Some("invalid_api_key"),
+            ApiError::AuthUnavailable => Some("auth_unavailable"),
             ApiError::Blocked { code, .. } => Some(*code),
         }
     }
@@ -165,8 +175,13 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         match self {
-            ApiError::Overloaded { .. } | ApiError::ClientLimit { .. } => {
+            ApiError::Overloaded { .. }
+            | ApiError::ClientLimit { .. }
+            | ApiError::AuthUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::RateLimited {
                 retry_after: Some(v),

@@ -76,8 +76,10 @@ fn zero_data_engine(config: &Config) -> Engine {
 }
 
 /// What the config points at but a start does not require, checked once (blocking): the
-/// response cache's Redis (`cache.redis_url`, PING within 2 s). `check-config` reports these
-/// as errors; `serve` starts anyway and logs them (the cache misses until Redis answers).
+/// response cache's Redis (`cache.redis_url`, PING within 2 s) and, with `auth: {mode:
+/// keys}`, the state's Redis (`state.redis_url`). `check-config` reports these as errors;
+/// `serve` starts anyway and logs them (the cache misses, and keys not yet seen get 503,
+/// until Redis answers).
 pub fn reachability(config: &Config) -> Vec<config::Issue> {
     let mut issues = Vec::new();
     if let Some(config::CacheConfig {
@@ -92,6 +94,20 @@ pub fn reachability(config: &Config) -> Vec<config::Issue> {
             issues.push(config::Issue {
                 path: "cache.redis_url".into(),
                 message: format!("cannot reach Redis: {e}"),
+            });
+        }
+    }
+    // Keys in Redis: every request depends on it (fail closed), so check it like the cache.
+    if let (config::AuthMode::Keys, Some(url)) = (config.auth.mode, &config.state.redis_url) {
+        if let Err(e) = crate::pipeline::cache::redis::RedisCache::ping_blocking(
+            url,
+            std::time::Duration::from_secs(2),
+        ) {
+            issues.push(config::Issue {
+                path: "state.redis_url".into(),
+                message: format!(
+                    "cannot reach Redis, where `auth: {{mode: keys}}` keeps the keys: {e}"
+                ),
             });
         }
     }

@@ -104,6 +104,7 @@ pub struct Metrics {
     routes: Family<RouteLabel, Counter>,
     cache: Family<ResultLabel, Counter>,
     pii: Family<PiiLabels, Counter>,
+    auth_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -243,6 +244,12 @@ impl Metrics {
             "Response cache lookups by result (hit-exact / hit-semantic / miss / bypass)",
             Family::<ResultLabel, Counter>::default(),
         );
+        let auth_failures = reg(
+            r,
+            "auth_failures",
+            "Requests refused by `auth: {mode: keys}`, by reason (missing / invalid / revoked / expired / forbidden_model / store_unavailable)",
+            Family::<ReasonLabel, Counter>::default(),
+        );
         let models = models
             .iter()
             .map(|m| {
@@ -286,7 +293,15 @@ impl Metrics {
             routes,
             cache,
             pii,
+            auth_failures,
         }
+    }
+
+    /// Counts a request refused by the auth stage.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a cascaded request by `verdict` (`accepted` / `escalated`).

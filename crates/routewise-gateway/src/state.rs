@@ -58,6 +58,11 @@ pub struct Gateway {
     pub cache: Option<crate::pipeline::cache::ResponseCache>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
     pub shutdown: watch::Sender<ShutdownPhase>,
+    /// The virtual keys, once attached (`auth: {mode: keys}`).
+    pub keys: OnceLock<crate::pipeline::auth::Keys>,
+    /// SHA-256 of the admin key (`ROUTEWISE_ADMIN_KEY`), once set: the admin API is off
+    /// without it.
+    pub admin_key: OnceLock<[u8; 32]>,
     started: Instant,
 }
 
@@ -191,6 +196,8 @@ impl AppState {
             cache,
             in_flight: Arc::new(Counter::default()),
             shutdown: watch::channel(ShutdownPhase::Running).0,
+            keys: OnceLock::new(),
+            admin_key: OnceLock::new(),
             started: Instant::now(),
         })))
     }
@@ -207,6 +214,42 @@ impl AppState {
         )?;
         let _ = self.shadows.set(started);
         Ok(())
+    }
+
+    /// Attaches the stores the config uses: the online state ([`AppState::attach_online`])
+    /// and the virtual keys ([`AppState::attach_keys`]).
+    pub async fn attach_stores(&self) -> Result<(), ConfigError> {
+        self.attach_online().await?;
+        self.attach_keys().await
+    }
+
+    /// Opens the virtual keys' store (`auth: {mode: keys}`; a no-op otherwise, or when
+    /// already attached) and, for the local file, loads every key.
+    pub async fn attach_keys(&self) -> Result<(), ConfigError> {
+        if self.config.auth.mode != crate::config::AuthMode::Keys || self.keys.get().is_some() {
+            return Ok(());
+        }
+        let field = match self.config.state.backend() {
+            Backend::Redis => "state.redis_url",
+            Backend::Local => "state.path",
+        };
+        let fail = |e: String| ConfigError::single(&self.config.source, field, e);
+        let cfg = self.config.state.clone();
+        let store =
+            tokio::task::spawn_blocking(move || routewise_online::store::open::open_keys(&cfg))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.to_string()))?;
+        let keys = crate::pipeline::auth::Keys::open(store, self)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = self.keys.set(keys);
+        Ok(())
+    }
+
+    /// Turns the admin API on with `key` (`ROUTEWISE_ADMIN_KEY`).
+    pub fn set_admin_key(&self, key: &str) {
+        let _ = self.admin_key.set(crate::http::auth::admin_key_hash(key));
     }
 
     /// Opens the online router's state store and starts its maintenance task, when

@@ -195,11 +195,17 @@ async fn pii_redact_restores_streamed_answers() {
     assert_eq!(resp.status(), 200);
     let sse = common::read_sse(resp).await;
     let sent = serde_json::to_string(&mock.requests().last().unwrap().body).unwrap();
-    assert!(sent.contains("[EMAIL_1]") && !sent.contains("jane@"), "{sent}");
+    assert!(
+        sent.contains("[EMAIL_1]") && !sent.contains("jane@"),
+        "{sent}"
+    );
     let text = common::streamed_text(&sse);
     assert!(text.contains("jane@corp.example"), "{text}");
     assert!(text.contains("GB82 WEST 1234 5698 7654 32"), "{text}");
-    assert!(!sse.contains("[EMAIL_1]") && !sse.contains("[IBAN_1]"), "{sse}");
+    assert!(
+        !sse.contains("[EMAIL_1]") && !sse.contains("[IBAN_1]"),
+        "{sse}"
+    );
     assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
 }
 
@@ -246,7 +252,11 @@ async fn pii_restore_puts_back_a_placeholder_cut_across_deltas() {
     let resp = common::post_stream(&gw.url("/v1/chat/completions"), body).await;
     assert_eq!(resp.status(), 200);
     let sse = common::read_sse(resp).await;
-    assert_eq!(common::streamed_text(&sse), "Writing to ann@x.org now.", "{sse}");
+    assert_eq!(
+        common::streamed_text(&sse),
+        "Writing to ann@x.org now.",
+        "{sse}"
+    );
     assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
 }
 

@@ -28,6 +28,7 @@
 pub mod bandit;
 pub mod config;
 pub mod feedback;
+pub mod keys;
 pub mod linalg;
 pub mod project;
 pub mod router;
@@ -43,6 +44,7 @@ pub use feedback::{
 pub use project::Projector;
 pub use router::{Choice, OnlineError, OnlineRouter};
 pub use service::FeedbackService;
+pub use store::keys::KeyStore;
 pub use store::local::LocalStore;
 pub use store::redis::RedisStore;
 pub use store::state_store::{FeedbackParams, StateStore, StoreError};

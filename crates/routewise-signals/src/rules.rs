@@ -20,8 +20,8 @@
 //!   an image part, or asks for JSON / structured output.
 //! * `user: [..]`, `tag: "key=value"` (or `"key"`), `header: {name, equals | regex}` —
 //!   request metadata: the `user` field, the `x-routewise-tags` header
-//!   (`team=search,env=prod`), any header. (An API key's team needs virtual keys, which
-//!   the gateway does not have yet.)
+//!   (`team=search,env=prod`, followed by the API key's own tags), any header.
+//! * `team: [..]` — the team of the request's API key (`auth: {mode: keys}`).
 //! * `language: [eng, deu, ..]` — the language of the last user message detected by
 //!   `whatlang` (ISO 639-3 codes or English names).
 //! * `description: ".."`, with `threshold` (default [`DEFAULT_THRESHOLD`]) and optional
@@ -101,6 +101,8 @@ pub struct RawCondition {
     pub json: Option<bool>,
     #[serde(default)]
     pub user: Option<OneOrMany>,
+    #[serde(default)]
+    pub team: Option<OneOrMany>,
     #[serde(default)]
     pub tag: Option<String>,
     #[serde(default)]
@@ -229,6 +231,7 @@ enum Cond {
     Images(bool),
     Json(bool),
     User(Vec<String>),
+    Team(Vec<String>),
     Tag {
         key: String,
         value: Option<String>,
@@ -309,7 +312,9 @@ pub struct Signals<'a> {
     pub images: bool,
     pub json: bool,
     pub user: Option<&'a str>,
-    /// `x-routewise-tags` entries (`key`, `value`; value empty for a bare key).
+    /// The API key's team (`auth: {mode: keys}`).
+    pub team: Option<&'a str>,
+    /// `x-routewise-tags` entries, then the API key's tags (`key`, `value`; value empty for a bare key).
     pub tags: &'a [(&'a str, &'a str)],
     /// The headers named in `header:` conditions ([`RuleSet::header_names`]), name
     /// lowercase.
@@ -610,6 +615,10 @@ impl RuleSet {
                 .user
                 .filter(|u| users.iter().any(|x| x == u))
                 .map(|u| format!("user {u}")),
+            Cond::Team(teams) => s
+                .team
+                .filter(|t| teams.iter().any(|x| x == t))
+                .map(|t| format!("team {t}")),
             Cond::Tag { key, value } => s
                 .tags
                 .iter()
@@ -696,6 +705,7 @@ impl Cond {
             Cond::Images(_) => "images",
             Cond::Json(_) => "json",
             Cond::User(_) => "user",
+            Cond::Team(_) => "team",
             Cond::Tag { .. } => "tag",
             Cond::Header { .. } => "header",
             Cond::Language(_) => "language",
@@ -843,6 +853,7 @@ impl Compiler<'_> {
             images,
             json,
             user,
+            team,
             tag,
             header,
             language,
@@ -850,7 +861,7 @@ impl Compiler<'_> {
         );
         if kinds.len() != 1 {
             let msg = if kinds.is_empty() {
-                "a condition needs one of all, any, not, keywords, regex, tokens, tools, images, json, user, tag, header, language, description".to_string()
+                "a condition needs one of all, any, not, keywords, regex, tokens, tools, images, json, user, team, tag, header, language, description".to_string()
             } else {
                 format!(
                     "a condition has exactly one kind; found {} (combine them with `all` or `any`)",
@@ -957,6 +968,11 @@ impl Compiler<'_> {
             return self
                 .non_empty(u.clone().into_vec(), &format!("{path}.user"))
                 .map(Cond::User);
+        }
+        if let Some(t) = &raw.team {
+            return self
+                .non_empty(t.clone().into_vec(), &format!("{path}.team"))
+                .map(Cond::Team);
         }
         if let Some(tag) = &raw.tag {
             let (key, value) = match tag.split_once('=') {
@@ -1308,6 +1324,23 @@ mod tests {
         s.images = false;
         s.tokens = 101;
         assert!(rs.evaluate(&s).matched.is_empty());
+    }
+
+    #[test]
+    fn team_condition_reads_the_keys_team() {
+        let rs = compile("- {name: t, when: {team: [search, ads]}, then: {model: big}}").unwrap();
+        let team = |t: Option<&'static str>| {
+            rs.evaluate(&Signals {
+                team: t,
+                ..Signals::default()
+            })
+            .matched
+            .first()
+            .map(|m| m.why.clone())
+        };
+        assert_eq!(team(Some("ads")).as_deref(), Some("team ads"));
+        assert_eq!(team(Some("infra")), None);
+        assert_eq!(team(None), None);
     }
 
     #[test]

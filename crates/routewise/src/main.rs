@@ -42,6 +42,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Validate a gateway config file and print the errors, or "ok".
     CheckConfig(cmd::check_config::Args),
+    /// Virtual API keys (`auth: {mode: keys}`): create, list, revoke, update.
+    Keys(cmd::keys::Args),
     /// Manage embedding model weights (fetch, list).
     #[command(subcommand)]
     Models(cmd::models::Command),
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Models(c) => cmd::models::run(c),
+        Command::Keys(a) => cmd::keys::run(a),
     };
     match result {
         Ok(code) => code,

@@ -183,3 +183,97 @@ fn regression_a_locked_state_store_fails_before_listening() {
     signal(&first, "TERM");
     assert!(wait_exit(&mut first, Duration::from_secs(10)).is_some());
 }
+
+/// A raw HTTP/1.1 GET with an optional bearer key; the status line.
+fn get_status(port: u16, path: &str, key: Option<&str>) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn keys_go_through_the_admin_api_while_a_gateway_holds_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("gw.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{port}\nrouter: {{mode: rules}}\nauth: {{mode: keys}}\nstate: {{path: \"{}\"}}\nmodels:\n  - {{name: small, base_url: \"http://127.0.0.1:9/v1\", price: {{input_per_mtok: 0.1, output_per_mtok: 0.1}}}}\n",
+            dir.path().join("state.redb").display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let admin = [("ROUTEWISE_ADMIN_KEY", "an-admin-key")];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_routewise"));
+    cmd.args(["serve", "--config", cfg])
+        .env("ROUTEWISE_LOG", "info")
+        .envs(admin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut gw = cmd.spawn().unwrap();
+    let stderr = gw.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let up = line.contains("listening");
+        seen.push(line);
+        if up {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("listening")),
+        "the gateway did not start: {seen:?}"
+    );
+    assert!(get_status(port, "/v1/models", None).contains(" 401 "));
+
+    let keys = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_routewise"))
+            .args(["keys", "--config", cfg])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    // Without the admin key the held file cannot be managed, and the message says how.
+    let refused = keys(&["list"], &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ROUTEWISE_ADMIN_KEY"));
+
+    let made = keys(&["create", "--name", "ci"], &admin);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    assert!(get_status(port, "/v1/models", Some(&key)).contains(" 200 "));
+    let revoked = keys(&["revoke", &key[3..13]], &admin);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    // The gateway's cache saw the revocation at once.
+    assert!(get_status(port, "/v1/models", Some(&key)).contains(" 401 "));
+    signal(&gw, "TERM");
+    assert!(wait_exit(&mut gw, Duration::from_secs(10)).is_some());
+}

@@ -1,21 +1,25 @@
 //! Thin HTTP handlers: extract, call the core ([`crate::pipeline`]), map the result.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::extract::read_request_body;
 use crate::pipeline;
+use crate::pipeline::auth::Caller;
 use crate::state::AppState;
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -29,15 +33,21 @@ pub async fn chat_completions(
             }
         };
         tracing::Span::current().record("body_bytes", bytes.len());
-        pipeline::chat(state, headers, bytes).await
+        pipeline::chat(state, caller.map(|Extension(c)| c), headers, bytes).await
     }
     .instrument(span)
     .await
 }
 
-pub async fn route(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn route(
+    State(state): State<AppState>,
+    caller: Option<Extension<Arc<Caller>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = caller.map(|Extension(c)| c);
     let result = match read_request_body(&state, &headers, body).await {
-        Ok(bytes) => pipeline::decide_only(&state, &headers, &bytes),
+        Ok(bytes) => pipeline::decide_only(&state, caller.as_deref(), &headers, &bytes),
         Err(e) => Err(e),
     };
     match result {

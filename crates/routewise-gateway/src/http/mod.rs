@@ -16,6 +16,7 @@
 //! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape. A new endpoint
 //! is one line here and one handler.
 
+pub mod auth;
 pub mod body;
 pub mod extract;
 pub mod feedback;
@@ -50,13 +51,36 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/stats/shadow",
             get(handlers::shadow_stats).fallback(handlers::method_not_allowed),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
+        );
+    // Auth inside load shedding: an overloaded gateway does not look keys up.
+    let v1 = if state.config.auth.mode == crate::config::AuthMode::Keys {
+        v1.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limit::shed,
-        ));
+            auth::require_key,
+        ))
+    } else {
+        v1
+    };
+    let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        limit::shed,
+    ));
+    let admin = Router::new()
+        .route(
+            "/admin/keys",
+            get(auth::list)
+                .post(auth::create)
+                .fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/admin/keys/{id}",
+            axum::routing::patch(auth::update)
+                .delete(auth::revoke)
+                .fallback(handlers::method_not_allowed),
+        );
     Router::new()
         .merge(v1)
+        .merge(admin)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))

@@ -28,6 +28,7 @@
 //! that routes matched `x-routewise-route` (their names, comma-separated).
 
 pub mod attempts;
+pub mod auth;
 pub mod cache;
 pub mod cascade;
 pub mod context;
@@ -41,6 +42,7 @@ pub mod stream;
 
 pub use context::RequestContext;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::header::CONTENT_TYPE;
@@ -122,7 +124,12 @@ impl Drop for InFlight {
 }
 
 /// Serves `POST /v1/chat/completions` for an already read body.
-pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn chat(
+    state: AppState,
+    caller: Option<Arc<auth::Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let id = new_decision_id();
     let mut trace = TraceContext::from_headers(&headers, &id);
@@ -134,13 +141,14 @@ pub async fn chat(state: AppState, headers: HeaderMap, body: Bytes) -> Response 
         status = tracing::field::Empty,
     );
     crate::otel::link(&span, &mut trace);
-    chat_stages(state, headers, body, started, id, trace)
+    chat_stages(state, caller, headers, body, started, id, trace)
         .instrument(span)
         .await
 }
 
 async fn chat_stages(
     state: AppState,
+    caller: Option<Arc<auth::Caller>>,
     headers: HeaderMap,
     body: Bytes,
     started: Instant,
@@ -154,8 +162,14 @@ async fn chat_stages(
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
     };
-    // 2. before routing: the rules and the PII guard (a cache and auth go here too).
-    let signals = match rules::run(gw, &mut request, &headers, true) {
+    // 0. (done by the HTTP layer) the caller's key: its models and default policy
+    if let Some(c) = &caller {
+        if let Err(e) = auth::apply(gw, c, &mut request) {
+            return reject(gw, e, &id, &trace);
+        }
+    }
+    // 2. before routing: the rules, the key's pool and the PII guard
+    let signals = match rules::run(gw, &mut request, &headers, caller.as_deref(), true) {
         Ok(s) => s.map(Box::new),
         Err(e) => return reject(gw, e, &id, &trace),
     };
@@ -411,13 +425,17 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
 /// Serves `POST /v1/route`: stages 1-3, then the decision as JSON; no upstream call.
 pub fn decide_only(
     state: &AppState,
+    caller: Option<&auth::Caller>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<serde_json::Value, ApiError> {
     let started = Instant::now();
     let gw = &**state;
     let mut req = request::parse(body, headers, false)?;
-    let signals = rules::run(gw, &mut req, headers, false)?;
+    if let Some(c) = caller {
+        auth::apply(gw, c, &mut req)?;
+    }
+    let signals = rules::run(gw, &mut req, headers, caller, false)?;
     let routed = route::route(gw, &req, true, signals.as_ref())?;
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     let now = gw.now_ms();
@@ -448,6 +466,7 @@ pub fn decide_only(
         "explored": routed.decision.as_ref().is_some_and(|d| d.explored),
         "fallback_order": routed.candidates.iter().map(|&u| gw.upstreams.get(u).name.as_str()).collect::<Vec<_>>(),
         "models": models,
+        "key": caller.map(|c| json!({"id": c.id, "name": c.name, "team": c.team})),
         "route": signals.as_ref().map(|s| json!({
             "matched": s.matched_json(gw),
             "tags": s.outcome.tags.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),

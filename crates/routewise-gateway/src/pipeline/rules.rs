@@ -5,6 +5,8 @@
 //!    images, JSON output, `user`, `x-routewise-tags`, the headers conditions read) are
 //!    read from the parsed body, borrowing it, and the routes are evaluated in order.
 //!    A `block` answers 400 / 403 `blocked_by_route` here.
+//!    An API key's models (`auth: {mode: keys}`) narrow the pool like a route's, and its
+//!    team and tags are signals (`team:`, `tag:`).
 //! 2. The PII detectors scan the text of every message. Found kinds are recorded (never
 //!    the matched text) and the action (the matched route's `pii:`, else `pii.action`)
 //!    applies: `block` answers 400 `pii_blocked` naming the kinds; `redact` replaces each
@@ -25,6 +27,7 @@ use routewise_signals::{KindSet, Outcome, PiiAction, Redactions, Signals};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::pipeline::auth::Caller;
 use crate::request::{CascadeChoice, ChatRequest};
 use crate::state::Gateway;
 
@@ -85,20 +88,28 @@ pub fn run(
     gw: &Gateway,
     req: &mut ChatRequest,
     headers: &HeaderMap,
+    caller: Option<&Caller>,
     redact: bool,
 ) -> Result<Option<SignalTrace>, ApiError> {
     let (rules, pii) = (gw.rules.as_ref(), gw.config.pii.as_ref());
-    if rules.is_none() && pii.is_none() {
+    let key_allow = caller.and_then(|c| c.allow.as_deref());
+    if rules.is_none() && pii.is_none() && key_allow.is_none() {
         return Ok(None);
     }
     let mut trace = SignalTrace::default();
+    if let Some(a) = key_allow {
+        trace.outcome.allow = Some(a.to_vec());
+    }
     if let Some(rules) = rules {
         let last_user = last_user_text(req.rest().get("messages"));
         let tags_value = headers
             .get(TAGS_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let tags: Vec<(&str, &str)> = parse_tags(tags_value).collect();
+        let key_tags = caller.map(|c| c.tags.as_slice()).unwrap_or_default();
+        let tags: Vec<(&str, &str)> = parse_tags(tags_value)
+            .chain(key_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
         let read: Vec<(&str, &str)> = rules
             .header_names()
             .iter()
@@ -118,11 +129,22 @@ pub fn run(
             images: has_images(rest.get("messages")),
             json: wants_json(rest.get("response_format")),
             user: rest.get("user").and_then(Value::as_str),
+            team: caller.and_then(|c| c.team.as_deref()),
             tags: &tags,
             headers: &read,
             last_user_embedding: trace.last_user_embedding.as_deref(),
         };
+        let key_pool = trace.outcome.allow.take();
         trace.outcome = rules.evaluate(&signals);
+        if let Some(k) = key_pool {
+            let allow = trace
+                .outcome
+                .allow
+                .get_or_insert_with(|| vec![true; k.len()]);
+            for (a, k) in allow.iter_mut().zip(k) {
+                *a &= k;
+            }
+        }
         for m in &trace.outcome.matched {
             gw.metrics.route_matched(&rules.routes()[m.route].name);
         }

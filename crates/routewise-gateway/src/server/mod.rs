@@ -69,8 +69,8 @@ pub async fn serve(
     serve_on(listener, state, shutdown, Threads::Caller).await
 }
 
-/// [`serve`], with the connections served where `threads` says. With `bandit:`
-/// configured, the online router's state is attached first ([`AppState::attach_online`]);
+/// [`serve`], with the connections served where `threads` says. The stores the config
+/// uses (online state, virtual keys) are attached first ([`AppState::attach_stores`]);
 /// a failure there is returned as an error naming the config file and field.
 pub async fn serve_on(
     listener: TcpListener,
@@ -79,9 +79,16 @@ pub async fn serve_on(
     threads: Threads,
 ) -> std::io::Result<()> {
     state
-        .attach_online()
+        .attach_stores()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if state.config.auth.mode == crate::config::AuthMode::Open
+        && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            "auth is open (`auth: {{mode: open}}`) on a non-loopback address: anyone who reaches the port may spend on your models; set `auth: {{mode: keys}}`"
+        );
+    }
     let limits = state.config.limits.clone();
     let (drain_tx, drain_rx) = watch::channel(false);
     let shard = Shard {

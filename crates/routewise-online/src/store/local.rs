@@ -35,6 +35,7 @@ use crate::store::state_store::{FeedbackParams, StateStore, StoreError};
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("decisions");
 const FEEDBACK: TableDefinition<&str, &[u8]> = TableDefinition::new("feedback");
 const ARMS: TableDefinition<&str, &[u8]> = TableDefinition::new("arms");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 
 /// The redb-backed store (cheap to clone: clones share the open database).
 #[derive(Debug, Clone)]
@@ -53,15 +54,71 @@ fn fe<E: std::fmt::Display>(e: E) -> FeedbackError {
 impl LocalStore {
     /// Opens (or creates) the store at `path`, repairing it after an unclean shutdown.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(se)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::Locked(path.display().to_string())
+            }
+            other => se(other),
+        })?;
         let tx = db.begin_write().map_err(se)?;
         {
             tx.open_table(DECISIONS).map_err(se)?;
             tx.open_table(FEEDBACK).map_err(se)?;
             tx.open_table(ARMS).map_err(se)?;
+            tx.open_table(KEYS).map_err(se)?;
         }
         tx.commit().map_err(se)?;
         Ok(LocalStore { db: Arc::new(db) })
+    }
+
+    /// Opens the store at `path`, or shares the database this process already has open
+    /// there (the online router's feedback and the virtual keys live in one file, which
+    /// redb lets one handle own).
+    pub fn open_shared(path: &Path) -> Result<Self, StoreError> {
+        type Open = Vec<(std::path::PathBuf, std::sync::Weak<Database>)>;
+        static OPEN: std::sync::Mutex<Open> = std::sync::Mutex::new(Vec::new());
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(db) = open
+            .iter()
+            .find(|(p, _)| *p == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(LocalStore { db });
+        }
+        let s = LocalStore::open(path)?;
+        open.push((key, Arc::downgrade(&s.db)));
+        Ok(s)
+    }
+
+    /// Writes a key record (fsynced before returning).
+    pub(crate) fn put_raw_key(&self, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(se)?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut t = tx.open_table(KEYS).map_err(se)?;
+            t.insert(id, bytes).map_err(se)?;
+        }
+        tx.commit().map_err(se)
+    }
+
+    pub(crate) fn get_raw_key(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let t = tx.open_table(KEYS).map_err(se)?;
+        Ok(t.get(id).map_err(se)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every key record, by id.
+    pub(crate) fn raw_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let t = tx.open_table(KEYS).map_err(se)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(se)? {
+            let (_, v) = row.map_err(se)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
     }
 
     /// Keeps a decision for the feedback window.
@@ -189,7 +246,7 @@ impl LocalStore {
     }
 
     /// Runs a blocking store call on tokio's blocking pool.
-    async fn blocking<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
         f: impl FnOnce(LocalStore) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {

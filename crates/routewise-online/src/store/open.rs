@@ -4,15 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Backend, StateConfig};
+use crate::store::keys::KeyStore;
 use crate::store::local::LocalStore;
 use crate::store::redis::RedisStore;
 use crate::store::state_store::{StateStore, StoreError};
 
-/// Opens the configured store (a local file is opened and locked now; Redis connects
-/// lazily, so an instance starts while Redis is down). Blocking for the local file.
-pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StoreError> {
+/// One opened backend.
+enum Opened {
+    Local(LocalStore),
+    Redis(RedisStore),
+}
+
+fn open_backend(cfg: &StateConfig) -> Result<Opened, StoreError> {
     match (cfg.backend(), &cfg.redis_url) {
-        (Backend::Redis, Some(url)) => Ok(Arc::new(RedisStore::new(
+        (Backend::Redis, Some(url)) => Ok(Opened::Redis(RedisStore::new(
             url,
             &cfg.redis_prefix,
             Duration::from_millis(cfg.redis_timeout_ms.max(1)),
@@ -20,6 +25,25 @@ pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StoreError> {
         (Backend::Redis, None) => Err(StoreError::Config(
             "the redis backend needs a redis_url".into(),
         )),
-        (Backend::Local, _) => Ok(Arc::new(LocalStore::open(&cfg.path)?)),
+        (Backend::Local, _) => Ok(Opened::Local(LocalStore::open_shared(&cfg.path)?)),
     }
+}
+
+/// Opens the configured store (a local file is opened and locked now, or shared with
+/// this process's other handle on it; Redis connects lazily, so an instance starts while
+/// Redis is down). Blocking for the local file.
+pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StoreError> {
+    Ok(match open_backend(cfg)? {
+        Opened::Local(s) => Arc::new(s),
+        Opened::Redis(s) => Arc::new(s),
+    })
+}
+
+/// Opens the configured store for virtual keys: the same file as the online state (one
+/// handle, shared, when both are on) or the same Redis.
+pub fn open_keys(cfg: &StateConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(match open_backend(cfg)? {
+        Opened::Local(s) => Arc::new(s),
+        Opened::Redis(s) => Arc::new(s),
+    })
 }

@@ -6,7 +6,8 @@
 //! * `P:arm:{model}`: hash with fields `a0..a{d*d-1}`, `b0..b{d-1}`, `n`: the arm's
 //!   sufficient statistics, written as `%.17g` text so f64 round-trips exactly;
 //! * `P:arms`: set of model names with statistics; `P:feedback_log`: a stream of entries
-//!   (capped near 1e6).
+//!   (capped near 1e6);
+//! * `P:keys`: hash of virtual keys, id -> JSON record ([`crate::store::keys`]).
 //!
 //! Atomicity: one Lua script (`EVALSHA`, run atomically by Redis) checks that the decision
 //! exists, claims the idempotency key with `SET NX`, discounts and increments the arm's
@@ -192,6 +193,36 @@ impl RedisStore {
                 Err(StoreError::Unavailable("redis connect timed out".into()))
             }
         }
+    }
+
+    fn keys_hash(&self) -> String {
+        format!("{}:keys", self.prefix)
+    }
+
+    fn unavailable<T>(&self, r: redis::RedisResult<T>) -> Result<T, StoreError> {
+        self.mark(r)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// `HSET P:keys id json`.
+    pub(crate) async fn hset_key(&self, id: &str, json: String) -> Result<(), StoreError> {
+        let mut c = self.connection().await?;
+        let r: redis::RedisResult<()> = c.hset(self.keys_hash(), id, json).await;
+        self.unavailable(r)
+    }
+
+    /// `HGET P:keys id`.
+    pub(crate) async fn hget_key(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.connection().await?;
+        let r = c.hget(self.keys_hash(), id).await;
+        self.unavailable(r)
+    }
+
+    /// `HVALS P:keys`.
+    pub(crate) async fn hvals_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut c = self.connection().await?;
+        let r = c.hvals(self.keys_hash()).await;
+        self.unavailable(r)
     }
 
     /// `PING`: refreshes and returns availability (for `/readyz`).

@@ -13,6 +13,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("state store: {0}")]
     Backend(String),
+    /// The local file is open in another process (a running gateway).
+    #[error("the state file {0} is in use by another process")]
+    Locked(String),
 }
 
 /// What applying a feedback needs besides the feedback itself.

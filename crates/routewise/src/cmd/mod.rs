@@ -17,6 +17,7 @@ use routewise_router::RouterKind;
 pub mod calibrate;
 pub mod check_config;
 pub mod eval;
+pub mod keys;
 pub mod logs;
 pub mod models;
 pub mod replay;

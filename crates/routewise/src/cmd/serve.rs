@@ -164,7 +164,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         ignore_sighup()?;
         raise_open_file_limit(state.config.limits.max_connections);
-        if let Err(e) = state.attach_online().await {
+        if let Ok(k) = std::env::var(routewise_gateway::http::auth::ADMIN_KEY_ENV) {
+            if !k.is_empty() {
+                state.set_admin_key(&k);
+            }
+        }
+        if let Err(e) = state.attach_stores().await {
             return Ok(config_errors(&e));
         }
         let listener = tokio::net::TcpListener::bind(addr)

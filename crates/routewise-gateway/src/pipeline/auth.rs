@@ -1,0 +1,248 @@
+//! Stage 0, before anything else reads the request: `auth: {mode: keys}`. The caller's
+//! `Authorization: Bearer rw-...` key ([`routewise_online::keys`]) is looked up by its id
+//! and checked (hash compared in constant time, then revocation and expiry); a refusal
+//! is a 401 in OpenAI's shape (`invalid_api_key`), and a model the key may not use a 403
+//! (`model_not_allowed`). A key's allowed models narrow the pool the router ranks, its
+//! policy is the default for its requests, and its team and tags are what the `team:`
+//! and `tag:` rule conditions read.
+//!
+//! Records are cached in memory ([`Keys`]). With the local store this instance is the
+//! only writer (the `routewise keys` command goes through `/admin/keys` while a gateway
+//! holds the file), so every key is loaded at start and a miss is an unknown key. With
+//! Redis, a record is read on first use and trusted for `auth.cache_ttl_s` (an unknown id
+//! too, so random keys do not each cost a round trip): a revocation through another
+//! instance takes effect within that. A key not yet cached while Redis is unreachable is
+//! refused with 503 (fail closed); cached keys keep working.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use routewise_online::keys::{self, KeyRecord, KeySpec, NewKey};
+use routewise_online::service::now_ms;
+use routewise_online::store::keys::{self as store_keys, KeyOpError};
+use routewise_online::{KeyStore, StoreError};
+use routewise_router::Policy;
+
+use crate::config::AuthMode;
+use crate::error::ApiError;
+use crate::request::ChatRequest;
+use crate::state::Gateway;
+
+/// Most cached records (past it the cache is emptied and refilled on demand).
+const MAX_CACHED: usize = 100_000;
+
+/// The authenticated caller, as the later stages use it.
+#[derive(Debug)]
+pub struct Caller {
+    pub id: String,
+    pub name: String,
+    /// Models the key may use, in catalog order (`None`: all).
+    pub allow: Option<Vec<bool>>,
+    pub policy: Option<Policy>,
+    pub team: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+struct Entry {
+    record: Option<KeyRecord>,
+    caller: Option<Arc<Caller>>,
+    fetched: Instant,
+}
+
+/// The key store and this instance's cache of it.
+pub struct Keys {
+    store: Arc<dyn KeyStore>,
+    /// How long a cached record is trusted (`None`: for ever; this instance is the
+    /// store's only writer).
+    ttl: Option<Duration>,
+    cache: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("store", &self.store.kind())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Keys {
+    /// Opens the keys of `gw`'s config; with the local store, loads them all.
+    pub async fn open(store: Arc<dyn KeyStore>, gw: &Gateway) -> Result<Keys, StoreError> {
+        let local = store.kind() == "local";
+        let keys = Keys {
+            store,
+            ttl: (!local).then(|| Duration::from_millis(gw.config.auth.cache_ttl_ms)),
+            cache: Mutex::new(HashMap::new()),
+        };
+        if local {
+            for r in keys.store.list_keys().await? {
+                let id = r.id.clone();
+                keys.remember(gw, &id, Some(r));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn remember(&self, gw: &Gateway, id: &str, record: Option<KeyRecord>) -> Arc<Entry> {
+        let caller = record.as_ref().map(|r| Arc::new(caller(gw, r)));
+        let entry = Arc::new(Entry {
+            record,
+            caller,
+            fetched: Instant::now(),
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED && self.ttl.is_some() {
+            cache.clear();
+        }
+        cache.insert(id.to_string(), Arc::clone(&entry));
+        entry
+    }
+
+    async fn entry(&self, gw: &Gateway, id: &str) -> Result<Arc<Entry>, StoreError> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        match (cached, self.ttl) {
+            (Some(e), None) => return Ok(e),
+            (Some(e), Some(ttl)) if e.fetched.elapsed() < ttl => return Ok(e),
+            (None, None) => {
+                return Ok(Arc::new(Entry {
+                    record: None,
+                    caller: None,
+                    fetched: Instant::now(),
+                }))
+            }
+            _ => {}
+        }
+        let record = self.store.get_key(id).await?;
+        Ok(self.remember(gw, id, record))
+    }
+
+    /// Creates a key; returns it (the only time the secret exists) and its record.
+    pub async fn create(&self, gw: &Gateway, spec: &KeySpec) -> Result<NewKey, KeyOpError> {
+        let new = store_keys::create_key(&*self.store, spec, now_ms(), &model_names(gw)).await?;
+        self.remember(gw, &new.record.id, Some(new.record.clone()));
+        Ok(new)
+    }
+
+    /// Applies `spec` to key `id`.
+    pub async fn update(
+        &self,
+        gw: &Gateway,
+        id: &str,
+        spec: &KeySpec,
+    ) -> Result<KeyRecord, KeyOpError> {
+        let r = store_keys::update_key(&*self.store, id, spec, now_ms(), &model_names(gw)).await?;
+        self.remember(gw, id, Some(r.clone()));
+        Ok(r)
+    }
+
+    /// Revokes key `id` (at once on this instance; within the cache TTL on others).
+    pub async fn revoke(&self, gw: &Gateway, id: &str) -> Result<KeyRecord, KeyOpError> {
+        let r = store_keys::revoke_key(&*self.store, id, now_ms()).await?;
+        self.remember(gw, id, Some(r.clone()));
+        Ok(r)
+    }
+
+    pub async fn list(&self) -> Result<Vec<KeyRecord>, KeyOpError> {
+        Ok(self.store.list_keys().await?)
+    }
+}
+
+/// The configured model names (what a key's `models` may list).
+fn model_names(gw: &Gateway) -> Vec<&str> {
+    gw.config.models.iter().map(|m| m.name.as_str()).collect()
+}
+
+fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
+    let allow = r.models.as_ref().map(|names| {
+        let mut allow = vec![false; gw.upstreams.len()];
+        for n in names {
+            if let Some(m) = gw.upstreams.by_name(n) {
+                allow[m.index()] = true;
+            }
+        }
+        allow
+    });
+    Caller {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        allow,
+        // Validated when the key was written; a record edited by hand to a bad policy
+        // falls back to the config's.
+        policy: r.policy.as_deref().and_then(|p| p.parse().ok()),
+        team: r.team.clone(),
+        tags: r.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Runs stage 0: `None` in `auth: {mode: open}`.
+pub async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Caller>>, ApiError> {
+    if gw.config.auth.mode == AuthMode::Open {
+        return Ok(None);
+    }
+    let refuse = |why: keys::AuthFailure| {
+        gw.metrics.auth_failure(why.label());
+        ApiError::Unauthorized(why.to_string())
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .or_else(|| headers.get("api-key"))
+        .and_then(|v| v.to_str().ok())
+        .map(keys::bearer)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| refuse(keys::AuthFailure::Missing))?;
+    let id = keys::key_id(presented).ok_or_else(|| refuse(keys::AuthFailure::Invalid))?;
+    let Some(ks) = gw.keys.get() else {
+        gw.metrics.auth_failure("store_unavailable");
+        return Err(ApiError::AuthUnavailable);
+    };
+    let entry = ks.entry(gw, id).await.map_err(|e| {
+        tracing::warn!(error = %e, "the key store could not be read");
+        gw.metrics.auth_failure("store_unavailable");
+        ApiError::AuthUnavailable
+    })?;
+    let (Some(record), Some(caller)) = (&entry.record, &entry.caller) else {
+        return Err(refuse(keys::AuthFailure::Invalid));
+    };
+    keys::verify(presented, record, now_ms()).map_err(refuse)?;
+    tracing::Span::current().record("key", caller.id.as_str());
+    Ok(Some(Arc::clone(caller)))
+}
+
+/// Applies the caller's key to a parsed request: a named model outside its models is a
+/// 403; its policy is the default.
+pub fn apply(gw: &Gateway, caller: &Caller, req: &mut ChatRequest) -> Result<(), ApiError> {
+    let named = (!req.is_auto())
+        .then(|| gw.upstreams.by_name(&req.model))
+        .flatten();
+    if let (Some(allow), Some(m)) = (&caller.allow, named) {
+        if !allow.get(m.index()).copied().unwrap_or(false) {
+            gw.metrics.auth_failure("forbidden_model");
+            return Err(ApiError::Blocked {
+                code: "model_not_allowed",
+                status: 403,
+                message: format!(
+                    "the API key `{}` may not use the model `{}`",
+                    caller.name,
+                    gw.upstreams.get(m).name
+                ),
+                route: None,
+            });
+        }
+    }
+    if req.preference.is_none() {
+        req.preference = caller.policy;
+    }
+    Ok(())
+}
