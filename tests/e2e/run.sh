@@ -19,7 +19,7 @@ bin="${CARGO_TARGET_DIR:-target}/$profile"
 # work dir, pids + cleanup trap, free_port, RW_MODELS
 source tests/lib.sh
 mock_port="$(free_port)"; gw_port="$(free_port)"; faulty_port="$(free_port)"; cascade_port="$(free_port)"
-signals_port="$(free_port)"
+signals_port="$(free_port)"; keys_port="$(free_port)"
 
 # A mixed pool: the claude-* models are reached through the native Anthropic provider
 # (the mock's /v1/messages), every other model through the OpenAI-compatible one.
@@ -83,16 +83,31 @@ provider_of() { case "$1" in claude-*) echo anthropic ;; *) echo openai ;; esac;
   echo "cache: {exact: true, semantic: {threshold: 0.92}}"
 } > "$work/signals.yaml"
 
+# keys: `auth: {mode: keys}`, keys in a redb file in the work dir, the admin API on
+{
+  echo "listen: 127.0.0.1:$keys_port"
+  echo "router: {policy: {lambda: 0}}"
+  echo "auth: {mode: keys}"
+  echo "state: {path: \"$work/keys.redb\"}"
+  echo "models:"
+  for m in "${RW_MODELS[@]}"; do
+    echo "  - {name: $m, provider: openai, base_url: http://127.0.0.1:$mock_port/v1}"
+  done
+} > "$work/keys.yaml"
+
 export E2E_UPSTREAM_KEY="sk-e2e-upstream-secret-42"
+export ROUTEWISE_ADMIN_KEY="e2e-admin-key"
 "$bin/routewise-mock" --listen "127.0.0.1:$mock_port" --record > "$work/mock.log" 2>&1 & pids+=($!)
 "$bin/routewise" check-config "$work/healthy.yaml"
 "$bin/routewise" check-config "$work/faulty.yaml"
 "$bin/routewise" check-config "$work/cascade.yaml"
 "$bin/routewise" check-config "$work/signals.yaml"
+"$bin/routewise" check-config "$work/keys.yaml"
 ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/healthy.yaml" > "$work/gw.log" 2>&1 & pids+=($!)
 ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/faulty.yaml" > "$work/faulty.log" 2>&1 & pids+=($!)
 ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/cascade.yaml" > "$work/cascade.log" 2>&1 & pids+=($!)
 ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/signals.yaml" > "$work/signals.log" 2>&1 & pids+=($!)
+ROUTEWISE_LOG=info "$bin/routewise" serve --config "$work/keys.yaml" > "$work/keys.log" 2>&1 & pids+=($!)
 
 wait_up() {
   for _ in $(seq 1 200); do
@@ -101,7 +116,7 @@ wait_up() {
   done
   echo "service on port $1 did not start"; cat "$work"/*.log; return 1
 }
-wait_up "$gw_port"; wait_up "$faulty_port"; wait_up "$cascade_port"; wait_up "$signals_port"
+wait_up "$gw_port"; wait_up "$faulty_port"; wait_up "$cascade_port"; wait_up "$signals_port"; wait_up "$keys_port"
 python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$mock_port/healthz', timeout=2)"
 
 status=0
@@ -109,6 +124,7 @@ E2E_GATEWAY="http://127.0.0.1:$gw_port" \
 E2E_FAULTY="http://127.0.0.1:$faulty_port" \
 E2E_CASCADE="http://127.0.0.1:$cascade_port" \
 E2E_SIGNALS="http://127.0.0.1:$signals_port" \
+E2E_KEYS="http://127.0.0.1:$keys_port" \
 E2E_BIN="$bin/routewise" \
 E2E_WORK="$work" \
   python3 -m pytest -q -p no:cacheprovider tests/e2e || status=$?
@@ -117,5 +133,6 @@ if [ "$status" -ne 0 ]; then
   echo "--- faulty gateway log (tail)"; tail -n 40 "$work/faulty.log"
   echo "--- cascade gateway log (tail)"; tail -n 40 "$work/cascade.log"
   echo "--- signals gateway log (tail)"; tail -n 40 "$work/signals.log"
+  echo "--- keys gateway log (tail)"; tail -n 40 "$work/keys.log"
 fi
 exit "$status"

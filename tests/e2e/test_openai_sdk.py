@@ -10,6 +10,8 @@ E2E_CASCADE  a gateway with `router.cascade`: mistral-7b and mixtral asked first
              answers read as numbers, accepted when both agree
 E2E_SIGNALS  a gateway with `routes:` (a blocking route; a route sending greetings to
              mistral-7b), `pii: {action: redact, restore: true}` and the response cache
+E2E_KEYS     a gateway with `auth: {mode: keys}` (keys in a redb file it holds; the admin
+             key in ROUTEWISE_ADMIN_KEY, which `routewise keys` uses to go through it)
 E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
 """
 import json
@@ -26,6 +28,7 @@ GATEWAY = os.environ.get("E2E_GATEWAY")
 FAULTY = os.environ.get("E2E_FAULTY")
 CASCADE = os.environ.get("E2E_CASCADE")
 SIGNALS = os.environ.get("E2E_SIGNALS")
+KEYS = os.environ.get("E2E_KEYS")
 SECRET = "sk-e2e-upstream-secret-42"
 pytestmark = pytest.mark.skipif(not GATEWAY, reason="run through tests/e2e/run.sh")
 
@@ -246,3 +249,34 @@ def test_the_cache_answers_a_repeated_request():
     chunks = list(client(SIGNALS).chat.completions.create(model="auto", messages=msgs, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == first.parse().choices[0].message.content
+
+
+def keys_cli(*args):
+    out = subprocess.run([os.environ["E2E_BIN"], "keys", "--config",
+                          str(pathlib.Path(os.environ["E2E_WORK"], "keys.yaml")), *args],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_virtual_keys_through_the_sdk():
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(KEYS).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 401
+    assert e.value.body["code"] == "invalid_api_key"
+    key = keys_cli("create", "--name", "e2e", "--models", "mistralai/mistral-7b-chat")
+    assert key.startswith("rw-")
+    c = openai.OpenAI(base_url=KEYS + "/v1", api_key=key, max_retries=0, timeout=20)
+    raw = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-routewise-model"] == "mistralai/mistral-7b-chat"
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        c.chat.completions.create(model="gpt-4-1106-preview",
+                                  messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "model_not_allowed"
+    listed = [json.loads(line) for line in keys_cli("list", "--json").splitlines()]
+    assert [k["name"] for k in listed] == ["e2e"]
+    keys_cli("revoke", listed[0]["id"])
+    with pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
