@@ -37,7 +37,7 @@
 //!           execute: {sample: 0.01, max_usd_per_day: 5}}]           # optional
 //! routes: [{name: code, when: {keywords: [python]}, then: {models: [a, b]}}]   # optional (see below)
 //! pii: {detect: [email, card, iban, phone, ssn, ip, secret], action: redact, restore: true}  # optional
-//! auth: {mode: keys, cache_ttl_s: 5}  # optional; virtual keys (`routewise keys`), stored in `state`
+//! auth: {mode: keys, cache_ttl_s: 5, reserve_output_tokens: 4096}  # optional; virtual keys (`routewise keys`), in `state`
 //! cache: {exact: true, semantic: {threshold: 0.92, guards: true}, ttl_s: 3600,               # optional
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
@@ -184,6 +184,8 @@ pub struct AuthConfig {
     /// How long an instance trusts a key record it read before reading it again (a
     /// revocation by another instance takes effect within this).
     pub cache_ttl_ms: u64,
+    /// Output tokens a budget reserves for a request without `max_tokens`.
+    pub reserve_output_tokens: u64,
 }
 
 impl Default for AuthConfig {
@@ -191,6 +193,7 @@ impl Default for AuthConfig {
         AuthConfig {
             mode: AuthMode::Open,
             cache_ttl_ms: 5_000,
+            reserve_output_tokens: 4_096,
         }
     }
 }
@@ -557,6 +560,8 @@ struct RawAuth {
     mode: Option<AuthMode>,
     #[serde(default)]
     cache_ttl_s: Option<f64>,
+    #[serde(default)]
+    reserve_output_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -994,9 +999,17 @@ impl Validator<'_> {
                 format!("must be in [0, 3600] seconds, found {ttl_s}"),
             );
         }
+        let reserve = raw.reserve_output_tokens.unwrap_or(4_096);
+        if !(1..=10_000_000).contains(&reserve) {
+            self.issue(
+                "auth.reserve_output_tokens",
+                format!("must be in [1, 10000000], found {reserve}"),
+            );
+        }
         AuthConfig {
             mode: raw.mode.unwrap_or_default(),
             cache_ttl_ms: (ttl_s * 1000.0) as u64,
+            reserve_output_tokens: reserve,
         }
     }
 

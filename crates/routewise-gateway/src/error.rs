@@ -63,6 +63,9 @@ pub enum ApiError {
     /// `auth: {mode: keys}` and no valid key (missing, unknown, revoked, expired).
     #[error("{0}")]
     Unauthorized(String),
+    /// The key's budget cannot cover the call (429 `budget_exceeded`).
+    #[error("{0}")]
+    BudgetExceeded(String),
     /// The key store could not be read to check a key not yet known to this instance.
     #[error("the key store is unreachable; retry shortly")]
     AuthUnavailable,
@@ -100,6 +103,7 @@ impl ApiError {
             }
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Blocked { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
@@ -112,6 +116,7 @@ impl ApiError {
             ApiError::UpstreamFailed(_) | ApiError::UpstreamTimeout(_) => "upstream_error",
             ApiError::Overloaded { .. } | ApiError::AuthUnavailable => "server_error",
             ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::BudgetExceeded(_) => "insufficient_quota",
             _ => "invalid_request_error",
         }
     }
@@ -140,6 +145,7 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => Some("body_timeout"),
             ApiError::RateLimited { .. } => Some("rate_limited"),
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
+            ApiError::BudgetExceeded(_) => Some("budget_exceeded"),
             ApiError::AuthUnavailable => Some("auth_unavailable"),
             ApiError::Blocked { code, .. } => Some(*code),
         }

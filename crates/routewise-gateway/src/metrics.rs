@@ -105,6 +105,28 @@ pub struct Metrics {
     cache: Family<ResultLabel, Counter>,
     pii: Family<PiiLabels, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
+    key_spend: KeySpend,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    key: String,
+}
+
+/// Spend per virtual key (its name), USD: `routewise_key_spend_usd_total{key}`.
+#[derive(Clone, Debug, Default)]
+pub struct KeySpend(Family<KeyLabel, Counter<f64, AtomicU64>>);
+
+impl KeySpend {
+    pub fn add(&self, key: &str, usd: f64) {
+        if usd.is_finite() && usd > 0.0 {
+            self.0
+                .get_or_create(&KeyLabel {
+                    key: key.to_string(),
+                })
+                .inc_by(usd);
+        }
+    }
 }
 
 impl Metrics {
@@ -250,6 +272,12 @@ impl Metrics {
             "Requests refused by `auth: {mode: keys}`, by reason (missing / invalid / revoked / expired / forbidden_model / store_unavailable)",
             Family::<ReasonLabel, Counter>::default(),
         );
+        let key_spend = KeySpend(reg(
+            r,
+            "key_spend_usd",
+            "Spend settled on each virtual key's budget (by key name), USD",
+            Family::<KeyLabel, Counter<f64, AtomicU64>>::default(),
+        ));
         let models = models
             .iter()
             .map(|m| {
@@ -294,7 +322,13 @@ impl Metrics {
             cache,
             pii,
             auth_failures,
+            key_spend,
         }
+    }
+
+    /// The per-key spend counters (cheap to clone; held by budget reservations).
+    pub fn key_spend(&self) -> KeySpend {
+        self.key_spend.clone()
     }
 
     /// Counts a request refused by the auth stage.

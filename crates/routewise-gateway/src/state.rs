@@ -235,12 +235,17 @@ impl AppState {
         };
         let fail = |e: String| ConfigError::single(&self.config.source, field, e);
         let cfg = self.config.state.clone();
-        let store =
-            tokio::task::spawn_blocking(move || routewise_online::store::open::open_keys(&cfg))
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(|e| fail(e.to_string()))?;
-        let keys = crate::pipeline::auth::Keys::open(store, self)
+        let (store, budgets) = tokio::task::spawn_blocking(move || {
+            let keys = routewise_online::store::open::open_keys(&cfg)?;
+            Ok::<_, routewise_online::StoreError>((
+                keys,
+                routewise_online::store::open::open_budgets(&cfg)?,
+            ))
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+        let keys = crate::pipeline::auth::Keys::open(store, budgets, self)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let _ = self.keys.set(keys);

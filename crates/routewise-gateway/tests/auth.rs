@@ -305,3 +305,141 @@ async fn keys_in_redis_are_shared_by_instances_and_revocation_reaches_them() {
     assert_eq!(v["error"]["code"], "auth_unavailable");
     assert_eq!(common::header(&h, "retry-after"), "1");
 }
+
+/// 1,000 concurrent requests, spread over `gws`, on a key whose budget covers about ten
+/// requests' reservations; returns (answered, refused with budget_exceeded, spend).
+async fn race_budget(gws: &[&common::Gateway], key: &str) -> (usize, usize, f64) {
+    let mut body = common::chat_body("hello");
+    body["max_tokens"] = json!(20);
+    let client = common::client();
+    let calls = (0..1000).map(|i| {
+        let req = client
+            .post(gws[i % gws.len()].url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (status, v)
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let refused = results
+        .iter()
+        .filter(|(s, v)| *s == 429 && v["error"]["code"] == "budget_exceeded")
+        .count();
+    // Settling runs off the response path: wait for the reservations to close.
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = common::client()
+            .get(gws[0].url("/v1/usage"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["reserved_usd"] == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(usage["reserved_usd"], 0.0, "{usage}");
+    (ok, refused, usage["spend_usd"].as_f64().unwrap())
+}
+
+/// A reservation's upper bound here: ("hello" is 2 tokens) + max_tokens 20, at c's $0.3/Mtok.
+const ONE_RESERVATION: f64 = 25.0 * 0.3e-6;
+const TEN_REQUESTS: f64 = 22.0 * 0.3e-6 * 10.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_budget_does_not_leak_under_1000_concurrent_requests() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
+    let (key, _) = create(
+        &gw,
+        json!({"name": "capped", "models": ["c"], "budget_usd": TEN_REQUESTS, "period": "day"}),
+    )
+    .await;
+    let (ok, refused, spent) = race_budget(&[&gw], &key).await;
+    assert_eq!(ok + refused, 1000);
+    assert!(ok >= 9 && refused > 0, "answered {ok}, refused {refused}");
+    assert!(spent <= TEN_REQUESTS + ONE_RESERVATION, "spent {spent}");
+    assert_eq!(mock.total_hits() as usize, ok);
+    let usage: Value = common::client()
+        .get(gw.url("/v1/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["key"], "capped");
+    assert_eq!(usage["budget_usd"].as_f64(), Some(TEN_REQUESTS));
+    assert!(
+        usage["period_ends"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"),
+        "{usage}"
+    );
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_key_spend_usd_total{key=\"capped\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_in_redis_holds_across_two_instances() {
+    let Some(redis) = routewise_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let state = format!(
+        "state: {{redis_url: \"redis://127.0.0.1:{}\", redis_prefix: budget-test}}",
+        redis.port
+    );
+    let one = gateway(&mock.base_url(), &state).await;
+    let two = gateway(&mock.base_url(), &state).await;
+    let (key, _) = create(
+        &one,
+        json!({"name": "shared", "models": ["c"], "budget_usd": TEN_REQUESTS}),
+    )
+    .await;
+    let (ok, refused, spent) = race_budget(&[&one, &two], &key).await;
+    assert_eq!(ok + refused, 1000);
+    assert!(ok >= 9 && refused > 0, "answered {ok}, refused {refused}");
+    assert!(spent <= TEN_REQUESTS + ONE_RESERVATION, "spent {spent}");
+    drop(redis);
+}
+
+#[tokio::test]
+async fn a_candidate_the_key_cannot_afford_is_skipped_for_a_cheaper_one() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
+    // Enough for b ($3/Mtok) and c ($0.3/Mtok) but not for a ($30/Mtok in the test engine), which the
+    // router ranks first at lambda 0.
+    let (key, _) = create(&gw, json!({"name": "thrifty", "budget_usd": 1e-4})).await;
+    let mut body = common::chat_body("hello");
+    body["max_tokens"] = json!(20);
+    let (status, h, v) = chat(&gw, Some(&key), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(common::header(&h, "x-routewise-model"), "a");
+    assert_eq!(mock.hits("up-a"), 0);
+    // A request too big for any model: 429.
+    body["max_tokens"] = json!(10_000);
+    let (status, _, v) = chat(&gw, Some(&key), &body).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("budget_exceeded")),
+        "{v}"
+    );
+    common::assert_openai_error(&v);
+}

@@ -12,7 +12,8 @@
 //! A key carries who it is (`name`, `team`, `tags`, which the routing rules can read),
 //! what it may use (`models`: the configured model names it may call or be routed to;
 //! all when absent), its default policy (`lambda=5`, applied when a request sets none),
-//! and its life (`expires_ms`, `revoked_ms`).
+//! its spend cap (`budget_usd` per `period`, [`crate::budget`]) and its life
+//! (`expires_ms`, `revoked_ms`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::budget::Period;
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "rw-";
@@ -53,6 +56,11 @@ pub struct KeyRecord {
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Spend allowed per `period`, USD ([`crate::budget`]); `None`: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
 }
 
 /// What a key is created with (and what an update may change).
@@ -72,6 +80,12 @@ pub struct KeySpec {
     /// Seconds from now until the key stops working.
     #[serde(default)]
     pub expires_in_s: Option<u64>,
+    /// Spend allowed per period, USD (0 removes the cap).
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// The budget's period (default `month`).
+    #[serde(default)]
+    pub period: Option<Period>,
 }
 
 /// Why a presented key is refused (the gateway answers 401 for each).
@@ -158,6 +172,8 @@ pub fn create(spec: &KeySpec, now_ms: u64, known_models: &[&str]) -> Result<NewK
         policy: None,
         team: None,
         tags: BTreeMap::new(),
+        budget_usd: None,
+        period: None,
     };
     apply(&mut record, spec, now_ms, known_models)?;
     let mut rng = rand::thread_rng();
@@ -214,6 +230,21 @@ pub fn apply(
     }
     if let Some(tags) = &spec.tags {
         record.tags = tags.clone();
+    }
+    if let Some(b) = spec.budget_usd {
+        if !(b.is_finite() && b >= 0.0) {
+            return err(
+                "budget_usd",
+                format!("must be a finite amount >= 0, found {b}"),
+            );
+        }
+        record.budget_usd = (b > 0.0).then_some(b);
+    }
+    if let Some(p) = spec.period {
+        record.period = Some(p);
+    }
+    if record.budget_usd.is_some() && record.period.is_none() {
+        record.period = Some(Period::Month);
     }
     if let Some(s) = spec.expires_in_s {
         record.expires_ms = Some(now_ms.saturating_add(s.saturating_mul(1000)));

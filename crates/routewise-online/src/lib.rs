@@ -26,6 +26,7 @@
 //! offline replay evaluation of this router lives in `routewise-eval` (`online`).
 
 pub mod bandit;
+pub mod budget;
 pub mod config;
 pub mod feedback;
 pub mod keys;

@@ -158,3 +158,49 @@ pub async fn revoke(
     let ks = guard(&state, &headers)?;
     Ok(Json(public(&ks.revoke(&state, &id).await?)))
 }
+
+/// `GET /v1/usage`: the caller key's spend, budget and what is left in this period.
+pub async fn usage(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<std::sync::Arc<crate::pipeline::auth::Caller>>>,
+) -> Response {
+    let Some(axum::Extension(c)) = caller else {
+        return crate::error::ApiError::BadRequest {
+            message: "GET /v1/usage reports a virtual key's spend: it needs `auth: {mode: keys}`"
+                .into(),
+            param: None,
+            code: Some("auth_off"),
+        }
+        .into_response();
+    };
+    let Some(ks) = state.keys.get() else {
+        return crate::error::ApiError::AuthUnavailable.into_response();
+    };
+    let (budget, period) = c.budget.unwrap_or((
+        crate::pipeline::budget::UNCAPPED,
+        routewise_online::budget::Period::Month,
+    ));
+    let now = routewise_online::service::now_ms();
+    let scope = routewise_online::store::budget::Scope {
+        key: &c.id,
+        period,
+        budget_usd: budget,
+        now_ms: now,
+    };
+    match ks.budgets().usage(&scope).await {
+        Ok(u) => {
+            let capped = c.budget.is_some();
+            Json(json!({
+                "key": c.name,
+                "spend_usd": u.spent,
+                "reserved_usd": u.reserved,
+                "budget_usd": capped.then_some(budget),
+                "remaining_usd": capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
+                "period": period.name(),
+                "period_ends": routewise_online::budget::rfc3339(period.bounds(now).1),
+            }))
+            .into_response()
+        }
+        Err(_) => crate::error::ApiError::AuthUnavailable.into_response(),
+    }
+}

@@ -49,6 +49,10 @@ pub fn app(state: AppState) -> Router {
             get(handlers::models).fallback(handlers::method_not_allowed),
         )
         .route(
+            "/v1/usage",
+            get(auth::usage).fallback(handlers::method_not_allowed),
+        )
+        .route(
             "/v1/stats/shadow",
             get(handlers::shadow_stats).fallback(handlers::method_not_allowed),
         );

@@ -10,6 +10,10 @@
 //!   that breaks before it is complete (non-streaming) or before its first chunk
 //!   (streaming); each failure counts against the model's breaker. Any other answer (2xx,
 //!   other 4xx) is returned (see [`crate::upstream`] for what reaches the client).
+//! * A key with a budget reserves each attempt's worst case first ([`super::budget`]): a
+//!   candidate it cannot afford is skipped, and when it could afford none the request gets
+//!   429 `budget_exceeded`. A failed attempt's reservation is released; the answering
+//!   one's is settled when the answer is complete.
 //! * When every attempt failed: 504 if the last timed out, else 502; a model named
 //!   directly (`reason: direct`) that answered 429 gives the client that 429 with the
 //!   upstream's `Retry-After` (and `x-ratelimit-*`, [`RequestContext::rate_limit`]).
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::models::ModelId;
+use crate::pipeline::budget;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
 use crate::pipeline::route::Reason;
 use crate::state::Gateway;
@@ -83,11 +88,23 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     let mut plan = AttemptPlan::new(candidates, gw.config.limits.max_attempts);
     let now = gw.now_ms();
     let mut last_info = AttemptInfo::default();
+    // The budget refusal of a candidate the key could not afford (the next may fit).
+    let mut refused: Option<budget::Refused> = None;
     while let Some((m, admit)) =
         plan.next_attempt(|m| gw.upstreams.get(ModelId::from_index(m)).breaker.admit(now))
     {
         let m = ModelId::from_index(m);
         let up = gw.upstreams.get(m);
+        let hold = match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request).await {
+            Ok(h) => h,
+            Err(r) => {
+                if admit == Admit::Probe {
+                    up.breaker.abandon_probe();
+                }
+                refused = Some(r);
+                continue;
+            }
+        };
         if let Some(prev) = ctx.attempts.last() {
             gw.metrics.fallback(prev.model.index());
         }
@@ -135,6 +152,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         let upstream_request_id = info.upstream_request_id.take();
         match result {
             Ok(answer) => {
+                ctx.hold = hold;
                 gw.record_success(m, attempt_started);
                 ctx.attempts.push(AttemptRecord {
                     model: m,
@@ -146,6 +164,9 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 return Ok((m, answer));
             }
             Err(f) => {
+                if let Some(h) = hold {
+                    h.release();
+                }
                 if gw.record_failure(m) {
                     tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
@@ -158,6 +179,9 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 last_info = info;
             }
         }
+    }
+    if let (true, Some(r)) = (ctx.attempts.is_empty(), refused) {
+        return Err(r.into());
     }
     let summary = attempts_summary(gw, &ctx.attempts);
     let n = ctx.attempts.len();

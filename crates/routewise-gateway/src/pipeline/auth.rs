@@ -15,13 +15,16 @@
 //! refused with 503 (fail closed); cached keys keep working.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+use routewise_online::budget::Period;
 use routewise_online::keys::{self, KeyRecord, KeySpec, NewKey};
 use routewise_online::service::now_ms;
+use routewise_online::store::budget::{BudgetStore, LocalBudgets, FLUSH_EVERY_MS};
 use routewise_online::store::keys::{self as store_keys, KeyOpError};
+use routewise_online::store::open::Budgets;
 use routewise_online::{KeyStore, StoreError};
 use routewise_router::Policy;
 
@@ -43,6 +46,9 @@ pub struct Caller {
     pub policy: Option<Policy>,
     pub team: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// The spend cap per period ([`super::budget`]); `None`: no cap (spend is still
+    /// tracked, per month).
+    pub budget: Option<(f64, Period)>,
 }
 
 struct Entry {
@@ -51,9 +57,12 @@ struct Entry {
     fetched: Instant,
 }
 
-/// The key store and this instance's cache of it.
+/// The key store and this instance's cache of it, and the keys' budgets.
 pub struct Keys {
     store: Arc<dyn KeyStore>,
+    budgets: Arc<dyn BudgetStore>,
+    /// Writes local spend to disk every [`FLUSH_EVERY_MS`] (aborted on drop).
+    flusher: Option<tokio::task::JoinHandle<()>>,
     /// How long a cached record is trusted (`None`: for ever; this instance is the
     /// store's only writer).
     ttl: Option<Duration>,
@@ -70,11 +79,22 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Opens the keys of `gw`'s config; with the local store, loads them all.
-    pub async fn open(store: Arc<dyn KeyStore>, gw: &Gateway) -> Result<Keys, StoreError> {
+    /// Opens the keys of `gw`'s config; with the local store, loads them all and starts
+    /// flushing the budgets' spend.
+    pub async fn open(
+        store: Arc<dyn KeyStore>,
+        budgets: Budgets,
+        gw: &Gateway,
+    ) -> Result<Keys, StoreError> {
         let local = store.kind() == "local";
+        let flusher = match &budgets {
+            Budgets::Local(l) => Some(tokio::spawn(flush_every(Arc::downgrade(l)))),
+            Budgets::Redis(_) => None,
+        };
         let keys = Keys {
             store,
+            budgets: budgets.store(),
+            flusher,
             ttl: (!local).then(|| Duration::from_millis(gw.config.auth.cache_ttl_ms)),
             cache: Mutex::new(HashMap::new()),
         };
@@ -154,6 +174,38 @@ impl Keys {
     pub async fn list(&self) -> Result<Vec<KeyRecord>, KeyOpError> {
         Ok(self.store.list_keys().await?)
     }
+
+    /// Where the keys' budgets are kept.
+    pub fn budgets(&self) -> Arc<dyn BudgetStore> {
+        Arc::clone(&self.budgets)
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        if let Some(f) = self.flusher.take() {
+            f.abort();
+        }
+    }
+}
+
+/// Flushes local spend to the state file until the budgets are dropped.
+async fn flush_every(budgets: Weak<LocalBudgets>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(FLUSH_EVERY_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = budgets.upgrade() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || b.flush()).await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "key spend could not be written to the state file")
+            }
+            Err(e) => tracing::warn!(error = %e, "the spend flush task failed"),
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 /// The configured model names (what a key's `models` may list).
@@ -180,6 +232,7 @@ fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
         policy: r.policy.as_deref().and_then(|p| p.parse().ok()),
         team: r.team.clone(),
         tags: r.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        budget: r.budget_usd.map(|b| (b, r.period.unwrap_or(Period::Month))),
     }
 }
 

@@ -10,7 +10,9 @@
 //! their upstream connections; likewise once no plurality can reach `min_agree` any more.
 //! A tier model that fails, times out or is cooling down simply gives no answer: the
 //! request escalates, it is never lost. When the router's choice is a tier model that
-//! answered, that answer is used without a new call.
+//! answered, that answer is used without a new call. Under a key with a budget each tier
+//! call reserves its worst case first ([`super::budget`]); a tier model the key cannot
+//! afford is not asked, and a call dropped by the verdict is charged its reservation.
 //!
 //! A streaming request is answered from the buffer: the accepted completion is replayed
 //! as `chat.completion.chunk` events (role and content in one chunk, then the finish
@@ -35,6 +37,7 @@ use crate::error::ApiError;
 use crate::models::ModelId;
 use crate::pipeline::attempts::cooldown::Admit;
 use crate::pipeline::attempts::ProbeGuard;
+use crate::pipeline::budget;
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::route::{Reason, Routed};
 use crate::request::{CascadeChoice, ChatRequest};
@@ -180,14 +183,22 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
     ctx.cascade = Some(CascadeTrace::default());
-    let mut pending: FuturesUnordered<_> = plan
-        .tier
-        .iter()
-        .filter_map(|&m| {
-            let admit = gw.upstreams.get(m).breaker.admit(now);
-            (admit != Admit::No).then_some((m, admit))
-        })
-        .map(|(m, admit)| {
+    // The tier models the breakers admit and the key's budget (if any) can afford.
+    let mut admitted = Vec::with_capacity(plan.tier.len());
+    for &m in &plan.tier {
+        let admit = gw.upstreams.get(m).breaker.admit(now);
+        if admit == Admit::No {
+            continue;
+        }
+        match budget::reserve(gw, ctx.caller.as_deref(), m, request).await {
+            Ok(hold) => admitted.push((m, admit, hold)),
+            Err(_) if admit == Admit::Probe => gw.upstreams.get(m).breaker.abandon_probe(),
+            Err(_) => {}
+        }
+    }
+    let mut pending: FuturesUnordered<_> = admitted
+        .into_iter()
+        .map(|(m, admit, hold)| {
             let up = gw.upstreams.get(m);
             let span = tracing::debug_span!("tier_call", model = %up.name);
             // A half-open breaker's probe is released if this call is dropped, run or not.
@@ -209,6 +220,16 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 };
                 let result = up.provider.call(call, &mut info).await;
                 probe.armed = false;
+                if let Some(h) = hold {
+                    match &result {
+                        Ok(Answer::Full { status, body, .. }) if status.is_success() => {
+                            let cost = crate::pipeline::stream::parse_usage(body)
+                                .map(|(p, c)| up.cost(p, c));
+                            h.settle(cost);
+                        }
+                        _ => h.release(),
+                    }
+                }
                 (m, started, result)
             }
             .instrument(span)

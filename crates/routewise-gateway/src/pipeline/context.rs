@@ -47,6 +47,10 @@ pub struct RequestContext {
     pub signals: Option<Box<crate::pipeline::rules::SignalTrace>>,
     /// The response cache's keys for this request, when the cache is on.
     pub cache: Option<Box<crate::pipeline::cache::Probe>>,
+    /// The caller's key (`auth: {mode: keys}`).
+    pub caller: Option<std::sync::Arc<crate::pipeline::auth::Caller>>,
+    /// The answering call's budget reservation, settled when the answer is complete.
+    pub hold: Option<crate::pipeline::budget::Hold>,
 }
 
 impl RequestContext {
@@ -61,6 +65,7 @@ impl RequestContext {
         trace: TraceContext,
         signals: Option<Box<crate::pipeline::rules::SignalTrace>>,
         cache: Option<Box<crate::pipeline::cache::Probe>>,
+        caller: Option<std::sync::Arc<crate::pipeline::auth::Caller>>,
     ) -> RequestContext {
         RequestContext {
             state,
@@ -75,6 +80,8 @@ impl RequestContext {
             cascade: None,
             signals,
             cache,
+            caller,
+            hold: None,
         }
     }
 

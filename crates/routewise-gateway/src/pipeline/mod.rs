@@ -29,6 +29,7 @@
 
 pub mod attempts;
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod cascade;
 pub mod context;
@@ -194,6 +195,7 @@ async fn chat_stages(
                 trace,
                 signals,
                 probe,
+                caller,
             );
             return respond(ctx, model, answer).await;
         }
@@ -246,6 +248,7 @@ async fn chat_stages(
         trace,
         signals,
         probe,
+        caller,
     );
     // 3b. cascade: the tier's agreed answer, or on to the router's choice (reusing a tier
     // answer when the choice is a tier model).
@@ -326,6 +329,13 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             };
             if let Some(c) = cost {
                 gw.metrics.cost(m.index(), c);
+            }
+            if let Some(h) = ctx.hold.take() {
+                if status.is_success() {
+                    h.settle(cost);
+                } else {
+                    h.release();
+                }
             }
             let cost = cascade::total_cost(&ctx, cost);
             // 6. after the response (counted before the record's wait, so that a client

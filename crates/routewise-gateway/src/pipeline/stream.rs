@@ -114,7 +114,7 @@ impl StreamState {
     }
 
     fn finish(&mut self, end: End) {
-        let Some(ctx) = self.ctx.take() else {
+        let Some(mut ctx) = self.ctx.take() else {
             return;
         };
         let gw = &*ctx.state;
@@ -128,6 +128,9 @@ impl StreamState {
         };
         if let Some(c) = cost {
             gw.metrics.cost(self.model.index(), c);
+        }
+        if let Some(h) = ctx.hold.take() {
+            h.settle(cost);
         }
         let cost = cascade::total_cost(&ctx, cost);
         if end.upstream_failed() {

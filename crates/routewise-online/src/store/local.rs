@@ -92,6 +92,11 @@ impl LocalStore {
         Ok(s)
     }
 
+    /// The open database (the budget ledger's table lives in it too).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Writes a key record (fsynced before returning).
     pub(crate) fn put_raw_key(&self, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(se)?;

@@ -6,6 +6,7 @@
 //! config's `backend`. The trait and its types are in [`state_store`]. A new store is one file implementing the trait plus one
 //! [`crate::config::Backend`] variant.
 
+pub mod budget;
 pub mod keys;
 pub mod local;
 pub mod open;

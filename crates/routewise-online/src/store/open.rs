@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Backend, StateConfig};
+use crate::store::budget::{BudgetStore, LocalBudgets};
 use crate::store::keys::KeyStore;
 use crate::store::local::LocalStore;
 use crate::store::redis::RedisStore;
@@ -45,5 +46,31 @@ pub fn open_keys(cfg: &StateConfig) -> Result<Arc<dyn KeyStore>, StoreError> {
     Ok(match open_backend(cfg)? {
         Opened::Local(s) => Arc::new(s),
         Opened::Redis(s) => Arc::new(s),
+    })
+}
+
+/// The key budgets on the configured backend.
+#[derive(Debug, Clone)]
+pub enum Budgets {
+    /// In memory, flushed to the state file ([`LocalBudgets::flush`]).
+    Local(Arc<LocalBudgets>),
+    /// In Redis, shared by every instance.
+    Redis(Arc<RedisStore>),
+}
+
+impl Budgets {
+    pub fn store(&self) -> Arc<dyn BudgetStore> {
+        match self {
+            Budgets::Local(l) => Arc::clone(l) as Arc<dyn BudgetStore>,
+            Budgets::Redis(r) => Arc::clone(r) as Arc<dyn BudgetStore>,
+        }
+    }
+}
+
+/// Opens the key budgets (blocking for the local file: its spend is loaded).
+pub fn open_budgets(cfg: &StateConfig) -> Result<Budgets, StoreError> {
+    Ok(match open_backend(cfg)? {
+        Opened::Local(s) => Budgets::Local(Arc::new(LocalBudgets::open(s)?)),
+        Opened::Redis(s) => Budgets::Redis(Arc::new(s)),
     })
 }

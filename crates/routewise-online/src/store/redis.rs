@@ -204,6 +204,37 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// `P:rest`.
+    pub(crate) fn prefixed(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    /// Runs a prepared script (`EVALSHA`, loading it on a miss).
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.connection().await?;
+        let r = inv.invoke_async(&mut c).await;
+        self.unavailable(r)
+    }
+
+    /// `GET spend` and `ZRANGEBYSCORE resv (now +inf` in one pipeline.
+    pub(crate) async fn spend_and_open(
+        &self,
+        spend: &str,
+        resv: &str,
+        now_ms: u64,
+    ) -> Result<(Option<String>, Vec<String>), StoreError> {
+        let mut c = self.connection().await?;
+        let r = redis::pipe()
+            .get(spend)
+            .zrangebyscore(resv, format!("({now_ms}"), "+inf")
+            .query_async(&mut c)
+            .await;
+        self.unavailable(r)
+    }
+
     /// `HSET P:keys id json`.
     pub(crate) async fn hset_key(&self, id: &str, json: String) -> Result<(), StoreError> {
         let mut c = self.connection().await?;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use routewise_gateway::http::auth::{public, ADMIN_KEY_ENV};
+use routewise_online::budget::Period;
 use routewise_online::keys::{KeyRecord, KeySpec};
 use routewise_online::service::now_ms;
 use routewise_online::store::keys::{create_key, revoke_key, update_key};
@@ -71,6 +72,29 @@ pub struct SpecArgs {
     /// Days until the key stops working.
     #[arg(long)]
     pub expires_in_days: Option<f64>,
+    /// Spend allowed per period, USD (0 removes the cap).
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// The budget's period (default month).
+    #[arg(long, value_enum)]
+    pub period: Option<PeriodArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PeriodArg {
+    Day,
+    Week,
+    Month,
+}
+
+impl From<PeriodArg> for Period {
+    fn from(p: PeriodArg) -> Period {
+        match p {
+            PeriodArg::Day => Period::Day,
+            PeriodArg::Week => Period::Week,
+            PeriodArg::Month => Period::Month,
+        }
+    }
 }
 
 impl SpecArgs {
@@ -102,6 +126,8 @@ impl SpecArgs {
             team: self.team.clone(),
             tags,
             expires_in_s,
+            budget_usd: self.budget_usd,
+            period: self.period.map(Period::from),
         })
     }
 }
@@ -240,8 +266,8 @@ fn print_list(out: &mut impl Write, records: &[Value], json: bool) -> std::io::R
     }
     writeln!(
         out,
-        "{:<12} {:<20} {:<12} {:<9} {:<24} {:<14} created",
-        "id", "name", "team", "status", "models", "policy"
+        "{:<12} {:<20} {:<12} {:<9} {:<24} {:<14} {:<16} created",
+        "id", "name", "team", "status", "models", "policy", "budget"
     )?;
     let now = now_ms();
     for r in records {
@@ -262,7 +288,7 @@ fn print_list(out: &mut impl Write, records: &[Value], json: bool) -> std::io::R
         };
         writeln!(
             out,
-            "{:<12} {:<20} {:<12} {:<9} {:<24} {:<14} {}",
+            "{:<12} {:<20} {:<12} {:<9} {:<24} {:<14} {:<16} {}",
             rec.id,
             rec.name,
             rec.team.as_deref().unwrap_or("-"),
@@ -271,7 +297,11 @@ fn print_list(out: &mut impl Write, records: &[Value], json: bool) -> std::io::R
                 .as_ref()
                 .map_or("all".to_string(), |m| m.join(",")),
             rec.policy.as_deref().unwrap_or("-"),
-            rec.created_ms / 1000,
+            rec.budget_usd.map_or("-".to_string(), |b| format!(
+                "${b}/{}",
+                rec.period.unwrap_or(Period::Month).name()
+            )),
+            routewise_online::budget::rfc3339(rec.created_ms),
         )?;
     }
     Ok(())
