@@ -3,14 +3,14 @@
 //! cache lookup (exact + semantic, 10,000 entries of the same context), on a parsed chat
 //! request, against parsing alone. And stage 0, `auth: {mode: keys}`: a valid key checked
 //! (lookup in the instance's cache, SHA-256, constant-time compare, expiry) and applied
-//! (its models narrowing the pool).
+//! (its models narrowing the pool), and a budget reservation settled on the local ledger.
 //!
 //! `cargo bench -p routewise-gateway --bench stage2`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use routewise_gateway::pipeline::{auth, cache, rules};
+use routewise_gateway::pipeline::{auth, budget, cache, rules};
 use routewise_gateway::{config, request, AppState};
 use routewise_router::{Catalog, Engine, ModelInfo};
 use serde_json::json;
@@ -188,12 +188,16 @@ fn bench_auth(c: &mut Criterion) {
     ));
     let gw = &*st;
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     rt.block_on(st.attach_keys()).unwrap();
     let spec = routewise_online::keys::KeySpec {
         name: Some("bench".into()),
         models: Some(vec!["b".into(), "c".into()]),
+        budget_usd: Some(1e9),
+        rpm: Some(1_000_000_000),
+        tpm: Some(1_000_000_000_000),
         ..Default::default()
     };
     let key = rt
@@ -228,6 +232,24 @@ fn bench_auth(c: &mut Criterion) {
     );
     c.bench_function("parsed request clone (baseline of the line above)", |b| {
         b.iter(|| black_box(parsed.clone()))
+    });
+    let caller = rt
+        .block_on(auth::authenticate(gw, &headers))
+        .unwrap()
+        .unwrap();
+    let m = gw.upstreams.by_name("c").unwrap();
+    c.bench_function("budget: rate buckets + reserve + settle on the local ledger", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let hold = budget::reserve(gw, Some(&caller), m, &parsed, true)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                hold.settle(Some(1e-6));
+                // The settle runs as a task: let it.
+                tokio::task::yield_now().await;
+            })
+        })
     });
 }
 

@@ -443,3 +443,65 @@ async fn a_candidate_the_key_cannot_afford_is_skipped_for_a_cheaper_one() {
     );
     common::assert_openai_error(&v);
 }
+
+#[tokio::test]
+async fn rate_limits_refuse_with_retry_after_before_any_model_is_called() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
+    let (key, _) = create(&gw, json!({"name": "slow", "rpm": 3, "models": ["c"]})).await;
+    let body = common::chat_body("hello");
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
+    }
+    let (status, h, v) = chat(&gw, Some(&key), &body).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(common::header(&h, "retry-after"), "20"); // one request every 20 s
+    assert_eq!(mock.total_hits(), 3);
+    // Tokens per minute: prompt + max_tokens.
+    let (tkey, _) = create(&gw, json!({"name": "tokens", "tpm": 100, "models": ["c"]})).await;
+    let mut big = common::chat_body("hello");
+    big["max_tokens"] = json!(60);
+    assert_eq!(chat(&gw, Some(&tkey), &big).await.0, 200);
+    let (status, _, v) = chat(&gw, Some(&tkey), &big).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("tpm"),
+        "{v}"
+    );
+    assert_eq!(mock.total_hits(), 4);
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_auth_failures_total{reason=\"rpm\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_in_redis_is_shared_by_instances() {
+    let Some(redis) = routewise_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let state = format!(
+        "state: {{redis_url: \"redis://127.0.0.1:{}\", redis_prefix: rate-test}}",
+        redis.port
+    );
+    let one = gateway(&mock.base_url(), &state).await;
+    let two = gateway(&mock.base_url(), &state).await;
+    let (key, _) = create(&one, json!({"name": "r", "rpm": 5, "models": ["c"]})).await;
+    let body = common::chat_body("hello");
+    let mut ok = 0;
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        ok += usize::from(chat(gw, Some(&key), &body).await.0 == 200);
+    }
+    assert_eq!(ok, 5);
+    drop(redis);
+}

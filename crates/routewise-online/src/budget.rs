@@ -95,6 +95,93 @@ fn days_from_civil(y: i64, m: u32) -> u64 {
     (era * 146_097 + doe - 719_468).max(0) as u64
 }
 
+/// A key's request rate limits: requests and tokens per minute, as token buckets (full
+/// at the start, refilled continuously: `rpm / 60` requests and `tpm / 60` tokens a
+/// second). A request takes one request and its estimated tokens (prompt plus
+/// `max_tokens`, as providers count them) from both, or from neither.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rate {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// The request's estimated tokens.
+    pub tokens: u64,
+}
+
+/// The two buckets of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Buckets {
+    pub requests: f64,
+    pub tokens: f64,
+    /// When they were last refilled (`None`: never used, full).
+    pub at_ms: Option<u64>,
+}
+
+/// A request over a key's rate: which limit, and when it would fit.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error(
+    "the key's {limit} limit of {per_minute} a minute is reached; retry in {retry_after_ms} ms"
+)]
+pub struct RateLimited {
+    /// `rpm` or `tpm`.
+    pub limit: &'static str,
+    pub per_minute: u64,
+    pub retry_after_ms: u64,
+}
+
+impl Buckets {
+    /// Takes one request and `rate.tokens` tokens at `now_ms`, or refuses (taking nothing).
+    /// A request larger than the whole `tpm` is refused for good (`retry_after_ms` of a
+    /// full minute).
+    pub fn take(&mut self, rate: &Rate, now_ms: u64) -> Result<(), RateLimited> {
+        let since = self.at_ms.map(|t| now_ms.saturating_sub(t));
+        let fill = |level: f64, per_minute: u64| match since {
+            None => per_minute as f64,
+            Some(ms) => (level + per_minute as f64 * ms as f64 / 60_000.0).min(per_minute as f64),
+        };
+        let requests = rate.rpm.map(|r| fill(self.requests, r));
+        let tokens = rate.tpm.map(|t| fill(self.tokens, t));
+        let wait = |level: f64, need: f64, per_minute: u64| {
+            ((need - level) * 60_000.0 / per_minute.max(1) as f64).ceil() as u64
+        };
+        if let (Some(level), Some(r)) = (requests, rate.rpm) {
+            if level < 1.0 {
+                return Err(RateLimited {
+                    limit: "rpm",
+                    per_minute: r,
+                    retry_after_ms: wait(level, 1.0, r),
+                });
+            }
+        }
+        if let (Some(level), Some(t)) = (tokens, rate.tpm) {
+            let need = rate.tokens as f64;
+            if level < need {
+                return Err(RateLimited {
+                    limit: "tpm",
+                    per_minute: t,
+                    retry_after_ms: if need > t as f64 {
+                        60_000
+                    } else {
+                        wait(level, need, t)
+                    },
+                });
+            }
+        }
+        self.requests = requests.map_or(0.0, |l| l - 1.0);
+        self.tokens = tokens.map_or(0.0, |l| l - rate.tokens as f64);
+        self.at_ms = Some(now_ms);
+        Ok(())
+    }
+}
+
+/// Why a call may not be made.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Budget(#[from] Exceeded),
+    #[error(transparent)]
+    Rate(#[from] RateLimited),
+}
+
 /// One key's spend in one period.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Account {
@@ -222,6 +309,48 @@ mod tests {
         assert!(a.open.is_empty());
         a.settle(5, Some(1.0)); // late settle of an expired reservation still counts
         assert_eq!(a.spent, 1.25);
+    }
+
+    #[test]
+    fn buckets_refill_over_a_minute_and_refuse_whole() {
+        let rate = Rate {
+            rpm: Some(2),
+            tpm: Some(1000),
+            tokens: 400,
+        };
+        let mut b = Buckets::default();
+        assert!(b.take(&rate, 0).is_ok());
+        assert!(b.take(&rate, 0).is_ok());
+        let e = b.take(&rate, 0).unwrap_err();
+        assert_eq!((e.limit, e.retry_after_ms), ("rpm", 30_000));
+        // Half a minute later one request is back; the tokens (200 left + 500) too.
+        assert!(b.take(&rate, 30_000).is_ok());
+        let e = b.take(&Rate { rpm: None, ..rate }, 30_000).unwrap_err();
+        assert_eq!(e.limit, "tpm");
+        assert_eq!(e.retry_after_ms, 6_000); // 300 tokens short at 1000 a minute
+                                             // A refusal takes nothing.
+        assert!(b
+            .take(
+                &Rate {
+                    rpm: None,
+                    tokens: 300,
+                    ..rate
+                },
+                30_000
+            )
+            .is_ok());
+        // Larger than the whole minute: never fits.
+        let e = b
+            .take(
+                &Rate {
+                    rpm: None,
+                    tokens: 5_000,
+                    ..rate
+                },
+                10_000_000,
+            )
+            .unwrap_err();
+        assert_eq!(e.retry_after_ms, 60_000);
     }
 
     proptest::proptest! {

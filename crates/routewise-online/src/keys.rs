@@ -61,6 +61,12 @@ pub struct KeyRecord {
     pub budget_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<Period>,
+    /// Requests per minute ([`crate::budget::Rate`]); `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + `max_tokens`) per minute; `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
 }
 
 /// What a key is created with (and what an update may change).
@@ -86,6 +92,12 @@ pub struct KeySpec {
     /// The budget's period (default `month`).
     #[serde(default)]
     pub period: Option<Period>,
+    /// Requests per minute (0 removes the limit).
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (0 removes the limit).
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 /// Why a presented key is refused (the gateway answers 401 for each).
@@ -174,6 +186,8 @@ pub fn create(spec: &KeySpec, now_ms: u64, known_models: &[&str]) -> Result<NewK
         tags: BTreeMap::new(),
         budget_usd: None,
         period: None,
+        rpm: None,
+        tpm: None,
     };
     apply(&mut record, spec, now_ms, known_models)?;
     let mut rng = rand::thread_rng();
@@ -245,6 +259,12 @@ pub fn apply(
     }
     if record.budget_usd.is_some() && record.period.is_none() {
         record.period = Some(Period::Month);
+    }
+    if let Some(r) = spec.rpm {
+        record.rpm = (r > 0).then_some(r);
+    }
+    if let Some(t) = spec.tpm {
+        record.tpm = (t > 0).then_some(t);
     }
     if let Some(s) = spec.expires_in_s {
         record.expires_ms = Some(now_ms.saturating_add(s.saturating_mul(1000)));

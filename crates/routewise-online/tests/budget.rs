@@ -28,7 +28,7 @@ async fn race(stores: Vec<Arc<dyn BudgetStore>>, key: &'static str) -> (usize, f
         let s = Arc::clone(&stores[i as usize % stores.len()]);
         tasks.push(tokio::spawn(async move {
             let sc = scope(key);
-            match s.reserve(&sc, i, 1.0).await.unwrap() {
+            match s.reserve(&sc, i, 1.0, None).await.unwrap() {
                 Ok(()) => {
                     tokio::task::yield_now().await;
                     let cost = 0.6 + (i % 5) as f64 * 0.1;
@@ -80,11 +80,11 @@ async fn local_spend_survives_a_restart_up_to_the_last_flush_and_reservations_do
     {
         let l = LocalBudgets::open(LocalStore::open(&path).unwrap()).unwrap();
         let s = scope("k");
-        l.reserve(&s, 1, 2.0).await.unwrap().unwrap();
+        l.reserve(&s, 1, 2.0, None).await.unwrap().unwrap();
         l.settle(&s, 1, 2.0, Some(1.5)).await.unwrap();
         assert_eq!(l.flush().unwrap(), 1);
-        l.reserve(&s, 2, 3.0).await.unwrap().unwrap(); // open at the crash
-        l.reserve(&s, 3, 1.0).await.unwrap().unwrap();
+        l.reserve(&s, 2, 3.0, None).await.unwrap().unwrap(); // open at the crash
+        l.reserve(&s, 3, 1.0, None).await.unwrap().unwrap();
         l.settle(&s, 3, 1.0, Some(1.0)).await.unwrap(); // settled, never flushed
     }
     let l = LocalBudgets::open(LocalStore::open(&path).unwrap()).unwrap();

@@ -95,11 +95,18 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     {
         let m = ModelId::from_index(m);
         let up = gw.upstreams.get(m);
-        let hold = match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request).await {
-            Ok(h) => h,
+        let first = !ctx.rate_taken;
+        let hold = match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request, first).await {
+            Ok(h) => {
+                ctx.rate_taken = true;
+                h
+            }
             Err(r) => {
                 if admit == Admit::Probe {
                     up.breaker.abandon_probe();
+                }
+                if matches!(r, budget::Refused::Rate(_)) {
+                    return Err(r.into());
                 }
                 refused = Some(r);
                 continue;

@@ -49,6 +49,9 @@ pub struct Caller {
     /// The spend cap per period ([`super::budget`]); `None`: no cap (spend is still
     /// tracked, per month).
     pub budget: Option<(f64, Period)>,
+    /// Requests and tokens per minute.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 struct Entry {
@@ -233,6 +236,8 @@ fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
         team: r.team.clone(),
         tags: r.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         budget: r.budget_usd.map(|b| (b, r.period.unwrap_or(Period::Month))),
+        rpm: r.rpm,
+        tpm: r.tpm,
     }
 }
 

@@ -16,10 +16,15 @@
 //! (the client went away mid-call) charges its reservation, since the upstream may bill
 //! the call anyway. A key store that cannot be reached refuses the call (503): a budget
 //! fails closed.
+//!
+//! The key's rate limits (`rpm`, `tpm`) are taken by the request's first reservation, in
+//! the same store operation (one Redis round trip for both): over them, the request gets
+//! 429 `rate_limited` with `Retry-After`, whatever the model.
 
 use std::sync::Arc;
 
-use routewise_online::budget::{Exceeded, Period};
+use axum::http::HeaderValue;
+use routewise_online::budget::{Exceeded, Period, Rate, RateLimited, Refusal};
 use routewise_online::service::now_ms;
 use routewise_online::store::budget::{BudgetStore, Scope};
 
@@ -64,7 +69,10 @@ impl std::fmt::Debug for Reservation {
 /// Why a call was not made.
 #[derive(Debug)]
 pub enum Refused {
+    /// The key's budget cannot cover this model (a cheaper one may fit).
     Exceeded(Exceeded),
+    /// The key is over its rate: the request is refused, whatever the model.
+    Rate(RateLimited),
     Unavailable(String),
 }
 
@@ -72,6 +80,13 @@ impl From<Refused> for ApiError {
     fn from(r: Refused) -> ApiError {
         match r {
             Refused::Exceeded(e) => ApiError::BudgetExceeded(e.to_string()),
+            Refused::Rate(e) => ApiError::RateLimited {
+                message: e.to_string(),
+                retry_after: HeaderValue::from_str(
+                    &e.retry_after_ms.div_ceil(1000).max(1).to_string(),
+                )
+                .ok(),
+            },
             Refused::Unavailable(_) => ApiError::AuthUnavailable,
         }
     }
@@ -135,12 +150,14 @@ impl Drop for Hold {
 }
 
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
-/// `None` without a caller (`auth: {mode: open}`).
+/// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
+/// which also takes the request from the key's rate limits (in the same store operation).
 pub async fn reserve(
     gw: &Gateway,
     caller: Option<&Caller>,
     m: ModelId,
     req: &ChatRequest,
+    first: bool,
 ) -> Result<Option<Hold>, Refused> {
     let Some(c) = caller else {
         return Ok(None);
@@ -154,6 +171,11 @@ pub async fn reserve(
         .max_tokens
         .unwrap_or(gw.config.auth.reserve_output_tokens);
     let amount = gw.upstreams.get(m).cost(req.prompt_tokens, out);
+    let rate = (first && (c.rpm.is_some() || c.tpm.is_some())).then_some(Rate {
+        rpm: c.rpm,
+        tpm: c.tpm,
+        tokens: req.prompt_tokens.saturating_add(out),
+    });
     let r = Reservation {
         store: ks.budgets(),
         key: c.id.clone(),
@@ -165,11 +187,19 @@ pub async fn reserve(
         amount,
         spend: gw.metrics.key_spend(),
     };
-    match r.store.reserve(&r.scope(), r.id, amount).await {
+    match r
+        .store
+        .reserve(&r.scope(), r.id, amount, rate.as_ref())
+        .await
+    {
         Ok(Ok(())) => Ok(Some(Hold(Some(r)))),
-        Ok(Err(e)) => {
+        Ok(Err(Refusal::Budget(e))) => {
             gw.metrics.auth_failure("budget_exceeded");
             Err(Refused::Exceeded(e))
+        }
+        Ok(Err(Refusal::Rate(e))) => {
+            gw.metrics.auth_failure(e.limit);
+            Err(Refused::Rate(e))
         }
         Err(e) => {
             tracing::warn!(error = %e, "the budget store could not be reached");

@@ -190,10 +190,20 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         if admit == Admit::No {
             continue;
         }
-        match budget::reserve(gw, ctx.caller.as_deref(), m, request).await {
-            Ok(hold) => admitted.push((m, admit, hold)),
-            Err(_) if admit == Admit::Probe => gw.upstreams.get(m).breaker.abandon_probe(),
-            Err(_) => {}
+        match budget::reserve(gw, ctx.caller.as_deref(), m, request, !ctx.rate_taken).await {
+            Ok(hold) => {
+                ctx.rate_taken = true;
+                admitted.push((m, admit, hold));
+            }
+            Err(r) => {
+                if admit == Admit::Probe {
+                    gw.upstreams.get(m).breaker.abandon_probe();
+                }
+                // Over its rate, the request is refused by the attempts that follow.
+                if matches!(r, budget::Refused::Rate(_)) {
+                    break;
+                }
+            }
         }
     }
     let mut pending: FuturesUnordered<_> = admitted

@@ -51,6 +51,8 @@ pub struct RequestContext {
     pub caller: Option<std::sync::Arc<crate::pipeline::auth::Caller>>,
     /// The answering call's budget reservation, settled when the answer is complete.
     pub hold: Option<crate::pipeline::budget::Hold>,
+    /// Whether the key's rate limits took this request (its first reservation did).
+    pub rate_taken: bool,
 }
 
 impl RequestContext {
@@ -82,6 +84,7 @@ impl RequestContext {
             cache,
             caller,
             hold: None,
+            rate_taken: false,
         }
     }
 

@@ -11,6 +11,9 @@
 //!   (`INCRBYFLOAT`), `P:resv:{key}:{period start}` the open reservations (a sorted set of
 //!   `id:amount` scored by expiry). Reserve is one Lua script (drop expired, sum, check,
 //!   add), settle another (remove, add the cost): one round trip each, atomic in Redis.
+//!   A request's first reservation also takes from the key's rate buckets
+//!   (`P:rate:{key}`, a hash of the two levels and their time) in the same script, so
+//!   auth (cached), the rate limit and the budget cost one round trip together.
 //!   Both keys expire a day after their period ends.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +22,7 @@ use std::sync::{LazyLock, Mutex};
 use redb::{Durability, ReadableTable, TableDefinition};
 use redis::Script;
 
-use crate::budget::{Account, Exceeded, Period};
+use crate::budget::{Account, Buckets, Exceeded, Period, Rate, RateLimited, Refusal};
 use crate::store::local::LocalStore;
 use crate::store::redis::RedisStore;
 use crate::store::state_store::StoreError;
@@ -60,13 +63,16 @@ pub struct Usage {
 /// A store of key budgets.
 #[async_trait::async_trait]
 pub trait BudgetStore: Send + Sync + std::fmt::Debug {
-    /// Reserves `amount` as reservation `id`; `Ok(Err)` when it does not fit.
+    /// Takes one request from the key's `rate` buckets when given (the request's first
+    /// call), then reserves `amount` as reservation `id`, atomically: `Ok(Err)` when either
+    /// refuses (and then nothing is taken).
     async fn reserve(
         &self,
         scope: &Scope<'_>,
         id: u64,
         amount: f64,
-    ) -> Result<Result<(), Exceeded>, StoreError>;
+        rate: Option<&Rate>,
+    ) -> Result<Result<(), Refusal>, StoreError>;
 
     /// Closes reservation `id` (of `amount`), adding `cost` (`None`: released, nothing
     /// spent).
@@ -86,8 +92,15 @@ pub trait BudgetStore: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct LocalBudgets {
     store: LocalStore,
-    accounts: Mutex<HashMap<String, Account>>,
+    accounts: Mutex<Ledger>,
     dirty: Mutex<HashSet<String>>,
+}
+
+/// The accounts (by key and period) and the rate buckets (by key), under one lock.
+#[derive(Debug, Default)]
+struct Ledger {
+    accounts: HashMap<String, Account>,
+    buckets: HashMap<String, Buckets>,
 }
 
 fn se<E: std::fmt::Display>(e: E) -> StoreError {
@@ -116,14 +129,17 @@ impl LocalBudgets {
         tx.commit().map_err(se)?;
         Ok(LocalBudgets {
             store,
-            accounts: Mutex::new(accounts),
+            accounts: Mutex::new(Ledger {
+                accounts,
+                buckets: HashMap::new(),
+            }),
             dirty: Mutex::new(HashSet::new()),
         })
     }
 
     fn with<T>(&self, k: String, f: impl FnOnce(&mut Account) -> T) -> T {
         let mut all = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        f(all.entry(k).or_default())
+        f(all.accounts.entry(k).or_default())
     }
 
     /// Writes the spend settled since the last flush (blocking: one redb commit).
@@ -140,7 +156,7 @@ impl LocalBudgets {
         let values: Vec<(String, f64)> = {
             let all = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
             keys.into_iter()
-                .filter_map(|k| Some((k.clone(), all.get(&k)?.spent)))
+                .filter_map(|k| Some((k.clone(), all.accounts.get(&k)?.spent)))
                 .collect()
         };
         let mut tx = self.store.database().begin_write().map_err(se)?;
@@ -163,10 +179,27 @@ impl BudgetStore for LocalBudgets {
         s: &Scope<'_>,
         id: u64,
         amount: f64,
-    ) -> Result<Result<(), Exceeded>, StoreError> {
-        Ok(self.with(s.account_key(), |a| {
-            a.reserve(id, amount, s.budget_usd, s.period, s.now_ms)
-        }))
+        rate: Option<&Rate>,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let mut all = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let Ledger { accounts, buckets } = &mut *all;
+        let account = accounts.entry(s.account_key()).or_default();
+        // Both or neither: the buckets are taken from a copy, kept if the budget agrees.
+        let mut taken = None;
+        if let Some(r) = rate {
+            let mut b = buckets.get(s.key).copied().unwrap_or_default();
+            if let Err(e) = b.take(r, s.now_ms) {
+                return Ok(Err(e.into()));
+            }
+            taken = Some(b);
+        }
+        if let Err(e) = account.reserve(id, amount, s.budget_usd, s.period, s.now_ms) {
+            return Ok(Err(e.into()));
+        }
+        if let Some(b) = taken {
+            buckets.insert(s.key.to_string(), b);
+        }
+        Ok(Ok(()))
     }
 
     async fn settle(
@@ -199,6 +232,31 @@ impl BudgetStore for LocalBudgets {
 }
 
 const RESERVE_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local rpm = tonumber(ARGV[7])
+local tpm = tonumber(ARGV[8])
+local need = tonumber(ARGV[9])
+local req, tok
+if rpm > 0 or tpm > 0 then
+  local b = redis.call('HMGET', KEYS[3], 'r', 't', 'at')
+  local at = tonumber(b[3])
+  local function fill(level, per_minute)
+    if not at then return per_minute end
+    return math.min(per_minute, tonumber(level) + per_minute * math.max(0, now - at) / 60000)
+  end
+  if rpm > 0 then
+    req = fill(b[1], rpm)
+    if req < 1 then return {2, 'rpm', tostring(math.ceil((1 - req) * 60000 / rpm))} end
+  end
+  if tpm > 0 then
+    tok = fill(b[2], tpm)
+    if tok < need then
+      local wait = 60000
+      if need <= tpm then wait = math.ceil((need - tok) * 60000 / tpm) end
+      return {2, 'tpm', tostring(wait)}
+    end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 local reserved = 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
@@ -210,6 +268,10 @@ if spent + reserved + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
 end
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+if req or tok then
+  redis.call('HSET', KEYS[3], 'r', tostring((req or 1) - 1), 't', tostring((tok or need) - need), 'at', ARGV[1])
+  redis.call('EXPIRE', KEYS[3], 120)
+end
 return {1, tostring(spent), tostring(reserved)}
 "#;
 
@@ -246,28 +308,46 @@ impl BudgetStore for RedisStore {
         s: &Scope<'_>,
         id: u64,
         amount: f64,
-    ) -> Result<Result<(), Exceeded>, StoreError> {
+        rate: Option<&Rate>,
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let (spend, resv) = self.budget_keys(s);
+        let r = rate.copied().unwrap_or_default();
         let mut inv = RESERVE.prepare_invoke();
         inv.key(spend)
             .key(resv)
+            .key(self.prefixed(&format!("rate:{}", s.key)))
             .arg(s.now_ms)
             .arg(format!("{amount:?}"))
             .arg(format!("{:?}", s.budget_usd))
             .arg(member(id, amount))
             .arg(s.now_ms + crate::budget::RESERVATION_TTL_MS)
-            .arg(s.ttl_s());
-        let (ok, spent, reserved): (i64, String, String) = self.invoke(inv).await?;
-        if ok == 1 {
-            return Ok(Ok(()));
-        }
-        Ok(Err(Exceeded {
-            budget: s.budget_usd,
-            spent: spent.parse().unwrap_or(0.0),
-            reserved: reserved.parse().unwrap_or(0.0),
-            amount,
-            period: s.period,
-        }))
+            .arg(s.ttl_s())
+            .arg(r.rpm.unwrap_or(0))
+            .arg(r.tpm.unwrap_or(0))
+            .arg(r.tokens);
+        let (code, a, b): (i64, String, String) = self.invoke(inv).await?;
+        Ok(match code {
+            1 => Ok(()),
+            2 => {
+                let (limit, per_minute) = if a == "rpm" {
+                    ("rpm", r.rpm.unwrap_or(0))
+                } else {
+                    ("tpm", r.tpm.unwrap_or(0))
+                };
+                Err(Refusal::Rate(RateLimited {
+                    limit,
+                    per_minute,
+                    retry_after_ms: b.parse().unwrap_or(1000),
+                }))
+            }
+            _ => Err(Refusal::Budget(Exceeded {
+                budget: s.budget_usd,
+                spent: a.parse().unwrap_or(0.0),
+                reserved: b.parse().unwrap_or(0.0),
+                amount,
+                period: s.period,
+            })),
+        })
     }
 
     async fn settle(

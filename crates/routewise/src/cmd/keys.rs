@@ -78,6 +78,12 @@ pub struct SpecArgs {
     /// The budget's period (default month).
     #[arg(long, value_enum)]
     pub period: Option<PeriodArg>,
+    /// Requests per minute (0 removes the limit).
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, prompt plus max_tokens (0 removes the limit).
+    #[arg(long)]
+    pub tpm: Option<u64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -128,6 +134,8 @@ impl SpecArgs {
             expires_in_s,
             budget_usd: self.budget_usd,
             period: self.period.map(Period::from),
+            rpm: self.rpm,
+            tpm: self.tpm,
         })
     }
 }
