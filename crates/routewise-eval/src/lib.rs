@@ -39,6 +39,7 @@ pub mod ope;
 pub mod ope_log;
 pub mod ope_validate;
 pub mod outcomes;
+pub mod pacing;
 pub mod pairwise;
 pub mod plot;
 pub mod report;

@@ -154,7 +154,8 @@ fn bench(c: &mut Criterion) {
         let mut req = request::parse(body, &headers, true).unwrap();
         let sig = rules::run(gw, &mut req, &headers, None, true).unwrap();
         let mut probe = cache::probe(gw, &req, &headers, sig.as_ref()).unwrap();
-        rt.block_on(cache::answer(gw, &mut probe, &req)).is_some()
+        rt.block_on(cache::answer(gw, &mut probe, &req, None))
+            .is_some()
     };
     assert!(!stage2(&miss) && stage2(&hit));
     c.bench_function(
@@ -174,7 +175,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("cache probe + lookup only (miss)", |b| {
         b.iter(|| {
             let mut probe = cache::probe(gw, &parsed, &headers, None).unwrap();
-            rt.block_on(cache::answer(gw, &mut probe, &parsed))
+            rt.block_on(cache::answer(gw, &mut probe, &parsed, None))
                 .is_some()
         })
     });
@@ -238,19 +239,22 @@ fn bench_auth(c: &mut Criterion) {
         .unwrap()
         .unwrap();
     let m = gw.upstreams.by_name("c").unwrap();
-    c.bench_function("budget: rate buckets + reserve + settle on the local ledger", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let hold = budget::reserve(gw, Some(&caller), m, &parsed, true)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                hold.settle(Some(1e-6));
-                // The settle runs as a task: let it.
-                tokio::task::yield_now().await;
+    c.bench_function(
+        "budget: rate buckets + reserve + settle on the local ledger",
+        |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let hold = budget::reserve(gw, Some(&caller), m, &parsed, true)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    hold.settle(Some(1e-6));
+                    // The settle runs as a task: let it.
+                    tokio::task::yield_now().await;
+                })
             })
-        })
-    });
+        },
+    );
 }
 
 criterion_group! {

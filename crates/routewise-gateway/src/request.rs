@@ -49,6 +49,9 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Whether the client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Whether the gateway asked the upstream for usage the client did not ask for (to
+    /// settle a key's spend), to be removed from what the client gets.
+    pub strip_usage: bool,
     /// The per-request preference, if any.
     pub preference: Option<Policy>,
     /// What the request says about the configured cascade.
@@ -60,6 +63,9 @@ pub struct ChatRequest {
     pub prompt_tokens: u64,
     /// `max_tokens` or `max_completion_tokens`, if given.
     pub max_tokens: Option<u64>,
+    /// The body's size as received: a bound on its input tokens (a token spans at least
+    /// one byte), images and tool definitions included.
+    pub body_bytes: u64,
     /// The message text the router sees (contents joined by newlines).
     pub prompt: String,
     /// Every other field, forwarded as is (messages included). Changing it goes through
@@ -106,6 +112,7 @@ impl ChatRequest {
         let mut r = self.clone();
         r.stream = false;
         r.include_usage = false;
+        r.strip_usage = false;
         r.rest_mut().remove("stream");
         r.rest_mut().remove("stream_options");
         r
@@ -274,11 +281,13 @@ pub fn parse(
         model,
         stream,
         include_usage,
+        strip_usage: false,
         preference,
         cascade,
         cache,
         prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
         max_tokens,
+        body_bytes: body.len() as u64,
         prompt,
         rest,
         original: match model_span {

@@ -309,8 +309,7 @@ async fn keys_in_redis_are_shared_by_instances_and_revocation_reaches_them() {
 /// 1,000 concurrent requests, spread over `gws`, on a key whose budget covers about ten
 /// requests' reservations; returns (answered, refused with budget_exceeded, spend).
 async fn race_budget(gws: &[&common::Gateway], key: &str) -> (usize, usize, f64) {
-    let mut body = common::chat_body("hello");
-    body["max_tokens"] = json!(20);
+    let body = race_body();
     let client = common::client();
     let calls = (0..1000).map(|i| {
         let req = client
@@ -351,9 +350,18 @@ async fn race_budget(gws: &[&common::Gateway], key: &str) -> (usize, usize, f64)
     (ok, refused, usage["spend_usd"].as_f64().unwrap())
 }
 
-/// A reservation's upper bound here: ("hello" is 2 tokens) + max_tokens 20, at c's $0.3/Mtok.
-const ONE_RESERVATION: f64 = 25.0 * 0.3e-6;
-const TEN_REQUESTS: f64 = 22.0 * 0.3e-6 * 10.0;
+/// The race's request: "hello" with `max_tokens: 20`.
+fn race_body() -> Value {
+    let mut body = common::chat_body("hello");
+    body["max_tokens"] = json!(20);
+    body
+}
+
+/// One reservation of the race's request on c ($0.3/Mtok): its body's bytes as input
+/// tokens (the worst case) and 20 output tokens.
+fn one_reservation() -> f64 {
+    (serde_json::to_vec(&race_body()).unwrap().len() as f64 + 20.0) * 0.3e-6
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_a_budget_does_not_leak_under_1000_concurrent_requests() {
@@ -362,13 +370,13 @@ async fn regression_a_budget_does_not_leak_under_1000_concurrent_requests() {
     let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
     let (key, _) = create(
         &gw,
-        json!({"name": "capped", "models": ["c"], "budget_usd": TEN_REQUESTS, "period": "day"}),
+        json!({"name": "capped", "models": ["c"], "budget_usd": 10.0 * one_reservation(), "period": "day"}),
     )
     .await;
     let (ok, refused, spent) = race_budget(&[&gw], &key).await;
     assert_eq!(ok + refused, 1000);
     assert!(ok >= 9 && refused > 0, "answered {ok}, refused {refused}");
-    assert!(spent <= TEN_REQUESTS + ONE_RESERVATION, "spent {spent}");
+    assert!(spent <= 11.0 * one_reservation(), "spent {spent}");
     assert_eq!(mock.total_hits() as usize, ok);
     let usage: Value = common::client()
         .get(gw.url("/v1/usage"))
@@ -380,7 +388,7 @@ async fn regression_a_budget_does_not_leak_under_1000_concurrent_requests() {
         .await
         .unwrap();
     assert_eq!(usage["key"], "capped");
-    assert_eq!(usage["budget_usd"].as_f64(), Some(TEN_REQUESTS));
+    assert_eq!(usage["budget_usd"].as_f64(), Some(10.0 * one_reservation()));
     assert!(
         usage["period_ends"]
             .as_str()
@@ -409,13 +417,13 @@ async fn a_budget_in_redis_holds_across_two_instances() {
     let two = gateway(&mock.base_url(), &state).await;
     let (key, _) = create(
         &one,
-        json!({"name": "shared", "models": ["c"], "budget_usd": TEN_REQUESTS}),
+        json!({"name": "shared", "models": ["c"], "budget_usd": 10.0 * one_reservation()}),
     )
     .await;
     let (ok, refused, spent) = race_budget(&[&one, &two], &key).await;
     assert_eq!(ok + refused, 1000);
     assert!(ok >= 9 && refused > 0, "answered {ok}, refused {refused}");
-    assert!(spent <= TEN_REQUESTS + ONE_RESERVATION, "spent {spent}");
+    assert!(spent <= 11.0 * one_reservation(), "spent {spent}");
     drop(redis);
 }
 
@@ -504,4 +512,74 @@ async fn a_rate_limit_in_redis_is_shared_by_instances() {
     }
     assert_eq!(ok, 5);
     drop(redis);
+}
+
+#[tokio::test]
+async fn regression_a_stream_is_charged_its_usage_which_the_client_did_not_ask_for() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
+    let (key, _) = create(
+        &gw,
+        json!({"name": "streamer", "models": ["c"], "budget_usd": 1.0}),
+    )
+    .await;
+    let mut body = common::chat_body("hello");
+    body["stream"] = json!(true);
+    let r = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sse = common::read_sse(r).await;
+    // The gateway asked the upstream for usage; the client, who did not, gets none.
+    let sent = mock.requests().last().unwrap().body.clone();
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    assert_eq!(sent["max_tokens"], 4096, "{sent}"); // a capped key's output is held
+    assert!(!sse.contains("usage"), "{sse}");
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+    // Charged the usage (a few tokens at $0.3/Mtok), not the 4,096-token reservation.
+    let mut spent = 0.0;
+    for _ in 0..100 {
+        let u: Value = common::client()
+            .get(gw.url("/v1/usage"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        spent = u["spend_usd"].as_f64().unwrap();
+        if u["reserved_usd"] == 0.0 && spent > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(spent > 0.0 && spent < 100.0 * 0.3e-6, "spent {spent}");
+}
+
+#[tokio::test]
+async fn regression_a_cached_answer_from_a_model_the_key_may_not_use_is_not_served() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &mock.base_url(),
+        &format!("{}\ncache: {{}}", local_state(&dir)),
+    )
+    .await;
+    let (any, _) = create(&gw, json!({"name": "any"})).await;
+    let (cheap, _) = create(&gw, json!({"name": "cheap", "models": ["c"]})).await;
+    let body = common::chat_body("what is the capital of France?");
+    let (_, h, _) = chat(&gw, Some(&any), &body).await;
+    assert_eq!(common::header(&h, "x-routewise-model"), "a");
+    let (_, h, _) = chat(&gw, Some(&any), &body).await;
+    assert_eq!(common::header(&h, "x-routewise-cache"), "hit-exact");
+    let (status, h, _) = chat(&gw, Some(&cheap), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(common::header(&h, "x-routewise-cache"), "miss");
+    assert_eq!(common::header(&h, "x-routewise-model"), "c");
 }

@@ -7,8 +7,9 @@
 //! concurrency): every upstream call, fallbacks and cascade calls included, reserves
 //! before it starts, and a reservation is refused unless `spent + reserved + amount <=
 //! budget`. Concurrent requests see each other's reservations, so their sum stays within
-//! the budget. Spend exceeds the budget only when a call costs more than it reserved (no
-//! `max_tokens`, an answer longer than the configured cap): by at most that call's excess.
+//! the budget. Spend exceeds the budget only when calls cost more than they reserved (an
+//! upstream that bills past `max_tokens`, or prices that changed): by at most the sum of
+//! those calls' excesses.
 //! A reservation never settled (the process crashed) expires after [`RESERVATION_TTL_MS`],
 //! so nothing stays blocked after a restart.
 

@@ -31,6 +31,7 @@ pub mod knn;
 pub mod linear;
 pub mod mf;
 pub mod mlp;
+pub mod pacing;
 pub mod policy;
 pub mod train;
 

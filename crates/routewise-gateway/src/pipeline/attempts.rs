@@ -108,6 +108,8 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 if matches!(r, budget::Refused::Rate(_)) {
                     return Err(r.into());
                 }
+                // Not a call: it does not use up an attempt.
+                plan.refund();
                 refused = Some(r);
                 continue;
             }
@@ -157,6 +159,11 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         }
         gw.metrics.attempt(m.index(), outcome);
         let upstream_request_id = info.upstream_request_id.take();
+        // A failed call is charged what the upstream may have billed (a timeout, a body cut
+        // short: the reservation), else released.
+        let failed_charge = hold
+            .as_ref()
+            .map(|h| budget::charge(&result, None, h.amount()));
         match result {
             Ok(answer) => {
                 ctx.hold = hold;
@@ -172,7 +179,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             }
             Err(f) => {
                 if let Some(h) = hold {
-                    h.release();
+                    h.settle(failed_charge);
                 }
                 if gw.record_failure(m) {
                     tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");

@@ -12,9 +12,12 @@
 //! Redis, a record is read on first use and trusted for `auth.cache_ttl_s` (an unknown id
 //! too, so random keys do not each cost a round trip): a revocation through another
 //! instance takes effect within that. A key not yet cached while Redis is unreachable is
-//! refused with 503 (fail closed); cached keys keep working.
+//! refused with 503 (fail closed). A cached key is still accepted, and then its calls'
+//! reservations ([`super::budget`]) need Redis too: a key with a budget or a rate limit
+//! gets 503, a key with neither is served with its spend untracked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,10 @@ struct Entry {
 pub struct Keys {
     store: Arc<dyn KeyStore>,
     budgets: Arc<dyn BudgetStore>,
+    /// The local ledger, to flush at shutdown.
+    local: Option<Arc<LocalBudgets>>,
+    /// Reservations open or settling (a shutdown waits for them).
+    pending: Arc<AtomicUsize>,
     /// Writes local spend to disk every [`FLUSH_EVERY_MS`] (aborted on drop).
     flusher: Option<tokio::task::JoinHandle<()>>,
     /// How long a cached record is trusted (`None`: for ever; this instance is the
@@ -90,13 +97,18 @@ impl Keys {
         gw: &Gateway,
     ) -> Result<Keys, StoreError> {
         let local = store.kind() == "local";
-        let flusher = match &budgets {
-            Budgets::Local(l) => Some(tokio::spawn(flush_every(Arc::downgrade(l)))),
-            Budgets::Redis(_) => None,
+        let (flusher, ledger) = match &budgets {
+            Budgets::Local(l) => (
+                Some(tokio::spawn(flush_every(Arc::downgrade(l)))),
+                Some(Arc::clone(l)),
+            ),
+            Budgets::Redis(_) => (None, None),
         };
         let keys = Keys {
             store,
             budgets: budgets.store(),
+            local: ledger,
+            pending: Arc::new(AtomicUsize::new(0)),
             flusher,
             ttl: (!local).then(|| Duration::from_millis(gw.config.auth.cache_ttl_ms)),
             cache: Mutex::new(HashMap::new()),
@@ -181,6 +193,33 @@ impl Keys {
     /// Where the keys' budgets are kept.
     pub fn budgets(&self) -> Arc<dyn BudgetStore> {
         Arc::clone(&self.budgets)
+    }
+
+    /// The count of reservations open or settling ([`super::budget`] keeps it).
+    pub fn pending(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.pending)
+    }
+
+    /// At shutdown: waits up to `limit` for the reservations still settling, then writes
+    /// the local spend; whether everything was written.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.pending.load(Ordering::Acquire) > 0 && start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let settled = self.pending.load(Ordering::Acquire) == 0;
+        if let Some(l) = &self.local {
+            let l = Arc::clone(l);
+            match tokio::task::spawn_blocking(move || l.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "key spend could not be written at shutdown");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        settled
     }
 }
 
@@ -301,6 +340,22 @@ pub fn apply(gw: &Gateway, caller: &Caller, req: &mut ChatRequest) -> Result<(),
     }
     if req.preference.is_none() {
         req.preference = caller.policy;
+    }
+    // A capped key's calls are held to the output their reservations cover.
+    if caller.budget.is_some() {
+        super::budget::cap_output(req, gw.config.auth.reserve_output_tokens);
+    }
+    // A stream's spend is settled from its usage: ask for it, and keep it from a client
+    // that did not.
+    if req.stream && !req.include_usage {
+        let opts = req
+            .rest_mut()
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(o) = opts.as_object_mut() {
+            o.insert("include_usage".into(), true.into());
+            req.strip_usage = true;
+        }
     }
     Ok(())
 }

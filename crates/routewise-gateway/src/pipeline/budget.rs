@@ -21,6 +21,7 @@
 //! the same store operation (one Redis round trip for both): over them, the request gets
 //! 429 `rate_limited` with `Retry-After`, whatever the model.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::http::HeaderValue;
@@ -55,6 +56,8 @@ struct Reservation {
     id: u64,
     amount: f64,
     spend: KeySpend,
+    /// The keys' count of open reservations (decremented when this one closes).
+    pending: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -103,20 +106,30 @@ impl Reservation {
     }
 
     async fn close(self, cost: Option<f64>) {
-        if let Err(e) = self
+        match self
             .store
             .settle(&self.scope(), self.id, self.amount, cost)
             .await
         {
-            tracing::warn!(key = %self.name, error = %e, "a budget reservation could not be settled; it expires on its own");
+            Ok(()) => {
+                if let Some(c) = cost {
+                    self.spend.add(&self.name, c);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.name, error = %e, cost = ?cost, "a budget reservation could not be settled: it expires on its own, and this call's cost is not counted");
+            }
         }
-        if let Some(c) = cost {
-            self.spend.add(&self.name, c);
-        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Hold {
+    /// The reserved amount.
+    pub fn amount(&self) -> f64 {
+        self.0.as_ref().map_or(0.0, |r| r.amount)
+    }
+
     /// Closes the hold at `cost` (`None`: unknown, the reservation is charged), off the
     /// caller's path.
     pub fn settle(mut self, cost: Option<f64>) {
@@ -149,6 +162,56 @@ impl Drop for Hold {
     }
 }
 
+/// Holds `request` to `default_output` output tokens when it sets no `max_tokens` (written
+/// into the forwarded body), so that the upstream cannot pass what is reserved.
+pub fn cap_output(request: &mut ChatRequest, default_output: u64) {
+    if request.max_tokens.is_none() {
+        request
+            .rest_mut()
+            .insert("max_tokens".into(), default_output.into());
+        request.max_tokens = Some(default_output);
+    }
+}
+
+/// The most a call for `request` can cost under `cost(input tokens, output tokens)`: as
+/// many input tokens as the body has bytes (at least the estimated prompt tokens), and
+/// `max_tokens` (else `default_output`) output tokens per completion (`n`).
+pub fn worst_case(
+    request: &ChatRequest,
+    default_output: u64,
+    cost: impl Fn(u64, u64) -> f64,
+) -> f64 {
+    let output = request.max_tokens.unwrap_or(default_output);
+    let completions = request
+        .rest()
+        .get("n")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let input = request.body_bytes.max(request.prompt_tokens);
+    cost(input, output.saturating_mul(completions))
+}
+
+/// What a finished call is charged: its usage when reported; else the reservation when
+/// the upstream may have billed it (a success without usage, a timeout, a body cut short),
+/// and nothing when it refused the call (an error status, no connection).
+pub fn charge(
+    result: &Result<crate::upstream::Answer, crate::upstream::Failure>,
+    usage: Option<f64>,
+    reserved: f64,
+) -> f64 {
+    use crate::upstream::{Answer, AttemptOutcome};
+    match (result, usage) {
+        (_, Some(c)) => c,
+        (Ok(Answer::Full { status, .. }), None) if !status.is_success() => 0.0,
+        (Ok(_), None) => reserved,
+        (Err(f), None) => match f.outcome {
+            AttemptOutcome::Timeout | AttemptOutcome::Body => reserved,
+            _ => 0.0,
+        },
+    }
+}
+
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
 /// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
 /// which also takes the request from the key's rate limits (in the same store operation).
@@ -167,10 +230,10 @@ pub async fn reserve(
     let Some(ks) = gw.keys.get() else {
         return Err(Refused::Unavailable("the key store is not attached".into()));
     };
-    let out = req
-        .max_tokens
-        .unwrap_or(gw.config.auth.reserve_output_tokens);
-    let amount = gw.upstreams.get(m).cost(req.prompt_tokens, out);
+    let default_output = gw.config.auth.reserve_output_tokens;
+    let up = gw.upstreams.get(m);
+    let amount = worst_case(req, default_output, |i, o| up.cost(i, o));
+    let out = req.max_tokens.unwrap_or(default_output);
     let rate = (first && (c.rpm.is_some() || c.tpm.is_some())).then_some(Rate {
         rpm: c.rpm,
         tpm: c.tpm,
@@ -186,13 +249,17 @@ pub async fn reserve(
         id: rand::random(),
         amount,
         spend: gw.metrics.key_spend(),
+        pending: ks.pending(),
     };
     match r
         .store
         .reserve(&r.scope(), r.id, amount, rate.as_ref())
         .await
     {
-        Ok(Ok(())) => Ok(Some(Hold(Some(r)))),
+        Ok(Ok(())) => {
+            r.pending.fetch_add(1, Ordering::AcqRel);
+            Ok(Some(Hold(Some(r))))
+        }
         Ok(Err(Refusal::Budget(e))) => {
             gw.metrics.auth_failure("budget_exceeded");
             Err(Refused::Exceeded(e))
@@ -200,6 +267,12 @@ pub async fn reserve(
         Ok(Err(Refusal::Rate(e))) => {
             gw.metrics.auth_failure(e.limit);
             Err(Refused::Rate(e))
+        }
+        // A key with neither a cap nor a rate limit is only tracked: its calls go on
+        // untracked while the store is down.
+        Err(e) if c.budget.is_none() && c.rpm.is_none() && c.tpm.is_none() => {
+            tracing::warn!(error = %e, key = %c.name, "the budget store could not be reached; this call's spend is not tracked");
+            Ok(None)
         }
         Err(e) => {
             tracing::warn!(error = %e, "the budget store could not be reached");

@@ -231,14 +231,14 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 let result = up.provider.call(call, &mut info).await;
                 probe.armed = false;
                 if let Some(h) = hold {
-                    match &result {
+                    let usage = match &result {
                         Ok(Answer::Full { status, body, .. }) if status.is_success() => {
-                            let cost = crate::pipeline::stream::parse_usage(body)
-                                .map(|(p, c)| up.cost(p, c));
-                            h.settle(cost);
+                            crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c))
                         }
-                        _ => h.release(),
-                    }
+                        _ => None,
+                    };
+                    let amount = h.amount();
+                    h.settle(Some(budget::charge(&result, usage, amount)));
                 }
                 (m, started, result)
             }

@@ -177,7 +177,8 @@ async fn chat_stages(
     // 2c. the response cache
     let mut probe = cache::probe(gw, &request, &headers, signals.as_deref()).map(Box::new);
     if let Some(p) = probe.as_mut() {
-        let hit = cache::answer(gw, p, &request).await;
+        let allow = caller.as_ref().and_then(|c| c.allow.as_deref());
+        let hit = cache::answer(gw, p, &request, allow).await;
         if let Some((model, answer)) = hit {
             let routed = route::Routed {
                 reason: route::Reason::Cached,

@@ -12,6 +12,10 @@
 //! event with nothing to restore is passed on byte for byte. The response cache stores
 //! the stream as the model sent it (redacted); a replay is restored with the requester's
 //! own values.
+//!
+//! The same rewriter removes the usage that the gateway asked the upstream for on behalf
+//! of a key's budget (`stream_options.include_usage`, [`super::budget`]) when the client
+//! did not ask for it: the `usage` field of each chunk, and the usage chunk itself.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,8 @@ enum Slot {
 #[derive(Debug)]
 pub struct SseRestore {
     redactions: Redactions,
+    /// Drop the usage the gateway asked for and the client did not.
+    strip_usage: bool,
     /// Bytes of an event not yet ended.
     pending: Vec<u8>,
     /// The holding restorer of each (choice index, slot) seen.
@@ -41,9 +47,13 @@ pub struct SseRestore {
 }
 
 impl SseRestore {
-    pub fn new(redactions: Redactions) -> SseRestore {
+    /// A rewriter restoring `redactions` (none: nothing to restore) and, with
+    /// `strip_usage`, removing `usage` from every chunk (a chunk with no choices and a
+    /// usage, the usage chunk, is dropped whole).
+    pub fn new(redactions: Redactions, strip_usage: bool) -> SseRestore {
         SseRestore {
             redactions,
+            strip_usage,
             pending: Vec::new(),
             texts: BTreeMap::new(),
             envelope: Map::new(),
@@ -89,7 +99,16 @@ impl SseRestore {
             out.extend_from_slice(event);
             return;
         };
-        let changed = self.restore_chunk(&mut chunk);
+        let mut changed = false;
+        if self.strip_usage && chunk.remove("usage").is_some() {
+            if matches!(chunk.get("choices"), Some(Value::Array(c)) if c.is_empty()) {
+                return; // the usage chunk, which the client did not ask for
+            }
+            changed = true;
+        }
+        if !self.redactions.is_empty() {
+            changed |= self.restore_chunk(&mut chunk);
+        }
         for key in ["id", "object", "created", "model"] {
             if let Some(v) = chunk.get(key) {
                 self.envelope.insert(key.to_string(), v.clone());
@@ -310,7 +329,7 @@ mod tests {
         );
         // Any cut of the bytes into network chunks gives the same answer.
         for size in [1, 7, 64, sse.len()] {
-            let mut s = SseRestore::new(r.clone());
+            let mut s = SseRestore::new(r.clone(), false);
             let mut out = Vec::new();
             for piece in sse.as_bytes().chunks(size) {
                 out.extend(s.feed(piece));
@@ -330,7 +349,7 @@ mod tests {
     #[test]
     fn a_held_tail_is_released_before_done_when_no_finish_reason_comes() {
         let (r, _) = redactions();
-        let mut s = SseRestore::new(r);
+        let mut s = SseRestore::new(r, false);
         let mut out = s.feed(stream_of(&["see [EMAIL_1", "] [EMA"], false).as_bytes());
         out.extend(s.finish());
         assert_eq!(contents(&out), "see ann@x.org [EMA");
@@ -348,7 +367,7 @@ mod tests {
     fn events_without_placeholders_pass_byte_for_byte() {
         let (r, _) = redactions();
         let sse = stream_of(&["nothing ", "[here]", " at all"], true) + ": comment\n\n";
-        let mut s = SseRestore::new(r);
+        let mut s = SseRestore::new(r, false);
         let mut out = s.feed(sse.as_bytes());
         out.extend(s.finish());
         assert_eq!(String::from_utf8(out).unwrap(), sse);
@@ -362,7 +381,7 @@ mod tests {
         let sse = chunk(call("{\"to\": \"[EMAIL"), None)
             + &chunk(call("_2]\"}"), None)
             + &chunk(json!({}), Some("tool_calls"));
-        let mut s = SseRestore::new(r);
+        let mut s = SseRestore::new(r, false);
         let mut out = s.feed(sse.as_bytes());
         out.extend(s.finish());
         let text = String::from_utf8(out).unwrap();
@@ -380,9 +399,27 @@ mod tests {
     }
 
     #[test]
+    fn usage_the_client_did_not_ask_for_is_removed() {
+        let usage = json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        let sse = chunk(json!({"content": "hi"}), None).replace("}]}", "}],\"usage\":null}")
+            + &format!(
+                "data: {}\n\n",
+                json!({"id": "c1", "choices": [], "usage": usage})
+            )
+            + "data: [DONE]\n\n";
+        let mut s = SseRestore::new(Redactions::default(), true);
+        let mut out = s.feed(sse.as_bytes());
+        out.extend(s.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("usage"), "{text}");
+        assert_eq!(contents(text.as_bytes()), "hi");
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
     fn an_unended_event_is_passed_on_at_the_end() {
         let (r, _) = redactions();
-        let mut s = SseRestore::new(r);
+        let mut s = SseRestore::new(r, false);
         assert!(s.feed(b"data: {\"choices\"").is_empty());
         assert_eq!(s.finish(), b"data: {\"choices\"");
     }

@@ -552,57 +552,12 @@ fn worker(
 /// counted as `throttled`): their request copies stay bounded.
 const MAX_EXECUTIONS: usize = 64;
 
-/// The worst case a shadow call to `upstream_model` can cost under `cost(input tokens,
-/// output tokens)`: as many input tokens as the body has bytes (a text token spans at
-/// least one byte), and `max_tokens` output tokens per completion (`n`). `request` gets
+/// The worst case of a shadow call ([`super::budget::worst_case`]); `request` gets
 /// `max_tokens` set to [`DEFAULT_RESERVED_OUTPUT`] when it has none, so that the upstream
 /// is held to what is reserved.
-fn reserve_for(
-    request: &mut ChatRequest,
-    upstream_model: &str,
-    cost: impl Fn(u64, u64) -> f64,
-) -> f64 {
-    let output = match request.max_tokens {
-        Some(t) => t,
-        None => {
-            request
-                .rest_mut()
-                .insert("max_tokens".into(), DEFAULT_RESERVED_OUTPUT.into());
-            request.max_tokens = Some(DEFAULT_RESERVED_OUTPUT);
-            DEFAULT_RESERVED_OUTPUT
-        }
-    };
-    let completions = request
-        .rest()
-        .get("n")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(1)
-        .max(1);
-    let input = request
-        .upstream_body(upstream_model)
-        .map_or(0, |b| b.len() as u64)
-        .max(request.prompt_tokens);
-    cost(input, output.saturating_mul(completions))
-}
-
-/// What a finished shadow call is charged: its usage when reported; else the reservation
-/// when the upstream may have billed it (a success without usage, a timeout, a body cut
-/// short), and nothing when it refused the call (an error status, no connection).
-fn charge(
-    result: &Result<Answer, crate::upstream::Failure>,
-    usage: Option<f64>,
-    reserved: f64,
-) -> f64 {
-    use crate::upstream::AttemptOutcome;
-    match (result, usage) {
-        (_, Some(c)) => c,
-        (Ok(Answer::Full { status, .. }), None) if !status.is_success() => 0.0,
-        (Ok(_), None) => reserved,
-        (Err(f), None) => match f.outcome {
-            AttemptOutcome::Timeout | AttemptOutcome::Body => reserved,
-            _ => 0.0,
-        },
-    }
+fn reserve_for(request: &mut ChatRequest, cost: impl Fn(u64, u64) -> f64) -> f64 {
+    super::budget::cap_output(request, DEFAULT_RESERVED_OUTPUT);
+    super::budget::worst_case(request, DEFAULT_RESERVED_OUTPUT, cost)
 }
 
 /// A reservation against a shadow's budget, settled exactly once: by [`Held::settle`], or
@@ -665,7 +620,7 @@ fn execute(
     }
     let up = gw.upstreams.get(m);
     let mut request = exec.request.clone();
-    let reservation = reserve_for(&mut request, &up.upstream_model, |i, o| up.cost(i, o));
+    let reservation = reserve_for(&mut request, |i, o| up.cost(i, o));
     let admitted = budget
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -717,7 +672,7 @@ fn execute(
             Ok(Answer::Stream { status, .. }) => (status.as_u16(), None, None),
             Err(_) => (0, None, None),
         };
-        let charged = charge(&result, usage, reservation);
+        let charged = super::budget::charge(&result, usage, reservation);
         held.settle(charged);
         {
             let mut sums = stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -743,6 +698,7 @@ fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::budget::charge;
     use routewise_router::{Catalog, ModelInfo};
 
     fn chat(body: serde_json::Value) -> ChatRequest {
@@ -760,20 +716,15 @@ mod tests {
         let m = serde_json::json!([{"role": "user", "content": "hi"}]);
         // No max_tokens: 4,096 reserved, and set on the copy sent.
         let mut r = chat(serde_json::json!({"model": "auto", "messages": m}));
-        let bytes = r.upstream_body("up").unwrap().len() as f64;
-        let got = reserve_for(&mut r, "up", per_token);
-        let bytes_after = r.upstream_body("up").unwrap().len() as f64;
-        assert!(
-            got >= bytes + 4096.0 && got <= bytes_after + 4096.0,
-            "{got}"
-        );
+        let got = reserve_for(&mut r, per_token);
+        assert_eq!(got, r.body_bytes as f64 + 4096.0);
         assert_eq!(r.max_tokens, Some(4096));
         assert_eq!(r.rest()["max_tokens"], 4096);
         // n completions of max_tokens each.
         let mut r =
             chat(serde_json::json!({"model": "auto", "messages": m, "max_tokens": 10, "n": 3}));
-        let input = r.upstream_body("up").unwrap().len() as f64;
-        assert_eq!(reserve_for(&mut r, "up", per_token), input + 30.0);
+        let input = r.body_bytes as f64;
+        assert_eq!(reserve_for(&mut r, per_token), input + 30.0);
     }
 
     #[test]

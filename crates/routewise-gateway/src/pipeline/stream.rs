@@ -36,7 +36,7 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
         rest,
         shutdown: gw.shutdown.subscribe(),
         idle: Duration::from_millis(gw.config.limits.request_timeout_ms),
-        scan_usage: ctx.request.include_usage,
+        scan_usage: ctx.request.include_usage || ctx.request.strip_usage,
         usage: None,
         // A streamed answer the response cache will store: its bytes, bounded.
         capture: ctx
@@ -44,12 +44,19 @@ pub fn pipe(ctx: RequestContext, m: ModelId, first: Bytes, rest: UpstreamStream)
             .as_ref()
             .filter(|p| p.stores() && ctx.routed.reason != super::route::Reason::Cached)
             .map(|_| Vec::new()),
-        restore: ctx
-            .signals
-            .as_ref()
-            .and_then(|s| s.restore.as_ref())
-            .filter(|r| !r.is_empty())
-            .map(|r| SseRestore::new(r.clone())),
+        restore: {
+            let restore = ctx
+                .signals
+                .as_ref()
+                .and_then(|s| s.restore.as_ref())
+                .filter(|r| !r.is_empty());
+            (restore.is_some() || ctx.request.strip_usage).then(|| {
+                SseRestore::new(
+                    restore.cloned().unwrap_or_default(),
+                    ctx.request.strip_usage,
+                )
+            })
+        },
         model: m,
         ctx: Some(ctx),
         done: false,

@@ -142,7 +142,7 @@ impl Provider for Anthropic {
             StreamTranslator::new(
                 call.id,
                 call.upstream_model,
-                req.include_usage,
+                req.include_usage || req.strip_usage,
                 self.redactor.clone(),
             ),
         ));

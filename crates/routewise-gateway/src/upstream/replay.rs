@@ -52,7 +52,12 @@ impl Provider for ReplayProvider {
             });
         }
         let mut events = answer
-            .events(call.id, call.model, unix_now(), req.include_usage)
+            .events(
+                call.id,
+                call.model,
+                unix_now(),
+                req.include_usage || req.strip_usage,
+            )
             .into_iter();
         let first = events.next().unwrap_or_default();
         Ok(Answer::Stream {

@@ -67,6 +67,11 @@ pub async fn update_key(
 ) -> Result<KeyRecord, KeyOpError> {
     let mut r = read(store, id).await?;
     keys::apply(&mut r, spec, now_ms, known_models)?;
+    // A revocation written since the read is kept (the window is the read-to-write gap,
+    // not the whole update; an update never un-revokes).
+    if let Some(now) = store.get_key(id).await? {
+        r.revoked_ms = r.revoked_ms.or(now.revoked_ms);
+    }
     store.put_key(&r).await?;
     Ok(r)
 }

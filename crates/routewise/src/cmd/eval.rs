@@ -74,6 +74,18 @@ pub struct Args {
     /// TF-IDF centroid and supervised kNN accuracy and macro-F1 on the test split.
     #[arg(long)]
     pub routes: Option<PathBuf>,
+    /// Budget pacing instead: the test split replayed as one period of traffic, a key's
+    /// budget spent by the pacing controller, against a hard cap and the best fixed lambda
+    /// in hindsight. The router is the first learned router of `--routers` (default knn).
+    #[arg(long)]
+    pub pacing: bool,
+    /// With `--pacing`: the budget as a share of what always using the best single model
+    /// costs on the period.
+    #[arg(long, default_value_t = 0.3)]
+    pub budget_fraction: f64,
+    /// With `--pacing`: the period's length in days.
+    #[arg(long, default_value_t = 30.0)]
+    pub days: f64,
 }
 
 /// Runs `routewise eval`.
@@ -91,6 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.online {
         return online(&args, &kinds, &ds);
+    }
+    if args.pacing {
+        return pacing(&args, &kinds, &ds);
     }
     let cascades = if args.cascades {
         let kind: RouterKind = args
@@ -165,6 +180,89 @@ fn online(
     if let Some(path) = &args.plot {
         std::fs::write(path, regret_svg(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval --pacing`.
+fn pacing(
+    args: &Args,
+    kinds: &[RouterKind],
+    ds: &routewise_data::Dataset,
+) -> anyhow::Result<ExitCode> {
+    if !(args.budget_fraction > 0.0 && args.budget_fraction.is_finite()) {
+        anyhow::bail!("--budget-fraction must be > 0");
+    }
+    if !(args.days > 0.0 && args.days <= 3660.0) {
+        anyhow::bail!("--days must be in (0, 3660]");
+    }
+    let router = kinds
+        .iter()
+        .copied()
+        .find(|k| RouterKind::ALL_LEARNED.contains(k))
+        .unwrap_or(RouterKind::Knn);
+    let opts = routewise_eval::pacing::PacingOptions {
+        router,
+        featurizer: args.featurizer.0,
+        seed: args.seed,
+        budget_fraction: args.budget_fraction,
+        days: args.days,
+    };
+    let r = routewise_eval::pacing::evaluate_pacing(ds, &opts)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "budget pacing: {} requests over {} days, router {}; budget ${:.4} = {:.0}% of always {} (${:.4}, quality {:.4})",
+        r.requests,
+        r.days,
+        r.router,
+        r.budget_usd,
+        100.0 * r.budget_fraction,
+        r.best_single.model,
+        r.best_single.spend_usd,
+        r.best_single.quality
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>12} {:>9} {:>9}",
+        "policy", "spend_usd", "of budget", "quality"
+    )?;
+    let line = |name: &str, spend: f64, q: f64| {
+        format!(
+            "{name:<34} {spend:>12.4} {:>8.1}% {q:>9.4}",
+            100.0 * spend / r.budget_usd
+        )
+    };
+    writeln!(
+        out,
+        "{}",
+        line(
+            &format!(
+                "paced (step {}, lambda0 {:.3e})",
+                r.pacer.step, r.pacer.lambda0
+            ),
+            r.paced.spend_usd,
+            r.paced.quality
+        )
+    )?;
+    writeln!(
+        out,
+        "{}",
+        line("hard cap", r.hard_cap.spend_usd, r.hard_cap.quality)
+    )?;
+    let h = &r.hindsight_lambda;
+    writeln!(
+        out,
+        "{}",
+        line(
+            &format!("hindsight lambda {:.4e}", h.lambda),
+            h.spend_usd,
+            h.quality
+        )
+    )?;
+    if let Some(path) = &args.json {
+        write_json(path, &r)?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,10 @@ pub struct Args {
     /// The gateway's config file (its `state:` says where keys are kept).
     #[arg(long)]
     pub config: PathBuf,
+    /// The running gateway's address for its admin API, when it is not the config's
+    /// `listen` (`serve --listen` overrode it), e.g. `http://127.0.0.1:9000`.
+    #[arg(long)]
+    pub url: Option<String>,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -163,12 +167,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "{file}: state.path: {path} is held by a running gateway; set {ADMIN_KEY_ENV} to its admin key to manage keys through it"
                 );
             }
-            let mut addr = config.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
+            let base = match &args.url {
+                Some(u) => u.trim_end_matches('/').to_string(),
+                None => {
+                    let mut addr = config.listen;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("http://{addr}")
+                }
+            };
             Via::Admin {
-                url: format!("http://{addr}/admin/keys"),
+                url: format!("{base}/admin/keys"),
                 key,
             }
         }
@@ -241,6 +251,9 @@ async fn admin(
     let Via::Admin { url, key } = via else {
         bail!("not through the admin API");
     };
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("`{id}` is not a key id (the letters and digits after `rw-`)");
+    }
     let url = if id.is_empty() {
         url.clone()
     } else {

@@ -202,6 +202,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             served_on,
         )
         .await;
+        // Key spend settled by the last requests is written before the process ends.
+        if let Some(keys) = state.keys.get() {
+            if !keys.drain(Duration::from_secs(2)).await {
+                tracing::warn!("key spend still settling after 2 s was not written");
+            }
+        }
         // The decisions still queued are written before the log is flushed.
         if !state.decision_log.flush(Duration::from_secs(2)) {
             tracing::warn!("the decision log did not drain within 2 s");

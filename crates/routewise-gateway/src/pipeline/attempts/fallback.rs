@@ -91,6 +91,12 @@ impl AttemptPlan {
         None
     }
 
+    /// Gives back the attempt [`AttemptPlan::next_attempt`] just counted, when no call was
+    /// made for it (the key's budget could not afford the model).
+    pub fn refund(&mut self) {
+        self.tried = self.tried.saturating_sub(1);
+    }
+
     /// Attempts made so far.
     pub fn tried(&self) -> u32 {
         self.tried

@@ -270,19 +270,26 @@ fn text_of(content: &Value) -> String {
     }
 }
 
-/// Looks the probe up and, when a hit can be answered in the shape the request asks for,
-/// returns it; counts the result once (`hit-exact`, `hit-semantic`, `miss`, `error`,
-/// `bypass`).
+/// Looks the probe up and, when a hit can be answered in the shape the request asks for
+/// by a model the caller may use (`allow`: the API key's models, catalog order), returns
+/// it; counts the result once (`hit-exact`, `hit-semantic`, `miss`, `error`, `bypass`).
 pub async fn answer(
     gw: &Gateway,
     probe: &mut Probe,
     req: &ChatRequest,
+    allow: Option<&[bool]>,
 ) -> Option<(ModelId, Answer)> {
     if !probe.lookup {
         gw.metrics.cache_lookup("bypass");
         return None;
     }
     let (result, hit) = match lookup(gw, probe).await {
+        // An answer from a model the caller's key may not use is not served to it.
+        Ok(Some((_, c)))
+            if allow.is_some_and(|a| !a.get(c.model.index()).copied().unwrap_or(false)) =>
+        {
+            ("miss", None)
+        }
         Ok(Some((kind, c))) => match replay(&c, req) {
             Some(a) => (kind, Some((c.model, a))),
             // A stored body that cannot be replayed as the stream asked for is a miss.

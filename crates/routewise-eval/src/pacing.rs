@@ -1,0 +1,481 @@
+//! `routewise eval --pacing`: a key with a budget for a period, measured three ways on the
+//! test split replayed as one period of traffic.
+//!
+//! * **Stream:** the test prompts every model has an outcome on, in a seeded order, spread
+//!   over `days` with a diurnal rate (busiest at noon, quietest at midnight UTC: intensity
+//!   `1 + 0.6 sin`, arrivals at its quantiles).
+//! * **Budget:** `budget_fraction` of what always answering with the best single model
+//!   (the best mean score on train) costs on the stream.
+//! * **Paced:** the router (fitted on train) picks `argmax predicted score - lambda *
+//!   predicted cost`, with `lambda` steered by [`routewise_router::pacing::Pacer`] from
+//!   each answer's real cost. Its step and starting lambda are chosen on train, with
+//!   out-of-fold predictions on a train stream built the same way: the starting lambda is
+//!   the best fixed lambda of that train stream, and the step is the one with the best
+//!   mean quality among those that end the train period within 2% of its budget when
+//!   started from that lambda and from half and twice it (a step must correct a wrong
+//!   start, since a new period's traffic is not train's).
+//! * **Hard cap:** the best predicted quality (`lambda = 0`) until the next call would pass
+//!   the budget, then the cheapest model for the rest of the period.
+//! * **Hindsight lambda:** the fixed lambda, chosen knowing the whole test stream, with the
+//!   best quality among those within the budget: what no online rule can beat on average.
+//!
+//! Quality is the mean real score of the answers; spend the sum of their real costs.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use routewise_data::{Dataset, Record};
+use routewise_features::Featurizer;
+use routewise_features::FeaturizerKind;
+use routewise_router::pacing::{Pacer, PacerConfig, LAMBDA_MAX};
+use routewise_router::{RouterConfigs, RouterKind};
+use serde::Serialize;
+
+use crate::outcomes::Outcomes;
+use crate::report::split_records;
+use crate::singles::Singles;
+use crate::EvalError;
+
+/// Steps the train side chooses from.
+const STEPS: [f64; 6] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+/// Starting lambdas the train side tries each step from, as multiples of its best fixed
+/// lambda.
+const START_ERRORS: [f64; 3] = [1.0, 0.5, 2.0];
+/// How far from the budget a train run may end and count as on target.
+const BAND: f64 = 0.02;
+/// The diurnal swing of the arrival rate.
+const DIURNAL: f64 = 0.6;
+const DAY_MS: f64 = 86_400_000.0;
+
+#[derive(Debug, Clone)]
+pub struct PacingOptions {
+    pub router: RouterKind,
+    pub featurizer: FeaturizerKind,
+    pub seed: u64,
+    /// The budget as a share of the best single model's cost on the stream.
+    pub budget_fraction: f64,
+    /// The period's length.
+    pub days: f64,
+}
+
+/// Spend and quality of one way of routing the stream.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Run {
+    pub spend_usd: f64,
+    pub quality: f64,
+    /// `spend_usd / budget_usd`.
+    pub budget_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Hindsight {
+    pub lambda: f64,
+    pub spend_usd: f64,
+    pub quality: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BestSingle {
+    pub model: String,
+    pub spend_usd: f64,
+    pub quality: f64,
+}
+
+/// What the train side chose for the pacer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Tuned {
+    pub step: f64,
+    pub lambda0: f64,
+    /// The train stream's paced budget ratio and quality with them.
+    pub train_budget_ratio: f64,
+    pub train_quality: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PacingReport {
+    pub budget_usd: f64,
+    pub budget_fraction: f64,
+    pub days: f64,
+    pub requests: usize,
+    pub router: String,
+    pub best_single: BestSingle,
+    pub paced: Run,
+    pub pacer: Tuned,
+    /// The paced lambda at the end of the period.
+    pub final_lambda: f64,
+    pub hard_cap: Run,
+    pub hindsight_lambda: Hindsight,
+}
+
+/// One period of traffic: predictions and real outcomes of its prompts, in arrival order.
+struct Stream {
+    nm: usize,
+    pred: Vec<f64>,
+    pred_cost: Vec<f64>,
+    score: Vec<f64>,
+    cost: Vec<f64>,
+    /// Arrival time of each request, ms from the period's start.
+    times: Vec<u64>,
+    period_ms: u64,
+}
+
+impl Stream {
+    /// Rows `rows` of the row-major inputs, shuffled by `seed`, spread over `days`.
+    fn new(
+        nm: usize,
+        pred: &[f64],
+        pred_cost: &[f64],
+        records: &[&Record],
+        rows: &[usize],
+        seed: u64,
+        days: f64,
+    ) -> Stream {
+        let mut order = rows.to_vec();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let pick = |v: &[f64]| -> Vec<f64> {
+            order
+                .iter()
+                .flat_map(|&i| v[i * nm..(i + 1) * nm].iter().copied())
+                .collect()
+        };
+        let outcome = |f: fn(&routewise_data::Outcome) -> f64| -> Vec<f64> {
+            order
+                .iter()
+                .flat_map(|&i| {
+                    records[i]
+                        .outcomes
+                        .iter()
+                        .take(nm)
+                        .map(move |o| o.as_ref().map_or(f64::NAN, f))
+                })
+                .collect()
+        };
+        let period_ms = (days * DAY_MS) as u64;
+        Stream {
+            nm,
+            pred: pick(pred),
+            pred_cost: pick(pred_cost),
+            score: outcome(|o| o.score),
+            cost: outcome(|o| o.cost_usd),
+            times: diurnal_times(order.len(), period_ms),
+            period_ms,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// The model `lambda` picks for request `i` (the cheapest on ties).
+    fn choose(&self, i: usize, lambda: f64) -> usize {
+        let (p, c) = (self.row(&self.pred, i), self.row(&self.pred_cost, i));
+        let mut best = 0;
+        let mut best_u = f64::NEG_INFINITY;
+        for m in 0..self.nm {
+            let u = p[m] - lambda * c[m];
+            if u > best_u || (u == best_u && c[m] < c[best]) {
+                best = m;
+                best_u = u;
+            }
+        }
+        best
+    }
+
+    fn row<'a>(&self, v: &'a [f64], i: usize) -> &'a [f64] {
+        &v[i * self.nm..(i + 1) * self.nm]
+    }
+
+    fn outcome(&self, i: usize, m: usize) -> (f64, f64) {
+        (self.score[i * self.nm + m], self.cost[i * self.nm + m])
+    }
+
+    fn summary(&self, spent: f64, quality_sum: f64, budget: f64) -> Run {
+        Run {
+            spend_usd: spent,
+            quality: quality_sum / self.len().max(1) as f64,
+            budget_ratio: spent / budget,
+        }
+    }
+
+    fn fixed(&self, lambda: f64) -> (f64, f64) {
+        let (mut spent, mut q) = (0.0, 0.0);
+        for i in 0..self.len() {
+            let (s, c) = self.outcome(i, self.choose(i, lambda));
+            spent += c;
+            q += s;
+        }
+        (spent, q / self.len().max(1) as f64)
+    }
+
+    fn paced(&self, cfg: PacerConfig, budget: f64) -> (Run, f64) {
+        let mut p = Pacer::new(cfg, budget, 0, self.period_ms);
+        let mut q = 0.0;
+        for i in 0..self.len() {
+            let (s, c) = self.outcome(i, self.choose(i, p.lambda()));
+            q += s;
+            p.record(self.times[i], c);
+        }
+        (self.summary(p.spent(), q, budget), p.lambda())
+    }
+
+    fn hard_cap(&self, budget: f64) -> Run {
+        let (mut spent, mut q, mut out_of_money) = (0.0, 0.0, false);
+        for i in 0..self.len() {
+            let mut m = self.choose(i, 0.0);
+            if out_of_money || spent + self.row(&self.pred_cost, i)[m] > budget {
+                out_of_money = true;
+                m = self.choose(i, LAMBDA_MAX);
+            }
+            let (s, c) = self.outcome(i, m);
+            spent += c;
+            q += s;
+        }
+        self.summary(spent, q, budget)
+    }
+
+    /// The best fixed lambda within `budget` on this stream.
+    fn hindsight(&self, budget: f64) -> Hindsight {
+        let mut best: Option<Hindsight> = None;
+        for lambda in lambda_grid() {
+            let (spend, quality) = self.fixed(lambda);
+            if spend <= budget && best.is_none_or(|b| quality > b.quality) {
+                best = Some(Hindsight {
+                    lambda,
+                    spend_usd: spend,
+                    quality,
+                });
+            }
+        }
+        best.unwrap_or_else(|| {
+            let (spend, quality) = self.fixed(LAMBDA_MAX);
+            Hindsight {
+                lambda: LAMBDA_MAX,
+                spend_usd: spend,
+                quality,
+            }
+        })
+    }
+}
+
+/// 0, then 400 lambdas spaced geometrically over [1e-2, 1e9].
+fn lambda_grid() -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain((0..400).map(|k| 1e-2 * 10f64.powf(11.0 * k as f64 / 399.0)))
+        .collect()
+}
+
+/// `n` arrival times over `period_ms` at the quantiles of a diurnal intensity.
+fn diurnal_times(n: usize, period_ms: u64) -> Vec<u64> {
+    // Cumulative intensity per minute, inverted by search.
+    let minutes = (period_ms / 60_000).max(1) as usize;
+    let mut cum = Vec::with_capacity(minutes + 1);
+    cum.push(0.0);
+    let mut total = 0.0;
+    for k in 0..minutes {
+        let t = (k as f64 + 0.5) * 60_000.0;
+        let phase = std::f64::consts::TAU * (t % DAY_MS) / DAY_MS;
+        total += 1.0 - DIURNAL * phase.cos();
+        cum.push(total);
+    }
+    (0..n)
+        .map(|i| {
+            let target = (i as f64 + 0.5) / n as f64 * total;
+            let k = cum.partition_point(|&c| c < target).clamp(1, minutes);
+            let (lo, hi) = (cum[k - 1], cum[k]);
+            let frac = if hi > lo {
+                (target - lo) / (hi - lo)
+            } else {
+                0.0
+            };
+            (((k - 1) as f64 + frac) * 60_000.0) as u64
+        })
+        .collect()
+}
+
+/// Rows where every one of the `nm` models has an outcome.
+fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
+    (0..records.len())
+        .filter(|&i| records[i].outcomes.iter().take(nm).all(Option::is_some))
+        .collect()
+}
+
+/// Runs the measurement.
+pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingReport, EvalError> {
+    let nm = ds.models.len();
+    let (train, all_test) = split_records(ds)?;
+    let singles = Singles::of(&Outcomes::from_records(&all_test, nm)?);
+    let test: Vec<&Record> = all_test
+        .iter()
+        .zip(&singles.coverage.common)
+        .filter(|(_, &c)| c)
+        .map(|(r, _)| *r)
+        .collect();
+    let prepared = routewise_router::prepare(&ds.models, &train, opts.featurizer)?;
+    let cfg = RouterConfigs {
+        seed: opts.seed,
+        ..RouterConfigs::default()
+    };
+    // Test predictions from the router fitted on all of train.
+    let router = prepared.fit(opts.router, &cfg)?;
+    let texts: Vec<&str> = test.iter().map(|r| r.prompt.as_str()).collect();
+    let feats = prepared.featurizer.featurize_batch(&texts);
+    let dim = prepared.featurizer.dim();
+    let mut pred = vec![0.0; test.len() * nm];
+    for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
+        routewise_router::Router::predict_scores_keyed(
+            &router,
+            &feats[i * dim..(i + 1) * dim],
+            &test[i].id,
+            row,
+        );
+    }
+    let costs_of = |records: &[&Record]| {
+        let mut c = vec![0.0; records.len() * nm];
+        for (row, r) in c.chunks_exact_mut(nm).zip(records) {
+            prepared.catalog.expected_costs(r.input_tokens(), row);
+        }
+        c
+    };
+    let test_rows = complete_rows(&test, nm);
+    if test_rows.is_empty() {
+        return Err(EvalError::Split(
+            "pacing needs test prompts with every model's outcome".into(),
+        ));
+    }
+    let stream = Stream::new(
+        nm,
+        &pred,
+        &costs_of(&test),
+        &test,
+        &test_rows,
+        opts.seed,
+        opts.days,
+    );
+
+    // The best single model: the best mean score on train.
+    let train_mean = |m: usize| {
+        let (s, n) = train
+            .iter()
+            .filter_map(|r| r.outcomes.get(m)?.as_ref())
+            .fold((0.0, 0usize), |(s, n), o| (s + o.score, n + 1));
+        if n == 0 {
+            f64::NEG_INFINITY
+        } else {
+            s / n as f64
+        }
+    };
+    let best = (0..nm)
+        .max_by(|&a, &b| train_mean(a).total_cmp(&train_mean(b)))
+        .unwrap_or(0);
+    let best_spend: f64 = (0..stream.len()).map(|i| stream.outcome(i, best).1).sum();
+    let best_quality = (0..stream.len())
+        .map(|i| stream.outcome(i, best).0)
+        .sum::<f64>()
+        / stream.len() as f64;
+    let budget = opts.budget_fraction * best_spend;
+
+    // The pacer's settings, chosen on a train stream with out-of-fold predictions.
+    let oof = crate::cascade::cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
+    let train_rows = complete_rows(&train, nm);
+    let train_stream = Stream::new(
+        nm,
+        &oof,
+        &costs_of(&train),
+        &train,
+        &train_rows,
+        opts.seed ^ 0x7ace,
+        opts.days,
+    );
+    let train_best: f64 = (0..train_stream.len())
+        .map(|i| train_stream.outcome(i, best).1)
+        .sum();
+    let train_budget = opts.budget_fraction * train_best;
+    let lambda0 = train_stream.hindsight(train_budget).lambda.max(1e-2);
+    // Each step is run from lambda0 and from starts off by 2x either way (a period whose
+    // traffic differs from train's): the step must bring all three within the band.
+    let tuned = STEPS
+        .iter()
+        .map(|&step| {
+            let runs: Vec<Run> = START_ERRORS
+                .iter()
+                .map(|&e| {
+                    let cfg = PacerConfig {
+                        step,
+                        lambda0: lambda0 * e,
+                    };
+                    train_stream.paced(cfg, train_budget).0
+                })
+                .collect();
+            let worst = runs
+                .iter()
+                .map(|r| (r.budget_ratio - 1.0).abs())
+                .fold(0.0, f64::max);
+            let quality = runs.iter().map(|r| r.quality).sum::<f64>() / runs.len() as f64;
+            (step, worst, quality, runs[0])
+        })
+        .min_by(|a, b| {
+            let off = |w: f64| (w - BAND).max(0.0);
+            off(a.1).total_cmp(&off(b.1)).then(b.2.total_cmp(&a.2))
+        })
+        .map(|(step, _, _, run)| Tuned {
+            step,
+            lambda0,
+            train_budget_ratio: run.budget_ratio,
+            train_quality: run.quality,
+        })
+        .ok_or_else(|| EvalError::Split("no pacer step".into()))?;
+
+    let (paced, final_lambda) = stream.paced(
+        PacerConfig {
+            step: tuned.step,
+            lambda0: tuned.lambda0,
+        },
+        budget,
+    );
+    Ok(PacingReport {
+        budget_usd: budget,
+        budget_fraction: opts.budget_fraction,
+        days: opts.days,
+        requests: stream.len(),
+        router: opts.router.to_string(),
+        best_single: BestSingle {
+            model: ds.models[best].clone(),
+            spend_usd: best_spend,
+            quality: best_quality,
+        },
+        paced,
+        pacer: tuned,
+        final_lambda,
+        hard_cap: stream.hard_cap(budget),
+        hindsight_lambda: stream.hindsight(budget),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_follow_the_day_and_fill_the_period() {
+        let period = 30 * 86_400_000;
+        let t = diurnal_times(30_000, period);
+        assert!(t.windows(2).all(|w| w[0] <= w[1]));
+        assert!(*t.last().unwrap() < period);
+        let hour = |h: u64| {
+            t.iter()
+                .filter(|&&x| (x % 86_400_000) / 3_600_000 == h)
+                .count()
+        };
+        // Noon is about (1 + 0.6) / (1 - 0.6) = 4 times as busy as midnight.
+        let ratio = hour(12) as f64 / hour(0) as f64;
+        assert!((3.0..5.0).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn the_lambda_grid_is_increasing_from_zero() {
+        let g = lambda_grid();
+        assert_eq!(g[0], 0.0);
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+        assert!((g[g.len() - 1] - 1e9).abs() / 1e9 < 1e-9);
+    }
+}
