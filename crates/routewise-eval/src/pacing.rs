@@ -10,7 +10,7 @@
 //!   predicted cost`, with `lambda` steered by [`routewise_router::pacing::Pacer`] from
 //!   each answer's real cost. Its step and starting lambda are chosen on train, with
 //!   out-of-fold predictions on a train stream built the same way: the starting lambda is
-//!   the best fixed lambda of that train stream, and the step is the one with the best
+//!   the best fixed lambda of that train stream, and the step (and its smoothing) is the one with the best
 //!   mean quality among those that end the train period within 2% of its budget when
 //!   started from that lambda and from half and twice it (a step must correct a wrong
 //!   start, since a new period's traffic is not train's).
@@ -38,6 +38,8 @@ use crate::EvalError;
 
 /// Steps the train side chooses from.
 const STEPS: [f64; 6] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+/// EWMA weights the train side chooses from (1: no smoothing).
+const SMOOTHINGS: [f64; 3] = [1.0, 0.1, 0.03];
 /// Starting lambdas the train side tries each step from, as multiples of its best fixed
 /// lambda.
 const START_ERRORS: [f64; 3] = [1.0, 0.5, 2.0];
@@ -85,6 +87,7 @@ pub struct BestSingle {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Tuned {
     pub step: f64,
+    pub smoothing: f64,
     pub lambda0: f64,
     /// The train stream's paced budget ratio and quality with them.
     pub train_budget_ratio: f64,
@@ -393,15 +396,18 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
     let lambda0 = train_stream.hindsight(train_budget).lambda.max(1e-2);
     // Each step is run from lambda0 and from starts off by 2x either way (a period whose
     // traffic differs from train's): the step must bring all three within the band.
-    let tuned = STEPS
+    let grid = STEPS
         .iter()
-        .map(|&step| {
+        .flat_map(|&s| SMOOTHINGS.iter().map(move |&w| (s, w)));
+    let tuned = grid
+        .map(|(step, smoothing)| {
             let runs: Vec<Run> = START_ERRORS
                 .iter()
                 .map(|&e| {
                     let cfg = PacerConfig {
                         step,
                         lambda0: lambda0 * e,
+                        smoothing,
                     };
                     train_stream.paced(cfg, train_budget).0
                 })
@@ -411,14 +417,15 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
                 .map(|r| (r.budget_ratio - 1.0).abs())
                 .fold(0.0, f64::max);
             let quality = runs.iter().map(|r| r.quality).sum::<f64>() / runs.len() as f64;
-            (step, worst, quality, runs[0])
+            ((step, smoothing), worst, quality, runs[0])
         })
         .min_by(|a, b| {
             let off = |w: f64| (w - BAND).max(0.0);
             off(a.1).total_cmp(&off(b.1)).then(b.2.total_cmp(&a.2))
         })
-        .map(|(step, _, _, run)| Tuned {
+        .map(|((step, smoothing), _, _, run)| Tuned {
             step,
+            smoothing,
             lambda0,
             train_budget_ratio: run.budget_ratio,
             train_quality: run.quality,
@@ -429,6 +436,7 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         PacerConfig {
             step: tuned.step,
             lambda0: tuned.lambda0,
+            smoothing: tuned.smoothing,
         },
         budget,
     );

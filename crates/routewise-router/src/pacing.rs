@@ -11,8 +11,14 @@
 //!
 //! ```text
 //! target = remaining budget / expected remaining requests
-//! log lambda += step * (min(cost / target, CLIP) - 1)
+//! signal = EWMA over requests of (min(cost / target, CLIP) - 1), weight `smoothing`
+//! log lambda += step * signal
 //! ```
+//!
+//! The smoothing keeps the sum of the updates (what corrects a lasting over- or
+//! under-spend) while damping the jitter of single requests, whose costs differ by orders
+//! of magnitude between models; a jittery lambda routes worse than a steady one at the
+//! same mean.
 //!
 //! The expected remaining requests come from the rate observed so far (requests per
 //! elapsed time, once [`MIN_ELAPSED_FRACTION`] of the period has passed; before that, the
@@ -38,6 +44,13 @@ pub struct PacerConfig {
     pub step: f64,
     /// The starting lambda.
     pub lambda0: f64,
+    /// The EWMA weight of the newest request in the update signal, in (0, 1] (1: none).
+    #[serde(default = "no_smoothing")]
+    pub smoothing: f64,
+}
+
+fn no_smoothing() -> f64 {
+    1.0
 }
 
 impl Default for PacerConfig {
@@ -45,6 +58,7 @@ impl Default for PacerConfig {
         PacerConfig {
             step: 0.05,
             lambda0: 100.0,
+            smoothing: 1.0,
         }
     }
 }
@@ -59,6 +73,7 @@ pub struct Pacer {
     log_lambda: f64,
     spent: f64,
     requests: u64,
+    signal: f64,
 }
 
 impl Pacer {
@@ -72,6 +87,7 @@ impl Pacer {
             log_lambda: cfg.lambda0.clamp(LAMBDA_MIN, LAMBDA_MAX).ln(),
             spent: 0.0,
             requests: 0,
+            signal: 0.0,
         }
     }
 
@@ -107,8 +123,10 @@ impl Pacer {
         let expected_left = (rate * left).max(1.0);
         let target = remaining / expected_left;
         let ratio = (cost / target).min(CLIP);
-        self.log_lambda = (self.log_lambda + self.cfg.step * (ratio - 1.0))
-            .clamp(LAMBDA_MIN.ln(), LAMBDA_MAX.ln());
+        let w = self.cfg.smoothing.clamp(1e-3, 1.0);
+        self.signal += w * ((ratio - 1.0) - self.signal);
+        self.log_lambda =
+            (self.log_lambda + self.cfg.step * self.signal).clamp(LAMBDA_MIN.ln(), LAMBDA_MAX.ln());
     }
 }
 
@@ -122,7 +140,11 @@ mod tests {
     fn run(budget_per_request: f64, step: f64) -> (f64, f64) {
         let n = 10_000u64;
         let mut p = Pacer::new(
-            PacerConfig { step, lambda0: 1.0 },
+            PacerConfig {
+                step,
+                lambda0: 1.0,
+                smoothing: 1.0,
+            },
             budget_per_request * n as f64,
             0,
             n * 1000,

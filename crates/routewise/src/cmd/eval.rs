@@ -239,8 +239,8 @@ fn pacing(
         "{}",
         line(
             &format!(
-                "paced (step {}, lambda0 {:.3e})",
-                r.pacer.step, r.pacer.lambda0
+                "paced (step {}, ewma {}, lambda0 {:.3e})",
+                r.pacer.step, r.pacer.smoothing, r.pacer.lambda0
             ),
             r.paced.spend_usd,
             r.paced.quality

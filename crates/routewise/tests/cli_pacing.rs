@@ -1,0 +1,41 @@
+//! `routewise eval --pacing`: the paced key, the hard cap and the hindsight lambda on
+//! RouterBench's test split replayed as a month, with the issue's JSON keys.
+#![cfg(test)]
+
+mod common;
+
+use serde_json::Value;
+
+#[test]
+fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pacing.json");
+    let text = common::ok(&[
+        "eval",
+        "--pacing",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("hard cap") && text.contains("hindsight lambda"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let budget = v["budget_usd"].as_f64().unwrap();
+    assert!(budget > 0.0);
+    for k in ["paced", "hard_cap", "hindsight_lambda"] {
+        for f in ["spend_usd", "quality"] {
+            assert!(v[k][f].as_f64().is_some(), "{k}.{f} in {v}");
+        }
+    }
+    assert!(v["hindsight_lambda"]["lambda"].as_f64().is_some());
+    // 30% of the best single model's cost by default, over 30 days.
+    let best = v["best_single"]["spend_usd"].as_f64().unwrap();
+    assert!((budget / best - 0.3).abs() < 1e-9, "{budget} of {best}");
+    let paced = v["paced"]["spend_usd"].as_f64().unwrap() / budget;
+    assert!((0.97..=1.03).contains(&paced), "paced spent {paced} of the budget");
+    assert!(v["paced"]["quality"].as_f64() > v["hard_cap"]["quality"].as_f64(), "{v}");
+    assert!(v["hindsight_lambda"]["spend_usd"].as_f64().unwrap() <= budget);
+}
