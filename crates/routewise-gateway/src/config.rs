@@ -25,6 +25,7 @@
 //!     anthropic_version: 2023-06-01  # anthropic: the API version header
 //!     quality_tier: 3            # optional: routes' `min_tier`, and `router.mode: rules`
 //!     private: false             # optional: may receive personal data (`pii: {action: restrict}`)
+//!     limits: {rpm: 500, tpm: 200000}  # optional: the provider's quota, kept below (see `models.rs`)
 //! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000,
 //!          header_timeout_ms: 10000, body_timeout_ms: 30000, idle_timeout_ms: 60000,
 //!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
@@ -343,6 +344,8 @@ pub struct ModelConfig {
     /// Self-hosted (or otherwise trusted with personal data): where `pii: {action:
     /// restrict}` sends requests with findings.
     pub private: bool,
+    /// The provider's requests and tokens per minute for this model.
+    pub limits: Option<ModelLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -615,6 +618,19 @@ struct RawModel {
     quality_tier: Option<u32>,
     #[serde(default)]
     private: Option<bool>,
+    #[serde(default)]
+    limits: Option<ModelLimits>,
+}
+
+/// `models[].limits`: the provider's quota for this model, which routewise keeps below
+/// (tokens are the prompt's plus `max_tokens`, as providers count them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1605,6 +1621,17 @@ impl Validator<'_> {
                 "must be a positive integer (higher is better)",
             );
         }
+        if let Some(l) = raw.limits {
+            if l.rpm == Some(0) || l.tpm == Some(0) {
+                self.issue(
+                    &format!("{path}.limits"),
+                    "rpm and tpm must be > 0 (leave one out for no limit)",
+                );
+            }
+            if l.rpm.is_none() && l.tpm.is_none() {
+                self.issue(&format!("{path}.limits"), "give rpm, tpm or both");
+            }
+        }
         if self.issues.len() > before {
             return None;
         }
@@ -1623,6 +1650,7 @@ impl Validator<'_> {
             anthropic_version: raw.anthropic_version,
             quality_tier: raw.quality_tier,
             private: raw.private.unwrap_or(false),
+            limits: raw.limits,
         })
     }
 }
@@ -1890,6 +1918,31 @@ bogus: 1
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn model_limits_and_auth_are_checked_at_their_paths() {
+        let text = GOOD.replace("  - name: a\n", "  - name: a\n    limits: {rpm: 0}\n")
+            + "auth: {mode: keys, cache_ttl_s: -1, reserve_output_tokens: 0}\n";
+        let e = p(&text, &[]).unwrap_err().to_string();
+        for want in [
+            "gw.yaml: models[0].limits: rpm and tpm must be > 0",
+            "gw.yaml: auth.cache_ttl_s: must be in [0, 3600]",
+            "gw.yaml: auth.reserve_output_tokens: must be in [1, 10000000]",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        let ok = GOOD.replace("  - name: a\n", "  - name: a\n    limits: {tpm: 1000}\n")
+            + "auth: {mode: keys}\n";
+        let c = p(&ok, &[]).unwrap();
+        assert_eq!(c.auth.mode, AuthMode::Keys);
+        assert_eq!(
+            c.models[0].limits,
+            Some(ModelLimits {
+                rpm: None,
+                tpm: Some(1000)
+            })
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! (`routewise_router::Catalog::reconcile`), which already checked that the router and
 //! the config agree.
 
+use axum::http::{HeaderName, HeaderValue};
+use routewise_online::budget::{Buckets, Rate, RateLimited};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
 use routewise_router::Reconciled;
 
 use crate::config::{Config, Issue, ModelConfig, Price};
@@ -52,6 +53,62 @@ pub struct Upstream {
     pub price: Price,
     pub context_window: Option<u64>,
     pub breaker: Breaker,
+    /// The provider's quota (`models[].limits`), kept in this instance.
+    pub quota: Option<Quota>,
+}
+
+/// A model's quota as token buckets ([`routewise_online::budget::Buckets`]): this
+/// instance's own calls, corrected down by the `x-ratelimit-remaining-*` headers the
+/// upstream sends.
+#[derive(Debug)]
+pub struct Quota {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    buckets: std::sync::Mutex<Buckets>,
+}
+
+impl Quota {
+    pub fn new(rpm: Option<u64>, tpm: Option<u64>) -> Quota {
+        Quota {
+            rpm,
+            tpm,
+            buckets: std::sync::Mutex::new(Buckets::default()),
+        }
+    }
+
+    /// Takes one call of `tokens` at `now_ms` (a monotonic clock), or says when one fits.
+    pub fn take(&self, tokens: u64, now_ms: u64) -> Result<(), RateLimited> {
+        let rate = Rate {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            tokens,
+        };
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(&rate, now_ms)
+    }
+
+    /// Lowers the buckets to what the upstream says remains (`x-ratelimit-remaining-requests`,
+    /// `x-ratelimit-remaining-tokens`).
+    pub fn observe(&self, headers: &[(HeaderName, HeaderValue)]) {
+        let read = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .and_then(|(_, v)| v.to_str().ok()?.trim().parse::<f64>().ok())
+        };
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.at_ms.is_none() {
+            return; // nothing taken yet: the next take fills the buckets
+        }
+        if let (Some(r), Some(_)) = (read("x-ratelimit-remaining-requests"), self.rpm) {
+            b.requests = b.requests.min(r);
+        }
+        if let (Some(t), Some(_)) = (read("x-ratelimit-remaining-tokens"), self.tpm) {
+            b.tokens = b.tokens.min(t);
+        }
+    }
 }
 
 impl Upstream {
@@ -115,6 +172,7 @@ impl ModelTable {
                     config.cooldown.failures,
                     (config.cooldown.seconds * 1000.0) as u64,
                 ),
+                quota: m.limits.map(|l| Quota::new(l.rpm, l.tpm)),
             });
         }
         if !issues.is_empty() {
@@ -230,4 +288,34 @@ fn provider(
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_refuses_past_its_rate_and_follows_the_upstreams_remaining_count() {
+        let q = Quota::new(Some(10), None);
+        for _ in 0..10 {
+            assert!(q.take(5, 0).is_ok());
+        }
+        let e = q.take(5, 0).unwrap_err();
+        assert_eq!((e.limit, e.retry_after_ms), ("rpm", 6_000));
+        // Six seconds later one call fits again; the upstream then says none remain.
+        assert!(q.take(5, 6_000).is_ok());
+        let q = Quota::new(Some(10), Some(1_000));
+        assert!(q.take(5, 0).is_ok());
+        q.observe(&[(
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from_static("0"),
+        )]);
+        assert_eq!(q.take(5, 0).unwrap_err().limit, "rpm");
+        q.observe(&[(
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderValue::from_static("3"),
+        )]);
+        // Six seconds on: one request back, 3 + 100 tokens, short of 200.
+        assert_eq!(q.take(200, 6_000).unwrap_err().limit, "tpm");
+    }
 }

@@ -583,3 +583,40 @@ async fn regression_a_cached_answer_from_a_model_the_key_may_not_use_is_not_serv
     assert_eq!(common::header(&h, "x-routewise-cache"), "miss");
     assert_eq!(common::header(&h, "x-routewise-model"), "c");
 }
+
+#[tokio::test]
+async fn a_model_at_its_quota_is_passed_over_before_it_would_answer_429() {
+    let mock = MockUpstream::start().await.unwrap();
+    let yaml = common::abc_yaml(&mock.base_url(), "").replace(
+        "api_key_env: TEST_KEY, context_window: 1000}",
+        "api_key_env: TEST_KEY, context_window: 1000, limits: {rpm: 2}}",
+    );
+    let (cap, _guard) = common::capture_logs(tracing::Level::INFO);
+    let gw = common::start(&yaml).await;
+    let body = common::chat_body("hello");
+    let model = |h: &reqwest::header::HeaderMap| common::header(h, "x-routewise-model").to_string();
+    // The router ranks a first (lambda 0): two calls fit a's quota, the third goes to b.
+    for want in ["a", "a", "b"] {
+        let (status, h, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
+        assert_eq!((status, model(&h).as_str()), (200, want));
+    }
+    assert_eq!(mock.hits("up-a"), 2);
+    // Asked for by name, a has no room: 429 with Retry-After, and a is not called.
+    let mut named = body.clone();
+    named["model"] = json!("a");
+    let (status, h, v) = common::post(&gw.url("/v1/chat/completions"), &named).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(common::header(&h, "retry-after"), "30");
+    assert_eq!(mock.hits("up-a"), 2);
+    // The decision log explains the pass-over.
+    assert!(gw
+        .state
+        .decision_log
+        .flush(std::time::Duration::from_secs(5)));
+    let logs = cap.text();
+    assert!(
+        logs.contains("skipped=\"a:quota\"") || logs.contains("skipped=a:quota"),
+        "{logs}"
+    );
+}

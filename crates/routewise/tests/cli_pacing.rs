@@ -21,7 +21,10 @@ fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
         "--json",
         out.to_str().unwrap(),
     ]);
-    assert!(text.contains("hard cap") && text.contains("hindsight lambda"), "{text}");
+    assert!(
+        text.contains("hard cap") && text.contains("hindsight lambda"),
+        "{text}"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let budget = v["budget_usd"].as_f64().unwrap();
     assert!(budget > 0.0);
@@ -35,7 +38,13 @@ fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
     let best = v["best_single"]["spend_usd"].as_f64().unwrap();
     assert!((budget / best - 0.3).abs() < 1e-9, "{budget} of {best}");
     let paced = v["paced"]["spend_usd"].as_f64().unwrap() / budget;
-    assert!((0.97..=1.03).contains(&paced), "paced spent {paced} of the budget");
-    assert!(v["paced"]["quality"].as_f64() > v["hard_cap"]["quality"].as_f64(), "{v}");
+    assert!(
+        (0.97..=1.03).contains(&paced),
+        "paced spent {paced} of the budget"
+    );
+    assert!(
+        v["paced"]["quality"].as_f64() > v["hard_cap"]["quality"].as_f64(),
+        "{v}"
+    );
     assert!(v["hindsight_lambda"]["spend_usd"].as_f64().unwrap() <= budget);
 }

@@ -14,6 +14,10 @@
 //!   candidate it cannot afford is skipped, and when it could afford none the request gets
 //!   429 `budget_exceeded`. A failed attempt's reservation is released; the answering
 //!   one's is settled when the answer is complete.
+//! * A model with `limits` (its provider's quota) takes each call from its token buckets
+//!   first ([`crate::models::Quota`]); over them it is passed over for the next candidate,
+//!   without using up an attempt, and the decision log says `skipped=<model>:quota`. When
+//!   every candidate was passed over: 429 `rate_limited` with `Retry-After`.
 //! * When every attempt failed: 504 if the last timed out, else 502; a model named
 //!   directly (`reason: direct`) that answered 429 gives the client that 429 with the
 //!   upstream's `Retry-After` (and `x-ratelimit-*`, [`RequestContext::rate_limit`]).
@@ -23,6 +27,8 @@ pub mod fallback;
 
 use std::fmt;
 use std::time::Duration;
+
+use axum::http::HeaderValue;
 
 use crate::error::ApiError;
 use crate::models::ModelId;
@@ -90,11 +96,25 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     let mut last_info = AttemptInfo::default();
     // The budget refusal of a candidate the key could not afford (the next may fit).
     let mut refused: Option<budget::Refused> = None;
+    // The soonest a model over its quota has room again, when one was passed over.
+    let mut quota_wait: Option<u64> = None;
     while let Some((m, admit)) =
         plan.next_attempt(|m| gw.upstreams.get(ModelId::from_index(m)).breaker.admit(now))
     {
         let m = ModelId::from_index(m);
         let up = gw.upstreams.get(m);
+        if let Some(q) = &up.quota {
+            let tokens = ctx.request.prompt_tokens + ctx.request.max_tokens.unwrap_or(0);
+            if let Err(e) = q.take(tokens, gw.now_ms()) {
+                if admit == Admit::Probe {
+                    up.breaker.abandon_probe();
+                }
+                plan.refund();
+                ctx.skipped.push((m, "quota"));
+                quota_wait = Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
+                continue;
+            }
+        }
         let first = !ctx.rate_taken;
         let hold = match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request, first).await {
             Ok(h) => {
@@ -110,6 +130,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 }
                 // Not a call: it does not use up an attempt.
                 plan.refund();
+                ctx.skipped.push((m, "budget"));
                 refused = Some(r);
                 continue;
             }
@@ -166,6 +187,9 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             .map(|h| budget::charge(&result, None, h.amount()));
         match result {
             Ok(answer) => {
+                if let Some(q) = &up.quota {
+                    q.observe(&info.rate_limit);
+                }
                 ctx.hold = hold;
                 gw.record_success(m, attempt_started);
                 ctx.attempts.push(AttemptRecord {
@@ -196,6 +220,14 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     }
     if let (true, Some(r)) = (ctx.attempts.is_empty(), refused) {
         return Err(r.into());
+    }
+    if let (true, Some(ms)) = (ctx.attempts.is_empty(), quota_wait) {
+        return Err(ApiError::RateLimited {
+            message:
+                "every eligible model is at its configured quota (models[].limits); retry shortly"
+                    .into(),
+            retry_after: HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()).ok(),
+        });
     }
     let summary = attempts_summary(gw, &ctx.attempts);
     let n = ctx.attempts.len();

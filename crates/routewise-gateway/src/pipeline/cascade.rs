@@ -190,6 +190,16 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         if admit == Admit::No {
             continue;
         }
+        if let Some(q) = &gw.upstreams.get(m).quota {
+            let tokens = request.prompt_tokens + request.max_tokens.unwrap_or(0);
+            if q.take(tokens, gw.now_ms()).is_err() {
+                if admit == Admit::Probe {
+                    gw.upstreams.get(m).breaker.abandon_probe();
+                }
+                ctx.skipped.push((m, "quota"));
+                continue;
+            }
+        }
         match budget::reserve(gw, ctx.caller.as_deref(), m, request, !ctx.rate_taken).await {
             Ok(hold) => {
                 ctx.rate_taken = true;

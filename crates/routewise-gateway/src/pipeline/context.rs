@@ -53,6 +53,9 @@ pub struct RequestContext {
     pub hold: Option<crate::pipeline::budget::Hold>,
     /// Whether the key's rate limits took this request (its first reservation did).
     pub rate_taken: bool,
+    /// Candidates passed over without a call, and why (`quota`: the model's configured
+    /// quota is used up; `budget`: the key could not afford it).
+    pub skipped: Vec<(ModelId, &'static str)>,
 }
 
 impl RequestContext {
@@ -85,6 +88,7 @@ impl RequestContext {
             caller,
             hold: None,
             rate_taken: false,
+            skipped: Vec::new(),
         }
     }
 

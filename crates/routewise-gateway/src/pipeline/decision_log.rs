@@ -12,7 +12,8 @@
 //! exploration (`explored`), and, with `log.decisions.prompt: true`, the prompt text the
 //! router saw (`prompt`, cut at [`MAX_LOGGED_PROMPT`] bytes; after redaction when the PII
 //! guard redacts). The `routes:` rules that applied are in `route`, the kinds of personal
-//! data found in `pii` with `pii_action` (never the matched text). Accepted feedback is logged as a
+//! data found in `pii` with `pii_action` (never the matched text), the candidates passed
+//! over without a call in `skipped` (`model:quota`, `model:budget`). Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
@@ -203,6 +204,8 @@ pub struct DecisionRecord {
     routes: Option<String>,
     /// The kinds of personal data found (never the text) and the action taken.
     pii: Option<(routewise_signals::KindSet, &'static str)>,
+    /// Candidates passed over without a call: `model:quota,model:budget`.
+    skipped: Option<String>,
 }
 
 impl DecisionRecord {
@@ -246,6 +249,7 @@ impl DecisionRecord {
             route = self.routes.as_deref(),
             pii = self.pii.map(|(k, _)| k.names()),
             pii_action = self.pii.map(|(_, a)| a),
+            skipped = self.skipped.as_deref(),
             "decision"
         );
     }
@@ -409,6 +413,13 @@ pub fn emit(
         stream: ctx.request.stream,
         end,
         attempts: ctx.attempts.clone(),
+        skipped: (!ctx.skipped.is_empty()).then(|| {
+            ctx.skipped
+                .iter()
+                .map(|(m, why)| format!("{}:{why}", ctx.state.upstreams.get(*m).name))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
         prompt_tokens: ctx.request.prompt_tokens,
         cost,
         elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
