@@ -31,6 +31,33 @@ fn local_state(dir: &tempfile::TempDir) -> String {
     )
 }
 
+/// `state:` in Redis on `port`, under `prefix`.
+fn redis_state(port: u16, prefix: &str) -> String {
+    format!("state: {{redis_url: \"redis://127.0.0.1:{port}\", redis_prefix: {prefix}}}\n")
+}
+
+/// The key's `/v1/usage` once its reservations have closed (settling runs off the
+/// response path), or the last answer after 2 s.
+async fn settled_usage(gw: &common::Gateway, key: &str) -> Value {
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = common::client()
+            .get(gw.url("/v1/usage"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["reserved_usd"] == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    usage
+}
+
 async fn admin(
     gw: &common::Gateway,
     method: reqwest::Method,
@@ -275,10 +302,7 @@ async fn keys_in_redis_are_shared_by_instances_and_revocation_reaches_them() {
         return;
     };
     let mock = MockUpstream::start().await.unwrap();
-    let state = format!(
-        "state: {{redis_url: \"redis://127.0.0.1:{}\", redis_prefix: keys-test}}\n",
-        redis.port
-    );
+    let state = redis_state(redis.port, "keys-test");
     let one = gateway(&mock.base_url(), &state).await;
     let two = gateway(
         &mock.base_url(),
@@ -329,23 +353,7 @@ async fn race_budget(gws: &[&common::Gateway], key: &str) -> (usize, usize, f64)
         .iter()
         .filter(|(s, v)| *s == 429 && v["error"]["code"] == "budget_exceeded")
         .count();
-    // Settling runs off the response path: wait for the reservations to close.
-    let mut usage = Value::Null;
-    for _ in 0..100 {
-        usage = common::client()
-            .get(gws[0].url("/v1/usage"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if usage["reserved_usd"] == 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let usage = settled_usage(gws[0], key).await;
     assert_eq!(usage["reserved_usd"], 0.0, "{usage}");
     (ok, refused, usage["spend_usd"].as_f64().unwrap())
 }
@@ -409,10 +417,7 @@ async fn a_budget_in_redis_holds_across_two_instances() {
         return;
     };
     let mock = MockUpstream::start().await.unwrap();
-    let state = format!(
-        "state: {{redis_url: \"redis://127.0.0.1:{}\", redis_prefix: budget-test}}",
-        redis.port
-    );
+    let state = redis_state(redis.port, "budget-test");
     let one = gateway(&mock.base_url(), &state).await;
     let two = gateway(&mock.base_url(), &state).await;
     let (key, _) = create(
@@ -497,10 +502,7 @@ async fn a_rate_limit_in_redis_is_shared_by_instances() {
         return;
     };
     let mock = MockUpstream::start().await.unwrap();
-    let state = format!(
-        "state: {{redis_url: \"redis://127.0.0.1:{}\", redis_prefix: rate-test}}",
-        redis.port
-    );
+    let state = redis_state(redis.port, "rate-test");
     let one = gateway(&mock.base_url(), &state).await;
     let two = gateway(&mock.base_url(), &state).await;
     let (key, _) = create(&one, json!({"name": "r", "rpm": 5, "models": ["c"]})).await;
@@ -542,23 +544,9 @@ async fn regression_a_stream_is_charged_its_usage_which_the_client_did_not_ask_f
     assert!(!sse.contains("usage"), "{sse}");
     assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
     // Charged the usage (a few tokens at $0.3/Mtok), not the 4,096-token reservation.
-    let mut spent = 0.0;
-    for _ in 0..100 {
-        let u: Value = common::client()
-            .get(gw.url("/v1/usage"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        spent = u["spend_usd"].as_f64().unwrap();
-        if u["reserved_usd"] == 0.0 && spent > 0.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let spent = settled_usage(&gw, &key).await["spend_usd"]
+        .as_f64()
+        .unwrap();
     assert!(spent > 0.0 && spent < 100.0 * 0.3e-6, "spent {spent}");
 }
 
