@@ -3,7 +3,7 @@
 //!
 //! * **Stream:** the test prompts every model has an outcome on, in a seeded order, spread
 //!   over `days` with a diurnal rate (busiest at noon, quietest at midnight UTC: intensity
-//!   `1 + 0.6 sin`, arrivals at its quantiles).
+//!   `1 - 0.6 cos` of the time of day, arrivals at its quantiles).
 //! * **Budget:** `budget_fraction` of what always answering with the best single model
 //!   (the best mean score on train) costs on the stream.
 //! * **Paced:** the router (fitted on train) picks `argmax predicted score - lambda *

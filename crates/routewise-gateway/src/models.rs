@@ -76,38 +76,50 @@ impl Quota {
         }
     }
 
-    /// Takes one call of `tokens` at `now_ms` (a monotonic clock), or says when one fits.
-    pub fn take(&self, tokens: u64, now_ms: u64) -> Result<(), RateLimited> {
-        let rate = Rate {
+    fn rate(&self, tokens: u64) -> Rate {
+        Rate {
             rpm: self.rpm,
             tpm: self.tpm,
             tokens,
-        };
+        }
+    }
+
+    /// Takes one call of `tokens` at `now_ms` (a monotonic clock), or says when one fits.
+    pub fn take(&self, tokens: u64, now_ms: u64) -> Result<(), RateLimited> {
         self.buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take(&rate, now_ms)
+            .take(&self.rate(tokens), now_ms)
+    }
+
+    /// Undoes a [`Quota::take`] of `tokens` for a call that was not made.
+    pub fn give_back(&self, tokens: u64) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .give_back(&self.rate(tokens), tokens);
     }
 
     /// Lowers the buckets to what the upstream says remains (`x-ratelimit-remaining-requests`,
     /// `x-ratelimit-remaining-tokens`).
-    pub fn observe(&self, headers: &[(HeaderName, HeaderValue)]) {
+    pub fn observe(&self, headers: &[(HeaderName, HeaderValue)], now_ms: u64) {
         let read = |name: &str| {
             headers
                 .iter()
                 .find(|(n, _)| n.as_str() == name)
                 .and_then(|(_, v)| v.to_str().ok()?.trim().parse::<f64>().ok())
         };
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.at_ms.is_none() {
-            return; // nothing taken yet: the next take fills the buckets
+        let (requests, tokens) = (
+            read("x-ratelimit-remaining-requests"),
+            read("x-ratelimit-remaining-tokens"),
+        );
+        if requests.is_none() && tokens.is_none() {
+            return;
         }
-        if let (Some(r), Some(_)) = (read("x-ratelimit-remaining-requests"), self.rpm) {
-            b.requests = b.requests.min(r);
-        }
-        if let (Some(t), Some(_)) = (read("x-ratelimit-remaining-tokens"), self.tpm) {
-            b.tokens = b.tokens.min(t);
-        }
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lower_to(&self.rate(0), now_ms, requests, tokens);
     }
 }
 
@@ -306,15 +318,21 @@ mod tests {
         assert!(q.take(5, 6_000).is_ok());
         let q = Quota::new(Some(10), Some(1_000));
         assert!(q.take(5, 0).is_ok());
-        q.observe(&[(
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderValue::from_static("0"),
-        )]);
+        q.observe(
+            &[(
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderValue::from_static("0"),
+            )],
+            0,
+        );
         assert_eq!(q.take(5, 0).unwrap_err().limit, "rpm");
-        q.observe(&[(
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderValue::from_static("3"),
-        )]);
+        q.observe(
+            &[(
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderValue::from_static("3"),
+            )],
+            0,
+        );
         // Six seconds on: one request back, 3 + 100 tokens, short of 200.
         assert_eq!(q.take(200, 6_000).unwrap_err().limit, "tpm");
     }

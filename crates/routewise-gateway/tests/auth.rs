@@ -540,7 +540,7 @@ async fn regression_a_stream_is_charged_its_usage_which_the_client_did_not_ask_f
     // The gateway asked the upstream for usage; the client, who did not, gets none.
     let sent = mock.requests().last().unwrap().body.clone();
     assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
-    assert_eq!(sent["max_tokens"], 4096, "{sent}"); // a capped key's output is held
+    assert_eq!(sent["max_completion_tokens"], 4096, "{sent}"); // a capped key's output is held
     assert!(!sse.contains("usage"), "{sse}");
     assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
     // Charged the usage (a few tokens at $0.3/Mtok), not the 4,096-token reservation.
@@ -606,5 +606,44 @@ async fn a_model_at_its_quota_is_passed_over_before_it_would_answer_429() {
     assert!(
         logs.contains("skipped=\"a:quota\"") || logs.contains("skipped=a:quota"),
         "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn regression_a_refused_request_takes_nothing_from_a_models_quota() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = common::abc_yaml(
+        &mock.base_url(),
+        &format!("auth: {{mode: keys}}\n{}", local_state(&dir)),
+    )
+    .replace(
+        "api_key_env: TEST_KEY, context_window: 1000}",
+        "api_key_env: TEST_KEY, context_window: 1000, limits: {rpm: 2}}",
+    );
+    let state = AppState::new(common::config(&yaml), common::abc(), None).unwrap();
+    state.set_admin_key(ADMIN);
+    let gw = common::Gateway::start(state).await;
+    let (noisy, _) = create(&gw, json!({"name": "noisy", "rpm": 1})).await;
+    let (quiet, _) = create(&gw, json!({"name": "quiet"})).await;
+    let body = common::chat_body("hello");
+    let model = |h: &reqwest::header::HeaderMap| common::header(h, "x-routewise-model").to_string();
+    let (status, h, _) = chat(&gw, Some(&noisy), &body).await;
+    assert_eq!((status, model(&h).as_str()), (200, "a"));
+    // Over its own rate, the noisy key is refused: a's quota keeps its second call.
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, Some(&noisy), &body).await.0, 429);
+    }
+    let (status, h, _) = chat(&gw, Some(&quiet), &body).await;
+    assert_eq!((status, model(&h).as_str()), (200, "a"));
+    // A request larger than a key's whole tpm never fits: 400, not a 429 to retry.
+    let (small, _) = create(&gw, json!({"name": "small", "tpm": 50})).await;
+    let mut big = common::chat_body("hello");
+    big["max_tokens"] = json!(100);
+    let (status, _, v) = chat(&gw, Some(&small), &big).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("request_exceeds_tpm")),
+        "{v}"
     );
 }

@@ -68,7 +68,7 @@ async fn a_shadow_decides_every_routed_request_and_executes_within_its_budget() 
     assert_eq!(mock.hits("up-c"), 5);
     // The executed copy is capped at the output it reserved.
     for r in mock.requests().iter().filter(|r| r.model == "up-c") {
-        assert_eq!(r.body["max_tokens"], 4096, "{}", r.body);
+        assert_eq!(r.body["max_completion_tokens"], 4096, "{}", r.body);
     }
     // A request naming its model is not a routing decision: no shadow.
     let mut body = common::chat_body("direct");

@@ -119,28 +119,59 @@ pub struct Buckets {
 
 /// A request over a key's rate: which limit, and when it would fit.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
-#[error(
-    "the key's {limit} limit of {per_minute} a minute is reached; retry in {retry_after_ms} ms"
-)]
+#[error("the {limit} limit of {per_minute} a minute is reached; retry in {retry_after_ms} ms")]
 pub struct RateLimited {
     /// `rpm` or `tpm`.
     pub limit: &'static str,
     pub per_minute: u64,
     pub retry_after_ms: u64,
+    /// The request is larger than the whole `tpm`: it never fits.
+    pub never: bool,
 }
 
 impl Buckets {
-    /// Takes one request and `rate.tokens` tokens at `now_ms`, or refuses (taking nothing).
-    /// A request larger than the whole `tpm` is refused for good (`retry_after_ms` of a
-    /// full minute).
-    pub fn take(&mut self, rate: &Rate, now_ms: u64) -> Result<(), RateLimited> {
+    /// The levels at `now_ms` (refilled since the last use; full before the first).
+    fn levels(&self, rate: &Rate, now_ms: u64) -> (Option<f64>, Option<f64>) {
         let since = self.at_ms.map(|t| now_ms.saturating_sub(t));
         let fill = |level: f64, per_minute: u64| match since {
             None => per_minute as f64,
             Some(ms) => (level + per_minute as f64 * ms as f64 / 60_000.0).min(per_minute as f64),
         };
-        let requests = rate.rpm.map(|r| fill(self.requests, r));
-        let tokens = rate.tpm.map(|t| fill(self.tokens, t));
+        (
+            rate.rpm.map(|r| fill(self.requests, r)),
+            rate.tpm.map(|t| fill(self.tokens, t)),
+        )
+    }
+
+    /// Refills to `now_ms`, then lowers the levels to at most `requests` and `tokens`
+    /// (what an upstream says remains).
+    pub fn lower_to(
+        &mut self,
+        rate: &Rate,
+        now_ms: u64,
+        requests: Option<f64>,
+        tokens: Option<f64>,
+    ) {
+        let (r, t) = self.levels(rate, now_ms);
+        self.requests = r.map_or(0.0, |l| requests.map_or(l, |x| l.min(x.max(0.0))));
+        self.tokens = t.map_or(0.0, |l| tokens.map_or(l, |x| l.min(x.max(0.0))));
+        self.at_ms = Some(now_ms);
+    }
+
+    /// Puts back one request and `tokens` (a take for a call that was not made).
+    pub fn give_back(&mut self, rate: &Rate, tokens: u64) {
+        if let Some(r) = rate.rpm {
+            self.requests = (self.requests + 1.0).min(r as f64);
+        }
+        if let Some(t) = rate.tpm {
+            self.tokens = (self.tokens + tokens as f64).min(t as f64);
+        }
+    }
+
+    /// Takes one request and `rate.tokens` tokens at `now_ms`, or refuses (taking nothing).
+    /// A request larger than the whole `tpm` is refused for good (`never`).
+    pub fn take(&mut self, rate: &Rate, now_ms: u64) -> Result<(), RateLimited> {
+        let (requests, tokens) = self.levels(rate, now_ms);
         let wait = |level: f64, need: f64, per_minute: u64| {
             ((need - level) * 60_000.0 / per_minute.max(1) as f64).ceil() as u64
         };
@@ -150,20 +181,19 @@ impl Buckets {
                     limit: "rpm",
                     per_minute: r,
                     retry_after_ms: wait(level, 1.0, r),
+                    never: false,
                 });
             }
         }
         if let (Some(level), Some(t)) = (tokens, rate.tpm) {
             let need = rate.tokens as f64;
             if level < need {
+                let never = need > t as f64;
                 return Err(RateLimited {
                     limit: "tpm",
                     per_minute: t,
-                    retry_after_ms: if need > t as f64 {
-                        60_000
-                    } else {
-                        wait(level, need, t)
-                    },
+                    retry_after_ms: if never { 60_000 } else { wait(level, need, t) },
+                    never,
                 });
             }
         }
@@ -351,7 +381,14 @@ mod tests {
                 10_000_000,
             )
             .unwrap_err();
-        assert_eq!(e.retry_after_ms, 60_000);
+        assert!(e.never && e.retry_after_ms == 60_000);
+        // Given back, a take is undone; lowered, the levels follow the upstream.
+        let mut b = Buckets::default();
+        b.take(&rate, 0).unwrap();
+        b.give_back(&rate, 400);
+        assert_eq!((b.requests, b.tokens), (2.0, 1000.0));
+        b.lower_to(&rate, 0, Some(0.0), None);
+        assert_eq!(b.take(&rate, 0).unwrap_err().limit, "rpm");
     }
 
     proptest::proptest! {

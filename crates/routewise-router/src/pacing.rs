@@ -22,7 +22,8 @@
 //!
 //! The expected remaining requests come from the rate observed so far (requests per
 //! elapsed time, once [`MIN_ELAPSED_FRACTION`] of the period has passed; before that, the
-//! rate of a period whose budget were spent at `lambda0`'s cost). Over a stationary stream
+//! requests seen so far spread over that first fraction, an under-estimate of the rate
+//! that lowers lambda a little until the fraction has passed). Over a stationary stream
 //! this converges to the fixed lambda that spends the budget, which is the best fixed lambda
 //! in hindsight when the router's predictions are calibrated. Pure logic: the caller says
 //! what each request cost and when it came.

@@ -12,7 +12,8 @@
 //!   other 4xx) is returned (see [`crate::upstream`] for what reaches the client).
 //! * A key with a budget reserves each attempt's worst case first ([`super::budget`]): a
 //!   candidate it cannot afford is skipped, and when it could afford none the request gets
-//!   429 `budget_exceeded`. A failed attempt's reservation is released; the answering
+//!   429 `budget_exceeded`. A failed attempt's reservation is settled at what the upstream may
+//!   have billed ([`super::budget::charge`]); the answering
 //!   one's is settled when the answer is complete.
 //! * A model with `limits` (its provider's quota) takes each call from its token buckets
 //!   first ([`crate::models::Quota`]); over them it is passed over for the next candidate,
@@ -103,18 +104,6 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     {
         let m = ModelId::from_index(m);
         let up = gw.upstreams.get(m);
-        if let Some(q) = &up.quota {
-            let tokens = ctx.request.prompt_tokens + ctx.request.max_tokens.unwrap_or(0);
-            if let Err(e) = q.take(tokens, gw.now_ms()) {
-                if admit == Admit::Probe {
-                    up.breaker.abandon_probe();
-                }
-                plan.refund();
-                ctx.skipped.push((m, "quota"));
-                quota_wait = Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
-                continue;
-            }
-        }
         let first = !ctx.rate_taken;
         let hold = match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request, first).await {
             Ok(h) => {
@@ -125,7 +114,8 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 if admit == Admit::Probe {
                     up.breaker.abandon_probe();
                 }
-                if matches!(r, budget::Refused::Rate(_)) {
+                // Over the key's rate, or the store is down: the request ends here.
+                if !matches!(r, budget::Refused::Exceeded(_)) {
                     return Err(r.into());
                 }
                 // Not a call: it does not use up an attempt.
@@ -135,6 +125,24 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 continue;
             }
         };
+        // The model's quota is taken once the call is certain to be made.
+        if let Some(q) = &up.quota {
+            if let Err(e) = q.take(ctx.request.needed_tokens(), gw.now_ms()) {
+                if admit == Admit::Probe {
+                    up.breaker.abandon_probe();
+                }
+                if let Some(h) = hold {
+                    h.release();
+                }
+                plan.refund();
+                ctx.skipped.push((m, "quota"));
+                if !e.never {
+                    quota_wait =
+                        Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
+                }
+                continue;
+            }
+        }
         if let Some(prev) = ctx.attempts.last() {
             gw.metrics.fallback(prev.model.index());
         }
@@ -188,7 +196,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         match result {
             Ok(answer) => {
                 if let Some(q) = &up.quota {
-                    q.observe(&info.rate_limit);
+                    q.observe(&info.rate_limit, gw.now_ms());
                 }
                 ctx.hold = hold;
                 gw.record_success(m, attempt_started);
@@ -228,6 +236,12 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                     .into(),
             retry_after: HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()).ok(),
         });
+    }
+    if ctx.attempts.is_empty() && ctx.skipped.iter().any(|(_, why)| *why == "quota") {
+        return Err(ApiError::bad_request(
+            "the request (prompt plus max_tokens) is larger than the tokens per minute of every eligible model (models[].limits.tpm)",
+            Some("max_tokens"),
+        ));
     }
     let summary = attempts_summary(gw, &ctx.attempts);
     let n = ctx.attempts.len();

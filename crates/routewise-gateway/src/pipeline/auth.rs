@@ -341,9 +341,27 @@ pub fn apply(gw: &Gateway, caller: &Caller, req: &mut ChatRequest) -> Result<(),
     if req.preference.is_none() {
         req.preference = caller.policy;
     }
-    // A capped key's calls are held to the output their reservations cover.
+    // A capped key's calls are held to the output their reservations cover: at most
+    // `reserve_output_tokens`, and no more than the smallest configured context window of
+    // the models it may use leaves after the prompt (a larger cap would exclude them, or
+    // get a 400 from a server that checks it).
     if caller.budget.is_some() {
-        super::budget::cap_output(req, gw.config.auth.reserve_output_tokens);
+        let room = gw
+            .upstreams
+            .iter()
+            .filter(|u| {
+                caller
+                    .allow
+                    .as_ref()
+                    .is_none_or(|a| a.get(u.id.index()).copied().unwrap_or(false))
+            })
+            .filter_map(|u| u.context_window)
+            .map(|w| w.saturating_sub(req.prompt_tokens))
+            .min();
+        let cap = room.map_or(gw.config.auth.reserve_output_tokens, |r| {
+            gw.config.auth.reserve_output_tokens.min(r)
+        });
+        super::budget::cap_output(req, cap.max(1));
     }
     // A stream's spend is settled from its usage: ask for it, and keep it from a client
     // that did not.

@@ -6,16 +6,20 @@
 //! `routewise_key_spend_usd_total{key}` cover keys without a cap too (their account is
 //! monthly and never refuses). Settling is done off the response path.
 //!
-//! Before a call, [`reserve`] holds the call's worst case on the key's account: the
-//! prompt's estimated tokens at the model's input price plus `max_tokens` (or
-//! `auth.reserve_output_tokens` when the request sets none) at its output price. A call
-//! that does not fit is not made: the attempts go on to the next candidate (a cheaper
-//! model may fit), and when none fits the request gets 429 `budget_exceeded`. After the
-//! call, the [`Hold`] settles to the cost read from the answer's usage (the reservation
-//! when the answer has none), or is released when the call failed. A hold dropped unsettled
-//! (the client went away mid-call) charges its reservation, since the upstream may bill
-//! the call anyway. A key store that cannot be reached refuses the call (503): a budget
-//! fails closed.
+//! Before a call, [`reserve`] holds the call's worst case on the key's account
+//! ([`worst_case`]): as many input tokens as the body has bytes, and `max_tokens` output
+//! tokens per completion, at the model's prices. A capped key's requests without an
+//! output cap get one ([`cap_output`], from the auth stage). The bound holds for text;
+//! an image given by URL, or tokens a provider adds (a tool-use system prompt), can cost
+//! more than its bytes. A call that does not fit is not made: the attempts go on to the
+//! next candidate (a cheaper model may fit), and when none fits the request gets 429
+//! `budget_exceeded`. After the call, the [`Hold`] settles to the cost read from the
+//! answer's usage (streams ask the upstream for it); without usage, [`charge`] decides: a
+//! call the upstream may have billed (an answer, a timeout, a body cut short) is charged
+//! its reservation, a refused one nothing. A hold dropped unsettled (the client went away
+//! mid-call) charges its reservation. A key store that cannot be reached refuses the call
+//! (503) for a key with a budget or a rate limit: those fail closed; a key with neither
+//! is served and its spend goes untracked.
 //!
 //! The key's rate limits (`rpm`, `tpm`) are taken by the request's first reservation, in
 //! the same store operation (one Redis round trip for both): over them, the request gets
@@ -83,6 +87,14 @@ impl From<Refused> for ApiError {
     fn from(r: Refused) -> ApiError {
         match r {
             Refused::Exceeded(e) => ApiError::BudgetExceeded(e.to_string()),
+            Refused::Rate(e) if e.never => ApiError::BadRequest {
+                message: format!(
+                    "the request (prompt plus max_tokens) is larger than the key's {} tokens per minute",
+                    e.per_minute
+                ),
+                param: Some("max_tokens".into()),
+                code: Some("request_exceeds_tpm"),
+            },
             Refused::Rate(e) => ApiError::RateLimited {
                 message: e.to_string(),
                 retry_after: HeaderValue::from_str(
@@ -166,9 +178,11 @@ impl Drop for Hold {
 /// into the forwarded body), so that the upstream cannot pass what is reserved.
 pub fn cap_output(request: &mut ChatRequest, default_output: u64) {
     if request.max_tokens.is_none() {
+        // OpenAI's current name: the reasoning models refuse `max_tokens`, and upstreams
+        // that do not know it ignore it (the Anthropic provider reads the parsed value).
         request
             .rest_mut()
-            .insert("max_tokens".into(), default_output.into());
+            .insert("max_completion_tokens".into(), default_output.into());
         request.max_tokens = Some(default_output);
     }
 }
@@ -233,11 +247,12 @@ pub async fn reserve(
     let default_output = gw.config.auth.reserve_output_tokens;
     let up = gw.upstreams.get(m);
     let amount = worst_case(req, default_output, |i, o| up.cost(i, o));
-    let out = req.max_tokens.unwrap_or(default_output);
+    // Tokens count as providers count them: the prompt plus `max_tokens` (which a capped
+    // key always has), as the models' quotas count them too.
     let rate = (first && (c.rpm.is_some() || c.tpm.is_some())).then_some(Rate {
         rpm: c.rpm,
         tpm: c.tpm,
-        tokens: req.prompt_tokens.saturating_add(out),
+        tokens: req.needed_tokens(),
     });
     let r = Reservation {
         store: ks.budgets(),

@@ -9,7 +9,7 @@
 //! back a tail that may be the start of a placeholder cut between two deltas. What is
 //! held is released into the delta that carries the choice's `finish_reason`, or, when
 //! none comes, in one extra chunk before `data: [DONE]` (or at the end of the stream). An
-//! event with nothing to restore is passed on byte for byte. The response cache stores
+//! event with nothing to restore (or strip) is passed on byte for byte. The response cache stores
 //! the stream as the model sent it (redacted); a replay is restored with the requester's
 //! own values.
 //!
@@ -100,11 +100,18 @@ impl SseRestore {
             return;
         };
         let mut changed = false;
-        if self.strip_usage && chunk.remove("usage").is_some() {
-            if matches!(chunk.get("choices"), Some(Value::Array(c)) if c.is_empty()) {
-                return; // the usage chunk, which the client did not ask for
+        if self.strip_usage {
+            if let Some(usage) = chunk.remove("usage") {
+                let no_choices = match chunk.get("choices") {
+                    None | Some(Value::Null) => true,
+                    Some(Value::Array(c)) => c.is_empty(),
+                    Some(_) => false,
+                };
+                if !usage.is_null() && no_choices {
+                    return; // the usage chunk, which the client did not ask for
+                }
+                changed = true;
             }
-            changed = true;
         }
         if !self.redactions.is_empty() {
             changed |= self.restore_chunk(&mut chunk);

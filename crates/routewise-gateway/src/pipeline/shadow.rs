@@ -30,8 +30,8 @@
 //! shadow picks another model than live, the request is also sent to the shadow's pick,
 //! without streaming, on the runtime, after the decision; the client never sees it. Each
 //! call first reserves its worst case (as many input tokens as the body has bytes, and
-//! `max_tokens` output tokens per completion, `max_tokens` set to 4,096 when the request
-//! gives none, at the gateway's prices for that model) against the shadow's budget for the
+//! `max_tokens` output tokens per completion, `max_completion_tokens` set to 4,096 when
+//! the request gives none, at the gateway's prices for that model) against the shadow's budget for the
 //! UTC day (wall clock), and settles to the
 //! real cost from usage once it answers: the reservations never exceed the budget, so
 //! neither does the spend, as long as the upstream bills no more input tokens than the
@@ -553,7 +553,7 @@ fn worker(
 const MAX_EXECUTIONS: usize = 64;
 
 /// The worst case of a shadow call ([`super::budget::worst_case`]); `request` gets
-/// `max_tokens` set to [`DEFAULT_RESERVED_OUTPUT`] when it has none, so that the upstream
+/// an output cap of [`DEFAULT_RESERVED_OUTPUT`] when it has none, so that the upstream
 /// is held to what is reserved.
 fn reserve_for(request: &mut ChatRequest, cost: impl Fn(u64, u64) -> f64) -> f64 {
     super::budget::cap_output(request, DEFAULT_RESERVED_OUTPUT);
@@ -719,7 +719,7 @@ mod tests {
         let got = reserve_for(&mut r, per_token);
         assert_eq!(got, r.body_bytes as f64 + 4096.0);
         assert_eq!(r.max_tokens, Some(4096));
-        assert_eq!(r.rest()["max_tokens"], 4096);
+        assert_eq!(r.rest()["max_completion_tokens"], 4096);
         // n completions of max_tokens each.
         let mut r =
             chat(serde_json::json!({"model": "auto", "messages": m, "max_tokens": 10, "n": 3}));

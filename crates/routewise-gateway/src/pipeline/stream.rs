@@ -5,8 +5,9 @@
 //! upstream response and closes its connection. How the stream ended ([`End`]) goes to the
 //! decision log; a failed end counts against the model's breaker; a complete one is
 //! recorded for feedback. Usage (for the realised cost) is read from the chunks when the
-//! client asked for it (`stream_options.include_usage`). Under `pii: {restore: true}` the
-//! bytes pass through [`super::restore::SseRestore`] on their way out.
+//! client asked for it (`stream_options.include_usage`), or when the gateway did, for an
+//! API key's spend (`strip_usage`). Under `pii: {restore: true}`, or to strip that usage,
+//! the bytes pass through [`super::restore::SseRestore`] on their way out.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -338,6 +338,8 @@ impl BudgetStore for RedisStore {
                     limit,
                     per_minute,
                     retry_after_ms: b.parse().unwrap_or(1000),
+                    // The script waits a full minute only for a request over the whole tpm.
+                    never: limit == "tpm" && r.tokens > per_minute,
                 }))
             }
             _ => Err(Refusal::Budget(Exceeded {

@@ -45,6 +45,8 @@ pub struct AttemptPlan {
     tried: u32,
     max_attempts: u32,
     forced: bool,
+    /// Whether a candidate was handed out (tried, or passed over by the caller).
+    offered: bool,
     /// Models skipped because their breaker was open.
     pub skipped: Vec<usize>,
 }
@@ -57,6 +59,7 @@ impl AttemptPlan {
             tried: 0,
             max_attempts: max_attempts.max(1),
             forced: false,
+            offered: false,
             skipped: Vec::new(),
         }
     }
@@ -76,12 +79,14 @@ impl AttemptPlan {
                 Admit::No => self.skipped.push(m),
                 a => {
                     self.tried += 1;
+                    self.offered = true;
                     return Some((m, a));
                 }
             }
         }
-        // Everything eligible is cooling down and nothing was tried: try the best anyway.
-        if self.tried == 0 && !self.forced {
+        // Everything eligible is cooling down and nothing was offered: try the best anyway
+        // (not when a candidate was offered and passed over for its quota or budget).
+        if !self.offered && !self.forced {
             self.forced = true;
             if let Some(&m) = self.candidates.first() {
                 self.tried += 1;
