@@ -321,8 +321,13 @@ async fn keys_in_redis_are_shared_by_instances_and_revocation_reaches_them() {
     .await;
     // `two` trusts a record for 0 s: the revocation is seen on the next request.
     assert_eq!(chat(&two, Some(&key), &body).await.0, 401);
+    let (other, _) = create(&one, json!({"name": "other"})).await;
+    assert_eq!(chat(&two, Some(&other), &body).await.0, 200);
     drop(redis);
-    // Redis gone: a key this instance has not cached is refused with 503 (fail closed).
+    // Redis gone: a key this instance has read stays in use (stale; no cap or rate limit,
+    // so its spend goes untracked)...
+    assert_eq!(chat(&two, Some(&other), &body).await.0, 200);
+    // ...and a key it has not read is refused with 503 (fail closed).
     let fake = format!("rw-abcdefghij-{}", "B".repeat(32));
     let (status, h, v) = chat(&two, Some(&fake), &body).await;
     assert_eq!(status, 503, "{v}");

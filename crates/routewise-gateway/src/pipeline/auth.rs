@@ -144,9 +144,9 @@ impl Keys {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
-        match (cached, self.ttl) {
-            (Some(e), None) => return Ok(e),
-            (Some(e), Some(ttl)) if e.fetched.elapsed() < ttl => return Ok(e),
+        match (&cached, self.ttl) {
+            (Some(e), None) => return Ok(Arc::clone(e)),
+            (Some(e), Some(ttl)) if e.fetched.elapsed() < ttl => return Ok(Arc::clone(e)),
             (None, None) => {
                 return Ok(Arc::new(Entry {
                     record: None,
@@ -156,8 +156,11 @@ impl Keys {
             }
             _ => {}
         }
-        let record = self.store.get_key(id).await?;
-        Ok(self.remember(gw, id, record))
+        match self.store.get_key(id).await {
+            Ok(record) => Ok(self.remember(gw, id, record)),
+            // The store is down: a record this instance has read stays in use, stale.
+            Err(e) => cached.ok_or(e),
+        }
     }
 
     /// Creates a key; returns it (the only time the secret exists) and its record.
