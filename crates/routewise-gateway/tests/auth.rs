@@ -652,3 +652,26 @@ async fn regression_a_refused_request_takes_nothing_from_a_models_quota() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn the_decision_log_names_the_key() {
+    let (cap, _guard) = common::capture_logs(tracing::Level::INFO);
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&mock.base_url(), &local_state(&dir)).await;
+    let (key, _) = create(&gw, json!({"name": "search-team"})).await;
+    assert_eq!(
+        chat(&gw, Some(&key), &common::chat_body("hello")).await.0,
+        200
+    );
+    assert!(gw
+        .state
+        .decision_log
+        .flush(std::time::Duration::from_secs(5)));
+    let logs = cap.text();
+    assert!(
+        logs.contains("key=\"search-team\"") || logs.contains("key=search-team"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&key[14..]), "the secret is never logged");
+}

@@ -10,14 +10,17 @@ use routewise_online::store::budget::{BudgetStore, LocalBudgets, Scope};
 use routewise_online::{LocalStore, RedisStore};
 
 const BUDGET: f64 = 10.0;
-const NOW: u64 = 1_795_791_600_000;
+/// The tests' clock: now (the ledger drops accounts of periods long past when it opens).
+fn now() -> u64 {
+    routewise_online::service::now_ms()
+}
 
 fn scope(key: &str) -> Scope<'_> {
     Scope {
         key,
         period: Period::Month,
         budget_usd: BUDGET,
-        now_ms: NOW,
+        now_ms: now(),
     }
 }
 
@@ -82,7 +85,14 @@ async fn local_spend_survives_a_restart_up_to_the_last_flush_and_reservations_do
         let s = scope("k");
         l.reserve(&s, 1, 2.0, None).await.unwrap().unwrap();
         l.settle(&s, 1, 2.0, Some(1.5)).await.unwrap();
-        assert_eq!(l.flush().unwrap(), 1);
+        // An account of a period 500 days ago, flushed: dropped at the next open.
+        let old = Scope {
+            now_ms: now() - 500 * 86_400_000,
+            ..scope("k")
+        };
+        l.reserve(&old, 4, 1.0, None).await.unwrap().unwrap();
+        l.settle(&old, 4, 1.0, Some(0.5)).await.unwrap();
+        assert_eq!(l.flush().unwrap(), 2);
         l.reserve(&s, 2, 3.0, None).await.unwrap().unwrap(); // open at the crash
         l.reserve(&s, 3, 1.0, None).await.unwrap().unwrap();
         l.settle(&s, 3, 1.0, Some(1.0)).await.unwrap(); // settled, never flushed
@@ -90,9 +100,14 @@ async fn local_spend_survives_a_restart_up_to_the_last_flush_and_reservations_do
     let l = LocalBudgets::open(LocalStore::open(&path).unwrap()).unwrap();
     let u = l.usage(&scope("k")).await.unwrap();
     assert_eq!((u.spent, u.reserved), (1.5, 0.0));
+    let old = Scope {
+        now_ms: now() - 500 * 86_400_000,
+        ..scope("k")
+    };
+    assert_eq!(l.usage(&old).await.unwrap().spent, 0.0);
     // A new period starts from zero.
     let next = Scope {
-        now_ms: NOW + 40 * 86_400_000,
+        now_ms: now() + 40 * 86_400_000,
         ..scope("k")
     };
     assert_eq!(l.usage(&next).await.unwrap().spent, 0.0);

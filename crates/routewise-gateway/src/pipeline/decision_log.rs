@@ -13,7 +13,8 @@
 //! router saw (`prompt`, cut at [`MAX_LOGGED_PROMPT`] bytes; after redaction when the PII
 //! guard redacts). The `routes:` rules that applied are in `route`, the kinds of personal
 //! data found in `pii` with `pii_action` (never the matched text), the candidates passed
-//! over without a call in `skipped` (`model:quota`, `model:budget`). Accepted feedback is logged as a
+//! over without a call in `skipped` (`model:quota`, `model:budget`), the API key's name in
+//! `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
@@ -206,6 +207,8 @@ pub struct DecisionRecord {
     pii: Option<(routewise_signals::KindSet, &'static str)>,
     /// Candidates passed over without a call: `model:quota,model:budget`.
     skipped: Option<String>,
+    /// The API key's name (`auth: {mode: keys}`).
+    key: Option<String>,
 }
 
 impl DecisionRecord {
@@ -250,6 +253,7 @@ impl DecisionRecord {
             pii = self.pii.map(|(k, _)| k.names()),
             pii_action = self.pii.map(|(_, a)| a),
             skipped = self.skipped.as_deref(),
+            key = self.key.as_deref(),
             "decision"
         );
     }
@@ -413,6 +417,7 @@ pub fn emit(
         stream: ctx.request.stream,
         end,
         attempts: ctx.attempts.clone(),
+        key: ctx.caller.as_ref().map(|c| c.name.clone()),
         skipped: (!ctx.skipped.is_empty()).then(|| {
             ctx.skipped
                 .iter()

@@ -30,6 +30,10 @@ use crate::store::state_store::StoreError;
 /// How often the gateway flushes local spend to disk.
 pub const FLUSH_EVERY_MS: u64 = 100;
 
+/// Accounts of periods that started longer ago than this (400 days: a month's and a
+/// year's reports stay) are dropped when the ledger is opened.
+pub const KEEP_PERIODS_MS: u64 = 400 * 86_400_000;
+
 const SPEND: TableDefinition<&str, f64> = TableDefinition::new("spend");
 
 /// One key's budget in one period: what a store call is about.
@@ -108,22 +112,34 @@ fn se<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 impl LocalBudgets {
-    /// Loads the settled spend from the file.
+    /// Loads the settled spend from the file, dropping accounts of periods that started
+    /// more than [`KEEP_PERIODS_MS`] ago.
     pub fn open(store: LocalStore) -> Result<LocalBudgets, StoreError> {
         let mut accounts = HashMap::new();
         let db = store.database();
+        let horizon = crate::service::now_ms().saturating_sub(KEEP_PERIODS_MS);
         let tx = db.begin_write().map_err(se)?;
         {
-            let t = tx.open_table(SPEND).map_err(se)?;
+            let mut t = tx.open_table(SPEND).map_err(se)?;
+            let mut old = Vec::new();
             for row in t.iter().map_err(se)? {
                 let (k, v) = row.map_err(se)?;
+                let k = k.value().to_string();
+                let start = k.rsplit(':').next().and_then(|s| s.parse::<u64>().ok());
+                if start.is_some_and(|s| s < horizon) {
+                    old.push(k);
+                    continue;
+                }
                 accounts.insert(
-                    k.value().to_string(),
+                    k,
                     Account {
                         spent: v.value(),
                         open: Vec::new(),
                     },
                 );
+            }
+            for k in old {
+                t.remove(k.as_str()).map_err(se)?;
             }
         }
         tx.commit().map_err(se)?;
