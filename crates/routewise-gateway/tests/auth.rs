@@ -675,3 +675,35 @@ async fn the_decision_log_names_the_key() {
     );
     assert!(!logs.contains(&key[14..]), "the secret is never logged");
 }
+
+#[tokio::test]
+async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_not_made() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = common::abc_yaml(
+        &mock.base_url(),
+        &format!("auth: {{mode: keys}}\n{}", local_state(&dir)),
+    )
+    .replace(
+        "router: {policy: {lambda: 0}}",
+        "router: {policy: {lambda: 0}, cascade: {tier: [b, c], min_agree: 2}}",
+    )
+    .replace(
+        "output_per_mtok: 0.3}}",
+        "output_per_mtok: 0.3}, limits: {rpm: 1}}",
+    );
+    let state = AppState::new(common::config(&yaml), common::abc(), None).unwrap();
+    state.set_admin_key(ADMIN);
+    let gw = common::Gateway::start(state).await;
+    let (key, _) = create(&gw, json!({"name": "k", "budget_usd": 10.0})).await;
+    let body = common::chat_body("hello");
+    assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
+    let before = settled_usage(&gw, &key).await["spend_usd"].as_f64().unwrap();
+    // c is at its quota: the tier cannot reach 2 answers, so b is not asked either, and
+    // its reservation (about 4,100 tokens at $3/Mtok) is given back, not charged.
+    assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
+    let after = settled_usage(&gw, &key).await["spend_usd"].as_f64().unwrap();
+    assert!(after - before < 1e-3, "charged {} for the second request", after - before);
+}

@@ -226,6 +226,29 @@ pub fn charge(
     }
 }
 
+/// Takes model `m`'s quota (`models[].limits`) for a call with `req`, once the call is
+/// otherwise certain (its key reservation `hold` made): refused, the hold is released and
+/// nothing is taken.
+pub fn take_quota(
+    gw: &Gateway,
+    m: ModelId,
+    req: &ChatRequest,
+    hold: Option<Hold>,
+) -> Result<Option<Hold>, RateLimited> {
+    let Some(q) = &gw.upstreams.get(m).quota else {
+        return Ok(hold);
+    };
+    match q.take(req.needed_tokens(), gw.now_ms()) {
+        Ok(()) => Ok(hold),
+        Err(e) => {
+            if let Some(h) = hold {
+                h.release();
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
 /// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
 /// which also takes the request from the key's rate limits (in the same store operation).

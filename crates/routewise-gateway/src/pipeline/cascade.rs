@@ -183,36 +183,52 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
     ctx.cascade = Some(CascadeTrace::default());
-    // The tier models the breakers admit and the key's budget (if any) can afford.
+    // The tier models the breakers admit, the key's budget (if any) can afford and whose
+    // quota has room: reserved and taken now, given back below if the tier is not asked.
     let mut admitted = Vec::with_capacity(plan.tier.len());
     for &m in &plan.tier {
-        let admit = gw.upstreams.get(m).breaker.admit(now);
+        let up = gw.upstreams.get(m);
+        let admit = up.breaker.admit(now);
         if admit == Admit::No {
             continue;
         }
-        if let Some(q) = &gw.upstreams.get(m).quota {
-            let tokens = request.prompt_tokens + request.max_tokens.unwrap_or(0);
-            if q.take(tokens, gw.now_ms()).is_err() {
-                if admit == Admit::Probe {
-                    gw.upstreams.get(m).breaker.abandon_probe();
+        let reserved =
+            match budget::reserve(gw, ctx.caller.as_deref(), m, request, !ctx.rate_taken).await {
+                Ok(hold) => {
+                    // The key's rate took the request, whatever the quota says next.
+                    ctx.rate_taken = true;
+                    budget::take_quota(gw, m, request, hold).map_err(|_| Some("quota"))
                 }
-                ctx.skipped.push((m, "quota"));
-                continue;
+                Err(r) => Err(matches!(r, budget::Refused::Exceeded(_)).then_some("budget")),
+            };
+        match reserved {
+            Ok(hold) => admitted.push((m, admit, hold)),
+            Err(why) => {
+                if admit == Admit::Probe {
+                    up.breaker.abandon_probe();
+                }
+                match why {
+                    Some(why) => ctx.skipped.push((m, why)),
+                    // Over the key's rate, or the store is down: the attempts that follow
+                    // refuse the request.
+                    None => break,
+                }
             }
         }
-        match budget::reserve(gw, ctx.caller.as_deref(), m, request, !ctx.rate_taken).await {
-            Ok(hold) => {
-                ctx.rate_taken = true;
-                admitted.push((m, admit, hold));
+    }
+    // Too few tier models can be asked to ever agree: nothing is called, and what was
+    // reserved and taken is given back.
+    if admitted.len() < plan.min_agree {
+        for (m, admit, hold) in admitted.drain(..) {
+            let up = gw.upstreams.get(m);
+            if admit == Admit::Probe {
+                up.breaker.abandon_probe();
             }
-            Err(r) => {
-                if admit == Admit::Probe {
-                    gw.upstreams.get(m).breaker.abandon_probe();
-                }
-                // Over its rate, the request is refused by the attempts that follow.
-                if matches!(r, budget::Refused::Rate(_)) {
-                    break;
-                }
+            if let Some(q) = &up.quota {
+                q.give_back(request.needed_tokens());
+            }
+            if let Some(h) = hold {
+                h.release();
             }
         }
     }
