@@ -699,11 +699,19 @@ async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_n
     let body = common::chat_body("hello");
     assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
     assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
-    let before = settled_usage(&gw, &key).await["spend_usd"].as_f64().unwrap();
+    let before = settled_usage(&gw, &key).await["spend_usd"]
+        .as_f64()
+        .unwrap();
     // c is at its quota: the tier cannot reach 2 answers, so b is not asked either, and
     // its reservation (about 4,100 tokens at $3/Mtok) is given back, not charged.
     assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
     assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
-    let after = settled_usage(&gw, &key).await["spend_usd"].as_f64().unwrap();
-    assert!(after - before < 1e-3, "charged {} for the second request", after - before);
+    let after = settled_usage(&gw, &key).await["spend_usd"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        after - before < 1e-3,
+        "charged {} for the second request",
+        after - before
+    );
 }

@@ -39,7 +39,9 @@ pub struct KeyRecord {
     /// The lookup handle (the part after `rw-`).
     pub id: String,
     pub name: String,
-    /// Hex SHA-256 of the whole key.
+    /// Hex SHA-256 of the whole key (empty in a listing, which never shows it; an empty
+    /// hash matches no key).
+    #[serde(default)]
     pub hash: String,
     pub created_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

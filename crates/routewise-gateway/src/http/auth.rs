@@ -173,34 +173,8 @@ pub async fn usage(
         }
         .into_response();
     };
-    let Some(ks) = state.keys.get() else {
-        return crate::error::ApiError::AuthUnavailable.into_response();
-    };
-    let (budget, period) = c.budget.unwrap_or((
-        crate::pipeline::budget::UNCAPPED,
-        routewise_online::budget::Period::Month,
-    ));
-    let now = routewise_online::service::now_ms();
-    let scope = routewise_online::store::budget::Scope {
-        key: &c.id,
-        period,
-        budget_usd: budget,
-        now_ms: now,
-    };
-    match ks.budgets().usage(&scope).await {
-        Ok(u) => {
-            let capped = c.budget.is_some();
-            Json(json!({
-                "key": c.name,
-                "spend_usd": u.spent,
-                "reserved_usd": u.reserved,
-                "budget_usd": capped.then_some(budget),
-                "remaining_usd": capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
-                "period": period.name(),
-                "period_ends": routewise_online::budget::rfc3339(period.bounds(now).1),
-            }))
-            .into_response()
-        }
-        Err(_) => crate::error::ApiError::AuthUnavailable.into_response(),
+    match crate::pipeline::budget::usage(&state, &c).await {
+        Ok(u) => Json(u).into_response(),
+        Err(e) => e.into_response(),
     }
 }

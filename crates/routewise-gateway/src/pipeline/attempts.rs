@@ -126,13 +126,11 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             }
         };
         // The model's quota is taken once the call is certain to be made.
-        if let Some(q) = &up.quota {
-            if let Err(e) = q.take(ctx.request.needed_tokens(), gw.now_ms()) {
+        let hold = match budget::take_quota(gw, m, &ctx.request, hold) {
+            Ok(h) => h,
+            Err(e) => {
                 if admit == Admit::Probe {
                     up.breaker.abandon_probe();
-                }
-                if let Some(h) = hold {
-                    h.release();
                 }
                 plan.refund();
                 ctx.skipped.push((m, "quota"));
@@ -142,7 +140,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 }
                 continue;
             }
-        }
+        };
         if let Some(prev) = ctx.attempts.last() {
             gw.metrics.fallback(prev.model.index());
         }

@@ -249,6 +249,52 @@ pub fn take_quota(
     }
 }
 
+/// The caller's account: its budget and period; a key without a cap is still tracked
+/// (its spend in `/v1/usage` and `/metrics`), monthly, against [`UNCAPPED`].
+fn account(c: &Caller) -> (f64, Period) {
+    c.budget.unwrap_or((UNCAPPED, Period::Month))
+}
+
+/// What `GET /v1/usage` reports for the caller's key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyUsage {
+    pub key: String,
+    pub spend_usd: f64,
+    pub reserved_usd: f64,
+    pub budget_usd: Option<f64>,
+    pub remaining_usd: Option<f64>,
+    pub period: &'static str,
+    pub period_ends: String,
+}
+
+/// The caller's spend in the current period.
+pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
+    let ks = gw.keys.get().ok_or(ApiError::AuthUnavailable)?;
+    let (budget, period) = account(c);
+    let now = now_ms();
+    let scope = Scope {
+        key: &c.id,
+        period,
+        budget_usd: budget,
+        now_ms: now,
+    };
+    let u = ks
+        .budgets()
+        .usage(&scope)
+        .await
+        .map_err(|_| ApiError::AuthUnavailable)?;
+    let capped = c.budget.is_some();
+    Ok(KeyUsage {
+        key: c.name.clone(),
+        spend_usd: u.spent,
+        reserved_usd: u.reserved,
+        budget_usd: capped.then_some(budget),
+        remaining_usd: capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
+        period: period.name(),
+        period_ends: routewise_online::budget::rfc3339(period.bounds(now).1),
+    })
+}
+
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
 /// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
 /// which also takes the request from the key's rate limits (in the same store operation).
@@ -262,8 +308,7 @@ pub async fn reserve(
     let Some(c) = caller else {
         return Ok(None);
     };
-    // A key without a cap is still tracked (its spend in `/v1/usage` and `/metrics`).
-    let (budget, period) = c.budget.unwrap_or((UNCAPPED, Period::Month));
+    let (budget, period) = account(c);
     let Some(ks) = gw.keys.get() else {
         return Err(Refused::Unavailable("the key store is not attached".into()));
     };

@@ -82,6 +82,16 @@ impl SignalTrace {
     }
 }
 
+/// Narrows the pool `allow` (catalog order; `None`: every model) to the models `mask`
+/// keeps; the narrowed pool.
+fn narrow<'a>(allow: &'a mut Option<Vec<bool>>, mask: &[bool]) -> &'a [bool] {
+    let allow = allow.get_or_insert_with(|| vec![true; mask.len()]);
+    for (a, m) in allow.iter_mut().zip(mask) {
+        *a &= *m;
+    }
+    allow
+}
+
 /// Runs stage 2 on a parsed request; `None` when neither rules nor the PII guard is
 /// configured. `redact` is false for `/v1/route`, which forwards nothing.
 pub fn run(
@@ -97,9 +107,6 @@ pub fn run(
         return Ok(None);
     }
     let mut trace = SignalTrace::default();
-    if let Some(a) = key_allow {
-        trace.outcome.allow = Some(a.to_vec());
-    }
     if let Some(rules) = rules {
         let last_user = last_user_text(req.rest().get("messages"));
         let tags_value = headers
@@ -134,17 +141,7 @@ pub fn run(
             headers: &read,
             last_user_embedding: trace.last_user_embedding.as_deref(),
         };
-        let key_pool = trace.outcome.allow.take();
         trace.outcome = rules.evaluate(&signals);
-        if let Some(k) = key_pool {
-            let allow = trace
-                .outcome
-                .allow
-                .get_or_insert_with(|| vec![true; k.len()]);
-            for (a, k) in allow.iter_mut().zip(k) {
-                *a &= k;
-            }
-        }
         for m in &trace.outcome.matched {
             gw.metrics.route_matched(&rules.routes()[m.route].name);
         }
@@ -167,6 +164,10 @@ pub fn run(
             }
             _ => {}
         }
+    }
+    // The key's models narrow what the routes left.
+    if let Some(a) = key_allow {
+        narrow(&mut trace.outcome.allow, a);
     }
     if let Some(pii) = pii {
         let found = pii.detector.kinds_in(&req.prompt);
@@ -200,11 +201,7 @@ pub fn run(
                 }
                 PiiAction::Redact | PiiAction::Tag => {}
                 PiiAction::Restrict => {
-                    let private = &gw.private;
-                    let allow = trace.outcome.allow.get_or_insert_with(|| vec![true; private.len()]);
-                    for (a, p) in allow.iter_mut().zip(private) {
-                        *a &= *p;
-                    }
+                    let allow = narrow(&mut trace.outcome.allow, &gw.private);
                     if !allow.iter().any(|&a| a) {
                         return Err(ApiError::Blocked {
                             code: "pii_blocked",

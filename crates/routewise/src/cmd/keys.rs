@@ -292,14 +292,9 @@ fn print_list(out: &mut impl Write, records: &[Value], json: bool) -> std::io::R
     )?;
     let now = now_ms();
     for r in records {
-        let rec: Option<KeyRecord> = {
-            let mut v = r.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("hash".into(), Value::String(String::new()));
-            }
-            serde_json::from_value(v).ok()
+        let Ok(rec) = serde_json::from_value::<KeyRecord>(r.clone()) else {
+            continue;
         };
-        let Some(rec) = rec else { continue };
         let status = if rec.revoked_ms.is_some() {
             "revoked"
         } else if rec.expires_ms.is_some_and(|t| t <= now) {
