@@ -14,7 +14,7 @@
 #   * one hostile client (127.0.0.2): SOAK_IDLE idle connections (default 20,000, in two
 #     processes for the open-file limit) and SOAK_SLOWLORIS (100) connections dribbling a
 #     request head, each reopened a second after the gateway closes it;
-#   * SIGHUP every 3 s;
+#   * SIGHUP every 3 s (a reload of the unchanged config file);
 #   * a Redis outage (the bandit's shared state) from 1/3 to 2/3 of the run;
 #   * probes: GET /healthz 20/s and GET /readyz 10/s (from 127.0.0.1), RSS every second.
 # Then a half-open request and SIGTERM: the process must exit within shutdown_grace_ms.
@@ -193,7 +193,8 @@ out = {
     "connections_refused": {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_connections_refused_total\{reason="([^"]+)"\} (\d+)', metrics)},
     "connections_cut": {m.group(1): int(m.group(2)) for m in re.finditer(r'routewise_connections_cut_total\{reason="([^"]+)"\} (\d+)', metrics)},
     "log": {
-        "sighup_ignored": log.count("SIGHUP received and ignored"),
+        "sighup_reloads": log.count("SIGHUP: reloading"),
+        "reloads_refused": log.count("configuration reload refused"),
         "store_unreachable_warnings": log.count("state store is unreachable"),
         "store_back": log.count("state store is reachable again"),
         "warn_lines": sum(1 for l in log.splitlines() if " WARN " in l),

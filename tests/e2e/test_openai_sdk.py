@@ -11,7 +11,8 @@ E2E_CASCADE  a gateway with `router.cascade`: mistral-7b and mixtral asked first
 E2E_SIGNALS  a gateway with `routes:` (a blocking route; a route sending greetings to
              mistral-7b), `pii: {action: redact, restore: true}` and the response cache
 E2E_KEYS     a gateway with `auth: {mode: keys}` (keys in a redb file it holds; the admin
-             key in ROUTEWISE_ADMIN_KEY, which `routewise keys` uses to go through it)
+             key in ROUTEWISE_ADMIN_KEY, which `routewise keys` uses to go through it); its
+             config file is rewritten and hot-reloaded through POST /admin/reload
 E2E_BIN      the routewise binary;  E2E_WORK  the run's temp dir (configs, logs)
 """
 import json
@@ -19,6 +20,7 @@ import os
 import pathlib
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -280,3 +282,40 @@ def test_virtual_keys_through_the_sdk():
     keys_cli("revoke", listed[0]["id"])
     with pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+
+
+def admin_reload():
+    req = urllib.request.Request(KEYS + "/admin/reload", method="POST", data=b"",
+                                 headers={"Authorization": "Bearer e2e-admin-key"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_hot_reload_swaps_the_config_and_a_bad_file_keeps_serving():
+    path = pathlib.Path(os.environ["E2E_WORK"], "keys.yaml")
+    original = path.read_text()
+    key = keys_cli("create", "--name", "e2e-reload")
+    c = openai.OpenAI(base_url=KEYS + "/v1", api_key=key, max_retries=0, timeout=20)
+    ask = lambda: c.chat.completions.with_raw_response.create(  # noqa: E731
+        model="auto", messages=[{"role": "user", "content": "hi"}])
+    with urllib.request.urlopen(KEYS + "/readyz", timeout=5) as r:
+        before = json.load(r)["config"]
+    try:
+        path.write_text(original.replace("lambda: 0}", "lambda: 1000000}"))
+        status, body = admin_reload()
+        assert status == 200 and body["reloaded"] is True, body
+        assert body["generation"] == before["generation"] + 1
+        assert ask().headers["x-routewise-model"]
+        path.write_text(original + "no_such_setting: 1\n")
+        status, body = admin_reload()
+        assert status == 400, body
+        assert body["error"]["code"] == "invalid_config"
+        assert [i["field"] for i in body["error"]["issues"]] == ["no_such_setting"]
+        with urllib.request.urlopen(KEYS + "/readyz", timeout=5) as r:
+            assert json.load(r)["config"]["generation"] == before["generation"] + 1
+        assert ask().headers["x-routewise-model"]
+    finally:
+        path.write_text(original)

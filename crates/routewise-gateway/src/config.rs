@@ -57,6 +57,10 @@
 //! and compared ([`crate::pipeline::shadow`]), and with `execute` a sample of them is also
 //! sent upstream (never to the client) within a daily budget.
 //!
+//! A hot reload ([`crate::reload`]) applies everything here except what is read once at
+//! start (`listen`, `state`, `auth`, `log`, `bandit`, the connection limits), which it
+//! refuses to change, naming the paths ([`crate::reload::fixed_at_start`]).
+//!
 //! `bandit` (absent = off, `bandit: {}` = on with the defaults of
 //! [`routewise_online::BanditConfig`]) makes `model: auto` requests use the online router
 //! and enables `POST /v1/feedback`; `state` ([`routewise_online::StateConfig`]) says where
@@ -722,13 +726,19 @@ struct RawExecute {
 
 /// Reads, overrides from the process environment, and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// [`load`], also answering the text that was read (a reload's version digests it).
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::single(&file, "", format!("cannot read: {e}")))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, &file, base, std::env::vars(), |k| {
+    let config = parse(&text, &file, base, std::env::vars(), |k| {
         std::env::var(k).ok()
-    })
+    })?;
+    Ok((config, text))
 }
 
 /// Parses and validates config text.

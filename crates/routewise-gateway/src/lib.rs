@@ -16,6 +16,7 @@
 //!   typed model table; [`state`]: everything a request needs; [`load`]: building it
 //!   from a file or the demo ([`demo`]);
 //! * [`server`]: the accept loop, connection deadlines and caps ([`limits`]), shutdown;
+//!   [`reload`]: the configuration being served and its hot reload;
 //! * [`online`]: the bandit router's state store and maintenance task;
 //! * [`trace`]: request ids and W3C trace context; [`otel`]: span export glue (the
 //!   `otel` cargo feature);
@@ -32,6 +33,7 @@ pub mod models;
 pub mod online;
 pub mod otel;
 pub mod pipeline;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod state;
@@ -42,5 +44,6 @@ pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use http::app;
 pub use load::LoadError;
+pub use reload::Live;
 pub use server::serve;
 pub use state::{AppState, StateError};

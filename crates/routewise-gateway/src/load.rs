@@ -1,16 +1,19 @@
 //! Building a ready [`AppState`] from a config file or the embedded demo: config, then
 //! the routing engine (the artifact, or the demo router when none is given), then the
 //! replay data when a model uses the `replay` provider, then the cross-checks, then the
-//! shadow routers' artifacts.
+//! shadow routers' artifacts. [`prepare_file`] does the blocking part alone (what a hot
+//! reload runs off the async threads, [`crate::reload`]), with the version digest.
 
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use routewise_router::{Artifact, Catalog, Engine, ModelInfo};
 
 use crate::config::{self, Config, ConfigError, Provider, RouterMode};
 use crate::demo;
 use crate::pipeline::shadow::Shadow;
-use crate::state::{AppState, StateError};
+use crate::state::{AppState, Prepared, StateError};
 use crate::upstream::replay::Replay;
 
 /// Why a gateway could not be built.
@@ -33,18 +36,36 @@ impl From<StateError> for LoadError {
         match e {
             StateError::Config(c) => LoadError::Config(c),
             StateError::DecisionLog(e) => LoadError::DecisionLog(e),
+            StateError::Shadows(e) => LoadError::Shadows(e),
         }
     }
 }
 
 /// Loads `path` (with `ROUTEWISE_*` overrides from the environment) and builds the state.
 pub fn from_file(path: &Path) -> Result<AppState, LoadError> {
-    build(config::load(path)?)
+    Ok(AppState::first(prepare_file(path)?)?)
+}
+
+/// Reads, validates and loads `path` (with `ROUTEWISE_*` overrides from the environment)
+/// without building the state: blocking file work only.
+pub fn prepare_file(path: &Path) -> Result<Prepared, LoadError> {
+    let (config, text) = config::load_with_text(path)?;
+    prepare(config, text.as_bytes())
 }
 
 /// The embedded demo (with `ROUTEWISE_*` overrides from the environment).
 pub fn demo() -> Result<AppState, LoadError> {
     build(demo::config(std::env::vars())?)
+}
+
+/// Hex of the first 8 bytes of a SHA-256.
+fn short_hex(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest of a file the config names (empty when unreadable: loading it reports why).
+fn file_digest(path: &Path) -> [u8; 32] {
+    std::fs::read(path).map_or([0; 32], |b| Sha256::digest(&b).into())
 }
 
 /// Builds the state for a validated config.
@@ -115,6 +136,25 @@ pub fn reachability(config: &Config) -> Vec<config::Issue> {
 }
 
 pub fn build(config: Config) -> Result<AppState, LoadError> {
+    let text = config.source.clone();
+    Ok(AppState::first(prepare(config, text.as_bytes())?)?)
+}
+
+/// Loads what a validated config points at (the artifacts, the demo data), and names
+/// its version: a digest of `text` (what the config was parsed from) and of every
+/// artifact file it names.
+pub fn prepare(config: Config, text: &[u8]) -> Result<Prepared, LoadError> {
+    let mut version = Sha256::new();
+    version.update(Sha256::digest(text));
+    let artifact_digest = config.router.artifact.as_deref().map(file_digest);
+    if let Some(d) = &artifact_digest {
+        version.update(d);
+    }
+    for s in &config.shadows {
+        version.update(file_digest(&s.artifact));
+    }
+    let version = short_hex(&version.finalize());
+    let artifact_digest = artifact_digest.map(|d| short_hex(&d));
     let needs_replay = config.models.iter().any(|m| m.provider == Provider::Replay);
     let rules_mode = config.router.mode == RouterMode::Rules;
     let demo_data = if needs_replay || (config.router.artifact.is_none() && !rules_mode) {
@@ -155,7 +195,12 @@ pub fn build(config: Config) -> Result<AppState, LoadError> {
             execute: s.execute,
         });
     }
-    let state = AppState::new(config, engine, replay)?;
-    state.attach_shadows(shadows).map_err(LoadError::Shadows)?;
-    Ok(state)
+    Ok(Prepared {
+        config,
+        engine,
+        replay,
+        shadows,
+        version,
+        artifact_digest,
+    })
 }

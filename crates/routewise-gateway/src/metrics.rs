@@ -1,11 +1,16 @@
 //! Prometheus metrics of one gateway, in its own registry (so tests can run many
 //! gateways in one process), rendered as Prometheus text at `GET /metrics`.
 //!
-//! Per-model handles are created once at start-up and indexed by model position, so the
-//! hot path increments atomics without hashing or allocating, except for the
+//! Per-model handles are created once per configuration and indexed by model position,
+//! so the hot path increments atomics without hashing or allocating, except for the
 //! `requests_total{model,status}` family whose label set is built per request.
+//!
+//! A hot reload ([`crate::reload`]) keeps the registry: [`Metrics::for_models`] makes the
+//! new configuration's handles from the same families, so counters carry on across
+//! reloads (a model kept by name keeps its series).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -83,16 +88,31 @@ struct ModelMetrics {
     cooldowns_opened: Counter,
 }
 
-/// All metrics of a gateway.
-#[derive(Debug)]
+/// All metrics of a gateway: the registry shared by every configuration a reload
+/// installs, and this configuration's per-model handles.
+#[derive(Debug, Clone)]
 pub struct Metrics {
+    f: Arc<Families>,
+    models: Vec<ModelMetrics>,
+}
+
+/// The registry and every metric family in it.
+#[derive(Debug)]
+struct Families {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    fallbacks: Family<ModelLabel, Counter>,
+    latency: Family<ModelLabel, Histogram>,
+    cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
+    cooldown: Family<ModelLabel, Gauge>,
+    cooldowns_opened: Family<ModelLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_reload_failures: Counter,
     decision_latency: Histogram,
     in_flight: Gauge,
     decision_log_dropped: Counter,
     shadow_dropped: Counter,
-    models: Vec<ModelMetrics>,
     feedback: Family<ResultLabel, Counter>,
     decisions_recorded: Family<ResultLabel, Counter>,
     state_available: Family<StoreLabel, Gauge>,
@@ -278,38 +298,33 @@ impl Metrics {
             "Spend settled on each virtual key's budget (by key name), USD",
             Family::<KeyLabel, Counter<f64, AtomicU64>>::default(),
         ));
-        let models = models
-            .iter()
-            .map(|m| {
-                let l = ModelLabel { model: m.clone() };
-                ModelMetrics {
-                    attempts: AttemptOutcome::ALL
-                        .iter()
-                        .map(|o| {
-                            attempts
-                                .get_or_create(&AttemptLabels {
-                                    model: m.clone(),
-                                    outcome: o.name(),
-                                })
-                                .clone()
-                        })
-                        .collect(),
-                    fallbacks: fallbacks.get_or_create(&l).clone(),
-                    latency: latency.get_or_create(&l).clone(),
-                    cost: cost.get_or_create(&l).clone(),
-                    cooldown: cooldown.get_or_create(&l).clone(),
-                    cooldowns_opened: opened.get_or_create(&l).clone(),
-                }
-            })
-            .collect();
-        Metrics {
+        let config_reloads = reg(
+            r,
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /admin/reload, file watch) by result (ok / failed)",
+            Family::<ResultLabel, Counter>::default(),
+        );
+        let failures = reg(
+            r,
+            "config_reload_failures",
+            "Configuration reloads refused (the old configuration kept serving)",
+            Counter::default(),
+        );
+        let f = Arc::new(Families {
             registry,
             requests,
+            attempts,
+            fallbacks,
+            latency,
+            cost,
+            cooldown,
+            cooldowns_opened: opened,
+            config_reloads,
+            config_reload_failures: failures,
             decision_latency,
             in_flight,
             decision_log_dropped,
             shadow_dropped,
-            models,
             feedback,
             decisions_recorded,
             state_available,
@@ -323,17 +338,69 @@ impl Metrics {
             pii,
             auth_failures,
             key_spend,
+        });
+        Metrics {
+            f,
+            models: Vec::new(),
+        }
+        .for_models(models)
+    }
+
+    /// The same registry with handles for `models` (names in gateway order): what a
+    /// reloaded configuration counts with.
+    pub fn for_models(&self, models: &[String]) -> Metrics {
+        let f = &self.f;
+        let models = models
+            .iter()
+            .map(|m| {
+                let l = ModelLabel { model: m.clone() };
+                ModelMetrics {
+                    attempts: AttemptOutcome::ALL
+                        .iter()
+                        .map(|o| {
+                            f.attempts
+                                .get_or_create(&AttemptLabels {
+                                    model: m.clone(),
+                                    outcome: o.name(),
+                                })
+                                .clone()
+                        })
+                        .collect(),
+                    fallbacks: f.fallbacks.get_or_create(&l).clone(),
+                    latency: f.latency.get_or_create(&l).clone(),
+                    cost: f.cost.get_or_create(&l).clone(),
+                    cooldown: f.cooldown.get_or_create(&l).clone(),
+                    cooldowns_opened: f.cooldowns_opened.get_or_create(&l).clone(),
+                }
+            })
+            .collect();
+        Metrics {
+            f: Arc::clone(f),
+            models,
+        }
+    }
+
+    /// Counts a reload: installed, or refused (the old configuration kept).
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.f
+            .config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        if !ok {
+            self.f.config_reload_failures.inc();
         }
     }
 
     /// The per-key spend counters (cheap to clone; held by budget reservations).
     pub fn key_spend(&self) -> KeySpend {
-        self.key_spend.clone()
+        self.f.key_spend.clone()
     }
 
     /// Counts a request refused by the auth stage.
     pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures
+        self.f
+            .auth_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
@@ -341,12 +408,13 @@ impl Metrics {
     /// Counts a cascaded request by `verdict` (`accepted` / `escalated`).
     /// Counts a response cache lookup.
     pub fn cache_lookup(&self, result: &'static str) {
-        self.cache.get_or_create(&ResultLabel { result }).inc();
+        self.f.cache.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a request a route applied to.
     pub fn route_matched(&self, route: &str) {
-        self.routes
+        self.f
+            .routes
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
             })
@@ -355,16 +423,20 @@ impl Metrics {
 
     /// Counts a request with personal data of `kind`, and what was done.
     pub fn pii_detected(&self, kind: &'static str, action: &'static str) {
-        self.pii.get_or_create(&PiiLabels { kind, action }).inc();
+        self.f.pii.get_or_create(&PiiLabels { kind, action }).inc();
     }
 
     pub fn cascade(&self, verdict: &'static str) {
-        self.cascades.get_or_create(&VerdictLabel { verdict }).inc();
+        self.f
+            .cascades
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
     }
 
     /// Counts an unparsable request head answered with `status`.
     pub fn protocol_error(&self, status: u16) {
-        self.protocol_errors
+        self.f
+            .protocol_errors
             .get_or_create(&StatusLabel {
                 status: status.into(),
             })
@@ -373,7 +445,8 @@ impl Metrics {
 
     /// Counts a connection closed at accept.
     pub fn connection_refused(&self, why: Refused) {
-        self.connections_refused
+        self.f
+            .connections_refused
             .get_or_create(&ReasonLabel {
                 reason: refused_name(why),
             })
@@ -382,14 +455,16 @@ impl Metrics {
 
     /// Counts a connection closed by one of its deadlines.
     pub fn connection_cut(&self, why: crate::server::conn::Cut) {
-        self.connections_cut
+        self.f
+            .connections_cut
             .get_or_create(&ReasonLabel { reason: why.name() })
             .inc();
     }
 
     /// Counts a request refused by load shedding.
     pub fn shed(&self, why: Refused) {
-        self.shed
+        self.f
+            .shed
             .get_or_create(&ReasonLabel {
                 reason: refused_name(why),
             })
@@ -398,27 +473,30 @@ impl Metrics {
 
     /// Counts a feedback answer: `ok` or the error code.
     pub fn feedback(&self, result: &'static str) {
-        self.feedback.get_or_create(&ResultLabel { result }).inc();
+        self.f.feedback.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a decision kept (or not) for feedback.
     pub fn decision_recorded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.decisions_recorded
+        self.f
+            .decisions_recorded
             .get_or_create(&ResultLabel { result })
             .inc();
     }
 
     /// Sets the state-store availability gauge.
     pub fn state_available(&self, store: &'static str, available: bool) {
-        self.state_available
+        self.f
+            .state_available
             .get_or_create(&StoreLabel { store })
             .set(i64::from(available));
     }
 
     /// Counts an answered request.
     pub fn request(&self, endpoint: &'static str, model: &str, status: u16) {
-        self.requests
+        self.f
+            .requests
             .get_or_create(&RequestLabels {
                 endpoint,
                 model: model.to_string(),
@@ -446,7 +524,7 @@ impl Metrics {
     }
 
     pub fn decision_latency(&self, seconds: f64) {
-        self.decision_latency.observe(seconds);
+        self.f.decision_latency.observe(seconds);
     }
 
     pub fn cost(&self, model: usize, usd: f64) {
@@ -468,24 +546,24 @@ impl Metrics {
     }
 
     pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
+        &self.f.in_flight
     }
 
     /// Decision log lines dropped (a handle for the log's queue).
     pub fn decision_log_dropped(&self) -> Counter {
-        self.decision_log_dropped.clone()
+        self.f.decision_log_dropped.clone()
     }
 
     /// Shadow jobs dropped (a handle for the shadows' queue).
     pub fn shadow_dropped(&self) -> Counter {
-        self.shadow_dropped.clone()
+        self.f.shadow_dropped.clone()
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.f.registry);
         out
     }
 }

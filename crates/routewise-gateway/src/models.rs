@@ -52,9 +52,12 @@ pub struct Upstream {
     /// Configured prices, else the router catalog's.
     pub price: Price,
     pub context_window: Option<u64>,
-    pub breaker: Breaker,
-    /// The provider's quota (`models[].limits`), kept in this instance.
-    pub quota: Option<Quota>,
+    /// Shared with the next configuration a reload installs while the model keeps its name
+    /// and `cooldown:` is unchanged ([`ModelTable::carry_from`]).
+    pub breaker: Arc<Breaker>,
+    /// The provider's quota (`models[].limits`), kept in this instance (and across a
+    /// reload that keeps the model and its limits).
+    pub quota: Option<Arc<Quota>>,
 }
 
 /// A model's quota as token buckets ([`routewise_online::budget::Buckets`]): this
@@ -180,11 +183,11 @@ impl ModelTable {
                     output_per_mtok: info.output_per_mtok,
                 }),
                 context_window: m.context_window,
-                breaker: Breaker::new(
+                breaker: Arc::new(Breaker::new(
                     config.cooldown.failures,
                     (config.cooldown.seconds * 1000.0) as u64,
-                ),
-                quota: m.limits.map(|l| Quota::new(l.rpm, l.tpm)),
+                )),
+                quota: m.limits.map(|l| Arc::new(Quota::new(l.rpm, l.tpm))),
             });
         }
         if !issues.is_empty() {
@@ -202,6 +205,26 @@ impl ModelTable {
             by_name,
             config_order,
         })
+    }
+
+    /// Takes over the run-time state of `old` (the configuration a reload replaces) for
+    /// every model kept by name: its quota buckets when its limits are unchanged, and, with
+    /// `breakers` (an unchanged `cooldown:`), its circuit breaker, so a reload neither
+    /// forgets a model's failures nor hands it a fresh quota.
+    pub fn carry_from(&mut self, old: &ModelTable, breakers: bool) {
+        for u in &mut self.models {
+            let Some(prev) = old.by_name(&u.name).map(|id| old.get(id)) else {
+                continue;
+            };
+            if breakers {
+                u.breaker = Arc::clone(&prev.breaker);
+            }
+            if let (Some(q), Some(p)) = (&u.quota, &prev.quota) {
+                if (q.rpm, q.tpm) == (p.rpm, p.tpm) {
+                    u.quota = Some(Arc::clone(p));
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -3,11 +3,18 @@
 //! `bandit:` is configured), the typed model table (its providers share one pooled HTTP client), the metrics,
 //! and the online learner's store once attached.
 //!
-//! Built once at start-up by [`AppState::new`]: the configured models are reconciled with
+//! Built at start-up by [`AppState::new`]: the configured models are reconciled with
 //! the router's catalog (`routewise_router::Catalog::reconcile`: configured prices
 //! override fitted ones; with `bandit:`, configured models the artifact lacks join with
 //! their price), then the [`ModelTable`] is built in catalog order. The online store is
 //! opened by [`AppState::attach_online`] (async; called by [`crate::serve`]).
+//!
+//! One `Gateway` is one *generation*: a configuration and what was built from it. A hot
+//! reload ([`crate::reload`]) builds the next generation with [`AppState::next`], which
+//! shares what outlives a configuration (the metrics registry, the decision log, the
+//! shutdown signal, the load-shedding counter, the upstream connection pools, the keys
+//! and the online store, the admin key) and carries over each kept model's breaker and
+//! quota. A request uses the generation it started on until it ends.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,10 +34,17 @@ use crate::pipeline::shadow::{Shadow, Shadows};
 use crate::upstream::client::HttpClient;
 use crate::upstream::replay::Replay;
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: one generation of the configuration.
 #[derive(Debug)]
 pub struct Gateway {
     pub config: Config,
+    /// 0 for the configuration served at start, then one more per installed reload.
+    pub generation: u64,
+    /// The configuration's version: a digest of the config file's text and the router
+    /// artifact's bytes (`/readyz`, the reload answer).
+    pub version: String,
+    /// A digest of the router artifact's bytes (`None`: no artifact file).
+    pub artifact_digest: Option<String>,
     /// What ranks the models for a request.
     pub decider: Arc<dyn Decide>,
     /// The offline router (the decider without `bandit:`, the bandit's prior with it),
@@ -40,11 +54,11 @@ pub struct Gateway {
     pub upstreams: ModelTable,
     pub metrics: Metrics,
     /// The decision log's queue and writer.
-    pub decision_log: DecisionLog,
+    pub decision_log: Arc<DecisionLog>,
     /// The online router (it is the decider) when `bandit:` is configured.
     pub online_router: Option<Arc<OnlineRouter>>,
     /// The online router's store and maintenance task, once attached.
-    pub online: OnceLock<Online>,
+    pub online: Arc<OnceLock<Online>>,
     /// The shadow routers' queue and worker, once attached (`shadow:` in the config).
     pub shadows: OnceLock<Shadows>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
@@ -55,15 +69,29 @@ pub struct Gateway {
     /// Which models are `private: true`, in catalog order (`pii: {action: restrict}`).
     pub private: Vec<bool>,
     /// The response cache (`cache:` in the config).
-    pub cache: Option<crate::pipeline::cache::ResponseCache>,
+    pub cache: Option<Arc<crate::pipeline::cache::ResponseCache>>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
-    pub shutdown: watch::Sender<ShutdownPhase>,
+    pub shutdown: Arc<watch::Sender<ShutdownPhase>>,
     /// The virtual keys, once attached (`auth: {mode: keys}`).
-    pub keys: OnceLock<crate::pipeline::auth::Keys>,
+    pub keys: Arc<OnceLock<crate::pipeline::auth::Keys>>,
     /// SHA-256 of the admin key (`ROUTEWISE_ADMIN_KEY`), once set: the admin API is off
     /// without it.
-    pub admin_key: OnceLock<[u8; 32]>,
+    pub admin_key: Arc<OnceLock<[u8; 32]>>,
+    /// The upstream client (its pools are kept across reloads).
+    client: HttpClient,
     started: Instant,
+}
+
+/// What a new generation is built from: a validated config and what it points at
+/// ([`crate::load::prepare`]).
+pub struct Prepared {
+    pub config: Config,
+    pub engine: Engine,
+    /// Answers the `replay` models (required if any).
+    pub replay: Option<Replay>,
+    pub shadows: Vec<Shadow>,
+    pub version: String,
+    pub artifact_digest: Option<String>,
 }
 
 /// The server's shutdown, as the requests in flight see it.
@@ -94,15 +122,51 @@ pub enum StateError {
     Config(#[from] ConfigError),
     #[error("cannot start the decision log writer: {0}")]
     DecisionLog(#[from] std::io::Error),
+    #[error("cannot start the shadow routers' worker: {0}")]
+    Shadows(std::io::Error),
 }
 
 impl AppState {
     /// Builds the state; `replay` answers the `replay` models (required if any).
     pub fn new(
         config: Config,
-        mut engine: Engine,
+        engine: Engine,
         replay: Option<Replay>,
     ) -> Result<AppState, StateError> {
+        Self::build(
+            Prepared {
+                config,
+                engine,
+                replay,
+                shadows: Vec::new(),
+                version: String::new(),
+                artifact_digest: None,
+            },
+            None,
+        )
+    }
+
+    /// Builds the first generation from `prepared`, shadows attached.
+    pub fn first(prepared: Prepared) -> Result<AppState, StateError> {
+        Self::build(prepared, None)
+    }
+
+    /// Builds the generation that replaces this one (a reload), sharing what outlives a
+    /// configuration (see the module docs). The caller has checked that `prepared`
+    /// changes nothing fixed at start ([`crate::reload::fixed_at_start`]).
+    pub fn next(&self, prepared: Prepared) -> Result<AppState, StateError> {
+        Self::build(prepared, Some(self))
+    }
+
+    fn build(prepared: Prepared, prev: Option<&Gateway>) -> Result<AppState, StateError> {
+        let Prepared {
+            config,
+            mut engine,
+            replay,
+            shadows,
+            version,
+            artifact_digest,
+        } = prepared;
         let file = config.source.clone();
         let config_error = |issues: Vec<Issue>| ConfigError {
             file: file.clone(),
@@ -135,12 +199,26 @@ impl AppState {
             })?;
         // The offline router costs its models at the operator's prices.
         engine.catalog.models = reconciled.catalog.models[..reconciled.n_known].to_vec();
-        let engine = Arc::new(engine);
-        let client = HttpClient::new(Duration::from_millis(config.limits.connect_timeout_ms));
-        let upstreams = ModelTable::build(&config, &reconciled, &client, replay.map(Arc::new))
+        let mut engine = Arc::new(engine);
+        let client = match prev {
+            Some(p) => p.client.clone(),
+            None => HttpClient::new(Duration::from_millis(config.limits.connect_timeout_ms)),
+        };
+        let mut upstreams = ModelTable::build(&config, &reconciled, &client, replay.map(Arc::new))
             .map_err(config_error)?;
-        let (decider, online_router): (Arc<dyn Decide>, _) = match &config.bandit {
-            Some(bandit) => {
+        if let Some(p) = prev {
+            upstreams.carry_from(&p.upstreams, p.config.cooldown == config.cooldown);
+        }
+        let carried_bandit =
+            prev.and_then(|p| Some((Arc::clone(p.online_router.as_ref()?), Arc::clone(&p.engine))));
+        let (decider, online_router): (Arc<dyn Decide>, _) = match (&config.bandit, carried_bandit)
+        {
+            // The bandit keeps what it learnt: its arms and prior are fixed at start.
+            (Some(_), Some((router, prior))) => {
+                engine = prior;
+                (router.clone(), Some(router))
+            }
+            (Some(bandit), None) => {
                 let router = OnlineRouter::new(
                     bandit.clone(),
                     Arc::clone(&engine),
@@ -150,19 +228,21 @@ impl AppState {
                 let router = Arc::new(router);
                 (router.clone(), Some(router))
             }
-            None => (engine.clone(), None),
+            (None, _) => (engine.clone(), None),
         };
         let decider: Arc<dyn Decide> = if config.router.epsilon > 0.0 {
             Arc::new(Exploring::new(decider, config.router.epsilon))
         } else {
             decider
         };
-        let cache = match &config.cache {
-            Some(c) => Some(
+        let cache = match (&config.cache, prev) {
+            // An unchanged cache keeps its answers.
+            (Some(c), Some(p)) if p.config.cache.as_ref() == Some(c) => p.cache.clone(),
+            (Some(c), _) => Some(Arc::new(
                 crate::pipeline::cache::ResponseCache::new(c)
                     .map_err(|e| ConfigError::single(&file, "cache.semantic", e))?,
-            ),
-            None => None,
+            )),
+            (None, _) => None,
         };
         let catalog_of_config: Vec<Option<usize>> = config
             .models
@@ -179,27 +259,64 @@ impl AppState {
                 *slot = m.private;
             }
         }
-        let metrics = Metrics::new(&upstreams.names());
-        let decision_log = DecisionLog::start(config.decision_log, metrics.decision_log_dropped())?;
-        Ok(AppState(Arc::new(Gateway {
-            config,
-            decider,
-            engine,
-            upstreams,
-            metrics,
-            decision_log,
-            online_router,
-            online: OnceLock::new(),
-            shadows: OnceLock::new(),
-            rules,
-            private,
-            cache,
-            in_flight: Arc::new(Counter::default()),
-            shutdown: watch::channel(ShutdownPhase::Running).0,
-            keys: OnceLock::new(),
-            admin_key: OnceLock::new(),
-            started: Instant::now(),
-        })))
+        let gateway = match prev {
+            Some(p) => Gateway {
+                generation: p.generation + 1,
+                metrics: p.metrics.for_models(&upstreams.names()),
+                decision_log: Arc::clone(&p.decision_log),
+                online: Arc::clone(&p.online),
+                in_flight: Arc::clone(&p.in_flight),
+                shutdown: Arc::clone(&p.shutdown),
+                keys: Arc::clone(&p.keys),
+                admin_key: Arc::clone(&p.admin_key),
+                started: p.started,
+                config,
+                version,
+                artifact_digest,
+                decider,
+                engine,
+                upstreams,
+                online_router,
+                shadows: OnceLock::new(),
+                rules,
+                private,
+                cache,
+                client,
+            },
+            None => {
+                let metrics = Metrics::new(&upstreams.names());
+                let decision_log = Arc::new(DecisionLog::start(
+                    config.decision_log,
+                    metrics.decision_log_dropped(),
+                )?);
+                Gateway {
+                    generation: 0,
+                    metrics,
+                    decision_log,
+                    online: Arc::default(),
+                    in_flight: Arc::new(Counter::default()),
+                    shutdown: Arc::new(watch::channel(ShutdownPhase::Running).0),
+                    keys: Arc::default(),
+                    admin_key: Arc::default(),
+                    started: Instant::now(),
+                    config,
+                    version,
+                    artifact_digest,
+                    decider,
+                    engine,
+                    upstreams,
+                    online_router,
+                    shadows: OnceLock::new(),
+                    rules,
+                    private,
+                    cache,
+                    client,
+                }
+            }
+        };
+        let state = AppState(Arc::new(gateway));
+        state.attach_shadows(shadows).map_err(StateError::Shadows)?;
+        Ok(state)
     }
 
     /// Starts the shadow routers' worker (a no-op for none, or when already attached).

@@ -107,17 +107,36 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<(std::process::ExitSt
 }
 
 #[test]
-fn regression_sighup_is_logged_and_ignored_and_sigterm_stops_within_the_grace() {
+fn regression_sighup_reloads_the_config_and_sigterm_stops_within_the_grace() {
     let port = free_port();
-    let (mut child, rx) = serve(port, &[("ROUTEWISE_LIMITS__SHUTDOWN_GRACE_MS", "1000")]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    let demo = routewise_gateway::demo::DEMO_CONFIG;
+    std::fs::write(&config, demo).unwrap();
+    let (mut child, rx) = serve_with(
+        port,
+        &["--config", config.to_str().unwrap()],
+        &[("ROUTEWISE_LIMITS__SHUTDOWN_GRACE_MS", "1000")],
+    );
     assert!(wait_for(&rx, "listening", Duration::from_secs(60)).is_some());
-    for _ in 0..3 {
-        signal(&child, "HUP");
-        assert!(
-            wait_for(&rx, "SIGHUP received and ignored", Duration::from_secs(5)).is_some(),
-            "SIGHUP must be logged"
-        );
-    }
+    // Unchanged, changed, then invalid: the process serves throughout.
+    signal(&child, "HUP");
+    assert!(
+        wait_for(&rx, "configuration unchanged", Duration::from_secs(10)).is_some(),
+        "an unchanged file is not rebuilt"
+    );
+    std::fs::write(&config, demo.replace("lambda: 100", "lambda: 5")).unwrap();
+    signal(&child, "HUP");
+    assert!(
+        wait_for(&rx, "configuration reloaded", Duration::from_secs(30)).is_some(),
+        "SIGHUP must reload the file"
+    );
+    std::fs::write(&config, format!("{demo}\nnot_a_field: 1\n")).unwrap();
+    signal(&child, "HUP");
+    assert!(
+        wait_for(&rx, "configuration reload refused", Duration::from_secs(30)).is_some(),
+        "a bad file is refused"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop the gateway"

@@ -2,7 +2,8 @@
 //! auth stage ([`crate::pipeline::auth`]) and hands the caller to the handlers, and the
 //! admin API over the keys (`/admin/keys`), guarded by the admin key the operator puts
 //! in `ROUTEWISE_ADMIN_KEY` (compared in constant time; without it the admin API answers
-//! 403). Handlers stay thin: extract, call [`crate::pipeline::auth::Keys`], map.
+//! 403). The same admin key guards `POST /admin/reload` ([`crate::reload`]). Handlers
+//! stay thin: extract, call [`crate::pipeline::auth::Keys`] or [`Live::reload`], map.
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::pipeline::auth;
+use crate::reload::{Live, ReloadError};
 use crate::state::AppState;
 use routewise_online::store::keys::KeyOpError;
 
@@ -22,7 +24,8 @@ use routewise_online::store::keys::KeyOpError;
 pub const ADMIN_KEY_ENV: &str = "ROUTEWISE_ADMIN_KEY";
 
 /// Runs the auth stage on a `/v1` request.
-pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn require_key(State(live): State<Live>, mut req: Request, next: Next) -> Response {
+    let state = live.current();
     match auth::authenticate(&state, req.headers()).await {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
@@ -59,6 +62,8 @@ pub enum AdminError {
     BadBody(String),
     #[error(transparent)]
     Op(#[from] KeyOpError),
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
 }
 
 impl IntoResponse for AdminError {
@@ -77,18 +82,42 @@ impl IntoResponse for AdminError {
             AdminError::Op(KeyOpError::Store(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", None)
             }
+            AdminError::Reload(ReloadError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_config", None)
+            }
+            AdminError::Reload(ReloadError::NoFile) => {
+                (StatusCode::CONFLICT, "no_config_file", None)
+            }
+            AdminError::Reload(ReloadError::Failed(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", None)
+            }
         };
         let message = match &self {
             AdminError::Op(KeyOpError::Spec(s)) => s.message.clone(),
             other => other.to_string(),
         };
-        let body = crate::error::error_json(&message, "invalid_request_error", param, Some(code));
+        let mut body =
+            crate::error::error_json(&message, "invalid_request_error", param, Some(code));
+        // Every problem of a refused config, by field.
+        if let AdminError::Reload(ReloadError::Invalid(c)) = &self {
+            body["error"]["issues"] = c
+                .issues
+                .iter()
+                .map(|i| json!({"field": i.path, "message": i.message}))
+                .collect();
+        }
         (status, Json(body)).into_response()
     }
 }
 
 /// Checks the admin key; the keys when it passes.
 fn guard<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s auth::Keys, AdminError> {
+    check_admin_key(state, headers)?;
+    state.keys.get().ok_or(AdminError::AuthOff)
+}
+
+/// Checks the admin key (constant time).
+fn check_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
     let want = state.admin_key.get().ok_or(AdminError::Disabled)?;
     let got = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -98,7 +127,21 @@ fn guard<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s auth::Keys,
     if !bool::from(admin_key_hash(got).ct_eq(want)) {
         return Err(AdminError::BadAdminKey);
     }
-    state.keys.get().ok_or(AdminError::AuthOff)
+    Ok(())
+}
+
+/// `POST /admin/reload`: reloads the config file; answers the generation now served.
+pub async fn reload(
+    State(live): State<Live>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AdminError> {
+    check_admin_key(&live.current(), &headers)?;
+    let r = live.reload().await?;
+    Ok(Json(json!({
+        "reloaded": r.changed,
+        "generation": r.generation,
+        "version": r.version,
+    })))
 }
 
 /// A record as the API shows it: everything but the hash.
@@ -115,10 +158,8 @@ fn spec_of(body: &[u8]) -> Result<KeySpec, AdminError> {
 }
 
 /// `GET /admin/keys`.
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, AdminError> {
+pub async fn list(State(live): State<Live>, headers: HeaderMap) -> Result<Response, AdminError> {
+    let state = live.current();
     let all = guard(&state, &headers)?.list().await?;
     let data: Vec<Value> = all.iter().map(public).collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -126,10 +167,11 @@ pub async fn list(
 
 /// `POST /admin/keys` with a [`KeySpec`]: 201 with the key (shown this once).
 pub async fn create(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
+    let state = live.current();
     let ks = guard(&state, &headers)?;
     let new = ks.create(&state, &spec_of(&body)?).await?;
     let v = json!({"key": new.key, "record": public(&new.record)});
@@ -138,11 +180,12 @@ pub async fn create(
 
 /// `PATCH /admin/keys/{id}` with the [`KeySpec`] fields to change.
 pub async fn update(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, AdminError> {
+    let state = live.current();
     let ks = guard(&state, &headers)?;
     Ok(Json(public(
         &ks.update(&state, &id, &spec_of(&body)?).await?,
@@ -151,19 +194,21 @@ pub async fn update(
 
 /// `DELETE /admin/keys/{id}`: revokes the key (its record stays, refused).
 pub async fn revoke(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AdminError> {
+    let state = live.current();
     let ks = guard(&state, &headers)?;
     Ok(Json(public(&ks.revoke(&state, &id).await?)))
 }
 
 /// `GET /v1/usage`: the caller key's spend, budget and what is left in this period.
 pub async fn usage(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     caller: Option<axum::Extension<std::sync::Arc<crate::pipeline::auth::Caller>>>,
 ) -> Response {
+    let state = live.current();
     let Some(axum::Extension(c)) = caller else {
         return crate::error::ApiError::BadRequest {
             message: "GET /v1/usage reports a virtual key's spend: it needs `auth: {mode: keys}`"

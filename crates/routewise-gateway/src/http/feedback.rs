@@ -13,7 +13,7 @@ use routewise_online::{FeedbackError, FeedbackRequest};
 
 use crate::error::error_json;
 use crate::http::extract::read_request_body;
-use crate::state::AppState;
+use crate::reload::Live;
 
 fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
     let kind = if status.is_server_error() {
@@ -30,7 +30,8 @@ fn feedback_error(e: &FeedbackError) -> Response {
     error_response(status, e.code(), e.to_string())
 }
 
-pub async fn feedback(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn feedback(State(live): State<Live>, headers: HeaderMap, body: Body) -> Response {
+    let state = live.current();
     let gw = &*state;
     let Some(online) = gw.online.get() else {
         gw.metrics.feedback("disabled");

@@ -15,14 +15,15 @@ use crate::error::ApiError;
 use crate::http::extract::read_request_body;
 use crate::pipeline;
 use crate::pipeline::auth::Caller;
-use crate::state::AppState;
+use crate::reload::Live;
 
 pub async fn chat_completions(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let state = live.current();
     let span = tracing::debug_span!("chat_completions", body_bytes = tracing::field::Empty);
     async move {
         let bytes = match read_request_body(&state, &headers, body).await {
@@ -40,11 +41,12 @@ pub async fn chat_completions(
 }
 
 pub async fn route(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let state = live.current();
     let caller = caller.map(|Extension(c)| c);
     let result = match read_request_body(&state, &headers, body).await {
         Ok(bytes) => pipeline::decide_only(&state, caller.as_deref(), &headers, &bytes),
@@ -59,7 +61,8 @@ pub async fn route(
     }
 }
 
-pub async fn models(State(state): State<AppState>) -> Response {
+pub async fn models(State(live): State<Live>) -> Response {
+    let state = live.current();
     let mut data =
         vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "routewise"})];
     data.extend(state.upstreams.in_config_order().map(|u| {
@@ -70,7 +73,8 @@ pub async fn models(State(state): State<AppState>) -> Response {
 }
 
 /// The shadow routers' statistics (`shadow:` in the config); an empty list without any.
-pub async fn shadow_stats(State(state): State<AppState>) -> Response {
+pub async fn shadow_stats(State(live): State<Live>) -> Response {
+    let state = live.current();
     let shadows = state.shadows.get().map(|s| s.stats()).unwrap_or_default();
     Json(json!({"object": "list", "data": shadows})).into_response()
 }
@@ -82,7 +86,8 @@ pub async fn healthz() -> Response {
 /// Readiness from cached state only (never waits on a store): 503 while every model is
 /// cooling down, or while the online state store is unreachable and `state.required`.
 /// An unreachable optional store is reported as `degraded` and stays ready.
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(State(live): State<Live>) -> Response {
+    let state = live.current();
     let now = state.now_ms();
     let available = state
         .upstreams
@@ -91,7 +96,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .count();
     let mut ready = available > 0;
     let mut body = json!({"status": "ready",
-                      "models": state.upstreams.len(), "models_available": available});
+                      "models": state.upstreams.len(), "models_available": available,
+                      "config": {"version": state.version, "generation": state.generation}});
     if !ready {
         body["reason"] = json!("every model is cooling down after repeated failures");
     }
@@ -122,7 +128,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(live): State<Live>) -> Response {
+    let state = live.current();
     if let Some(online) = state.online.get() {
         state
             .metrics

@@ -14,9 +14,10 @@ use crate::error::ApiError;
 use crate::http::body::hold_until_body_ends;
 use crate::http::extract::PeerAddr;
 use crate::limits::Refused;
-use crate::state::AppState;
+use crate::reload::Live;
 
-pub async fn shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn shed(State(live): State<Live>, req: Request, next: Next) -> Response {
+    let state = live.current();
     let limits = &state.config.limits;
     let client = req.extensions().get::<PeerAddr>().and_then(|p| {
         let peer = p.0.ip();

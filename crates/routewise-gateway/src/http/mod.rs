@@ -12,6 +12,8 @@
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness from cached state: 503 while every model is cooling down (or a `state.required` store is unreachable) |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET, POST, PATCH, DELETE | `/admin/keys[/{id}]` | virtual keys (admin key) |
+//! | POST | `/admin/reload` | reload the config file (admin key; [`crate::reload`]) |
 //!
 //! Anything else is a 404 (405 for a wrong method) in OpenAI's error shape. A new endpoint
 //! is one line here and one handler.
@@ -26,11 +28,14 @@ pub mod limit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::state::AppState;
+use crate::reload::Live;
 
-/// The gateway's axum application. The `/v1/*` endpoints are behind load shedding
+/// The gateway's axum application over `state` (an [`crate::AppState`], served without
+/// reloads, or a [`Live`] configuration). The `/v1/*` endpoints are behind load shedding
 /// ([`limit`]); health and metrics are not, so they answer under any load.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: impl Into<Live>) -> Router {
+    let live: Live = state.into();
+    let state = live.current();
     let v1 = Router::new()
         .route(
             "/v1/chat/completions",
@@ -59,14 +64,14 @@ pub fn app(state: AppState) -> Router {
     // Auth inside load shedding: an overloaded gateway does not look keys up.
     let v1 = if state.config.auth.mode == crate::config::AuthMode::Keys {
         v1.route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            live.clone(),
             auth::require_key,
         ))
     } else {
         v1
     };
     let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
+        live.clone(),
         limit::shed,
     ));
     let admin = Router::new()
@@ -81,6 +86,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::patch(auth::update)
                 .delete(auth::revoke)
                 .fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/admin/reload",
+            post(auth::reload).fallback(handlers::method_not_allowed),
         );
     Router::new()
         .merge(v1)
@@ -89,5 +98,5 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
-        .with_state(state)
+        .with_state(live)
 }

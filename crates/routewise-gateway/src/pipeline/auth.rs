@@ -59,7 +59,10 @@ pub struct Caller {
 
 struct Entry {
     record: Option<KeyRecord>,
+    /// The record resolved against configuration `generation` (a reload renumbers the
+    /// models, so a caller made for another generation is made again).
     caller: Option<Arc<Caller>>,
+    generation: u64,
     fetched: Instant,
 }
 
@@ -123,11 +126,22 @@ impl Keys {
     }
 
     fn remember(&self, gw: &Gateway, id: &str, record: Option<KeyRecord>) -> Arc<Entry> {
+        self.remember_at(gw, id, record, Instant::now())
+    }
+
+    fn remember_at(
+        &self,
+        gw: &Gateway,
+        id: &str,
+        record: Option<KeyRecord>,
+        fetched: Instant,
+    ) -> Arc<Entry> {
         let caller = record.as_ref().map(|r| Arc::new(caller(gw, r)));
         let entry = Arc::new(Entry {
             record,
             caller,
-            fetched: Instant::now(),
+            generation: gw.generation,
+            fetched,
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED && self.ttl.is_some() {
@@ -144,6 +158,12 @@ impl Keys {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
+        let cached = match cached {
+            Some(e) if e.generation != gw.generation => {
+                Some(self.remember_at(gw, id, e.record.clone(), e.fetched))
+            }
+            other => other,
+        };
         match (&cached, self.ttl) {
             (Some(e), None) => return Ok(Arc::clone(e)),
             (Some(e), Some(ttl)) if e.fetched.elapsed() < ttl => return Ok(Arc::clone(e)),
@@ -151,6 +171,7 @@ impl Keys {
                 return Ok(Arc::new(Entry {
                     record: None,
                     caller: None,
+                    generation: gw.generation,
                     fetched: Instant::now(),
                 }))
             }

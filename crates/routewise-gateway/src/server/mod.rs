@@ -1,4 +1,4 @@
-//! Serving an [`AppState`] on a TCP listener: the accept loop, HTTP/1 connections with
+//! Serving a [`Live`] configuration on a TCP listener: the accept loop, HTTP/1 connections with
 //! deadlines, and a shutdown that always ends.
 //!
 //! * Accept: a connection over `limits.max_connections`, or over
@@ -33,7 +33,8 @@ use tokio::task::JoinSet;
 use crate::http::body::hold_until_body_ends;
 use crate::http::extract::PeerAddr;
 use crate::limits::{Counter, Permit};
-use crate::state::{AppState, ShutdownPhase};
+use crate::reload::Live;
+use crate::state::ShutdownPhase;
 use crate::upstream::client::MAX_SHARDS;
 
 use self::conn::{Activity, Cut, Timeouts, TrackedIo};
@@ -63,37 +64,46 @@ pub enum Threads {
 /// (see the module docs), with every connection on the caller's runtime.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    state: impl Into<Live>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_on(listener, state, shutdown, Threads::Caller).await
 }
 
 /// [`serve`], with the connections served where `threads` says. The stores the config
-/// uses (online state, virtual keys) are attached first ([`AppState::attach_stores`]);
+/// uses (online state, virtual keys) are attached first ([`crate::AppState::attach_stores`]);
 /// a failure there is returned as an error naming the config file and field.
 pub async fn serve_on(
     listener: TcpListener,
-    state: AppState,
+    state: impl Into<Live>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     threads: Threads,
 ) -> std::io::Result<()> {
-    state
+    let live: Live = state.into();
+    // Only what the accept loop reads is kept: a reload replaces the rest.
+    let (limits, metrics, phase) = {
+        let state = live.current();
+        (
+            state.config.limits.clone(),
+            state.metrics.clone(),
+            std::sync::Arc::clone(&state.shutdown),
+        )
+    };
+    live.current()
         .attach_stores()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    if state.config.auth.mode == crate::config::AuthMode::Open
+    if live.current().config.auth.mode == crate::config::AuthMode::Open
         && listener.local_addr().is_ok_and(|a| !a.ip().is_loopback())
     {
         tracing::warn!(
             "auth is open (`auth: {{mode: open}}`) on a non-loopback address: anyone who reaches the port may spend on your models; set `auth: {{mode: keys}}`"
         );
     }
-    let limits = state.config.limits.clone();
     let (drain_tx, drain_rx) = watch::channel(false);
     let shard = Shard {
-        state: state.clone(),
-        app: crate::http::app(state.clone()),
+        live: live.clone(),
+        app: crate::http::app(live.clone()),
         timeouts: Timeouts {
             header: Duration::from_millis(limits.header_timeout_ms),
             idle: Duration::from_millis(limits.idle_timeout_ms),
@@ -141,7 +151,7 @@ pub async fn serve_on(
         ) {
             Ok(p) => p,
             Err(why) => {
-                state.metrics.connection_refused(why);
+                metrics.connection_refused(why);
                 drop(stream); // closed at once: never left in the backlog
                 continue;
             }
@@ -191,7 +201,7 @@ pub async fn serve_on(
     drop(inboxes);
     tracing::info!(connections = connections.current(), "draining");
     let _ = drain_tx.send(true);
-    state.shutdown.send_replace(ShutdownPhase::Draining);
+    phase.send_replace(ShutdownPhase::Draining);
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
     let drained = tokio::time::timeout(grace, all_closed.recv()).await.is_ok();
     if !drained {
@@ -201,7 +211,7 @@ pub async fn serve_on(
             "shutdown grace period over: ending streams and closing connections"
         );
         // Each shard lets its streams write their error event, then closes what remains.
-        state.shutdown.send_replace(ShutdownPhase::Aborting);
+        phase.send_replace(ShutdownPhase::Aborting);
         let _ = all_closed.recv().await;
     }
     Ok(())
@@ -224,7 +234,7 @@ enum Socket {
 /// What a thread (or the caller's runtime) needs to serve connections.
 #[derive(Clone)]
 struct Shard {
-    state: AppState,
+    live: Live,
     app: Router,
     timeouts: Timeouts,
     drain: watch::Receiver<bool>,
@@ -274,7 +284,7 @@ impl Shard {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        let mut phase = self.state.shutdown.subscribe();
+        let mut phase = self.live.current().shutdown.subscribe();
         tokio::select! {
             _ = async { while tasks.join_next().await.is_some() {} } => return,
             _ = phase.wait_for(|p| *p == ShutdownPhase::Aborting) => {}
@@ -303,13 +313,14 @@ impl Shard {
                 }
             },
         };
-        let state = self.state.clone();
+        let live = self.live.clone();
         let (app, drain, timeouts) = (self.app.clone(), self.drain.clone(), self.timeouts);
         tasks.spawn(async move {
             let activity = Arc::new(Activity::new(clock_ms()));
             let cut =
                 serve_connection(stream, peer, app, timeouts, Arc::clone(&activity), drain).await;
             drop(permit);
+            let state = live.current();
             if let Some(why) = cut {
                 state.metrics.connection_cut(why);
                 tracing::debug!(%peer, reason = why.name(), "connection closed by a deadline");

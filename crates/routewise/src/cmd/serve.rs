@@ -4,7 +4,10 @@
 //! the embedded DEMO (RouterBench replay models, no keys needed). Logs go to stderr,
 //! filtered by `ROUTEWISE_LOG` (default `info`; e.g. `warn` hides the per-decision lines),
 //! as text or JSON (`--log-format json`). Stops on Ctrl-C / SIGTERM after draining (for
-//! at most `limits.shutdown_grace_ms`); SIGHUP is logged and ignored (no hot reload yet).
+//! at most `limits.shutdown_grace_ms`). SIGHUP reloads the config file, as do `POST
+//! /admin/reload` and, with `--watch-config`, a change to the file or to the router
+//! artifact it names (`routewise_gateway::reload`); a reload that fails keeps the old
+//! configuration serving.
 //!
 //! Start-up order: config, then the open-file limit raised to fit `limits.max_connections`,
 //! then the online state store opened (a locked or unreadable store fails here), and only
@@ -37,6 +40,10 @@ pub struct Args {
     /// How connections are spread over the threads.
     #[arg(long, value_enum, default_value_t = RuntimeKind::WorkStealing)]
     pub runtime: RuntimeKind,
+    /// Reload when the config file or the router artifact it names changes on disk
+    /// (as SIGHUP does).
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
 }
 
 /// The two ways of serving connections (BENCHMARKS.md, section 5, compares them).
@@ -161,8 +168,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let addr = args.listen.unwrap_or(state.config.listen);
+    let live = routewise_gateway::Live::new(state.clone(), args.config.clone());
     rt.block_on(async move {
-        ignore_sighup()?;
+        reload_on_sighup(&live)?;
+        // Watching stops when this guard drops, with the server.
+        let _watch = if args.watch_config {
+            Some(live.watch().context("cannot watch the config file")?)
+        } else {
+            None
+        };
         raise_open_file_limit(state.config.limits.max_connections);
         if let Ok(k) = std::env::var(routewise_gateway::http::auth::ADMIN_KEY_ENV) {
             if !k.is_empty() {
@@ -195,13 +209,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             router = %state.decider.describe(),
             "routewise gateway listening on http://{local}"
         );
-        let served = routewise_gateway::server::serve_on(
-            listener,
-            state.clone(),
-            shutdown_signal(),
-            served_on,
-        )
-        .await;
+        let served =
+            routewise_gateway::server::serve_on(listener, live, shutdown_signal(), served_on)
+                .await;
         // Key spend settled by the last requests is written before the process ends.
         if let Some(keys) = state.keys.get() {
             if !keys.drain(Duration::from_secs(2)).await {
@@ -237,20 +247,23 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// Logs and ignores SIGHUP (its default action would kill the process at once).
-fn ignore_sighup() -> anyhow::Result<()> {
+/// Reloads the config file on SIGHUP (whose default action would kill the process).
+fn reload_on_sighup(live: &routewise_gateway::Live) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let live = live.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::warn!(
-                    "SIGHUP received and ignored: configuration reload is not supported; restart to apply changes"
-                );
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged and counted by the reload itself.
+                let _ = live.reload().await;
             }
         });
     }
+    #[cfg(not(unix))]
+    let _ = live;
     Ok(())
 }
 

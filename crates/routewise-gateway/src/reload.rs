@@ -1,0 +1,334 @@
+//! Hot reload: the configuration being served ([`Live`]) and how it is replaced.
+//!
+//! A reload (SIGHUP, `POST /admin/reload`, or `serve --watch-config`) reads the config
+//! file again with everything it names (artifacts, demo data) off the async threads
+//! ([`crate::load::prepare_file`]), checks that it changes nothing fixed at start
+//! ([`fixed_at_start`]), builds the next generation ([`AppState::next`]) and swaps it in
+//! atomically (`arc-swap`). Each request loads the current generation once, when it
+//! arrives, and keeps it until it ends: in-flight requests finish on the configuration
+//! they started on, and the old generation is dropped with its last request.
+//!
+//! A reload that fails (the file is invalid, an artifact does not load, a setting fixed
+//! at start changed) installs nothing: the old configuration keeps serving, every error
+//! is logged with its file and field, and `routewise_config_reload_failures_total` counts
+//! it. A file whose text and artifacts are unchanged is not rebuilt (a file watcher fires
+//! several times for one save). Reloads run one at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, Issue};
+use crate::load::{self, LoadError};
+use crate::state::{AppState, Gateway, Prepared, StateError};
+
+/// The configuration being served: what the route table and the accept loop hold.
+#[derive(Clone)]
+pub struct Live(Arc<Inner>);
+
+struct Inner {
+    current: ArcSwap<Gateway>,
+    /// The config file reloads read (`None`: started from the demo or a built config).
+    source: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.0.current.load();
+        f.debug_struct("Live")
+            .field("source", &self.0.source)
+            .field("generation", &current.generation)
+            .field("version", &current.version)
+            .finish()
+    }
+}
+
+/// A reload that installed a configuration, or found nothing to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The generation now served.
+    pub generation: u64,
+    pub version: String,
+    /// False when the file and its artifacts were unchanged (nothing was rebuilt).
+    pub changed: bool,
+}
+
+/// Why a reload installed nothing (the old configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("started without a config file (`serve --config`): there is nothing to reload")]
+    NoFile,
+    /// The new file, or what it names, is wrong: every problem, with file and field.
+    #[error(transparent)]
+    Invalid(ConfigError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<LoadError> for ReloadError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Config(c) => ReloadError::Invalid(c),
+            other => ReloadError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<StateError> for ReloadError {
+    fn from(e: StateError) -> Self {
+        LoadError::from(e).into()
+    }
+}
+
+impl From<AppState> for Live {
+    /// Serves `state` without a file to reload from.
+    fn from(state: AppState) -> Live {
+        Live::new(state, None)
+    }
+}
+
+impl Live {
+    /// Serves `state`; reloads read `source`.
+    pub fn new(state: AppState, source: Option<PathBuf>) -> Live {
+        Live(Arc::new(Inner {
+            current: ArcSwap::new(state.0),
+            source,
+            reloading: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The generation a request arriving now uses.
+    pub fn current(&self) -> AppState {
+        AppState(self.0.current.load_full())
+    }
+
+    /// Reloads the config file (see the module docs). Counted, and logged either way.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one = self.0.reloading.lock().await;
+        let current = self.current();
+        let result = self.install(&current).await;
+        match &result {
+            Ok(r) if r.changed => {
+                current.metrics.config_reload(true);
+                let now = self.current();
+                for w in &now.config.warnings {
+                    tracing::warn!(config = %now.config.source, field = %w.path, "{}", w.message);
+                }
+                tracing::info!(
+                    generation = r.generation,
+                    version = %r.version,
+                    models = now.upstreams.len(),
+                    router = %now.decider.describe(),
+                    "configuration reloaded"
+                );
+            }
+            Ok(r) => {
+                tracing::info!(version = %r.version, "configuration unchanged: nothing reloaded")
+            }
+            Err(e) => {
+                current.metrics.config_reload(false);
+                match e {
+                    ReloadError::Invalid(c) => {
+                        for issue in &c.issues {
+                            tracing::error!(config = %c.file, field = %issue.path, "{}", issue.message);
+                        }
+                    }
+                    other => tracing::error!(error = %other, "configuration reload failed"),
+                }
+                tracing::error!(
+                    version = %current.version,
+                    "configuration reload refused: still serving the previous configuration"
+                );
+            }
+        }
+        result
+    }
+
+    async fn install(&self, current: &AppState) -> Result<Reloaded, ReloadError> {
+        let path = self.0.source.clone().ok_or(ReloadError::NoFile)?;
+        let prepared = tokio::task::spawn_blocking(move || load::prepare_file(&path))
+            .await
+            .map_err(|e| ReloadError::Failed(e.to_string()))??;
+        if prepared.version == current.version {
+            return Ok(Reloaded {
+                generation: current.generation,
+                version: current.version.clone(),
+                changed: false,
+            });
+        }
+        let fixed = fixed_at_start(current, &prepared);
+        if !fixed.is_empty() {
+            return Err(ReloadError::Invalid(ConfigError {
+                file: prepared.config.source.clone(),
+                issues: fixed,
+            }));
+        }
+        // Building may block (the semantic cache's weights, the shadows' thread).
+        let prev = current.clone();
+        let next = tokio::task::spawn_blocking(move || prev.next(prepared))
+            .await
+            .map_err(|e| ReloadError::Failed(e.to_string()))??;
+        next.attach_stores().await.map_err(ReloadError::Invalid)?;
+        let reloaded = Reloaded {
+            generation: next.generation,
+            version: next.version.clone(),
+            changed: true,
+        };
+        self.0.current.store(Arc::clone(&next.0));
+        Ok(reloaded)
+    }
+}
+
+/// A file change waits this long for more changes before it reloads (an editor's save is
+/// several events).
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Reloads on changes to the config file and the router artifact it named at start,
+/// until dropped (`serve --watch-config`).
+pub struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Live {
+    /// Starts watching the config file and the router artifact (see [`Watch`]). Their
+    /// directories are watched, so a file replaced by a rename (how editors and
+    /// deployment tools write) is seen too. Must be called within a tokio runtime.
+    pub fn watch(&self) -> Result<Watch, notify::Error> {
+        use notify::Watcher;
+        let source = self
+            .0
+            .source
+            .clone()
+            .ok_or_else(|| notify::Error::generic("started without a config file"))?;
+        let mut files = vec![source];
+        files.extend(self.current().config.router.artifact.clone());
+        let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watched = files.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                let relevant = !event.kind.is_access()
+                    && event.paths.iter().any(|p| watched.iter().any(|f| f == p));
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })?;
+        let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        }
+        let live = self.clone();
+        let task = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Let the writer finish: reload once the events stop for SETTLE.
+                while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+                tracing::info!("the config file or the artifact changed: reloading");
+                let _ = live.reload().await;
+            }
+        });
+        Ok(Watch {
+            _watcher: watcher,
+            task,
+        })
+    }
+}
+
+/// `path` made absolute against the working directory (watch events carry absolute
+/// paths).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What `new` changes that a running gateway cannot: the settings read once at start
+/// (the listener and its connection limits, the state store, auth, the decision log's
+/// writer) and, with `bandit:`, the bandit with its arms (the served models, their
+/// prices) and its prior (the artifact). One issue per setting, by its path.
+pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
+    let (old, cfg) = (&current.config, &new.config);
+    let mut changed: Vec<&str> = Vec::new();
+    let mut check = |differs: bool, path: &'static str| {
+        if differs {
+            changed.push(path);
+        }
+    };
+    check(old.listen != cfg.listen, "listen");
+    check(old.state != cfg.state, "state");
+    check(old.auth != cfg.auth, "auth");
+    check(old.decision_log != cfg.decision_log, "log.decisions");
+    let (a, b) = (&old.limits, &cfg.limits);
+    check(
+        a.connect_timeout_ms != b.connect_timeout_ms,
+        "limits.connect_timeout_ms",
+    );
+    check(
+        a.header_timeout_ms != b.header_timeout_ms,
+        "limits.header_timeout_ms",
+    );
+    check(
+        a.idle_timeout_ms != b.idle_timeout_ms,
+        "limits.idle_timeout_ms",
+    );
+    check(
+        a.max_connections != b.max_connections,
+        "limits.max_connections",
+    );
+    check(
+        a.max_connections_per_ip != b.max_connections_per_ip,
+        "limits.max_connections_per_ip",
+    );
+    check(
+        a.shutdown_grace_ms != b.shutdown_grace_ms,
+        "limits.shutdown_grace_ms",
+    );
+    check(
+        a.trusted_proxies != b.trusted_proxies,
+        "limits.trusted_proxies",
+    );
+    check(old.bandit != cfg.bandit, "bandit");
+    if old.bandit.is_some() && cfg.bandit.is_some() {
+        check(arms(old) != arms(cfg), "models");
+        check(
+            current.artifact_digest != new.artifact_digest,
+            "router.artifact",
+        );
+    }
+    changed
+        .into_iter()
+        .map(|path| Issue {
+            path: path.to_string(),
+            message: if matches!(path, "models" | "router.artifact") {
+                "with `bandit:`, the served models, their prices and the router artifact are the bandit's arms and prior, fixed at start: restart routewise to change them".into()
+            } else {
+                "read once at start: restart routewise to change it (the reload was refused)".into()
+            },
+        })
+        .collect()
+}
+
+/// The bandit's arms as a config names them: model names with prices.
+fn arms(config: &Config) -> Vec<(&str, Option<(f64, f64)>)> {
+    config
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.price.map(|p| (p.input_per_mtok, p.output_per_mtok)),
+            )
+        })
+        .collect()
+}
