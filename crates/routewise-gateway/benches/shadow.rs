@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
             execute: None,
         }],
         Counter::default(),
-        std::sync::Weak::new(),
+        std::sync::Arc::default(),
     )
     .unwrap();
     let prompt = "Write a Python function that checks whether a number is prime, with a docstring.";

@@ -20,9 +20,11 @@
 //! * [`online`]: the bandit router's state store and maintenance task;
 //! * [`trace`]: request ids and W3C trace context; [`otel`]: span export glue (the
 //!   `otel` cargo feature);
-//! * [`metrics`]: Prometheus metrics.
+//! * [`metrics`]: Prometheus metrics; [`stats`]: the dashboard's live statistics, served
+//!   with the page by [`dashboard`].
 
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod http;
@@ -37,6 +39,7 @@ pub mod reload;
 pub mod request;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod trace;
 pub mod upstream;
 

@@ -49,8 +49,45 @@ pub fn from_file(path: &Path) -> Result<AppState, LoadError> {
 /// Reads, validates and loads `path` (with `ROUTEWISE_*` overrides from the environment)
 /// without building the state: blocking file work only.
 pub fn prepare_file(path: &Path) -> Result<Prepared, LoadError> {
+    prepare(read_file(path)?)
+}
+
+/// Reads and validates `path` and names its version, without loading what it points at
+/// (a reload that finds the version unchanged stops there).
+pub fn read_file(path: &Path) -> Result<Versioned, LoadError> {
     let (config, text) = config::load_with_text(path)?;
-    prepare(config, text.as_bytes())
+    Ok(versioned(config, text.as_bytes()))
+}
+
+/// A validated config with its version: a digest of the text it was parsed from and of
+/// every artifact file it names.
+pub struct Versioned {
+    pub config: Config,
+    pub version: String,
+    pub artifact_digest: Option<String>,
+    pub shadow_digests: Vec<String>,
+}
+
+/// Names the version of `config`, parsed from `text`.
+pub fn versioned(config: Config, text: &[u8]) -> Versioned {
+    let mut version = Sha256::new();
+    version.update(Sha256::digest(text));
+    let artifact_digest = config.router.artifact.as_deref().map(file_digest);
+    if let Some(d) = &artifact_digest {
+        version.update(d);
+    }
+    let mut shadow_digests = Vec::with_capacity(config.shadows.len());
+    for s in &config.shadows {
+        let d = file_digest(&s.artifact);
+        version.update(d);
+        shadow_digests.push(short_hex(&d));
+    }
+    Versioned {
+        config,
+        version: short_hex(&version.finalize()),
+        artifact_digest: artifact_digest.map(|d| short_hex(&d)),
+        shadow_digests,
+    }
 }
 
 /// The embedded demo (with `ROUTEWISE_*` overrides from the environment).
@@ -137,24 +174,20 @@ pub fn reachability(config: &Config) -> Vec<config::Issue> {
 
 pub fn build(config: Config) -> Result<AppState, LoadError> {
     let text = config.source.clone();
-    Ok(AppState::first(prepare(config, text.as_bytes())?)?)
+    Ok(AppState::first(prepare(versioned(
+        config,
+        text.as_bytes(),
+    ))?)?)
 }
 
-/// Loads what a validated config points at (the artifacts, the demo data), and names
-/// its version: a digest of `text` (what the config was parsed from) and of every
-/// artifact file it names.
-pub fn prepare(config: Config, text: &[u8]) -> Result<Prepared, LoadError> {
-    let mut version = Sha256::new();
-    version.update(Sha256::digest(text));
-    let artifact_digest = config.router.artifact.as_deref().map(file_digest);
-    if let Some(d) = &artifact_digest {
-        version.update(d);
-    }
-    for s in &config.shadows {
-        version.update(file_digest(&s.artifact));
-    }
-    let version = short_hex(&version.finalize());
-    let artifact_digest = artifact_digest.map(|d| short_hex(&d));
+/// Loads what a validated config points at (the artifacts, the demo data).
+pub fn prepare(versioned: Versioned) -> Result<Prepared, LoadError> {
+    let Versioned {
+        config,
+        version,
+        artifact_digest,
+        shadow_digests,
+    } = versioned;
     let needs_replay = config.models.iter().any(|m| m.provider == Provider::Replay);
     let rules_mode = config.router.mode == RouterMode::Rules;
     let demo_data = if needs_replay || (config.router.artifact.is_none() && !rules_mode) {
@@ -202,5 +235,6 @@ pub fn prepare(config: Config, text: &[u8]) -> Result<Prepared, LoadError> {
         shadows,
         version,
         artifact_digest,
+        shadow_digests,
     })
 }

@@ -545,6 +545,24 @@ impl Metrics {
         }
     }
 
+    /// Sets the cooldown gauge without counting a cooldown start (a reload's carried
+    /// breakers).
+    pub fn set_cooldown(&self, model: usize, open: bool) {
+        if let Some(m) = self.models.get(model) {
+            m.cooldown.set(i64::from(open));
+        }
+    }
+
+    /// Zeroes the cooldown gauges of models no longer served.
+    pub fn clear_cooldowns(&self, models: &[String]) {
+        for m in models {
+            self.f
+                .cooldown
+                .get_or_create(&ModelLabel { model: m.clone() })
+                .set(0);
+        }
+    }
+
     pub fn in_flight(&self) -> &Gauge {
         &self.f.in_flight
     }

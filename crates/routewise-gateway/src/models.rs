@@ -49,6 +49,8 @@ pub struct Upstream {
     pub provider: Arc<dyn Provider>,
     /// The model name sent upstream.
     pub upstream_model: String,
+    /// Where it is served (`base_url`; empty for `replay`).
+    pub base_url: String,
     /// Configured prices, else the router catalog's.
     pub price: Price,
     pub context_window: Option<u64>,
@@ -178,6 +180,7 @@ impl ModelTable {
                 kind: m.provider,
                 provider,
                 upstream_model: m.upstream_model.clone(),
+                base_url: m.base_url.clone(),
                 price: m.price.unwrap_or(Price {
                     input_per_mtok: info.input_per_mtok,
                     output_per_mtok: info.output_per_mtok,
@@ -208,14 +211,21 @@ impl ModelTable {
     }
 
     /// Takes over the run-time state of `old` (the configuration a reload replaces) for
-    /// every model kept by name: its quota buckets when its limits are unchanged, and, with
-    /// `breakers` (an unchanged `cooldown:`), its circuit breaker, so a reload neither
-    /// forgets a model's failures nor hands it a fresh quota.
+    /// every model kept by name at the same place (provider, `base_url`, upstream model):
+    /// its quota buckets when its limits are unchanged, and, with `breakers` (an unchanged
+    /// `cooldown:`), its circuit breaker, so a reload neither forgets a model's failures
+    /// nor hands it a fresh quota. A model moved elsewhere starts afresh (a reload that
+    /// fixes a wrong URL does not leave it cooling down).
     pub fn carry_from(&mut self, old: &ModelTable, breakers: bool) {
         for u in &mut self.models {
             let Some(prev) = old.by_name(&u.name).map(|id| old.get(id)) else {
                 continue;
             };
+            if (prev.kind, &prev.base_url, &prev.upstream_model)
+                != (u.kind, &u.base_url, &u.upstream_model)
+            {
+                continue;
+            }
             if breakers {
                 u.breaker = Arc::clone(&prev.breaker);
             }

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Issue};
 use crate::load::{self, LoadError};
-use crate::state::{AppState, Gateway, Prepared, StateError};
+use crate::state::{AppState, Gateway, StateError};
 
 /// The configuration being served: what the route table and the accept loop hold.
 #[derive(Clone)]
@@ -150,29 +150,37 @@ impl Live {
 
     async fn install(&self, current: &AppState) -> Result<Reloaded, ReloadError> {
         let path = self.0.source.clone().ok_or(ReloadError::NoFile)?;
-        let prepared = tokio::task::spawn_blocking(move || load::prepare_file(&path))
+        let read = tokio::task::spawn_blocking(move || load::read_file(&path))
             .await
             .map_err(|e| ReloadError::Failed(e.to_string()))??;
-        if prepared.version == current.version {
+        if read.version == current.version {
             return Ok(Reloaded {
                 generation: current.generation,
                 version: current.version.clone(),
                 changed: false,
             });
         }
-        let fixed = fixed_at_start(current, &prepared);
+        let fixed = fixed_at_start(current, &read);
         if !fixed.is_empty() {
             return Err(ReloadError::Invalid(ConfigError {
-                file: prepared.config.source.clone(),
+                file: read.config.source.clone(),
                 issues: fixed,
             }));
         }
-        // Building may block (the semantic cache's weights, the shadows' thread).
+        // Loading and building block (artifacts, the semantic cache's weights, the
+        // shadows' thread); a Redis it cannot reach is warned about, as at start.
         let prev = current.clone();
-        let next = tokio::task::spawn_blocking(move || prev.next(prepared))
-            .await
-            .map_err(|e| ReloadError::Failed(e.to_string()))??;
-        next.attach_stores().await.map_err(ReloadError::Invalid)?;
+        let next = tokio::task::spawn_blocking(move || {
+            let prepared = load::prepare(read)?;
+            for w in load::reachability(&prepared.config) {
+                tracing::warn!(config = %prepared.config.source, field = %w.path, "{} (reloading anyway)", w.message);
+            }
+            Ok::<_, ReloadError>(prev.next(prepared)?)
+        })
+        .await
+        .map_err(|e| ReloadError::Failed(e.to_string()))??;
+        // The stores (keys, online state) are shared, attached at start: `auth`, `state`
+        // and `bandit` are fixed at start.
         let reloaded = Reloaded {
             generation: next.generation,
             version: next.version.clone(),
@@ -187,10 +195,9 @@ impl Live {
 /// several events).
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// Reloads on changes to the config file and the router artifact it named at start,
+/// Reloads on changes to the config file and the artifacts it names (router, shadows),
 /// until dropped (`serve --watch-config`).
 pub struct Watch {
-    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -200,50 +207,94 @@ impl Drop for Watch {
     }
 }
 
+/// The files a reload reads: the config file and the artifacts the configuration being
+/// served names, each also by its resolved path when it is a symbolic link.
+fn watched_files(live: &Live) -> Vec<PathBuf> {
+    let current = live.current();
+    let config = &current.config;
+    let mut files: Vec<PathBuf> = live.0.source.iter().cloned().collect();
+    files.extend(config.router.artifact.clone());
+    files.extend(config.shadows.iter().map(|s| s.artifact.clone()));
+    let mut out = Vec::new();
+    for f in files {
+        let f = absolute(&f);
+        if let Ok(real) = std::fs::canonicalize(&f) {
+            if real != f {
+                out.push(real);
+            }
+        }
+        out.push(f);
+    }
+    out
+}
+
+/// Whether a file event is one a reload should follow: it names a watched file, or it is
+/// an atomic swap of a Kubernetes ConfigMap or Secret volume (`..data`, `..2026_...`).
+fn relevant(event: &notify::Event, files: &[PathBuf]) -> bool {
+    !event.kind.is_access()
+        && event.paths.iter().any(|p| {
+            files.contains(p)
+                || p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(".."))
+        })
+}
+
 impl Live {
-    /// Starts watching the config file and the router artifact (see [`Watch`]). Their
-    /// directories are watched, so a file replaced by a rename (how editors and
-    /// deployment tools write) is seen too. Must be called within a tokio runtime.
+    /// Starts watching the files a reload reads (see [`Watch`]). Their directories are
+    /// watched, so a file replaced by a rename (how editors and deployment tools write)
+    /// is seen too; after each reload the set follows the new configuration. Must be
+    /// called within a tokio runtime.
     pub fn watch(&self) -> Result<Watch, notify::Error> {
         use notify::Watcher;
-        let source = self
-            .0
-            .source
-            .clone()
-            .ok_or_else(|| notify::Error::generic("started without a config file"))?;
-        let mut files = vec![source];
-        files.extend(self.current().config.router.artifact.clone());
-        let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+        if self.0.source.is_none() {
+            return Err(notify::Error::generic("started without a config file"));
+        }
+        let files = Arc::new(std::sync::Mutex::new(watched_files(self)));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watched = files.clone();
+        let seen = Arc::clone(&files);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
-                let relevant = !event.kind.is_access()
-                    && event.paths.iter().any(|p| watched.iter().any(|f| f == p));
-                if relevant {
+                let files = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if relevant(&event, &files) {
                     let _ = tx.send(());
                 }
             })?;
-        let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
-            watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut watch_dirs = move |watcher: &mut notify::RecommendedWatcher, list: &[PathBuf]| {
+            for dir in list.iter().filter_map(|f| f.parent()) {
+                if !dirs.iter().any(|d| d == dir) {
+                    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                        Ok(()) => dirs.push(dir.to_path_buf()),
+                        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+                    }
+                }
+            }
+        };
+        let first = files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        watch_dirs(&mut watcher, &first);
         let live = self.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Let the writer finish: reload once the events stop for SETTLE.
                 while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-                tracing::info!("the config file or the artifact changed: reloading");
-                let _ = live.reload().await;
+                tracing::info!("a watched file changed: reloading");
+                if let Ok(Reloaded { changed: true, .. }) = live.reload().await {
+                    let now = watched_files(&live);
+                    watch_dirs(&mut watcher, &now);
+                    *files
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                }
             }
         });
-        Ok(Watch {
-            _watcher: watcher,
-            task,
-        })
+        Ok(Watch { task })
     }
 }
 
@@ -257,7 +308,7 @@ fn absolute(path: &Path) -> PathBuf {
 /// (the listener and its connection limits, the state store, auth, the decision log's
 /// writer) and, with `bandit:`, the bandit with its arms (the served models, their
 /// prices) and its prior (the artifact). One issue per setting, by its path.
-pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
+pub fn fixed_at_start(current: &Gateway, new: &load::Versioned) -> Vec<Issue> {
     let (old, cfg) = (&current.config, &new.config);
     let mut changed: Vec<&str> = Vec::new();
     let mut check = |differs: bool, path: &'static str| {
@@ -267,7 +318,11 @@ pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
     };
     check(old.listen != cfg.listen, "listen");
     check(old.state != cfg.state, "state");
-    check(old.auth != cfg.auth, "auth");
+    check(old.auth.mode != cfg.auth.mode, "auth.mode");
+    check(
+        old.auth.cache_ttl_ms != cfg.auth.cache_ttl_ms,
+        "auth.cache_ttl_s",
+    );
     check(old.decision_log != cfg.decision_log, "log.decisions");
     let (a, b) = (&old.limits, &cfg.limits);
     check(
@@ -301,6 +356,7 @@ pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
     check(old.bandit != cfg.bandit, "bandit");
     if old.bandit.is_some() && cfg.bandit.is_some() {
         check(arms(old) != arms(cfg), "models");
+        check(old.router.mode != cfg.router.mode, "router.mode");
         check(
             current.artifact_digest != new.artifact_digest,
             "router.artifact",
@@ -310,8 +366,8 @@ pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
         .into_iter()
         .map(|path| Issue {
             path: path.to_string(),
-            message: if matches!(path, "models" | "router.artifact") {
-                "with `bandit:`, the served models, their prices and the router artifact are the bandit's arms and prior, fixed at start: restart routewise to change them".into()
+            message: if matches!(path, "models" | "router.artifact" | "router.mode") {
+                "with `bandit:`, the served models (names, prices, quality tiers), the router mode and the artifact are the bandit's arms and prior, fixed at start: restart routewise to change them".into()
             } else {
                 "read once at start: restart routewise to change it (the reload was refused)".into()
             },
@@ -319,8 +375,11 @@ pub fn fixed_at_start(current: &Gateway, new: &Prepared) -> Vec<Issue> {
         .collect()
 }
 
-/// The bandit's arms as a config names them: model names with prices.
-fn arms(config: &Config) -> Vec<(&str, Option<(f64, f64)>)> {
+/// The bandit's arms as a config names them: model names with prices and quality tiers
+/// (the zero-data prior's scores).
+type Arm<'a> = (&'a str, Option<(f64, f64)>, Option<u32>);
+
+fn arms(config: &Config) -> Vec<Arm<'_>> {
     config
         .models
         .iter()
@@ -328,6 +387,7 @@ fn arms(config: &Config) -> Vec<(&str, Option<(f64, f64)>)> {
             (
                 m.name.as_str(),
                 m.price.map(|p| (p.input_per_mtok, p.output_per_mtok)),
+                m.quality_tier,
             )
         })
         .collect()

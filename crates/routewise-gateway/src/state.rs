@@ -52,6 +52,10 @@ pub struct Gateway {
     pub engine: Arc<Engine>,
     /// The served models, indexed like the decider's catalog.
     pub upstreams: ModelTable,
+    /// Their names, in the same order.
+    pub names: Arc<[String]>,
+    /// The dashboard's statistics ([`crate::stats`]), kept across reloads.
+    pub stats: Arc<crate::stats::Stats>,
     pub metrics: Metrics,
     /// The decision log's queue and writer.
     pub decision_log: Arc<DecisionLog>,
@@ -59,8 +63,11 @@ pub struct Gateway {
     pub online_router: Option<Arc<OnlineRouter>>,
     /// The online router's store and maintenance task, once attached.
     pub online: Arc<OnceLock<Online>>,
-    /// The shadow routers' queue and worker, once attached (`shadow:` in the config).
-    pub shadows: OnceLock<Shadows>,
+    /// The shadow routers' queue and worker, once attached (`shadow:` in the config); kept
+    /// by a reload that leaves them unchanged.
+    pub shadows: OnceLock<Arc<Shadows>>,
+    /// Digests of the shadow artifacts, in `config.shadows` order.
+    pub shadow_digests: Vec<String>,
     /// `/v1/*` requests in flight (load shedding, [`crate::http::limit`]).
     pub in_flight: Arc<Counter>,
     /// The `routes:` rules with their model indices in catalog order (the config compiles
@@ -92,6 +99,8 @@ pub struct Prepared {
     pub shadows: Vec<Shadow>,
     pub version: String,
     pub artifact_digest: Option<String>,
+    /// Digests of the shadow artifacts, in `config.shadows` order.
+    pub shadow_digests: Vec<String>,
 }
 
 /// The server's shutdown, as the requests in flight see it.
@@ -141,6 +150,7 @@ impl AppState {
                 shadows: Vec::new(),
                 version: String::new(),
                 artifact_digest: None,
+                shadow_digests: Vec::new(),
             },
             None,
         )
@@ -166,6 +176,7 @@ impl AppState {
             shadows,
             version,
             artifact_digest,
+            shadow_digests,
         } = prepared;
         let file = config.source.clone();
         let config_error = |issues: Vec<Issue>| ConfigError {
@@ -206,9 +217,27 @@ impl AppState {
         };
         let mut upstreams = ModelTable::build(&config, &reconciled, &client, replay.map(Arc::new))
             .map_err(config_error)?;
-        if let Some(p) = prev {
-            upstreams.carry_from(&p.upstreams, p.config.cooldown == config.cooldown);
-        }
+        let metrics = match prev {
+            Some(p) => {
+                upstreams.carry_from(&p.upstreams, p.config.cooldown == config.cooldown);
+                let metrics = p.metrics.for_models(&upstreams.names());
+                // The cooldown gauges say what the carried (or fresh) breakers say; a
+                // model no longer served is not cooling down.
+                let now = p.now_ms();
+                for u in upstreams.iter() {
+                    metrics.set_cooldown(u.id.index(), u.breaker.is_open(now));
+                }
+                let gone: Vec<String> = p
+                    .upstreams
+                    .names()
+                    .into_iter()
+                    .filter(|n| upstreams.by_name(n).is_none())
+                    .collect();
+                metrics.clear_cooldowns(&gone);
+                metrics
+            }
+            None => Metrics::new(&upstreams.names()),
+        };
         let carried_bandit =
             prev.and_then(|p| Some((Arc::clone(p.online_router.as_ref()?), Arc::clone(&p.engine))));
         let (decider, online_router): (Arc<dyn Decide>, _) = match (&config.bandit, carried_bandit)
@@ -236,8 +265,14 @@ impl AppState {
             decider
         };
         let cache = match (&config.cache, prev) {
-            // An unchanged cache keeps its answers.
-            (Some(c), Some(p)) if p.config.cache.as_ref() == Some(c) => p.cache.clone(),
+            // An unchanged cache over the same models in the same order keeps its answers
+            // (an entry names its model by position).
+            (Some(c), Some(p))
+                if p.config.cache.as_ref() == Some(c)
+                    && p.upstreams.names() == upstreams.names() =>
+            {
+                p.cache.clone()
+            }
             (Some(c), _) => Some(Arc::new(
                 crate::pipeline::cache::ResponseCache::new(c)
                     .map_err(|e| ConfigError::single(&file, "cache.semantic", e))?,
@@ -262,7 +297,10 @@ impl AppState {
         let gateway = match prev {
             Some(p) => Gateway {
                 generation: p.generation + 1,
-                metrics: p.metrics.for_models(&upstreams.names()),
+                stats: Arc::clone(&p.stats),
+                names: upstreams.names().into(),
+                metrics,
+                shadow_digests,
                 decision_log: Arc::clone(&p.decision_log),
                 online: Arc::clone(&p.online),
                 in_flight: Arc::clone(&p.in_flight),
@@ -284,13 +322,15 @@ impl AppState {
                 client,
             },
             None => {
-                let metrics = Metrics::new(&upstreams.names());
                 let decision_log = Arc::new(DecisionLog::start(
                     config.decision_log,
                     metrics.decision_log_dropped(),
                 )?);
                 Gateway {
                     generation: 0,
+                    stats: Arc::default(),
+                    names: upstreams.names().into(),
+                    shadow_digests,
                     metrics,
                     decision_log,
                     online: Arc::default(),
@@ -315,7 +355,18 @@ impl AppState {
             }
         };
         let state = AppState(Arc::new(gateway));
-        state.attach_shadows(shadows).map_err(StateError::Shadows)?;
+        let kept = prev.and_then(|p| {
+            let same = p.config.shadows == state.config.shadows
+                && p.shadow_digests == state.shadow_digests;
+            p.shadows.get().filter(|_| same)
+        });
+        match kept {
+            Some(s) => {
+                s.target.set(Arc::downgrade(&state.0));
+                let _ = state.shadows.set(Arc::clone(s));
+            }
+            None => state.attach_shadows(shadows).map_err(StateError::Shadows)?,
+        }
         Ok(state)
     }
 
@@ -327,9 +378,9 @@ impl AppState {
         let started = Shadows::start(
             shadows,
             self.metrics.shadow_dropped(),
-            Arc::downgrade(&self.0),
+            crate::pipeline::shadow::Target::new(Arc::downgrade(&self.0)),
         )?;
-        let _ = self.shadows.set(started);
+        let _ = self.shadows.set(Arc::new(started));
         Ok(())
     }
 

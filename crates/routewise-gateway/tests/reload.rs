@@ -383,3 +383,100 @@ async fn watching_the_file_reloads_a_saved_change() {
         (200, "c".to_string())
     );
 }
+
+#[tokio::test]
+async fn regression_a_cached_answer_keeps_its_model_when_a_reload_reorders_the_models() {
+    // Review finding: the in-memory cache names an answer's model by its position; kept
+    // across a reload that reorders the models, it served a's answer as c's.
+    let mock = MockUpstream::start().await.unwrap();
+    let base = mock.base_url();
+    let cache = "cache: {exact: true}\n";
+    let gw = serve(&yaml(&base, 0.0, cache)).await;
+    let client = common::client();
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(answered_by(&url, &client).await, (200, "a".to_string()));
+    let reordered = yaml(&base, 0.0, cache)
+        .replace(
+            &format!("  - {{name: a, base_url: \"{base}\", upstream_model: up-a}}\n"),
+            "",
+        )
+        .replace(
+            "models:\n",
+            &format!("models:\n  - {{name: c, base_url: \"{base}\", upstream_model: up-c}}\n"),
+        )
+        .replacen(
+            &format!("  - {{name: c, base_url: \"{base}\", upstream_model: up-c}}\n{cache}"),
+            &format!("  - {{name: a, base_url: \"{base}\", upstream_model: up-a}}\n{cache}"),
+            1,
+        );
+    assert!(reordered.find("name: c").unwrap() < reordered.find("name: a").unwrap());
+    gw.write(&reordered);
+    assert_eq!(gw.reload().await.0, 200);
+    assert_eq!(answered_by(&url, &client).await, (200, "a".to_string()));
+}
+
+#[tokio::test]
+async fn a_request_keeps_the_generation_it_was_given_and_shadows_survive_a_reload() {
+    let mock = MockUpstream::start().await.unwrap();
+    let base = mock.base_url();
+    let shadow = "shadow: [{name: next, artifact: r.rw, policy: {lambda: 5}, sample: 1.0}]\n";
+    let gw = serve(&yaml(&base, 0.0, shadow)).await;
+    let mut extensions = axum::http::Extensions::new();
+    let first = routewise_gateway::http::extract::Current::of(&gw.live, &mut extensions);
+    let shadows = Arc::clone(first.shadows.get().unwrap());
+    gw.write(&yaml(&base, 1e9, shadow));
+    assert_eq!(gw.reload().await.0, 200);
+    // The auth middleware and the handler of one request see one configuration.
+    let again = routewise_gateway::http::extract::Current::of(&gw.live, &mut extensions);
+    assert_eq!(again.generation, 0);
+    let now = gw.live.current();
+    assert_eq!(now.generation, 1);
+    // Unchanged shadows keep their worker, statistics and budgets.
+    assert!(Arc::ptr_eq(now.shadows.get().unwrap(), &shadows));
+    // Changed ones start afresh.
+    gw.write(&yaml(
+        &base,
+        1e9,
+        &shadow.replace("lambda: 5", "lambda: 50"),
+    ));
+    assert_eq!(gw.reload().await.0, 200);
+    assert!(!Arc::ptr_eq(
+        gw.live.current().shadows.get().unwrap(),
+        &shadows
+    ));
+}
+
+#[tokio::test]
+async fn regression_the_cooldown_gauge_follows_the_breakers_a_reload_installs() {
+    // Review finding: a model cooling down when a reload replaced its breaker (a new
+    // `cooldown:`), or dropped it, kept `routewise_model_cooldown` at 1 for good.
+    let mock = MockUpstream::start().await.unwrap();
+    let base = mock.base_url();
+    let gw = serve(&yaml(&base, 0.0, "cooldown: {failures: 1, seconds: 600}\n")).await;
+    let old = gw.live.current();
+    for name in ["a", "b"] {
+        assert!(old.record_failure(old.upstreams.by_name(name).unwrap()));
+    }
+    drop(old);
+    let gauge = |metrics: &str, model: &str| {
+        metrics.contains(&format!("routewise_model_cooldown{{model=\"{model}\"}} 1"))
+    };
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(gauge(&metrics, "a") && gauge(&metrics, "b"));
+    // A new cooldown (fresh breakers) and b dropped (with a b-less artifact).
+    let e = common::engine(&[("a", 0.9, 30.0), ("c", 0.7, 0.3)]);
+    Artifact::new("test", e.featurizer, e.router, e.catalog, 2)
+        .save(&gw.path.with_file_name("ac.rw"))
+        .unwrap();
+    let next = yaml(&base, 0.0, "cooldown: {failures: 2, seconds: 600}\n")
+        .replace(
+            &format!("  - {{name: b, base_url: \"{base}\", upstream_model: up-b}}\n"),
+            "",
+        )
+        .replace("artifact: r.rw", "artifact: ac.rw");
+    gw.write(&next);
+    let (status, body) = gw.reload().await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(!gauge(&metrics, "a") && !gauge(&metrics, "b"), "{metrics}");
+}

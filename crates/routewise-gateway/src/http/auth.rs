@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::http::extract::Current;
 use crate::pipeline::auth;
 use crate::reload::{Live, ReloadError};
 use crate::state::AppState;
@@ -24,8 +25,7 @@ use routewise_online::store::keys::KeyOpError;
 pub const ADMIN_KEY_ENV: &str = "ROUTEWISE_ADMIN_KEY";
 
 /// Runs the auth stage on a `/v1` request.
-pub async fn require_key(State(live): State<Live>, mut req: Request, next: Next) -> Response {
-    let state = live.current();
+pub async fn require_key(Current(state): Current, mut req: Request, next: Next) -> Response {
     match auth::authenticate(&state, req.headers()).await {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
@@ -96,8 +96,12 @@ impl IntoResponse for AdminError {
             AdminError::Op(KeyOpError::Spec(s)) => s.message.clone(),
             other => other.to_string(),
         };
-        let mut body =
-            crate::error::error_json(&message, "invalid_request_error", param, Some(code));
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        let mut body = crate::error::error_json(&message, kind, param, Some(code));
         // Every problem of a refused config, by field.
         if let AdminError::Reload(ReloadError::Invalid(c)) = &self {
             body["error"]["issues"] = c
@@ -117,7 +121,7 @@ fn guard<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s auth::Keys,
 }
 
 /// Checks the admin key (constant time).
-fn check_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
+pub(crate) fn check_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), AdminError> {
     let want = state.admin_key.get().ok_or(AdminError::Disabled)?;
     let got = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -130,13 +134,16 @@ fn check_admin_key(state: &AppState, headers: &HeaderMap) -> Result<(), AdminErr
     Ok(())
 }
 
-/// `POST /admin/reload`: reloads the config file; answers the generation now served.
+/// `POST /admin/reload`: reloads the config file; answers the generation now served. The
+/// reload runs on its own task: a client that leaves does not cut it short.
 pub async fn reload(
     State(live): State<Live>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AdminError> {
     check_admin_key(&live.current(), &headers)?;
-    let r = live.reload().await?;
+    let r = tokio::spawn(async move { live.reload().await })
+        .await
+        .map_err(|e| ReloadError::Failed(e.to_string()))??;
     Ok(Json(json!({
         "reloaded": r.changed,
         "generation": r.generation,
@@ -158,8 +165,7 @@ fn spec_of(body: &[u8]) -> Result<KeySpec, AdminError> {
 }
 
 /// `GET /admin/keys`.
-pub async fn list(State(live): State<Live>, headers: HeaderMap) -> Result<Response, AdminError> {
-    let state = live.current();
+pub async fn list(Current(state): Current, headers: HeaderMap) -> Result<Response, AdminError> {
     let all = guard(&state, &headers)?.list().await?;
     let data: Vec<Value> = all.iter().map(public).collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -167,11 +173,10 @@ pub async fn list(State(live): State<Live>, headers: HeaderMap) -> Result<Respon
 
 /// `POST /admin/keys` with a [`KeySpec`]: 201 with the key (shown this once).
 pub async fn create(
-    State(live): State<Live>,
+    Current(state): Current,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
-    let state = live.current();
     let ks = guard(&state, &headers)?;
     let new = ks.create(&state, &spec_of(&body)?).await?;
     let v = json!({"key": new.key, "record": public(&new.record)});
@@ -180,12 +185,11 @@ pub async fn create(
 
 /// `PATCH /admin/keys/{id}` with the [`KeySpec`] fields to change.
 pub async fn update(
-    State(live): State<Live>,
+    Current(state): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, AdminError> {
-    let state = live.current();
     let ks = guard(&state, &headers)?;
     Ok(Json(public(
         &ks.update(&state, &id, &spec_of(&body)?).await?,
@@ -194,21 +198,19 @@ pub async fn update(
 
 /// `DELETE /admin/keys/{id}`: revokes the key (its record stays, refused).
 pub async fn revoke(
-    State(live): State<Live>,
+    Current(state): Current,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AdminError> {
-    let state = live.current();
     let ks = guard(&state, &headers)?;
     Ok(Json(public(&ks.revoke(&state, &id).await?)))
 }
 
 /// `GET /v1/usage`: the caller key's spend, budget and what is left in this period.
 pub async fn usage(
-    State(live): State<Live>,
+    Current(state): Current,
     caller: Option<axum::Extension<std::sync::Arc<crate::pipeline::auth::Caller>>>,
 ) -> Response {
-    let state = live.current();
     let Some(axum::Extension(c)) = caller else {
         return crate::error::ApiError::BadRequest {
             message: "GET /v1/usage reports a virtual key's spend: it needs `auth: {mode: keys}`"

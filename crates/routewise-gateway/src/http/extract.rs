@@ -9,7 +9,37 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::ApiError;
-use crate::state::Gateway;
+use crate::reload::Live;
+use crate::state::{AppState, Gateway};
+
+/// The configuration a request runs on: loaded once, by the first layer that asks (load
+/// shedding on `/v1`), and kept in the request's extensions, so that the auth middleware
+/// and the handler see the same generation even when a reload lands in between.
+#[derive(Debug, Clone)]
+pub struct Current(pub AppState);
+
+impl Current {
+    /// The request's generation, loading (and keeping) the current one on first use.
+    pub fn of(live: &Live, extensions: &mut axum::http::Extensions) -> AppState {
+        if let Some(c) = extensions.get::<Current>() {
+            return c.0.clone();
+        }
+        let state = live.current();
+        extensions.insert(Current(state.clone()));
+        state
+    }
+}
+
+impl axum::extract::FromRequestParts<Live> for Current {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        live: &Live,
+    ) -> Result<Current, Self::Rejection> {
+        Ok(Current(Current::of(live, &mut parts.extensions)))
+    }
+}
 
 /// The TCP peer of the connection a request arrived on (a request extension set by
 /// [`crate::server`]; absent when the app is called without a socket, as in tests).

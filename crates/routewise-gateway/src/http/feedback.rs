@@ -5,7 +5,6 @@
 //! (target `routewise::feedback`: decision id, model, score) beside the decision lines.
 
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +12,7 @@ use routewise_online::{FeedbackError, FeedbackRequest};
 
 use crate::error::error_json;
 use crate::http::extract::read_request_body;
-use crate::reload::Live;
+use crate::http::extract::Current;
 
 fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
     let kind = if status.is_server_error() {
@@ -30,8 +29,7 @@ fn feedback_error(e: &FeedbackError) -> Response {
     error_response(status, e.code(), e.to_string())
 }
 
-pub async fn feedback(State(live): State<Live>, headers: HeaderMap, body: Body) -> Response {
-    let state = live.current();
+pub async fn feedback(Current(state): Current, headers: HeaderMap, body: Body) -> Response {
     let gw = &*state;
     let Some(online) = gw.online.get() else {
         gw.metrics.feedback("disabled");

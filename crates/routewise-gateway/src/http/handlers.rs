@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -13,17 +12,16 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::extract::read_request_body;
+use crate::http::extract::Current;
 use crate::pipeline;
 use crate::pipeline::auth::Caller;
-use crate::reload::Live;
 
 pub async fn chat_completions(
-    State(live): State<Live>,
+    Current(state): Current,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let state = live.current();
     let span = tracing::debug_span!("chat_completions", body_bytes = tracing::field::Empty);
     async move {
         let bytes = match read_request_body(&state, &headers, body).await {
@@ -41,12 +39,11 @@ pub async fn chat_completions(
 }
 
 pub async fn route(
-    State(live): State<Live>,
+    Current(state): Current,
     caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let state = live.current();
     let caller = caller.map(|Extension(c)| c);
     let result = match read_request_body(&state, &headers, body).await {
         Ok(bytes) => pipeline::decide_only(&state, caller.as_deref(), &headers, &bytes),
@@ -61,8 +58,7 @@ pub async fn route(
     }
 }
 
-pub async fn models(State(live): State<Live>) -> Response {
-    let state = live.current();
+pub async fn models(Current(state): Current) -> Response {
     let mut data =
         vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "routewise"})];
     data.extend(state.upstreams.in_config_order().map(|u| {
@@ -73,8 +69,7 @@ pub async fn models(State(live): State<Live>) -> Response {
 }
 
 /// The shadow routers' statistics (`shadow:` in the config); an empty list without any.
-pub async fn shadow_stats(State(live): State<Live>) -> Response {
-    let state = live.current();
+pub async fn shadow_stats(Current(state): Current) -> Response {
     let shadows = state.shadows.get().map(|s| s.stats()).unwrap_or_default();
     Json(json!({"object": "list", "data": shadows})).into_response()
 }
@@ -86,8 +81,7 @@ pub async fn healthz() -> Response {
 /// Readiness from cached state only (never waits on a store): 503 while every model is
 /// cooling down, or while the online state store is unreachable and `state.required`.
 /// An unreachable optional store is reported as `degraded` and stays ready.
-pub async fn readyz(State(live): State<Live>) -> Response {
-    let state = live.current();
+pub async fn readyz(Current(state): Current) -> Response {
     let now = state.now_ms();
     let available = state
         .upstreams
@@ -128,8 +122,7 @@ pub async fn readyz(State(live): State<Live>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(live): State<Live>) -> Response {
-    let state = live.current();
+pub async fn metrics(Current(state): Current) -> Response {
     if let Some(online) = state.online.get() {
         state
             .metrics

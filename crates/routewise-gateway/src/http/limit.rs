@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::http::body::hold_until_body_ends;
-use crate::http::extract::PeerAddr;
+use crate::http::extract::{Current, PeerAddr};
 use crate::limits::Refused;
 use crate::reload::Live;
 
-pub async fn shed(State(live): State<Live>, req: Request, next: Next) -> Response {
-    let state = live.current();
+pub async fn shed(State(live): State<Live>, mut req: Request, next: Next) -> Response {
+    // The request's configuration is chosen here, once (see `Current`).
+    let state = Current::of(&live, req.extensions_mut());
     let limits = &state.config.limits;
     let client = req.extensions().get::<PeerAddr>().and_then(|p| {
         let peer = p.0.ip();

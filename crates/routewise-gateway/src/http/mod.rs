@@ -12,6 +12,9 @@
 //! | GET | `/healthz` | liveness |
 //! | GET | `/readyz` | readiness from cached state: 503 while every model is cooling down (or a `state.required` store is unreachable) |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET | `/v1/stats` | the dashboard's report (JSON; the admin key under `auth: {mode: keys}`) |
+//! | GET | `/dashboard` | the live dashboard page (served from the binary) |
+//! | GET | `/v1/usage` | the calling key's spend in its period |
 //! | GET, POST, PATCH, DELETE | `/admin/keys[/{id}]` | virtual keys (admin key) |
 //! | POST | `/admin/reload` | reload the config file (admin key; [`crate::reload`]) |
 //!
@@ -20,6 +23,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod dashboard;
 pub mod extract;
 pub mod feedback;
 pub mod handlers;
@@ -97,6 +101,14 @@ pub fn app(state: impl Into<Live>) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route(
+            "/v1/stats",
+            get(dashboard::stats).fallback(handlers::method_not_allowed),
+        )
+        .route(
+            "/dashboard",
+            get(dashboard::page).fallback(handlers::method_not_allowed),
+        )
         .fallback(handlers::not_found)
         .with_state(live)
 }

@@ -126,22 +126,12 @@ impl Keys {
     }
 
     fn remember(&self, gw: &Gateway, id: &str, record: Option<KeyRecord>) -> Arc<Entry> {
-        self.remember_at(gw, id, record, Instant::now())
-    }
-
-    fn remember_at(
-        &self,
-        gw: &Gateway,
-        id: &str,
-        record: Option<KeyRecord>,
-        fetched: Instant,
-    ) -> Arc<Entry> {
         let caller = record.as_ref().map(|r| Arc::new(caller(gw, r)));
         let entry = Arc::new(Entry {
             record,
             caller,
             generation: gw.generation,
-            fetched,
+            fetched: Instant::now(),
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED && self.ttl.is_some() {
@@ -160,7 +150,21 @@ impl Keys {
             .cloned();
         let cached = match cached {
             Some(e) if e.generation != gw.generation => {
-                Some(self.remember_at(gw, id, e.record.clone(), e.fetched))
+                let fresh = Arc::new(Entry {
+                    record: e.record.clone(),
+                    caller: e.record.as_ref().map(|r| Arc::new(caller(gw, r))),
+                    generation: gw.generation,
+                    fetched: e.fetched,
+                });
+                // Stored only over the entry it was made from, and only for a newer
+                // configuration: an update or revocation written meanwhile is kept.
+                if gw.generation > e.generation {
+                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.get(id).is_some_and(|c| Arc::ptr_eq(c, &e)) {
+                        cache.insert(id.to_string(), Arc::clone(&fresh));
+                    }
+                }
+                Some(fresh)
             }
             other => other,
         };
@@ -279,7 +283,7 @@ fn model_names(gw: &Gateway) -> Vec<&str> {
     gw.config.models.iter().map(|m| m.name.as_str()).collect()
 }
 
-fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
+pub(crate) fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
     let allow = r.models.as_ref().map(|names| {
         let mut allow = vec![false; gw.upstreams.len()];
         for n in names {

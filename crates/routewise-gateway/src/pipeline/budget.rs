@@ -295,6 +295,23 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
     })
 }
 
+/// Every live key's spend in its current period (at most `max` keys, revoked and expired
+/// ones left out): the dashboard's per-key table.
+pub async fn usages(gw: &Gateway, max: usize) -> Result<Vec<KeyUsage>, ApiError> {
+    let ks = gw.keys.get().ok_or(ApiError::AuthUnavailable)?;
+    let records = ks.list().await.map_err(|_| ApiError::AuthUnavailable)?;
+    let now = now_ms();
+    let mut out = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.revoked_ms.is_none() && r.expires_ms.is_none_or(|e| e > now))
+        .take(max)
+    {
+        out.push(usage(gw, &crate::pipeline::auth::caller(gw, r)).await?);
+    }
+    Ok(out)
+}
+
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
 /// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
 /// which also takes the request from the key's rate limits (in the same store operation).

@@ -109,7 +109,7 @@ impl Drop for RequestContext {
         } else {
             (CLIENT_CLOSED_REQUEST, End::ClientDisconnected)
         };
-        decision_log::emit(self, None, status, None, end);
+        decision_log::emit(self, None, status, None, None, end);
         self.state.metrics.request("chat", "-", status);
     }
 }

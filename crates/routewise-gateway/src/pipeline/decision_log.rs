@@ -29,9 +29,12 @@
 //! (`ROUTEWISE_LOG`). The queue never blocks a request: when it is full the record is
 //! dropped and counted (`routewise_decision_log_dropped_total`). `log.decisions.sample`
 //! keeps a share of the decisions, chosen by the decision id (the same decisions on every
-//! instance). When the log level hides `routewise::decision`, no record is built.
+//! instance). The same records feed the dashboard's statistics ([`crate::stats`]) on the
+//! writer thread, so a record is built for every decision, whatever the log level or the
+//! sample; only the log line is left out for a decision outside it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -205,10 +208,18 @@ pub struct DecisionRecord {
     routes: Option<String>,
     /// The kinds of personal data found (never the text) and the action taken.
     pii: Option<(routewise_signals::KindSet, &'static str)>,
-    /// Candidates passed over without a call: `model:quota,model:budget`.
-    skipped: Option<String>,
+    /// Candidates passed over without a call (logged as `model:quota,model:budget`).
+    skipped: Vec<(ModelId, &'static str)>,
     /// The API key's name (`auth: {mode: keys}`).
     key: Option<String>,
+    /// Whether a log line is written (the statistics see every record).
+    log: bool,
+    unix_ms: u64,
+    /// The answer's usage (prompt, completion tokens).
+    usage: Option<(u64, u64)>,
+    /// Every served model's predicted score and cost (the router decided).
+    all: Option<(Vec<f64>, Vec<f64>)>,
+    cached: bool,
 }
 
 impl DecisionRecord {
@@ -252,10 +263,81 @@ impl DecisionRecord {
             route = self.routes.as_deref(),
             pii = self.pii.map(|(k, _)| k.names()),
             pii_action = self.pii.map(|(_, a)| a),
-            skipped = self.skipped.as_deref(),
+            skipped = self.skipped_names().as_deref(),
             key = self.key.as_deref(),
             "decision"
         );
+    }
+
+    /// `model:why,...` for the candidates passed over.
+    fn skipped_names(&self) -> Option<String> {
+        (!self.skipped.is_empty()).then(|| {
+            self.skipped
+                .iter()
+                .map(|(m, why)| format!("{}:{why}", self.state.upstreams.get(*m).name))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// What the dashboard's statistics keep of it.
+    fn observation(&self) -> crate::stats::Observation {
+        let gw = &*self.state;
+        let name = |m: ModelId| gw.upstreams.get(m).name.clone();
+        let model = self.model.map(name);
+        let chosen = self
+            .chosen
+            .and_then(|c| gw.upstreams.at(c))
+            .map(|u| u.name.clone());
+        let cascade = self.cascade.as_ref().map(|c| c.verdict(self.model).0);
+        crate::stats::Observation {
+            unix_ms: self.unix_ms,
+            model: model.clone(),
+            status: self.status,
+            cost_usd: self.cost,
+            usage: self.usage,
+            cached: self.cached,
+            cascade,
+            skipped: self
+                .skipped
+                .iter()
+                .map(|&(m, why)| (name(m), why))
+                .collect(),
+            predictions: self
+                .all
+                .as_ref()
+                .map(|(scores, costs)| crate::stats::Predicted {
+                    names: Arc::clone(&gw.names),
+                    scores: scores.clone(),
+                    costs: costs.clone(),
+                }),
+            recent: crate::stats::Recent {
+                unix_ms: self.unix_ms,
+                decision_id: self.decision_id.clone(),
+                key: self.key.clone(),
+                requested: self.requested.clone(),
+                reason: self.reason,
+                chosen,
+                model,
+                status: self.status,
+                cost_usd: self.cost,
+                elapsed_ms: self.elapsed_ms,
+                route: self.routes.clone(),
+                skipped: self.skipped_names(),
+                cascade,
+                predictions: self
+                    .predictions
+                    .iter()
+                    .filter_map(|p| {
+                        Some(crate::stats::RecentPrediction {
+                            model: gw.upstreams.at(p.model)?.name.clone(),
+                            score: p.score,
+                            cost_usd: p.cost_usd,
+                        })
+                    })
+                    .collect(),
+            },
+        }
     }
 }
 
@@ -353,7 +435,12 @@ impl DecisionLog {
 /// gateway (the sender) is gone.
 fn writer(rx: &Receiver<Msg>) {
     let handle = |msg: Msg| match msg {
-        Msg::Record(r) => r.write(),
+        Msg::Record(r) => {
+            if r.log {
+                r.write();
+            }
+            r.state.stats.observe(r.observation());
+        }
         Msg::Flush(ack) => {
             let _ = ack.send(());
         }
@@ -370,23 +457,22 @@ fn writer(rx: &Receiver<Msg>) {
     }
 }
 
-/// Logs the decision: answered by `answered` (if any) with `status`, realised `cost`,
-/// ended as `end`. Builds the record and queues it; formatting happens on the writer
-/// thread.
+/// Logs the decision: answered by `answered` (if any) with `status`, realised `cost`
+/// (from `usage`), ended as `end`. Builds the record and queues it; formatting and the
+/// statistics happen on the writer thread.
 pub fn emit(
     ctx: &RequestContext,
     answered: Option<ModelId>,
     status: u16,
     cost: Option<f64>,
+    usage: Option<(u64, u64)>,
     end: End,
 ) {
     if !ctx.mark_logged() {
         return;
     }
     let log = &ctx.state.decision_log;
-    if !DecisionLog::enabled() || !log.sampled(&ctx.id) {
-        return;
-    }
+    let logged = DecisionLog::enabled() && log.sampled(&ctx.id);
     let decision = ctx.routed.decision.as_ref();
     let predictions = decision.map_or_else(Vec::new, |d| {
         d.ranking
@@ -418,13 +504,14 @@ pub fn emit(
         end,
         attempts: ctx.attempts.clone(),
         key: ctx.caller.as_ref().map(|c| c.name.clone()),
-        skipped: (!ctx.skipped.is_empty()).then(|| {
-            ctx.skipped
-                .iter()
-                .map(|(m, why)| format!("{}:{why}", ctx.state.upstreams.get(*m).name))
-                .collect::<Vec<_>>()
-                .join(",")
-        }),
+        skipped: ctx.skipped.clone(),
+        log: logged,
+        unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        usage,
+        all: decision.map(|d| (d.scores.clone(), d.costs.clone())),
+        cached: ctx.routed.reason == crate::pipeline::route::Reason::Cached,
         prompt_tokens: ctx.request.prompt_tokens,
         cost,
         elapsed_ms: ctx.started.elapsed().as_secs_f64() * 1e3,
@@ -442,7 +529,7 @@ pub fn emit(
             }))
         }),
         explored: decision.is_some_and(|d| d.explored),
-        prompt: (log.config.prompt && decision.is_some())
+        prompt: (logged && log.config.prompt && decision.is_some())
             .then(|| logged_prompt(&ctx.request.prompt)),
         routes: ctx.signals.as_ref().and_then(|s| s.route_names(&ctx.state)),
         pii: ctx.signals.as_ref().and_then(|s| {

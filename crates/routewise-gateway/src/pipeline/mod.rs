@@ -285,7 +285,7 @@ async fn chat_stages(
         Err(err) => {
             let status = err.status().as_u16();
             let cost = cascade::total_cost(&ctx, None);
-            decision_log::emit(&ctx, None, status, cost, End::Failed);
+            decision_log::emit(&ctx, None, status, cost, None, End::Failed);
             gw.metrics.request("chat", "-", status);
             with_headers(err.into_response(), &ctx, None)
         }
@@ -319,14 +319,15 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             body,
         } => {
             let cached = ctx.routed.reason == Reason::Cached;
+            let usage = (status.is_success() && !cached)
+                .then(|| stream::parse_usage(&body))
+                .flatten();
             let cost = if cached {
                 Some(0.0) // no model was called
             } else if cascade::answered_by_tier(&ctx, m) {
                 None // already counted with the tier calls
-            } else if status.is_success() {
-                stream::parse_usage(&body).map(|(p, c)| gw.upstreams.get(m).cost(p, c))
             } else {
-                None
+                usage.map(|(p, c)| gw.upstreams.get(m).cost(p, c))
             };
             if let Some(c) = cost {
                 gw.metrics.cost(m.index(), c);
@@ -341,7 +342,7 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             let cost = cascade::total_cost(&ctx, cost);
             // 6. after the response (counted before the record's wait, so that a client
             // leaving meanwhile is counted once)
-            decision_log::emit(&ctx, Some(m), status.as_u16(), cost, End::Complete);
+            decision_log::emit(&ctx, Some(m), status.as_u16(), cost, usage, End::Complete);
             gw.metrics.request("chat", name, status.as_u16());
             if status.is_success() {
                 record::record(&ctx, m, cost, record::When::BeforeAnswering).await;

@@ -24,6 +24,11 @@
 //!
 //! Pending decisions wait for their feedback in a bounded map (oldest evicted first).
 //!
+//! A hot reload that leaves `shadow:` and the shadow artifacts unchanged keeps the same
+//! worker, statistics, pending feedback and execution budgets; executions then call the
+//! upstreams of the configuration being served ([`Target`]). A reload that changes them
+//! starts the shadows afresh, statistics and daily budgets included.
+//!
 //! Optional execution (`execute: {sample, max_usd_per_day}`, per instance: N replicas
 //! spend up to N budgets): on a `sample` share of the
 //! routed requests (chosen by the decision id, so the same on every instance), when the
@@ -267,8 +272,34 @@ struct Pending {
     per_shadow: Vec<(bool, f64, f64, f64)>,
 }
 
+/// The gateway whose upstreams executions call: the configuration being served (held
+/// weakly: the gateway owns the shadows); a reload that keeps the shadows points it at
+/// the new configuration.
+#[derive(Debug, Default)]
+pub struct Target(Mutex<Weak<Gateway>>);
+
+impl Target {
+    pub fn new(gateway: Weak<Gateway>) -> Arc<Target> {
+        Arc::new(Target(Mutex::new(gateway)))
+    }
+
+    /// Points executions at `gateway`.
+    pub fn set(&self, gateway: Weak<Gateway>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = gateway;
+    }
+
+    fn get(&self) -> Option<Arc<Gateway>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
+    }
+}
+
 /// The shadows' queue, worker and statistics.
 pub struct Shadows {
+    /// Where executions go.
+    pub target: Arc<Target>,
     tx: Sender<Msg>,
     /// Bytes held by queued jobs.
     queued: Arc<AtomicUsize>,
@@ -291,11 +322,11 @@ impl std::fmt::Debug for Shadows {
 
 impl Shadows {
     /// Starts the worker thread for `shadows`; full-queue drops count on `dropped`;
-    /// executions call the upstreams of `gateway` (held weakly: the gateway owns this).
+    /// executions call the upstreams of the gateway `target` names.
     pub fn start(
         shadows: Vec<Shadow>,
         dropped: Counter,
-        gateway: Weak<Gateway>,
+        target: Arc<Target>,
     ) -> std::io::Result<Shadows> {
         let (tx, rx) = crossbeam_channel::bounded::<Msg>(QUEUE);
         let names: Vec<String> = shadows.iter().map(|s| s.name.clone()).collect();
@@ -309,14 +340,16 @@ impl Shadows {
         let queued = Arc::new(AtomicUsize::new(0));
         let held = Arc::clone(&queued);
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let to = Arc::clone(&target);
         std::thread::Builder::new()
             .name("routewise-shadows".into())
             .spawn(move || {
                 tracing::dispatcher::with_default(&dispatch, || {
-                    worker(&shadows, &rx, &shared, &gateway, &held)
+                    worker(&shadows, &rx, &shared, &to, &held)
                 })
             })?;
         Ok(Shadows {
+            target,
             tx,
             queued,
             names,
@@ -400,7 +433,7 @@ fn worker(
     shadows: &[Shadow],
     rx: &Receiver<Msg>,
     stats: &Arc<Mutex<Vec<Sums>>>,
-    gateway: &Weak<Gateway>,
+    target: &Arc<Target>,
     queued: &AtomicUsize,
 ) {
     let budgets: Vec<Arc<Mutex<Budget>>> = shadows
@@ -442,7 +475,7 @@ fn worker(
                     if let (Some(e), Some(exec), false) = (s.execute, &job.exec, agrees) {
                         if sampled(&job.decision_id, e.sample) {
                             execute(
-                                gateway,
+                                target,
                                 exec,
                                 &job.decision_id,
                                 &s.name,
@@ -596,7 +629,7 @@ impl Drop for Held {
 /// budget; returns at once, the call runs on the request's runtime.
 #[allow(clippy::too_many_arguments)]
 fn execute(
-    gateway: &Weak<Gateway>,
+    target: &Target,
     exec: &ExecRequest,
     decision_id: &str,
     shadow: &str,
@@ -607,7 +640,7 @@ fn execute(
     stats: &Arc<Mutex<Vec<Sums>>>,
     k: usize,
 ) {
-    let Some(gw) = gateway.upgrade() else {
+    let Some(gw) = target.get() else {
         return;
     };
     let Some(m) = gw.upstreams.by_name(model) else {
@@ -640,12 +673,10 @@ fn execute(
         amount: reservation,
         settled: false,
     };
-    let (gateway, stats) = (gateway.clone(), Arc::clone(stats));
+    let stats = Arc::clone(stats);
     let (id, shadow) = (decision_id.to_string(), shadow.to_string());
+    // The call keeps the configuration it started on (as a request does).
     exec.runtime.spawn(async move {
-        let Some(gw) = gateway.upgrade() else {
-            return;
-        };
         let up = gw.upstreams.get(m);
         let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
         let call = Call {
@@ -827,7 +858,7 @@ mod tests {
                 },
             ],
             Counter::default(),
-            Weak::new(),
+            Arc::default(),
         )
         .unwrap();
         // Live: `dear` with probability 0.5, `cheap` 0.5 (a coin flip logger); `cheap`
@@ -876,7 +907,7 @@ mod tests {
                 execute: None,
             }],
             Counter::default(),
-            Weak::new(),
+            Arc::default(),
         )
         .unwrap();
         let ids: Vec<String> = (0..2000u64)
@@ -913,7 +944,7 @@ mod tests {
                 execute: None,
             }],
             dropped.clone(),
-            Weak::new(),
+            Arc::default(),
         )
         .unwrap();
         for i in 0..(QUEUE * 4) {

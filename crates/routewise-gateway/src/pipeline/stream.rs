@@ -144,7 +144,10 @@ impl StreamState {
         if end.upstream_failed() {
             gw.record_failure(self.model);
         }
-        decision_log::emit(&ctx, Some(self.model), 200, cost, end);
+        let usage = self
+            .usage
+            .filter(|_| ctx.routed.reason != super::route::Reason::Cached);
+        decision_log::emit(&ctx, Some(self.model), 200, cost, usage, end);
         if end == End::Complete {
             record::record_in_background(&ctx, self.model, cost);
             if let (Some(sse), Some(mut probe)) = (self.capture.take(), ctx.cache.clone()) {

@@ -17,6 +17,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -168,15 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     let addr = args.listen.unwrap_or(state.config.listen);
-    let live = routewise_gateway::Live::new(state.clone(), args.config.clone());
     rt.block_on(async move {
-        reload_on_sighup(&live)?;
-        // Watching stops when this guard drops, with the server.
-        let _watch = if args.watch_config {
-            Some(live.watch().context("cannot watch the config file")?)
-        } else {
-            None
-        };
         raise_open_file_limit(state.config.limits.max_connections);
         if let Ok(k) = std::env::var(routewise_gateway::http::auth::ADMIN_KEY_ENV) {
             if !k.is_empty() {
@@ -209,17 +202,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             router = %state.decider.describe(),
             "routewise gateway listening on http://{local}"
         );
+        // What the end of the process needs; the first configuration itself is dropped
+        // once a reload replaces it.
+        let (keys, decision_log) = (Arc::clone(&state.keys), Arc::clone(&state.decision_log));
+        // Reloads start once the stores are attached (a reload shares them).
+        let live = routewise_gateway::Live::new(state, args.config.clone());
+        reload_on_sighup(&live)?;
+        // Watching stops when this guard drops, with the server.
+        let _watch = if args.watch_config {
+            Some(live.watch().context("cannot watch the config file")?)
+        } else {
+            None
+        };
         let served =
             routewise_gateway::server::serve_on(listener, live, shutdown_signal(), served_on)
                 .await;
         // Key spend settled by the last requests is written before the process ends.
-        if let Some(keys) = state.keys.get() {
+        if let Some(keys) = keys.get() {
             if !keys.drain(Duration::from_secs(2)).await {
                 tracing::warn!("key spend still settling after 2 s was not written");
             }
         }
         // The decisions still queued are written before the log is flushed.
-        if !state.decision_log.flush(Duration::from_secs(2)) {
+        if !decision_log.flush(Duration::from_secs(2)) {
             tracing::warn!("the decision log did not drain within 2 s");
         }
         served.context("server error")?;
