@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(not GATEWAY, reason="run through tests/e2e/run.sh")
 
 
-def stats(base, key=None):
+def stats(base, key=ADMIN):
     headers = {"Authorization": "Bearer " + key} if key else {}
     req = urllib.request.Request(base + "/v1/stats", headers=headers)
     try:
@@ -37,7 +37,7 @@ def stats(base, key=None):
         return e.code, json.load(e)
 
 
-def settled(base, requests, key=None):
+def settled(base, requests, key=ADMIN):
     """The report once it counts `requests` requests (the writer thread batches)."""
     for _ in range(100):
         status, body = stats(base, key)
@@ -71,8 +71,8 @@ def test_the_stats_report_counts_what_was_answered():
         old = next(m["requests"] for m in before["models"] if m["name"] == model)
         new = next(m["requests"] for m in after["models"] if m["name"] == model)
         assert new - old == count
-    # The series holds the same requests as the totals (all within the 5-minute window).
-    assert sum(b["requests"] for b in after["series"]) <= after["totals"]["requests"]
+    # This run is younger than the 5-minute window: the series holds every request.
+    assert sum(b["requests"] for b in after["series"]) == after["totals"]["requests"]
     t = after["totals"]
     assert t["spend_usd"] > 0 and t["reference_model"]
     assert t["savings_usd"] == pytest.approx(t["reference_cost_usd"] - t["spend_usd"])
@@ -83,7 +83,7 @@ def test_the_stats_report_counts_what_was_answered():
 
 
 def test_the_stats_report_needs_the_admin_key_when_keys_are_on():
-    status, body = stats(KEYS)
+    status, body = stats(KEYS, None)
     assert status == 401, body
     assert body["error"]["code"] == "invalid_admin_key"
     status, body = stats(KEYS, ADMIN)
@@ -105,32 +105,50 @@ def browser():
         b.close()
 
 
-def open_page(browser, base, width, height=900):
+def open_page(browser, base, width, height=900, login=True):
+    """The dashboard; the gateways run with an admin key, which the page asks for."""
     page = browser.new_page(viewport={"width": width, "height": height})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    # The first poll, before the key is given, is refused (401): not an error of the page.
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and "401" not in m.text else None)
     page.goto(base + "/dashboard")
+    if login:
+        page.wait_for_selector("#login:not([hidden])")
+        page.fill("#admin-key", ADMIN)
+        page.keyboard.press("Enter")
     return page, errors
 
 
+def usd(x):
+    """The page's money format."""
+    a = abs(x)
+    digits = 2 if a >= 100 else 3 if a >= 1 else 4 if a >= 0.01 else 6
+    return f"${x:.{digits}f}"
+
+
 def test_the_page_shows_the_reported_numbers(browser):
+    _, before = stats(GATEWAY)
     for i in range(3):
         chat(GATEWAY, f"dashboard traffic {i}")
+    settled(GATEWAY, before["totals"]["requests"] + 3)
     page, errors = open_page(browser, GATEWAY, 1280)
     page.wait_for_selector("body[data-loaded]")
     page.click("[data-testid=pause]")  # freeze the page: no refresh after this
     assert page.get_attribute("[data-testid=pause]", "aria-pressed") == "true"
-    shown = int(page.get_attribute("body", "data-loaded"))
     status, report = stats(GATEWAY)
     assert status == 200
-    assert report["now_unix_ms"] >= shown
     t = report["totals"]
     tile = lambda name: page.inner_text(f"[data-testid=tile-{name}] .value")  # noqa: E731
     assert tile("requests") == str(t["requests"])
     assert tile("errors") == str(t["errors"])
     assert tile("skips") == f"{t['quota_skips']} / {t['budget_skips']}"
-    assert tile("spend").startswith("$")
+    assert tile("spend") == usd(t["spend_usd"])
+    assert tile("reference") == usd(t["reference_cost_usd"])
+    saved = f"{usd(t['savings_usd'])} ({100 * t['savings_usd'] / t['reference_cost_usd']:.1f}%)"
+    assert tile("savings").replace("\n", " ") == saved
+    assert tile("cache") == f"{100 * t['cache_hit_rate']:.1f}%"
     for m in report["models"]:
         row = page.locator(f'[data-testid=models] tr[data-model="{m["name"]}"]')
         assert row.locator("[data-testid=model-requests]").inner_text() == str(m["requests"])
@@ -168,6 +186,27 @@ def test_the_page_shows_the_reported_numbers(browser):
     assert errors == []
 
 
+def test_keyboard_focus_survives_the_live_refresh(browser):
+    page, errors = open_page(browser, GATEWAY, 1280)
+    page.wait_for_selector("#recent-body summary")
+    for _ in range(200):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.tagName") == "SUMMARY":
+            break
+    focused = page.evaluate("document.activeElement.closest('tr').dataset.decision")
+    loaded = page.get_attribute("body", "data-loaded")
+    # (wait_for_function evaluates a string, which the page's CSP forbids: poll instead)
+    for _ in range(100):
+        if page.get_attribute("body", "data-loaded") != loaded:
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError("the page did not refresh within 10 s")
+    assert page.evaluate("document.activeElement.tagName") == "SUMMARY"
+    assert page.evaluate("document.activeElement.closest('tr').dataset.decision") == focused
+    assert errors == []
+
+
 def test_the_page_is_readable_at_a_phones_width(browser):
     page, errors = open_page(browser, GATEWAY, 390, 844)
     page.wait_for_selector("body[data-loaded]")
@@ -193,7 +232,7 @@ def test_with_keys_on_the_page_asks_for_the_admin_key_then_lists_the_keys(browse
             break
         time.sleep(0.05)
     assert mine and mine[0]["spend_usd"] > 0 and mine[0]["budget_usd"] == 1.0
-    page, errors = open_page(browser, KEYS, 1280)
+    page, errors = open_page(browser, KEYS, 1280, login=False)
     page.wait_for_selector("#login:not([hidden])")
     page.fill("#admin-key", ADMIN)
     page.keyboard.press("Enter")
@@ -210,4 +249,4 @@ def test_with_keys_on_the_page_asks_for_the_admin_key_then_lists_the_keys(browse
     meter = row.locator("[role=meter]")
     assert float(meter.get_attribute("aria-valuenow")) == pytest.approx(100 * spend, abs=0.05)
     page.screenshot(path=str(ARTIFACTS / "dashboard-keys-1280.png"), full_page=True)
-    assert errors == [] or all("401" in e or "403" in e for e in errors)
+    assert errors == []

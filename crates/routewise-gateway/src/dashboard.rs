@@ -10,7 +10,6 @@
 
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
 use crate::state::Gateway;
 use crate::stats::{self, Point};
 
@@ -21,9 +20,9 @@ pub const PAGE: &str = include_str!("../assets/dashboard.html");
 const MAX_KEYS: usize = 200;
 
 /// The `GET /v1/stats` report at `now_unix_ms`.
-pub async fn report(gw: &Gateway, now_unix_ms: u64) -> Result<Value, ApiError> {
+pub async fn report(gw: &Gateway, now_unix_ms: u64) -> Value {
     let names: &[String] = &gw.names;
-    let snap = gw.stats.snapshot(now_unix_ms / 1000, names);
+    let snap = gw.stats.snapshot(now_unix_ms / 1000, &gw.router_id, names);
     let prices: Vec<(f64, f64)> = gw
         .upstreams
         .iter()
@@ -61,9 +60,13 @@ pub async fn report(gw: &Gateway, now_unix_ms: u64) -> Result<Value, ApiError> {
             })
         })
         .collect();
+    // A key store that does not answer leaves the rest of the report standing.
     let keys = match gw.keys.get() {
-        Some(_) => Some(crate::pipeline::budget::usages(gw, MAX_KEYS).await?),
-        None => None,
+        Some(_) => match crate::pipeline::budget::usages(gw, MAX_KEYS).await {
+            Ok(k) => json!(k),
+            Err(e) => json!({"error": e.to_string()}),
+        },
+        None => Value::Null,
     };
     let point = |p: Point| json!({"quality": p.quality, "cost_usd": p.cost_usd});
     let samples = &snap.reservoir;
@@ -85,7 +88,7 @@ pub async fn report(gw: &Gateway, now_unix_ms: u64) -> Result<Value, ApiError> {
             "operating": operating,
         })
     });
-    Ok(json!({
+    json!({
         "now_unix_ms": now_unix_ms,
         "uptime_s": now / 1000,
         "config": {"version": gw.version, "generation": gw.generation,
@@ -112,5 +115,5 @@ pub async fn report(gw: &Gateway, now_unix_ms: u64) -> Result<Value, ApiError> {
         "keys": keys,
         "recent": snap.recent,
         "frontier": frontier,
-    }))
+    })
 }

@@ -187,6 +187,10 @@ impl Live {
             changed: true,
         };
         self.0.current.store(Arc::clone(&next.0));
+        // Kept shadows execute on the configuration now served.
+        if let Some(s) = next.shadows.get() {
+            s.target.set(Arc::downgrade(&next.0));
+        }
         Ok(reloaded)
     }
 }
@@ -207,14 +211,22 @@ impl Drop for Watch {
     }
 }
 
-/// The files a reload reads: the config file and the artifacts the configuration being
-/// served names, each also by its resolved path when it is a symbolic link.
+/// The files a reload reads: the config file and the artifacts named by the configuration
+/// being served and by the file as it now reads (a reload that failed for an artifact
+/// not yet written is retried when it appears), each also by its resolved path when it is
+/// a symbolic link.
 fn watched_files(live: &Live) -> Vec<PathBuf> {
     let current = live.current();
-    let config = &current.config;
     let mut files: Vec<PathBuf> = live.0.source.iter().cloned().collect();
-    files.extend(config.router.artifact.clone());
-    files.extend(config.shadows.iter().map(|s| s.artifact.clone()));
+    let on_disk = live
+        .0
+        .source
+        .as_deref()
+        .and_then(|p| crate::config::load(p).ok());
+    for config in std::iter::once(&current.config).chain(on_disk.as_ref()) {
+        files.extend(config.router.artifact.clone());
+        files.extend(config.shadows.iter().map(|s| s.artifact.clone()));
+    }
     let mut out = Vec::new();
     for f in files {
         let f = absolute(&f);
@@ -285,13 +297,12 @@ impl Live {
                 // Let the writer finish: reload once the events stop for SETTLE.
                 while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
                 tracing::info!("a watched file changed: reloading");
-                if let Ok(Reloaded { changed: true, .. }) = live.reload().await {
-                    let now = watched_files(&live);
-                    watch_dirs(&mut watcher, &now);
-                    *files
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
-                }
+                let _ = live.reload().await;
+                let now = watched_files(&live);
+                watch_dirs(&mut watcher, &now);
+                *files
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
             }
         });
         Ok(Watch { task })

@@ -54,6 +54,9 @@ pub struct Gateway {
     pub upstreams: ModelTable,
     /// Their names, in the same order.
     pub names: Arc<[String]>,
+    /// Which router decides (the artifact's digest; the version without an artifact): the
+    /// dashboard's frontier keeps the predictions of this one only.
+    pub router_id: Arc<str>,
     /// The dashboard's statistics ([`crate::stats`]), kept across reloads.
     pub stats: Arc<crate::stats::Stats>,
     pub metrics: Metrics,
@@ -299,6 +302,7 @@ impl AppState {
                 generation: p.generation + 1,
                 stats: Arc::clone(&p.stats),
                 names: upstreams.names().into(),
+                router_id: artifact_digest.as_ref().unwrap_or(&version).as_str().into(),
                 metrics,
                 shadow_digests,
                 decision_log: Arc::clone(&p.decision_log),
@@ -330,6 +334,7 @@ impl AppState {
                     generation: 0,
                     stats: Arc::default(),
                     names: upstreams.names().into(),
+                    router_id: artifact_digest.as_ref().unwrap_or(&version).as_str().into(),
                     shadow_digests,
                     metrics,
                     decision_log,
@@ -361,8 +366,8 @@ impl AppState {
             p.shadows.get().filter(|_| same)
         });
         match kept {
+            // Pointed at this generation once it is served (`Live::reload`).
             Some(s) => {
-                s.target.set(Arc::downgrade(&state.0));
                 let _ = state.shadows.set(Arc::clone(s));
             }
             None => state.attach_shadows(shadows).map_err(StateError::Shadows)?,

@@ -27,6 +27,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
+/// Milliseconds since the Unix epoch (the statistics' clock).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Seconds of per-second history kept.
 pub const WINDOW_S: u64 = 300;
 /// Decisions listed in `recent`.
@@ -41,8 +48,10 @@ pub struct Observation {
     /// The answering model (`None`: every attempt failed, or a client error).
     pub model: Option<String>,
     pub status: u16,
-    /// Realised cost (`None`: unknown, no usage).
+    /// Realised cost of the whole request (`None`: unknown, no usage).
     pub cost_usd: Option<f64>,
+    /// The same cost by the model that was called: a cascade's tier calls and the answer.
+    pub costs: Vec<(String, f64)>,
     /// Upstream usage (prompt, completion tokens).
     pub usage: Option<(u64, u64)>,
     pub cached: bool,
@@ -59,6 +68,9 @@ pub struct Observation {
 /// A routed request's predictions over the served models.
 #[derive(Debug, Clone)]
 pub struct Predicted {
+    /// Which router made them: the artifact's digest (or the configuration's version
+    /// without one), so that a reload to another router starts the frontier afresh.
+    pub router: Arc<str>,
     pub names: Arc<[String]>,
     pub scores: Vec<f64>,
     pub costs: Vec<f64>,
@@ -209,9 +221,12 @@ impl Stats {
         }
         s.totals.add(&o);
         if let Some(m) = &o.model {
-            let e = entry(&mut s.per_model, m);
-            e.requests += 1;
-            e.spend_usd += o.cost_usd.filter(|c| c.is_finite()).unwrap_or(0.0);
+            entry(&mut s.per_model, m).requests += 1;
+        }
+        for (m, c) in &o.costs {
+            if c.is_finite() {
+                entry(&mut s.per_model, m).spend_usd += c;
+            }
         }
         for (m, why) in &o.skipped {
             let e = entry(&mut s.per_model, m);
@@ -232,10 +247,35 @@ impl Stats {
         s.recent.push_back(o.recent);
     }
 
+    /// Counts a request refused before it was routed (a parse error, a blocking rule, a
+    /// key refused, load shed): it has no decision, only a status.
+    pub fn rejected(&self, unix_ms: u64, status: u16) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = unix_ms / 1000;
+        if s.seconds.back().is_none_or(|b| b.t < t) {
+            s.seconds.push_back(Second {
+                t,
+                sums: Sums::default(),
+                models: Vec::new(),
+            });
+        }
+        let inner = &mut *s;
+        for sums in [
+            inner.seconds.back_mut().map(|b| &mut b.sums),
+            Some(&mut inner.totals),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sums.requests += 1;
+            sums.errors += u64::from(status >= 400);
+        }
+    }
+
     /// Everything observed, at `now_unix_s`: the last [`WINDOW_S`] seconds (seconds
     /// without traffic left out), the recent decisions newest first, and the reservoir's
-    /// samples over `models` (the current configuration's served models).
-    pub fn snapshot(&self, now_unix_s: u64, models: &[String]) -> Snapshot {
+    /// samples of `router` over `models` (the current configuration's).
+    pub fn snapshot(&self, now_unix_s: u64, router: &str, models: &[String]) -> Snapshot {
         let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         Snapshot {
             totals: s.totals.clone(),
@@ -250,7 +290,7 @@ impl Stats {
             reservoir: s
                 .reservoir
                 .iter()
-                .filter(|p| p.names.as_ref() == models)
+                .filter(|p| &*p.router == router && p.names.as_ref() == models)
                 .cloned()
                 .collect(),
         }
@@ -356,6 +396,7 @@ mod tests {
 
     fn predicted(scores: [f64; 2], costs: [f64; 2]) -> Predicted {
         Predicted {
+            router: "r".into(),
             names: names(),
             scores: scores.to_vec(),
             costs: costs.to_vec(),
@@ -368,6 +409,7 @@ mod tests {
             model: Some(model.to_string()),
             status: 200,
             cost_usd: Some(cost),
+            costs: vec![(model.to_string(), cost)],
             usage: Some((10, 5)),
             cached: false,
             cascade: None,
@@ -398,7 +440,7 @@ mod tests {
         stats.observe(obs(1_000_000, "small", 0.001));
         stats.observe(obs(1_000_400, "small", 0.001));
         stats.observe(obs(1_001_000, "big", 0.01));
-        let snap = stats.snapshot(1_001, &names());
+        let snap = stats.snapshot(1_001, "r", &names());
         assert_eq!(snap.series.len(), 2);
         assert_eq!(snap.series[0].sums.requests, 2);
         assert_eq!(snap.series[0].models, vec![("small".to_string(), 2)]);
@@ -413,7 +455,7 @@ mod tests {
         assert_eq!((big.requests, big.quota_skips), (1, 3));
         // Seconds older than the window are gone; another model set has no samples.
         stats.observe(obs((1_001 + WINDOW_S) * 1000, "small", 0.001));
-        let snap = stats.snapshot(1_001 + WINDOW_S, &["x".to_string()]);
+        let snap = stats.snapshot(1_001 + WINDOW_S, "r", &["x".to_string()]);
         assert_eq!(snap.series.len(), 1);
         assert!(snap.reservoir.is_empty());
         assert_eq!(snap.totals.requests, 4);
@@ -425,7 +467,7 @@ mod tests {
         for i in 0..(RESERVOIR as u64 + 10) {
             stats.observe(obs(1_000_000 + i, "small", 0.001));
         }
-        let snap = stats.snapshot(1_000, &names());
+        let snap = stats.snapshot(1_000, "r", &names());
         assert_eq!(snap.recent.len(), RECENT);
         assert_eq!(snap.reservoir.len(), RESERVOIR);
     }

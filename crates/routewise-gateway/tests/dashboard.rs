@@ -181,3 +181,89 @@ async fn the_page_is_one_self_contained_document() {
         .unwrap();
     assert_eq!(r.status(), 405);
 }
+
+#[tokio::test]
+async fn requests_refused_before_routing_count_and_the_decision_endpoint_does_not() {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
+    let r = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = common::send_json(&gw.url("/v1/route"), &common::chat_body("hello world")).await;
+    assert_eq!(r.status(), 200);
+    let r = common::send_json(
+        &gw.url("/v1/chat/completions"),
+        &common::chat_body("hello world"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let report = settled(&gw, 2).await;
+    assert_eq!(
+        report["totals"]["requests"], 2,
+        "the refused one and the answered one"
+    );
+    assert_eq!(report["totals"]["errors"], 1);
+    assert_eq!(report["recent"].as_array().unwrap().len(), 1);
+    assert_eq!(report["frontier"]["samples"], 1);
+}
+
+#[tokio::test]
+async fn a_cascade_charges_each_model_its_own_calls() {
+    let mock = MockUpstream::start().await.unwrap();
+    // b and c are asked first; they agree (the mock answers "42" for both), so c's or
+    // b's answer is accepted: each is charged its own call, a nothing.
+    for m in ["up-b", "up-c"] {
+        mock.set_model_answer(m, Some("42"));
+    }
+    let gw = common::start(&common::abc_yaml(
+        &mock.base_url(),
+        "router: {policy: {lambda: 0}, cascade: {tier: [b, c], min_agree: 2, extractor: number}}",
+    ).replace("router: {policy: {lambda: 0}}\n", ""))
+    .await;
+    let r = common::send_json(
+        &gw.url("/v1/chat/completions"),
+        &common::chat_body("pick a number"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let report = settled(&gw, 1).await;
+    let spend = |name: &str| {
+        report["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["spend_usd"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(spend("b") > 0.0 && spend("c") > 0.0, "{report}");
+    assert_eq!(spend("a"), 0.0);
+    let total = report["totals"]["spend_usd"].as_f64().unwrap();
+    assert!((spend("b") + spend("c") - total).abs() < 1e-12, "{report}");
+    assert_eq!(report["totals"]["cascades"]["accepted"], 1);
+}
+
+#[tokio::test]
+async fn with_an_admin_key_set_the_report_needs_it_even_with_open_auth() {
+    // Review finding: open, the report handed out every caller's decision ids, which
+    // `/v1/feedback` accepts.
+    let mock = MockUpstream::start().await.unwrap();
+    let state = AppState::new(
+        common::config(&common::abc_yaml(&mock.base_url(), "")),
+        common::abc(),
+        None,
+    )
+    .unwrap();
+    state.set_admin_key("adm");
+    let gw = common::Gateway::start(state).await;
+    assert_eq!(stats(&gw, None).await.0, 401);
+    let (status, body) = stats(&gw, Some("adm")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["keys"].is_null());
+}

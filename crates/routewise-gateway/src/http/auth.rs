@@ -39,6 +39,11 @@ pub async fn require_key(Current(state): Current, mut req: Request, next: Next) 
                 _ => "other",
             };
             state.metrics.request(endpoint, "-", e.status().as_u16());
+            if endpoint == "chat" {
+                state
+                    .stats
+                    .rejected(crate::stats::unix_ms(), e.status().as_u16());
+            }
             e.into_response()
         }
     }

@@ -1,7 +1,8 @@
 //! The dashboard's endpoints: `GET /dashboard` (the page, [`crate::dashboard::PAGE`]) and
-//! `GET /v1/stats` (the report it draws, [`crate::dashboard::report`]). With `auth: {mode:
-//! keys}` the report needs the admin key (it lists every key's spend); with open auth it
-//! is open, like `/metrics`.
+//! `GET /v1/stats` (the report it draws, [`crate::dashboard::report`]). The report needs
+//! the admin key whenever one is set (`ROUTEWISE_ADMIN_KEY`), and always with `auth:
+//! {mode: keys}`: it lists every key's spend and the recent decision ids (which
+//! `/v1/feedback` accepts). Open auth without an admin key (the demo) leaves it open.
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,8 @@ use crate::http::extract::Current;
 
 /// What the page may load: itself, and its own origin's report.
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'";
+                   connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
 
 pub async fn page() -> Response {
     let mut resp = crate::dashboard::PAGE.into_response();
@@ -31,16 +33,14 @@ pub async fn page() -> Response {
 }
 
 pub async fn stats(Current(state): Current, headers: HeaderMap) -> Response {
-    if state.config.auth.mode == AuthMode::Keys {
+    if state.config.auth.mode == AuthMode::Keys || state.admin_key.get().is_some() {
         if let Err(e) = check_admin_key(&state, &headers) {
             return e.into_response();
         }
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    match crate::dashboard::report(&state, now).await {
-        Ok(report) => Json(report).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let report = crate::dashboard::report(&state, crate::stats::unix_ms()).await;
+    let mut resp = Json(report).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

@@ -34,15 +34,20 @@ pub async fn shed(State(live): State<Live>, mut req: Request, next: Next) -> Res
         Ok(permit) => hold_until_body_ends(next.run(req).await, permit),
         Err(why) => {
             state.metrics.shed(why);
-            match why {
+            let e = match why {
                 Refused::Total => ApiError::Overloaded {
                     limit: limits.max_in_flight,
                 },
                 Refused::PerIp => ApiError::ClientLimit {
                     limit: limits.max_connections_per_ip,
                 },
+            };
+            if req.uri().path() == "/v1/chat/completions" {
+                state
+                    .stats
+                    .rejected(crate::stats::unix_ms(), e.status().as_u16());
             }
-            .into_response()
+            e.into_response()
         }
     }
 }

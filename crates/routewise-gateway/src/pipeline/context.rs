@@ -109,7 +109,9 @@ impl Drop for RequestContext {
         } else {
             (CLIENT_CLOSED_REQUEST, End::ClientDisconnected)
         };
-        decision_log::emit(self, None, status, None, None, end);
+        // Tier calls already made are billed: their cost is the request's.
+        let cost = crate::pipeline::cascade::total_cost(self, None);
+        decision_log::emit(self, None, status, cost, None, end);
         self.state.metrics.request("chat", "-", status);
     }
 }

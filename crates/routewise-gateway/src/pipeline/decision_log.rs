@@ -290,11 +290,27 @@ impl DecisionRecord {
             .and_then(|c| gw.upstreams.at(c))
             .map(|u| u.name.clone());
         let cascade = self.cascade.as_ref().map(|c| c.verdict(self.model).0);
+        // Each call's cost goes to its own model: the tier calls, then the answer (what
+        // the total holds beyond them).
+        let mut costs: Vec<(String, f64)> = self
+            .cascade
+            .iter()
+            .flat_map(|t| &t.calls)
+            .filter_map(|c| Some((name(c.model), c.cost?)))
+            .collect();
+        let tier: f64 = costs.iter().map(|(_, c)| c).sum();
+        if let (Some(m), Some(total)) = (self.model, self.cost) {
+            let own = total - tier;
+            if own > 1e-15 {
+                costs.push((name(m), own));
+            }
+        }
         crate::stats::Observation {
             unix_ms: self.unix_ms,
             model: model.clone(),
             status: self.status,
             cost_usd: self.cost,
+            costs,
             usage: self.usage,
             cached: self.cached,
             cascade,
@@ -307,6 +323,7 @@ impl DecisionRecord {
                 .all
                 .as_ref()
                 .map(|(scores, costs)| crate::stats::Predicted {
+                    router: Arc::clone(&gw.router_id),
                     names: Arc::clone(&gw.names),
                     scores: scores.clone(),
                     costs: costs.clone(),
@@ -506,9 +523,7 @@ pub fn emit(
         key: ctx.caller.as_ref().map(|c| c.name.clone()),
         skipped: ctx.skipped.clone(),
         log: logged,
-        unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        unix_ms: crate::stats::unix_ms(),
         usage,
         all: decision.map(|d| (d.scores.clone(), d.costs.clone())),
         cached: ctx.routed.reason == crate::pipeline::route::Reason::Cached,
@@ -518,7 +533,8 @@ pub fn emit(
         predictions,
         cascade: ctx.cascade.clone(),
         propensity: decision.and_then(|d| d.propensity),
-        estimate: decision.and_then(|d| {
+        // Only a logged line estimates a propensity (the statistics do not need it).
+        estimate: decision.filter(|_| logged).and_then(|d| {
             let learning = d.learning.as_ref().filter(|_| d.propensity.is_none())?;
             Some(Box::new(PropensityInput {
                 learning: learning.clone(),

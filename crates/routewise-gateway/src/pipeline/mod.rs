@@ -295,6 +295,8 @@ async fn chat_stages(
 /// A client error: counted, answered, never logged at more than debug.
 fn reject(gw: &Gateway, e: ApiError, id: &str, trace: &TraceContext) -> Response {
     gw.metrics.request("chat", "-", e.status().as_u16());
+    gw.stats
+        .rejected(crate::stats::unix_ms(), e.status().as_u16());
     tracing::debug!(decision_id = %id, error = %e, "rejected request");
     let mut resp = e.into_response();
     let h = resp.headers_mut();
