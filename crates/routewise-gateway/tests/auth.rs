@@ -715,3 +715,64 @@ async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_n
         after - before
     );
 }
+
+/// The model answering a paced key's `n` requests in a row, and its `/v1/usage`.
+async fn paced_run(gw: &common::Gateway, key: &str, n: usize) -> (Vec<String>, Value) {
+    let mut answered = Vec::new();
+    for i in 0..n {
+        let (status, headers, body) = chat(
+            gw,
+            Some(key),
+            &common::chat_body(&format!("hello world {i}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        answered.push(common::header(&headers, "x-routewise-model").to_string());
+        // The pacer moves as each call settles (off the response path).
+        settled_usage(gw, key).await;
+    }
+    (answered, settled_usage(gw, key).await)
+}
+
+#[tokio::test]
+async fn a_paced_key_steers_its_lambda_along_its_budget() {
+    // From lambda 100 (b), a budget the traffic overspends pushes lambda up (to c), one
+    // it underspends pulls it down (to a); the request's own lambda is overridden.
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &mock.base_url(),
+        &format!(
+            "{}\nauth: {{mode: keys, reserve_output_tokens: 64}}",
+            local_state(&dir)
+        ),
+    )
+    .await;
+    let (tight, _) = create(
+        &gw,
+        json!({"name": "tight", "budget_usd": 0.01, "period": "month", "pace": true,
+               "policy": "lambda=100"}),
+    )
+    .await;
+    let (loose, _) = create(
+        &gw,
+        json!({"name": "loose", "budget_usd": 100.0, "period": "month", "pace": true,
+               "policy": "lambda=100"}),
+    )
+    .await;
+    let (answered, usage) = paced_run(&gw, &tight, 40).await;
+    assert_eq!(answered[0], "b", "{answered:?}");
+    assert_eq!(answered[39], "c", "{answered:?}");
+    assert!(usage["pace_lambda"].as_f64().unwrap() > 357.0, "{usage}");
+    assert!(usage["spend_usd"].as_f64().unwrap() <= 0.01);
+    let (answered, usage) = paced_run(&gw, &loose, 40).await;
+    assert_eq!(answered[0], "b", "{answered:?}");
+    assert_eq!(answered[39], "a", "{answered:?}");
+    assert!(usage["pace_lambda"].as_f64().unwrap() < 30.0, "{usage}");
+    // A request's own lambda does not move a paced key off its course.
+    let mut body = common::chat_body("hello world");
+    body["routewise"] = json!({"lambda": 1e9});
+    let (status, headers, _) = chat(&gw, Some(&loose), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(common::header(&headers, "x-routewise-model"), "a");
+}

@@ -63,6 +63,10 @@ pub struct KeyRecord {
     pub budget_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<Period>,
+    /// The budget is paced: the key's lambda is steered so that spend follows the budget
+    /// across the period (`routewise_router::pacing`); the budget stays a hard cap.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pace: bool,
     /// Requests per minute ([`crate::budget::Rate`]); `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
@@ -94,6 +98,9 @@ pub struct KeySpec {
     /// The budget's period (default `month`).
     #[serde(default)]
     pub period: Option<Period>,
+    /// Pace the budget (needs `budget_usd`); `false` turns pacing off.
+    #[serde(default)]
+    pub pace: Option<bool>,
     /// Requests per minute (0 removes the limit).
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -188,6 +195,7 @@ pub fn create(spec: &KeySpec, now_ms: u64, known_models: &[&str]) -> Result<NewK
         tags: BTreeMap::new(),
         budget_usd: None,
         period: None,
+        pace: false,
         rpm: None,
         tpm: None,
     };
@@ -261,6 +269,15 @@ pub fn apply(
     }
     if record.budget_usd.is_some() && record.period.is_none() {
         record.period = Some(Period::Month);
+    }
+    if let Some(p) = spec.pace {
+        record.pace = p;
+    }
+    if record.pace && record.budget_usd.is_none() {
+        return err(
+            "pace",
+            "pacing steers spend along a budget: give the key a `budget_usd`".into(),
+        );
     }
     if let Some(r) = spec.rpm {
         record.rpm = (r > 0).then_some(r);
@@ -377,6 +394,37 @@ mod tests {
         .unwrap();
         assert_eq!(ok.record.models.as_deref(), Some(&["a".to_string()][..]));
         assert_eq!(ok.record.team.as_deref(), Some("search"));
+        // Pacing steers spend along a budget: it needs one.
+        assert_eq!(
+            e(KeySpec {
+                pace: Some(true),
+                ..spec("n")
+            }),
+            "pace"
+        );
+        let paced = create(
+            &KeySpec {
+                pace: Some(true),
+                budget_usd: Some(10.0),
+                ..spec("n")
+            },
+            0,
+            &MODELS,
+        )
+        .unwrap();
+        assert!(paced.record.pace);
+        let mut r = paced.record;
+        apply(
+            &mut r,
+            &KeySpec {
+                pace: Some(false),
+                ..KeySpec::default()
+            },
+            0,
+            &MODELS,
+        )
+        .unwrap();
+        assert!(!r.pace);
     }
 
     #[test]

@@ -71,6 +71,33 @@ fn keys_are_created_listed_updated_and_revoked_in_the_store() {
         (Some("search"), Some("prod"))
     );
 
+    // Pacing: on with `--pace`, off with `--pace false`; it needs a budget.
+    let up = common::ok(&[
+        "keys",
+        "--config",
+        cfg,
+        "update",
+        id,
+        "--budget-usd",
+        "50",
+        "--period",
+        "week",
+        "--pace",
+    ]);
+    let up: Value = serde_json::from_str(up.trim()).unwrap();
+    assert_eq!(
+        (up["pace"].as_bool(), up["budget_usd"].as_f64()),
+        (Some(true), Some(50.0))
+    );
+    let table = common::ok(&["keys", "--config", cfg, "list"]);
+    assert!(table.contains("$50/week paced"), "{table}");
+    let up = common::ok(&["keys", "--config", cfg, "update", id, "--pace", "false"]);
+    let up: Value = serde_json::from_str(up.trim()).unwrap();
+    assert!(up.get("pace").is_none(), "{up}");
+    let bad = common::routewise(&["keys", "--config", cfg, "create", "--name", "y", "--pace"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pace"));
+
     common::ok(&["keys", "--config", cfg, "revoke", id]);
     let table = common::ok(&["keys", "--config", cfg, "list"]);
     assert!(table.contains(id) && table.contains("revoked"), "{table}");

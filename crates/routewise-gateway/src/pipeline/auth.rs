@@ -55,6 +55,8 @@ pub struct Caller {
     /// Requests and tokens per minute.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// The budget is paced ([`super::pace`]).
+    pub pace: bool,
 }
 
 struct Entry {
@@ -80,6 +82,8 @@ pub struct Keys {
     /// store's only writer).
     ttl: Option<Duration>,
     cache: Mutex<HashMap<String, Arc<Entry>>>,
+    /// The paced keys' controllers ([`super::pace`]).
+    pub pacers: super::pace::Pacers,
 }
 
 impl std::fmt::Debug for Keys {
@@ -115,6 +119,7 @@ impl Keys {
             flusher,
             ttl: (!local).then(|| Duration::from_millis(gw.config.auth.cache_ttl_ms)),
             cache: Mutex::new(HashMap::new()),
+            pacers: super::pace::Pacers::default(),
         };
         if local {
             for r in keys.store.list_keys().await? {
@@ -305,6 +310,7 @@ pub(crate) fn caller(gw: &Gateway, r: &KeyRecord) -> Caller {
         budget: r.budget_usd.map(|b| (b, r.period.unwrap_or(Period::Month))),
         rpm: r.rpm,
         tpm: r.tpm,
+        pace: r.pace && r.budget_usd.is_some(),
     }
 }
 
@@ -342,6 +348,8 @@ pub async fn authenticate(
     };
     keys::verify(presented, record, now_ms()).map_err(refuse)?;
     tracing::Span::current().record("key", caller.id.as_str());
+    // A paced key's controller for this period (started on its first request).
+    ks.pacers.start(gw, caller, &*ks.budgets).await;
     Ok(Some(Arc::clone(caller)))
 }
 
@@ -368,6 +376,10 @@ pub fn apply(gw: &Gateway, caller: &Caller, req: &mut ChatRequest) -> Result<(),
     }
     if req.preference.is_none() {
         req.preference = caller.policy;
+    }
+    // A paced key routes with its controller's lambda, whatever the request asks.
+    if let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(caller)) {
+        req.preference = Some(Policy::Lambda(p.lambda()));
     }
     // A capped key's calls are held to the output their reservations cover: at most
     // `reserve_output_tokens`, and no more than the smallest configured context window of

@@ -62,6 +62,8 @@ struct Reservation {
     spend: KeySpend,
     /// The keys' count of open reservations (decremented when this one closes).
     pending: Arc<AtomicUsize>,
+    /// The key's pacer, moved by the settled cost.
+    paced: Option<Arc<crate::pipeline::pace::Paced>>,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -126,6 +128,9 @@ impl Reservation {
             Ok(()) => {
                 if let Some(c) = cost {
                     self.spend.add(&self.name, c);
+                    if let Some(p) = &self.paced {
+                        p.record(c);
+                    }
                 }
             }
             Err(e) => {
@@ -265,6 +270,9 @@ pub struct KeyUsage {
     pub remaining_usd: Option<f64>,
     pub period: &'static str,
     pub period_ends: String,
+    /// A paced key's current lambda ([`super::pace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace_lambda: Option<f64>,
 }
 
 /// The caller's spend in the current period.
@@ -292,6 +300,7 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
         remaining_usd: capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
         period: period.name(),
         period_ends: routewise_online::budget::rfc3339(period.bounds(now).1),
+        pace_lambda: ks.pacers.current(c).map(|p| p.lambda()),
     })
 }
 
@@ -350,6 +359,7 @@ pub async fn reserve(
         amount,
         spend: gw.metrics.key_spend(),
         pending: ks.pending(),
+        paced: ks.pacers.current(c),
     };
     match r
         .store

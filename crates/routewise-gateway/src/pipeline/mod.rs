@@ -34,6 +34,7 @@ pub mod cache;
 pub mod cascade;
 pub mod context;
 pub mod decision_log;
+pub mod pace;
 pub mod record;
 pub mod restore;
 pub mod route;

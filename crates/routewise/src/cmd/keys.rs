@@ -82,6 +82,10 @@ pub struct SpecArgs {
     /// The budget's period (default month).
     #[arg(long, value_enum)]
     pub period: Option<PeriodArg>,
+    /// Pace the budget: steer the key's lambda so that spend follows the budget across the
+    /// period (the budget stays a hard cap); `--pace false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub pace: Option<bool>,
     /// Requests per minute (0 removes the limit).
     #[arg(long)]
     pub rpm: Option<u64>,
@@ -138,6 +142,7 @@ impl SpecArgs {
             expires_in_s,
             budget_usd: self.budget_usd,
             period: self.period.map(Period::from),
+            pace: self.pace,
             rpm: self.rpm,
             tpm: self.tpm,
         })
@@ -314,8 +319,9 @@ fn print_list(out: &mut impl Write, records: &[Value], json: bool) -> std::io::R
                 .map_or("all".to_string(), |m| m.join(",")),
             rec.policy.as_deref().unwrap_or("-"),
             rec.budget_usd.map_or("-".to_string(), |b| format!(
-                "${b}/{}",
-                rec.period.unwrap_or(Period::Month).name()
+                "${b}/{}{}",
+                rec.period.unwrap_or(Period::Month).name(),
+                if rec.pace { " paced" } else { "" }
             )),
             routewise_online::budget::rfc3339(rec.created_ms),
         )?;
