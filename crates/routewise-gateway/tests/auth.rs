@@ -775,4 +775,35 @@ async fn a_paced_key_steers_its_lambda_along_its_budget() {
     let (status, headers, _) = chat(&gw, Some(&loose), &body).await;
     assert_eq!(status, 200);
     assert_eq!(common::header(&headers, "x-routewise-model"), "a");
+    // A new budget starts a new controller (at the key's lambda again); pacing turned
+    // off leaves the key on its own policy.
+    let loose_id = &loose[3..13];
+    let path = format!("/admin/keys/{loose_id}");
+    let (status, v) = admin(
+        &gw,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"budget_usd": 200.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (answered, usage) = paced_run(&gw, &loose, 1).await;
+    assert_eq!(answered, ["b"]);
+    assert!(usage["pace_lambda"].as_f64().unwrap() > 90.0, "{usage}");
+    let (status, v) = admin(
+        &gw,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"pace": false})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, usage) = paced_run(&gw, &loose, 1).await;
+    assert!(usage.get("pace_lambda").is_none(), "{usage}");
+    let (_, headers, _) = chat(&gw, Some(&loose), &body).await;
+    assert_eq!(
+        common::header(&headers, "x-routewise-model"),
+        "c",
+        "the request's lambda"
+    );
 }

@@ -378,7 +378,7 @@ pub fn apply(gw: &Gateway, caller: &Caller, req: &mut ChatRequest) -> Result<(),
         req.preference = caller.policy;
     }
     // A paced key routes with its controller's lambda, whatever the request asks.
-    if let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(caller)) {
+    if let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(gw, caller)) {
         req.preference = Some(Policy::Lambda(p.lambda()));
     }
     // A capped key's calls are held to the output their reservations cover: at most

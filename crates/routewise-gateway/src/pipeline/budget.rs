@@ -300,7 +300,7 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
         remaining_usd: capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
         period: period.name(),
         period_ends: routewise_online::budget::rfc3339(period.bounds(now).1),
-        pace_lambda: ks.pacers.current(c).map(|p| p.lambda()),
+        pace_lambda: ks.pacers.current(gw, c).map(|p| p.lambda()),
     })
 }
 
@@ -359,7 +359,7 @@ pub async fn reserve(
         amount,
         spend: gw.metrics.key_spend(),
         pending: ks.pending(),
-        paced: ks.pacers.current(c),
+        paced: ks.pacers.current(gw, c),
     };
     match r
         .store

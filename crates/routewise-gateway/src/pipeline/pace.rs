@@ -6,14 +6,20 @@
 //! constraint, with CARROT's lambda as the knob. The lab measures it with `routewise eval
 //! --pacing`, BENCHMARKS.md section 11. Here it runs per key, in each instance:
 //!
-//! * **Start.** On a paced key's first request of a period, the pacer is made from what
-//!   is left of the budget (the spend already recorded in the key store) over what is
-//!   left of the period. It starts from the key's lambda (its `policy`), else the
-//!   config's `router.policy` lambda, else 100.
+//! * **Start.** On the first request of a period that this instance sees for a paced key,
+//!   the pacer is made from what is left of the budget (the spend already recorded in the
+//!   key store) over what is left of the period. It starts from the key's lambda (its
+//!   `policy`), else the config's `router.policy` lambda, else 100. A key whose budget,
+//!   period or starting lambda changes gets a new pacer; one whose pacing is turned off
+//!   loses it. A store that cannot be read leaves the request on the key's own policy,
+//!   and the next request tries again.
 //! * **Routing.** Every request of the key is routed with the pacer's lambda, whatever
-//!   policy the request asks for.
-//! * **Settling.** Each settled call moves the pacer by its realised cost. A released
-//!   call (nothing spent) does not move it.
+//!   policy the request asks for. A `routes:` rule that sets a policy wins for the
+//!   requests it matches (the operator's explicit steering); their spend still moves the
+//!   pacer.
+//! * **Settling.** Each call that cost something moves the pacer by its realised cost
+//!   (each attempt and each cascade tier call is one step). A call that cost nothing (a
+//!   failure the upstream did not bill) does not move it.
 //! * **Backstop.** The budget stays a hard cap: the reservations still refuse calls past
 //!   it.
 //!
@@ -44,8 +50,10 @@ pub const DEFAULT_LAMBDA: f64 = 100.0;
 /// One key's pacer for one period.
 #[derive(Debug)]
 pub struct Paced {
-    /// The period it paces (its start, unix ms).
+    /// What it was made for: the period (its start, unix ms), the budget and its period,
+    /// the starting lambda. A key whose settings differ gets a new pacer.
     period_start_ms: u64,
+    made_for: (f64, routewise_online::budget::Period, f64),
     pacer: Mutex<Pacer>,
 }
 
@@ -58,12 +66,14 @@ impl Paced {
             .lambda()
     }
 
-    /// Moves the pacer by a settled call's cost.
+    /// Moves the pacer by a settled call's cost (a call that cost nothing does not).
     pub fn record(&self, cost: f64) {
-        self.pacer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record(now_ms(), cost);
+        if cost > 0.0 && cost.is_finite() {
+            self.pacer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(now_ms(), cost);
+        }
     }
 }
 
@@ -72,15 +82,20 @@ impl Paced {
 pub struct Pacers(Mutex<HashMap<String, Arc<Paced>>>);
 
 impl Pacers {
-    /// The controller of `c`'s current period, if it has been started.
-    pub fn current(&self, c: &Caller) -> Option<Arc<Paced>> {
-        let (_, period) = c.budget?;
+    /// The controller of `c`'s current period, if it has been started for the key's
+    /// current settings.
+    pub fn current(&self, gw: &Gateway, c: &Caller) -> Option<Arc<Paced>> {
+        if !c.pace {
+            return None;
+        }
+        let (budget, period) = c.budget?;
         let start = period.bounds(now_ms()).0;
+        let made_for = (budget, period, starting_lambda(gw, c));
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&c.id)
-            .filter(|p| p.period_start_ms == start)
+            .filter(|p| p.period_start_ms == start && p.made_for == made_for)
             .cloned()
     }
 
@@ -93,14 +108,19 @@ impl Pacers {
         budgets: &dyn BudgetStore,
     ) -> Option<Arc<Paced>> {
         if !c.pace {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&c.id);
             return None;
         }
-        if let Some(p) = self.current(c) {
+        if let Some(p) = self.current(gw, c) {
             return Some(p);
         }
         let (budget, period) = c.budget?;
         let now = now_ms();
         let (start, end) = period.bounds(now);
+        // What was settled so far (calls in flight settle into the cap, not the pacer).
         let spent = match budgets
             .usage(&Scope {
                 key: &c.id,
@@ -110,27 +130,32 @@ impl Pacers {
             })
             .await
         {
-            Ok(u) => u.spent + u.reserved,
+            Ok(u) => u.spent,
             Err(e) => {
-                tracing::warn!(key = %c.name, error = %e, "cannot read the key's spend: pacing starts as if none were spent");
-                0.0
+                tracing::warn!(key = %c.name, error = %e, "cannot read the key's spend: this request is not paced");
+                return None;
             }
         };
+        let lambda0 = starting_lambda(gw, c);
         let cfg = PacerConfig {
             step: STEP,
-            lambda0: starting_lambda(gw, c),
+            lambda0,
             smoothing: SMOOTHING,
         };
         let paced = Arc::new(Paced {
             period_start_ms: start,
+            made_for: (budget, period, lambda0),
             pacer: Mutex::new(Pacer::new(cfg, (budget - spent).max(0.0), now, end)),
         });
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // A concurrent first request may have started it: keep the one already there.
+        // A concurrent first request may have started it: keep the one already there,
+        // unless it was made for an earlier period or other settings.
         let kept = map
             .entry(c.id.clone())
             .and_modify(|p| {
-                if p.period_start_ms != start {
+                if p.period_start_ms < start
+                    || (p.period_start_ms == start && p.made_for != paced.made_for)
+                {
                     *p = Arc::clone(&paced);
                 }
             })
@@ -143,7 +168,8 @@ impl Pacers {
 /// [`DEFAULT_LAMBDA`].
 fn starting_lambda(gw: &Gateway, c: &Caller) -> f64 {
     match (c.policy, gw.config.router.policy) {
-        (Some(Policy::Lambda(l)), _) | (None, Policy::Lambda(l)) if l > 0.0 => l,
+        (Some(Policy::Lambda(l)), _) if l > 0.0 => l,
+        (_, Policy::Lambda(l)) if l > 0.0 => l,
         _ => DEFAULT_LAMBDA,
     }
 }

@@ -48,7 +48,7 @@ pub enum Action {
     },
     /// Revoke a key by its id (the part after `rw-`); it is refused from then on.
     Revoke { id: String },
-    /// Change a key's name, models, policy, team, tags or expiry.
+    /// Change a key's name, models, policy, team, tags, expiry, budget, rate limits or pacing.
     Update {
         id: String,
         #[command(flatten)]
@@ -84,6 +84,7 @@ pub struct SpecArgs {
     pub period: Option<PeriodArg>,
     /// Pace the budget: steer the key's lambda so that spend follows the budget across the
     /// period (the budget stays a hard cap); `--pace false` turns it off.
+    /// (Put it after the key id in `update`: `update ID --pace`.)
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub pace: Option<bool>,
     /// Requests per minute (0 removes the limit).
