@@ -336,38 +336,21 @@ pub fn fixed_at_start(current: &Gateway, new: &load::Versioned) -> Vec<Issue> {
     );
     check(old.decision_log != cfg.decision_log, "log.decisions");
     let (a, b) = (&old.limits, &cfg.limits);
-    for (differs, path) in [
-        (
-            a.connect_timeout_ms != b.connect_timeout_ms,
-            "limits.connect_timeout_ms",
-        ),
-        (
-            a.header_timeout_ms != b.header_timeout_ms,
-            "limits.header_timeout_ms",
-        ),
-        (
-            a.idle_timeout_ms != b.idle_timeout_ms,
-            "limits.idle_timeout_ms",
-        ),
-        (
-            a.max_connections != b.max_connections,
-            "limits.max_connections",
-        ),
-        (
-            a.max_connections_per_ip != b.max_connections_per_ip,
-            "limits.max_connections_per_ip",
-        ),
-        (
-            a.shutdown_grace_ms != b.shutdown_grace_ms,
-            "limits.shutdown_grace_ms",
-        ),
-        (
-            a.trusted_proxies != b.trusted_proxies,
-            "limits.trusted_proxies",
-        ),
-    ] {
-        check(differs, path);
+    // The connection limits the accept loop read at start.
+    macro_rules! fixed_limits {
+        ($($field:ident),*) => {
+            $(check(a.$field != b.$field, concat!("limits.", stringify!($field)));)*
+        };
     }
+    fixed_limits!(
+        connect_timeout_ms,
+        header_timeout_ms,
+        idle_timeout_ms,
+        max_connections,
+        max_connections_per_ip,
+        shutdown_grace_ms,
+        trusted_proxies
+    );
     check(old.bandit != cfg.bandit, "bandit");
     if old.bandit.is_some() && cfg.bandit.is_some() {
         check(arms(old) != arms(cfg), "models");
