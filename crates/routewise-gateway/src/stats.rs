@@ -48,6 +48,8 @@ pub struct Observation {
     /// The answering model (`None`: every attempt failed, or a client error).
     pub model: Option<String>,
     pub status: u16,
+    /// The answer broke off upstream after its first chunk (a stream answered 200).
+    pub broken: bool,
     /// Realised cost of the whole request (`None`: unknown, no usage).
     pub cost_usd: Option<f64>,
     /// The same cost by the model that was called: a cascade's tier calls and the answer.
@@ -121,7 +123,7 @@ pub struct Sums {
 impl Sums {
     fn add(&mut self, o: &Observation) {
         self.requests += 1;
-        self.errors += u64::from(o.status >= 400);
+        self.errors += u64::from(o.status >= 400 || o.broken);
         self.spend_usd += o.cost_usd.filter(|c| c.is_finite()).unwrap_or(0.0);
         if let Some((p, c)) = o.usage {
             self.prompt_tokens += p;
@@ -408,6 +410,7 @@ mod tests {
             unix_ms,
             model: Some(model.to_string()),
             status: 200,
+            broken: false,
             cost_usd: Some(cost),
             costs: vec![(model.to_string(), cost)],
             usage: Some((10, 5)),

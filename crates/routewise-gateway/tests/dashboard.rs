@@ -267,3 +267,19 @@ async fn with_an_admin_key_set_the_report_needs_it_even_with_open_auth() {
     assert_eq!(status, 200, "{body}");
     assert!(body["keys"].is_null());
 }
+
+#[tokio::test]
+async fn a_stream_broken_off_upstream_counts_as_an_error() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_fault("up-a", Some(routewise_testkit::Fault::BreakStream(2)));
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
+    let r = common::post_stream(
+        &gw.url("/v1/chat/completions"),
+        common::chat_body("hello world"),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "the stream had begun");
+    let _ = common::read_sse(r).await;
+    let report = settled(&gw, 1).await;
+    assert_eq!(report["totals"]["errors"], 1, "{report}");
+}

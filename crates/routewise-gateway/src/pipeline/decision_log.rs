@@ -309,6 +309,7 @@ impl DecisionRecord {
             unix_ms: self.unix_ms,
             model: model.clone(),
             status: self.status,
+            broken: self.end.upstream_failed(),
             cost_usd: self.cost,
             costs,
             usage: self.usage,
