@@ -199,27 +199,36 @@ pub struct Snapshot {
     pub reservoir: Vec<Predicted>,
 }
 
-impl Stats {
-    /// Counts one decision.
-    pub fn observe(&self, o: Observation) {
-        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let t = o.unix_ms / 1000;
-        if s.seconds.back().is_none_or(|b| b.t < t) {
-            s.seconds.push_back(Second {
+impl Inner {
+    /// The second a record at `unix_ms` counts in: a new one when it is later than the
+    /// newest, else the newest (a record that arrives late, the writer batches, counts
+    /// there). Seconds older than the window go.
+    fn second(&mut self, unix_ms: u64) -> &mut Second {
+        let t = unix_ms / 1000;
+        if self.seconds.back().is_none_or(|b| b.t < t) {
+            self.seconds.push_back(Second {
                 t,
                 sums: Sums::default(),
                 models: Vec::new(),
             });
         }
-        while s.seconds.front().is_some_and(|f| f.t + WINDOW_S <= t) {
-            s.seconds.pop_front();
+        while self.seconds.front().is_some_and(|f| f.t + WINDOW_S <= t) {
+            self.seconds.pop_front();
         }
-        // A record that arrives late (the writer batches) counts in the newest second.
-        if let Some(b) = s.seconds.back_mut() {
-            b.sums.add(&o);
-            if let Some(m) = &o.model {
-                bump(&mut b.models, m, 1);
-            }
+        // Never empty: a second was pushed above unless a later one was already there.
+        let last = self.seconds.len() - 1;
+        &mut self.seconds[last]
+    }
+}
+
+impl Stats {
+    /// Counts one decision.
+    pub fn observe(&self, o: Observation) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = s.second(o.unix_ms);
+        b.sums.add(&o);
+        if let Some(m) = &o.model {
+            bump(&mut b.models, m, 1);
         }
         s.totals.add(&o);
         if let Some(m) = &o.model {
@@ -253,25 +262,12 @@ impl Stats {
     /// key refused, load shed): it has no decision, only a status.
     pub fn rejected(&self, unix_ms: u64, status: u16) {
         let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let t = unix_ms / 1000;
-        if s.seconds.back().is_none_or(|b| b.t < t) {
-            s.seconds.push_back(Second {
-                t,
-                sums: Sums::default(),
-                models: Vec::new(),
-            });
-        }
-        let inner = &mut *s;
-        for sums in [
-            inner.seconds.back_mut().map(|b| &mut b.sums),
-            Some(&mut inner.totals),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            sums.requests += 1;
-            sums.errors += u64::from(status >= 400);
-        }
+        let error = u64::from(status >= 400);
+        let b = s.second(unix_ms);
+        b.sums.requests += 1;
+        b.sums.errors += error;
+        s.totals.requests += 1;
+        s.totals.errors += error;
     }
 
     /// Everything observed, at `now_unix_s`: the last [`WINDOW_S`] seconds (seconds
@@ -462,6 +458,15 @@ mod tests {
         assert_eq!(snap.series.len(), 1);
         assert!(snap.reservoir.is_empty());
         assert_eq!(snap.totals.requests, 4);
+        // Refusals count alike, and move the window as well.
+        stats.rejected((1_001 + 2 * WINDOW_S) * 1000, 403);
+        let snap = stats.snapshot(1_001 + 2 * WINDOW_S, "r", &names());
+        assert_eq!(snap.series.len(), 1);
+        assert_eq!(
+            (snap.series[0].sums.requests, snap.series[0].sums.errors),
+            (1, 1)
+        );
+        assert_eq!((snap.totals.requests, snap.totals.errors), (5, 1));
     }
 
     #[test]

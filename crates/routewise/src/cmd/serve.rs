@@ -158,6 +158,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let _telemetry = init_logging(args.log_format, rt.handle())?;
+    // SIGHUP is caught from here on, before the config loads (its default action would
+    // kill the process); one that arrives during start-up is acted on once reloads can
+    // start.
+    let hup = {
+        let _in_runtime = rt.enter();
+        catch_sighup()?
+    };
     let demo = args.config.is_none();
     let state = match &args.config {
         Some(path) => load::from_file(path),
@@ -207,7 +214,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (keys, decision_log) = (Arc::clone(&state.keys), Arc::clone(&state.decision_log));
         // Reloads start once the stores are attached (a reload shares them).
         let live = routewise_gateway::Live::new(state, args.config.clone());
-        reload_on_sighup(&live)?;
+        reload_on_sighup(&live, hup);
         // Watching stops when this guard drops, with the server.
         let _watch = if args.watch_config {
             Some(live.watch().context("cannot watch the config file")?)
@@ -253,11 +260,27 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Reloads the config file on SIGHUP (whose default action would kill the process).
-fn reload_on_sighup(live: &routewise_gateway::Live) -> anyhow::Result<()> {
+/// SIGHUP, caught (not yet acted on).
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn catch_sighup() -> anyhow::Result<Hangup> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        signal(SignalKind::hangup()).context("cannot handle SIGHUP")
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// Reloads the config file on each SIGHUP caught by `hup`.
+fn reload_on_sighup(live: &routewise_gateway::Live, hup: Hangup) {
+    #[cfg(unix)]
+    {
+        let mut hup = hup;
         let live = live.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
@@ -268,8 +291,7 @@ fn reload_on_sighup(live: &routewise_gateway::Live) -> anyhow::Result<()> {
         });
     }
     #[cfg(not(unix))]
-    let _ = live;
-    Ok(())
+    let _ = (live, hup);
 }
 
 async fn shutdown_signal() {
