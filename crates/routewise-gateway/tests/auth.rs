@@ -18,8 +18,12 @@ async fn gateway(base_url: &str, extra: &str) -> common::Gateway {
     } else {
         "auth: {mode: keys}\n"
     };
-    let yaml = common::abc_yaml(base_url, &format!("{auth}{extra}"));
-    let state = AppState::new(common::config(&yaml), common::abc(), None).unwrap();
+    start_yaml(&common::abc_yaml(base_url, &format!("{auth}{extra}"))).await
+}
+
+/// A gateway for config `yaml` with the a/b/c engine and the admin API on.
+async fn start_yaml(yaml: &str) -> common::Gateway {
+    let state = AppState::new(common::config(yaml), common::abc(), None).unwrap();
     state.set_admin_key(ADMIN);
     common::Gateway::start(state).await
 }
@@ -626,9 +630,7 @@ async fn regression_a_refused_request_takes_nothing_from_a_models_quota() {
         "api_key_env: TEST_KEY, context_window: 1000}",
         "api_key_env: TEST_KEY, context_window: 1000, limits: {rpm: 2}}",
     );
-    let state = AppState::new(common::config(&yaml), common::abc(), None).unwrap();
-    state.set_admin_key(ADMIN);
-    let gw = common::Gateway::start(state).await;
+    let gw = start_yaml(&yaml).await;
     let (noisy, _) = create(&gw, json!({"name": "noisy", "rpm": 1})).await;
     let (quiet, _) = create(&gw, json!({"name": "quiet"})).await;
     let body = common::chat_body("hello");
@@ -692,9 +694,7 @@ async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_n
         "output_per_mtok: 0.3}}",
         "output_per_mtok: 0.3}, limits: {rpm: 1}}",
     );
-    let state = AppState::new(common::config(&yaml), common::abc(), None).unwrap();
-    state.set_admin_key(ADMIN);
-    let gw = common::Gateway::start(state).await;
+    let gw = start_yaml(&yaml).await;
     let (key, _) = create(&gw, json!({"name": "k", "budget_usd": 10.0})).await;
     let body = common::chat_body("hello");
     assert_eq!(chat(&gw, Some(&key), &body).await.0, 200);
