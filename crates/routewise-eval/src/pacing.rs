@@ -7,13 +7,15 @@
 //! * **Budget:** `budget_fraction` of what always answering with the best single model
 //!   (the best mean score on train) costs on the stream.
 //! * **Paced:** the router (fitted on train) picks `argmax predicted score - lambda *
-//!   predicted cost`, with `lambda` steered by [`routewise_router::pacing::Pacer`] from
-//!   each answer's real cost. Its step and starting lambda are chosen on train, with
-//!   out-of-fold predictions on a train stream built the same way: the starting lambda is
-//!   the best fixed lambda of that train stream, and the step (and its smoothing) is the one with the best
-//!   mean quality among those that end the train period within 2% of its budget when
-//!   started from that lambda and from half and twice it (a step must correct a wrong
-//!   start, since a new period's traffic is not train's).
+//!   predicted cost`, with `lambda` set by [`routewise_router::pacing::Resolving`] (what
+//!   the gateway runs) from each request's predictions and each answer's real cost. It
+//!   starts from the best fixed lambda of a train stream built the same way, with
+//!   out-of-fold predictions; its window is the gateway's.
+//! * **Dual descent:** the same, with [`routewise_router::pacing::DualDescent`] (the
+//!   baseline). Its step (and its smoothing) is chosen on the train stream: the best mean
+//!   quality among those that end the train period within 2% of its budget when started
+//!   from the train lambda and from half and twice it (a step must correct a wrong start,
+//!   since a new period's traffic is not train's).
 //! * **Hard cap:** the best predicted quality (`lambda = 0`) until the next call would pass
 //!   the budget, then the cheapest model for the rest of the period.
 //! * **Hindsight lambda:** the fixed lambda, chosen knowing the whole test stream, with the
@@ -27,7 +29,9 @@ use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Record};
 use routewise_features::Featurizer;
 use routewise_features::FeaturizerKind;
-use routewise_router::pacing::{Pacer, PacerConfig, LAMBDA_MAX};
+use routewise_router::pacing::{
+    BudgetPacer, DualDescent, DualDescentConfig, Resolving, ResolvingConfig, LAMBDA_MAX,
+};
 use routewise_router::{RouterConfigs, RouterKind};
 use serde::Serialize;
 
@@ -83,13 +87,29 @@ pub struct BestSingle {
     pub quality: f64,
 }
 
-/// What the train side chose for the pacer.
+/// The re-solving pacer's settings, and its run on the train stream.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Tuned {
+    pub lambda0: f64,
+    pub window: usize,
+    pub min_seen: usize,
+    pub train_budget_ratio: f64,
+    pub train_quality: f64,
+    /// The test runs started from half and from twice `lambda0` (a gateway starts from
+    /// its configured lambda, not from train's).
+    pub from_half_lambda0: Run,
+    pub from_twice_lambda0: Run,
+}
+
+/// The dual-descent baseline: its run, the step the train side chose, and its run on the
+/// train stream.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Dual {
+    #[serde(flatten)]
+    pub run: Run,
     pub step: f64,
     pub smoothing: f64,
     pub lambda0: f64,
-    /// The train stream's paced budget ratio and quality with them.
     pub train_budget_ratio: f64,
     pub train_quality: f64,
 }
@@ -102,10 +122,12 @@ pub struct PacingReport {
     pub requests: usize,
     pub router: String,
     pub best_single: BestSingle,
+    /// Re-solving, what the gateway runs.
     pub paced: Run,
     pub pacer: Tuned,
     /// The paced lambda at the end of the period.
     pub final_lambda: f64,
+    pub dual_descent: Dual,
     pub hard_cap: Run,
     pub hindsight_lambda: Hindsight,
 }
@@ -210,15 +232,29 @@ impl Stream {
         (spent, q / self.len().max(1) as f64)
     }
 
-    fn paced(&self, cfg: PacerConfig, budget: f64) -> (Run, f64) {
-        let mut p = Pacer::new(cfg, budget, 0, self.period_ms);
+    /// Routes the stream with `p`'s lambda; the spend and quality, and the last lambda.
+    fn paced(&self, p: &mut dyn BudgetPacer, budget: f64) -> (Run, f64) {
         let mut q = 0.0;
         for i in 0..self.len() {
-            let (s, c) = self.outcome(i, self.choose(i, p.lambda()));
+            let (pr, pc) = (self.row(&self.pred, i), self.row(&self.pred_cost, i));
+            p.observe(&mut pr.iter().copied().zip(pc.iter().copied()));
+            let m = self.choose(i, p.lambda());
+            let (s, c) = self.outcome(i, m);
             q += s;
-            p.record(self.times[i], c);
+            p.record(self.times[i], c, Some(pc[m]));
         }
         (self.summary(p.spent(), q, budget), p.lambda())
+    }
+
+    fn dual(&self, cfg: DualDescentConfig, budget: f64) -> (Run, f64) {
+        self.paced(
+            &mut DualDescent::new(cfg, budget, 0, self.period_ms),
+            budget,
+        )
+    }
+
+    fn resolving(&self, cfg: ResolvingConfig, budget: f64) -> (Run, f64) {
+        self.paced(&mut Resolving::new(cfg, budget, 0, self.period_ms), budget)
     }
 
     fn hard_cap(&self, budget: f64) -> Run {
@@ -394,22 +430,23 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         .sum();
     let train_budget = opts.budget_fraction * train_best;
     let lambda0 = train_stream.hindsight(train_budget).lambda.max(1e-2);
-    // Each step is run from lambda0 and from starts off by 2x either way (a period whose
-    // traffic differs from train's): the step must bring all three within the band.
+    // The dual-descent baseline's step: each is run from lambda0 and from starts off by 2x
+    // either way (a period whose traffic differs from train's), and must bring all three
+    // within the band.
     let grid = STEPS
         .iter()
         .flat_map(|&s| SMOOTHINGS.iter().map(move |&w| (s, w)));
-    let tuned = grid
+    let dual_descent = grid
         .map(|(step, smoothing)| {
             let runs: Vec<Run> = START_ERRORS
                 .iter()
                 .map(|&e| {
-                    let cfg = PacerConfig {
+                    let cfg = DualDescentConfig {
                         step,
                         lambda0: lambda0 * e,
                         smoothing,
                     };
-                    train_stream.paced(cfg, train_budget).0
+                    train_stream.dual(cfg, train_budget).0
                 })
                 .collect();
             let worst = runs
@@ -423,23 +460,29 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
             let off = |w: f64| (w - BAND).max(0.0);
             off(a.1).total_cmp(&off(b.1)).then(b.2.total_cmp(&a.2))
         })
-        .map(|((step, smoothing), _, _, run)| Tuned {
-            step,
-            smoothing,
-            lambda0,
-            train_budget_ratio: run.budget_ratio,
-            train_quality: run.quality,
+        .map(|((step, smoothing), _, _, train)| {
+            let cfg = DualDescentConfig {
+                step,
+                lambda0,
+                smoothing,
+            };
+            Dual {
+                run: stream.dual(cfg, budget).0,
+                step,
+                smoothing,
+                lambda0,
+                train_budget_ratio: train.budget_ratio,
+                train_quality: train.quality,
+            }
         })
         .ok_or_else(|| EvalError::Split("no pacer step".into()))?;
 
-    let (paced, final_lambda) = stream.paced(
-        PacerConfig {
-            step: tuned.step,
-            lambda0: tuned.lambda0,
-            smoothing: tuned.smoothing,
-        },
-        budget,
-    );
+    let resolving = ResolvingConfig {
+        lambda0,
+        ..ResolvingConfig::default()
+    };
+    let (train_run, _) = train_stream.resolving(resolving, train_budget);
+    let (paced, final_lambda) = stream.resolving(resolving, budget);
     Ok(PacingReport {
         budget_usd: budget,
         budget_fraction: opts.budget_fraction,
@@ -452,8 +495,33 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
             quality: best_quality,
         },
         paced,
-        pacer: tuned,
+        pacer: Tuned {
+            lambda0,
+            window: resolving.window,
+            min_seen: resolving.min_seen,
+            train_budget_ratio: train_run.budget_ratio,
+            train_quality: train_run.quality,
+            from_half_lambda0: stream
+                .resolving(
+                    ResolvingConfig {
+                        lambda0: lambda0 * 0.5,
+                        ..resolving
+                    },
+                    budget,
+                )
+                .0,
+            from_twice_lambda0: stream
+                .resolving(
+                    ResolvingConfig {
+                        lambda0: lambda0 * 2.0,
+                        ..resolving
+                    },
+                    budget,
+                )
+                .0,
+        },
         final_lambda,
+        dual_descent,
         hard_cap: stream.hard_cap(budget),
         hindsight_lambda: stream.hindsight(budget),
     })

@@ -718,7 +718,18 @@ async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_n
 
 /// The model answering a paced key's `n` requests in a row, and its `/v1/usage`.
 async fn paced_run(gw: &common::Gateway, key: &str, n: usize) -> (Vec<String>, Value) {
+    let (answered, _, usage) = paced_lambdas(gw, key, n).await;
+    (answered, usage)
+}
+
+/// [`paced_run`], with the key's paced lambda after each request.
+async fn paced_lambdas(
+    gw: &common::Gateway,
+    key: &str,
+    n: usize,
+) -> (Vec<String>, Vec<f64>, Value) {
     let mut answered = Vec::new();
+    let mut lambdas = Vec::new();
     for i in 0..n {
         let (status, headers, body) = chat(
             gw,
@@ -729,9 +740,10 @@ async fn paced_run(gw: &common::Gateway, key: &str, n: usize) -> (Vec<String>, V
         assert_eq!(status, 200, "{body}");
         answered.push(common::header(&headers, "x-routewise-model").to_string());
         // The pacer moves as each call settles (off the response path).
-        settled_usage(gw, key).await;
+        let usage = settled_usage(gw, key).await;
+        lambdas.push(usage["pace_lambda"].as_f64().unwrap_or(f64::NAN));
     }
-    (answered, settled_usage(gw, key).await)
+    (answered, lambdas, settled_usage(gw, key).await)
 }
 
 #[tokio::test]
@@ -765,7 +777,15 @@ async fn a_paced_key_steers_its_lambda_along_its_budget() {
     assert_eq!(answered[39], "c", "{answered:?}");
     assert!(usage["pace_lambda"].as_f64().unwrap() > 357.0, "{usage}");
     assert!(usage["spend_usd"].as_f64().unwrap() <= 0.01);
-    let (answered, usage) = paced_run(&gw, &loose, 40).await;
+    let (answered, lambdas, usage) = paced_lambdas(&gw, &loose, 40).await;
+    // The pacer keeps the key's lambda until it has seen MIN_SEEN routed requests, then
+    // solves for the lambda the window's predictions say the budget affords.
+    let seen = routewise_router::pacing::MIN_SEEN;
+    assert!(
+        lambdas[..seen - 1].iter().all(|&l| l == 100.0),
+        "{lambdas:?}"
+    );
+    assert!(lambdas[seen - 1] < 30.0, "{lambdas:?}");
     assert_eq!(answered[0], "b", "{answered:?}");
     assert_eq!(answered[39], "a", "{answered:?}");
     assert!(usage["pace_lambda"].as_f64().unwrap() < 30.0, "{usage}");

@@ -28,7 +28,7 @@ fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let budget = v["budget_usd"].as_f64().unwrap();
     assert!(budget > 0.0);
-    for k in ["paced", "hard_cap", "hindsight_lambda"] {
+    for k in ["paced", "dual_descent", "hard_cap", "hindsight_lambda"] {
         for f in ["spend_usd", "quality"] {
             assert!(v[k][f].as_f64().is_some(), "{k}.{f} in {v}");
         }
@@ -47,4 +47,8 @@ fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
         "{v}"
     );
     assert!(v["hindsight_lambda"]["spend_usd"].as_f64().unwrap() <= budget);
+    // The issue's target: within 0.01 of the best fixed lambda in hindsight.
+    let gap = v["paced"]["quality"].as_f64().unwrap()
+        - v["hindsight_lambda"]["quality"].as_f64().unwrap();
+    assert!(gap > -0.01, "paced is {gap} from the hindsight lambda: {v}");
 }

@@ -192,15 +192,23 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         if admit == Admit::No {
             continue;
         }
-        let reserved =
-            match budget::reserve(gw, ctx.caller.as_deref(), m, request, !ctx.rate_taken).await {
-                Ok(hold) => {
-                    // The key's rate took the request, whatever the quota says next.
-                    ctx.rate_taken = true;
-                    budget::take_quota(gw, m, request, hold).map_err(|_| Some("quota"))
-                }
-                Err(r) => Err(matches!(r, budget::Refused::Exceeded(_)).then_some("budget")),
-            };
+        let reserved = match budget::reserve(
+            gw,
+            ctx.caller.as_deref(),
+            m,
+            request,
+            !ctx.rate_taken,
+            ctx.routed.predicted_cost(m),
+        )
+        .await
+        {
+            Ok(hold) => {
+                // The key's rate took the request, whatever the quota says next.
+                ctx.rate_taken = true;
+                budget::take_quota(gw, m, request, hold).map_err(|_| Some("quota"))
+            }
+            Err(r) => Err(matches!(r, budget::Refused::Exceeded(_)).then_some("budget")),
+        };
         match reserved {
             Ok(hold) => admitted.push((m, admit, hold)),
             Err(why) => {

@@ -2,24 +2,29 @@
 //! key's lambda is steered so that its spend follows its budget across the period
 //! instead of running out early, spending where it buys the most quality.
 //!
-//! The controller is [`routewise_router::pacing::Pacer`]: dual descent on the budget
-//! constraint, with CARROT's lambda as the knob. The lab measures it with `routewise eval
-//! --pacing`, BENCHMARKS.md section 11. Here it runs per key, in each instance:
+//! The controller is [`routewise_router::pacing::Resolving`]: the budget constraint's dual
+//! price (CARROT's lambda) re-solved after each settled call from the predictions of the
+//! key's recent requests, the spend so far and the time left. The lab measures it with
+//! `routewise eval --pacing`, BENCHMARKS.md section 11. Here it runs per key, in each
+//! instance:
 //!
 //! * **Start.** On the first request of a period that this instance sees for a paced key,
 //!   the pacer is made from what is left of the budget (the spend already recorded in the
 //!   key store) over what is left of the period. It starts from the key's lambda (its
-//!   `policy`), else the config's `router.policy` lambda, else 100. A key whose budget,
+//!   `policy`), else the config's `router.policy` lambda, else 100, and keeps it until
+//!   it has seen [`routewise_router::pacing::MIN_SEEN`] routed requests. A key whose budget,
 //!   period or starting lambda changes gets a new pacer; one whose pacing is turned off
 //!   loses it. A store that cannot be read leaves the request on the key's own policy,
 //!   and the next request tries again.
 //! * **Routing.** Every request of the key is routed with the pacer's lambda, whatever
 //!   policy the request asks for. A `routes:` rule that sets a policy wins for the
 //!   requests it matches (the operator's explicit steering); their spend still moves the
-//!   pacer.
-//! * **Settling.** Each call that cost something moves the pacer by its realised cost
-//!   (each attempt and each cascade tier call is one step). A call that cost nothing (a
-//!   failure the upstream did not bill) does not move it.
+//!   pacer. The router's predictions for each routed request (score and cost of each
+//!   candidate) join the pacer's window; a request for a named model adds none.
+//! * **Settling.** Each call that cost something (each attempt and each cascade tier call)
+//!   adds its realised cost, and its predicted cost where the request was routed, and
+//!   the pacer solves again. A call that cost nothing (a failure the upstream did not
+//!   bill) does not move it.
 //! * **Backstop.** The budget stays a hard cap: the reservations still refuse calls past
 //!   it.
 //!
@@ -33,17 +38,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use routewise_online::service::now_ms;
 use routewise_online::store::budget::{BudgetStore, Scope};
-use routewise_router::pacing::{Pacer, PacerConfig};
-use routewise_router::Policy;
+use routewise_router::pacing::{BudgetPacer, Resolving, ResolvingConfig};
+use routewise_router::{Decision, Policy};
 
 use crate::pipeline::auth::Caller;
 use crate::state::Gateway;
 
-/// The step on `log lambda` per settled call: within the range the lab's train-side
-/// tuning chose on both shared datasets (0.05 to 0.2).
-pub const STEP: f64 = 0.1;
-/// The EWMA weight of the newest call in the pacer's signal (the lab chose 0.03 to 1).
-pub const SMOOTHING: f64 = 0.1;
 /// The starting lambda when neither the key nor the config names one.
 pub const DEFAULT_LAMBDA: f64 = 100.0;
 
@@ -54,7 +54,7 @@ pub struct Paced {
     /// the starting lambda. A key whose settings differ gets a new pacer.
     period_start_ms: u64,
     made_for: (f64, routewise_online::budget::Period, f64),
-    pacer: Mutex<Pacer>,
+    pacer: Mutex<Resolving>,
 }
 
 impl Paced {
@@ -66,13 +66,27 @@ impl Paced {
             .lambda()
     }
 
-    /// Moves the pacer by a settled call's cost (a call that cost nothing does not).
-    pub fn record(&self, cost: f64) {
+    /// Adds a routed request's predictions (its candidates' score and cost) to the
+    /// pacer's window.
+    pub fn observe(&self, decision: &Decision, candidates: &[crate::models::ModelId]) {
+        let mut rows = candidates.iter().filter_map(|m| {
+            let i = m.index();
+            Some((*decision.scores.get(i)?, *decision.costs.get(i)?))
+        });
+        self.pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&mut rows);
+    }
+
+    /// Moves the pacer by a settled call's cost and its predicted cost, if it was
+    /// predicted (a call that cost nothing does not move it).
+    pub fn record(&self, cost: f64, predicted: Option<f64>) {
         if cost > 0.0 && cost.is_finite() {
             self.pacer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .record(now_ms(), cost);
+                .record(now_ms(), cost, predicted);
         }
     }
 }
@@ -137,15 +151,14 @@ impl Pacers {
             }
         };
         let lambda0 = starting_lambda(gw, c);
-        let cfg = PacerConfig {
-            step: STEP,
+        let cfg = ResolvingConfig {
             lambda0,
-            smoothing: SMOOTHING,
+            ..ResolvingConfig::default()
         };
         let paced = Arc::new(Paced {
             period_start_ms: start,
             made_for: (budget, period, lambda0),
-            pacer: Mutex::new(Pacer::new(cfg, (budget - spent).max(0.0), now, end)),
+            pacer: Mutex::new(Resolving::new(cfg, (budget - spent).max(0.0), now, end)),
         });
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // A concurrent first request may have started it: keep the one already there,

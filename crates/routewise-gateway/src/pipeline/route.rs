@@ -51,6 +51,16 @@ pub struct Routed {
     pub candidates: Vec<ModelId>,
 }
 
+impl Routed {
+    /// The router's predicted cost of calling `m`, when the request was routed.
+    pub fn predicted_cost(&self, m: ModelId) -> Option<f64> {
+        if self.reason != Reason::Routed {
+            return None;
+        }
+        self.decision.as_ref()?.costs.get(m.index()).copied()
+    }
+}
+
 /// Routes a parsed request. `decide_direct` also runs the router for a named model
 /// (to report predictions from `/v1/route`).
 pub fn route(

@@ -225,12 +225,12 @@ fn pacing(
     )?;
     writeln!(
         out,
-        "{:<34} {:>12} {:>9} {:>9}",
+        "{:<44} {:>12} {:>9} {:>9}",
         "policy", "spend_usd", "of budget", "quality"
     )?;
     let line = |name: &str, spend: f64, q: f64| {
         format!(
-            "{name:<34} {spend:>12.4} {:>8.1}% {q:>9.4}",
+            "{name:<44} {spend:>12.4} {:>8.1}% {q:>9.4}",
             100.0 * spend / r.budget_usd
         )
     };
@@ -239,11 +239,27 @@ fn pacing(
         "{}",
         line(
             &format!(
-                "paced (step {}, ewma {}, lambda0 {:.3e})",
-                r.pacer.step, r.pacer.smoothing, r.pacer.lambda0
+                "paced: re-solving (window {}, lambda0 {:.3e})",
+                r.pacer.window, r.pacer.lambda0
             ),
             r.paced.spend_usd,
             r.paced.quality
+        )
+    )?;
+    for (name, run) in [
+        ("  the same from half lambda0", &r.pacer.from_half_lambda0),
+        ("  the same from twice lambda0", &r.pacer.from_twice_lambda0),
+    ] {
+        writeln!(out, "{}", line(name, run.spend_usd, run.quality))?;
+    }
+    let d = &r.dual_descent;
+    writeln!(
+        out,
+        "{}",
+        line(
+            &format!("dual descent (step {}, ewma {})", d.step, d.smoothing),
+            d.run.spend_usd,
+            d.run.quality
         )
     )?;
     writeln!(
