@@ -31,6 +31,7 @@ pub mod bootstrap;
 pub mod calibrate;
 pub mod cascade;
 pub mod describe;
+mod fitted;
 pub mod metrics;
 pub mod online;
 pub mod online_plot;
@@ -43,6 +44,7 @@ pub mod pacing;
 pub mod pairwise;
 pub mod plot;
 pub mod report;
+pub mod simulate;
 pub mod singles;
 pub mod sweep;
 

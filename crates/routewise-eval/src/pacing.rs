@@ -27,16 +27,14 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Record};
-use routewise_features::Featurizer;
 use routewise_features::FeaturizerKind;
 use routewise_router::pacing::{
     BudgetPacer, DualDescent, DualDescentConfig, Resolving, ResolvingConfig, LAMBDA_MAX,
 };
-use routewise_router::{RouterConfigs, RouterKind};
+use routewise_router::RouterKind;
 use serde::Serialize;
 
 use crate::outcomes::Outcomes;
-use crate::report::split_records;
 use crate::singles::Singles;
 use crate::EvalError;
 
@@ -241,7 +239,7 @@ impl Stream {
             let m = self.choose(i, p.lambda());
             let (s, c) = self.outcome(i, m);
             q += s;
-            p.record(self.times[i], c, Some(pc[m]));
+            p.record(self.times[i], c, true);
         }
         (self.summary(p.spent(), q, budget), p.lambda())
     }
@@ -341,40 +339,17 @@ fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
 /// Runs the measurement.
 pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingReport, EvalError> {
     let nm = ds.models.len();
-    let (train, all_test) = split_records(ds)?;
-    let singles = Singles::of(&Outcomes::from_records(&all_test, nm)?);
+    let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
+    let (train, all_test) = (&fitted.train, &fitted.test);
+    let singles = Singles::of(&Outcomes::from_records(all_test, nm)?);
     let test: Vec<&Record> = all_test
         .iter()
         .zip(&singles.coverage.common)
         .filter(|(_, &c)| c)
         .map(|(r, _)| *r)
         .collect();
-    let prepared = routewise_router::prepare(&ds.models, &train, opts.featurizer)?;
-    let cfg = RouterConfigs {
-        seed: opts.seed,
-        ..RouterConfigs::default()
-    };
     // Test predictions from the router fitted on all of train.
-    let router = prepared.fit(opts.router, &cfg)?;
-    let texts: Vec<&str> = test.iter().map(|r| r.prompt.as_str()).collect();
-    let feats = prepared.featurizer.featurize_batch(&texts);
-    let dim = prepared.featurizer.dim();
-    let mut pred = vec![0.0; test.len() * nm];
-    for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
-        routewise_router::Router::predict_scores_keyed(
-            &router,
-            &feats[i * dim..(i + 1) * dim],
-            &test[i].id,
-            row,
-        );
-    }
-    let costs_of = |records: &[&Record]| {
-        let mut c = vec![0.0; records.len() * nm];
-        for (row, r) in c.chunks_exact_mut(nm).zip(records) {
-            prepared.catalog.expected_costs(r.input_tokens(), row);
-        }
-        c
-    };
+    let (pred, test_costs) = fitted.predict(&test);
     let test_rows = complete_rows(&test, nm);
     if test_rows.is_empty() {
         return Err(EvalError::Split(
@@ -384,7 +359,7 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
     let stream = Stream::new(
         nm,
         &pred,
-        &costs_of(&test),
+        &test_costs,
         &test,
         &test_rows,
         opts.seed,
@@ -392,20 +367,7 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
     );
 
     // The best single model: the best mean score on train.
-    let train_mean = |m: usize| {
-        let (s, n) = train
-            .iter()
-            .filter_map(|r| r.outcomes.get(m)?.as_ref())
-            .fold((0.0, 0usize), |(s, n), o| (s + o.score, n + 1));
-        if n == 0 {
-            f64::NEG_INFINITY
-        } else {
-            s / n as f64
-        }
-    };
-    let best = (0..nm)
-        .max_by(|&a, &b| train_mean(a).total_cmp(&train_mean(b)))
-        .unwrap_or(0);
+    let best = fitted.best_on_train();
     let best_spend: f64 = (0..stream.len()).map(|i| stream.outcome(i, best).1).sum();
     let best_quality = (0..stream.len())
         .map(|i| stream.outcome(i, best).0)
@@ -414,13 +376,18 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
     let budget = opts.budget_fraction * best_spend;
 
     // The pacer's settings, chosen on a train stream with out-of-fold predictions.
-    let oof = crate::cascade::cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
-    let train_rows = complete_rows(&train, nm);
+    let oof = crate::cascade::cross_fit(
+        opts.router,
+        &fitted.prepared.train_set,
+        &fitted.prepared.catalog,
+        &fitted.cfg,
+    )?;
+    let train_rows = complete_rows(train, nm);
     let train_stream = Stream::new(
         nm,
         &oof,
-        &costs_of(&train),
-        &train,
+        &fitted.expected_costs(train),
+        train,
         &train_rows,
         opts.seed ^ 0x7ace,
         opts.days,

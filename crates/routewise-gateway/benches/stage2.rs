@@ -244,7 +244,7 @@ fn bench_auth(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    let hold = budget::reserve(gw, Some(&caller), m, &parsed, true, None)
+                    let hold = budget::reserve(gw, Some(&caller), m, &parsed, true, false)
                         .await
                         .unwrap()
                         .unwrap();

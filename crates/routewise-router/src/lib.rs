@@ -23,6 +23,7 @@ pub mod cascade;
 pub mod catalog;
 mod dataset;
 pub mod decide;
+pub mod dispatch;
 pub mod engine;
 pub mod ensemble;
 pub mod explore;

@@ -5,6 +5,8 @@
 //! controller sets it from the spend so far and the requests seen. Two controllers sit
 //! behind [`BudgetPacer`]; both are pure logic: the caller says what each request's
 //! candidates were predicted to score and cost, and what each call really cost, and when.
+//! A call either belongs to a routed request (one whose predictions the pacer saw) or not
+//! (a request for a named model): the latter's spend is paced as a rate of its own.
 //!
 //! * **[`Resolving`]** (what the gateway runs): certainty-equivalent re-solving of the
 //!   dual price, as in online linear programming (Li & Ye, 2022, "Online linear
@@ -18,7 +20,12 @@
 //!   ```
 //!
 //!   where the window is the recent requests' predictions and `ratio` is the realised
-//!   over the predicted cost of the calls so far (the cost predictor's bias). Each row's
+//!   cost of the routed requests' calls (fallbacks and cascade tiers included) over the
+//!   predicted cost of their choices (the cost predictor's bias, and the extra calls).
+//!   The remaining budget is net of the spend that requests for named models are expected
+//!   to make at their rate so far. A request routed by another rule (a route's own policy,
+//!   a forced model) joins the window with its choice only: its cost does not depend on
+//!   lambda. Each row's
 //!   choice as lambda grows is the upper envelope of its lines `score - lambda * cost`,
 //!   kept as breakpoints when the request is observed, so a solve is one sort of the
 //!   window's breakpoints: exact, with no step size. Lambda moves only when the window or
@@ -62,9 +69,9 @@ pub trait BudgetPacer: Send {
     fn spent(&self) -> f64;
     /// A routed request: its candidates' predicted (score, cost USD).
     fn observe(&mut self, candidates: &mut dyn Iterator<Item = (f64, f64)>);
-    /// A call at `now_ms` that cost `cost` USD, predicted at `predicted` where a
-    /// prediction was made (a direct request has none).
-    fn record(&mut self, now_ms: u64, cost: f64, predicted: Option<f64>);
+    /// A call at `now_ms` that cost `cost` USD; `routed`: it belongs to a request that was
+    /// observed.
+    fn record(&mut self, now_ms: u64, cost: f64, routed: bool);
 }
 
 /// A cost as a non-negative finite number (anything else counts as nothing).
@@ -88,13 +95,18 @@ fn target_per_request(
     if remaining <= 0.0 {
         return None;
     }
+    let left = end_ms.saturating_sub(now_ms) as f64;
+    let rate = requests as f64 / elapsed_for_rate(now_ms, start_ms, end_ms);
+    Some(remaining / (rate * left).max(1.0))
+}
+
+/// The elapsed ms a rate so far is taken over: before [`MIN_ELAPSED_FRACTION`] of the
+/// period the rate is not trusted, and what came so far is spread over that first
+/// fraction.
+fn elapsed_for_rate(now_ms: u64, start_ms: u64, end_ms: u64) -> f64 {
     let period = end_ms.saturating_sub(start_ms).max(1) as f64;
     let elapsed = (now_ms.saturating_sub(start_ms) as f64).max(1.0);
-    let left = end_ms.saturating_sub(now_ms) as f64;
-    // Before MIN_ELAPSED_FRACTION of the period the rate is not trusted: the requests so
-    // far are spread over that first fraction.
-    let rate = requests as f64 / elapsed.max(MIN_ELAPSED_FRACTION * period);
-    Some(remaining / (rate * left).max(1.0))
+    elapsed.max(MIN_ELAPSED_FRACTION * period)
 }
 
 /// How [`Resolving`] moves.
@@ -126,11 +138,21 @@ impl Default for ResolvingConfig {
 
 /// One request's choice as lambda grows: `(from lambda, predicted cost of the choice)`,
 /// lambda increasing from 0, cost decreasing.
-type Envelope = Vec<(f64, f64)>;
+pub type Envelope = Vec<(f64, f64)>;
+
+/// The predicted cost of an envelope's choice at `lambda`.
+fn cost_at(e: &Envelope, lambda: f64) -> f64 {
+    e.iter()
+        .take_while(|p| p.0 <= lambda)
+        .last()
+        .or(e.first())
+        .map_or(0.0, |p| p.1)
+}
 
 /// The breakpoints of `argmax score - lambda * cost` over lambda >= 0 (the cheaper model on
-/// ties, as the router breaks them). Empty for no finite candidate.
-fn envelope(candidates: &mut dyn Iterator<Item = (f64, f64)>) -> Envelope {
+/// ties, as the router breaks them). Empty for no finite candidate. A single candidate
+/// gives one point: a request whose cost does not depend on lambda.
+pub fn envelope(candidates: &mut dyn Iterator<Item = (f64, f64)>) -> Envelope {
     let lines: Vec<(f64, f64)> = candidates
         .filter(|(s, c)| s.is_finite() && c.is_finite())
         .collect();
@@ -165,8 +187,10 @@ pub struct Resolving {
     start_ms: u64,
     end_ms: u64,
     spent: f64,
-    /// Realised and predicted cost of the calls that had a prediction.
+    /// The routed requests' realised cost, and the predicted cost of their choices.
     realised_predicted: (f64, f64),
+    /// What calls for unrouted requests cost.
+    unrouted_spent: f64,
     /// Requests observed this period.
     requests: u64,
     /// The most recent requests' envelopes, oldest first.
@@ -177,17 +201,37 @@ pub struct Resolving {
 impl Resolving {
     /// A pacer spending `budget` USD over `[start_ms, end_ms)`.
     pub fn new(cfg: ResolvingConfig, budget: f64, start_ms: u64, end_ms: u64) -> Resolving {
+        let window = cfg.window.max(1);
         Resolving {
-            cfg,
+            cfg: ResolvingConfig {
+                window,
+                min_seen: cfg.min_seen.clamp(1, window),
+                ..cfg
+            },
             budget,
             start_ms,
             end_ms: end_ms.max(start_ms + 1),
             spent: 0.0,
             realised_predicted: (0.0, 0.0),
+            unrouted_spent: 0.0,
             requests: 0,
             window: std::collections::VecDeque::new(),
             lambda: cfg.lambda0.clamp(LAMBDA_MIN, LAMBDA_MAX),
         }
+    }
+
+    /// Adds a request's envelope (see [`envelope`]) to the window; the caller may build it
+    /// outside a lock.
+    pub fn observe_envelope(&mut self, e: Envelope) {
+        if e.is_empty() {
+            return;
+        }
+        self.requests += 1;
+        self.realised_predicted.1 += cost_at(&e, self.lambda);
+        if self.window.len() >= self.cfg.window {
+            self.window.pop_front();
+        }
+        self.window.push_back(e);
     }
 
     /// Realised over predicted cost so far (1 before any call with a prediction).
@@ -236,26 +280,24 @@ impl BudgetPacer for Resolving {
     }
 
     fn observe(&mut self, candidates: &mut dyn Iterator<Item = (f64, f64)>) {
-        let e = envelope(candidates);
-        if e.is_empty() {
-            return;
-        }
-        self.requests += 1;
-        if self.window.len() >= self.cfg.window.max(1) {
-            self.window.pop_front();
-        }
-        self.window.push_back(e);
+        self.observe_envelope(envelope(candidates));
     }
 
-    fn record(&mut self, now_ms: u64, cost: f64, predicted: Option<f64>) {
+    fn record(&mut self, now_ms: u64, cost: f64, routed: bool) {
         let cost = clean(cost);
         self.spent += cost;
-        if let Some(p) = predicted.filter(|p| p.is_finite() && *p > 0.0) {
+        if routed {
             self.realised_predicted.0 += cost;
-            self.realised_predicted.1 += p;
+        } else {
+            self.unrouted_spent += cost;
         }
+        // What the unrouted requests will spend at their rate so far is not the routed
+        // requests' to spend.
+        let elapsed = elapsed_for_rate(now_ms, self.start_ms, self.end_ms);
+        let unrouted_left =
+            self.unrouted_spent / elapsed * self.end_ms.saturating_sub(now_ms) as f64;
         let Some(target) = target_per_request(
-            self.budget - self.spent,
+            self.budget - self.spent - unrouted_left,
             self.requests.max(1),
             now_ms,
             self.start_ms,
@@ -265,7 +307,7 @@ impl BudgetPacer for Resolving {
             self.lambda = LAMBDA_MAX;
             return;
         };
-        if self.window.len() >= self.cfg.min_seen.max(1) {
+        if self.window.len() >= self.cfg.min_seen {
             self.lambda = self.solve(target / self.ratio());
         }
     }
@@ -339,7 +381,7 @@ impl BudgetPacer for DualDescent {
     fn observe(&mut self, _candidates: &mut dyn Iterator<Item = (f64, f64)>) {}
 
     /// Counts the call as a request and moves lambda by its cost against the target.
-    fn record(&mut self, now_ms: u64, cost: f64, _predicted: Option<f64>) {
+    fn record(&mut self, now_ms: u64, cost: f64, _routed: bool) {
         let cost = clean(cost);
         self.spent += cost;
         self.requests += 1;
@@ -390,7 +432,7 @@ mod tests {
                 (0.5, 0.001)
             };
             quality += q;
-            p.record(i * 1000 + 500, c * bias, Some(c));
+            p.record(i * 1000 + 500, c * bias, true);
         }
         (p.spent() / budget, quality / N as f64)
     }
@@ -458,9 +500,13 @@ mod tests {
             for lambda0 in [0.1, 1e4] {
                 let mut r = Resolving::new(resolving(lambda0), budget, 0, N * 1000);
                 let (ratio, q) = run(&mut r, budget, 1.0);
-                let best = hindsight(per_request * ratio.min(1.0));
                 assert!(
-                    q > best - 0.003,
+                    (0.97..=1.01).contains(&ratio),
+                    "{per_request} from {lambda0}: spent {ratio} of the budget"
+                );
+                let best = hindsight(per_request);
+                assert!(
+                    q > best - 0.005,
                     "{per_request} from {lambda0}: {q} vs {best} in hindsight"
                 );
             }
@@ -479,13 +525,42 @@ mod tests {
     }
 
     #[test]
+    fn spend_on_named_models_is_kept_out_of_the_routed_requests_budget() {
+        // Every fourth request names the dear model ($0.01, not routed): 0.0025 a request
+        // of the 0.004 budget. The routed ones get what is left.
+        let budget = 0.004 * N as f64;
+        let mut r = Resolving::new(resolving(1.0), budget, 0, N * 1000);
+        for i in 0..N {
+            let now = i * 1000 + 500;
+            if i % 4 == 0 {
+                r.record(now, 0.01, false);
+                continue;
+            }
+            let g = gain(i);
+            r.observe(&mut [(0.5, 0.001), (0.5 + g, 0.01)].into_iter());
+            let l = r.lambda();
+            let c = if g - l * 0.01 > -l * 0.001 {
+                0.01
+            } else {
+                0.001
+            };
+            r.record(now, c, true);
+        }
+        let ratio = r.spent() / budget;
+        assert!(
+            (0.97..=1.01).contains(&ratio),
+            "spent {ratio} of the budget"
+        );
+    }
+
+    #[test]
     fn a_spent_budget_pins_lambda_to_the_cheapest() {
         let mut d = DualDescent::new(DualDescentConfig::default(), 1.0, 0, 1000);
-        d.record(10, 2.0, None);
+        d.record(10, 2.0, false);
         assert!((d.lambda() / LAMBDA_MAX - 1.0).abs() < 1e-9);
         let mut r = Resolving::new(ResolvingConfig::default(), 1.0, 0, 1000);
         r.observe(&mut [(0.9, 1.0), (0.1, 0.1)].into_iter());
-        r.record(10, 2.0, Some(1.0));
+        r.record(10, 2.0, true);
         assert!((r.lambda() / LAMBDA_MAX - 1.0).abs() < 1e-9);
     }
 
@@ -494,11 +569,11 @@ mod tests {
         let mut r = Resolving::new(resolving(7.0), 100.0, 0, 1_000_000);
         for i in 0..(MIN_SEEN as u64 - 1) {
             r.observe(&mut [(0.9, 0.01), (0.5, 0.001)].into_iter());
-            r.record(i, 0.001, Some(0.001));
+            r.record(i, 0.001, true);
             assert_eq!(r.lambda(), 7.0);
         }
         r.observe(&mut [(0.9, 0.01), (0.5, 0.001)].into_iter());
-        r.record(MIN_SEEN as u64, 0.001, Some(0.001));
+        r.record(MIN_SEEN as u64, 0.001, true);
         assert_ne!(r.lambda(), 7.0);
     }
 
@@ -558,7 +633,7 @@ mod tests {
                 prop_assert!(mean(l) <= target * (1.0 + 1e-9), "{} at {}", mean(l), l);
             }
             if l > LAMBDA_MIN {
-                prop_assert!(mean(l * (1.0 - 1e-8)) > target, "{} below {}", mean(l * (1.0 - 1e-6)), l);
+                prop_assert!(mean(l * (1.0 - 1e-8)) > target, "{} below {}", mean(l * (1.0 - 1e-8)), l);
             }
         }
     }

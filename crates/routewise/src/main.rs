@@ -40,6 +40,9 @@ enum Command {
     Logs(cmd::logs::Command),
     /// Run the OpenAI-compatible routing gateway.
     Serve(cmd::serve::Args),
+    /// Simulate dispatch under load: greedy, greedy with spill, and balanced assignment
+    /// of bursts, on the same arrival trace.
+    Simulate(cmd::simulate::Args),
     /// Validate a gateway config file and print the errors, or "ok".
     CheckConfig(cmd::check_config::Args),
     /// Virtual API keys (`auth: {mode: keys}`): create, list, revoke, update.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => cmd::replay::run(a),
         Command::Logs(c) => cmd::logs::run(c),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Simulate(a) => cmd::simulate::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Models(c) => cmd::models::run(c),
         Command::Keys(a) => cmd::keys::run(a),

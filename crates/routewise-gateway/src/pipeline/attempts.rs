@@ -105,30 +105,39 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         let m = ModelId::from_index(m);
         let up = gw.upstreams.get(m);
         let first = !ctx.rate_taken;
-        let predicted = ctx.routed.predicted_cost(m);
-        let hold =
-            match budget::reserve(gw, ctx.caller.as_deref(), m, &ctx.request, first, predicted)
-                .await
-            {
-                Ok(h) => {
-                    ctx.rate_taken = true;
-                    h
+        let observed = ctx.routed.observed();
+        let hold = match budget::reserve(
+            gw,
+            ctx.caller.as_deref(),
+            m,
+            &ctx.request,
+            first,
+            observed,
+        )
+        .await
+        {
+            Ok(h) => {
+                if first {
+                    crate::pipeline::pace::admitted(ctx);
                 }
-                Err(r) => {
-                    if admit == Admit::Probe {
-                        up.breaker.abandon_probe();
-                    }
-                    // Over the key's rate, or the store is down: the request ends here.
-                    if !matches!(r, budget::Refused::Exceeded(_)) {
-                        return Err(r.into());
-                    }
-                    // Not a call: it does not use up an attempt.
-                    plan.refund();
-                    ctx.skipped.push((m, "budget"));
-                    refused = Some(r);
-                    continue;
+                ctx.rate_taken = true;
+                h
+            }
+            Err(r) => {
+                if admit == Admit::Probe {
+                    up.breaker.abandon_probe();
                 }
-            };
+                // Over the key's rate, or the store is down: the request ends here.
+                if !matches!(r, budget::Refused::Exceeded(_)) {
+                    return Err(r.into());
+                }
+                // Not a call: it does not use up an attempt.
+                plan.refund();
+                ctx.skipped.push((m, "budget"));
+                refused = Some(r);
+                continue;
+            }
+        };
         // The model's quota is taken once the call is certain to be made.
         let hold = match budget::take_quota(gw, m, &ctx.request, hold) {
             Ok(h) => h,

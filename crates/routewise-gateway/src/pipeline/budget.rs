@@ -64,8 +64,8 @@ struct Reservation {
     pending: Arc<AtomicUsize>,
     /// The key's pacer, moved by the settled cost.
     paced: Option<Arc<crate::pipeline::pace::Paced>>,
-    /// The router's predicted cost of this call, when the request was routed.
-    predicted: Option<f64>,
+    /// Whether the call belongs to a request the key's pacer observed.
+    routed: bool,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -131,7 +131,7 @@ impl Reservation {
                 if let Some(c) = cost {
                     self.spend.add(&self.name, c);
                     if let Some(p) = &self.paced {
-                        p.record(c, self.predicted);
+                        p.record(c, self.routed);
                     }
                 }
             }
@@ -326,14 +326,14 @@ pub async fn usages(gw: &Gateway, max: usize) -> Result<Vec<KeyUsage>, ApiError>
 /// Holds the worst case of calling `m` for `req` on the caller's account (capped or not);
 /// `None` without a caller (`auth: {mode: open}`). `first`: the request's first call,
 /// which also takes the request from the key's rate limits (in the same store operation).
-/// `predicted`: the router's predicted cost of the call, for a paced key's pacer.
+/// `routed`: the call belongs to a routed request (for a paced key's pacer).
 pub async fn reserve(
     gw: &Gateway,
     caller: Option<&Caller>,
     m: ModelId,
     req: &ChatRequest,
     first: bool,
-    predicted: Option<f64>,
+    routed: bool,
 ) -> Result<Option<Hold>, Refused> {
     let Some(c) = caller else {
         return Ok(None);
@@ -364,7 +364,7 @@ pub async fn reserve(
         spend: gw.metrics.key_spend(),
         pending: ks.pending(),
         paced: ks.pacers.current(gw, c),
-        predicted,
+        routed,
     };
     match r
         .store

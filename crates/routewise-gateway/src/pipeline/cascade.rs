@@ -198,11 +198,14 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             m,
             request,
             !ctx.rate_taken,
-            ctx.routed.predicted_cost(m),
+            ctx.routed.observed(),
         )
         .await
         {
             Ok(hold) => {
+                if !ctx.rate_taken {
+                    crate::pipeline::pace::admitted(ctx);
+                }
                 // The key's rate took the request, whatever the quota says next.
                 ctx.rate_taken = true;
                 budget::take_quota(gw, m, request, hold).map_err(|_| Some("quota"))

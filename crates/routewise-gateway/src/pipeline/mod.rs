@@ -186,6 +186,7 @@ async fn chat_stages(
                 policy: request.preference.unwrap_or(gw.config.router.policy),
                 decision: None,
                 candidates: vec![model],
+                by_policy: false,
             };
             let _in_flight = InFlight::start(gw);
             let ctx = RequestContext::new(
@@ -219,14 +220,6 @@ async fn chat_stages(
         Err(e) => return reject(gw, e, &id, &trace),
     };
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
-    // A paced key's pacer learns what its routed requests could cost.
-    if let (Some(c), Some(d)) = (&caller, &routed.decision) {
-        if routed.reason == route::Reason::Routed {
-            if let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(gw, c)) {
-                p.observe(d, &routed.candidates);
-            }
-        }
-    }
     // 3c. shadow routers: queued, decided off the request path.
     if let (Some(shadows), Some(d)) = (gw.shadows.get(), &routed.decision) {
         if routed.reason == route::Reason::Routed && shadows.decides(&id) {

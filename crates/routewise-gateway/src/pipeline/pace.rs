@@ -19,12 +19,17 @@
 //! * **Routing.** Every request of the key is routed with the pacer's lambda, whatever
 //!   policy the request asks for. A `routes:` rule that sets a policy wins for the
 //!   requests it matches (the operator's explicit steering); their spend still moves the
-//!   pacer. The router's predictions for each routed request (score and cost of each
-//!   candidate) join the pacer's window; a request for a named model adds none.
+//!   pacer.
+//! * **Observing.** Once a routed request's first call is admitted (past the key's rate
+//!   limits), the router's predictions for its candidates join the pacer's window: all of
+//!   them when the candidates are in the order of the pacer's lambda, else (a route's own
+//!   policy, a forced model, exploration, the zero-data mode) the choice only, a cost that
+//!   does not depend on lambda. A request for a named model adds nothing to the window.
 //! * **Settling.** Each call that cost something (each attempt and each cascade tier call)
-//!   adds its realised cost, and its predicted cost where the request was routed, and
-//!   the pacer solves again. A call that cost nothing (a failure the upstream did not
-//!   bill) does not move it.
+//!   adds its realised cost: to the routed requests' spend, or to the named-model spend,
+//!   which is paced as a rate of its own. The pacer then solves again. A call that cost
+//!   nothing (a failure the upstream did not bill) does not move it. The lambda is
+//!   published to an atomic, so that routing reads it without the lock.
 //! * **Backstop.** The budget stays a hard cap: the reservations still refuse calls past
 //!   it.
 //!
@@ -34,14 +39,19 @@
 //! not built.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use routewise_online::service::now_ms;
 use routewise_online::store::budget::{BudgetStore, Scope};
-use routewise_router::pacing::{BudgetPacer, Resolving, ResolvingConfig};
+
+use routewise_router::pacing::{envelope, BudgetPacer, Resolving, ResolvingConfig};
 use routewise_router::{Decision, Policy};
 
+use crate::models::ModelId;
 use crate::pipeline::auth::Caller;
+use crate::pipeline::context::RequestContext;
+use crate::pipeline::route::Reason;
 use crate::state::Gateway;
 
 /// The starting lambda when neither the key nor the config names one.
@@ -55,40 +65,66 @@ pub struct Paced {
     period_start_ms: u64,
     made_for: (f64, routewise_online::budget::Period, f64),
     pacer: Mutex<Resolving>,
+    /// The pacer's lambda (f64 bits), read without the lock.
+    lambda: AtomicU64,
 }
 
 impl Paced {
     /// The lambda to route the key's next request with.
     pub fn lambda(&self) -> f64 {
-        self.pacer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lambda()
+        f64::from_bits(self.lambda.load(Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the pacer and publishes its lambda.
+    fn with(&self, f: impl FnOnce(&mut Resolving)) {
+        let mut p = self.pacer.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut p);
+        self.lambda.store(p.lambda().to_bits(), Ordering::Relaxed);
     }
 
     /// Adds a routed request's predictions (its candidates' score and cost) to the
-    /// pacer's window.
-    pub fn observe(&self, decision: &Decision, candidates: &[crate::models::ModelId]) {
-        let mut rows = candidates.iter().filter_map(|m| {
+    /// pacer's window; `by_lambda`: the candidates are in the order of the pacer's lambda
+    /// (else only the choice joins, a cost that does not depend on lambda).
+    fn observe(&self, decision: &Decision, candidates: &[ModelId], by_lambda: bool) {
+        let take = if by_lambda { candidates.len() } else { 1 };
+        let mut rows = candidates.iter().take(take).filter_map(|m| {
             let i = m.index();
             Some((*decision.scores.get(i)?, *decision.costs.get(i)?))
         });
-        self.pacer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(&mut rows);
+        // Built outside the lock.
+        let e = envelope(&mut rows);
+        self.with(|p| p.observe_envelope(e));
     }
 
-    /// Moves the pacer by a settled call's cost and its predicted cost, if it was
-    /// predicted (a call that cost nothing does not move it).
-    pub fn record(&self, cost: f64, predicted: Option<f64>) {
+    /// Moves the pacer by a settled call's cost; `routed`: the call belongs to a request
+    /// the pacer observed (a call that cost nothing does not move it).
+    pub fn record(&self, cost: f64, routed: bool) {
         if cost > 0.0 && cost.is_finite() {
-            self.pacer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(now_ms(), cost, predicted);
+            self.with(|p| p.record(now_ms(), cost, routed));
         }
     }
+}
+
+/// Shows the pacer of the request's key (if paced) its routed request, once its first call
+/// was admitted (a request refused by the key's rate limits is not traffic to pace).
+pub fn admitted(ctx: &RequestContext) {
+    if ctx.routed.reason != Reason::Routed {
+        return;
+    }
+    let (Some(c), Some(d)) = (ctx.caller.as_deref(), ctx.routed.decision.as_ref()) else {
+        return;
+    };
+    let gw = &*ctx.state;
+    let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(gw, c)) else {
+        return;
+    };
+    // A route's own policy, a forced model or the zero-data order chose instead.
+    let by_lambda = ctx.routed.by_policy
+        && ctx
+            .signals
+            .as_ref()
+            .is_none_or(|s| s.outcome.policy.is_none());
+    p.observe(d, &ctx.routed.candidates, by_lambda);
 }
 
 /// The paced keys' controllers of this instance, by key id.
@@ -155,10 +191,12 @@ impl Pacers {
             lambda0,
             ..ResolvingConfig::default()
         };
+        let pacer = Resolving::new(cfg, (budget - spent).max(0.0), now, end);
         let paced = Arc::new(Paced {
             period_start_ms: start,
             made_for: (budget, period, lambda0),
-            pacer: Mutex::new(Resolving::new(cfg, (budget - spent).max(0.0), now, end)),
+            lambda: AtomicU64::new(pacer.lambda().to_bits()),
+            pacer: Mutex::new(pacer),
         });
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // A concurrent first request may have started it: keep the one already there,

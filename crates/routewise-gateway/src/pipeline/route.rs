@@ -49,15 +49,15 @@ pub struct Routed {
     pub decision: Option<Decision>,
     /// Models to try, best first, all fitting the context window.
     pub candidates: Vec<ModelId>,
+    /// Whether the candidates are in the decision's order, by its policy (no forced
+    /// model, no zero-data reorder, no exploration).
+    pub by_policy: bool,
 }
 
 impl Routed {
-    /// The router's predicted cost of calling `m`, when the request was routed.
-    pub fn predicted_cost(&self, m: ModelId) -> Option<f64> {
-        if self.reason != Reason::Routed {
-            return None;
-        }
-        self.decision.as_ref()?.costs.get(m.index()).copied()
+    /// Whether the router chose (a paced key's pacer observes these requests).
+    pub fn observed(&self) -> bool {
+        self.reason == Reason::Routed && self.decision.is_some()
     }
 }
 
@@ -114,6 +114,11 @@ pub fn route(
             });
         }
     }
+    // Whether the candidates keep the order the policy gave (the zero-data mode orders by
+    // tier, not by the policy's utility).
+    let mut by_policy = direct.is_none()
+        && gw.config.router.mode != RouterMode::Rules
+        && decision.as_ref().is_some_and(|d| !d.explored);
     let candidates: Vec<usize> = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
         (None, Some(d)) => match rules {
@@ -127,6 +132,7 @@ pub fn route(
                 if let Some(f) = o.force.filter(|&f| o.allows(f)) {
                     pool.retain(|&m| m != f);
                     pool.insert(0, f);
+                    by_policy = false;
                 }
                 fallback::eligible(pool, &gw.upstreams, needed)
             }
@@ -145,5 +151,6 @@ pub fn route(
         policy,
         decision,
         candidates: candidates.into_iter().map(ModelId::from_index).collect(),
+        by_policy,
     })
 }

@@ -23,6 +23,7 @@ pub mod models;
 pub mod replay;
 pub mod route;
 pub mod serve;
+pub mod simulate;
 pub mod train;
 
 /// A progress bar (`len`) or spinner (`None`) on stderr, hidden when stderr is not a

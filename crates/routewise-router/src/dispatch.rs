@@ -1,0 +1,557 @@
+//! Balanced assignment of a burst of requests to deployments under capacity: the
+//! request-level form of mixture-of-experts load balancing.
+//!
+//! A per-request router is greedy: under load, every request that "needs the good model"
+//! goes to it, and its queue grows without bound. Mixture-of-experts layers meet the same
+//! collapse and solve it by assigning a batch of tokens to experts under capacity: BASE
+//! layers (Lewis et al., 2021) solve the linear assignment exactly, and Sinkhorn routing
+//! (Clark et al., 2022, "Unified scaling laws for routed language models") solves its
+//! entropic relaxation with a few scaling iterations. RouteBalance applies the idea to LLM
+//! requests. Here a batch is `n` requests and `d` deployments, each request's utility on
+//! each deployment (predicted score minus the policy's cost and latency terms), and each
+//! deployment's free capacity. An [`Assigner`] gives each request one deployment, never
+//! more requests to a deployment than its capacity, maximising the total utility; a
+//! request left over when the capacities are full gets `None` (the caller queues or spills
+//! it).
+//!
+//! * [`Exact`]: min-cost flow by successive shortest paths (Dijkstra with potentials) on
+//!   source -> request -> deployment -> sink. Optimal; for small batches.
+//! * [`Sinkhorn`]: entropic optimal transport with capacity inequalities (the scaling
+//!   algorithm of Chizat et al., 2018, "Scaling algorithms for unbalanced optimal
+//!   transport problems": a row update makes each request's mass 1, a column update
+//!   scales a deployment down only when it is over capacity), warm-started from the last
+//!   batch's column scalings, then rounded: the most confident requests first, each to its
+//!   heaviest deployment with room.
+//!
+//! Pure logic, no I/O; the simulator (`routewise simulate`) and, later, the gateway call it.
+
+use serde::{Deserialize, Serialize};
+
+/// Which solver assigns a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignerKind {
+    Sinkhorn,
+    Exact,
+}
+
+impl AssignerKind {
+    pub fn build(self) -> Box<dyn Assigner> {
+        match self {
+            AssignerKind::Sinkhorn => Box::new(Sinkhorn::default()),
+            AssignerKind::Exact => Box::new(Exact),
+        }
+    }
+}
+
+/// Assigns a batch of requests to deployments under capacity.
+pub trait Assigner: Send {
+    /// `utility` is row-major, `n` rows (requests) of `capacity.len()` columns
+    /// (deployments); a non-finite utility forbids the pair. Writes each request's
+    /// deployment to `out` (`None`: no room), using at most `capacity[j]` rows per column:
+    /// as many requests as the capacities allow, and among those assignments the best
+    /// total utility.
+    fn assign(
+        &mut self,
+        utility: &[f64],
+        n: usize,
+        capacity: &[usize],
+        out: &mut Vec<Option<usize>>,
+    );
+}
+
+/// Exact assignment by min-cost flow.
+#[derive(Debug, Default, Clone)]
+pub struct Exact;
+
+impl Assigner for Exact {
+    fn assign(
+        &mut self,
+        utility: &[f64],
+        n: usize,
+        capacity: &[usize],
+        out: &mut Vec<Option<usize>>,
+    ) {
+        out.clear();
+        out.resize(n, None);
+        let d = capacity.len();
+        if n == 0 || d == 0 || utility.len() < n * d {
+            return;
+        }
+        // Costs are `top - utility` >= 0, so the first potentials are 0.
+        let top = utility
+            .iter()
+            .copied()
+            .filter(|u| u.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
+        if !top.is_finite() {
+            return;
+        }
+        // Nodes: 0 source, 1..=n requests, n+1..=n+d deployments, n+d+1 sink.
+        let (src, sink) = (0, n + d + 1);
+        let mut g = Flow::new(n + d + 2);
+        for i in 0..n {
+            g.edge(src, 1 + i, 1, 0.0);
+            for j in 0..d {
+                let u = utility[i * d + j];
+                if u.is_finite() {
+                    g.edge(1 + i, 1 + n + j, 1, top - u);
+                }
+            }
+        }
+        for (j, &c) in capacity.iter().enumerate() {
+            if c > 0 {
+                g.edge(1 + n + j, sink, c.min(n) as i32, 0.0);
+            }
+        }
+        // Each augmentation routes one request; the shortest path adds the cheapest one,
+        // so the flow of every size k is the best assignment of k requests.
+        while g.augment(src, sink) {}
+        for (slot, adj) in out.iter_mut().zip(&g.adj[1..=n]) {
+            for &e in adj {
+                let edge = &g.edges[e];
+                if edge.to > n && edge.to <= n + d && edge.cap == 0 && edge.orig == 1 {
+                    *slot = Some(edge.to - n - 1);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Edge {
+    to: usize,
+    cap: i32,
+    orig: i32,
+    cost: f64,
+}
+
+/// A small residual graph for successive shortest paths.
+struct Flow {
+    edges: Vec<Edge>,
+    adj: Vec<Vec<usize>>,
+    potential: Vec<f64>,
+}
+
+impl Flow {
+    fn new(nodes: usize) -> Flow {
+        Flow {
+            edges: Vec::new(),
+            adj: vec![Vec::new(); nodes],
+            potential: vec![0.0; nodes],
+        }
+    }
+
+    fn edge(&mut self, from: usize, to: usize, cap: i32, cost: f64) {
+        self.adj[from].push(self.edges.len());
+        self.edges.push(Edge {
+            to,
+            cap,
+            orig: cap,
+            cost,
+        });
+        self.adj[to].push(self.edges.len());
+        self.edges.push(Edge {
+            to: from,
+            cap: 0,
+            orig: 0,
+            cost: -cost,
+        });
+    }
+
+    /// One unit along the cheapest path (Dijkstra on reduced costs); false when the sink
+    /// is unreachable.
+    fn augment(&mut self, src: usize, sink: usize) -> bool {
+        let nodes = self.adj.len();
+        let mut dist = vec![f64::INFINITY; nodes];
+        let mut prev: Vec<Option<usize>> = vec![None; nodes];
+        let mut done = vec![false; nodes];
+        dist[src] = 0.0;
+        // Dense Dijkstra: the graphs are small (a batch and its deployments).
+        loop {
+            let mut v = None;
+            let mut best = f64::INFINITY;
+            for (k, (&dk, &fin)) in dist.iter().zip(&done).enumerate() {
+                if !fin && dk < best {
+                    best = dk;
+                    v = Some(k);
+                }
+            }
+            let Some(v) = v else { break };
+            done[v] = true;
+            for &e in &self.adj[v] {
+                let edge = &self.edges[e];
+                if edge.cap <= 0 {
+                    continue;
+                }
+                let reduced = edge.cost + self.potential[v] - self.potential[edge.to];
+                // Reduced costs are >= 0 up to rounding.
+                let nd = dist[v] + reduced.max(0.0);
+                if nd < dist[edge.to] {
+                    dist[edge.to] = nd;
+                    prev[edge.to] = Some(e);
+                }
+            }
+        }
+        if !dist[sink].is_finite() {
+            return false;
+        }
+        for (p, &dk) in self.potential.iter_mut().zip(&dist) {
+            if dk.is_finite() {
+                *p += dk;
+            }
+        }
+        let mut v = sink;
+        while let Some(e) = prev[v] {
+            self.edges[e].cap -= 1;
+            self.edges[e ^ 1].cap += 1;
+            v = self.edges[e ^ 1].to;
+        }
+        true
+    }
+}
+
+/// The scaling starts at `epsilon * 2^HOTTER` and halves the temperature down to
+/// `epsilon`: each hotter kernel is the square root of the next colder one, so only the
+/// coldest costs exponentials.
+const HOTTER: usize = 3;
+
+/// Entropic assignment by capacity-constrained Sinkhorn scaling, then rounding.
+#[derive(Debug, Clone)]
+pub struct Sinkhorn {
+    /// The entropic temperature, in utility units: smaller is closer to the exact
+    /// assignment and slower to converge.
+    pub epsilon: f64,
+    pub iterations: usize,
+    /// The last batch's column prices (potentials), the warm start of the next (same
+    /// deployments, with the "left out" column last).
+    warm: Vec<f64>,
+    kernel: Vec<f64>,
+    rows: Vec<f64>,
+}
+
+impl Default for Sinkhorn {
+    fn default() -> Self {
+        Sinkhorn {
+            epsilon: 0.05,
+            iterations: 50,
+            warm: Vec::new(),
+            kernel: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+impl Assigner for Sinkhorn {
+    fn assign(
+        &mut self,
+        utility: &[f64],
+        n: usize,
+        capacity: &[usize],
+        out: &mut Vec<Option<usize>>,
+    ) {
+        out.clear();
+        out.resize(n, None);
+        let d = capacity.len();
+        if n == 0 || d == 0 || utility.len() < n * d {
+            return;
+        }
+        let eps = self.epsilon.max(1e-6);
+        // Column `d` is "left out": worse than every placement, room for everyone. Without
+        // it a batch larger than the capacities has no plan, and the rows' utilities could
+        // not be compared (each row's scale is free).
+        let finite = || utility[..n * d].iter().copied().filter(|u| u.is_finite());
+        let lo = finite().fold(f64::INFINITY, f64::min);
+        let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() {
+            return;
+        }
+        let left_out = lo - 1.0;
+        let w = d + 1;
+        let mut cap: Vec<f64> = capacity.iter().map(|&c| c as f64).collect();
+        cap.push(n as f64);
+        // The column potentials (prices) carry from batch to batch and from one
+        // temperature to the next (epsilon scaling): the scaling starts hot, where prices
+        // move fast, and cools to `epsilon`.
+        if self.warm.len() != w {
+            self.warm = vec![0.0; w];
+        }
+        self.rows.clear();
+        self.rows.resize(n, 0.0);
+        // Kernels K_ij = exp((u_ij - max u) / t) in [0, 1], coldest (t = eps) first.
+        let stages = HOTTER + 1;
+        self.kernel.clear();
+        self.kernel.resize(stages * n * w, 0.0);
+        let (cold, hotter) = self.kernel.split_at_mut(n * w);
+        for i in 0..n {
+            let row = &utility[i * d..(i + 1) * d];
+            let k = &mut cold[i * w..(i + 1) * w];
+            for (kj, &u) in k.iter_mut().zip(row) {
+                *kj = if u.is_finite() {
+                    ((u - hi) / eps).exp()
+                } else {
+                    0.0
+                };
+            }
+            k[d] = ((left_out - hi) / eps).exp();
+        }
+        let mut prev: &[f64] = cold;
+        for chunk in hotter.chunks_exact_mut(n * w) {
+            for (h, &c) in chunk.iter_mut().zip(prev) {
+                *h = c.sqrt();
+            }
+            prev = chunk;
+        }
+        let mut col = vec![0.0; w];
+        let mut b = vec![1.0; w];
+        let per_stage = (self.iterations.max(1) / stages).max(1);
+        for stage in (0..stages).rev() {
+            let t = eps * f64::from(1u32 << stage);
+            let kernel = &self.kernel[stage * n * w..(stage + 1) * n * w];
+            for (bj, &g) in b.iter_mut().zip(&self.warm) {
+                *bj = (-g / t).exp();
+            }
+            for _ in 0..per_stage {
+                // Rows: each request's mass is 1.
+                for (i, ai) in self.rows.iter_mut().enumerate() {
+                    let s: f64 = kernel[i * w..(i + 1) * w]
+                        .iter()
+                        .zip(&b)
+                        .map(|(k, bj)| k * bj)
+                        .sum();
+                    *ai = if s > 0.0 && s.is_finite() {
+                        1.0 / s
+                    } else {
+                        0.0
+                    };
+                }
+                // Columns: scaled down only where over capacity.
+                col.iter_mut().for_each(|c| *c = 0.0);
+                for (i, ai) in self.rows.iter().enumerate() {
+                    for (c, k) in col.iter_mut().zip(&kernel[i * w..(i + 1) * w]) {
+                        *c += ai * k;
+                    }
+                }
+                for ((bj, &c), &cj) in b.iter_mut().zip(&col).zip(&cap) {
+                    *bj = if c > 0.0 { (cj / c).min(1.0) } else { 1.0 };
+                }
+            }
+            for (g, &bj) in self.warm.iter_mut().zip(&b) {
+                *g = if bj > 0.0 {
+                    -t * bj.ln()
+                } else {
+                    f64::INFINITY
+                };
+            }
+        }
+        // Rounding, by the dual prices the scaling found (a deployment's price is
+        // `-eps ln b_j`): the requests that lose most by not getting their best priced
+        // column go first, each to its best priced column with room. A request whose best
+        // is "left out" waits for the second pass, which fills the slots still free. The
+        // order comes from prices, not from the plan's mass, so it is right even where
+        // the scaling has not converged.
+        let priced = self.warm.clone();
+        let value = |i: usize, j: usize| {
+            let u = if j == d { left_out } else { utility[i * d + j] };
+            if u.is_finite() {
+                u - priced[j]
+            } else {
+                f64::NEG_INFINITY
+            }
+        };
+        let mut plan: Vec<(f64, usize)> = (0..n)
+            .map(|i| {
+                let (mut first, mut second) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+                for j in 0..w {
+                    let v = value(i, j);
+                    if v > first {
+                        second = first;
+                        first = v;
+                    } else if v > second {
+                        second = v;
+                    }
+                }
+                let regret = if second.is_finite() {
+                    first - second
+                } else {
+                    f64::INFINITY
+                };
+                (regret, i)
+            })
+            .collect();
+        plan.sort_unstable_by(|x, y| y.0.total_cmp(&x.0));
+        let mut left: Vec<usize> = capacity.to_vec();
+        for pass in 0..2 {
+            for &(_, i) in &plan {
+                if out[i].is_some() {
+                    continue;
+                }
+                if pass == 0 && (0..d).all(|j| value(i, j) < value(i, d)) {
+                    continue;
+                }
+                out[i] = (0..d)
+                    .filter(|&j| left[j] > 0 && utility[i * d + j].is_finite())
+                    .max_by(|&x, &y| value(i, x).total_cmp(&value(i, y)));
+                if let Some(j) = out[i] {
+                    left[j] -= 1;
+                }
+            }
+        }
+        improve(utility, d, out);
+    }
+}
+
+/// Swaps that raise the total, until none does: a left-out request takes a placed one's
+/// slot when it is worth more there, and two placed requests trade slots when that is
+/// worth more. Keeps every capacity.
+fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>]) {
+    let n = out.len();
+    let u = |i: usize, j: usize| utility[i * d + j];
+    for _ in 0..n {
+        let mut changed = false;
+        for i in 0..n {
+            for k in 0..n {
+                if i == k {
+                    continue;
+                }
+                match (out[i], out[k]) {
+                    (None, Some(jk)) if u(i, jk).is_finite() && u(i, jk) > u(k, jk) + 1e-12 => {
+                        out[i] = Some(jk);
+                        out[k] = None;
+                        changed = true;
+                    }
+                    (Some(ji), Some(jk))
+                        if ji != jk
+                            && u(i, jk).is_finite()
+                            && u(k, ji).is_finite()
+                            && u(i, jk) + u(k, ji) > u(i, ji) + u(k, jk) + 1e-12 =>
+                    {
+                        out[i] = Some(jk);
+                        out[k] = Some(ji);
+                        changed = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// The total utility of an assignment (unassigned rows add nothing).
+pub fn total_utility(utility: &[f64], d: usize, out: &[Option<usize>]) -> f64 {
+    out.iter()
+        .enumerate()
+        .filter_map(|(i, j)| j.map(|j| utility[i * d + j]))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn feasible(out: &[Option<usize>], capacity: &[usize]) -> bool {
+        let mut used = vec![0; capacity.len()];
+        for j in out.iter().flatten() {
+            used[*j] += 1;
+        }
+        used.iter().zip(capacity).all(|(u, c)| u <= c)
+    }
+
+    /// Every assignment by brute force: the best total utility.
+    fn brute(utility: &[f64], n: usize, capacity: &[usize]) -> f64 {
+        fn go(i: usize, n: usize, u: &[f64], left: &mut Vec<usize>) -> f64 {
+            if i == n {
+                return 0.0;
+            }
+            let d = left.len();
+            let mut best = go(i + 1, n, u, left); // unassigned
+            for j in 0..d {
+                if left[j] > 0 && u[i * d + j].is_finite() {
+                    left[j] -= 1;
+                    best = best.max(u[i * d + j] + go(i + 1, n, u, left));
+                    left[j] += 1;
+                }
+            }
+            best
+        }
+        go(0, n, utility, &mut capacity.to_vec())
+    }
+
+    #[test]
+    fn a_burst_on_one_good_model_is_spread_by_gain() {
+        // Three requests all prefer deployment 0 (capacity 1): request 1 loses most
+        // elsewhere, so it gets 0 and the others go to 1.
+        let u = [0.9, 0.8, 0.9, 0.3, 0.9, 0.85];
+        for mut a in [AssignerKind::Exact.build(), AssignerKind::Sinkhorn.build()] {
+            let mut out = Vec::new();
+            a.assign(&u, 3, &[1, 2], &mut out);
+            assert_eq!(out, vec![Some(1), Some(0), Some(1)]);
+        }
+    }
+
+    #[test]
+    fn requests_beyond_every_capacity_are_left_unassigned() {
+        let u = [0.5, 0.4, 0.6, 0.1, 0.2, 0.3];
+        let mut out = Vec::new();
+        Exact.assign(&u, 3, &[1, 1], &mut out);
+        assert_eq!(out.iter().flatten().count(), 2);
+        assert!(feasible(&out, &[1, 1]));
+        Sinkhorn::default().assign(&u, 3, &[1, 1], &mut out);
+        assert_eq!(out.iter().flatten().count(), 2);
+        assert!(feasible(&out, &[1, 1]));
+    }
+
+    #[test]
+    fn a_forbidden_pair_is_never_used() {
+        let u = [f64::NEG_INFINITY, 0.1, 0.9, f64::NAN];
+        let mut out = Vec::new();
+        Exact.assign(&u, 2, &[2, 2], &mut out);
+        assert_eq!(out, vec![Some(1), Some(0)]);
+        Sinkhorn::default().assign(&u, 2, &[2, 2], &mut out);
+        assert_eq!(out, vec![Some(1), Some(0)]);
+    }
+
+    fn batch() -> impl Strategy<Value = (usize, Vec<usize>, Vec<f64>)> {
+        (1usize..6, 1usize..4).prop_flat_map(|(n, d)| {
+            (
+                Just(n),
+                prop::collection::vec(0usize..4, d),
+                prop::collection::vec(0.0f64..1.0, n * d),
+            )
+        })
+    }
+
+    proptest! {
+        /// The exact solver's total is the brute-force optimum, and it fills as many
+        /// slots as there are.
+        #[test]
+        fn exact_is_optimal((n, cap, u) in batch()) {
+            let mut out = Vec::new();
+            Exact.assign(&u, n, &cap, &mut out);
+            prop_assert!(feasible(&out, &cap));
+            let got = total_utility(&u, cap.len(), &out);
+            let best = brute(&u, n, &cap);
+            prop_assert!((got - best).abs() < 1e-9, "{} vs {}", got, best);
+            let slots: usize = cap.iter().sum();
+            prop_assert_eq!(out.iter().flatten().count(), n.min(slots));
+        }
+
+        /// Sinkhorn never breaks a capacity, fills every slot it can, and is near the
+        /// optimum.
+        #[test]
+        fn sinkhorn_is_feasible_and_near_optimal((n, cap, u) in batch()) {
+            let mut out = Vec::new();
+            Sinkhorn::default().assign(&u, n, &cap, &mut out);
+            prop_assert!(feasible(&out, &cap));
+            let slots: usize = cap.iter().sum();
+            prop_assert_eq!(out.iter().flatten().count(), n.min(slots));
+            let got = total_utility(&u, cap.len(), &out);
+            let best = brute(&u, n, &cap);
+            prop_assert!(got >= best - 0.05 * n as f64, "{} vs {}", got, best);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `routewise simulate`: the dispatch modes on RouterBench's test prompts, with the issue's
+//! JSON keys, and the premise it shows (greedy routing breaks the SLO under overload,
+//! balanced assignment keeps it).
+#![cfg(test)]
+
+mod common;
+
+use serde_json::Value;
+
+#[test]
+fn simulate_reports_every_mode_per_load_with_the_issue_keys() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sim.json");
+    let plot = dir.path().join("sim.svg");
+    // One deployment of 2 slots for every model: the pool is small enough that 3x the
+    // best model's capacity overloads greedy routing.
+    let deployments = dir.path().join("deployments.yaml");
+    let ds = std::fs::read_to_string(&data).unwrap();
+    let first: Value = serde_json::from_str(ds.lines().next().unwrap()).unwrap();
+    let models: Vec<String> = first["models"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let yaml: String = models
+        .iter()
+        .map(|m| format!("  - {{model: \"{m}\", max_concurrency: 2}}\n"))
+        .collect();
+    std::fs::write(&deployments, format!("deployments:\n{yaml}")).unwrap();
+    let text = common::ok(&[
+        "simulate",
+        "--data",
+        data.to_str().unwrap(),
+        "--loads",
+        "0.5,3",
+        "--duration",
+        "300",
+        "--deployments",
+        deployments.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(text.contains("balanced-sinkhorn"), "{text}");
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let slo = v["slo_ms"].as_f64().unwrap();
+    assert!(slo > 0.0);
+    assert!(v["unloaded_greedy_quality"].as_f64().unwrap() > 0.0);
+    let loads = v["loads"].as_array().unwrap();
+    assert_eq!(loads.len(), 2);
+    for l in loads {
+        assert!(l["load"].as_f64().is_some());
+        for mode in [
+            "greedy",
+            "greedy-spill",
+            "balanced-sinkhorn",
+            "balanced-exact",
+        ] {
+            let m = &l["modes"][mode];
+            for k in [
+                "quality",
+                "cost_usd",
+                "p50_ms",
+                "p99_ms",
+                "slo_violations",
+                "drops",
+                "spills",
+            ] {
+                assert!(m[k].as_f64().is_some(), "{mode}.{k} in {l}");
+            }
+        }
+    }
+    // Light load: balanced is greedy (the same answers, so the same quality).
+    let light = &loads[0]["modes"];
+    assert_eq!(
+        light["greedy"]["quality"],
+        light["balanced-sinkhorn"]["quality"]
+    );
+    // Overload: greedy's queues break the SLO, balanced assignment keeps p99 within it
+    // and answers better than greedy.
+    let heavy = &loads[1]["modes"];
+    assert!(heavy["greedy"]["p99_ms"].as_f64().unwrap() > slo, "{heavy}");
+    for mode in ["balanced-sinkhorn", "balanced-exact"] {
+        assert!(
+            heavy[mode]["p99_ms"].as_f64().unwrap() <= slo,
+            "{mode}: {heavy}"
+        );
+        assert!(
+            heavy[mode]["quality"].as_f64() > heavy["greedy"]["quality"].as_f64(),
+            "{mode}: {heavy}"
+        );
+    }
+}
+
+#[test]
+fn a_deployments_file_naming_an_unknown_model_is_an_error() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deployments = dir.path().join("d.yaml");
+    std::fs::write(&deployments, "deployments:\n  - {model: no-such-model}\n").unwrap();
+    let out = common::routewise(&[
+        "simulate",
+        "--data",
+        data.to_str().unwrap(),
+        "--loads",
+        "1",
+        "--deployments",
+        deployments.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-model"), "{err}");
+}
