@@ -256,23 +256,24 @@ struct Sim<'a> {
     assigner: Option<Box<dyn Assigner>>,
     /// Arrival time (µs) and prompt of each request.
     trace: &'a [(u64, usize)],
-    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    /// (time, event, sequence): at equal times the event order decides (ends first).
+    events: BinaryHeap<Reverse<(u64, Event, u64)>>,
     seq: u64,
     busy: Vec<usize>,
     queue: Vec<VecDeque<usize>>,
     pending: Vec<usize>,
     flush_at: Option<u64>,
-    /// Per request: (model, start µs, end µs); `None`: not served (yet), or dropped.
+    /// Per request: (model, end µs); `None`: not served (yet), or dropped.
     served: Vec<Option<(usize, u64)>>,
     dropped: Vec<bool>,
-    /// Per deployment, the request in each running slot is not tracked: only counts.
+    /// Batches assigned by the solver.
     batches: usize,
 }
 
 impl<'a> Sim<'a> {
     fn push(&mut self, at: u64, e: Event) {
         self.seq += 1;
-        self.events.push(Reverse((at, self.seq, e)));
+        self.events.push(Reverse((at, e, self.seq)));
     }
 
     fn free(&self, d: usize) -> usize {
@@ -421,7 +422,7 @@ impl<'a> Sim<'a> {
         for (r, &(at, _)) in self.trace.iter().enumerate() {
             self.push(at, Event::Arrival(r));
         }
-        while let Some(Reverse((now, _, e))) = self.events.pop() {
+        while let Some(Reverse((now, e, _))) = self.events.pop() {
             match e {
                 Event::Arrival(r) => self.arrive(now, r),
                 Event::Done(d) => self.done(now, d),
@@ -838,6 +839,13 @@ mod tests {
         assert_eq!(t[0].1, 3);
         assert_eq!(t[4].1, 1);
         assert!(t.last().unwrap().0 < 100_000_000);
+    }
+
+    #[test]
+    fn regression_at_equal_times_ends_come_before_arrivals() {
+        // The event order decides before the push order.
+        assert!((5u64, Event::Done(3), 9u64) < (5, Event::Flush, 1));
+        assert!((5u64, Event::Flush, 9u64) < (5, Event::Arrival(0), 1));
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!     base_url: http://127.0.0.1:9001/v1
 //!     api_key_env: OPENAI_API_KEY
 //!     upstream_model: gpt-4-1106-preview
-//!     price: {input_per_mtok: 10.0, output_per_mtok: 30.0}
+//!     price: {input_per_mtok: 10.0, output_per_mtok: 30.0, cached_input_per_mtok: 5.0}  # cached: optional
 //!     context_window: 128000
 //!     max_tokens: 4096           # anthropic: the output cap sent when a request gives none
 //!     anthropic_version: 2023-06-01  # anthropic: the API version header
@@ -42,6 +42,7 @@
 //! cache: {exact: true, semantic: {threshold: 0.92, guards: true}, ttl_s: 3600,               # optional
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
+//! affinity: {ttl_s: 3600, switch_margin: 0.02, max_conversations: 100000}  # optional (see below)
 //! ```
 //!
 //! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
@@ -49,7 +50,8 @@
 //! action beside `block` are errors at their path, e.g. `routes[1].then.models[0]`); `pii`
 //! sets the detectors and the default action (`block | redact | restrict | tag`; `restrict`
 //! needs a model with `private: true`); `cache` the response cache
-//! ([`crate::pipeline::cache`]). `router.mode: rules` routes without an artifact: every
+//! ([`crate::pipeline::cache`]); `affinity` keeps a conversation on its model
+//! ([`crate::pipeline::affinity`]). `router.mode: rules` routes without an artifact: every
 //! model needs a `price`, and `quality_tier` orders unmatched requests.
 //!
 //! `shadow` lists shadow routers: artifacts (relative to this file) that decide every
@@ -152,6 +154,8 @@ pub struct Config {
     pub pii: Option<PiiConfig>,
     /// The response cache (`None`: off).
     pub cache: Option<CacheConfig>,
+    /// Conversation affinity (`None`: off).
+    pub affinity: Option<AffinityConfig>,
     /// Who may call the gateway.
     pub auth: AuthConfig,
     /// Settings that are accepted but deprecated (logged at start, shown by
@@ -218,6 +222,18 @@ pub struct CacheConfig {
     /// not cached.
     pub scope_header: Option<HeaderName>,
     pub backend: CacheBackend,
+}
+
+/// `affinity:`: keep a conversation on its model unless switching is worth its prompt
+/// cache ([`crate::pipeline::affinity`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffinityConfig {
+    /// How long a conversation's model is kept after its last turn.
+    pub ttl_ms: u64,
+    /// The utility a switch must gain beyond the cache it loses.
+    pub switch_margin: f64,
+    /// Conversations kept in this instance's memory.
+    pub max_conversations: usize,
 }
 
 /// Where the response cache keeps its entries (`cache.backend`).
@@ -320,6 +336,17 @@ impl fmt::Display for Secret {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// What a cached prompt prefix costs (the provider's prompt-cache price; default: the
+    /// input price, no discount). Conversation affinity weighs it.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+impl Price {
+    /// The cached input price, USD per million tokens.
+    pub fn cached_input(&self) -> f64 {
+        self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -526,6 +553,17 @@ enum RawMode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAffinity {
+    #[serde(default)]
+    ttl_s: Option<f64>,
+    #[serde(default)]
+    switch_margin: Option<f64>,
+    #[serde(default)]
+    max_conversations: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCache {
     #[serde(default)]
     exact: Option<bool>,
@@ -700,7 +738,7 @@ struct RawDecisionLog {
 
 const TOP_KEYS: &[&str] = &[
     "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state", "shadow",
-    "routes", "pii", "cache", "auth",
+    "routes", "pii", "cache", "auth", "affinity",
 ];
 
 #[derive(Deserialize)]
@@ -964,6 +1002,7 @@ pub fn parse(
     }
     let (routes, pii) = v.signals(map.get("routes"), map.get("pii"), &models);
     let cache = v.cache(map.get("cache"));
+    let affinity = v.affinity(map.get("affinity"));
     let auth = v.auth(map.get("auth"));
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -990,6 +1029,7 @@ pub fn parse(
         routes,
         pii,
         cache,
+        affinity,
         auth,
         warnings,
     })
@@ -1011,6 +1051,8 @@ struct Validator<'a> {
 
 /// Most entries a cache may hold.
 const MAX_CACHE_ENTRIES: usize = 10_000_000;
+/// `affinity.switch_margin` when unset: a switch must promise 2 points of score.
+pub const DEFAULT_SWITCH_MARGIN: f64 = 0.02;
 
 impl Validator<'_> {
     /// `auth:`, checked.
@@ -1037,6 +1079,37 @@ impl Validator<'_> {
             cache_ttl_ms: (ttl_s * 1000.0) as u64,
             reserve_output_tokens: reserve,
         }
+    }
+
+    /// `affinity:`, checked.
+    fn affinity(&mut self, raw: Option<&Value>) -> Option<AffinityConfig> {
+        let raw: RawAffinity = self.section(raw, "affinity")?;
+        let ttl_s = raw.ttl_s.unwrap_or(3600.0);
+        if !(1.0..=30.0 * 86_400.0).contains(&ttl_s) {
+            self.issue(
+                "affinity.ttl_s",
+                format!("must be in [1, 2592000] seconds, found {ttl_s}"),
+            );
+        }
+        let switch_margin = raw.switch_margin.unwrap_or(DEFAULT_SWITCH_MARGIN);
+        if !(switch_margin.is_finite() && switch_margin >= 0.0) {
+            self.issue(
+                "affinity.switch_margin",
+                format!("must be finite and >= 0, found {switch_margin}"),
+            );
+        }
+        let max_conversations = raw.max_conversations.unwrap_or(100_000);
+        if !(1..=10_000_000).contains(&max_conversations) {
+            self.issue(
+                "affinity.max_conversations",
+                format!("must be in 1..=10000000, found {max_conversations}"),
+            );
+        }
+        Some(AffinityConfig {
+            ttl_ms: (ttl_s * 1000.0) as u64,
+            switch_margin,
+            max_conversations,
+        })
     }
 
     /// `cache:`, checked.
@@ -1613,6 +1686,7 @@ impl Validator<'_> {
             for (field, x) in [
                 ("input_per_mtok", p.input_per_mtok),
                 ("output_per_mtok", p.output_per_mtok),
+                ("cached_input_per_mtok", p.cached_input()),
             ] {
                 if !x.is_finite() || x < 0.0 {
                     self.issue(

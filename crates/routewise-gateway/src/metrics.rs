@@ -125,6 +125,7 @@ struct Families {
     cache: Family<ResultLabel, Counter>,
     pii: Family<PiiLabels, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
+    affinity: Family<VerdictLabel, Counter>,
     key_spend: KeySpend,
 }
 
@@ -292,6 +293,12 @@ impl Metrics {
             "Requests refused by `auth: {mode: keys}`, by reason (missing / invalid / revoked / expired / forbidden_model / store_unavailable)",
             Family::<ReasonLabel, Counter>::default(),
         );
+        let affinity = reg(
+            r,
+            "affinity",
+            "Conversation turns whose model differed from the router's choice, by verdict (stayed / switched)",
+            Family::<VerdictLabel, Counter>::default(),
+        );
         let key_spend = KeySpend(reg(
             r,
             "key_spend_usd",
@@ -337,6 +344,7 @@ impl Metrics {
             cache,
             pii,
             auth_failures,
+            affinity,
             key_spend,
         });
         Metrics {
@@ -395,6 +403,14 @@ impl Metrics {
     /// The per-key spend counters (cheap to clone; held by budget reservations).
     pub fn key_spend(&self) -> KeySpend {
         self.f.key_spend.clone()
+    }
+
+    /// Counts a conversation turn by its affinity verdict (`stayed` / `switched`).
+    pub fn affinity(&self, verdict: &'static str) {
+        self.f
+            .affinity
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
     }
 
     /// Counts a request refused by the auth stage.

@@ -184,6 +184,7 @@ impl ModelTable {
                 price: m.price.unwrap_or(Price {
                     input_per_mtok: info.input_per_mtok,
                     output_per_mtok: info.output_per_mtok,
+                    cached_input_per_mtok: None,
                 }),
                 context_window: m.context_window,
                 breaker: Arc::new(Breaker::new(

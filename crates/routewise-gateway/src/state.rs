@@ -80,6 +80,9 @@ pub struct Gateway {
     pub private: Vec<bool>,
     /// The response cache (`cache:` in the config).
     pub cache: Option<Arc<crate::pipeline::cache::ResponseCache>>,
+    /// The conversations' models (`affinity:` in the config); kept by a reload with the
+    /// same settings over the same models in the same order.
+    pub affinity: Option<Arc<crate::pipeline::affinity::Conversations>>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
     pub shutdown: Arc<watch::Sender<ShutdownPhase>>,
     /// The virtual keys, once attached (`auth: {mode: keys}`).
@@ -282,6 +285,15 @@ impl AppState {
             )),
             (None, _) => None,
         };
+        let affinity = match (config.affinity, prev) {
+            (Some(a), Some(p))
+                if p.config.affinity == Some(a) && p.upstreams.names() == upstreams.names() =>
+            {
+                p.affinity.clone()
+            }
+            (Some(a), _) => Some(Arc::new(crate::pipeline::affinity::Conversations::new(a))),
+            (None, _) => None,
+        };
         let catalog_of_config: Vec<Option<usize>> = config
             .models
             .iter()
@@ -360,6 +372,7 @@ impl AppState {
             rules,
             private,
             cache,
+            affinity,
             client,
         };
         let state = AppState(Arc::new(gateway));

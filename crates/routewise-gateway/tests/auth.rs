@@ -827,3 +827,42 @@ async fn a_paced_key_steers_its_lambda_along_its_budget() {
         "the request's lambda"
     );
 }
+
+#[tokio::test]
+async fn regression_requests_refused_by_the_rate_limit_are_not_paced_traffic() {
+    // The pacer keeps the key's lambda until MIN_SEEN requests were admitted. 25
+    // requests against rpm 5: 5 are answered, 20 get 429, and none of those counts.
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &mock.base_url(),
+        &format!(
+            "{}\nauth: {{mode: keys, reserve_output_tokens: 64}}",
+            local_state(&dir)
+        ),
+    )
+    .await;
+    let (key, _) = create(
+        &gw,
+        json!({"name": "paced-slow", "budget_usd": 100.0, "period": "month", "pace": true,
+               "policy": "lambda=100", "rpm": 5}),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        let body = common::chat_body(&format!("hello world {i}"));
+        statuses.push(chat(&gw, Some(&key), &body).await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        20,
+        "{statuses:?}"
+    );
+    let usage = settled_usage(&gw, &key).await;
+    assert_eq!(usage["pace_lambda"].as_f64(), Some(100.0), "{usage}");
+}

@@ -19,9 +19,13 @@
 //! * [`Sinkhorn`]: entropic optimal transport with capacity inequalities (the scaling
 //!   algorithm of Chizat et al., 2018, "Scaling algorithms for unbalanced optimal
 //!   transport problems": a row update makes each request's mass 1, a column update
-//!   scales a deployment down only when it is over capacity), warm-started from the last
-//!   batch's column scalings, then rounded: the most confident requests first, each to its
-//!   heaviest deployment with room.
+//!   scales a deployment down only when it is over capacity), with a "left out" column
+//!   for the requests beyond every capacity, cooled from 8 epsilon to epsilon
+//!   (epsilon scaling) and warm-started from the last batch's column prices. It is then
+//!   rounded by those prices (the requests that lose most by not getting their best
+//!   priced deployment first, each to its best priced deployment with room) and finished
+//!   by swaps that raise the total. It fills greedily: where pairs are forbidden it may
+//!   leave out a request that [`Exact`] would place.
 //!
 //! Pure logic, no I/O; the simulator (`routewise simulate`) and, later, the gateway call it.
 
@@ -262,7 +266,6 @@ impl Assigner for Sinkhorn {
         // not be compared (each row's scale is free).
         let finite = || utility[..n * d].iter().copied().filter(|u| u.is_finite());
         let lo = finite().fold(f64::INFINITY, f64::min);
-        let hi = finite().fold(f64::NEG_INFINITY, f64::max);
         if !lo.is_finite() {
             return;
         }
@@ -278,22 +281,29 @@ impl Assigner for Sinkhorn {
         }
         self.rows.clear();
         self.rows.resize(n, 0.0);
-        // Kernels K_ij = exp((u_ij - max u) / t) in [0, 1], coldest (t = eps) first.
+        // Kernels K_ij = exp((u_ij - max_j u_ij) / t) in [0, 1], coldest (t = eps) first.
         let stages = HOTTER + 1;
         self.kernel.clear();
         self.kernel.resize(stages * n * w, 0.0);
         let (cold, hotter) = self.kernel.split_at_mut(n * w);
+        // Each row relative to its own best (a row's scale is free: the row update absorbs
+        // it), so that no row underflows to all zeros.
         for i in 0..n {
             let row = &utility[i * d..(i + 1) * d];
+            let top = row
+                .iter()
+                .copied()
+                .filter(|u| u.is_finite())
+                .fold(left_out, f64::max);
             let k = &mut cold[i * w..(i + 1) * w];
             for (kj, &u) in k.iter_mut().zip(row) {
                 *kj = if u.is_finite() {
-                    ((u - hi) / eps).exp()
+                    ((u - top) / eps).exp()
                 } else {
                     0.0
                 };
             }
-            k[d] = ((left_out - hi) / eps).exp();
+            k[d] = ((left_out - top) / eps).exp();
         }
         let mut prev: &[f64] = cold;
         for chunk in hotter.chunks_exact_mut(n * w) {
@@ -319,7 +329,7 @@ impl Assigner for Sinkhorn {
                         .zip(&b)
                         .map(|(k, bj)| k * bj)
                         .sum();
-                    *ai = if s > 0.0 && s.is_finite() {
+                    *ai = if s > f64::MIN_POSITIVE && s.is_finite() {
                         1.0 / s
                     } else {
                         0.0
@@ -333,7 +343,11 @@ impl Assigner for Sinkhorn {
                     }
                 }
                 for ((bj, &c), &cj) in b.iter_mut().zip(&col).zip(&cap) {
-                    *bj = if c > 0.0 { (cj / c).min(1.0) } else { 1.0 };
+                    *bj = if c > 0.0 && c.is_finite() {
+                        (cj / c).min(1.0)
+                    } else {
+                        1.0
+                    };
                 }
             }
             for (g, &bj) in self.warm.iter_mut().zip(&b) {
@@ -503,6 +517,15 @@ mod tests {
         Sinkhorn::default().assign(&u, 3, &[1, 1], &mut out);
         assert_eq!(out.iter().flatten().count(), 2);
         assert!(feasible(&out, &[1, 1]));
+    }
+
+    #[test]
+    fn regression_rows_far_below_the_best_are_still_weighed_by_their_own_utilities() {
+        // Row 0 is 1,000 below row 1: against one scale its kernel underflowed to zeros.
+        let u = [-1000.0, -1001.0, 0.0, -0.5];
+        let mut out = Vec::new();
+        Sinkhorn::default().assign(&u, 2, &[1, 1], &mut out);
+        assert_eq!(out, vec![Some(0), Some(1)]);
     }
 
     #[test]

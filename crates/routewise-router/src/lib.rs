@@ -17,6 +17,7 @@
 //! * [`ensemble`]: the mean of several learned routers.
 //! * router implementations: see [`AnyRouter`]; [`fit_router`] trains any of them.
 
+pub mod affinity;
 pub mod artifact;
 pub mod baselines;
 pub mod cascade;

@@ -221,13 +221,13 @@ impl Resolving {
     }
 
     /// Adds a request's envelope (see [`envelope`]) to the window; the caller may build it
-    /// outside a lock.
-    pub fn observe_envelope(&mut self, e: Envelope) {
+    /// outside a lock. `routed_at`: the lambda the request was routed with.
+    pub fn observe_envelope(&mut self, e: Envelope, routed_at: f64) {
         if e.is_empty() {
             return;
         }
         self.requests += 1;
-        self.realised_predicted.1 += cost_at(&e, self.lambda);
+        self.realised_predicted.1 += cost_at(&e, routed_at);
         if self.window.len() >= self.cfg.window {
             self.window.pop_front();
         }
@@ -280,7 +280,8 @@ impl BudgetPacer for Resolving {
     }
 
     fn observe(&mut self, candidates: &mut dyn Iterator<Item = (f64, f64)>) {
-        self.observe_envelope(envelope(candidates));
+        let at = self.lambda;
+        self.observe_envelope(envelope(candidates), at);
     }
 
     fn record(&mut self, now_ms: u64, cost: f64, routed: bool) {
@@ -291,22 +292,32 @@ impl BudgetPacer for Resolving {
         } else {
             self.unrouted_spent += cost;
         }
+        let remaining = self.budget - self.spent;
+        if remaining <= 0.0 {
+            // The budget is gone: only the cheapest answers from now on.
+            self.lambda = LAMBDA_MAX;
+            return;
+        }
         // What the unrouted requests will spend at their rate so far is not the routed
-        // requests' to spend.
-        let elapsed = elapsed_for_rate(now_ms, self.start_ms, self.end_ms);
-        let unrouted_left =
-            self.unrouted_spent / elapsed * self.end_ms.saturating_sub(now_ms) as f64;
-        let Some(target) = target_per_request(
-            self.budget - self.spent - unrouted_left,
+        // requests' to spend (once MIN_ELAPSED_FRACTION of the period has passed: before,
+        // one early call would project far too much).
+        let period = self.end_ms.saturating_sub(self.start_ms) as f64;
+        let elapsed = now_ms.saturating_sub(self.start_ms) as f64;
+        let unrouted_left = if elapsed >= MIN_ELAPSED_FRACTION * period && elapsed > 0.0 {
+            self.unrouted_spent / elapsed * self.end_ms.saturating_sub(now_ms) as f64
+        } else {
+            0.0
+        };
+        // A projection past the budget leaves the routed requests nothing: target 0 (the
+        // cheapest choices), without pinning lambda before the window is trusted.
+        let target = target_per_request(
+            (remaining - unrouted_left).max(0.0),
             self.requests.max(1),
             now_ms,
             self.start_ms,
             self.end_ms,
-        ) else {
-            // The budget is gone: only the cheapest answers from now on.
-            self.lambda = LAMBDA_MAX;
-            return;
-        };
+        )
+        .unwrap_or(0.0);
         if self.window.len() >= self.cfg.min_seen {
             self.lambda = self.solve(target / self.ratio());
         }
@@ -551,6 +562,20 @@ mod tests {
             (0.97..=1.01).contains(&ratio),
             "spent {ratio} of the budget"
         );
+    }
+
+    #[test]
+    fn regression_one_early_named_model_call_does_not_pin_routed_traffic() {
+        // $0.50 for a named model in the first minute of a month with $30: projected at
+        // that rate it would exceed the budget, but it is one call.
+        let month = 30 * 86_400_000u64;
+        let mut r = Resolving::new(resolving(1.0), 30.0, 0, month);
+        r.record(60_000, 0.5, false);
+        for i in 0..(MIN_SEEN as u64 + 5) {
+            r.observe(&mut [(0.9, 0.01), (0.5, 0.001)].into_iter());
+            r.record(120_000 + i * 1000, 0.01, true);
+        }
+        assert!(r.lambda() < 1.0, "lambda {}", r.lambda());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct RequestContext {
     /// Candidates passed over without a call, and why (`quota`: the model's configured
     /// quota is used up; `budget`: the key could not afford it).
     pub skipped: Vec<(ModelId, &'static str)>,
+    /// The conversation and the affinity verdict (`affinity:` in the config).
+    pub affinity: Option<crate::pipeline::affinity::Trace>,
 }
 
 impl RequestContext {
@@ -89,6 +91,7 @@ impl RequestContext {
             hold: None,
             rate_taken: false,
             skipped: Vec::new(),
+            affinity: None,
         }
     }
 

@@ -212,6 +212,8 @@ pub struct DecisionRecord {
     skipped: Vec<(ModelId, &'static str)>,
     /// The API key's name (`auth: {mode: keys}`).
     key: Option<String>,
+    /// The conversation affinity's verdict, explained.
+    affinity: Option<routewise_router::affinity::Verdict>,
     /// Whether a log line is written (the statistics see every record).
     log: bool,
     unix_ms: u64,
@@ -265,6 +267,7 @@ impl DecisionRecord {
             pii_action = self.pii.map(|(_, a)| a),
             skipped = self.skipped_names().as_deref(),
             key = self.key.as_deref(),
+            affinity = self.affinity.map(|v| v.explain()).as_deref(),
             "decision"
         );
     }
@@ -522,6 +525,7 @@ pub fn emit(
         end,
         attempts: ctx.attempts.clone(),
         key: ctx.caller.as_ref().map(|c| c.name.clone()),
+        affinity: ctx.affinity.and_then(|t| t.verdict),
         skipped: ctx.skipped.clone(),
         log: logged,
         unix_ms: crate::stats::unix_ms(),

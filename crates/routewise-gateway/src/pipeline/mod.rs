@@ -27,6 +27,7 @@
 //! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`, and one
 //! that routes matched `x-routewise-route` (their names, comma-separated).
 
+pub mod affinity;
 pub mod attempts;
 pub mod auth;
 pub mod budget;
@@ -211,10 +212,12 @@ async fn chat_stages(
     // 3. route
     let routed = tracing::debug_span!("route")
         .in_scope(|| route::route(gw, &request, false, signals.as_deref()));
-    let routed = match routed {
+    let mut routed = match routed {
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
     };
+    // 3d. conversation affinity: stay on the conversation's model unless a switch pays.
+    let affinity = affinity::apply(gw, &request, &headers, &mut routed);
     let cascade_plan = match cascade::plan(gw, &request, &routed) {
         Ok(p) => p,
         Err(e) => return reject(gw, e, &id, &trace),
@@ -253,6 +256,7 @@ async fn chat_stages(
         probe,
         caller,
     );
+    ctx.affinity = affinity;
     // 3b. cascade: the tier's agreed answer, or on to the router's choice (reusing a tier
     // answer when the choice is a tier model).
     if let Some(plan) = cascade_plan {
@@ -349,6 +353,7 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             decision_log::emit(&ctx, Some(m), status.as_u16(), cost, usage, End::Complete);
             gw.metrics.request("chat", name, status.as_u16());
             if status.is_success() {
+                affinity::answered(&ctx, m);
                 record::record(&ctx, m, cost, record::When::BeforeAnswering).await;
             }
             if let (Some(p), false, true) = (ctx.cache.as_mut(), cached, status.is_success()) {
@@ -424,6 +429,12 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
         if let Ok(v) = HeaderValue::from_str(&names) {
             h.insert(ROUTE_HEADER, v);
         }
+    }
+    if let Some(v) = ctx.affinity.and_then(|t| t.verdict) {
+        h.insert(
+            affinity::AFFINITY_HEADER,
+            HeaderValue::from_static(if v.stayed() { "stayed" } else { "switched" }),
+        );
     }
     if let Some(t) = &ctx.cascade {
         if let Some(v) = cascade::header_value(gw, t, model) {

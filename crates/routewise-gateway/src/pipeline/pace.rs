@@ -85,7 +85,7 @@ impl Paced {
     /// Adds a routed request's predictions (its candidates' score and cost) to the
     /// pacer's window; `by_lambda`: the candidates are in the order of the pacer's lambda
     /// (else only the choice joins, a cost that does not depend on lambda).
-    fn observe(&self, decision: &Decision, candidates: &[ModelId], by_lambda: bool) {
+    fn observe(&self, decision: &Decision, candidates: &[ModelId], by_lambda: bool, at: f64) {
         let take = if by_lambda { candidates.len() } else { 1 };
         let mut rows = candidates.iter().take(take).filter_map(|m| {
             let i = m.index();
@@ -93,7 +93,7 @@ impl Paced {
         });
         // Built outside the lock.
         let e = envelope(&mut rows);
-        self.with(|p| p.observe_envelope(e));
+        self.with(|p| p.observe_envelope(e, at));
     }
 
     /// Moves the pacer by a settled call's cost; `routed`: the call belongs to a request
@@ -124,7 +124,11 @@ pub fn admitted(ctx: &RequestContext) {
             .signals
             .as_ref()
             .is_none_or(|s| s.outcome.policy.is_none());
-    p.observe(d, &ctx.routed.candidates, by_lambda);
+    let at = match ctx.routed.policy {
+        Policy::Lambda(l) => l,
+        _ => p.lambda(),
+    };
+    p.observe(d, &ctx.routed.candidates, by_lambda, at);
 }
 
 /// The paced keys' controllers of this instance, by key id.

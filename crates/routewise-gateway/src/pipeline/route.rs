@@ -118,7 +118,9 @@ pub fn route(
     // tier, not by the policy's utility).
     let mut by_policy = direct.is_none()
         && gw.config.router.mode != RouterMode::Rules
-        && decision.as_ref().is_some_and(|d| !d.explored);
+        && decision
+            .as_ref()
+            .is_some_and(|d| !d.explored && d.reason != routewise_router::DecisionReason::Explored);
     let candidates: Vec<usize> = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
         (None, Some(d)) => match rules {

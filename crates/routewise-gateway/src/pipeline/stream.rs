@@ -149,6 +149,7 @@ impl StreamState {
             .filter(|_| ctx.routed.reason != super::route::Reason::Cached);
         decision_log::emit(&ctx, Some(self.model), 200, cost, usage, end);
         if end == End::Complete {
+            super::affinity::answered(&ctx, self.model);
             record::record_in_background(&ctx, self.model, cost);
             if let (Some(sse), Some(mut probe)) = (self.capture.take(), ctx.cache.clone()) {
                 if let Some(body) = super::cache::assemble_stream(&sse) {

@@ -1,0 +1,257 @@
+//! Stage 3d: conversation affinity (`affinity:` in the config). A multi-turn conversation
+//! stays on the model that answered its last turn unless the router's new choice gains
+//! more than `switch_margin` plus what the switch loses of the provider's prompt cache
+//! ([`routewise_router::affinity`], the rule and its source).
+//!
+//! * **Conversation key:** the `x-routewise-session` header, else the request's `user`
+//!   field with a hash of its first messages (the system prompt and the first user
+//!   message, which every turn of a conversation repeats). A request with neither has no
+//!   conversation. Keys are hashed (SHA-256, first 8 bytes); the text is not kept.
+//! * **Where it applies:** requests the router ranked by its policy (`model: auto`, no
+//!   forced model, no exploration). The previous model must still be a candidate.
+//! * **What it does:** "stayed" moves the previous model to the front of the candidates
+//!   (the rest keep the fallback order); "switched" leaves the router's order. The
+//!   decision log's `affinity` field and the `x-routewise-affinity` header say which,
+//!   with the gain and the cost; `routewise_affinity_total{verdict}` counts them.
+//! * **Memory:** the model that answered each conversation's last turn, in this
+//!   instance's memory, for `ttl_s` after that turn, at most `max_conversations` (expired
+//!   ones are dropped first when full, then the one expiring soonest). With several
+//!   instances behind a balancer without session stickiness, each keeps its own; a
+//!   shared store (Redis) is not built.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use axum::http::HeaderMap;
+use routewise_router::affinity::{decide, Turn, Verdict};
+use routewise_router::Policy;
+use sha2::{Digest, Sha256};
+
+use crate::config::AffinityConfig;
+use crate::models::ModelId;
+use crate::pipeline::route::{Reason, Routed};
+use crate::request::ChatRequest;
+use crate::state::Gateway;
+
+/// The header naming a conversation.
+pub const SESSION_HEADER: &str = "x-routewise-session";
+/// The response header with the verdict (`stayed` or `switched`).
+pub const AFFINITY_HEADER: &str = "x-routewise-affinity";
+
+/// The conversations' models (see the module docs).
+#[derive(Debug)]
+pub struct Conversations {
+    config: AffinityConfig,
+    /// Key -> (model, expires at unix ms).
+    map: Mutex<HashMap<u64, (ModelId, u64)>>,
+}
+
+/// What the stage found for a request, kept until its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    pub key: u64,
+    /// `None`: a new conversation, or its model is the router's choice anyway.
+    pub verdict: Option<Verdict>,
+}
+
+impl Conversations {
+    pub fn new(config: AffinityConfig) -> Conversations {
+        Conversations {
+            config,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &AffinityConfig {
+        &self.config
+    }
+
+    fn get(&self, key: u64, now_ms: u64) -> Option<ModelId> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key)
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(m, _)| *m)
+    }
+
+    /// Keeps `model` as the conversation's model from `now_ms` on.
+    pub fn remember(&self, key: u64, model: ModelId, now_ms: u64) {
+        let expires = now_ms.saturating_add(self.config.ttl_ms);
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.config.max_conversations && !map.contains_key(&key) {
+            map.retain(|_, (_, e)| *e > now_ms);
+            if map.len() >= self.config.max_conversations {
+                if let Some(k) = map.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| *k) {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key, (model, expires));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The request's conversation key, if it has one.
+pub fn conversation_key(req: &ChatRequest, headers: &HeaderMap) -> Option<u64> {
+    let mut h = Sha256::new();
+    if let Some(s) = headers.get(SESSION_HEADER).map(|v| v.as_bytes()) {
+        if s.is_empty() {
+            return None;
+        }
+        h.update(b"session\0");
+        h.update(s);
+    } else {
+        let user = req.rest().get("user")?.as_str()?;
+        let messages = req.rest().get("messages")?.as_array()?;
+        h.update(b"user\0");
+        h.update(user.as_bytes());
+        // The system prompt (if any) and the first user message: what every turn repeats.
+        let first_user = messages
+            .iter()
+            .position(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))?;
+        for m in &messages[..=first_user] {
+            h.update(b"\0");
+            h.update(m.to_string().as_bytes());
+        }
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Some(u64::from_le_bytes(first))
+}
+
+/// Keeps the model that answered as the conversation's model.
+pub fn answered(ctx: &crate::pipeline::context::RequestContext, model: ModelId) {
+    if let (Some(t), Some(c)) = (ctx.affinity, ctx.state.affinity.as_ref()) {
+        c.remember(t.key, model, ctx.state.now_ms());
+    }
+}
+
+/// Stage 3d: applies the conversation's affinity to `routed` (see the module docs).
+pub fn apply(
+    gw: &Gateway,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+    routed: &mut Routed,
+) -> Option<Trace> {
+    let conversations = gw.affinity.as_ref()?;
+    if routed.reason != Reason::Routed || !routed.by_policy {
+        return None;
+    }
+    let key = conversation_key(req, headers)?;
+    let first = *routed.candidates.first()?;
+    let trace = |verdict| Some(Trace { key, verdict });
+    let Some(previous) = conversations.get(key, gw.now_ms()) else {
+        return trace(None);
+    };
+    if previous == first {
+        return trace(None);
+    }
+    let Some(d) = routed.decision.as_ref() else {
+        return trace(None);
+    };
+    let lambda = match routed.policy {
+        Policy::Lambda(l) => l,
+        _ => 0.0,
+    };
+    let utility = |m: ModelId| -> f64 {
+        let (Some(s), Some(c)) = (d.scores.get(m.index()), d.costs.get(m.index())) else {
+            return f64::NEG_INFINITY;
+        };
+        s - lambda * c
+    };
+    let candidate = routed.candidates.iter().position(|&m| m == previous);
+    let price = gw.upstreams.get(previous).price;
+    let verdict = decide(
+        &Turn {
+            choice_utility: utility(first),
+            previous_utility: if candidate.is_some() {
+                utility(previous)
+            } else {
+                f64::NEG_INFINITY
+            },
+            lambda,
+            prompt_tokens: req.prompt_tokens,
+            input_price: price.input_per_mtok / 1e6,
+            cached_input_price: price.cached_input() / 1e6,
+        },
+        conversations.config().switch_margin,
+    );
+    if let (true, Some(i)) = (verdict.stayed(), candidate) {
+        let m = routed.candidates.remove(i);
+        routed.candidates.insert(0, m);
+    }
+    gw.metrics.affinity(if verdict.stayed() {
+        "stayed"
+    } else {
+        "switched"
+    });
+    trace(Some(verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn request(body: &str) -> ChatRequest {
+        crate::request::parse(
+            &bytes::Bytes::copy_from_slice(body.as_bytes()),
+            &HeaderMap::new(),
+            true,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn turns_of_one_conversation_share_a_key_and_others_do_not() {
+        let turn1 = request(
+            r#"{"model":"auto","user":"u1","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
+        );
+        let turn2 = request(
+            r#"{"model":"auto","user":"u1","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}"#,
+        );
+        let other_user = request(
+            r#"{"model":"auto","user":"u2","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
+        );
+        let none = HeaderMap::new();
+        let k1 = conversation_key(&turn1, &none).unwrap();
+        assert_eq!(conversation_key(&turn2, &none), Some(k1));
+        assert_ne!(conversation_key(&other_user, &none), Some(k1));
+        // No user and no header: no conversation.
+        let anonymous = request(r#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(conversation_key(&anonymous, &none), None);
+        // The header wins.
+        let mut h = HeaderMap::new();
+        h.insert(SESSION_HEADER, HeaderValue::from_static("s-1"));
+        let a = conversation_key(&anonymous, &h).unwrap();
+        assert_eq!(conversation_key(&turn1, &h), Some(a));
+    }
+
+    #[test]
+    fn conversations_expire_and_stay_within_their_bound() {
+        let c = Conversations::new(AffinityConfig {
+            ttl_ms: 1000,
+            switch_margin: 0.02,
+            max_conversations: 2,
+        });
+        c.remember(1, ModelId::from_index(0), 0);
+        c.remember(2, ModelId::from_index(1), 10);
+        assert_eq!(c.get(1, 500), Some(ModelId::from_index(0)));
+        assert_eq!(c.get(1, 1000), None, "expired");
+        // Full: the soonest to expire goes.
+        c.remember(3, ModelId::from_index(2), 20);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(1, 30), None);
+        assert_eq!(c.get(3, 30), Some(ModelId::from_index(2)));
+    }
+}

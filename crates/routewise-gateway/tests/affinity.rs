@@ -1,0 +1,131 @@
+//! Conversation affinity over real HTTP (client -> gateway -> testkit mock): a
+//! conversation stays on the model of its last turn unless the switch pays, keyed by the
+//! session header or by the user and the first messages; new conversations route freely.
+#![cfg(test)]
+
+mod common;
+
+use routewise_testkit::MockUpstream;
+use serde_json::{json, Value};
+
+async fn setup(margin: &str) -> (MockUpstream, common::Gateway) {
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(
+        &mock.base_url(),
+        &format!("affinity: {{ttl_s: 600, switch_margin: {margin}}}"),
+    ))
+    .await;
+    (mock, gw)
+}
+
+/// One turn: the answering model and the `x-routewise-affinity` header.
+async fn turn(gw: &common::Gateway, session: Option<&str>, body: &Value) -> (String, String) {
+    let mut req = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body);
+    if let Some(s) = session {
+        req = req.header("x-routewise-session", s);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    (
+        common::header(&h, "x-routewise-model").to_string(),
+        common::header(&h, "x-routewise-affinity").to_string(),
+    )
+}
+
+/// A body routed at `lambda` (0: a, the best; 1e9: c, the cheapest).
+fn at(lambda: f64, text: &str) -> Value {
+    let mut b = common::chat_body(text);
+    b["routewise"] = json!({"lambda": lambda});
+    b
+}
+
+#[tokio::test]
+async fn a_conversation_stays_on_its_model_unless_the_switch_pays() {
+    // A margin no gain reaches: the conversation keeps a.
+    let (_mock, gw) = setup("1e12").await;
+    assert_eq!(
+        turn(&gw, Some("s1"), &at(0.0, "first")).await,
+        ("a".into(), "".into())
+    );
+    assert_eq!(
+        turn(&gw, Some("s1"), &at(1e9, "second")).await,
+        ("a".into(), "stayed".into())
+    );
+    // Another conversation routes on its own.
+    assert_eq!(
+        turn(&gw, Some("s2"), &at(1e9, "first")).await,
+        ("c".into(), "".into())
+    );
+    // No conversation at all: no affinity.
+    assert_eq!(
+        turn(&gw, None, &at(1e9, "first")).await,
+        ("c".into(), "".into())
+    );
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_affinity_total{verdict=\"stayed\"} 1"),
+        "{metrics}"
+    );
+
+    // No margin: the router's new choice (worth far more at lambda 1e9) wins.
+    let (_mock, gw) = setup("0").await;
+    assert_eq!(turn(&gw, Some("s1"), &at(0.0, "first")).await.0, "a");
+    assert_eq!(
+        turn(&gw, Some("s1"), &at(1e9, "second")).await,
+        ("c".into(), "switched".into())
+    );
+    // The conversation is now on c: the next turn there needs no verdict.
+    assert_eq!(
+        turn(&gw, Some("s1"), &at(1e9, "third")).await,
+        ("c".into(), "".into())
+    );
+}
+
+#[tokio::test]
+async fn the_user_and_the_first_messages_name_a_conversation_without_the_header() {
+    let (_mock, gw) = setup("1e12").await;
+    let history = |lambda: f64, extra: &[(&str, &str)]| {
+        let mut messages = vec![
+            json!({"role": "system", "content": "be brief"}),
+            json!({"role": "user", "content": "hello"}),
+        ];
+        for (role, content) in extra {
+            messages.push(json!({"role": role, "content": content}));
+        }
+        json!({"model": "auto", "user": "alice", "messages": messages,
+               "routewise": {"lambda": lambda}})
+    };
+    assert_eq!(turn(&gw, None, &history(0.0, &[])).await.0, "a");
+    let second = history(1e9, &[("assistant", "hi"), ("user", "and then?")]);
+    assert_eq!(
+        turn(&gw, None, &second).await,
+        ("a".into(), "stayed".into())
+    );
+    // Another user with the same opening is another conversation.
+    let mut bob = second.clone();
+    bob["user"] = json!("bob");
+    assert_eq!(turn(&gw, None, &bob).await, ("c".into(), "".into()));
+}
+
+#[tokio::test]
+async fn bad_affinity_settings_are_config_errors_at_their_path() {
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "affinity: {ttl_s: 0, switch_margin: -1, max_conversations: 0, sticky: true}",
+    ));
+    assert!(e.contains("affinity"), "{e}");
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "affinity: {ttl_s: 0, switch_margin: -1, max_conversations: 0}",
+    ));
+    for field in [
+        "affinity.ttl_s",
+        "affinity.switch_margin",
+        "affinity.max_conversations",
+    ] {
+        assert!(e.contains(field), "{field}: {e}");
+    }
+}
