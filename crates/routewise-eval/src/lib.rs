@@ -27,6 +27,7 @@
 //! No file or network I/O: data comes in as a `Dataset` (or a log's text), results go out as values and
 //! strings; the CLI reads and writes files and draws progress ([`Progress`]).
 
+pub mod affinity;
 pub mod bootstrap;
 pub mod calibrate;
 pub mod cascade;

@@ -273,7 +273,7 @@ struct Sim<'a> {
 impl<'a> Sim<'a> {
     fn push(&mut self, at: u64, e: Event) {
         self.seq += 1;
-        self.events.push(Reverse((at, e, self.seq)));
+        self.events.push(event_key(at, e, self.seq));
     }
 
     fn free(&self, d: usize) -> usize {
@@ -468,6 +468,11 @@ impl<'a> Sim<'a> {
             batches: self.batches,
         }
     }
+}
+
+/// An event's place in the queue: by time, then by kind (ends first), then by push order.
+fn event_key(at: u64, e: Event, seq: u64) -> Reverse<(u64, Event, u64)> {
+    Reverse((at, e, seq))
 }
 
 /// The `q` quantile of sorted values (nearest rank); 0 for none.
@@ -843,9 +848,13 @@ mod tests {
 
     #[test]
     fn regression_at_equal_times_ends_come_before_arrivals() {
-        // The event order decides before the push order.
-        assert!((5u64, Event::Done(3), 9u64) < (5, Event::Flush, 1));
-        assert!((5u64, Event::Flush, 9u64) < (5, Event::Arrival(0), 1));
+        // Pushed first, popped last: the event kind decides before the push order.
+        let mut heap = BinaryHeap::new();
+        heap.push(event_key(5, Event::Arrival(0), 1));
+        heap.push(event_key(5, Event::Flush, 2));
+        heap.push(event_key(5, Event::Done(3), 3));
+        let order: Vec<Event> = std::iter::from_fn(|| heap.pop().map(|Reverse(k)| k.1)).collect();
+        assert_eq!(order, [Event::Done(3), Event::Flush, Event::Arrival(0)]);
     }
 
     #[test]

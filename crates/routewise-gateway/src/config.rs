@@ -1686,12 +1686,26 @@ impl Validator<'_> {
             for (field, x) in [
                 ("input_per_mtok", p.input_per_mtok),
                 ("output_per_mtok", p.output_per_mtok),
-                ("cached_input_per_mtok", p.cached_input()),
+                (
+                    "cached_input_per_mtok",
+                    p.cached_input_per_mtok.unwrap_or(0.0),
+                ),
             ] {
                 if !x.is_finite() || x < 0.0 {
                     self.issue(
                         &format!("{path}.price.{field}"),
                         format!("must be finite and >= 0, found {x}"),
+                    );
+                }
+            }
+            if let Some(c) = p.cached_input_per_mtok {
+                if c > p.input_per_mtok {
+                    self.issue(
+                        &format!("{path}.price.cached_input_per_mtok"),
+                        format!(
+                            "a cached prompt costs at most the input price ({}), found {c}",
+                            p.input_per_mtok
+                        ),
                     );
                 }
             }

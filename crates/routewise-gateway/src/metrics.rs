@@ -296,7 +296,7 @@ impl Metrics {
         let affinity = reg(
             r,
             "affinity",
-            "Conversation turns whose model differed from the router's choice, by verdict (stayed / switched)",
+            "Conversation turns whose previous model was not the router's choice, by verdict (stayed on it / switched to the choice)",
             Family::<VerdictLabel, Counter>::default(),
         );
         let key_spend = KeySpend(reg(

@@ -114,9 +114,14 @@ async fn the_user_and_the_first_messages_name_a_conversation_without_the_header(
 async fn bad_affinity_settings_are_config_errors_at_their_path() {
     let e = common::config_error(&common::abc_yaml(
         "http://127.0.0.1:1/v1",
-        "affinity: {ttl_s: 0, switch_margin: -1, max_conversations: 0, sticky: true}",
+        "affinity: {sticky: true}",
     ));
-    assert!(e.contains("affinity"), "{e}");
+    assert!(e.contains("affinity") && e.contains("sticky"), "{e}");
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "affinity: {}\nmodels_extra: 1",
+    ));
+    assert!(e.contains("models_extra"), "{e}");
     let e = common::config_error(&common::abc_yaml(
         "http://127.0.0.1:1/v1",
         "affinity: {ttl_s: 0, switch_margin: -1, max_conversations: 0}",
@@ -128,4 +133,14 @@ async fn bad_affinity_settings_are_config_errors_at_their_path() {
     ] {
         assert!(e.contains(field), "{field}: {e}");
     }
+}
+
+#[test]
+fn a_cached_price_above_the_input_price_is_a_config_error() {
+    let yaml = common::abc_yaml("http://127.0.0.1:1/v1", "").replace(
+        "price: {input_per_mtok: 0.3, output_per_mtok: 0.3}",
+        "price: {input_per_mtok: 0.3, output_per_mtok: 0.3, cached_input_per_mtok: 0.5}",
+    );
+    let e = common::config_error(&yaml);
+    assert!(e.contains("models[2].price.cached_input_per_mtok"), "{e}");
 }

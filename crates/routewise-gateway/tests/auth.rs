@@ -864,5 +864,6 @@ async fn regression_requests_refused_by_the_rate_limit_are_not_paced_traffic() {
         "{statuses:?}"
     );
     let usage = settled_usage(&gw, &key).await;
+    assert_eq!(usage["pace_requests"].as_u64(), Some(5), "{usage}");
     assert_eq!(usage["pace_lambda"].as_f64(), Some(100.0), "{usage}");
 }

@@ -189,8 +189,9 @@ pub struct Resolving {
     spent: f64,
     /// The routed requests' realised cost, and the predicted cost of their choices.
     realised_predicted: (f64, f64),
-    /// What calls for unrouted requests cost.
+    /// What calls for unrouted requests cost, and how many there were.
     unrouted_spent: f64,
+    unrouted_calls: u64,
     /// Requests observed this period.
     requests: u64,
     /// The most recent requests' envelopes, oldest first.
@@ -214,6 +215,7 @@ impl Resolving {
             spent: 0.0,
             realised_predicted: (0.0, 0.0),
             unrouted_spent: 0.0,
+            unrouted_calls: 0,
             requests: 0,
             window: std::collections::VecDeque::new(),
             lambda: cfg.lambda0.clamp(LAMBDA_MIN, LAMBDA_MAX),
@@ -232,6 +234,11 @@ impl Resolving {
             self.window.pop_front();
         }
         self.window.push_back(e);
+    }
+
+    /// The requests observed this period.
+    pub fn requests(&self) -> u64 {
+        self.requests
     }
 
     /// Realised over predicted cost so far (1 before any call with a prediction).
@@ -291,6 +298,7 @@ impl BudgetPacer for Resolving {
             self.realised_predicted.0 += cost;
         } else {
             self.unrouted_spent += cost;
+            self.unrouted_calls += 1;
         }
         let remaining = self.budget - self.spent;
         if remaining <= 0.0 {
@@ -298,26 +306,26 @@ impl BudgetPacer for Resolving {
             self.lambda = LAMBDA_MAX;
             return;
         }
-        // What the unrouted requests will spend at their rate so far is not the routed
-        // requests' to spend (once MIN_ELAPSED_FRACTION of the period has passed: before,
-        // one early call would project far too much).
-        let period = self.end_ms.saturating_sub(self.start_ms) as f64;
-        let elapsed = now_ms.saturating_sub(self.start_ms) as f64;
-        let unrouted_left = if elapsed >= MIN_ELAPSED_FRACTION * period && elapsed > 0.0 {
-            self.unrouted_spent / elapsed * self.end_ms.saturating_sub(now_ms) as f64
+        // The spend per request of any kind, then what is left of it for a routed one
+        // once the unrouted share `f` of the calls, at their mean cost `u`, is paid:
+        // f u + (1 - f) routed <= per request. Before `min_seen` unrouted calls their mean
+        // is not trusted (one early call would say too much) and they only count in the
+        // spend.
+        let calls = self.requests + self.unrouted_calls;
+        let per_request =
+            target_per_request(remaining, calls.max(1), now_ms, self.start_ms, self.end_ms)
+                .unwrap_or(0.0);
+        let target = if self.unrouted_calls >= self.cfg.min_seen as u64 && calls > 0 {
+            let f = self.unrouted_calls as f64 / calls as f64;
+            let u = self.unrouted_spent / self.unrouted_calls as f64;
+            if f < 1.0 {
+                ((per_request - f * u) / (1.0 - f)).max(0.0)
+            } else {
+                0.0
+            }
         } else {
-            0.0
+            per_request
         };
-        // A projection past the budget leaves the routed requests nothing: target 0 (the
-        // cheapest choices), without pinning lambda before the window is trusted.
-        let target = target_per_request(
-            (remaining - unrouted_left).max(0.0),
-            self.requests.max(1),
-            now_ms,
-            self.start_ms,
-            self.end_ms,
-        )
-        .unwrap_or(0.0);
         if self.window.len() >= self.cfg.min_seen {
             self.lambda = self.solve(target / self.ratio());
         }
@@ -571,11 +579,14 @@ mod tests {
         let month = 30 * 86_400_000u64;
         let mut r = Resolving::new(resolving(1.0), 30.0, 0, month);
         r.record(60_000, 0.5, false);
-        for i in 0..(MIN_SEEN as u64 + 5) {
+        // 100 routed requests at $0.01 over the first 5% of the month: on pace for $20.
+        for i in 0..100u64 {
             r.observe(&mut [(0.9, 0.01), (0.5, 0.001)].into_iter());
-            r.record(120_000 + i * 1000, 0.01, true);
+            r.record(120_000 + i * (month / 2000), 0.01, true);
+            if i >= MIN_SEEN as u64 {
+                assert!(r.lambda() < 1.0, "request {i}: lambda {}", r.lambda());
+            }
         }
-        assert!(r.lambda() < 1.0, "lambda {}", r.lambda());
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!   instances behind a balancer without session stickiness, each keeps its own; a
 //!   shared store (Redis) is not built.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use axum::http::HeaderMap;
@@ -42,8 +42,45 @@ pub const AFFINITY_HEADER: &str = "x-routewise-affinity";
 #[derive(Debug)]
 pub struct Conversations {
     config: AffinityConfig,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     /// Key -> (model, expires at unix ms).
-    map: Mutex<HashMap<u64, (ModelId, u64)>>,
+    map: HashMap<u64, (ModelId, u64)>,
+    /// (expires, key) in the order they were written: with one TTL, soonest to expire
+    /// first. An entry rewritten since leaves a stale item, skipped when met.
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Inner {
+    fn live(&self, expires: u64, key: u64) -> bool {
+        self.map.get(&key).is_some_and(|v| v.1 == expires)
+    }
+
+    /// Drops the expired entries at the front (amortised O(1) per write).
+    fn expire(&mut self, now_ms: u64) {
+        while let Some(&(e, k)) = self.order.front() {
+            if e > now_ms && self.live(e, k) {
+                break;
+            }
+            self.order.pop_front();
+            if self.live(e, k) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Drops the entry that expires soonest.
+    fn evict_one(&mut self) {
+        while let Some((e, k)) = self.order.pop_front() {
+            if self.live(e, k) {
+                self.map.remove(&k);
+                return;
+            }
+        }
+    }
 }
 
 /// What the stage found for a request, kept until its answer.
@@ -58,7 +95,7 @@ impl Conversations {
     pub fn new(config: AffinityConfig) -> Conversations {
         Conversations {
             config,
-            map: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::default()),
         }
     }
 
@@ -67,31 +104,37 @@ impl Conversations {
     }
 
     fn get(&self, key: u64, now_ms: u64) -> Option<ModelId> {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(&key)
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .map
+            .get(&key)
             .filter(|(_, expires)| *expires > now_ms)
             .map(|(m, _)| *m)
     }
 
-    /// Keeps `model` as the conversation's model from `now_ms` on.
+    /// Keeps `model` as the conversation's model from `now_ms` on: O(1) amortised, the
+    /// soonest to expire making room when full.
     pub fn remember(&self, key: u64, model: ModelId, now_ms: u64) {
         let expires = now_ms.saturating_add(self.config.ttl_ms);
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= self.config.max_conversations && !map.contains_key(&key) {
-            map.retain(|_, (_, e)| *e > now_ms);
-            if map.len() >= self.config.max_conversations {
-                if let Some(k) = map.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| *k) {
-                    map.remove(&k);
-                }
-            }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.expire(now_ms);
+        if inner.map.len() >= self.config.max_conversations && !inner.map.contains_key(&key) {
+            inner.evict_one();
         }
-        map.insert(key, (model, expires));
+        inner.map.insert(key, (model, expires));
+        inner.order.push_back((expires, key));
+        // Rewrites leave stale items: compact once they outnumber the live ones.
+        if inner.order.len() > 2 * inner.map.len() + 1024 {
+            let Inner { map, order } = &mut *inner;
+            order.retain(|&(e, k)| map.get(&k).is_some_and(|v| v.1 == e));
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.map
+        self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .len()
     }
 
@@ -100,9 +143,16 @@ impl Conversations {
     }
 }
 
-/// The request's conversation key, if it has one.
-pub fn conversation_key(req: &ChatRequest, headers: &HeaderMap) -> Option<u64> {
+/// The request's conversation key, if it has one, scoped to the caller's API key (one
+/// caller's session ids never name another's conversation).
+pub fn conversation_key(
+    caller: Option<&str>,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+) -> Option<u64> {
     let mut h = Sha256::new();
+    h.update(caller.unwrap_or("").as_bytes());
+    h.update(b"\0");
     if let Some(s) = headers.get(SESSION_HEADER).map(|v| v.as_bytes()) {
         if s.is_empty() {
             return None;
@@ -139,17 +189,26 @@ pub fn answered(ctx: &crate::pipeline::context::RequestContext, model: ModelId) 
 /// Stage 3d: applies the conversation's affinity to `routed` (see the module docs).
 pub fn apply(
     gw: &Gateway,
+    caller: Option<&str>,
     req: &ChatRequest,
     headers: &HeaderMap,
     routed: &mut Routed,
+    cascading: bool,
 ) -> Option<Trace> {
     let conversations = gw.affinity.as_ref()?;
-    if routed.reason != Reason::Routed || !routed.by_policy {
-        return None;
-    }
-    let key = conversation_key(req, headers)?;
-    let first = *routed.candidates.first()?;
+    let key = conversation_key(caller, req, headers)?;
     let trace = |verdict| Some(Trace { key, verdict });
+    // Only a lambda ranking is weighed (a budget policy's order is not a utility), and
+    // not under a cascade (its tier decides the answer). Such turns are still
+    // remembered: their answering model holds the provider's cache.
+    let lambda = match routed.policy {
+        Policy::Lambda(l) => l,
+        _ => return trace(None),
+    };
+    if routed.reason != Reason::Routed || !routed.by_policy || cascading {
+        return trace(None);
+    }
+    let first = *routed.candidates.first()?;
     let Some(previous) = conversations.get(key, gw.now_ms()) else {
         return trace(None);
     };
@@ -158,10 +217,6 @@ pub fn apply(
     }
     let Some(d) = routed.decision.as_ref() else {
         return trace(None);
-    };
-    let lambda = match routed.policy {
-        Policy::Lambda(l) => l,
-        _ => 0.0,
     };
     let utility = |m: ModelId| -> f64 {
         let (Some(s), Some(c)) = (d.scores.get(m.index()), d.costs.get(m.index())) else {
@@ -224,17 +279,19 @@ mod tests {
             r#"{"model":"auto","user":"u2","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
         );
         let none = HeaderMap::new();
-        let k1 = conversation_key(&turn1, &none).unwrap();
-        assert_eq!(conversation_key(&turn2, &none), Some(k1));
-        assert_ne!(conversation_key(&other_user, &none), Some(k1));
+        let k1 = conversation_key(None, &turn1, &none).unwrap();
+        assert_eq!(conversation_key(None, &turn2, &none), Some(k1));
+        assert_ne!(conversation_key(None, &other_user, &none), Some(k1));
         // No user and no header: no conversation.
         let anonymous = request(r#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#);
-        assert_eq!(conversation_key(&anonymous, &none), None);
+        assert_eq!(conversation_key(None, &anonymous, &none), None);
         // The header wins.
         let mut h = HeaderMap::new();
         h.insert(SESSION_HEADER, HeaderValue::from_static("s-1"));
-        let a = conversation_key(&anonymous, &h).unwrap();
-        assert_eq!(conversation_key(&turn1, &h), Some(a));
+        let a = conversation_key(None, &anonymous, &h).unwrap();
+        assert_eq!(conversation_key(None, &turn1, &h), Some(a));
+        // Another API key's session of the same name is another conversation.
+        assert_ne!(conversation_key(Some("key-2"), &turn1, &h), Some(a));
     }
 
     #[test]

@@ -275,6 +275,9 @@ pub struct KeyUsage {
     /// A paced key's current lambda ([`super::pace`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pace_lambda: Option<f64>,
+    /// The routed requests its pacer has seen this period (in this instance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace_requests: Option<u64>,
 }
 
 /// The caller's spend in the current period.
@@ -303,6 +306,7 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
         period: period.name(),
         period_ends: routewise_online::budget::rfc3339(period.bounds(now).1),
         pace_lambda: ks.pacers.current(gw, c).map(|p| p.lambda()),
+        pace_requests: ks.pacers.current(gw, c).map(|p| p.requests()),
     })
 }
 

@@ -518,7 +518,11 @@ pub fn emit(
         requested: ctx.request.model.clone(),
         reason: ctx.routed.reason.name(),
         policy: ctx.routed.policy,
-        chosen: decision.map(|d| d.chosen),
+        // A conversation kept on its model: the rule that chose it is affinity's.
+        chosen: match ctx.affinity.and_then(|t| t.verdict) {
+            Some(v) if v.stayed() => ctx.routed.candidates.first().map(|m| m.index()),
+            _ => decision.map(|d| d.chosen),
+        },
         model: answered,
         status,
         stream: ctx.request.stream,

@@ -24,8 +24,10 @@
 //! carries `x-routewise-model`, `x-routewise-decision-id`, `x-routewise-attempts`, the
 //! request id and `traceparent` ([`crate::trace`]); a direct request's answer also
 //! carries the upstream's rate-limit headers, a cascaded one `x-routewise-cascade`
-//! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`, and one
-//! that routes matched `x-routewise-route` (their names, comma-separated).
+//! (`accepted@<model>` / `escalated@<model>`) and `x-routewise-cascade-calls`, one
+//! that routes matched `x-routewise-route` (their names, comma-separated), and a
+//! conversation turn whose model differed from the router's choice
+//! `x-routewise-affinity` (`stayed` / `switched`).
 
 pub mod affinity;
 pub mod attempts;
@@ -216,12 +218,19 @@ async fn chat_stages(
         Ok(r) => r,
         Err(e) => return reject(gw, e, &id, &trace),
     };
-    // 3d. conversation affinity: stay on the conversation's model unless a switch pays.
-    let affinity = affinity::apply(gw, &request, &headers, &mut routed);
     let cascade_plan = match cascade::plan(gw, &request, &routed) {
         Ok(p) => p,
         Err(e) => return reject(gw, e, &id, &trace),
     };
+    // 3d. conversation affinity: stay on the conversation's model unless a switch pays.
+    let affinity = affinity::apply(
+        gw,
+        caller.as_deref().map(|c| c.id.as_str()),
+        &request,
+        &headers,
+        &mut routed,
+        cascade_plan.is_some(),
+    );
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     // 3c. shadow routers: queued, decided off the request path.
     if let (Some(shadows), Some(d)) = (gw.shadows.get(), &routed.decision) {

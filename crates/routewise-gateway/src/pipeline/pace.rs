@@ -75,6 +75,14 @@ impl Paced {
         f64::from_bits(self.lambda.load(Ordering::Relaxed))
     }
 
+    /// The routed requests the pacer has seen.
+    pub fn requests(&self) -> u64 {
+        self.pacer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .requests()
+    }
+
     /// Runs `f` on the pacer and publishes its lambda.
     fn with(&self, f: impl FnOnce(&mut Resolving)) {
         let mut p = self.pacer.lock().unwrap_or_else(PoisonError::into_inner);
@@ -118,8 +126,13 @@ pub fn admitted(ctx: &RequestContext) {
     let Some(p) = gw.keys.get().and_then(|k| k.pacers.current(gw, c)) else {
         return;
     };
-    // A route's own policy, a forced model or the zero-data order chose instead.
+    // A route's own policy, a forced model, the zero-data order or conversation affinity
+    // chose instead.
+    let stayed = ctx
+        .affinity
+        .is_some_and(|t| t.verdict.is_some_and(|v| v.stayed()));
     let by_lambda = ctx.routed.by_policy
+        && !stayed
         && ctx
             .signals
             .as_ref()

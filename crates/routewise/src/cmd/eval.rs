@@ -86,6 +86,22 @@ pub struct Args {
     /// With `--pacing`: the period's length in days.
     #[arg(long, default_value_t = 30.0)]
     pub days: f64,
+    /// Conversation affinity instead: multi-turn conversations synthesised from the test
+    /// prompts (same task), routed every turn afresh and with affinity, over a lambda grid;
+    /// affinity's cost against routing afresh at the same quality. The router is the first
+    /// learned router of `--routers` (default knn).
+    #[arg(long)]
+    pub affinity: bool,
+    /// With `--affinity`: turns per conversation.
+    #[arg(long, default_value_t = 4)]
+    pub turns: usize,
+    /// With `--affinity`: the share of the input price a cached history saves.
+    #[arg(long, default_value_t = 0.5)]
+    pub cached_discount: f64,
+    /// With `--affinity`: the utility a switch must gain beyond the cache it loses (the
+    /// gateway's `affinity.switch_margin`).
+    #[arg(long, default_value_t = 0.02)]
+    pub switch_margin: f64,
 }
 
 /// Runs `routewise eval`.
@@ -106,6 +122,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.pacing {
         return pacing(&args, &kinds, &ds);
+    }
+    if args.affinity {
+        return affinity(&args, &kinds, &ds);
     }
     let cascades = if args.cascades {
         let kind: RouterKind = args
@@ -279,6 +298,76 @@ fn pacing(
     )?;
     if let Some(path) = &args.json {
         write_json(path, &r)?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval --affinity`.
+fn affinity(
+    args: &Args,
+    kinds: &[RouterKind],
+    ds: &routewise_data::Dataset,
+) -> anyhow::Result<ExitCode> {
+    if !(args.switch_margin >= 0.0 && args.switch_margin.is_finite()) {
+        anyhow::bail!("--switch-margin must be >= 0");
+    }
+    let router = kinds
+        .iter()
+        .copied()
+        .find(|k| RouterKind::ALL_LEARNED.contains(k))
+        .unwrap_or(RouterKind::Knn);
+    let opts = routewise_eval::affinity::AffinityOptions {
+        router,
+        featurizer: args.featurizer.0,
+        seed: args.seed,
+        turns: args.turns,
+        cached_discount: args.cached_discount,
+        switch_margin: args.switch_margin,
+    };
+    let r = routewise_eval::affinity::evaluate_affinity(ds, &opts)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "conversation affinity: {} conversations of {} turns, router {}; cached history billed at {:.0}% of the input price; switch margin {}",
+        r.conversations,
+        r.turns,
+        r.router,
+        100.0 * (1.0 - r.cached_discount),
+        r.switch_margin
+    )?;
+    writeln!(
+        out,
+        "{:>10}  {:>8} {:>10} {:>8}  {:>8} {:>10} {:>8}",
+        "lambda", "afresh q", "cost_usd", "switches", "affin. q", "cost_usd", "switches"
+    )?;
+    for p in &r.points {
+        writeln!(
+            out,
+            "{:>10.3e}  {:>8.4} {:>10.4} {:>8}  {:>8.4} {:>10.4} {:>8}",
+            p.lambda,
+            p.without.quality,
+            p.without.cost_usd,
+            p.without.switches,
+            p.with.quality,
+            p.with.cost_usd,
+            p.with.switches
+        )?;
+    }
+    match (
+        r.mean_cost_ratio_at_equal_quality,
+        r.min_cost_ratio,
+        r.max_cost_ratio,
+    ) {
+        (Some(mean), Some(lo), Some(hi)) => writeln!(
+            out,
+            "affinity's cost / routing afresh's at the same quality (frontiers, {} qualities): mean {mean:.3}, from {lo:.3} to {hi:.3}",
+            r.matched.len()
+        )?,
+        _ => writeln!(out, "the two frontiers share no quality range")?,
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &serde_json::json!({ "affinity": r }))?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,319 @@
+//! `routewise eval --affinity`: conversation affinity on multi-turn traces, against
+//! routing every turn afresh.
+//!
+//! * **Traces:** the shared data has single prompts, so conversations are synthesised
+//!   from them: the test prompts that every model answered, shuffled by the seed, grouped
+//!   by task, cut into conversations of `turns` prompts. Turn `t` carries the history of
+//!   the turns before it (their prompts and the answering models' recorded output tokens)
+//!   as extra prompt tokens.
+//! * **Cost:** a turn on model `m` costs its recorded cost plus the history at `m`'s input
+//!   price, discounted by `cached_discount` when `m` also answered the turn before (its
+//!   provider's prompt cache holds the history). A switch pays the history in full.
+//! * **Quality:** the recorded score of the answering model on the turn's own prompt (the
+//!   data says nothing about how history changes answers).
+//! * **Policies:** the router (fitted on train) picks `argmax predicted score - lambda *
+//!   predicted cost` each turn, its predicted cost counting the history; with affinity the
+//!   conversation stays on its model unless [`routewise_router::affinity::decide`] says
+//!   the switch pays (the gateway's rule, with `switch_margin`). Both run over a lambda
+//!   grid; each gives a quality-cost frontier (the convex hull of its points), and the two
+//!   are compared by cost at 21 qualities over the range both reach.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use routewise_data::{Dataset, Record};
+use routewise_features::FeaturizerKind;
+use routewise_router::affinity::{decide, Turn};
+use routewise_router::RouterKind;
+use serde::Serialize;
+
+use crate::metrics::nondecreasing_hull;
+use crate::EvalError;
+
+#[derive(Debug, Clone)]
+pub struct AffinityOptions {
+    pub router: RouterKind,
+    pub featurizer: FeaturizerKind,
+    pub seed: u64,
+    pub turns: usize,
+    /// The share of the input price a cached prefix saves (0.5: billed at half price).
+    pub cached_discount: f64,
+    pub switch_margin: f64,
+}
+
+/// One policy over every conversation.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Outcome {
+    pub quality: f64,
+    pub cost_usd: f64,
+    /// Turns answered by another model than the turn before.
+    pub switches: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    pub lambda: f64,
+    pub without: Outcome,
+    pub with: Outcome,
+}
+
+/// What each way costs for one quality, on its own frontier (the best lambda for it,
+/// interpolated between the swept ones).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Matched {
+    pub quality: f64,
+    pub cost_with: f64,
+    pub cost_without: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AffinityReport {
+    pub router: String,
+    pub conversations: usize,
+    pub turns: usize,
+    pub cached_discount: f64,
+    pub switch_margin: f64,
+    pub points: Vec<Point>,
+    /// 21 qualities evenly over the range both frontiers reach.
+    pub matched: Vec<Matched>,
+    /// Mean, least and largest `cost_with / cost_without` over `matched`.
+    pub mean_cost_ratio_at_equal_quality: Option<f64>,
+    pub min_cost_ratio: Option<f64>,
+    pub max_cost_ratio: Option<f64>,
+}
+
+/// The lambdas swept: 0, then 40 spaced geometrically over [1e-1, 1e6].
+fn lambdas() -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain((0..40).map(|k| 1e-1 * 10f64.powf(7.0 * k as f64 / 39.0)))
+        .collect()
+}
+
+struct Trace<'a> {
+    /// Conversations: rows into `records`, in turn order.
+    conversations: Vec<Vec<usize>>,
+    records: Vec<&'a Record>,
+    pred: Vec<f64>,
+    nm: usize,
+    /// Per model: input price, USD per token (the router's catalog).
+    input_price: Vec<f64>,
+    catalog: &'a routewise_router::Catalog,
+    cached_discount: f64,
+}
+
+impl Trace<'_> {
+    /// Every conversation at `lambda`; `margin`: with affinity at this switch margin.
+    fn run(&self, lambda: f64, margin: Option<f64>) -> Outcome {
+        let nm = self.nm;
+        let (mut quality, mut cost, mut switches, mut turns) = (0.0, 0.0, 0usize, 0usize);
+        let mut predicted = vec![0.0; nm];
+        for conv in &self.conversations {
+            let mut history = 0u64;
+            let mut previous: Option<usize> = None;
+            for &row in conv {
+                let r = self.records[row];
+                let input = r.input_tokens() as u64 + history;
+                self.catalog
+                    .expected_costs(u32::try_from(input).unwrap_or(u32::MAX), &mut predicted);
+                let p = &self.pred[row * nm..(row + 1) * nm];
+                let utility = |m: usize| p[m] - lambda * predicted[m];
+                let choice = (0..nm)
+                    .max_by(|&a, &b| {
+                        utility(a)
+                            .total_cmp(&utility(b))
+                            .then(predicted[b].total_cmp(&predicted[a]))
+                    })
+                    .unwrap_or(0);
+                let model = match (margin, previous) {
+                    (Some(margin), Some(prev)) if prev != choice => {
+                        let v = decide(
+                            &Turn {
+                                choice_utility: utility(choice),
+                                previous_utility: utility(prev),
+                                lambda,
+                                prompt_tokens: history,
+                                input_price: self.input_price[prev],
+                                cached_input_price: self.input_price[prev]
+                                    * (1.0 - self.cached_discount),
+                            },
+                            margin,
+                        );
+                        if v.stayed() {
+                            prev
+                        } else {
+                            choice
+                        }
+                    }
+                    _ => choice,
+                };
+                let Some(o) = r.outcomes[model].as_ref() else {
+                    continue;
+                };
+                // The provider's cache holds the history when the model answered the turn
+                // before, with or without affinity.
+                let discount = if previous == Some(model) {
+                    self.cached_discount
+                } else {
+                    0.0
+                };
+                if previous.is_some_and(|prev| prev != model) {
+                    switches += 1;
+                }
+                quality += o.score;
+                cost += o.cost_usd + history as f64 * self.input_price[model] * (1.0 - discount);
+                turns += 1;
+                history += r.input_tokens() as u64 + u64::from(o.output_tokens);
+                previous = Some(model);
+            }
+        }
+        Outcome {
+            quality: quality / turns.max(1) as f64,
+            cost_usd: cost,
+            switches,
+        }
+    }
+}
+
+/// The cost at which `hull` (cost, quality vertices, both increasing) reaches `quality`.
+fn cost_for_quality(hull: &[(f64, f64)], quality: f64) -> Option<f64> {
+    let first = hull.first()?;
+    if quality < first.1 - 1e-12 {
+        return None;
+    }
+    for w in hull.windows(2) {
+        let ((c0, q0), (c1, q1)) = (w[0], w[1]);
+        if quality <= q1 + 1e-12 {
+            if q1 - q0 <= 1e-12 {
+                return Some(c0);
+            }
+            let t = ((quality - q0) / (q1 - q0)).clamp(0.0, 1.0);
+            return Some(c0 + t * (c1 - c0));
+        }
+    }
+    (quality <= hull.last()?.1 + 1e-12).then(|| hull.last().map_or(0.0, |v| v.0))
+}
+
+/// Runs the measurement.
+pub fn evaluate_affinity(
+    ds: &Dataset,
+    opts: &AffinityOptions,
+) -> Result<AffinityReport, EvalError> {
+    let nm = ds.models.len();
+    if opts.turns < 2 {
+        return Err(EvalError::Split("--turns must be at least 2".into()));
+    }
+    if !(0.0..=1.0).contains(&opts.cached_discount) {
+        return Err(EvalError::Split(
+            "--cached-discount must be in [0, 1]".into(),
+        ));
+    }
+    let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
+    let records: Vec<&Record> = fitted
+        .test
+        .iter()
+        .copied()
+        .filter(|r| r.outcomes.iter().take(nm).all(Option::is_some))
+        .collect();
+    let (pred, _) = fitted.predict(&records);
+    // Conversations: shuffled, grouped by task, cut into `turns`.
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
+    let mut by_task: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for i in order {
+        by_task.entry(records[i].task.as_str()).or_default().push(i);
+    }
+    let conversations: Vec<Vec<usize>> = by_task
+        .values()
+        .flat_map(|rows| rows.chunks_exact(opts.turns).map(<[usize]>::to_vec))
+        .collect();
+    if conversations.is_empty() {
+        return Err(EvalError::Split(
+            "no task has enough test prompts for one conversation".into(),
+        ));
+    }
+    let catalog = &fitted.prepared.catalog;
+    let trace = Trace {
+        conversations,
+        records,
+        pred,
+        nm,
+        input_price: catalog
+            .models
+            .iter()
+            .map(|m| m.input_per_mtok / 1e6)
+            .collect(),
+        catalog,
+        cached_discount: opts.cached_discount,
+    };
+    let points: Vec<Point> = lambdas()
+        .into_iter()
+        .map(|lambda| Point {
+            lambda,
+            without: trace.run(lambda, None),
+            with: trace.run(lambda, Some(opts.switch_margin)),
+        })
+        .collect();
+    let frontier = |f: fn(&Point) -> Outcome| {
+        nondecreasing_hull(
+            &points
+                .iter()
+                .map(|p| (f(p).cost_usd, f(p).quality))
+                .collect::<Vec<_>>(),
+        )
+        .vertices
+    };
+    let (with, without) = (frontier(|p| p.with), frontier(|p| p.without));
+    let span = |h: &[(f64, f64)]| {
+        (
+            h.first().map_or(0.0, |v| v.1),
+            h.last().map_or(0.0, |v| v.1),
+        )
+    };
+    let (lo, hi) = {
+        let (a, b) = (span(&with), span(&without));
+        (a.0.max(b.0), a.1.min(b.1))
+    };
+    let matched: Vec<Matched> = (0..=20)
+        .filter(|_| hi > lo)
+        .filter_map(|k| {
+            let quality = lo + (hi - lo) * f64::from(k) / 20.0;
+            Some(Matched {
+                quality,
+                cost_with: cost_for_quality(&with, quality)?,
+                cost_without: cost_for_quality(&without, quality)?,
+            })
+        })
+        .collect();
+    let ratios: Vec<f64> = matched
+        .iter()
+        .filter(|m| m.cost_without > 0.0)
+        .map(|m| m.cost_with / m.cost_without)
+        .collect();
+    Ok(AffinityReport {
+        router: opts.router.to_string(),
+        conversations: trace.conversations.len(),
+        turns: opts.turns,
+        cached_discount: opts.cached_discount,
+        switch_margin: opts.switch_margin,
+        points,
+        mean_cost_ratio_at_equal_quality: (!ratios.is_empty())
+            .then(|| ratios.iter().sum::<f64>() / ratios.len() as f64),
+        min_cost_ratio: ratios.iter().copied().reduce(f64::min),
+        max_cost_ratio: ratios.iter().copied().reduce(f64::max),
+        matched,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_for_quality_interpolates_along_the_frontier() {
+        let hull = [(1.0, 0.5), (3.0, 0.7), (7.0, 0.8)];
+        assert_eq!(cost_for_quality(&hull, 0.6), Some(2.0));
+        assert_eq!(cost_for_quality(&hull, 0.8), Some(7.0));
+        assert_eq!(cost_for_quality(&hull, 0.4), None);
+        assert_eq!(cost_for_quality(&hull, 0.81), None);
+    }
+}

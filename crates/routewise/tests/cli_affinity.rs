@@ -1,0 +1,60 @@
+//! `routewise eval --affinity`: conversations synthesised from RouterBench's test prompts,
+//! routed every turn afresh and with affinity, compared at equal quality.
+#![cfg(test)]
+
+mod common;
+
+use serde_json::Value;
+
+#[test]
+fn eval_affinity_reports_both_policies_and_their_frontiers() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("affinity.json");
+    let text = common::ok(&[
+        "eval",
+        "--affinity",
+        "--data",
+        data.to_str().unwrap(),
+        "--turns",
+        "3",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("at the same quality"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &v["affinity"];
+    assert_eq!(r["turns"], 3);
+    assert!(r["conversations"].as_u64().unwrap() > 10, "{r}");
+    let points = r["points"].as_array().unwrap();
+    assert!(points.len() > 10);
+    // Affinity switches models less often than routing afresh, over the lambda grid.
+    let switches = |k: &str| -> u64 {
+        points
+            .iter()
+            .map(|p| p[k]["switches"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(switches("with") < switches("without"), "{r}");
+    assert!(r["mean_cost_ratio_at_equal_quality"].as_f64().unwrap() > 0.0);
+    assert!(!r["matched"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn eval_affinity_refuses_one_turn_conversations() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let out = common::routewise(&[
+        "eval",
+        "--affinity",
+        "--data",
+        data.to_str().unwrap(),
+        "--turns",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--turns"));
+}
