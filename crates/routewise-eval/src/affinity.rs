@@ -38,7 +38,18 @@ pub struct AffinityOptions {
     pub turns: usize,
     /// The share of the input price a cached prefix saves (0.5: billed at half price).
     pub cached_discount: f64,
+    /// `None`: chosen on a train trace from [`MARGINS`].
+    pub switch_margin: Option<f64>,
+}
+
+/// The gateway's default switch margin, used when the train side has no comparison.
+pub const DEFAULT_MARGIN: f64 = 0.02;
+
+/// One margin's mean cost ratio on the train trace.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TrainRatio {
     pub switch_margin: f64,
+    pub mean_cost_ratio: Option<f64>,
 }
 
 /// One policy over every conversation.
@@ -73,6 +84,9 @@ pub struct AffinityReport {
     pub turns: usize,
     pub cached_discount: f64,
     pub switch_margin: f64,
+    pub margin_chosen_on_train: bool,
+    /// Each margin's mean cost ratio on the train trace (when chosen there).
+    pub train_mean_cost_ratio: Vec<TrainRatio>,
     pub points: Vec<Point>,
     /// 21 qualities evenly over the range both frontiers reach.
     pub matched: Vec<Matched>,
@@ -101,7 +115,35 @@ struct Trace<'a> {
     cached_discount: f64,
 }
 
-impl Trace<'_> {
+impl<'a> Trace<'a> {
+    /// Conversations over `records` (every model answered) with predictions `pred`.
+    fn new(
+        records: Vec<&'a Record>,
+        pred: Vec<f64>,
+        seed: u64,
+        turns: usize,
+        catalog: &'a routewise_router::Catalog,
+        cached_discount: f64,
+    ) -> Trace<'a> {
+        let nm = catalog.models.len();
+        let rows: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].outcomes.iter().take(nm).all(Option::is_some))
+            .collect();
+        Trace {
+            conversations: conversations(&records, &rows, seed, turns),
+            records,
+            pred,
+            nm,
+            input_price: catalog
+                .models
+                .iter()
+                .map(|m| m.input_per_mtok / 1e6)
+                .collect(),
+            catalog,
+            cached_discount,
+        }
+    }
+
     /// Every conversation at `lambda`; `margin`: with affinity at this switch margin.
     fn run(&self, lambda: f64, margin: Option<f64>) -> Outcome {
         let nm = self.nm;
@@ -193,64 +235,42 @@ fn cost_for_quality(hull: &[(f64, f64)], quality: f64) -> Option<f64> {
     (quality <= hull.last()?.1 + 1e-12).then(|| hull.last().map_or(0.0, |v| v.0))
 }
 
-/// Runs the measurement.
-pub fn evaluate_affinity(
-    ds: &Dataset,
-    opts: &AffinityOptions,
-) -> Result<AffinityReport, EvalError> {
-    let nm = ds.models.len();
-    if opts.turns < 2 {
-        return Err(EvalError::Split("--turns must be at least 2".into()));
-    }
-    if !(0.0..=1.0).contains(&opts.cached_discount) {
-        return Err(EvalError::Split(
-            "--cached-discount must be in [0, 1]".into(),
-        ));
-    }
-    let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
-    let records: Vec<&Record> = fitted
-        .test
-        .iter()
-        .copied()
-        .filter(|r| r.outcomes.iter().take(nm).all(Option::is_some))
-        .collect();
-    let (pred, _) = fitted.predict(&records);
-    // Conversations: shuffled, grouped by task, cut into `turns`.
-    let mut order: Vec<usize> = (0..records.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
+/// Conversations from `rows` of `records` (shuffled by `seed`, grouped by task, cut into
+/// `turns`).
+fn conversations(records: &[&Record], rows: &[usize], seed: u64, turns: usize) -> Vec<Vec<usize>> {
+    let mut order = rows.to_vec();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let mut by_task: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for i in order {
         by_task.entry(records[i].task.as_str()).or_default().push(i);
     }
-    let conversations: Vec<Vec<usize>> = by_task
+    by_task
         .values()
-        .flat_map(|rows| rows.chunks_exact(opts.turns).map(<[usize]>::to_vec))
-        .collect();
-    if conversations.is_empty() {
-        return Err(EvalError::Split(
-            "no task has enough test prompts for one conversation".into(),
-        ));
+        .flat_map(|rows| rows.chunks_exact(turns).map(<[usize]>::to_vec))
+        .collect()
+}
+
+/// Both policies over the lambda grid, and their frontiers compared.
+struct Comparison {
+    points: Vec<Point>,
+    matched: Vec<Matched>,
+    ratios: Vec<f64>,
+}
+
+impl Comparison {
+    fn mean_ratio(&self) -> Option<f64> {
+        (!self.ratios.is_empty())
+            .then(|| self.ratios.iter().sum::<f64>() / self.ratios.len() as f64)
     }
-    let catalog = &fitted.prepared.catalog;
-    let trace = Trace {
-        conversations,
-        records,
-        pred,
-        nm,
-        input_price: catalog
-            .models
-            .iter()
-            .map(|m| m.input_per_mtok / 1e6)
-            .collect(),
-        catalog,
-        cached_discount: opts.cached_discount,
-    };
+}
+
+fn compare(trace: &Trace, margin: f64) -> Comparison {
     let points: Vec<Point> = lambdas()
         .into_iter()
         .map(|lambda| Point {
             lambda,
             without: trace.run(lambda, None),
-            with: trace.run(lambda, Some(opts.switch_margin)),
+            with: trace.run(lambda, Some(margin)),
         })
         .collect();
     let frontier = |f: fn(&Point) -> Outcome| {
@@ -284,23 +304,97 @@ pub fn evaluate_affinity(
             })
         })
         .collect();
-    let ratios: Vec<f64> = matched
+    let ratios = matched
         .iter()
         .filter(|m| m.cost_without > 0.0)
         .map(|m| m.cost_with / m.cost_without)
         .collect();
+    Comparison {
+        points,
+        matched,
+        ratios,
+    }
+}
+
+/// Switch margins the train side chooses from.
+pub const MARGINS: [f64; 5] = [0.0, 0.01, 0.02, 0.05, 0.1];
+
+/// Runs the measurement.
+pub fn evaluate_affinity(
+    ds: &Dataset,
+    opts: &AffinityOptions,
+) -> Result<AffinityReport, EvalError> {
+    if opts.turns < 2 {
+        return Err(EvalError::Split("--turns must be at least 2".into()));
+    }
+    if !(0.0..=1.0).contains(&opts.cached_discount) {
+        return Err(EvalError::Split(
+            "--cached-discount must be in [0, 1]".into(),
+        ));
+    }
+    let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
+    let catalog = &fitted.prepared.catalog;
+    let trace_of = |records, pred, seed| {
+        Trace::new(
+            records,
+            pred,
+            seed,
+            opts.turns,
+            catalog,
+            opts.cached_discount,
+        )
+    };
+    // The margin: given, or the one whose train trace (out-of-fold predictions) costs
+    // least against routing afresh at equal quality.
+    let mut train_ratios = Vec::new();
+    let margin = match opts.switch_margin {
+        Some(m) => m,
+        None => {
+            let oof = crate::cascade::cross_fit(
+                opts.router,
+                &fitted.prepared.train_set,
+                catalog,
+                &fitted.cfg,
+            )?;
+            let train = trace_of(fitted.train.clone(), oof, opts.seed ^ 0xaff1);
+            for m in MARGINS {
+                train_ratios.push((m, compare(&train, m).mean_ratio()));
+            }
+            train_ratios
+                .iter()
+                .filter_map(|&(m, r)| Some((m, r?)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(crate::affinity::DEFAULT_MARGIN, |(m, _)| m)
+        }
+    };
+    let test_records: Vec<&Record> = fitted.test.clone();
+    let (pred, _) = fitted.predict(&test_records);
+    let trace = trace_of(test_records, pred, opts.seed);
+    if trace.conversations.is_empty() {
+        return Err(EvalError::Split(
+            "no task has enough test prompts for one conversation".into(),
+        ));
+    }
+    let c = compare(&trace, margin);
     Ok(AffinityReport {
         router: opts.router.to_string(),
         conversations: trace.conversations.len(),
         turns: opts.turns,
         cached_discount: opts.cached_discount,
-        switch_margin: opts.switch_margin,
-        points,
-        mean_cost_ratio_at_equal_quality: (!ratios.is_empty())
-            .then(|| ratios.iter().sum::<f64>() / ratios.len() as f64),
-        min_cost_ratio: ratios.iter().copied().reduce(f64::min),
-        max_cost_ratio: ratios.iter().copied().reduce(f64::max),
-        matched,
+        switch_margin: margin,
+        margin_chosen_on_train: opts.switch_margin.is_none(),
+        train_mean_cost_ratio: train_ratios
+            .iter()
+            .map(|&(m, r)| TrainRatio {
+                switch_margin: m,
+                mean_cost_ratio: r,
+            })
+            .collect(),
+        mean_cost_ratio_at_equal_quality: c.mean_ratio(),
+        min_cost_ratio: c.ratios.iter().copied().reduce(f64::min),
+        max_cost_ratio: c.ratios.iter().copied().reduce(f64::max),
+        points: c.points,
+        matched: c.matched,
     })
 }
 

@@ -27,6 +27,9 @@ fn eval_affinity_reports_both_policies_and_their_frontiers() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let r = &v["affinity"];
     assert_eq!(r["turns"], 3);
+    // The margin was chosen on train, among the documented ones.
+    assert_eq!(r["margin_chosen_on_train"], true);
+    assert_eq!(r["train_mean_cost_ratio"].as_array().unwrap().len(), 5);
     assert!(r["conversations"].as_u64().unwrap() > 10, "{r}");
     let points = r["points"].as_array().unwrap();
     assert!(points.len() > 10);

@@ -99,9 +99,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub cached_discount: f64,
     /// With `--affinity`: the utility a switch must gain beyond the cache it loses (the
-    /// gateway's `affinity.switch_margin`).
-    #[arg(long, default_value_t = 0.02)]
-    pub switch_margin: f64,
+    /// gateway's `affinity.switch_margin`); default: chosen on a train trace.
+    #[arg(long)]
+    pub switch_margin: Option<f64>,
 }
 
 /// Runs `routewise eval`.
@@ -309,7 +309,10 @@ fn affinity(
     kinds: &[RouterKind],
     ds: &routewise_data::Dataset,
 ) -> anyhow::Result<ExitCode> {
-    if !(args.switch_margin >= 0.0 && args.switch_margin.is_finite()) {
+    if args
+        .switch_margin
+        .is_some_and(|m| !(m >= 0.0 && m.is_finite()))
+    {
         anyhow::bail!("--switch-margin must be >= 0");
     }
     let router = kinds
@@ -329,13 +332,23 @@ fn affinity(
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "conversation affinity: {} conversations of {} turns, router {}; cached history billed at {:.0}% of the input price; switch margin {}",
+        "conversation affinity: {} conversations of {} turns, router {}; cached history billed at {:.0}% of the input price; switch margin {}{}",
         r.conversations,
         r.turns,
         r.router,
         100.0 * (1.0 - r.cached_discount),
-        r.switch_margin
+        r.switch_margin,
+        if r.margin_chosen_on_train { " (chosen on train)" } else { "" }
     )?;
+    for t in &r.train_mean_cost_ratio {
+        if let Some(x) = t.mean_cost_ratio {
+            writeln!(
+                out,
+                "  train: margin {:<5} cost ratio at equal quality {x:.3}",
+                t.switch_margin
+            )?;
+        }
+    }
     writeln!(
         out,
         "{:>10}  {:>8} {:>10} {:>8}  {:>8} {:>10} {:>8}",
