@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Record};
 use routewise_features::FeaturizerKind;
 use routewise_router::affinity::{decide, Turn};
-use routewise_router::RouterKind;
+use routewise_router::{Policy, RouterKind};
 use serde::Serialize;
 
 use crate::metrics::nondecreasing_hull;
@@ -41,9 +41,6 @@ pub struct AffinityOptions {
     /// `None`: chosen on a train trace from [`MARGINS`].
     pub switch_margin: Option<f64>,
 }
-
-/// The gateway's default switch margin, used when the train side has no comparison.
-pub const DEFAULT_MARGIN: f64 = 0.02;
 
 /// One margin's mean cost ratio on the train trace.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -126,9 +123,7 @@ impl<'a> Trace<'a> {
         cached_discount: f64,
     ) -> Trace<'a> {
         let nm = catalog.models.len();
-        let rows: Vec<usize> = (0..records.len())
-            .filter(|&i| records[i].outcomes.iter().take(nm).all(Option::is_some))
-            .collect();
+        let rows = crate::fitted::complete_rows(&records, nm);
         Trace {
             conversations: conversations(&records, &rows, seed, turns),
             records,
@@ -149,6 +144,7 @@ impl<'a> Trace<'a> {
         let nm = self.nm;
         let (mut quality, mut cost, mut switches, mut turns) = (0.0, 0.0, 0usize, 0usize);
         let mut predicted = vec![0.0; nm];
+        let mut ranking = Vec::with_capacity(nm);
         for conv in &self.conversations {
             let mut history = 0u64;
             let mut previous: Option<usize> = None;
@@ -159,13 +155,9 @@ impl<'a> Trace<'a> {
                     .expected_costs(u32::try_from(input).unwrap_or(u32::MAX), &mut predicted);
                 let p = &self.pred[row * nm..(row + 1) * nm];
                 let utility = |m: usize| p[m] - lambda * predicted[m];
-                let choice = (0..nm)
-                    .max_by(|&a, &b| {
-                        utility(a)
-                            .total_cmp(&utility(b))
-                            .then(predicted[b].total_cmp(&predicted[a]))
-                    })
-                    .unwrap_or(0);
+                // The gateway's ranking (ties to the cheaper, then the lower index).
+                Policy::Lambda(lambda).rank_into(p, &predicted, &mut ranking);
+                let choice = ranking.first().copied().unwrap_or(0);
                 let model = match (margin, previous) {
                     (Some(margin), Some(prev)) if prev != choice => {
                         let v = decide(
@@ -216,25 +208,6 @@ impl<'a> Trace<'a> {
     }
 }
 
-/// The cost at which `hull` (cost, quality vertices, both increasing) reaches `quality`.
-fn cost_for_quality(hull: &[(f64, f64)], quality: f64) -> Option<f64> {
-    let first = hull.first()?;
-    if quality < first.1 - 1e-12 {
-        return None;
-    }
-    for w in hull.windows(2) {
-        let ((c0, q0), (c1, q1)) = (w[0], w[1]);
-        if quality <= q1 + 1e-12 {
-            if q1 - q0 <= 1e-12 {
-                return Some(c0);
-            }
-            let t = ((quality - q0) / (q1 - q0)).clamp(0.0, 1.0);
-            return Some(c0 + t * (c1 - c0));
-        }
-    }
-    (quality <= hull.last()?.1 + 1e-12).then(|| hull.last().map_or(0.0, |v| v.0))
-}
-
 /// Conversations from `rows` of `records` (shuffled by `seed`, grouped by task, cut into
 /// `turns`).
 fn conversations(records: &[&Record], rows: &[usize], seed: u64, turns: usize) -> Vec<Vec<usize>> {
@@ -280,7 +253,6 @@ fn compare(trace: &Trace, margin: f64) -> Comparison {
                 .map(|p| (f(p).cost_usd, f(p).quality))
                 .collect::<Vec<_>>(),
         )
-        .vertices
     };
     let (with, without) = (frontier(|p| p.with), frontier(|p| p.without));
     let span = |h: &[(f64, f64)]| {
@@ -290,7 +262,7 @@ fn compare(trace: &Trace, margin: f64) -> Comparison {
         )
     };
     let (lo, hi) = {
-        let (a, b) = (span(&with), span(&without));
+        let (a, b) = (span(&with.vertices), span(&without.vertices));
         (a.0.max(b.0), a.1.min(b.1))
     };
     let matched: Vec<Matched> = (0..=20)
@@ -299,8 +271,8 @@ fn compare(trace: &Trace, margin: f64) -> Comparison {
             let quality = lo + (hi - lo) * f64::from(k) / 20.0;
             Some(Matched {
                 quality,
-                cost_with: cost_for_quality(&with, quality)?,
-                cost_without: cost_for_quality(&without, quality)?,
+                cost_with: with.min_cost_reaching(quality)?,
+                cost_without: without.min_cost_reaching(quality)?,
             })
         })
         .collect();
@@ -364,7 +336,10 @@ pub fn evaluate_affinity(
                 .iter()
                 .filter_map(|&(m, r)| Some((m, r?)))
                 .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map_or(crate::affinity::DEFAULT_MARGIN, |(m, _)| m)
+                .map_or(
+                    routewise_router::affinity::DEFAULT_SWITCH_MARGIN,
+                    |(m, _)| m,
+                )
         }
     };
     let test_records: Vec<&Record> = fitted.test.clone();
@@ -403,11 +378,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cost_for_quality_interpolates_along_the_frontier() {
-        let hull = [(1.0, 0.5), (3.0, 0.7), (7.0, 0.8)];
-        assert_eq!(cost_for_quality(&hull, 0.6), Some(2.0));
-        assert_eq!(cost_for_quality(&hull, 0.8), Some(7.0));
-        assert_eq!(cost_for_quality(&hull, 0.4), None);
-        assert_eq!(cost_for_quality(&hull, 0.81), None);
+    fn the_lambda_grid_starts_at_zero_and_rises_to_a_million() {
+        let g = lambdas();
+        assert_eq!(g[0], 0.0);
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+        assert!((g[g.len() - 1] / 1e6 - 1.0).abs() < 1e-9);
     }
 }

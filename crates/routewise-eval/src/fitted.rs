@@ -1,6 +1,6 @@
 //! A router fitted on a dataset's train split, and its predictions for any of its
 //! records: the shared start of the lab's stream simulations (`eval --pacing`,
-//! `simulate`).
+//! `eval --affinity`, `simulate`).
 
 use routewise_data::{Dataset, Record};
 use routewise_features::{Featurizer, FeaturizerKind};
@@ -9,6 +9,13 @@ use routewise_router::{AnyRouter, RouterConfigs, RouterKind};
 
 use crate::report::split_records;
 use crate::EvalError;
+
+/// Rows of `records` where every one of the `nm` models has an outcome.
+pub(crate) fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
+    (0..records.len())
+        .filter(|&i| records[i].outcomes.iter().take(nm).all(Option::is_some))
+        .collect()
+}
 
 pub(crate) struct Fitted<'a> {
     pub train: Vec<&'a Record>,

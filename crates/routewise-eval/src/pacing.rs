@@ -1,5 +1,6 @@
-//! `routewise eval --pacing`: a key with a budget for a period, measured three ways on the
-//! test split replayed as one period of traffic.
+//! `routewise eval --pacing`: a key with a budget for a period, measured four ways on the
+//! test split replayed as one period of traffic (re-solving, dual descent, a hard cap, the
+//! best fixed lambda in hindsight).
 //!
 //! * **Stream:** the test prompts every model has an outcome on, in a seeded order, spread
 //!   over `days` with a diurnal rate (busiest at noon, quietest at midnight UTC: intensity
@@ -34,6 +35,7 @@ use routewise_router::pacing::{
 use routewise_router::RouterKind;
 use serde::Serialize;
 
+use crate::fitted::complete_rows;
 use crate::outcomes::Outcomes;
 use crate::singles::Singles;
 use crate::EvalError;
@@ -326,13 +328,6 @@ fn diurnal_times(n: usize, period_ms: u64) -> Vec<u64> {
             };
             (((k - 1) as f64 + frac) * 60_000.0) as u64
         })
-        .collect()
-}
-
-/// Rows where every one of the `nm` models has an outcome.
-fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
-    (0..records.len())
-        .filter(|&i| records[i].outcomes.iter().take(nm).all(Option::is_some))
         .collect()
 }
 

@@ -539,11 +539,9 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
         }
     }
     let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
-    let test: Vec<&Record> = fitted
-        .test
-        .iter()
-        .copied()
-        .filter(|r| r.outcomes.iter().take(nm).all(Option::is_some))
+    let test: Vec<&Record> = crate::fitted::complete_rows(&fitted.test, nm)
+        .into_iter()
+        .map(|i| fitted.test[i])
         .collect();
     if test.is_empty() {
         return Err(EvalError::Split(
@@ -608,10 +606,13 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
         for m in 0..nm {
             utility[p * nm + m] = pred[p * nm + m] - opts.lambda * pred_cost[p * nm + m];
         }
-        let mut order: Vec<usize> = (0..nm).collect();
-        let row = &utility[p * nm..(p + 1) * nm];
-        let c = &pred_cost[p * nm..(p + 1) * nm];
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(c[a].total_cmp(&c[b])));
+        // The gateway's ranking.
+        let mut order = Vec::with_capacity(nm);
+        routewise_router::Policy::Lambda(opts.lambda).rank_into(
+            &pred[p * nm..(p + 1) * nm],
+            &pred_cost[p * nm..(p + 1) * nm],
+            &mut order,
+        );
         ranking.push(order);
     }
     let w = World {
@@ -653,13 +654,14 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
     let mut order: Vec<usize> = (0..np).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
     let mut loads = Vec::with_capacity(opts.loads.len());
-    for (k, &load) in opts.loads.iter().enumerate() {
+    for &load in &opts.loads {
         let rate = load * best_capacity;
         let tr = trace(
             rate,
             opts.duration_s,
             &order,
-            opts.seed.wrapping_add(k as u64 + 1),
+            // Seeded by the load itself: a load gets the same trace whatever else is listed.
+            opts.seed ^ load.to_bits(),
         );
         let unloaded_greedy_quality = tr
             .iter()

@@ -1051,8 +1051,8 @@ struct Validator<'a> {
 
 /// Most entries a cache may hold.
 const MAX_CACHE_ENTRIES: usize = 10_000_000;
-/// `affinity.switch_margin` when unset: a switch must promise 2 points of score.
-pub const DEFAULT_SWITCH_MARGIN: f64 = 0.02;
+/// `affinity.switch_margin` when unset.
+pub use routewise_router::affinity::DEFAULT_SWITCH_MARGIN;
 
 impl Validator<'_> {
     /// `auth:`, checked.

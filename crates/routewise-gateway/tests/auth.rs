@@ -716,6 +716,21 @@ async fn regression_a_cascade_tier_that_cannot_agree_charges_nothing_for_calls_n
     );
 }
 
+/// A gateway with keys in a local store (its directory kept alive by the caller), calls
+/// reserving 64 output tokens.
+async fn paced_gateway(mock: &MockUpstream) -> (tempfile::TempDir, common::Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &mock.base_url(),
+        &format!(
+            "{}\nauth: {{mode: keys, reserve_output_tokens: 64}}",
+            local_state(&dir)
+        ),
+    )
+    .await;
+    (dir, gw)
+}
+
 /// The model answering a paced key's `n` requests in a row, and its `/v1/usage`.
 async fn paced_run(gw: &common::Gateway, key: &str, n: usize) -> (Vec<String>, Value) {
     let (answered, _, usage) = paced_lambdas(gw, key, n).await;
@@ -751,15 +766,7 @@ async fn a_paced_key_steers_its_lambda_along_its_budget() {
     // From lambda 100 (b), a budget the traffic overspends pushes lambda up (to c), one
     // it underspends pulls it down (to a); the request's own lambda is overridden.
     let mock = MockUpstream::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock.base_url(),
-        &format!(
-            "{}\nauth: {{mode: keys, reserve_output_tokens: 64}}",
-            local_state(&dir)
-        ),
-    )
-    .await;
+    let (_dir, gw) = paced_gateway(&mock).await;
     let (tight, _) = create(
         &gw,
         json!({"name": "tight", "budget_usd": 0.01, "period": "month", "pace": true,
@@ -833,15 +840,7 @@ async fn regression_requests_refused_by_the_rate_limit_are_not_paced_traffic() {
     // The pacer keeps the key's lambda until MIN_SEEN requests were admitted. 25
     // requests against rpm 5: 5 are answered, 20 get 429, and none of those counts.
     let mock = MockUpstream::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock.base_url(),
-        &format!(
-            "{}\nauth: {{mode: keys, reserve_output_tokens: 64}}",
-            local_state(&dir)
-        ),
-    )
-    .await;
+    let (_dir, gw) = paced_gateway(&mock).await;
     let (key, _) = create(
         &gw,
         json!({"name": "paced-slow", "budget_usd": 100.0, "period": "month", "pace": true,

@@ -21,6 +21,9 @@
 
 use serde::Serialize;
 
+/// The switch margin when none is configured: a switch must promise 2 points of score.
+pub const DEFAULT_SWITCH_MARGIN: f64 = 0.02;
+
 /// What the rule decided for one turn.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "affinity", rename_all = "snake_case")]
@@ -32,7 +35,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// `stayed: affinity` or `switched: gain X > cost Y`, for the decision log.
+    /// `stayed` or `switched`, for the response header and the metric.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Stayed { .. } => "stayed",
+            Verdict::Switched { .. } => "switched",
+        }
+    }
+
+    /// `stayed: affinity (gain X <= cost Y)` or `switched: gain X > cost Y`, for the
+    /// decision log.
     pub fn explain(&self) -> String {
         match self {
             Verdict::Stayed { gain, cost } => {

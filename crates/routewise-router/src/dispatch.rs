@@ -52,9 +52,9 @@ impl AssignerKind {
 pub trait Assigner: Send {
     /// `utility` is row-major, `n` rows (requests) of `capacity.len()` columns
     /// (deployments); a non-finite utility forbids the pair. Writes each request's
-    /// deployment to `out` (`None`: no room), using at most `capacity[j]` rows per column:
-    /// as many requests as the capacities allow, and among those assignments the best
-    /// total utility.
+    /// deployment to `out` (`None`: no room), using at most `capacity[j]` rows per column.
+    /// [`Exact`] places as many requests as the capacities allow and, among those
+    /// assignments, has the best total utility; [`Sinkhorn`] approximates it.
     fn assign(
         &mut self,
         utility: &[f64],
@@ -62,6 +62,20 @@ pub trait Assigner: Send {
         capacity: &[usize],
         out: &mut Vec<Option<usize>>,
     );
+}
+
+/// Sets `out` to `n` unassigned rows; the number of columns, or `None` for an empty or
+/// malformed batch.
+fn start(
+    utility: &[f64],
+    n: usize,
+    capacity: &[usize],
+    out: &mut Vec<Option<usize>>,
+) -> Option<usize> {
+    out.clear();
+    out.resize(n, None);
+    let d = capacity.len();
+    (n > 0 && d > 0 && utility.len() >= n * d).then_some(d)
 }
 
 /// Exact assignment by min-cost flow.
@@ -76,12 +90,9 @@ impl Assigner for Exact {
         capacity: &[usize],
         out: &mut Vec<Option<usize>>,
     ) {
-        out.clear();
-        out.resize(n, None);
-        let d = capacity.len();
-        if n == 0 || d == 0 || utility.len() < n * d {
+        let Some(d) = start(utility, n, capacity, out) else {
             return;
-        }
+        };
         // Costs are `top - utility` >= 0, so the first potentials are 0.
         let top = utility
             .iter()
@@ -254,12 +265,9 @@ impl Assigner for Sinkhorn {
         capacity: &[usize],
         out: &mut Vec<Option<usize>>,
     ) {
-        out.clear();
-        out.resize(n, None);
-        let d = capacity.len();
-        if n == 0 || d == 0 || utility.len() < n * d {
+        let Some(d) = start(utility, n, capacity, out) else {
             return;
-        }
+        };
         let eps = self.epsilon.max(1e-6);
         // Column `d` is "left out": worse than every placement, room for everyone. Without
         // it a batch larger than the capacities has no plan, and the rows' utilities could

@@ -22,8 +22,8 @@
 //!   where the window is the recent requests' predictions and `ratio` is the realised
 //!   cost of the routed requests' calls (fallbacks and cascade tiers included) over the
 //!   predicted cost of their choices (the cost predictor's bias, and the extra calls).
-//!   The remaining budget is net of the spend that requests for named models are expected
-//!   to make at their rate so far. A request routed by another rule (a route's own policy,
+//!   Once `min_seen` calls for named models were seen, their share of the calls at their
+//!   mean cost is set aside from the spend per request. A request routed by another rule (a route's own policy,
 //!   a forced model) joins the window with its choice only: its cost does not depend on
 //!   lambda. Each row's
 //!   choice as lambda grows is the upper envelope of its lines `score - lambda * cost`,
@@ -116,7 +116,8 @@ pub struct ResolvingConfig {
     pub lambda0: f64,
     /// How many of the most recent requests' predictions the spend curve is taken over.
     pub window: usize,
-    /// Requests observed before the curve replaces `lambda0`.
+    /// Requests observed before the curve replaces `lambda0`; also the unrouted calls seen
+    /// before their share is set aside from the budget.
     pub min_seen: usize,
 }
 
@@ -309,8 +310,8 @@ impl BudgetPacer for Resolving {
         // The spend per request of any kind, then what is left of it for a routed one
         // once the unrouted share `f` of the calls, at their mean cost `u`, is paid:
         // f u + (1 - f) routed <= per request. Before `min_seen` unrouted calls their mean
-        // is not trusted (one early call would say too much) and they only count in the
-        // spend.
+        // is not trusted (one early call would say too much): they count in the spend and
+        // in the rate of calls, not in the set-aside.
         let calls = self.requests + self.unrouted_calls;
         let per_request =
             target_per_request(remaining, calls.max(1), now_ms, self.start_ms, self.end_ms)

@@ -1,5 +1,6 @@
-//! `routewise eval --pacing`: the paced key, the hard cap and the hindsight lambda on
-//! RouterBench's test split replayed as a month, with the issue's JSON keys.
+//! `routewise eval --pacing`: the paced key (re-solving), the dual-descent baseline, the
+//! hard cap and the hindsight lambda on RouterBench's test split replayed as a month, with
+//! the issue's JSON keys.
 #![cfg(test)]
 
 mod common;
@@ -7,7 +8,7 @@ mod common;
 use serde_json::Value;
 
 #[test]
-fn eval_pacing_reports_the_three_policies_with_the_issue_keys() {
+fn eval_pacing_reports_every_policy_with_the_issue_keys() {
     let Some(data) = common::data_file() else {
         return;
     };

@@ -7,8 +7,10 @@
 //!   field with a hash of its first messages (the system prompt and the first user
 //!   message, which every turn of a conversation repeats). A request with neither has no
 //!   conversation. Keys are hashed (SHA-256, first 8 bytes); the text is not kept.
-//! * **Where it applies:** requests the router ranked by its policy (`model: auto`, no
-//!   forced model, no exploration). The previous model must still be a candidate.
+//! * **Where it applies:** requests the router ranked by a lambda policy (`model: auto`,
+//!   no forced model, no exploration, no cascade). The previous model must still be a
+//!   candidate. Every answered turn with a conversation is remembered, wherever it
+//!   applied.
 //! * **What it does:** "stayed" moves the previous model to the front of the candidates
 //!   (the rest keep the fallback order); "switched" leaves the router's order. The
 //!   decision log's `affinity` field and the `x-routewise-affinity` header say which,
@@ -170,7 +172,8 @@ pub fn conversation_key(
             .position(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))?;
         for m in &messages[..=first_user] {
             h.update(b"\0");
-            h.update(m.to_string().as_bytes());
+            // Written into the hash as serialised (no copy of the text).
+            serde_json::to_writer(&mut h, m).ok()?;
         }
     }
     let digest = h.finalize();
@@ -244,12 +247,10 @@ pub fn apply(
     if let (true, Some(i)) = (verdict.stayed(), candidate) {
         let m = routed.candidates.remove(i);
         routed.candidates.insert(0, m);
+        // The order is affinity's now, not the policy's.
+        routed.by_policy = false;
     }
-    gw.metrics.affinity(if verdict.stayed() {
-        "stayed"
-    } else {
-        "switched"
-    });
+    gw.metrics.affinity(verdict.name());
     trace(Some(verdict))
 }
 

@@ -297,6 +297,7 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
         .await
         .map_err(|_| ApiError::AuthUnavailable)?;
     let capped = c.budget.is_some();
+    let paced = ks.pacers.current(gw, c);
     Ok(KeyUsage {
         key: c.name.clone(),
         spend_usd: u.spent,
@@ -305,8 +306,8 @@ pub async fn usage(gw: &Gateway, c: &Caller) -> Result<KeyUsage, ApiError> {
         remaining_usd: capped.then(|| (budget - u.spent - u.reserved).max(0.0)),
         period: period.name(),
         period_ends: routewise_online::budget::rfc3339(period.bounds(now).1),
-        pace_lambda: ks.pacers.current(gw, c).map(|p| p.lambda()),
-        pace_requests: ks.pacers.current(gw, c).map(|p| p.requests()),
+        pace_lambda: paced.as_ref().map(|p| p.lambda()),
+        pace_requests: paced.as_ref().map(|p| p.requests()),
     })
 }
 

@@ -442,7 +442,7 @@ fn with_headers(mut resp: Response, ctx: &RequestContext, model: Option<ModelId>
     if let Some(v) = ctx.affinity.and_then(|t| t.verdict) {
         h.insert(
             affinity::AFFINITY_HEADER,
-            HeaderValue::from_static(if v.stayed() { "stayed" } else { "switched" }),
+            HeaderValue::from_static(v.name()),
         );
     }
     if let Some(t) = &ctx.cascade {

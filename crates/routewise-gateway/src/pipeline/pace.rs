@@ -23,11 +23,12 @@
 //! * **Observing.** Once a routed request's first call is admitted (past the key's rate
 //!   limits), the router's predictions for its candidates join the pacer's window: all of
 //!   them when the candidates are in the order of the pacer's lambda, else (a route's own
-//!   policy, a forced model, exploration, the zero-data mode) the choice only, a cost that
-//!   does not depend on lambda. A request for a named model adds nothing to the window.
+//!   policy, a forced model, exploration, the zero-data mode, a conversation kept on its
+//!   model) the choice only, a cost that does not depend on lambda. A request for a named
+//!   model adds nothing to the window.
 //! * **Settling.** Each call that cost something (each attempt and each cascade tier call)
 //!   adds its realised cost: to the routed requests' spend, or to the named-model spend,
-//!   which is paced as a rate of its own. The pacer then solves again. A call that cost
+//!   whose share of the calls is set aside from the budget once 20 such calls were seen. The pacer then solves again. A call that cost
 //!   nothing (a failure the upstream did not bill) does not move it. The lambda is
 //!   published to an atomic, so that routing reads it without the lock.
 //! * **Backstop.** The budget stays a hard cap: the reservations still refuse calls past
@@ -51,7 +52,6 @@ use routewise_router::{Decision, Policy};
 use crate::models::ModelId;
 use crate::pipeline::auth::Caller;
 use crate::pipeline::context::RequestContext;
-use crate::pipeline::route::Reason;
 use crate::state::Gateway;
 
 /// The starting lambda when neither the key nor the config names one.
@@ -116,7 +116,7 @@ impl Paced {
 /// Shows the pacer of the request's key (if paced) its routed request, once its first call
 /// was admitted (a request refused by the key's rate limits is not traffic to pace).
 pub fn admitted(ctx: &RequestContext) {
-    if ctx.routed.reason != Reason::Routed {
+    if !ctx.routed.observed() {
         return;
     }
     let (Some(c), Some(d)) = (ctx.caller.as_deref(), ctx.routed.decision.as_ref()) else {
@@ -128,11 +128,7 @@ pub fn admitted(ctx: &RequestContext) {
     };
     // A route's own policy, a forced model, the zero-data order or conversation affinity
     // chose instead.
-    let stayed = ctx
-        .affinity
-        .is_some_and(|t| t.verdict.is_some_and(|v| v.stayed()));
     let by_lambda = ctx.routed.by_policy
-        && !stayed
         && ctx
             .signals
             .as_ref()

@@ -50,7 +50,7 @@ pub struct Routed {
     /// Models to try, best first, all fitting the context window.
     pub candidates: Vec<ModelId>,
     /// Whether the candidates are in the decision's order, by its policy (no forced
-    /// model, no zero-data reorder, no exploration).
+    /// model, no zero-data reorder, no exploration, no conversation kept on its model).
     pub by_policy: bool,
 }
 
