@@ -68,6 +68,19 @@ pub struct DeploymentSpec {
     pub ms_per_token: f64,
 }
 
+impl DeploymentSpec {
+    /// One deployment of `model` with the defaults a file's entry gets.
+    pub fn with_defaults(model: &str) -> DeploymentSpec {
+        DeploymentSpec {
+            model: model.to_string(),
+            replicas: one(),
+            max_concurrency: default_concurrency(),
+            ttft_ms: default_ttft(),
+            ms_per_token: default_ms_per_token(),
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -441,9 +454,7 @@ impl<'a> Sim<'a> {
         let mut latencies = Vec::with_capacity(n);
         let (mut quality, mut cost, mut spills) = (0.0, 0.0, 0);
         for (r, &(at, p)) in self.trace.iter().enumerate() {
-            if self.dropped[r] {
-                continue;
-            }
+            // Dropped requests were never served.
             let Some((m, end)) = self.served[r] else {
                 continue;
             };
@@ -556,13 +567,7 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
             .iter()
             .find(|s| s.model == ds.models[m])
             .cloned()
-            .unwrap_or_else(|| DeploymentSpec {
-                model: ds.models[m].clone(),
-                replicas: 1,
-                max_concurrency: DEFAULT_MAX_CONCURRENCY,
-                ttft_ms: DEFAULT_TTFT_MS,
-                ms_per_token: DEFAULT_MS_PER_TOKEN,
-            })
+            .unwrap_or_else(|| DeploymentSpec::with_defaults(&ds.models[m]))
     };
     let specs: Vec<DeploymentSpec> = (0..nm).map(spec_of).collect();
     let mut dep_model = Vec::new();

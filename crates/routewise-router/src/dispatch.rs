@@ -372,7 +372,7 @@ impl Assigner for Sinkhorn {
         // is "left out" waits for the second pass, which fills the slots still free. The
         // order comes from prices, not from the plan's mass, so it is right even where
         // the scaling has not converged.
-        let priced = self.warm.clone();
+        let priced = &self.warm;
         let value = |i: usize, j: usize| {
             let u = if j == d { left_out } else { utility[i * d + j] };
             if u.is_finite() {
@@ -462,18 +462,18 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>]) {
     }
 }
 
-/// The total utility of an assignment (unassigned rows add nothing).
-pub fn total_utility(utility: &[f64], d: usize, out: &[Option<usize>]) -> f64 {
-    out.iter()
-        .enumerate()
-        .filter_map(|(i, j)| j.map(|j| utility[i * d + j]))
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The total utility of an assignment (unassigned rows add nothing).
+    fn total_utility(utility: &[f64], d: usize, out: &[Option<usize>]) -> f64 {
+        out.iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.map(|j| utility[i * d + j]))
+            .sum()
+    }
 
     fn feasible(out: &[Option<usize>], capacity: &[usize]) -> bool {
         let mut used = vec![0; capacity.len()];

@@ -52,6 +52,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The starting lambda when none is given (quality per USD).
+pub const DEFAULT_LAMBDA0: f64 = 100.0;
 /// `cost / target` is clipped at this (one expensive request does not swing lambda far).
 pub const CLIP: f64 = 4.0;
 /// The observed rate is trusted from this fraction of the period on.
@@ -130,7 +132,7 @@ pub const MIN_SEEN: usize = 20;
 impl Default for ResolvingConfig {
     fn default() -> Self {
         ResolvingConfig {
-            lambda0: 100.0,
+            lambda0: DEFAULT_LAMBDA0,
             window: WINDOW,
             min_seen: MIN_SEEN,
         }
@@ -301,21 +303,23 @@ impl BudgetPacer for Resolving {
             self.unrouted_spent += cost;
             self.unrouted_calls += 1;
         }
-        let remaining = self.budget - self.spent;
-        if remaining <= 0.0 {
-            // The budget is gone: only the cheapest answers from now on.
-            self.lambda = LAMBDA_MAX;
-            return;
-        }
         // The spend per request of any kind, then what is left of it for a routed one
         // once the unrouted share `f` of the calls, at their mean cost `u`, is paid:
         // f u + (1 - f) routed <= per request. Before `min_seen` unrouted calls their mean
         // is not trusted (one early call would say too much): they count in the spend and
         // in the rate of calls, not in the set-aside.
         let calls = self.requests + self.unrouted_calls;
-        let per_request =
-            target_per_request(remaining, calls.max(1), now_ms, self.start_ms, self.end_ms)
-                .unwrap_or(0.0);
+        let Some(per_request) = target_per_request(
+            self.budget - self.spent,
+            calls.max(1),
+            now_ms,
+            self.start_ms,
+            self.end_ms,
+        ) else {
+            // The budget is gone: only the cheapest answers from now on.
+            self.lambda = LAMBDA_MAX;
+            return;
+        };
         let target = if self.unrouted_calls >= self.cfg.min_seen as u64 && calls > 0 {
             let f = self.unrouted_calls as f64 / calls as f64;
             let u = self.unrouted_spent / self.unrouted_calls as f64;
@@ -353,7 +357,7 @@ impl Default for DualDescentConfig {
     fn default() -> Self {
         DualDescentConfig {
             step: 0.05,
-            lambda0: 100.0,
+            lambda0: DEFAULT_LAMBDA0,
             smoothing: 1.0,
         }
     }

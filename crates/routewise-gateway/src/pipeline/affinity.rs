@@ -56,9 +56,14 @@ struct Inner {
     order: VecDeque<(u64, u64)>,
 }
 
+/// Whether the queue item `(expires, key)` is still the key's entry.
+fn live(map: &HashMap<u64, (ModelId, u64)>, expires: u64, key: u64) -> bool {
+    map.get(&key).is_some_and(|v| v.1 == expires)
+}
+
 impl Inner {
     fn live(&self, expires: u64, key: u64) -> bool {
-        self.map.get(&key).is_some_and(|v| v.1 == expires)
+        live(&self.map, expires, key)
     }
 
     /// Drops the expired entries at the front (amortised O(1) per write).
@@ -128,20 +133,17 @@ impl Conversations {
         // Rewrites leave stale items: compact once they outnumber the live ones.
         if inner.order.len() > 2 * inner.map.len() + 1024 {
             let Inner { map, order } = &mut *inner;
-            order.retain(|&(e, k)| map.get(&k).is_some_and(|v| v.1 == e));
+            order.retain(|&(e, k)| live(map, e, k));
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .map
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

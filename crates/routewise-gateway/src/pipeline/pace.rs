@@ -55,7 +55,7 @@ use crate::pipeline::context::RequestContext;
 use crate::state::Gateway;
 
 /// The starting lambda when neither the key nor the config names one.
-pub const DEFAULT_LAMBDA: f64 = 100.0;
+pub const DEFAULT_LAMBDA: f64 = routewise_router::pacing::DEFAULT_LAMBDA0;
 
 /// One key's pacer for one period.
 #[derive(Debug)]

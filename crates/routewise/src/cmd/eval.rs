@@ -171,11 +171,7 @@ fn online(
     kinds: &[RouterKind],
     ds: &routewise_data::Dataset,
 ) -> anyhow::Result<ExitCode> {
-    let router = kinds
-        .iter()
-        .copied()
-        .find(|k| RouterKind::ALL_LEARNED.contains(k))
-        .unwrap_or(RouterKind::Knn);
+    let router = first_learned(kinds);
     let bandit: BanditConfig = match std::env::var("ROUTEWISE_BANDIT") {
         Ok(s) if !s.trim().is_empty() => {
             serde_json::from_str(&s).context("ROUTEWISE_BANDIT is not a valid bandit config")?
@@ -204,6 +200,15 @@ fn online(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first learned router of `--routers` (default knn): the one the stream replays use.
+fn first_learned(kinds: &[RouterKind]) -> RouterKind {
+    kinds
+        .iter()
+        .copied()
+        .find(|k| RouterKind::ALL_LEARNED.contains(k))
+        .unwrap_or(RouterKind::Knn)
+}
+
 /// `eval --pacing`.
 fn pacing(
     args: &Args,
@@ -216,11 +221,7 @@ fn pacing(
     if !(args.days > 0.0 && args.days <= 3660.0) {
         anyhow::bail!("--days must be in (0, 3660]");
     }
-    let router = kinds
-        .iter()
-        .copied()
-        .find(|k| RouterKind::ALL_LEARNED.contains(k))
-        .unwrap_or(RouterKind::Knn);
+    let router = first_learned(kinds);
     let opts = routewise_eval::pacing::PacingOptions {
         router,
         featurizer: args.featurizer.0,
@@ -315,11 +316,7 @@ fn affinity(
     {
         anyhow::bail!("--switch-margin must be >= 0");
     }
-    let router = kinds
-        .iter()
-        .copied()
-        .find(|k| RouterKind::ALL_LEARNED.contains(k))
-        .unwrap_or(RouterKind::Knn);
+    let router = first_learned(kinds);
     let opts = routewise_eval::affinity::AffinityOptions {
         router,
         featurizer: args.featurizer.0,
