@@ -26,6 +26,12 @@
 //!     quality_tier: 3            # optional: routes' `min_tier`, and `router.mode: rules`
 //!     private: false             # optional: may receive personal data (`pii: {action: restrict}`)
 //!     limits: {rpm: 500, tpm: 200000}  # optional: the provider's quota, kept below (see `models.rs`)
+//!     max_concurrency: 16        # optional: calls in flight at most
+//!   - name: llama-3-70b          # several deployments (replicas, or other providers of the model):
+//!     deployments:               # instead of base_url / api_key_env / limits / max_concurrency
+//!       - {name: gpu-a, base_url: http://10.0.0.1:8000/v1, max_concurrency: 8, weight: 1}
+//!       - {name: hosted, base_url: https://api.example.com/v1, api_key_env: HOSTED_KEY,
+//!          upstream_model: meta-llama/Llama-3-70b, limits: {rpm: 600}, weight: 0.5}
 //! limits: {max_body_bytes: 4194304, request_timeout_ms: 60000, max_attempts: 3, connect_timeout_ms: 5000,
 //!          header_timeout_ms: 10000, body_timeout_ms: 30000, idle_timeout_ms: 60000,
 //!          max_connections: 16384, max_connections_per_ip: 1024, max_in_flight: 4096,
@@ -43,6 +49,7 @@
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
 //! affinity: {ttl_s: 3600, switch_margin: 0.02, max_conversations: 100000}  # optional (see below)
+//! dispatch: {spill: true, queue_ms: 1000}   # when a model's deployments are all full
 //! ```
 //!
 //! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
@@ -51,7 +58,9 @@
 //! sets the detectors and the default action (`block | redact | restrict | tag`; `restrict`
 //! needs a model with `private: true`); `cache` the response cache
 //! ([`crate::pipeline::cache`]); `affinity` keeps a conversation on its model
-//! ([`crate::pipeline::affinity`]). `router.mode: rules` routes without an artifact: every
+//! ([`crate::pipeline::affinity`]); `dispatch` what a request does when every deployment of
+//! its model is at `max_concurrency` (pass it over for the next model in the ranking, or
+//! wait; at most `queue_ms` in all, see [`crate::pipeline::attempts`]). `router.mode: rules` routes without an artifact: every
 //! model needs a `price`, and `quality_tier` orders unmatched requests.
 //!
 //! `shadow` lists shadow routers: artifacts (relative to this file) that decide every
@@ -156,6 +165,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// Conversation affinity (`None`: off).
     pub affinity: Option<AffinityConfig>,
+    /// What a request does when its model's deployments are full.
+    pub dispatch: DispatchConfig,
     /// Who may call the gateway.
     pub auth: AuthConfig,
     /// Settings that are accepted but deprecated (logged at start, shown by
@@ -353,15 +364,10 @@ impl Price {
 pub struct ModelConfig {
     pub name: String,
     pub provider: Provider,
-    /// Base URL without a trailing slash (`http://host:port/v1`); empty for `replay`.
-    pub base_url: String,
-    /// The provider's chat endpoint under `base_url`, parsed once.
-    pub endpoint: Option<reqwest::Url>,
-    pub api_key_env: Option<String>,
-    pub api_key: Option<Secret>,
-    /// The header carrying the key (`Authorization: Bearer ...` or `x-api-key`), marked
-    /// sensitive.
-    pub auth: Option<(HeaderName, HeaderValue)>,
+    /// Where the model is served: one deployment for a model with a top-level `base_url`
+    /// (or a `replay` model), else `deployments:` in order (at least one).
+    pub deployments: Vec<DeploymentConfig>,
+    /// The model name sent upstream unless a deployment names its own.
     pub upstream_model: String,
     pub price: Option<Price>,
     pub context_window: Option<u64>,
@@ -375,8 +381,52 @@ pub struct ModelConfig {
     /// Self-hosted (or otherwise trusted with personal data): where `pii: {action:
     /// restrict}` sends requests with findings.
     pub private: bool,
-    /// The provider's requests and tokens per minute for this model.
+}
+
+/// One place a model is served (`models[].deployments[]`, or the model's own `base_url`):
+/// a replica or another provider of the same model.
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    /// Its name in metrics and logs: `name`, else the URL's `host:port` (`replay` for the
+    /// demo provider); unique within the model.
+    pub name: String,
+    /// Base URL without a trailing slash (`http://host:port/v1`); empty for `replay`.
+    pub base_url: String,
+    /// The provider's chat endpoint under `base_url`, parsed once.
+    pub endpoint: Option<reqwest::Url>,
+    pub api_key_env: Option<String>,
+    pub api_key: Option<Secret>,
+    /// The header carrying the key (`Authorization: Bearer ...` or `x-api-key`), marked
+    /// sensitive.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    /// The model name sent to this deployment.
+    pub upstream_model: String,
+    /// The provider's requests and tokens per minute at this deployment.
     pub limits: Option<ModelLimits>,
+    /// Calls in flight at most (`None`: no cap).
+    pub max_concurrency: Option<u32>,
+    /// Its share of the traffic when the deployments are equally fast (> 0).
+    pub weight: f64,
+}
+
+/// `dispatch:`: what a request does when the deployments of its model are at their
+/// `max_concurrency` ([`crate::pipeline::attempts`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DispatchConfig {
+    /// Pass a full model over for the next in the ranking (true), or wait for it first.
+    pub spill: bool,
+    /// How long a request waits for a free slot before it moves on (or, when every
+    /// candidate is full, before it is refused with 503).
+    pub queue_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            spill: true,
+            queue_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -662,6 +712,41 @@ struct RawModel {
     private: Option<bool>,
     #[serde(default)]
     limits: Option<ModelLimits>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    weight: Option<f64>,
+    #[serde(default)]
+    deployments: Option<Vec<RawDeployment>>,
+}
+
+/// `models[].deployments[]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
+    limits: Option<ModelLimits>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    #[serde(default)]
+    spill: Option<bool>,
+    #[serde(default)]
+    queue_ms: Option<u64>,
 }
 
 /// `models[].limits`: the provider's quota for this model, which routewise keeps below
@@ -738,7 +823,7 @@ struct RawDecisionLog {
 
 const TOP_KEYS: &[&str] = &[
     "listen", "router", "models", "limits", "cooldown", "log", "bandit", "state", "shadow",
-    "routes", "pii", "cache", "auth", "affinity",
+    "routes", "pii", "cache", "auth", "affinity", "dispatch",
 ];
 
 #[derive(Deserialize)]
@@ -1003,6 +1088,7 @@ pub fn parse(
     let (routes, pii) = v.signals(map.get("routes"), map.get("pii"), &models);
     let cache = v.cache(map.get("cache"));
     let affinity = v.affinity(map.get("affinity"));
+    let dispatch = v.dispatch(map.get("dispatch"));
     let auth = v.auth(map.get("auth"));
     if !v.issues.is_empty() {
         let mut issues = v.issues;
@@ -1030,6 +1116,7 @@ pub fn parse(
         pii,
         cache,
         affinity,
+        dispatch,
         auth,
         warnings,
     })
@@ -1110,6 +1197,25 @@ impl Validator<'_> {
             switch_margin,
             max_conversations,
         })
+    }
+
+    /// `dispatch:`, checked.
+    fn dispatch(&mut self, raw: Option<&Value>) -> DispatchConfig {
+        let Some(raw) = self.section::<RawDispatch>(raw, "dispatch") else {
+            return DispatchConfig::default();
+        };
+        let d = DispatchConfig::default();
+        let queue_ms = raw.queue_ms.unwrap_or(d.queue_ms);
+        if queue_ms > 60_000 {
+            self.issue(
+                "dispatch.queue_ms",
+                format!("must be in 0..=60000, found {queue_ms}"),
+            );
+        }
+        DispatchConfig {
+            spill: raw.spill.unwrap_or(d.spill),
+            queue_ms,
+        }
     }
 
     /// `cache:`, checked.
@@ -1602,6 +1708,149 @@ impl Validator<'_> {
                 Provider::OpenAi
             }
         };
+        let upstream_model = raw.upstream_model.unwrap_or_else(|| raw.name.clone());
+        let deployments = match raw.deployments {
+            None => {
+                let own = RawDeployment {
+                    name: None,
+                    base_url: raw.base_url,
+                    api_key_env: raw.api_key_env,
+                    upstream_model: None,
+                    limits: raw.limits,
+                    max_concurrency: raw.max_concurrency,
+                    weight: raw.weight,
+                };
+                self.deployment(own, provider, &upstream_model, path)
+                    .into_iter()
+                    .collect()
+            }
+            Some(list) => {
+                for (field, set) in [
+                    ("base_url", raw.base_url.is_some()),
+                    ("api_key_env", raw.api_key_env.is_some()),
+                    ("limits", raw.limits.is_some()),
+                    ("max_concurrency", raw.max_concurrency.is_some()),
+                    ("weight", raw.weight.is_some()),
+                ] {
+                    if set {
+                        self.issue(
+                            &format!("{path}.{field}"),
+                            "a model with `deployments` sets this per deployment",
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    self.issue(
+                        &format!("{path}.deployments"),
+                        "give at least one deployment (or leave the list out and set base_url)",
+                    );
+                }
+                if !provider.needs_url() && !list.is_empty() {
+                    self.issue(
+                        &format!("{path}.deployments"),
+                        format!("a {} model has no deployments", provider.name()),
+                    );
+                }
+                let mut out: Vec<DeploymentConfig> = Vec::with_capacity(list.len());
+                for (j, d) in list.into_iter().enumerate() {
+                    let dpath = format!("{path}.deployments[{j}]");
+                    if let Some(d) = self.deployment(d, provider, &upstream_model, &dpath) {
+                        if out.iter().any(|o| o.name == d.name) {
+                            self.issue(
+                                &format!("{dpath}.name"),
+                                format!(
+                                    "`{}` names another deployment of this model: give each a distinct name",
+                                    d.name
+                                ),
+                            );
+                        }
+                        out.push(d);
+                    }
+                }
+                out
+            }
+        };
+        if raw.anthropic_version.is_some() && provider != Provider::Anthropic {
+            self.issue(
+                &format!("{path}.anthropic_version"),
+                "only the anthropic provider takes an anthropic_version",
+            );
+        }
+        if let Some(v) = &raw.anthropic_version {
+            if HeaderValue::from_str(v).is_err() || v.is_empty() {
+                self.issue(
+                    &format!("{path}.anthropic_version"),
+                    format!("`{v}` is not a valid header value"),
+                );
+            }
+        }
+        if raw.max_tokens == Some(0) {
+            self.issue(&format!("{path}.max_tokens"), "must be > 0");
+        }
+        if let Some(p) = raw.price {
+            for (field, x) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+                (
+                    "cached_input_per_mtok",
+                    p.cached_input_per_mtok.unwrap_or(0.0),
+                ),
+            ] {
+                if !x.is_finite() || x < 0.0 {
+                    self.issue(
+                        &format!("{path}.price.{field}"),
+                        format!("must be finite and >= 0, found {x}"),
+                    );
+                }
+            }
+            if let Some(c) = p.cached_input_per_mtok {
+                if c > p.input_per_mtok {
+                    self.issue(
+                        &format!("{path}.price.cached_input_per_mtok"),
+                        format!(
+                            "a cached prompt costs at most the input price ({}), found {c}",
+                            p.input_per_mtok
+                        ),
+                    );
+                }
+            }
+        }
+        if raw.context_window == Some(0) {
+            self.issue(&format!("{path}.context_window"), "must be > 0");
+        }
+        if raw.quality_tier == Some(0) {
+            self.issue(
+                &format!("{path}.quality_tier"),
+                "must be a positive integer (higher is better)",
+            );
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        Some(ModelConfig {
+            upstream_model,
+            name: raw.name,
+            provider,
+            deployments,
+            price: raw.price,
+            context_window: raw.context_window,
+            max_tokens: raw.max_tokens,
+            anthropic_version: raw.anthropic_version,
+            quality_tier: raw.quality_tier,
+            private: raw.private.unwrap_or(false),
+        })
+    }
+
+    /// One deployment of a `provider` model at `path` (the model's own fields, or
+    /// `models[i].deployments[j]`), checked.
+    fn deployment(
+        &mut self,
+        raw: RawDeployment,
+        provider: Provider,
+        upstream_model: &str,
+        path: &str,
+    ) -> Option<DeploymentConfig> {
+        let before = self.issues.len();
         let (base_url, endpoint) = match (provider.needs_url(), raw.base_url) {
             (true, None) => {
                 self.issue(
@@ -1665,60 +1914,6 @@ impl Validator<'_> {
                 }
             },
         };
-        if raw.anthropic_version.is_some() && provider != Provider::Anthropic {
-            self.issue(
-                &format!("{path}.anthropic_version"),
-                "only the anthropic provider takes an anthropic_version",
-            );
-        }
-        if let Some(v) = &raw.anthropic_version {
-            if HeaderValue::from_str(v).is_err() || v.is_empty() {
-                self.issue(
-                    &format!("{path}.anthropic_version"),
-                    format!("`{v}` is not a valid header value"),
-                );
-            }
-        }
-        if raw.max_tokens == Some(0) {
-            self.issue(&format!("{path}.max_tokens"), "must be > 0");
-        }
-        if let Some(p) = raw.price {
-            for (field, x) in [
-                ("input_per_mtok", p.input_per_mtok),
-                ("output_per_mtok", p.output_per_mtok),
-                (
-                    "cached_input_per_mtok",
-                    p.cached_input_per_mtok.unwrap_or(0.0),
-                ),
-            ] {
-                if !x.is_finite() || x < 0.0 {
-                    self.issue(
-                        &format!("{path}.price.{field}"),
-                        format!("must be finite and >= 0, found {x}"),
-                    );
-                }
-            }
-            if let Some(c) = p.cached_input_per_mtok {
-                if c > p.input_per_mtok {
-                    self.issue(
-                        &format!("{path}.price.cached_input_per_mtok"),
-                        format!(
-                            "a cached prompt costs at most the input price ({}), found {c}",
-                            p.input_per_mtok
-                        ),
-                    );
-                }
-            }
-        }
-        if raw.context_window == Some(0) {
-            self.issue(&format!("{path}.context_window"), "must be > 0");
-        }
-        if raw.quality_tier == Some(0) {
-            self.issue(
-                &format!("{path}.quality_tier"),
-                "must be a positive integer (higher is better)",
-            );
-        }
         if let Some(l) = raw.limits {
             if l.rpm == Some(0) || l.tpm == Some(0) {
                 self.issue(
@@ -1730,25 +1925,48 @@ impl Validator<'_> {
                 self.issue(&format!("{path}.limits"), "give rpm, tpm or both");
             }
         }
+        if raw.max_concurrency == Some(0) {
+            self.issue(
+                &format!("{path}.max_concurrency"),
+                "must be > 0 (leave it out for no cap)",
+            );
+        }
+        let weight = raw.weight.unwrap_or(1.0);
+        if !(weight.is_finite() && weight > 0.0) {
+            self.issue(
+                &format!("{path}.weight"),
+                format!("must be finite and > 0, found {weight}"),
+            );
+        }
+        if let Some(n) = &raw.name {
+            if n.trim().is_empty() {
+                self.issue(&format!("{path}.name"), "must not be empty");
+            }
+        }
         if self.issues.len() > before {
             return None;
         }
-        Some(ModelConfig {
-            upstream_model: raw.upstream_model.unwrap_or_else(|| raw.name.clone()),
-            name: raw.name,
-            provider,
+        let name = raw.name.unwrap_or_else(|| match &endpoint {
+            Some(u) => match (u.host_str(), u.port_or_known_default()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => base_url.clone(),
+            },
+            None => provider.name().to_string(),
+        });
+        Some(DeploymentConfig {
+            name,
             base_url,
             endpoint,
             api_key_env: raw.api_key_env,
             api_key,
             auth,
-            price: raw.price,
-            context_window: raw.context_window,
-            max_tokens: raw.max_tokens,
-            anthropic_version: raw.anthropic_version,
-            quality_tier: raw.quality_tier,
-            private: raw.private.unwrap_or(false),
+            upstream_model: raw
+                .upstream_model
+                .unwrap_or_else(|| upstream_model.to_string()),
             limits: raw.limits,
+            max_concurrency: raw.max_concurrency,
+            weight,
         })
     }
 }
@@ -1946,9 +2164,19 @@ limits: {max_attempts: 2}
         let c = p(GOOD, &[]).unwrap();
         assert_eq!(c.listen.port(), 8081);
         assert_eq!(c.router.policy, Policy::Lambda(0.5));
-        assert_eq!(c.models[0].base_url, "http://127.0.0.1:9001/v1");
+        assert_eq!(
+            c.models[0].deployments[0].base_url,
+            "http://127.0.0.1:9001/v1"
+        );
         assert_eq!(c.models[0].upstream_model, "a");
-        assert_eq!(c.models[0].api_key.as_ref().unwrap().expose(), "sk-secret");
+        assert_eq!(
+            c.models[0].deployments[0]
+                .api_key
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "sk-secret"
+        );
         assert_eq!(c.models[1].provider, Provider::Replay);
         assert_eq!(c.limits.max_attempts, 2);
         assert_eq!(c.limits.max_body_bytes, 4 * 1024 * 1024);
@@ -2007,7 +2235,7 @@ bogus: 1
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.router.policy, Policy::BudgetUsd(0.002));
         assert_eq!(c.limits.max_attempts, 5);
-        assert_eq!(c.models[0].base_url, "http://10.0.0.1:1/v1");
+        assert_eq!(c.models[0].deployments[0].base_url, "http://10.0.0.1:1/v1");
         let e = p(GOOD, &[("ROUTEWISE_MODELS__7__NAME", "x")])
             .unwrap_err()
             .to_string();
@@ -2016,6 +2244,86 @@ bogus: 1
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn deployments_are_read_in_order_with_their_own_url_key_and_cap() {
+        let text = GOOD.replace(
+            "  - name: b\n",
+            "  - name: c\n    upstream_model: up-c\n    deployments:\n      \
+             - {base_url: 'http://10.0.0.1:8000/v1', max_concurrency: 8}\n      \
+             - {name: hosted, base_url: 'https://api.example.com/v1', api_key_env: KEY_A, \
+             upstream_model: vendor/c, limits: {rpm: 60}, weight: 0.5}\n  - name: b\n",
+        ) + "dispatch: {spill: false, queue_ms: 250}\n";
+        let c = p(&text, &[]).unwrap();
+        let m = &c.models[1];
+        assert_eq!(m.deployments.len(), 2);
+        let (d0, d1) = (&m.deployments[0], &m.deployments[1]);
+        assert_eq!(
+            (
+                d0.name.as_str(),
+                d0.upstream_model.as_str(),
+                d0.max_concurrency
+            ),
+            ("10.0.0.1:8000", "up-c", Some(8))
+        );
+        assert!(d0.api_key.is_none() && d0.weight == 1.0);
+        assert_eq!(
+            (d1.name.as_str(), d1.upstream_model.as_str(), d1.weight),
+            ("hosted", "vendor/c", 0.5)
+        );
+        assert_eq!(d1.api_key.as_ref().unwrap().expose(), "sk-secret");
+        assert_eq!(d1.limits.unwrap().rpm, Some(60));
+        assert_eq!(
+            c.dispatch,
+            DispatchConfig {
+                spill: false,
+                queue_ms: 250
+            }
+        );
+        // A single base_url is one deployment named after its host; replay is one too.
+        let c = p(GOOD, &[]).unwrap();
+        assert_eq!(c.models[0].deployments[0].name, "127.0.0.1:9001");
+        assert_eq!(c.models[1].deployments[0].name, "replay");
+        assert_eq!(c.dispatch, DispatchConfig::default());
+    }
+
+    #[test]
+    fn deployment_mistakes_are_reported_at_their_paths() {
+        let text = GOOD.replace(
+            "  - name: b\n",
+            "  - name: c\n    base_url: http://x/v1\n    max_concurrency: 0\n    deployments:\n      \
+             - {name: d, base_url: 'http://10.0.0.1/v1', max_concurrency: 0, weight: 0}\n      \
+             - {name: d, base_url: 'http://10.0.0.2/v1', colour: red}\n      \
+             - {name: e, base_url: 'http://10.0.0.3/v1', api_key_env: NOPE}\n  \
+             - {name: f, deployments: []}\n  \
+             - {name: g, provider: replay, deployments: [{name: x}]}\n  - name: b\n",
+        ) + "dispatch: {queue_ms: 100000}\n";
+        let e = p(&text, &[]).unwrap_err().to_string();
+        for want in [
+            "gw.yaml: models[1].base_url: a model with `deployments` sets this per deployment",
+            "gw.yaml: models[1].max_concurrency: a model with `deployments` sets this per deployment",
+            "gw.yaml: models[1].deployments[0].max_concurrency: must be > 0",
+            "gw.yaml: models[1].deployments[0].weight: must be finite and > 0, found 0",
+            "gw.yaml: models[1].deployments[1].colour: unknown field `colour`",
+            "gw.yaml: models[1].deployments[2].api_key_env: environment variable NOPE is not set",
+            "gw.yaml: models[2].deployments: give at least one deployment",
+            "gw.yaml: models[3].deployments: a replay model has no deployments",
+            "gw.yaml: dispatch.queue_ms: must be in 0..=60000, found 100000",
+        ] {
+            assert!(e.contains(want), "missing `{want}` in:\n{e}");
+        }
+        // Two deployments under one name.
+        let dup = GOOD.replace(
+            "  - name: b\n",
+            "  - name: c\n    deployments:\n      - {name: d, base_url: 'http://10.0.0.1/v1'}\n      \
+             - {name: d, base_url: 'http://10.0.0.2/v1'}\n  - name: b\n",
+        );
+        let e = p(&dup, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("models[1].deployments[1].name: `d` names another deployment"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2035,7 +2343,7 @@ bogus: 1
         let c = p(&ok, &[]).unwrap();
         assert_eq!(c.auth.mode, AuthMode::Keys);
         assert_eq!(
-            c.models[0].limits,
+            c.models[0].deployments[0].limits,
             Some(ModelLimits {
                 rpm: None,
                 tpm: Some(1000)

@@ -43,6 +43,10 @@ pub enum ApiError {
     /// The gateway is at `limits.max_in_flight`: try again shortly.
     #[error("the gateway is at its limit of {limit} requests in flight; retry shortly")]
     Overloaded { limit: usize },
+    /// Every deployment of every eligible model stayed at its `max_concurrency` for
+    /// `dispatch.queue_ms`: try again shortly.
+    #[error("{0}")]
+    AtCapacity(String),
     /// One client (IP) is at its share of requests in flight.
     #[error("too many requests in flight from this client (limit {limit}); retry shortly")]
     ClientLimit { limit: usize },
@@ -97,7 +101,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::AtCapacity(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -114,7 +120,9 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::UpstreamFailed(_) | ApiError::UpstreamTimeout(_) => "upstream_error",
-            ApiError::Overloaded { .. } | ApiError::AuthUnavailable => "server_error",
+            ApiError::Overloaded { .. } | ApiError::AtCapacity(_) | ApiError::AuthUnavailable => {
+                "server_error"
+            }
             ApiError::ClientLimit { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::BudgetExceeded(_) => "insufficient_quota",
             _ => "invalid_request_error",
@@ -141,6 +149,7 @@ impl ApiError {
             ApiError::UpstreamFailed(_) => Some("upstream_failed"),
             ApiError::UpstreamTimeout(_) => Some("upstream_timeout"),
             ApiError::Overloaded { .. } => Some("overloaded"),
+            ApiError::AtCapacity(_) => Some("at_capacity"),
             ApiError::ClientLimit { .. } => Some("client_limit"),
             ApiError::BodyTimeout { .. } => Some("body_timeout"),
             ApiError::RateLimited { .. } => Some("rate_limited"),
@@ -182,6 +191,7 @@ impl IntoResponse for ApiError {
         );
         match self {
             ApiError::Overloaded { .. }
+            | ApiError::AtCapacity(_)
             | ApiError::ClientLimit { .. }
             | ApiError::AuthUnavailable => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -29,6 +29,12 @@ struct ModelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    model: String,
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     model: String,
     outcome: &'static str,
@@ -127,6 +133,12 @@ struct Families {
     auth_failures: Family<ReasonLabel, Counter>,
     affinity: Family<VerdictLabel, Counter>,
     key_spend: KeySpend,
+    deployment_in_flight: Family<DeploymentLabels, Gauge>,
+    deployment_ttft: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    deployment_ms_per_token: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    deployment_errors: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    model_full: Family<ModelLabel, Counter>,
+    at_capacity: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -305,6 +317,42 @@ impl Metrics {
             "Spend settled on each virtual key's budget (by key name), USD",
             Family::<KeyLabel, Counter<f64, AtomicU64>>::default(),
         ));
+        let deployment_in_flight = reg(
+            r,
+            "deployment_in_flight",
+            "Calls in flight at each deployment of a model",
+            Family::<DeploymentLabels, Gauge>::default(),
+        );
+        let deployment_ttft = reg(
+            r,
+            "deployment_ttft_seconds",
+            "Moving average of each deployment's time to first token (streamed answers)",
+            Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default(),
+        );
+        let deployment_ms_per_token = reg(
+            r,
+            "deployment_seconds_per_output_token",
+            "Moving average of each deployment's time per output token",
+            Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default(),
+        );
+        let deployment_errors = reg(
+            r,
+            "deployment_error_rate",
+            "Moving average of each deployment's failed calls (0 to 1)",
+            Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default(),
+        );
+        let model_full = reg(
+            r,
+            "model_at_capacity",
+            "Times a request passed a model over because every deployment was at max_concurrency",
+            Family::<ModelLabel, Counter>::default(),
+        );
+        let at_capacity = reg(
+            r,
+            "requests_at_capacity",
+            "Requests refused with 503 at_capacity after waiting dispatch.queue_ms for a slot",
+            Counter::default(),
+        );
         let config_reloads = reg(
             r,
             "config_reloads",
@@ -343,6 +391,12 @@ impl Metrics {
             routes,
             cache,
             pii,
+            deployment_in_flight,
+            deployment_ttft,
+            deployment_ms_per_token,
+            deployment_errors,
+            model_full,
+            at_capacity,
             auth_failures,
             affinity,
             key_spend,
@@ -577,6 +631,53 @@ impl Metrics {
                 .get_or_create(&ModelLabel { model: m.clone() })
                 .set(0);
         }
+    }
+
+    /// Counts a model passed over because its deployments were full.
+    pub fn model_full(&self, model: &str) {
+        self.f
+            .model_full
+            .get_or_create(&ModelLabel {
+                model: model.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused because every candidate stayed full.
+    pub fn at_capacity(&self) {
+        self.f.at_capacity.inc();
+    }
+
+    /// Sets the gauges of deployment `deployment` of `model` (read at scrape time, `now_ms`
+    /// on the gateway's clock).
+    pub fn deployment(
+        &self,
+        model: &str,
+        deployment: &str,
+        load: &crate::pipeline::attempts::deploy::Load,
+        now_ms: u64,
+    ) {
+        let l = DeploymentLabels {
+            model: model.to_string(),
+            deployment: deployment.to_string(),
+        };
+        self.f
+            .deployment_in_flight
+            .get_or_create(&l)
+            .set(i64::from(load.in_flight()));
+        if let Some(t) = load.ttft_ms() {
+            self.f.deployment_ttft.get_or_create(&l).set(t / 1000.0);
+        }
+        if let Some(t) = load.ms_per_token() {
+            self.f
+                .deployment_ms_per_token
+                .get_or_create(&l)
+                .set(t / 1000.0);
+        }
+        self.f
+            .deployment_errors
+            .get_or_create(&l)
+            .set(load.error_rate(now_ms));
     }
 
     pub fn in_flight(&self) -> &Gauge {

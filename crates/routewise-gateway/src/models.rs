@@ -2,7 +2,9 @@
 //! [`ModelId`], the model's index in the deciding router's catalog, so a decision's
 //! ranking indexes the table directly. Each record holds everything an attempt needs:
 //! the provider (URL and auth parsed once, at config validation), the upstream model
-//! name, prices, context window and the model's circuit breaker.
+//! name, prices, context window and the model's circuit breaker, and its
+//! [`Deployment`]s: where it is served (replicas, or other providers of the same model),
+//! each with its provider, quota, concurrency cap, load statistics and breaker.
 //!
 //! Built by [`ModelTable::build`] from the validated config and the reconciled catalog
 //! (`routewise_router::Catalog::reconcile`), which already checked that the router and
@@ -12,11 +14,13 @@ use axum::http::{HeaderName, HeaderValue};
 use routewise_online::budget::{Buckets, Rate, RateLimited};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use routewise_router::Reconciled;
 
-use crate::config::{Config, Issue, ModelConfig, Price};
+use crate::config::{Config, DeploymentConfig, Issue, ModelConfig, Price};
 use crate::pipeline::attempts::cooldown::Breaker;
+use crate::pipeline::attempts::deploy::Load;
 use crate::pipeline::attempts::fallback::ContextWindows;
 use crate::upstream::anthropic::{self, Anthropic};
 use crate::upstream::client::{Endpoint, HttpClient};
@@ -46,20 +50,112 @@ pub struct Upstream {
     pub id: ModelId,
     pub name: String,
     pub kind: ProviderKind,
-    pub provider: Arc<dyn Provider>,
-    /// The model name sent upstream.
-    pub upstream_model: String,
-    /// Where it is served (`base_url`; empty for `replay`).
-    pub base_url: String,
     /// Configured prices, else the router catalog's.
     pub price: Price,
     pub context_window: Option<u64>,
-    /// Shared with the next configuration a reload installs while the model keeps its name
-    /// and `cooldown:` is unchanged ([`ModelTable::carry_from`]).
+    /// The model's breaker: consecutive failures over all its deployments. Shared with the
+    /// next configuration a reload installs while the model keeps its name and
+    /// deployments and `cooldown:` is unchanged ([`ModelTable::carry_from`]).
     pub breaker: Arc<Breaker>,
-    /// The provider's quota (`models[].limits`), kept in this instance (and across a
-    /// reload that keeps the model and its limits).
+    /// Where it is served, in the config's order (at least one).
+    pub deployments: Vec<Deployment>,
+    /// Woken when a slot at one of its deployments frees (requests queued for the model
+    /// wait on it); kept across a reload that keeps the model.
+    pub freed: Arc<tokio::sync::Notify>,
+}
+
+/// One place a model is served.
+#[derive(Debug)]
+pub struct Deployment {
+    /// Its name in metrics and logs (unique within the model).
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    /// The model name sent there.
+    pub upstream_model: String,
+    /// Where it is served (`base_url`; empty for `replay`).
+    pub base_url: String,
+    /// The provider's quota there (`limits`), kept in this instance (and across a reload
+    /// that keeps the deployment and its limits).
     pub quota: Option<Arc<Quota>>,
+    /// Calls in flight at most (`None`: no cap).
+    pub max_concurrency: Option<u32>,
+    pub weight: f64,
+    /// Calls in flight and the latency and error averages; kept across a reload that
+    /// keeps the deployment (its calls in flight hold it).
+    pub load: Arc<Load>,
+    /// This deployment's own breaker (which deployment of the model to try).
+    pub breaker: Arc<Breaker>,
+}
+
+impl Upstream {
+    /// USD cost of a call with this usage.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.price.input_per_mtok
+            + completion_tokens as f64 * self.price.output_per_mtok)
+            / 1e6
+    }
+
+    /// Takes a call slot at deployment `index` (never past its `max_concurrency`),
+    /// released when the slot drops.
+    pub fn try_slot(&self, index: usize) -> Option<Slot> {
+        let d = self.deployments.get(index)?;
+        d.load.try_acquire(d.max_concurrency).then(|| Slot {
+            load: Arc::clone(&d.load),
+            freed: Arc::clone(&self.freed),
+            model: self.id,
+            deployment: index,
+            call: None,
+        })
+    }
+
+    /// Whether some deployment has a free slot now.
+    pub fn has_room(&self) -> bool {
+        self.deployments
+            .iter()
+            .any(|d| d.load.has_room(d.max_concurrency))
+    }
+}
+
+/// A call slot at a deployment, held from the attempt until its answer ends; dropping it
+/// frees the slot and wakes one queued request.
+#[derive(Debug)]
+pub struct Slot {
+    load: Arc<Load>,
+    freed: Arc<tokio::sync::Notify>,
+    pub model: ModelId,
+    /// The deployment's index in its model's list.
+    pub deployment: usize,
+    /// When the call started, its time to the response head (ms) and whether it streams.
+    call: Option<(Instant, f64, bool)>,
+}
+
+impl Slot {
+    /// The slot of a call that started at `at`, whose head came after `head_ms`.
+    pub fn started(mut self, at: Instant, head_ms: f64, streamed: bool) -> Slot {
+        self.call = Some((at, head_ms, streamed));
+        self
+    }
+
+    /// Records a complete answer of `output_tokens` in the deployment's time per token.
+    pub fn complete(&self, output_tokens: Option<u64>) {
+        let (Some((at, head_ms, streamed)), Some(n)) = (self.call, output_tokens) else {
+            return;
+        };
+        let ms = if streamed {
+            at.elapsed().as_secs_f64() * 1000.0 - head_ms
+        } else {
+            head_ms
+        };
+        self.load.observe_generation(ms, n, !streamed);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.load.release();
+        // Everyone queued looks again (each checks for room itself).
+        self.freed.notify_waiters();
+    }
 }
 
 /// A model's quota as token buckets ([`routewise_online::budget::Buckets`]): this
@@ -128,15 +224,6 @@ impl Quota {
     }
 }
 
-impl Upstream {
-    /// USD cost of a call with this usage.
-    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.price.input_per_mtok
-            + completion_tokens as f64 * self.price.output_per_mtok)
-            / 1e6
-    }
-}
-
 /// Every served model, in catalog order.
 #[derive(Debug)]
 pub struct ModelTable {
@@ -164,34 +251,48 @@ impl ModelTable {
             let Some(m) = config.models.get(entry) else {
                 continue;
             };
-            let provider = match provider(m, client, replay.as_ref()) {
-                Ok(p) => p,
-                Err(message) => {
-                    issues.push(Issue {
+            let breaker = || {
+                Arc::new(Breaker::new(
+                    config.cooldown.failures,
+                    (config.cooldown.seconds * 1000.0) as u64,
+                ))
+            };
+            let mut deployments = Vec::with_capacity(m.deployments.len());
+            for d in &m.deployments {
+                match provider(m, d, client, replay.as_ref()) {
+                    Ok(provider) => deployments.push(Deployment {
+                        name: d.name.clone(),
+                        provider,
+                        upstream_model: d.upstream_model.clone(),
+                        base_url: d.base_url.clone(),
+                        quota: d.limits.map(|l| Arc::new(Quota::new(l.rpm, l.tpm))),
+                        max_concurrency: d.max_concurrency,
+                        weight: d.weight,
+                        load: Arc::new(Load::default()),
+                        breaker: breaker(),
+                    }),
+                    Err(message) => issues.push(Issue {
                         path: format!("models[{entry}].provider"),
                         message,
-                    });
-                    continue;
+                    }),
                 }
-            };
+            }
+            if deployments.len() != m.deployments.len() {
+                continue;
+            }
             models.push(Upstream {
                 id: ModelId::from_index(ci),
                 name: m.name.clone(),
                 kind: m.provider,
-                provider,
-                upstream_model: m.upstream_model.clone(),
-                base_url: m.base_url.clone(),
+                deployments,
                 price: m.price.unwrap_or(Price {
                     input_per_mtok: info.input_per_mtok,
                     output_per_mtok: info.output_per_mtok,
                     cached_input_per_mtok: None,
                 }),
                 context_window: m.context_window,
-                breaker: Arc::new(Breaker::new(
-                    config.cooldown.failures,
-                    (config.cooldown.seconds * 1000.0) as u64,
-                )),
-                quota: m.limits.map(|l| Arc::new(Quota::new(l.rpm, l.tpm))),
+                breaker: breaker(),
+                freed: Arc::new(tokio::sync::Notify::new()),
             });
         }
         if !issues.is_empty() {
@@ -212,28 +313,43 @@ impl ModelTable {
     }
 
     /// Takes over the run-time state of `old` (the configuration a reload replaces) for
-    /// every model kept by name at the same place (provider, `base_url`, upstream model):
-    /// its quota buckets when its limits are unchanged, and, with `breakers` (an unchanged
-    /// `cooldown:`), its circuit breaker, so a reload neither forgets a model's failures
-    /// nor hands it a fresh quota. A model moved elsewhere starts afresh (a reload that
-    /// fixes a wrong URL does not leave it cooling down).
+    /// every deployment kept by model and deployment name at the same place (provider,
+    /// `base_url`, upstream model): its calls in flight and latency averages, its quota
+    /// buckets when its limits are unchanged, and, with `breakers` (an unchanged
+    /// `cooldown:`), its circuit breaker; the model's breaker too when all its deployments
+    /// are kept. So a reload neither forgets failures, nor hands out a fresh quota, nor
+    /// lets a deployment past its `max_concurrency`. A deployment moved elsewhere starts
+    /// afresh (a reload that fixes a wrong URL does not leave it cooling down).
     pub fn carry_from(&mut self, old: &ModelTable, breakers: bool) {
         for u in &mut self.models {
             let Some(prev) = old.by_name(&u.name).map(|id| old.get(id)) else {
                 continue;
             };
-            if (prev.kind, &prev.base_url, &prev.upstream_model)
-                != (u.kind, &u.base_url, &u.upstream_model)
-            {
+            if prev.kind != u.kind {
                 continue;
             }
-            if breakers {
-                u.breaker = Arc::clone(&prev.breaker);
-            }
-            if let (Some(q), Some(p)) = (&u.quota, &prev.quota) {
-                if (q.rpm, q.tpm) == (p.rpm, p.tpm) {
-                    u.quota = Some(Arc::clone(p));
+            u.freed = Arc::clone(&prev.freed);
+            let mut all_kept = prev.deployments.len() == u.deployments.len();
+            for d in &mut u.deployments {
+                let Some(p) = prev.deployments.iter().find(|p| {
+                    (&p.name, &p.base_url, &p.upstream_model)
+                        == (&d.name, &d.base_url, &d.upstream_model)
+                }) else {
+                    all_kept = false;
+                    continue;
+                };
+                d.load = Arc::clone(&p.load);
+                if breakers {
+                    d.breaker = Arc::clone(&p.breaker);
                 }
+                if let (Some(q), Some(pq)) = (&d.quota, &p.quota) {
+                    if (q.rpm, q.tpm) == (pq.rpm, pq.tpm) {
+                        d.quota = Some(Arc::clone(pq));
+                    }
+                }
+            }
+            if breakers && all_kept {
+                u.breaker = Arc::clone(&prev.breaker);
             }
         }
     }
@@ -288,15 +404,16 @@ impl ContextWindows for ModelTable {
     }
 }
 
-/// The provider that reaches `m`.
+/// The provider that reaches `m` at deployment `d`.
 fn provider(
     m: &ModelConfig,
+    d: &DeploymentConfig,
     client: &HttpClient,
     replay: Option<&Arc<Replay>>,
 ) -> Result<Arc<dyn Provider>, String> {
-    let redactor = || Redactor::new(m.api_key.as_ref().map(|k| k.expose()));
+    let redactor = || Redactor::new(d.api_key.as_ref().map(|k| k.expose()));
     let endpoint = || {
-        m.endpoint
+        d.endpoint
             .as_ref()
             .ok_or_else(|| format!("`{}` has no endpoint", m.name))
             .and_then(Endpoint::new)
@@ -305,7 +422,7 @@ fn provider(
         ProviderKind::OpenAi => Arc::new(OpenAi::new(
             client.clone(),
             endpoint()?,
-            m.auth.clone(),
+            d.auth.clone(),
             redactor(),
         )),
         ProviderKind::Anthropic => {
@@ -318,7 +435,7 @@ fn provider(
             Arc::new(Anthropic::new(
                 client.clone(),
                 endpoint()?,
-                m.auth.clone(),
+                d.auth.clone(),
                 version,
                 m.max_tokens.unwrap_or(anthropic::DEFAULT_MAX_TOKENS),
                 redactor(),

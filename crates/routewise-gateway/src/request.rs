@@ -9,7 +9,8 @@
 //! `routewise_router::Policy` like the config's, and the cascade switch
 //! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
 //! "number"}` to override the configured cascade), and the cache switch (`{"routewise":
-//! {"cache": false}}`). The `routewise` key is stripped before
+//! {"cache": false}}`), and the latency objective (`x-routewise-slo-ms`, a positive
+//! number of milliseconds). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
 //! Forwarding: when routewise changes nothing but `model` (no `routewise` key, no key
@@ -40,6 +41,9 @@ use crate::error::ApiError;
 pub const LAMBDA_HEADER: &str = "x-routewise-lambda";
 /// Header giving a per-request budget in USD.
 pub const BUDGET_HEADER: &str = "x-routewise-budget-usd";
+/// Header giving the request's latency objective in milliseconds: deployments expected to
+/// take longer to the first token are passed over.
+pub const SLO_HEADER: &str = "x-routewise-slo-ms";
 
 /// A validated chat-completions request.
 #[derive(Debug, Clone)]
@@ -63,6 +67,8 @@ pub struct ChatRequest {
     pub prompt_tokens: u64,
     /// `max_tokens` or `max_completion_tokens`, if given.
     pub max_tokens: Option<u64>,
+    /// The time-to-first-token objective (`x-routewise-slo-ms`), if given.
+    pub slo_ms: Option<u64>,
     /// The body's size as received: a bound on its input tokens (a token spans at least
     /// one byte), images and tool definitions included.
     pub body_bytes: u64,
@@ -288,6 +294,7 @@ pub fn parse(
         prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
         max_tokens,
         body_bytes: body.len() as u64,
+        slo_ms: slo_header(headers)?,
         prompt,
         rest,
         original: match model_span {
@@ -569,6 +576,20 @@ fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
         _ => Err(bad(
             "",
             "must be true, false or {\"min_agree\": n, \"extractor\": \"choice\"}",
+        )),
+    }
+}
+
+/// `x-routewise-slo-ms`: a positive whole number of milliseconds.
+fn slo_header(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(SLO_HEADER) else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()) {
+        Some(ms) if ms > 0 => Ok(Some(ms)),
+        _ => Err(ApiError::bad_request(
+            format!("header `{SLO_HEADER}`: must be a positive whole number of milliseconds"),
+            Some(SLO_HEADER),
         )),
     }
 }

@@ -478,19 +478,30 @@ impl Gateway {
         &self.decider.catalog().models[known.min(self.decider.catalog().len())..]
     }
 
-    /// Records a successful attempt on `m` that started at `started_ms` (the breakers'
-    /// clock): closes its breaker unless it opened since, and clears its cooldown gauge
-    /// when it had failures.
-    pub fn record_success(&self, m: ModelId, started_ms: u64) {
-        if self.upstreams.get(m).breaker.success_since(started_ms) {
+    /// Records a successful attempt on deployment `d` of `m` that started at `started_ms`
+    /// (the breakers' clock): closes the model's and the deployment's breakers unless they
+    /// opened since, and clears the model's cooldown gauge when it had failures.
+    pub fn record_success(&self, m: ModelId, d: usize, started_ms: u64) {
+        let up = self.upstreams.get(m);
+        if let Some(dep) = up.deployments.get(d) {
+            dep.breaker.success_since(started_ms);
+            dep.load.observe_outcome(true, self.now_ms());
+        }
+        if up.breaker.success_since(started_ms) {
             self.metrics.cooldown(m.index(), false);
         }
     }
 
-    /// Records a failed attempt on `m`; returns true when this failure opened its breaker
-    /// (then also counted in the cooldown metrics).
-    pub fn record_failure(&self, m: ModelId) -> bool {
-        let opened = self.upstreams.get(m).breaker.failure(self.now_ms());
+    /// Records a failed attempt on deployment `d` of `m`; returns true when this failure
+    /// opened the model's breaker (then also counted in the cooldown metrics).
+    pub fn record_failure(&self, m: ModelId, d: usize) -> bool {
+        let now = self.now_ms();
+        let up = self.upstreams.get(m);
+        if let Some(dep) = up.deployments.get(d) {
+            dep.breaker.failure(now);
+            dep.load.observe_outcome(false, now);
+        }
+        let opened = up.breaker.failure(now);
         if opened {
             self.metrics.cooldown(m.index(), true);
         }

@@ -258,6 +258,45 @@ async fn a_file_unchanged_is_not_rebuilt_and_a_setting_fixed_at_start_is_refused
 }
 
 #[tokio::test]
+async fn a_kept_deployment_keeps_its_calls_in_flight_so_a_reload_never_lifts_its_cap() {
+    let mock = MockUpstream::start().await.unwrap();
+    let base = mock.base_url();
+    let capped = yaml(&base, 0.0, "").replace(
+        "upstream_model: up-a}",
+        "upstream_model: up-a, max_concurrency: 1}",
+    );
+    let gw = serve(&capped).await;
+    let old = gw.live.current();
+    let a = old.upstreams.by_name("a").unwrap();
+    // A call in flight at a's only deployment, held across the reload.
+    let slot = old.upstreams.get(a).try_slot(0).expect("a free slot");
+    assert!(old.upstreams.get(a).try_slot(0).is_none(), "capped at one");
+    gw.write(&capped.replace("lambda: 0", "lambda: 0.001"));
+    assert_eq!(gw.reload().await.0, 200);
+    let new = gw.live.current();
+    assert_eq!(new.generation, 1);
+    let a = new.upstreams.by_name("a").unwrap();
+    assert!(
+        new.upstreams.get(a).try_slot(0).is_none(),
+        "the old generation's call still counts"
+    );
+    drop(slot);
+    assert!(new.upstreams.get(a).try_slot(0).is_some());
+    // A deployment moved elsewhere starts afresh.
+    let moved = capped.replace(
+        &format!("{{name: a, base_url: \"{base}\""),
+        &format!("{{name: a, base_url: \"{base}x\""),
+    );
+    assert_ne!(moved, capped);
+    let _held = new.upstreams.get(a).try_slot(0).unwrap();
+    gw.write(&moved);
+    assert_eq!(gw.reload().await.0, 200);
+    let newer = gw.live.current();
+    let a = newer.upstreams.by_name("a").unwrap();
+    assert!(newer.upstreams.get(a).try_slot(0).is_some());
+}
+
+#[tokio::test]
 async fn a_kept_model_keeps_its_breaker_and_quota_and_a_new_price_applies() {
     let mock = MockUpstream::start().await.unwrap();
     let base = mock.base_url();
@@ -269,9 +308,9 @@ async fn a_kept_model_keeps_its_breaker_and_quota_and_a_new_price_applies() {
     let gw = serve(&with_limits).await;
     let old = gw.live.current();
     let a = old.upstreams.by_name("a").unwrap();
-    assert!(old.record_failure(a), "one failure opens a's breaker");
+    assert!(old.record_failure(a, 0), "one failure opens a's breaker");
     let b = old.upstreams.by_name("b").unwrap();
-    let quota = old.upstreams.get(b).quota.as_ref().unwrap();
+    let quota = old.upstreams.get(b).deployments[0].quota.as_ref().unwrap();
     for _ in 0..5 {
         quota.take(1, old.now_ms()).unwrap();
     }
@@ -297,7 +336,7 @@ async fn a_kept_model_keeps_its_breaker_and_quota_and_a_new_price_applies() {
     let a = new.upstreams.by_name("a").unwrap();
     assert!(new.upstreams.get(a).breaker.is_open(new.now_ms()));
     let b = new.upstreams.by_name("b").unwrap();
-    let quota = new.upstreams.get(b).quota.as_ref().unwrap();
+    let quota = new.upstreams.get(b).deployments[0].quota.as_ref().unwrap();
     assert!(quota.take(1, new.now_ms()).is_err(), "b's quota is spent");
     let c = new.upstreams.by_name("c").unwrap();
     assert_eq!(new.upstreams.get(c).price.input_per_mtok, 9.0);
@@ -455,7 +494,7 @@ async fn regression_the_cooldown_gauge_follows_the_breakers_a_reload_installs() 
     let gw = serve(&yaml(&base, 0.0, "cooldown: {failures: 1, seconds: 600}\n")).await;
     let old = gw.live.current();
     for name in ["a", "b"] {
-        assert!(old.record_failure(old.upstreams.by_name(name).unwrap()));
+        assert!(old.record_failure(old.upstreams.by_name(name).unwrap(), 0));
     }
     drop(old);
     let gauge = |metrics: &str, model: &str| {

@@ -29,8 +29,10 @@
 //! config file alone can make the mock binary misbehave. Anything else answers normally.
 //!
 //! The mock records what it saw (hits per model, request bodies and `Authorization`
-//! headers when recording is on) and counts responses that were abandoned before they
-//! finished (`cancelled`): the observable effect of a client disconnect.
+//! headers when recording is on), counts responses that were abandoned before they
+//! finished (`cancelled`: the observable effect of a client disconnect), and the requests
+//! it is answering at once and their peak (`in_flight`, `peak_in_flight`: what a
+//! concurrency cap in front of it is checked against).
 //!
 //! [`redis::RedisServer`] launches a throwaway `redis-server` for tests of shared state.
 
@@ -193,6 +195,8 @@ pub struct MockState {
     completed: AtomicU64,
     cancelled: AtomicU64,
     seq: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -309,6 +313,23 @@ impl MockUpstream {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Requests being answered now (a stream counts until its last byte or its cut).
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests answered at once since the start (or the last reset).
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Sets the peak back to the requests in flight now.
+    pub fn reset_peak(&self) {
+        self.state
+            .peak_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
+    }
+
     /// Waits up to `timeout` until at least `n` responses were cancelled.
     pub async fn wait_cancelled(&self, n: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -382,13 +403,20 @@ async fn models() -> Response {
     )
 }
 
-/// Counts a response as completed when `done`, as cancelled when dropped before.
+/// Counts a response in flight while it lives, as completed when `done`, as cancelled
+/// when dropped before.
 struct Guard {
     state: Arc<MockState>,
     done: bool,
 }
 
 impl Guard {
+    fn new(state: Arc<MockState>) -> Guard {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Guard { state, done: false }
+    }
+
     fn done(mut self) {
         self.done = true;
         self.state.completed.fetch_add(1, Ordering::SeqCst);
@@ -397,6 +425,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !self.done {
             self.state.cancelled.fetch_add(1, Ordering::SeqCst);
         }
@@ -435,10 +464,7 @@ async fn handle(
     body: Bytes,
     protocol: Protocol,
 ) -> Response {
-    let guard = Guard {
-        state: state.clone(),
-        done: false,
-    };
+    let guard = Guard::new(state.clone());
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {

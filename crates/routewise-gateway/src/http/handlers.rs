@@ -128,6 +128,12 @@ pub async fn metrics(Current(state): Current) -> Response {
             .metrics
             .state_available(online.feedback.store().kind(), online.feedback.available());
     }
+    let now = state.now_ms();
+    for u in state.upstreams.iter() {
+        for d in &u.deployments {
+            state.metrics.deployment(&u.name, &d.name, &d.load, now);
+        }
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         CONTENT_TYPE,

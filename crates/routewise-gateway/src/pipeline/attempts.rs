@@ -2,10 +2,22 @@
 //!
 //! * Which models, in which order: [`fallback`] (context windows, `max_attempts`, skip
 //!   cooled-down models, but never refuse a request only because all are cooling down).
-//! * When a model is cooled down: [`cooldown`] (a circuit breaker per model).
-//! * An attempt goes through the model's [`crate::upstream::Provider`], with the request
-//!   id and trace context ([`crate::trace`]; a span id per attempt). It fails over to the
-//!   next model on a connection error, HTTP 5xx, 429, 401 / 403 / 404 (`upstream_auth`: a
+//! * When a model is cooled down: [`cooldown`] (a circuit breaker per model, and one per
+//!   deployment).
+//! * Which of the model's deployments takes the call: [`deploy`] (the power of two choices
+//!   over calls in flight times expected latency, never past a deployment's
+//!   `max_concurrency`; a request with `x-routewise-slo-ms` passes over deployments whose
+//!   time to first token averages more). The call holds its slot until its answer ends
+//!   ([`crate::models::Slot`], kept in the context).
+//! * When every deployment of a model is full, the model is passed over for the next in
+//!   the ranking (`dispatch.spill`, the default; the decision log says
+//!   `skipped=<model>:capacity`), or waited for first (`spill: false`). When every
+//!   candidate is full, the request waits up to `dispatch.queue_ms` for a slot, then gets
+//!   503 `at_capacity` with `Retry-After`.
+//! * An attempt goes through the deployment's [`crate::upstream::Provider`], with the
+//!   request id and trace context ([`crate::trace`]; a span id per attempt). A failed call
+//!   moves to another deployment of the same model first (while attempts remain), then to
+//!   the next model. It fails over on a connection error, HTTP 5xx, 429, 401 / 403 / 404 (`upstream_auth`: a
 //!   refused key or a model missing upstream), a timeout before the first byte, or a body
 //!   that breaks before it is complete (non-streaming) or before its first chunk
 //!   (streaming); each failure counts against the model's breaker. Any other answer (2xx,
@@ -15,8 +27,9 @@
 //!   429 `budget_exceeded`. A failed attempt's reservation is settled at what the upstream may
 //!   have billed ([`super::budget::charge`]); the answering
 //!   one's is settled when the answer is complete.
-//! * A model with `limits` (its provider's quota) takes each call from its token buckets
-//!   first ([`crate::models::Quota`]); over them it is passed over for the next candidate,
+//! * A deployment with `limits` (its provider's quota) takes each call from its token
+//!   buckets first ([`crate::models::Quota`]); when every deployment of a model is over
+//!   them, the model is passed over for the next candidate,
 //!   without using up an attempt, and the decision log says `skipped=<model>:quota`. When
 //!   every candidate was passed over: 429 `rate_limited` with `Retry-After`.
 //! * When every attempt failed: 504 if the last timed out, else 502; a model named
@@ -24,20 +37,23 @@
 //!   upstream's `Retry-After` (and `x-ratelimit-*`, [`RequestContext::rate_limit`]).
 
 pub mod cooldown;
+pub mod deploy;
 pub mod fallback;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
 
 use crate::error::ApiError;
-use crate::models::ModelId;
+use crate::models::{ModelId, Slot, Upstream};
 use crate::pipeline::budget;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
 use crate::pipeline::route::Reason;
+use crate::request::ChatRequest;
 use crate::state::Gateway;
 use crate::upstream::{Answer, AttemptInfo, AttemptOutcome, Call};
+use routewise_online::budget::RateLimited;
 use tracing::Instrument;
 
 use self::cooldown::{Admit, Breaker};
@@ -52,12 +68,14 @@ impl fmt::Display for Attempts<'_> {
             if k > 0 {
                 f.write_str("; ")?;
             }
-            write!(
-                f,
-                "{}: {}",
-                self.0.upstreams.get(a.model).name,
-                a.outcome.name()
-            )?;
+            let up = self.0.upstreams.get(a.model);
+            f.write_str(&up.name)?;
+            if up.deployments.len() > 1 {
+                if let Some(d) = up.deployments.get(a.deployment) {
+                    write!(f, "@{}", d.name)?;
+                }
+            }
+            write!(f, ": {}", a.outcome.name())?;
             if !a.detail.is_empty() {
                 write!(f, " ({})", a.detail)?;
             }
@@ -85,9 +103,171 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// Output tokens a call is expected to produce when choosing a deployment (capped by the
+/// request's `max_tokens`).
+pub const EXPECTED_OUTPUT_TOKENS: u64 = 256;
+
+/// Why a model gave no slot for a call.
+#[derive(Debug)]
+pub enum Pass {
+    /// Every deployment is at its `max_concurrency`.
+    Capacity,
+    /// Every deployment's time to first token averages more than the request's SLO.
+    Slo,
+    /// Every deployment with room is at its quota (the soonest refusal).
+    Quota(RateLimited),
+}
+
+impl Pass {
+    /// The decision log's word for it (`skipped=<model>:<why>`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pass::Capacity => "capacity",
+            Pass::Slo => "slo",
+            Pass::Quota(_) => "quota",
+        }
+    }
+}
+
+/// Takes a slot and the quota for a call to `up` with `req` at the deployment
+/// [`deploy::order`] puts first among those not in `tried` (deployment indexes of `up`
+/// already called by this request).
+pub fn take_deployment(
+    gw: &Gateway,
+    up: &Upstream,
+    req: &ChatRequest,
+    tried: &[usize],
+) -> Result<Slot, Pass> {
+    let now = gw.now_ms();
+    let out_tokens = req
+        .max_tokens
+        .unwrap_or(EXPECTED_OUTPUT_TOKENS)
+        .min(EXPECTED_OUTPUT_TOKENS);
+    let within_slo = |d: &crate::models::Deployment| {
+        req.slo_ms
+            .is_none_or(|slo| d.load.ttft_ms().is_none_or(|t| t <= slo as f64))
+    };
+    let candidates: Vec<deploy::Candidate> = up
+        .deployments
+        .iter()
+        .map(|d| deploy::Candidate {
+            weight: d.weight,
+            in_flight: d.load.in_flight(),
+            room: d.load.has_room(d.max_concurrency),
+            healthy: up.deployments.len() == 1 || !d.breaker.is_open(now),
+            expected_ms: d.load.expected_ms(out_tokens),
+            error_rate: d.load.error_rate(now),
+        })
+        .collect();
+    let draws = if up.deployments.len() > 1 {
+        [rand::random::<f64>(), rand::random::<f64>()]
+    } else {
+        [0.0, 0.0]
+    };
+    let mut pass = Pass::Capacity;
+    let mut in_slo = false;
+    for i in deploy::order(&candidates, draws) {
+        let d = &up.deployments[i];
+        if tried.contains(&i) {
+            continue;
+        }
+        if !within_slo(d) {
+            continue;
+        }
+        in_slo = true;
+        let Some(slot) = up.try_slot(i) else {
+            continue;
+        };
+        if let Some(q) = &d.quota {
+            if let Err(e) = q.take(req.needed_tokens(), now) {
+                pass = match pass {
+                    Pass::Quota(p) if p.retry_after_ms <= e.retry_after_ms && !p.never => {
+                        Pass::Quota(p)
+                    }
+                    _ => Pass::Quota(e),
+                };
+                continue;
+            }
+        }
+        return Ok(slot);
+    }
+    if !in_slo {
+        return Err(Pass::Slo);
+    }
+    Err(pass)
+}
+
+/// Waits until a slot frees at one of `models` or `deadline` passes; true when woken.
+async fn wait_for_room(gw: &Gateway, models: &[ModelId], deadline: Instant) -> bool {
+    let mut waits: Vec<_> = models
+        .iter()
+        .map(|&m| Box::pin(gw.upstreams.get(m).freed.notified()))
+        .collect();
+    for w in &mut waits {
+        w.as_mut().enable();
+    }
+    // A slot that freed before the waits were registered is seen here.
+    if models.iter().any(|&m| gw.upstreams.get(m).has_room()) {
+        return true;
+    }
+    if waits.is_empty() {
+        return false;
+    }
+    let any = futures_util::future::select_all(waits);
+    tokio::time::timeout_at(deadline.into(), any).await.is_ok()
+}
+
 /// Tries the routed candidates; the answering model and its answer, or the error to
-/// return when every attempt failed. Every attempt is recorded in `ctx.attempts`.
+/// return when every attempt failed. Every attempt is recorded in `ctx.attempts`. When
+/// no call could be made because every candidate was full, waits for a slot (up to
+/// `dispatch.queue_ms`) and goes round again.
 pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError> {
+    let state = ctx.state.clone();
+    let gw = &*state;
+    let deadline = Instant::now() + Duration::from_millis(gw.config.dispatch.queue_ms);
+    let skipped_before = ctx.skipped.len();
+    loop {
+        match round(ctx, deadline).await {
+            // No deployment of any candidate meets the request's SLO: the objective is
+            // a preference, not a reason to refuse, so the request goes round without it.
+            Round::Done(Err(_))
+                if ctx.attempts.is_empty()
+                    && ctx.request.slo_ms.is_some()
+                    && ctx.skipped[skipped_before..]
+                        .iter()
+                        .any(|(_, why)| *why == "slo") =>
+            {
+                ctx.request.slo_ms = None;
+            }
+            Round::Done(result) => return result,
+            Round::Full(full) => {
+                if Instant::now() >= deadline || !wait_for_room(gw, &full, deadline).await {
+                    gw.metrics.at_capacity();
+                    return Err(ApiError::AtCapacity(format!(
+                        "every eligible model is at its deployments' max_concurrency ({} waited {} ms); retry shortly",
+                        full.iter()
+                            .map(|&m| gw.upstreams.get(m).name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        gw.config.dispatch.queue_ms
+                    )));
+                }
+                // Round again: the passes of this round are not the request's story.
+                ctx.skipped.truncate(skipped_before);
+            }
+        }
+    }
+}
+
+/// How a round of attempts ended.
+enum Round {
+    Done(Result<(ModelId, Answer), ApiError>),
+    /// No call was made and these models were full.
+    Full(Vec<ModelId>),
+}
+
+/// One pass down the candidates (see [`run`]).
+async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
     let state = ctx.state.clone();
     let gw = &*state;
     let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
@@ -99,10 +279,24 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
     let mut refused: Option<budget::Refused> = None;
     // The soonest a model over its quota has room again, when one was passed over.
     let mut quota_wait: Option<u64> = None;
-    while let Some((m, admit)) =
-        plan.next_attempt(|m| gw.upstreams.get(ModelId::from_index(m)).breaker.admit(now))
-    {
-        let m = ModelId::from_index(m);
+    // Models passed over because every deployment was full.
+    let mut full: Vec<ModelId> = Vec::new();
+    // The deployments of the model being tried that this request already called.
+    let mut tried: Vec<usize> = Vec::new();
+    let mut again: Option<ModelId> = None;
+    loop {
+        let (m, admit) = match again.take() {
+            Some(m) => (m, Admit::Yes),
+            None => {
+                let Some((m, admit)) = plan
+                    .next_attempt(|m| gw.upstreams.get(ModelId::from_index(m)).breaker.admit(now))
+                else {
+                    break;
+                };
+                tried.clear();
+                (ModelId::from_index(m), admit)
+            }
+        };
         let up = gw.upstreams.get(m);
         let first = !ctx.rate_taken;
         let observed = ctx.routed.observed();
@@ -129,7 +323,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 }
                 // Over the key's rate, or the store is down: the request ends here.
                 if !matches!(r, budget::Refused::Exceeded(_)) {
-                    return Err(r.into());
+                    return Round::Done(Err(r.into()));
                 }
                 // Not a call: it does not use up an attempt.
                 plan.refund();
@@ -138,28 +332,49 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
                 continue;
             }
         };
-        // The model's quota is taken once the call is certain to be made.
-        let hold = match budget::take_quota(gw, m, &ctx.request, hold) {
-            Ok(h) => h,
-            Err(e) => {
+        // The deployment's slot and quota are taken once the call is certain to be made.
+        let mut taken = take_deployment(gw, up, &ctx.request, &tried);
+        if matches!(taken, Err(Pass::Capacity)) && !gw.config.dispatch.spill {
+            // Queue at this model before moving on.
+            while matches!(taken, Err(Pass::Capacity)) && wait_for_room(gw, &[m], deadline).await {
+                taken = take_deployment(gw, up, &ctx.request, &tried);
+            }
+        }
+        let slot = match taken {
+            Ok(slot) => slot,
+            Err(pass) => {
+                if let Some(h) = hold {
+                    h.release();
+                }
                 if admit == Admit::Probe {
                     up.breaker.abandon_probe();
                 }
                 plan.refund();
-                ctx.skipped.push((m, "quota"));
-                if !e.never {
-                    quota_wait =
-                        Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
+                ctx.skipped.push((m, pass.name()));
+                match pass {
+                    Pass::Quota(e) if !e.never => {
+                        quota_wait =
+                            Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
+                    }
+                    Pass::Capacity => {
+                        gw.metrics.model_full(&up.name);
+                        full.push(m);
+                    }
+                    _ => {}
                 }
                 continue;
             }
         };
+        let d = slot.deployment;
+        let dep = &up.deployments[d];
+        tried.push(d);
         if let Some(prev) = ctx.attempts.last() {
             gw.metrics.fallback(prev.model.index());
         }
         let span = tracing::debug_span!(
             "attempt",
             model = %up.name,
+            deployment = %dep.name,
             attempt = ctx.attempts.len() + 1,
             outcome = tracing::field::Empty,
             upstream_request_id = tracing::field::Empty,
@@ -173,15 +388,16 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
         };
         let mut info = AttemptInfo::default();
         let attempt_started = gw.now_ms();
+        let call_started = Instant::now();
         let call = Call {
             request: &ctx.request,
             model: &up.name,
-            upstream_model: &up.upstream_model,
+            upstream_model: &dep.upstream_model,
             timeout,
             id: &ctx.id,
             forward: &forward,
         };
-        let result = up
+        let result = dep
             .provider
             .call(call, &mut info)
             .instrument(span.clone())
@@ -206,57 +422,75 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             .map(|h| budget::charge(&result, None, h.amount()));
         match result {
             Ok(answer) => {
-                if let Some(q) = &up.quota {
+                if let Some(q) = &dep.quota {
                     q.observe(&info.rate_limit, gw.now_ms());
                 }
+                let head_ms = info.headers_after.map_or(0.0, |t| t.as_secs_f64() * 1000.0);
+                if matches!(answer, Answer::Stream { .. }) {
+                    dep.load.observe_ttft(head_ms);
+                }
+                ctx.slot = Some(slot.started(
+                    call_started,
+                    head_ms,
+                    matches!(answer, Answer::Stream { .. }),
+                ));
                 ctx.hold = hold;
-                gw.record_success(m, attempt_started);
+                gw.record_success(m, d, attempt_started);
                 ctx.attempts.push(AttemptRecord {
                     model: m,
+                    deployment: d,
                     outcome,
                     detail: String::new(),
                     upstream_request_id,
                 });
                 ctx.rate_limit = info.rate_limit;
-                return Ok((m, answer));
+                return Round::Done(Ok((m, answer)));
             }
             Err(f) => {
+                drop(slot);
                 if let Some(h) = hold {
                     h.settle(failed_charge);
                 }
-                if gw.record_failure(m) {
+                if gw.record_failure(m, d) {
                     tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
                 ctx.attempts.push(AttemptRecord {
                     model: m,
+                    deployment: d,
                     outcome,
                     detail: f.detail,
                     upstream_request_id,
                 });
                 last_info = info;
+                // Another deployment of the same model first, while attempts remain.
+                if tried.len() < up.deployments.len() && plan.take_one() {
+                    again = Some(m);
+                }
             }
         }
     }
+    if ctx.attempts.is_empty() && !full.is_empty() {
+        return Round::Full(full);
+    }
     if let (true, Some(r)) = (ctx.attempts.is_empty(), refused) {
-        return Err(r.into());
+        return Round::Done(Err(r.into()));
     }
     if let (true, Some(ms)) = (ctx.attempts.is_empty(), quota_wait) {
-        return Err(ApiError::RateLimited {
-            message:
-                "every eligible model is at its configured quota (models[].limits); retry shortly"
-                    .into(),
+        return Round::Done(Err(ApiError::RateLimited {
+            message: "every eligible model is at its configured quota (limits); retry shortly"
+                .into(),
             retry_after: HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()).ok(),
-        });
+        }));
     }
     if ctx.attempts.is_empty() && ctx.skipped.iter().any(|(_, why)| *why == "quota") {
-        return Err(ApiError::bad_request(
-            "the request (prompt plus max_tokens) is larger than the tokens per minute of every eligible model (models[].limits.tpm)",
+        return Round::Done(Err(ApiError::bad_request(
+            "the request (prompt plus max_tokens) is larger than the tokens per minute of every eligible deployment (limits.tpm)",
             Some("max_tokens"),
-        ));
+        )));
     }
     let summary = attempts_summary(gw, &ctx.attempts);
     let n = ctx.attempts.len();
-    Err(match ctx.attempts.last().map(|a| a.outcome) {
+    Round::Done(Err(match ctx.attempts.last().map(|a| a.outcome) {
         Some(AttemptOutcome::Timeout) => ApiError::UpstreamTimeout(format!(
             "all {n} upstream attempts failed, the last by timeout: {summary}"
         )),
@@ -272,5 +506,5 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             }
         }
         _ => ApiError::UpstreamFailed(format!("all {n} upstream attempts failed: {summary}")),
-    })
+    }))
 }

@@ -233,29 +233,6 @@ pub fn charge(
     }
 }
 
-/// Takes model `m`'s quota (`models[].limits`) for a call with `req`, once the call is
-/// otherwise certain (its key reservation `hold` made): refused, the hold is released and
-/// nothing is taken.
-pub fn take_quota(
-    gw: &Gateway,
-    m: ModelId,
-    req: &ChatRequest,
-    hold: Option<Hold>,
-) -> Result<Option<Hold>, RateLimited> {
-    let Some(q) = &gw.upstreams.get(m).quota else {
-        return Ok(hold);
-    };
-    match q.take(req.needed_tokens(), gw.now_ms()) {
-        Ok(()) => Ok(hold),
-        Err(e) => {
-            if let Some(h) = hold {
-                h.release();
-            }
-            Err(e)
-        }
-    }
-}
-
 /// The caller's account: its budget and period; a key without a cap is still tracked
 /// (its spend in `/v1/usage` and `/metrics`), monthly, against [`UNCAPPED`].
 fn account(c: &Caller) -> (f64, Period) {

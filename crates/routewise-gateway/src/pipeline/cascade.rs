@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::models::ModelId;
+use crate::pipeline::attempts;
 use crate::pipeline::attempts::cooldown::Admit;
 use crate::pipeline::attempts::ProbeGuard;
 use crate::pipeline::budget;
@@ -206,14 +207,22 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 if !ctx.rate_taken {
                     crate::pipeline::pace::admitted(ctx);
                 }
-                // The key's rate took the request, whatever the quota says next.
+                // The key's rate took the request, whatever the deployments say next.
                 ctx.rate_taken = true;
-                budget::take_quota(gw, m, request, hold).map_err(|_| Some("quota"))
+                match attempts::take_deployment(gw, up, request, &[]) {
+                    Ok(slot) => Ok((hold, slot)),
+                    Err(pass) => {
+                        if let Some(h) = hold {
+                            h.release();
+                        }
+                        Err(Some(pass.name()))
+                    }
+                }
             }
             Err(r) => Err(matches!(r, budget::Refused::Exceeded(_)).then_some("budget")),
         };
         match reserved {
-            Ok(hold) => admitted.push((m, admit, hold)),
+            Ok((hold, slot)) => admitted.push((m, admit, hold, slot)),
             Err(why) => {
                 if admit == Admit::Probe {
                     up.breaker.abandon_probe();
@@ -230,12 +239,12 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     // Too few tier models can be asked to ever agree: nothing is called, and what was
     // reserved and taken is given back.
     if admitted.len() < plan.min_agree {
-        for (m, admit, hold) in admitted.drain(..) {
+        for (m, admit, hold, slot) in admitted.drain(..) {
             let up = gw.upstreams.get(m);
             if admit == Admit::Probe {
                 up.breaker.abandon_probe();
             }
-            if let Some(q) = &up.quota {
+            if let Some(q) = &up.deployments[slot.deployment].quota {
                 q.give_back(request.needed_tokens());
             }
             if let Some(h) = hold {
@@ -245,8 +254,9 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     }
     let mut pending: FuturesUnordered<_> = admitted
         .into_iter()
-        .map(|(m, admit, hold)| {
+        .map(|(m, admit, hold, slot)| {
             let up = gw.upstreams.get(m);
+            let dep = &up.deployments[slot.deployment];
             let span = tracing::debug_span!("tier_call", model = %up.name);
             // A half-open breaker's probe is released if this call is dropped, run or not.
             let probe = ProbeGuard {
@@ -260,13 +270,15 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 let call = Call {
                     request,
                     model: &up.name,
-                    upstream_model: &up.upstream_model,
+                    upstream_model: &dep.upstream_model,
                     timeout,
                     id,
                     forward,
                 };
-                let result = up.provider.call(call, &mut info).await;
+                let result = dep.provider.call(call, &mut info).await;
                 probe.armed = false;
+                let d = slot.deployment;
+                drop(slot);
                 if let Some(h) = hold {
                     let usage = match &result {
                         Ok(Answer::Full { status, body, .. }) if status.is_success() => {
@@ -277,7 +289,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                     let amount = h.amount();
                     h.settle(Some(budget::charge(&result, usage, amount)));
                 }
-                (m, started, result)
+                (m, d, started, result)
             }
             .instrument(span)
         })
@@ -292,7 +304,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     if pending.len() < plan.min_agree {
         pending.clear();
     }
-    while let Some((m, started, result)) = pending.next().await {
+    while let Some((m, d, started, result)) = pending.next().await {
         let trace = ctx.cascade.get_or_insert_with(CascadeTrace::default);
         let up = gw.upstreams.get(m);
         let outcome = match result {
@@ -301,7 +313,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 content_type,
                 body,
             }) if status.is_success() => {
-                gw.record_success(m, started);
+                gw.record_success(m, d, started);
                 let text = content(&body);
                 let answer = text.as_deref().and_then(|t| plan.extractor.extract(t));
                 let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
@@ -337,7 +349,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             Ok(other) => {
                 // An answer the client would get as is (a 4xx other than auth): the model
                 // works (its breaker is told so, releasing a half-open probe), but no vote.
-                gw.record_success(m, started);
+                gw.record_success(m, d, started);
                 let status = match &other {
                     Answer::Full { status, .. } | Answer::Stream { status, .. } => status.as_u16(),
                 };
@@ -351,7 +363,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 AttemptOutcome::Ok
             }
             Err(f) => {
-                gw.record_failure(m);
+                gw.record_failure(m, d);
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: f.outcome,

@@ -53,11 +53,14 @@ pub struct RequestContext {
     pub hold: Option<crate::pipeline::budget::Hold>,
     /// Whether the key's rate limits took this request (its first reservation did).
     pub rate_taken: bool,
-    /// Candidates passed over without a call, and why (`quota`: the model's configured
-    /// quota is used up; `budget`: the key could not afford it).
+    /// Candidates passed over without a call, and why (`quota`: every deployment's
+    /// configured quota is used up; `budget`: the key could not afford it; `capacity`:
+    /// every deployment is at its `max_concurrency`; `slo`: none meets the request's SLO).
     pub skipped: Vec<(ModelId, &'static str)>,
     /// The conversation and the affinity verdict (`affinity:` in the config).
     pub affinity: Option<crate::pipeline::affinity::Trace>,
+    /// The answering call's slot at its deployment, held until the answer ends.
+    pub slot: Option<crate::models::Slot>,
 }
 
 impl RequestContext {
@@ -92,6 +95,7 @@ impl RequestContext {
             rate_taken: false,
             skipped: Vec::new(),
             affinity: None,
+            slot: None,
         }
     }
 
@@ -123,6 +127,8 @@ impl Drop for RequestContext {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub model: ModelId,
+    /// The deployment's index in the model's list.
+    pub deployment: usize,
     pub outcome: AttemptOutcome,
     pub detail: String,
     /// The upstream's own request id, when it sent one.

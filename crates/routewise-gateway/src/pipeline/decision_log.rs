@@ -13,7 +13,9 @@
 //! router saw (`prompt`, cut at [`MAX_LOGGED_PROMPT`] bytes; after redaction when the PII
 //! guard redacts). The `routes:` rules that applied are in `route`, the kinds of personal
 //! data found in `pii` with `pii_action` (never the matched text), the candidates passed
-//! over without a call in `skipped` (`model:quota`, `model:budget`), the API key's name in
+//! over without a call in `skipped` (`model:quota`, `model:budget`, `model:capacity`,
+//! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
+//! attempt's as `model@deployment` for a model with several), the API key's name in
 //! `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
@@ -253,6 +255,7 @@ impl DecisionRecord {
             end = self.end.name(),
             attempts = self.attempts.len(),
             attempt_log = %Attempts(gw, &self.attempts),
+            deployment = self.deployment_name(),
             prompt_tokens = self.prompt_tokens,
             realised_cost_usd = self.cost.unwrap_or(f64::NAN),
             elapsed_ms = self.elapsed_ms,
@@ -270,6 +273,21 @@ impl DecisionRecord {
             affinity = self.affinity.map(|v| v.explain()).as_deref(),
             "decision"
         );
+    }
+
+    /// The answering deployment's name.
+    fn deployment_name(&self) -> Option<&str> {
+        let m = self.model?;
+        let a = self.attempts.iter().rev().find(|a| a.model == m)?;
+        Some(
+            self.state
+                .upstreams
+                .get(m)
+                .deployments
+                .get(a.deployment)?
+                .name
+                .as_str(),
+        )
     }
 
     /// `model:why,...` for the candidates passed over.

@@ -339,6 +339,12 @@ async fn respond(mut ctx: RequestContext, m: ModelId, answer: Answer) -> Respons
             let usage = (status.is_success() && !cached)
                 .then(|| stream::parse_usage(&body))
                 .flatten();
+            // The deployment's slot frees here; a success teaches it the time per token.
+            if let Some(slot) = ctx.slot.take() {
+                if status.is_success() {
+                    slot.complete(usage.map(|(_, c)| c));
+                }
+            }
             let cost = if cached {
                 Some(0.0) // no model was called
             } else if cascade::answered_by_tier(&ctx, m) {
@@ -488,6 +494,15 @@ pub fn decide_only(
                 "predicted_cost_usd": d.costs[ci],
                 "eligible": routed.candidates.contains(&u.id),
                 "cooling_down": u.breaker.is_open(now),
+                "deployments": u.deployments.iter().map(|d| json!({
+                    "name": d.name,
+                    "in_flight": d.load.in_flight(),
+                    "max_concurrency": d.max_concurrency,
+                    "ttft_ms": d.load.ttft_ms(),
+                    "ms_per_token": d.load.ms_per_token(),
+                    "error_rate": d.load.error_rate(now),
+                    "cooling_down": d.breaker.is_open(now),
+                })).collect::<Vec<_>>(),
             }));
         }
     }

@@ -44,9 +44,10 @@
 //! logged as a `routewise::shadow_execution` line (status, cost, latency, and the answer's
 //! text when `log.decisions.prompt` is on) for comparison by a judge or feedback, and
 //! counted in the statistics. Shadow calls leave the live breakers and cost metrics alone,
-//! but they share the upstreams' rate limits with live traffic: keep `sample` small. At
-//! most 64 run at once (past it they are skipped and counted as `throttled`); a call cut
-//! short by shutdown is charged its reservation.
+//! but they share the upstreams' rate limits and deployment slots with live traffic: keep
+//! `sample` small. At most 64 run at once, and each takes a slot at one of the model's
+//! deployments (past either, or past the deployment's quota, they are skipped and counted
+//! as `throttled`); a call cut short by shutdown is charged its reservation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -653,6 +654,13 @@ fn execute(
     }
     let up = gw.upstreams.get(m);
     let mut request = exec.request.clone();
+    // A slot at one of the model's deployments (an execution never pushes one past its
+    // max_concurrency or quota): none free counts as throttled.
+    let Ok(slot) = super::attempts::take_deployment(&gw, up, &request, &[]) else {
+        running.fetch_sub(1, Ordering::Relaxed);
+        stats.lock().unwrap_or_else(PoisonError::into_inner)[k].throttled += 1;
+        return;
+    };
     let reservation = reserve_for(&mut request, |i, o| up.cost(i, o));
     let admitted = budget
         .lock()
@@ -678,18 +686,20 @@ fn execute(
     // The call keeps the configuration it started on (as a request does).
     exec.runtime.spawn(async move {
         let up = gw.upstreams.get(m);
+        let dep = &up.deployments[slot.deployment];
         let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
         let call = Call {
             request: &request,
             model: &up.name,
-            upstream_model: &up.upstream_model,
+            upstream_model: &dep.upstream_model,
             timeout,
             id: &id,
             forward: &[],
         };
         let started = Instant::now();
         let mut info = AttemptInfo::default();
-        let result = up.provider.call(call, &mut info).await;
+        let result = dep.provider.call(call, &mut info).await;
+        drop(slot);
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         let (status, usage, text) = match &result {
             Ok(Answer::Full { status, body, .. }) => (

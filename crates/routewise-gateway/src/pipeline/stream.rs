@@ -142,8 +142,14 @@ impl StreamState {
         }
         let cost = cascade::total_cost(&ctx, cost);
         if end.upstream_failed() {
-            gw.record_failure(self.model);
+            let d = ctx.slot.as_ref().map_or(0, |s| s.deployment);
+            gw.record_failure(self.model, d);
         }
+        if let (End::Complete, Some(slot)) = (end, &ctx.slot) {
+            slot.complete(self.usage.map(|(_, c)| c));
+        }
+        // The deployment's slot frees now, not when the client is done with the body.
+        ctx.slot = None;
         let usage = self
             .usage
             .filter(|_| ctx.routed.reason != super::route::Reason::Cached);

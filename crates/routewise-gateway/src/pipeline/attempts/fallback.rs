@@ -102,6 +102,16 @@ impl AttemptPlan {
         self.tried = self.tried.saturating_sub(1);
     }
 
+    /// Counts one more attempt at the model just tried (another of its deployments), if
+    /// attempts remain; false when they are spent.
+    pub fn take_one(&mut self) -> bool {
+        if self.tried >= self.max_attempts {
+            return false;
+        }
+        self.tried += 1;
+        true
+    }
+
     /// Attempts made so far.
     pub fn tried(&self) -> u32 {
         self.tried

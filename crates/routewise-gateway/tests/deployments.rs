@@ -1,0 +1,305 @@
+//! Several deployments per model over real HTTP (client -> gateway -> testkit mocks, one
+//! mock server per deployment): a burst is spread over a model's deployments and never
+//! past their `max_concurrency`, a full model spills to the next in the ranking (or is
+//! waited for), a failed deployment falls back to another deployment of the same model,
+//! `x-routewise-slo-ms` passes over slow deployments, and affinity keeps a conversation
+//! on its model across turns.
+#![cfg(test)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use routewise_testkit::{Fault, MockUpstream};
+use serde_json::{json, Value};
+
+/// A two-deployment model `a` (on `one` and `two`, `max_concurrency: cap` each) and the
+/// single-deployment models `b` and `c` on `other`, plus `extra`.
+fn yaml(one: &str, two: &str, other: &str, cap: u32, extra: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - name: a
+    upstream_model: up-a
+    deployments:
+      - {{name: one, base_url: "{one}", max_concurrency: {cap}}}
+      - {{name: two, base_url: "{two}", max_concurrency: {cap}}}
+  - {{name: b, base_url: "{other}", upstream_model: up-b}}
+  - {{name: c, base_url: "{other}", upstream_model: up-c}}
+{extra}
+"#
+    )
+}
+
+struct Pool {
+    one: MockUpstream,
+    two: MockUpstream,
+    other: MockUpstream,
+    gw: common::Gateway,
+}
+
+async fn pool(cap: u32, extra: &str) -> Pool {
+    let (one, two, other) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let gw = common::start(&yaml(
+        &one.base_url(),
+        &two.base_url(),
+        &other.base_url(),
+        cap,
+        extra,
+    ))
+    .await;
+    Pool {
+        one,
+        two,
+        other,
+        gw,
+    }
+}
+
+/// Sends `n` requests at once; their statuses, answering models and bodies.
+async fn burst(gw: &common::Gateway, n: usize, body: &Value) -> Vec<(u16, String, Value)> {
+    let calls = (0..n).map(|_| async {
+        let r = common::send_json(&gw.url("/v1/chat/completions"), body).await;
+        let status = r.status().as_u16();
+        let model = common::header(r.headers(), "x-routewise-model").to_string();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (status, model, v)
+    });
+    futures_util::future::join_all(calls).await
+}
+
+#[tokio::test]
+async fn a_burst_is_spread_over_the_deployments_never_past_their_cap_then_spills() {
+    let p = pool(4, "").await;
+    for m in [&p.one, &p.two] {
+        m.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(400))));
+    }
+    // Eight at once: both deployments of a take four each.
+    let out = burst(&p.gw, 8, &common::chat_body("hello")).await;
+    assert!(out.iter().all(|(s, m, _)| *s == 200 && m == "a"), "{out:?}");
+    assert_eq!((p.one.hits("up-a"), p.two.hits("up-a")), (4, 4));
+    assert!(p.one.peak_in_flight() <= 4 && p.two.peak_in_flight() <= 4);
+
+    // Twelve at once: a is full at eight, the rest go to the next model in the ranking.
+    let out = burst(&p.gw, 12, &common::chat_body("hello")).await;
+    assert!(out.iter().all(|(s, _, _)| *s == 200), "{out:?}");
+    let on_a = out.iter().filter(|(_, m, _)| m == "a").count();
+    assert_eq!(on_a, 8, "{out:?}");
+    assert_eq!(p.other.hits("up-b"), 4);
+    assert!(p.one.peak_in_flight() <= 4 && p.two.peak_in_flight() <= 4);
+    let (_, metrics) = common::get(&p.gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_model_at_capacity_total{model=\"a\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("routewise_deployment_in_flight{model=\"a\",deployment=\"one\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_spill_a_full_model_is_waited_for() {
+    let p = pool(2, "dispatch: {spill: false, queue_ms: 10000}").await;
+    for m in [&p.one, &p.two] {
+        m.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
+    }
+    let started = Instant::now();
+    let out = burst(&p.gw, 8, &common::chat_body("hello")).await;
+    assert!(out.iter().all(|(s, m, _)| *s == 200 && m == "a"), "{out:?}");
+    assert_eq!(p.other.total_hits(), 0, "nothing spilled");
+    assert!(p.one.peak_in_flight() <= 2 && p.two.peak_in_flight() <= 2);
+    // Four slots, eight requests of 300 ms: at least two rounds.
+    assert!(started.elapsed() >= Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn when_every_candidate_stays_full_the_request_gets_503_after_queue_ms() {
+    let (one, other) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    for m in ["up-a", "up-b"] {
+        one.set_model_fault(m, Some(Fault::Delay(Duration::from_millis(1500))));
+    }
+    let _ = other;
+    let gw = common::start(&format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - {{name: a, base_url: "{u}", upstream_model: up-a, max_concurrency: 1}}
+  - {{name: b, base_url: "{u}", upstream_model: up-b, max_concurrency: 1}}
+  - {{name: c, base_url: "{u}", upstream_model: up-c, max_concurrency: 1}}
+routes: [{{name: ab, when: {{keywords: [slow]}}, then: {{models: [a, b]}}}}]
+dispatch: {{queue_ms: 100}}
+"#,
+        u = one.base_url()
+    ))
+    .await;
+    let out = burst(&gw, 3, &common::chat_body("slow please")).await;
+    let mut statuses: Vec<u16> = out.iter().map(|o| o.0).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 200, 503], "{out:?}");
+    let refused = out.iter().find(|o| o.0 == 503).unwrap();
+    common::assert_openai_error(&refused.2);
+    assert_eq!(refused.2["error"]["code"], "at_capacity");
+    assert_eq!(one.hits("up-c"), 0, "c is outside the route's pool");
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(
+        metrics.contains("routewise_requests_at_capacity_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_deployment_falls_back_to_another_deployment_of_the_same_model() {
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
+    let p = pool(100, "cooldown: {failures: 1000, seconds: 30}").await;
+    p.one.set_model_fault("up-a", Some(Fault::Status(500)));
+    let mut retried = 0;
+    for i in 0..20 {
+        let (status, h, _) = common::post(
+            &p.gw.url("/v1/chat/completions"),
+            &common::chat_body(&format!("q{i}")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(common::header(&h, "x-routewise-model"), "a");
+        if common::header(&h, "x-routewise-attempts") == "2" {
+            retried += 1;
+        }
+    }
+    assert_eq!(p.other.total_hits(), 0, "never moved to another model");
+    assert_eq!(
+        p.two.hits("up-a"),
+        20,
+        "every request answered by the healthy one"
+    );
+    assert_eq!(
+        p.one.hits("up-a"),
+        retried,
+        "each failure was retried on `two`"
+    );
+    assert!(
+        retried >= 1,
+        "the failing deployment was tried at least once"
+    );
+    // Once its error rate is known, it is tried less than half the time.
+    assert!(retried < 10, "{retried}");
+    // The decision log names the deployments: each attempt's, and the answering one.
+    assert!(p.gw.state.decision_log.flush(Duration::from_secs(5)));
+    let logs = capture.text();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("routewise::decision"))
+        .collect();
+    assert_eq!(lines.len(), 20);
+    assert!(
+        lines.iter().all(|l| l.contains("deployment=\"two\"")),
+        "{logs}"
+    );
+    let retried_lines = lines
+        .iter()
+        .filter(|l| l.contains("a@one: http_5xx"))
+        .count();
+    assert_eq!(retried_lines as u64, retried, "{logs}");
+}
+
+#[tokio::test]
+async fn the_slo_header_passes_over_a_deployment_slow_to_its_first_token() {
+    let p = pool(100, "").await;
+    p.one
+        .set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
+    // Streams teach the gateway each deployment's time to first token.
+    for i in 0..60 {
+        if p.one.hits("up-a") > 0 && p.two.hits("up-a") > 0 {
+            break;
+        }
+        let r = common::post_stream(
+            &p.gw.url("/v1/chat/completions"),
+            common::chat_body(&format!("learn {i}")),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        common::read_sse(r).await;
+    }
+    assert!(p.one.hits("up-a") > 0 && p.two.hits("up-a") > 0);
+    let slow_before = p.one.hits("up-a");
+    for i in 0..10 {
+        let r = common::client()
+            .post(p.gw.url("/v1/chat/completions"))
+            .header("x-routewise-slo-ms", "150")
+            .json(&common::chat_body(&format!("fast {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(common::header(r.headers(), "x-routewise-model"), "a");
+    }
+    assert_eq!(
+        p.one.hits("up-a"),
+        slow_before,
+        "the slow deployment was passed over"
+    );
+    // A malformed objective is the client's error.
+    let r = common::client()
+        .post(p.gw.url("/v1/chat/completions"))
+        .header("x-routewise-slo-ms", "soon")
+        .json(&common::chat_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The route explanation shows what was learned per deployment.
+    let (_, _, v) = common::post(&p.gw.url("/v1/route"), &common::chat_body("x")).await;
+    let a = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["deployments"][0]["name"], "one");
+    assert!(
+        a["deployments"][0]["ttft_ms"].as_f64().unwrap() >= 250.0,
+        "{a}"
+    );
+    assert!(
+        a["deployments"][1]["ttft_ms"].as_f64().unwrap() < 250.0,
+        "{a}"
+    );
+}
+
+#[tokio::test]
+async fn affinity_keeps_a_conversation_on_its_model_across_turns_and_deployments() {
+    let p = pool(100, "affinity: {ttl_s: 600, switch_margin: 1e12}").await;
+    let turn = |lambda: f64, text: &str| {
+        let mut b = common::chat_body(text);
+        b["routewise"] = json!({"lambda": lambda});
+        b
+    };
+    for (k, lambda) in [0.0, 1e9, 1e9, 1e9].into_iter().enumerate() {
+        let r = common::client()
+            .post(p.gw.url("/v1/chat/completions"))
+            .header("x-routewise-session", "conv-1")
+            .json(&turn(lambda, &format!("turn {k}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            common::header(r.headers(), "x-routewise-model"),
+            "a",
+            "turn {k}"
+        );
+    }
+    assert_eq!(p.one.hits("up-a") + p.two.hits("up-a"), 4);
+    assert_eq!(p.other.total_hits(), 0);
+}
