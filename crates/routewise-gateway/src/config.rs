@@ -13,6 +13,8 @@
 //!   policy: {lambda: 0.5}        # or {budget_usd: 0.002}; default {lambda: 0}
 //!   cascade: {tier: [a, b], min_agree: 2, extractor: choice}   # optional (see below)
 //!   exploration: {epsilon: 0.02}  # optional: epsilon-greedy, logged propensities (see below)
+//!   mu: 0.0                      # utility per second of expected latency (lambda policies)
+//!   nu: 0.0                      # utility per Wh of expected energy (lambda policies)
 //! models:
 //!   - name: gpt-4-1106-preview
 //!     provider: openai           # openai (any OpenAI-compatible upstream), anthropic, or replay (demo)
@@ -27,6 +29,7 @@
 //!     private: false             # optional: may receive personal data (`pii: {action: restrict}`)
 //!     limits: {rpm: 500, tpm: 200000}  # optional: the provider's quota, kept below (see `models.rs`)
 //!     max_concurrency: 16        # optional: calls in flight at most
+//!     energy_wh_per_mtok: 2.5    # optional: energy per million tokens (weighed by router.nu)
 //!   - name: llama-3-70b          # several deployments (replicas, or other providers of the model):
 //!     deployments:               # instead of base_url / api_key_env / limits / max_concurrency
 //!       - {name: gpu-a, base_url: http://10.0.0.1:8000/v1, max_concurrency: 8, weight: 1}
@@ -302,6 +305,10 @@ pub struct RouterConfig {
     /// The epsilon-greedy exploration rate (0: off).
     pub epsilon: f64,
     pub mode: RouterMode,
+    /// Utility per second of expected latency (`router.mu`; a request's `mu` overrides).
+    pub mu: f64,
+    /// Utility per watt-hour of expected energy (`router.nu`; a request's `nu` overrides).
+    pub nu: f64,
 }
 
 /// `router.cascade`: ask the tier first, accept an answer enough of it agrees on.
@@ -381,6 +388,9 @@ pub struct ModelConfig {
     /// Self-hosted (or otherwise trusted with personal data): where `pii: {action:
     /// restrict}` sends requests with findings.
     pub private: bool,
+    /// Energy per million tokens (prompt and output), watt-hours: weighed by `nu`,
+    /// reported in the decision log and `/metrics`.
+    pub energy_wh_per_mtok: Option<f64>,
 }
 
 /// One place a model is served (`models[].deployments[]`, or the model's own `base_url`):
@@ -592,6 +602,10 @@ struct RawRouter {
     exploration: Option<RawExploration>,
     #[serde(default)]
     mode: Option<RawMode>,
+    #[serde(default)]
+    mu: Option<f64>,
+    #[serde(default)]
+    nu: Option<f64>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -718,6 +732,8 @@ struct RawModel {
     weight: Option<f64>,
     #[serde(default)]
     deployments: Option<Vec<RawDeployment>>,
+    #[serde(default)]
+    energy_wh_per_mtok: Option<f64>,
 }
 
 /// `models[].deployments[]`.
@@ -1065,6 +1081,15 @@ pub fn parse(
             format!("must be in 0..=1 (the share of requests explored), found {epsilon}"),
         );
     }
+    let (mu, nu) = (router.mu.unwrap_or(0.0), router.nu.unwrap_or(0.0));
+    for (field, x) in [("mu", mu), ("nu", nu)] {
+        if !(x.is_finite() && x >= 0.0) {
+            v.issue(
+                &format!("router.{field}"),
+                format!("must be finite and >= 0, found {x}"),
+            );
+        }
+    }
     let mode = match router.mode {
         None | Some(RawMode::Learned) => RouterMode::Learned,
         Some(RawMode::Rules) => RouterMode::Rules,
@@ -1104,6 +1129,8 @@ pub fn parse(
             cascade,
             epsilon,
             mode,
+            mu,
+            nu,
         },
         models,
         limits,
@@ -1818,6 +1845,14 @@ impl Validator<'_> {
         if raw.context_window == Some(0) {
             self.issue(&format!("{path}.context_window"), "must be > 0");
         }
+        if let Some(e) = raw.energy_wh_per_mtok {
+            if !(e.is_finite() && e >= 0.0) {
+                self.issue(
+                    &format!("{path}.energy_wh_per_mtok"),
+                    format!("must be finite and >= 0, found {e}"),
+                );
+            }
+        }
         if raw.quality_tier == Some(0) {
             self.issue(
                 &format!("{path}.quality_tier"),
@@ -1838,6 +1873,7 @@ impl Validator<'_> {
             anthropic_version: raw.anthropic_version,
             quality_tier: raw.quality_tier,
             private: raw.private.unwrap_or(false),
+            energy_wh_per_mtok: raw.energy_wh_per_mtok,
         })
     }
 

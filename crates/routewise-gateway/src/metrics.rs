@@ -90,6 +90,7 @@ struct ModelMetrics {
     fallbacks: Counter,
     latency: Histogram,
     cost: Counter<f64, AtomicU64>,
+    energy: Counter<f64, AtomicU64>,
     cooldown: Gauge,
     cooldowns_opened: Counter,
 }
@@ -111,6 +112,7 @@ struct Families {
     fallbacks: Family<ModelLabel, Counter>,
     latency: Family<ModelLabel, Histogram>,
     cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
+    energy: Family<ModelLabel, Counter<f64, AtomicU64>>,
     cooldown: Family<ModelLabel, Gauge>,
     cooldowns_opened: Family<ModelLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
@@ -201,6 +203,12 @@ impl Metrics {
             r,
             "realised_cost_usd",
             "Cost of answered requests from the upstream usage and configured prices",
+            Family::<ModelLabel, Counter<f64, AtomicU64>>::default(),
+        );
+        let energy = reg(
+            r,
+            "energy_wh",
+            "Energy of answered requests from the upstream usage and models[].energy_wh_per_mtok, watt-hours",
             Family::<ModelLabel, Counter<f64, AtomicU64>>::default(),
         );
         let cooldown = reg(
@@ -372,6 +380,7 @@ impl Metrics {
             fallbacks,
             latency,
             cost,
+            energy,
             cooldown,
             cooldowns_opened: opened,
             config_reloads,
@@ -431,6 +440,7 @@ impl Metrics {
                     fallbacks: f.fallbacks.get_or_create(&l).clone(),
                     latency: f.latency.get_or_create(&l).clone(),
                     cost: f.cost.get_or_create(&l).clone(),
+                    energy: f.energy.get_or_create(&l).clone(),
                     cooldown: f.cooldown.get_or_create(&l).clone(),
                     cooldowns_opened: f.cooldowns_opened.get_or_create(&l).clone(),
                 }
@@ -601,6 +611,14 @@ impl Metrics {
         if let Some(m) = self.models.get(model) {
             if usd.is_finite() && usd > 0.0 {
                 m.cost.inc_by(usd);
+            }
+        }
+    }
+
+    pub fn energy(&self, model: usize, wh: f64) {
+        if let Some(m) = self.models.get(model) {
+            if wh.is_finite() && wh > 0.0 {
+                m.energy.inc_by(wh);
             }
         }
     }

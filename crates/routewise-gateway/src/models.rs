@@ -53,6 +53,8 @@ pub struct Upstream {
     /// Configured prices, else the router catalog's.
     pub price: Price,
     pub context_window: Option<u64>,
+    /// Watt-hours per million tokens (prompt and output), when configured.
+    pub energy_wh_per_mtok: Option<f64>,
     /// The model's breaker: consecutive failures over all its deployments. Shared with the
     /// next configuration a reload installs while the model keeps its name and
     /// deployments and `cooldown:` is unchanged ([`ModelTable::carry_from`]).
@@ -93,6 +95,28 @@ impl Upstream {
         (prompt_tokens as f64 * self.price.input_per_mtok
             + completion_tokens as f64 * self.price.output_per_mtok)
             / 1e6
+    }
+
+    /// Watt-hours of a call with this usage, when the model's energy is configured.
+    pub fn energy_wh(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
+        self.energy_wh_per_mtok
+            .map(|e| (prompt_tokens + completion_tokens) as f64 * e / 1e6)
+    }
+
+    /// The expected latency in seconds of a call producing `output_tokens` at the
+    /// deployment that would take it (the fastest with room, else the fastest), once any
+    /// was observed.
+    pub fn expected_latency_s(&self, output_tokens: u64) -> Option<f64> {
+        let fastest = |room: bool| {
+            self.deployments
+                .iter()
+                .filter(|d| !room || d.load.has_room(d.max_concurrency))
+                .filter_map(|d| d.load.expected_ms(output_tokens))
+                .min_by(f64::total_cmp)
+        };
+        fastest(true)
+            .or_else(|| fastest(false))
+            .map(|ms| ms / 1000.0)
     }
 
     /// Takes a call slot at deployment `index` (never past its `max_concurrency`),
@@ -291,6 +315,7 @@ impl ModelTable {
                     cached_input_per_mtok: None,
                 }),
                 context_window: m.context_window,
+                energy_wh_per_mtok: m.energy_wh_per_mtok,
                 breaker: breaker(),
                 freed: Arc::new(tokio::sync::Notify::new()),
             });

@@ -9,8 +9,9 @@
 //! `routewise_router::Policy` like the config's, and the cascade switch
 //! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
 //! "number"}` to override the configured cascade), and the cache switch (`{"routewise":
-//! {"cache": false}}`), and the latency objective (`x-routewise-slo-ms`, a positive
-//! number of milliseconds). The `routewise` key is stripped before
+//! {"cache": false}}`), the latency and energy weights (`{"routewise": {"mu": x, "nu":
+//! y}}`, or the `x-routewise-mu` / `x-routewise-nu` headers: finite numbers >= 0), and the
+//! latency objective (`x-routewise-slo-ms`, a positive number of milliseconds). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!
 //! Forwarding: when routewise changes nothing but `model` (no `routewise` key, no key
@@ -44,6 +45,10 @@ pub const BUDGET_HEADER: &str = "x-routewise-budget-usd";
 /// Header giving the request's latency objective in milliseconds: deployments expected to
 /// take longer to the first token are passed over.
 pub const SLO_HEADER: &str = "x-routewise-slo-ms";
+/// Header giving the request's utility per second of expected latency.
+pub const MU_HEADER: &str = "x-routewise-mu";
+/// Header giving the request's utility per watt-hour of expected energy.
+pub const NU_HEADER: &str = "x-routewise-nu";
 
 /// A validated chat-completions request.
 #[derive(Debug, Clone)]
@@ -69,6 +74,10 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     /// The time-to-first-token objective (`x-routewise-slo-ms`), if given.
     pub slo_ms: Option<u64>,
+    /// Utility per second of expected latency (`routewise.mu` or `x-routewise-mu`).
+    pub mu: Option<f64>,
+    /// Utility per watt-hour of expected energy (`routewise.nu` or `x-routewise-nu`).
+    pub nu: Option<f64>,
     /// The body's size as received: a bound on its input tokens (a token spans at least
     /// one byte), images and tool definitions included.
     pub body_bytes: u64,
@@ -253,6 +262,25 @@ pub fn parse(
     // `"routewise": {"cache": false}`: neither read nor fill the response cache. An object
     // left empty by taking `cache` out says nothing more (`{}` itself stays an error).
     let mut cache = true;
+    let (mut mu, mut nu) = (
+        weight_header(headers, MU_HEADER)?,
+        weight_header(headers, NU_HEADER)?,
+    );
+    if let Some(Value::Object(o)) = &mut routewise {
+        for (key, slot) in [("mu", &mut mu), ("nu", &mut nu)] {
+            if let Some(v) = o.remove(key) {
+                *slot = Some(weight(&v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        format!("`routewise.{key}` must be a finite number >= 0"),
+                        Some(&format!("routewise.{key}")),
+                    )
+                })?);
+            }
+        }
+        if o.is_empty() {
+            routewise = None;
+        }
+    }
     if let Some(Value::Object(o)) = &mut routewise {
         if let Some(v) = o.remove("cache") {
             match v {
@@ -295,6 +323,8 @@ pub fn parse(
         max_tokens,
         body_bytes: body.len() as u64,
         slo_ms: slo_header(headers)?,
+        mu,
+        nu,
         prompt,
         rest,
         original: match model_span {
@@ -576,6 +606,25 @@ fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
         _ => Err(bad(
             "",
             "must be true, false or {\"min_agree\": n, \"extractor\": \"choice\"}",
+        )),
+    }
+}
+
+/// A latency or energy weight: a finite number >= 0.
+fn weight(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite() && *x >= 0.0)
+}
+
+/// `x-routewise-mu` / `x-routewise-nu`: a weight.
+fn weight_header(headers: &HeaderMap, name: &str) -> Result<Option<f64>, ApiError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    match v.to_str().ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+        _ => Err(ApiError::bad_request(
+            format!("header `{name}`: must be a finite number >= 0"),
+            Some(name),
         )),
     }
 }

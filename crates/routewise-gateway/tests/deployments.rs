@@ -303,3 +303,89 @@ async fn affinity_keeps_a_conversation_on_its_model_across_turns_and_deployments
     assert_eq!(p.one.hits("up-a") + p.two.hits("up-a"), 4);
     assert_eq!(p.other.total_hits(), 0);
 }
+
+#[tokio::test]
+async fn a_latency_weight_trades_the_best_model_for_a_faster_one_and_energy_is_counted() {
+    let (slow, fast) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    slow.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
+    let gw = common::start(&format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - {{name: a, base_url: "{s}", upstream_model: up-a, energy_wh_per_mtok: 5000}}
+  - {{name: b, base_url: "{f}", upstream_model: up-b, energy_wh_per_mtok: 100}}
+  - {{name: c, base_url: "{f}", upstream_model: up-c}}
+"#,
+        s = slow.base_url(),
+        f = fast.base_url()
+    ))
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    let ask = |body: Value, header: Option<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move {
+            let mut r = common::client().post(url).json(&body);
+            if let Some((k, v)) = header {
+                r = r.header(k, v);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            common::header(r.headers(), "x-routewise-model").to_string()
+        }
+    };
+    // Nothing observed yet: latency weighs nothing, a (the best) answers.
+    assert_eq!(
+        ask(common::chat_body("x"), Some(("x-routewise-mu", "1"))).await,
+        "a"
+    );
+    // b answers once (named), so both latencies are known.
+    let mut named = common::chat_body("y");
+    named["model"] = json!("b");
+    assert_eq!(ask(named, None).await, "b");
+    // Without a weight the best model still answers; with one, the faster b does.
+    assert_eq!(ask(common::chat_body("z"), None).await, "a");
+    assert_eq!(
+        ask(common::chat_body("z"), Some(("x-routewise-mu", "1"))).await,
+        "b"
+    );
+    let mut body = common::chat_body("z");
+    body["routewise"] = json!({"mu": 1.0});
+    assert_eq!(ask(body, None).await, "b");
+    // An energy weight alone also moves it: a's 5 Wh per thousand tokens cost it more
+    // than its lead (c, with no energy configured, weighs none).
+    let mut body = common::chat_body("z");
+    body["routewise"] = json!({"nu": 1.0});
+    assert_eq!(ask(body, None).await, "b");
+    let mut body = common::chat_body("z");
+    body["routewise"] = json!({"nu": 1000.0});
+    assert_eq!(ask(body, None).await, "c");
+    // Bad weights are the client's error.
+    let r = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-routewise-mu", "-1")
+        .json(&common::chat_body("z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (status, _, v) = common::post(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "auto", "messages": [{"role": "user", "content": "z"}], "routewise": {"nu": "lots"}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "routewise.nu");
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    for model in ["a", "b"] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("routewise_energy_wh_total{{model=\"{model}\"}}")))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        let wh: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(wh > 0.0, "{line}");
+    }
+}

@@ -227,7 +227,7 @@ pub fn apply(
         let (Some(s), Some(c)) = (d.scores.get(m.index()), d.costs.get(m.index())) else {
             return f64::NEG_INFINITY;
         };
-        s - lambda * c
+        s - lambda * c - routed.penalty_of(m)
     };
     let candidate = routed.candidates.iter().position(|&m| m == previous);
     let price = gw.upstreams.get(previous).price;

@@ -15,8 +15,9 @@
 //! data found in `pii` with `pii_action` (never the matched text), the candidates passed
 //! over without a call in `skipped` (`model:quota`, `model:budget`, `model:capacity`,
 //! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
-//! attempt's as `model@deployment` for a model with several), the API key's name in
-//! `key`. Accepted feedback is logged as a
+//! attempt's as `model@deployment` for a model with several), the answer's energy in
+//! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; null when either is
+//! unknown), the API key's name in `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
@@ -256,6 +257,7 @@ impl DecisionRecord {
             attempts = self.attempts.len(),
             attempt_log = %Attempts(gw, &self.attempts),
             deployment = self.deployment_name(),
+            energy_wh = self.energy_wh().unwrap_or(f64::NAN),
             prompt_tokens = self.prompt_tokens,
             realised_cost_usd = self.cost.unwrap_or(f64::NAN),
             elapsed_ms = self.elapsed_ms,
@@ -273,6 +275,12 @@ impl DecisionRecord {
             affinity = self.affinity.map(|v| v.explain()).as_deref(),
             "decision"
         );
+    }
+
+    /// The answer's energy (its usage times the model's `energy_wh_per_mtok`).
+    fn energy_wh(&self) -> Option<f64> {
+        let (p, c) = self.usage?;
+        self.state.upstreams.get(self.model?).energy_wh(p, c)
     }
 
     /// The answering deployment's name.
@@ -509,6 +517,11 @@ pub fn emit(
 ) {
     if !ctx.mark_logged() {
         return;
+    }
+    if let (Some(m), Some((p, c))) = (answered, usage) {
+        if let Some(wh) = ctx.state.upstreams.get(m).energy_wh(p, c) {
+            ctx.state.metrics.energy(m.index(), wh);
+        }
     }
     let log = &ctx.state.decision_log;
     let logged = DecisionLog::enabled() && log.sampled(&ctx.id);

@@ -190,6 +190,7 @@ async fn chat_stages(
                 decision: None,
                 candidates: vec![model],
                 by_policy: false,
+                penalty: Vec::new(),
             };
             let _in_flight = InFlight::start(gw);
             let ctx = RequestContext::new(
@@ -494,6 +495,7 @@ pub fn decide_only(
                 "predicted_cost_usd": d.costs[ci],
                 "eligible": routed.candidates.contains(&u.id),
                 "cooling_down": u.breaker.is_open(now),
+                "latency_energy_penalty": (!routed.penalty.is_empty()).then(|| routed.penalty_of(u.id)),
                 "deployments": u.deployments.iter().map(|d| json!({
                     "name": d.name,
                     "in_flight": d.load.in_flight(),

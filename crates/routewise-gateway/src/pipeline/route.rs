@@ -8,6 +8,17 @@
 //! fallen back through); a forced model goes first; in `router.mode: rules` a route's pool
 //! is ordered cheapest first ([`routewise_signals::tiers`]). A model named directly that
 //! the pool excludes is refused (403 `blocked_by_route`).
+//!
+//! Latency and energy as costs: under a lambda policy with a latency weight `mu` or an
+//! energy weight `nu` (`router.mu` / `router.nu`, or the request's), the candidates are
+//! ranked by `predicted score - lambda * predicted cost - mu * expected latency (s) - nu *
+//! expected energy (Wh)` ([`rerank`]). A model's expected latency is that of the
+//! deployment that would take the call ([`crate::models::Upstream::expected_latency_s`],
+//! from the live statistics, at the catalog's mean output tokens capped by `max_tokens`);
+//! a model not yet observed is expected to be as fast as the mean of those observed. Its
+//! energy is the prompt and expected output tokens times `energy_wh_per_mtok` (0 when not
+//! configured). GreenServ (2025) weighs energy the same way; the latency term is the
+//! "cost of waiting" of latency-aware routing.
 
 use routewise_router::{Decision, Policy, RouteRequest};
 
@@ -52,6 +63,16 @@ pub struct Routed {
     /// Whether the candidates are in the decision's order, by its policy (no forced
     /// model, no zero-data reorder, no exploration, no conversation kept on its model).
     pub by_policy: bool,
+    /// Each model's latency and energy penalty (`mu * latency + nu * energy`, by catalog
+    /// index) when the ranking weighed them, else empty.
+    pub penalty: Vec<f64>,
+}
+
+impl Routed {
+    /// Model `m`'s latency and energy penalty in this ranking (0 when none was weighed).
+    pub fn penalty_of(&self, m: ModelId) -> f64 {
+        self.penalty.get(m.index()).copied().unwrap_or(0.0)
+    }
 }
 
 impl Routed {
@@ -121,7 +142,7 @@ pub fn route(
         && decision
             .as_ref()
             .is_some_and(|d| !d.explored && d.reason != routewise_router::DecisionReason::Explored);
-    let candidates: Vec<usize> = match (direct, &decision) {
+    let mut candidates: Vec<usize> = match (direct, &decision) {
         (Some(m), _) => fallback::eligible([m.index()], &gw.upstreams, needed),
         (None, Some(d)) => match rules {
             None => fallback::eligible(d.ranking.iter().copied(), &gw.upstreams, needed),
@@ -144,6 +165,17 @@ pub fn route(
     if candidates.is_empty() {
         return Err(ApiError::ContextTooLong { tokens: needed });
     }
+    let (mu, nu) = (
+        req.mu.unwrap_or(gw.config.router.mu),
+        req.nu.unwrap_or(gw.config.router.nu),
+    );
+    let mut penalty = Vec::new();
+    if let (true, Policy::Lambda(lambda), Some(d)) =
+        (by_policy && (mu > 0.0 || nu > 0.0), policy, &decision)
+    {
+        penalty = penalties(gw, req, mu, nu);
+        rerank(&mut candidates, &d.scores, &d.costs, lambda, &penalty);
+    }
     Ok(Routed {
         reason: if direct.is_some() {
             Reason::Direct
@@ -154,5 +186,84 @@ pub fn route(
         decision,
         candidates: candidates.into_iter().map(ModelId::from_index).collect(),
         by_policy,
+        penalty,
     })
+}
+
+/// Each served model's `mu * expected latency + nu * expected energy` for `req`, by
+/// catalog index (see the module docs).
+fn penalties(gw: &Gateway, req: &ChatRequest, mu: f64, nu: f64) -> Vec<f64> {
+    let catalog = gw.decider.catalog();
+    let output = |i: usize| {
+        let mean = catalog
+            .models
+            .get(i)
+            .map_or(0.0, |m| m.mean_output_tokens.max(0.0)) as u64;
+        req.max_tokens.map_or(mean, |cap| cap.min(mean))
+    };
+    let latency: Vec<Option<f64>> = gw
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| u.expected_latency_s(output(i)))
+        .collect();
+    let known: Vec<f64> = latency.iter().flatten().copied().collect();
+    let prior = if known.is_empty() {
+        0.0
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    };
+    gw.upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let energy = u.energy_wh(req.prompt_tokens, output(i)).unwrap_or(0.0);
+            mu * latency[i].unwrap_or(prior) + nu * energy
+        })
+        .collect()
+}
+
+/// Orders `candidates` (catalog indexes) by `scores - lambda * costs - penalty`, best
+/// first; ties keep their order.
+pub fn rerank(
+    candidates: &mut [usize],
+    scores: &[f64],
+    costs: &[f64],
+    lambda: f64,
+    penalty: &[f64],
+) {
+    let utility = |m: usize| {
+        let at = |v: &[f64]| v.get(m).copied().unwrap_or(0.0);
+        let u = at(scores) - lambda * at(costs) - at(penalty);
+        if u.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            u
+        }
+    };
+    candidates.sort_by(|&a, &b| utility(b).total_cmp(&utility(a)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_and_energy_reorder_the_candidates_by_the_full_utility() {
+        // a is best but slow; b is close behind and fast; c is cheap.
+        let (scores, costs) = ([0.90, 0.88, 0.60], [0.010, 0.002, 0.0001]);
+        let mut c = vec![0, 1, 2];
+        rerank(&mut c, &scores, &costs, 0.0, &[]);
+        assert_eq!(c, vec![0, 1, 2], "no penalty: by score");
+        // mu = 0.01 per second, a expected at 5 s, b at 1 s: b first.
+        rerank(&mut c, &scores, &costs, 0.0, &[0.05, 0.01, 0.01]);
+        assert_eq!(c, vec![1, 0, 2]);
+        // A large energy term on b and a puts c first.
+        rerank(&mut c, &scores, &costs, 0.0, &[0.5, 0.5, 0.0]);
+        assert_eq!(c, vec![2, 1, 0]);
+        // Ties keep their order; a NaN utility goes last.
+        let mut c = vec![2, 0, 1];
+        rerank(&mut c, &[0.5, f64::NAN, 0.5], &[0.0; 3], 0.0, &[]);
+        assert_eq!(c, vec![2, 0, 1]);
+    }
 }
