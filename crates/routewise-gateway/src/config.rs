@@ -52,7 +52,8 @@
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
 //! affinity: {ttl_s: 3600, switch_margin: 0.02, max_conversations: 100000}  # optional (see below)
-//! dispatch: {spill: true, queue_ms: 1000}   # when a model's deployments are all full
+//! dispatch: {spill: true, queue_ms: 1000,   # when a model's deployments are all full
+//!           balance: {solver: sinkhorn, window_ms: 2, max_batch: 64, near: 0.75}}  # optional
 //! ```
 //!
 //! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
@@ -420,7 +421,8 @@ pub struct DeploymentConfig {
 }
 
 /// `dispatch:`: what a request does when the deployments of its model are at their
-/// `max_concurrency` ([`crate::pipeline::attempts`]).
+/// `max_concurrency` ([`crate::pipeline::attempts`]), and the balanced assignment of
+/// requests that arrive while a model is near capacity ([`crate::pipeline::balance`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DispatchConfig {
     /// Pass a full model over for the next in the ranking (true), or wait for it first.
@@ -428,6 +430,8 @@ pub struct DispatchConfig {
     /// How long a request waits for a free slot before it moves on (or, when every
     /// candidate is full, before it is refused with 503).
     pub queue_ms: u64,
+    /// Balanced assignment (`None`: greedy, each request on its own).
+    pub balance: Option<BalanceConfig>,
 }
 
 impl Default for DispatchConfig {
@@ -435,8 +439,23 @@ impl Default for DispatchConfig {
         DispatchConfig {
             spill: true,
             queue_ms: 1000,
+            balance: None,
         }
     }
+}
+
+/// `dispatch.balance`: requests whose first choice is near capacity wait `window_ms`
+/// and are assigned jointly, maximising their total utility under the free slots.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BalanceConfig {
+    pub solver: routewise_router::dispatch::AssignerKind,
+    /// The micro-window a batch collects requests for, milliseconds.
+    pub window_ms: f64,
+    /// A batch is assigned at once when it holds this many requests.
+    pub max_batch: usize,
+    /// A model is near capacity when its calls in flight reach this share of its
+    /// deployments' `max_concurrency` (models without a cap never are).
+    pub near: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -763,6 +782,21 @@ struct RawDispatch {
     spill: Option<bool>,
     #[serde(default)]
     queue_ms: Option<u64>,
+    #[serde(default)]
+    balance: Option<RawBalance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    #[serde(default)]
+    solver: Option<routewise_router::dispatch::AssignerKind>,
+    #[serde(default)]
+    window_ms: Option<f64>,
+    #[serde(default)]
+    max_batch: Option<usize>,
+    #[serde(default)]
+    near: Option<f64>,
 }
 
 /// `models[].limits`: the provider's quota for this model, which routewise keeps below
@@ -1239,9 +1273,41 @@ impl Validator<'_> {
                 format!("must be in 0..=60000, found {queue_ms}"),
             );
         }
+        let balance = raw.balance.map(|b| {
+            let window_ms = b.window_ms.unwrap_or(2.0);
+            if !(0.1..=50.0).contains(&window_ms) {
+                self.issue(
+                    "dispatch.balance.window_ms",
+                    format!("must be in [0.1, 50], found {window_ms}"),
+                );
+            }
+            let max_batch = b.max_batch.unwrap_or(64);
+            if !(1..=1024).contains(&max_batch) {
+                self.issue(
+                    "dispatch.balance.max_batch",
+                    format!("must be in 1..=1024, found {max_batch}"),
+                );
+            }
+            let near = b.near.unwrap_or(0.75);
+            if !(near > 0.0 && near <= 1.0) {
+                self.issue(
+                    "dispatch.balance.near",
+                    format!("must be in (0, 1], found {near}"),
+                );
+            }
+            BalanceConfig {
+                solver: b
+                    .solver
+                    .unwrap_or(routewise_router::dispatch::AssignerKind::Sinkhorn),
+                window_ms,
+                max_batch,
+                near,
+            }
+        });
         DispatchConfig {
             spill: raw.spill.unwrap_or(d.spill),
             queue_ms,
+            balance,
         }
     }
 
@@ -2290,7 +2356,8 @@ bogus: 1
              - {base_url: 'http://10.0.0.1:8000/v1', max_concurrency: 8}\n      \
              - {name: hosted, base_url: 'https://api.example.com/v1', api_key_env: KEY_A, \
              upstream_model: vendor/c, limits: {rpm: 60}, weight: 0.5}\n  - name: b\n",
-        ) + "dispatch: {spill: false, queue_ms: 250}\n";
+        )
+            + "dispatch: {spill: false, queue_ms: 250, balance: {solver: exact, window_ms: 3}}\n";
         let c = p(&text, &[]).unwrap();
         let m = &c.models[1];
         assert_eq!(m.deployments.len(), 2);
@@ -2314,7 +2381,13 @@ bogus: 1
             c.dispatch,
             DispatchConfig {
                 spill: false,
-                queue_ms: 250
+                queue_ms: 250,
+                balance: Some(BalanceConfig {
+                    solver: routewise_router::dispatch::AssignerKind::Exact,
+                    window_ms: 3.0,
+                    max_batch: 64,
+                    near: 0.75,
+                }),
             }
         );
         // A single base_url is one deployment named after its host; replay is one too.
@@ -2334,7 +2407,7 @@ bogus: 1
              - {name: e, base_url: 'http://10.0.0.3/v1', api_key_env: NOPE}\n  \
              - {name: f, deployments: []}\n  \
              - {name: g, provider: replay, deployments: [{name: x}]}\n  - name: b\n",
-        ) + "dispatch: {queue_ms: 100000}\n";
+        ) + "dispatch: {queue_ms: 100000, balance: {window_ms: 0, near: 1.5}}\n";
         let e = p(&text, &[]).unwrap_err().to_string();
         for want in [
             "gw.yaml: models[1].base_url: a model with `deployments` sets this per deployment",
@@ -2346,9 +2419,21 @@ bogus: 1
             "gw.yaml: models[2].deployments: give at least one deployment",
             "gw.yaml: models[3].deployments: a replay model has no deployments",
             "gw.yaml: dispatch.queue_ms: must be in 0..=60000, found 100000",
+            "gw.yaml: dispatch.balance.window_ms: must be in [0.1, 50], found 0",
+            "gw.yaml: dispatch.balance.near: must be in (0, 1], found 1.5",
         ] {
             assert!(e.contains(want), "missing `{want}` in:\n{e}");
         }
+        let e = p(
+            &(GOOD.to_string() + "dispatch: {balance: {solver: magic}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("gw.yaml: dispatch.balance.solver: unknown variant `magic`"),
+            "{e}"
+        );
         // Two deployments under one name.
         let dup = GOOD.replace(
             "  - name: b\n",

@@ -141,6 +141,7 @@ struct Families {
     deployment_errors: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
     model_full: Family<ModelLabel, Counter>,
     at_capacity: Counter,
+    balanced: Family<VerdictLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -355,6 +356,12 @@ impl Metrics {
             "Times a request passed a model over because every deployment was at max_concurrency",
             Family::<ModelLabel, Counter>::default(),
         );
+        let balanced = reg(
+            r,
+            "balanced",
+            "Requests assigned by balanced dispatch, by verdict (kept: first choice, moved: another candidate, unplaced: no free slot)",
+            Family::<VerdictLabel, Counter>::default(),
+        );
         let at_capacity = reg(
             r,
             "requests_at_capacity",
@@ -406,6 +413,7 @@ impl Metrics {
             deployment_errors,
             model_full,
             at_capacity,
+            balanced,
             auth_failures,
             affinity,
             key_spend,
@@ -658,6 +666,14 @@ impl Metrics {
             .get_or_create(&ModelLabel {
                 model: model.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts a request's balanced-dispatch verdict.
+    pub fn balanced(&self, verdict: &'static str) {
+        self.f
+            .balanced
+            .get_or_create(&VerdictLabel { verdict })
             .inc();
     }
 

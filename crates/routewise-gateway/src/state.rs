@@ -83,6 +83,8 @@ pub struct Gateway {
     /// The conversations' models (`affinity:` in the config); kept by a reload with the
     /// same settings over the same models in the same order.
     pub affinity: Option<Arc<crate::pipeline::affinity::Conversations>>,
+    /// The batch of balanced dispatch (`dispatch.balance`), per configuration.
+    pub balancer: Option<crate::pipeline::balance::Balancer>,
     /// Where shutdown stands (streams end early once it is [`ShutdownPhase::Aborting`]).
     pub shutdown: Arc<watch::Sender<ShutdownPhase>>,
     /// The virtual keys, once attached (`auth: {mode: keys}`).
@@ -285,6 +287,7 @@ impl AppState {
             )),
             (None, _) => None,
         };
+        let config_balance = config.dispatch.balance;
         let affinity = match (config.affinity, prev) {
             (Some(a), Some(p))
                 if p.config.affinity == Some(a) && p.upstreams.names() == upstreams.names() =>
@@ -373,6 +376,7 @@ impl AppState {
             private,
             cache,
             affinity,
+            balancer: config_balance.map(crate::pipeline::balance::Balancer::new),
             client,
         };
         let state = AppState(Arc::new(gateway));

@@ -389,3 +389,60 @@ models:
         assert!(wh > 0.0, "{line}");
     }
 }
+
+#[tokio::test]
+async fn near_capacity_a_burst_is_assigned_jointly_within_the_free_slots() {
+    let (slow, other) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    for m in ["up-a", "up-b", "up-c"] {
+        slow.set_model_fault(m, Some(Fault::Delay(Duration::from_millis(400))));
+    }
+    let _ = other;
+    let gw = common::start(&format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - {{name: a, base_url: "{u}", upstream_model: up-a, max_concurrency: 2}}
+  - {{name: b, base_url: "{u}", upstream_model: up-b, max_concurrency: 2}}
+  - {{name: c, base_url: "{u}", upstream_model: up-c}}
+dispatch: {{balance: {{solver: exact, window_ms: 5, near: 0.5}}}}
+"#,
+        u = slow.base_url()
+    ))
+    .await;
+    // One at a time: nothing is near capacity, nothing is batched.
+    for i in 0..3 {
+        let (status, h, _) = common::post(
+            &gw.url("/v1/chat/completions"),
+            &common::chat_body(&format!("one {i}")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(common::header(&h, "x-routewise-model"), "a");
+    }
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    assert!(!metrics.contains("routewise_balanced_total{"), "{metrics}");
+    // A burst of eight: once a is half full, arrivals are batched and spread over the
+    // free slots of a and b, and c takes the rest; nothing exceeds a cap.
+    slow.reset_peak();
+    let out = burst(&gw, 8, &common::chat_body("burst")).await;
+    assert!(out.iter().all(|(s, _, _)| *s == 200), "{out:?}");
+    let count = |m: &str| out.iter().filter(|o| o.1 == m).count();
+    assert_eq!(count("a") + count("b") + count("c"), 8);
+    assert!(count("a") <= 2 && count("b") <= 2, "{out:?}");
+    assert!(slow.peak_in_flight() <= 8);
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    let batched: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("routewise_balanced_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(batched >= 1, "{metrics}");
+    assert!(
+        metrics.contains("routewise_balanced_total{verdict=\"moved\"}"),
+        "{metrics}"
+    );
+}

@@ -61,6 +61,8 @@ pub struct RequestContext {
     pub affinity: Option<crate::pipeline::affinity::Trace>,
     /// The answering call's slot at its deployment, held until the answer ends.
     pub slot: Option<crate::models::Slot>,
+    /// What balanced dispatch did (`dispatch.balance`), when the request was batched.
+    pub balanced: Option<crate::pipeline::balance::Verdict>,
 }
 
 impl RequestContext {
@@ -96,6 +98,7 @@ impl RequestContext {
             skipped: Vec::new(),
             affinity: None,
             slot: None,
+            balanced: None,
         }
     }
 

@@ -17,7 +17,8 @@
 //! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
 //! attempt's as `model@deployment` for a model with several), the answer's energy in
 //! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; null when either is
-//! unknown), the API key's name in `key`. Accepted feedback is logged as a
+//! unknown), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `unplaced`), the
+//! API key's name in `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
@@ -217,6 +218,8 @@ pub struct DecisionRecord {
     key: Option<String>,
     /// The conversation affinity's verdict, explained.
     affinity: Option<routewise_router::affinity::Verdict>,
+    /// Balanced dispatch's verdict, when the request was batched.
+    balanced: Option<crate::pipeline::balance::Verdict>,
     /// Whether a log line is written (the statistics see every record).
     log: bool,
     unix_ms: u64,
@@ -273,6 +276,7 @@ impl DecisionRecord {
             skipped = self.skipped_names().as_deref(),
             key = self.key.as_deref(),
             affinity = self.affinity.map(|v| v.explain()).as_deref(),
+            balanced = self.balanced.map(|v| v.name()),
             "decision"
         );
     }
@@ -561,6 +565,7 @@ pub fn emit(
         attempts: ctx.attempts.clone(),
         key: ctx.caller.as_ref().map(|c| c.name.clone()),
         affinity: ctx.affinity.and_then(|t| t.verdict),
+        balanced: ctx.balanced,
         skipped: ctx.skipped.clone(),
         log: logged,
         unix_ms: crate::stats::unix_ms(),

@@ -32,6 +32,7 @@
 pub mod affinity;
 pub mod attempts;
 pub mod auth;
+pub mod balance;
 pub mod budget;
 pub mod cache;
 pub mod cascade;
@@ -291,6 +292,10 @@ async fn chat_stages(
             }
         }
     }
+    // 3e. balanced dispatch: near capacity, assigned jointly with the requests around.
+    balance::apply(&mut ctx)
+        .instrument(tracing::debug_span!("balance"))
+        .await;
     // 4. attempts
     let attempted = attempts::run(&mut ctx)
         .instrument(tracing::debug_span!("attempts"))
