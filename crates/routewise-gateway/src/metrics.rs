@@ -669,6 +669,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Stops exporting the gauges of a deployment no longer served (a reload).
+    pub fn forget_deployment(&self, model: &str, deployment: &str) {
+        let l = DeploymentLabels {
+            model: model.to_string(),
+            deployment: deployment.to_string(),
+        };
+        self.f.deployment_in_flight.remove(&l);
+        self.f.deployment_ttft.remove(&l);
+        self.f.deployment_ms_per_token.remove(&l);
+        self.f.deployment_errors.remove(&l);
+    }
+
     /// Counts a request's balanced-dispatch verdict.
     pub fn balanced(&self, verdict: &'static str) {
         self.f

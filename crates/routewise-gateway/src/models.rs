@@ -141,7 +141,8 @@ impl Upstream {
 }
 
 /// A call slot at a deployment, held from the attempt until its answer ends; dropping it
-/// frees the slot and wakes one queued request.
+/// frees the slot and wakes the requests queued for the model (each looks for room
+/// itself).
 #[derive(Debug)]
 pub struct Slot {
     load: Arc<Load>,
@@ -295,10 +296,16 @@ impl ModelTable {
                         load: Arc::new(Load::default()),
                         breaker: breaker(),
                     }),
-                    Err(message) => issues.push(Issue {
-                        path: format!("models[{entry}].provider"),
-                        message,
-                    }),
+                    Err(message) => {
+                        let issue = Issue {
+                            path: format!("models[{entry}].provider"),
+                            message,
+                        };
+                        // A model-level problem is said once, not per deployment.
+                        if issues.last() != Some(&issue) {
+                            issues.push(issue);
+                        }
+                    }
                 }
             }
             if deployments.len() != m.deployments.len() {

@@ -267,6 +267,7 @@ pub fn parse(
         weight_header(headers, NU_HEADER)?,
     );
     if let Some(Value::Object(o)) = &mut routewise {
+        let before = o.len();
         for (key, slot) in [("mu", &mut mu), ("nu", &mut nu)] {
             if let Some(v) = o.remove(key) {
                 *slot = Some(weight(&v).ok_or_else(|| {
@@ -277,7 +278,7 @@ pub fn parse(
                 })?);
             }
         }
-        if o.is_empty() {
+        if o.is_empty() && o.len() < before {
             routewise = None;
         }
     }
@@ -683,6 +684,36 @@ mod tests {
             .as_str()
             .unwrap_or("")
             .to_string()
+    }
+
+    #[test]
+    fn latency_and_energy_weights_and_the_slo_come_from_the_body_or_the_headers() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        let r = p(
+            json!({"model": "auto", "messages": m, "routewise": {"mu": 0.5, "nu": 2, "lambda": 1}}),
+        )
+        .unwrap();
+        assert_eq!((r.mu, r.nu), (Some(0.5), Some(2.0)));
+        assert_eq!(r.preference, Some(Policy::Lambda(1.0)));
+        // Weights alone: no policy, and the key is gone from what is forwarded.
+        let r = p(json!({"model": "auto", "messages": m, "routewise": {"mu": 1}})).unwrap();
+        assert_eq!((r.mu, r.preference), (Some(1.0), None));
+        assert!(!r.rest().contains_key("routewise"));
+        let mut h = HeaderMap::new();
+        h.insert(MU_HEADER, HeaderValue::from_static("0.25"));
+        h.insert(SLO_HEADER, HeaderValue::from_static("800"));
+        let body = Bytes::from(json!({"model": "auto", "messages": m}).to_string());
+        let r = parse(&body, &h, true).unwrap();
+        assert_eq!((r.mu, r.nu, r.slo_ms), (Some(0.25), None, Some(800)));
+        for (name, bad) in [(MU_HEADER, "-1"), (NU_HEADER, "inf"), (SLO_HEADER, "0")] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(bad));
+            assert_eq!(param(parse(&body, &h, true).unwrap_err()), name);
+        }
+        assert_eq!(
+            param(p(json!({"model": "a", "messages": m, "routewise": {"mu": -1}})).unwrap_err()),
+            "routewise.mu"
+        );
     }
 
     #[test]

@@ -242,6 +242,15 @@ impl AppState {
                     .filter(|n| upstreams.by_name(n).is_none())
                     .collect();
                 metrics.clear_cooldowns(&gone);
+                // Deployments no longer served stop being exported.
+                for u in p.upstreams.iter() {
+                    let kept = upstreams.by_name(&u.name).map(|id| upstreams.get(id));
+                    for d in &u.deployments {
+                        if kept.is_none_or(|k| !k.deployments.iter().any(|x| x.name == d.name)) {
+                            metrics.forget_deployment(&u.name, &d.name);
+                        }
+                    }
+                }
                 metrics
             }
             None => Metrics::new(&upstreams.names()),
@@ -485,9 +494,9 @@ impl Gateway {
     /// Records a successful attempt on deployment `d` of `m` that started at `started_ms`
     /// (the breakers' clock): closes the model's and the deployment's breakers unless they
     /// opened since, and clears the model's cooldown gauge when it had failures.
-    pub fn record_success(&self, m: ModelId, d: usize, started_ms: u64) {
+    pub fn record_success(&self, m: ModelId, d: Option<usize>, started_ms: u64) {
         let up = self.upstreams.get(m);
-        if let Some(dep) = up.deployments.get(d) {
+        if let Some(dep) = d.and_then(|d| up.deployments.get(d)) {
             dep.breaker.success_since(started_ms);
             dep.load.observe_outcome(true, self.now_ms());
         }
@@ -496,12 +505,13 @@ impl Gateway {
         }
     }
 
-    /// Records a failed attempt on deployment `d` of `m`; returns true when this failure
+    /// Records a failed attempt on deployment `d` of `m` (`None`: the model alone, for an
+    /// answer with no call of its own); returns true when this failure
     /// opened the model's breaker (then also counted in the cooldown metrics).
-    pub fn record_failure(&self, m: ModelId, d: usize) -> bool {
+    pub fn record_failure(&self, m: ModelId, d: Option<usize>) -> bool {
         let now = self.now_ms();
         let up = self.upstreams.get(m);
-        if let Some(dep) = up.deployments.get(d) {
+        if let Some(dep) = d.and_then(|d| up.deployments.get(d)) {
             dep.breaker.failure(now);
             dep.load.observe_outcome(false, now);
         }

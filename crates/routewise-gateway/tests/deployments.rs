@@ -77,8 +77,10 @@ async fn burst(gw: &common::Gateway, n: usize, body: &Value) -> Vec<(u16, String
 #[tokio::test]
 async fn a_burst_is_spread_over_the_deployments_never_past_their_cap_then_spills() {
     let p = pool(4, "").await;
+    // Long enough that every request of a burst is in flight together, even on a slow
+    // machine.
     for m in [&p.one, &p.two] {
-        m.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(400))));
+        m.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(1500))));
     }
     // Eight at once: both deployments of a take four each.
     let out = burst(&p.gw, 8, &common::chat_body("hello")).await;
@@ -445,4 +447,176 @@ dispatch: {{balance: {{solver: exact, window_ms: 5, near: 0.5}}}}
         metrics.contains("routewise_balanced_total{verdict=\"moved\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn regression_a_retry_on_a_full_deployment_moves_on_instead_of_spinning() {
+    // spill: false and a long queue: the retry of a failed call on a's other deployment,
+    // which is full, once spun on "a has room" (the failed deployment's freed slot) until
+    // queue_ms. It now moves on to the next model at once.
+    let p = pool(
+        1,
+        "dispatch: {spill: false, queue_ms: 10000}\ncooldown: {failures: 1000, seconds: 30}",
+    )
+    .await;
+    p.one.set_model_fault("up-a", Some(Fault::Status(500)));
+    p.two
+        .set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(2000))));
+    // The first request ends on `two` (directly, or after `one` failed) and holds it.
+    let url = p.gw.url("/v1/chat/completions");
+    let holder = tokio::spawn({
+        let url = url.clone();
+        async move {
+            common::send_json(&url, &common::chat_body("hold"))
+                .await
+                .status()
+        }
+    });
+    for _ in 0..200 {
+        if p.two.in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(p.two.in_flight(), 1);
+    let started = Instant::now();
+    let (status, h, _) = common::post(&url, &common::chat_body("next")).await;
+    assert_eq!(status, 200);
+    assert_eq!(common::header(&h, "x-routewise-model"), "b");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(holder.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn regression_a_request_whose_slo_deployments_are_full_is_served_by_the_others_at_once() {
+    // The deployments within the SLO are full and the slow one has room: the request once
+    // went round until queue_ms and got 503; the SLO is a preference, so it is dropped.
+    let (one, two, other) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let gw = common::start(&format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - name: a
+    upstream_model: up-a
+    deployments:
+      - {{name: one, base_url: "{}"}}
+      - {{name: two, base_url: "{}", max_concurrency: 1}}
+  - {{name: b, base_url: "{}", upstream_model: up-b}}
+  - {{name: c, base_url: "{}", upstream_model: up-c}}
+dispatch: {{queue_ms: 5000}}
+"#,
+        one.base_url(),
+        two.base_url(),
+        other.base_url(),
+        other.base_url()
+    ))
+    .await;
+    one.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
+    let url = gw.url("/v1/chat/completions");
+    let mut named = common::chat_body("learn");
+    named["model"] = json!("a");
+    for _ in 0..60 {
+        if one.hits("up-a") > 0 && two.hits("up-a") > 0 {
+            break;
+        }
+        common::read_sse(common::post_stream(&url, named.clone()).await).await;
+    }
+    assert!(one.hits("up-a") > 0 && two.hits("up-a") > 0);
+    // `two` (the fast one) is held by a long call with the same SLO.
+    two.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(2500))));
+    let slo = |body: Value| {
+        common::client()
+            .post(url.clone())
+            .header("x-routewise-slo-ms", "150")
+            .json(&body)
+            .send()
+    };
+    let holder = tokio::spawn(slo(named.clone()));
+    for _ in 0..200 {
+        if two.in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(two.in_flight(), 1);
+    let before = one.hits("up-a");
+    let started = Instant::now();
+    let r = slo(named.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        one.hits("up-a"),
+        before + 1,
+        "served by the slow deployment"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn regression_a_probe_that_waits_for_a_slot_is_released_when_its_client_leaves() {
+    // A half-open breaker's single probe went to a request that then queued for a full
+    // model; when its client went away, the probe stayed taken and the model was skipped
+    // for good. The probe is now released on every path without a call.
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(3000))));
+    let gw = common::start(&format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{policy: {{lambda: 0}}}}
+models:
+  - {{name: a, base_url: "{u}", upstream_model: up-a, max_concurrency: 1}}
+  - {{name: b, base_url: "{u}", upstream_model: up-b}}
+  - {{name: c, base_url: "{u}", upstream_model: up-c}}
+cooldown: {{failures: 1, seconds: 0.1}}
+dispatch: {{spill: false, queue_ms: 5000}}
+"#,
+        u = mock.base_url()
+    ))
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    // A slow call holds a's only slot.
+    let mut named = common::chat_body("hold");
+    named["model"] = json!("a");
+    let holder = tokio::spawn({
+        let url = url.clone();
+        async move { common::send_json(&url, &named).await.status() }
+    });
+    for _ in 0..200 {
+        if mock.in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // a fails (as another instance of the call would) and cools down; then half-opens.
+    let a = gw.state.upstreams.by_name("a").unwrap();
+    assert!(gw.state.record_failure(a, None));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // This request takes the probe, waits for a's slot, and its client gives up.
+    let impatient = common::client()
+        .post(url.clone())
+        .timeout(Duration::from_millis(300))
+        .json(&common::chat_body("probe"))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let breaker = &gw.state.upstreams.get(a).breaker;
+    assert!(
+        !breaker.is_open(gw.state.now_ms()),
+        "the probe was released: a is half-open again"
+    );
+    assert_eq!(holder.await.unwrap(), 200);
 }

@@ -308,7 +308,10 @@ async fn a_kept_model_keeps_its_breaker_and_quota_and_a_new_price_applies() {
     let gw = serve(&with_limits).await;
     let old = gw.live.current();
     let a = old.upstreams.by_name("a").unwrap();
-    assert!(old.record_failure(a, 0), "one failure opens a's breaker");
+    assert!(
+        old.record_failure(a, Some(0)),
+        "one failure opens a's breaker"
+    );
     let b = old.upstreams.by_name("b").unwrap();
     let quota = old.upstreams.get(b).deployments[0].quota.as_ref().unwrap();
     for _ in 0..5 {
@@ -494,7 +497,7 @@ async fn regression_the_cooldown_gauge_follows_the_breakers_a_reload_installs() 
     let gw = serve(&yaml(&base, 0.0, "cooldown: {failures: 1, seconds: 600}\n")).await;
     let old = gw.live.current();
     for name in ["a", "b"] {
-        assert!(old.record_failure(old.upstreams.by_name(name).unwrap(), 0));
+        assert!(old.record_failure(old.upstreams.by_name(name).unwrap(), Some(0)));
     }
     drop(old);
     let gauge = |metrics: &str, model: &str| {

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderValue;
 
 use crate::error::ApiError;
-use crate::models::{ModelId, Slot, Upstream};
+use crate::models::{Deployment, ModelId, Slot, Upstream};
 use crate::pipeline::budget;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
 use crate::pipeline::route::Reason;
@@ -129,6 +129,22 @@ impl Pass {
     }
 }
 
+/// Whether deployment `d` meets `req`'s SLO at `now_ms` (a time to first token observed
+/// recently and above it does not).
+fn within_slo(d: &Deployment, req: &ChatRequest, now_ms: u64) -> bool {
+    req.slo_ms
+        .is_none_or(|slo| d.load.fresh_ttft_ms(now_ms).is_none_or(|t| t <= slo as f64))
+}
+
+/// Whether a deployment of `up` not in `tried` and within `req`'s SLO has a free slot:
+/// what [`take_deployment`] can take (quota aside).
+fn has_room_for(gw: &Gateway, up: &Upstream, req: &ChatRequest, tried: &[usize]) -> bool {
+    let now = gw.now_ms();
+    up.deployments.iter().enumerate().any(|(i, d)| {
+        !tried.contains(&i) && within_slo(d, req, now) && d.load.has_room(d.max_concurrency)
+    })
+}
+
 /// Takes a slot and the quota for a call to `up` with `req` at the deployment
 /// [`deploy::order`] puts first among those not in `tried` (deployment indexes of `up`
 /// already called by this request).
@@ -143,10 +159,6 @@ pub fn take_deployment(
         .max_tokens
         .unwrap_or(EXPECTED_OUTPUT_TOKENS)
         .min(EXPECTED_OUTPUT_TOKENS);
-    let within_slo = |d: &crate::models::Deployment| {
-        req.slo_ms
-            .is_none_or(|slo| d.load.ttft_ms().is_none_or(|t| t <= slo as f64))
-    };
     let candidates: Vec<deploy::Candidate> = up
         .deployments
         .iter()
@@ -168,10 +180,7 @@ pub fn take_deployment(
     let mut in_slo = false;
     for i in deploy::order(&candidates, draws) {
         let d = &up.deployments[i];
-        if tried.contains(&i) {
-            continue;
-        }
-        if !within_slo(d) {
+        if tried.contains(&i) || !within_slo(d, req, now) {
             continue;
         }
         in_slo = true;
@@ -197,54 +206,82 @@ pub fn take_deployment(
     Err(pass)
 }
 
-/// Waits until a slot frees at one of `models` or `deadline` passes; true when woken.
-async fn wait_for_room(gw: &Gateway, models: &[ModelId], deadline: Instant) -> bool {
-    let mut waits: Vec<_> = models
-        .iter()
-        .map(|&m| Box::pin(gw.upstreams.get(m).freed.notified()))
-        .collect();
-    for w in &mut waits {
-        w.as_mut().enable();
+/// Gives back what [`take_deployment`] took for a call that is not made: the quota
+/// (the slot frees when dropped).
+fn untake(up: &Upstream, slot: Slot, req: &ChatRequest) {
+    if let Some(q) = up
+        .deployments
+        .get(slot.deployment)
+        .and_then(|d| d.quota.as_ref())
+    {
+        q.give_back(req.needed_tokens());
     }
-    // A slot that freed before the waits were registered is seen here.
-    if models.iter().any(|&m| gw.upstreams.get(m).has_room()) {
-        return true;
+}
+
+/// Waits until one of `models` has room by `ready` (woken when a slot frees there) or
+/// `deadline` passes; true when it has.
+async fn wait_for_room(
+    gw: &Gateway,
+    models: &[ModelId],
+    deadline: Instant,
+    ready: impl Fn(&Upstream) -> bool,
+) -> bool {
+    loop {
+        if Instant::now() >= deadline || models.is_empty() {
+            return false;
+        }
+        let mut waits: Vec<_> = models
+            .iter()
+            .map(|&m| Box::pin(gw.upstreams.get(m).freed.notified()))
+            .collect();
+        for w in &mut waits {
+            w.as_mut().enable();
+        }
+        // A slot that freed before the waits were registered is seen here.
+        if models.iter().any(|&m| ready(gw.upstreams.get(m))) {
+            return true;
+        }
+        let any = futures_util::future::select_all(waits);
+        if tokio::time::timeout_at(deadline.into(), any).await.is_err() {
+            return false;
+        }
     }
-    if waits.is_empty() {
-        return false;
-    }
-    let any = futures_util::future::select_all(waits);
-    tokio::time::timeout_at(deadline.into(), any).await.is_ok()
 }
 
 /// Tries the routed candidates; the answering model and its answer, or the error to
 /// return when every attempt failed. Every attempt is recorded in `ctx.attempts`. When
-/// no call could be made because every candidate was full, waits for a slot (up to
-/// `dispatch.queue_ms`) and goes round again.
+/// no call could be made because every candidate was full, the request's SLO (if any) is
+/// dropped first; then it waits for a slot (up to `dispatch.queue_ms` in all) and goes
+/// round again.
 pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError> {
     let state = ctx.state.clone();
     let gw = &*state;
     let deadline = Instant::now() + Duration::from_millis(gw.config.dispatch.queue_ms);
     let skipped_before = ctx.skipped.len();
     loop {
-        match round(ctx, deadline).await {
-            // No deployment of any candidate meets the request's SLO: the objective is
-            // a preference, not a reason to refuse, so the request goes round without it.
-            Round::Done(Err(_))
+        let round = round(ctx, deadline).await;
+        let slo_passed = ctx.skipped[skipped_before..]
+            .iter()
+            .any(|(_, why)| *why == "slo");
+        match round {
+            // No deployment meets the request's SLO, or those that do are full: the
+            // objective is a preference, not a reason to refuse or wait, so the request
+            // goes round again without it.
+            Round::Done(Err(_)) | Round::Full(_)
                 if ctx.attempts.is_empty()
                     && ctx.request.slo_ms.is_some()
-                    && ctx.skipped[skipped_before..]
-                        .iter()
-                        .any(|(_, why)| *why == "slo") =>
+                    && (slo_passed || matches!(round, Round::Full(_))) =>
             {
                 ctx.request.slo_ms = None;
+                ctx.skipped.truncate(skipped_before);
             }
             Round::Done(result) => return result,
             Round::Full(full) => {
-                if Instant::now() >= deadline || !wait_for_room(gw, &full, deadline).await {
+                let waited = wait_for_room(gw, &full, deadline, Upstream::has_room).await;
+                if !waited {
                     gw.metrics.at_capacity();
                     return Err(ApiError::AtCapacity(format!(
-                        "every eligible model is at its deployments' max_concurrency ({} waited {} ms); retry shortly",
+                        "every eligible model is at its deployments' max_concurrency ({}; waited up to {} ms); retry shortly",
                         full.iter()
                             .map(|&m| gw.upstreams.get(m).name.as_str())
                             .collect::<Vec<_>>()
@@ -285,7 +322,8 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
     let mut tried: Vec<usize> = Vec::new();
     let mut again: Option<ModelId> = None;
     loop {
-        let (m, admit) = match again.take() {
+        let retry = again.take();
+        let (m, admit) = match retry {
             Some(m) => (m, Admit::Yes),
             None => {
                 let Some((m, admit)) = plan
@@ -298,6 +336,48 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
             }
         };
         let up = gw.upstreams.get(m);
+        // A half-open breaker's probe is released on every path that makes no call,
+        // including the request going away while it waits.
+        let mut probe = ProbeGuard {
+            breaker: &up.breaker,
+            armed: admit == Admit::Probe,
+        };
+        // The deployment's slot and quota first (waiting for a slot holds nothing else).
+        let mut taken = take_deployment(gw, up, &ctx.request, &tried);
+        if matches!(taken, Err(Pass::Capacity)) && !gw.config.dispatch.spill && retry.is_none() {
+            // Queue at this model before moving on.
+            while matches!(taken, Err(Pass::Capacity))
+                && wait_for_room(gw, &[m], deadline, |u| {
+                    has_room_for(gw, u, &ctx.request, &tried)
+                })
+                .await
+            {
+                taken = take_deployment(gw, up, &ctx.request, &tried);
+            }
+        }
+        let slot = match taken {
+            Ok(slot) => slot,
+            Err(pass) => {
+                plan.refund();
+                // Another deployment of a model already called: not a pass over the model.
+                if retry.is_some() {
+                    continue;
+                }
+                ctx.skipped.push((m, pass.name()));
+                match pass {
+                    Pass::Quota(e) if !e.never => {
+                        quota_wait =
+                            Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
+                    }
+                    Pass::Capacity => {
+                        gw.metrics.model_full(&up.name);
+                        full.push(m);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+        };
         let first = !ctx.rate_taken;
         let observed = ctx.routed.observed();
         let hold = match budget::reserve(
@@ -318,57 +398,24 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 h
             }
             Err(r) => {
-                if admit == Admit::Probe {
-                    up.breaker.abandon_probe();
-                }
+                untake(up, slot, &ctx.request);
                 // Over the key's rate, or the store is down: the request ends here.
                 if !matches!(r, budget::Refused::Exceeded(_)) {
                     return Round::Done(Err(r.into()));
                 }
                 // Not a call: it does not use up an attempt.
                 plan.refund();
-                ctx.skipped.push((m, "budget"));
+                if retry.is_none() {
+                    ctx.skipped.push((m, "budget"));
+                }
                 refused = Some(r);
-                continue;
-            }
-        };
-        // The deployment's slot and quota are taken once the call is certain to be made.
-        let mut taken = take_deployment(gw, up, &ctx.request, &tried);
-        if matches!(taken, Err(Pass::Capacity)) && !gw.config.dispatch.spill {
-            // Queue at this model before moving on.
-            while matches!(taken, Err(Pass::Capacity)) && wait_for_room(gw, &[m], deadline).await {
-                taken = take_deployment(gw, up, &ctx.request, &tried);
-            }
-        }
-        let slot = match taken {
-            Ok(slot) => slot,
-            Err(pass) => {
-                if let Some(h) = hold {
-                    h.release();
-                }
-                if admit == Admit::Probe {
-                    up.breaker.abandon_probe();
-                }
-                plan.refund();
-                ctx.skipped.push((m, pass.name()));
-                match pass {
-                    Pass::Quota(e) if !e.never => {
-                        quota_wait =
-                            Some(quota_wait.map_or(e.retry_after_ms, |w| w.min(e.retry_after_ms)));
-                    }
-                    Pass::Capacity => {
-                        gw.metrics.model_full(&up.name);
-                        full.push(m);
-                    }
-                    _ => {}
-                }
                 continue;
             }
         };
         let d = slot.deployment;
         let dep = &up.deployments[d];
         tried.push(d);
-        if let Some(prev) = ctx.attempts.last() {
+        if let Some(prev) = ctx.attempts.last().filter(|a| a.model != m) {
             gw.metrics.fallback(prev.model.index());
         }
         let span = tracing::debug_span!(
@@ -382,10 +429,6 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
         let forward = ctx.trace.upstream_headers(
             crate::otel::span_id(&span).unwrap_or_else(crate::trace::new_span_id),
         );
-        let mut probe = ProbeGuard {
-            breaker: &up.breaker,
-            armed: admit == Admit::Probe,
-        };
         let mut info = AttemptInfo::default();
         let attempt_started = gw.now_ms();
         let call_started = Instant::now();
@@ -403,6 +446,9 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
             .instrument(span.clone())
             .await;
         probe.armed = false;
+        // A stream is returned with its first chunk: this is its time to first token; a
+        // full answer's, the whole call.
+        let call_ms = call_started.elapsed().as_secs_f64() * 1000.0;
         if let Some(t) = info.headers_after {
             gw.metrics.upstream_latency(m.index(), t.as_secs_f64());
         }
@@ -425,17 +471,13 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 if let Some(q) = &dep.quota {
                     q.observe(&info.rate_limit, gw.now_ms());
                 }
-                let head_ms = info.headers_after.map_or(0.0, |t| t.as_secs_f64() * 1000.0);
-                if matches!(answer, Answer::Stream { .. }) {
-                    dep.load.observe_ttft(head_ms);
+                let streamed = matches!(answer, Answer::Stream { .. });
+                if streamed {
+                    dep.load.observe_ttft(call_ms, gw.now_ms());
                 }
-                ctx.slot = Some(slot.started(
-                    call_started,
-                    head_ms,
-                    matches!(answer, Answer::Stream { .. }),
-                ));
+                ctx.slot = Some(slot.started(call_started, call_ms, streamed));
                 ctx.hold = hold;
-                gw.record_success(m, d, attempt_started);
+                gw.record_success(m, Some(d), attempt_started);
                 ctx.attempts.push(AttemptRecord {
                     model: m,
                     deployment: d,
@@ -451,7 +493,7 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 if let Some(h) = hold {
                     h.settle(failed_charge);
                 }
-                if gw.record_failure(m, d) {
+                if gw.record_failure(m, Some(d)) {
                     tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
                 ctx.attempts.push(AttemptRecord {

@@ -313,7 +313,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 content_type,
                 body,
             }) if status.is_success() => {
-                gw.record_success(m, d, started);
+                gw.record_success(m, Some(d), started);
                 let text = content(&body);
                 let answer = text.as_deref().and_then(|t| plan.extractor.extract(t));
                 let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
@@ -349,7 +349,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             Ok(other) => {
                 // An answer the client would get as is (a 4xx other than auth): the model
                 // works (its breaker is told so, releasing a half-open probe), but no vote.
-                gw.record_success(m, d, started);
+                gw.record_success(m, Some(d), started);
                 let status = match &other {
                     Answer::Full { status, .. } | Answer::Stream { status, .. } => status.as_u16(),
                 };
@@ -363,7 +363,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 AttemptOutcome::Ok
             }
             Err(f) => {
-                gw.record_failure(m, d);
+                gw.record_failure(m, Some(d));
                 trace.calls.push(TierCall {
                     model: m,
                     outcome: f.outcome,

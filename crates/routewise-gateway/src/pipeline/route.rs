@@ -258,9 +258,9 @@ mod tests {
         // mu = 0.01 per second, a expected at 5 s, b at 1 s: b first.
         rerank(&mut c, &scores, &costs, 0.0, &[0.05, 0.01, 0.01]);
         assert_eq!(c, vec![1, 0, 2]);
-        // A large energy term on b and a puts c first.
+        // A large energy term on a and b puts c first.
         rerank(&mut c, &scores, &costs, 0.0, &[0.5, 0.5, 0.0]);
-        assert_eq!(c, vec![2, 1, 0]);
+        assert_eq!(c, vec![2, 0, 1]);
         // Ties keep their order; a NaN utility goes last.
         let mut c = vec![2, 0, 1];
         rerank(&mut c, &[0.5, f64::NAN, 0.5], &[0.0; 3], 0.0, &[]);

@@ -654,13 +654,6 @@ fn execute(
     }
     let up = gw.upstreams.get(m);
     let mut request = exec.request.clone();
-    // A slot at one of the model's deployments (an execution never pushes one past its
-    // max_concurrency or quota): none free counts as throttled.
-    let Ok(slot) = super::attempts::take_deployment(&gw, up, &request, &[]) else {
-        running.fetch_sub(1, Ordering::Relaxed);
-        stats.lock().unwrap_or_else(PoisonError::into_inner)[k].throttled += 1;
-        return;
-    };
     let reservation = reserve_for(&mut request, |i, o| up.cost(i, o));
     let admitted = budget
         .lock()
@@ -680,6 +673,13 @@ fn execute(
         running: Arc::clone(running),
         amount: reservation,
         settled: false,
+    };
+    // A slot at one of the model's deployments, for the request as sent (an execution
+    // never pushes one past its max_concurrency or quota): none free counts as throttled.
+    let Ok(slot) = super::attempts::take_deployment(&gw, up, &request, &[]) else {
+        held.settle(0.0);
+        stats.lock().unwrap_or_else(PoisonError::into_inner)[k].throttled += 1;
+        return;
     };
     let stats = Arc::clone(stats);
     let (id, shadow) = (decision_id.to_string(), shadow.to_string());

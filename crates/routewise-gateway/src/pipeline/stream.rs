@@ -142,8 +142,8 @@ impl StreamState {
         }
         let cost = cascade::total_cost(&ctx, cost);
         if end.upstream_failed() {
-            let d = ctx.slot.as_ref().map_or(0, |s| s.deployment);
-            gw.record_failure(self.model, d);
+            // A replayed answer (no call of its own, no slot): the model alone.
+            gw.record_failure(self.model, ctx.slot.as_ref().map(|s| s.deployment));
         }
         if let (End::Complete, Some(slot)) = (end, &ctx.slot) {
             slot.complete(self.usage.map(|(_, c)| c));

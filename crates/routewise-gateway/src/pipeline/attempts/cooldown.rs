@@ -1,4 +1,7 @@
-//! Per-model cooldown: a circuit breaker (closed / open / half-open), lock-free.
+//! Per-model cooldown: a circuit breaker (closed / open / half-open), lock-free. Each
+//! deployment has one too, read only as open or not ([`Breaker::is_open`]) to order a
+//! model's deployments: once its cooldown ends, a deployment is back in the draw (no
+//! single probe), and its next failure opens it again.
 //!
 //! * closed: requests go through; each failure counts, each success resets the count;
 //! * open: after `failures` consecutive failures the model is skipped for `cooldown_ms`;

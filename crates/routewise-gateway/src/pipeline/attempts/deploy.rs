@@ -4,22 +4,26 @@
 //! * **What is tracked** ([`Load`], one per deployment, lock-free): calls in flight (held
 //!   by a [`Load::try_acquire`] until the answer ends, never past `max_concurrency`), and
 //!   exponentially weighted moving averages (weight [`EWMA_ALPHA`]) of the time to first
-//!   token (streamed answers: the time to the response head), of the time per output
-//!   token (streams: from the head to the end over the completion tokens; full answers:
-//!   the whole call less the time to first token, over the completion tokens) and of the
-//!   error rate (each call a 0 or a 1). The error rate also halves every
-//!   [`ERROR_HALF_LIFE_MS`] without a call, so a deployment that failed once is tried again
-//!   when traffic is light, not shunned until load pushes traffic to it.
+//!   token (streamed answers: from the call to its first chunk), of the time per output
+//!   token (streams: from the first chunk to the end over the completion tokens; full
+//!   answers: the whole call less the time to first token, over the completion tokens) and
+//!   of the error rate (each call a 0 or a 1). The error rate also halves every
+//!   [`ERROR_HALF_LIFE_MS`] without a call, and a time to first token older than
+//!   [`TTFT_STALE_MS`] no longer excludes the deployment from a request's SLO, so what a
+//!   deployment did once does not shun it for good.
 //! * **Expected latency** of a call with `n` output tokens: `ttft + n * ms_per_token`.
 //!   A deployment with no observation yet is expected to be as fast as the mean of its
 //!   peers that have some (or [`UNKNOWN_MS`] when none has), so a new replica is tried.
 //! * **Choice** ([`order`]): the power of two choices (Mitzenmacher 2001; the load-aware
 //!   form LinkerD and Envoy use for least-request balancing). Two deployments are drawn at
-//!   random in proportion to their `weight` among those with a free slot and a closed
-//!   breaker, and the one with the smaller `(in_flight + 1) * expected latency / (1 -
-//!   error rate)` goes first. The others follow in that score's order (with room first,
-//!   then cooling down, then full), which is the order a failed call falls back through
-//!   before it moves to another model.
+//!   random, with replacement, in proportion to their `weight` among those with a free
+//!   slot and a closed breaker, and the one with the smaller `(in_flight + 1) * expected
+//!   latency / (1 - error rate)` goes first (the first drawn on a tie). So equally fast,
+//!   equally loaded deployments share the traffic by weight, and a worse one still gets
+//!   the share of requests that draw it twice (its weight squared), which keeps its
+//!   statistics current. The others follow in that score's order (with room first, then
+//!   cooling down, then full), which is the order a failed call falls back through before
+//!   it moves to another model.
 //!
 //! Pure logic: atomics and arithmetic, no I/O and no clock (times are passed in).
 
@@ -33,6 +37,9 @@ pub const UNKNOWN_MS: f64 = 1000.0;
 const MAX_ERROR_RATE: f64 = 0.95;
 /// Without calls, a deployment's error rate halves this often.
 pub const ERROR_HALF_LIFE_MS: u64 = 10_000;
+/// A time to first token observed longer ago than this no longer counts against a
+/// request's SLO.
+pub const TTFT_STALE_MS: u64 = 30_000;
 
 /// A deployment's live statistics.
 #[derive(Debug)]
@@ -44,6 +51,8 @@ pub struct Load {
     error_rate: AtomicU64,
     /// When the error rate was last observed (the caller's clock, ms).
     error_at_ms: AtomicU64,
+    /// When the time to first token was last observed.
+    ttft_at_ms: AtomicU64,
 }
 
 impl Default for Load {
@@ -54,6 +63,7 @@ impl Default for Load {
             ms_per_token: AtomicU64::new(f64::NAN.to_bits()),
             error_rate: AtomicU64::new(0f64.to_bits()),
             error_at_ms: AtomicU64::new(0),
+            ttft_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -113,7 +123,7 @@ impl Load {
 
     /// Records a call's outcome (failed or not) at `now_ms` in the error rate.
     pub fn observe_outcome(&self, ok: bool, now_ms: u64) {
-        let before = self.error_at_ms.swap(now_ms, Ordering::AcqRel);
+        let before = self.error_at_ms.fetch_max(now_ms, Ordering::AcqRel);
         let elapsed = now_ms.saturating_sub(before);
         let x = if ok { 0.0 } else { 1.0 };
         let _ = self
@@ -124,9 +134,17 @@ impl Load {
             });
     }
 
-    /// Records a streamed call's time to its first byte.
-    pub fn observe_ttft(&self, ms: f64) {
+    /// Records a streamed call's time to its first chunk, at `now_ms`.
+    pub fn observe_ttft(&self, ms: f64, now_ms: u64) {
         fold(&self.ttft_ms, ms.max(0.0));
+        self.ttft_at_ms.fetch_max(now_ms, Ordering::AcqRel);
+    }
+
+    /// The time to first token, while observed within [`TTFT_STALE_MS`] of `now_ms`.
+    pub fn fresh_ttft_ms(&self, now_ms: u64) -> Option<f64> {
+        let at = self.ttft_at_ms.load(Ordering::Acquire);
+        self.ttft_ms()
+            .filter(|_| now_ms.saturating_sub(at) <= TTFT_STALE_MS)
     }
 
     /// Records a complete answer: `generating_ms` spent after the first token (streams),
@@ -218,8 +236,8 @@ pub fn order(options: &[Candidate], draws: [f64; 2]) -> Vec<usize> {
         .filter(|&i| class(&options[i]) == 0)
         .collect();
     if ready.len() > 1 {
-        let first = draw(options, &ready, draws[0], None);
-        let second = draw(options, &ready, draws[1], Some(first));
+        let first = draw(options, &ready, draws[0]);
+        let second = draw(options, &ready, draws[1]);
         let winner = if score(&options[second]) < score(&options[first]) {
             second
         } else {
@@ -233,23 +251,17 @@ pub fn order(options: &[Candidate], draws: [f64; 2]) -> Vec<usize> {
     out
 }
 
-/// One of `among` drawn in proportion to its weight (`u` uniform in [0, 1)), other than
-/// `except`.
-fn draw(options: &[Candidate], among: &[usize], u: f64, except: Option<usize>) -> usize {
-    let pool: Vec<usize> = among
-        .iter()
-        .copied()
-        .filter(|&i| Some(i) != except)
-        .collect();
-    let total: f64 = pool.iter().map(|&i| options[i].weight.max(0.0)).sum();
+/// One of `among` drawn in proportion to its weight (`u` uniform in [0, 1)).
+fn draw(options: &[Candidate], among: &[usize], u: f64) -> usize {
+    let total: f64 = among.iter().map(|&i| options[i].weight.max(0.0)).sum();
     let mut left = u.clamp(0.0, 1.0) * total;
-    for &i in &pool {
+    for &i in among {
         left -= options[i].weight.max(0.0);
         if left < 0.0 {
             return i;
         }
     }
-    pool.last().copied().unwrap_or(0)
+    among.last().copied().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -290,9 +302,11 @@ mod tests {
     fn the_averages_start_at_the_first_observation_then_move_a_fifth_of_the_way() {
         let l = Load::default();
         assert_eq!(l.expected_ms(100), None);
-        l.observe_ttft(100.0);
+        l.observe_ttft(100.0, 0);
         assert_eq!(l.ttft_ms(), Some(100.0));
-        l.observe_ttft(200.0);
+        l.observe_ttft(200.0, 0);
+        assert_eq!(l.fresh_ttft_ms(TTFT_STALE_MS), l.ttft_ms());
+        assert_eq!(l.fresh_ttft_ms(TTFT_STALE_MS + 1), None, "stale");
         assert!((l.ttft_ms().unwrap() - 120.0).abs() < 1e-9);
         // A full answer of 10 tokens in 320 ms: 200 ms of it after the first token.
         l.observe_generation(320.0, 10, true);
@@ -314,9 +328,29 @@ mod tests {
         for u in [0.1, 0.6] {
             assert_eq!(order(&opts, [u, 1.0 - u])[0], 1);
         }
+        // Drawn twice, the busier one goes first anyway (its weight squared of the time).
+        // (draws index the ready deployments in score order: both above 0.5 pick the busy one)
+        assert_eq!(order(&opts, [0.6, 0.7])[0], 0);
         // A slower deployment wins when the faster one is busy enough.
         let opts = [opt(4, 100.0), opt(0, 300.0)];
         assert_eq!(order(&opts, [0.1, 0.9])[0], 1);
+    }
+
+    #[test]
+    fn equally_fast_idle_deployments_share_the_traffic_by_weight() {
+        let mut heavy = opt(0, 100.0);
+        heavy.weight = 3.0;
+        let opts = [heavy, opt(0, 100.0)];
+        let grid = 200;
+        let mut firsts = [0usize; 2];
+        for a in 0..grid {
+            for b in 0..grid {
+                let u = |k: usize| (k as f64 + 0.5) / grid as f64;
+                firsts[order(&opts, [u(a), u(b)])[0]] += 1;
+            }
+        }
+        let share = firsts[0] as f64 / (grid * grid) as f64;
+        assert!((share - 0.75).abs() < 0.01, "{share}");
     }
 
     #[test]

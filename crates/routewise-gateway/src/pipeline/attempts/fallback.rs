@@ -4,7 +4,8 @@
 //! than the request's estimated tokens are never tried. Models whose breaker is open
 //! (see [`super::cooldown`]) are skipped; if that leaves nothing, the best eligible model
 //! is tried anyway (a request is never refused only because everything is cooling down).
-//! At most `max_attempts` models are tried. Pure logic: no I/O, no clock.
+//! At most `max_attempts` calls are made: a model's other deployments, tried after one
+//! fails ([`AttemptPlan::take_one`]), count too. Pure logic: no I/O, no clock.
 
 use super::cooldown::Admit;
 
