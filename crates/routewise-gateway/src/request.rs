@@ -10,7 +10,8 @@
 //! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
 //! "number"}` to override the configured cascade), and the cache switch (`{"routewise":
 //! {"cache": false}}`), the latency and energy weights (`{"routewise": {"mu": x, "nu":
-//! y}}`, or the `x-routewise-mu` / `x-routewise-nu` headers: finite numbers >= 0), and the
+//! y}}`, or the `x-routewise-mu` / `x-routewise-nu` headers, the body's winning: finite
+//! numbers >= 0), and the
 //! latency objective (`x-routewise-slo-ms`, a positive number of milliseconds). The `routewise` key is stripped before
 //! forwarding. Every problem is a 400 naming the offending parameter.
 //!

@@ -495,6 +495,17 @@ async fn regression_a_retry_on_a_full_deployment_moves_on_instead_of_spinning() 
 async fn regression_a_request_whose_slo_deployments_are_full_is_served_by_the_others_at_once() {
     // The deployments within the SLO are full and the slow one has room: the request once
     // went round until queue_ms and got 503; the SLO is a preference, so it is dropped.
+    slo_full_served_elsewhere("dispatch: {queue_ms: 5000}").await;
+}
+
+#[tokio::test]
+async fn regression_without_spill_a_request_whose_slo_deployments_are_full_does_not_wait() {
+    // Under spill: false the request once waited the whole queue_ms for the fast
+    // deployment before the SLO was dropped.
+    slo_full_served_elsewhere("dispatch: {queue_ms: 5000, spill: false}").await;
+}
+
+async fn slo_full_served_elsewhere(dispatch: &str) {
     let (one, two, other) = (
         MockUpstream::start().await.unwrap(),
         MockUpstream::start().await.unwrap(),
@@ -512,12 +523,13 @@ models:
       - {{name: two, base_url: "{}", max_concurrency: 1}}
   - {{name: b, base_url: "{}", upstream_model: up-b}}
   - {{name: c, base_url: "{}", upstream_model: up-c}}
-dispatch: {{queue_ms: 5000}}
+{}
 "#,
         one.base_url(),
         two.base_url(),
         other.base_url(),
-        other.base_url()
+        other.base_url(),
+        dispatch
     ))
     .await;
     one.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));

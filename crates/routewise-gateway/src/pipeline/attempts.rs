@@ -7,8 +7,10 @@
 //! * Which of the model's deployments takes the call: [`deploy`] (the power of two choices
 //!   over calls in flight times expected latency, never past a deployment's
 //!   `max_concurrency`; a request with `x-routewise-slo-ms` passes over deployments whose
-//!   time to first token averages more). The call holds its slot until its answer ends
-//!   ([`crate::models::Slot`], kept in the context).
+//!   time to first token, observed in the last 30 s, averages more; when that leaves no
+//!   deployment with room, the SLO is dropped rather than the request waiting or being
+//!   refused). The call holds its slot until its answer ends ([`crate::models::Slot`],
+//!   kept in the context).
 //! * When every deployment of a model is full, the model is passed over for the next in
 //!   the ranking (`dispatch.spill`, the default; the decision log says
 //!   `skipped=<model>:capacity`), or waited for first (`spill: false`). When every
@@ -200,21 +202,52 @@ pub fn take_deployment(
         }
         return Ok(slot);
     }
-    if !in_slo {
+    // None within the SLO, or those within it full while a slower one has room: the SLO
+    // is what stands in the way.
+    let slower_has_room = || {
+        up.deployments.iter().enumerate().any(|(i, d)| {
+            !tried.contains(&i) && !within_slo(d, req, now) && d.load.has_room(d.max_concurrency)
+        })
+    };
+    if !in_slo || (matches!(pass, Pass::Capacity) && slower_has_room()) {
         return Err(Pass::Slo);
     }
     Err(pass)
 }
 
-/// Gives back what [`take_deployment`] took for a call that is not made: the quota
-/// (the slot frees when dropped).
-fn untake(up: &Upstream, slot: Slot, req: &ChatRequest) {
-    if let Some(q) = up
-        .deployments
-        .get(slot.deployment)
-        .and_then(|d| d.quota.as_ref())
-    {
-        q.give_back(req.needed_tokens());
+/// What [`take_deployment`] took, given back (the quota; the slot frees itself) unless
+/// the call is made ([`Taken::call`]): on every path without a call, the request going
+/// away while the key's budget is reserved included.
+pub(crate) struct Taken<'a> {
+    slot: Option<Slot>,
+    quota: Option<(&'a crate::models::Quota, u64)>,
+}
+
+impl<'a> Taken<'a> {
+    pub(crate) fn new(up: &'a Upstream, slot: Slot, req: &ChatRequest) -> Taken<'a> {
+        let quota = up
+            .deployments
+            .get(slot.deployment)
+            .and_then(|d| d.quota.as_deref())
+            .map(|q| (q, req.needed_tokens()));
+        Taken {
+            slot: Some(slot),
+            quota,
+        }
+    }
+
+    /// The call is made: the quota stays taken; the slot goes with the call.
+    pub(crate) fn call(mut self) -> Option<Slot> {
+        self.quota = None;
+        self.slot.take()
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some((q, tokens)) = self.quota {
+            q.give_back(tokens);
+        }
     }
 }
 
@@ -268,9 +301,7 @@ pub async fn run(ctx: &mut RequestContext) -> Result<(ModelId, Answer), ApiError
             // objective is a preference, not a reason to refuse or wait, so the request
             // goes round again without it.
             Round::Done(Err(_)) | Round::Full(_)
-                if ctx.attempts.is_empty()
-                    && ctx.request.slo_ms.is_some()
-                    && (slo_passed || matches!(round, Round::Full(_))) =>
+                if ctx.attempts.is_empty() && ctx.request.slo_ms.is_some() && slo_passed =>
             {
                 ctx.request.slo_ms = None;
                 ctx.skipped.truncate(skipped_before);
@@ -345,7 +376,14 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
         // The deployment's slot and quota first (waiting for a slot holds nothing else).
         let mut taken = take_deployment(gw, up, &ctx.request, &tried);
         if matches!(taken, Err(Pass::Capacity)) && !gw.config.dispatch.spill && retry.is_none() {
-            // Queue at this model before moving on.
+            // Queue at this model before moving on. A half-open probe is not held while
+            // waiting (the model would look closed to everyone else): it is given back,
+            // and the breaker asked again once there is room.
+            let probing = probe.armed;
+            if probing {
+                probe.armed = false;
+                up.breaker.abandon_probe();
+            }
             while matches!(taken, Err(Pass::Capacity))
                 && wait_for_room(gw, &[m], deadline, |u| {
                     has_room_for(gw, u, &ctx.request, &tried)
@@ -354,9 +392,24 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
             {
                 taken = take_deployment(gw, up, &ctx.request, &tried);
             }
+            if probing && taken.is_ok() {
+                match up.breaker.admit(gw.now_ms()) {
+                    Admit::No => {
+                        // Someone else probes it now: pass it over (what was taken goes
+                        // back).
+                        if let Ok(s) = taken {
+                            drop(Taken::new(up, s, &ctx.request));
+                        }
+                        plan.refund();
+                        ctx.skipped.push((m, "cooldown"));
+                        continue;
+                    }
+                    a => probe.armed = a == Admit::Probe,
+                }
+            }
         }
         let slot = match taken {
-            Ok(slot) => slot,
+            Ok(slot) => Taken::new(up, slot, &ctx.request),
             Err(pass) => {
                 plan.refund();
                 // Another deployment of a model already called: not a pass over the model.
@@ -398,7 +451,7 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 h
             }
             Err(r) => {
-                untake(up, slot, &ctx.request);
+                drop(slot);
                 // Over the key's rate, or the store is down: the request ends here.
                 if !matches!(r, budget::Refused::Exceeded(_)) {
                     return Round::Done(Err(r.into()));
@@ -411,6 +464,9 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 refused = Some(r);
                 continue;
             }
+        };
+        let Some(slot) = slot.call() else {
+            continue;
         };
         let d = slot.deployment;
         let dep = &up.deployments[d];

@@ -4,23 +4,29 @@
 //! A per-request router is greedy: under load every request that "needs the good model"
 //! goes there, and its queue grows. When a routed request's first candidate is near
 //! capacity (its calls in flight reach `near` times its deployments' `max_concurrency`),
-//! it joins a batch instead of going straight to its attempts. The batch is assigned when
-//! `window_ms` has passed since its first request, or at once when it holds `max_batch`:
+//! it joins a batch instead of going straight to its attempts. The batch is assigned
+//! `window_ms` after its first request joined, or at once when it holds `max_batch`:
 //! each request's utility on each model (`predicted score - lambda * predicted cost -
 //! latency and energy penalty`, [`super::route`]; minus infinity outside its candidates),
-//! each model's free slots (the sum over its deployments; a model with an uncapped
-//! deployment has room for all) go to [`routewise_router::dispatch`]'s solver (Sinkhorn or
-//! exact min-cost flow, `solver`), which maximises the batch's total utility. A request's
-//! assigned model goes first in its candidates (the rest keep their order, as fallbacks);
-//! a request the free slots could not take keeps its order and queues or spills as
-//! usual ([`super::attempts`]). When no model is near capacity, nothing waits and no
-//! window is added. The method is the batch assignment of mixture-of-experts routing
-//! (BASE layers, Sinkhorn routing) applied to requests, as RouteBalance does.
+//! each model's free slots (the sum over its deployments with a closed breaker; a model
+//! with an uncapped deployment has room for all; a cooling-down model none) go to
+//! [`routewise_router::dispatch`]'s solver (`solver`: Sinkhorn, or exact min-cost flow,
+//! which places as many requests as the slots allow and, among those placements, has the
+//! best total utility). A request's assigned model goes first in its candidates (the rest
+//! keep their order, as fallbacks); a request the free slots could not take keeps its
+//! order and queues or spills as usual ([`super::attempts`]). Requests whose client left
+//! before the batch was assigned are dropped from it. When no model is near capacity,
+//! nothing waits and no window is added. The method is the batch assignment of
+//! mixture-of-experts routing (BASE layers, Sinkhorn routing) applied to requests, as
+//! RouteBalance does.
 //!
 //! Only lambda rankings are balanced (a utility must exist), and only requests the router
-//! ranked by its policy (not a named model, a forced route, a conversation kept on its
-//! model, or an exploration). The verdict (`kept`, `moved`, `unplaced`) goes to the
-//! decision log (`balanced`) and `routewise_balanced_total{verdict}`.
+//! ranked by its policy with somewhere else to go: not a named model, a forced route, a
+//! conversation kept on its model, an exploration, a request the cascade escalated (its
+//! tier already answered), or one with a single candidate. Under `dispatch.spill: false`
+//! nothing is balanced (the operator chose to wait for the first choice). The verdict
+//! (`kept`, `moved`, `unplaced`) goes to the decision log (`balanced`) and
+//! `routewise_balanced_total{verdict}`.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -63,10 +69,17 @@ struct Pending {
     reply: oneshot::Sender<Option<ModelId>>,
 }
 
+/// The batch being collected: its number, and its requests.
+#[derive(Default)]
+struct Batch {
+    epoch: u64,
+    items: Vec<Pending>,
+}
+
 /// The batch of one configuration and its solver.
 pub struct Balancer {
     config: BalanceConfig,
-    pending: Mutex<Vec<Pending>>,
+    pending: Mutex<Batch>,
     solver: Mutex<Box<dyn Assigner>>,
 }
 
@@ -82,20 +95,29 @@ impl Balancer {
     pub fn new(config: BalanceConfig) -> Balancer {
         Balancer {
             config,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Batch::default()),
             solver: Mutex::new(config.solver.build()),
         }
     }
 
-    /// Assigns the batch now: each waiting request gets its model (or `None`).
-    fn flush(&self, models: &ModelTable) {
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+    /// Assigns batch `epoch` now, if it is still being collected (`None`: whichever is):
+    /// each waiting request gets its model (or `None`).
+    fn flush(&self, models: &ModelTable, now_ms: u64, epoch: Option<u64>) {
+        let batch = {
+            let mut b = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if epoch.is_some_and(|e| e != b.epoch) {
+                return;
+            }
+            b.epoch = b.epoch.wrapping_add(1);
+            std::mem::take(&mut b.items)
+        };
+        // Requests whose client went away take no slot.
+        let batch: Vec<Pending> = batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
         if batch.is_empty() {
             return;
         }
         let n = batch.len();
-        let capacity: Vec<usize> = models.iter().map(|u| free_slots(u, n)).collect();
+        let capacity: Vec<usize> = models.iter().map(|u| free_slots(u, n, now_ms)).collect();
         let d = capacity.len();
         let mut utility = Vec::with_capacity(n * d);
         for p in &batch {
@@ -113,10 +135,17 @@ impl Balancer {
     }
 }
 
-/// Free slots at `up`'s deployments (`n`, room for the whole batch, when one is uncapped).
-fn free_slots(up: &Upstream, n: usize) -> usize {
+/// Free slots at `up`'s deployments that can take a call at `now_ms` (`n`, room for the
+/// whole batch, when one is uncapped; none while the model cools down).
+fn free_slots(up: &Upstream, n: usize, now_ms: u64) -> usize {
+    if up.breaker.is_open(now_ms) {
+        return 0;
+    }
     let mut free = 0usize;
     for d in &up.deployments {
+        if up.deployments.len() > 1 && d.breaker.is_open(now_ms) {
+            continue;
+        }
         match d.max_concurrency {
             None => return n,
             Some(cap) => free += cap.saturating_sub(d.load.in_flight()) as usize,
@@ -150,7 +179,11 @@ pub async fn apply(ctx: &mut RequestContext) {
     let (Policy::Lambda(lambda), Some(d), true, Some(&first)) = (
         routed.policy,
         routed.decision.as_ref(),
-        routed.reason == Reason::Routed && routed.by_policy,
+        routed.reason == Reason::Routed
+            && routed.by_policy
+            && routed.candidates.len() > 1
+            && ctx.cascade.is_none()
+            && state.config.dispatch.spill,
         routed.candidates.first(),
     ) else {
         return;
@@ -169,26 +202,28 @@ pub async fn apply(ctx: &mut RequestContext) {
         }
     }
     let (reply, assigned) = oneshot::channel();
-    let (first_in, full) = {
-        let mut pending = balancer
+    let (first_in, full, epoch) = {
+        let mut b = balancer
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        pending.push(Pending { utility, reply });
+        b.items.push(Pending { utility, reply });
         (
-            pending.len() == 1,
-            pending.len() >= balancer.config.max_batch,
+            b.items.len() == 1,
+            b.items.len() >= balancer.config.max_batch,
+            b.epoch,
         )
     };
     let window = Duration::from_secs_f64(balancer.config.window_ms / 1000.0);
     if full {
-        balancer.flush(&state.upstreams);
+        balancer.flush(&state.upstreams, state.now_ms(), None);
     } else if first_in {
+        // This batch's timer (a batch flushed sooner, when full, is not flushed again).
         let timer = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
             if let Some(b) = timer.balancer.as_ref() {
-                b.flush(&timer.upstreams);
+                b.flush(&timer.upstreams, timer.now_ms(), Some(epoch));
             }
         });
     }

@@ -184,8 +184,10 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
     ctx.cascade = Some(CascadeTrace::default());
-    // The tier models the breakers admit, the key's budget (if any) can afford and whose
-    // quota has room: reserved and taken now, given back below if the tier is not asked.
+    // The tier models the breakers admit, with a free slot and quota at a deployment, that
+    // the key's budget (if any) can afford: taken and reserved now, given back below if
+    // the tier is not asked. What is taken (a half-open probe, a slot and its quota) is
+    // given back on every path without a call, the request going away included.
     let mut admitted = Vec::with_capacity(plan.tier.len());
     for &m in &plan.tier {
         let up = gw.upstreams.get(m);
@@ -193,7 +195,18 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         if admit == Admit::No {
             continue;
         }
-        let reserved = match budget::reserve(
+        let probe = ProbeGuard {
+            breaker: &up.breaker,
+            armed: admit == Admit::Probe,
+        };
+        let taken = match attempts::take_deployment(gw, up, request, &[]) {
+            Ok(slot) => attempts::Taken::new(up, slot, request),
+            Err(pass) => {
+                ctx.skipped.push((m, pass.name()));
+                continue;
+            }
+        };
+        match budget::reserve(
             gw,
             ctx.caller.as_deref(),
             m,
@@ -207,46 +220,19 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 if !ctx.rate_taken {
                     crate::pipeline::pace::admitted(ctx);
                 }
-                // The key's rate took the request, whatever the deployments say next.
                 ctx.rate_taken = true;
-                match attempts::take_deployment(gw, up, request, &[]) {
-                    Ok(slot) => Ok((hold, slot)),
-                    Err(pass) => {
-                        if let Some(h) = hold {
-                            h.release();
-                        }
-                        Err(Some(pass.name()))
-                    }
-                }
+                admitted.push((m, probe, hold, taken));
             }
-            Err(r) => Err(matches!(r, budget::Refused::Exceeded(_)).then_some("budget")),
-        };
-        match reserved {
-            Ok((hold, slot)) => admitted.push((m, admit, hold, slot)),
-            Err(why) => {
-                if admit == Admit::Probe {
-                    up.breaker.abandon_probe();
-                }
-                match why {
-                    Some(why) => ctx.skipped.push((m, why)),
-                    // Over the key's rate, or the store is down: the attempts that follow
-                    // refuse the request.
-                    None => break,
-                }
-            }
+            // Over the key's rate, or the store is down: the attempts that follow refuse
+            // the request.
+            Err(r) if !matches!(r, budget::Refused::Exceeded(_)) => break,
+            Err(_) => ctx.skipped.push((m, "budget")),
         }
     }
     // Too few tier models can be asked to ever agree: nothing is called, and what was
     // reserved and taken is given back.
     if admitted.len() < plan.min_agree {
-        for (m, admit, hold, slot) in admitted.drain(..) {
-            let up = gw.upstreams.get(m);
-            if admit == Admit::Probe {
-                up.breaker.abandon_probe();
-            }
-            if let Some(q) = &up.deployments[slot.deployment].quota {
-                q.give_back(request.needed_tokens());
-            }
+        for (_, _probe, hold, _taken) in admitted.drain(..) {
             if let Some(h) = hold {
                 h.release();
             }
@@ -254,44 +240,44 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     }
     let mut pending: FuturesUnordered<_> = admitted
         .into_iter()
-        .map(|(m, admit, hold, slot)| {
+        .filter_map(|(m, probe, hold, taken)| {
+            let slot = taken.call()?;
             let up = gw.upstreams.get(m);
             let dep = &up.deployments[slot.deployment];
             let span = tracing::debug_span!("tier_call", model = %up.name);
             // A half-open breaker's probe is released if this call is dropped, run or not.
-            let probe = ProbeGuard {
-                breaker: &up.breaker,
-                armed: admit == Admit::Probe,
-            };
-            async move {
-                let mut probe = probe; // the whole guard moves into the call
-                let mut info = AttemptInfo::default();
-                let started = gw.now_ms();
-                let call = Call {
-                    request,
-                    model: &up.name,
-                    upstream_model: &dep.upstream_model,
-                    timeout,
-                    id,
-                    forward,
-                };
-                let result = dep.provider.call(call, &mut info).await;
-                probe.armed = false;
-                let d = slot.deployment;
-                drop(slot);
-                if let Some(h) = hold {
-                    let usage = match &result {
-                        Ok(Answer::Full { status, body, .. }) if status.is_success() => {
-                            crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c))
-                        }
-                        _ => None,
+            Some(
+                async move {
+                    let mut probe = probe; // the whole guard moves into the call
+                    let mut info = AttemptInfo::default();
+                    let started = gw.now_ms();
+                    let call = Call {
+                        request,
+                        model: &up.name,
+                        upstream_model: &dep.upstream_model,
+                        timeout,
+                        id,
+                        forward,
                     };
-                    let amount = h.amount();
-                    h.settle(Some(budget::charge(&result, usage, amount)));
+                    let result = dep.provider.call(call, &mut info).await;
+                    probe.armed = false;
+                    let d = slot.deployment;
+                    drop(slot);
+                    if let Some(h) = hold {
+                        let usage = match &result {
+                            Ok(Answer::Full { status, body, .. }) if status.is_success() => {
+                                crate::pipeline::stream::parse_usage(body)
+                                    .map(|(p, c)| up.cost(p, c))
+                            }
+                            _ => None,
+                        };
+                        let amount = h.amount();
+                        h.settle(Some(budget::charge(&result, usage, amount)));
+                    }
+                    (m, d, started, result)
                 }
-                (m, d, started, result)
-            }
-            .instrument(span)
+                .instrument(span),
+            )
         })
         .collect();
     // The answers that came back, and their votes: each read answer interned as a key for

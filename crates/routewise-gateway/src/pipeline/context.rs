@@ -55,7 +55,8 @@ pub struct RequestContext {
     pub rate_taken: bool,
     /// Candidates passed over without a call, and why (`quota`: every deployment's
     /// configured quota is used up; `budget`: the key could not afford it; `capacity`:
-    /// every deployment is at its `max_concurrency`; `slo`: none meets the request's SLO).
+    /// every deployment is at its `max_concurrency`; `slo`: none meets the request's SLO;
+    /// `cooldown`: its breaker half-opened for another request while this one waited).
     pub skipped: Vec<(ModelId, &'static str)>,
     /// The conversation and the affinity verdict (`affinity:` in the config).
     pub affinity: Option<crate::pipeline::affinity::Trace>,

@@ -17,7 +17,7 @@
 //! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
 //! attempt's as `model@deployment` for a model with several), the answer's energy in
 //! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; null when either is
-//! unknown), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `unplaced`), the
+//! unknown; cascade tier calls are not counted), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `unplaced`), the
 //! API key's name in `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson
@@ -556,7 +556,7 @@ pub fn emit(
         // A conversation kept on its model: the rule that chose it is affinity's.
         chosen: match ctx.affinity.and_then(|t| t.verdict) {
             Some(v) if v.stayed() => ctx.routed.candidates.first().map(|m| m.index()),
-            _ => decision.map(|d| d.chosen),
+            _ => ctx.routed.chosen(),
         },
         model: answered,
         status,

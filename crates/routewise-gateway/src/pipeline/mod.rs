@@ -9,8 +9,11 @@
 //! | 2 | before routing | [`rules`] | the `routes:` rules and the PII guard: block, redact, or narrow the pool (auth goes here too) |
 //! | 2c | cache | [`cache`] | a stored answer to the same (or a guarded near-duplicate) request, answered at once |
 //! | 3 | route | [`route`] | the decider ranks the models; context windows filter them |
+//! | 3d | affinity | [`affinity`] | `affinity:`: keep a conversation on its model unless a switch pays |
+//! | 3c | shadow | [`shadow`] | `shadow:` routers decide the request off the request path |
 //! | 3b | cascade | [`cascade`] | `router.cascade`: ask the cheap tier first, answer when enough of it agrees, else go on (reusing a tier answer when the router's choice is a tier model) |
-//! | 4 | attempts | [`attempts`] | try models down the ranking through their providers (fallback, cooldown) |
+//! | 3e | balance | [`balance`] | `dispatch.balance`: near capacity, assign the requests of a short window jointly under the free slots |
+//! | 4 | attempts | [`attempts`] | try models down the ranking through their deployments' providers (deployment choice, spill and queue, fallback, cooldown) |
 //! | 5 | respond | [`stream`] | the full body, or the stream piped chunk by chunk |
 //! | 6 | after the response | [`decision_log`], [`record`] | one log line per decision; the feedback record of a learned decision |
 //!
@@ -244,7 +247,7 @@ async fn chat_stages(
                 policy: routed.policy,
                 live: gw
                     .upstreams
-                    .at(d.chosen)
+                    .at(routed.chosen().unwrap_or(d.chosen))
                     .map_or_else(String::new, |u| u.name.clone()),
                 propensity: d.propensity,
                 exec: (!restricted && shadows.executes(&id)).then(|| shadow::ExecRequest {

@@ -93,11 +93,21 @@ impl Paced {
     /// Adds a routed request's predictions (its candidates' score and cost) to the
     /// pacer's window; `by_lambda`: the candidates are in the order of the pacer's lambda
     /// (else only the choice joins, a cost that does not depend on lambda).
-    fn observe(&self, decision: &Decision, candidates: &[ModelId], by_lambda: bool, at: f64) {
+    /// `penalty`: each model's latency and energy penalty in the ranking (empty: none),
+    /// taken off its score, so that the choices seen are the ranking's.
+    fn observe(
+        &self,
+        decision: &Decision,
+        candidates: &[ModelId],
+        penalty: &[f64],
+        by_lambda: bool,
+        at: f64,
+    ) {
         let take = if by_lambda { candidates.len() } else { 1 };
         let mut rows = candidates.iter().take(take).filter_map(|m| {
             let i = m.index();
-            Some((*decision.scores.get(i)?, *decision.costs.get(i)?))
+            let off = penalty.get(i).copied().unwrap_or(0.0);
+            Some((*decision.scores.get(i)? - off, *decision.costs.get(i)?))
         });
         // Built outside the lock.
         let e = envelope(&mut rows);
@@ -137,7 +147,13 @@ pub fn admitted(ctx: &RequestContext) {
         Policy::Lambda(l) => l,
         _ => p.lambda(),
     };
-    p.observe(d, &ctx.routed.candidates, by_lambda, at);
+    p.observe(
+        d,
+        &ctx.routed.candidates,
+        &ctx.routed.penalty,
+        by_lambda,
+        at,
+    );
 }
 
 /// The paced keys' controllers of this instance, by key id.

@@ -64,7 +64,7 @@ fn build(ctx: &RequestContext, m: ModelId, cost: Option<f64>) -> Option<Decision
     rec.replay = Some(ReplayContext {
         chosen: gw
             .upstreams
-            .at(decision.chosen)
+            .at(ctx.routed.chosen().unwrap_or(decision.chosen))
             .map_or_else(String::new, |u| u.name.clone()),
         propensity: decision.propensity,
         explored: decision.explored,

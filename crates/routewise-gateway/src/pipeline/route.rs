@@ -12,13 +12,16 @@
 //! Latency and energy as costs: under a lambda policy with a latency weight `mu` or an
 //! energy weight `nu` (`router.mu` / `router.nu`, or the request's), the candidates are
 //! ranked by `predicted score - lambda * predicted cost - mu * expected latency (s) - nu *
-//! expected energy (Wh)` ([`rerank`]). A model's expected latency is that of the
-//! deployment that would take the call ([`crate::models::Upstream::expected_latency_s`],
-//! from the live statistics, at the catalog's mean output tokens capped by `max_tokens`);
-//! a model not yet observed is expected to be as fast as the mean of those observed. Its
+//! expected energy (Wh)` ([`rerank`]). A model's expected latency is an estimate: that of
+//! its fastest observed deployment with room ([`crate::models::Upstream::expected_latency_s`],
+//! from the live statistics, at the catalog's mean output tokens capped by `max_tokens`),
+//! which the power of two choices usually but not always picks; a model not yet observed
+//! is expected to be as fast as the mean of those observed (each at its own length). Its
 //! energy is the prompt and expected output tokens times `energy_wh_per_mtok` (0 when not
 //! configured). GreenServ (2025) weighs energy the same way; the latency term is the
-//! "cost of waiting" of latency-aware routing.
+//! "cost of waiting" of latency-aware routing. The ranking's first is then the policy's
+//! choice ([`Routed::chosen`]: the decision log, the shadows and the pacer see it); a
+//! learned router's logged propensity does not account for the reordering.
 
 use routewise_router::{Decision, Policy, RouteRequest};
 
@@ -72,6 +75,27 @@ impl Routed {
     /// Model `m`'s latency and energy penalty in this ranking (0 when none was weighed).
     pub fn penalty_of(&self, m: ModelId) -> f64 {
         self.penalty.get(m.index()).copied().unwrap_or(0.0)
+    }
+
+    /// The policy's choice (catalog index): the decision's, or, when latency and energy
+    /// were weighed, the first of that ranking.
+    pub fn chosen(&self) -> Option<usize> {
+        let d = self.decision.as_ref()?;
+        if self.penalty.is_empty() {
+            return Some(d.chosen);
+        }
+        let by_utility = |m: usize| {
+            d.scores.get(m).copied().unwrap_or(f64::NEG_INFINITY)
+                - match self.policy {
+                    Policy::Lambda(l) => l * d.costs.get(m).copied().unwrap_or(0.0),
+                    _ => 0.0,
+                }
+                - self.penalty.get(m).copied().unwrap_or(0.0)
+        };
+        self.candidates
+            .iter()
+            .map(|m| m.index())
+            .max_by(|&a, &b| by_utility(a).total_cmp(&by_utility(b)))
     }
 }
 
