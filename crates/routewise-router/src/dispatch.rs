@@ -424,16 +424,19 @@ impl Assigner for Sinkhorn {
 }
 
 /// Moves that raise the total, until none does: a placed request moves to a free slot
-/// worth more to it, a left-out request takes a placed one's slot when it is worth more
-/// there, two placed requests trade slots, and a left-out request takes a placed one's
-/// slot while that one takes a third's, which goes out. Keeps every capacity (`left`: the
-/// free slots per column).
+/// worth more to it, a left-out request takes the slot of a column's weakest occupant
+/// when it is worth more there, two placed requests trade slots, and a left-out request
+/// takes a placed one's slot while that one takes a third's, which goes out. Keeps every
+/// capacity (`left`: the free slots per column).
 fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usize]) {
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
+    let mut weakest: Vec<Option<(usize, f64)>> = vec![None; d];
     for _ in 0..n {
         let mut changed = false;
-        for (i, slot) in out.iter_mut().enumerate() {
+        // (Skipped when every slot is taken: the common case under load.)
+        let free = left.iter().any(|&l| l > 0);
+        for (i, slot) in out.iter_mut().enumerate().filter(|_| free) {
             if let Some(ji) = *slot {
                 let better = (0..d)
                     .filter(|&j| left[j] > 0 && u(i, j).is_finite() && u(i, j) > u(i, ji) + 1e-12)
@@ -446,28 +449,50 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 }
             }
         }
-        for i in 0..n {
-            for k in 0..n {
-                if i == k {
+        // A left-out request displaces the weakest occupant of the column where it gains
+        // most over it (the displaced one is left out in turn, and may take a slot later).
+        if out.iter().any(Option::is_none) {
+            for i in 0..n {
+                if out[i].is_some() {
                     continue;
                 }
-                match (out[i], out[k]) {
-                    (None, Some(jk)) if u(i, jk).is_finite() && u(i, jk) > u(k, jk) + 1e-12 => {
-                        out[i] = Some(jk);
-                        out[k] = None;
-                        changed = true;
+                weakest.iter_mut().for_each(|w| *w = None);
+                for (l, slot) in out.iter().enumerate() {
+                    if let Some(jl) = *slot {
+                        let v = u(l, jl);
+                        if weakest[jl].is_none_or(|(_, w)| v < w) {
+                            weakest[jl] = Some((l, v));
+                        }
                     }
-                    (Some(ji), Some(jk))
-                        if ji != jk
-                            && u(i, jk).is_finite()
-                            && u(k, ji).is_finite()
-                            && u(i, jk) + u(k, ji) > u(i, ji) + u(k, jk) + 1e-12 =>
-                    {
-                        out[i] = Some(jk);
-                        out[k] = Some(ji);
-                        changed = true;
-                    }
-                    _ => {}
+                }
+                let best = (0..d)
+                    .filter_map(|j| {
+                        let (l, w) = weakest[j]?;
+                        let gain = u(i, j) - w;
+                        (u(i, j).is_finite() && gain > 1e-12).then_some((gain, j, l))
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                if let Some((_, j, l)) = best {
+                    out[i] = Some(j);
+                    out[l] = None;
+                    changed = true;
+                }
+            }
+        }
+        // Two placed requests in different columns trade when both together gain.
+        for a in 0..n {
+            let Some(mut ja) = out[a] else { continue };
+            for b in a + 1..n {
+                let Some(jb) = out[b] else { continue };
+                if ja == jb {
+                    continue;
+                }
+                let (x, y) = (u(a, jb), u(b, ja));
+                if x.is_finite() && y.is_finite() && x + y > u(a, ja) + u(b, jb) + 1e-12 {
+                    out[a] = Some(jb);
+                    out[b] = Some(ja);
+                    ja = jb;
+                    changed = true;
                 }
             }
         }
@@ -482,7 +507,9 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
 
 /// One chain move (see [`improve`]): a left-out request takes a placed one's slot, which
 /// moves to the weakest occupant's slot of another column, which goes out. Whether one
-/// was made.
+/// was made. Each placed request's best and second-best columns to move to (by what it
+/// gains there over the weakest occupant it displaces) are found once, so a scan is
+/// `O(n d)`, not `O(n^2 d)`.
 fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
@@ -495,6 +522,32 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
             }
         }
     }
+    // For each placed k: its two best columns jl by u(k, jl) - weakest(jl) (distinct
+    // columns, so one of them is not k's own).
+    type Move = Option<(f64, usize)>;
+    let best_moves: Vec<(Move, Move)> = (0..n)
+        .map(|k| {
+            let (mut first, mut second): (Move, Move) = (None, None);
+            if out[k].is_none() {
+                return (first, second);
+            }
+            for (jl, w) in weakest.iter().enumerate() {
+                let Some((_, ul)) = *w else { continue };
+                let v = u(k, jl);
+                if !v.is_finite() {
+                    continue;
+                }
+                let gain = v - ul;
+                if first.is_none_or(|(g, _)| gain > g) {
+                    second = first;
+                    first = Some((gain, jl));
+                } else if second.is_none_or(|(g, _)| gain > g) {
+                    second = Some((gain, jl));
+                }
+            }
+            (first, second)
+        })
+        .collect();
     for i in 0..n {
         if out[i].is_some() {
             continue;
@@ -504,17 +557,19 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
             if !u(i, jk).is_finite() {
                 continue;
             }
-            for (jl, w) in weakest.iter().enumerate() {
-                let Some((l, ul)) = *w else { continue };
-                if jl == jk || !u(k, jl).is_finite() {
-                    continue;
-                }
-                if u(i, jk) + u(k, jl) > u(k, jk) + ul + 1e-12 {
-                    out[i] = Some(jk);
-                    out[k] = Some(jl);
-                    out[l] = None;
-                    return true;
-                }
+            let (first, second) = best_moves[k];
+            let Some((gain, jl)) = first.filter(|&(_, j)| j != jk).or(second) else {
+                continue;
+            };
+            if jl == jk {
+                continue;
+            }
+            if u(i, jk) - u(k, jk) + gain > 1e-12 {
+                let Some((l, _)) = weakest[jl] else { continue };
+                out[i] = Some(jk);
+                out[k] = Some(jl);
+                out[l] = None;
+                return true;
             }
         }
     }
