@@ -52,6 +52,7 @@
 //!         max_entries: 10000, backend: memory, scope_header: x-tenant}
 //!         # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:cache
 //! affinity: {ttl_s: 3600, switch_margin: 0.02, max_conversations: 100000}  # optional (see below)
+//!           # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:affinity
 //! dispatch: {spill: true, queue_ms: 1000,   # when a model's deployments are all full
 //!           balance: {solver: sinkhorn, window_ms: 2, max_batch: 64, near: 0.75}}  # optional
 //! ```
@@ -241,14 +242,17 @@ pub struct CacheConfig {
 
 /// `affinity:`: keep a conversation on its model unless switching is worth its prompt
 /// cache ([`crate::pipeline::affinity`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AffinityConfig {
     /// How long a conversation's model is kept after its last turn.
     pub ttl_ms: u64,
     /// The utility a switch must gain beyond the cache it loses.
     pub switch_margin: f64,
-    /// Conversations kept in this instance's memory.
+    /// Conversations kept in this instance's memory (the memory backend).
     pub max_conversations: usize,
+    /// Where the conversations' models are kept: this instance's memory, or Redis, shared
+    /// by every instance (the same `CacheBackend` shape as the response cache's).
+    pub backend: CacheBackend,
 }
 
 /// Where the response cache keeps its entries (`cache.backend`).
@@ -643,6 +647,12 @@ struct RawAffinity {
     switch_margin: Option<f64>,
     #[serde(default)]
     max_conversations: Option<usize>,
+    #[serde(default)]
+    backend: Option<RawCacheBackend>,
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1253,11 +1263,69 @@ impl Validator<'_> {
                 format!("must be in 1..=10000000, found {max_conversations}"),
             );
         }
+        let backend = self.backend(
+            "affinity",
+            raw.backend,
+            raw.redis_url,
+            raw.prefix,
+            "routewise:affinity",
+        );
+        if raw.max_conversations.is_some() && backend != CacheBackend::Memory {
+            self.issue(
+                "affinity.max_conversations",
+                "bounds the memory backend; Redis keeps each conversation for ttl_s",
+            );
+        }
         Some(AffinityConfig {
             ttl_ms: (ttl_s * 1000.0) as u64,
             switch_margin,
             max_conversations,
+            backend,
         })
+    }
+
+    /// A section's `backend` / `redis_url` / `prefix` (the response cache's, affinity's).
+    fn backend(
+        &mut self,
+        section: &str,
+        backend: Option<RawCacheBackend>,
+        redis_url: Option<String>,
+        prefix: Option<String>,
+        default_prefix: &str,
+    ) -> CacheBackend {
+        let b = match (backend, redis_url) {
+            (None | Some(RawCacheBackend::Memory), None) => CacheBackend::Memory,
+            (None | Some(RawCacheBackend::Memory), Some(_)) => {
+                self.issue(
+                    &format!("{section}.redis_url"),
+                    "belongs to `backend: redis`",
+                );
+                CacheBackend::Memory
+            }
+            (Some(RawCacheBackend::Redis), None) => {
+                self.issue(
+                    &format!("{section}.redis_url"),
+                    "the redis backend needs a redis_url",
+                );
+                CacheBackend::Memory
+            }
+            (Some(RawCacheBackend::Redis), Some(url)) => {
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    self.issue(
+                        &format!("{section}.redis_url"),
+                        format!("not a Redis URL: {e}"),
+                    );
+                }
+                CacheBackend::Redis {
+                    url,
+                    prefix: prefix.clone().unwrap_or_else(|| default_prefix.into()),
+                }
+            }
+        };
+        if prefix.is_some() && b == CacheBackend::Memory {
+            self.issue(&format!("{section}.prefix"), "belongs to `backend: redis`");
+        }
+        b
     }
 
     /// `dispatch:`, checked.
@@ -1356,32 +1424,13 @@ impl Validator<'_> {
                 }
             }
         });
-        let backend = match (raw.backend, raw.redis_url) {
-            (None | Some(RawCacheBackend::Memory), None) => CacheBackend::Memory,
-            (None | Some(RawCacheBackend::Memory), Some(_)) => {
-                self.issue("cache.redis_url", "belongs to `backend: redis`");
-                CacheBackend::Memory
-            }
-            (Some(RawCacheBackend::Redis), None) => {
-                self.issue("cache.redis_url", "the redis backend needs a redis_url");
-                CacheBackend::Memory
-            }
-            (Some(RawCacheBackend::Redis), Some(url)) => {
-                if let Err(e) = redis::Client::open(url.as_str()) {
-                    self.issue("cache.redis_url", format!("not a Redis URL: {e}"));
-                }
-                CacheBackend::Redis {
-                    url,
-                    prefix: raw
-                        .prefix
-                        .clone()
-                        .unwrap_or_else(|| "routewise:cache".into()),
-                }
-            }
-        };
-        if raw.prefix.is_some() && backend == CacheBackend::Memory {
-            self.issue("cache.prefix", "belongs to `backend: redis`");
-        }
+        let backend = self.backend(
+            "cache",
+            raw.backend,
+            raw.redis_url,
+            raw.prefix,
+            "routewise:cache",
+        );
         if raw.max_entries.is_some() && backend != CacheBackend::Memory {
             self.issue(
                 "cache.max_entries",

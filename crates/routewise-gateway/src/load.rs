@@ -134,7 +134,8 @@ fn zero_data_engine(config: &Config) -> Engine {
 }
 
 /// What the config points at but a start does not require, checked once (blocking): the
-/// response cache's Redis (`cache.redis_url`, PING within 2 s) and, with `auth: {mode:
+/// response cache's and conversation affinity's Redis (`cache.redis_url`,
+/// `affinity.redis_url`, PING within 2 s) and, with `auth: {mode:
 /// keys}`, the state's Redis (`state.redis_url`). `check-config` reports these as errors;
 /// `serve` starts anyway and logs them (the cache misses, and keys not yet seen get 503,
 /// until Redis answers).
@@ -145,22 +146,34 @@ pub fn reachability(config: &Config) -> Vec<config::Issue> {
         ..
     }) = &config.cache
     {
-        if let Err(e) = crate::pipeline::cache::redis::RedisCache::ping_blocking(
-            url,
-            std::time::Duration::from_secs(2),
-        ) {
+        if let Err(e) =
+            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
+        {
             issues.push(config::Issue {
                 path: "cache.redis_url".into(),
                 message: format!("cannot reach Redis: {e}"),
             });
         }
     }
+    if let Some(config::AffinityConfig {
+        backend: config::CacheBackend::Redis { url, .. },
+        ..
+    }) = &config.affinity
+    {
+        if let Err(e) =
+            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
+        {
+            issues.push(config::Issue {
+                path: "affinity.redis_url".into(),
+                message: format!("cannot reach Redis: {e}"),
+            });
+        }
+    }
     // Keys in Redis: every request depends on it (fail closed), so check it like the cache.
     if let (config::AuthMode::Keys, Some(url)) = (config.auth.mode, &config.state.redis_url) {
-        if let Err(e) = crate::pipeline::cache::redis::RedisCache::ping_blocking(
-            url,
-            std::time::Duration::from_secs(2),
-        ) {
+        if let Err(e) =
+            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
+        {
             issues.push(config::Issue {
                 path: "state.redis_url".into(),
                 message: format!(

@@ -297,13 +297,17 @@ impl AppState {
             (None, _) => None,
         };
         let config_balance = config.dispatch.balance;
-        let affinity = match (config.affinity, prev) {
+        let affinity = match (config.affinity.clone(), prev) {
             (Some(a), Some(p))
-                if p.config.affinity == Some(a) && p.upstreams.names() == upstreams.names() =>
+                if p.config.affinity.as_ref() == Some(&a)
+                    && p.upstreams.names() == upstreams.names() =>
             {
                 p.affinity.clone()
             }
-            (Some(a), _) => Some(Arc::new(crate::pipeline::affinity::Conversations::new(a))),
+            (Some(a), _) => Some(Arc::new(
+                crate::pipeline::affinity::Conversations::new(a)
+                    .map_err(|e| ConfigError::single(&file, "affinity.redis_url", e))?,
+            )),
             (None, _) => None,
         };
         let catalog_of_config: Vec<Option<usize>> = config

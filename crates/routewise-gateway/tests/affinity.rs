@@ -144,3 +144,80 @@ fn a_cached_price_above_the_input_price_is_a_config_error() {
     let e = common::config_error(&yaml);
     assert!(e.contains("models[2].price.cached_input_per_mtok"), "{e}");
 }
+
+#[tokio::test]
+async fn with_redis_any_instance_continues_a_conversation_and_memory_covers_an_outage() {
+    let Some(mut redis) = routewise_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mock = MockUpstream::start().await.unwrap();
+    let yaml = common::abc_yaml(
+        &mock.base_url(),
+        &format!(
+            "affinity: {{ttl_s: 600, switch_margin: 1e12, backend: redis, redis_url: \"{url}\", prefix: t-aff}}"
+        ),
+    );
+    // Two instances behind a balancer, one Redis.
+    let (one, two) = (common::start(&yaml).await, common::start(&yaml).await);
+    assert_eq!(turn(&one, Some("s1"), &at(0.0, "first")).await.0, "a");
+    // The write is in the background: the second instance sees it shortly.
+    let mut seen = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let r = common::client()
+            .post(two.url("/v1/route"))
+            .json(&at(1e9, "second"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if redis_has(&url, "t-aff:").await {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the conversation reached redis");
+    assert_eq!(
+        turn(&two, Some("s1"), &at(1e9, "second")).await,
+        ("a".into(), "stayed".into()),
+        "the other instance kept it on a"
+    );
+    // Redis goes away: the instance that answered last still remembers in memory.
+    redis.kill().unwrap();
+    assert_eq!(
+        turn(&two, Some("s1"), &at(1e9, "third")).await,
+        ("a".into(), "stayed".into())
+    );
+    // A missing URL is a config error at its path; a memory-only field beside redis too.
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "affinity: {backend: redis}",
+    ));
+    assert!(
+        e.contains("affinity.redis_url: the redis backend needs a redis_url"),
+        "{e}"
+    );
+    let e = common::config_error(&common::abc_yaml(
+        "http://127.0.0.1:1/v1",
+        "affinity: {backend: redis, redis_url: \"redis://127.0.0.1:1\", max_conversations: 5}",
+    ));
+    assert!(
+        e.contains("affinity.max_conversations: bounds the memory backend"),
+        "{e}"
+    );
+}
+
+/// Whether a key under `prefix` is in the Redis at `url`.
+async fn redis_has(url: &str, prefix: &str) -> bool {
+    let client = redis::Client::open(url).unwrap();
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    !keys.is_empty()
+}

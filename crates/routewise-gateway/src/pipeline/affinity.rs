@@ -17,9 +17,14 @@
 //!   with the gain and the cost; `routewise_affinity_total{verdict}` counts them.
 //! * **Memory:** the model that answered each conversation's last turn, in this
 //!   instance's memory, for `ttl_s` after that turn, at most `max_conversations` (expired
-//!   ones are dropped first when full, then the one expiring soonest). With several
-//!   instances behind a balancer without session stickiness, each keeps its own; a
-//!   shared store (Redis) is not built.
+//!   ones are dropped first when full, then the one expiring soonest).
+//! * **Shared (`backend: redis`):** with several instances behind a balancer without
+//!   session stickiness, the model's name is also kept in Redis under
+//!   `{prefix}:{conversation key}` with the TTL (written in the background after each
+//!   answered turn), and a turn reads it there first, so any instance continues any
+//!   conversation. Redis stays an optimisation ([`crate::redis_link`]): a read has
+//!   [`crate::redis_link::OP_TIMEOUT`], and while Redis fails or is backing off the
+//!   instance's own memory answers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -29,9 +34,10 @@ use routewise_router::affinity::{decide, Turn, Verdict};
 use routewise_router::Policy;
 use sha2::{Digest, Sha256};
 
-use crate::config::AffinityConfig;
+use crate::config::{AffinityConfig, CacheBackend};
 use crate::models::ModelId;
 use crate::pipeline::route::{Reason, Routed};
+use crate::redis_link::{LinkError, RedisLink, OP_TIMEOUT};
 use crate::request::ChatRequest;
 use crate::state::Gateway;
 
@@ -45,7 +51,12 @@ pub const AFFINITY_HEADER: &str = "x-routewise-affinity";
 pub struct Conversations {
     config: AffinityConfig,
     inner: Mutex<Inner>,
+    /// The shared store (`backend: redis`) and its key prefix.
+    redis: Option<(RedisLink, String)>,
 }
+
+/// Time a background write to Redis may take.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -99,11 +110,71 @@ pub struct Trace {
 }
 
 impl Conversations {
-    pub fn new(config: AffinityConfig) -> Conversations {
-        Conversations {
+    /// The store for `config` (a Redis URL is parsed here; the connection is made on
+    /// first use).
+    pub fn new(config: AffinityConfig) -> Result<Conversations, String> {
+        let redis = match &config.backend {
+            CacheBackend::Memory => None,
+            CacheBackend::Redis { url, prefix } => Some((RedisLink::new(url)?, prefix.clone())),
+        };
+        Ok(Conversations {
             config,
             inner: Mutex::new(Inner::default()),
+            redis,
+        })
+    }
+
+    /// The conversation's model: Redis's (shared) when it answers, else this instance's.
+    pub async fn previous(&self, gw: &Gateway, key: u64, now_ms: u64) -> Option<ModelId> {
+        if let Some((link, prefix)) = &self.redis {
+            let read = async {
+                let mut c = link.connection().await?;
+                let name: Option<String> = redis::cmd("GET")
+                    .arg(format!("{prefix}:{key:016x}"))
+                    .query_async(&mut c)
+                    .await?;
+                Ok::<_, LinkError>(name)
+            };
+            match link.within(OP_TIMEOUT, read).await {
+                Ok(name) => return name.and_then(|n| gw.upstreams.by_name(&n)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "affinity: redis read failed, using this instance's memory")
+                }
+            }
         }
+        self.get(key, now_ms)
+    }
+
+    /// Writes the conversation's model to Redis (`backend: redis`), in the background.
+    fn share(self: &std::sync::Arc<Self>, key: u64, name: &str) {
+        if self.redis.is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, name) = (std::sync::Arc::clone(self), name.to_string());
+        rt.spawn(async move {
+            let Some((link, prefix)) = &this.redis else {
+                return;
+            };
+            let write = async {
+                let mut c = link.connection().await?;
+                redis::cmd("SET")
+                    .arg(format!("{prefix}:{key:016x}"))
+                    .arg(name)
+                    .arg("PX")
+                    .arg(this.config.ttl_ms)
+                    .query_async::<()>(&mut c)
+                    .await?;
+                Ok::<_, LinkError>(())
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "affinity: redis write failed"),
+                Err(_) => tracing::debug!("affinity: redis write timed out"),
+            }
+        });
     }
 
     pub fn config(&self) -> &AffinityConfig {
@@ -184,15 +255,16 @@ pub fn conversation_key(
     Some(u64::from_le_bytes(first))
 }
 
-/// Keeps the model that answered as the conversation's model.
+/// Keeps the model that answered as the conversation's model (and shares it).
 pub fn answered(ctx: &crate::pipeline::context::RequestContext, model: ModelId) {
     if let (Some(t), Some(c)) = (ctx.affinity, ctx.state.affinity.as_ref()) {
         c.remember(t.key, model, ctx.state.now_ms());
+        c.share(t.key, &ctx.state.upstreams.get(model).name);
     }
 }
 
 /// Stage 3d: applies the conversation's affinity to `routed` (see the module docs).
-pub fn apply(
+pub async fn apply(
     gw: &Gateway,
     caller: Option<&str>,
     req: &ChatRequest,
@@ -214,7 +286,7 @@ pub fn apply(
         return trace(None);
     }
     let first = *routed.candidates.first()?;
-    let Some(previous) = conversations.get(key, gw.now_ms()) else {
+    let Some(previous) = conversations.previous(gw, key, gw.now_ms()).await else {
         return trace(None);
     };
     if previous == first {
@@ -303,7 +375,9 @@ mod tests {
             ttl_ms: 1000,
             switch_margin: 0.02,
             max_conversations: 2,
-        });
+            backend: CacheBackend::Memory,
+        })
+        .unwrap();
         c.remember(1, ModelId::from_index(0), 0);
         c.remember(2, ModelId::from_index(1), 10);
         assert_eq!(c.get(1, 500), Some(ModelId::from_index(0)));

@@ -235,7 +235,8 @@ async fn chat_stages(
         &headers,
         &mut routed,
         cascade_plan.is_some(),
-    );
+    )
+    .await;
     gw.metrics.decision_latency(started.elapsed().as_secs_f64());
     // 3c. shadow routers: queued, decided off the request path.
     if let (Some(shadows), Some(d)) = (gw.shadows.get(), &routed.decision) {
