@@ -248,7 +248,7 @@ pub struct AffinityConfig {
     pub ttl_ms: u64,
     /// The utility a switch must gain beyond the cache it loses.
     pub switch_margin: f64,
-    /// Conversations kept in this instance's memory (the memory backend).
+    /// Conversations kept in this instance's memory (with Redis too: the fallback).
     pub max_conversations: usize,
     /// Where the conversations' models are kept: this instance's memory, or Redis, shared
     /// by every instance (the same `CacheBackend` shape as the response cache's).
@@ -1270,12 +1270,6 @@ impl Validator<'_> {
             raw.prefix,
             "routewise:affinity",
         );
-        if raw.max_conversations.is_some() && backend != CacheBackend::Memory {
-            self.issue(
-                "affinity.max_conversations",
-                "bounds the memory backend; Redis keeps each conversation for ttl_s",
-            );
-        }
         Some(AffinityConfig {
             ttl_ms: (ttl_s * 1000.0) as u64,
             switch_margin,
@@ -1334,13 +1328,12 @@ impl Validator<'_> {
             return DispatchConfig::default();
         };
         let d = DispatchConfig::default();
-        let queue_ms = raw.queue_ms.unwrap_or(d.queue_ms);
-        if queue_ms > 60_000 {
-            self.issue(
-                "dispatch.queue_ms",
-                format!("must be in 0..=60000, found {queue_ms}"),
-            );
-        }
+        let queue_ms = self.bounded(
+            "dispatch.queue_ms",
+            raw.queue_ms.unwrap_or(d.queue_ms),
+            0,
+            60_000,
+        );
         let balance = raw.balance.map(|b| {
             let window_ms = b.window_ms.unwrap_or(2.0);
             if !(0.1..=50.0).contains(&window_ms) {
@@ -1349,13 +1342,12 @@ impl Validator<'_> {
                     format!("must be in [0.1, 50], found {window_ms}"),
                 );
             }
-            let max_batch = b.max_batch.unwrap_or(64);
-            if !(1..=1024).contains(&max_batch) {
-                self.issue(
-                    "dispatch.balance.max_batch",
-                    format!("must be in 1..=1024, found {max_batch}"),
-                );
-            }
+            let max_batch = self.bounded(
+                "dispatch.balance.max_batch",
+                b.max_batch.unwrap_or(64) as u64,
+                1,
+                1024,
+            ) as usize;
             let near = b.near.unwrap_or(0.75);
             if !(near > 0.0 && near <= 1.0) {
                 self.issue(

@@ -141,46 +141,37 @@ fn zero_data_engine(config: &Config) -> Engine {
 /// until Redis answers).
 pub fn reachability(config: &Config) -> Vec<config::Issue> {
     let mut issues = Vec::new();
+    let mut ping = |path: &str, url: &str, why: &str| {
+        if let Err(e) =
+            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
+        {
+            issues.push(config::Issue {
+                path: path.into(),
+                message: format!("cannot reach Redis{why}: {e}"),
+            });
+        }
+    };
     if let Some(config::CacheConfig {
         backend: config::CacheBackend::Redis { url, .. },
         ..
     }) = &config.cache
     {
-        if let Err(e) =
-            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
-        {
-            issues.push(config::Issue {
-                path: "cache.redis_url".into(),
-                message: format!("cannot reach Redis: {e}"),
-            });
-        }
+        ping("cache.redis_url", url, "");
     }
     if let Some(config::AffinityConfig {
         backend: config::CacheBackend::Redis { url, .. },
         ..
     }) = &config.affinity
     {
-        if let Err(e) =
-            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
-        {
-            issues.push(config::Issue {
-                path: "affinity.redis_url".into(),
-                message: format!("cannot reach Redis: {e}"),
-            });
-        }
+        ping("affinity.redis_url", url, "");
     }
     // Keys in Redis: every request depends on it (fail closed), so check it like the cache.
     if let (config::AuthMode::Keys, Some(url)) = (config.auth.mode, &config.state.redis_url) {
-        if let Err(e) =
-            crate::redis_link::RedisLink::ping_blocking(url, std::time::Duration::from_secs(2))
-        {
-            issues.push(config::Issue {
-                path: "state.redis_url".into(),
-                message: format!(
-                    "cannot reach Redis, where `auth: {{mode: keys}}` keeps the keys: {e}"
-                ),
-            });
-        }
+        ping(
+            "state.redis_url",
+            url,
+            ", where `auth: {mode: keys}` keeps the keys",
+        );
     }
     issues
 }

@@ -1,9 +1,12 @@
 //! One lazily made, multiplexed Redis connection for the gateway's optional shared state
 //! (the response cache's Redis backend, conversation affinity's), with the rules that keep
 //! Redis an optimisation rather than a dependency of a request: one task connects while the
-//! others go on without Redis at once ([`LinkError::Connecting`]); a connect or a command
-//! that fails or takes longer than the caller's budget starts a back-off
-//! ([`RedisLink::back_off`], [`BACKOFF`]) during which Redis is not tried.
+//! others go on without Redis at once ([`LinkError::Connecting`]); a connect that fails or
+//! takes longer than [`OP_TIMEOUT`], or a read on the request path ([`RedisLink::within`])
+//! that fails or overruns its budget, starts a back-off ([`RedisLink::back_off`],
+//! [`BACKOFF`]) during which Redis is not tried. A command's own timeout is
+//! [`WRITE_TIMEOUT`], the budget of the background writes; reads are cut sooner by
+//! `within`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +17,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub const OP_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long Redis is skipped after a failure.
 pub const BACKOFF: Duration = Duration::from_secs(1);
+/// Time a background write may take (and any one command, reads being cut sooner by
+/// their own budget).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a Redis command did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +114,7 @@ impl RedisLink {
         let _connecting = Flag(&self.connecting);
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(OP_TIMEOUT)
-            .set_response_timeout(OP_TIMEOUT)
+            .set_response_timeout(WRITE_TIMEOUT)
             .set_number_of_retries(0);
         let made = match tokio::time::timeout(
             OP_TIMEOUT,

@@ -178,6 +178,9 @@ async fn with_redis_any_instance_continues_a_conversation_and_memory_covers_an_o
         }
     }
     assert!(seen, "the conversation reached redis");
+    // The other instance's first Redis read connects: warm it with another conversation,
+    // so that the read below is not cut by its 100 ms budget on a slow machine.
+    turn(&two, Some("warm-up"), &at(0.0, "hello")).await;
     assert_eq!(
         turn(&two, Some("s1"), &at(1e9, "second")).await,
         ("a".into(), "stayed".into()),
@@ -189,21 +192,13 @@ async fn with_redis_any_instance_continues_a_conversation_and_memory_covers_an_o
         turn(&two, Some("s1"), &at(1e9, "third")).await,
         ("a".into(), "stayed".into())
     );
-    // A missing URL is a config error at its path; a memory-only field beside redis too.
+    // A missing URL is a config error at its path.
     let e = common::config_error(&common::abc_yaml(
         "http://127.0.0.1:1/v1",
         "affinity: {backend: redis}",
     ));
     assert!(
         e.contains("affinity.redis_url: the redis backend needs a redis_url"),
-        "{e}"
-    );
-    let e = common::config_error(&common::abc_yaml(
-        "http://127.0.0.1:1/v1",
-        "affinity: {backend: redis, redis_url: \"redis://127.0.0.1:1\", max_conversations: 5}",
-    ));
-    assert!(
-        e.contains("affinity.max_conversations: bounds the memory backend"),
         "{e}"
     );
 }

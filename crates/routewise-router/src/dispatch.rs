@@ -449,11 +449,22 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 }
             }
         }
-        // A left-out request displaces the weakest occupant of the column where it gains
-        // most over it (the displaced one is left out in turn, and may take a slot later).
+        // A left-out request takes a free slot worth having, else displaces the weakest
+        // occupant of the column where it gains most over it (the displaced one is left
+        // out in turn and may displace another later).
         if out.iter().any(Option::is_none) {
             for i in 0..n {
                 if out[i].is_some() {
+                    continue;
+                }
+                // (No move frees a slot, so none appear in a pass that started without one.)
+                let slot = (0..d)
+                    .filter(|&j| free && left[j] > 0 && u(i, j).is_finite())
+                    .max_by(|&a, &b| u(i, a).total_cmp(&u(i, b)));
+                if let Some(j) = slot {
+                    left[j] -= 1;
+                    out[i] = Some(j);
+                    changed = true;
                     continue;
                 }
                 weakest.iter_mut().for_each(|w| *w = None);

@@ -20,11 +20,13 @@
 //!   ones are dropped first when full, then the one expiring soonest).
 //! * **Shared (`backend: redis`):** with several instances behind a balancer without
 //!   session stickiness, the model's name is also kept in Redis under
-//!   `{prefix}:{conversation key}` with the TTL (written in the background after each
-//!   answered turn), and a turn reads it there first, so any instance continues any
-//!   conversation. Redis stays an optimisation ([`crate::redis_link`]): a read has
+//!   `{prefix}:{conversation key}` with the TTL, as `{answered at, unix ms}:{name}`
+//!   (written in the background after each answered turn), so any instance continues any
+//!   conversation: a turn reads Redis and its own memory and follows the newer answer (a
+//!   write that failed, an evicted key, or a write still in flight does not hide what this
+//!   instance knows). Redis stays an optimisation ([`crate::redis_link`]): a read has
 //!   [`crate::redis_link::OP_TIMEOUT`], and while Redis fails or is backing off the
-//!   instance's own memory answers.
+//!   instance's own memory answers (still bounded by `max_conversations`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -37,7 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{AffinityConfig, CacheBackend};
 use crate::models::ModelId;
 use crate::pipeline::route::{Reason, Routed};
-use crate::redis_link::{LinkError, RedisLink, OP_TIMEOUT};
+use crate::redis_link::{LinkError, RedisLink, OP_TIMEOUT, WRITE_TIMEOUT};
 use crate::request::ChatRequest;
 use crate::state::Gateway;
 
@@ -54,9 +56,6 @@ pub struct Conversations {
     /// The shared store (`backend: redis`) and its key prefix.
     redis: Option<(RedisLink, String)>,
 }
-
-/// Time a background write to Redis may take.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -124,36 +123,48 @@ impl Conversations {
         })
     }
 
-    /// The conversation's model: Redis's (shared) when it answers, else this instance's.
+    /// The conversation's model at `now_ms` (unix): the newer of Redis's (shared) and
+    /// this instance's memory.
     pub async fn previous(&self, gw: &Gateway, key: u64, now_ms: u64) -> Option<ModelId> {
-        if let Some((link, prefix)) = &self.redis {
-            let read = async {
-                let mut c = link.connection().await?;
-                let name: Option<String> = redis::cmd("GET")
-                    .arg(format!("{prefix}:{key:016x}"))
-                    .query_async(&mut c)
-                    .await?;
-                Ok::<_, LinkError>(name)
-            };
-            match link.within(OP_TIMEOUT, read).await {
-                Ok(name) => return name.and_then(|n| gw.upstreams.by_name(&n)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "affinity: redis read failed, using this instance's memory")
-                }
+        let local = self.entry(key, now_ms);
+        let Some((link, prefix)) = &self.redis else {
+            return local.map(|(m, _)| m);
+        };
+        let read = async {
+            let mut c = link.connection().await?;
+            let value: Option<String> = redis::cmd("GET")
+                .arg(format!("{prefix}:{key:016x}"))
+                .query_async(&mut c)
+                .await?;
+            Ok::<_, LinkError>(value)
+        };
+        let shared = match link.within(OP_TIMEOUT, read).await {
+            Ok(v) => v.and_then(|v| {
+                let (at, name) = v.split_once(':')?;
+                Some((gw.upstreams.by_name(name)?, at.parse::<u64>().ok()?))
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "affinity: redis read failed, using this instance's memory");
+                None
             }
+        };
+        match (shared, local) {
+            (Some((m, at)), Some((_, local_at))) if at >= local_at => Some(m),
+            (_, Some((m, _))) | (Some((m, _)), None) => Some(m),
+            (None, None) => None,
         }
-        self.get(key, now_ms)
     }
 
-    /// Writes the conversation's model to Redis (`backend: redis`), in the background.
-    fn share(self: &std::sync::Arc<Self>, key: u64, name: &str) {
+    /// Writes the conversation's model, answered at `at_ms` (unix), to Redis (`backend:
+    /// redis`), in the background.
+    fn share(self: &std::sync::Arc<Self>, key: u64, name: &str, at_ms: u64) {
         if self.redis.is_none() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (this, name) = (std::sync::Arc::clone(self), name.to_string());
+        let (this, value) = (std::sync::Arc::clone(self), format!("{at_ms}:{name}"));
         rt.spawn(async move {
             let Some((link, prefix)) = &this.redis else {
                 return;
@@ -162,7 +173,7 @@ impl Conversations {
                 let mut c = link.connection().await?;
                 redis::cmd("SET")
                     .arg(format!("{prefix}:{key:016x}"))
-                    .arg(name)
+                    .arg(value)
                     .arg("PX")
                     .arg(this.config.ttl_ms)
                     .query_async::<()>(&mut c)
@@ -181,13 +192,19 @@ impl Conversations {
         &self.config
     }
 
+    #[cfg(test)]
     fn get(&self, key: u64, now_ms: u64) -> Option<ModelId> {
+        self.entry(key, now_ms).map(|(m, _)| m)
+    }
+
+    /// The conversation's model in this instance's memory and when it answered.
+    fn entry(&self, key: u64, now_ms: u64) -> Option<(ModelId, u64)> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner
             .map
             .get(&key)
             .filter(|(_, expires)| *expires > now_ms)
-            .map(|(m, _)| *m)
+            .map(|&(m, expires)| (m, expires.saturating_sub(self.config.ttl_ms)))
     }
 
     /// Keeps `model` as the conversation's model from `now_ms` on: O(1) amortised, the
@@ -258,8 +275,9 @@ pub fn conversation_key(
 /// Keeps the model that answered as the conversation's model (and shares it).
 pub fn answered(ctx: &crate::pipeline::context::RequestContext, model: ModelId) {
     if let (Some(t), Some(c)) = (ctx.affinity, ctx.state.affinity.as_ref()) {
-        c.remember(t.key, model, ctx.state.now_ms());
-        c.share(t.key, &ctx.state.upstreams.get(model).name);
+        let now = crate::stats::unix_ms();
+        c.remember(t.key, model, now);
+        c.share(t.key, &ctx.state.upstreams.get(model).name, now);
     }
 }
 
@@ -286,7 +304,10 @@ pub async fn apply(
         return trace(None);
     }
     let first = *routed.candidates.first()?;
-    let Some(previous) = conversations.previous(gw, key, gw.now_ms()).await else {
+    let Some(previous) = conversations
+        .previous(gw, key, crate::stats::unix_ms())
+        .await
+    else {
         return trace(None);
     };
     if previous == first {

@@ -31,7 +31,7 @@ use routewise_signals::cache::{
 use serde::{Deserialize, Serialize};
 
 /// Time a background insertion may take.
-pub const INSERT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const INSERT_TIMEOUT: Duration = crate::redis_link::WRITE_TIMEOUT;
 /// Entries an LSH bucket keeps (the newest).
 pub const BUCKET_LEN: isize = 32;
 
