@@ -216,3 +216,40 @@ async fn redis_has(url: &str, prefix: &str) -> bool {
         .unwrap_or_default();
     !keys.is_empty()
 }
+
+#[tokio::test]
+async fn regression_a_redis_miss_does_not_hide_what_this_instance_remembers() {
+    // An evicted key (or a write that failed) once made Redis's empty answer win over the
+    // instance's own memory, and the conversation lost its model.
+    let Some(redis) = routewise_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(
+        &mock.base_url(),
+        &format!(
+            "affinity: {{ttl_s: 600, switch_margin: 1e12, backend: redis, redis_url: \"{url}\", prefix: t-miss}}"
+        ),
+    ))
+    .await;
+    assert_eq!(turn(&gw, Some("s1"), &at(0.0, "first")).await.0, "a");
+    for _ in 0..100 {
+        if redis_has(&url, "t-miss:").await {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Redis loses the key (maxmemory eviction, a flush).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    assert!(!redis_has(&url, "t-miss:").await);
+    assert_eq!(
+        turn(&gw, Some("s1"), &at(1e9, "second")).await,
+        ("a".into(), "stayed".into())
+    );
+}
