@@ -147,40 +147,69 @@ fn has_room_for(gw: &Gateway, up: &Upstream, req: &ChatRequest, tried: &[usize])
     })
 }
 
+/// What [`take_deployment`] took for a call: the slot (freed when dropped) and the quota.
+pub struct Taken<'a> {
+    pub slot: Slot,
+    pub quota: QuotaBack<'a>,
+}
+
+/// The quota a call took at its deployment, given back when dropped unless the call is
+/// made ([`QuotaBack::keep`]): on every path without a call, the request going away while
+/// it waits (for the key's budget, for a slot) included.
+pub struct QuotaBack<'a>(Option<(&'a crate::models::Quota, u64)>);
+
+impl QuotaBack<'_> {
+    /// The call is made: the quota stays taken.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for QuotaBack<'_> {
+    fn drop(&mut self) {
+        if let Some((q, tokens)) = self.0 {
+            q.give_back(tokens);
+        }
+    }
+}
+
 /// Takes a slot and the quota for a call to `up` with `req` at the deployment
 /// [`deploy::order`] puts first among those not in `tried` (deployment indexes of `up`
 /// already called by this request).
-pub fn take_deployment(
+pub fn take_deployment<'a>(
     gw: &Gateway,
-    up: &Upstream,
+    up: &'a Upstream,
     req: &ChatRequest,
     tried: &[usize],
-) -> Result<Slot, Pass> {
+) -> Result<Taken<'a>, Pass> {
     let now = gw.now_ms();
-    let out_tokens = req
-        .max_tokens
-        .unwrap_or(EXPECTED_OUTPUT_TOKENS)
-        .min(EXPECTED_OUTPUT_TOKENS);
-    let candidates: Vec<deploy::Candidate> = up
-        .deployments
-        .iter()
-        .map(|d| deploy::Candidate {
-            weight: d.weight,
-            in_flight: d.load.in_flight(),
-            room: d.load.has_room(d.max_concurrency),
-            healthy: up.deployments.len() == 1 || !d.breaker.is_open(now),
-            expected_ms: d.load.expected_ms(out_tokens),
-            error_rate: d.load.error_rate(now),
-        })
-        .collect();
-    let draws = if up.deployments.len() > 1 {
-        [rand::random::<f64>(), rand::random::<f64>()]
+    // One deployment (every model without `deployments:`): nothing to order.
+    let ordered;
+    let order: &[usize] = if up.deployments.len() == 1 {
+        &[0]
     } else {
-        [0.0, 0.0]
+        let out_tokens = req
+            .max_tokens
+            .unwrap_or(EXPECTED_OUTPUT_TOKENS)
+            .min(EXPECTED_OUTPUT_TOKENS);
+        let candidates: Vec<deploy::Candidate> = up
+            .deployments
+            .iter()
+            .map(|d| deploy::Candidate {
+                weight: d.weight,
+                in_flight: d.load.in_flight(),
+                room: d.load.has_room(d.max_concurrency),
+                healthy: !d.breaker.is_open(now),
+                expected_ms: d.load.expected_ms(out_tokens),
+                error_rate: d.load.error_rate(now),
+            })
+            .collect();
+        ordered = deploy::order(&candidates, [rand::random::<f64>(), rand::random::<f64>()]);
+        &ordered
     };
     let mut pass = Pass::Capacity;
     let mut in_slo = false;
-    for i in deploy::order(&candidates, draws) {
+    for &i in order {
         let d = &up.deployments[i];
         if tried.contains(&i) || !within_slo(d, req, now) {
             continue;
@@ -189,8 +218,9 @@ pub fn take_deployment(
         let Some(slot) = up.try_slot(i) else {
             continue;
         };
+        let tokens = req.needed_tokens();
         if let Some(q) = &d.quota {
-            if let Err(e) = q.take(req.needed_tokens(), now) {
+            if let Err(e) = q.take(tokens, now) {
                 pass = match pass {
                     Pass::Quota(p) if p.retry_after_ms <= e.retry_after_ms && !p.never => {
                         Pass::Quota(p)
@@ -200,7 +230,10 @@ pub fn take_deployment(
                 continue;
             }
         }
-        return Ok(slot);
+        return Ok(Taken {
+            slot,
+            quota: QuotaBack(d.quota.as_deref().map(|q| (q, tokens))),
+        });
     }
     // None within the SLO, or those within it full while a slower one has room: the SLO
     // is what stands in the way.
@@ -213,42 +246,6 @@ pub fn take_deployment(
         return Err(Pass::Slo);
     }
     Err(pass)
-}
-
-/// What [`take_deployment`] took, given back (the quota; the slot frees itself) unless
-/// the call is made ([`Taken::call`]): on every path without a call, the request going
-/// away while the key's budget is reserved included.
-pub(crate) struct Taken<'a> {
-    slot: Option<Slot>,
-    quota: Option<(&'a crate::models::Quota, u64)>,
-}
-
-impl<'a> Taken<'a> {
-    pub(crate) fn new(up: &'a Upstream, slot: Slot, req: &ChatRequest) -> Taken<'a> {
-        let quota = up
-            .deployments
-            .get(slot.deployment)
-            .and_then(|d| d.quota.as_deref())
-            .map(|q| (q, req.needed_tokens()));
-        Taken {
-            slot: Some(slot),
-            quota,
-        }
-    }
-
-    /// The call is made: the quota stays taken; the slot goes with the call.
-    pub(crate) fn call(mut self) -> Option<Slot> {
-        self.quota = None;
-        self.slot.take()
-    }
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        if let Some((q, tokens)) = self.quota {
-            q.give_back(tokens);
-        }
-    }
 }
 
 /// Waits until one of `models` has room by `ready` (woken when a slot frees there) or
@@ -396,10 +393,7 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 match up.breaker.admit(gw.now_ms()) {
                     Admit::No => {
                         // Someone else probes it now: pass it over (what was taken goes
-                        // back).
-                        if let Ok(s) = taken {
-                            drop(Taken::new(up, s, &ctx.request));
-                        }
+                        // back as it drops).
                         plan.refund();
                         ctx.skipped.push((m, "cooldown"));
                         continue;
@@ -408,8 +402,8 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 }
             }
         }
-        let slot = match taken {
-            Ok(slot) => Taken::new(up, slot, &ctx.request),
+        let taken = match taken {
+            Ok(t) => t,
             Err(pass) => {
                 plan.refund();
                 // Another deployment of a model already called: not a pass over the model.
@@ -451,7 +445,7 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 h
             }
             Err(r) => {
-                drop(slot);
+                drop(taken);
                 // Over the key's rate, or the store is down: the request ends here.
                 if !matches!(r, budget::Refused::Exceeded(_)) {
                     return Round::Done(Err(r.into()));
@@ -465,9 +459,8 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 continue;
             }
         };
-        let Some(slot) = slot.call() else {
-            continue;
-        };
+        let Taken { slot, quota } = taken;
+        quota.keep();
         let d = slot.deployment;
         let dep = &up.deployments[d];
         tried.push(d);

@@ -156,7 +156,7 @@ fn free_slots(up: &Upstream, n: usize, now_ms: u64) -> usize {
 
 /// Whether `up`'s calls in flight reach `near` times its deployments' caps (never for a
 /// model with an uncapped deployment).
-pub fn near_capacity(up: &Upstream, near: f64) -> bool {
+fn near_capacity(up: &Upstream, near: f64) -> bool {
     let (mut cap, mut in_flight) = (0u64, 0u64);
     for d in &up.deployments {
         let Some(c) = d.max_concurrency else {

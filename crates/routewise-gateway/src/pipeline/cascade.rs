@@ -200,7 +200,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             armed: admit == Admit::Probe,
         };
         let taken = match attempts::take_deployment(gw, up, request, &[]) {
-            Ok(slot) => attempts::Taken::new(up, slot, request),
+            Ok(t) => t,
             Err(pass) => {
                 ctx.skipped.push((m, pass.name()));
                 continue;
@@ -240,44 +240,42 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     }
     let mut pending: FuturesUnordered<_> = admitted
         .into_iter()
-        .filter_map(|(m, probe, hold, taken)| {
-            let slot = taken.call()?;
+        .map(|(m, probe, hold, taken)| {
+            let attempts::Taken { slot, quota } = taken;
+            quota.keep();
             let up = gw.upstreams.get(m);
             let dep = &up.deployments[slot.deployment];
             let span = tracing::debug_span!("tier_call", model = %up.name);
             // A half-open breaker's probe is released if this call is dropped, run or not.
-            Some(
-                async move {
-                    let mut probe = probe; // the whole guard moves into the call
-                    let mut info = AttemptInfo::default();
-                    let started = gw.now_ms();
-                    let call = Call {
-                        request,
-                        model: &up.name,
-                        upstream_model: &dep.upstream_model,
-                        timeout,
-                        id,
-                        forward,
+            async move {
+                let mut probe = probe; // the whole guard moves into the call
+                let mut info = AttemptInfo::default();
+                let started = gw.now_ms();
+                let call = Call {
+                    request,
+                    model: &up.name,
+                    upstream_model: &dep.upstream_model,
+                    timeout,
+                    id,
+                    forward,
+                };
+                let result = dep.provider.call(call, &mut info).await;
+                probe.armed = false;
+                let d = slot.deployment;
+                drop(slot);
+                if let Some(h) = hold {
+                    let usage = match &result {
+                        Ok(Answer::Full { status, body, .. }) if status.is_success() => {
+                            crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c))
+                        }
+                        _ => None,
                     };
-                    let result = dep.provider.call(call, &mut info).await;
-                    probe.armed = false;
-                    let d = slot.deployment;
-                    drop(slot);
-                    if let Some(h) = hold {
-                        let usage = match &result {
-                            Ok(Answer::Full { status, body, .. }) if status.is_success() => {
-                                crate::pipeline::stream::parse_usage(body)
-                                    .map(|(p, c)| up.cost(p, c))
-                            }
-                            _ => None,
-                        };
-                        let amount = h.amount();
-                        h.settle(Some(budget::charge(&result, usage, amount)));
-                    }
-                    (m, d, started, result)
+                    let amount = h.amount();
+                    h.settle(Some(budget::charge(&result, usage, amount)));
                 }
-                .instrument(span),
-            )
+                (m, d, started, result)
+            }
+            .instrument(span)
         })
         .collect();
     // The answers that came back, and their votes: each read answer interned as a key for

@@ -676,11 +676,14 @@ fn execute(
     };
     // A slot at one of the model's deployments, for the request as sent (an execution
     // never pushes one past its max_concurrency or quota): none free counts as throttled.
-    let Ok(slot) = super::attempts::take_deployment(&gw, up, &request, &[]) else {
+    let Ok(super::attempts::Taken { slot, quota }) =
+        super::attempts::take_deployment(&gw, up, &request, &[])
+    else {
         held.settle(0.0);
         stats.lock().unwrap_or_else(PoisonError::into_inner)[k].throttled += 1;
         return;
     };
+    quota.keep();
     let stats = Arc::clone(stats);
     let (id, shadow) = (decision_id.to_string(), shadow.to_string());
     // The call keeps the configuration it started on (as a request does).
