@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use routewise_testkit::{Fault, MockUpstream};
 use serde_json::{json, Value};
 
-/// A two-deployment model `a` (on `one` and `two`, `max_concurrency: cap` each) and the
-/// single-deployment models `b` and `c` on `other`, plus `extra`.
-fn yaml(one: &str, two: &str, other: &str, cap: u32, extra: &str) -> String {
+/// A two-deployment model `a` (on `one` and `two`, with the `max_concurrency` of `caps`;
+/// `None`: no cap) and the single-deployment models `b` and `c` on `other`, plus `extra`.
+fn yaml(one: &str, two: &str, other: &str, caps: [Option<u32>; 2], extra: &str) -> String {
+    let cap = |c: Option<u32>| c.map_or_else(String::new, |c| format!(", max_concurrency: {c}"));
+    let (c1, c2) = (cap(caps[0]), cap(caps[1]));
     format!(
         r#"
 listen: 127.0.0.1:0
@@ -24,8 +26,8 @@ models:
   - name: a
     upstream_model: up-a
     deployments:
-      - {{name: one, base_url: "{one}", max_concurrency: {cap}}}
-      - {{name: two, base_url: "{two}", max_concurrency: {cap}}}
+      - {{name: one, base_url: "{one}"{c1}}}
+      - {{name: two, base_url: "{two}"{c2}}}
   - {{name: b, base_url: "{other}", upstream_model: up-b}}
   - {{name: c, base_url: "{other}", upstream_model: up-c}}
 {extra}
@@ -41,6 +43,10 @@ struct Pool {
 }
 
 async fn pool(cap: u32, extra: &str) -> Pool {
+    pool_with([Some(cap); 2], extra).await
+}
+
+async fn pool_with(caps: [Option<u32>; 2], extra: &str) -> Pool {
     let (one, two, other) = (
         MockUpstream::start().await.unwrap(),
         MockUpstream::start().await.unwrap(),
@@ -50,7 +56,7 @@ async fn pool(cap: u32, extra: &str) -> Pool {
         &one.base_url(),
         &two.base_url(),
         &other.base_url(),
-        cap,
+        caps,
         extra,
     ))
     .await;
@@ -507,32 +513,12 @@ async fn regression_without_spill_a_request_whose_slo_deployments_are_full_does_
 }
 
 async fn slo_full_served_elsewhere(dispatch: &str) {
-    let (one, two, other) = (
-        MockUpstream::start().await.unwrap(),
-        MockUpstream::start().await.unwrap(),
-        MockUpstream::start().await.unwrap(),
-    );
-    let gw = common::start(&format!(
-        r#"
-listen: 127.0.0.1:0
-router: {{policy: {{lambda: 0}}}}
-models:
-  - name: a
-    upstream_model: up-a
-    deployments:
-      - {{name: one, base_url: "{}"}}
-      - {{name: two, base_url: "{}", max_concurrency: 1}}
-  - {{name: b, base_url: "{}", upstream_model: up-b}}
-  - {{name: c, base_url: "{}", upstream_model: up-c}}
-{}
-"#,
-        one.base_url(),
-        two.base_url(),
-        other.base_url(),
-        other.base_url(),
-        dispatch
-    ))
-    .await;
+    let Pool {
+        one,
+        two,
+        other: _other,
+        gw,
+    } = pool_with([None, Some(1)], dispatch).await;
     one.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
     let url = gw.url("/v1/chat/completions");
     let mut named = common::chat_body("learn");
