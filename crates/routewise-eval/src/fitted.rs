@@ -17,6 +17,18 @@ pub(crate) fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `Fitted::new_on_validation` holds out one train prompt in this many.
+const VALIDATION_SHARE: usize = 5;
+
+/// `train` cut into the part to fit on and a seeded fifth held out.
+fn validation_split(mut train: Vec<&Record>, seed: u64) -> (Vec<&Record>, Vec<&Record>) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    train.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a11d));
+    let held = train.split_off(train.len() - train.len() / VALIDATION_SHARE);
+    (train, held)
+}
+
 pub(crate) struct Fitted<'a> {
     pub train: Vec<&'a Record>,
     pub test: Vec<&'a Record>,
@@ -35,6 +47,37 @@ impl<'a> Fitted<'a> {
         seed: u64,
     ) -> Result<Fitted<'a>, EvalError> {
         let (train, test) = split_records(ds)?;
+        Self::fit(ds, train, test, kind, featurizer, seed)
+    }
+
+    /// `kind` fitted on all but a seeded fifth of `ds`'s train split, with that fifth as
+    /// its `test`: for choosing settings without looking at the test split.
+    pub fn new_on_validation(
+        ds: &'a Dataset,
+        kind: RouterKind,
+        featurizer: FeaturizerKind,
+        seed: u64,
+    ) -> Result<Fitted<'a>, EvalError> {
+        let (train, _) = split_records(ds)?;
+        let n = train.len();
+        let (fit, held) = validation_split(train, seed);
+        if held.is_empty() {
+            return Err(EvalError::Split(format!(
+                "{}: train has too few prompts ({n}) to hold out a validation part",
+                ds.name
+            )));
+        }
+        Self::fit(ds, fit, held, kind, featurizer, seed)
+    }
+
+    fn fit(
+        ds: &'a Dataset,
+        train: Vec<&'a Record>,
+        test: Vec<&'a Record>,
+        kind: RouterKind,
+        featurizer: FeaturizerKind,
+        seed: u64,
+    ) -> Result<Fitted<'a>, EvalError> {
         let prepared = routewise_router::prepare(&ds.models, &train, featurizer)?;
         let cfg = RouterConfigs {
             seed,
@@ -95,5 +138,44 @@ impl<'a> Fitted<'a> {
         (0..self.nm)
             .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use routewise_data::Split;
+
+    use super::*;
+
+    fn record(i: usize) -> Record {
+        Record {
+            id: format!("p{i}"),
+            task: "t".into(),
+            prompt: format!("prompt {i}"),
+            split: Split::Train,
+            reference: None,
+            outcomes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_validation_split_holds_out_a_seeded_fifth_of_train() {
+        let records: Vec<Record> = (0..103).map(record).collect();
+        let refs: Vec<&Record> = records.iter().collect();
+        let (fit, held) = validation_split(refs.clone(), 3);
+        assert_eq!(held.len(), 20);
+        assert_eq!(fit.len(), 83);
+        let mut ids: Vec<&str> = fit.iter().chain(&held).map(|r| r.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 103, "every prompt once");
+        // The same seed, the same cut; another seed, another.
+        let again = validation_split(refs.clone(), 3).1;
+        assert!(held.iter().zip(&again).all(|(a, b)| a.id == b.id));
+        let other = validation_split(refs, 4).1;
+        assert!(held.iter().zip(&other).any(|(a, b)| a.id != b.id));
+        // Too few prompts: nothing held out.
+        let few: Vec<&Record> = records.iter().take(4).collect();
+        assert!(validation_split(few, 0).1.is_empty());
     }
 }

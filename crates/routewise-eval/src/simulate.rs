@@ -22,7 +22,16 @@
 //!     [`routewise_router::dispatch`]: utility `predicted score - lambda * cost - mu *
 //!     expected latency`, capacity the free slots plus the queue places after whose
 //!     expected wait the model's p99 service time still ends within [`SLO_HEADROOM`] of
-//!     the SLO. A request with no place is queued where the expected wait is shortest.
+//!     the SLO. A queue place is priced: with `k - 1` of a deployment's `n` places taken,
+//!     the next costs `queue_price * k / (n - k + 1)` (a barrier that is small while the
+//!     queue is short and unbounded as it fills), so under overload the queue settles
+//!     where the price equals the gain of the marginal request, and the requests that
+//!     spill are those that lose least by it, not those that happen to arrive when the
+//!     queue is full. This is the drift-plus-penalty rule of queueing control (Neely,
+//!     2010: the backlog acts as the resource's price). A request with no place is queued
+//!     where the expected wait is shortest.
+//! * `validation`: fit on four fifths of train and simulate on the other fifth, to choose
+//!   settings (`queue_price`) without looking at the test split.
 //!
 //! Pure: no I/O, no clock; the caller writes the report.
 
@@ -50,6 +59,9 @@ pub const DEFAULT_MS_PER_TOKEN: f64 = 20.0;
 pub const DEFAULT_SLO_FACTOR: f64 = 2.0;
 /// A queue place counts as capacity when its expected end is within this share of the SLO.
 pub const SLO_HEADROOM: f64 = 0.8;
+/// The default price scale of a queue place in the balanced modes (see [`SimOptions::queue_price`]):
+/// chosen on validation parts of train (`--validation`), not on test.
+pub const DEFAULT_QUEUE_PRICE: f64 = 0.02;
 /// The spread (sigma of the log) of the service-time jitter.
 const JITTER_SIGMA: f64 = 0.2;
 
@@ -147,6 +159,10 @@ pub struct SimOptions {
     pub timeout_ms: f64,
     /// Models not listed get one default deployment.
     pub deployments: Vec<DeploymentSpec>,
+    /// Price scale of a queue place in the balanced modes (0: queue places are free).
+    pub queue_price: f64,
+    /// Fit on four fifths of train and simulate on the other fifth (not on test).
+    pub validation: bool,
 }
 
 impl Default for SimOptions {
@@ -164,6 +180,8 @@ impl Default for SimOptions {
             max_batch: 64,
             timeout_ms: 60_000.0,
             deployments: Vec::new(),
+            queue_price: DEFAULT_QUEUE_PRICE,
+            validation: false,
         }
     }
 }
@@ -284,6 +302,36 @@ struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
+    fn new(
+        w: &'a World,
+        opts: &'a SimOptions,
+        slo_ms: f64,
+        mode: Mode,
+        trace: &'a [(u64, usize)],
+    ) -> Sim<'a> {
+        let nd = w.dep_model.len();
+        Sim {
+            w,
+            opts,
+            slo_ms,
+            mode,
+            assigner: match mode {
+                Mode::Balanced(kind) => Some(kind.build()),
+                _ => None,
+            },
+            trace,
+            events: BinaryHeap::new(),
+            seq: 0,
+            busy: vec![0; nd],
+            queue: vec![VecDeque::new(); nd],
+            pending: Vec::new(),
+            flush_at: None,
+            served: vec![None; trace.len()],
+            dropped: vec![false; trace.len()],
+            batches: 0,
+        }
+    }
+
     fn push(&mut self, at: u64, e: Event) {
         self.seq += 1;
         self.events.push(event_key(at, e, self.seq));
@@ -374,9 +422,11 @@ impl<'a> Sim<'a> {
         let batch = std::mem::take(&mut self.pending);
         let nd = self.w.dep_model.len();
         let budget_ms = SLO_HEADROOM * self.slo_ms;
-        let mut capacity = vec![0usize; nd];
+        // Columns: each deployment's free slots, then its queue places (priced).
+        let mut capacity = vec![0usize; 2 * nd];
+        let mut price = vec![0.0; nd];
         let mut wait = vec![0.0; nd];
-        for (d, (c, wt)) in capacity.iter_mut().zip(wait.iter_mut()).enumerate() {
+        for (d, wt) in wait.iter_mut().enumerate() {
             let m = self.w.dep_model[d];
             let per_place = self.w.mean_service[m] / self.w.dep_cap[d].max(1) as f64;
             // Queue places after whose expected wait even a slow (p99) answer ends
@@ -389,16 +439,22 @@ impl<'a> Sim<'a> {
                 usize::MAX / 2
             };
             let queued = self.queue[d].len();
-            *c = self.free(d) + places.saturating_sub(queued);
+            capacity[d] = self.free(d);
+            capacity[nd + d] = places.saturating_sub(queued);
+            if places > queued {
+                price[d] = self.opts.queue_price * (queued + 1) as f64 / (places - queued) as f64;
+            }
             *wt = self.expected_wait(d);
         }
-        let mut utility = vec![f64::NEG_INFINITY; batch.len() * nd];
+        let mut utility = vec![f64::NEG_INFINITY; batch.len() * 2 * nd];
         for (i, &r) in batch.iter().enumerate() {
             let p = self.trace[r].1;
             for d in 0..nd {
                 let m = self.w.dep_model[d];
                 let latency_s = (wait[d] + self.w.mean_service[m]) / 1000.0;
-                utility[i * nd + d] = self.w.utility[p * self.w.nm + m] - self.opts.mu * latency_s;
+                let u = self.w.utility[p * self.w.nm + m] - self.opts.mu * latency_s;
+                utility[i * 2 * nd + d] = u;
+                utility[i * 2 * nd + nd + d] = u - price[d];
             }
         }
         let mut out = Vec::new();
@@ -408,7 +464,7 @@ impl<'a> Sim<'a> {
         self.batches += 1;
         for (i, &r) in batch.iter().enumerate() {
             let d = match out.get(i).copied().flatten() {
-                Some(d) => d,
+                Some(c) => c % nd,
                 // No place within the SLO: the shortest expected wait.
                 None => (0..nd)
                     .min_by(|&a, &b| self.expected_wait(a).total_cmp(&self.expected_wait(b)))
@@ -432,6 +488,12 @@ impl<'a> Sim<'a> {
     }
 
     fn run(mut self) -> ModeResult {
+        self.play();
+        self.summary()
+    }
+
+    /// Plays the trace to its end.
+    fn play(&mut self) {
         for (r, &(at, _)) in self.trace.iter().enumerate() {
             self.push(at, Event::Arrival(r));
         }
@@ -446,7 +508,6 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        self.summary()
     }
 
     fn summary(&self) -> ModeResult {
@@ -549,7 +610,11 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
             )));
         }
     }
-    let fitted = crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?;
+    let fitted = if opts.validation {
+        crate::fitted::Fitted::new_on_validation(ds, opts.router, opts.featurizer, opts.seed)?
+    } else {
+        crate::fitted::Fitted::new(ds, opts.router, opts.featurizer, opts.seed)?
+    };
     let test: Vec<&Record> = crate::fitted::complete_rows(&fitted.test, nm)
         .into_iter()
         .map(|i| fitted.test[i])
@@ -675,27 +740,7 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
             / tr.len().max(1) as f64;
         let mut modes = std::collections::BTreeMap::new();
         for mode in Mode::ALL {
-            let nd = w.dep_model.len();
-            let sim = Sim {
-                w: &w,
-                opts,
-                slo_ms,
-                mode,
-                assigner: match mode {
-                    Mode::Balanced(kind) => Some(kind.build()),
-                    _ => None,
-                },
-                trace: &tr,
-                events: BinaryHeap::new(),
-                seq: 0,
-                busy: vec![0; nd],
-                queue: vec![VecDeque::new(); nd],
-                pending: Vec::new(),
-                flush_at: None,
-                served: vec![None; tr.len()],
-                dropped: vec![false; tr.len()],
-                batches: 0,
-            };
+            let sim = Sim::new(&w, opts, slo_ms, mode, &tr);
             modes.insert(mode.name().to_string(), sim.run());
         }
         loads.push(LoadResult {
@@ -862,6 +907,56 @@ mod tests {
         heap.push(event_key(5, Event::Done(3), 3));
         let order: Vec<Event> = std::iter::from_fn(|| heap.pop().map(|Reverse(k)| k.1)).collect();
         assert_eq!(order, [Event::Done(3), Event::Flush, Event::Arrival(0)]);
+    }
+
+    /// Two models with one slot each and 1 s answers; prompt 0 gains 0.8 on model 0 over
+    /// model 1, prompt 1 gains 0.01, prompt 2 only fills model 0's slot.
+    fn two_model_world() -> World {
+        World {
+            nm: 2,
+            ranking: vec![vec![0, 1]; 3],
+            utility: vec![0.9, 0.1, 0.51, 0.5, 0.9, 0.1],
+            score: vec![1.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+            cost: vec![0.0; 6],
+            service: vec![1000.0; 6],
+            dep_model: vec![0, 1],
+            dep_cap: vec![1, 1],
+            mean_service: vec![1000.0; 2],
+            p99_service: vec![1000.0; 2],
+        }
+    }
+
+    /// Which model answered each request of the trace: prompt 2 takes model 0's slot, then
+    /// prompts 1 and 0 arrive while it is busy and are batched.
+    fn answered_by(queue_price: f64) -> Vec<usize> {
+        let w = two_model_world();
+        let opts = SimOptions {
+            queue_price,
+            ..SimOptions::default()
+        };
+        // SLO 10 s: 7 queue places of 1 s fit before a 1 s answer would end past 8 s.
+        let trace = [(0, 2), (1, 1), (2, 0)];
+        let mut sim = Sim::new(
+            &w,
+            &opts,
+            10_000.0,
+            Mode::Balanced(AssignerKind::Exact),
+            &trace,
+        );
+        sim.play();
+        sim.served
+            .iter()
+            .map(|s| s.map_or(usize::MAX, |s| s.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_priced_queue_keeps_its_places_for_the_requests_that_gain_most_there() {
+        // The first queue place costs 0.1 / 7: more than prompt 1 gains by waiting for
+        // model 0, less than prompt 0 gains.
+        assert_eq!(answered_by(0.1), [0, 1, 0]);
+        // Free queue places: both wait for model 0.
+        assert_eq!(answered_by(0.0), [0, 0, 0]);
     }
 
     #[test]

@@ -46,6 +46,14 @@ pub struct Args {
     pub deployments: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Price scale of a queue place in the balanced modes: the k-th of n places costs
+    /// this times k / (n - k + 1) in utility (0: queue places are free).
+    #[arg(long, default_value_t = routewise_eval::simulate::DEFAULT_QUEUE_PRICE)]
+    pub queue_price: f64,
+    /// Fit on four fifths of train and simulate on the other fifth, not on test (for
+    /// choosing settings).
+    #[arg(long)]
+    pub validation: bool,
     #[arg(long, value_enum, default_value = "static-mini")]
     pub featurizer: FeaturizerArg,
     /// Write the JSON report here.
@@ -72,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("--mu", args.mu),
         ("--window-ms", args.window_ms),
         ("--timeout-ms", args.timeout_ms),
+        ("--queue-price", args.queue_price),
     ] {
         if !(v >= 0.0 && v.is_finite()) {
             anyhow::bail!("{name} must be >= 0");
@@ -99,6 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mu: args.mu,
         window_ms: args.window_ms,
         timeout_ms: args.timeout_ms,
+        queue_price: args.queue_price,
+        validation: args.validation,
         deployments,
         ..SimOptions::default()
     };
