@@ -22,14 +22,11 @@
 //!     [`routewise_router::dispatch`]: utility `predicted score - lambda * cost - mu *
 //!     expected latency`, capacity the free slots plus the queue places after whose
 //!     expected wait the model's p99 service time still ends within [`SLO_HEADROOM`] of
-//!     the SLO. A queue place is priced: with `k - 1` of a deployment's `n` places taken,
-//!     the next costs `queue_price * k / (n - k + 1)` (a barrier that is small while the
-//!     queue is short and unbounded as it fills), so under overload the queue settles
-//!     where the price equals the gain of the marginal request, and the requests that
-//!     spill are those that lose least by it, not those that happen to arrive when the
-//!     queue is full. This is the drift-plus-penalty rule of queueing control (Neely,
-//!     2010: the backlog acts as the resource's price). A request with no place is queued
-//!     where the expected wait is shortest.
+//!     the SLO. A queue place is priced ([`queue_place_price`]: small while the queue is
+//!     short, unbounded as it fills), so under overload the queue settles where the price
+//!     equals the gain of the marginal request, and the requests that spill are those that
+//!     lose least by it, not those that happen to arrive when the queue is full. A request
+//!     with no place is queued where the expected wait is shortest.
 //! * `validation`: fit on four fifths of train and simulate on the other fifth, to choose
 //!   settings (`queue_price`) without looking at the test split.
 //!
@@ -43,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Record};
 use routewise_features::FeaturizerKind;
-use routewise_router::dispatch::{Assigner, AssignerKind};
+use routewise_router::dispatch::{queue_place_price, Assigner, AssignerKind};
 use routewise_router::RouterKind;
 use serde::{Deserialize, Serialize};
 
@@ -59,9 +56,6 @@ pub const DEFAULT_MS_PER_TOKEN: f64 = 20.0;
 pub const DEFAULT_SLO_FACTOR: f64 = 2.0;
 /// A queue place counts as capacity when its expected end is within this share of the SLO.
 pub const SLO_HEADROOM: f64 = 0.8;
-/// The default price scale of a queue place in the balanced modes (see [`SimOptions::queue_price`]):
-/// chosen on validation parts of train (`--validation`), not on test.
-pub const DEFAULT_QUEUE_PRICE: f64 = 0.02;
 /// The spread (sigma of the log) of the service-time jitter.
 const JITTER_SIGMA: f64 = 0.2;
 
@@ -180,7 +174,7 @@ impl Default for SimOptions {
             max_batch: 64,
             timeout_ms: 60_000.0,
             deployments: Vec::new(),
-            queue_price: DEFAULT_QUEUE_PRICE,
+            queue_price: routewise_router::dispatch::DEFAULT_QUEUE_PRICE,
             validation: false,
         }
     }
@@ -441,9 +435,8 @@ impl<'a> Sim<'a> {
             let queued = self.queue[d].len();
             capacity[d] = self.free(d);
             capacity[nd + d] = places.saturating_sub(queued);
-            if places > queued {
-                price[d] = self.opts.queue_price * (queued + 1) as f64 / (places - queued) as f64;
-            }
+            price[d] =
+                queue_place_price(self.opts.queue_price, queued, places).unwrap_or(f64::INFINITY);
             *wt = self.expected_wait(d);
         }
         let mut utility = vec![f64::NEG_INFINITY; batch.len() * 2 * nd];

@@ -54,7 +54,8 @@
 //! affinity: {ttl_s: 3600, switch_margin: 0.02, max_conversations: 100000}  # optional (see below)
 //!           # or backend: redis, redis_url: redis://127.0.0.1:6379, prefix: routewise:affinity
 //! dispatch: {spill: true, queue_ms: 1000,   # when a model's deployments are all full
-//!           balance: {solver: sinkhorn, window_ms: 2, max_batch: 64, near: 0.75}}  # optional
+//!           balance: {solver: sinkhorn, window_ms: 2, max_batch: 64, near: 0.75,  # optional
+//!                     queue_price: 0.02}}
 //! ```
 //!
 //! `routes` is the ordered rule list, compiled here by `routewise_signals::RuleSet` against
@@ -460,6 +461,9 @@ pub struct BalanceConfig {
     /// A model is near capacity when its calls in flight reach this share of its
     /// deployments' `max_concurrency` (models without a cap never are).
     pub near: f64,
+    /// Price scale of a place in a full model's queue
+    /// ([`routewise_router::dispatch::queue_place_price`]).
+    pub queue_price: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -807,6 +811,8 @@ struct RawBalance {
     max_batch: Option<usize>,
     #[serde(default)]
     near: Option<f64>,
+    #[serde(default)]
+    queue_price: Option<f64>,
 }
 
 /// `models[].limits`: the provider's quota for this model, which routewise keeps below
@@ -1355,6 +1361,15 @@ impl Validator<'_> {
                     format!("must be in (0, 1], found {near}"),
                 );
             }
+            let queue_price = b
+                .queue_price
+                .unwrap_or(routewise_router::dispatch::DEFAULT_QUEUE_PRICE);
+            if !(queue_price >= 0.0 && queue_price.is_finite()) {
+                self.issue(
+                    "dispatch.balance.queue_price",
+                    format!("must be finite and >= 0, found {queue_price}"),
+                );
+            }
             BalanceConfig {
                 solver: b
                     .solver
@@ -1362,6 +1377,7 @@ impl Validator<'_> {
                 window_ms,
                 max_batch,
                 near,
+                queue_price,
             }
         });
         DispatchConfig {
@@ -2428,6 +2444,7 @@ bogus: 1
                     window_ms: 3.0,
                     max_batch: 64,
                     near: 0.75,
+                    queue_price: 0.02,
                 }),
             }
         );
@@ -2448,7 +2465,7 @@ bogus: 1
              - {name: e, base_url: 'http://10.0.0.3/v1', api_key_env: NOPE}\n  \
              - {name: f, deployments: []}\n  \
              - {name: g, provider: replay, deployments: [{name: x}]}\n  - name: b\n",
-        ) + "dispatch: {queue_ms: 100000, balance: {window_ms: 0, near: 1.5}}\n";
+        ) + "dispatch: {queue_ms: 100000, balance: {window_ms: 0, near: 1.5, queue_price: -1}}\n";
         let e = p(&text, &[]).unwrap_err().to_string();
         for want in [
             "gw.yaml: models[1].base_url: a model with `deployments` sets this per deployment",
@@ -2462,6 +2479,7 @@ bogus: 1
             "gw.yaml: dispatch.queue_ms: must be in 0..=60000, found 100000",
             "gw.yaml: dispatch.balance.window_ms: must be in [0.1, 50], found 0",
             "gw.yaml: dispatch.balance.near: must be in (0, 1], found 1.5",
+            "gw.yaml: dispatch.balance.queue_price: must be finite and >= 0, found -1",
         ] {
             assert!(e.contains(want), "missing `{want}` in:\n{e}");
         }

@@ -359,7 +359,7 @@ impl Metrics {
         let balanced = reg(
             r,
             "balanced",
-            "Requests assigned by balanced dispatch, by verdict (kept: first choice, moved: another candidate, unplaced: no free slot)",
+            "Requests assigned by balanced dispatch, by verdict (kept: first choice, moved: another candidate, held: placed in a full model's queue, unplaced: no place)",
             Family::<VerdictLabel, Counter>::default(),
         );
         let at_capacity = reg(

@@ -13,6 +13,7 @@
 use axum::http::{HeaderName, HeaderValue};
 use routewise_online::budget::{Buckets, Rate, RateLimited};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,6 +65,9 @@ pub struct Upstream {
     /// Woken when a slot at one of its deployments frees (requests queued for the model
     /// wait on it); kept across a reload that keeps the model.
     pub freed: Arc<tokio::sync::Notify>,
+    /// Requests balanced dispatch placed in this model's queue that are waiting for a slot
+    /// ([`crate::pipeline::balance`]); kept across a reload like `freed`.
+    pub waiting: Arc<AtomicU32>,
 }
 
 /// One place a model is served.
@@ -132,11 +136,53 @@ impl Upstream {
         })
     }
 
+    /// How many requests can wait in this model's queue and still start within
+    /// `queue_ms`: over its capped deployments whose breaker admits calls and whose
+    /// latency was observed, `max_concurrency * queue_ms / expected latency` of a call
+    /// producing `output_tokens` (0 when none qualifies; a model with an uncapped
+    /// deployment never queues).
+    pub fn queue_places(&self, queue_ms: u64, output_tokens: u64, now_ms: u64) -> usize {
+        let mut places = 0.0;
+        for d in &self.deployments {
+            let Some(cap) = d.max_concurrency else {
+                return 0;
+            };
+            if d.breaker.is_open(now_ms) {
+                continue;
+            }
+            if let Some(ms) = d.load.expected_ms(output_tokens).filter(|&ms| ms > 0.0) {
+                places += f64::from(cap) * queue_ms as f64 / ms;
+            }
+        }
+        places.floor() as usize
+    }
+
+    /// Counts a request waiting in this model's queue until the guard drops.
+    pub fn wait_in_queue(&self) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(Arc::clone(&self.waiting))
+    }
+
+    /// Requests waiting in this model's queue.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Acquire) as usize
+    }
+
     /// Whether some deployment has a free slot now.
     pub fn has_room(&self) -> bool {
         self.deployments
             .iter()
             .any(|d| d.load.has_room(d.max_concurrency))
+    }
+}
+
+/// A request counted in its model's queue ([`Upstream::wait_in_queue`]).
+#[derive(Debug)]
+pub struct Waiting(Arc<AtomicU32>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -325,6 +371,7 @@ impl ModelTable {
                 energy_wh_per_mtok: m.energy_wh_per_mtok,
                 breaker: breaker(),
                 freed: Arc::new(tokio::sync::Notify::new()),
+                waiting: Arc::new(AtomicU32::new(0)),
             });
         }
         if !issues.is_empty() {
@@ -361,6 +408,7 @@ impl ModelTable {
                 continue;
             }
             u.freed = Arc::clone(&prev.freed);
+            u.waiting = Arc::clone(&prev.waiting);
             let mut all_kept = prev.deployments.len() == u.deployments.len();
             for d in &mut u.deployments {
                 let Some(p) = prev.deployments.iter().find(|p| {

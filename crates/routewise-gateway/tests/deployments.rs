@@ -419,7 +419,8 @@ async fn near_capacity_a_burst_is_assigned_jointly_within_the_free_slots() {
         [Some(2), Some(2), None],
         &["up-a", "up-b", "up-c"],
         Duration::from_millis(400),
-        "dispatch: {balance: {solver: exact, window_ms: 5, near: 0.5}}",
+        // No queue places (queue_ms 0): the burst is assigned to the free slots only.
+        "dispatch: {queue_ms: 0, balance: {solver: exact, window_ms: 5, near: 0.5}}",
     )
     .await;
     // One at a time: nothing is near capacity, nothing is batched.
@@ -454,6 +455,69 @@ async fn near_capacity_a_burst_is_assigned_jointly_within_the_free_slots() {
         metrics.contains("routewise_balanced_total{verdict=\"moved\"}"),
         "{metrics}"
     );
+}
+
+/// Model a (one slot, 300 ms answers) is busy with one request when a second arrives;
+/// balanced dispatch with queue places priced at `queue_price` places it. Which model
+/// answered the second, how long it took, and the balanced verdicts counted.
+async fn second_request_while_a_is_busy(queue_price: f64) -> (String, Duration, String) {
+    let (_mock, gw) = one_mock(
+        [Some(1), None, None],
+        &["up-a"],
+        Duration::from_millis(300),
+        &format!(
+            "dispatch: {{queue_ms: 10000, balance: {{solver: exact, window_ms: 5, near: 0.5, queue_price: {queue_price}}}}}"
+        ),
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    // One answer from a first, so its latency (and so its queue's places) is known: the
+    // mock's short answers take 300 ms, so a's time per token is high, and the catalog's
+    // mean output makes a call several seconds (hence queue_ms 10 s: at least one place).
+    let (status, h, _) = common::post(&url, &common::chat_body("warm")).await;
+    assert_eq!(
+        (status, common::header(&h, "x-routewise-model")),
+        (200, "a")
+    );
+    let busy = {
+        let url = url.clone();
+        tokio::spawn(async move { common::post(&url, &common::chat_body("first")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (status, h, _) = common::post(&url, &common::chat_body("second")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    let model = common::header(&h, "x-routewise-model").to_string();
+    let (status, h, _) = busy.await.unwrap();
+    assert_eq!(
+        (status, common::header(&h, "x-routewise-model")),
+        (200, "a")
+    );
+    let (_, metrics) = common::get(&gw.url("/metrics")).await;
+    let verdicts = metrics
+        .lines()
+        .filter(|l| l.starts_with("routewise_balanced_total{"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (model, took, verdicts)
+}
+
+#[tokio::test]
+async fn near_capacity_a_cheap_queue_place_holds_the_request_for_the_best_model() {
+    // A place in a's queue costs next to nothing: the request waits for a's slot.
+    let (model, took, verdicts) = second_request_while_a_is_busy(1e-9).await;
+    assert_eq!(model, "a", "{verdicts}");
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    assert!(verdicts.contains("verdict=\"held\"} 1"), "{verdicts}");
+}
+
+#[tokio::test]
+async fn near_capacity_a_dear_queue_place_sends_the_request_to_a_free_model_at_once() {
+    // A place costs more than a's lead: the request takes b's free slot at once.
+    let (model, _, verdicts) = second_request_while_a_is_busy(1000.0).await;
+    assert_eq!(model, "b", "{verdicts}");
+    assert!(verdicts.contains("verdict=\"moved\"} 1"), "{verdicts}");
 }
 
 #[tokio::test]

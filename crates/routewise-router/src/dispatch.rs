@@ -27,9 +27,32 @@
 //!   by swaps that raise the total. It fills greedily: where pairs are forbidden it may
 //!   leave out a request that [`Exact`] would place.
 //!
-//! Pure logic, no I/O; the simulator (`routewise simulate`) and, later, the gateway call it.
+//! **Queue places** ([`queue_place_price`]): a deployment that is full may still take
+//! requests into its queue, as long as they start soon enough. A queue place is priced by
+//! how full the queue is, so under overload the places go to the requests that gain most
+//! by waiting for that deployment and the others take free slots elsewhere at once,
+//! instead of spilling whichever request happens to arrive when the queue is full. The
+//! rule is drift-plus-penalty queueing control (Neely, 2010, "Stochastic network
+//! optimization with application to communication and queueing systems"): the backlog
+//! acts as the resource's price. The caller gives the places a column of their own, at
+//! the utility minus the price.
+//!
+//! Pure logic, no I/O; the simulator (`routewise simulate`) and the gateway
+//! (`dispatch.balance`) call it.
 
 use serde::{Deserialize, Serialize};
+
+/// The default price scale of a queue place ([`queue_place_price`]), chosen on validation
+/// parts of train with `routewise simulate --validation` (BENCHMARKS.md).
+pub const DEFAULT_QUEUE_PRICE: f64 = 0.02;
+
+/// The price, in utility, of the next queue place at a deployment that has `places` in
+/// all with `taken` of them taken: `scale * k / (places - k + 1)` for the `k = taken + 1`-th
+/// place, small while the queue is short and unbounded as it fills. `None` when no place is
+/// left.
+pub fn queue_place_price(scale: f64, taken: usize, places: usize) -> Option<f64> {
+    (taken < places).then(|| scale * (taken + 1) as f64 / (places - taken) as f64)
+}
 
 /// Which solver assigns a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,6 +608,24 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod queue_price_tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_place_costs_more_as_the_queue_fills_and_none_is_left_when_full() {
+        assert_eq!(queue_place_price(0.1, 0, 4), Some(0.1 / 4.0));
+        assert_eq!(queue_place_price(0.1, 3, 4), Some(0.4));
+        assert_eq!(queue_place_price(0.1, 4, 4), None);
+        assert_eq!(queue_place_price(0.1, 0, 0), None);
+        assert_eq!(queue_place_price(0.0, 2, 4), Some(0.0));
+        let prices: Vec<f64> = (0..8)
+            .filter_map(|k| queue_place_price(1.0, k, 8))
+            .collect();
+        assert!(prices.windows(2).all(|w| w[0] < w[1]), "{prices:?}");
+    }
 }
 
 #[cfg(test)]

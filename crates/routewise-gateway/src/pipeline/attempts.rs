@@ -13,7 +13,8 @@
 //!   kept in the context).
 //! * When every deployment of a model is full, the model is passed over for the next in
 //!   the ranking (`dispatch.spill`, the default; the decision log says
-//!   `skipped=<model>:capacity`), or waited for first (`spill: false`). When every
+//!   `skipped=<model>:capacity`), or waited for first (`spill: false`, or a request that
+//!   balanced dispatch placed in the model's queue, [`super::balance`]). When every
 //!   candidate is full, the request waits up to `dispatch.queue_ms` for a slot, then gets
 //!   503 `at_capacity` with `Retry-After`.
 //! * An attempt goes through the deployment's [`crate::upstream::Provider`], with the
@@ -49,6 +50,7 @@ use axum::http::HeaderValue;
 
 use crate::error::ApiError;
 use crate::models::{Deployment, ModelId, Slot, Upstream};
+use crate::pipeline::balance::Verdict;
 use crate::pipeline::budget;
 use crate::pipeline::context::{AttemptRecord, RequestContext};
 use crate::pipeline::route::Reason;
@@ -372,10 +374,17 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
         };
         // The deployment's slot and quota first (waiting for a slot holds nothing else).
         let mut taken = take_deployment(gw, up, &ctx.request, &tried);
-        if matches!(taken, Err(Pass::Capacity)) && !gw.config.dispatch.spill && retry.is_none() {
-            // Queue at this model before moving on. A half-open probe is not held while
-            // waiting (the model would look closed to everyone else): it is given back,
-            // and the breaker asked again once there is room.
+        // Wait for this model before moving on: always without spill, and for the model
+        // whose queue balanced dispatch placed the request in.
+        let queue_here = !gw.config.dispatch.spill
+            || (ctx.balanced == Some(Verdict::Held)
+                && ctx.attempts.is_empty()
+                && ctx.routed.candidates.first() == Some(&m));
+        if matches!(taken, Err(Pass::Capacity)) && queue_here && retry.is_none() {
+            // Counted in the model's queue while it waits. A half-open probe is not held
+            // while waiting (the model would look closed to everyone else): it is given
+            // back, and the breaker asked again once there is room.
+            let _queued = up.wait_in_queue();
             let probing = probe.armed;
             if probing {
                 probe.armed = false;

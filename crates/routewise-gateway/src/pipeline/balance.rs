@@ -9,12 +9,19 @@
 //! each request's utility on each model (`predicted score - lambda * predicted cost -
 //! latency and energy penalty`, [`super::route`]; minus infinity outside its candidates),
 //! each model's free slots (the sum over its deployments with a closed breaker; a model
-//! with an uncapped deployment has room for all; a cooling-down model none) go to
-//! [`routewise_router::dispatch`]'s solver (`solver`: Sinkhorn, or exact min-cost flow,
-//! which places as many requests as the slots allow and, among those placements, has the
-//! best total utility). A request's assigned model goes first in its candidates (the rest
-//! keep their order, as fallbacks); a request the free slots could not take keeps its
-//! order and queues or spills as usual ([`super::attempts`]). Requests whose client left
+//! with an uncapped deployment has room for all; a cooling-down model none) and the places
+//! left in each full model's queue go to [`routewise_router::dispatch`]'s solver
+//! (`solver`: Sinkhorn, or exact min-cost flow, which places as many requests as the
+//! places allow and, among those placements, has the best total utility). A model's queue
+//! has as many places as requests that would start within `dispatch.queue_ms` at its
+//! deployments' observed latency (for the model's mean output tokens), less those already
+//! waiting; a place costs `queue_price` times a factor that grows as the queue fills
+//! ([`routewise_router::dispatch::queue_place_price`]), so the places go to the requests
+//! that gain most by waiting for that model, and the others take free slots elsewhere.
+//! A request's assigned model goes first in its candidates (the rest keep their order, as
+//! fallbacks); one placed in a queue waits there for a slot (up to `dispatch.queue_ms`)
+//! before it spills; a request nothing could take keeps its order and queues or spills as
+//! usual ([`super::attempts`]). Requests whose client left
 //! before the batch was assigned are dropped from it. When no model is near capacity,
 //! nothing waits and no window is added. The method is the batch assignment of
 //! mixture-of-experts routing (BASE layers, Sinkhorn routing) applied to requests, as
@@ -25,21 +32,21 @@
 //! conversation kept on its model, an exploration, a request the cascade escalated (its
 //! tier already answered), or one with a single candidate. Under `dispatch.spill: false`
 //! nothing is balanced (the operator chose to wait for the first choice). The verdict
-//! (`kept`, `moved`, `unplaced`) goes to the decision log (`balanced`) and
+//! (`kept`, `moved`, `held`, `unplaced`) goes to the decision log (`balanced`) and
 //! `routewise_balanced_total{verdict}`.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use routewise_router::dispatch::Assigner;
+use routewise_router::dispatch::{queue_place_price, Assigner};
 use routewise_router::Policy;
 use tokio::sync::oneshot;
 
 use crate::config::BalanceConfig;
-use crate::models::{ModelId, ModelTable, Upstream};
+use crate::models::{ModelId, Upstream};
 use crate::pipeline::context::RequestContext;
 use crate::pipeline::route::Reason;
-use crate::state::AppState;
+use crate::state::{AppState, Gateway};
 
 /// What balancing did to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,9 @@ pub enum Verdict {
     Kept,
     /// Assigned to another candidate.
     Moved,
+    /// Placed in the queue of a full model (first in its candidates), which it waits for
+    /// before spilling.
+    Held,
     /// No free slot could take it: its own order stands.
     Unplaced,
 }
@@ -57,6 +67,7 @@ impl Verdict {
         match self {
             Verdict::Kept => "kept",
             Verdict::Moved => "moved",
+            Verdict::Held => "held",
             Verdict::Unplaced => "unplaced",
         }
     }
@@ -66,7 +77,14 @@ impl Verdict {
 /// its assignment goes.
 struct Pending {
     utility: Vec<f64>,
-    reply: oneshot::Sender<Option<ModelId>>,
+    reply: oneshot::Sender<Option<Placed>>,
+}
+
+/// Where a request was placed: a model, in a free slot or in its queue.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    model: ModelId,
+    queued: bool,
 }
 
 /// The batch being collected: its number, and its requests.
@@ -101,8 +119,8 @@ impl Balancer {
     }
 
     /// Assigns batch `epoch` now, if it is still being collected (`None`: whichever is):
-    /// each waiting request gets its model (or `None`).
-    fn flush(&self, models: &ModelTable, now_ms: u64, epoch: Option<u64>) {
+    /// each waiting request gets its place (or `None`).
+    fn flush(&self, gw: &Gateway, epoch: Option<u64>) {
         let batch = {
             let mut b = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if epoch.is_some_and(|e| e != b.epoch) {
@@ -117,11 +135,35 @@ impl Balancer {
             return;
         }
         let n = batch.len();
-        let capacity: Vec<usize> = models.iter().map(|u| free_slots(u, n, now_ms)).collect();
-        let d = capacity.len();
-        let mut utility = Vec::with_capacity(n * d);
+        let now_ms = gw.now_ms();
+        let models = &gw.upstreams;
+        let d = models.len();
+        // Columns: each model's free slots, then the places left in its queue (priced).
+        let mut capacity: Vec<usize> = models.iter().map(|u| free_slots(u, n, now_ms)).collect();
+        let mut price = Vec::with_capacity(d);
+        let catalog = gw.decider.catalog();
+        for (i, u) in models.iter().enumerate() {
+            let places = if capacity[i] < n && !u.breaker.is_open(now_ms) {
+                let output = catalog
+                    .models
+                    .get(i)
+                    .map_or(0.0, |m| m.mean_output_tokens.max(0.0))
+                    as u64;
+                u.queue_places(gw.config.dispatch.queue_ms, output, now_ms)
+            } else {
+                0
+            };
+            let queued = u.queued();
+            capacity.push(places.saturating_sub(queued).min(n));
+            price.push(
+                queue_place_price(self.config.queue_price, queued, places).unwrap_or(f64::INFINITY),
+            );
+        }
+        let mut utility = Vec::with_capacity(n * 2 * d);
         for p in &batch {
-            utility.extend((0..d).map(|j| p.utility.get(j).copied().unwrap_or(f64::NEG_INFINITY)));
+            let u = |j: usize| p.utility.get(j).copied().unwrap_or(f64::NEG_INFINITY);
+            utility.extend((0..d).map(u));
+            utility.extend((0..d).map(|j| u(j) - price.get(j).copied().unwrap_or(f64::INFINITY)));
         }
         let mut out = Vec::with_capacity(n);
         self.solver
@@ -129,8 +171,12 @@ impl Balancer {
             .unwrap_or_else(PoisonError::into_inner)
             .assign(&utility, n, &capacity, &mut out);
         for (p, a) in batch.into_iter().zip(out) {
+            let placed = a.map(|c| Placed {
+                model: ModelId::from_index(c % d),
+                queued: c >= d,
+            });
             // A request that went away meanwhile has dropped its receiver.
-            let _ = p.reply.send(a.map(ModelId::from_index));
+            let _ = p.reply.send(placed);
         }
     }
 }
@@ -216,31 +262,35 @@ pub async fn apply(ctx: &mut RequestContext) {
     };
     let window = Duration::from_secs_f64(balancer.config.window_ms / 1000.0);
     if full {
-        balancer.flush(&state.upstreams, state.now_ms(), None);
+        balancer.flush(&state, None);
     } else if first_in {
         // This batch's timer (a batch flushed sooner, when full, is not flushed again).
         let timer = state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
             if let Some(b) = timer.balancer.as_ref() {
-                b.flush(&timer.upstreams, timer.now_ms(), Some(epoch));
+                b.flush(&timer, Some(epoch));
             }
         });
     }
     // The timer assigns within the window; a batch flushed by a full one sooner.
     let got = tokio::time::timeout(window * 4 + Duration::from_millis(50), assigned).await;
     let verdict = match got {
-        Ok(Ok(Some(m))) => {
+        Ok(Ok(Some(Placed { model: m, queued }))) => {
             let c = &mut ctx.routed.candidates;
             if let Some(pos) = c.iter().position(|&x| x == m) {
                 c.remove(pos);
                 c.insert(0, m);
             }
-            if m == first {
-                Verdict::Kept
-            } else {
+            if m != first {
                 // The order is the batch's now, not the policy's.
                 ctx.routed.by_policy = false;
+            }
+            if queued {
+                Verdict::Held
+            } else if m == first {
+                Verdict::Kept
+            } else {
                 Verdict::Moved
             }
         }

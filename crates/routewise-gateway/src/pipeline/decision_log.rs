@@ -17,7 +17,7 @@
 //! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
 //! attempt's as `model@deployment` for a model with several), the answer's energy in
 //! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; null when either is
-//! unknown; cascade tier calls are not counted), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `unplaced`), the
+//! unknown; cascade tier calls are not counted), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `held`, `unplaced`), the
 //! API key's name in `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
 //! decisions and outcomes. Where the request path leaves the propensity unknown (Thompson

@@ -48,7 +48,7 @@ pub struct Args {
     pub seed: u64,
     /// Price scale of a queue place in the balanced modes: the k-th of n places costs
     /// this times k / (n - k + 1) in utility (0: queue places are free).
-    #[arg(long, default_value_t = routewise_eval::simulate::DEFAULT_QUEUE_PRICE)]
+    #[arg(long, default_value_t = routewise_router::dispatch::DEFAULT_QUEUE_PRICE)]
     pub queue_price: f64,
     /// Fit on four fifths of train and simulate on the other fifth, not on test (for
     /// choosing settings).
