@@ -227,6 +227,10 @@ pub struct SimReport {
     pub slo_ms: f64,
     pub duration_s: f64,
     pub window_ms: f64,
+    /// The price scale of a queue place in the balanced modes.
+    pub queue_price: f64,
+    /// Simulated on a held-out fifth of train (`--validation`), not on test.
+    pub validation: bool,
     pub best_model: String,
     /// The best model's capacity in requests per second.
     pub best_capacity_per_s: f64,
@@ -435,8 +439,8 @@ impl<'a> Sim<'a> {
             let queued = self.queue[d].len();
             capacity[d] = self.free(d);
             capacity[nd + d] = places.saturating_sub(queued);
-            price[d] =
-                queue_place_price(self.opts.queue_price, queued, places).unwrap_or(f64::INFINITY);
+            price[d] = queue_place_price(self.opts.queue_price, queued, places, batch.len())
+                .unwrap_or(f64::INFINITY);
             *wt = self.expected_wait(d);
         }
         let mut utility = vec![f64::NEG_INFINITY; batch.len() * 2 * nd];
@@ -751,6 +755,8 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
         slo_ms,
         duration_s: opts.duration_s,
         window_ms: opts.window_ms,
+        queue_price: opts.queue_price,
+        validation: opts.validation,
         best_model: ds.models[best].clone(),
         best_capacity_per_s: best_capacity,
         unloaded_greedy_quality: unloaded_quality,

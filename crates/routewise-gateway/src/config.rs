@@ -450,7 +450,8 @@ impl Default for DispatchConfig {
 }
 
 /// `dispatch.balance`: requests whose first choice is near capacity wait `window_ms`
-/// and are assigned jointly, maximising their total utility under the free slots.
+/// and are assigned jointly, maximising their total utility under the free slots and the
+/// priced places of the models' queues.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BalanceConfig {
     pub solver: routewise_router::dispatch::AssignerKind,

@@ -137,21 +137,23 @@ impl Upstream {
     }
 
     /// How many requests can wait in this model's queue and still start within
-    /// `queue_ms`: over its capped deployments whose breaker admits calls and whose
-    /// latency was observed, `max_concurrency * queue_ms / expected latency` of a call
-    /// producing `output_tokens` (0 when none qualifies; a model with an uncapped
-    /// deployment never queues).
-    pub fn queue_places(&self, queue_ms: u64, output_tokens: u64, now_ms: u64) -> usize {
+    /// `wait_ms`: over its capped deployments that take calls (a deployment's breaker
+    /// counts when the model has several) and whose latency was observed,
+    /// `max_concurrency * wait_ms / expected latency` of a call producing `output_tokens`
+    /// (0 when none qualifies; a model with an uncapped deployment never queues). An
+    /// estimate: requests that were not placed (below `near`, named models) take freed
+    /// slots too.
+    pub fn queue_places(&self, wait_ms: u64, output_tokens: u64, now_ms: u64) -> usize {
         let mut places = 0.0;
         for d in &self.deployments {
+            if self.deployments.len() > 1 && d.breaker.is_open(now_ms) {
+                continue;
+            }
             let Some(cap) = d.max_concurrency else {
                 return 0;
             };
-            if d.breaker.is_open(now_ms) {
-                continue;
-            }
             if let Some(ms) = d.load.expected_ms(output_tokens).filter(|&ms| ms > 0.0) {
-                places += f64::from(cap) * queue_ms as f64 / ms;
+                places += f64::from(cap) * wait_ms as f64 / ms;
             }
         }
         places.floor() as usize

@@ -460,20 +460,24 @@ async fn near_capacity_a_burst_is_assigned_jointly_within_the_free_slots() {
 /// Model a (one slot, 300 ms answers) is busy with one request when a second arrives;
 /// balanced dispatch with queue places priced at `queue_price` places it. Which model
 /// answered the second, how long it took, and the balanced verdicts counted.
-async fn second_request_while_a_is_busy(queue_price: f64) -> (String, Duration, String) {
+async fn second_request_while_a_is_busy(
+    queue_price: f64,
+    slo_ms: Option<u64>,
+) -> (String, Duration, String) {
     let (_mock, gw) = one_mock(
         [Some(1), None, None],
         &["up-a"],
         Duration::from_millis(300),
         &format!(
-            "dispatch: {{queue_ms: 10000, balance: {{solver: exact, window_ms: 5, near: 0.5, queue_price: {queue_price}}}}}"
+            "dispatch: {{queue_ms: 30000, balance: {{solver: exact, window_ms: 5, near: 0.5, queue_price: {queue_price}}}}}"
         ),
     )
     .await;
     let url = gw.url("/v1/chat/completions");
     // One answer from a first, so its latency (and so its queue's places) is known: the
     // mock's short answers take 300 ms, so a's time per token is high, and the catalog's
-    // mean output makes a call several seconds (hence queue_ms 10 s: at least one place).
+    // mean output makes a call several seconds (hence queue_ms 30 s, of which a placed
+    // request waits half: a place or more even if the warm call took twice as long).
     let (status, h, _) = common::post(&url, &common::chat_body("warm")).await;
     assert_eq!(
         (status, common::header(&h, "x-routewise-model")),
@@ -483,12 +487,29 @@ async fn second_request_while_a_is_busy(queue_price: f64) -> (String, Duration, 
         let url = url.clone();
         tokio::spawn(async move { common::post(&url, &common::chat_body("first")).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Until the first holds a's slot.
+    let busy_at = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = common::get(&gw.url("/metrics")).await;
+        if metrics.lines().any(|l| {
+            l.starts_with("routewise_deployment_in_flight{model=\"a\"") && l.ends_with(" 1")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < busy_at, "a never got busy: {metrics}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
-    let (status, h, _) = common::post(&url, &common::chat_body("second")).await;
+    let mut second = common::client()
+        .post(url.clone())
+        .json(&common::chat_body("second"));
+    if let Some(slo) = slo_ms {
+        second = second.header("x-routewise-slo-ms", slo.to_string());
+    }
+    let r = second.send().await.unwrap();
     let took = started.elapsed();
-    assert_eq!(status, 200);
-    let model = common::header(&h, "x-routewise-model").to_string();
+    assert_eq!(r.status(), 200);
+    let model = common::header(r.headers(), "x-routewise-model").to_string();
     let (status, h, _) = busy.await.unwrap();
     assert_eq!(
         (status, common::header(&h, "x-routewise-model")),
@@ -506,18 +527,62 @@ async fn second_request_while_a_is_busy(queue_price: f64) -> (String, Duration, 
 #[tokio::test]
 async fn near_capacity_a_cheap_queue_place_holds_the_request_for_the_best_model() {
     // A place in a's queue costs next to nothing: the request waits for a's slot.
-    let (model, took, verdicts) = second_request_while_a_is_busy(1e-9).await;
+    let (model, took, verdicts) = second_request_while_a_is_busy(1e-9, None).await;
     assert_eq!(model, "a", "{verdicts}");
-    assert!(took >= Duration::from_millis(150), "{took:?}");
+    // It waited for the first to end (300 ms after it started).
+    assert!(took >= Duration::from_millis(100), "{took:?}");
     assert!(verdicts.contains("verdict=\"held\"} 1"), "{verdicts}");
 }
 
 #[tokio::test]
 async fn near_capacity_a_dear_queue_place_sends_the_request_to_a_free_model_at_once() {
     // A place costs more than a's lead: the request takes b's free slot at once.
-    let (model, _, verdicts) = second_request_while_a_is_busy(1000.0).await;
+    let (model, _, verdicts) = second_request_while_a_is_busy(1000.0, None).await;
     assert_eq!(model, "b", "{verdicts}");
     assert!(verdicts.contains("verdict=\"moved\"} 1"), "{verdicts}");
+}
+
+#[tokio::test]
+async fn regression_a_request_with_an_slo_is_not_held_in_a_queue() {
+    // An SLO is dropped rather than waited for; a held request with one once waited for a
+    // deployment within it. Even a place that costs nothing is not offered to it.
+    let (model, _, verdicts) = second_request_while_a_is_busy(1e-9, Some(100_000)).await;
+    assert_eq!(model, "b", "{verdicts}");
+    assert!(!verdicts.contains("held"), "{verdicts}");
+}
+
+#[tokio::test]
+async fn regression_a_request_waiting_for_a_slot_does_not_call_a_model_that_cooled_down_meanwhile()
+{
+    // a's one slot is held by a call that times out and opens a's breaker. The request
+    // waiting for that slot once took it and called a anyway (the breaker was asked only
+    // before the wait).
+    let (mock, gw) = one_mock(
+        [Some(1), None, None],
+        &["up-a"],
+        Duration::from_millis(800),
+        "limits: {request_timeout_ms: 300}\ncooldown: {failures: 1, seconds: 30}\ndispatch: {spill: false, queue_ms: 5000}",
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    let first = {
+        let url = url.clone();
+        tokio::spawn(async move { common::post(&url, &common::chat_body("first")).await })
+    };
+    let busy_at = Instant::now() + Duration::from_secs(10);
+    while mock.hits("up-a") == 0 {
+        assert!(Instant::now() < busy_at, "a never got the first call");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, h, _) = common::post(&url, &common::chat_body("second")).await;
+    assert_eq!(status, 200);
+    assert_eq!(common::header(&h, "x-routewise-model"), "b");
+    assert_eq!(mock.hits("up-a"), 1, "only the first call reached a");
+    let (status, h, _) = first.await.unwrap();
+    assert_eq!(
+        (status, common::header(&h, "x-routewise-model")),
+        (200, "b")
+    );
 }
 
 #[tokio::test]

@@ -46,12 +46,16 @@ use serde::{Deserialize, Serialize};
 /// parts of train with `routewise simulate --validation` (BENCHMARKS.md).
 pub const DEFAULT_QUEUE_PRICE: f64 = 0.02;
 
-/// The price, in utility, of the next queue place at a deployment that has `places` in
-/// all with `taken` of them taken: `scale * k / (places - k + 1)` for the `k = taken + 1`-th
-/// place, small while the queue is short and unbounded as it fills. `None` when no place is
-/// left.
-pub fn queue_place_price(scale: f64, taken: usize, places: usize) -> Option<f64> {
-    (taken < places).then(|| scale * (taken + 1) as f64 / (places - taken) as f64)
+/// The price, in utility, of a queue place at a deployment that has `places` in all with
+/// `taken` of them taken, for a batch of `batch` requests. The `k`-th place costs
+/// `scale * k / (places - k + 1)`: small while the queue is short, unbounded as it fills.
+/// The batch's places share one column, so each is priced as the middle one of those the
+/// batch could take (`k = taken + ceil(m / 2)`, `m = min(batch, places - taken)`): exact
+/// for a batch of one, an average for a larger one. `None` when no place is left.
+pub fn queue_place_price(scale: f64, taken: usize, places: usize, batch: usize) -> Option<f64> {
+    let m = batch.max(1).min(places.checked_sub(taken)?);
+    let k = taken + m.div_ceil(2);
+    (m > 0).then(|| scale * k as f64 / (places - k + 1) as f64)
 }
 
 /// Which solver assigns a batch.
@@ -616,15 +620,21 @@ mod queue_price_tests {
 
     #[test]
     fn a_queue_place_costs_more_as_the_queue_fills_and_none_is_left_when_full() {
-        assert_eq!(queue_place_price(0.1, 0, 4), Some(0.1 / 4.0));
-        assert_eq!(queue_place_price(0.1, 3, 4), Some(0.4));
-        assert_eq!(queue_place_price(0.1, 4, 4), None);
-        assert_eq!(queue_place_price(0.1, 0, 0), None);
-        assert_eq!(queue_place_price(0.0, 2, 4), Some(0.0));
+        // One request: the next place's price.
+        assert_eq!(queue_place_price(0.1, 0, 4, 1), Some(0.1 / 4.0));
+        assert_eq!(queue_place_price(0.1, 3, 4, 1), Some(0.4));
+        assert_eq!(queue_place_price(0.1, 4, 4, 1), None);
+        assert_eq!(queue_place_price(0.1, 5, 4, 1), None);
+        assert_eq!(queue_place_price(0.1, 0, 0, 1), None);
+        assert_eq!(queue_place_price(0.0, 2, 4, 1), Some(0.0));
         let prices: Vec<f64> = (0..8)
-            .filter_map(|k| queue_place_price(1.0, k, 8))
+            .filter_map(|k| queue_place_price(1.0, k, 8, 1))
             .collect();
         assert!(prices.windows(2).all(|w| w[0] < w[1]), "{prices:?}");
+        // A batch that could fill the queue pays the middle place's price, not the first's.
+        assert_eq!(queue_place_price(1.0, 0, 8, 64), Some(4.0 / 5.0));
+        assert_eq!(queue_place_price(1.0, 0, 8, 3), Some(2.0 / 7.0));
+        assert_eq!(queue_place_price(1.0, 6, 8, 64), Some(7.0 / 2.0));
     }
 }
 

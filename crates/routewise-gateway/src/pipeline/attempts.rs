@@ -280,6 +280,13 @@ async fn wait_for_room(
     }
 }
 
+/// How long a request that balanced dispatch placed in a model's queue waits for it: half
+/// of `dispatch.queue_ms` from now (the queue's places are counted for that long,
+/// [`super::balance`]).
+fn hold_deadline(gw: &Gateway) -> Instant {
+    Instant::now() + Duration::from_millis(gw.config.dispatch.queue_ms / 2)
+}
+
 /// Tries the routed candidates; the answering model and its answer, or the error to
 /// return when every attempt failed. Every attempt is recorded in `ctx.attempts`. When
 /// no call could be made because every candidate was full, the request's SLO (if any) is
@@ -340,7 +347,7 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
     let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
     let candidates = ctx.routed.candidates.iter().map(|m| m.index()).collect();
     let mut plan = AttemptPlan::new(candidates, gw.config.limits.max_attempts);
-    let now = gw.now_ms();
+    let mut now = gw.now_ms();
     let mut last_info = AttemptInfo::default();
     // The budget refusal of a candidate the key could not afford (the next may fit).
     let mut refused: Option<budget::Refused> = None;
@@ -374,35 +381,45 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
         };
         // The deployment's slot and quota first (waiting for a slot holds nothing else).
         let mut taken = take_deployment(gw, up, &ctx.request, &tried);
-        // Wait for this model before moving on: always without spill, and for the model
-        // whose queue balanced dispatch placed the request in.
-        let queue_here = !gw.config.dispatch.spill
-            || (ctx.balanced == Some(Verdict::Held)
+        // Wait for this model before moving on: always without spill (until the
+        // deadline), and for the model whose queue balanced dispatch placed the request in
+        // (half of `queue_ms`, leaving the rest for the other candidates; not with an SLO,
+        // which is dropped rather than waited for).
+        let wait_until = if !gw.config.dispatch.spill {
+            Some(deadline)
+        } else {
+            let held = ctx.balanced == Some(Verdict::Held)
                 && ctx.attempts.is_empty()
-                && ctx.routed.candidates.first() == Some(&m));
-        if matches!(taken, Err(Pass::Capacity)) && queue_here && retry.is_none() {
+                && ctx.request.slo_ms.is_none()
+                && ctx.routed.candidates.first() == Some(&m);
+            held.then(|| hold_deadline(gw).min(deadline))
+        };
+        if let Some(until) =
+            wait_until.filter(|_| matches!(taken, Err(Pass::Capacity)) && retry.is_none())
+        {
             // Counted in the model's queue while it waits. A half-open probe is not held
             // while waiting (the model would look closed to everyone else): it is given
-            // back, and the breaker asked again once there is room.
+            // back. The breaker is asked again once there is room: it may have opened
+            // meanwhile.
             let _queued = up.wait_in_queue();
-            let probing = probe.armed;
-            if probing {
+            if probe.armed {
                 probe.armed = false;
                 up.breaker.abandon_probe();
             }
             while matches!(taken, Err(Pass::Capacity))
-                && wait_for_room(gw, &[m], deadline, |u| {
+                && wait_for_room(gw, &[m], until, |u| {
                     has_room_for(gw, u, &ctx.request, &tried)
                 })
                 .await
             {
                 taken = take_deployment(gw, up, &ctx.request, &tried);
             }
-            if probing && taken.is_ok() {
-                match up.breaker.admit(gw.now_ms()) {
+            now = gw.now_ms();
+            if taken.is_ok() {
+                match up.breaker.admit(now) {
                     Admit::No => {
-                        // Someone else probes it now: pass it over (what was taken goes
-                        // back as it drops).
+                        // Cooling down now, or someone else probes it: pass it over (what
+                        // was taken goes back as it drops).
                         plan.refund();
                         ctx.skipped.push((m, "cooldown"));
                         continue;
@@ -547,11 +564,14 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
                 return Round::Done(Ok((m, answer)));
             }
             Err(f) => {
-                drop(slot);
                 if let Some(h) = hold {
                     h.settle(failed_charge);
                 }
-                if gw.record_failure(m, Some(d)) {
+                // The breakers learn of the failure before the slot frees, so a request
+                // waiting for the slot sees the model cooling down.
+                let opened = gw.record_failure(m, Some(d));
+                drop(slot);
+                if opened {
                     tracing::warn!(model = %up.name, reason = outcome.name(), cooldown_s = gw.config.cooldown.seconds, "model cooled down after repeated failures");
                 }
                 ctx.attempts.push(AttemptRecord {

@@ -9,18 +9,20 @@
 //! each request's utility on each model (`predicted score - lambda * predicted cost -
 //! latency and energy penalty`, [`super::route`]; minus infinity outside its candidates),
 //! each model's free slots (the sum over its deployments with a closed breaker; a model
-//! with an uncapped deployment has room for all; a cooling-down model none) and the places
-//! left in each full model's queue go to [`routewise_router::dispatch`]'s solver
+//! with an uncapped deployment has room for all; a cooling-down model none) and, for each
+//! model with fewer free slots than the batch, the places left in its queue go to [`routewise_router::dispatch`]'s solver
 //! (`solver`: Sinkhorn, or exact min-cost flow, which places as many requests as the
 //! places allow and, among those placements, has the best total utility). A model's queue
-//! has as many places as requests that would start within `dispatch.queue_ms` at its
+//! has as many places as requests that would start within half of `dispatch.queue_ms` at its
 //! deployments' observed latency (for the model's mean output tokens), less those already
-//! waiting; a place costs `queue_price` times a factor that grows as the queue fills
+//! waiting (an estimate: requests that were not batched take freed slots too, and those
+//! the last batch placed count once they wait); a place costs `queue_price` times a factor that grows as the queue fills
 //! ([`routewise_router::dispatch::queue_place_price`]), so the places go to the requests
 //! that gain most by waiting for that model, and the others take free slots elsewhere.
 //! A request's assigned model goes first in its candidates (the rest keep their order, as
-//! fallbacks); one placed in a queue waits there for a slot (up to `dispatch.queue_ms`)
-//! before it spills; a request nothing could take keeps its order and queues or spills as
+//! fallbacks); one placed in a queue waits there for a slot (up to half of
+//! `dispatch.queue_ms`, leaving the rest for the other candidates; not a request with
+//! `x-routewise-slo-ms`, whose SLO is dropped rather than waited for) before it spills; a request nothing could take keeps its order and queues or spills as
 //! usual ([`super::attempts`]). Requests whose client left
 //! before the batch was assigned are dropped from it. When no model is near capacity,
 //! nothing waits and no window is added. The method is the batch assignment of
@@ -55,8 +57,8 @@ pub enum Verdict {
     Kept,
     /// Assigned to another candidate.
     Moved,
-    /// Placed in the queue of a full model (first in its candidates), which it waits for
-    /// before spilling.
+    /// Placed in a model's queue (first in its candidates): it waits for that model when
+    /// its deployments are full, before spilling.
     Held,
     /// No free slot could take it: its own order stands.
     Unplaced,
@@ -77,6 +79,9 @@ impl Verdict {
 /// its assignment goes.
 struct Pending {
     utility: Vec<f64>,
+    /// It may be placed in a queue (not a request with an SLO, which is dropped rather
+    /// than waited for).
+    may_queue: bool,
     reply: oneshot::Sender<Option<Placed>>,
 }
 
@@ -149,21 +154,26 @@ impl Balancer {
                     .get(i)
                     .map_or(0.0, |m| m.mean_output_tokens.max(0.0))
                     as u64;
-                u.queue_places(gw.config.dispatch.queue_ms, output, now_ms)
+                // A placed request waits half of queue_ms for its model (attempts).
+                u.queue_places(gw.config.dispatch.queue_ms / 2, output, now_ms)
             } else {
                 0
             };
             let queued = u.queued();
             capacity.push(places.saturating_sub(queued).min(n));
             price.push(
-                queue_place_price(self.config.queue_price, queued, places).unwrap_or(f64::INFINITY),
+                queue_place_price(self.config.queue_price, queued, places, n)
+                    .unwrap_or(f64::INFINITY),
             );
         }
         let mut utility = Vec::with_capacity(n * 2 * d);
         for p in &batch {
             let u = |j: usize| p.utility.get(j).copied().unwrap_or(f64::NEG_INFINITY);
             utility.extend((0..d).map(u));
-            utility.extend((0..d).map(|j| u(j) - price.get(j).copied().unwrap_or(f64::INFINITY)));
+            utility.extend((0..d).map(|j| match p.may_queue {
+                true => u(j) - price.get(j).copied().unwrap_or(f64::INFINITY),
+                false => f64::NEG_INFINITY,
+            }));
         }
         let mut out = Vec::with_capacity(n);
         self.solver
@@ -253,7 +263,11 @@ pub async fn apply(ctx: &mut RequestContext) {
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        b.items.push(Pending { utility, reply });
+        b.items.push(Pending {
+            utility,
+            may_queue: ctx.request.slo_ms.is_none(),
+            reply,
+        });
         (
             b.items.len() == 1,
             b.items.len() >= balancer.config.max_batch,

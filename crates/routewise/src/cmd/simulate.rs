@@ -131,8 +131,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn write_table(out: &mut impl Write, r: &SimReport) -> std::io::Result<()> {
     writeln!(
         out,
-        "dispatch simulation: router {}, lambda {}, SLO {:.0} ms; best model {} serves {:.2} req/s; unloaded greedy quality {:.4}",
-        r.router, r.lambda, r.slo_ms, r.best_model, r.best_capacity_per_s, r.unloaded_greedy_quality
+        "dispatch simulation{}: router {}, lambda {}, queue price {}, SLO {:.0} ms; best model {} serves {:.2} req/s; unloaded greedy quality {:.4}",
+        if r.validation {
+            " on a validation fifth of train"
+        } else {
+            ""
+        },
+        r.router,
+        r.lambda,
+        r.queue_price,
+        r.slo_ms,
+        r.best_model,
+        r.best_capacity_per_s,
+        r.unloaded_greedy_quality
     )?;
     writeln!(
         out,
