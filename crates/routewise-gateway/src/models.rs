@@ -65,8 +65,9 @@ pub struct Upstream {
     /// Woken when a slot at one of its deployments frees (requests queued for the model
     /// wait on it); kept across a reload that keeps the model.
     pub freed: Arc<tokio::sync::Notify>,
-    /// Requests balanced dispatch placed in this model's queue that are waiting for a slot
-    /// ([`crate::pipeline::balance`]); kept across a reload like `freed`.
+    /// Requests waiting for a slot at this model (queued under `dispatch.spill: false`, or
+    /// placed in its queue by [`crate::pipeline::balance`]); kept across a reload like
+    /// `freed`.
     pub waiting: Arc<AtomicU32>,
 }
 

@@ -543,6 +543,47 @@ async fn near_capacity_a_dear_queue_place_sends_the_request_to_a_free_model_at_o
 }
 
 #[tokio::test]
+async fn a_burst_with_cheap_queue_places_waits_for_the_best_model_never_past_its_caps() {
+    // a: two deployments of 2 slots, 300 ms answers; b and c uncapped. Twelve at once:
+    // once a is half full the rest are batched; a place in a's queue costs next to
+    // nothing, so a's queue takes what its places allow and those requests wait for a
+    // (up to half of queue_ms); the rest go to b at once. Nothing is refused, nothing
+    // passes a cap.
+    let p = pool(
+        2,
+        "dispatch: {queue_ms: 30000, balance: {solver: exact, window_ms: 5, near: 0.5, queue_price: 0.000000001}}",
+    )
+    .await;
+    for m in [&p.one, &p.two] {
+        m.set_model_fault("up-a", Some(Fault::Delay(Duration::from_millis(300))));
+    }
+    // One answer from each of a's deployments first, so a's latency is known.
+    let url = p.gw.url("/v1/chat/completions");
+    while p.one.hits("up-a") == 0 || p.two.hits("up-a") == 0 {
+        let (status, _, _) = common::post(&url, &common::chat_body("warm")).await;
+        assert_eq!(status, 200);
+    }
+    p.one.reset_peak();
+    p.two.reset_peak();
+    let out = burst(&p.gw, 12, &common::chat_body("burst")).await;
+    assert!(out.iter().all(|(s, _, _)| *s == 200), "{out:?}");
+    assert!(p.one.peak_in_flight() <= 2 && p.two.peak_in_flight() <= 2);
+    let on_a = out.iter().filter(|(_, m, _)| m == "a").count();
+    let (_, metrics) = common::get(&p.gw.url("/metrics")).await;
+    let held: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("routewise_balanced_total{verdict=\"held\"}"))
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap());
+    // More than a's four slots answered from a: the held ones waited for it.
+    assert!(held >= 1, "{metrics}");
+    assert!(on_a > 4, "{on_a} on a: {out:?}");
+    assert!(
+        metrics.contains("routewise_deployment_in_flight{model=\"a\",deployment=\"one\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn regression_a_request_with_an_slo_is_not_held_in_a_queue() {
     // An SLO is dropped rather than waited for; a held request with one once waited for a
     // deployment within it. Even a place that costs nothing is not offered to it.

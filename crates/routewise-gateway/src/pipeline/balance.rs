@@ -10,19 +10,21 @@
 //! latency and energy penalty`, [`super::route`]; minus infinity outside its candidates),
 //! each model's free slots (the sum over its deployments with a closed breaker; a model
 //! with an uncapped deployment has room for all; a cooling-down model none) and, for each
-//! model with fewer free slots than the batch, the places left in its queue go to [`routewise_router::dispatch`]'s solver
-//! (`solver`: Sinkhorn, or exact min-cost flow, which places as many requests as the
-//! places allow and, among those placements, has the best total utility). A model's queue
-//! has as many places as requests that would start within half of `dispatch.queue_ms` at its
-//! deployments' observed latency (for the model's mean output tokens), less those already
-//! waiting (an estimate: requests that were not batched take freed slots too, and those
-//! the last batch placed count once they wait); a place costs `queue_price` times a factor that grows as the queue fills
+//! model with fewer free slots than the batch, the places left in its queue go to
+//! [`routewise_router::dispatch`]'s solver (`solver`: Sinkhorn, or exact min-cost flow,
+//! which places as many requests as the places allow and, among those placements, has the
+//! best total utility). A model's queue has as many places as requests that would start
+//! within half of `dispatch.queue_ms` at its deployments' observed latency (for the
+//! model's mean output tokens), less those already waiting (an estimate: requests that
+//! were not batched take freed slots too, and those the last batch placed count once they
+//! wait). A place costs `queue_price` times a factor that grows as the queue fills
 //! ([`routewise_router::dispatch::queue_place_price`]), so the places go to the requests
 //! that gain most by waiting for that model, and the others take free slots elsewhere.
 //! A request's assigned model goes first in its candidates (the rest keep their order, as
-//! fallbacks); one placed in a queue waits there for a slot (up to half of
-//! `dispatch.queue_ms`, leaving the rest for the other candidates; not a request with
-//! `x-routewise-slo-ms`, whose SLO is dropped rather than waited for) before it spills; a request nothing could take keeps its order and queues or spills as
+//! fallbacks). One placed in a queue waits there for a slot (up to half of
+//! `dispatch.queue_ms`, leaving the rest for its other candidates) before it spills; a
+//! request with `x-routewise-slo-ms` is never placed in a queue (its SLO is dropped rather
+//! than waited for). A request nothing could take keeps its order and queues or spills as
 //! usual ([`super::attempts`]). Requests whose client left
 //! before the batch was assigned are dropped from it. When no model is near capacity,
 //! nothing waits and no window is added. The method is the batch assignment of
@@ -170,9 +172,12 @@ impl Balancer {
         for p in &batch {
             let u = |j: usize| p.utility.get(j).copied().unwrap_or(f64::NEG_INFINITY);
             utility.extend((0..d).map(u));
-            utility.extend((0..d).map(|j| match p.may_queue {
-                true => u(j) - price.get(j).copied().unwrap_or(f64::INFINITY),
-                false => f64::NEG_INFINITY,
+            utility.extend((0..d).map(|j| {
+                if p.may_queue {
+                    u(j) - price.get(j).copied().unwrap_or(f64::INFINITY)
+                } else {
+                    f64::NEG_INFINITY
+                }
             }));
         }
         let mut out = Vec::with_capacity(n);
