@@ -439,6 +439,15 @@ pub struct DispatchConfig {
     pub balance: Option<BalanceConfig>,
 }
 
+impl DispatchConfig {
+    /// How long a request that balanced dispatch placed in a model's queue waits for that
+    /// model: half of `queue_ms`, leaving the rest for its other candidates (the queue's
+    /// places are counted for that long).
+    pub fn hold_ms(&self) -> u64 {
+        self.queue_ms / 2
+    }
+}
+
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {

@@ -485,6 +485,16 @@ impl AppState {
 
 impl Gateway {
     /// Milliseconds since start-up (the breakers' clock).
+    /// The router catalog's mean output tokens of the model at catalog index `i` (0 when
+    /// unknown): the expected length of a call when the request sets no `max_tokens`.
+    pub fn mean_output_tokens(&self, i: usize) -> u64 {
+        self.decider
+            .catalog()
+            .models
+            .get(i)
+            .map_or(0.0, |m| m.mean_output_tokens.max(0.0)) as u64
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

@@ -280,13 +280,6 @@ async fn wait_for_room(
     }
 }
 
-/// How long a request that balanced dispatch placed in a model's queue waits for it: half
-/// of `dispatch.queue_ms` from now (the queue's places are counted for that long,
-/// [`super::balance`]).
-fn hold_deadline(gw: &Gateway) -> Instant {
-    Instant::now() + Duration::from_millis(gw.config.dispatch.queue_ms / 2)
-}
-
 /// Tries the routed candidates; the answering model and its answer, or the error to
 /// return when every attempt failed. Every attempt is recorded in `ctx.attempts`. When
 /// no call could be made because every candidate was full, the request's SLO (if any) is
@@ -385,18 +378,19 @@ async fn round(ctx: &mut RequestContext, deadline: Instant) -> Round {
         // deadline), and for the model whose queue balanced dispatch placed the request in
         // (half of `queue_ms`, leaving the rest for the other candidates; not with an SLO,
         // which is dropped rather than waited for).
-        let wait_until = if !gw.config.dispatch.spill {
+        let wait_until = if !matches!(taken, Err(Pass::Capacity)) || retry.is_some() {
+            None
+        } else if !gw.config.dispatch.spill {
             Some(deadline)
         } else {
             let held = ctx.balanced == Some(Verdict::Held)
                 && ctx.attempts.is_empty()
                 && ctx.request.slo_ms.is_none()
                 && ctx.routed.candidates.first() == Some(&m);
-            held.then(|| hold_deadline(gw).min(deadline))
+            let hold = Duration::from_millis(gw.config.dispatch.hold_ms());
+            held.then(|| (Instant::now() + hold).min(deadline))
         };
-        if let Some(until) =
-            wait_until.filter(|_| matches!(taken, Err(Pass::Capacity)) && retry.is_none())
-        {
+        if let Some(until) = wait_until {
             // Counted in the model's queue while it waits. A half-open probe is not held
             // while waiting (the model would look closed to everyone else): it is given
             // back. The breaker is asked again once there is room: it may have opened

@@ -148,16 +148,10 @@ impl Balancer {
         // Columns: each model's free slots, then the places left in its queue (priced).
         let mut capacity: Vec<usize> = models.iter().map(|u| free_slots(u, n, now_ms)).collect();
         let mut price = Vec::with_capacity(d);
-        let catalog = gw.decider.catalog();
         for (i, u) in models.iter().enumerate() {
             let places = if capacity[i] < n && !u.breaker.is_open(now_ms) {
-                let output = catalog
-                    .models
-                    .get(i)
-                    .map_or(0.0, |m| m.mean_output_tokens.max(0.0))
-                    as u64;
-                // A placed request waits half of queue_ms for its model (attempts).
-                u.queue_places(gw.config.dispatch.queue_ms / 2, output, now_ms)
+                let hold_ms = gw.config.dispatch.hold_ms();
+                u.queue_places(hold_ms, gw.mean_output_tokens(i), now_ms)
             } else {
                 0
             };

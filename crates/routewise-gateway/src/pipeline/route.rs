@@ -217,12 +217,8 @@ pub fn route(
 /// Each served model's `mu * expected latency + nu * expected energy` for `req`, by
 /// catalog index (see the module docs).
 fn penalties(gw: &Gateway, req: &ChatRequest, mu: f64, nu: f64) -> Vec<f64> {
-    let catalog = gw.decider.catalog();
     let output = |i: usize| {
-        let mean = catalog
-            .models
-            .get(i)
-            .map_or(0.0, |m| m.mean_output_tokens.max(0.0)) as u64;
+        let mean = gw.mean_output_tokens(i);
         req.max_tokens.map_or(mean, |cap| cap.min(mean))
     };
     let latency: Vec<Option<f64>> = gw
