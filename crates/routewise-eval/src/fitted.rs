@@ -21,7 +21,7 @@ pub(crate) fn complete_rows(records: &[&Record], nm: usize) -> Vec<usize> {
 const VALIDATION_SHARE: usize = 5;
 
 /// `train` cut into the part to fit on and a seeded fifth held out.
-fn validation_split(mut train: Vec<&Record>, seed: u64) -> (Vec<&Record>, Vec<&Record>) {
+pub(crate) fn validation_split(mut train: Vec<&Record>, seed: u64) -> (Vec<&Record>, Vec<&Record>) {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     train.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a11d));

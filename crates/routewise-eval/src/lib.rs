@@ -17,6 +17,8 @@
 //!   intervals; [`ope_validate`]: their validation in simulation (`replay --validate`);
 //!   [`ope_log`]: a candidate router evaluated on the gateway's decision log
 //!   (`replay --log`).
+//! * [`onboarding`]: a model added from a few probes against retraining with it, leaving
+//!   one model out (`eval --onboarding`).
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
 //! * [`report`]: `routewise eval` as a function ([`evaluate`]): fit, predict, sweep,
 //!   summarise; the table and the plot series.
@@ -34,6 +36,7 @@ pub mod cascade;
 pub mod describe;
 mod fitted;
 pub mod metrics;
+pub mod onboarding;
 pub mod online;
 pub mod online_plot;
 pub mod online_report;

@@ -1,6 +1,8 @@
 //! SVG of the online replay: cumulative regret against the oracle over the stream, for
 //! the bandit and for the offline router it was warm-started from, without and with
-//! drift (the change step is marked). Renders to a string; the caller writes the file.
+//! drift (the change step is marked); and the same kind of line plot for other
+//! step-indexed curves ([`render_xy_svg`]: `eval --onboarding`'s AIQ against probes).
+//! Renders to a string; the caller writes the file.
 
 use plotters::prelude::*;
 
@@ -13,6 +15,35 @@ pub fn render_regret_svg(
     curves: &[Curve],
     change_step: Option<usize>,
 ) -> Result<String, String> {
+    render(
+        title,
+        "step (prompts served)",
+        "cumulative regret vs oracle (reward)",
+        curves,
+        change_step,
+        true,
+    )
+}
+
+/// Renders `curves` as lines over an integer x axis, with the given axis labels; the y
+/// range fits the data.
+pub fn render_xy_svg(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<String, String> {
+    render(title, x_desc, y_desc, curves, None, false)
+}
+
+fn render(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[Curve],
+    change_step: Option<usize>,
+    from_zero: bool,
+) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let x_hi = curves
         .iter()
@@ -21,7 +52,17 @@ pub fn render_regret_svg(
         .unwrap_or(1)
         .max(1) as f64;
     let ys = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1));
-    let (y_lo, y_hi) = ys.fold((0.0f64, 0.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let start = if from_zero {
+        (0.0f64, 0.0f64)
+    } else {
+        (f64::INFINITY, f64::NEG_INFINITY)
+    };
+    let (y_lo, y_hi) = ys.fold(start, |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (y_lo, y_hi) = if y_lo <= y_hi {
+        (y_lo, y_hi)
+    } else {
+        (0.0, 1.0)
+    };
     let pad = ((y_hi - y_lo) * 0.05).max(1e-6);
     let mut svg = String::new();
     {
@@ -36,8 +77,8 @@ pub fn render_regret_svg(
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
-            .x_desc("step (prompts served)")
-            .y_desc("cumulative regret vs oracle (reward)")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .draw()
             .map_err(|e| err(&e))?;
         for (i, (name, pts)) in curves.iter().enumerate() {
@@ -91,6 +132,20 @@ mod tests {
         .unwrap();
         assert!(svg.starts_with("<svg"));
         for name in ["bandit", "offline", "drift starts", "toy"] {
+            assert!(svg.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn xy_svg_names_its_axes_and_curves() {
+        let svg = render_xy_svg(
+            "onboarding",
+            "probes",
+            "mean AIQ",
+            &[("selected".into(), vec![(0, 0.70), (100, 0.72)])],
+        )
+        .unwrap();
+        for name in ["onboarding", "probes", "mean AIQ", "selected"] {
             assert!(svg.contains(name), "{name}");
         }
     }

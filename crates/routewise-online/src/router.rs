@@ -127,7 +127,18 @@ impl OnlineRouter {
         if let Some(dup) = serving.names().find(|n| !seen.insert(*n)) {
             return Err(OnlineError::Config(format!("model `{dup}` listed twice")));
         }
-        let is_new = (0..serving.len()).map(|i| i >= n_offline).collect();
+        // New to the offline router: models it lacks, and models onboarded onto it from
+        // fewer probes than the forced exploration would give them pulls.
+        let mut is_new: Vec<bool> = (0..serving.len()).map(|i| i >= n_offline).collect();
+        if let routewise_router::AnyRouter::Onboarded(o) = &engine.router {
+            for (i, probes) in o.onboarded_probes() {
+                if probes < config.forced_exploration_pulls as usize {
+                    if let Some(slot) = is_new.get_mut(i) {
+                        *slot = true;
+                    }
+                }
+            }
+        }
         Ok(OnlineRouter {
             projector: Projector::new(engine.featurizer.dim(), config.dim, config.projection_seed),
             bandit: RwLock::new(LinearBandit::new(&config, is_new)),
@@ -442,6 +453,54 @@ mod tests {
         assert_eq!(rec.model, "b");
         assert_eq!(rec.prior_reward, 0.8);
         assert_eq!(rec.lambda, Some(0.0));
+    }
+
+    #[test]
+    fn a_model_onboarded_from_too_few_probes_is_forced_explored() {
+        use routewise_router::onboard::{Head, OnboardedRouter};
+        // Base: a and b; c onboarded from its price alone, d from 100 probes.
+        let base = engine(vec![info("a", 1.0), info("b", 1.0)], vec![0.9, 0.8]);
+        let mut d_head = Head::prior("d", 2);
+        d_head.probes = 100;
+        let router = AnyRouter::Onboarded(OnboardedRouter::new(
+            base.router.clone(),
+            2,
+            vec![Head::prior("c", 2), d_head],
+        ));
+        let cat = Catalog {
+            models: vec![
+                info("a", 1.0),
+                info("b", 1.0),
+                info("c", 1.0),
+                info("d", 1.0),
+            ],
+        };
+        let e = Arc::new(Engine {
+            featurizer: base.featurizer.clone(),
+            router,
+            catalog: cat.clone(),
+        });
+        let cfg = BanditConfig {
+            dim: 4,
+            forced_exploration_rate: 1.0,
+            forced_exploration_pulls: 50,
+            ..BanditConfig::default()
+        };
+        let r = OnlineRouter::new(cfg, e, cat).unwrap();
+        let req = RouteRequest {
+            prompt: "hello",
+            input_tokens: 100,
+            policy: Policy::Lambda(0.0),
+        };
+        for _ in 0..20 {
+            let d = r.decide(&req);
+            // Only c (0 probes < 50 pulls) is forced; d's 100 probes count as enough.
+            assert_eq!(d.chosen, 2, "{:?}", d.ranking);
+            assert_eq!(d.reason, DecisionReason::Explored);
+            // The onboarded heads predict the mean of the known models (the bandit's prior).
+            let prior = &d.learning.as_ref().unwrap().prior_scores;
+            assert!((prior[2] - 0.85).abs() < 1e-9 && (prior[3] - 0.85).abs() < 1e-9);
+        }
     }
 
     #[test]

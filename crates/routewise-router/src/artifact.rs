@@ -52,6 +52,22 @@ pub struct ArtifactMeta {
     pub n_train: usize,
     /// Seconds since the Unix epoch when the artifact was created.
     pub created_unix: u64,
+    /// Models added after training (`routewise onboard`), oldest first; absent in
+    /// artifacts written before onboarding existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub onboarded: Vec<OnboardedModel>,
+}
+
+/// A model added to a trained router without retraining (see [`crate::onboard`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OnboardedModel {
+    pub name: String,
+    /// Probe outcomes it was fitted on (0: price only, the mean-model prior).
+    pub probes: usize,
+    /// The prior strength chosen by leave-one-out.
+    pub alpha: f64,
+    /// Seconds since the Unix epoch when it was added.
+    pub created_unix: u64,
 }
 
 /// A trained router with everything needed to serve it.
@@ -105,6 +121,7 @@ impl Artifact {
                 models: catalog.names().map(str::to_string).collect(),
                 n_train,
                 created_unix,
+                onboarded: Vec::new(),
             },
             featurizer,
             router,

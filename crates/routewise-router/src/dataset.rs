@@ -81,6 +81,30 @@ impl TrainSet {
         }
         out
     }
+    /// This set without model `m`'s outcomes (its other models keep their order): a
+    /// router trained on it has never seen `m` (leave-one-model-out evaluation).
+    pub fn without_model(&self, m: usize) -> TrainSet {
+        let nm = self.n_models;
+        let keep = |v: &[f64]| -> Vec<f64> {
+            v.chunks_exact(nm.max(1))
+                .flat_map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .filter(move |&(j, _)| j != m)
+                        .map(|(_, &x)| x)
+                })
+                .collect()
+        };
+        TrainSet {
+            features: self.features.clone(),
+            dim: self.dim,
+            scores: keep(&self.scores),
+            costs: keep(&self.costs),
+            input_tokens: self.input_tokens.clone(),
+            n_models: if m < nm { nm - 1 } else { nm },
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.input_tokens.is_empty()
     }

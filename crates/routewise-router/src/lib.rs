@@ -15,6 +15,8 @@
 //! * [`cascade`]: cascades (confidence chain, agreement tier): the acceptor and the
 //!   next-step rule, for the lab and the gateway.
 //! * [`ensemble`]: the mean of several learned routers.
+//! * [`onboard`]: a model added to a trained router from its outcomes on a few probes
+//!   (no retraining), and the choice of those probes.
 //! * router implementations: see [`AnyRouter`]; [`fit_router`] trains any of them.
 
 pub mod affinity;
@@ -33,6 +35,7 @@ pub mod knn;
 pub mod linear;
 pub mod mf;
 pub mod mlp;
+pub mod onboard;
 pub mod pacing;
 pub mod policy;
 pub mod train;
@@ -118,6 +121,9 @@ pub enum AnyRouter {
         seed: u64,
         n_models: usize,
     },
+    /// A trained router with models added after training (see [`onboard`]). Last, so
+    /// that artifacts written before it keep their variant numbers.
+    Onboarded(onboard::OnboardedRouter),
 }
 
 impl Router for AnyRouter {
@@ -133,12 +139,14 @@ impl Router for AnyRouter {
             AnyRouter::Mlp(r) => r.predict_scores(features, out),
             AnyRouter::Mf(r) => r.predict_scores(features, out),
             AnyRouter::Ensemble(r) => r.predict_scores(features, out),
+            AnyRouter::Onboarded(r) => r.predict_scores(features, out),
         }
     }
 
     fn predict_scores_keyed(&self, features: &[f32], key: &str, out: &mut [f64]) {
         match self {
             AnyRouter::Random { seed, .. } => baselines::random_scores(key.as_bytes(), *seed, out),
+            AnyRouter::Onboarded(r) => r.predict_scores_keyed(features, key, out),
             other => other.predict_scores(features, out),
         }
     }
@@ -158,9 +166,10 @@ impl AnyRouter {
         self.kind().name()
     }
 
-    /// Which kind of router this is.
+    /// Which kind of router this is (an onboarded router is its base's kind).
     pub fn kind(&self) -> RouterKind {
         match self {
+            AnyRouter::Onboarded(r) => r.base().kind(),
             AnyRouter::BestSingle { .. } => RouterKind::BestSingle,
             AnyRouter::Cheapest { .. } => RouterKind::Cheapest,
             AnyRouter::Random { .. } => RouterKind::Random,

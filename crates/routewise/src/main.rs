@@ -30,6 +30,11 @@ enum Command {
     Route(cmd::route::Args),
     /// Fit routers on the train split, evaluate them on the test split.
     Eval(cmd::eval::Args),
+    /// Add a model to a trained router from its outcomes on a few probes (no retraining).
+    Onboard(cmd::onboard::Args),
+    /// Probe sets for onboarding: choose the prompts that best identify a new model.
+    #[command(subcommand)]
+    Probes(cmd::probes::Command),
     /// Find the strong/weak threshold that sends a target share of calls to the strong model.
     Calibrate(cmd::calibrate::Args),
     /// Off-policy evaluation of routing policies (`--validate`: the estimators checked in
@@ -59,6 +64,8 @@ fn main() -> ExitCode {
         Command::Route(a) => cmd::route::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Onboard(a) => cmd::onboard::run(a),
+        Command::Probes(c) => cmd::probes::run(c),
         Command::Replay(a) => cmd::replay::run(a),
         Command::Logs(c) => cmd::logs::run(c),
         Command::Serve(a) => cmd::serve::run(a),

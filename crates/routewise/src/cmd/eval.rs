@@ -102,6 +102,23 @@ pub struct Args {
     /// gateway's `affinity.switch_margin`); default: chosen on a train trace.
     #[arg(long)]
     pub switch_margin: Option<f64>,
+    /// Onboarding instead: leave each model out, train without it, add it back from N of
+    /// its train outcomes (selected and random probes) with `routewise onboard`'s method,
+    /// and compare the pool's AIQ on test with the full retrain. The router is the first
+    /// learned router of `--routers` (default knn).
+    #[arg(long)]
+    pub onboarding: bool,
+    /// With `--onboarding`: the probe counts (the "all probes" point is always added).
+    #[arg(long, value_delimiter = ',', default_value = "0,25,50,100,200")]
+    pub probes: Vec<usize>,
+    /// With `--onboarding`: leave out at most this many models (a seeded sample); default
+    /// every model.
+    #[arg(long)]
+    pub max_models: Option<usize>,
+    /// With `--onboarding`: evaluate on a held-out fifth of train instead of test (for
+    /// choosing settings without the test split).
+    #[arg(long)]
+    pub validation: bool,
 }
 
 /// Runs `routewise eval`.
@@ -125,6 +142,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.affinity {
         return affinity(&args, &kinds, &ds);
+    }
+    if args.onboarding {
+        return onboarding(&args, &kinds, &ds);
     }
     let cascades = if args.cascades {
         let kind: RouterKind = args
@@ -299,6 +319,85 @@ fn pacing(
     )?;
     if let Some(path) = &args.json {
         write_json(path, &r)?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval --onboarding`.
+fn onboarding(
+    args: &Args,
+    kinds: &[RouterKind],
+    ds: &routewise_data::Dataset,
+) -> anyhow::Result<ExitCode> {
+    let opts = routewise_eval::onboarding::OnboardingOptions {
+        router: first_learned(kinds),
+        featurizer: args.featurizer.0,
+        seed: args.seed,
+        ns: args.probes.clone(),
+        max_models: args.max_models,
+        n_lambdas: args.n_lambdas as usize,
+        validation: args.validation,
+    };
+    let r = routewise_eval::onboarding::evaluate_onboarding(ds, &opts, &Bars::default())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "onboarding: {} models left out one at a time, router {}, {} {} prompts; full retrain AIQ {:.4}{}",
+        r.models_left_out.len(),
+        r.router,
+        r.n_test,
+        if r.validation { "validation" } else { "test" },
+        r.full_retrain_aiq,
+        if r.validation { " (validation: a held-out fifth of train)" } else { "" }
+    )?;
+    writeln!(
+        out,
+        "{:>6} {:>9}  {:>8} {:>8} {:>8}  {:>7} {:>8} {:>6}  {:>9} {:>9} {:>9}",
+        "probes",
+        "selection",
+        "AIQ",
+        "AIQ min",
+        "gap",
+        "Brier",
+        "Spearman",
+        "AUC",
+        "pick rate",
+        "vs full",
+        "vs oracle"
+    )?;
+    for p in &r.points {
+        writeln!(
+            out,
+            "{:>6} {:>9}  {:>8.4} {:>8.4} {:>8.4}  {:>7.4} {:>8.3} {:>6}  {:>9.4} {:>9.4} {:>9.4}",
+            p.n,
+            p.selection,
+            p.aiq_mean,
+            p.aiq_min,
+            p.aiq_gap_mean,
+            p.brier_mean,
+            p.spearman_mean,
+            p.auc_mean.map_or("-".to_string(), |a| format!("{a:.3}")),
+            p.pick_rate_mean,
+            p.pick_rate_diff_full_mean,
+            p.pick_rate_diff_oracle_mean
+        )?;
+    }
+    writeln!(
+        out,
+        "full retrain: Brier {:.4}, Spearman {:.3}, |pick rate - oracle's| {:.4} (means over the left-out models); pick rates: share of (prompt, lambda) choices; {:.0} s",
+        r.full_retrain_brier_mean,
+        r.full_retrain_spearman_mean,
+        r.full_retrain_pick_rate_diff_oracle_mean,
+        r.seconds
+    )?;
+    if let Some(path) = &args.json {
+        write_json(path, &serde_json::json!({ "onboarding": r }))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, routewise_eval::onboarding::onboarding_svg(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,8 @@ pub mod eval;
 pub mod keys;
 pub mod logs;
 pub mod models;
+pub mod onboard;
+pub mod probes;
 pub mod replay;
 pub mod route;
 pub mod serve;

@@ -1,0 +1,120 @@
+//! `routewise probes select`: the prompts that best identify a new model for a trained
+//! router ([`routewise_router::onboard::select_probes`]), written as a probe file for
+//! `routewise profile --probe` (id, prompt, task, reference).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use routewise_data::Record;
+use routewise_features::Featurizer;
+use routewise_router::onboard::{random_probes, select_probes};
+use routewise_router::{Artifact, Router};
+
+use super::load_dataset;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Choose N probe prompts from a dataset's train split for onboarding a model onto
+    /// a trained router.
+    Select(SelectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SelectArgs {
+    /// The trained router artifact.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The dataset to choose from (its train split): canonical JSONL or RouterBench CSV.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// How many probes.
+    #[arg(long, default_value_t = 100)]
+    pub n: usize,
+    /// Where to write the probes (JSONL).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed (of the candidate sample, and of `--random`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Choose at random instead (the baseline the selection is measured against).
+    #[arg(long)]
+    pub random: bool,
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Select(a) => select(a),
+    }
+}
+
+fn select(args: SelectArgs) -> anyhow::Result<ExitCode> {
+    let artifact = Artifact::load(&args.model)?;
+    let ds = load_dataset(&args.data, None)?;
+    let train: Vec<&Record> = ds.train().collect();
+    if train.is_empty() {
+        anyhow::bail!("{}: no train prompts to choose from", args.data.display());
+    }
+    let picked = if args.random {
+        random_probes(train.len(), args.n, args.seed)
+    } else {
+        let k = artifact.catalog.len();
+        let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
+        let feats = artifact.featurizer.featurize_batch(&texts);
+        let dim = artifact.featurizer.dim();
+        let mut xs = vec![0.0; train.len() * k];
+        for (i, row) in xs.chunks_exact_mut(k.max(1)).enumerate() {
+            artifact
+                .router
+                .predict_scores_keyed(&feats[i * dim..(i + 1) * dim], &train[i].id, row);
+        }
+        // The router's models' recorded scores where the data has them (the rows a head
+        // is fitted on); predictions elsewhere.
+        let cols: Vec<Option<usize>> = artifact
+            .catalog
+            .names()
+            .map(|n| ds.models.iter().position(|d| d == n))
+            .collect();
+        let design = cols.iter().any(Option::is_some).then(|| {
+            let mut d = xs.clone();
+            for (row, r) in d.chunks_exact_mut(k.max(1)).zip(&train) {
+                for (slot, c) in row.iter_mut().zip(&cols) {
+                    if let Some(o) = c.and_then(|j| r.outcomes.get(j)?.as_ref()) {
+                        *slot = o.score;
+                    }
+                }
+            }
+            d
+        });
+        select_probes(&xs, design.as_deref(), k, args.n, args.seed)
+    };
+    let mut text = String::new();
+    for &i in &picked {
+        let r = train[i];
+        let line = serde_json::json!({
+            "id": r.id,
+            "prompt": r.prompt,
+            "task": r.task,
+            "reference": r.reference,
+        });
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    std::fs::write(&args.out, text)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "wrote {}: {} probes {} from {} train prompts of {}",
+        args.out.display(),
+        picked.len(),
+        if args.random {
+            "at random"
+        } else {
+            "selected for router"
+        },
+        train.len(),
+        ds.name
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
