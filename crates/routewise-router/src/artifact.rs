@@ -26,8 +26,13 @@ use sha2::{Digest, Sha256};
 
 use crate::{AnyRouter, Catalog, Engine, RouterError};
 
-/// Version of the on-disk layout written by this build.
-pub const ARTIFACT_FORMAT_VERSION: u32 = 1;
+/// The newest on-disk layout this build reads and writes. A file is written at the
+/// oldest version that can hold it ([`Artifact::format_needed`]), so artifacts without
+/// onboarded models stay readable by builds that predate onboarding.
+pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
+
+/// The layout of artifacts without onboarded models.
+const PLAIN_FORMAT_VERSION: u32 = 1;
 
 const MAGIC: &str = "ROUTEWISE-ARTIFACT";
 const CHECKSUM_BYTES: usize = 32;
@@ -93,6 +98,13 @@ struct Payload {
     catalog: Catalog,
 }
 
+fn format_for(router: &AnyRouter) -> u32 {
+    match router {
+        AnyRouter::Onboarded(_) => ARTIFACT_FORMAT_VERSION,
+        _ => PLAIN_FORMAT_VERSION,
+    }
+}
+
 fn err(msg: impl Into<String>) -> RouterError {
     RouterError::Artifact(msg.into())
 }
@@ -113,7 +125,7 @@ impl Artifact {
             .unwrap_or(0);
         Artifact {
             meta: ArtifactMeta {
-                format_version: ARTIFACT_FORMAT_VERSION,
+                format_version: format_for(&router),
                 routewise_version: env!("CARGO_PKG_VERSION").to_string(),
                 dataset: dataset.into(),
                 router: router.name().to_string(),
@@ -129,10 +141,18 @@ impl Artifact {
         }
     }
 
+    /// The format version this artifact is written at: 2 when it holds onboarded models
+    /// (a router variant older builds cannot read, so they say "newer" instead of
+    /// "corrupt"), else 1.
+    pub fn format_needed(&self) -> u32 {
+        format_for(&self.router)
+    }
+
     /// Serialises the artifact (see the module docs for the layout).
     pub fn to_bytes(&self) -> Result<Vec<u8>, RouterError> {
         let mut meta = self.meta.clone();
-        meta.format_version = ARTIFACT_FORMAT_VERSION;
+        let format = self.format_needed();
+        meta.format_version = format;
         let header = serde_json::to_string_pretty(&meta)
             .map_err(|e| err(format!("cannot encode the header: {e}")))?;
         let payload = bincode::serialize(&PayloadRef {
@@ -141,11 +161,8 @@ impl Artifact {
             catalog: &self.catalog,
         })
         .map_err(|e| err(format!("cannot encode the payload: {e}")))?;
-        let mut out = format!(
-            "{MAGIC} format={ARTIFACT_FORMAT_VERSION} header_bytes={}\n",
-            header.len()
-        )
-        .into_bytes();
+        let mut out =
+            format!("{MAGIC} format={format} header_bytes={}\n", header.len()).into_bytes();
         out.reserve(header.len() + 1 + payload.len() + CHECKSUM_BYTES);
         out.extend_from_slice(header.as_bytes());
         out.push(b'\n');

@@ -6,12 +6,8 @@
 mod common;
 
 use routewise_data::Record;
-use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
 use routewise_router::onboard::{onboard, NewModel};
-use routewise_router::{
-    fit_router, AnyRouter, Artifact, Catalog, ModelInfo, Policy, RouterConfigs, RouterError,
-    RouterKind, TrainSet,
-};
+use routewise_router::{AnyRouter, Artifact, ModelInfo, Policy, RouterError, RouterKind};
 
 /// An artifact of `kind` trained on models `a` and `c` only (the synthetic data's `b`,
 /// right exactly where `a` is wrong, is left out), and the data.
@@ -22,22 +18,7 @@ fn without_b(kind: RouterKind) -> (Artifact, routewise_data::Dataset) {
     for r in &mut ds.records {
         r.outcomes.remove(1);
     }
-    let train: Vec<&Record> = ds.train().collect();
-    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
-    let f = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(
-        &texts,
-        TfidfConfig {
-            dim: 32,
-            ..TfidfConfig::default()
-        },
-    ));
-    let ts = TrainSet::from_records(&train, ds.models.len(), &f);
-    let catalog = Catalog::fit(&ds.models, train.iter().copied());
-    let router = fit_router(kind, &ts, &catalog, &RouterConfigs::default()).unwrap();
-    (
-        Artifact::new("synthetic.jsonl", f, router, catalog, ts.len()),
-        full,
-    )
+    (common::trained(&ds, kind), full)
 }
 
 fn b_info() -> ModelInfo {
@@ -70,6 +51,13 @@ fn a_model_onboarded_from_probes_is_routed_where_it_is_good() {
     };
     let (art, fit) = onboard(art, &new, 7).unwrap();
     assert_eq!(art.meta.models, ["a", "c", "b"]);
+    // Format 2: a build that predates onboarding says "newer", not "corrupt".
+    assert_eq!(art.format_needed(), 2);
+    assert_eq!(art.meta.format_version, 2);
+    assert!(art
+        .to_bytes()
+        .unwrap()
+        .starts_with(b"ROUTEWISE-ARTIFACT format=2 "));
     assert_eq!(art.meta.router, "knn", "an onboarded router keeps its kind");
     let rec = &art.meta.onboarded[0];
     assert_eq!(

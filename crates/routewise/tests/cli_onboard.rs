@@ -112,16 +112,29 @@ fn select_probes_onboard_a_model_and_route_to_it() {
         "{header}"
     );
 
-    // The new artifact predicts the new model and routes to it somewhere.
-    let d: Value = serde_json::from_str(&ok(&[
-        "route",
-        "--model",
-        &model2,
-        "Write a haiku about the sea.",
-    ]))
-    .unwrap();
-    let text = d.to_string();
-    assert!(text.contains(NEW), "{text}");
+    // The new artifact predicts the new model, prompt by prompt.
+    let predicted = |prompt: &str| -> f64 {
+        let d: Value = serde_json::from_str(&ok(&["route", "--model", &model2, prompt])).unwrap();
+        let m = d["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == NEW)
+            .unwrap();
+        m["predicted_score"].as_f64().unwrap()
+    };
+    let (a, b) = (
+        predicted("Write a haiku about the sea."),
+        predicted("def f(x): return x * 2  # what does f(3) return?"),
+    );
+    assert!(
+        (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b),
+        "{a} {b}"
+    );
+    assert!(
+        (a - b).abs() > 1e-6,
+        "the head depends on the prompt: {a} vs {b}"
+    );
 
     // Price only: no outcomes, an explicit price.
     let msg = ok(&[
@@ -201,6 +214,31 @@ fn onboarding_errors_are_clear() {
         ],
         1,
         "must be finite and >= 0",
+    );
+    // The onboarding flags need --onboarding (`eval --validation` must not quietly read
+    // the test split); probes cannot be chosen for a baseline.
+    fail(
+        &["eval", "--data", &whole, "--validation"],
+        2,
+        "--onboarding",
+    );
+    let single = dir.path().join("single.rw");
+    let single = single.to_str().unwrap();
+    ok(&[
+        "train",
+        "--data",
+        &without,
+        "--router",
+        "best-single",
+        "--out",
+        single,
+    ]);
+    fail(
+        &[
+            "probes", "select", "--model", single, "--data", &whole, "--n", "5", "--out", out,
+        ],
+        1,
+        "is a baseline",
     );
     // A bad outcomes line is refused with file:line.
     let bad = dir.path().join("bad.jsonl");

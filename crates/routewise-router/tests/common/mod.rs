@@ -8,6 +8,26 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use routewise_data::{Dataset, Outcome, Record, Split};
+use routewise_features::{AnyFeaturizer, TfidfConfig, TfidfFeaturizer};
+use routewise_router::{fit_router, Artifact, Catalog, RouterConfigs, RouterKind, TrainSet};
+
+/// A `kind` router trained on `ds`'s train split with a 32-dimension TF-IDF featurizer,
+/// bundled as an artifact.
+pub fn trained(ds: &Dataset, kind: RouterKind) -> Artifact {
+    let train: Vec<&Record> = ds.train().collect();
+    let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
+    let f = AnyFeaturizer::Tfidf(TfidfFeaturizer::fit(
+        &texts,
+        TfidfConfig {
+            dim: 32,
+            ..TfidfConfig::default()
+        },
+    ));
+    let ts = TrainSet::from_records(&train, ds.models.len(), &f);
+    let catalog = Catalog::fit(&ds.models, train.iter().copied());
+    let router = fit_router(kind, &ts, &catalog, &RouterConfigs::default()).unwrap();
+    Artifact::new("synthetic.jsonl", f, router, catalog, ts.len())
+}
 
 const MATH: &[&str] = &[
     "integral",

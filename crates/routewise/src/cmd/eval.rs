@@ -109,15 +109,20 @@ pub struct Args {
     #[arg(long)]
     pub onboarding: bool,
     /// With `--onboarding`: the probe counts (the "all probes" point is always added).
-    #[arg(long, value_delimiter = ',', default_value = "0,25,50,100,200")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,25,50,100,200",
+        requires = "onboarding"
+    )]
     pub probes: Vec<usize>,
     /// With `--onboarding`: leave out at most this many models (a seeded sample); default
     /// every model.
-    #[arg(long)]
-    pub max_models: Option<usize>,
+    #[arg(long, requires = "onboarding", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_models: Option<u64>,
     /// With `--onboarding`: evaluate on a held-out fifth of train instead of test (for
     /// choosing settings without the test split).
-    #[arg(long)]
+    #[arg(long, requires = "onboarding")]
     pub validation: bool,
 }
 
@@ -335,7 +340,7 @@ fn onboarding(
         featurizer: args.featurizer.0,
         seed: args.seed,
         ns: args.probes.clone(),
-        max_models: args.max_models,
+        max_models: args.max_models.map(|k| k as usize),
         n_lambdas: args.n_lambdas as usize,
         validation: args.validation,
     };

@@ -1,6 +1,6 @@
 //! `routewise onboard`: add a model to a trained router artifact from its outcomes on a
 //! few probe prompts, without retraining ([`routewise_router::onboard`]), and write a new
-//! artifact; `serve` picks it up on reload.
+//! artifact for `serve` (with the model added to the gateway's `models:`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,9 +17,10 @@ pub struct Args {
     /// The trained router artifact to add the model to.
     #[arg(long)]
     pub model: PathBuf,
-    /// The new model's outcomes on probe prompts: canonical routing JSONL (what
-    /// `routewise profile` writes) with the model under `models.<name>`. Leave out to add
-    /// the model from its price alone (it is then routed as an average model).
+    /// The new model's outcomes on probe prompts: canonical routing JSONL with the model
+    /// under `models.<name>` (and, where known, the router's other models on the same
+    /// prompts). Leave out to add the model from its price alone (it is then routed as
+    /// an average model).
     #[arg(long)]
     pub outcomes: Option<PathBuf>,
     /// The new model's name (as the gateway config and the outcomes file name it).
@@ -158,6 +159,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         artifact.meta.models.len(),
         t0.elapsed().as_secs_f64()
     )?;
+    if prompts.is_empty() {
+        writeln!(
+            std::io::stderr().lock(),
+            "note: `{}` has no probe outcomes: it is routed as the average model, on every prompt; \
+             with the online bandit on it is explored until it has enough feedback",
+            args.name
+        )?;
+    }
     if !recorded.is_empty() {
         writeln!(
             out,

@@ -1,6 +1,7 @@
 //! `routewise probes select`: the prompts that best identify a new model for a trained
-//! router ([`routewise_router::onboard::select_probes`]), written as a probe file for
-//! `routewise profile --probe` (id, prompt, task, reference).
+//! router ([`routewise_router::onboard::select_probes`]), written as a probe file
+//! (id, prompt, task, reference): the prompts to collect a new model's outcomes on
+//! before `routewise onboard`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use routewise_data::Record;
 use routewise_features::Featurizer;
-use routewise_router::onboard::{random_probes, select_probes};
+use routewise_router::onboard::{base_models, random_probes, select_probes};
 use routewise_router::{Artifact, Router};
 
 use super::load_dataset;
@@ -51,6 +52,14 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 
 fn select(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::load(&args.model)?;
+    if artifact.router.fixed_ranking().is_some()
+        || matches!(artifact.router, routewise_router::AnyRouter::Random { .. })
+    {
+        anyhow::bail!(
+            "`{}` is a baseline, not a learned router: models cannot be onboarded onto it",
+            artifact.router.name()
+        );
+    }
     let ds = load_dataset(&args.data, None)?;
     let train: Vec<&Record> = ds.train().collect();
     if train.is_empty() {
@@ -59,21 +68,28 @@ fn select(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let picked = if args.random {
         random_probes(train.len(), args.n, args.seed)
     } else {
-        let k = artifact.catalog.len();
+        // The base router's models: the ones a new model's head is fitted on.
+        let n_all = artifact.catalog.len();
+        let k = base_models(&artifact.router, n_all);
         let texts: Vec<&str> = train.iter().map(|r| r.prompt.as_str()).collect();
         let feats = artifact.featurizer.featurize_batch(&texts);
         let dim = artifact.featurizer.dim();
-        let mut xs = vec![0.0; train.len() * k];
-        for (i, row) in xs.chunks_exact_mut(k.max(1)).enumerate() {
-            artifact
-                .router
-                .predict_scores_keyed(&feats[i * dim..(i + 1) * dim], &train[i].id, row);
+        let mut xs = Vec::with_capacity(train.len() * k);
+        let mut row = vec![0.0; n_all];
+        for (i, r) in train.iter().enumerate() {
+            artifact.router.predict_scores_keyed(
+                &feats[i * dim..(i + 1) * dim],
+                &r.prompt,
+                &mut row,
+            );
+            xs.extend_from_slice(&row[..k]);
         }
         // The router's models' recorded scores where the data has them (the rows a head
         // is fitted on); predictions elsewhere.
         let cols: Vec<Option<usize>> = artifact
             .catalog
             .names()
+            .take(k)
             .map(|n| ds.models.iter().position(|d| d == n))
             .collect();
         let design = cols.iter().any(Option::is_some).then(|| {
