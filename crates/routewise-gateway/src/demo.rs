@@ -1,7 +1,8 @@
 //! The embedded demo (`routewise serve` with no `--config`), labelled as a demo everywhere.
 //!
 //! * `fixtures/routerbench-demo.jsonl`: 300 RouterBench train prompts (tails of the
-//!   prompts, all 11 models' real outcomes), derived by `fixtures/make_demo_fixture.py`
+//!   prompts, all 11 models' real outcomes with their extracted answers, and the gold
+//!   `reference` where RouterBench has one), derived by `fixtures/make_demo_fixture.py`
 //!   from `../shared/data/routerbench-3k.jsonl`;
 //! * `fixtures/demo.yaml`: the config, every model served by the `replay` provider;
 //! * the router: the built-in compact static embeddings (`static-mini`, the default

@@ -4,7 +4,9 @@
 //!
 //! The routing data has no response text, so a replay answer says that it is a routewise
 //! demo replay, which model answered, and what that model scored and cost on the nearest
-//! recorded prompt. The nearest prompt is the one with the highest cosine similarity of
+//! recorded prompt; where the data records that model's extracted answer (an option
+//! letter), the reply ends with `Recorded answer: B`, so grading replayed answers with the
+//! answer extractors reproduces the recorded scores. The nearest prompt is the one with the highest cosine similarity of
 //! hashed word sets (exact matches come first); usage tokens are the request's estimated
 //! prompt tokens and the answer's chars / 4.
 
@@ -76,6 +78,8 @@ struct Recorded {
     task: String,
     words: Vec<u64>,
     outcomes: Vec<Option<Outcome>>,
+    /// Each model's recorded final answer (the data's `answer` field), where there is one.
+    answers: Vec<Option<String>>,
 }
 
 /// Recorded outcomes of every model on a set of prompts.
@@ -149,6 +153,15 @@ impl Replay {
                     task: r.task.clone(),
                     words: word_hashes(&r.prompt),
                     outcomes: r.outcomes.clone(),
+                    answers: r
+                        .outcomes
+                        .iter()
+                        .map(|o| {
+                            o.as_ref()
+                                .and_then(|o| data.answer_text(o.answer))
+                                .map(str::to_string)
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -179,10 +192,17 @@ impl Replay {
         let content = match self.nearest(prompt, m) {
             Some(r) => {
                 let o = r.outcomes[m]?;
+                // The recorded answer last, in the form answer extractors read ("answer:
+                // B"), so grading the replay reproduces the recorded score.
+                let answer = match r.answers.get(m).cloned().flatten() {
+                    Some(a) => format!(" Recorded answer: {a}"),
+                    None => String::new(),
+                };
                 format!(
                     "[routewise demo replay] {model} answered. No real model was called: this reply is \
                      replayed from RouterBench. On the nearest recorded prompt ({id}, task {task}) \
-                     {model} scored {score} at a cost of ${cost:.6} ({inp} prompt + {out} completion tokens).",
+                     {model} scored {score} at a cost of ${cost:.6} ({inp} prompt + {out} completion \
+                     tokens).{answer}",
                     id = r.id,
                     task = r.task,
                     score = o.score,
@@ -254,7 +274,7 @@ mod tests {
         let text = concat!(
             r#"{"id":"p1","task":"t","prompt":"the capital of france","split":"train","models":{"a":{"score":1,"cost_usd":0.002,"input_tokens":5,"output_tokens":2},"b":{"score":0,"cost_usd":0.0001,"input_tokens":5,"output_tokens":3}}}"#,
             "\n",
-            r#"{"id":"p2","task":"t","prompt":"write python code to sort","split":"train","models":{"a":{"score":0,"cost_usd":0.003,"input_tokens":6,"output_tokens":9},"b":{"score":1,"cost_usd":0.0002,"input_tokens":6,"output_tokens":9}}}"#,
+            r#"{"id":"p2","task":"t","prompt":"write python code to sort","split":"train","reference":"B","models":{"a":{"score":0,"cost_usd":0.003,"input_tokens":6,"output_tokens":9,"answer":"C"},"b":{"score":1,"cost_usd":0.0002,"input_tokens":6,"output_tokens":9,"answer":"B"}}}"#,
         );
         routewise_data::jsonl::parse(text.as_bytes(), Path::new("x.jsonl")).unwrap()
     }
@@ -275,5 +295,23 @@ mod tests {
         assert_eq!(ev.last().unwrap().as_ref(), b"data: [DONE]\n\n");
         assert!(String::from_utf8_lossy(&ev[ev.len() - 2]).contains("\"usage\""));
         assert!(r.answer("nope", "x", 1).is_none());
+    }
+
+    #[test]
+    fn the_recorded_answer_is_replayed_so_grading_reproduces_the_score() {
+        use routewise_router::extract::Extractor;
+        let r = Replay::from_dataset(&data());
+        for (model, want) in [("a", "C"), ("b", "B")] {
+            let a = r.answer(model, "please write some Python code", 7).unwrap();
+            assert!(
+                a.content.ends_with(&format!("Recorded answer: {want}")),
+                "{}",
+                a.content
+            );
+            assert_eq!(Extractor::Choice.extract(&a.content).as_deref(), Some(want));
+        }
+        // No recorded answer: no answer line.
+        let a = r.answer("a", "the capital of france", 7).unwrap();
+        assert!(!a.content.contains("Recorded answer"), "{}", a.content);
     }
 }
