@@ -446,6 +446,48 @@ pub struct NewModel<'a> {
     pub recorded: &'a [f64],
 }
 
+/// Refuses a baseline router (its ranking ignores predictions, so a head has nothing to
+/// build on): models can be onboarded onto learned routers only.
+pub fn check_learned(router: &AnyRouter) -> Result<(), RouterError> {
+    if crate::RouterKind::ALL_LEARNED.contains(&router.kind()) {
+        return Ok(());
+    }
+    Err(RouterError::Fit {
+        router: "onboard".into(),
+        message: format!(
+            "`{}` is a baseline, not a learned router: models cannot be onboarded onto it; \
+             retrain with the new model instead",
+            router.name()
+        ),
+    })
+}
+
+/// The recorded scores of the models `names` on `records` (row-major, `records.len() x
+/// names.len()`, `NaN` where a record lacks one), read from data whose models are
+/// `data_models`; empty when the data records none of them.
+pub fn recorded_scores(
+    records: &[&routewise_data::Record],
+    data_models: &[String],
+    names: &[&str],
+) -> Vec<f64> {
+    let cols: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| data_models.iter().position(|d| d == n))
+        .collect();
+    if cols.iter().all(Option::is_none) {
+        return Vec::new();
+    }
+    records
+        .iter()
+        .flat_map(|r| {
+            cols.iter().map(|c| {
+                c.and_then(|j| r.outcomes.get(j)?.as_ref())
+                    .map_or(f64::NAN, |o| o.score)
+            })
+        })
+        .collect()
+}
+
 /// Models the base router of `router` predicts (all of them unless it was onboarded).
 pub fn base_models(router: &AnyRouter, catalog_len: usize) -> usize {
     match router {
@@ -479,14 +521,7 @@ pub fn onboard(
     if let Some(s) = model.scores.iter().find(|s| !(0.0..=1.0).contains(*s)) {
         return Err(fail(format!("score {s} is outside [0, 1]")));
     }
-    if artifact.router.fixed_ranking().is_some()
-        || matches!(artifact.router, AnyRouter::Random { .. })
-    {
-        return Err(fail(format!(
-            "`{}` is a baseline, not a learned router: retrain with the new model instead",
-            artifact.router.name()
-        )));
-    }
+    check_learned(&artifact.router)?;
     let Artifact {
         mut meta,
         featurizer,

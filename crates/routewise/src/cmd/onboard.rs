@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use routewise_data::Dataset;
-use routewise_router::onboard::{base_models, onboard, NewModel};
+use routewise_router::onboard::{base_models, onboard, recorded_scores, NewModel};
 use routewise_router::{Artifact, Catalog, ModelInfo};
 
 #[derive(clap::Args, Debug)]
@@ -76,22 +76,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .filter_map(|r| Some((r, r.outcomes.get(m)?.as_ref()?.score)))
                 .collect();
             // The router's own models, where the file records them on the same prompts.
-            let cols: Vec<Option<usize>> = base_names
-                .iter()
-                .map(|n| ds.models.iter().position(|d| d == n))
-                .collect();
-            let recorded: Vec<f64> = if cols.iter().any(Option::is_some) {
-                rows.iter()
-                    .flat_map(|(r, _)| {
-                        cols.iter().map(|c| {
-                            c.and_then(|j| r.outcomes.get(j)?.as_ref())
-                                .map_or(f64::NAN, |o| o.score)
-                        })
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let probe_records: Vec<&routewise_data::Record> = rows.iter().map(|r| r.0).collect();
+            let recorded = recorded_scores(&probe_records, &ds.models, &base_names);
             let fitted = Catalog::fit(&ds.models, ds.records.iter())
                 .models
                 .swap_remove(m);

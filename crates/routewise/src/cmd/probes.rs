@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use routewise_data::Record;
 use routewise_features::Featurizer;
-use routewise_router::onboard::{base_models, random_probes, select_probes};
+use routewise_router::onboard::{
+    base_models, check_learned, random_probes, recorded_scores, select_probes,
+};
 use routewise_router::{Artifact, Router};
 
 use super::load_dataset;
@@ -52,14 +54,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 
 fn select(args: SelectArgs) -> anyhow::Result<ExitCode> {
     let artifact = Artifact::load(&args.model)?;
-    if artifact.router.fixed_ranking().is_some()
-        || matches!(artifact.router, routewise_router::AnyRouter::Random { .. })
-    {
-        anyhow::bail!(
-            "`{}` is a baseline, not a learned router: models cannot be onboarded onto it",
-            artifact.router.name()
-        );
-    }
+    check_learned(&artifact.router).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ds = load_dataset(&args.data, None)?;
     let train: Vec<&Record> = ds.train().collect();
     if train.is_empty() {
@@ -86,23 +81,14 @@ fn select(args: SelectArgs) -> anyhow::Result<ExitCode> {
         }
         // The router's models' recorded scores where the data has them (the rows a head
         // is fitted on); predictions elsewhere.
-        let cols: Vec<Option<usize>> = artifact
-            .catalog
-            .names()
-            .take(k)
-            .map(|n| ds.models.iter().position(|d| d == n))
-            .collect();
-        let design = cols.iter().any(Option::is_some).then(|| {
-            let mut d = xs.clone();
-            for (row, r) in d.chunks_exact_mut(k.max(1)).zip(&train) {
-                for (slot, c) in row.iter_mut().zip(&cols) {
-                    if let Some(o) = c.and_then(|j| r.outcomes.get(j)?.as_ref()) {
-                        *slot = o.score;
-                    }
-                }
+        let names: Vec<&str> = artifact.catalog.names().take(k).collect();
+        let mut design = recorded_scores(&train, &ds.models, &names);
+        for (d, &x) in design.iter_mut().zip(&xs) {
+            if d.is_nan() {
+                *d = x;
             }
-            d
-        });
+        }
+        let design = (!design.is_empty()).then_some(design);
         select_probes(&xs, design.as_deref(), k, args.n, args.seed)
     };
     let mut text = String::new();
