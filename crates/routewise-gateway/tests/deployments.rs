@@ -235,6 +235,26 @@ async fn a_failing_deployment_falls_back_to_another_deployment_of_the_same_model
     assert_eq!(retried_lines as u64, retried, "{logs}");
 }
 
+/// One callsite, reached from any thread.
+fn log_at_one_callsite(tag: &str) {
+    tracing::info!(target: "routewise::capture_regression", tag);
+}
+
+/// Regression (CI of 2026-11-28: the test above saw no decision line at all): while the
+/// capture's subscriber was the only registered dispatcher, a thread without one that
+/// reached a callsite first made tracing-core cache "never" for it, for every thread.
+#[test]
+fn regression_a_capture_sees_a_callsite_that_another_thread_reached_first() {
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
+    std::thread::spawn(|| log_at_one_callsite("elsewhere"))
+        .join()
+        .unwrap();
+    log_at_one_callsite("here");
+    let text = capture.text();
+    assert!(text.contains("tag=\"here\""), "{text}");
+    assert!(!text.contains("elsewhere"), "{text}");
+}
+
 #[tokio::test]
 async fn the_slo_header_passes_over_a_deployment_slow_to_its_first_token() {
     let p = pool(100, "").await;

@@ -230,7 +230,16 @@ impl Capture {
 }
 
 /// Captures this thread's log output (plain text, up to `level`) while the guard lives.
+///
+/// tracing-core caches each callsite's interest globally. While at most one dispatcher
+/// is registered it computes that interest from the *registering thread's* default
+/// dispatcher: a test running in parallel, without a subscriber, that reaches a callsite
+/// first (say `routewise::decision`) would then cache "never" for everybody, and this
+/// capture would miss every such line. A second dispatcher kept alive for the whole
+/// process makes tracing-core ask every registered dispatcher instead.
 pub fn capture_logs(level: tracing::Level) -> (Capture, tracing::subscriber::DefaultGuard) {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
