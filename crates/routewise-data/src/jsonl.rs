@@ -133,15 +133,14 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
                 format!("duplicate id `{}` (first on line {first})", raw.id),
             ));
         }
-        if raw.models.len() < 2 {
+        // One model is enough on a line: a profile of a single new model on probe
+        // prompts (`routewise profile --models new`, then `routewise onboard`).
+        if raw.models.is_empty() {
             return Err(DataError::invalid(
                 path,
                 lineno,
                 "models",
-                format!(
-                    "a prompt needs at least 2 models, found {}",
-                    raw.models.len()
-                ),
+                "a prompt needs at least 1 model, found none",
             ));
         }
         let mut outs = Vec::with_capacity(raw.models.len());
@@ -468,13 +467,15 @@ mod tests {
     }
 
     #[test]
-    fn rejects_negative_cost_single_model_malformed_and_empty() {
+    fn rejects_negative_cost_no_model_malformed_and_empty_and_keeps_a_single_model() {
         let neg = parse_str(
             r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":-1},"m2":{"score":0,"cost_usd":0}}}"#,
         );
         assert!(neg.unwrap_err().to_string().contains("models.m1.cost_usd"));
+        let none = parse_str(r#"{"id":"a","prompt":"x","models":{}}"#);
+        assert!(none.unwrap_err().to_string().contains("at least 1 model"));
         let one = parse_str(r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1}}}"#);
-        assert!(one.unwrap_err().to_string().contains("at least 2 models"));
+        assert_eq!(one.unwrap().models, vec!["m1".to_string()]);
         let bad = parse_str("{not json");
         assert!(bad.unwrap_err().to_string().starts_with("t.jsonl:1:"));
         let missing = parse_str(r#"{"id":"a","models":{}}"#)

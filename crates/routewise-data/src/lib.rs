@@ -21,6 +21,7 @@ pub mod coverage;
 pub mod csv_wide;
 mod error;
 pub mod jsonl;
+pub mod probes;
 pub mod split;
 
 use std::path::Path;

@@ -35,6 +35,7 @@ pub mod models;
 pub mod online;
 pub mod otel;
 pub mod pipeline;
+pub mod profile;
 pub mod redis_link;
 pub mod reload;
 pub mod request;

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod ensemble;
 pub mod explore;
 pub mod extract;
+pub mod grade;
 pub mod knn;
 pub mod linear;
 pub mod mf;

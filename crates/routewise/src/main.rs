@@ -1,7 +1,8 @@
 //! The `routewise` binary: parses the command line and hands each subcommand to a
 //! library crate. Each subcommand lives in its own module under `cmd/`.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 invalid input (data, config, artifact).
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid input (data, config, artifact);
+//! `profile` exits 3 when it ends with pairs missing (resume to finish).
 
 use std::process::ExitCode;
 
@@ -32,6 +33,9 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Add a model to a trained router from its outcomes on a few probes (no retraining).
     Onboard(cmd::onboard::Args),
+    /// Outcome data from live models: send probe prompts to a config's models, grade the
+    /// answers, write canonical routing JSONL.
+    Profile(cmd::profile::Args),
     /// Probe sets for onboarding: choose the prompts that best identify a new model.
     #[command(subcommand)]
     Probes(cmd::probes::Command),
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::Onboard(a) => cmd::onboard::run(a),
         Command::Probes(c) => cmd::probes::run(c),
+        Command::Profile(a) => cmd::profile::run(a),
         Command::Replay(a) => cmd::replay::run(a),
         Command::Logs(c) => cmd::logs::run(c),
         Command::Serve(a) => cmd::serve::run(a),

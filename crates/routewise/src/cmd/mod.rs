@@ -22,6 +22,7 @@ pub mod logs;
 pub mod models;
 pub mod onboard;
 pub mod probes;
+pub mod profile;
 pub mod replay;
 pub mod route;
 pub mod serve;
@@ -143,6 +144,10 @@ fn is_invalid_input(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.is::<routewise_data::DataError>()
             || e.is::<routewise_router::RouterError>()
+            || matches!(
+                e.downcast_ref::<routewise_gateway::profile::ProfileError>(),
+                Some(p) if !matches!(p, routewise_gateway::profile::ProfileError::Io { .. })
+            )
             || matches!(
                 e.downcast_ref::<routewise_eval::EvalError>(),
                 Some(routewise_eval::EvalError::Split(_) | routewise_eval::EvalError::Config(_))
