@@ -563,3 +563,100 @@ async fn bad_input_is_refused_clearly() {
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("models[0].price"), "{stderr}");
 }
+
+/// Zero data to a router that knows a new model: a router trained without `NEW`, probes
+/// chosen for it, the demo pool profiled on them (`NEW` included), then `onboard`; and
+/// the same from a profile of `NEW` alone (one model per line).
+#[test]
+fn profile_then_onboard_a_model_the_router_lacks() {
+    const NEW: &str = "mistralai/mixtral-8x7b-chat";
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../routewise-gateway/fixtures/routerbench-demo.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // The closed-form prompts (graded without a judge).
+    let without: String = lines(&fixture)
+        .into_iter()
+        .filter(|v| v.get("reference").is_some_and(Value::is_string))
+        .map(|mut v| {
+            v["models"].as_object_mut().unwrap().remove(NEW);
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(p("without.jsonl"), without).unwrap();
+    common::ok(&[
+        "train",
+        "--data",
+        &p("without.jsonl"),
+        "--router",
+        "knn",
+        "--featurizer",
+        "static-mini",
+        "--out",
+        &p("knn.rw"),
+    ]);
+    common::ok(&[
+        "probes",
+        "select",
+        "--model",
+        &p("knn.rw"),
+        "--data",
+        &p("without.jsonl"),
+        "--n",
+        "25",
+        "--out",
+        &p("probes.jsonl"),
+    ]);
+    common::ok(&[
+        "profile",
+        "--probe",
+        &p("probes.jsonl"),
+        "--out",
+        &p("pool.jsonl"),
+    ]);
+    let msg = common::ok(&[
+        "onboard",
+        "--model",
+        &p("knn.rw"),
+        "--outcomes",
+        &p("pool.jsonl"),
+        "--name",
+        NEW,
+        "--out",
+        &p("knn2.rw"),
+    ]);
+    assert!(
+        msg.contains("from 25 probes") && msg.contains("recorded scores"),
+        "{msg}"
+    );
+
+    common::ok(&[
+        "profile",
+        "--probe",
+        &p("probes.jsonl"),
+        "--models",
+        NEW,
+        "--out",
+        &p("new.jsonl"),
+    ]);
+    assert!(lines(Path::new(&p("new.jsonl"))).iter().all(|r| r["models"]
+        .as_object()
+        .unwrap()
+        .len()
+        == 1));
+    let msg = common::ok(&[
+        "onboard",
+        "--model",
+        &p("knn.rw"),
+        "--outcomes",
+        &p("new.jsonl"),
+        "--name",
+        NEW,
+        "--out",
+        &p("knn3.rw"),
+    ]);
+    assert!(msg.contains("from 25 probes"), "{msg}");
+    let d: Value =
+        serde_json::from_str(&common::ok(&["route", "--model", &p("knn3.rw"), "hello"])).unwrap();
+    assert!(d.to_string().contains(NEW), "{d}");
+}
