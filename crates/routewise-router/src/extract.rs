@@ -95,9 +95,8 @@ fn letter(c: char) -> Option<&'static str> {
 /// The option letter of a multiple-choice response.
 fn choice(text: &str) -> Option<&'static str> {
     // 1. "answer is (B)", "Answer: C", "answer is **D**".
-    let lower = text.to_lowercase();
     for key in ["answer is", "answer:"] {
-        if let Some(at) = lower.rfind(key) {
+        if let Some(at) = rfind_ascii_ci(text, key) {
             let rest = &text[at + key.len()..];
             let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || "(*[:".contains(c));
             let mut chars = rest.chars();
@@ -128,6 +127,15 @@ fn choice(text: &str) -> Option<&'static str> {
     }
 }
 
+/// The byte offset of the last occurrence of the ASCII `key` in `text`, ignoring ASCII
+/// case (searched in `text` itself: a lower-cased copy can differ in byte length).
+fn rfind_ascii_ci(text: &str, key: &str) -> Option<usize> {
+    let (t, k) = (text.as_bytes(), key.as_bytes());
+    (0..=t.len().checked_sub(k.len())?)
+        .rev()
+        .find(|&i| t[i..i + k.len()].eq_ignore_ascii_case(k))
+}
+
 /// The last number of `text`, canonical.
 fn last_number(text: &str) -> Option<String> {
     let b = text.as_bytes();
@@ -147,6 +155,10 @@ fn last_number(text: &str) -> Option<String> {
         } else {
             break;
         }
+    }
+    // ".5": a decimal point with no integer part.
+    if start > 0 && b[start - 1] == b'.' && (start < 2 || !b[start - 2].is_ascii_digit()) {
+        start -= 1;
     }
     let neg = start > 0 && b[start - 1] == b'-';
     let raw: String = text[start..end].chars().filter(|&c| c != ',').collect();
@@ -197,6 +209,18 @@ mod tests {
         }
     }
 
+    /// Regression (review of the profile change): the phrase was found in a lower-cased
+    /// copy and sliced out of the original, whose byte offsets differ after a character
+    /// whose lower case is longer (`İ`): a panic, or the wrong letter.
+    #[test]
+    fn regression_choice_slices_the_text_it_searched() {
+        let e = Extractor::Choice;
+        assert_eq!(e.extract("İanswer:é").as_deref(), None);
+        assert_eq!(e.extract("İİİ The answer is (C)").as_deref(), Some("C"));
+        assert_eq!(e.extract("ANSWER: d").as_deref(), None);
+        assert_eq!(e.extract("FINAL ANSWER IS B").as_deref(), Some("B"));
+    }
+
     #[test]
     fn number_reads_the_last_number_canonically() {
         let e = Extractor::Number;
@@ -206,6 +230,8 @@ mod tests {
             ("It drops to -12.", Some("-12")),
             ("#### 42.0", Some("42")),
             ("no digits", None),
+            ("about .5 of it", Some("0.5")),
+            ("-.25", Some("-0.25")),
         ] {
             assert_eq!(e.extract(text).as_deref(), want, "{text:?}");
         }

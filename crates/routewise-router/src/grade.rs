@@ -23,20 +23,20 @@ pub fn extractor_for(reference: &str) -> Extractor {
     let r = reference.trim();
     if r.len() == 1 && r.chars().all(|c| ('A'..='J').contains(&c)) {
         Extractor::Choice
-    } else if !r.is_empty() && Extractor::Number.extract(r).is_some() && is_number(r) {
+    } else if is_number(r) {
         Extractor::Number
     } else {
         Extractor::Exact
     }
 }
 
-/// Whether `s` is a number and nothing else (`-1,200.5`).
+/// Whether `s` is a number and nothing else (`-1,200.5`, `.5`).
 fn is_number(s: &str) -> bool {
     let t = s.strip_prefix('-').unwrap_or(s);
-    !t.is_empty()
-        && t.chars().any(|c| c.is_ascii_digit())
+    t.chars().any(|c| c.is_ascii_digit())
         && t.chars()
             .all(|c| c.is_ascii_digit() || c == ',' || c == '.')
+        && t.replace(',', "").parse::<f64>().is_ok()
 }
 
 /// A graded answer.
@@ -97,21 +97,36 @@ pub fn judge_prompt(question: &str, answer: &str) -> String {
     )
 }
 
-/// The judge's rating in [0, 1]: the last `Rating: N` (or `[[N]]`) with N in 1..=10,
-/// mapped as (N - 1) / 9; `None` when there is none.
+/// The judge's rating in [0, 1]: the last word `rating` followed by N in 1..=10
+/// (`Rating: N`, `**Rating:** [[N]]`, `Rating (1-10): N`), else the last `[[N]]`, mapped
+/// as (N - 1) / 9; `None` when there is none.
 pub fn parse_rating(text: &str) -> Option<f64> {
-    let lower = text.to_lowercase();
-    let after_key = lower.rfind("rating").and_then(|at| {
-        let rest = lower[at + "rating".len()..]
-            .trim_start_matches(|c: char| c.is_whitespace() || ":=*[(".contains(c));
-        leading_int(rest)
+    let t = text.as_bytes();
+    let key = b"rating";
+    let word_at = |i: usize| {
+        t[i..].len() >= key.len()
+            && t[i..i + key.len()].eq_ignore_ascii_case(key)
+            && (i == 0 || !t[i - 1].is_ascii_alphanumeric())
+            && t.get(i + key.len())
+                .is_none_or(|c| !c.is_ascii_alphanumeric())
+    };
+    let after_key = (0..t.len()).rev().filter(|&i| word_at(i)).find_map(|i| {
+        let mut rest = text[i + key.len()..].trim_start();
+        // A scale in parentheses ("(1-10)", "(out of 10)") is not the rating.
+        if let Some(r) = rest.strip_prefix('(') {
+            if let Some(end) = r.find(')') {
+                rest = &r[end + 1..];
+            }
+        }
+        let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || ":=*[".contains(c));
+        leading_int(rest).filter(|n| (1..=10).contains(n))
     });
     let bracketed = || {
-        let at = lower.rfind("[[")?;
-        leading_int(&lower[at + 2..])
+        let at = text.rfind("[[")?;
+        leading_int(&text[at + 2..]).filter(|n| (1..=10).contains(n))
     };
     let n = after_key.or_else(bracketed)?;
-    (1..=10).contains(&n).then(|| (n - 1) as f64 / 9.0)
+    Some(f64::from(n - 1) / 9.0)
 }
 
 /// The integer `s` starts with, when it is not the integer part of a fraction
@@ -142,6 +157,8 @@ mod tests {
         assert_eq!(extractor_for("Paris"), Extractor::Exact);
         assert_eq!(extractor_for("K"), Extractor::Exact);
         assert_eq!(extractor_for("3 apples"), Extractor::Exact);
+        assert_eq!(extractor_for(".5"), Extractor::Number);
+        assert_eq!(extractor_for("1.2.3"), Extractor::Exact);
     }
 
     #[test]
@@ -154,6 +171,9 @@ mod tests {
         assert_eq!((g.score, g.answer), (0.0, None));
         assert_eq!(grade("1200", "so it costs 1,200.00").score, 1.0);
         assert_eq!(grade("1200", "so it costs 1,300").score, 0.0);
+        assert_eq!(grade(".5", "so p = 0.5").score, 1.0);
+        assert_eq!(grade("1.2.3", "version 1.2.3").score, 0.0);
+        assert_eq!(grade("1.2.3", "1.2.3").score, 1.0);
         assert_eq!(grade("Paris", "  paris. ").score, 1.0);
         assert_eq!(grade("Paris", "Paris is the capital").score, 0.0);
         // The demo replay's closing phrase is read like a model's.
@@ -181,6 +201,16 @@ mod tests {
             ("I'd say [[8]]", Some(7.0 / 9.0)),
             // The last rating wins (a judge restating the scale first).
             ("Scale 1-10. Rating: 3", Some(2.0 / 9.0)),
+            (
+                "Rating: 8. This rating reflects the answer's accuracy.",
+                Some(7.0 / 9.0),
+            ),
+            (
+                "Rating: 7 (demonstrating good understanding)",
+                Some(6.0 / 9.0),
+            ),
+            ("Rating (1-10): 7", Some(6.0 / 9.0)),
+            ("Ratings vary. Overall rating: 2", Some(1.0 / 9.0)),
             ("Rating: 0", None),
             ("Rating: 11", None),
             ("Rating: 7.5", None),

@@ -384,23 +384,40 @@ async fn a_killed_run_resumes_with_nothing_lost_or_duplicated() {
     assert!(stderr.contains("pairs already there"), "{stderr}");
 }
 
+/// Runs `routewise`, failing the test after `secs` (a run that hangs is a bug).
+async fn routewise_within(secs: u64, args: Vec<String>) -> Output {
+    tokio::time::timeout(Duration::from_secs(secs), routewise(args))
+        .await
+        .expect("routewise profile hung")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_usd_is_never_exceeded_and_a_resume_finishes_the_run() {
     let mock = MockUpstream::start().await.unwrap();
     mock.set_model_answer("oa-up", Some("The answer is (B)"));
+    mock.set_model_answer("an-up", Some("The answer is (B)"));
     let dir = tempfile::tempdir().unwrap();
-    // Dear model: 100 USD per million tokens each way.
+    // Two dear models: 100 and 150/50 USD per million tokens.
     let cfg = config(
         dir.path(),
         &mock,
-        "  - {name: dear, base_url: \"URL\", upstream_model: oa-up, price: {input_per_mtok: 100, output_per_mtok: 100}}",
+        "  - {name: dear, base_url: \"URL\", upstream_model: oa-up, price: {input_per_mtok: 100, output_per_mtok: 100}}\n  \
+         - {name: dear2, base_url: \"URL\", upstream_model: an-up, price: {input_per_mtok: 150, output_per_mtok: 50}}",
     );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("URL", &mock.base_url());
     std::fs::write(&cfg, text).unwrap();
+    // Prompts of many lengths: reservations of many sizes, whose float sum need not come
+    // back to exactly 0 (regression: the run then waited forever at the cap).
+    let many: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"id": format!("q{i}"), "prompt": format!("Question {i} {}\nA) x\nB) y", "word ".repeat(i * 7 % 23)),
+                   "reference": "B"})
+        })
+        .collect();
     let probe_file = dir.path().join("p.jsonl");
-    write_probes(&probe_file, &probes(30, 0));
+    write_probes(&probe_file, &many);
     let out = dir.path().join("pool.jsonl");
     let base = args(&[
         "profile",
@@ -409,7 +426,7 @@ async fn max_usd_is_never_exceeded_and_a_resume_finishes_the_run() {
         "--probe",
         probe_file.to_str().unwrap(),
         "--models",
-        "dear",
+        "dear,dear2",
         "--max-tokens",
         "100",
         "--concurrency",
@@ -417,31 +434,127 @@ async fn max_usd_is_never_exceeded_and_a_resume_finishes_the_run() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let mut capped = base.clone();
-    capped.extend(args(&["--max-usd", "0.1"]));
-    let o = routewise(capped).await;
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains("stopped: the next call would pass --max-usd"),
-        "{stderr}"
-    );
-    let rows = lines(&out);
-    let spent: f64 = rows
-        .iter()
-        .map(|r| r["models"]["dear"]["cost_usd"].as_f64().unwrap())
-        .sum();
-    assert!(!rows.is_empty() && rows.len() < 30, "{}", rows.len());
-    assert!(spent <= 0.1, "{spent}");
-    // Every call the upstream saw is in the file: nothing was paid for and dropped.
-    assert_eq!(mock.hits("oa-up"), rows.len() as u64);
+    for cap in ["0.1", "0.137"] {
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(dir.path().join("pool.jsonl.partial"));
+        let hits_before = mock.total_hits();
+        let mut capped = base.clone();
+        capped.extend(args(&["--max-usd", cap]));
+        let o = routewise_within(60, capped).await;
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("stopped: the next call would pass --max-usd"),
+            "{stderr}"
+        );
+        let rows = lines(&out);
+        let journal =
+            std::fs::read_to_string(dir.path().join("pool.jsonl.partial")).unwrap_or_default();
+        let journaled: Vec<Value> = journal
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // What was paid: every outcome on a line, and journaled ones not on a line.
+        let on_lines: f64 = rows
+            .iter()
+            .flat_map(|r| r["models"].as_object().unwrap().values())
+            .map(|o| o["cost_usd"].as_f64().unwrap())
+            .sum();
+        let line_ids: HashSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        let off_lines: f64 = journaled
+            .iter()
+            .filter(|e| !line_ids.contains(e["id"].as_str().unwrap()))
+            .map(|e| e["outcome"]["cost_usd"].as_f64().unwrap())
+            .sum();
+        let cap: f64 = cap.parse().unwrap();
+        assert!(!rows.is_empty() && rows.len() < 30, "{}", rows.len());
+        assert!(
+            on_lines + off_lines <= cap,
+            "{on_lines} + {off_lines} > {cap}"
+        );
+        // Every call the upstream saw has its outcome kept: nothing paid for and dropped.
+        let kept = rows
+            .iter()
+            .map(|r| r["models"].as_object().unwrap().len())
+            .sum::<usize>()
+            + journaled
+                .iter()
+                .filter(|e| !line_ids.contains(e["id"].as_str().unwrap()))
+                .count();
+        assert_eq!(mock.total_hits() - hits_before, kept as u64);
+    }
 
     let mut resume = base.clone();
     resume.push("--resume".into());
-    let o = routewise(resume).await;
+    let o = routewise_within(60, resume).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(lines(&out).len(), 30);
-    assert_eq!(mock.hits("oa-up"), 30);
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 30);
+    assert!(rows
+        .iter()
+        .all(|r| r["models"].as_object().unwrap().len() == 2));
+}
+
+/// A resumed run that adds a model and stops early (the budget) keeps every line it
+/// found; the next resume completes them in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_adding_a_model_never_shrinks_the_output() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_answer("oa-up", Some("The answer is (B)"));
+    mock.set_model_answer("an-up", Some("The answer is (C)"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock, "");
+    let probe_file = dir.path().join("p.jsonl");
+    write_probes(&probe_file, &probes(20, 0));
+    let out = dir.path().join("pool.jsonl");
+    let run = |models: &str, extra: &[&str]| {
+        let mut v = args(&[
+            "profile",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--probe",
+            probe_file.to_str().unwrap(),
+            "--models",
+            models,
+            "--concurrency",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        v.extend(args(extra));
+        v
+    };
+    let o = routewise_within(60, run("oa", &[])).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&out).len(), 20);
+    // `an` costs 3 + 4 USD per Mtok: a call reserves about 1.2e-3 USD (its body's bytes
+    // and 100 output tokens) and costs about 1.6e-4; a cap of 2e-3 stops it early.
+    let o = routewise_within(
+        60,
+        run(
+            "oa,an",
+            &["--resume", "--max-usd", "0.002", "--max-tokens", "100"],
+        ),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 20, "no line lost");
+    let both = rows
+        .iter()
+        .filter(|r| r["models"].get("an").is_some())
+        .count();
+    assert!((1..20).contains(&both), "{both}");
+    assert!(rows.iter().all(|r| r["models"]["oa"]["score"] == 1.0));
+    let o = routewise_within(60, run("oa,an", &["--resume"])).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = lines(&out);
+    let ids: HashSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!((rows.len(), ids.len()), (20, 20));
+    assert!(rows.iter().all(|r| r["models"]["an"]["score"] == 0.0));
+    assert_eq!(mock.hits("oa-up"), 20, "oa was never asked again");
+    assert_eq!(mock.hits("an-up"), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,4 +772,114 @@ fn profile_then_onboard_a_model_the_router_lacks() {
     let d: Value =
         serde_json::from_str(&common::ok(&["route", "--model", &p("knn3.rw"), "hello"])).unwrap();
     assert!(d.to_string().contains(NEW), "{d}");
+}
+
+/// Ctrl-C (SIGINT) stops the run at once with its account, and `--resume` finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_run_and_resume_finishes_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_answer("oa-up", Some("The answer is (B)"));
+    mock.set_model_fault("oa-up", Some(Fault::Delay(Duration::from_millis(100))));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock, "");
+    let probe_file = dir.path().join("p.jsonl");
+    write_probes(&probe_file, &probes(30, 0));
+    let out = dir.path().join("pool.jsonl");
+    let run_args = args(&[
+        "profile",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--probe",
+        probe_file.to_str().unwrap(),
+        "--models",
+        "oa",
+        "--concurrency",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let child = Command::new(bin())
+        .args(&run_args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines(&out).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("interrupted:"), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let before = lines(&out).len();
+    assert!((4..30).contains(&before), "{before}");
+
+    let mut resume = run_args.clone();
+    resume.push("--resume".into());
+    let o = routewise(resume).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = lines(&out);
+    let ids: HashSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!((rows.len(), ids.len()), (30, 30));
+    // At most the two calls in flight at the interruption were made twice.
+    assert!(mock.hits("oa-up") <= 32, "{}", mock.hits("oa-up"));
+}
+
+/// A judge that keeps failing is left out: its errors are reported, and the open probes
+/// are not sent to the models any more (their answers could not be graded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_judge_is_left_out_and_the_open_probes_are_not_sent_on() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set_model_answer("oa-up", Some("The answer is (B)"));
+    mock.set_model_fault("judge-up", Some(Fault::Status(500)));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock, "");
+    let probe_file = dir.path().join("p.jsonl");
+    write_probes(&probe_file, &probes(2, 8));
+    let out = dir.path().join("pool.jsonl");
+    let o = routewise_within(
+        60,
+        args(&[
+            "profile",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--probe",
+            probe_file.to_str().unwrap(),
+            "--models",
+            "oa",
+            "--judge",
+            "judge",
+            "--concurrency",
+            "1",
+            "--retries",
+            "0",
+            "--give-up-after",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("judge judge: errors: http_5xx 2"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("LEFT OUT after 2 failed calls in a row"),
+        "{stderr}"
+    );
+    assert_eq!(mock.hits("judge-up"), 2);
+    // The two closed probes and the two open ones judged before it was left out.
+    assert_eq!(mock.hits("oa-up"), 4);
+    assert_eq!(lines(&out).len(), 2);
 }

@@ -1,20 +1,26 @@
-//! The files of a profile run: the output (canonical routing JSONL, one line per finished
-//! probe) and its journal (`<out>.partial`: one line per finished (probe, model) pair
-//! whose probe is not finished yet).
+//! The files of a profile run: the output (canonical routing JSONL, one line per probe)
+//! and its journal (`<out>.partial`: one line per graded (probe, model) pair whose
+//! probe's line is not written yet).
 //!
 //! Crash safety: a pair's outcome is appended to the journal (one `write` call) as soon
-//! as it is graded; a probe's line is appended to the output (one `write` call) once all
-//! its pairs are settled, built from the journal's outcomes. So the output is valid JSONL
-//! at every moment, and a run killed at any point loses only the calls in flight.
-//! `--resume` ([`Output::open`] with `resume`) reads both back: a torn last line (a kill
-//! mid-write) is cut off; a probe whose output line lacks a requested model goes back
-//! into the journal (the output rewritten through a temporary file and a rename) so that
-//! the missing pairs are run and the line is written once, complete. The journal is
-//! removed when a run leaves nothing pending.
+//! as it is graded; a probe's line is appended to the output (one `write` call) once each
+//! of its pairs is settled (answered, failed, or given up: a budget stop, a model left
+//! out), built from the journal's outcomes. So the output is valid JSONL at every moment,
+//! never holds an id twice, and a run killed at any point loses only the calls in flight.
+//!
+//! `--resume` ([`Output::open`] with `resume`) reads both back. A torn last line (a kill
+//! or a full disk mid-write) is cut off, and a last line without its newline gets one. A
+//! line holding every requested model is finished. A line lacking one (a failed pair, a
+//! model added with `--models`) stays in the output as it is; its outcomes count as done,
+//! the missing pairs are run, and once its probe is settled the completed line replaces
+//! it when the run ends ([`Output::close`]: the output rewritten through a temporary file
+//! and a rename). So a resumed run never leaves the output with fewer lines or outcomes
+//! than it found, however it stops. The journal is removed when a run ends with nothing
+//! pending in it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use routewise_data::probes::Probe;
@@ -33,11 +39,16 @@ pub struct Output {
     journal_path: PathBuf,
     out: File,
     journal: File,
-    /// Probes with an output line, and the models on it.
+    /// Probes with a line holding every requested model (or written this run), and the
+    /// models on it.
     finished: HashMap<String, HashSet<String>>,
-    /// Journaled outcomes of probes without an output line.
+    /// Outcomes on the output's lines that lack a requested model (by probe id).
+    short: HashMap<String, BTreeMap<String, OutcomeJson>>,
+    /// Journaled outcomes of probes whose line is not written yet.
     journaled: HashMap<String, BTreeMap<String, OutcomeJson>>,
-    /// Lines appended this run.
+    /// Completed lines that replace short ones at [`Output::close`].
+    replacements: HashMap<String, Value>,
+    /// Lines written this run (appended or replacing a short one).
     pub lines_written: u64,
 }
 
@@ -49,8 +60,9 @@ pub fn journal_path(out: &Path) -> PathBuf {
 }
 
 impl Output {
-    /// Opens `path` for a run profiling `models`. Without `resume` the output must not
-    /// exist yet (or be empty); with it, what is there is read back (module docs).
+    /// Opens `path` for a run profiling `models`. Without `resume` neither the output nor
+    /// its journal may exist (or be non-empty); with it, what is there is read back
+    /// (module docs).
     pub fn open(path: &Path, resume: bool, models: &[String]) -> Result<Output, ProfileError> {
         let journal_path = journal_path(path);
         let io = |p: &Path| {
@@ -62,35 +74,24 @@ impl Output {
             return Err(ProfileError::Exists(path.to_path_buf()));
         }
         let mut finished: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut short: HashMap<String, BTreeMap<String, OutcomeJson>> = HashMap::new();
         let mut journaled: HashMap<String, BTreeMap<String, OutcomeJson>> = HashMap::new();
-        let mut reopened: Vec<Value> = Vec::new();
         if resume {
-            let mut kept = Vec::new();
-            for row in read_lines(path)?.0 {
+            let (rows, valid) = read_lines(path)?;
+            repair_tail(path, valid).map_err(io(path))?;
+            for row in rows {
                 let Some(id) = row.get("id").and_then(Value::as_str).map(str::to_string) else {
                     continue;
                 };
-                let present: HashSet<String> = row
-                    .get("models")
-                    .and_then(Value::as_object)
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
-                if models.iter().all(|m| present.contains(m)) {
-                    finished.insert(id, present);
-                    kept.push(row);
+                let outcomes = outcomes_of(&row);
+                if models.iter().all(|m| outcomes.contains_key(m)) {
+                    finished.insert(id, outcomes.into_keys().collect());
                 } else {
-                    reopened.push(row);
+                    short.insert(id, outcomes);
                 }
             }
             let (entries, valid) = read_lines(&journal_path)?;
-            if let Some(valid) = valid {
-                // Cut a torn tail off, so the next entry starts on a line of its own.
-                OpenOptions::new()
-                    .write(true)
-                    .open(&journal_path)
-                    .and_then(|f| f.set_len(valid))
-                    .map_err(io(&journal_path))?;
-            }
+            repair_tail(&journal_path, valid).map_err(io(&journal_path))?;
             for entry in entries {
                 let (Some(id), Some(model), Some(outcome)) = (
                     entry.get("id").and_then(Value::as_str),
@@ -99,36 +100,16 @@ impl Output {
                 ) else {
                     continue;
                 };
-                if !finished.contains_key(id) {
+                // Entries already on the output (stale once their line was written).
+                let on_line = finished.contains_key(id)
+                    || short.get(id).is_some_and(|o| o.contains_key(model));
+                if !on_line {
                     journaled
                         .entry(id.to_string())
                         .or_default()
                         .insert(model.to_string(), outcome.clone());
                 }
             }
-            // Lines missing a requested model go back into the journal, then out of the
-            // output (in this order: a kill in between duplicates nothing).
-            if !reopened.is_empty() {
-                let mut journal = append(&journal_path).map_err(io(&journal_path))?;
-                for row in &reopened {
-                    let id = row.get("id").and_then(Value::as_str).unwrap_or_default();
-                    if let Some(ms) = row.get("models").and_then(Value::as_object) {
-                        for (model, outcome) in ms {
-                            let Some(outcome) = outcome.as_object() else {
-                                continue;
-                            };
-                            write_line(&mut journal, &journal_entry(id, model, outcome))
-                                .map_err(io(&journal_path))?;
-                            journaled
-                                .entry(id.to_string())
-                                .or_default()
-                                .insert(model.clone(), outcome.clone());
-                        }
-                    }
-                }
-            }
-            // The output as it should be: every kept line, no torn tail.
-            rewrite(path, &kept).map_err(io(path))?;
         }
         let out = append(path).map_err(io(path))?;
         let journal = append(&journal_path).map_err(io(&journal_path))?;
@@ -138,7 +119,9 @@ impl Output {
             out,
             journal,
             finished,
+            short,
             journaled,
+            replacements: HashMap::new(),
             lines_written: 0,
         })
     }
@@ -146,13 +129,14 @@ impl Output {
     /// Whether `model` has an outcome on probe `id` (in the output or the journal).
     pub fn has(&self, id: &str, model: &str) -> bool {
         self.finished.get(id).is_some_and(|m| m.contains(model))
+            || self.short.get(id).is_some_and(|m| m.contains_key(model))
             || self
                 .journaled
                 .get(id)
                 .is_some_and(|m| m.contains_key(model))
     }
 
-    /// Whether probe `id` has its output line.
+    /// Whether probe `id` has its line (with every requested model, or written this run).
     pub fn is_finished(&self, id: &str) -> bool {
         self.finished.contains_key(id)
     }
@@ -179,36 +163,54 @@ impl Output {
         Ok(())
     }
 
-    /// Writes `probe`'s output line from its journaled outcomes (none: nothing to write).
+    /// Writes `probe`'s line from its outcomes (a short line's and the journaled ones):
+    /// appended, or, for a probe with a short line, kept to replace it at
+    /// [`Output::close`]. Nothing new to write: nothing happens.
     pub fn finish(&mut self, probe: &Probe) -> Result<(), ProfileError> {
-        let Some(outcomes) = self.journaled.remove(&probe.id) else {
+        let Some(new) = self.journaled.remove(&probe.id) else {
             return Ok(());
         };
-        let mut row = json!({"id": probe.id, "prompt": probe.prompt});
-        if let Some(t) = &probe.task {
-            row["task"] = json!(t);
-        }
-        if let Some(r) = &probe.reference {
-            row["reference"] = json!(r);
-        }
+        let short = self.short.remove(&probe.id);
+        let replaces = short.is_some();
+        let mut outcomes = short.unwrap_or_default();
+        outcomes.extend(new);
         let names: HashSet<String> = outcomes.keys().cloned().collect();
-        row["models"] = Value::Object(
-            outcomes
-                .into_iter()
-                .map(|(m, o)| (m, Value::Object(o)))
-                .collect(),
-        );
-        write_line(&mut self.out, &row).map_err(|source| ProfileError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let row = probe_row(probe, outcomes);
+        if replaces {
+            self.replacements.insert(probe.id.clone(), row);
+        } else {
+            write_line(&mut self.out, &row).map_err(|source| ProfileError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         self.finished.insert(probe.id.clone(), names);
         self.lines_written += 1;
         Ok(())
     }
 
-    /// Ends the run: the journal is removed when nothing is pending in it.
+    /// Ends the run: completed lines replace the short ones they complete, then the
+    /// journal is removed when nothing is pending in it.
     pub fn close(self) -> Result<(), ProfileError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ProfileError::Io { path: p, source }
+        };
+        if !self.replacements.is_empty() {
+            let (rows, _) = read_lines(&self.path)?;
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .map(|row| {
+                    let id = row.get("id").and_then(Value::as_str);
+                    match id.and_then(|id| self.replacements.get(id)) {
+                        Some(new) => new.clone(),
+                        None => row,
+                    }
+                })
+                .collect();
+            drop(self.out);
+            rewrite(&self.path, &rows).map_err(io(&self.path))?;
+        }
         if self.journaled.values().all(BTreeMap::is_empty) {
             drop(self.journal);
             match std::fs::remove_file(&self.journal_path) {
@@ -225,10 +227,40 @@ impl Output {
         Ok(())
     }
 
-    /// Probes with journaled outcomes but no output line (a resumed run finishes them).
+    /// Probes with journaled outcomes but no line written yet.
     pub fn journaled_ids(&self) -> impl Iterator<Item = &str> {
         self.journaled.keys().map(String::as_str)
     }
+}
+
+/// A probe's output line.
+fn probe_row(probe: &Probe, outcomes: BTreeMap<String, OutcomeJson>) -> Value {
+    let mut row = json!({"id": probe.id, "prompt": probe.prompt});
+    if let Some(t) = &probe.task {
+        row["task"] = json!(t);
+    }
+    if let Some(r) = &probe.reference {
+        row["reference"] = json!(r);
+    }
+    row["models"] = Value::Object(
+        outcomes
+            .into_iter()
+            .map(|(m, o)| (m, Value::Object(o)))
+            .collect(),
+    );
+    row
+}
+
+/// The outcomes on an output line, by model.
+fn outcomes_of(row: &Value) -> BTreeMap<String, OutcomeJson> {
+    row.get("models")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_object()?.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn journal_entry(id: &str, model: &str, outcome: &OutcomeJson) -> Value {
@@ -239,12 +271,36 @@ fn append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// One line in one `write` call (a kill leaves it whole or absent, but for a torn tail
-/// on a full disk, which [`read_lines`] cuts off).
+/// One line in one `write` call (a kill leaves it whole or absent; a full disk can leave
+/// it torn, which [`read_lines`] and [`repair_tail`] deal with).
 fn write_line(f: &mut File, v: &Value) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
     f.write_all(&line)
+}
+
+/// Cuts a torn tail off `path` (at `valid`, from [`read_lines`]), and ends a last line
+/// that lacks its newline, so that the next line appended starts on a line of its own.
+fn repair_tail(path: &Path, valid: Option<u64>) -> std::io::Result<()> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if let Some(valid) = valid {
+        f.set_len(valid)?;
+    }
+    let len = f.metadata()?.len();
+    if len > 0 {
+        f.seek(SeekFrom::Start(len - 1))?;
+        let mut last = [0u8; 1];
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.seek(SeekFrom::End(0))?;
+            f.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 /// The JSON lines of `path` (none when it does not exist); an unreadable line is skipped
@@ -300,9 +356,6 @@ fn read_lines(path: &Path) -> Result<(Vec<Value>, Option<u64>), ProfileError> {
 
 /// Replaces `path` with `rows` (a temporary file renamed over it).
 fn rewrite(path: &Path, rows: &[Value]) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".rewrite");
     let tmp = path.with_file_name(tmp_name);
@@ -361,8 +414,17 @@ mod tests {
         assert!(e.to_string().contains("--resume"), "{e}");
     }
 
+    fn ids(path: &Path) -> Vec<String> {
+        routewise_data::jsonl::load(path)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     #[test]
-    fn resume_reads_back_pairs_cuts_a_torn_tail_and_reopens_incomplete_lines() {
+    fn resume_reads_back_pairs_cuts_a_torn_tail_and_completes_short_lines_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.jsonl");
         let mut out = Output::open(&path, false, &models()).unwrap();
@@ -381,26 +443,60 @@ mod tests {
         let out = Output::open(&path, true, &models()).unwrap();
         assert!(out.is_finished("p1") && out.has("p1", "b"));
         assert!(out.has("p2", "a") && !out.has("p2", "b"));
-        // p3's line lacked b: reopened, its `a` kept, its line gone from the output.
+        // p3's line lacks b: its `a` counts, b is to run, the line stays meanwhile.
         assert!(!out.is_finished("p3") && out.has("p3", "a") && !out.has("p3", "b"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(ids(&path), vec!["p1", "p3"]);
         let journal = std::fs::read_to_string(journal_path(&path)).unwrap();
         assert!(journal.lines().all(|l| l.ends_with('}')), "{journal}");
-        let mut ids: Vec<&str> = out.journaled_ids().collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec!["p2", "p3"]);
-        drop(out);
+        assert_eq!(out.journaled_ids().collect::<Vec<_>>(), vec!["p2"]);
+        // A resumed run that stops before finishing p3 leaves the output as it was.
+        out.close().unwrap();
+        assert_eq!(ids(&path), vec!["p1", "p3"]);
 
-        // Resuming twice changes nothing more; finishing p3 writes it once, complete.
+        // Finishing p3 writes it complete, in place, once.
         let mut out = Output::open(&path, true, &models()).unwrap();
         out.record(&probe("p3"), "b", outcome(1.0)).unwrap();
         out.finish(&probe("p3")).unwrap();
-        drop(out);
+        out.record(&probe("p2"), "b", outcome(1.0)).unwrap();
+        out.finish(&probe("p2")).unwrap();
+        assert_eq!(out.lines_written, 2);
+        out.close().unwrap();
         let ds = routewise_data::jsonl::load(&path).unwrap();
-        let ids: Vec<&str> = ds.records.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, vec!["p1", "p3"]);
-        assert!(ds.records[1].outcomes.iter().all(Option::is_some));
+        let got: Vec<&str> = ds.records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(got, vec!["p1", "p3", "p2"]);
+        assert!(ds
+            .records
+            .iter()
+            .all(|r| r.outcomes.iter().all(Option::is_some)));
+        assert!(!journal_path(&path).exists(), "nothing pending");
+    }
+
+    /// Regression (review of the profile change): a journal whose last line was whole
+    /// but lacked its newline (a write cut short by a full disk) got the next entry glued
+    /// to it, and every later resume failed on that line.
+    #[test]
+    fn regression_a_last_line_without_its_newline_is_ended_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.jsonl");
+        let entry = journal_entry("p1", "a", &outcome(1.0));
+        std::fs::write(journal_path(&path), entry.to_string()).unwrap();
+        let mut out = Output::open(&path, true, &models()).unwrap();
+        assert!(out.has("p1", "a"));
+        out.record(&probe("p1"), "b", outcome(0.0)).unwrap();
+        drop(out);
+        let out = Output::open(&path, true, &models()).unwrap();
+        assert!(out.has("p1", "a") && out.has("p1", "b"));
+    }
+
+    #[test]
+    fn a_journal_alone_also_needs_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.jsonl");
+        std::fs::write(journal_path(&path), "{}\n").unwrap();
+        let e = Output::open(&path, false, &models())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("journal") && e.contains("--resume"), "{e}");
     }
 
     #[test]

@@ -6,23 +6,29 @@
 //! model) and written as canonical routing JSONL ([`files`]).
 //!
 //! * **Concurrency:** at most `concurrency` calls in flight per model (a semaphore per
-//!   model), and at most `concurrency` x models pairs started but not settled, so memory
-//!   holds a window of probes, not the probe set.
+//!   model; the judge's calls take the judge's), and at most `concurrency` x models pairs
+//!   started but not settled, so memory holds a window of probes, not the probe set.
 //! * **Retries:** a 429, 5xx, timeout, connection error or broken body is retried up to
 //!   `retries` times, after the upstream's `retry-after` (capped at a minute) or an
-//!   exponential backoff with jitter (250 ms doubling, capped at 8 s). A 401/403/404, or
-//!   another 4xx, is not retried.
+//!   exponential backoff with jitter (250 ms doubling, capped at 8 s). A 401/403/404,
+//!   another 4xx, or a 2xx without text (a refusal, a filtered answer) is not retried.
 //! * **Spend:** with `max_usd`, each call (judge calls included) reserves its worst case
 //!   before it is sent (`budget::worst_case`: as many input tokens as the body has bytes,
 //!   `max_tokens` output tokens, at the model's prices) and settles at its usage after
 //!   (`budget::charge`); a call whose reservation does not fit waits for the calls in
 //!   flight to settle, and when it does not fit with none in flight it is not sent and
-//!   the run stops starting pairs. So the run's spend stays under the cap as long as upstreams
-//!   honour `max_tokens`. The cap is per run: a resumed run counts afresh.
+//!   the run stops starting pairs. So the run's spend stays under the cap as long as
+//!   upstreams honour `max_tokens`. The cap is per run: a resumed run counts afresh. A
+//!   reservation is settled exactly once, at the reserved amount when its call never
+//!   finished (a task aborted or panicking). A pair stopped by the budget at its judge
+//!   call is not journaled (it has no score): a resumed run asks its model again.
 //! * **Failures:** a pair whose calls all fail is left out of its probe's line, never
 //!   scored 0; a model failing `give_up_after` pairs in a row is left out of the rest of
-//!   the run, and the report lists every model's errors by kind. A judge reply without a
-//!   rating is asked again (twice), then the pair is counted as missing.
+//!   the run, and the report lists every model's errors by kind (retries included). A
+//!   judge reply without a rating is asked again (twice), then the pair is counted as
+//!   missing; a judge whose calls fail `give_up_after` times in a row is left out, and the
+//!   probes without a reference are not sent to the models any more (their answers could
+//!   not be graded). A pair whose task panics counts as failed.
 //! * **Interruption:** the `interrupt` future (Ctrl-C in the CLI) stops the run at once;
 //!   graded pairs are already journaled, so `--resume` loses nothing but the calls that
 //!   were in flight.
@@ -31,12 +37,14 @@ pub mod files;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use rand::Rng;
 use routewise_data::probes::{Probe, ProbeSource};
 use routewise_data::{estimate_tokens, DataError};
@@ -69,7 +77,10 @@ pub enum ProfileError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} already exists: pass --resume to continue that run, or choose another --out")]
+    #[error(
+        "{0} (or its journal, with `.partial` added) already exists: pass --resume to continue \
+         that run, or choose another --out"
+    )]
     Exists(PathBuf),
     #[error("{path}:{line}: cannot resume from this line: {message}")]
     Resume {
@@ -87,6 +98,9 @@ pub struct Pool {
     timeout: Duration,
     /// Names in the config's order.
     names: Vec<String>,
+    /// Models with no price (config index, name): profiling or judging with one is refused.
+    unpriced: Vec<(usize, String)>,
+    source: String,
 }
 
 impl std::fmt::Debug for Pool {
@@ -97,14 +111,14 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// Builds the models of `config`. A model's price is its configured `price`, else
-    /// the one its router (the artifact, or the demo router) knows; a model with
-    /// neither is an error (its answers could not be costed).
+    /// the one its router (the artifact, or the demo router) knows; a model with neither
+    /// cannot be profiled or judge ([`Pool::check_prices`]: its calls could not be costed).
     pub fn build(config: Config) -> Result<Pool, ProfileError> {
         let text = config.source.clone();
         let prepared = load::prepare(load::versioned(config, text.as_bytes()))?;
         let config = prepared.config;
         let known = &prepared.engine.catalog.models;
-        let mut issues = Vec::new();
+        let mut unpriced = Vec::new();
         let mut models = Vec::with_capacity(config.models.len());
         for (i, m) in config.models.iter().enumerate() {
             let from_router = known.iter().find(|k| k.name == m.name);
@@ -112,17 +126,10 @@ impl Pool {
                 .price
                 .map(|p| (p.input_per_mtok, p.output_per_mtok))
                 .or_else(|| from_router.map(|k| (k.input_per_mtok, k.output_per_mtok)));
-            let Some((input, output)) = price else {
-                issues.push(Issue {
-                    path: format!("models[{i}].price"),
-                    message: format!(
-                        "`{}` has no price (and its router does not know it): profile \
-                         needs one to cost its answers",
-                        m.name
-                    ),
-                });
-                continue;
-            };
+            let (input, output) = price.unwrap_or_else(|| {
+                unpriced.push((i, m.name.clone()));
+                (0.0, 0.0)
+            });
             models.push(ModelInfo {
                 name: m.name.clone(),
                 input_per_mtok: input,
@@ -136,9 +143,6 @@ impl Pool {
                 issues,
             }))
         };
-        if !issues.is_empty() {
-            return Err(config_error(issues));
-        }
         let n = models.len();
         let reconciled = Reconciled {
             catalog: Catalog { models },
@@ -153,7 +157,32 @@ impl Pool {
             table,
             timeout: Duration::from_millis(config.limits.request_timeout_ms),
             names,
+            unpriced,
+            source: config.source.clone(),
         })
+    }
+
+    /// Refuses `models` when one has no price (naming `models[i].price`).
+    pub fn check_prices(&self, models: &[ModelId]) -> Result<(), ProfileError> {
+        let issues: Vec<Issue> = self
+            .unpriced
+            .iter()
+            .filter(|(_, name)| models.iter().any(|&m| self.name(m) == name))
+            .map(|(i, name)| Issue {
+                path: format!("models[{i}].price"),
+                message: format!(
+                    "`{name}` has no price (and its router does not know it): profile \
+                     needs one to cost its answers"
+                ),
+            })
+            .collect();
+        if issues.is_empty() {
+            return Ok(());
+        }
+        Err(ProfileError::Load(LoadError::Config(ConfigError {
+            file: self.source.clone(),
+            issues,
+        })))
     }
 
     /// Model names, in the config's order.
@@ -220,7 +249,8 @@ impl Options {
 /// Where a run stands (for a progress bar).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {
-    /// Pairs settled this run (answered, failed, missing or skipped).
+    /// Pairs settled this run (answered, failed, missing, or skipped: a model or the
+    /// judge left out).
     pub settled: u64,
     /// Pairs this run has to settle.
     pub total: u64,
@@ -278,14 +308,20 @@ pub struct Report {
     pub judge_parse_failures: u64,
     /// Set when the run stopped early.
     pub stopped: Option<Stop>,
-    /// Pairs this run did not settle (budget, interruption, models left out).
+    /// Pairs this run did not settle (a budget stop, an interruption).
     pub unsettled: u64,
+    /// The judge's account (its calls' errors, whether it was left out), when one grades.
+    pub judge: Option<ModelReport>,
 }
 
 impl Report {
     /// Whether every pair of the run has an outcome.
     pub fn complete(&self) -> bool {
-        self.unsettled == 0 && self.models.iter().all(|m| m.failed + m.judge_missing == 0)
+        self.unsettled == 0
+            && self
+                .models
+                .iter()
+                .all(|m| m.failed + m.judge_missing + m.skipped == 0)
     }
 }
 
@@ -293,7 +329,10 @@ impl Report {
 #[derive(Debug, Default)]
 struct Spend {
     spent: f64,
+    /// What the reservations held add up to (0 whenever `held` is).
     reserved: f64,
+    /// Reservations held (counted: a float sum need not come back to exactly 0).
+    held: usize,
     judge: f64,
     /// Set once a reservation did not fit.
     exhausted: bool,
@@ -310,6 +349,8 @@ struct Ctx {
     /// Failed calls by model and kind.
     errors: Mutex<Vec<BTreeMap<String, u64>>>,
     judge_parse_failures: Mutex<u64>,
+    /// The judge's failed calls in a row, and whether it was left out.
+    judge_streak: Mutex<(u32, bool)>,
 }
 
 /// How a pair ended.
@@ -373,6 +414,7 @@ pub async fn run(
         settled: tokio::sync::Notify::new(),
         errors: Mutex::new(vec![BTreeMap::new(); n_models]),
         judge_parse_failures: Mutex::new(0),
+        judge_streak: Mutex::new((0, false)),
     });
     let mut reports: Vec<ModelReport> = names
         .iter()
@@ -456,6 +498,7 @@ pub async fn run(
             }
             if reports[k].left_out.is_some() {
                 reports[k].skipped += 1;
+                state.settled += 1;
                 continue;
             }
             // Room in the window (and a look at the budget) before starting a pair.
@@ -486,7 +529,11 @@ pub async fn run(
             *waiting.entry(probe.id.clone()).or_default() += 1;
             let (ctx, probe) = (Arc::clone(&ctx), Arc::clone(&probe));
             tasks.spawn(async move {
-                let end = profile_pair(&ctx, &probe, m).await;
+                // A panic fails the pair (and its reservation settles on unwind).
+                let end = AssertUnwindSafe(profile_pair(&ctx, &probe, m))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or(PairEnd::Failed);
                 Settled {
                     probe,
                     model: m,
@@ -532,6 +579,18 @@ pub async fn run(
     for (k, r) in reports.iter_mut().enumerate() {
         r.errors = errors[opts.models[k].index()].clone();
     }
+    let judge = opts.judge.map(|j| {
+        let (streak, out) = *ctx
+            .judge_streak
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ModelReport {
+            name: pool.name(j).to_string(),
+            errors: errors[j.index()].clone(),
+            left_out: out.then(|| format!("{streak} failed calls in a row")),
+            ..ModelReport::default()
+        }
+    });
     let unsettled = state.total.saturating_sub(state.settled);
     let judge_parse_failures = *ctx
         .judge_parse_failures
@@ -546,6 +605,7 @@ pub async fn run(
         judge_parse_failures,
         stopped,
         unsettled,
+        judge,
     })
 }
 
@@ -562,7 +622,11 @@ fn snapshot(ctx: &Ctx, state: &Progress) -> Progress {
 
 /// One probe on one model: the answer, graded.
 async fn profile_pair(ctx: &Ctx, probe: &Probe, model: ModelId) -> PairEnd {
-    let Ok(_permit) = ctx.permits[model.index()].acquire().await else {
+    // An answer nobody can grade is not asked for.
+    if probe.reference.is_none() && judge_left_out(ctx) {
+        return PairEnd::JudgeMissing;
+    }
+    let Ok(permit) = ctx.permits[model.index()].acquire().await else {
         return PairEnd::Failed;
     };
     let mut messages = Vec::with_capacity(2);
@@ -574,6 +638,7 @@ async fn profile_pair(ctx: &Ctx, probe: &Probe, model: ModelId) -> PairEnd {
         Ok(a) => a,
         Err(end) => return end,
     };
+    drop(permit);
     let (input_tokens, output_tokens) = answer.usage.unwrap_or_else(|| {
         (
             u64::from(estimate_tokens(&probe.prompt)),
@@ -596,13 +661,21 @@ async fn profile_pair(ctx: &Ctx, probe: &Probe, model: ModelId) -> PairEnd {
             let Some(judge) = ctx.opts.judge else {
                 return PairEnd::JudgeMissing;
             };
+            let Ok(_judge_permit) = ctx.permits[judge.index()].acquire().await else {
+                return PairEnd::JudgeMissing;
+            };
             let mut rating = None;
             for _ in 0..3 {
+                if judge_left_out(ctx) {
+                    break;
+                }
                 let messages = vec![
                     json!({"role": "system", "content": grade::JUDGE_RUBRIC}),
                     json!({"role": "user", "content": grade::judge_prompt(&probe.prompt, &answer.text)}),
                 ];
-                match call(ctx, judge, messages, true).await {
+                let verdict = call(ctx, judge, messages, true).await;
+                judge_outcome(ctx, verdict.is_ok());
+                match verdict {
                     Ok(verdict) => {
                         rating = grade::parse_rating(&verdict.text);
                         if rating.is_some() {
@@ -629,6 +702,26 @@ async fn profile_pair(ctx: &Ctx, probe: &Probe, model: ModelId) -> PairEnd {
         outcome,
         cost,
         estimated_usage: answer.usage.is_none(),
+    }
+}
+
+/// Whether the judge was left out (too many failed calls in a row).
+fn judge_left_out(ctx: &Ctx) -> bool {
+    ctx.judge_streak
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .1
+}
+
+/// Counts a judge call's outcome toward leaving the judge out.
+fn judge_outcome(ctx: &Ctx, ok: bool) {
+    let mut s = ctx
+        .judge_streak
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    s.0 = if ok { 0 } else { s.0 + 1 };
+    if s.0 >= ctx.opts.give_up_after {
+        s.1 = true;
     }
 }
 
@@ -665,9 +758,9 @@ async fn call(
     };
     for attempt in 0..=ctx.opts.retries {
         let reserved = budget::worst_case(&request, ctx.opts.max_tokens, |i, o| up.cost(i, o));
-        if !reserve(ctx, reserved).await {
+        let Some(reservation) = Reservation::take(ctx, reserved, judge).await else {
             return Err(PairEnd::OverBudget);
-        }
+        };
         // Several deployments take turns.
         let dep = &up.deployments[attempt as usize % up.deployments.len()];
         let id = format!("profile-{}", rand::thread_rng().gen::<u64>());
@@ -690,15 +783,20 @@ async fn call(
             Ok(Answer::Full { body, .. }) => crate::pipeline::stream::parse_usage(body),
             _ => None,
         };
-        let charged = budget::charge(&result, usage.map(|(p, c)| up.cost(p, c)), reserved);
-        settle(ctx, reserved, charged, judge);
+        reservation.settle(budget::charge(
+            &result,
+            usage.map(|(p, c)| up.cost(p, c)),
+            reserved,
+        ));
         let retry = match result {
             Ok(Answer::Full { status, body, .. }) if status.is_success() => {
+                // No text (a refusal, a filtered or a tool-call answer): asking again at
+                // temperature 0 would pay for the same.
                 match crate::pipeline::cascade::content(&body) {
                     Some(text) => return Ok(Answered { text, usage }),
                     None => {
-                        count("body".into());
-                        true
+                        count("no_content".into());
+                        false
                     }
                 }
             }
@@ -744,42 +842,82 @@ fn retry_after(info: &AttemptInfo) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-/// Reserves `amount` under `max_usd`. When it does not fit while other calls hold
-/// reservations, waits for them to settle (they usually cost far less than reserved);
-/// false (and the budget marked exhausted) when it does not fit with none held.
-async fn reserve(ctx: &Ctx, amount: f64) -> bool {
-    loop {
-        // Created before the check: a settlement in between still wakes it.
-        let settled = ctx.settled.notified();
-        {
-            let mut s = ctx.spend.lock().unwrap_or_else(PoisonError::into_inner);
-            let fits = ctx
-                .opts
-                .max_usd
-                .is_none_or(|cap| s.spent + s.reserved + amount <= cap);
-            if fits && !s.exhausted {
-                s.reserved += amount;
-                return true;
+/// A reservation under `max_usd`, settled exactly once: by [`Reservation::settle`], or at
+/// the reserved amount when dropped unsettled (its call aborted or panicked), so that
+/// no reservation is ever held forever.
+struct Reservation<'a> {
+    ctx: &'a Ctx,
+    amount: f64,
+    judge: bool,
+    settled: bool,
+}
+
+impl<'a> Reservation<'a> {
+    /// Reserves `amount`. When it does not fit while other calls hold reservations,
+    /// waits for them to settle (they usually cost far less than reserved); `None` (and
+    /// the budget marked exhausted) when it does not fit with none held.
+    async fn take(ctx: &'a Ctx, amount: f64, judge: bool) -> Option<Reservation<'a>> {
+        loop {
+            // Created before the check: a settlement in between still wakes it.
+            let settled = ctx.settled.notified();
+            {
+                let mut s = ctx.spend.lock().unwrap_or_else(PoisonError::into_inner);
+                let fits = ctx
+                    .opts
+                    .max_usd
+                    .is_none_or(|cap| s.spent + s.reserved + amount <= cap);
+                if fits && !s.exhausted {
+                    s.reserved += amount;
+                    s.held += 1;
+                    return Some(Reservation {
+                        ctx,
+                        amount,
+                        judge,
+                        settled: false,
+                    });
+                }
+                if s.exhausted || s.held == 0 {
+                    s.exhausted = true;
+                    return None;
+                }
             }
-            if s.exhausted || s.reserved <= 0.0 {
-                s.exhausted = true;
-                return false;
-            }
+            settled.await;
         }
-        settled.await;
+    }
+
+    /// Settles at what the call cost.
+    fn settle(mut self, charged: f64) {
+        self.settled = true;
+        self.release(charged);
+    }
+
+    fn release(&self, charged: f64) {
+        let mut s = self
+            .ctx
+            .spend
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.held = s.held.saturating_sub(1);
+        s.reserved = if s.held == 0 {
+            0.0
+        } else {
+            (s.reserved - self.amount).max(0.0)
+        };
+        s.spent += charged;
+        if self.judge {
+            s.judge += charged;
+        }
+        drop(s);
+        self.ctx.settled.notify_waiters();
     }
 }
 
-/// Settles a reservation at what the call cost.
-fn settle(ctx: &Ctx, reserved: f64, charged: f64, judge: bool) {
-    let mut s = ctx.spend.lock().unwrap_or_else(PoisonError::into_inner);
-    s.reserved = (s.reserved - reserved).max(0.0);
-    s.spent += charged;
-    if judge {
-        s.judge += charged;
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.release(self.amount);
+        }
     }
-    drop(s);
-    ctx.settled.notify_waiters();
 }
 
 #[cfg(test)]

@@ -146,7 +146,13 @@ fn is_invalid_input(err: &anyhow::Error) -> bool {
             || e.is::<routewise_router::RouterError>()
             || matches!(
                 e.downcast_ref::<routewise_gateway::profile::ProfileError>(),
-                Some(p) if !matches!(p, routewise_gateway::profile::ProfileError::Io { .. })
+                Some(p) if !matches!(
+                    p,
+                    routewise_gateway::profile::ProfileError::Io { .. }
+                        | routewise_gateway::profile::ProfileError::Probes(
+                            routewise_data::DataError::Io { .. }
+                        )
+                )
             )
             || matches!(
                 e.downcast_ref::<routewise_eval::EvalError>(),

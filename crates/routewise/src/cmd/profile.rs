@@ -107,6 +107,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .collect::<Result<_, _>>()?,
         );
         opts.judge = args.judge.as_deref().map(|j| pool.model(j)).transpose()?;
+        pool.check_prices(&opts.models)?;
+        if let Some(j) = opts.judge {
+            pool.check_prices(&[j])?;
+        }
         if summary.without_reference > 0 && opts.judge.is_none() {
             anyhow::bail!(ProfileError::Usage(format!(
                 "{} of the {} probes have no reference: pass --judge MODEL to grade them",
@@ -190,6 +194,18 @@ fn print_summary(args: &Args, probes: usize, r: &Report) -> anyhow::Result<()> {
             line += &format!("; LEFT OUT after {why} ({} probes skipped)", m.skipped);
         }
         writeln!(e, "{line}")?;
+    }
+    if let Some(j) = &r.judge {
+        if !j.errors.is_empty() || j.left_out.is_some() {
+            let errors: Vec<String> = j.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let mut line = format!("  judge {}: errors: {}", j.name, errors.join(", "));
+            if let Some(why) = &j.left_out {
+                line += &format!(
+                    "; LEFT OUT after {why} (probes without a reference were not sent on)"
+                );
+            }
+            writeln!(e, "{line}")?;
+        }
     }
     if r.judge_parse_failures > 0 {
         writeln!(
