@@ -29,6 +29,21 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
+/// `profile --config CFG --probe PROBES --out OUT`, then `extra`.
+fn profile_args(cfg: &Path, probes: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = args(&[
+        "profile",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--probe",
+        probes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    v.extend(args(extra));
+    v
+}
+
 /// The complete JSON lines of `path` (a line being appended is not one yet).
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -157,19 +172,12 @@ async fn openai_and_anthropic_upstreams_graded_by_reference_and_by_a_judge() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &probes(6, 2));
     let out = dir.path().join("pool.jsonl");
-    let o = routewise(args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa,an",
-        "--judge",
-        "judge",
-        "--out",
-        out.to_str().unwrap(),
-    ]))
+    let o = routewise(profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &["--models", "oa,an", "--judge", "judge"],
+    ))
     .await;
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
@@ -241,19 +249,12 @@ async fn openai_and_anthropic_upstreams_graded_by_reference_and_by_a_judge() {
     // A judge that never rates: its pairs are missing (retried twice), never scored 0.
     mock.set_model_answer("judge-up", Some("Hard to say."));
     let out2 = dir.path().join("pool2.jsonl");
-    let o = routewise(args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa",
-        "--judge",
-        "judge",
-        "--out",
-        out2.to_str().unwrap(),
-    ]))
+    let o = routewise(profile_args(
+        &cfg,
+        &probe_file,
+        &out2,
+        &["--models", "oa", "--judge", "judge"],
+    ))
     .await;
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{stderr}");
@@ -285,19 +286,12 @@ async fn regression_a_probe_is_written_once_when_one_model_is_much_slower() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &probes(12, 0));
     let out = dir.path().join("pool.jsonl");
-    let o = routewise(args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa,an",
-        "--concurrency",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]))
+    let o = routewise(profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &["--models", "oa,an", "--concurrency", "1"],
+    ))
     .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows = lines(&out);
@@ -325,19 +319,12 @@ async fn a_killed_run_resumes_with_nothing_lost_or_duplicated() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &probes(40, 0));
     let out = dir.path().join("pool.jsonl");
-    let run_args = args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa,an",
-        "--concurrency",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run_args = profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &["--models", "oa,an", "--concurrency", "2"],
+    );
     let mut child = Command::new(bin())
         .args(&run_args)
         .stderr(Stdio::null())
@@ -419,21 +406,19 @@ async fn max_usd_is_never_exceeded_and_a_resume_finishes_the_run() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &many);
     let out = dir.path().join("pool.jsonl");
-    let base = args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "dear,dear2",
-        "--max-tokens",
-        "100",
-        "--concurrency",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let base = profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &[
+            "--models",
+            "dear,dear2",
+            "--max-tokens",
+            "100",
+            "--concurrency",
+            "4",
+        ],
+    );
     for cap in ["0.1", "0.137"] {
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(dir.path().join("pool.jsonl.partial"));
@@ -508,19 +493,12 @@ async fn a_resume_adding_a_model_never_shrinks_the_output() {
     write_probes(&probe_file, &probes(20, 0));
     let out = dir.path().join("pool.jsonl");
     let run = |models: &str, extra: &[&str]| {
-        let mut v = args(&[
-            "profile",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--probe",
-            probe_file.to_str().unwrap(),
-            "--models",
-            models,
-            "--concurrency",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let mut v = profile_args(
+            &cfg,
+            &probe_file,
+            &out,
+            &["--models", models, "--concurrency", "1"],
+        );
         v.extend(args(extra));
         v
     };
@@ -567,23 +545,21 @@ async fn a_dead_upstream_is_left_out_and_reported_with_its_errors() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &probes(20, 0));
     let out = dir.path().join("pool.jsonl");
-    let o = routewise(args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa,an",
-        "--concurrency",
-        "1",
-        "--retries",
-        "1",
-        "--give-up-after",
-        "3",
-        "--out",
-        out.to_str().unwrap(),
-    ]))
+    let o = routewise(profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &[
+            "--models",
+            "oa,an",
+            "--concurrency",
+            "1",
+            "--retries",
+            "1",
+            "--give-up-after",
+            "3",
+        ],
+    ))
     .await;
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{stderr}");
@@ -662,16 +638,7 @@ async fn bad_input_is_refused_clearly() {
     )
     .unwrap();
     let noprice = dir.path().join("noprice.yaml");
-    let o = routewise(args(&[
-        "profile",
-        "--config",
-        noprice.to_str().unwrap(),
-        "--probe",
-        good.to_str().unwrap(),
-        "--out",
-        out,
-    ]))
-    .await;
+    let o = routewise(profile_args(&noprice, &good, Path::new(out), &[])).await;
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("models[0].price"), "{stderr}");
@@ -785,19 +752,12 @@ async fn ctrl_c_stops_the_run_and_resume_finishes_it() {
     let probe_file = dir.path().join("p.jsonl");
     write_probes(&probe_file, &probes(30, 0));
     let out = dir.path().join("pool.jsonl");
-    let run_args = args(&[
-        "profile",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--probe",
-        probe_file.to_str().unwrap(),
-        "--models",
-        "oa",
-        "--concurrency",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run_args = profile_args(
+        &cfg,
+        &probe_file,
+        &out,
+        &["--models", "oa", "--concurrency", "2"],
+    );
     let child = Command::new(bin())
         .args(&run_args)
         .stderr(Stdio::piped())
@@ -847,25 +807,23 @@ async fn a_failing_judge_is_left_out_and_the_open_probes_are_not_sent_on() {
     let out = dir.path().join("pool.jsonl");
     let o = routewise_within(
         60,
-        args(&[
-            "profile",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--probe",
-            probe_file.to_str().unwrap(),
-            "--models",
-            "oa",
-            "--judge",
-            "judge",
-            "--concurrency",
-            "1",
-            "--retries",
-            "0",
-            "--give-up-after",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
-        ]),
+        profile_args(
+            &cfg,
+            &probe_file,
+            &out,
+            &[
+                "--models",
+                "oa",
+                "--judge",
+                "judge",
+                "--concurrency",
+                "1",
+                "--retries",
+                "0",
+                "--give-up-after",
+                "2",
+            ],
+        ),
     )
     .await;
     let stderr = String::from_utf8_lossy(&o.stderr);
