@@ -509,4 +509,95 @@ mod tests {
             .to_string();
         assert!(e.contains("pool.jsonl:1"), "{e}");
     }
+
+    /// One step of a run as the runner drives the files.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A pair graded (probe, model).
+        Record(usize, usize),
+        /// Every pair of the probe settled (some may have failed).
+        Finish(usize),
+        /// The process killed (optionally mid-write: a torn tail on the journal or the
+        /// output), then a `--resume` run opened.
+        Crash { torn_journal: bool, torn_out: bool },
+        /// The run ends normally, then a `--resume` run opened.
+        Close,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..5usize, 0..2usize).prop_map(|(p, m)| Op::Record(p, m)),
+            2 => (0..5usize).prop_map(Op::Finish),
+            1 => (any::<bool>(), any::<bool>())
+                .prop_map(|(torn_journal, torn_out)| Op::Crash { torn_journal, torn_out }),
+            1 => Just(Op::Close),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of graded pairs, finished probes, kills (torn writes
+        /// included) and resumes: no graded pair is lost, no id is written twice, the
+        /// output always loads, and a resume never leaves fewer lines than it found.
+        #[test]
+        fn runs_killed_and_resumed_lose_nothing_and_write_each_probe_once(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("pool.jsonl");
+            let names = models();
+            let mut out = Output::open(&path, false, &names).unwrap();
+            let mut graded: HashSet<(usize, usize)> = HashSet::new();
+            // Probes finished in this run (the runner sends them nothing more).
+            let mut done_here: HashSet<usize> = HashSet::new();
+            let mut lines_before = 0usize;
+            for op in ops {
+                match op {
+                    Op::Record(p, m) => {
+                        let id = format!("p{p}");
+                        if done_here.contains(&p) || out.has(&id, &names[m]) {
+                            continue; // the runner never asks twice
+                        }
+                        out.record(&probe(&id), &names[m], outcome(1.0)).unwrap();
+                        graded.insert((p, m));
+                    }
+                    Op::Finish(p) => {
+                        let id = format!("p{p}");
+                        if done_here.insert(p) {
+                            out.finish(&probe(&id)).unwrap();
+                        }
+                    }
+                    Op::Crash { .. } | Op::Close => {
+                        if matches!(op, Op::Close) {
+                            out.close().unwrap();
+                        } else {
+                            drop(out);
+                        }
+                        if let Op::Crash { torn_journal, torn_out } = op {
+                            for (torn, file) in [(torn_journal, journal_path(&path)), (torn_out, path.clone())] {
+                                if torn {
+                                    let mut f = append(&file).unwrap();
+                                    f.write_all(b"{\"id\":\"p9\",\"mo").unwrap();
+                                }
+                            }
+                        }
+                        out = Output::open(&path, true, &names).unwrap();
+                        done_here.clear();
+                        let ids = if path.exists() && std::fs::metadata(&path).unwrap().len() > 0 {
+                            ids(&path)
+                        } else {
+                            Vec::new()
+                        };
+                        let unique: HashSet<&String> = ids.iter().collect();
+                        proptest::prop_assert_eq!(unique.len(), ids.len(), "an id twice");
+                        proptest::prop_assert!(ids.len() >= lines_before, "the output shrank");
+                        lines_before = ids.len();
+                        for &(p, m) in &graded {
+                            proptest::prop_assert!(out.has(&format!("p{p}"), &names[m]), "lost p{} {}", p, names[m]);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
