@@ -767,8 +767,9 @@ async fn ctrl_c_stops_the_run_and_resume_finishes_it() {
     while lines(&out).len() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    // The shell's own `kill` (a fresh machine need not have /bin/kill).
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id())])
         .status()
         .unwrap();
     assert!(sent.success());

@@ -65,10 +65,6 @@ impl Output {
     /// (module docs).
     pub fn open(path: &Path, resume: bool, models: &[String]) -> Result<Output, ProfileError> {
         let journal_path = journal_path(path);
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| ProfileError::Io { path: p, source }
-        };
         let exists = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
         if !resume && (exists(path) || exists(&journal_path)) {
             return Err(ProfileError::Exists(path.to_path_buf()));
@@ -152,10 +148,7 @@ impl Output {
             &mut self.journal,
             &journal_entry(&probe.id, model, &outcome),
         )
-        .map_err(|source| ProfileError::Io {
-            path: self.journal_path.clone(),
-            source,
-        })?;
+        .map_err(io(&self.journal_path))?;
         self.journaled
             .entry(probe.id.clone())
             .or_default()
@@ -179,10 +172,7 @@ impl Output {
         if replaces {
             self.replacements.insert(probe.id.clone(), row);
         } else {
-            write_line(&mut self.out, &row).map_err(|source| ProfileError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            write_line(&mut self.out, &row).map_err(io(&self.path))?;
         }
         self.finished.insert(probe.id.clone(), names);
         self.lines_written += 1;
@@ -192,10 +182,6 @@ impl Output {
     /// Ends the run: completed lines replace the short ones they complete, then the
     /// journal is removed when nothing is pending in it.
     pub fn close(self) -> Result<(), ProfileError> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| ProfileError::Io { path: p, source }
-        };
         if !self.replacements.is_empty() {
             let (rows, _) = read_lines(&self.path)?;
             let rows: Vec<Value> = rows
@@ -211,26 +197,31 @@ impl Output {
             drop(self.out);
             rewrite(&self.path, &rows).map_err(io(&self.path))?;
         }
-        if self.journaled.values().all(BTreeMap::is_empty) {
+        // (An entry is removed whole when its line is written: none is ever empty.)
+        if self.journaled.is_empty() {
             drop(self.journal);
             match std::fs::remove_file(&self.journal_path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(ProfileError::Io {
-                        path: self.journal_path,
-                        source,
-                    })
-                }
+                Err(source) => return Err(io(&self.journal_path)(source)),
             }
         }
         Ok(())
     }
+}
 
+#[cfg(test)]
+impl Output {
     /// Probes with journaled outcomes but no line written yet.
-    pub fn journaled_ids(&self) -> impl Iterator<Item = &str> {
+    fn journaled_ids(&self) -> impl Iterator<Item = &str> {
         self.journaled.keys().map(String::as_str)
     }
+}
+
+/// The error of an I/O failure on `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError {
+    let path = path.to_path_buf();
+    move |source| ProfileError::Io { path, source }
 }
 
 /// A probe's output line.
@@ -310,12 +301,7 @@ fn read_lines(path: &Path) -> Result<(Vec<Value>, Option<u64>), ProfileError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
-        Err(source) => {
-            return Err(ProfileError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(io(path)(source)),
     };
     let mut rows = Vec::new();
     let mut reader = BufReader::new(file);
@@ -324,12 +310,7 @@ fn read_lines(path: &Path) -> Result<(Vec<Value>, Option<u64>), ProfileError> {
     let mut offset = 0u64;
     loop {
         buf.clear();
-        let n = reader
-            .read_line(&mut buf)
-            .map_err(|source| ProfileError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let n = reader.read_line(&mut buf).map_err(io(path))?;
         if n == 0 {
             break;
         }

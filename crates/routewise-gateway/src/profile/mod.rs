@@ -137,12 +137,6 @@ impl Pool {
                 mean_output_tokens: from_router.map_or(256.0, |k| k.mean_output_tokens),
             });
         }
-        let config_error = |issues: Vec<Issue>| {
-            ProfileError::Load(LoadError::Config(ConfigError {
-                file: config.source.clone(),
-                issues,
-            }))
-        };
         let n = models.len();
         let reconciled = Reconciled {
             catalog: Catalog { models },
@@ -151,7 +145,7 @@ impl Pool {
         };
         let client = HttpClient::new(Duration::from_millis(config.limits.connect_timeout_ms));
         let table = ModelTable::build(&config, &reconciled, &client, prepared.replay.map(Arc::new))
-            .map_err(config_error)?;
+            .map_err(|issues| config_error(&config.source, issues))?;
         let names = table.in_config_order().map(|u| u.name.clone()).collect();
         Ok(Pool {
             table,
@@ -179,10 +173,7 @@ impl Pool {
         if issues.is_empty() {
             return Ok(());
         }
-        Err(ProfileError::Load(LoadError::Config(ConfigError {
-            file: self.source.clone(),
-            issues,
-        })))
+        Err(config_error(&self.source, issues))
     }
 
     /// Model names, in the config's order.
@@ -203,6 +194,14 @@ impl Pool {
     fn name(&self, id: ModelId) -> &str {
         &self.table.get(id).name
     }
+}
+
+/// The config (`file`) has these problems.
+fn config_error(file: &str, issues: Vec<Issue>) -> ProfileError {
+    ProfileError::Load(LoadError::Config(ConfigError {
+        file: file.to_string(),
+        issues,
+    }))
 }
 
 /// How a run goes.
