@@ -254,8 +254,8 @@ impl Flow {
 }
 
 /// The scaling starts at `epsilon * 2^HOTTER` and halves the temperature down to
-/// `epsilon`: each hotter kernel is the square root of the next colder one, so only the
-/// coldest costs exponentials.
+/// `epsilon`: each colder kernel is the square of the one before, so only the hottest
+/// costs exponentials.
 const HOTTER: usize = 3;
 
 /// Entropic assignment by capacity-constrained Sinkhorn scaling, then rounding.
@@ -269,6 +269,7 @@ pub struct Sinkhorn {
     /// deployments, with the "left out" column last).
     warm: Vec<f64>,
     kernel: Vec<f64>,
+    transposed: Vec<f64>,
     rows: Vec<f64>,
 }
 
@@ -279,6 +280,7 @@ impl Default for Sinkhorn {
             iterations: 50,
             warm: Vec::new(),
             kernel: Vec::new(),
+            transposed: Vec::new(),
             rows: Vec::new(),
         }
     }
@@ -314,15 +316,25 @@ impl Assigner for Sinkhorn {
         if self.warm.len() != w {
             self.warm = vec![0.0; w];
         }
+        // Padded to whole blocks of `LANES` (zero kernel entries: a padding row has no mass,
+        // a padding column none either), so that the scaling's sums run in registers.
+        let (np, wp) = (n.next_multiple_of(LANES), w.next_multiple_of(LANES));
+        cap.resize(wp, 0.0);
         self.rows.clear();
-        self.rows.resize(n, 0.0);
-        // Kernels K_ij = exp((u_ij - max_j u_ij) / t) in [0, 1], coldest (t = eps) first.
+        self.rows.resize(np, 0.0);
+        // The kernel K_ij = exp((u_ij - max_j u_ij) / t) in [0, 1], row-major (for the
+        // column sums) and transposed (for the row sums), at the hottest temperature first;
+        // halving the temperature squares it.
         let stages = HOTTER + 1;
+        let hottest = eps * f64::from(1u32 << HOTTER);
+        let size = np * wp;
         self.kernel.clear();
-        self.kernel.resize(stages * n * w, 0.0);
-        let (cold, hotter) = self.kernel.split_at_mut(n * w);
+        self.kernel.resize(size, 0.0);
+        self.transposed.clear();
+        self.transposed.resize(size, 0.0);
         // Each row relative to its own best (a row's scale is free: the row update absorbs
         // it), so that no row underflows to all zeros.
+        let scale = 1.0 / hottest;
         for i in 0..n {
             let row = &utility[i * d..(i + 1) * d];
             let top = row
@@ -330,53 +342,45 @@ impl Assigner for Sinkhorn {
                 .copied()
                 .filter(|u| u.is_finite())
                 .fold(left_out, f64::max);
-            let k = &mut cold[i * w..(i + 1) * w];
+            let k = &mut self.kernel[i * wp..i * wp + w];
             for (kj, &u) in k.iter_mut().zip(row) {
                 *kj = if u.is_finite() {
-                    ((u - top) / eps).exp()
+                    (u - top) * scale
                 } else {
-                    0.0
+                    f64::NEG_INFINITY
                 };
             }
-            k[d] = ((left_out - top) / eps).exp();
-        }
-        let mut prev: &[f64] = cold;
-        for chunk in hotter.chunks_exact_mut(n * w) {
-            for (h, &c) in chunk.iter_mut().zip(prev) {
-                *h = c.sqrt();
+            k[d] = (left_out - top) * scale;
+            for kj in k.iter_mut() {
+                *kj = exp_nonpositive(*kj);
             }
-            prev = chunk;
+            for (j, &kij) in k.iter().enumerate() {
+                self.transposed[j * np + i] = kij;
+            }
         }
-        let mut col = vec![0.0; w];
-        let mut b = vec![1.0; w];
+        let mut col = vec![0.0; wp];
+        let mut b = vec![1.0; wp];
         let per_stage = (self.iterations.max(1) / stages).max(1);
         for stage in (0..stages).rev() {
             let t = eps * f64::from(1u32 << stage);
-            let kernel = &self.kernel[stage * n * w..(stage + 1) * n * w];
+            if stage < HOTTER {
+                // (Two loops: a chained iterator does not vectorise.)
+                for k in self.kernel.iter_mut() {
+                    *k *= *k;
+                }
+                for k in self.transposed.iter_mut() {
+                    *k *= *k;
+                }
+            }
+            let (kernel, transposed) = (&self.kernel, &self.transposed);
             for (bj, &g) in b.iter_mut().zip(&self.warm) {
                 *bj = (-g / t).exp();
             }
             for _ in 0..per_stage {
                 // Rows: each request's mass is 1.
-                for (i, ai) in self.rows.iter_mut().enumerate() {
-                    let s: f64 = kernel[i * w..(i + 1) * w]
-                        .iter()
-                        .zip(&b)
-                        .map(|(k, bj)| k * bj)
-                        .sum();
-                    *ai = if s > f64::MIN_POSITIVE && s.is_finite() {
-                        1.0 / s
-                    } else {
-                        0.0
-                    };
-                }
+                row_scaling(transposed, &b, &mut self.rows);
                 // Columns: scaled down only where over capacity.
-                col.iter_mut().for_each(|c| *c = 0.0);
-                for (i, ai) in self.rows.iter().enumerate() {
-                    for (c, k) in col.iter_mut().zip(&kernel[i * w..(i + 1) * w]) {
-                        *c += ai * k;
-                    }
-                }
+                column_sums(kernel, &self.rows, &mut col);
                 for ((bj, &c), &cj) in b.iter_mut().zip(&col).zip(&cap) {
                     *bj = if c > 0.0 && c.is_finite() {
                         (cj / c).min(1.0)
@@ -450,6 +454,92 @@ impl Assigner for Sinkhorn {
     }
 }
 
+/// The block width of the scaling's sums: each block's partial sums stay in registers.
+const LANES: usize = 8;
+
+/// The row update: `rows[i] = 1 / sum_j K_ij b_j` (0 for a row with no mass), from the
+/// transposed kernel (`b.len()` rows of `rows.len()`), `LANES` rows at a time.
+fn row_scaling(transposed: &[f64], b: &[f64], rows: &mut [f64]) {
+    let np = rows.len();
+    for (block, out) in rows.chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [0.0; LANES];
+        for (column, &bj) in transposed.chunks_exact(np).zip(b) {
+            let k = &column[block * LANES..(block + 1) * LANES];
+            for (a, &kij) in acc.iter_mut().zip(k) {
+                *a += kij * bj;
+            }
+        }
+        for (ai, s) in out.iter_mut().zip(acc) {
+            *ai = if s > f64::MIN_POSITIVE && s.is_finite() {
+                1.0 / s
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// The column sums of the plan, `col[j] = sum_i rows[i] K_ij`, from the row-major kernel
+/// (`rows.len()` rows of `col.len()`), `LANES` columns at a time.
+fn column_sums(kernel: &[f64], rows: &[f64], col: &mut [f64]) {
+    let wp = col.len();
+    for (block, out) in col.chunks_exact_mut(LANES).enumerate() {
+        let mut acc = [0.0; LANES];
+        for (row, &ai) in kernel.chunks_exact(wp).zip(rows) {
+            let k = &row[block * LANES..(block + 1) * LANES];
+            for (a, &kij) in acc.iter_mut().zip(k) {
+                *a += ai * kij;
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// `exp(x)` for `x <= 0`, within a few units in the last place, and exactly 0 below -708
+/// (where `exp` leaves the normal range) and for `-inf`. Written so that a row of them
+/// compiles to vector instructions, which `f64::exp` (a library call) does not: `x = n ln 2
+/// + r` with `|r| <= ln 2 / 2`, `e^r` by its Taylor series to the `r^12` term (the rest is
+/// below 1e-14 of it), and `2^n` written into the exponent bits.
+fn exp_nonpositive(x: f64) -> f64 {
+    // Adding 1.5 * 2^52 rounds to the nearest integer, held in the low mantissa bits.
+    const SHIFTER: f64 = 6_755_399_441_055_744.0;
+    // ln 2 in two parts, so that `n * LN2_HI` is exact.
+    const LN2_HI: f64 = 0.693_147_180_369_123_816_49;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // 1 / k! for k = 0..=12.
+    const TAYLOR: [f64; 13] = [
+        1.0,
+        1.0,
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5_040.0,
+        1.0 / 40_320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+    ];
+    let clamped = x.max(-708.0);
+    let t = clamped * std::f64::consts::LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
+    let r = (clamped - n * LN2_HI) - n * LN2_LO;
+    let mut p = TAYLOR[12];
+    for &c in TAYLOR[..12].iter().rev() {
+        p = p * r + c;
+    }
+    // n in [-1022, 0]: the biased exponent n + 1023 is in [1, 1023].
+    let n_bits = t.to_bits().wrapping_sub(SHIFTER.to_bits());
+    let two_n = f64::from_bits(n_bits.wrapping_add(1023) << 52);
+    if x < -708.0 {
+        0.0
+    } else {
+        p * two_n
+    }
+}
+
 /// Moves that raise the total, until none does: a placed request moves to a free slot
 /// worth more to it, a left-out request takes the slot of a column's weakest occupant
 /// when it is worth more there, two placed requests trade slots, and a left-out request
@@ -459,6 +549,12 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
     let mut weakest: Vec<Option<(usize, f64)>> = vec![None; d];
+    // How many times each request has moved, and those counts as of the last scan of
+    // pairs: a pair in which neither has moved since was not worth trading then and is
+    // not now, so a later scan checks only the pairs with a request that moved.
+    let mut moves = vec![0usize; n];
+    let mut scanned: Vec<Option<usize>> = vec![None; n];
+    let mut stale: Vec<usize> = Vec::with_capacity(n);
     for _ in 0..n {
         let mut changed = false;
         // (Skipped when every slot is taken: the common case under load.)
@@ -472,6 +568,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                     left[j] -= 1;
                     left[ji] += 1;
                     *slot = Some(j);
+                    moves[i] += 1;
                     changed = true;
                 }
             }
@@ -491,6 +588,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 if let Some(j) = slot {
                     left[j] -= 1;
                     out[i] = Some(j);
+                    moves[i] += 1;
                     changed = true;
                     continue;
                 }
@@ -513,29 +611,56 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 if let Some((_, j, l)) = best {
                     out[i] = Some(j);
                     out[l] = None;
+                    moves[i] += 1;
+                    moves[l] += 1;
                     changed = true;
                 }
             }
         }
-        // Two placed requests in different columns trade when both together gain.
+        // Two placed requests in different columns trade when both together gain. Only
+        // pairs with a request that moved since the last scan are checked: `stale` lists
+        // those, ascending (more join as they trade).
+        stale.clear();
+        for (i, (seen, &m)) in scanned.iter_mut().zip(&moves).enumerate() {
+            if *seen != Some(m) {
+                stale.push(i);
+            }
+            *seen = Some(m);
+        }
         for a in 0..n {
             let Some(mut ja) = out[a] else { continue };
-            for b in a + 1..n {
-                let Some(jb) = out[b] else { continue };
+            let mut a_moved = stale.binary_search(&a).is_ok();
+            let mut b = a + 1;
+            loop {
+                // Every later request once `a` has moved, else only those that have.
+                let next = if a_moved {
+                    Some(b).filter(|&b| b < n)
+                } else {
+                    stale.get(stale.partition_point(|&x| x < b)).copied()
+                };
+                let Some(nb) = next else { break };
+                b = nb + 1;
+                let Some(jb) = out[nb] else { continue };
                 if ja == jb {
                     continue;
                 }
-                let (x, y) = (u(a, jb), u(b, ja));
-                if x.is_finite() && y.is_finite() && x + y > u(a, ja) + u(b, jb) + 1e-12 {
+                let (x, y) = (u(a, jb), u(nb, ja));
+                if x.is_finite() && y.is_finite() && x + y > u(a, ja) + u(nb, jb) + 1e-12 {
                     out[a] = Some(jb);
-                    out[b] = Some(ja);
+                    out[nb] = Some(ja);
+                    moves[a] += 1;
+                    moves[nb] += 1;
+                    a_moved = true;
+                    if let Err(at) = stale.binary_search(&nb) {
+                        stale.insert(at, nb);
+                    }
                     ja = jb;
                     changed = true;
                 }
             }
         }
         if !changed && out.iter().any(Option::is_none) {
-            changed = chain(utility, d, out);
+            changed = chain(utility, d, out, &mut moves);
         }
         if !changed {
             break;
@@ -545,10 +670,10 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
 
 /// One chain move (see [`improve`]): a left-out request takes a placed one's slot, which
 /// moves to the weakest occupant's slot of another column, which goes out. Whether one
-/// was made. Each placed request's best and second-best columns to move to (by what it
-/// gains there over the weakest occupant it displaces) are found once, so a scan is
-/// `O(n d)`, not `O(n^2 d)`.
-fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
+/// was made. Each placed request's best column to move to (by what it gains there over
+/// the weakest occupant it displaces) is found once, so a scan is `O(n d)`, not
+/// `O(n^2 d)`.
+fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>], moves: &mut [usize]) -> bool {
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
     let mut weakest: Vec<Option<(usize, f64)>> = vec![None; d];
@@ -560,30 +685,29 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
             }
         }
     }
-    // For each placed k: its two best columns jl by u(k, jl) - weakest(jl) (distinct
-    // columns, so one of them is not k's own).
-    type Move = Option<(f64, usize)>;
-    let best_moves: Vec<(Move, Move)> = (0..n)
-        .map(|k| {
-            let (mut first, mut second): (Move, Move) = (None, None);
-            if out[k].is_none() {
-                return (first, second);
-            }
-            for (jl, w) in weakest.iter().enumerate() {
-                let Some((_, ul)) = *w else { continue };
-                let v = u(k, jl);
-                if !v.is_finite() {
-                    continue;
+    // The weakest occupant's utility per column (infinite where a column is empty, so that
+    // no move there gains).
+    let floor: Vec<f64> = weakest
+        .iter()
+        .map(|w| w.map_or(f64::INFINITY, |(_, v)| v))
+        .collect();
+    // For each placed k: the column jl other than its own where it gains most over the
+    // weakest occupant it would displace (the first such column on ties).
+    let best_moves: Vec<Option<(f64, usize)>> = out
+        .iter()
+        .enumerate()
+        .map(|(k, slot)| {
+            let jk = (*slot)?;
+            let row = &utility[k * d..(k + 1) * d];
+            let (mut best, mut at) = (f64::NEG_INFINITY, None);
+            for (jl, (&v, &w)) in row.iter().zip(&floor).enumerate() {
+                let gain = v - w;
+                if jl != jk && v.is_finite() && gain > best {
+                    best = gain;
+                    at = Some(jl);
                 }
-                let gain = v - ul;
-                if first.is_none_or(|(g, _)| gain > g) {
-                    second = first;
-                    first = Some((gain, jl));
-                } else if second.is_none_or(|(g, _)| gain > g) {
-                    second = Some((gain, jl));
-                }
             }
-            (first, second)
+            at.map(|jl| (best, jl))
         })
         .collect();
     for i in 0..n {
@@ -595,18 +719,17 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>]) -> bool {
             if !u(i, jk).is_finite() {
                 continue;
             }
-            let (first, second) = best_moves[k];
-            let Some((gain, jl)) = first.filter(|&(_, j)| j != jk).or(second) else {
+            let Some((gain, jl)) = best_moves[k] else {
                 continue;
             };
-            if jl == jk {
-                continue;
-            }
             if u(i, jk) - u(k, jk) + gain > 1e-12 {
                 let Some((l, _)) = weakest[jl] else { continue };
                 out[i] = Some(jk);
                 out[k] = Some(jl);
                 out[l] = None;
+                for m in [i, k, l] {
+                    moves[m] += 1;
+                }
                 return true;
             }
         }
@@ -680,6 +803,23 @@ mod tests {
     }
 
     #[test]
+    fn exp_nonpositive_matches_the_library_exp() {
+        let mut x = -708.0;
+        while x <= 0.0 {
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!(
+                (got - want).abs() <= 1e-15 * want,
+                "exp({x}) = {got}, not {want}"
+            );
+            x += 0.000_937;
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-708.5), 0.0);
+        assert_eq!(exp_nonpositive(-1e300), 0.0);
+        assert_eq!(exp_nonpositive(f64::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
     fn a_burst_on_one_good_model_is_spread_by_gain() {
         // Three requests all prefer deployment 0 (capacity 1): request 1 loses most
         // elsewhere, so it gets 0 and the others go to 1.
@@ -732,7 +872,34 @@ mod tests {
         })
     }
 
+    fn larger_batch() -> impl Strategy<Value = (usize, Vec<usize>, Vec<f64>)> {
+        (1usize..48, 1usize..12).prop_flat_map(|(n, d)| {
+            (
+                Just(n),
+                prop::collection::vec(0usize..6, d),
+                prop::collection::vec(0.0f64..1.0, n * d),
+            )
+        })
+    }
+
     proptest! {
+        /// The moves only scan pairs with a request that moved since the last scan; what
+        /// they leave is still a local optimum: no two placed requests gain by trading.
+        #[test]
+        fn sinkhorn_leaves_no_trade_that_gains((n, cap, u) in larger_batch()) {
+            let d = cap.len();
+            let mut out = Vec::new();
+            Sinkhorn::default().assign(&u, n, &cap, &mut out);
+            prop_assert!(feasible(&out, &cap));
+            for a in 0..n {
+                for b in a + 1..n {
+                    let (Some(ja), Some(jb)) = (out[a], out[b]) else { continue };
+                    let gain = u[a * d + jb] + u[b * d + ja] - u[a * d + ja] - u[b * d + jb];
+                    prop_assert!(gain <= 1e-9, "{} and {} gain {} by trading", a, b, gain);
+                }
+            }
+        }
+
         /// The exact solver's total is the brute-force optimum, and it fills as many
         /// slots as there are.
         #[test]
