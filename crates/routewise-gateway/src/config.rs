@@ -1593,6 +1593,16 @@ impl Validator<'_> {
             .unwrap_or("choice")
             .parse::<Extractor>()
         {
+            Ok(e) if e.semantic_threshold().is_some() => match Embedder::builtin() {
+                Ok(_) => Some(e),
+                Err(err) => {
+                    self.issue(
+                        "router.cascade.extractor",
+                        format!("`{e}` needs the built-in embedding model: {err}"),
+                    );
+                    None
+                }
+            },
             Ok(e) => Some(e),
             Err(e) => {
                 self.issue("router.cascade.extractor", e);

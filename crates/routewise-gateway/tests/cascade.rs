@@ -104,6 +104,36 @@ async fn unreadable_answers_escalate() {
 }
 
 #[tokio::test]
+async fn semantic_agreement_accepts_paraphrased_free_text_and_escalates_other_answers() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 2, extractor: semantic}").await;
+    mock.set_model_answer("up-b", Some("The capital of France is Paris."));
+    mock.set_model_answer("up-c", Some("Paris is the capital of  France."));
+    let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("capital?")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
+    assert_eq!(mock.hits("up-a"), 0, "the strong model must not be asked");
+    // The same words around another name: close in the embedding, vetoed by the guards.
+    mock.set_model_answer("up-c", Some("The capital of France is Lyon."));
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("capital?")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // A threshold no paraphrase reaches, per request.
+    mock.set_model_answer("up-c", Some("Paris is where France has its capital."));
+    let mut body = chat_body("capital?");
+    body["routewise"] = json!({"cascade": {"extractor": "semantic:0.999"}});
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // Exact text does not agree where meaning does.
+    mock.set_model_answer("up-c", Some("Paris is the capital of France."));
+    let mut body = chat_body("capital?");
+    body["routewise"] = json!({"cascade": {"extractor": "exact"}});
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    assert_eq!(mock.hits("up-a"), 3);
+}
+
+#[tokio::test]
 async fn a_failing_tier_model_gives_no_vote_and_loses_no_request() {
     let (mock, gw) = setup("{tier: [c, b], min_agree: 2}").await;
     mock.set_model_fault("up-c", Some(Fault::Status(500)));
@@ -249,19 +279,18 @@ async fn asking_for_a_cascade_that_is_not_there_is_a_400() {
 
 #[test]
 fn cascade_config_errors_name_their_fields() {
-    let text = yaml(
-        "http://127.0.0.1:1/v1",
-        "{tier: [c, zz, c], min_agree: 5, extractor: regex}",
-    );
-    let e = routewise_gateway::config::parse(
-        &text,
-        "gw.yaml",
-        std::path::Path::new("."),
-        std::iter::empty(),
-        |_| None,
-    )
-    .unwrap_err()
-    .to_string();
+    let errors = |cascade: &str| {
+        routewise_gateway::config::parse(
+            &yaml("http://127.0.0.1:1/v1", cascade),
+            "gw.yaml",
+            std::path::Path::new("."),
+            std::iter::empty(),
+            |_| None,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = errors("{tier: [c, zz, c], min_agree: 5, extractor: regex}");
     for want in [
         "router.cascade.tier[1]: `zz` is not a configured model",
         "router.cascade.tier[2]: `c` is listed twice",
@@ -270,4 +299,7 @@ fn cascade_config_errors_name_their_fields() {
     ] {
         assert!(e.contains(want), "{want} not in {e}");
     }
+    let e = errors("{tier: [c, b], extractor: \"semantic:1.2\"}");
+    let want = "router.cascade.extractor: `semantic:1.2`: the semantic threshold must be a cosine";
+    assert!(e.contains(want), "{want} not in {e}");
 }

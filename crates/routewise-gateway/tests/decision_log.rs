@@ -196,6 +196,25 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     assert!(line.contains("cascade=escalated@a ["), "{line}");
     assert!(line.contains("b: \"B\""), "{line}");
     assert!(line.contains("c: \"C\""), "{line}");
+    // A free-text answer (`semantic`) is logged cut to its first 60 characters.
+    let long = "The capital of France is Paris, and it has been since the Middle Ages, more or less.";
+    mock.set_model_answer("up-b", Some(long));
+    mock.set_model_answer("up-c", Some(long));
+    let mut body = common::chat_body("capital?");
+    body["routewise"] = serde_json::json!({"cascade": {"extractor": "semantic"}});
+    let (status, _, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200);
+    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
+    let logs = capture.text();
+    let line = logs
+        .lines()
+        .filter(|l| l.contains("routewise::decision"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second decision line in: {logs}"));
+    assert!(line.contains("cascade=accepted@"), "{line}");
+    let cut: String = long.chars().take(60).collect();
+    assert!(line.contains(&format!("{cut:?}...")), "{line}");
+    assert!(!line.contains("more or less"), "{line}");
 }
 
 /// Stage 2 in the log: the routes that applied and the kinds of personal data found, never

@@ -13,6 +13,12 @@
 //!   in it), as a string (`"x"` -> `x`, `3` -> `3`).
 //! * `exact`: the whole text, trimmed, lower-cased, inner whitespace collapsed and a
 //!   trailing period dropped.
+//! * `semantic` or `semantic:T`: for free text. The answer is the whole text with its
+//!   whitespace collapsed (case kept), and two answers agree when they mean the same, not
+//!   when they are equal: the cosine of their embeddings is at least `T` (default
+//!   [`DEFAULT_SEMANTIC_THRESHOLD`]) and they pass the semantic cache's guards (the same
+//!   numbers and negations, each one's names among the other's words). The comparison is
+//!   `routewise_signals::agreement`; this module only reads and names it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,7 +33,13 @@ pub enum Extractor {
     Number,
     Json(String),
     Exact,
+    /// Free text compared by meaning, at a cosine threshold in thousandths (`Eq` holds).
+    Semantic(u16),
 }
+
+/// The cosine at or above which `semantic` counts two answers as agreeing, chosen on the
+/// training part of STS-B (BENCHMARKS.md, "Semantic agreement of free-text answers").
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.85;
 
 impl FromStr for Extractor {
     type Err = String;
@@ -36,12 +48,25 @@ impl FromStr for Extractor {
             "choice" => Ok(Extractor::Choice),
             "number" => Ok(Extractor::Number),
             "exact" => Ok(Extractor::Exact),
-            t => match t.strip_prefix("json:") {
-                Some(f) if !f.is_empty() => Ok(Extractor::Json(f.to_string())),
-                _ => Err(format!(
-                    "unknown answer extractor `{t}` (known: choice, number, exact, json:FIELD)"
-                )),
-            },
+            "semantic" => Ok(Extractor::Semantic(thousandths(DEFAULT_SEMANTIC_THRESHOLD))),
+            t => {
+                if let Some(f) = t.strip_prefix("json:").filter(|f| !f.is_empty()) {
+                    return Ok(Extractor::Json(f.to_string()));
+                }
+                if let Some(v) = t.strip_prefix("semantic:") {
+                    return match v.trim().parse::<f32>() {
+                        Ok(c) if c > 0.0 && c <= 1.0 => Ok(Extractor::Semantic(thousandths(c))),
+                        _ => Err(format!(
+                            "`{t}`: the semantic threshold must be a cosine in (0, 1], such as \
+                             `semantic:0.9`"
+                        )),
+                    };
+                }
+                Err(format!(
+                    "unknown answer extractor `{t}` (known: choice, number, exact, json:FIELD, \
+                     semantic[:T])"
+                ))
+            }
         }
     }
 }
@@ -66,6 +91,7 @@ impl fmt::Display for Extractor {
             Extractor::Number => f.write_str("number"),
             Extractor::Exact => f.write_str("exact"),
             Extractor::Json(field) => write!(f, "json:{field}"),
+            Extractor::Semantic(t) => write!(f, "semantic:{}", f32::from(*t) / 1000.0),
         }
     }
 }
@@ -82,8 +108,27 @@ impl Extractor {
                 let t = t.trim_end_matches('.').to_lowercase();
                 (!t.is_empty()).then_some(t)
             }
+            // The case stays: the guards read capitalised names.
+            Extractor::Semantic(_) => {
+                let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                (!t.is_empty()).then_some(t)
+            }
         }
     }
+
+    /// The cosine threshold of `semantic`; `None` for the extractors whose answers agree
+    /// only when equal.
+    pub fn semantic_threshold(&self) -> Option<f32> {
+        match self {
+            Extractor::Semantic(t) => Some(f32::from(*t) / 1000.0),
+            _ => None,
+        }
+    }
+}
+
+/// A cosine in (0, 1] in thousandths, rounded.
+fn thousandths(c: f32) -> u16 {
+    (c.clamp(0.0, 1.0) * 1000.0).round() as u16
 }
 
 const LETTERS: &str = "ABCDEFGHIJ";
@@ -256,7 +301,7 @@ mod tests {
 
     #[test]
     fn extractors_parse_and_print_round_trip() {
-        for s in ["choice", "number", "exact", "json:answer"] {
+        for s in ["choice", "number", "exact", "json:answer", "semantic:0.9"] {
             let e: Extractor = s.parse().unwrap();
             assert_eq!(e.to_string(), s);
         }
@@ -265,5 +310,27 @@ mod tests {
             .parse::<Extractor>()
             .unwrap_err()
             .contains("known: choice"));
+    }
+
+    #[test]
+    fn semantic_takes_a_cosine_threshold_and_keeps_the_text_and_its_case() {
+        let default: Extractor = "semantic".parse().unwrap();
+        assert_eq!(
+            default.semantic_threshold(),
+            Some(DEFAULT_SEMANTIC_THRESHOLD)
+        );
+        let e: Extractor = " semantic:0.92 ".parse().unwrap();
+        assert_eq!(e, Extractor::Semantic(920));
+        assert_eq!(e.semantic_threshold(), Some(0.92));
+        assert_eq!(Extractor::Exact.semantic_threshold(), None);
+        for bad in ["semantic:0", "semantic:1.5", "semantic:x", "semantic:", "semantic:-0.5"] {
+            let err = bad.parse::<Extractor>().unwrap_err();
+            assert!(err.contains("cosine in (0, 1]"), "{bad}: {err}");
+        }
+        assert_eq!(
+            e.extract("  The capital of\n France is  Paris. ").as_deref(),
+            Some("The capital of France is Paris.")
+        );
+        assert_eq!(e.extract(" \n "), None);
     }
 }

@@ -8,6 +8,8 @@
 //!   model; cosine similarity; the few-shot centroid.
 //! * [`pii`] — detectors for personal data and secrets, redaction with placeholders and
 //!   their restoring in answers.
+//! * [`agreement`] — semantic agreement of free-text answers (cascades): embedding cosine
+//!   and the cache's guards.
 //! * [`cache`] — the response cache's index: exact and semantic (LSH) lookups, guards
 //!   against wrong semantic hits, TTL and LRU bounds.
 //! * [`tiers`] — the zero-data router's ordering: configured quality tiers and prices, no
@@ -16,6 +18,7 @@
 //! Everything here is pure (no I/O, no async): the gateway builds [`rules::Signals`] from
 //! a request, calls in, and applies what comes back.
 
+pub mod agreement;
 pub mod cache;
 pub mod describe;
 pub mod pii;

@@ -6,7 +6,8 @@
 //! Yue et al., ICLR 2024): the tier models are called concurrently, without streaming; each
 //! answer is read by the configured extractor ([`routewise_router::extract`]) from the
 //! response's `choices[0].message.content`, and the plurality answer is accepted as soon
-//! as `min_agree` models gave it. The calls still running are then dropped, which closes
+//! as `min_agree` models gave it (under `extractor: semantic`, answers that agree in
+//! meaning count as one: [`routewise_signals::agreement`]). The calls still running are then dropped, which closes
 //! their upstream connections; likewise once no plurality can reach `min_agree` any more.
 //! A tier model that fails, times out or is cooling down simply gives no answer: the
 //! request escalates, it is never lost. When the router's choice is a tier model that
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use routewise_router::cascade::{plurality, AnswerKey, Call as VoteCall, Plurality};
 use routewise_router::extract::Extractor;
+use routewise_signals::agreement::Groups;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
@@ -51,6 +53,21 @@ pub struct Plan {
     pub tier: Vec<ModelId>,
     pub min_agree: usize,
     pub extractor: Extractor,
+    /// The semantic comparison, for `extractor: semantic`.
+    pub semantic: Option<Semantic>,
+}
+
+/// Semantic agreement for one request: the gateway's embedder and the threshold.
+#[derive(Debug, Clone)]
+pub struct Semantic {
+    embedder: routewise_signals::Embedder,
+    threshold: f32,
+}
+
+impl Semantic {
+    fn groups(&self) -> Groups<'_> {
+        Groups::new(&self.embedder, self.threshold)
+    }
 }
 
 /// The cascade's plan for `request`, `None` when it does not apply; a 400 when the
@@ -93,6 +110,22 @@ pub fn plan(
             Some("routewise.cascade.min_agree"),
         ));
     }
+    let semantic = match extractor.semantic_threshold() {
+        None => None,
+        Some(threshold) => match gw.answer_embedder() {
+            Some(e) => Some(Semantic {
+                embedder: e.clone(),
+                threshold,
+            }),
+            None => {
+                return Err(ApiError::bad_request(
+                    "`routewise.cascade.extractor`: `semantic` needs the built-in embedding \
+                     model, which this build does not have",
+                    Some("routewise.cascade.extractor"),
+                ))
+            }
+        },
+    };
     // Only tier models the request fits (context windows, as for the ranking).
     let tier = config
         .tier
@@ -104,6 +137,7 @@ pub fn plan(
         tier,
         min_agree,
         extractor,
+        semantic,
     }))
 }
 
@@ -279,10 +313,12 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         })
         .collect();
     // The answers that came back, and their votes: each read answer interned as a key for
-    // the router crate's plurality rule (`predicted` plays no part here).
+    // the router crate's plurality rule (`predicted` plays no part here). Equal answers
+    // share a key; under `semantic`, answers that agree in meaning do (their groups).
     let mut answers: Vec<TierAnswer> = Vec::new();
     let mut votes: Vec<VoteCall> = Vec::new();
     let mut keys: Vec<String> = Vec::new();
+    let mut groups = plan.semantic.as_ref().map(|s| s.groups());
     let mut accepted = None;
     // Too few tier models can be asked to ever agree: straight to the router's choice.
     if pending.len() < plan.min_agree {
@@ -305,10 +341,13 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                     gw.metrics.cost(m.index(), c);
                 }
                 let key = answer.as_ref().map(|a| {
-                    let k = keys.iter().position(|x| x == a).unwrap_or_else(|| {
-                        keys.push(a.clone());
-                        keys.len() - 1
-                    });
+                    let k = match groups.as_mut() {
+                        Some(g) => g.key(a),
+                        None => keys.iter().position(|x| x == a).unwrap_or_else(|| {
+                            keys.push(a.clone());
+                            keys.len() - 1
+                        }),
+                    };
                     k as AnswerKey
                 });
                 trace.calls.push(TierCall {

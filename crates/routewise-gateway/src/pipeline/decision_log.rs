@@ -132,7 +132,11 @@ impl fmt::Display for CascadeLog<'_> {
             }
             write!(f, "{}: ", name(c.model))?;
             match (&c.answer, c.outcome, c.status) {
-                (Some(a), _, _) => write!(f, "{a:?}")?,
+                (Some(a), _, _) => match a.char_indices().nth(ANSWER_CHARS) {
+                    // A free-text answer (`semantic`) is cut: the log shows what was read.
+                    Some((cut, _)) => write!(f, "{:?}...", &a[..cut])?,
+                    None => write!(f, "{a:?}")?,
+                },
                 (None, AttemptOutcome::Ok, Some(s)) if !(200..300).contains(&s) => {
                     write!(f, "answered HTTP {s}")?
                 }
@@ -146,6 +150,9 @@ impl fmt::Display for CascadeLog<'_> {
         f.write_str("]")
     }
 }
+
+/// Characters of a tier call's answer the decision log shows.
+const ANSWER_CHARS: usize = 60;
 
 /// Bytes of a prompt logged (and kept with a decision in the state store) at most: the
 /// decision log's queue and the store stay bounded whatever the requests' size. Longer
