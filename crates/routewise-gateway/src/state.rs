@@ -396,7 +396,8 @@ impl AppState {
             answer_embedder: OnceLock::new(),
             client,
         };
-        let semantic = |c: &crate::config::CascadeConfig| c.extractor.semantic_threshold().is_some();
+        let semantic =
+            |c: &crate::config::CascadeConfig| c.extractor.semantic_threshold().is_some();
         if gateway.config.router.cascade.as_ref().is_some_and(semantic) {
             gateway.answer_embedder();
         }

@@ -197,7 +197,8 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     assert!(line.contains("b: \"B\""), "{line}");
     assert!(line.contains("c: \"C\""), "{line}");
     // A free-text answer (`semantic`) is logged cut to its first 60 characters.
-    let long = "The capital of France is Paris, and it has been since the Middle Ages, more or less.";
+    let long =
+        "The capital of France is Paris, and it has been since the Middle Ages, more or less.";
     mock.set_model_answer("up-b", Some(long));
     mock.set_model_answer("up-c", Some(long));
     let mut body = common::chat_body("capital?");

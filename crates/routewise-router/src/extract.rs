@@ -39,7 +39,7 @@ pub enum Extractor {
 
 /// The cosine at or above which `semantic` counts two answers as agreeing, chosen on the
 /// training part of STS-B (BENCHMARKS.md, "Semantic agreement of free-text answers").
-pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.85;
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.9;
 
 impl FromStr for Extractor {
     type Err = String;
@@ -323,12 +323,19 @@ mod tests {
         assert_eq!(e, Extractor::Semantic(920));
         assert_eq!(e.semantic_threshold(), Some(0.92));
         assert_eq!(Extractor::Exact.semantic_threshold(), None);
-        for bad in ["semantic:0", "semantic:1.5", "semantic:x", "semantic:", "semantic:-0.5"] {
+        for bad in [
+            "semantic:0",
+            "semantic:1.5",
+            "semantic:x",
+            "semantic:",
+            "semantic:-0.5",
+        ] {
             let err = bad.parse::<Extractor>().unwrap_err();
             assert!(err.contains("cosine in (0, 1]"), "{bad}: {err}");
         }
         assert_eq!(
-            e.extract("  The capital of\n France is  Paris. ").as_deref(),
+            e.extract("  The capital of\n France is  Paris. ")
+                .as_deref(),
             Some("The capital of France is Paris.")
         );
         assert_eq!(e.extract(" \n "), None);

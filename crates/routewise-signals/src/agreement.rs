@@ -81,10 +81,16 @@ mod tests {
         // Another number.
         let boils = g.key("Water boils at 100 degrees Celsius at sea level.");
         assert_ne!(boils, paris);
-        assert_ne!(g.key("Water boils at 90 degrees Celsius at sea level."), boils);
+        assert_ne!(
+            g.key("Water boils at 90 degrees Celsius at sea level."),
+            boils
+        );
         // A negation.
         let safe = g.key("Raw eggs are safe to eat when pasteurised.");
-        assert_ne!(g.key("Raw eggs are not safe to eat when pasteurised."), safe);
+        assert_ne!(
+            g.key("Raw eggs are not safe to eat when pasteurised."),
+            safe
+        );
         // Unrelated text is its own group.
         let other = g.key("Reverse the string and compare it with the original.");
         assert!(![paris, boils, safe].contains(&other));
