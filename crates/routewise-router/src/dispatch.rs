@@ -504,7 +504,7 @@ fn exp_nonpositive(x: f64) -> f64 {
     // Adding 1.5 * 2^52 rounds to the nearest integer, held in the low mantissa bits.
     const SHIFTER: f64 = 6_755_399_441_055_744.0;
     // ln 2 in two parts, so that `n * LN2_HI` is exact.
-    const LN2_HI: f64 = 0.693_147_180_369_123_816_49;
+    const LN2_HI: f64 = 0.693_147_180_369_123_8;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     // 1 / k! for k = 0..=12.
     const TAYLOR: [f64; 13] = [

@@ -3,6 +3,7 @@
 //! and long answers.
 //!
 //! `cargo bench -p routewise-signals --bench agreement`
+#![allow(clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use routewise_signals::agreement::Groups;

@@ -10,6 +10,7 @@
 //!
 //! `cargo run --release -p routewise-signals --example answer_agreement -- --pairs P.jsonl
 //!  [--max-false 0.02] [--json OUT]` (pairs: `bench/paraphrase_pairs.py SDIST OUT --all`).
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 
