@@ -112,23 +112,29 @@ async fn semantic_agreement_accepts_paraphrased_free_text_and_escalates_other_an
     assert_eq!(status, 200, "{v}");
     assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
     assert_eq!(mock.hits("up-a"), 0, "the strong model must not be asked");
-    // The same words around another name: close in the embedding, vetoed by the guards.
-    mock.set_model_answer("up-c", Some("The capital of France is Lyon."));
+    // Exact text does not agree where meaning does.
+    let mut body = chat_body("capital?");
+    body["routewise"] = json!({"cascade": {"extractor": "exact"}});
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // Another name: 0.94 in the embedding, above the threshold, vetoed by the guards.
+    mock.set_model_answer("up-b", Some("Canberra is the capital of Australia."));
+    mock.set_model_answer("up-c", Some("Sydney is the capital of Australia."));
     let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("capital?")).await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
-    // A threshold no paraphrase reaches, per request.
-    mock.set_model_answer("up-c", Some("Paris is where France has its capital."));
+    // A near paraphrase agrees at the default threshold, not at a stricter one per request.
+    mock.set_model_answer("up-b", Some("The capital of Australia is Canberra."));
+    mock.set_model_answer(
+        "up-c",
+        Some("The capital of Australia is Canberra, of course."),
+    );
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body("capital?")).await;
+    assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
     let mut body = chat_body("capital?");
     body["routewise"] = json!({"cascade": {"extractor": "semantic:0.999"}});
     let (status, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
     assert_eq!(status, 200);
-    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
-    // Exact text does not agree where meaning does.
-    mock.set_model_answer("up-c", Some("Paris is the capital of France."));
-    let mut body = chat_body("capital?");
-    body["routewise"] = json!({"cascade": {"extractor": "exact"}});
-    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
     assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
     assert_eq!(mock.hits("up-a"), 3);
 }

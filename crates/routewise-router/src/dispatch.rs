@@ -258,6 +258,9 @@ impl Flow {
 /// costs exponentials.
 const HOTTER: usize = 3;
 
+/// Below this, `exp` underflows to 0 (its smallest subnormal result is `e^-744.44`).
+const COLDEST_UNDERFLOW: f64 = -745.133_219_101_941_1;
+
 /// Entropic assignment by capacity-constrained Sinkhorn scaling, then rounding.
 #[derive(Debug, Clone)]
 pub struct Sinkhorn {
@@ -343,14 +346,23 @@ impl Assigner for Sinkhorn {
                 .filter(|u| u.is_finite())
                 .fold(left_out, f64::max);
             let k = &mut self.kernel[i * wp..i * wp + w];
+            // A pair whose coldest kernel underflows to 0 has none at any temperature (so
+            // it was when the kernels were computed coldest first and square-rooted).
+            let exponent = |u: f64| {
+                if (u - top) / eps < COLDEST_UNDERFLOW {
+                    f64::NEG_INFINITY
+                } else {
+                    (u - top) * scale
+                }
+            };
             for (kj, &u) in k.iter_mut().zip(row) {
                 *kj = if u.is_finite() {
-                    (u - top) * scale
+                    exponent(u)
                 } else {
                     f64::NEG_INFINITY
                 };
             }
-            k[d] = (left_out - top) * scale;
+            k[d] = exponent(left_out);
             for kj in k.iter_mut() {
                 *kj = exp_nonpositive(*kj);
             }
@@ -496,7 +508,9 @@ fn column_sums(kernel: &[f64], rows: &[f64], col: &mut [f64]) {
 }
 
 /// `exp(x)` for `x <= 0`, within a few units in the last place, and exactly 0 below -708
-/// (where `exp` leaves the normal range) and for `-inf`. Written so that a row of them
+/// (just above where `exp` leaves the normal range, -708.4: no subnormals) and for `-inf`
+/// and NaN. The kernel's entries are `exp(x / 8)` of its coldest exponents, so they never
+/// come near it. Written so that a row of them
 /// compiles to vector instructions, which `f64::exp` (a library call) does not: `x = n ln 2
 /// + r` with `|r| <= ln 2 / 2`, `e^r` by its Taylor series to the `r^12` term (the rest is
 /// below 1e-14 of it), and `2^n` written into the exponent bits.
@@ -522,7 +536,8 @@ fn exp_nonpositive(x: f64) -> f64 {
         1.0 / 39_916_800.0,
         1.0 / 479_001_600.0,
     ];
-    let clamped = x.max(-708.0);
+    // (NaN, never passed here, also gives 0: `max` would drop it.)
+    let clamped = if x >= -708.0 { x } else { -708.0 };
     let t = clamped * std::f64::consts::LOG2_E + SHIFTER;
     let n = t - SHIFTER;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
@@ -533,10 +548,10 @@ fn exp_nonpositive(x: f64) -> f64 {
     // n in [-1022, 0]: the biased exponent n + 1023 is in [1, 1023].
     let n_bits = t.to_bits().wrapping_sub(SHIFTER.to_bits());
     let two_n = f64::from_bits(n_bits.wrapping_add(1023) << 52);
-    if x < -708.0 {
-        0.0
-    } else {
+    if x >= -708.0 {
         p * two_n
+    } else {
+        0.0
     }
 }
 
@@ -817,6 +832,7 @@ mod tests {
         assert_eq!(exp_nonpositive(-708.5), 0.0);
         assert_eq!(exp_nonpositive(-1e300), 0.0);
         assert_eq!(exp_nonpositive(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(f64::NAN), 0.0);
     }
 
     #[test]
@@ -850,6 +866,19 @@ mod tests {
         let mut out = Vec::new();
         Sinkhorn::default().assign(&u, 2, &[1, 1], &mut out);
         assert_eq!(out, vec![Some(0), Some(1)]);
+    }
+
+    /// Regression (review of the faster scaling): computing the kernel hottest first gave
+    /// mass to pairs so far below their row's best that the coldest kernel underflows to
+    /// 0, which the kernels computed coldest first never had; on utilities spread over
+    /// more than about 37 the assignments changed. (Here both requests value the one open
+    /// slot at 3.5; as before, the one further below its own best does not take it.)
+    #[test]
+    fn regression_a_pair_whose_coldest_kernel_underflows_has_no_mass_at_any_temperature() {
+        let u = [41.5, 3.5, 60.5, 3.5];
+        let mut out = Vec::new();
+        Sinkhorn::default().assign(&u, 2, &[0, 1], &mut out);
+        assert_eq!(out, vec![None, Some(1)]);
     }
 
     #[test]

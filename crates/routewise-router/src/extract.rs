@@ -55,7 +55,10 @@ impl FromStr for Extractor {
                 }
                 if let Some(v) = t.strip_prefix("semantic:") {
                     return match v.trim().parse::<f32>() {
-                        Ok(c) if c > 0.0 && c <= 1.0 => Ok(Extractor::Semantic(thousandths(c))),
+                        // (Below 0.0005 it would round to a threshold of 0.)
+                        Ok(c) if c <= 1.0 && thousandths(c) > 0 => {
+                            Ok(Extractor::Semantic(thousandths(c)))
+                        }
                         _ => Err(format!(
                             "`{t}`: the semantic threshold must be a cosine in (0, 1], such as \
                              `semantic:0.9`"
@@ -325,6 +328,8 @@ mod tests {
         assert_eq!(Extractor::Exact.semantic_threshold(), None);
         for bad in [
             "semantic:0",
+            "semantic:0.0004",
+            "semantic:NaN",
             "semantic:1.5",
             "semantic:x",
             "semantic:",

@@ -66,11 +66,16 @@ fn main() {
             let v: Value = serde_json::from_str(l).expect("a JSON line");
             let (a, b) = (v["a"].as_str().unwrap_or(""), v["b"].as_str().unwrap_or(""));
             let (ea, eb) = (embedder.embed(a), embedder.embed(b));
-            let (ga, gb) = (Guard::of(a), Guard::of(b));
+            let (ga, gb) = (Guard::of_answer(a), Guard::of_answer(b));
             Pair {
-                cosine: ea.iter().zip(&eb).map(|(x, y)| x * y).sum(),
+                // Equal texts agree outright, as in `Groups`.
+                cosine: if a == b {
+                    1.0
+                } else {
+                    ea.iter().zip(&eb).map(|(x, y)| x * y).sum()
+                },
                 // The guards alone: the cosine is compared per threshold below.
-                guards_agree: agree((&[], &ga), (&[], &gb), 0.0),
+                guards_agree: a == b || agree((&[], &ga), (&[], &gb), 0.0),
                 score: v["score"].as_f64().unwrap_or(f64::NAN),
                 split: v["split"].as_str().unwrap_or("").to_string(),
             }

@@ -94,6 +94,19 @@ fn is_option_line(line: &str) -> bool {
 impl Guard {
     /// The guard features of a message.
     pub fn of(text: &str) -> Guard {
+        Guard::read(text, false)
+    }
+
+    /// The guard features of an answer (semantic agreement of cascade answers): a
+    /// capitalised word counts as a name at the start of a sentence too, since an answer
+    /// often opens with its subject ("Canberra is the capital ..." against "Sydney is the
+    /// capital ..."). The cost: a capitalised opening word ("It", "I") must then appear in
+    /// the other answer.
+    pub fn of_answer(text: &str) -> Guard {
+        Guard::read(text, true)
+    }
+
+    fn read(text: &str, names_open_sentences: bool) -> Guard {
         let mut g = Guard::default();
         let mut sentence_start = true;
         for raw in text.split(|c: char| c.is_whitespace()) {
@@ -112,7 +125,8 @@ impl Guard {
                     if NEGATIONS.contains(&lower.as_str()) || lower.ends_with("n't") {
                         g.negations.push(lower);
                     } else if (word.len() == 1 && word.chars().all(|c| c.is_ascii_uppercase()))
-                        || (!sentence_start && word.chars().next().is_some_and(char::is_uppercase))
+                        || ((names_open_sentences || !sentence_start)
+                            && word.chars().next().is_some_and(char::is_uppercase))
                     {
                         g.names.push(lower);
                     }
