@@ -92,9 +92,6 @@ pub struct Gateway {
     /// SHA-256 of the admin key (`ROUTEWISE_ADMIN_KEY`), once set: the admin API is off
     /// without it.
     pub admin_key: Arc<OnceLock<[u8; 32]>>,
-    /// The embedder of semantic answer agreement (cascades, `extractor: semantic`), built
-    /// at start when the config's cascade uses it, else on first use.
-    answer_embedder: OnceLock<Option<routewise_signals::Embedder>>,
     /// The upstream client (its pools are kept across reloads).
     client: HttpClient,
     started: Instant,
@@ -393,14 +390,8 @@ impl AppState {
             cache,
             affinity,
             balancer: config_balance.map(crate::pipeline::balance::Balancer::new),
-            answer_embedder: OnceLock::new(),
             client,
         };
-        let semantic =
-            |c: &crate::config::CascadeConfig| c.extractor.semantic_threshold().is_some();
-        if gateway.config.router.cascade.as_ref().is_some_and(semantic) {
-            gateway.answer_embedder();
-        }
         let state = AppState(Arc::new(gateway));
         let kept = prev.and_then(|p| {
             let same = p.config.shadows == state.config.shadows
@@ -493,15 +484,6 @@ impl AppState {
 }
 
 impl Gateway {
-    /// The embedder of semantic answer agreement; `None` when this build has no built-in
-    /// model (the `static-embed` feature).
-    pub fn answer_embedder(&self) -> Option<&routewise_signals::Embedder> {
-        self.answer_embedder
-            .get_or_init(|| routewise_signals::Embedder::builtin().ok())
-            .as_ref()
-    }
-
-    /// Milliseconds since start-up (the breakers' clock).
     /// The router catalog's mean output tokens of the model at catalog index `i` (0 when
     /// unknown): the expected length of a call when the request sets no `max_tokens`.
     pub fn mean_output_tokens(&self, i: usize) -> u64 {
@@ -512,6 +494,7 @@ impl Gateway {
             .map_or(0.0, |m| m.mean_output_tokens.max(0.0)) as u64
     }
 
+    /// Milliseconds since start-up (the breakers' clock).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

@@ -564,11 +564,10 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
     let mut weakest: Vec<Option<(usize, f64)>> = vec![None; d];
-    // How many times each request has moved, and those counts as of the last scan of
-    // pairs: a pair in which neither has moved since was not worth trading then and is
-    // not now, so a later scan checks only the pairs with a request that moved.
-    let mut moves = vec![0usize; n];
-    let mut scanned: Vec<Option<usize>> = vec![None; n];
+    // Which requests moved since the last scan of pairs (all, before the first): a pair in
+    // which neither has moved was not worth trading then and is not now, so a later scan
+    // checks only the pairs with a request that moved.
+    let mut moved = vec![true; n];
     let mut stale: Vec<usize> = Vec::with_capacity(n);
     for _ in 0..n {
         let mut changed = false;
@@ -583,7 +582,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                     left[j] -= 1;
                     left[ji] += 1;
                     *slot = Some(j);
-                    moves[i] += 1;
+                    moved[i] = true;
                     changed = true;
                 }
             }
@@ -603,7 +602,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 if let Some(j) = slot {
                     left[j] -= 1;
                     out[i] = Some(j);
-                    moves[i] += 1;
+                    moved[i] = true;
                     changed = true;
                     continue;
                 }
@@ -626,8 +625,8 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 if let Some((_, j, l)) = best {
                     out[i] = Some(j);
                     out[l] = None;
-                    moves[i] += 1;
-                    moves[l] += 1;
+                    moved[i] = true;
+                    moved[l] = true;
                     changed = true;
                 }
             }
@@ -636,11 +635,10 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
         // pairs with a request that moved since the last scan are checked: `stale` lists
         // those, ascending (more join as they trade).
         stale.clear();
-        for (i, (seen, &m)) in scanned.iter_mut().zip(&moves).enumerate() {
-            if *seen != Some(m) {
+        for (i, m) in moved.iter_mut().enumerate() {
+            if std::mem::take(m) {
                 stale.push(i);
             }
-            *seen = Some(m);
         }
         for a in 0..n {
             let Some(mut ja) = out[a] else { continue };
@@ -663,8 +661,8 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
                 if x.is_finite() && y.is_finite() && x + y > u(a, ja) + u(nb, jb) + 1e-12 {
                     out[a] = Some(jb);
                     out[nb] = Some(ja);
-                    moves[a] += 1;
-                    moves[nb] += 1;
+                    moved[a] = true;
+                    moved[nb] = true;
                     a_moved = true;
                     if let Err(at) = stale.binary_search(&nb) {
                         stale.insert(at, nb);
@@ -675,7 +673,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
             }
         }
         if !changed && out.iter().any(Option::is_none) {
-            changed = chain(utility, d, out, &mut moves);
+            changed = chain(utility, d, out, &mut moved);
         }
         if !changed {
             break;
@@ -688,7 +686,7 @@ fn improve(utility: &[f64], d: usize, out: &mut [Option<usize>], left: &mut [usi
 /// was made. Each placed request's best column to move to (by what it gains there over
 /// the weakest occupant it displaces) is found once, so a scan is `O(n d)`, not
 /// `O(n^2 d)`.
-fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>], moves: &mut [usize]) -> bool {
+fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>], moved: &mut [bool]) -> bool {
     let n = out.len();
     let u = |i: usize, j: usize| utility[i * d + j];
     let mut weakest: Vec<Option<(usize, f64)>> = vec![None; d];
@@ -743,7 +741,7 @@ fn chain(utility: &[f64], d: usize, out: &mut [Option<usize>], moves: &mut [usiz
                 out[k] = Some(jl);
                 out[l] = None;
                 for m in [i, k, l] {
-                    moves[m] += 1;
+                    moved[m] = true;
                 }
                 return true;
             }

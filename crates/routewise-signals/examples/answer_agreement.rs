@@ -1,8 +1,8 @@
 //! Calibrating semantic answer agreement (`bash bench/answer_agreement.sh` runs it): on
 //! STS-B sentence pairs, how often two sentences that mean the same (scored >= 4 of 5)
 //! agree, and how often two that do not (scored <= 2) wrongly agree, at several cosine
-//! thresholds, with the guards ([`routewise_signals::agreement::agree`], as the cascade
-//! compares tier answers).
+//! thresholds, with the guards (as [`routewise_signals::agreement`] compares tier
+//! answers).
 //!
 //! The threshold is chosen on STS-B's `train` pairs only: the one that lets the most
 //! equivalent pairs agree while at most `--max-false` (default 2%) of the non-equivalent
@@ -14,7 +14,6 @@
 
 use std::io::Write;
 
-use routewise_signals::agreement::agree;
 use routewise_signals::cache::Guard;
 use routewise_signals::Embedder;
 use serde_json::{json, Value};
@@ -75,7 +74,7 @@ fn main() {
                     ea.iter().zip(&eb).map(|(x, y)| x * y).sum()
                 },
                 // The guards alone: the cosine is compared per threshold below.
-                guards_agree: a == b || agree((&[], &ga), (&[], &gb), 0.0),
+                guards_agree: a == b || ga.agrees(&gb),
                 score: v["score"].as_f64().unwrap_or(f64::NAN),
                 split: v["split"].as_str().unwrap_or("").to_string(),
             }

@@ -9,7 +9,7 @@
 //! description counts as one example): with no examples it is zero-shot, with a few it is
 //! the few-shot centroid classifier measured by `routewise eval --routes`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use routewise_features::static_embed::BuiltinStaticFeaturizer;
 use routewise_features::{l2_normalize, FeatureError, Featurizer};
@@ -29,9 +29,16 @@ impl std::fmt::Debug for Embedder {
 }
 
 impl Embedder {
-    /// The built-in static model.
+    /// The built-in static model: loaded once per process and shared (route descriptions,
+    /// the semantic cache and answer agreement all embed with it, and a config is checked
+    /// before it is served), so later calls are a clone of an `Arc`.
     pub fn builtin() -> Result<Embedder, FeatureError> {
-        Ok(Embedder::new(Arc::new(BuiltinStaticFeaturizer::new()?)))
+        static BUILT: OnceLock<Embedder> = OnceLock::new();
+        if let Some(e) = BUILT.get() {
+            return Ok(e.clone());
+        }
+        let e = Embedder::new(Arc::new(BuiltinStaticFeaturizer::new()?));
+        Ok(BUILT.get_or_init(|| e).clone())
     }
 
     /// Any featurizer (its vectors are L2-normalised by the [`Featurizer`] contract).

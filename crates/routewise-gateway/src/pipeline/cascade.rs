@@ -7,8 +7,9 @@
 //! answer is read by the configured extractor ([`routewise_router::extract`]) from the
 //! response's `choices[0].message.content`, and the plurality answer is accepted as soon
 //! as `min_agree` models gave it (under `extractor: semantic`, answers that agree in
-//! meaning count as one: [`routewise_signals::agreement`]). The calls still running are then dropped, which closes
-//! their upstream connections; likewise once no plurality can reach `min_agree` any more.
+//! meaning count as one: [`routewise_signals::agreement`]). The calls still running are
+//! then dropped, which closes their upstream connections; likewise once no plurality can
+//! reach `min_agree` any more.
 //! A tier model that fails, times out or is cooling down simply gives no answer: the
 //! request escalates, it is never lost. When the router's choice is a tier model that
 //! answered, that answer is used without a new call. Under a key with a budget each tier
@@ -112,12 +113,13 @@ pub fn plan(
     }
     let semantic = match extractor.semantic_threshold() {
         None => None,
-        Some(threshold) => match gw.answer_embedder() {
-            Some(e) => Some(Semantic {
-                embedder: e.clone(),
+        // (The built-in model is loaded once per process: the config check loaded it.)
+        Some(threshold) => match routewise_signals::Embedder::builtin() {
+            Ok(embedder) => Some(Semantic {
+                embedder,
                 threshold,
             }),
-            None => {
+            Err(_) => {
                 return Err(ApiError::bad_request(
                     "`routewise.cascade.extractor`: `semantic` needs the built-in embedding \
                      model, which this build does not have",
