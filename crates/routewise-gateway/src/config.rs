@@ -96,7 +96,9 @@
 //! the router chooses for (`model: auto`), and returns their plurality answer when at least
 //! `min_agree` (default: all of them) gave it, read by `extractor` (`choice`, `number`,
 //! `exact` or `json:FIELD`; default `choice`); otherwise the request goes to the router's
-//! choice ([`crate::pipeline::cascade`]). Tier names must be configured models.
+//! choice ([`crate::pipeline::cascade`]). Tier names must be configured models. With
+//! `min_confidence: p` (in (0, 1]), a tier answer whose token confidence (from the
+//! upstream's logprobs) is at least `p` is accepted on its own.
 //!
 //! `router.exploration.epsilon` (default 0: off) replaces the router's choice by a
 //! uniformly drawn model on that share of `model: auto` requests
@@ -326,6 +328,10 @@ pub struct CascadeConfig {
     pub min_agree: usize,
     /// How an answer is read from a response's text.
     pub extractor: Extractor,
+    /// Also accept a single tier answer whose token confidence (the geometric mean of its
+    /// tokens' probabilities, from the upstream's logprobs) is at least this, agreement
+    /// or not; the tier is then asked for logprobs.
+    pub min_confidence: Option<f64>,
 }
 
 /// An upstream API key. Its `Debug` and `Display` never show the value.
@@ -741,6 +747,8 @@ struct RawCascade {
     min_agree: Option<usize>,
     #[serde(default)]
     extractor: Option<String>,
+    #[serde(default)]
+    min_confidence: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -1609,10 +1617,16 @@ impl Validator<'_> {
                 None
             }
         };
+        if let Some(c) = raw.min_confidence {
+            if let Err(e) = routewise_router::cascade::check_min_confidence(c) {
+                self.issue("router.cascade.min_confidence", e);
+            }
+        }
         (self.issues.len() == before).then_some(CascadeConfig {
             tier: raw.tier,
             min_agree,
             extractor: extractor?,
+            min_confidence: raw.min_confidence,
         })
     }
 

@@ -8,7 +8,7 @@
 //! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
 //! `routewise_router::Policy` like the config's, and the cascade switch
 //! (`{"routewise": {"cascade": false}}`, or `true`, or `{"min_agree": 1, "extractor":
-//! "number"}` to override the configured cascade), and the cache switch (`{"routewise":
+//! "number", "min_confidence": 0.9}` to override the configured cascade), and the cache switch (`{"routewise":
 //! {"cache": false}}`), the latency and energy weights (`{"routewise": {"mu": x, "nu":
 //! y}}`, or the `x-routewise-mu` / `x-routewise-nu` headers, the body's winning: finite
 //! numbers >= 0), and the
@@ -134,6 +134,20 @@ impl ChatRequest {
         r
     }
 
+    /// Whether the client asked for token log-probabilities (`"logprobs": true`).
+    pub fn asks_logprobs(&self) -> bool {
+        self.rest.get("logprobs").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// A copy that asks the upstream for token log-probabilities (a cascade tier read for
+    /// its confidence).
+    pub fn with_logprobs(mut self) -> ChatRequest {
+        if !self.asks_logprobs() {
+            self.rest_mut().insert("logprobs".into(), Value::Bool(true));
+        }
+        self
+    }
+
     /// Whether the upstream body is the client's bytes with `model` spliced (else it is
     /// encoded from the parsed fields).
     pub fn forwards_original_bytes(&self) -> bool {
@@ -175,6 +189,7 @@ pub enum CascadeChoice {
     With {
         min_agree: Option<usize>,
         extractor: Option<Extractor>,
+        min_confidence: Option<f64>,
     },
 }
 
@@ -577,10 +592,12 @@ fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
         Value::Bool(true) => Ok(CascadeChoice::With {
             min_agree: None,
             extractor: None,
+            min_confidence: None,
         }),
         Value::Object(o) => {
             let mut min_agree = None;
             let mut extractor = None;
+            let mut min_confidence = None;
             for (k, v) in o {
                 match k.as_str() {
                     "min_agree" => match v.as_u64() {
@@ -592,10 +609,17 @@ fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
                         Some(Err(e)) => return Err(bad(".extractor", &e)),
                         None => return Err(bad(".extractor", "must be a string")),
                     },
+                    "min_confidence" => match v.as_f64() {
+                        Some(c) => match routewise_router::cascade::check_min_confidence(c) {
+                            Ok(()) => min_confidence = Some(c),
+                            Err(e) => return Err(bad(".min_confidence", e)),
+                        },
+                        None => return Err(bad(".min_confidence", "must be a number")),
+                    },
                     other => {
                         return Err(bad(
                             &format!(".{other}"),
-                            "unknown field, expected min_agree or extractor",
+                            "unknown field, expected min_agree, extractor or min_confidence",
                         ))
                     }
                 }
@@ -603,6 +627,7 @@ fn cascade_choice(v: Value) -> Result<CascadeChoice, ApiError> {
             Ok(CascadeChoice::With {
                 min_agree,
                 extractor,
+                min_confidence,
             })
         }
         _ => Err(bad(
@@ -725,13 +750,15 @@ mod tests {
         assert_eq!(off.cascade, CascadeChoice::Off);
         assert_eq!(off.preference, None);
         let with = p(json!({"model": "auto", "messages": m,
-                            "routewise": {"cascade": {"min_agree": 1, "extractor": "number"}, "lambda": 2}}))
+                            "routewise": {"cascade": {"min_agree": 1, "extractor": "number",
+                                                      "min_confidence": 0.9}, "lambda": 2}}))
         .unwrap();
         assert_eq!(
             with.cascade,
             CascadeChoice::With {
                 min_agree: Some(1),
-                extractor: Some(Extractor::Number)
+                extractor: Some(Extractor::Number),
+                min_confidence: Some(0.9),
             }
         );
         assert_eq!(with.preference, Some(Policy::Lambda(2.0)));
@@ -749,6 +776,14 @@ mod tests {
                 "routewise.cascade.extractor",
             ),
             (json!({"cascade": {"k": 1}}), "routewise.cascade.k"),
+            (
+                json!({"cascade": {"min_confidence": 0}}),
+                "routewise.cascade.min_confidence",
+            ),
+            (
+                json!({"cascade": {"min_confidence": "high"}}),
+                "routewise.cascade.min_confidence",
+            ),
         ] {
             let e = p(json!({"model": "auto", "messages": m, "routewise": bad})).unwrap_err();
             assert_eq!(param(e), at);

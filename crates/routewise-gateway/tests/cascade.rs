@@ -283,6 +283,72 @@ async fn asking_for_a_cascade_that_is_not_there_is_a_400() {
     assert_eq!(v["error"]["param"], "routewise.cascade.min_agree");
 }
 
+/// Token logprobs as a check: a tier answer confident enough is accepted alone, whatever
+/// the other tier model says; an unsure tier escalates. The tier is asked for logprobs,
+/// and the client gets them only when it asked.
+#[tokio::test]
+async fn a_confident_tier_answer_is_accepted_alone_and_an_unsure_tier_escalates() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 2, min_confidence: 0.9}").await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    mock.set_model_logprob("up-b", Some(-0.01)); // confidence 0.990
+    mock.set_model_logprob("up-c", Some(-1.0)); // 0.368
+    let url = gw.url("/v1/chat/completions");
+    let (status, h, v) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert_eq!(content(&v), "The answer is (B).");
+    assert_eq!(mock.hits("up-a"), 0, "the strong model must not be asked");
+    assert!(v["choices"][0]["logprobs"].is_null(), "not asked for: {v}");
+    let tier_asked: Vec<Value> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.body["model"] != "up-a")
+        .map(|r| r.body["logprobs"].clone())
+        .collect();
+    assert!(
+        !tier_asked.is_empty() && tier_asked.iter().all(|l| l == &json!(true)),
+        "{tier_asked:?}"
+    );
+    // The client asked for logprobs: the accepted answer keeps them.
+    let mut body = chat_body("pick one");
+    body["logprobs"] = json!(true);
+    let (_, h, v) = post(&url, &body).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    let tokens = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4, "{v}");
+    // A per-request bar above b's confidence: nobody is sure and they disagree.
+    let mut body = chat_body("pick one");
+    body["routewise"] = json!({"cascade": {"min_confidence": 0.995}});
+    let (_, h, _) = post(&url, &body).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    // Both unsure: escalated; both unsure but agreeing: accepted by agreement.
+    mock.set_model_logprob("up-b", Some(-1.0));
+    let (_, h, _) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    mock.set_model_answer("up-c", Some("B) because of the second law"));
+    let (_, h, _) = post(&url, &chat_body("pick one")).await;
+    assert!(header(&h, "x-routewise-cascade").starts_with("accepted@"));
+    assert_eq!(mock.hits("up-a"), 2);
+}
+
+/// With a confidence check, one askable tier model is enough: its answer may be confident.
+#[tokio::test]
+async fn a_confidence_check_asks_a_tier_too_small_to_agree() {
+    let (mock, gw) = setup_with(
+        "{tier: [c, b], min_agree: 2, min_confidence: 0.9}",
+        ", context_window: 50",
+        "",
+    )
+    .await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    let prompt = "word ".repeat(200); // over c's context window: only b can be asked
+    let (status, h, _) = post(&gw.url("/v1/chat/completions"), &chat_body(&prompt)).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert_eq!((mock.hits("up-a"), mock.hits("up-c")), (0, 0));
+}
+
 #[test]
 fn cascade_config_errors_name_their_fields() {
     let errors = |cascade: &str| {
@@ -305,6 +371,11 @@ fn cascade_config_errors_name_their_fields() {
     ] {
         assert!(e.contains(want), "{want} not in {e}");
     }
+    let e = errors("{tier: [c, b], min_confidence: 1.5}");
+    assert!(
+        e.contains("router.cascade.min_confidence: must lie in (0, 1]"),
+        "{e}"
+    );
     let e = errors("{tier: [c, b], extractor: \"semantic:1.2\"}");
     let want = "router.cascade.extractor: `semantic:1.2`: the semantic threshold must be a cosine";
     assert!(e.contains(want), "{want} not in {e}");

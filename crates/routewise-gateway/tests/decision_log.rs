@@ -216,6 +216,23 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     let cut: String = long.chars().take(60).collect();
     assert!(line.contains(&format!("{cut:?}...")), "{line}");
     assert!(!line.contains("more or less"), "{line}");
+    // A confidence check logs each answer's token confidence (the mock's default logprob,
+    // -0.05 a token: exp(-0.05) = 0.951).
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    let mut body = common::chat_body("pick");
+    body["routewise"] = serde_json::json!({"cascade": {"min_confidence": 0.9}});
+    let (status, _, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
+    assert_eq!(status, 200);
+    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
+    let logs = capture.text();
+    let line = logs
+        .lines()
+        .filter(|l| l.contains("routewise::decision"))
+        .nth(2)
+        .unwrap_or_else(|| panic!("no third decision line in: {logs}"));
+    assert!(line.contains("cascade=accepted@"), "{line}");
+    assert!(line.contains(" p=0.951 $"), "{line}");
 }
 
 /// Stage 2 in the log: the routes that applied and the kinds of personal data found, never

@@ -245,6 +245,32 @@ fn fit_logistic(ex: &[(Features, f64)]) -> Features {
     w
 }
 
+/// The confidence an upstream's token log-probabilities give a completion: the geometric
+/// mean of its tokens' probabilities, `exp(mean logprob)`, in `[0, 1]` (length-normalised
+/// sequence likelihood, the usual confidence score of a generated answer; a token the
+/// model gave probability 0, logprob `-inf`, makes it 0). `None` when there is no token,
+/// or a logprob is NaN or positive (not a log-probability).
+pub fn token_confidence(logprobs: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for l in logprobs {
+        if l.is_nan() || l > 0.0 {
+            return None;
+        }
+        sum += l;
+        n += 1;
+    }
+    (n > 0).then(|| (sum / n as f64).exp())
+}
+
+/// Checks a minimum token confidence (a probability threshold): it must lie in (0, 1].
+pub fn check_min_confidence(c: f64) -> Result<(), &'static str> {
+    if c > 0.0 && c <= 1.0 {
+        Ok(())
+    } else {
+        Err("must lie in (0, 1]: a probability the answer's tokens reach on average")
+    }
+}
+
 /// How a cascade accepts an answer before escalating.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "kebab-case")]
@@ -351,6 +377,21 @@ impl Cascade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_confidence_is_the_geometric_mean_probability() {
+        let c = token_confidence([0.5f64.ln(), 0.125f64.ln()]).unwrap();
+        assert!((c - 0.25).abs() < 1e-12, "{c}");
+        assert_eq!(token_confidence([0.0, 0.0]), Some(1.0));
+        assert_eq!(token_confidence([0.0, f64::NEG_INFINITY]), Some(0.0));
+        assert_eq!(token_confidence(std::iter::empty()), None);
+        assert_eq!(token_confidence([-0.1, f64::NAN]), None);
+        assert_eq!(token_confidence([-0.1, 0.3]), None, "not a log-probability");
+        assert!(check_min_confidence(0.9).is_ok() && check_min_confidence(1.0).is_ok());
+        for bad in [0.0, -0.5, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(check_min_confidence(bad).is_err(), "{bad}");
+        }
+    }
 
     fn call(model: usize, answer: Option<u32>, predicted: f64) -> Call {
         Call {

@@ -14,6 +14,8 @@
 //! * stream slowly (one chunk per interval, for client-disconnect tests),
 //! * echo the request it received back in the response (`"mock_echo": true` in the body),
 //! * answer a given text per model ([`MockUpstream::set_model_answer`]: cascade tests),
+//!   with token logprobs when asked (`"logprobs": true`: one entry per word, each with
+//!   the model's set logprob, [`MockUpstream::set_model_logprob`], else -0.05),
 //! * leak the caller's API key, as real upstreams do: error messages quote the key they
 //!   were sent (`Incorrect API key provided: sk-...` for a 401), and `"mock_leak_key": true`
 //!   puts it in the answer's content.
@@ -189,6 +191,9 @@ pub struct MockState {
     model_faults: Mutex<HashMap<String, Fault>>,
     /// Content to answer with, per model (else `mock answer from ...`).
     model_answers: Mutex<HashMap<String, String>>,
+    /// Each token's logprob, per model, when logprobs are asked for (else
+    /// [`DEFAULT_LOGPROB`]).
+    model_logprobs: Mutex<HashMap<String, f64>>,
     hits: Mutex<HashMap<String, u64>>,
     requests: Mutex<Vec<RecordedRequest>>,
     total: AtomicU64,
@@ -281,6 +286,20 @@ impl MockUpstream {
         match content {
             Some(c) => {
                 m.insert(model.to_string(), c.to_string());
+            }
+            None => {
+                m.remove(model);
+            }
+        }
+    }
+
+    /// Makes every token of `model`'s answers carry `logprob` when a request asks for
+    /// logprobs (or [`DEFAULT_LOGPROB`] with `None`).
+    pub fn set_model_logprob(&self, model: &str, logprob: Option<f64>) {
+        let mut m = lock(&self.state.model_logprobs);
+        match logprob {
+            Some(l) => {
+                m.insert(model.to_string(), l);
             }
             None => {
                 m.remove(model);
@@ -579,6 +598,9 @@ async fn answer(
     if let Some(c) = lock(&state.model_answers).get(&model) {
         answer.content = c.clone();
     }
+    if let Some(&l) = lock(&state.model_logprobs).get(&model) {
+        answer.logprob = l;
+    }
     if req.get("mock_leak_key").and_then(Value::as_bool) == Some(true) {
         answer.content = format!("the key I was called with is {key}");
     }
@@ -629,7 +651,12 @@ struct Answer {
     content: String,
     tool_call: Option<Value>,
     prompt_tokens: u64,
+    /// Each token's logprob, when logprobs are asked for.
+    logprob: f64,
 }
+
+/// The logprob of every token of an answer whose model has none set.
+pub const DEFAULT_LOGPROB: f64 = -0.05;
 
 impl Answer {
     fn new(req: &Value, model: &str, seq: u64) -> Answer {
@@ -675,6 +702,7 @@ impl Answer {
             content: format!("mock answer from {model} to: {last}"),
             tool_call,
             prompt_tokens: (prompt_chars as u64).div_ceil(4).max(1),
+            logprob: DEFAULT_LOGPROB,
         }
     }
 
@@ -699,10 +727,20 @@ impl Answer {
                 "stop",
             ),
         };
+        // Asked for: one entry per word of the content, in OpenAI's shape.
+        let logprobs = match req.get("logprobs").and_then(Value::as_bool) {
+            Some(true) if self.tool_call.is_none() => json!({"content": self
+                .content
+                .split_whitespace()
+                .map(|w| json!({"token": w, "logprob": self.logprob,
+                                "bytes": w.as_bytes(), "top_logprobs": []}))
+                .collect::<Vec<_>>()}),
+            _ => Value::Null,
+        };
         let mut v = json!({
             "id": self.id, "object": "chat.completion", "created": 1_700_000_000u64,
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
             "usage": self.usage(),
             "system_fingerprint": "fp_mock",
             "mock_extra": {"nested": [1, 2, 3], "flag": true},

@@ -7,9 +7,13 @@
 //! answer is read by the configured extractor ([`routewise_router::extract`]) from the
 //! response's `choices[0].message.content`, and the plurality answer is accepted as soon
 //! as `min_agree` models gave it (under `extractor: semantic`, answers that agree in
-//! meaning count as one: [`routewise_signals::agreement`]). The calls still running are
+//! meaning count as one: [`routewise_signals::agreement`]). With `min_confidence`, the
+//! tier is asked for token logprobs, and a readable answer whose token confidence
+//! ([`routewise_router::cascade::token_confidence`]) reaches it is accepted on its own,
+//! agreement or not; an upstream that returns no logprobs takes part by agreement only,
+//! and a client that did not ask for logprobs gets none. The calls still running are
 //! then dropped, which closes their upstream connections; likewise once no plurality can
-//! reach `min_agree` any more.
+//! reach `min_agree` any more (and no answer still to come could be confident).
 //! A tier model that fails, times out or is cooling down simply gives no answer: the
 //! request escalates, it is never lost. When the router's choice is a tier model that
 //! answered, that answer is used without a new call. Under a key with a budget each tier
@@ -56,6 +60,20 @@ pub struct Plan {
     pub extractor: Extractor,
     /// The semantic comparison, for `extractor: semantic`.
     pub semantic: Option<Semantic>,
+    /// Accept a single readable answer whose token confidence reaches this.
+    pub min_confidence: Option<f64>,
+}
+
+impl Plan {
+    /// How many tier answers a verdict needs at least: 1 when a confident answer is
+    /// accepted on its own, else `min_agree`.
+    fn needed(&self) -> usize {
+        if self.min_confidence.is_some() {
+            1
+        } else {
+            self.min_agree
+        }
+    }
 }
 
 /// Semantic agreement for one request: the gateway's embedder and the threshold.
@@ -78,27 +96,32 @@ pub fn plan(
     request: &ChatRequest,
     routed: &Routed,
 ) -> Result<Option<Plan>, ApiError> {
-    let (config, min_agree, extractor) = match (&request.cascade, &gw.config.router.cascade) {
-        (CascadeChoice::Off, _) | (CascadeChoice::Config, None) => return Ok(None),
-        (CascadeChoice::With { .. }, None) => {
-            return Err(ApiError::bad_request(
-                "`routewise.cascade`: no cascade is configured (`router.cascade`)",
-                Some("routewise.cascade"),
-            ))
-        }
-        (CascadeChoice::Config, Some(c)) => (c, c.min_agree, c.extractor.clone()),
-        (
-            CascadeChoice::With {
-                min_agree,
-                extractor,
-            },
-            Some(c),
-        ) => (
-            c,
-            min_agree.unwrap_or(c.min_agree),
-            extractor.clone().unwrap_or_else(|| c.extractor.clone()),
-        ),
-    };
+    let (config, min_agree, extractor, min_confidence) =
+        match (&request.cascade, &gw.config.router.cascade) {
+            (CascadeChoice::Off, _) | (CascadeChoice::Config, None) => return Ok(None),
+            (CascadeChoice::With { .. }, None) => {
+                return Err(ApiError::bad_request(
+                    "`routewise.cascade`: no cascade is configured (`router.cascade`)",
+                    Some("routewise.cascade"),
+                ))
+            }
+            (CascadeChoice::Config, Some(c)) => {
+                (c, c.min_agree, c.extractor.clone(), c.min_confidence)
+            }
+            (
+                CascadeChoice::With {
+                    min_agree,
+                    extractor,
+                    min_confidence,
+                },
+                Some(c),
+            ) => (
+                c,
+                min_agree.unwrap_or(c.min_agree),
+                extractor.clone().unwrap_or_else(|| c.extractor.clone()),
+                min_confidence.or(c.min_confidence),
+            ),
+        };
     if routed.reason == Reason::Direct {
         return Ok(None);
     }
@@ -140,6 +163,7 @@ pub fn plan(
         min_agree,
         extractor,
         semantic,
+        min_confidence,
     }))
 }
 
@@ -154,6 +178,8 @@ pub struct TierCall {
     pub answer: Option<String>,
     /// Its cost from the upstream's usage and the model's prices.
     pub cost: Option<f64>,
+    /// Its token confidence, when the plan asked for logprobs and they came back.
+    pub confidence: Option<f64>,
 }
 
 /// What the cascade did (kept in the request context).
@@ -200,9 +226,54 @@ pub enum Verdict {
 /// The text of a completion's first choice.
 pub(crate) fn content(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
+    text_of(&v)
+}
+
+fn text_of(v: &Value) -> Option<String> {
     v.pointer("/choices/0/message/content")?
         .as_str()
         .map(str::to_string)
+}
+
+/// What the cascade reads from a tier completion: its first choice's text and, when
+/// `logprobs` is set, the token confidence of that choice
+/// ([`routewise_router::cascade::token_confidence`] over
+/// `choices[0].logprobs.content[].logprob`). A completion whose logprobs the client did
+/// not ask for (`strip`) has them removed, as if never asked: the returned body.
+fn read_tier_answer(
+    body: Bytes,
+    logprobs: bool,
+    strip: bool,
+) -> (Option<String>, Option<f64>, Bytes) {
+    if !logprobs {
+        return (content(&body), None, body);
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+        return (None, None, body);
+    };
+    let text = text_of(&v);
+    let confidence = v
+        .pointer("/choices/0/logprobs/content")
+        .and_then(Value::as_array)
+        .and_then(|tokens| {
+            let lp: Option<Vec<f64>> = tokens
+                .iter()
+                .map(|t| t.get("logprob").and_then(Value::as_f64))
+                .collect();
+            routewise_router::cascade::token_confidence(lp?)
+        });
+    if !strip {
+        return (text, confidence, body);
+    }
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices {
+            if let Some(l) = c.get_mut("logprobs") {
+                *l = Value::Null;
+            }
+        }
+    }
+    let body = serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body);
+    (text, confidence, body)
 }
 
 /// Runs the tier of `plan` for `ctx`'s request (see the module docs); records every call
@@ -211,8 +282,13 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let state = ctx.state.clone();
     let gw = &*state;
     let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
-    // The tier is asked without streaming, whatever the client asked.
-    let request = ctx.request.non_streaming();
+    // The tier is asked without streaming, whatever the client asked, and for logprobs
+    // when a confident answer may be accepted on its own.
+    let request = match plan.min_confidence {
+        Some(_) => ctx.request.non_streaming().with_logprobs(),
+        None => ctx.request.non_streaming(),
+    };
+    let strip_logprobs = plan.min_confidence.is_some() && !ctx.request.asks_logprobs();
     let now = gw.now_ms();
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();
@@ -267,7 +343,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     }
     // Too few tier models can be asked to ever agree: nothing is called, and what was
     // reserved and taken is given back.
-    if admitted.len() < plan.min_agree {
+    if admitted.len() < plan.needed() {
         for (_, _probe, hold, _taken) in admitted.drain(..) {
             if let Some(h) = hold {
                 h.release();
@@ -322,8 +398,9 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let mut keys: Vec<String> = Vec::new();
     let mut groups = plan.semantic.as_ref().map(|s| s.groups());
     let mut accepted = None;
+    let mut confident = None;
     // Too few tier models can be asked to ever agree: straight to the router's choice.
-    if pending.len() < plan.min_agree {
+    if pending.len() < plan.needed() {
         pending.clear();
     }
     while let Some((m, d, started, result)) = pending.next().await {
@@ -336,8 +413,14 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                 body,
             }) if status.is_success() => {
                 gw.record_success(m, Some(d), started);
-                let text = content(&body);
+                let (text, confidence, body) =
+                    read_tier_answer(body, plan.min_confidence.is_some(), strip_logprobs);
                 let answer = text.as_deref().and_then(|t| plan.extractor.extract(t));
+                if let (Some(min), Some(c), Some(_)) = (plan.min_confidence, confidence, &answer) {
+                    if c >= min {
+                        confident = Some(answers.len());
+                    }
+                }
                 let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
                 if let Some(c) = cost {
                     gw.metrics.cost(m.index(), c);
@@ -358,6 +441,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                     status: Some(status.as_u16()),
                     answer,
                     cost,
+                    confidence,
                 });
                 answers.push(TierAnswer {
                     model: m,
@@ -384,6 +468,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                     status: Some(status),
                     answer: None,
                     cost: None,
+                    confidence: None,
                 });
                 AttemptOutcome::Ok
             }
@@ -395,12 +480,19 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
                     status: None,
                     answer: None,
                     cost: None,
+                    confidence: None,
                 });
                 f.outcome
             }
         };
         gw.metrics.attempt(m.index(), outcome);
-        // The plurality so far, and whether it can still reach min_agree.
+        // A confident answer is accepted on its own.
+        if confident.is_some() {
+            accepted = confident;
+            break;
+        }
+        // The plurality so far, and whether it can still reach min_agree (with a
+        // confidence check, any answer still to come can be accepted alone).
         let top = if votes.is_empty() {
             Plurality { pick: 0, votes: 0 }
         } else {
@@ -410,7 +502,7 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
             accepted = Some(top.pick);
             break;
         }
-        if top.votes + pending.len() < plan.min_agree {
+        if top.votes + pending.len() < plan.min_agree && plan.min_confidence.is_none() {
             break;
         }
     }
@@ -546,6 +638,37 @@ pub fn header_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tier_answer_is_read_with_its_confidence_and_stripped_of_unasked_logprobs() {
+        let body = Bytes::from_static(
+            br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"(B)"},
+                "logprobs":{"content":[{"token":"(B","logprob":-0.5},{"token":")","logprob":-1.5}]},
+                "finish_reason":"stop"}]}"#,
+        );
+        let (text, c, kept) = read_tier_answer(body.clone(), true, false);
+        assert_eq!(text.as_deref(), Some("(B)"));
+        assert!((c.unwrap() - (-1.0f64).exp()).abs() < 1e-12);
+        assert_eq!(kept, body, "asked by the client: untouched");
+        let (_, c2, stripped) = read_tier_answer(body.clone(), true, true);
+        assert_eq!(c2, c);
+        let v: Value = serde_json::from_slice(&stripped).unwrap();
+        assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+        assert_eq!(v["choices"][0]["message"]["content"], "(B)");
+        // Not asked: no confidence, body untouched.
+        let (text, c, same) = read_tier_answer(body.clone(), false, false);
+        assert_eq!((text.as_deref(), c), (Some("(B)"), None));
+        assert_eq!(same, body);
+        // An upstream without logprobs (or with a malformed entry): no confidence.
+        for b in [
+            &br#"{"choices":[{"message":{"content":"B"},"logprobs":null}]}"#[..],
+            br#"{"choices":[{"message":{"content":"B"},"logprobs":{"content":[{"token":"B"}]}}]}"#,
+            br#"{"choices":[{"message":{"content":"B"},"logprobs":{"content":[]}}]}"#,
+        ] {
+            let (text, c, _) = read_tier_answer(Bytes::copy_from_slice(b), true, true);
+            assert_eq!((text.as_deref(), c), (Some("B"), None));
+        }
+    }
 
     #[test]
     fn a_completion_replays_as_chunks_with_usage_and_done() {

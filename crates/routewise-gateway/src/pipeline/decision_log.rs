@@ -113,7 +113,8 @@ impl fmt::Display for Predictions<'_> {
     }
 }
 
-/// A cascade's verdict and tier calls: `accepted@a [a: B $0.00010000; b: B ...]`, or `-`.
+/// A cascade's verdict and tier calls: `accepted@a [a: B $0.00010000; b: B ...]`, or `-`;
+/// a call's token confidence, when read, as `p=0.950` before its cost.
 struct CascadeLog<'a>(&'a Gateway, Option<&'a CascadeTrace>, Option<ModelId>);
 
 impl fmt::Display for CascadeLog<'_> {
@@ -142,6 +143,9 @@ impl fmt::Display for CascadeLog<'_> {
                 }
                 (None, AttemptOutcome::Ok, _) => f.write_str("no answer read")?,
                 (None, o, _) => write!(f, "failed ({})", o.name())?,
+            }
+            if let Some(p) = c.confidence {
+                write!(f, " p={p:.3}")?;
             }
             if let Some(cost) = c.cost {
                 write!(f, " ${cost:.8}")?;

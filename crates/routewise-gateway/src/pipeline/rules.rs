@@ -160,6 +160,7 @@ pub fn run(
                 req.cascade = CascadeChoice::With {
                     min_agree: None,
                     extractor: None,
+                    min_confidence: None,
                 }
             }
             _ => {}
