@@ -32,9 +32,10 @@
 use routewise_data::{Dataset, Record};
 use routewise_features::Featurizer;
 use routewise_features::FeaturizerKind;
+use routewise_router::artifact::CalibratedCascade;
 use routewise_router::baselines::splitmix64;
 use routewise_router::cascade::{Cascade, CascadeRule};
-use routewise_router::{Router, RouterConfigs, RouterKind};
+use routewise_router::{Artifact, Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
 use crate::cascade::{
@@ -275,12 +276,22 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
+/// A calibration and what `serve` needs to run it.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    pub report: CascadeCalibration,
+    /// The router fitted on train's fitting part, carrying the calibrated chain (its
+    /// tier, acceptor and the headline threshold); `None` when the cascade is off (no
+    /// tier saves anything, or no threshold passed on the calibration part).
+    pub artifact: Option<Artifact>,
+}
+
 /// Calibrates the confidence chain of `ds` (see the module docs).
 pub fn calibrate_cascade(
     ds: &Dataset,
     opts: &CalibrateOptions,
     progress: &dyn Progress,
-) -> Result<CascadeCalibration, EvalError> {
+) -> Result<Calibrated, EvalError> {
     let open_unit = |x: f64| x > 0.0 && x < 1.0;
     if !open_unit(opts.alpha) || !open_unit(opts.delta) {
         return Err(EvalError::Config(format!(
@@ -381,7 +392,33 @@ pub fn calibrate_cascade(
     }
     progress.finish();
     let k = opts.splits.max(1) as f64;
-    Ok(CascadeCalibration {
+    let tier_names = chosen.tier.iter().map(|&m| ds.models[m].clone()).collect();
+    let featurizer_name = prepared.featurizer.name().to_string();
+    let artifact = match (headline.threshold, off_entirely) {
+        (Some(threshold), false) => {
+            let step_discount = match chosen.rule {
+                CascadeRule::Chain { step_discount, .. } => step_discount,
+                CascadeRule::Gain { .. } | CascadeRule::Agreement { .. } => 0.0,
+            };
+            let mut a = prepared.into_artifact(&ds.name, router);
+            a.meta.cascade = Some(CalibratedCascade {
+                cascade: Cascade {
+                    rule: CascadeRule::Chain {
+                        threshold,
+                        step_discount,
+                    },
+                    ..chosen
+                },
+                alpha: opts.alpha,
+                delta: opts.delta,
+                lambda: opts.lambda,
+                n_calibration: n_cal,
+            });
+            Some(a)
+        }
+        _ => None,
+    };
+    let report = CascadeCalibration {
         alpha: opts.alpha,
         delta: opts.delta,
         splits: opts.splits,
@@ -391,15 +428,16 @@ pub fn calibrate_cascade(
         off_rate: if off_entirely { 1.0 } else { off as f64 / k },
         dataset: ds.name.clone(),
         router: opts.router.to_string(),
-        featurizer: prepared.featurizer.name().to_string(),
+        featurizer: featurizer_name,
         lambda: opts.lambda,
-        tier: chosen.tier.iter().map(|&m| ds.models[m].clone()).collect(),
+        tier: tier_names,
         n_fit: fit.len(),
         n_calibration: n_cal,
         n_test: test.len(),
         test: headline,
         method: "Learn then Test (fixed-sequence, Hoeffding-Bentkus p-values)",
-    })
+    };
+    Ok(Calibrated { report, artifact })
 }
 
 #[cfg(test)]

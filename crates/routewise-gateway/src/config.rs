@@ -98,7 +98,10 @@
 //! `exact` or `json:FIELD`; default `choice`); otherwise the request goes to the router's
 //! choice ([`crate::pipeline::cascade`]). Tier names must be configured models. With
 //! `min_confidence: p` (in (0, 1]), a tier answer whose token confidence (from the
-//! upstream's logprobs) is at least `p` is accepted on its own.
+//! upstream's logprobs) is at least `p` is accepted on its own. `learned: true` serves the
+//! router artifact's calibrated confidence chain instead (its tier, acceptor and
+//! threshold, filled in when the artifact is loaded; `tier`, `min_agree` and
+//! `min_confidence` are then refused).
 //!
 //! `router.exploration.epsilon` (default 0: off) replaces the router's choice by a
 //! uniformly drawn model on that share of `model: auto` requests
@@ -332,6 +335,11 @@ pub struct CascadeConfig {
     /// tokens' probabilities, from the upstream's logprobs) is at least this, agreement
     /// or not; the tier is then asked for logprobs.
     pub min_confidence: Option<f64>,
+    /// `learned: true`: run the artifact's calibrated confidence chain instead (one tier
+    /// model at a time, its acceptor deciding); `tier` is then the artifact's.
+    pub learned: bool,
+    /// That chain, filled in when the artifact is loaded ([`crate::load`]).
+    pub chain: Option<std::sync::Arc<routewise_router::artifact::CalibratedCascade>>,
 }
 
 /// An upstream API key. Its `Debug` and `Display` never show the value.
@@ -742,7 +750,10 @@ struct RawExploration {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCascade {
+    #[serde(default)]
     tier: Vec<String>,
+    #[serde(default)]
+    learned: bool,
     #[serde(default)]
     min_agree: Option<usize>,
     #[serde(default)]
@@ -1068,7 +1079,10 @@ pub fn parse(
             Vec::new()
         }
     };
-    let cascade = router.cascade.and_then(|c| v.cascade(c, &models));
+    let has_artifact = artifact.is_some();
+    let cascade = router
+        .cascade
+        .and_then(|c| v.cascade(c, &models, has_artifact));
     let raw_shadows: Vec<(usize, RawShadow)> = match map.get("shadow") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Sequence(items)) => items
@@ -1574,9 +1588,35 @@ impl Validator<'_> {
     }
 
     /// `router.cascade`, checked against the configured `models`.
-    fn cascade(&mut self, raw: RawCascade, models: &[ModelConfig]) -> Option<CascadeConfig> {
+    fn cascade(
+        &mut self,
+        raw: RawCascade,
+        models: &[ModelConfig],
+        has_artifact: bool,
+    ) -> Option<CascadeConfig> {
         let before = self.issues.len();
-        if raw.tier.is_empty() {
+        if raw.learned {
+            // The tier, its acceptor and threshold come from the artifact.
+            if !has_artifact {
+                self.issue(
+                    "router.cascade.learned",
+                    "needs `router.artifact`: an artifact written by `routewise calibrate \
+                     --cascade --artifact`",
+                );
+            }
+            for (set, field) in [
+                (!raw.tier.is_empty(), "tier"),
+                (raw.min_agree.is_some(), "min_agree"),
+                (raw.min_confidence.is_some(), "min_confidence"),
+            ] {
+                if set {
+                    self.issue(
+                        &format!("router.cascade.{field}"),
+                        "does not apply with `learned: true` (the artifact's chain decides)",
+                    );
+                }
+            }
+        } else if raw.tier.is_empty() {
             self.issue("router.cascade.tier", "must name at least one model");
         }
         let mut seen = HashSet::new();
@@ -1627,6 +1667,8 @@ impl Validator<'_> {
             min_agree,
             extractor: extractor?,
             min_confidence: raw.min_confidence,
+            learned: raw.learned,
+            chain: None,
         })
     }
 

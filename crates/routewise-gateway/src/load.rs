@@ -184,10 +184,35 @@ pub fn build(config: Config) -> Result<AppState, LoadError> {
     ))?)?)
 }
 
+/// `router.cascade: {learned: true}`: the artifact's calibrated chain, and its tier's
+/// names (the config's models match the artifact's, checked later with the catalog).
+fn learned_chain(config: &mut Config, artifact: &Artifact) -> Result<(), ConfigError> {
+    let source = config.source.clone();
+    let Some(c) = config.router.cascade.as_mut().filter(|c| c.learned) else {
+        return Ok(());
+    };
+    let Some(chain) = &artifact.meta.cascade else {
+        return Err(ConfigError::single(
+            &source,
+            "router.cascade.learned",
+            "the router artifact carries no calibrated cascade: write one with `routewise \
+             calibrate --cascade --alpha A --artifact router.rw`",
+        ));
+    };
+    c.tier = chain
+        .cascade
+        .tier
+        .iter()
+        .filter_map(|&m| artifact.meta.models.get(m).cloned())
+        .collect();
+    c.chain = Some(std::sync::Arc::new(chain.clone()));
+    Ok(())
+}
+
 /// Loads what a validated config points at (the artifacts, the demo data).
 pub fn prepare(versioned: Versioned) -> Result<Prepared, LoadError> {
     let Versioned {
-        config,
+        mut config,
         version,
         artifact_digest,
         shadow_digests,
@@ -201,9 +226,13 @@ pub fn prepare(versioned: Versioned) -> Result<Prepared, LoadError> {
     };
     let engine: Engine = match &config.router.artifact {
         None if rules_mode => zero_data_engine(&config),
-        Some(path) => Artifact::load(path)
-            .map_err(|e| ConfigError::single(&config.source, "router.artifact", e.to_string()))?
-            .into_engine(),
+        Some(path) => {
+            let artifact = Artifact::load(path).map_err(|e| {
+                ConfigError::single(&config.source, "router.artifact", e.to_string())
+            })?;
+            learned_chain(&mut config, &artifact)?;
+            artifact.into_engine()
+        }
         None => match &demo_data {
             Some(d) => demo::engine(d).map_err(|e| LoadError::Demo(e.to_string()))?,
             None => return Err(LoadError::Demo("no demo data".into())),

@@ -380,3 +380,139 @@ fn cascade_config_errors_name_their_fields() {
     let want = "router.cascade.extractor: `semantic:1.2`: the semantic threshold must be a cosine";
     assert!(e.contains(want), "{want} not in {e}");
 }
+
+/// An artifact for models a, b, c (predicted 0.9, 0.8, 0.7) carrying a calibrated chain
+/// c -> b whose acceptor weighs the predicted score of the answer's model and agreement:
+/// after c alone `sigmoid(-8 + 10 * 0.7) = 0.27`, after b alone 0.5, after c and b
+/// agreeing 0.98.
+fn chain_artifact(dir: &std::path::Path, threshold: f64) -> std::path::PathBuf {
+    use routewise_router::artifact::CalibratedCascade;
+    use routewise_router::cascade::{Acceptor, Cascade, CascadeRule};
+    let e = common::abc();
+    let mut a = routewise_router::Artifact::new("test", e.featurizer, e.router, e.catalog, 3);
+    a.meta.cascade = Some(CalibratedCascade {
+        cascade: Cascade {
+            tier: vec![2, 1],
+            rule: CascadeRule::Chain {
+                threshold,
+                step_discount: 0.0,
+            },
+            acceptor: Some(Acceptor {
+                weights: vec![[-8.0, 10.0, 4.0, 0.0, -10.0, 0.0]],
+                escalate: vec![],
+            }),
+        },
+        alpha: 0.02,
+        delta: 0.1,
+        lambda: 0.0,
+        n_calibration: 100,
+    });
+    let path = dir.join(format!("chain-{threshold}.rw"));
+    a.save(&path).unwrap();
+    path
+}
+
+async fn serve_learned(mock: &MockUpstream, artifact: &std::path::Path) -> common::Gateway {
+    let dir = artifact.parent().unwrap();
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+router: {{artifact: {}, policy: {{lambda: 0}}, cascade: {{learned: true}}}}
+models:
+  - {{name: a, base_url: "{u}", upstream_model: up-a}}
+  - {{name: b, base_url: "{u}", upstream_model: up-b}}
+  - {{name: c, base_url: "{u}", upstream_model: up-c}}
+"#,
+        artifact.file_name().unwrap().to_str().unwrap(),
+        u = mock.base_url()
+    );
+    let path = dir.join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    common::Gateway::start(routewise_gateway::load::from_file(&path).unwrap()).await
+}
+
+/// The learned confidence chain (`learned: true`) served: the artifact's tier is asked one
+/// model at a time, in its order, and its acceptor decides after each answer.
+#[tokio::test]
+async fn the_learned_chain_asks_one_model_at_a_time_and_its_acceptor_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = serve_learned(&mock, &chain_artifact(dir.path(), 0.9)).await;
+    let url = gw.url("/v1/chat/completions");
+    // c alone is not enough (0.27); c and b agreeing are (0.98): b's answer is returned.
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("B) because of the second law"));
+    let (status, h, v) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert_eq!(header(&h, "x-routewise-cascade-calls"), "2");
+    let order: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["model"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["up-c", "up-b"], "the chain's order, one at a time");
+    // Disagreement after the whole tier (0.5): escalated to the router's choice.
+    mock.set_model_answer("up-b", Some("The answer is (C)."));
+    let (_, h, _) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    assert_eq!(mock.hits("up-a"), 1);
+    // The learned chain takes no agreement settings per request.
+    let mut body = chat_body("pick one");
+    body["routewise"] = json!({"cascade": {"min_agree": 1}});
+    let (status, _, v) = post(&url, &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "routewise.cascade");
+}
+
+/// A lower threshold accepts c's answer alone; a failing tier model is passed over.
+#[tokio::test]
+async fn the_learned_chain_stops_at_the_first_accepted_answer_and_passes_over_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = serve_learned(&mock, &chain_artifact(dir.path(), 0.2)).await;
+    let url = gw.url("/v1/chat/completions");
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    let (_, h, v) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@c");
+    assert_eq!(content(&v), "The answer is (C).");
+    assert_eq!((mock.hits("up-a"), mock.hits("up-b")), (0, 0));
+    // c fails: b is asked, and its answer alone (0.5) passes 0.2.
+    mock.set_model_fault("up-c", Some(Fault::Status(500)));
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    let (status, h, _) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "x-routewise-cascade"), "accepted@b");
+    assert_eq!(mock.hits("up-a"), 0);
+}
+
+#[test]
+fn a_learned_chain_needs_an_artifact_that_carries_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::abc();
+    routewise_router::Artifact::new("test", e.featurizer, e.router, e.catalog, 3)
+        .save(&dir.path().join("plain.rw"))
+        .unwrap();
+    let models = "models:\n  - {name: a, base_url: 'http://127.0.0.1:9/v1'}\n  - {name: b, base_url: 'http://127.0.0.1:9/v1'}\n  - {name: c, base_url: 'http://127.0.0.1:9/v1'}\n";
+    let load = |router: &str| {
+        let path = dir.path().join("gw.yaml");
+        std::fs::write(&path, format!("router: {router}\n{models}")).unwrap();
+        match routewise_gateway::load::from_file(&path) {
+            Ok(_) => panic!("{router} loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = load("{artifact: plain.rw, cascade: {learned: true}}");
+    assert!(
+        e.contains("router.cascade.learned: the router artifact carries no calibrated cascade"),
+        "{e}"
+    );
+    let e = load("{cascade: {learned: true, tier: [c], min_agree: 1}}");
+    for want in [
+        "router.cascade.learned: needs `router.artifact`",
+        "router.cascade.tier: does not apply with `learned: true`",
+        "router.cascade.min_agree: does not apply",
+    ] {
+        assert!(e.contains(want), "{want} not in {e}");
+    }
+}

@@ -16,6 +16,12 @@
 //! stored as their config enums ([`AnyFeaturizer`], [`AnyRouter`]), so adding variants
 //! (new featurizers, new routers) keeps old artifacts loadable; a neural featurizer's
 //! weights are resolved ([`AnyFeaturizer::load`]) while the artifact is read.
+//!
+//! An artifact may also carry a calibrated confidence chain ([`CalibratedCascade`],
+//! written by `routewise calibrate --cascade --artifact`) in its header: the tier, the
+//! acceptor's weights and the threshold, which `serve` runs with `router.cascade:
+//! {learned: true}`. Such a file is written at format 3, so builds that cannot serve it
+//! refuse it as newer.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,12 +30,16 @@ use routewise_features::AnyFeaturizer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cascade::{Cascade, CascadeRule};
 use crate::{AnyRouter, Catalog, Engine, RouterError};
 
 /// The newest on-disk layout this build reads and writes. A file is written at the
 /// oldest version that can hold it ([`Artifact::format_needed`]), so artifacts without
 /// onboarded models stay readable by builds that predate onboarding.
-pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
+pub const ARTIFACT_FORMAT_VERSION: u32 = 3;
+
+/// The layout of artifacts with onboarded models and no cascade.
+const ONBOARDED_FORMAT_VERSION: u32 = 2;
 
 /// The layout of artifacts without onboarded models.
 const PLAIN_FORMAT_VERSION: u32 = 1;
@@ -61,6 +71,54 @@ pub struct ArtifactMeta {
     /// artifacts written before onboarding existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub onboarded: Vec<OnboardedModel>,
+    /// A confidence chain calibrated on held-out train prompts for this router, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<CalibratedCascade>,
+}
+
+/// A confidence chain ([`crate::cascade`], FrugalGPT's family) calibrated with a
+/// guarantee for serving: the tier (catalog indices, called in order), the acceptor and
+/// its threshold, chosen by Learn then Test so that the quality lost against always
+/// escalating is at most `alpha` with probability at least `1 - delta`, on prompts like
+/// the calibration ones and with escalation at `lambda` (`routewise_eval::calibrate`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CalibratedCascade {
+    pub cascade: Cascade,
+    pub alpha: f64,
+    pub delta: f64,
+    /// The escalation policy's lambda the guarantee was calibrated at.
+    pub lambda: f64,
+    /// Calibration prompts the threshold was chosen on.
+    pub n_calibration: usize,
+}
+
+impl CalibratedCascade {
+    /// Checks it against a catalog of `n_models`: a non-empty tier of distinct known
+    /// models, an acceptor, and a chain rule with a threshold in [0, 1].
+    pub fn check(&self, n_models: usize) -> Result<(), String> {
+        let c = &self.cascade;
+        if c.tier.is_empty() {
+            return Err("the cascade's tier is empty".into());
+        }
+        for (i, &m) in c.tier.iter().enumerate() {
+            if m >= n_models {
+                return Err(format!("the cascade's tier names model {m} of {n_models}"));
+            }
+            if c.tier[..i].contains(&m) {
+                return Err(format!("the cascade's tier lists model {m} twice"));
+            }
+        }
+        if c.acceptor.is_none() {
+            return Err("the cascade has no acceptor".into());
+        }
+        match c.rule {
+            CascadeRule::Chain {
+                threshold,
+                step_discount,
+            } if (0.0..=1.0).contains(&threshold) && step_discount.is_finite() => Ok(()),
+            _ => Err("the cascade's rule is not a chain with a threshold in [0, 1]".into()),
+        }
+    }
 }
 
 /// A model added to a trained router without retraining (see [`crate::onboard`]).
@@ -100,7 +158,7 @@ struct Payload {
 
 fn format_for(router: &AnyRouter) -> u32 {
     match router {
-        AnyRouter::Onboarded(_) => ARTIFACT_FORMAT_VERSION,
+        AnyRouter::Onboarded(_) => ONBOARDED_FORMAT_VERSION,
         _ => PLAIN_FORMAT_VERSION,
     }
 }
@@ -134,6 +192,7 @@ impl Artifact {
                 n_train,
                 created_unix,
                 onboarded: Vec::new(),
+                cascade: None,
             },
             featurizer,
             router,
@@ -141,11 +200,15 @@ impl Artifact {
         }
     }
 
-    /// The format version this artifact is written at: 2 when it holds onboarded models
-    /// (a router variant older builds cannot read, so they say "newer" instead of
-    /// "corrupt"), else 1.
+    /// The format version this artifact is written at: 3 when it carries a cascade, 2
+    /// when it holds onboarded models (a router variant older builds cannot read, so they
+    /// say "newer" instead of "corrupt"), else 1.
     pub fn format_needed(&self) -> u32 {
-        format_for(&self.router)
+        if self.meta.cascade.is_some() {
+            ARTIFACT_FORMAT_VERSION
+        } else {
+            format_for(&self.router)
+        }
     }
 
     /// Serialises the artifact (see the module docs for the layout).
@@ -238,6 +301,10 @@ impl Artifact {
             return Err(err(
                 "corrupt artifact: the header's models differ from the catalog's",
             ));
+        }
+        if let Some(c) = &meta.cascade {
+            c.check(names.len())
+                .map_err(|e| err(format!("corrupt artifact: {e}")))?;
         }
         // Neural featurizers resolve their weights now, so a missing download is a clear
         // error at load time rather than zero vectors at routing time (no-op for tfidf).

@@ -563,16 +563,14 @@ pub fn onboard(
     catalog.models.push(model.info.clone());
     meta.models = catalog.names().map(str::to_string).collect();
     let router = AnyRouter::Onboarded(OnboardedRouter::new(base, n_base, heads));
-    meta.format_version = crate::ARTIFACT_FORMAT_VERSION;
-    Ok((
-        Artifact {
-            meta,
-            featurizer,
-            router,
-            catalog,
-        },
-        fit,
-    ))
+    let mut artifact = Artifact {
+        meta,
+        featurizer,
+        router,
+        catalog,
+    };
+    artifact.meta.format_version = artifact.format_needed();
+    Ok((artifact, fit))
 }
 
 #[cfg(test)]

@@ -126,3 +126,44 @@ fn corrupt_truncated_and_foreign_files_are_refused() {
     let e = artifact_err(Artifact::load(&missing));
     assert!(e.contains("missing.rw") && e.contains("cannot read"), "{e}");
 }
+
+/// A calibrated cascade travels in the header (format 3) and is checked on load.
+#[test]
+fn a_calibrated_cascade_round_trips_at_format_3_and_a_bad_one_is_refused() {
+    use routewise_router::artifact::CalibratedCascade;
+    use routewise_router::cascade::{Acceptor, Cascade, CascadeRule};
+    let (mut a, _) = artifact(RouterKind::Knn);
+    let cascade = |tier: Vec<usize>, threshold: f64| CalibratedCascade {
+        cascade: Cascade {
+            tier,
+            rule: CascadeRule::Chain {
+                threshold,
+                step_discount: 0.0,
+            },
+            acceptor: Some(Acceptor {
+                weights: vec![[0.5, 1.0, 2.0, 0.0, -1.0, -0.5]],
+                escalate: vec![],
+            }),
+        },
+        alpha: 0.02,
+        delta: 0.1,
+        lambda: 0.0,
+        n_calibration: 90,
+    };
+    a.meta.cascade = Some(cascade(vec![2, 0], 0.8));
+    let bytes = a.to_bytes().unwrap();
+    assert!(bytes.starts_with(b"ROUTEWISE-ARTIFACT format=3 "));
+    let b = Artifact::from_bytes(&bytes).unwrap();
+    assert_eq!(b.meta.cascade, a.meta.cascade);
+    assert_eq!(b.meta.format_version, 3);
+    for (tier, threshold, want) in [
+        (vec![3], 0.8, "tier names model 3 of 3"),
+        (vec![1, 1], 0.8, "lists model 1 twice"),
+        (vec![], 0.8, "tier is empty"),
+        (vec![1], 1.5, "threshold in [0, 1]"),
+    ] {
+        a.meta.cascade = Some(cascade(tier, threshold));
+        let e = artifact_err(Artifact::from_bytes(&a.to_bytes().unwrap()));
+        assert!(e.contains(want), "{want} not in {e}");
+    }
+}

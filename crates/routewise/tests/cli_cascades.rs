@@ -162,6 +162,7 @@ fn calibrate_cascade_controls_the_loss_it_promises() {
     let data = dir.path().join("mc.jsonl");
     write_agreement_data(&data, 3000);
     let json = dir.path().join("cal.json");
+    let rw = dir.path().join("cascade.rw");
     ok_out(&[
         "calibrate",
         "--cascade",
@@ -173,6 +174,8 @@ fn calibrate_cascade_controls_the_loss_it_promises() {
         "100",
         "--json",
         json.to_str().unwrap(),
+        "--artifact",
+        rw.to_str().unwrap(),
     ]);
     let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for key in [
@@ -191,6 +194,37 @@ fn calibrate_cascade_controls_the_loss_it_promises() {
     // It does save: the tier answers most prompts.
     assert!(f(&c["cost_saved_mean"]) > 0.2, "{c}");
     assert!(c["test"]["threshold"].is_number(), "{c}");
+    // The artifact carries the calibrated chain: the reported tier and threshold.
+    let art = routewise_router::Artifact::load(&rw).unwrap();
+    let served = art
+        .meta
+        .cascade
+        .as_ref()
+        .expect("a cascade in the artifact");
+    let tier: Vec<&str> = served
+        .cascade
+        .tier
+        .iter()
+        .map(|&m| art.meta.models[m].as_str())
+        .collect();
+    let want: Vec<&str> = c["tier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tier, want);
+    match served.cascade.rule {
+        routewise_router::cascade::CascadeRule::Chain { threshold, .. } => {
+            assert_eq!(threshold, f(&c["test"]["threshold"]));
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        (served.alpha, served.n_calibration as f64),
+        (0.05, f(&c["n_calibration"]))
+    );
+    assert_eq!(art.meta.n_train as f64, f(&c["n_fit"]));
 }
 
 #[test]

@@ -14,6 +14,12 @@
 //! and a client that did not ask for logprobs gets none. The calls still running are
 //! then dropped, which closes their upstream connections; likewise once no plurality can
 //! reach `min_agree` any more (and no answer still to come could be confident).
+//!
+//! With `learned: true` the artifact's calibrated confidence chain (FrugalGPT's family,
+//! [`routewise_router::cascade`]) runs instead: its tier one model at a time, in its
+//! order, and after each answer its acceptor, on the router's predicted scores and the
+//! agreement so far, accepts or asks the next; after the last, the request escalates.
+//!
 //! A tier model that fails, times out or is cooling down simply gives no answer: the
 //! request escalates, it is never lost. When the router's choice is a tier model that
 //! answered, that answer is used without a new call. Under a key with a budget each tier
@@ -29,12 +35,14 @@
 //! Skipped for requests that name a model, that turn it off (`"routewise": {"cascade":
 //! false}`), and when no cascade is configured (a request asking for one then gets a 400).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use routewise_router::cascade::{plurality, AnswerKey, Call as VoteCall, Plurality};
+use routewise_router::artifact::CalibratedCascade;
+use routewise_router::cascade::{plurality, AnswerKey, Call as VoteCall, Next, Plurality};
 use routewise_router::extract::Extractor;
 use routewise_signals::agreement::Groups;
 use serde_json::{json, Value};
@@ -50,7 +58,7 @@ use crate::pipeline::context::RequestContext;
 use crate::pipeline::route::{Reason, Routed};
 use crate::request::{CascadeChoice, ChatRequest};
 use crate::state::Gateway;
-use crate::upstream::{Answer, AttemptInfo, AttemptOutcome, Call};
+use crate::upstream::{Answer, AttemptInfo, AttemptOutcome, Call, Failure};
 
 /// What the cascade will do for a request, decided before any call.
 #[derive(Debug, Clone)]
@@ -62,6 +70,9 @@ pub struct Plan {
     pub semantic: Option<Semantic>,
     /// Accept a single readable answer whose token confidence reaches this.
     pub min_confidence: Option<f64>,
+    /// The artifact's calibrated chain (`learned: true`): the tier is called one model at
+    /// a time and its acceptor decides.
+    pub chain: Option<Arc<CalibratedCascade>>,
 }
 
 impl Plan {
@@ -125,6 +136,26 @@ pub fn plan(
     if routed.reason == Reason::Direct {
         return Ok(None);
     }
+    if config.learned {
+        if let CascadeChoice::With {
+            min_agree: Some(_), ..
+        }
+        | CascadeChoice::With {
+            min_confidence: Some(_),
+            ..
+        } = request.cascade
+        {
+            return Err(ApiError::bad_request(
+                "`routewise.cascade`: the configured cascade is a learned chain \
+                 (`learned: true`); only `extractor` can be overridden",
+                Some("routewise.cascade"),
+            ));
+        }
+        // The chain weighs the router's predictions: without a decision there is none.
+        if config.chain.is_none() || routed.decision.is_none() {
+            return Ok(None);
+        }
+    }
     if min_agree > config.tier.len() {
         return Err(ApiError::bad_request(
             format!(
@@ -164,6 +195,7 @@ pub fn plan(
         extractor,
         semantic,
         min_confidence,
+        chain: config.chain.clone(),
     }))
 }
 
@@ -276,220 +308,345 @@ fn read_tier_answer(
     (text, confidence, body)
 }
 
+/// What every tier call of one request shares.
+struct Tier<'a> {
+    gw: &'a Gateway,
+    plan: &'a Plan,
+    /// The request as the tier gets it (non-streaming, with logprobs when needed).
+    request: &'a ChatRequest,
+    forward: &'a [(HeaderName, HeaderValue)],
+    id: &'a str,
+    timeout: Duration,
+    /// Remove the logprobs the client did not ask for from the answers.
+    strip_logprobs: bool,
+}
+
+/// A tier model taken for one call: its breaker's probe, the key's budget hold and a
+/// deployment slot with its quota.
+struct Admitted<'g> {
+    model: ModelId,
+    probe: ProbeGuard<'g>,
+    hold: Option<budget::Hold>,
+    taken: attempts::Taken<'g>,
+}
+
+/// Over the key's rate, or the store is down: the attempts that follow refuse the
+/// request, so no tier model is asked.
+struct Stop;
+
+/// Takes what calling tier model `m` needs; `Ok(None)`: not this one (its breaker is
+/// open, no deployment has a slot and quota, or the key's budget cannot afford it). What
+/// is taken (a half-open probe, a slot and its quota) is given back when dropped unless
+/// the call runs; a hold is released by the caller when the call is not made.
+async fn admit<'g>(
+    ctx: &mut RequestContext,
+    gw: &'g Gateway,
+    request: &ChatRequest,
+    m: ModelId,
+) -> Result<Option<Admitted<'g>>, Stop> {
+    let up = gw.upstreams.get(m);
+    let admit = up.breaker.admit(gw.now_ms());
+    if admit == Admit::No {
+        return Ok(None);
+    }
+    let probe = ProbeGuard {
+        breaker: &up.breaker,
+        armed: admit == Admit::Probe,
+    };
+    let taken = match attempts::take_deployment(gw, up, request, &[]) {
+        Ok(t) => t,
+        Err(pass) => {
+            ctx.skipped.push((m, pass.name()));
+            return Ok(None);
+        }
+    };
+    match budget::reserve(
+        gw,
+        ctx.caller.as_deref(),
+        m,
+        request,
+        !ctx.rate_taken,
+        ctx.routed.observed(),
+    )
+    .await
+    {
+        Ok(hold) => {
+            if !ctx.rate_taken {
+                crate::pipeline::pace::admitted(ctx);
+            }
+            ctx.rate_taken = true;
+            Ok(Some(Admitted {
+                model: m,
+                probe,
+                hold,
+                taken,
+            }))
+        }
+        Err(r) if !matches!(r, budget::Refused::Exceeded(_)) => Err(Stop),
+        Err(_) => {
+            ctx.skipped.push((m, "budget"));
+            Ok(None)
+        }
+    }
+}
+
+/// What one tier call returned: the model, the deployment, when it started, the result.
+type Returned = (ModelId, usize, u64, Result<Answer, Failure>);
+
+/// One tier call, settling the key's budget with what its answer cost. The half-open
+/// breaker's probe moves into the call: released if the call is dropped, run or not.
+fn tier_call<'a>(
+    t: &Tier<'a>,
+    a: Admitted<'a>,
+) -> impl std::future::Future<Output = Returned> + 'a {
+    let Admitted {
+        model: m,
+        probe,
+        hold,
+        taken,
+    } = a;
+    let attempts::Taken { slot, quota } = taken;
+    quota.keep();
+    let (gw, request, forward, id, timeout) = (t.gw, t.request, t.forward, t.id, t.timeout);
+    let up = gw.upstreams.get(m);
+    let span = tracing::debug_span!("tier_call", model = %up.name);
+    async move {
+        let mut probe = probe; // the whole guard moves into the call
+        let dep = &up.deployments[slot.deployment];
+        let mut info = AttemptInfo::default();
+        let started = gw.now_ms();
+        let call = Call {
+            request,
+            model: &up.name,
+            upstream_model: &dep.upstream_model,
+            timeout,
+            id,
+            forward,
+        };
+        let result = dep.provider.call(call, &mut info).await;
+        probe.armed = false;
+        let d = slot.deployment;
+        drop(slot);
+        if let Some(h) = hold {
+            let usage = match &result {
+                Ok(Answer::Full { status, body, .. }) if status.is_success() => {
+                    crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c))
+                }
+                _ => None,
+            };
+            let amount = h.amount();
+            h.settle(Some(budget::charge(&result, usage, amount)));
+        }
+        (m, d, started, result)
+    }
+    .instrument(span)
+}
+
+/// A 2xx tier answer, read.
+struct Read {
+    answer: TierAnswer,
+    /// What the extractor read from it.
+    key: Option<String>,
+    confidence: Option<f64>,
+}
+
+/// Records a tier call's result (the breaker, the deployment's latency, the metrics and
+/// `ctx.cascade`), and reads the answer of a 2xx completion.
+fn record(ctx: &mut RequestContext, t: &Tier<'_>, returned: Returned) -> Option<Read> {
+    let (m, d, started, result) = returned;
+    let gw = t.gw;
+    let trace = ctx.cascade.get_or_insert_with(CascadeTrace::default);
+    let up = gw.upstreams.get(m);
+    let (outcome, read) = match result {
+        Ok(Answer::Full {
+            status,
+            content_type,
+            body,
+        }) if status.is_success() => {
+            gw.record_success(m, Some(d), started);
+            let logprobs = t.plan.min_confidence.is_some();
+            let (text, confidence, body) = read_tier_answer(body, logprobs, t.strip_logprobs);
+            let key = text.as_deref().and_then(|x| t.plan.extractor.extract(x));
+            let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
+            if let Some(c) = cost {
+                gw.metrics.cost(m.index(), c);
+            }
+            trace.calls.push(TierCall {
+                model: m,
+                outcome: AttemptOutcome::Ok,
+                status: Some(status.as_u16()),
+                answer: key.clone(),
+                cost,
+                confidence,
+            });
+            let answer = TierAnswer {
+                model: m,
+                content_type,
+                body,
+            };
+            (
+                AttemptOutcome::Ok,
+                Some(Read {
+                    answer,
+                    key,
+                    confidence,
+                }),
+            )
+        }
+        Ok(other) => {
+            // An answer the client would get as is (a 4xx other than auth): the model
+            // works (its breaker is told so, releasing a half-open probe), but no vote.
+            gw.record_success(m, Some(d), started);
+            let status = match &other {
+                Answer::Full { status, .. } | Answer::Stream { status, .. } => status.as_u16(),
+            };
+            trace.calls.push(TierCall {
+                model: m,
+                outcome: AttemptOutcome::Ok,
+                status: Some(status),
+                answer: None,
+                cost: None,
+                confidence: None,
+            });
+            (AttemptOutcome::Ok, None)
+        }
+        Err(f) => {
+            gw.record_failure(m, Some(d));
+            trace.calls.push(TierCall {
+                model: m,
+                outcome: f.outcome,
+                status: None,
+                answer: None,
+                cost: None,
+                confidence: None,
+            });
+            (f.outcome, None)
+        }
+    };
+    gw.metrics.attempt(m.index(), outcome);
+    read
+}
+
+/// Read answers interned as keys for the router crate's rules: equal answers share a
+/// key; under `semantic`, answers that agree in meaning do (their groups).
+struct Keys<'p> {
+    seen: Vec<String>,
+    groups: Option<Groups<'p>>,
+}
+
+impl<'p> Keys<'p> {
+    fn new(plan: &'p Plan) -> Keys<'p> {
+        Keys {
+            seen: Vec::new(),
+            groups: plan.semantic.as_ref().map(|s| s.groups()),
+        }
+    }
+
+    fn key(&mut self, a: &str) -> AnswerKey {
+        let k = match self.groups.as_mut() {
+            Some(g) => g.key(a),
+            None => self.seen.iter().position(|x| x == a).unwrap_or_else(|| {
+                self.seen.push(a.to_string());
+                self.seen.len() - 1
+            }),
+        };
+        k as AnswerKey
+    }
+}
+
 /// Runs the tier of `plan` for `ctx`'s request (see the module docs); records every call
 /// in `ctx.cascade`.
 pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let state = ctx.state.clone();
     let gw = &*state;
-    let timeout = Duration::from_millis(gw.config.limits.request_timeout_ms);
     // The tier is asked without streaming, whatever the client asked, and for logprobs
     // when a confident answer may be accepted on its own.
     let request = match plan.min_confidence {
         Some(_) => ctx.request.non_streaming().with_logprobs(),
         None => ctx.request.non_streaming(),
     };
-    let strip_logprobs = plan.min_confidence.is_some() && !ctx.request.asks_logprobs();
-    let now = gw.now_ms();
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();
-    let (request, forward, id) = (&request, &forward, id.as_str());
+    let tier = Tier {
+        gw,
+        plan,
+        request: &request,
+        forward: &forward,
+        id: id.as_str(),
+        timeout: Duration::from_millis(gw.config.limits.request_timeout_ms),
+        strip_logprobs: plan.min_confidence.is_some() && !ctx.request.asks_logprobs(),
+    };
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
     ctx.cascade = Some(CascadeTrace::default());
+    let (accepted, mut answers) = match &plan.chain {
+        Some(chain) => run_chain(ctx, &tier, chain).await,
+        None => run_parallel(ctx, &tier).await,
+    };
+    match accepted {
+        Some(k) if k < answers.len() => {
+            let a = answers.swap_remove(k);
+            if let Some(t) = ctx.cascade.as_mut() {
+                t.accepted = Some(a.model);
+            }
+            gw.metrics.cascade("accepted");
+            Verdict::Accepted(a)
+        }
+        _ => {
+            gw.metrics.cascade("escalated");
+            Verdict::Escalate(answers)
+        }
+    }
+}
+
+/// The agreement family (and the confidence check): the tier called concurrently; the
+/// index of the accepted answer, if any, and the answers that came back.
+async fn run_parallel(ctx: &mut RequestContext, t: &Tier<'_>) -> (Option<usize>, Vec<TierAnswer>) {
+    let (gw, plan) = (t.gw, t.plan);
     // The tier models the breakers admit, with a free slot and quota at a deployment, that
     // the key's budget (if any) can afford: taken and reserved now, given back below if
-    // the tier is not asked. What is taken (a half-open probe, a slot and its quota) is
-    // given back on every path without a call, the request going away included.
+    // the tier is not asked.
     let mut admitted = Vec::with_capacity(plan.tier.len());
     for &m in &plan.tier {
-        let up = gw.upstreams.get(m);
-        let admit = up.breaker.admit(now);
-        if admit == Admit::No {
-            continue;
-        }
-        let probe = ProbeGuard {
-            breaker: &up.breaker,
-            armed: admit == Admit::Probe,
-        };
-        let taken = match attempts::take_deployment(gw, up, request, &[]) {
-            Ok(t) => t,
-            Err(pass) => {
-                ctx.skipped.push((m, pass.name()));
-                continue;
-            }
-        };
-        match budget::reserve(
-            gw,
-            ctx.caller.as_deref(),
-            m,
-            request,
-            !ctx.rate_taken,
-            ctx.routed.observed(),
-        )
-        .await
-        {
-            Ok(hold) => {
-                if !ctx.rate_taken {
-                    crate::pipeline::pace::admitted(ctx);
-                }
-                ctx.rate_taken = true;
-                admitted.push((m, probe, hold, taken));
-            }
-            // Over the key's rate, or the store is down: the attempts that follow refuse
-            // the request.
-            Err(r) if !matches!(r, budget::Refused::Exceeded(_)) => break,
-            Err(_) => ctx.skipped.push((m, "budget")),
+        match admit(ctx, gw, t.request, m).await {
+            Ok(Some(a)) => admitted.push(a),
+            Ok(None) => {}
+            Err(Stop) => break,
         }
     }
     // Too few tier models can be asked to ever agree: nothing is called, and what was
     // reserved and taken is given back.
     if admitted.len() < plan.needed() {
-        for (_, _probe, hold, _taken) in admitted.drain(..) {
-            if let Some(h) = hold {
+        for a in admitted.drain(..) {
+            if let Some(h) = a.hold {
                 h.release();
             }
         }
     }
-    let mut pending: FuturesUnordered<_> = admitted
-        .into_iter()
-        .map(|(m, probe, hold, taken)| {
-            let attempts::Taken { slot, quota } = taken;
-            quota.keep();
-            let up = gw.upstreams.get(m);
-            let dep = &up.deployments[slot.deployment];
-            let span = tracing::debug_span!("tier_call", model = %up.name);
-            // A half-open breaker's probe is released if this call is dropped, run or not.
-            async move {
-                let mut probe = probe; // the whole guard moves into the call
-                let mut info = AttemptInfo::default();
-                let started = gw.now_ms();
-                let call = Call {
-                    request,
-                    model: &up.name,
-                    upstream_model: &dep.upstream_model,
-                    timeout,
-                    id,
-                    forward,
-                };
-                let result = dep.provider.call(call, &mut info).await;
-                probe.armed = false;
-                let d = slot.deployment;
-                drop(slot);
-                if let Some(h) = hold {
-                    let usage = match &result {
-                        Ok(Answer::Full { status, body, .. }) if status.is_success() => {
-                            crate::pipeline::stream::parse_usage(body).map(|(p, c)| up.cost(p, c))
-                        }
-                        _ => None,
-                    };
-                    let amount = h.amount();
-                    h.settle(Some(budget::charge(&result, usage, amount)));
-                }
-                (m, d, started, result)
-            }
-            .instrument(span)
-        })
-        .collect();
-    // The answers that came back, and their votes: each read answer interned as a key for
-    // the router crate's plurality rule (`predicted` plays no part here). Equal answers
-    // share a key; under `semantic`, answers that agree in meaning do (their groups).
+    let mut pending: FuturesUnordered<_> = admitted.into_iter().map(|a| tier_call(t, a)).collect();
+    // The answers that came back, and their votes (`predicted` plays no part here).
     let mut answers: Vec<TierAnswer> = Vec::new();
     let mut votes: Vec<VoteCall> = Vec::new();
-    let mut keys: Vec<String> = Vec::new();
-    let mut groups = plan.semantic.as_ref().map(|s| s.groups());
+    let mut keys = Keys::new(plan);
     let mut accepted = None;
-    let mut confident = None;
-    // Too few tier models can be asked to ever agree: straight to the router's choice.
-    if pending.len() < plan.needed() {
-        pending.clear();
-    }
-    while let Some((m, d, started, result)) = pending.next().await {
-        let trace = ctx.cascade.get_or_insert_with(CascadeTrace::default);
-        let up = gw.upstreams.get(m);
-        let outcome = match result {
-            Ok(Answer::Full {
-                status,
-                content_type,
-                body,
-            }) if status.is_success() => {
-                gw.record_success(m, Some(d), started);
-                let (text, confidence, body) =
-                    read_tier_answer(body, plan.min_confidence.is_some(), strip_logprobs);
-                let answer = text.as_deref().and_then(|t| plan.extractor.extract(t));
-                if let (Some(min), Some(c), Some(_)) = (plan.min_confidence, confidence, &answer) {
-                    if c >= min {
-                        confident = Some(answers.len());
-                    }
-                }
-                let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
-                if let Some(c) = cost {
-                    gw.metrics.cost(m.index(), c);
-                }
-                let key = answer.as_ref().map(|a| {
-                    let k = match groups.as_mut() {
-                        Some(g) => g.key(a),
-                        None => keys.iter().position(|x| x == a).unwrap_or_else(|| {
-                            keys.push(a.clone());
-                            keys.len() - 1
-                        }),
-                    };
-                    k as AnswerKey
-                });
-                trace.calls.push(TierCall {
-                    model: m,
-                    outcome: AttemptOutcome::Ok,
-                    status: Some(status.as_u16()),
-                    answer,
-                    cost,
-                    confidence,
-                });
-                answers.push(TierAnswer {
-                    model: m,
-                    content_type,
-                    body,
-                });
-                votes.push(VoteCall {
-                    model: m.index(),
-                    answer: key,
-                    predicted: 0.0,
-                });
-                AttemptOutcome::Ok
+    while let Some(returned) = pending.next().await {
+        let m = returned.0;
+        if let Some(read) = record(ctx, t, returned) {
+            let confident = match (plan.min_confidence, read.confidence, &read.key) {
+                (Some(min), Some(c), Some(_)) => c >= min,
+                _ => false,
+            };
+            votes.push(VoteCall {
+                model: m.index(),
+                answer: read.key.as_deref().map(|a| keys.key(a)),
+                predicted: 0.0,
+            });
+            answers.push(read.answer);
+            // A confident answer is accepted on its own.
+            if confident {
+                accepted = Some(answers.len() - 1);
+                break;
             }
-            Ok(other) => {
-                // An answer the client would get as is (a 4xx other than auth): the model
-                // works (its breaker is told so, releasing a half-open probe), but no vote.
-                gw.record_success(m, Some(d), started);
-                let status = match &other {
-                    Answer::Full { status, .. } | Answer::Stream { status, .. } => status.as_u16(),
-                };
-                trace.calls.push(TierCall {
-                    model: m,
-                    outcome: AttemptOutcome::Ok,
-                    status: Some(status),
-                    answer: None,
-                    cost: None,
-                    confidence: None,
-                });
-                AttemptOutcome::Ok
-            }
-            Err(f) => {
-                gw.record_failure(m, Some(d));
-                trace.calls.push(TierCall {
-                    model: m,
-                    outcome: f.outcome,
-                    status: None,
-                    answer: None,
-                    cost: None,
-                    confidence: None,
-                });
-                f.outcome
-            }
-        };
-        gw.metrics.attempt(m.index(), outcome);
-        // A confident answer is accepted on its own.
-        if confident.is_some() {
-            accepted = confident;
-            break;
         }
         // The plurality so far, and whether it can still reach min_agree (with a
         // confidence check, any answer still to come can be accepted alone).
@@ -507,18 +664,65 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         }
     }
     drop(pending); // cancels the calls still running
-    match accepted {
-        Some(k) => {
-            let a = answers.swap_remove(k);
-            if let Some(t) = ctx.cascade.as_mut() {
-                t.accepted = Some(a.model);
-            }
-            gw.metrics.cascade("accepted");
-            Verdict::Accepted(a)
+    (accepted, answers)
+}
+
+/// The learned confidence chain (FrugalGPT): the artifact's tier called one model at a
+/// time, in its order; after each answer the chain's acceptor weighs the router's
+/// predicted score for the model that gave the answer in hand and the agreement so far
+/// ([`routewise_router::cascade::Cascade::next`], the rule the lab calibrated). A tier
+/// model that cannot be asked or fails is passed over, as the lab does with a model
+/// without an outcome.
+async fn run_chain(
+    ctx: &mut RequestContext,
+    t: &Tier<'_>,
+    chain: &CalibratedCascade,
+) -> (Option<usize>, Vec<TierAnswer>) {
+    let (gw, plan) = (t.gw, t.plan);
+    let Some(decision) = ctx.routed.decision.as_ref() else {
+        return (None, Vec::new());
+    };
+    let scores = decision.scores.clone();
+    let best_predicted = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let escalation_penalty = match (ctx.routed.policy, ctx.routed.chosen()) {
+        (routewise_router::Policy::Lambda(l), Some(c)) => {
+            l * decision.costs.get(c).copied().unwrap_or(0.0)
         }
-        None => {
-            gw.metrics.cascade("escalated");
-            Verdict::Escalate(answers)
+        _ => 0.0,
+    };
+    let cx = routewise_router::cascade::Context {
+        best_predicted,
+        escalation_penalty,
+    };
+    let mut calls: Vec<VoteCall> = Vec::new();
+    let mut answers: Vec<TierAnswer> = Vec::new();
+    let mut keys = Keys::new(plan);
+    let mut attempted = 0;
+    loop {
+        let m = match chain.cascade.next(&calls, attempted, cx) {
+            Next::Accept(k) => return (Some(k), answers),
+            Next::Escalate => return (None, answers),
+            Next::Call(i) => {
+                attempted += 1;
+                match plan.tier.iter().copied().find(|m| m.index() == i) {
+                    Some(m) => m,
+                    None => continue, // the prompt does not fit it
+                }
+            }
+        };
+        let a = match admit(ctx, gw, t.request, m).await {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(Stop) => return (None, answers),
+        };
+        let returned = tier_call(t, a).await;
+        if let Some(read) = record(ctx, t, returned) {
+            calls.push(VoteCall {
+                model: m.index(),
+                answer: read.key.as_deref().map(|a| keys.key(a)),
+                predicted: scores.get(m.index()).copied().unwrap_or(0.0),
+            });
+            answers.push(read.answer);
         }
     }
 }

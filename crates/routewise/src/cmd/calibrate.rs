@@ -6,7 +6,8 @@
 //!   those prompts to the strong model ([`routewise_router::policy::calibrate_threshold`]).
 //! * `--cascade --alpha A`: a cascade's acceptance threshold such that the quality it
 //!   loses against always escalating is at most A with probability at least 1 - delta
-//!   (Learn then Test; [`routewise_eval::calibrate`]), checked over random splits.
+//!   (Learn then Test; [`routewise_eval::calibrate`]), checked over random splits;
+//!   `--artifact` also writes the router with the calibrated chain, for `serve`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -69,6 +70,12 @@ pub struct Args {
     /// Cascade: seed of the train split and the random splits.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Cascade: also write a router artifact that carries the calibrated chain (the
+    /// router fitted on train's fitting part, the tier, its acceptor and the threshold),
+    /// for `serve` with `router.cascade: {learned: true}`. Nothing is written (and the
+    /// command fails) when the cascade is off at this alpha.
+    #[arg(long, requires = "cascade")]
+    pub artifact: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -171,5 +178,17 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
         seed: args.seed,
     };
     let cal = routewise_eval::calibrate::calibrate_cascade(&ds, &opts, &Bars::default())?;
-    emit(args, &cal)
+    let code = emit(args, &cal.report)?;
+    if let Some(path) = &args.artifact {
+        let Some(artifact) = &cal.artifact else {
+            anyhow::bail!(
+                "no artifact written to {}: the cascade is off at alpha {alpha} (no tier \
+                 saves anything with the guarantee)",
+                path.display()
+            );
+        };
+        artifact.save(path)?;
+        tracing::info!(path = %path.display(), "wrote the router artifact with its calibrated cascade");
+    }
+    Ok(code)
 }
