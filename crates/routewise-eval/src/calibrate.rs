@@ -21,9 +21,10 @@
 //! guarantee, and the re-split check below cannot see it (it pools the two).
 //!
 //! Protocol: `train` is split (seeded) into a fitting part (70%: the router, cross-fitted
-//! for the acceptor as in [`crate::cascade`], and the tier: of the chains of cheap
-//! candidates, the one that saves the most when calibrated the same way on the fitting
-//! part's out-of-fold predictions) and a calibration part (30%). The headline calibrates on that part and reports `test` once. The guarantee is
+//! for the acceptor as in [`crate::cascade`], and the featurizer and tier: of the chains
+//! of cheap candidates on static-mini and on TF-IDF features (unless one is given), the
+//! one that saves the most when calibrated the same way on one half of the fitting
+//! part's out-of-fold predictions and measured on the other, both ways) and a calibration part (30%). The headline calibrates on that part and reports `test` once. The guarantee is
 //! then checked empirically: the calibration part and `test` (both unseen by the router
 //! and the acceptor, so exchangeable) are pooled and re-split at random `splits` times
 //! into calibration and test sets of the same sizes; the share of splits whose realised
@@ -124,7 +125,8 @@ pub struct CalibrateOptions {
     /// The escalation policy's lambda (0: quality first).
     pub lambda: f64,
     pub router: RouterKind,
-    pub featurizer: FeaturizerKind,
+    /// `None`: static-mini or tfidf, whichever saves more on the fitting part.
+    pub featurizer: Option<FeaturizerKind>,
     pub seed: u64,
 }
 
@@ -259,6 +261,16 @@ impl Pool {
     }
 }
 
+/// The catalog's expected cost of every model on every record (`records x models`).
+fn expected_costs(prepared: &routewise_router::Prepared, records: &[&Record]) -> Vec<f64> {
+    let nm = prepared.catalog.len();
+    let mut c = vec![0.0; records.len() * nm];
+    for (row, r) in c.chunks_exact_mut(nm).zip(records) {
+        prepared.catalog.expected_costs(r.input_tokens(), row);
+    }
+    c
+}
+
 /// A seeded permutation of `0..n` (splitmix64 + Fisher-Yates).
 fn permutation(n: usize, seed: u64) -> Vec<usize> {
     const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -313,46 +325,68 @@ pub fn calibrate_cascade(
     let nm = ds.models.len();
 
     progress.start("fitting the router and the cascade", None);
-    let prepared = routewise_router::prepare(&ds.models, &fit, opts.featurizer)?;
     let cfg = RouterConfigs {
         seed: opts.seed,
         ..RouterConfigs::default()
     };
-    let oof = cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
-    let costs_of = |recs: &[&Record]| {
-        let mut c = vec![0.0; recs.len() * nm];
-        for (row, r) in c.chunks_exact_mut(nm).zip(recs) {
-            prepared.catalog.expected_costs(r.input_tokens(), row);
-        }
-        c
+    let featurizers = match opts.featurizer {
+        Some(f) => vec![f],
+        None => vec![FeaturizerKind::StaticMini, FeaturizerKind::Tfidf],
     };
-    let fit_in = CascadeInputs::new(&fit, nm, oof, costs_of(&fit))?;
-    // The tier: the chain that saves the most on the fitting part's out-of-fold
-    // predictions when calibrated there the same way (the calibration part stays unseen).
-    let fit_rows: Vec<usize> = (0..fit_in.len()).collect();
-    let mut best: Option<(f64, Cascade)> = None;
-    for tier in tiers(&candidates(&fit_in), 1, MAX_TIER) {
-        let cascade = build(&fit_in, Family::Chain, tier);
-        let pool = Pool::build(&fit_in, &cascade, opts.lambda)?;
-        let h = pool.held_out(&fit_rows, &fit_rows, opts.alpha, opts.delta);
-        let saves = h.threshold.is_some() && h.cost_saved > 0.0;
-        if saves && best.as_ref().is_none_or(|b| h.cost_saved > b.0) {
-            best = Some((h.cost_saved, cascade));
+    // The featurizer and tier: the chain that saves the most on the fitting part's
+    // out-of-fold predictions when calibrated there the same way (the calibration part
+    // stays unseen).
+    let mut best: Option<(f64, Cascade, routewise_router::Prepared)> = None;
+    let mut first = None;
+    for featurizer in featurizers {
+        let prepared = routewise_router::prepare(&ds.models, &fit, featurizer)?;
+        let oof = cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
+        let fit_in = CascadeInputs::new(&fit, nm, oof, expected_costs(&prepared, &fit))?;
+        // Savings are estimated out of sample: calibrated on one half of the fitting part
+        // and measured on the other, both ways (in-sample savings favour tiers whose
+        // threshold only fits the prompts it was chosen on).
+        let halves: [Vec<usize>; 2] =
+            [0, 1].map(|h| (0..fit_in.len()).filter(|i| i % 2 == h).collect());
+        let mut local: Option<(f64, Cascade)> = None;
+        for tier in tiers(&candidates(&fit_in), 1, MAX_TIER) {
+            let cascade = build(&fit_in, Family::Chain, tier);
+            let pool = Pool::build(&fit_in, &cascade, opts.lambda)?;
+            let runs = [(0, 1), (1, 0)]
+                .map(|(c, t)| pool.held_out(&halves[c], &halves[t], opts.alpha, opts.delta));
+            let saved = runs.iter().map(|h| h.cost_saved).sum::<f64>() / 2.0;
+            let saves = runs.iter().all(|h| h.threshold.is_some()) && saved > 0.0;
+            if saves && local.as_ref().is_none_or(|b| saved > b.0) {
+                local = Some((saved, cascade));
+            }
+        }
+        match local {
+            Some((saved, cascade)) if best.as_ref().is_none_or(|b| saved > b.0) => {
+                best = Some((saved, cascade, prepared));
+            }
+            _ if first.is_none() => first = Some(prepared),
+            _ => {}
         }
     }
     // No tier saves anything at this alpha: the cascade is off (an empty tier always
-    // escalates, at no loss and no saving).
-    let chosen = best.map_or_else(
-        || Cascade {
-            tier: Vec::new(),
-            rule: CascadeRule::Chain {
-                threshold: f64::INFINITY,
-                step_discount: 0.0,
+    // escalates, at no loss and no saving), on the first featurizer.
+    let (chosen, prepared) = match (best, first) {
+        (Some((_, cascade, prepared)), _) => (cascade, prepared),
+        (None, Some(prepared)) => (
+            Cascade {
+                tier: Vec::new(),
+                rule: CascadeRule::Chain {
+                    threshold: f64::INFINITY,
+                    step_discount: 0.0,
+                },
+                acceptor: None,
             },
-            acceptor: None,
-        },
-        |b| b.1,
-    );
+            prepared,
+        ),
+        (None, None) => {
+            return Err(EvalError::Config("no featurizer to calibrate with".into()));
+        }
+    };
+    let costs_of = |recs: &[&Record]| expected_costs(&prepared, recs);
     let router = prepared.fit(opts.router, &cfg)?;
     progress.finish();
 

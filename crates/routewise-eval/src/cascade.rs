@@ -629,6 +629,8 @@ pub struct CascadeRow {
     pub tier: Vec<String>,
     /// The router whose predictions feed the acceptor and the escalation.
     pub router: String,
+    /// The prompt featurizer of that router (chosen on train among those tried).
+    pub featurizer: String,
     pub aiq: f64,
     pub max_quality: f64,
     pub quality_at_best_single_cost: f64,
@@ -701,6 +703,7 @@ pub fn summarise(
         family: chosen.family,
         tier: top,
         router: router.to_string(),
+        featurizer: String::new(),
         aiq: aiq(&pts, c_min, c_max),
         max_quality: pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
         quality_at_best_single_cost: hull.value_at(best_single.cost),
@@ -723,20 +726,27 @@ fn coarse(lambdas: &[f64]) -> Vec<f64> {
     out
 }
 
-/// `eval --cascades`: cross-fits a `kind` router on `train` (`prepared` holds its
-/// features and catalog), chooses each family's tier there, and evaluates the chosen
-/// cascades on `test` with the router fitted on all of `train`: `test_pred` are its test
-/// predictions when the caller already has them (the router is among those evaluated),
-/// else it is fitted here. `test_feats` and `test_costs` are the test prompts' features
-/// and expected costs; `cost_range` the AIQ range.
+/// One featurization of the prompts a cascade's router may use: the prepared train set
+/// (features, catalog), the test prompts' features, and the router's test predictions
+/// when the caller already has them (the router is among those evaluated).
+pub struct Featurized<'a> {
+    pub prepared: &'a routewise_router::Prepared,
+    pub test_feats: &'a [f32],
+    pub test_pred: Option<Vec<f64>>,
+}
+
+/// `eval --cascades`: for each featurization, cross-fits a `kind` router on `train` and
+/// chooses each family's operating points there ([`choose`]); each family then keeps the
+/// featurization whose train frontier has the higher AIQ (a choice made on train only),
+/// and its chosen cascades are evaluated on `test` with the router fitted on all of
+/// `train`. `test_costs` are the test prompts' expected costs; `cost_range` the AIQ
+/// range.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_cascades(
-    prepared: &routewise_router::Prepared,
+    featurized: Vec<Featurized<'_>>,
     train: &[&Record],
     test: &[&Record],
-    test_feats: &[f32],
     test_costs: &[f64],
-    test_pred: Option<Vec<f64>>,
     kind: RouterKind,
     cfg: &RouterConfigs,
     lambdas: &[f64],
@@ -745,45 +755,63 @@ pub fn evaluate_cascades(
     models: &[String],
 ) -> Result<Vec<CascadeRow>, EvalError> {
     let nm = models.len();
-    let oof = cross_fit(kind, &prepared.train_set, &prepared.catalog, cfg)?;
-    let mut train_costs = vec![0.0; train.len() * nm];
-    for (row, r) in train_costs.chunks_exact_mut(nm).zip(train) {
-        prepared.catalog.expected_costs(r.input_tokens(), row);
-    }
-    let train_in = CascadeInputs::new(train, nm, oof, train_costs)?;
-    let chosen = choose(&train_in, &coarse(lambdas))?;
-
-    let pred = match test_pred {
-        Some(p) => p,
-        None => {
-            let router = prepared.fit(kind, cfg)?;
-            let dim = prepared.train_set.dim;
-            let mut pred = vec![0.0; test.len() * nm];
-            for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
-                routewise_router::Router::predict_scores_keyed(
-                    &router,
-                    &test_feats[i * dim..(i + 1) * dim],
-                    &test[i].id,
-                    row,
-                );
-            }
-            pred
+    // Per featurization: its families' choices on train, and its test inputs.
+    let mut candidates: Vec<(String, Vec<Chosen>, CascadeInputs)> = Vec::new();
+    for f in featurized {
+        let prepared = f.prepared;
+        let oof = cross_fit(kind, &prepared.train_set, &prepared.catalog, cfg)?;
+        let mut train_costs = vec![0.0; train.len() * nm];
+        for (row, r) in train_costs.chunks_exact_mut(nm).zip(train) {
+            prepared.catalog.expected_costs(r.input_tokens(), row);
         }
-    };
-    let test_in = CascadeInputs::new(test, nm, pred, test_costs.to_vec())?;
-    chosen
-        .iter()
-        .map(|c| {
-            summarise(
-                &test_in,
-                c,
+        let train_in = CascadeInputs::new(train, nm, oof, train_costs)?;
+        let chosen = choose(&train_in, &coarse(lambdas))?;
+        let pred = match f.test_pred {
+            Some(p) => p,
+            None => {
+                let router = prepared.fit(kind, cfg)?;
+                let dim = prepared.train_set.dim;
+                let mut pred = vec![0.0; test.len() * nm];
+                for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
+                    routewise_router::Router::predict_scores_keyed(
+                        &router,
+                        &f.test_feats[i * dim..(i + 1) * dim],
+                        &test[i].id,
+                        row,
+                    );
+                }
+                pred
+            }
+        };
+        let test_in = CascadeInputs::new(test, nm, pred, test_costs.to_vec())?;
+        candidates.push((prepared.featurizer.name().to_string(), chosen, test_in));
+    }
+    let mut rows = Vec::new();
+    for family in [Family::Chain, Family::Agreement] {
+        // The featurization whose train frontier is best for this family (the first on
+        // ties: the caller's own comes first).
+        let mut best: Option<(&str, &Chosen, &CascadeInputs)> = None;
+        for (name, chosen, test_in) in &candidates {
+            if let Some(c) = chosen.iter().find(|c| c.family == family) {
+                if best.is_none_or(|b| c.train_aiq > b.1.train_aiq) {
+                    best = Some((name, c, test_in));
+                }
+            }
+        }
+        if let Some((featurizer, chosen, test_in)) = best {
+            let mut row = summarise(
+                test_in,
+                chosen,
                 models,
                 &kind.to_string(),
                 best_single,
                 cost_range,
-            )
-        })
-        .collect()
+            )?;
+            row.featurizer = featurizer.to_string();
+            rows.push(row);
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

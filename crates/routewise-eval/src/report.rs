@@ -463,13 +463,33 @@ pub fn evaluate(
         None => None,
         Some(kind) => {
             progress.start(&format!("cascades on {kind}"), None);
+            // The cascades' router on the eval's featurizer and on TF-IDF (lexical
+            // neighbours: near-duplicate questions tell whether a cheap model gets one
+            // right), each family keeping the one that does better on train.
+            let mut featurized = vec![crate::cascade::Featurized {
+                prepared: &prepared,
+                test_feats: &test_feats,
+                test_pred: cascade_pred.take(),
+            }];
+            let tfidf = if opts.featurizer == FeaturizerKind::Tfidf {
+                None
+            } else {
+                let p = routewise_router::prepare(&ds.models, &train, FeaturizerKind::Tfidf)?;
+                let feats = p.featurizer.featurize_batch(&test_texts);
+                Some((p, feats))
+            };
+            if let Some((p, feats)) = &tfidf {
+                featurized.push(crate::cascade::Featurized {
+                    prepared: p,
+                    test_feats: feats,
+                    test_pred: None,
+                });
+            }
             let rows = crate::cascade::evaluate_cascades(
-                &prepared,
+                featurized,
                 &train,
                 &test,
-                &test_feats,
                 &pred_costs,
-                cascade_pred.take(),
                 kind,
                 &cfg,
                 &lambdas,
@@ -708,7 +728,7 @@ fn write_cascades(out: &mut impl Write, rows: &[CascadeRow]) -> std::io::Result<
     for c in rows {
         writeln!(
             out,
-            "{:<18} {:>7.4} {:>8.4} {:>10.4} {:>11} {:>11} {:>9.4} {:>6}  {} (router: {})",
+            "{:<18} {:>7.4} {:>8.4} {:>10.4} {:>11} {:>11} {:>9.4} {:>6}  {} (router: {} on {})",
             c.name,
             c.aiq,
             c.max_quality,
@@ -718,14 +738,16 @@ fn write_cascades(out: &mut impl Write, rows: &[CascadeRow]) -> std::io::Result<
             c.train_aiq,
             c.prompts_without_answers,
             c.tier.join(" -> "),
-            c.router
+            c.router,
+            c.featurizer
         )?;
     }
     writeln!(
         out,
         "Cascades: operating points (tier, rule, lambda) chosen on train's cross-fitted \
-         predictions, each run once on test; ratio@95% = cost ratio at 95% of the best single model's quality; plain = test \
-         prompts without recorded answers, routed plainly."
+         predictions, each run once on test; the router's featurizer (the eval's or tfidf) \
+         chosen per family by train AIQ; ratio@95% = cost ratio at 95% of the best single \
+         model's quality; plain = test prompts without recorded answers, routed plainly."
     )
 }
 

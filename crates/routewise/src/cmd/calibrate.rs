@@ -64,9 +64,10 @@ pub struct Args {
     /// Cascade: the router feeding the acceptor and the escalation.
     #[arg(long, default_value = "knn")]
     pub router: String,
-    /// Cascade: prompt featurizer.
-    #[arg(long, value_enum, default_value = "static-mini")]
-    pub featurizer: super::FeaturizerArg,
+    /// Cascade: prompt featurizer (default: static-mini or tfidf, whichever saves more on
+    /// train's fitting part).
+    #[arg(long, value_enum)]
+    pub featurizer: Option<super::FeaturizerArg>,
     /// Cascade: seed of the train split and the random splits.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -174,7 +175,7 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
         splits: args.splits,
         lambda: args.lambda,
         router,
-        featurizer: args.featurizer.0,
+        featurizer: args.featurizer.as_ref().map(|f| f.0),
         seed: args.seed,
     };
     let cal = routewise_eval::calibrate::calibrate_cascade(&ds, &opts, &Bars::default())?;
