@@ -129,6 +129,8 @@ struct Families {
     shed: Family<ReasonLabel, Counter>,
     protocol_errors: Family<StatusLabel, Counter>,
     cascades: Family<VerdictLabel, Counter>,
+    cascade_feedback: Family<VerdictLabel, Counter>,
+    cascade_feedback_score: Family<VerdictLabel, Counter<f64, AtomicU64>>,
     routes: Family<RouteLabel, Counter>,
     cache: Family<ResultLabel, Counter>,
     pii: Family<PiiLabels, Counter>,
@@ -290,6 +292,19 @@ impl Metrics {
             "Cascaded requests by verdict (accepted: a tier answer / escalated)",
             Family::<VerdictLabel, Counter>::default(),
         );
+        let cascade_feedback = reg(
+            r,
+            "cascade_feedback",
+            "Feedback received on cascaded decisions, by the decision's verdict",
+            Family::<VerdictLabel, Counter>::default(),
+        );
+        let cascade_feedback_score = reg(
+            r,
+            "cascade_feedback_score",
+            "Sum of the feedback scores on cascaded decisions, by verdict (over \
+             routewise_cascade_feedback_total: the mean score of accepted and escalated answers)",
+            Family::<VerdictLabel, Counter<f64, AtomicU64>>::default(),
+        );
         let routes = reg(
             r,
             "route_matched",
@@ -404,6 +419,8 @@ impl Metrics {
             shed,
             protocol_errors,
             cascades,
+            cascade_feedback,
+            cascade_feedback_score,
             routes,
             cache,
             pii,
@@ -519,6 +536,22 @@ impl Metrics {
             .cascades
             .get_or_create(&VerdictLabel { verdict })
             .inc();
+    }
+
+    /// Counts a feedback `score` on a cascaded decision whose verdict was `verdict`
+    /// (`accepted` / `escalated`; anything else is not counted).
+    pub fn cascade_feedback(&self, verdict: &str, score: f64) {
+        let verdict = match verdict {
+            "accepted" => "accepted",
+            "escalated" => "escalated",
+            _ => return,
+        };
+        let label = VerdictLabel { verdict };
+        self.f.cascade_feedback.get_or_create(&label).inc();
+        self.f
+            .cascade_feedback_score
+            .get_or_create(&label)
+            .inc_by(score);
     }
 
     /// Counts an unparsable request head answered with `status`.

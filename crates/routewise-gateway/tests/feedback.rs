@@ -472,3 +472,47 @@ async fn regression_readiness_during_a_redis_outage_is_cached_and_fails_only_whe
     let (_, model) = route_one(&optional, "during the outage").await;
     assert!(!model.is_empty());
 }
+
+/// Feedback on a cascaded decision carries its verdict: the ack names it, and the
+/// accepted and escalated answers' scores add up separately in `/metrics` (issue 13: the
+/// cascade's online statistics).
+#[tokio::test]
+async fn feedback_on_cascaded_decisions_is_counted_by_verdict() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = bandit_yaml(&mock.base_url(), &local_state(dir.path())).replace(
+        "router: {policy: {lambda: 0}}",
+        "router: {policy: {lambda: 0}, cascade: {tier: [c, b], min_agree: 2}}",
+    );
+    let gw = start_online(&yaml).await;
+    let fb_url = gw.url("/v1/feedback");
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("B) because of the second law"));
+    let (accepted, model) = route_one(&gw, "pick one").await;
+    assert!(model == "b" || model == "c", "{model}");
+    mock.set_model_answer("up-c", Some("The answer is (C)."));
+    let (escalated, model) = route_one(&gw, "pick one").await;
+    assert_eq!(model, "a");
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": accepted, "score": 0.75})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["cascade"], "accepted", "{v}");
+    let (status, _, v) = post(&fb_url, &json!({"decision_id": escalated, "score": 0.5})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["cascade"], "escalated", "{v}");
+    // A decision without a cascade says nothing about one.
+    let mut body = chat_body("pick one");
+    body["routewise"] = json!({"cascade": false});
+    let (_, h, _) = post(&gw.url("/v1/chat/completions"), &body).await;
+    let plain = h["x-routewise-decision-id"].to_str().unwrap().to_string();
+    let (_, _, v) = post(&fb_url, &json!({"decision_id": plain, "score": 1.0})).await;
+    assert!(v.get("cascade").is_none(), "{v}");
+    let metrics = get(&gw.url("/metrics")).await.1;
+    for want in [
+        "routewise_cascade_feedback_total{verdict=\"accepted\"} 1",
+        "routewise_cascade_feedback_total{verdict=\"escalated\"} 1",
+        "routewise_cascade_feedback_score_total{verdict=\"accepted\"} 0.75",
+        "routewise_cascade_feedback_score_total{verdict=\"escalated\"} 0.5",
+    ] {
+        assert!(metrics.contains(want), "{want} not in {metrics}");
+    }
+}

@@ -27,6 +27,10 @@ pub struct DecisionRecord {
     pub latency_ms: Option<f64>,
     /// Unix time of the decision, in milliseconds.
     pub created_ms: u64,
+    /// A cascaded decision's verdict (`accepted`: a tier answer; `escalated`), so that
+    /// feedback tells how accepted answers fare (absent when no cascade ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<String>,
     /// What off-policy evaluation needs to re-score the decision with another router
     /// (absent in records written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +167,9 @@ pub struct FeedbackEntry {
     /// The decision's context for off-policy evaluation, when it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayContext>,
+    /// The decision's cascade verdict, when a cascade ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<String>,
 }
 
 impl FeedbackEntry {
@@ -187,6 +194,7 @@ impl FeedbackEntry {
             residual: reward - dec.prior_reward,
             received_ms: now_ms,
             replay: dec.replay.clone(),
+            cascade: dec.cascade.clone(),
         }
     }
 }
@@ -199,6 +207,9 @@ pub struct FeedbackAck {
     pub reward: f64,
     /// Feedbacks applied to this model so far.
     pub model_feedback_count: u64,
+    /// The decision's cascade verdict (`accepted` / `escalated`), when a cascade ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<String>,
 }
 
 /// Why a feedback was refused. [`FeedbackError::status`] is the HTTP status to answer.
@@ -306,6 +317,7 @@ mod tests {
             cost_usd: 0.01,
             latency_ms: Some(10.0),
             created_ms: 0,
+            cascade: None,
             replay: None,
         };
         let fb = req(r#"{"decision_id":"d","score":1,"cost_usd":0.02}"#).unwrap();

@@ -325,6 +325,7 @@ impl OnlineRouter {
             cost_usd,
             latency_ms,
             created_ms,
+            cascade: None,
             replay: None,
         })
     }

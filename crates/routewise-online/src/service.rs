@@ -133,6 +133,7 @@ impl FeedbackService {
             model: entry.model,
             reward: entry.reward,
             model_feedback_count: n,
+            cascade: entry.cascade,
         })
     }
 

@@ -52,6 +52,7 @@ fn decision(i: usize) -> DecisionRecord {
         cost_usd: 0.0,
         latency_ms: None,
         created_ms: routewise_online::service::now_ms(),
+        cascade: None,
         replay: Some(routewise_online::ReplayContext {
             chosen: "alpha".into(),
             propensity: Some(0.5),
@@ -216,6 +217,7 @@ async fn the_feedback_log_exports_in_pages_from_a_time() {
             residual: 0.5,
             received_ms: i,
             replay: None,
+            cascade: None,
         };
         pipe.cmd("XADD")
             .arg("p2:feedback_log")

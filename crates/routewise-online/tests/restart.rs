@@ -37,6 +37,7 @@ fn decision(i: usize) -> DecisionRecord {
         cost_usd: 0.001 * (i % 4) as f64,
         latency_ms: Some(100.0 + t),
         created_ms: 1_000,
+        cascade: None,
         replay: None,
     }
 }

@@ -3,6 +3,9 @@
 //! committed (fsynced locally, acknowledged by Redis), else the typed error
 //! (`routewise_online::FeedbackError`) in OpenAI's shape. Accepted feedback is logged
 //! (target `routewise::feedback`: decision id, model, score) beside the decision lines.
+//! Feedback on a cascaded decision also counts towards its verdict's statistics
+//! (`routewise_cascade_feedback_total` and `..._score_total` by `accepted` / `escalated`):
+//! how the answers the cascade accepted fare, online.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -64,6 +67,9 @@ pub async fn feedback(Current(state): Current, headers: HeaderMap, body: Body) -
             if let Ok(fb) = req.validate() {
                 if let Some(shadows) = gw.shadows.get() {
                     shadows.feedback(&ack.decision_id, &ack.model, fb.score);
+                }
+                if let Some(verdict) = &ack.cascade {
+                    gw.metrics.cascade_feedback(verdict, fb.score);
                 }
                 tracing::info!(
                     target: "routewise::feedback",

@@ -61,6 +61,14 @@ fn build(ctx: &RequestContext, m: ModelId, cost: Option<f64>) -> Option<Decision
         .feedback
         .record_for(decision, &ctx.id, ci, cost, latency_ms)?;
     let gw = &*ctx.state;
+    rec.cascade = ctx.cascade.as_ref().map(|t| {
+        let verdict = if t.accepted.is_some() {
+            "accepted"
+        } else {
+            "escalated"
+        };
+        verdict.to_string()
+    });
     rec.replay = Some(ReplayContext {
         chosen: gw
             .upstreams

@@ -343,6 +343,7 @@ mod tests {
             cost_usd: 0.0,
             latency_ms: None,
             created_ms,
+            cascade: None,
             replay: None,
         }
     }
@@ -358,6 +359,7 @@ mod tests {
             residual: 1.0 - d.prior_reward,
             received_ms: 0,
             replay: None,
+            cascade: None,
         }
     }
 
