@@ -52,9 +52,12 @@ echo "| cascade accepted (2 tier calls in parallel) | $c50 | $c99 | $cbad |"
 # and chain calibrated on routerbench-3k at alpha 0.1 (its tier is one model), served by a
 # second gateway; its answer accepted after one tier call.
 data=../shared/data/routerbench-3k.jsonl
-if [ -f "$data" ]; then
-  target/release/routewise calibrate --cascade --alpha 0.1 --splits 20 --data "$data" \
-    --artifact "$work/chain.rw" > "$work/chain-cal.json" 2>/dev/null
+if [ ! -f "$data" ]; then
+  echo "learned chain: skipped ($data not found)"
+elif ! target/release/routewise calibrate --cascade --alpha 0.1 --splits 20 --data "$data" \
+    --artifact "$work/chain.rw" > "$work/chain-cal.json" 2>/dev/null; then
+  echo "learned chain: skipped (calibrate found no cascade at alpha 0.1)"
+else
   chain_port="$(free_port)"
   sed -e "s|^listen: .*|listen: 127.0.0.1:$chain_port|" \
       -e "s|^router: .*|router: {artifact: $work/chain.rw, policy: {lambda: 0}, cascade: {learned: true, extractor: number}}|" \
@@ -62,9 +65,9 @@ if [ -f "$data" ]; then
   ROUTEWISE_LOG=warn target/release/routewise serve --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$chain_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   verdict="$(curl -sf -D - -o /dev/null -H 'content-type: application/json' --data @"$work/cascade.json" \
-    "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade:' | cut -d' ' -f2)"
+    "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade' || true)"
   read -r l50 l99 lbad < <(run "http://127.0.0.1:$chain_port/v1/chat/completions" "$work/cascade.json")
-  echo "| learned chain, $verdict (one tier call) | $l50 | $l99 | $lbad |"
+  echo "| learned chain (${verdict:-no verdict header}) | $l50 | $l99 | $lbad |"
   awk -v c="$l50" -v d="$d50" -v cc="$l99" -v dd="$d99" 'BEGIN{printf "learned chain minus one direct call: p50 +%.3f ms, p99 +%.3f ms (target: <= +1 ms)\n", c-d, cc-dd}'
 fi
 awk -v c="$c50" -v d="$d50" -v cc="$c99" -v dd="$d99" 'BEGIN{printf "cascade accepted minus one direct call: p50 +%.3f ms, p99 +%.3f ms (target: <= +1 ms)\n", c-d, cc-dd}'

@@ -23,9 +23,11 @@
 //! Protocol: `train` is split (seeded) into a fitting part (70%: the router, cross-fitted
 //! for the acceptor as in [`crate::cascade`], and the featurizer and tier: of the chains
 //! of cheap candidates on static-mini and on TF-IDF features (unless one is given), the
-//! one that saves the most when calibrated the same way on one half of the fitting
-//! part's out-of-fold predictions and measured on the other, both ways) and a calibration part (30%). The headline calibrates on that part and reports `test` once. The guarantee is
-//! then checked empirically: the calibration part and `test` (both unseen by the router
+//! one that saves the most when its threshold is calibrated the same way on one half of
+//! the fitting part's out-of-fold predictions and measured on the other, both ways; the
+//! acceptor itself is fitted on the whole fitting part) and a calibration part (30%). The
+//! headline calibrates on that part and reports `test` once. The guarantee is then
+//! checked empirically: the calibration part and `test` (both unseen by the router
 //! and the acceptor, so exchangeable) are pooled and re-split at random `splits` times
 //! into calibration and test sets of the same sizes; the share of splits whose realised
 //! test loss exceeds alpha must be at most delta, up to sampling noise.

@@ -206,6 +206,15 @@ fn learned_chain(config: &mut Config, artifact: &Artifact) -> Result<(), ConfigE
         .filter_map(|&m| artifact.meta.models.get(m).cloned())
         .collect();
     c.chain = Some(std::sync::Arc::new(chain.clone()));
+    // The guarantee holds for escalation at the calibrated lambda.
+    if config.router.policy != routewise_router::Policy::Lambda(chain.lambda) {
+        tracing::warn!(
+            calibrated_lambda = chain.lambda,
+            policy = ?config.router.policy,
+            "the learned cascade was calibrated for escalation at another policy: its \
+             guarantee does not carry over to this one"
+        );
+    }
     Ok(())
 }
 

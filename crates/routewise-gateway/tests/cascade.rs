@@ -457,12 +457,14 @@ async fn the_learned_chain_asks_one_model_at_a_time_and_its_acceptor_decides() {
     let (_, h, _) = post(&url, &chat_body("pick one")).await;
     assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
     assert_eq!(mock.hits("up-a"), 1);
-    // The learned chain takes no agreement settings per request.
-    let mut body = chat_body("pick one");
-    body["routewise"] = json!({"cascade": {"min_agree": 1}});
-    let (status, _, v) = post(&url, &body).await;
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(v["error"]["param"], "routewise.cascade");
+    // The learned chain takes no agreement or confidence settings per request.
+    for cascade in [json!({"min_agree": 1}), json!({"min_confidence": 0.5})] {
+        let mut body = chat_body("pick one");
+        body["routewise"] = json!({ "cascade": cascade });
+        let (status, _, v) = post(&url, &body).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "routewise.cascade");
+    }
 }
 
 /// A lower threshold accepts c's answer alone; a failing tier model is passed over.

@@ -94,7 +94,8 @@ pub struct CalibratedCascade {
 
 impl CalibratedCascade {
     /// Checks it against a catalog of `n_models`: a non-empty tier of distinct known
-    /// models, an acceptor, and a chain rule with a threshold in [0, 1].
+    /// models, an acceptor with finite weights, and a chain rule with a threshold in
+    /// [0, 1].
     pub fn check(&self, n_models: usize) -> Result<(), String> {
         let c = &self.cascade;
         if c.tier.is_empty() {
@@ -108,8 +109,12 @@ impl CalibratedCascade {
                 return Err(format!("the cascade's tier lists model {m} twice"));
             }
         }
-        if c.acceptor.is_none() {
+        let Some(acceptor) = &c.acceptor else {
             return Err("the cascade has no acceptor".into());
+        };
+        let weights = acceptor.weights.iter().chain(&acceptor.escalate);
+        if acceptor.weights.is_empty() || weights.flatten().any(|w| !w.is_finite()) {
+            return Err("the cascade's acceptor has no weights or a weight is not finite".into());
         }
         match c.rule {
             CascadeRule::Chain {

@@ -563,6 +563,9 @@ pub fn onboard(
     catalog.models.push(model.info.clone());
     meta.models = catalog.names().map(str::to_string).collect();
     let router = AnyRouter::Onboarded(OnboardedRouter::new(base, n_base, heads));
+    // A calibrated cascade does not survive: the new model changes the router's choices
+    // it was calibrated against (`calibrate --cascade --artifact` again).
+    meta.cascade = None;
     let mut artifact = Artifact {
         meta,
         featurizer,

@@ -166,4 +166,20 @@ fn a_calibrated_cascade_round_trips_at_format_3_and_a_bad_one_is_refused() {
         let e = artifact_err(Artifact::from_bytes(&a.to_bytes().unwrap()));
         assert!(e.contains(want), "{want} not in {e}");
     }
+    let refused = |c: CalibratedCascade, want: &str| {
+        let mut b = a.clone();
+        b.meta.cascade = Some(c);
+        let e = artifact_err(Artifact::from_bytes(&b.to_bytes().unwrap()));
+        assert!(e.contains(want), "{want} not in {e}");
+    };
+    let mut c = cascade(vec![1], 0.8);
+    c.cascade.acceptor = None;
+    refused(c, "has no acceptor");
+    // (A non-finite weight cannot even be written as JSON; the check refuses it in memory.)
+    let mut c = cascade(vec![1], 0.8);
+    c.cascade.acceptor.as_mut().unwrap().weights[0][2] = f64::NAN;
+    assert!(c.check(3).unwrap_err().contains("not finite"));
+    let mut c = cascade(vec![1], 0.8);
+    c.cascade.rule = CascadeRule::Agreement { min_agree: 1 };
+    refused(c, "not a chain");
 }

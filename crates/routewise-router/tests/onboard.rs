@@ -27,7 +27,25 @@ fn b_info() -> ModelInfo {
 
 #[test]
 fn a_model_onboarded_from_probes_is_routed_where_it_is_good() {
-    let (art, full) = without_b(RouterKind::Knn);
+    let (mut art, full) = without_b(RouterKind::Knn);
+    // A calibrated cascade, which onboarding must drop (its calibration no longer holds).
+    art.meta.cascade = Some(routewise_router::artifact::CalibratedCascade {
+        cascade: routewise_router::cascade::Cascade {
+            tier: vec![1],
+            rule: routewise_router::cascade::CascadeRule::Chain {
+                threshold: 0.5,
+                step_discount: 0.0,
+            },
+            acceptor: Some(routewise_router::cascade::Acceptor {
+                weights: vec![[0.0; 6]],
+                escalate: vec![],
+            }),
+        },
+        alpha: 0.02,
+        delta: 0.1,
+        lambda: 0.0,
+        n_calibration: 10,
+    });
     // 30 train prompts as probes, with b's outcomes and the known models' recorded ones.
     let probes: Vec<&Record> = full
         .train()
@@ -51,6 +69,10 @@ fn a_model_onboarded_from_probes_is_routed_where_it_is_good() {
     };
     let (art, fit) = onboard(art, &new, 7).unwrap();
     assert_eq!(art.meta.models, ["a", "c", "b"]);
+    assert_eq!(
+        art.meta.cascade, None,
+        "a calibrated cascade does not survive onboarding"
+    );
     // Format 2: a build that predates onboarding says "newer", not "corrupt".
     assert_eq!(art.format_needed(), 2);
     assert_eq!(art.meta.format_version, 2);

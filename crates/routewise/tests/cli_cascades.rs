@@ -125,6 +125,13 @@ fn cascades_beat_prompt_only_routers_when_cheap_answers_agree() {
             assert!(c.get(key).is_some(), "{name} lacks {key}: {c}");
         }
         assert_eq!(c["prompts_without_answers"], 0);
+        // The router's featurizer, chosen on train between the eval's and tfidf.
+        let featurizer = c["featurizer"].as_str().unwrap();
+        assert!(["static-mini", "tfidf"].contains(&featurizer), "{c}");
+        assert!(
+            table.contains(&format!("(router: knn on {featurizer})")),
+            "{table}"
+        );
         // The tier is the cheap models; the strong one is the escalation.
         let tier: Vec<&str> = c["tier"]
             .as_array()
@@ -225,6 +232,7 @@ fn calibrate_cascade_controls_the_loss_it_promises() {
         (0.05, f(&c["n_calibration"]))
     );
     assert_eq!(art.meta.n_train as f64, f(&c["n_fit"]));
+    assert_eq!(art.meta.featurizer, c["featurizer"].as_str().unwrap());
 }
 
 #[test]

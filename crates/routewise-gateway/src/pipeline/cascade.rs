@@ -297,14 +297,20 @@ fn read_tier_answer(
     if !strip {
         return (text, confidence, body);
     }
+    let mut removed = false;
     if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
         for c in choices {
-            if let Some(l) = c.get_mut("logprobs") {
+            if let Some(l) = c.get_mut("logprobs").filter(|l| !l.is_null()) {
                 *l = Value::Null;
+                removed = true;
             }
         }
     }
-    let body = serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body);
+    // Re-encoded only when something was removed: otherwise the upstream's bytes stay.
+    let body = match removed {
+        true => serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body),
+        false => body,
+    };
     (text, confidence, body)
 }
 
@@ -331,7 +337,7 @@ struct Admitted<'g> {
 }
 
 /// Over the key's rate, or the store is down: the attempts that follow refuse the
-/// request, so no tier model is asked.
+/// request, so no further tier model is asked (those admitted before are).
 struct Stop;
 
 /// Takes what calling tier model `m` needs; `Ok(None)`: not this one (its breaker is
@@ -682,17 +688,18 @@ async fn run_chain(
     let Some(decision) = ctx.routed.decision.as_ref() else {
         return (None, Vec::new());
     };
-    let scores = decision.scores.clone();
-    let best_predicted = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let escalation_penalty = match (ctx.routed.policy, ctx.routed.chosen()) {
-        (routewise_router::Policy::Lambda(l), Some(c)) => {
-            l * decision.costs.get(c).copied().unwrap_or(0.0)
-        }
-        _ => 0.0,
+    // The acceptor was calibrated on the offline router's predictions: under a bandit,
+    // those are the decision's priors, not the bandit's (possibly sampled) estimates.
+    let scores = match &decision.learning {
+        Some(l) => l.prior_scores.clone(),
+        None => decision.scores.clone(),
     };
+    let best_predicted = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // A calibrated chain's rule is `Chain` (checked on load), which weighs no escalation
+    // penalty.
     let cx = routewise_router::cascade::Context {
         best_predicted,
-        escalation_penalty,
+        escalation_penalty: 0.0,
     };
     let mut calls: Vec<VoteCall> = Vec::new();
     let mut answers: Vec<TierAnswer> = Vec::new();
@@ -863,6 +870,11 @@ mod tests {
         let (text, c, same) = read_tier_answer(body.clone(), false, false);
         assert_eq!((text.as_deref(), c), (Some("(B)"), None));
         assert_eq!(same, body);
+        // Nothing to strip: the upstream's bytes are kept as they are.
+        let plain = Bytes::from_static(
+            br#"{"choices":[{"message":{"content":"B"},"logprobs":null}],"z":1,"a":2}"#,
+        );
+        assert_eq!(read_tier_answer(plain.clone(), true, true).2, plain);
         // An upstream without logprobs (or with a malformed entry): no confidence.
         for b in [
             &br#"{"choices":[{"message":{"content":"B"},"logprobs":null}]}"#[..],

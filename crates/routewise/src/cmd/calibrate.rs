@@ -184,7 +184,8 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
         let Some(artifact) = &cal.artifact else {
             anyhow::bail!(
                 "no artifact written to {}: the cascade is off at alpha {alpha} (no tier \
-                 saves anything with the guarantee)",
+                 saves anything with the guarantee, or no threshold passed on the \
+                 calibration part)",
                 path.display()
             );
         };
