@@ -65,7 +65,7 @@ else
   ROUTEWISE_LOG=warn target/release/routewise serve --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$chain_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   verdict="$(curl -sf -D - -o /dev/null -H 'content-type: application/json' --data @"$work/cascade.json" \
-    "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade' || true)"
+    "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade:' || true)"
   read -r l50 l99 lbad < <(run "http://127.0.0.1:$chain_port/v1/chat/completions" "$work/cascade.json")
   echo "| learned chain (${verdict:-no verdict header}) | $l50 | $l99 | $lbad |"
   awk -v c="$l50" -v d="$d50" -v cc="$l99" -v dd="$d99" 'BEGIN{printf "learned chain minus one direct call: p50 +%.3f ms, p99 +%.3f ms (target: <= +1 ms)\n", c-d, cc-dd}'
