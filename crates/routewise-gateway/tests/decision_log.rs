@@ -182,17 +182,24 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
         u = mock.base_url()
     );
     let gw = common::start(&yaml).await;
+    // Posts `body` and returns the decision line of the `n`-th request (0-based).
+    let logged = |body: serde_json::Value, n: usize| {
+        let (gw, capture) = (&gw, &capture);
+        async move {
+            let (status, _, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
+            assert_eq!(status, 200);
+            assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
+            let logs = capture.text();
+            logs.lines()
+                .filter(|l| l.contains("routewise::decision"))
+                .nth(n)
+                .unwrap_or_else(|| panic!("no decision line {n} in: {logs}"))
+                .to_string()
+        }
+    };
     mock.set_model_answer("up-b", Some("The answer is (B)."));
     mock.set_model_answer("up-c", Some("The answer is (C)."));
-    let (status, _, _) =
-        common::post(&gw.url("/v1/chat/completions"), &common::chat_body("pick")).await;
-    assert_eq!(status, 200);
-    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
-    let logs = capture.text();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("routewise::decision"))
-        .unwrap_or_else(|| panic!("no decision line in: {logs}"));
+    let line = logged(common::chat_body("pick"), 0).await;
     assert!(line.contains("cascade=escalated@a ["), "{line}");
     assert!(line.contains("b: \"B\""), "{line}");
     assert!(line.contains("c: \"C\""), "{line}");
@@ -203,15 +210,7 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     mock.set_model_answer("up-c", Some(long));
     let mut body = common::chat_body("capital?");
     body["routewise"] = serde_json::json!({"cascade": {"extractor": "semantic"}});
-    let (status, _, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
-    assert_eq!(status, 200);
-    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
-    let logs = capture.text();
-    let line = logs
-        .lines()
-        .filter(|l| l.contains("routewise::decision"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no second decision line in: {logs}"));
+    let line = logged(body, 1).await;
     assert!(line.contains("cascade=accepted@"), "{line}");
     let cut: String = long.chars().take(60).collect();
     assert!(line.contains(&format!("{cut:?}...")), "{line}");
@@ -222,15 +221,7 @@ async fn the_decision_log_lists_every_tier_call_and_the_verdict() {
     mock.set_model_answer("up-c", Some("The answer is (C)."));
     let mut body = common::chat_body("pick");
     body["routewise"] = serde_json::json!({"cascade": {"min_confidence": 0.9}});
-    let (status, _, _) = common::post(&gw.url("/v1/chat/completions"), &body).await;
-    assert_eq!(status, 200);
-    assert!(gw.state.decision_log.flush(Duration::from_secs(5)));
-    let logs = capture.text();
-    let line = logs
-        .lines()
-        .filter(|l| l.contains("routewise::decision"))
-        .nth(2)
-        .unwrap_or_else(|| panic!("no third decision line in: {logs}"));
+    let line = logged(body, 2).await;
     assert!(line.contains("cascade=accepted@"), "{line}");
     assert!(line.contains(" p=0.951 $"), "{line}");
 }

@@ -208,6 +208,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Sets `model`'s entry of a per-model setting, or removes it with `None`.
+fn set_or_clear<T>(map: &Mutex<HashMap<String, T>>, model: &str, value: Option<T>) {
+    let mut m = lock(map);
+    match value {
+        Some(v) => {
+            m.insert(model.to_string(), v);
+        }
+        None => {
+            m.remove(model);
+        }
+    }
+}
+
 impl MockState {
     /// A fresh state (for [`serve`]).
     pub fn with_options(options: &MockOptions) -> Self {
@@ -268,43 +281,23 @@ impl MockUpstream {
 
     /// Makes every request for `model` fail with `fault` (or answer normally with `None`).
     pub fn set_model_fault(&self, model: &str, fault: Option<Fault>) {
-        let mut m = lock(&self.state.model_faults);
-        match fault {
-            Some(f) => {
-                m.insert(model.to_string(), f);
-            }
-            None => {
-                m.remove(model);
-            }
-        }
+        set_or_clear(&self.state.model_faults, model, fault);
     }
 
     /// Makes every answer for `model` carry `content` (or the default text with `None`):
     /// what a cascade's answer extractors read.
     pub fn set_model_answer(&self, model: &str, content: Option<&str>) {
-        let mut m = lock(&self.state.model_answers);
-        match content {
-            Some(c) => {
-                m.insert(model.to_string(), c.to_string());
-            }
-            None => {
-                m.remove(model);
-            }
-        }
+        set_or_clear(
+            &self.state.model_answers,
+            model,
+            content.map(str::to_string),
+        );
     }
 
     /// Makes every token of `model`'s answers carry `logprob` when a request asks for
     /// logprobs (or [`DEFAULT_LOGPROB`] with `None`).
     pub fn set_model_logprob(&self, model: &str, logprob: Option<f64>) {
-        let mut m = lock(&self.state.model_logprobs);
-        match logprob {
-            Some(l) => {
-                m.insert(model.to_string(), l);
-            }
-            None => {
-                m.remove(model);
-            }
-        }
+        set_or_clear(&self.state.model_logprobs, model, logprob);
     }
 
     /// Requests received for `model` (the name sent upstream).
