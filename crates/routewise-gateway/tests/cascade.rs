@@ -332,6 +332,39 @@ async fn a_confident_tier_answer_is_accepted_alone_and_an_unsure_tier_escalates(
     assert_eq!(mock.hits("up-a"), 2);
 }
 
+/// An upstream that refuses the `logprobs` parameter (a 400) is asked once more without it
+/// and takes part by agreement; a client that asked for logprobs itself gets no retry.
+#[tokio::test]
+async fn a_tier_model_that_refuses_logprobs_is_asked_again_without_them() {
+    let (mock, gw) = setup("{tier: [c, b], min_agree: 2, min_confidence: 0.9}").await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("B) because of the second law"));
+    mock.set_model_logprob("up-c", Some(-1.0)); // unsure: agreement must decide
+    mock.set_model_refuses_logprobs("up-b", true);
+    let url = gw.url("/v1/chat/completions");
+    let (status, h, v) = post(&url, &chat_body("pick one")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        header(&h, "x-routewise-cascade").starts_with("accepted@"),
+        "{h:?}"
+    );
+    assert_eq!(mock.hits("up-a"), 0);
+    assert_eq!(mock.hits("up-b"), 2, "refused, then asked without logprobs");
+    let b_asked: Vec<Value> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.body["model"] == "up-b")
+        .map(|r| r.body.get("logprobs").cloned().unwrap_or(Value::Null))
+        .collect();
+    assert_eq!(b_asked, [json!(true), Value::Null]);
+    // The client asked for logprobs: b's refusal stands, no vote, escalated.
+    let mut body = chat_body("pick one");
+    body["logprobs"] = json!(true);
+    let (_, h, _) = post(&url, &body).await;
+    assert_eq!(header(&h, "x-routewise-cascade"), "escalated@a");
+    assert_eq!(mock.hits("up-b"), 3);
+}
+
 /// With a confidence check, one askable tier model is enough: its answer may be confident.
 #[tokio::test]
 async fn a_confidence_check_asks_a_tier_too_small_to_agree() {

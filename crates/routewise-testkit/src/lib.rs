@@ -15,7 +15,8 @@
 //! * echo the request it received back in the response (`"mock_echo": true` in the body),
 //! * answer a given text per model ([`MockUpstream::set_model_answer`]: cascade tests),
 //!   with token logprobs when asked (`"logprobs": true`: one entry per word, each with
-//!   the model's set logprob, [`MockUpstream::set_model_logprob`], else -0.05),
+//!   the model's set logprob, [`MockUpstream::set_model_logprob`], else -0.05), or a 400
+//!   for a model set to refuse the parameter ([`MockUpstream::set_model_refuses_logprobs`]),
 //! * leak the caller's API key, as real upstreams do: error messages quote the key they
 //!   were sent (`Incorrect API key provided: sk-...` for a 401), and `"mock_leak_key": true`
 //!   puts it in the answer's content.
@@ -194,6 +195,8 @@ pub struct MockState {
     /// Each token's logprob, per model, when logprobs are asked for (else
     /// [`DEFAULT_LOGPROB`]).
     model_logprobs: Mutex<HashMap<String, f64>>,
+    /// Models that refuse the `logprobs` parameter with a 400.
+    refuses_logprobs: Mutex<HashMap<String, ()>>,
     hits: Mutex<HashMap<String, u64>>,
     requests: Mutex<Vec<RecordedRequest>>,
     total: AtomicU64,
@@ -298,6 +301,12 @@ impl MockUpstream {
     /// logprobs (or [`DEFAULT_LOGPROB`] with `None`).
     pub fn set_model_logprob(&self, model: &str, logprob: Option<f64>) {
         set_or_clear(&self.state.model_logprobs, model, logprob);
+    }
+
+    /// Makes `model` refuse requests that ask for logprobs with a 400, as some upstreams
+    /// do (`false`: accept them again).
+    pub fn set_model_refuses_logprobs(&self, model: &str, refuses: bool) {
+        set_or_clear(&self.state.refuses_logprobs, model, refuses.then_some(()));
     }
 
     /// Requests received for `model` (the name sent upstream).
@@ -548,6 +557,15 @@ async fn answer(
                 "mock: max_tokens and a non-empty messages array are required",
             );
         }
+    }
+    let asks_logprobs = req.get("logprobs").and_then(Value::as_bool) == Some(true);
+    if asks_logprobs && lock(&state.refuses_logprobs).contains_key(&model) {
+        guard.done();
+        return error(
+            protocol,
+            StatusCode::BAD_REQUEST,
+            "mock: this model does not support the `logprobs` parameter",
+        );
     }
     let fault = state
         .fault_for(&model)

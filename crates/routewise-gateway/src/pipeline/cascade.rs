@@ -11,7 +11,9 @@
 //! tier is asked for token logprobs, and a readable answer whose token confidence
 //! ([`routewise_router::cascade::token_confidence`]) reaches it is accepted on its own,
 //! agreement or not; an upstream that returns no logprobs takes part by agreement only,
-//! and a client that did not ask for logprobs gets none. The calls still running are
+//! as does one that refuses the parameter (a 400: asked once more without it, unless
+//! the client asked for logprobs itself), and a client that did not ask for logprobs
+//! gets none. The calls still running are
 //! then dropped, which closes their upstream connections; likewise once no plurality can
 //! reach `min_agree` any more (and no answer still to come could be confident).
 //!
@@ -320,6 +322,9 @@ struct Tier<'a> {
     plan: &'a Plan,
     /// The request as the tier gets it (non-streaming, with logprobs when needed).
     request: &'a ChatRequest,
+    /// The request without the logprobs routewise added, for an upstream that refuses
+    /// them (a 400): asked once more without, it takes part by agreement.
+    plain: Option<&'a ChatRequest>,
     forward: &'a [(HeaderName, HeaderValue)],
     id: &'a str,
     timeout: Duration,
@@ -413,7 +418,8 @@ fn tier_call<'a>(
     } = a;
     let attempts::Taken { slot, quota } = taken;
     quota.keep();
-    let (gw, request, forward, id, timeout) = (t.gw, t.request, t.forward, t.id, t.timeout);
+    let (gw, request, plain, forward, id, timeout) =
+        (t.gw, t.request, t.plain, t.forward, t.id, t.timeout);
     let up = gw.upstreams.get(m);
     let span = tracing::debug_span!("tier_call", model = %up.name);
     async move {
@@ -421,7 +427,7 @@ fn tier_call<'a>(
         let dep = &up.deployments[slot.deployment];
         let mut info = AttemptInfo::default();
         let started = gw.now_ms();
-        let call = Call {
+        let call = |request| Call {
             request,
             model: &up.name,
             upstream_model: &dep.upstream_model,
@@ -429,7 +435,12 @@ fn tier_call<'a>(
             id,
             forward,
         };
-        let result = dep.provider.call(call, &mut info).await;
+        let mut result = dep.provider.call(call(request), &mut info).await;
+        if let (Some(plain), Ok(Answer::Full { status, .. })) = (plain, &result) {
+            if *status == StatusCode::BAD_REQUEST {
+                result = dep.provider.call(call(plain), &mut info).await;
+            }
+        }
         probe.armed = false;
         let d = slot.deployment;
         drop(slot);
@@ -567,9 +578,13 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let gw = &*state;
     // The tier is asked without streaming, whatever the client asked, and for logprobs
     // when a confident answer may be accepted on its own.
-    let request = match plan.min_confidence {
-        Some(_) => ctx.request.non_streaming().with_logprobs(),
-        None => ctx.request.non_streaming(),
+    let added_logprobs = plan.min_confidence.is_some() && !ctx.request.asks_logprobs();
+    let (request, plain) = match plan.min_confidence {
+        Some(_) => {
+            let plain = ctx.request.non_streaming();
+            (plain.clone().with_logprobs(), Some(plain))
+        }
+        None => (ctx.request.non_streaming(), None),
     };
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();
@@ -577,10 +592,11 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         gw,
         plan,
         request: &request,
+        plain: plain.as_ref().filter(|_| added_logprobs),
         forward: &forward,
         id: id.as_str(),
         timeout: Duration::from_millis(gw.config.limits.request_timeout_ms),
-        strip_logprobs: plan.min_confidence.is_some() && !ctx.request.asks_logprobs(),
+        strip_logprobs: added_logprobs,
     };
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
