@@ -44,6 +44,7 @@ use serde::Serialize;
 use crate::cascade::{
     build, candidates, cross_fit, realise_prompt, tier_run, tiers, CascadeInputs, Family, MAX_TIER,
 };
+use crate::fitted::expected_costs;
 use crate::report::split_records;
 use crate::{EvalError, Progress};
 
@@ -263,16 +264,6 @@ impl Pool {
     }
 }
 
-/// The catalog's expected cost of every model on every record (`records x models`).
-fn expected_costs(prepared: &routewise_router::Prepared, records: &[&Record]) -> Vec<f64> {
-    let nm = prepared.catalog.len();
-    let mut c = vec![0.0; records.len() * nm];
-    for (row, r) in c.chunks_exact_mut(nm).zip(records) {
-        prepared.catalog.expected_costs(r.input_tokens(), row);
-    }
-    c
-}
-
 /// A seeded permutation of `0..n` (splitmix64 + Fisher-Yates).
 fn permutation(n: usize, seed: u64) -> Vec<usize> {
     const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -343,7 +334,7 @@ pub fn calibrate_cascade(
     for featurizer in featurizers {
         let prepared = routewise_router::prepare(&ds.models, &fit, featurizer)?;
         let oof = cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
-        let fit_in = CascadeInputs::new(&fit, nm, oof, expected_costs(&prepared, &fit))?;
+        let fit_in = CascadeInputs::new(&fit, nm, oof, expected_costs(&prepared.catalog, &fit))?;
         // Savings are estimated out of sample: calibrated on one half of the fitting part
         // and measured on the other, both ways (in-sample savings favour tiers whose
         // threshold only fits the prompts it was chosen on).
@@ -388,7 +379,6 @@ pub fn calibrate_cascade(
             return Err(EvalError::Config("no featurizer to calibrate with".into()));
         }
     };
-    let costs_of = |recs: &[&Record]| expected_costs(&prepared, recs);
     let router = prepared.fit(opts.router, &cfg)?;
     progress.finish();
 
@@ -401,7 +391,12 @@ pub fn calibrate_cascade(
     for (i, row) in pred.chunks_exact_mut(nm).enumerate() {
         router.predict_scores_keyed(&feats[i * dim..(i + 1) * dim], &pool_recs[i].id, row);
     }
-    let pool_in = CascadeInputs::new(&pool_recs, nm, pred, costs_of(&pool_recs))?;
+    let pool_in = CascadeInputs::new(
+        &pool_recs,
+        nm,
+        pred,
+        expected_costs(&prepared.catalog, &pool_recs),
+    )?;
     let pool = Pool::build(&pool_in, &chosen, opts.lambda)?;
 
     let cal_rows: Vec<usize> = (0..n_cal).collect();

@@ -760,10 +760,7 @@ pub fn evaluate_cascades(
     for f in featurized {
         let prepared = f.prepared;
         let oof = cross_fit(kind, &prepared.train_set, &prepared.catalog, cfg)?;
-        let mut train_costs = vec![0.0; train.len() * nm];
-        for (row, r) in train_costs.chunks_exact_mut(nm).zip(train) {
-            prepared.catalog.expected_costs(r.input_tokens(), row);
-        }
+        let train_costs = crate::fitted::expected_costs(&prepared.catalog, train);
         let train_in = CascadeInputs::new(train, nm, oof, train_costs)?;
         let chosen = choose(&train_in, &coarse(lambdas))?;
         let pred = match f.test_pred {

@@ -5,7 +5,7 @@
 use routewise_data::{Dataset, Record};
 use routewise_features::{Featurizer, FeaturizerKind};
 use routewise_router::train::Prepared;
-use routewise_router::{AnyRouter, RouterConfigs, RouterKind};
+use routewise_router::{AnyRouter, Catalog, RouterConfigs, RouterKind};
 
 use crate::report::split_records;
 use crate::EvalError;
@@ -27,6 +27,16 @@ pub(crate) fn validation_split(mut train: Vec<&Record>, seed: u64) -> (Vec<&Reco
     train.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7a11d));
     let held = train.split_off(train.len() - train.len() / VALIDATION_SHARE);
     (train, held)
+}
+
+/// Row-major expected costs of every model of `catalog` on `records`.
+pub(crate) fn expected_costs(catalog: &Catalog, records: &[&Record]) -> Vec<f64> {
+    let nm = catalog.len();
+    let mut c = vec![0.0; records.len() * nm];
+    for (row, r) in c.chunks_exact_mut(nm).zip(records) {
+        catalog.expected_costs(r.input_tokens(), row);
+    }
+    c
 }
 
 pub(crate) struct Fitted<'a> {
@@ -114,11 +124,7 @@ impl<'a> Fitted<'a> {
 
     /// Row-major expected costs of every model on `records`.
     pub fn expected_costs(&self, records: &[&Record]) -> Vec<f64> {
-        let mut c = vec![0.0; records.len() * self.nm];
-        for (row, r) in c.chunks_exact_mut(self.nm).zip(records) {
-            self.prepared.catalog.expected_costs(r.input_tokens(), row);
-        }
-        c
+        expected_costs(&self.prepared.catalog, records)
     }
 
     /// The model with the best mean score on train.

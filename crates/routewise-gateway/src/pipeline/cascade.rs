@@ -322,14 +322,13 @@ struct Tier<'a> {
     plan: &'a Plan,
     /// The request as the tier gets it (non-streaming, with logprobs when needed).
     request: &'a ChatRequest,
-    /// The request without the logprobs routewise added, for an upstream that refuses
-    /// them (a 400): asked once more without, it takes part by agreement.
+    /// The request without the logprobs routewise added (`None` when it added none):
+    /// the answers are stripped of them, and an upstream that refuses them (a 400) is
+    /// asked once more without and takes part by agreement.
     plain: Option<&'a ChatRequest>,
     forward: &'a [(HeaderName, HeaderValue)],
     id: &'a str,
     timeout: Duration,
-    /// Remove the logprobs the client did not ask for from the answers.
-    strip_logprobs: bool,
 }
 
 /// A tier model taken for one call: its breaker's probe, the key's budget hold and a
@@ -482,7 +481,7 @@ fn record(ctx: &mut RequestContext, t: &Tier<'_>, returned: Returned) -> Option<
         }) if status.is_success() => {
             gw.record_success(m, Some(d), started);
             let logprobs = t.plan.min_confidence.is_some();
-            let (text, confidence, body) = read_tier_answer(body, logprobs, t.strip_logprobs);
+            let (text, confidence, body) = read_tier_answer(body, logprobs, t.plain.is_some());
             let key = text.as_deref().and_then(|x| t.plan.extractor.extract(x));
             let cost = crate::pipeline::stream::parse_usage(&body).map(|(p, c)| up.cost(p, c));
             if let Some(c) = cost {
@@ -578,13 +577,11 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
     let gw = &*state;
     // The tier is asked without streaming, whatever the client asked, and for logprobs
     // when a confident answer may be accepted on its own.
-    let added_logprobs = plan.min_confidence.is_some() && !ctx.request.asks_logprobs();
-    let (request, plain) = match plan.min_confidence {
-        Some(_) => {
-            let plain = ctx.request.non_streaming();
-            (plain.clone().with_logprobs(), Some(plain))
-        }
-        None => (ctx.request.non_streaming(), None),
+    let request = ctx.request.non_streaming();
+    let (request, plain) = if plan.min_confidence.is_some() && !ctx.request.asks_logprobs() {
+        (request.clone().with_logprobs(), Some(request))
+    } else {
+        (request, None)
     };
     let forward = ctx.trace.upstream_headers(crate::trace::new_span_id());
     let id = ctx.id.clone();
@@ -592,11 +589,10 @@ pub async fn run(ctx: &mut RequestContext, plan: &Plan) -> Verdict {
         gw,
         plan,
         request: &request,
-        plain: plain.as_ref().filter(|_| added_logprobs),
+        plain: plain.as_ref(),
         forward: &forward,
         id: id.as_str(),
         timeout: Duration::from_millis(gw.config.limits.request_timeout_ms),
-        strip_logprobs: added_logprobs,
     };
     // The trace lives in the context from the start, so that a request cut short (the
     // client went away) still logs the tier calls it paid for.
