@@ -13,7 +13,9 @@
 //!    is plain routing; agreement tiers of 2-3 of them), each chain with its acceptor
 //!    fitted there, is swept over the family's rules and a coarse lambda grid, and the
 //!    (tier, rule, lambda) configurations on the frontier of all those train points are
-//!    kept ([`choose`]).
+//!    kept ([`choose`]). Where some prompts have no answers, their plain routing gets its
+//!    own lambda from the same grid ([`lambda_pairs`]): an operator serves closed-form
+//!    and free-form traffic on separate routes, each with its policy.
 //! 3. The router refitted on all of `train` predicts `test`; each kept configuration is
 //!    run once on `test`, and the frontier of those points is summarised like a router's
 //!    (AIQ, max quality, cost ratios). Nothing is swept on test.
@@ -343,7 +345,10 @@ pub fn acceptor_examples(d: &CascadeInputs, tier: &[usize]) -> Vec<Example> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SweepPoint {
     pub rule: CascadeRule,
+    /// The escalation's lambda (prompts with answers).
     pub lambda: f64,
+    /// The lambda of plain routing (prompts without answers).
+    pub lambda_plain: f64,
     pub quality: f64,
     pub cost: f64,
 }
@@ -371,32 +376,65 @@ pub fn rule_grid(family: Family, tier_len: usize) -> Vec<CascadeRule> {
     }
 }
 
-/// Mean real quality and cost of every (rule, lambda) pair on `d`.
+/// Pairs `(escalation, plain)` of indices into a lambda grid of `n`: every pair when
+/// `independent` (a cascade's closed-form prompts and its plainly routed ones may run at
+/// different lambdas, as an operator's routes may), else each lambda with itself.
+pub fn lambda_pairs(n: usize, independent: bool) -> Vec<(usize, usize)> {
+    if independent {
+        (0..n).flat_map(|e| (0..n).map(move |p| (e, p))).collect()
+    } else {
+        (0..n).map(|l| (l, l)).collect()
+    }
+}
+
+/// Mean real quality and cost of every (rule, lambda pair) on `d`: the prompts with
+/// answers run the cascade and escalate to `targets[e]` (lambda `lambdas[e]`); those
+/// without are routed plainly to `targets[p]`, for each `(e, p)` of `pairs`.
 pub fn sweep(
     d: &CascadeInputs,
     cascade: &Cascade,
     rules: &[CascadeRule],
     lambdas: &[f64],
     targets: &[Vec<usize>],
+    pairs: &[(usize, usize)],
 ) -> Vec<SweepPoint> {
-    let runs: Vec<TierRun> = (0..d.len())
-        .map(|i| tier_run(d, i, &cascade.tier, cascade.acceptor.as_ref()))
+    let (answered, plain): (Vec<usize>, Vec<usize>) = (0..d.len()).partition(|&i| d.has_answers[i]);
+    let runs: Vec<TierRun> = answered
+        .iter()
+        .map(|&i| tier_run(d, i, &cascade.tier, cascade.acceptor.as_ref()))
+        .collect();
+    // Plain routing's totals per lambda: the same whatever the rule.
+    let plain_sums: Vec<(f64, f64)> = targets
+        .iter()
+        .map(|t| {
+            plain.iter().fold((0.0, 0.0), |(q, c), &i| {
+                let (s, k) = d.outcome(i, t[i]).unwrap_or((0.0, 0.0));
+                (q + s, c + k)
+            })
+        })
         .collect();
     let n = d.len().max(1) as f64;
-    let mut out = Vec::with_capacity(rules.len() * lambdas.len());
+    let mut out = Vec::with_capacity(rules.len() * pairs.len());
     for rule in rules {
-        for (l, &lambda) in lambdas.iter().enumerate() {
-            let (mut q, mut c) = (0.0, 0.0);
-            for (i, run) in runs.iter().enumerate() {
-                let (s, k) = realise_prompt(d, i, run, rule, targets[l][i], lambda);
-                q += s;
-                c += k;
-            }
+        // The cascade's totals per escalation lambda, computed once.
+        let mut answered_sums: Vec<Option<(f64, f64)>> = vec![None; lambdas.len()];
+        for &(e, p) in pairs {
+            let (q, c) = *answered_sums[e].get_or_insert_with(|| {
+                answered
+                    .iter()
+                    .zip(&runs)
+                    .fold((0.0, 0.0), |(q, c), (&i, run)| {
+                        let (s, k) = realise_prompt(d, i, run, rule, targets[e][i], lambdas[e]);
+                        (q + s, c + k)
+                    })
+            });
+            let (pq, pc) = plain_sums[p];
             out.push(SweepPoint {
                 rule: rule.clone(),
-                lambda,
-                quality: q / n,
-                cost: c / n,
+                lambda: lambdas[e],
+                lambda_plain: lambdas[p],
+                quality: (q + pq) / n,
+                cost: (c + pc) / n,
             });
         }
     }
@@ -468,6 +506,8 @@ pub fn tiers(cands: &[usize], min_len: usize, max_len: usize) -> Vec<Vec<usize>>
 pub struct Config {
     pub cascade: Cascade,
     pub lambda: f64,
+    /// The lambda of plain routing (prompts without answers).
+    pub lambda_plain: f64,
     /// Its mean quality and cost on the train predictions.
     pub train: (f64, f64),
 }
@@ -526,6 +566,8 @@ pub fn build(d: &CascadeInputs, family: Family, tier: Vec<usize>) -> Cascade {
 pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, EvalError> {
     let cands = candidates(train);
     let targets = train.escalation_targets(lambdas)?;
+    // Closed-form and free-form prompts may run at their own lambdas (one route each).
+    let pairs = lambda_pairs(lambdas.len(), train.prompts_without_answers() > 0);
     let (c_min, c_max) = cost_range(train);
     let mut out = Vec::new();
     for family in [Family::Chain, Family::Agreement] {
@@ -545,7 +587,7 @@ pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, Eva
             if base.tier.is_empty() {
                 rules.truncate(1);
             }
-            let pts = sweep(train, &base, &rules, lambdas, &targets);
+            let pts = sweep(train, &base, &rules, lambdas, &targets, &pairs);
             all.extend(pts.into_iter().map(|p| (bases.len(), p)));
             bases.push(base);
         }
@@ -565,6 +607,7 @@ pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, Eva
                 configs.push(Config {
                     cascade,
                     lambda: p.lambda,
+                    lambda_plain: p.lambda_plain,
                     train: (p.quality, p.cost),
                 });
             }
@@ -614,6 +657,7 @@ pub struct ConfigRow {
     pub tier: Vec<String>,
     pub rule: CascadeRule,
     pub lambda: f64,
+    pub lambda_plain: f64,
     pub train_quality: f64,
     pub train_cost: f64,
     pub quality: f64,
@@ -666,19 +710,22 @@ pub fn summarise(
     };
     let mut configs = Vec::with_capacity(chosen.configs.len());
     for c in &chosen.configs {
-        let targets = test.escalation_targets(&[c.lambda])?;
+        let lambdas = [c.lambda, c.lambda_plain];
+        let targets = test.escalation_targets(&lambdas)?;
         let p = sweep(
             test,
             &c.cascade,
             std::slice::from_ref(&c.cascade.rule),
-            &[c.lambda],
+            &lambdas,
             &targets,
+            &[(0, 1)],
         );
         let (quality, cost) = p.first().map_or((0.0, 0.0), |p| (p.quality, p.cost));
         configs.push(ConfigRow {
             tier: names(&c.cascade.tier),
             rule: c.cascade.rule.clone(),
             lambda: c.lambda,
+            lambda_plain: c.lambda_plain,
             train_quality: c.train.0,
             train_cost: c.train.1,
             quality,
@@ -891,13 +938,95 @@ mod tests {
             acceptor: None,
         };
         let targets = d.escalation_targets(&[0.0]).unwrap();
-        let pts = sweep(&d, &c, std::slice::from_ref(&c.rule), &[0.0], &targets);
+        let pts = sweep(
+            &d,
+            &c,
+            std::slice::from_ref(&c.rule),
+            &[0.0],
+            &targets,
+            &[(0, 0)],
+        );
         // scores 1, 1, 1; costs 0.03, 1.03, 1.0
         assert!((pts[0].quality - 1.0).abs() < 1e-12);
         assert!(
             (pts[0].cost - (0.03 + 1.03 + 1.0) / 3.0).abs() < 1e-12,
             "{pts:?}"
         );
+    }
+
+    #[test]
+    fn prompts_without_answers_are_routed_at_their_own_lambda() {
+        let recs = [
+            record(
+                0,
+                &[
+                    (1.0, 0.01, given(1)),
+                    (1.0, 0.02, given(1)),
+                    (1.0, 1.0, given(1)),
+                ],
+            ),
+            record(
+                1,
+                &[
+                    (0.0, 0.01, given(2)),
+                    (1.0, 0.02, given(1)),
+                    (1.0, 1.0, given(1)),
+                ],
+            ),
+            record(
+                2,
+                &[
+                    (0.0, 0.01, Answer::Absent),
+                    (0.0, 0.02, Answer::Absent),
+                    (1.0, 1.0, Answer::Absent),
+                ],
+            ),
+        ];
+        let d = inputs(&recs, &[[0.5, 0.6, 0.9]; 3]);
+        let c = Cascade {
+            tier: vec![0, 1],
+            rule: CascadeRule::Agreement { min_agree: 2 },
+            acceptor: None,
+        };
+        // lambda 0 picks c; lambda 20 picks a (0.5 - 0.2 against b's 0.6 - 0.4).
+        let lambdas = [0.0, 20.0];
+        let targets = d.escalation_targets(&lambdas).unwrap();
+        assert_eq!(lambda_pairs(2, false), vec![(0, 0), (1, 1)]);
+        let pairs = lambda_pairs(2, true);
+        assert_eq!(pairs, vec![(0, 0), (0, 1), (1, 0), (1, 1)]);
+        let pts = sweep(
+            &d,
+            &c,
+            std::slice::from_ref(&c.rule),
+            &lambdas,
+            &targets,
+            &pairs,
+        );
+        assert_eq!(pts.len(), 4);
+        let at = |e: f64, p: f64| {
+            pts.iter()
+                .find(|x| x.lambda == e && x.lambda_plain == p)
+                .unwrap()
+        };
+        // Escalating quality first, routing the free-form prompt cheaply: prompt 1 goes
+        // to c, prompt 2 to a.
+        let p = at(0.0, 20.0);
+        assert!((p.quality - 2.0 / 3.0).abs() < 1e-12, "{p:?}");
+        assert!((p.cost - (0.03 + 1.03 + 0.01) / 3.0).abs() < 1e-12, "{p:?}");
+        // The other way round: prompt 1 takes a's answer already paid for, prompt 2 c.
+        let p = at(20.0, 0.0);
+        assert!((p.quality - 2.0 / 3.0).abs() < 1e-12, "{p:?}");
+        assert!((p.cost - (0.03 + 0.03 + 1.0) / 3.0).abs() < 1e-12, "{p:?}");
+        // Same lambda on both: what a single-lambda sweep gives.
+        let single = sweep(
+            &d,
+            &c,
+            std::slice::from_ref(&c.rule),
+            &lambdas,
+            &targets,
+            &[(1, 1)],
+        );
+        assert_eq!(&single[0], at(20.0, 20.0));
     }
 
     #[test]
