@@ -17,6 +17,12 @@
 //!   the switch pays (the gateway's rule, with `switch_margin`). Both run over a lambda
 //!   grid; each gives a quality-cost frontier (the convex hull of its points), and the two
 //!   are compared by cost at 21 qualities over the range both reach.
+//! * **The margin** (unless `--switch-margin` fixes one): chosen per lambda on a train
+//!   trace (out-of-fold predictions), as an operator running that lambda would choose it:
+//!   the one of [`MARGINS`], or affinity off, with the highest utility there (mean score
+//!   minus lambda times the cost per turn: the policy's own objective). A margin holds a
+//!   conversation against noise in the predictions; how much that is worth depends on
+//!   what a point of score costs, so no single margin suits every lambda.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -38,15 +44,20 @@ pub struct AffinityOptions {
     pub turns: usize,
     /// The share of the input price a cached prefix saves (0.5: billed at half price).
     pub cached_discount: f64,
-    /// `None`: chosen on a train trace from [`MARGINS`].
+    /// `None`: chosen per lambda on a train trace, from [`MARGINS`] or off.
     pub switch_margin: Option<f64>,
 }
 
-/// One margin's mean cost ratio on the train trace.
+/// The train trace's choice at one lambda.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct TrainRatio {
-    pub switch_margin: f64,
-    pub mean_cost_ratio: Option<f64>,
+pub struct TrainChoice {
+    pub lambda: f64,
+    /// `None`: affinity off (routing afresh had the higher utility).
+    pub switch_margin: Option<f64>,
+    /// Utility (mean score minus lambda times cost per turn) with the chosen setting, and
+    /// routing afresh.
+    pub utility: f64,
+    pub utility_without: f64,
 }
 
 /// One policy over every conversation.
@@ -56,11 +67,23 @@ pub struct Outcome {
     pub cost_usd: f64,
     /// Turns answered by another model than the turn before.
     pub switches: usize,
+    /// Turns answered.
+    pub turns: usize,
+}
+
+impl Outcome {
+    /// The policy's objective at `lambda`: mean score minus lambda times the mean cost
+    /// per turn.
+    pub fn utility(&self, lambda: f64) -> f64 {
+        self.quality - lambda * self.cost_usd / self.turns.max(1) as f64
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Point {
     pub lambda: f64,
+    /// The margin affinity ran at; `None`: affinity off at this lambda.
+    pub switch_margin: Option<f64>,
     pub without: Outcome,
     pub with: Outcome,
 }
@@ -80,10 +103,12 @@ pub struct AffinityReport {
     pub conversations: usize,
     pub turns: usize,
     pub cached_discount: f64,
-    pub switch_margin: f64,
+    /// The margin given (`--switch-margin`); `None`: chosen per lambda on train (see
+    /// `points[].switch_margin`).
+    pub switch_margin: Option<f64>,
     pub margin_chosen_on_train: bool,
-    /// Each margin's mean cost ratio on the train trace (when chosen there).
-    pub train_mean_cost_ratio: Vec<TrainRatio>,
+    /// The train trace's choice at each lambda (when chosen there).
+    pub train_choices: Vec<TrainChoice>,
     pub points: Vec<Point>,
     /// 21 qualities evenly over the range both frontiers reach.
     pub matched: Vec<Matched>,
@@ -204,6 +229,7 @@ impl<'a> Trace<'a> {
             quality: quality / turns.max(1) as f64,
             cost_usd: cost,
             switches,
+            turns,
         }
     }
 }
@@ -237,13 +263,20 @@ impl Comparison {
     }
 }
 
-fn compare(trace: &Trace, margin: f64) -> Comparison {
+/// Both policies at each lambda of the grid, affinity at `margins[k]` for the `k`-th
+/// (`None`: off, the same as routing afresh).
+fn compare(trace: &Trace, margins: &[Option<f64>]) -> Comparison {
     let points: Vec<Point> = lambdas()
         .into_iter()
-        .map(|lambda| Point {
-            lambda,
-            without: trace.run(lambda, None),
-            with: trace.run(lambda, Some(margin)),
+        .zip(margins)
+        .map(|(lambda, &margin)| {
+            let without = trace.run(lambda, None);
+            Point {
+                lambda,
+                switch_margin: margin,
+                without,
+                with: margin.map_or(without, |m| trace.run(lambda, Some(m))),
+            }
         })
         .collect();
     let frontier = |f: fn(&Point) -> Outcome| {
@@ -288,8 +321,35 @@ fn compare(trace: &Trace, margin: f64) -> Comparison {
     }
 }
 
-/// Switch margins the train side chooses from.
+/// Switch margins the train side chooses from (besides affinity off).
 pub const MARGINS: [f64; 5] = [0.0, 0.01, 0.02, 0.05, 0.1];
+
+/// Per lambda of the grid, the setting ([`MARGINS`] or off) with the highest utility on
+/// `train`; equal utilities (a quality-first policy values no cost) go to the cheaper
+/// setting, then to off, then to the smaller margin.
+fn choose_margins(train: &Trace) -> Vec<TrainChoice> {
+    lambdas()
+        .into_iter()
+        .map(|lambda| {
+            let without = train.run(lambda, None);
+            let utility_without = without.utility(lambda);
+            let mut best = (None, utility_without, without.cost_usd);
+            for m in MARGINS {
+                let o = train.run(lambda, Some(m));
+                let u = o.utility(lambda);
+                if u > best.1 || (u == best.1 && o.cost_usd < best.2) {
+                    best = (Some(m), u, o.cost_usd);
+                }
+            }
+            TrainChoice {
+                lambda,
+                switch_margin: best.0,
+                utility: best.1,
+                utility_without,
+            }
+        })
+        .collect()
+}
 
 /// Runs the measurement.
 pub fn evaluate_affinity(
@@ -316,11 +376,10 @@ pub fn evaluate_affinity(
             opts.cached_discount,
         )
     };
-    // The margin: given, or the one whose train trace (out-of-fold predictions) costs
-    // least against routing afresh at equal quality.
-    let mut train_ratios = Vec::new();
-    let margin = match opts.switch_margin {
-        Some(m) => m,
+    // The margin at each lambda: given, or chosen on a train trace (out-of-fold
+    // predictions) by the policy's utility.
+    let train_choices = match opts.switch_margin {
+        Some(_) => Vec::new(),
         None => {
             let oof = crate::cascade::cross_fit(
                 opts.router,
@@ -328,19 +387,12 @@ pub fn evaluate_affinity(
                 catalog,
                 &fitted.cfg,
             )?;
-            let train = trace_of(fitted.train.clone(), oof, opts.seed ^ 0xaff1);
-            for m in MARGINS {
-                train_ratios.push((m, compare(&train, m).mean_ratio()));
-            }
-            train_ratios
-                .iter()
-                .filter_map(|&(m, r)| Some((m, r?)))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map_or(
-                    routewise_router::affinity::DEFAULT_SWITCH_MARGIN,
-                    |(m, _)| m,
-                )
+            choose_margins(&trace_of(fitted.train.clone(), oof, opts.seed ^ 0xaff1))
         }
+    };
+    let margins: Vec<Option<f64>> = match opts.switch_margin {
+        Some(m) => vec![Some(m); lambdas().len()],
+        None => train_choices.iter().map(|c| c.switch_margin).collect(),
     };
     let test_records: Vec<&Record> = fitted.test.clone();
     let (pred, _) = fitted.predict(&test_records);
@@ -350,21 +402,15 @@ pub fn evaluate_affinity(
             "no task has enough test prompts for one conversation".into(),
         ));
     }
-    let c = compare(&trace, margin);
+    let c = compare(&trace, &margins);
     Ok(AffinityReport {
         router: opts.router.to_string(),
         conversations: trace.conversations.len(),
         turns: opts.turns,
         cached_discount: opts.cached_discount,
-        switch_margin: margin,
+        switch_margin: opts.switch_margin,
         margin_chosen_on_train: opts.switch_margin.is_none(),
-        train_mean_cost_ratio: train_ratios
-            .iter()
-            .map(|&(m, r)| TrainRatio {
-                switch_margin: m,
-                mean_cost_ratio: r,
-            })
-            .collect(),
+        train_choices,
         mean_cost_ratio_at_equal_quality: c.mean_ratio(),
         min_cost_ratio: c.ratios.iter().copied().reduce(f64::min),
         max_cost_ratio: c.ratios.iter().copied().reduce(f64::max),

@@ -27,12 +27,30 @@ fn eval_affinity_reports_both_policies_and_their_frontiers() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let r = &v["affinity"];
     assert_eq!(r["turns"], 3);
-    // The margin was chosen on train, among the documented ones.
+    // The margin was chosen on train at each lambda, among the documented ones or off,
+    // and the test points ran at those choices.
     assert_eq!(r["margin_chosen_on_train"], true);
-    assert_eq!(r["train_mean_cost_ratio"].as_array().unwrap().len(), 5);
+    assert!(r["switch_margin"].is_null(), "{r}");
     assert!(r["conversations"].as_u64().unwrap() > 10, "{r}");
     let points = r["points"].as_array().unwrap();
     assert!(points.len() > 10);
+    let choices = r["train_choices"].as_array().unwrap();
+    assert_eq!(choices.len(), points.len());
+    for (c, p) in choices.iter().zip(points) {
+        assert_eq!(c["lambda"], p["lambda"]);
+        assert_eq!(c["switch_margin"], p["switch_margin"]);
+        let m = &c["switch_margin"];
+        assert!(
+            m.is_null() || [0.0, 0.01, 0.02, 0.05, 0.1].contains(&m.as_f64().unwrap()),
+            "{c}"
+        );
+        // The choice is never worse than affinity off, on train.
+        assert!(c["utility"].as_f64().unwrap() >= c["utility_without"].as_f64().unwrap());
+        // Off means the same decisions as routing afresh.
+        if m.is_null() {
+            assert_eq!(p["with"], p["without"], "{p}");
+        }
+    }
     // Affinity switches models less often than routing afresh, over the lambda grid.
     let switches = |k: &str| -> u64 {
         points
@@ -60,4 +78,31 @@ fn eval_affinity_refuses_one_turn_conversations() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--turns"));
+}
+
+#[test]
+fn eval_affinity_runs_a_given_margin_at_every_lambda() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("affinity.json");
+    let text = common::ok(&[
+        "eval",
+        "--affinity",
+        "--data",
+        data.to_str().unwrap(),
+        "--switch-margin",
+        "0.02",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("switch margin 0.02"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &v["affinity"];
+    assert_eq!(r["margin_chosen_on_train"], false);
+    assert_eq!(r["switch_margin"], 0.02);
+    assert!(r["train_choices"].as_array().unwrap().is_empty());
+    let points = r["points"].as_array().unwrap();
+    assert!(points.iter().all(|p| p["switch_margin"] == 0.02), "{r}");
 }

@@ -433,36 +433,30 @@ fn affinity(
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "conversation affinity: {} conversations of {} turns, router {}; cached history billed at {:.0}% of the input price; switch margin {}{}",
+        "conversation affinity: {} conversations of {} turns, router {}; cached history billed at {:.0}% of the input price; switch margin {}",
         r.conversations,
         r.turns,
         r.router,
         100.0 * (1.0 - r.cached_discount),
-        r.switch_margin,
-        if r.margin_chosen_on_train { " (chosen on train)" } else { "" }
-    )?;
-    for t in &r.train_mean_cost_ratio {
-        if let Some(x) = t.mean_cost_ratio {
-            writeln!(
-                out,
-                "  train: margin {:<5} cost ratio at equal quality {x:.3}",
-                t.switch_margin
-            )?;
+        match r.switch_margin {
+            Some(m) => m.to_string(),
+            None => "chosen per lambda on train (the highest utility, mean score - lambda x cost per turn; off: affinity off)".into(),
         }
-    }
+    )?;
     writeln!(
         out,
-        "{:>10}  {:>8} {:>10} {:>8}  {:>8} {:>10} {:>8}",
-        "lambda", "afresh q", "cost_usd", "switches", "affin. q", "cost_usd", "switches"
+        "{:>10}  {:>8} {:>10} {:>8}  {:>6}  {:>8} {:>10} {:>8}",
+        "lambda", "afresh q", "cost_usd", "switches", "margin", "affin. q", "cost_usd", "switches"
     )?;
     for p in &r.points {
         writeln!(
             out,
-            "{:>10.3e}  {:>8.4} {:>10.4} {:>8}  {:>8.4} {:>10.4} {:>8}",
+            "{:>10.3e}  {:>8.4} {:>10.4} {:>8}  {:>6}  {:>8.4} {:>10.4} {:>8}",
             p.lambda,
             p.without.quality,
             p.without.cost_usd,
             p.without.switches,
+            p.switch_margin.map_or("off".into(), |m| m.to_string()),
             p.with.quality,
             p.with.cost_usd,
             p.with.switches
