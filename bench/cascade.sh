@@ -6,7 +6,8 @@
 # ../shared/data present, also the learned confidence chain accepted after one tier call.
 #
 # The gateways run at the default configuration (log level info, decision log on) unless
-# LOG sets ROUTEWISE_LOG (e.g. LOG=warn).
+# LOG sets ROUTEWISE_LOG (e.g. LOG=warn); a ROUTEWISE_LOG in the caller's environment is
+# ignored.
 #
 #   bash bench/cascade.sh                 # release build
 #   RATE=500 DUR=10 bash bench/cascade.sh
@@ -25,7 +26,7 @@ mock_port="$(free_port)"; gw_port="$(free_port)"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"
 target/release/routewise-mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-env ${LOG:+ROUTEWISE_LOG=$LOG} target/release/routewise serve --config "$work/gw.yaml" 2> "$work/gw.log" & pids+=($!)
+env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --config "$work/gw.yaml" 2> "$work/gw.log" & pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 msg='"messages":[{"role":"user","content":"What is six times seven? 42"}]'
 printf '{"model":"mistralai/mistral-7b-chat",%s}' "$msg" > "$work/direct.json"
@@ -66,7 +67,7 @@ else
   sed -e "s|^listen: .*|listen: 127.0.0.1:$chain_port|" \
       -e "s|^router: .*|router: {artifact: $work/chain.rw, policy: {lambda: 0}, cascade: {learned: true, extractor: number}}|" \
       "$work/gw.yaml" > "$work/chain.yaml"
-  env ${LOG:+ROUTEWISE_LOG=$LOG} target/release/routewise serve --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
+  env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$chain_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   verdict="$(curl -sf -D - -o /dev/null -H 'content-type: application/json' --data @"$work/cascade.json" \
     "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade:' || true)"

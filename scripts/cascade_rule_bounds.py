@@ -24,6 +24,8 @@ Reports the cheapest chain at each quality level (the Pareto front) and the best
 costs as a ratio of the escalation model's mean cost.
 
 usage: cascade_rule_bounds.py DATA.jsonl [--escalate MODEL] [--split test] [--options 10]
+                              [--candidates 10] [--k 40]
+(the gate's neighbours come from `train`: with --split train a prompt is its own neighbour)
 """
 import argparse
 import collections
@@ -140,7 +142,8 @@ else:
     import numpy as np
 
     sims = (xd @ xt.T).toarray()
-    nearest = np.argpartition(-sims, args.k, axis=1)[:, : args.k]
+    k = max(1, min(args.k, len(train) - 1))
+    nearest = np.argpartition(-sims, k, axis=1)[:, :k]
     weights = np.maximum(np.take_along_axis(sims, nearest, axis=1), 1e-3)
 
     def knn_right(model):
@@ -184,7 +187,7 @@ else:
     )
     target = sum(r["models"][esc]["score"] for r in data if esc in r["models"]) / len(data)
     reach = [p for p in pts if p[1] >= target]
-    print(f"gated chains (TF-IDF kNN gate, k = {args.k}), Pareto front: cost ratio, quality")
+    print(f"gated chains (TF-IDF kNN gate, k = {k}), Pareto front: cost ratio, quality")
     best = -1.0
     for c, q, name in pts:
         if q > best:

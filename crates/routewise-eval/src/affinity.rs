@@ -387,7 +387,15 @@ pub fn evaluate_affinity(
                 catalog,
                 &fitted.cfg,
             )?;
-            choose_margins(&trace_of(fitted.train.clone(), oof, opts.seed ^ 0xaff1))
+            let train = trace_of(fitted.train.clone(), oof, opts.seed ^ 0xaff1);
+            if train.conversations.is_empty() {
+                return Err(EvalError::Split(
+                    "no task has enough train prompts for one conversation (to choose the \
+                     switch margin; or give --switch-margin)"
+                        .into(),
+                ));
+            }
+            choose_margins(&train)
         }
     };
     let margins: Vec<Option<f64>> = match opts.switch_margin {

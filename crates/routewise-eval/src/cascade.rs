@@ -500,8 +500,8 @@ pub fn tiers(cands: &[usize], min_len: usize, max_len: usize) -> Vec<Vec<usize>>
     out
 }
 
-/// One operating point chosen on train: a tier (with its acceptor), a rule and the
-/// escalation's lambda.
+/// One operating point chosen on train: a tier (with its acceptor), a rule, the
+/// escalation's lambda and the lambda of the prompts routed plainly.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cascade: Cascade,
@@ -560,8 +560,10 @@ pub fn build(d: &CascadeInputs, family: Family, tier: Vec<usize>) -> Cascade {
 }
 
 /// Chooses each family's operating points on `train` (out-of-fold predictions): every
-/// candidate tier is swept over the family's rules and `lambdas`, and the (tier, rule,
-/// lambda) configurations on the non-decreasing hull of all those points are kept.
+/// candidate tier is swept over the family's rules and `lambdas` (pairs of an escalation
+/// and a plain-routing lambda when some prompts have no answers, [`lambda_pairs`]), and
+/// the (tier, rule, lambdas) configurations on the non-decreasing hull of all those
+/// points are kept.
 /// Families with no candidate tier are left out.
 pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, EvalError> {
     let cands = candidates(train);

@@ -744,7 +744,7 @@ fn write_cascades(out: &mut impl Write, rows: &[CascadeRow]) -> std::io::Result<
     }
     writeln!(
         out,
-        "Cascades: operating points (tier, rule, lambda) chosen on train's cross-fitted \
+        "Cascades: operating points (tier, rule, lambdas) chosen on train's cross-fitted \
          predictions, each run once on test; the router's featurizer (the eval's or tfidf) \
          chosen per family by train AIQ; ratio@95% = cost ratio at 95% of the best single \
          model's quality; plain = test prompts without recorded answers, routed plainly \

@@ -99,7 +99,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0.5)]
     pub cached_discount: f64,
     /// With `--affinity`: the utility a switch must gain beyond the cache it loses (the
-    /// gateway's `affinity.switch_margin`); default: chosen on a train trace.
+    /// gateway's `affinity.switch_margin`), at every lambda; default: chosen per lambda on
+    /// a train trace, among 0, 0.01, 0.02, 0.05, 0.1 and affinity off.
     #[arg(long)]
     pub switch_margin: Option<f64>,
     /// Onboarding instead: leave each model out, train without it, add it back from N of
