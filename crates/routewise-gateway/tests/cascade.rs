@@ -267,6 +267,43 @@ async fn the_cascade_is_skipped_when_turned_off_or_for_a_named_model() {
     assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (0, 0));
 }
 
+/// The README's setup: free-form traffic (no option letters) matched by a route that turns
+/// the cascade off and sets its own policy; multiple-choice prompts keep the cascade.
+#[tokio::test]
+async fn a_route_serves_free_form_traffic_without_the_cascade() {
+    let routes = r#"routes:
+  - name: free-form
+    when: {not: {regex: '(?m)^\(?[A-J][.)] '}}
+    then: {cascade: false, policy: {lambda: 200}}"#;
+    let (mock, gw) = setup_with(
+        "{tier: [c, b], min_agree: 2, extractor: choice}",
+        "",
+        routes,
+    )
+    .await;
+    mock.set_model_answer("up-b", Some("The answer is (B)."));
+    mock.set_model_answer("up-c", Some("B) because"));
+    let (status, h, v) = post(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("Which is prime?\nA. 4\nB. 7\nC. 9"),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        header(&h, "x-routewise-cascade").starts_with("accepted@"),
+        "{h:?}"
+    );
+    assert_eq!(header(&h, "x-routewise-route"), "");
+    assert_eq!((mock.hits("up-b"), mock.hits("up-c")), (1, 1));
+    let (status, h, v) = post(&gw.url("/v1/chat/completions"), &chat_body("write a haiku")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-routewise-cascade"), "");
+    assert_eq!(header(&h, "x-routewise-route"), "free-form");
+    // The tier was not asked again; exactly one upstream call answered the request.
+    let hits = mock.hits("up-a") + mock.hits("up-b") + mock.hits("up-c");
+    assert_eq!(hits, 3, "two tier calls, then one plain call");
+}
+
 #[tokio::test]
 async fn asking_for_a_cascade_that_is_not_there_is_a_400() {
     let mock = MockUpstream::start().await.unwrap();
