@@ -431,6 +431,66 @@ pub fn evaluate_affinity(
 mod tests {
     use super::*;
 
+    use routewise_data::{Answer, Split};
+
+    /// One conversation of 4 turns over models a ($1/Mtok) and b ($2/Mtok), both always
+    /// right; the predictions prefer a on two prompts and b on the other two by 0.1.
+    fn records() -> Vec<Record> {
+        (0..4)
+            .map(|i| {
+                let out = |per_mtok: f64| {
+                    Some(routewise_data::Outcome {
+                        score: 1.0,
+                        cost_usd: 1100.0 * per_mtok / 1e6,
+                        input_tokens: 1000,
+                        output_tokens: 100,
+                        answer: Answer::Absent,
+                    })
+                };
+                Record {
+                    id: format!("p{i}"),
+                    task: "t".into(),
+                    prompt: format!("prompt {i}"),
+                    split: Split::Train,
+                    reference: None,
+                    outcomes: vec![out(1.0), out(2.0)],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_margin_is_chosen_per_lambda_by_utility_then_cost() {
+        let recs = records();
+        let refs: Vec<&Record> = recs.iter().collect();
+        let catalog =
+            routewise_router::Catalog::fit(&["a".into(), "b".into()], refs.iter().copied());
+        let pred: Vec<f64> = (0..4)
+            .flat_map(|i| if i % 2 == 0 { [0.6, 0.5] } else { [0.5, 0.6] })
+            .collect();
+        let trace = Trace::new(refs, pred, 0, 4, &catalog, 0.5);
+        assert_eq!(trace.conversations.len(), 1);
+        let choices = choose_margins(&trace);
+        assert_eq!(choices.len(), lambdas().len());
+        // Quality first: every setting scores 1, so the cheapest wins; only a margin of
+        // 0.1 holds the conversation against a gain of 0.1 (a switch needs more).
+        let first = &choices[0];
+        assert_eq!(first.lambda, 0.0);
+        assert_eq!(first.switch_margin, Some(0.1), "{choices:?}");
+        assert!(trace.run(0.0, Some(0.1)).cost_usd < trace.run(0.0, None).cost_usd);
+        // At a huge lambda the router keeps to a every turn: nothing to hold, affinity off.
+        assert_eq!(choices.last().map(|c| c.switch_margin), Some(None));
+        for c in &choices {
+            assert!(c.utility >= c.utility_without, "{c:?}");
+            for m in MARGINS {
+                assert!(
+                    c.utility >= trace.run(c.lambda, Some(m)).utility(c.lambda),
+                    "{c:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_lambda_grid_starts_at_zero_and_rises_to_a_million() {
         let g = lambdas();
