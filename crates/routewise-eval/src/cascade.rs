@@ -901,10 +901,10 @@ mod tests {
         CascadeInputs::new(&refs, 3, p, c).unwrap()
     }
 
-    #[test]
-    fn agreement_accepts_when_the_cheap_models_agree_and_pays_for_escalation_otherwise() {
+    /// Three prompts, predictions `[0.5, 0.6, 0.9]` on each: a and b agree on the right
+    /// answer; a is wrong and disagrees with b; no answers recorded (plain routing).
+    fn agree_disagree_plain() -> CascadeInputs {
         let recs = [
-            // agree on the right answer
             record(
                 0,
                 &[
@@ -913,7 +913,6 @@ mod tests {
                     (1.0, 1.0, given(1)),
                 ],
             ),
-            // disagree: escalate to c
             record(
                 1,
                 &[
@@ -922,7 +921,6 @@ mod tests {
                     (1.0, 1.0, given(1)),
                 ],
             ),
-            // no answers recorded: plain routing (c at lambda 0)
             record(
                 2,
                 &[
@@ -932,7 +930,12 @@ mod tests {
                 ],
             ),
         ];
-        let d = inputs(&recs, &[[0.5, 0.6, 0.9]; 3]);
+        inputs(&recs, &[[0.5, 0.6, 0.9]; 3])
+    }
+
+    #[test]
+    fn agreement_accepts_when_the_cheap_models_agree_and_pays_for_escalation_otherwise() {
+        let d = agree_disagree_plain();
         assert_eq!(d.prompts_without_answers(), 1);
         let c = Cascade {
             tier: vec![0, 1],
@@ -958,33 +961,7 @@ mod tests {
 
     #[test]
     fn prompts_without_answers_are_routed_at_their_own_lambda() {
-        let recs = [
-            record(
-                0,
-                &[
-                    (1.0, 0.01, given(1)),
-                    (1.0, 0.02, given(1)),
-                    (1.0, 1.0, given(1)),
-                ],
-            ),
-            record(
-                1,
-                &[
-                    (0.0, 0.01, given(2)),
-                    (1.0, 0.02, given(1)),
-                    (1.0, 1.0, given(1)),
-                ],
-            ),
-            record(
-                2,
-                &[
-                    (0.0, 0.01, Answer::Absent),
-                    (0.0, 0.02, Answer::Absent),
-                    (1.0, 1.0, Answer::Absent),
-                ],
-            ),
-        ];
-        let d = inputs(&recs, &[[0.5, 0.6, 0.9]; 3]);
+        let d = agree_disagree_plain();
         let c = Cascade {
             tier: vec![0, 1],
             rule: CascadeRule::Agreement { min_agree: 2 },

@@ -6,25 +6,26 @@ mod common;
 
 use serde_json::Value;
 
-#[test]
-fn eval_affinity_reports_both_policies_and_their_frontiers() {
-    let Some(data) = common::data_file() else {
-        return;
-    };
+/// `eval --affinity` on the shared RouterBench file with `extra` arguments: its stdout and
+/// JSON report; `None` without the shared data.
+fn run(extra: &[&str]) -> Option<(String, Value)> {
+    let data = common::data_file()?;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("affinity.json");
-    let text = common::ok(&[
-        "eval",
-        "--affinity",
-        "--data",
-        data.to_str().unwrap(),
-        "--turns",
-        "3",
-        "--json",
-        out.to_str().unwrap(),
-    ]);
-    assert!(text.contains("at the same quality"), "{text}");
+    let mut args = vec!["eval", "--affinity", "--data", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--json", out.to_str().unwrap()]);
+    let text = common::ok(&args);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    Some((text, v))
+}
+
+#[test]
+fn eval_affinity_reports_both_policies_and_their_frontiers() {
+    let Some((text, v)) = run(&["--turns", "3"]) else {
+        return;
+    };
+    assert!(text.contains("at the same quality"), "{text}");
     let r = &v["affinity"];
     assert_eq!(r["turns"], 3);
     // The margin was chosen on train at each lambda, among the documented ones or off,
@@ -82,23 +83,10 @@ fn eval_affinity_refuses_one_turn_conversations() {
 
 #[test]
 fn eval_affinity_runs_a_given_margin_at_every_lambda() {
-    let Some(data) = common::data_file() else {
+    let Some((text, v)) = run(&["--switch-margin", "0.02"]) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("affinity.json");
-    let text = common::ok(&[
-        "eval",
-        "--affinity",
-        "--data",
-        data.to_str().unwrap(),
-        "--switch-margin",
-        "0.02",
-        "--json",
-        out.to_str().unwrap(),
-    ]);
     assert!(text.contains("switch margin 0.02"), "{text}");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let r = &v["affinity"];
     assert_eq!(r["margin_chosen_on_train"], false);
     assert_eq!(r["switch_margin"], 0.02);
