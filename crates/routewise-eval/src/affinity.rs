@@ -378,8 +378,8 @@ pub fn evaluate_affinity(
     };
     // The margin at each lambda: given, or chosen on a train trace (out-of-fold
     // predictions) by the policy's utility.
-    let train_choices = match opts.switch_margin {
-        Some(_) => Vec::new(),
+    let (train_choices, margins) = match opts.switch_margin {
+        Some(m) => (Vec::new(), vec![Some(m); lambdas().len()]),
         None => {
             let oof = crate::cascade::cross_fit(
                 opts.router,
@@ -395,12 +395,10 @@ pub fn evaluate_affinity(
                         .into(),
                 ));
             }
-            choose_margins(&train)
+            let choices = choose_margins(&train);
+            let margins = choices.iter().map(|c| c.switch_margin).collect();
+            (choices, margins)
         }
-    };
-    let margins: Vec<Option<f64>> = match opts.switch_margin {
-        Some(m) => vec![Some(m); lambdas().len()],
-        None => train_choices.iter().map(|c| c.switch_margin).collect(),
     };
     let test_records: Vec<&Record> = fitted.test.clone();
     let (pred, _) = fitted.predict(&test_records);
@@ -447,14 +445,7 @@ mod tests {
                         answer: Answer::Absent,
                     })
                 };
-                Record {
-                    id: format!("p{i}"),
-                    task: "t".into(),
-                    prompt: format!("prompt {i}"),
-                    split: Split::Train,
-                    reference: None,
-                    outcomes: vec![out(1.0), out(2.0)],
-                }
+                crate::testing::record(i, Split::Train, vec![out(1.0), out(2.0)])
             })
             .collect()
     }

@@ -868,25 +868,19 @@ mod tests {
 
     /// A prompt's outcomes: (score, cost, answer) per model.
     fn record(id: usize, outs: &[(f64, f64, Answer)]) -> Record {
-        Record {
-            id: format!("p{id}"),
-            task: "t".into(),
-            prompt: format!("prompt {id}"),
-            split: Split::Test,
-            reference: None,
-            outcomes: outs
-                .iter()
-                .map(|&(score, cost_usd, answer)| {
-                    Some(Outcome {
-                        score,
-                        cost_usd,
-                        input_tokens: 10,
-                        output_tokens: 1,
-                        answer,
-                    })
+        let outcomes = outs
+            .iter()
+            .map(|&(score, cost_usd, answer)| {
+                Some(Outcome {
+                    score,
+                    cost_usd,
+                    input_tokens: 10,
+                    output_tokens: 1,
+                    answer,
                 })
-                .collect(),
-        }
+            })
+            .collect();
+        crate::testing::record(id, Split::Test, outcomes)
     }
 
     fn given(a: u32) -> Answer {

@@ -154,14 +154,7 @@ mod tests {
     use super::*;
 
     fn record(i: usize) -> Record {
-        Record {
-            id: format!("p{i}"),
-            task: "t".into(),
-            prompt: format!("prompt {i}"),
-            split: Split::Train,
-            reference: None,
-            outcomes: Vec::new(),
-        }
+        crate::testing::record(i, Split::Train, Vec::new())
     }
 
     #[test]

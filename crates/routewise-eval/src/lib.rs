@@ -51,6 +51,8 @@ pub mod report;
 pub mod simulate;
 pub mod singles;
 pub mod sweep;
+#[cfg(test)]
+mod testing;
 
 pub use bootstrap::{bootstrap_aiq, AiqNoise};
 pub use metrics::{aiq, nondecreasing_hull, router_metrics, Hull, RouterMetrics};
