@@ -16,6 +16,12 @@
 //!    half of all prompts, each comparable model is measured on its own prompts. Both
 //!    fallbacks are flagged ([`Coverage::fallback`]).
 //!
+//! Evaluations that replay a whole policy (conversation affinity, budget pacing,
+//! onboarding, the dispatch simulator, off-policy validation) need every model's outcome
+//! on each prompt they use, because the policy may pick any model. On sparse data few
+//! prompts are complete; [`replay_pool`] says which models to leave out of such an
+//! evaluation so that most prompts are.
+//!
 //! Pure computation over a row-major `n_prompts x n_models` matrix with `NaN` for missing.
 
 /// Share of the prompts a model must cover to be compared with the others.
@@ -108,6 +114,50 @@ impl Coverage {
     }
 }
 
+/// The models to keep (`true`) in an evaluation that replays whole policies: all of them
+/// when at least [`MIN_COMMON_SHARE`] of the prompts have every model's outcome; else,
+/// one at a time, the model whose removal completes the most prompts is left out (ties:
+/// the one covering fewer prompts, then the later one), until that share is reached or
+/// `min_models` remain (at least 2: one model left to route to is no routing).
+pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bool> {
+    let n_prompts = values.len().checked_div(n_models).unwrap_or(0);
+    let present = |i: usize, m: usize| !values[i * n_models + m].is_nan();
+    let coverage: Vec<usize> = (0..n_models)
+        .map(|m| (0..n_prompts).filter(|&i| present(i, m)).count())
+        .collect();
+    let mut keep = vec![true; n_models];
+    // Per prompt: how many kept models miss it (complete when 0).
+    let mut missing: Vec<usize> = (0..n_prompts)
+        .map(|i| (0..n_models).filter(|&m| !present(i, m)).count())
+        .collect();
+    let enough = |missing: &[usize]| {
+        missing.iter().filter(|&&k| k == 0).count() as f64 >= MIN_COMMON_SHARE * n_prompts as f64
+    };
+    while !enough(&missing) && keep.iter().filter(|&&k| k).count() > min_models.max(2) {
+        // Prompts that leaving out `m` would complete: those missing only `m`.
+        let gain = |m: usize| {
+            (0..n_prompts)
+                .filter(|&i| missing[i] == 1 && !present(i, m))
+                .count()
+        };
+        let Some(out) = (0..n_models).filter(|&m| keep[m]).max_by(|&a, &b| {
+            gain(a)
+                .cmp(&gain(b))
+                .then(coverage[b].cmp(&coverage[a]))
+                .then(a.cmp(&b))
+        }) else {
+            break;
+        };
+        keep[out] = false;
+        for (i, k) in missing.iter_mut().enumerate() {
+            if !present(i, out) {
+                *k -= 1;
+            }
+        }
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +205,42 @@ mod tests {
         assert_eq!(c.comparable, [true, true]);
         assert_eq!(c.n_common, 4, "own-prompts fallback");
         assert!(c.fallback.unwrap().contains("own prompts"));
+    }
+
+    #[test]
+    fn a_replay_keeps_every_model_when_most_prompts_are_complete() {
+        // Model 2 misses 1 of 3 prompts: 2 of 3 complete, above half.
+        let v = [
+            1.0, 0.0, 1.0, //
+            0.0, 1.0, N, //
+            1.0, 1.0, 0.0,
+        ];
+        assert_eq!(replay_pool(&v, 3, 2), [true, true, true]);
+    }
+
+    #[test]
+    fn a_replay_leaves_out_the_models_that_keep_prompts_incomplete() {
+        // Model 1 was run on the first half only, model 3 misses one prompt: leaving out
+        // model 1 completes 3 of 4 (model 3's gap stays), which is enough.
+        let v = [
+            1.0, 1.0, 0.0, 1.0, //
+            0.0, 1.0, 1.0, N, //
+            1.0, N, 1.0, 1.0, //
+            0.0, N, 0.0, 1.0,
+        ];
+        assert_eq!(replay_pool(&v, 4, 2), [true, false, true, true]);
+        // Never below the floor, however sparse.
+        let sparse = [
+            1.0, N, N, //
+            N, 1.0, N, //
+            N, N, 1.0, //
+            N, N, 1.0,
+        ];
+        assert_eq!(replay_pool(&sparse, 3, 3), [true, true, true]);
+        let keep = replay_pool(&sparse, 3, 0);
+        assert_eq!(keep.iter().filter(|&&k| k).count(), 2, "never fewer than 2");
+        // No removal completes a prompt: the least-covered model goes first (models 0
+        // and 1 tie; the later one).
+        assert_eq!(keep, [true, false, true]);
     }
 }

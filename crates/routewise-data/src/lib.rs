@@ -152,6 +152,26 @@ impl Dataset {
         self.records.iter().filter(|r| r.split == Split::Test)
     }
 
+    /// Keeps the models marked `true` (indexed like [`Dataset::models`]), with their
+    /// outcomes; prompts left with no outcome are dropped.
+    pub fn keep_models(&mut self, keep: &[bool]) {
+        let kept = |i: usize| keep.get(i).copied().unwrap_or(true);
+        let mut i = 0;
+        self.models.retain(|_| {
+            i += 1;
+            kept(i - 1)
+        });
+        for r in &mut self.records {
+            let mut i = 0;
+            r.outcomes.retain(|_| {
+                i += 1;
+                kept(i - 1)
+            });
+        }
+        self.records
+            .retain(|r| r.outcomes.iter().any(Option::is_some));
+    }
+
     /// Keeps only the first `n` records of each split (for quick tests and demos).
     pub fn truncate_per_split(&mut self, n: usize) {
         let (mut train, mut test) = (0usize, 0usize);
@@ -163,5 +183,28 @@ impl Dataset {
             *c += 1;
             *c <= n
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keeping_models_drops_their_outcomes_and_prompts_left_empty() {
+        let text = r#"{"id": "a", "task": "t", "prompt": "p", "split": "train", "models": {"x": {"score": 1, "cost_usd": 0.1}, "y": {"score": 0, "cost_usd": 0.2}, "z": {"score": 1, "cost_usd": 0.3}}}
+{"id": "b", "task": "t", "prompt": "q", "split": "test", "models": {"y": {"score": 1, "cost_usd": 0.2}}}
+"#;
+        let mut d = crate::jsonl::parse(text.as_bytes(), std::path::Path::new("t.jsonl")).unwrap();
+        assert_eq!(d.models, ["x", "y", "z"]);
+        d.keep_models(&[true, false, true]);
+        assert_eq!(d.models, ["x", "z"]);
+        assert_eq!(d.records.len(), 1, "prompt b had only y");
+        let scores: Vec<f64> = d.records[0]
+            .outcomes
+            .iter()
+            .flatten()
+            .map(|o| o.score)
+            .collect();
+        assert_eq!(scores, [1.0, 1.0]);
+        assert_eq!(d.records[0].outcomes.len(), 2);
     }
 }

@@ -16,7 +16,9 @@ use routewise_eval::{EvalOptions, OnlineOptions};
 use routewise_online::BanditConfig;
 use routewise_router::RouterKind;
 
-use super::{load_dataset, parse_routers, write_json, Bars, FeaturizerArg};
+use super::{
+    load_dataset, parse_routers, replay_pool, with_left_out, write_json, Bars, FeaturizerArg,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -143,14 +145,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.online {
         return online(&args, &kinds, &ds);
     }
-    if args.pacing {
-        return pacing(&args, &kinds, &ds);
-    }
-    if args.affinity {
-        return affinity(&args, &kinds, &ds);
-    }
-    if args.onboarding {
-        return onboarding(&args, &kinds, &ds);
+    if args.pacing || args.affinity || args.onboarding {
+        let mut ds = ds;
+        // Onboarding leaves one model out and routes among the others.
+        let left = replay_pool(&mut ds, if args.onboarding { 3 } else { 2 })?;
+        if args.pacing {
+            return pacing(&args, &kinds, &ds, &left);
+        }
+        if args.affinity {
+            return affinity(&args, &kinds, &ds, &left);
+        }
+        return onboarding(&args, &kinds, &ds, &left);
     }
     let cascades = if args.cascades {
         let kind: RouterKind = args
@@ -240,6 +245,7 @@ fn pacing(
     args: &Args,
     kinds: &[RouterKind],
     ds: &routewise_data::Dataset,
+    left: &[String],
 ) -> anyhow::Result<ExitCode> {
     if !(args.budget_fraction > 0.0 && args.budget_fraction.is_finite()) {
         anyhow::bail!("--budget-fraction must be > 0");
@@ -324,7 +330,7 @@ fn pacing(
         )
     )?;
     if let Some(path) = &args.json {
-        write_json(path, &r)?;
+        write_json(path, &with_left_out(&r, left)?)?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
@@ -335,6 +341,7 @@ fn onboarding(
     args: &Args,
     kinds: &[RouterKind],
     ds: &routewise_data::Dataset,
+    left: &[String],
 ) -> anyhow::Result<ExitCode> {
     let opts = routewise_eval::onboarding::OnboardingOptions {
         router: first_learned(kinds),
@@ -398,7 +405,10 @@ fn onboarding(
         r.seconds
     )?;
     if let Some(path) = &args.json {
-        write_json(path, &serde_json::json!({ "onboarding": r }))?;
+        write_json(
+            path,
+            &with_left_out(&serde_json::json!({ "onboarding": r }), left)?,
+        )?;
         writeln!(out, "wrote {}", path.display())?;
     }
     if let Some(path) = &args.plot {
@@ -414,6 +424,7 @@ fn affinity(
     args: &Args,
     kinds: &[RouterKind],
     ds: &routewise_data::Dataset,
+    left: &[String],
 ) -> anyhow::Result<ExitCode> {
     if args
         .switch_margin
@@ -476,7 +487,10 @@ fn affinity(
         _ => writeln!(out, "the two frontiers share no quality range")?,
     }
     if let Some(path) = &args.json {
-        write_json(path, &serde_json::json!({ "affinity": r }))?;
+        write_json(
+            path,
+            &with_left_out(&serde_json::json!({ "affinity": r }), left)?,
+        )?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -90,6 +90,70 @@ pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset
     Ok(ds)
 }
 
+/// The dataset for a lab that replays whole policies (`eval --affinity`, `--pacing`,
+/// `--onboarding`, `simulate`, `replay --validate`). These use only the prompts with every
+/// model's outcome, so on sparse data they would measure a handful of prompts: the models
+/// that keep most prompts incomplete are left out instead
+/// ([`routewise_data::coverage::replay_pool`]), with a warning on stderr. Returns the
+/// names left out (the JSON reports' `models_left_out`, see [`with_left_out`]); at least
+/// `min_models` stay.
+pub fn replay_pool(ds: &mut Dataset, min_models: usize) -> anyhow::Result<Vec<String>> {
+    let nm = ds.models.len();
+    let values: Vec<f64> = ds
+        .records
+        .iter()
+        .flat_map(|r| {
+            (0..nm).map(move |m| {
+                r.outcomes
+                    .get(m)
+                    .and_then(Option::as_ref)
+                    .map_or(f64::NAN, |o| o.score)
+            })
+        })
+        .collect();
+    let keep = routewise_data::coverage::replay_pool(&values, nm, min_models);
+    let left: Vec<String> = ds
+        .models
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| !k)
+        .map(|(m, _)| m.clone())
+        .collect();
+    if left.is_empty() {
+        return Ok(left);
+    }
+    let complete = |keep: &[bool]| {
+        values
+            .chunks(nm.max(1))
+            .filter(|row| row.iter().zip(keep).all(|(v, &k)| !k || !v.is_nan()))
+            .count()
+    };
+    let (before, after) = (complete(&vec![true; nm]), complete(&keep));
+    let n = ds.records.len();
+    ds.keep_models(&keep);
+    writeln!(
+        std::io::stderr().lock(),
+        "warning: only {before} of {n} prompts have every model's outcome, and this evaluation \
+         uses only those; it leaves out {} of {nm} models so that {after} do: {}",
+        left.len(),
+        left.join(", ")
+    )?;
+    Ok(left)
+}
+
+/// `report` as JSON, with the top-level key `models_left_out` added when
+/// [`replay_pool`] left some out.
+pub fn with_left_out(
+    report: &impl serde::Serialize,
+    left: &[String],
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(report)?;
+    if let (Some(obj), false) = (v.as_object_mut(), left.is_empty()) {
+        obj.insert("models_left_out".into(), serde_json::json!(left));
+    }
+    Ok(v)
+}
+
 /// Parses the `--routers` list, keeping the order and dropping duplicates; the baselines
 /// follow.
 pub fn parse_routers(names: &[String]) -> anyhow::Result<Vec<RouterKind>> {

@@ -19,7 +19,7 @@ use routewise_eval::ope_log::{
 use routewise_eval::ope_validate::{validate, write_validation_table, ValidateOptions};
 use routewise_router::{Artifact, Policy, RouterKind};
 
-use super::{load_dataset, write_json, Bars, FeaturizerArg};
+use super::{load_dataset, replay_pool, with_left_out, write_json, Bars, FeaturizerArg};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -88,7 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --log and --router, or --validate --data");
     };
     let logger: RouterKind = args.logger.parse()?;
-    let ds = load_dataset(data, args.limit)?;
+    let mut ds = load_dataset(data, args.limit)?;
+    let left = replay_pool(&mut ds, 2)?;
     let opts = ValidateOptions {
         featurizer: args.featurizer.0,
         logger,
@@ -106,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write_validation_table(&mut out, &report)?;
     if let Some(path) = &args.json {
-        write_json(path, &report)?;
+        write_json(path, &with_left_out(&report, &left)?)?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@ use anyhow::Context;
 use routewise_eval::simulate::{simulate, DeploymentsFile, SimOptions, SimReport};
 use routewise_router::RouterKind;
 
-use super::{load_dataset, write_json, FeaturizerArg};
+use super::{load_dataset, replay_pool, with_left_out, write_json, FeaturizerArg};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -96,7 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             f.deployments
         }
     };
-    let ds = load_dataset(&args.data, None)?;
+    let mut ds = load_dataset(&args.data, None)?;
+    let left = replay_pool(&mut ds, 2)?;
     let opts = SimOptions {
         router,
         featurizer: args.featurizer.0,
@@ -117,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write_table(&mut out, &r)?;
     if let Some(path) = &args.json {
-        write_json(path, &r)?;
+        write_json(path, &with_left_out(&r, &left)?)?;
         writeln!(out, "wrote {}", path.display())?;
     }
     if let Some(path) = &args.plot {
