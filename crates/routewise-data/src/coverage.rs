@@ -134,15 +134,16 @@ pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bo
         missing.iter().filter(|&&k| k == 0).count() as f64 >= MIN_COMMON_SHARE * n_prompts as f64
     };
     while !enough(&missing) && keep.iter().filter(|&&k| k).count() > min_models.max(2) {
-        // Prompts that leaving out `m` would complete: those missing only `m`.
-        let gain = |m: usize| {
-            (0..n_prompts)
-                .filter(|&i| missing[i] == 1 && !present(i, m))
-                .count()
-        };
+        // Per model: the prompts that leaving it out would complete (those missing only it).
+        let mut gain = vec![0usize; n_models];
+        for i in (0..n_prompts).filter(|&i| missing[i] == 1) {
+            if let Some(m) = (0..n_models).find(|&m| keep[m] && !present(i, m)) {
+                gain[m] += 1;
+            }
+        }
         let Some(out) = (0..n_models).filter(|&m| keep[m]).max_by(|&a, &b| {
-            gain(a)
-                .cmp(&gain(b))
+            gain[a]
+                .cmp(&gain[b])
                 .then(coverage[b].cmp(&coverage[a]))
                 .then(a.cmp(&b))
         }) else {
