@@ -17,6 +17,9 @@
 #   CACHE_REDIS=redis://127.0.0.1:6399 bash bench/cpu_per_request.sh BIN   # the same in Redis
 #   PERF=1 bash bench/cpu_per_request.sh BIN    # also perf-records the gateway to $PERF_OUT
 #                                               # (then: perf script -i ... | python3 bench/perf_categories.py)
+#   RATE=0 CONNS=64 bash bench/cpu_per_request.sh BIN   # closed loop (oha as fast as it can,
+#       64 connections) instead, after the same run against the mock alone: prints both
+#       throughputs, their ratio, and each process's CPU per request
 # Alternate the builds over several rounds and compare medians: the machine is noisy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,18 +48,30 @@ if [ -n "${BODY:-}" ]; then cp "$BODY" "$work/body.json"; else
 printf '%s' '{"model":"auto","messages":[{"role":"user","content":"Write a Python function that checks whether a number is prime, with a docstring."}],"max_tokens":64}' > "$work/body.json"
 fi
 url="http://127.0.0.1:$gw_port/v1/chat/completions"
-oha -z 3s -c 16 -q "$rate" -m POST -T application/json -D "$work/body.json" --no-tui "$url" > /dev/null   # warm-up
+warm_rate="$rate"; [ "$rate" != 0 ] || warm_rate=2000
+oha -z 3s -c 16 -q "$warm_rate" -m POST -T application/json -D "$work/body.json" --no-tui "$url" > /dev/null   # warm-up
+direct=0
+if [ "$rate" = 0 ]; then   # closed loop: the mock alone first
+  oha -z "${dur}s" -c "${CONNS:-64}" -m POST -T application/json -D "$work/body.json" --no-tui \
+      --output-format json "http://127.0.0.1:$mock_port/v1/chat/completions" > "$work/direct.json"
+  direct="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"])' "$work/direct.json")"
+fi
 t0="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m0="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"
 perf_pid=""
 if [ "${PERF:-0}" = 1 ]; then
   perf record -F 2999 -g --call-graph dwarf,16384 -p "$gw_pid" -o "${PERF_OUT:-perf.data}" -- sleep "$dur" > /dev/null 2>&1 &
   perf_pid=$!
 fi
+if [ "$rate" = 0 ]; then
+  oha -z "${dur}s" -c "${CONNS:-64}" -m POST -T application/json -D "$work/body.json" --no-tui \
+      --output-format json "$url" > "$work/oha.json"
+else
 oha -z "${dur}s" -c 16 -q "$rate" --latency-correction -m POST -T application/json -D "$work/body.json" \
     --no-tui --output-format json "$url" > "$work/oha.json"
+fi
 t1="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m1="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"
 [ -z "$perf_pid" ] || wait "$perf_pid" || true
-python3 - "$work/oha.json" "$t0" "$t1" "$m0" "$m1" <<'PY'
+python3 - "$work/oha.json" "$t0" "$t1" "$m0" "$m1" "$direct" <<'PY'
 import json, os, sys
 d = json.load(open(sys.argv[1]))
 n = sum((d.get("statusCodeDistribution") or {}).values())
@@ -64,4 +79,8 @@ cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
 p = d["latencyPercentiles"]
 mock = (int(sys.argv[5]) - int(sys.argv[4])) / os.sysconf("SC_CLK_TCK")
 print(f"requests {n}, cpu {cpu:.2f} s, cpu/request {cpu / n * 1e6:.1f} us (the mock behind it: {mock / n * 1e6:.1f} us), p50 {p['p50'] * 1e3:.3f} ms, p99 {p['p99'] * 1e3:.3f} ms")
+direct = float(sys.argv[6])
+if direct > 0:
+    rps = d["summary"]["requestsPerSec"]
+    print(f"closed loop: mock alone {direct:.0f} req/s, through routewise {rps:.0f} req/s, ratio {rps / direct:.3f}; gateway CPU per request / the mock's {cpu / max(mock, 1e-9):.2f}")
 PY

@@ -117,8 +117,10 @@ impl Coverage {
 /// The models to keep (`true`) in an evaluation that replays whole policies: all of them
 /// when at least [`MIN_COMMON_SHARE`] of the prompts have every model's outcome; else,
 /// one at a time, the model whose removal completes the most prompts is left out (ties:
-/// the one covering fewer prompts, then the later one), until that share is reached or
-/// `min_models` remain (at least 2: one model left to route to is no routing).
+/// the one the incomplete prompts lack most, a prompt that `k` kept models lack counting
+/// `1/k` for each; then the one covering fewer prompts; then the later one), until that
+/// share is reached or `min_models` remain (at least 2: one model left to route to is no
+/// routing). Removals that complete no prompt at all are undone: every model is kept.
 pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bool> {
     let n_prompts = values.len().checked_div(n_models).unwrap_or(0);
     let present = |i: usize, m: usize| !values[i * n_models + m].is_nan();
@@ -130,31 +132,43 @@ pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bo
     let mut missing: Vec<usize> = (0..n_prompts)
         .map(|i| (0..n_models).filter(|&m| !present(i, m)).count())
         .collect();
-    let enough = |missing: &[usize]| {
-        missing.iter().filter(|&&k| k == 0).count() as f64 >= MIN_COMMON_SHARE * n_prompts as f64
-    };
-    while !enough(&missing) && keep.iter().filter(|&&k| k).count() > min_models.max(2) {
-        // Per model: the prompts that leaving it out would complete (those missing only it).
+    let complete = |missing: &[usize]| missing.iter().filter(|&&k| k == 0).count();
+    let before = complete(&missing);
+    let mut kept = n_models;
+    while (complete(&missing) as f64) < MIN_COMMON_SHARE * n_prompts as f64
+        && kept > min_models.max(2)
+    {
+        // Per model: the prompts that leaving it out would complete (those it alone
+        // misses), and its share of the incomplete prompts.
         let mut gain = vec![0usize; n_models];
-        for i in (0..n_prompts).filter(|&i| missing[i] == 1) {
-            if let Some(m) = (0..n_models).find(|&m| keep[m] && !present(i, m)) {
-                gain[m] += 1;
+        let mut share = vec![0f64; n_models];
+        for i in (0..n_prompts).filter(|&i| missing[i] > 0) {
+            for m in (0..n_models).filter(|&m| keep[m] && !present(i, m)) {
+                share[m] += 1.0 / missing[i] as f64;
+                if missing[i] == 1 {
+                    gain[m] += 1;
+                }
             }
         }
         let Some(out) = (0..n_models).filter(|&m| keep[m]).max_by(|&a, &b| {
             gain[a]
                 .cmp(&gain[b])
+                .then(share[a].total_cmp(&share[b]))
                 .then(coverage[b].cmp(&coverage[a]))
                 .then(a.cmp(&b))
         }) else {
             break;
         };
         keep[out] = false;
+        kept -= 1;
         for (i, k) in missing.iter_mut().enumerate() {
             if !present(i, out) {
                 *k -= 1;
             }
         }
+    }
+    if complete(&missing) == before {
+        return vec![true; n_models];
     }
     keep
 }
@@ -230,18 +244,43 @@ mod tests {
             0.0, N, 0.0, 1.0,
         ];
         assert_eq!(replay_pool(&v, 4, 2), [true, false, true, true]);
-        // Never below the floor, however sparse.
+        // The floor holds: with 4 models to keep, nothing is left out.
+        assert_eq!(replay_pool(&v, 4, 4), [true; 4]);
+    }
+
+    #[test]
+    fn a_replay_leaves_out_the_models_most_prompts_lack_when_no_single_one_completes_any() {
+        // Models A, B, X, Y, Z, W, V over 10 prompts: prompts 0-3 lack X, Y and Z, prompts
+        // 4-6 lack W and V, prompts 7-9 are complete. No single removal completes a
+        // prompt; W and V are lacked most (3 x 1/2 each against 4 x 1/3), and after V,
+        // W completes prompts 4-6: 6 of 10.
+        let row = |lack: &[usize]| -> Vec<f64> {
+            (0..7)
+                .map(|m| if lack.contains(&m) { N } else { 1.0 })
+                .collect()
+        };
+        let v: Vec<f64> = (0..10)
+            .flat_map(|i| match i {
+                0..=3 => row(&[2, 3, 4]),
+                4..=6 => row(&[5, 6]),
+                _ => row(&[]),
+            })
+            .collect();
+        assert_eq!(
+            replay_pool(&v, 7, 2),
+            [true, true, true, true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn a_replay_keeps_every_model_when_leaving_some_out_completes_nothing() {
+        // Each prompt has one model only: no removal above the floor completes any.
         let sparse = [
             1.0, N, N, //
             N, 1.0, N, //
             N, N, 1.0, //
             N, N, 1.0,
         ];
-        assert_eq!(replay_pool(&sparse, 3, 3), [true, true, true]);
-        let keep = replay_pool(&sparse, 3, 0);
-        assert_eq!(keep.iter().filter(|&&k| k).count(), 2, "never fewer than 2");
-        // No removal completes a prompt: the least-covered model goes first (models 0
-        // and 1 tie; the later one).
-        assert_eq!(keep, [true, false, true]);
+        assert_eq!(replay_pool(&sparse, 3, 0), [true, true, true]);
     }
 }

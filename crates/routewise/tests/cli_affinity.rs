@@ -94,3 +94,32 @@ fn eval_affinity_runs_a_given_margin_at_every_lambda() {
     let points = r["points"].as_array().unwrap();
     assert!(points.iter().all(|p| p["switch_margin"] == 0.02), "{r}");
 }
+
+/// Regression (sparse data): with one model run on a fifth of the prompts, `eval
+/// --affinity` built its conversations from the fifth of the test prompts with every
+/// model's outcome (7 conversations here; none, and an error, on sparser data) and said
+/// nothing; it now leaves that model out, says so, and uses them all (40).
+#[test]
+fn eval_affinity_runs_on_sparse_data_without_the_sparse_model() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = common::sparse_head(&data, dir.path());
+    let json = dir.path().join("aff.json");
+    let (_, err) = common::ok_out(&[
+        "eval",
+        "--affinity",
+        "--data",
+        sparse.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(err.contains("leaves out 1 of 11 models"), "{err}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["models_left_out"], serde_json::json!(["claude-v1"]));
+    assert!(
+        v["affinity"]["conversations"].as_u64().unwrap() >= 30,
+        "{v}"
+    );
+}

@@ -122,29 +122,21 @@ fn a_deployments_file_naming_an_unknown_model_is_an_error() {
 
 /// Regression (sparse data): the labs that replay whole policies use only the prompts
 /// with every model's outcome. With one model run on a fifth of the prompts, `simulate`
-/// ran on that fifth alone and said nothing; it now leaves that model out, warns, and
-/// names it in the report. `replay --validate` shares the rule.
+/// ran on that fifth alone and said nothing; it now leaves that model out (with its
+/// deployments), warns, and names it in the report. `replay --validate` shares the rule.
 #[test]
 fn a_model_missing_on_most_prompts_is_left_out_of_a_replay_and_named() {
     let Some(data) = common::data_file() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let sparse = dir.path().join("sparse.jsonl");
-    let text: String = std::fs::read_to_string(&data)
-        .unwrap()
-        .lines()
-        .take(800)
-        .enumerate()
-        .map(|(i, line)| {
-            let mut v: Value = serde_json::from_str(line).unwrap();
-            if i % 5 != 0 {
-                v["models"].as_object_mut().unwrap().remove("claude-v1");
-            }
-            v.to_string() + "\n"
-        })
-        .collect();
-    std::fs::write(&sparse, text).unwrap();
+    let sparse = common::sparse_head(&data, dir.path());
+    let deployments = dir.path().join("d.yaml");
+    std::fs::write(
+        &deployments,
+        "deployments:\n  - {model: claude-v1, replicas: 2}\n  - {model: claude-v2, replicas: 2}\n",
+    )
+    .unwrap();
     let out = dir.path().join("sim.json");
     let (_, err) = common::ok_out(&[
         "simulate",
@@ -154,22 +146,25 @@ fn a_model_missing_on_most_prompts_is_left_out_of_a_replay_and_named() {
         "1",
         "--duration",
         "60",
+        "--deployments",
+        deployments.to_str().unwrap(),
         "--json",
         out.to_str().unwrap(),
     ]);
-    // (One prompt of the head misses another model too.)
     assert!(
-        err.contains("warning: only 160 of 800 prompts have every model's outcome")
-            && err.contains("leaves out 1 of 11 models so that 799 do: claude-v1"),
+        err.contains("test prompts have every model's outcome")
+            && err.contains("leaves out 1 of 11 models")
+            && err.contains(": claude-v1"),
         "{err}"
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["models_left_out"], serde_json::json!(["claude-v1"]));
-    assert!(v["deployments"]
-        .as_array()
-        .unwrap()
+    let deps = v["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 10, "{deps:?}");
+    assert!(deps.iter().all(|d| d["model"] != "claude-v1"));
+    assert!(deps
         .iter()
-        .all(|d| d["model"] != "claude-v1"));
+        .any(|d| d["model"] == "claude-v2" && d["replicas"] == 2));
     let replay = dir.path().join("ope.json");
     let (_, err) = common::ok_out(&[
         "replay",

@@ -17,7 +17,7 @@ use routewise_online::BanditConfig;
 use routewise_router::RouterKind;
 
 use super::{
-    load_dataset, parse_routers, replay_pool, with_left_out, write_json, Bars, FeaturizerArg,
+    load_dataset, parse_routers, replay_pool, write_json, Bars, FeaturizerArg, WithLeftOut,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -147,8 +147,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.pacing || args.affinity || args.onboarding {
         let mut ds = ds;
-        // Onboarding leaves one model out and routes among the others.
-        let left = replay_pool(&mut ds, if args.onboarding { 3 } else { 2 })?;
+        // Onboarding (when it is the lab that runs) leaves one model out and routes among
+        // the others.
+        let onboards = !args.pacing && !args.affinity;
+        let left = replay_pool(&mut ds, if onboards { 3 } else { 2 })?;
         if args.pacing {
             return pacing(&args, &kinds, &ds, &left);
         }
@@ -330,7 +332,13 @@ fn pacing(
         )
     )?;
     if let Some(path) = &args.json {
-        write_json(path, &with_left_out(&r, left)?)?;
+        write_json(
+            path,
+            &WithLeftOut {
+                report: &r,
+                models_left_out: left,
+            },
+        )?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
@@ -407,7 +415,10 @@ fn onboarding(
     if let Some(path) = &args.json {
         write_json(
             path,
-            &with_left_out(&serde_json::json!({ "onboarding": r }), left)?,
+            &WithLeftOut {
+                report: &serde_json::json!({ "onboarding": r }),
+                models_left_out: left,
+            },
         )?;
         writeln!(out, "wrote {}", path.display())?;
     }
@@ -489,7 +500,10 @@ fn affinity(
     if let Some(path) = &args.json {
         write_json(
             path,
-            &with_left_out(&serde_json::json!({ "affinity": r }), left)?,
+            &WithLeftOut {
+                report: &serde_json::json!({ "affinity": r }),
+                models_left_out: left,
+            },
         )?;
         writeln!(out, "wrote {}", path.display())?;
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use routewise_data::Dataset;
+use routewise_data::{Dataset, Split};
 use routewise_features::FeaturizerKind;
 use routewise_router::RouterKind;
 
@@ -93,15 +93,17 @@ pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset
 /// The dataset for a lab that replays whole policies (`eval --affinity`, `--pacing`,
 /// `--onboarding`, `simulate`, `replay --validate`). These use only the prompts with every
 /// model's outcome, so on sparse data they would measure a handful of prompts: the models
-/// that keep most prompts incomplete are left out instead
-/// ([`routewise_data::coverage::replay_pool`]), with a warning on stderr. Returns the
-/// names left out (the JSON reports' `models_left_out`, see [`with_left_out`]); at least
-/// `min_models` stay.
+/// that keep most test prompts incomplete are left out instead
+/// ([`routewise_data::coverage::replay_pool`] on the test split, which these labs report
+/// on), with a warning on stderr. Returns the names left out (the JSON reports'
+/// `models_left_out`, see [`WithLeftOut`]); at least `min_models` stay.
 pub fn replay_pool(ds: &mut Dataset, min_models: usize) -> anyhow::Result<Vec<String>> {
     let nm = ds.models.len();
+    let has_test = ds.records.iter().any(|r| r.split == Split::Test);
     let values: Vec<f64> = ds
         .records
         .iter()
+        .filter(|r| !has_test || r.split == Split::Test)
         .flat_map(|r| {
             (0..nm).map(move |m| {
                 r.outcomes
@@ -129,29 +131,28 @@ pub fn replay_pool(ds: &mut Dataset, min_models: usize) -> anyhow::Result<Vec<St
             .count()
     };
     let (before, after) = (complete(&vec![true; nm]), complete(&keep));
-    let n = ds.records.len();
+    let n = values.len() / nm.max(1);
     ds.keep_models(&keep);
     writeln!(
         std::io::stderr().lock(),
-        "warning: only {before} of {n} prompts have every model's outcome, and this evaluation \
-         uses only those; it leaves out {} of {nm} models so that {after} do: {}",
+        "warning: only {before} of {n} {}prompts have every model's outcome, and this \
+         evaluation uses only such prompts; it leaves out {} of {nm} models so that {after} \
+         do: {}",
+        if has_test { "test " } else { "" },
         left.len(),
         left.join(", ")
     )?;
     Ok(left)
 }
 
-/// `report` as JSON, with the top-level key `models_left_out` added when
-/// [`replay_pool`] left some out.
-pub fn with_left_out(
-    report: &impl serde::Serialize,
-    left: &[String],
-) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(report)?;
-    if let (Some(obj), false) = (v.as_object_mut(), left.is_empty()) {
-        obj.insert("models_left_out".into(), serde_json::json!(left));
-    }
-    Ok(v)
+/// A JSON report with the top-level key `models_left_out` after its own keys, when
+/// [`replay_pool`] left some models out (the report's bytes are unchanged otherwise).
+#[derive(serde::Serialize)]
+pub struct WithLeftOut<'a, T> {
+    #[serde(flatten)]
+    pub report: &'a T,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub models_left_out: &'a [String],
 }
 
 /// Parses the `--routers` list, keeping the order and dropping duplicates; the baselines

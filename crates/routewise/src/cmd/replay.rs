@@ -19,7 +19,7 @@ use routewise_eval::ope_log::{
 use routewise_eval::ope_validate::{validate, write_validation_table, ValidateOptions};
 use routewise_router::{Artifact, Policy, RouterKind};
 
-use super::{load_dataset, replay_pool, with_left_out, write_json, Bars, FeaturizerArg};
+use super::{load_dataset, replay_pool, write_json, Bars, FeaturizerArg, WithLeftOut};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -107,7 +107,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write_validation_table(&mut out, &report)?;
     if let Some(path) = &args.json {
-        write_json(path, &with_left_out(&report, &left)?)?;
+        write_json(
+            path,
+            &WithLeftOut {
+                report: &report,
+                models_left_out: &left,
+            },
+        )?;
         writeln!(out, "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)

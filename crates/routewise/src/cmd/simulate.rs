@@ -9,7 +9,7 @@ use anyhow::Context;
 use routewise_eval::simulate::{simulate, DeploymentsFile, SimOptions, SimReport};
 use routewise_router::RouterKind;
 
-use super::{load_dataset, replay_pool, with_left_out, write_json, FeaturizerArg};
+use super::{load_dataset, replay_pool, write_json, FeaturizerArg, WithLeftOut};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{name} must be >= 0");
         }
     }
-    let deployments = match &args.deployments {
+    let mut deployments = match &args.deployments {
         None => Vec::new(),
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -98,6 +98,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut ds = load_dataset(&args.data, None)?;
     let left = replay_pool(&mut ds, 2)?;
+    // A left-out model's deployments have nothing to serve (the warning names the model).
+    deployments.retain(|d| !left.contains(&d.model));
     let opts = SimOptions {
         router,
         featurizer: args.featurizer.0,
@@ -118,7 +120,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     write_table(&mut out, &r)?;
     if let Some(path) = &args.json {
-        write_json(path, &with_left_out(&r, &left)?)?;
+        write_json(
+            path,
+            &WithLeftOut {
+                report: &r,
+                models_left_out: &left,
+            },
+        )?;
         writeln!(out, "wrote {}", path.display())?;
     }
     if let Some(path) = &args.plot {

@@ -47,3 +47,24 @@ pub fn data_file() -> Option<PathBuf> {
         None
     }
 }
+
+/// The first 800 prompts of [`data_file`] with `claude-v1` kept on one prompt in five only
+/// (sparse data for the labs that replay whole policies), written into `dir`.
+pub fn sparse_head(data: &Path, dir: &Path) -> PathBuf {
+    let text: String = std::fs::read_to_string(data)
+        .unwrap()
+        .lines()
+        .take(800)
+        .enumerate()
+        .map(|(i, line)| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if i % 5 != 0 {
+                v["models"].as_object_mut().unwrap().remove("claude-v1");
+            }
+            v.to_string() + "\n"
+        })
+        .collect();
+    let path = dir.join("sparse.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
