@@ -155,18 +155,13 @@ impl Dataset {
     /// Keeps the models marked `true` (indexed like [`Dataset::models`]), with their
     /// outcomes; prompts left with no outcome are dropped.
     pub fn keep_models(&mut self, keep: &[bool]) {
-        let kept = |i: usize| keep.get(i).copied().unwrap_or(true);
-        let mut i = 0;
-        self.models.retain(|_| {
-            i += 1;
-            kept(i - 1)
-        });
+        fn retain_marked<T>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut marks = keep.iter();
+            v.retain(|_| marks.next().copied().unwrap_or(true));
+        }
+        retain_marked(&mut self.models, keep);
         for r in &mut self.records {
-            let mut i = 0;
-            r.outcomes.retain(|_| {
-                i += 1;
-                kept(i - 1)
-            });
+            retain_marked(&mut r.outcomes, keep);
         }
         self.records
             .retain(|r| r.outcomes.iter().any(Option::is_some));
