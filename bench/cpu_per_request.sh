@@ -50,10 +50,13 @@ fi
 url="http://127.0.0.1:$gw_port/v1/chat/completions"
 warm_rate="$rate"; [ "$rate" != 0 ] || warm_rate=2000
 oha -z 3s -c 16 -q "$warm_rate" -m POST -T application/json -D "$work/body.json" --no-tui "$url" > /dev/null   # warm-up
+closed_loop() { # url -> oha's JSON
+  oha -z "${dur}s" -c "${CONNS:-64}" -m POST -T application/json -D "$work/body.json" --no-tui \
+      --output-format json "$1"
+}
 direct=0
 if [ "$rate" = 0 ]; then   # closed loop: the mock alone first
-  oha -z "${dur}s" -c "${CONNS:-64}" -m POST -T application/json -D "$work/body.json" --no-tui \
-      --output-format json "http://127.0.0.1:$mock_port/v1/chat/completions" > "$work/direct.json"
+  closed_loop "http://127.0.0.1:$mock_port/v1/chat/completions" > "$work/direct.json"
   direct="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"])' "$work/direct.json")"
 fi
 t0="$(awk '{print $14 + $15}' "/proc/$gw_pid/stat")"; m0="$(awk '{print $14 + $15}' "/proc/$mock_pid/stat")"
@@ -63,8 +66,7 @@ if [ "${PERF:-0}" = 1 ]; then
   perf_pid=$!
 fi
 if [ "$rate" = 0 ]; then
-  oha -z "${dur}s" -c "${CONNS:-64}" -m POST -T application/json -D "$work/body.json" --no-tui \
-      --output-format json "$url" > "$work/oha.json"
+  closed_loop "$url" > "$work/oha.json"
 else
 oha -z "${dur}s" -c 16 -q "$rate" --latency-correction -m POST -T application/json -D "$work/body.json" \
     --no-tui --output-format json "$url" > "$work/oha.json"

@@ -114,14 +114,24 @@ impl Coverage {
     }
 }
 
-/// The models to keep (`true`) in an evaluation that replays whole policies: all of them
+/// What [`replay_pool`] chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayPool {
+    /// Per model: whether the replay keeps it.
+    pub keep: Vec<bool>,
+    /// Prompts with every model's outcome, and with every kept model's.
+    pub complete_before: usize,
+    pub complete_after: usize,
+}
+
+/// The models to keep in an evaluation that replays whole policies: all of them
 /// when at least [`MIN_COMMON_SHARE`] of the prompts have every model's outcome; else,
 /// one at a time, the model whose removal completes the most prompts is left out (ties:
 /// the one the incomplete prompts lack most, a prompt that `k` kept models lack counting
 /// `1/k` for each; then the one covering fewer prompts; then the later one), until that
 /// share is reached or `min_models` remain (at least 2: one model left to route to is no
 /// routing). Removals that complete no prompt at all are undone: every model is kept.
-pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bool> {
+pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> ReplayPool {
     let n_prompts = values.len().checked_div(n_models).unwrap_or(0);
     let present = |i: usize, m: usize| !values[i * n_models + m].is_nan();
     let coverage: Vec<usize> = (0..n_models)
@@ -167,10 +177,16 @@ pub fn replay_pool(values: &[f64], n_models: usize, min_models: usize) -> Vec<bo
             }
         }
     }
-    if complete(&missing) == before {
-        return vec![true; n_models];
+    let after = complete(&missing);
+    ReplayPool {
+        keep: if after == before {
+            vec![true; n_models]
+        } else {
+            keep
+        },
+        complete_before: before,
+        complete_after: after,
     }
-    keep
 }
 
 #[cfg(test)]
@@ -230,7 +246,7 @@ mod tests {
             0.0, 1.0, N, //
             1.0, 1.0, 0.0,
         ];
-        assert_eq!(replay_pool(&v, 3, 2), [true, true, true]);
+        assert_eq!(replay_pool(&v, 3, 2).keep, [true, true, true]);
     }
 
     #[test]
@@ -243,9 +259,9 @@ mod tests {
             1.0, N, 1.0, 1.0, //
             0.0, N, 0.0, 1.0,
         ];
-        assert_eq!(replay_pool(&v, 4, 2), [true, false, true, true]);
+        assert_eq!(replay_pool(&v, 4, 2).keep, [true, false, true, true]);
         // The floor holds: with 4 models to keep, nothing is left out.
-        assert_eq!(replay_pool(&v, 4, 4), [true; 4]);
+        assert_eq!(replay_pool(&v, 4, 4).keep, [true; 4]);
     }
 
     #[test]
@@ -267,7 +283,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            replay_pool(&v, 7, 2),
+            replay_pool(&v, 7, 2).keep,
             [true, true, true, true, true, false, false]
         );
     }
@@ -281,6 +297,6 @@ mod tests {
             N, N, 1.0, //
             N, N, 1.0,
         ];
-        assert_eq!(replay_pool(&sparse, 3, 0), [true, true, true]);
+        assert_eq!(replay_pool(&sparse, 3, 0).keep, [true, true, true]);
     }
 }

@@ -113,33 +113,28 @@ pub fn replay_pool(ds: &mut Dataset, min_models: usize) -> anyhow::Result<Vec<St
             })
         })
         .collect();
-    let keep = routewise_data::coverage::replay_pool(&values, nm, min_models);
+    let pool = routewise_data::coverage::replay_pool(&values, nm, min_models);
     let left: Vec<String> = ds
         .models
         .iter()
-        .zip(&keep)
+        .zip(&pool.keep)
         .filter(|(_, &k)| !k)
         .map(|(m, _)| m.clone())
         .collect();
     if left.is_empty() {
         return Ok(left);
     }
-    let complete = |keep: &[bool]| {
-        values
-            .chunks(nm.max(1))
-            .filter(|row| row.iter().zip(keep).all(|(v, &k)| !k || !v.is_nan()))
-            .count()
-    };
-    let (before, after) = (complete(&vec![true; nm]), complete(&keep));
     let n = values.len() / nm.max(1);
-    ds.keep_models(&keep);
+    ds.keep_models(&pool.keep);
     writeln!(
         std::io::stderr().lock(),
-        "warning: only {before} of {n} {}prompts have every model's outcome, and this \
-         evaluation uses only such prompts; it leaves out {} of {nm} models so that {after} \
-         do: {}",
+        "warning: only {} of {n} {}prompts have every model's outcome, and this \
+         evaluation uses only such prompts; it leaves out {} of {nm} models so that {} do: \
+         {}",
+        pool.complete_before,
         if has_test { "test " } else { "" },
         left.len(),
+        pool.complete_after,
         left.join(", ")
     )?;
     Ok(left)
