@@ -390,6 +390,16 @@ mod tests {
         assert_eq!(matches(a, 2), None, "no answer field: cannot grade");
         assert_eq!(matches(b, 0), None, "no reference: cannot grade");
         assert!(d.warnings.is_empty());
+        // A prompt records answers when any model's field is there, even `null` alone.
+        assert!(a.has_answers() && b.has_answers());
+        let c = parse_str(concat!(
+            r#"{"id":"c","prompt":"q3","models":{"m1":{"score":1,"cost_usd":0.1},"m2":{"score":0,"cost_usd":0.01,"answer":null}}}"#,
+            "\n",
+            r#"{"id":"d","prompt":"q4","models":{"m1":{"score":1,"cost_usd":0.1},"m2":{"score":0,"cost_usd":0.01}}}"#,
+        ))
+        .unwrap();
+        assert!(c.records[0].has_answers());
+        assert!(!c.records[1].has_answers());
     }
 
     #[test]

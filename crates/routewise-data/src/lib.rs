@@ -87,6 +87,15 @@ impl Record {
             .max()
             .unwrap_or_else(|| estimate_tokens(&self.prompt))
     }
+
+    /// Whether some model's `answer` field is recorded (a value or `null`): the prompt's
+    /// task is closed-form, so answers can be compared (cascades check them).
+    pub fn has_answers(&self) -> bool {
+        self.outcomes
+            .iter()
+            .flatten()
+            .any(|o| o.answer != Answer::Absent)
+    }
 }
 
 /// Token estimate used across routewise where no tokenizer count exists: chars / 4,

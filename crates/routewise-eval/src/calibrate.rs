@@ -167,6 +167,9 @@ pub struct CascadeCalibration {
     /// Share of the random splits where no threshold passed (cascade off); 1 when no
     /// tier saves anything on the fitting part at this alpha.
     pub off_rate: f64,
+    /// Why the cascade is off entirely (`off_rate` 1), when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off_reason: Option<&'static str>,
     pub dataset: String,
     pub router: String,
     pub featurizer: String,
@@ -331,8 +334,14 @@ pub fn calibrate_cascade(
     // stays unseen).
     let mut best: Option<(f64, Cascade, routewise_router::Prepared)> = None;
     let mut first = None;
+    // Without recorded answers there is nothing to check: no tier is searched.
+    let answered = fit.iter().any(|r| r.has_answers());
     for featurizer in featurizers {
         let prepared = routewise_router::prepare(&ds.models, &fit, featurizer)?;
+        if !answered {
+            first = Some(prepared);
+            break;
+        }
         let oof = cross_fit(opts.router, &prepared.train_set, &prepared.catalog, &cfg)?;
         let fit_in = CascadeInputs::new(&fit, nm, oof, expected_costs(&prepared.catalog, &fit))?;
         // Savings are estimated out of sample: calibrated on one half of the fitting part
@@ -457,6 +466,14 @@ pub fn calibrate_cascade(
         violation_rate: violations as f64 / k,
         cost_saved_mean: saved_sum / k,
         off_rate: if off_entirely { 1.0 } else { off as f64 / k },
+        off_reason: match (off_entirely, answered) {
+            (false, _) => None,
+            (true, false) => Some(
+                "no train prompt records a model answer (`models.<name>.answer`): a cascade \
+                 has nothing to check",
+            ),
+            (true, true) => Some("no tier saves cost on the fitting part at this alpha"),
+        },
         dataset: ds.name.clone(),
         router: opts.router.to_string(),
         featurizer: featurizer_name,

@@ -94,17 +94,13 @@ impl CascadeInputs {
         let mut answers = vec![None; n * n_models];
         let mut has_answers = vec![false; n];
         for (i, r) in records.iter().enumerate() {
+            has_answers[i] = r.has_answers();
             for (m, o) in r.outcomes.iter().take(n_models).enumerate() {
                 let Some(o) = o else { continue };
                 scores[i * n_models + m] = o.score;
                 costs[i * n_models + m] = o.cost_usd;
-                match o.answer {
-                    Answer::Absent => {}
-                    Answer::Unreadable => has_answers[i] = true,
-                    Answer::Given(id) => {
-                        has_answers[i] = true;
-                        answers[i * n_models + m] = Some(id.0 as AnswerKey);
-                    }
+                if let Answer::Given(id) = o.answer {
+                    answers[i * n_models + m] = Some(id.0 as AnswerKey);
                 }
             }
         }

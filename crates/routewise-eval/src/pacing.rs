@@ -6,7 +6,9 @@
 //!   over `days` with a diurnal rate (busiest at noon, quietest at midnight UTC: intensity
 //!   `1 - 0.6 cos` of the time of day, arrivals at its quantiles).
 //! * **Budget:** `budget_fraction` of what always answering with the best single model
-//!   (the best mean score on train) costs on the stream.
+//!   (the best mean score on train) costs on the stream. A budget below the stream's
+//!   floor (always each prompt's cheapest model) cannot be kept by any policy: the report
+//!   says so in its warnings.
 //! * **Paced:** the router (fitted on train) picks `argmax predicted score - lambda *
 //!   predicted cost`, with `lambda` set by [`routewise_router::pacing::Resolving`] (what
 //!   the gateway runs) from each request's predictions and each answer's real cost. It
@@ -130,6 +132,12 @@ pub struct PacingReport {
     pub dual_descent: Dual,
     pub hard_cap: Run,
     pub hindsight_lambda: Hindsight,
+    /// What always answering with each prompt's cheapest model costs on the stream: no
+    /// policy spends less.
+    pub min_spend_usd: f64,
+    /// What the reader should know before trusting the figures (e.g. a budget below
+    /// `min_spend_usd`, which every policy overspends).
+    pub warnings: Vec<String>,
 }
 
 /// One period of traffic: predictions and real outcomes of its prompts, in arrival order.
@@ -369,6 +377,22 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         .sum::<f64>()
         / stream.len() as f64;
     let budget = opts.budget_fraction * best_spend;
+    let min_spend: f64 = (0..stream.len())
+        .map(|i| {
+            (0..nm)
+                .map(|m| stream.outcome(i, m).1)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    let mut warnings = Vec::new();
+    if budget < min_spend {
+        warnings.push(format!(
+            "the budget (${budget:.4}) is below what always answering with the cheapest model \
+             costs (${min_spend:.4}): every policy overspends it; a --budget-fraction above \
+             {:.3} leaves room to pace",
+            min_spend / best_spend
+        ));
+    }
 
     // The pacer's settings, chosen on a train stream with out-of-fold predictions.
     let oof = crate::cascade::cross_fit(
@@ -486,6 +510,8 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         dual_descent,
         hard_cap: stream.hard_cap(budget),
         hindsight_lambda: stream.hindsight(budget),
+        min_spend_usd: min_spend,
+        warnings,
     })
 }
 

@@ -461,6 +461,17 @@ pub fn evaluate(
 
     let cascades = match opts.cascades {
         None => None,
+        // A cascade checks the answers it gets; with none recorded in train it has nothing
+        // to learn an acceptor from (and on prompts without answers it routes plainly).
+        Some(_) if !train.iter().any(|r| r.has_answers()) => {
+            warnings.push(
+                "--cascades: no train prompt records a model answer (`models.<name>.answer`), \
+                 so a cascade has nothing to check and would only route plainly; none is \
+                 reported"
+                    .to_string(),
+            );
+            Some(Vec::new())
+        }
         Some(kind) => {
             progress.start(&format!("cascades on {kind}"), None);
             // The cascades' router on the eval's featurizer and on TF-IDF (lexical
@@ -676,8 +687,13 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
         "{:<rw$} {:>7} {:>7}  {:>8.4} {:>12.6}",
         "oracle", "-", "", r.oracle.quality, r.oracle.cost
     )?;
-    if let Some(cascades) = &r.cascades {
-        write_cascades(out, cascades)?;
+    match &r.cascades {
+        Some(cascades) if !cascades.is_empty() => write_cascades(out, cascades)?,
+        Some(_) => writeln!(
+            out,
+            "\ncascades: none (no train prompt records a model answer to check)"
+        )?,
+        None => {}
     }
     if !r.quality_only {
         writeln!(

@@ -235,6 +235,83 @@ fn calibrate_cascade_controls_the_loss_it_promises() {
     assert_eq!(art.meta.featurizer, c["featurizer"].as_str().unwrap());
 }
 
+/// The agreement data with every `answer` (and the `reference`) removed: nothing a
+/// cascade could check.
+fn write_data_without_answers(path: &Path, n: usize) {
+    write_agreement_data(path, n);
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v.as_object_mut().unwrap().remove("reference");
+            for o in v["models"].as_object_mut().unwrap().values_mut() {
+                o.as_object_mut().unwrap().remove("answer");
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn cascades_are_not_reported_when_no_prompt_records_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("free.jsonl");
+    write_data_without_answers(&data, 600);
+    let (r, table) = eval_cascades(&data, &[]);
+    // An empty list (the key stays), a warning saying why, and no cascade rows.
+    assert_eq!(r["cascades"], json!([]), "{r}");
+    let warned = r["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .unwrap()
+            .contains("no train prompt records a model answer")
+    });
+    assert!(warned, "{}", r["warnings"]);
+    assert!(table.contains("cascades: none"), "{table}");
+    assert!(!table.contains("cascade-chain"), "{table}");
+
+    // `calibrate --cascade` is off and says why, on stderr and in the JSON; no artifact.
+    let json = dir.path().join("cal.json");
+    let (_, err) = ok_out(&[
+        "calibrate",
+        "--cascade",
+        "--alpha",
+        "0.05",
+        "--data",
+        data.to_str().unwrap(),
+        "--splits",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(f(&c["off_rate"]), 1.0, "{c}");
+    assert_eq!(c["tier"], json!([]), "{c}");
+    let reason = c["off_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no train prompt records a model answer"),
+        "{c}"
+    );
+    assert!(err.contains(reason), "{err}");
+    let rw = dir.path().join("cascade.rw");
+    let out = common::routewise(&[
+        "calibrate",
+        "--cascade",
+        "--alpha",
+        "0.05",
+        "--data",
+        data.to_str().unwrap(),
+        "--splits",
+        "10",
+        "--artifact",
+        rw.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
+    assert!(!rw.exists());
+}
+
 #[test]
 fn calibrate_cascade_needs_alpha_and_the_threshold_mode_its_models() {
     let out = common::routewise(&["calibrate", "--cascade", "--data", "x.jsonl"]);

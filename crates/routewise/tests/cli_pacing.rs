@@ -52,4 +52,39 @@ fn eval_pacing_reports_every_policy_with_the_issue_keys() {
     let gap = v["paced"]["quality"].as_f64().unwrap()
         - v["hindsight_lambda"]["quality"].as_f64().unwrap();
     assert!(gap > -0.01, "paced is {gap} from the hindsight lambda: {v}");
+    // A feasible budget: nothing to warn about.
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    assert!(v["min_spend_usd"].as_f64().unwrap() < budget, "{v}");
+}
+
+#[test]
+fn a_budget_below_the_cheapest_models_spend_is_named_infeasible() {
+    let Some(data) = common::data_file() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pacing.json");
+    let (_, err) = common::ok_out(&[
+        "eval",
+        "--pacing",
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "1500",
+        "--budget-fraction",
+        "0.001",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let (budget, floor) = (
+        v["budget_usd"].as_f64().unwrap(),
+        v["min_spend_usd"].as_f64().unwrap(),
+    );
+    assert!(budget < floor, "{v}");
+    // Every policy overspends such a budget, and the report says so.
+    assert!(v["hindsight_lambda"]["spend_usd"].as_f64().unwrap() > budget);
+    let w = v["warnings"][0].as_str().unwrap();
+    assert!(w.contains("every policy overspends"), "{w}");
+    assert!(err.contains("warning: the budget"), "{err}");
 }

@@ -180,13 +180,17 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let cal = routewise_eval::calibrate::calibrate_cascade(&ds, &opts, &Bars::default())?;
     let code = emit(args, &cal.report)?;
+    if let Some(reason) = cal.report.off_reason {
+        writeln!(std::io::stderr(), "note: the cascade is off: {reason}")?;
+    }
     if let Some(path) = &args.artifact {
         let Some(artifact) = &cal.artifact else {
             anyhow::bail!(
-                "no artifact written to {}: the cascade is off at alpha {alpha} (no tier \
-                 saves anything with the guarantee, or no threshold passed on the \
-                 calibration part)",
-                path.display()
+                "no artifact written to {}: the cascade is off at alpha {alpha} ({})",
+                path.display(),
+                cal.report
+                    .off_reason
+                    .unwrap_or("no threshold passed on the calibration part")
             );
         };
         artifact.save(path)?;

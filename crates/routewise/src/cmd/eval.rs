@@ -264,6 +264,9 @@ fn pacing(
         days: args.days,
     };
     let r = routewise_eval::pacing::evaluate_pacing(ds, &opts)?;
+    for w in &r.warnings {
+        writeln!(std::io::stderr(), "warning: {w}")?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
