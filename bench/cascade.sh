@@ -12,6 +12,7 @@
 #   bash bench/cascade.sh                 # release build
 #   RATE=500 DUR=10 bash bench/cascade.sh
 #   LOG=warn bash bench/cascade.sh
+#   GW_RUNTIME=thread-per-core bash bench/cascade.sh   # serve --runtime (default work-stealing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate="${RATE:-200}"; dur="${DUR:-8}"
@@ -26,7 +27,7 @@ mock_port="$(free_port)"; gw_port="$(free_port)"
   for m in "${RW_MODELS[@]}"; do echo "  - {name: $m, base_url: http://127.0.0.1:$mock_port/v1}"; done
 } > "$work/gw.yaml"
 target/release/routewise-mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" 2>&1 & pids+=($!)
-env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --config "$work/gw.yaml" 2> "$work/gw.log" & pids+=($!)
+env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --runtime "${GW_RUNTIME:-work-stealing}" --config "$work/gw.yaml" 2> "$work/gw.log" & pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 msg='"messages":[{"role":"user","content":"What is six times seven? 42"}]'
 printf '{"model":"mistralai/mistral-7b-chat",%s}' "$msg" > "$work/direct.json"
@@ -67,7 +68,7 @@ else
   sed -e "s|^listen: .*|listen: 127.0.0.1:$chain_port|" \
       -e "s|^router: .*|router: {artifact: $work/chain.rw, policy: {lambda: 0}, cascade: {learned: true, extractor: number}}|" \
       "$work/gw.yaml" > "$work/chain.yaml"
-  env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
+  env -u ROUTEWISE_LOG ${LOG:+"ROUTEWISE_LOG=$LOG"} target/release/routewise serve --runtime "${GW_RUNTIME:-work-stealing}" --config "$work/chain.yaml" 2> "$work/chain.log" & pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$chain_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   verdict="$(curl -sf -D - -o /dev/null -H 'content-type: application/json' --data @"$work/cascade.json" \
     "http://127.0.0.1:$chain_port/v1/chat/completions" | tr -d '\r' | grep -i '^x-routewise-cascade:' || true)"
