@@ -47,6 +47,8 @@ fn simulate_reports_every_mode_per_load_with_the_issue_keys() {
         plot.to_str().unwrap(),
     ]);
     assert!(text.contains("balanced-sinkhorn"), "{text}");
+    // Greedy breaks the SLO at the loads >= 2 here: no note explains a calm overload.
+    assert!(!text.contains("note: greedy routing stays"), "{text}");
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let slo = v["slo_ms"].as_f64().unwrap();
@@ -207,4 +209,75 @@ fn complete_data_is_replayed_with_every_model() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v.get("models_left_out").is_none());
     assert_eq!(v["deployments"].as_array().unwrap().len(), 11);
+}
+
+/// Four tasks, each answered right only by its own model (the others score 0.4), at one
+/// price: the router spreads its choices over the four, so twice the best model's
+/// capacity overloads none of them, and the report says why greedy keeps the SLO.
+#[test]
+fn a_pool_the_router_spreads_over_is_named_when_greedy_keeps_the_slo_at_2x() {
+    let tasks = [
+        (
+            "chem",
+            "chemistry reaction molecule acid electron bond valence",
+        ),
+        (
+            "sport",
+            "football match goal referee striker league penalty",
+        ),
+        ("poem", "poem rhyme verse stanza sonnet metaphor meter"),
+        (
+            "money",
+            "stock market dividend inflation interest portfolio bank",
+        ),
+    ];
+    let mut lines = String::new();
+    for i in 0..800 {
+        let (task, words) = tasks[i % 4];
+        let models: serde_json::Map<String, Value> = (0..4)
+            .map(|m| {
+                let score = if m == i % 4 { 1.0 } else { 0.4 };
+                (
+                    format!("model-{m}"),
+                    serde_json::json!({"score": score, "cost_usd": 0.001,
+                                       "input_tokens": 20, "output_tokens": 50}),
+                )
+            })
+            .collect();
+        let rec = serde_json::json!({
+            "id": format!("{task}-{i}"),
+            "task": task,
+            "prompt": format!("{words} question {i}"),
+            "split": if i % 5 == 0 { "test" } else { "train" },
+            "models": models,
+        });
+        lines.push_str(&format!("{rec}\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("spread.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let out = dir.path().join("sim.json");
+    let text = common::ok(&[
+        "simulate",
+        "--data",
+        data.to_str().unwrap(),
+        "--loads",
+        "2",
+        "--duration",
+        "200",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["loads"][0]["modes"]["greedy"]["slo_violations"], 0, "{v}");
+    let busiest = v["greedy_shares"][0][1].as_f64().unwrap();
+    assert!(busiest < 0.4, "{v}");
+    assert!(
+        text.contains("note: greedy routing stays within the SLO at load 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("takes {:.0}% of them", 100.0 * busiest)),
+        "{text}"
+    );
 }

@@ -191,5 +191,24 @@ fn write_table(out: &mut impl Write, r: &SimReport) -> std::io::Result<()> {
             l.load, l.requests, "(unloaded greedy)", l.unloaded_greedy_quality
         )?;
     }
+    // Overload is the premise of the balanced modes; say why when it is not there.
+    let calm = r
+        .loads
+        .iter()
+        .filter(|l| l.load >= 2.0)
+        .filter(|l| l.modes.get("greedy").is_some_and(|m| m.slo_violations == 0))
+        .map(|l| l.load.to_string())
+        .collect::<Vec<_>>();
+    if let (false, Some((busiest, share))) = (calm.is_empty(), r.greedy_shares.first()) {
+        writeln!(
+            out,
+            "note: greedy routing stays within the SLO at load {}: the router spreads its choices \
+             (its busiest model, {busiest}, takes {:.0}% of them), so that multiple of the best \
+             model's capacity does not overload its queues; higher --loads (or a --deployments \
+             file with the real capacities) show where it breaks",
+            calm.join(", "),
+            100.0 * share
+        )?;
+    }
     Ok(())
 }
