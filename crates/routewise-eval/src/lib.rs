@@ -17,6 +17,8 @@
 //!   intervals; [`ope_validate`]: their validation in simulation (`replay --validate`);
 //!   [`ope_log`]: a candidate router evaluated on the gateway's decision log
 //!   (`replay --log`).
+//! * [`leakage`]: near-identical copies the train split holds and the test split does
+//!   not (what would make settings tuned on train memorise), checked by `eval`.
 //! * [`onboarding`]: a model added from a few probes against retraining with it, leaving
 //!   one model out (`eval --onboarding`).
 //! * [`plot`]: the SVG plot (returns a `String`; writing it is the caller's job).
@@ -35,6 +37,7 @@ pub mod calibrate;
 pub mod cascade;
 pub mod describe;
 mod fitted;
+pub mod leakage;
 pub mod metrics;
 pub mod onboarding;
 pub mod online;

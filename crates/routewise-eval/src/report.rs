@@ -309,6 +309,10 @@ pub fn evaluate(
     let outcomes = Outcomes::from_records(&test, n_models)?;
     let mut warnings = ds.warnings.clone();
     warnings.extend(singles.warnings(&ds.models));
+    warnings.extend(
+        crate::leakage::copy_shares(&prepared.train_set.features, &test_feats, dim, opts.seed)
+            .warning(),
+    );
     let row = |s: &SingleModel| ModelRow {
         name: ds.models[s.model].clone(),
         quality: s.point.quality,

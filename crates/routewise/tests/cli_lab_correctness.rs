@@ -287,3 +287,63 @@ fn unknown_top_level_keys_warn_once() {
         "{w:?}"
     );
 }
+
+/// Train holding three copies of each of its prompts while test prompts have none there
+/// (a split by group of an augmented file): `eval` warns that what is tuned on held-out
+/// train prompts memorises. The same copies spread over both splits: no warning.
+#[test]
+fn train_only_copies_are_named_and_copies_on_both_sides_are_not() {
+    const WORDS: [&str; 24] = [
+        "river", "engine", "garden", "planet", "violin", "harbor", "pepper", "castle", "winter",
+        "rocket", "forest", "candle", "marble", "tunnel", "desert", "falcon", "copper", "meadow",
+        "glacier", "lantern", "orchard", "thunder", "compass", "velvet",
+    ];
+    // Distinct texts: four words chosen by the digits of `t` in base 24.
+    let text = |t: usize| {
+        let w = |k: usize| WORDS[(t / 24usize.pow(k as u32) + 5 * k) % 24];
+        format!("{} {} {} {} please explain", w(0), w(1), w(2), w(0))
+    };
+    let write = |path: &Path, split_of: &dyn Fn(usize, usize) -> &'static str| {
+        let mut out = String::new();
+        for t in 0..120 {
+            for copy in 0..3 {
+                let rec = json!({
+                    "id": format!("p{t}-{copy}"),
+                    "prompt": text(t * 37 + 11),
+                    "split": split_of(t, copy),
+                    "models": {
+                        "a": {"score": ((t + copy) % 2) as f64, "cost_usd": 0.001},
+                        "b": {"score": (t % 3 == 0) as u8 as f64, "cost_usd": 0.01},
+                    },
+                });
+                out.push_str(&format!("{rec}\n"));
+            }
+        }
+        std::fs::write(path, out).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let grouped = dir.path().join("grouped.jsonl");
+    write(&grouped, &|t, _| if t % 5 == 4 { "test" } else { "train" });
+    let (r, _, stderr) = eval_json(&grouped, &["--routers", "knn", "--bootstrap", "0"]);
+    let warned = |r: &Value| {
+        r["warnings"].as_array().unwrap().iter().any(|w| {
+            w.as_str()
+                .unwrap()
+                .contains("near-identical copy elsewhere in train")
+        })
+    };
+    assert!(warned(&r), "{}", r["warnings"]);
+    assert!(stderr.contains("100% of train prompts"), "{stderr}");
+
+    let spread = dir.path().join("spread.jsonl");
+    write(&spread, &|t, copy| {
+        if (t + copy) % 5 == 4 {
+            "test"
+        } else {
+            "train"
+        }
+    });
+    let (r, _, stderr) = eval_json(&spread, &["--routers", "knn", "--bootstrap", "0"]);
+    assert!(!warned(&r), "{}", r["warnings"]);
+    assert!(!stderr.contains("near-identical"), "{stderr}");
+}
