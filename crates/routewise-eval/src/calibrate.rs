@@ -469,8 +469,8 @@ pub fn calibrate_cascade(
         off_reason: match (off_entirely, answered) {
             (false, _) => None,
             (true, false) => Some(
-                "no train prompt records a model answer (`models.<name>.answer`): a cascade \
-                 has nothing to check",
+                "no prompt of train's fitting part records a model answer \
+                 (`models.<name>.answer`): a cascade has nothing to check",
             ),
             (true, true) => Some("no tier saves cost on the fitting part at this alpha"),
         },

@@ -7,8 +7,8 @@
 //!   `1 - 0.6 cos` of the time of day, arrivals at its quantiles).
 //! * **Budget:** `budget_fraction` of what always answering with the best single model
 //!   (the best mean score on train) costs on the stream. A budget below the stream's
-//!   floor (always each prompt's cheapest model) cannot be kept by any policy: the report
-//!   says so in its warnings.
+//!   floor (each request answered by its cheapest model) cannot be kept by any policy:
+//!   the report says so in its warnings.
 //! * **Paced:** the router (fitted on train) picks `argmax predicted score - lambda *
 //!   predicted cost`, with `lambda` set by [`routewise_router::pacing::Resolving`] (what
 //!   the gateway runs) from each request's predictions and each answer's real cost. It
@@ -387,9 +387,11 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
     let mut warnings = Vec::new();
     if budget < min_spend {
         warnings.push(format!(
-            "the budget (${budget:.4}) is below what always answering with the cheapest model \
-             costs (${min_spend:.4}): every policy overspends it; a --budget-fraction above \
-             {:.3} leaves room to pace",
+            "the budget (${}) is below what answering every request with its cheapest model \
+             costs (${}): every policy overspends it; a --budget-fraction under {:.4} cannot be \
+             kept (and one just above it only by always picking the cheapest model)",
+            usd(budget),
+            usd(min_spend),
             min_spend / best_spend
         ));
     }
@@ -513,6 +515,16 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         min_spend_usd: min_spend,
         warnings,
     })
+}
+
+/// Dollars with four significant digits.
+fn usd(x: f64) -> String {
+    let digits = if x > 0.0 {
+        (3 - x.log10().floor() as i64).clamp(0, 12) as usize
+    } else {
+        4
+    };
+    format!("{x:.digits$}")
 }
 
 #[cfg(test)]

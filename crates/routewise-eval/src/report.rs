@@ -513,6 +513,13 @@ pub fn evaluate(
                 &ds.models,
             )?;
             progress.finish();
+            if rows.is_empty() {
+                warnings.push(
+                    "--cascades: no cascade family had a tier to try (no candidate model \
+                     cheap enough against the best one)"
+                        .to_string(),
+                );
+            }
             Some(rows)
         }
     };
@@ -693,10 +700,7 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     )?;
     match &r.cascades {
         Some(cascades) if !cascades.is_empty() => write_cascades(out, cascades)?,
-        Some(_) => writeln!(
-            out,
-            "\ncascades: none (no train prompt records a model answer to check)"
-        )?,
+        Some(_) => writeln!(out, "\ncascades: none (see the warnings)")?,
         None => {}
     }
     if !r.quality_only {

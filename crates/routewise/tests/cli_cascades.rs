@@ -289,10 +289,7 @@ fn cascades_are_not_reported_when_no_prompt_records_an_answer() {
     assert_eq!(f(&c["off_rate"]), 1.0, "{c}");
     assert_eq!(c["tier"], json!([]), "{c}");
     let reason = c["off_reason"].as_str().unwrap();
-    assert!(
-        reason.contains("no train prompt records a model answer"),
-        "{c}"
-    );
+    assert!(reason.contains("records a model answer"), "{c}");
     assert!(err.contains(reason), "{err}");
     let rw = dir.path().join("cascade.rw");
     let out = common::routewise(&[

@@ -298,7 +298,7 @@ fn train_only_copies_are_named_and_copies_on_both_sides_are_not() {
         "rocket", "forest", "candle", "marble", "tunnel", "desert", "falcon", "copper", "meadow",
         "glacier", "lantern", "orchard", "thunder", "compass", "velvet",
     ];
-    // Distinct texts: four words chosen by the digits of `t` in base 24.
+    // Distinct texts: three words chosen by the digits of `t` in base 24 (`t` < 24^3).
     let text = |t: usize| {
         let w = |k: usize| WORDS[(t / 24usize.pow(k as u32) + 5 * k) % 24];
         format!("{} {} {} {} please explain", w(0), w(1), w(2), w(0))

@@ -57,22 +57,37 @@ fn eval_pacing_reports_every_policy_with_the_issue_keys() {
     assert!(v["min_spend_usd"].as_f64().unwrap() < budget, "{v}");
 }
 
+/// Three models at $0.001, $0.002 and $0.01 a request, the dearest the best: a budget of
+/// 5% of always the best ($0.0005 a request) is below the cheapest model's spend.
 #[test]
 fn a_budget_below_the_cheapest_models_spend_is_named_infeasible() {
-    let Some(data) = common::data_file() else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("three.jsonl");
+    let lines: String = (0..600)
+        .map(|i| {
+            let topic = ["algebra integral equation", "poem story verse"][i % 2];
+            let rec = serde_json::json!({
+                "id": format!("q{i}"),
+                "prompt": format!("{topic} question {i}"),
+                "split": if i % 5 == 4 { "test" } else { "train" },
+                "models": {
+                    "cheap": {"score": (i % 3 == 0) as u8 as f64, "cost_usd": 0.001},
+                    "mid": {"score": (i % 2 == 0) as u8 as f64, "cost_usd": 0.002},
+                    "best": {"score": (i % 7 != 0) as u8 as f64, "cost_usd": 0.01},
+                },
+            });
+            format!("{rec}\n")
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
     let out = dir.path().join("pacing.json");
     let (_, err) = common::ok_out(&[
         "eval",
         "--pacing",
         "--data",
         data.to_str().unwrap(),
-        "--limit",
-        "1500",
         "--budget-fraction",
-        "0.001",
+        "0.05",
         "--json",
         out.to_str().unwrap(),
     ]);
@@ -82,6 +97,9 @@ fn a_budget_below_the_cheapest_models_spend_is_named_infeasible() {
         v["min_spend_usd"].as_f64().unwrap(),
     );
     assert!(budget < floor, "{v}");
+    // The floor is the cheapest model on every request: $0.001 a request.
+    let requests = v["requests"].as_f64().unwrap();
+    assert!((floor - 0.001 * requests).abs() < 1e-9, "{v}");
     // Every policy overspends such a budget, and the report says so.
     assert!(v["hindsight_lambda"]["spend_usd"].as_f64().unwrap() > budget);
     let w = v["warnings"][0].as_str().unwrap();

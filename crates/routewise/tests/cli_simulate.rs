@@ -277,7 +277,12 @@ fn a_pool_the_router_spreads_over_is_named_when_greedy_keeps_the_slo_at_2x() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("takes {:.0}% of them", 100.0 * busiest)),
+        text.contains(&format!("takes {:.0}% of the requests", 100.0 * busiest)),
+        "{text}"
+    );
+    // A quarter of twice one model's capacity each: half of what a model can take.
+    assert!(
+        text.contains("so its queues are not overloaded there"),
         "{text}"
     );
 }

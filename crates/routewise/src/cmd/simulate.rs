@@ -200,12 +200,28 @@ fn write_table(out: &mut impl Write, r: &SimReport) -> std::io::Result<()> {
         .map(|l| l.load.to_string())
         .collect::<Vec<_>>();
     if let (false, Some((busiest, share))) = (calm.is_empty(), r.greedy_shares.first()) {
+        // The busiest model's offered rate at load 2 over its capacity (slots over its mean
+        // service time).
+        let capacity = r
+            .deployments
+            .iter()
+            .filter(|d| &d.model == busiest && d.mean_service_ms > 0.0)
+            .map(|d| (d.replicas * d.max_concurrency) as f64 * 1000.0 / d.mean_service_ms)
+            .sum::<f64>();
+        let utilisation = 2.0 * r.best_capacity_per_s * share / capacity;
+        let why = if utilisation < 1.0 {
+            "so its queues are not overloaded there"
+        } else {
+            "yet its queue stays within the SLO over the simulated duration (the requests it \
+             gets may take less than its mean service time, or the queue has not grown long \
+             enough yet)"
+        };
         writeln!(
             out,
-            "note: greedy routing stays within the SLO at load {}: the router spreads its choices \
-             (its busiest model, {busiest}, takes {:.0}% of them), so that multiple of the best \
-             model's capacity does not overload its queues; higher --loads (or a --deployments \
-             file with the real capacities) show where it breaks",
+            "note: greedy routing stays within the SLO at load {}: its busiest model, {busiest}, \
+             takes {:.0}% of the requests ({utilisation:.2}x its capacity at load 2), {why}; \
+             higher --loads (or a --deployments file with the real capacities) show where it \
+             breaks",
             calm.join(", "),
             100.0 * share
         )?;
