@@ -20,6 +20,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use routewise_features::pooling::dot;
 
 /// Cosine at or above which two prompts count as near-identical copies.
 pub const NEAR_IDENTICAL: f32 = 0.999;
@@ -95,24 +96,6 @@ pub fn copy_shares(train: &[f32], test: &[f32], dim: usize, seed: u64) -> CopySh
 /// Row `i` of a row-major matrix of width `dim`.
 fn row(v: &[f32], i: usize, dim: usize) -> &[f32] {
     &v[i * dim..(i + 1) * dim]
-}
-
-/// Dot product over 8 independent lanes (so that it vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -27,6 +27,28 @@ pub fn masked_mean(tokens: &[f32], mask: &[u32], out: &mut [f32]) {
     }
 }
 
+/// The dot product of two equally long vectors (the cosine of unit vectors); 0 when their
+/// lengths differ. Eight independent sums, so that the compiler vectorises it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Cosine similarity of two vectors (0 when either is zero).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
@@ -44,6 +66,17 @@ mod tests {
     use super::*;
     use crate::l2_normalize;
     use proptest::prelude::*;
+
+    #[test]
+    fn dot_matches_the_plain_sum_at_any_length_and_refuses_unequal_lengths() {
+        for n in [0usize, 3, 8, 13, 128] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < 1e-4, "n = {n}");
+        }
+        assert_eq!(dot(&[1.0, 2.0], &[1.0]), 0.0);
+    }
 
     #[test]
     fn mean_ignores_masked_rows() {

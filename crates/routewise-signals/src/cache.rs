@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 
+use routewise_features::pooling::dot;
 use sha2::{Digest, Sha256};
 
 /// LSH tables.
@@ -205,28 +206,6 @@ impl RequestKeys {
             context: u64::from_le_bytes(c),
         }
     }
-}
-
-/// The dot product of two equally long vectors (the cosine of unit vectors).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return 0.0;
-    }
-    // Eight independent sums: the compiler vectorises them.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Whitespace runs collapsed to one space, ends trimmed.
