@@ -219,6 +219,23 @@ pub struct DeploymentReport {
     pub mean_service_ms: f64,
 }
 
+impl DeploymentReport {
+    /// Requests per second its slots serve at its mean service time.
+    pub fn capacity_per_s(&self) -> f64 {
+        capacity_per_s(self.replicas, self.max_concurrency, self.mean_service_ms)
+    }
+}
+
+/// Requests per second `replicas x max_concurrency` slots serve at a mean service time of
+/// `mean_service_ms` (0 when that is not positive).
+fn capacity_per_s(replicas: usize, max_concurrency: usize, mean_service_ms: f64) -> f64 {
+    if mean_service_ms > 0.0 {
+        (replicas * max_concurrency) as f64 * 1000.0 / mean_service_ms
+    } else {
+        0.0
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
     pub router: String,
@@ -697,8 +714,11 @@ pub fn simulate(ds: &Dataset, opts: &SimOptions) -> Result<SimReport, EvalError>
 
     // The best model and its capacity.
     let best = fitted.best_on_train();
-    let best_capacity = (specs[best].replicas * specs[best].max_concurrency) as f64
-        / (w.mean_service[best] / 1000.0);
+    let best_capacity = capacity_per_s(
+        specs[best].replicas,
+        specs[best].max_concurrency,
+        w.mean_service[best],
+    );
     // Unloaded greedy: its quality, its latency (the service time of each choice).
     let mut unloaded: Vec<f64> = (0..np).map(|p| w.service[p * nm + w.choice(p)]).collect();
     unloaded.sort_unstable_by(f64::total_cmp);

@@ -200,13 +200,12 @@ fn write_table(out: &mut impl Write, r: &SimReport) -> std::io::Result<()> {
         .map(|l| l.load.to_string())
         .collect::<Vec<_>>();
     if let (false, Some((busiest, share))) = (calm.is_empty(), r.greedy_shares.first()) {
-        // The busiest model's offered rate at load 2 over its capacity (slots over its mean
-        // service time).
+        // The busiest model's offered rate at load 2 over its capacity.
         let capacity = r
             .deployments
             .iter()
-            .filter(|d| &d.model == busiest && d.mean_service_ms > 0.0)
-            .map(|d| (d.replicas * d.max_concurrency) as f64 * 1000.0 / d.mean_service_ms)
+            .filter(|d| &d.model == busiest)
+            .map(|d| d.capacity_per_s())
             .sum::<f64>();
         let utilisation = 2.0 * r.best_capacity_per_s * share / capacity;
         let why = if utilisation < 1.0 {
