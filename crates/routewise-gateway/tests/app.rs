@@ -220,6 +220,62 @@ async fn api_keys_never_appear_in_responses_or_logs_and_decisions_are_logged() {
     );
 }
 
+/// Regression: the text log printed `energy_wh=NaN` on every decision of a pool without
+/// energy figures (the default), and `realised_cost_usd=NaN propensity=NaN` where nothing
+/// was answered; unknown numbers are now left out, as the other optional fields are.
+#[tokio::test(flavor = "current_thread")]
+async fn a_decision_line_leaves_unknown_numbers_out_instead_of_printing_nan() {
+    let (capture, _guard) = common::capture_logs(tracing::Level::INFO);
+    let mock = MockUpstream::start().await.unwrap();
+    let gw = common::start(&common::abc_yaml(&mock.base_url(), "")).await;
+    let c = common::client();
+    let ok = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&common::chat_body("answered"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    for m in ["up-a", "up-b", "up-c"] {
+        mock.set_model_fault(m, Some(Fault::Status(500)));
+    }
+    let failed = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&common::chat_body("unanswered"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    assert!(gw
+        .state
+        .decision_log
+        .flush(std::time::Duration::from_secs(5)));
+    let logs = capture.text();
+    let decisions: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("routewise::decision"))
+        .collect();
+    assert_eq!(decisions.len(), 2, "{logs}");
+    for d in &decisions {
+        assert!(!d.contains("NaN"), "{d}");
+        assert!(
+            !d.contains("energy_wh="),
+            "no model has energy figures: {d}"
+        );
+    }
+    assert!(
+        decisions[0].contains("realised_cost_usd="),
+        "{}",
+        decisions[0]
+    );
+    assert!(decisions[0].contains("propensity=1"), "{}", decisions[0]);
+    assert!(
+        !decisions[1].contains("realised_cost_usd="),
+        "{}",
+        decisions[1]
+    );
+}
+
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),

@@ -16,7 +16,7 @@
 //! over without a call in `skipped` (`model:quota`, `model:budget`, `model:capacity`,
 //! `model:slo`), the answering deployment in `deployment` (`attempt_log` names each
 //! attempt's as `model@deployment` for a model with several), the answer's energy in
-//! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; null when either is
+//! `energy_wh` (its usage times the model's `energy_wh_per_mtok`; absent when either is
 //! unknown; cascade tier calls are not counted), balanced dispatch's verdict in `balanced` (`kept`, `moved`, `held`, `unplaced`), the
 //! API key's name in `key`. Accepted feedback is logged as a
 //! `routewise::feedback` line with the decision id and the score, so that one log holds
@@ -24,7 +24,7 @@
 //! sampling; an exploration over a stochastic choice), the writer thread estimates it
 //! with the online router's current state ([`THOMPSON_DRAWS`] Monte-Carlo draws,
 //! `OnlineRouter::choice_probability`), mixed with the exploration rate when
-//! `router.exploration` is on; it stays null only without a learning context.
+//! `router.exploration` is on; the field is absent only without a learning context.
 //!
 //! Off the request path: the request's task only moves a [`DecisionRecord`] (owned
 //! fields, no formatting) into a bounded queue ([`DecisionLog`]); a writer thread takes
@@ -271,14 +271,14 @@ impl DecisionRecord {
             attempts = self.attempts.len(),
             attempt_log = %Attempts(gw, &self.attempts),
             deployment = self.deployment_name(),
-            energy_wh = self.energy_wh().unwrap_or(f64::NAN),
+            energy_wh = self.energy_wh(),
             prompt_tokens = self.prompt_tokens,
-            realised_cost_usd = self.cost.unwrap_or(f64::NAN),
+            realised_cost_usd = self.cost,
             elapsed_ms = self.elapsed_ms,
             predictions = %Predictions(gw, &self.predictions),
             cascade = %CascadeLog(gw, self.cascade.as_ref(), self.model),
-            // NaN (null in JSON) when unknown or when no router decided.
-            propensity = propensity.unwrap_or(f64::NAN),
+            // Absent when unknown or when no router decided.
+            propensity,
             explored = self.explored,
             prompt = self.prompt.as_deref(),
             route = self.routes.as_deref(),
