@@ -42,7 +42,8 @@ use routewise_router::{Artifact, Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
 use crate::cascade::{
-    build, candidates, cross_fit, realise_prompt, tier_run, tiers, CascadeInputs, Family, MAX_TIER,
+    build, candidates, cross_fit, realise_prompt, tier_run, tiers, CascadeInputs, Family,
+    CHEAP_SHARE, MAX_TIER,
 };
 use crate::fitted::expected_costs;
 use crate::report::split_records;
@@ -169,7 +170,7 @@ pub struct CascadeCalibration {
     pub off_rate: f64,
     /// Why the cascade is off entirely (`off_rate` 1), when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub off_reason: Option<&'static str>,
+    pub off_reason: Option<String>,
     pub dataset: String,
     pub router: String,
     pub featurizer: String,
@@ -336,6 +337,9 @@ pub fn calibrate_cascade(
     let mut first = None;
     // Without recorded answers there is nothing to check: no tier is searched.
     let answered = fit.iter().any(|r| r.has_answers());
+    // Whether any model is cheap enough to be a tier (the same candidates on every
+    // featurizer: they come from the outcomes).
+    let mut tier_tried = false;
     for featurizer in featurizers {
         let prepared = routewise_router::prepare(&ds.models, &fit, featurizer)?;
         if !answered {
@@ -351,6 +355,7 @@ pub fn calibrate_cascade(
             [0, 1].map(|h| (0..fit_in.len()).filter(|i| i % 2 == h).collect());
         let mut local: Option<(f64, Cascade)> = None;
         for tier in tiers(&candidates(&fit_in), 1, MAX_TIER) {
+            tier_tried = true;
             let cascade = build(&fit_in, Family::Chain, tier);
             let pool = Pool::build(&fit_in, &cascade, opts.lambda)?;
             let runs = [(0, 1), (1, 0)]
@@ -466,13 +471,20 @@ pub fn calibrate_cascade(
         violation_rate: violations as f64 / k,
         cost_saved_mean: saved_sum / k,
         off_rate: if off_entirely { 1.0 } else { off as f64 / k },
-        off_reason: match (off_entirely, answered) {
-            (false, _) => None,
-            (true, false) => Some(
+        off_reason: match (off_entirely, answered, tier_tried) {
+            (false, _, _) => None,
+            (true, false, _) => Some(
                 "no prompt of train's fitting part records a model answer \
-                 (`models.<name>.answer`): a cascade has nothing to check",
+                 (`models.<name>.answer`): a cascade has nothing to check"
+                    .to_string(),
             ),
-            (true, true) => Some("no tier saves cost on the fitting part at this alpha"),
+            (true, true, false) => Some(format!(
+                "no model is cheap enough to be a tier (a tier model's mean cost is at most \
+                 {CHEAP_SHARE} of the best model's)"
+            )),
+            (true, true, true) => {
+                Some("no tier saves cost on the fitting part at this alpha".to_string())
+            }
         },
         dataset: ds.name.clone(),
         router: opts.router.to_string(),

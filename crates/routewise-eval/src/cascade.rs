@@ -452,6 +452,28 @@ impl Family {
             Family::Agreement => "cascade-agreement",
         }
     }
+
+    /// The fewest tier models the family needs: a chain calls one before escalating, an
+    /// agreement tier compares two.
+    pub fn min_tier(self) -> usize {
+        match self {
+            Family::Chain => 1,
+            Family::Agreement => 2,
+        }
+    }
+
+    /// Why the family is missing from a report: too few [`candidates`] for its tier.
+    pub fn missing_warning(self) -> String {
+        format!(
+            "--cascades: {} needs at least {} tier model(s) among the candidates (the {} most \
+             accurate models whose mean cost is at most {} of the best model's), and this \
+             pool has fewer; it is not reported",
+            self.name(),
+            self.min_tier(),
+            MAX_CANDIDATES,
+            CHEAP_SHARE
+        )
+    }
 }
 
 /// The models a tier is drawn from: the [`MAX_CANDIDATES`] most accurate of those whose
@@ -560,7 +582,8 @@ pub fn build(d: &CascadeInputs, family: Family, tier: Vec<usize>) -> Cascade {
 /// and a plain-routing lambda when some prompts have no answers, [`lambda_pairs`]), and
 /// the (tier, rule, lambdas) configurations on the non-decreasing hull of all those
 /// points are kept.
-/// Families with no candidate tier are left out.
+/// A family with no candidate tier ([`Family::min_tier`]) is left out: its only
+/// configuration would be plain routing, which is the router's own report.
 pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, EvalError> {
     let cands = candidates(train);
     let targets = train.escalation_targets(lambdas)?;
@@ -569,11 +592,13 @@ pub fn choose(train: &CascadeInputs, lambdas: &[f64]) -> Result<Vec<Chosen>, Eva
     let (c_min, c_max) = cost_range(train);
     let mut out = Vec::new();
     for family in [Family::Chain, Family::Agreement] {
-        let min_len = if family == Family::Agreement { 2 } else { 1 };
         // Every swept point: its tier's cascade (index into `bases`), rule and lambda.
         let mut bases: Vec<Cascade> = Vec::new();
         let mut all: Vec<(usize, SweepPoint)> = Vec::new();
-        let mut all_tiers = tiers(&cands, min_len, MAX_TIER);
+        let mut all_tiers = tiers(&cands, family.min_tier(), MAX_TIER);
+        if all_tiers.is_empty() {
+            continue;
+        }
         if family == Family::Chain {
             // No tier: plain routing, so the chain's frontier can fall back to the
             // router's where no tier pays.

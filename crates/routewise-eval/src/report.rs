@@ -25,7 +25,7 @@ use routewise_features::{AnyFeaturizer, Featurizer, FeaturizerKind};
 use routewise_router::{AnyRouter, Catalog, Policy, Router, RouterConfigs, RouterKind};
 use serde::Serialize;
 
-use crate::cascade::CascadeRow;
+use crate::cascade::{CascadeRow, Family};
 use crate::metrics::router_metrics;
 use crate::pairwise::pairwise_metrics;
 use crate::plot::PlotInput;
@@ -513,12 +513,10 @@ pub fn evaluate(
                 &ds.models,
             )?;
             progress.finish();
-            if rows.is_empty() {
-                warnings.push(
-                    "--cascades: no cascade family had a tier to try (no candidate model \
-                     cheap enough against the best one)"
-                        .to_string(),
-                );
+            for family in [Family::Chain, Family::Agreement] {
+                if !rows.iter().any(|r| r.family == family) {
+                    warnings.push(family.missing_warning());
+                }
             }
             Some(rows)
         }

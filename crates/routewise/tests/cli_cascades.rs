@@ -309,6 +309,80 @@ fn cascades_are_not_reported_when_no_prompt_records_an_answer() {
     assert!(!rw.exists());
 }
 
+/// Regression: on a pool with one cheap model the agreement family was left out without
+/// a word, and with no cheap model at all the chain was reported with an empty tier (plain
+/// routing under a cascade's name). Each missing family is now named, with why.
+#[test]
+fn a_family_without_enough_cheap_models_is_named_not_reported_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.jsonl");
+    write_agreement_data(&full, 600);
+    let keep_only = |keep: &[&str], path: &Path| {
+        let text = std::fs::read_to_string(&full).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v["models"]
+                .as_object_mut()
+                .unwrap()
+                .retain(|k, _| keep.contains(&k.as_str()));
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        std::fs::write(path, out).unwrap();
+    };
+    let warned = |r: &Value, family: &str| {
+        r["warnings"].as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains(family) && w.contains("is not reported")
+        })
+    };
+
+    // One cheap model: the chain runs on it; the agreement tier cannot, and says so.
+    let two = dir.path().join("two.jsonl");
+    keep_only(&["cheap-a", "strong"], &two);
+    let (r, table) = eval_cascades(&two, &[]);
+    let chain = cascade(&r, "cascade-chain");
+    let tiers: Vec<&Value> = chain["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["tier"])
+        .collect();
+    assert!(tiers.contains(&&json!(["cheap-a"])), "{tiers:?}");
+    assert!(!table.contains("cascade-agreement"), "{table}");
+    assert!(warned(&r, "cascade-agreement"), "{}", r["warnings"]);
+    assert!(!warned(&r, "cascade-chain"), "{}", r["warnings"]);
+
+    // No model cheap enough: no cascade at all, both families named.
+    let one = dir.path().join("one.jsonl");
+    keep_only(&["strong"], &one);
+    let (r, table) = eval_cascades(&one, &[]);
+    assert_eq!(r["cascades"], json!([]), "{}", r["cascades"]);
+    assert!(table.contains("cascades: none"), "{table}");
+    assert!(warned(&r, "cascade-chain"), "{}", r["warnings"]);
+    assert!(warned(&r, "cascade-agreement"), "{}", r["warnings"]);
+
+    // `calibrate --cascade` is off there and says why.
+    let json = dir.path().join("cal.json");
+    let (_, err) = ok_out(&[
+        "calibrate",
+        "--cascade",
+        "--alpha",
+        "0.05",
+        "--data",
+        one.to_str().unwrap(),
+        "--splits",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let reason = c["off_reason"].as_str().unwrap();
+    assert!(reason.contains("no model is cheap enough"), "{reason}");
+    assert!(err.contains(reason), "{err}");
+}
+
 #[test]
 fn calibrate_cascade_needs_alpha_and_the_threshold_mode_its_models() {
     let out = common::routewise(&["calibrate", "--cascade", "--data", "x.jsonl"]);

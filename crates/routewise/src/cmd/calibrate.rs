@@ -180,7 +180,7 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let cal = routewise_eval::calibrate::calibrate_cascade(&ds, &opts, &Bars::default())?;
     let code = emit(args, &cal.report)?;
-    if let Some(reason) = cal.report.off_reason {
+    if let Some(reason) = &cal.report.off_reason {
         writeln!(std::io::stderr(), "note: the cascade is off: {reason}")?;
     }
     if let Some(path) = &args.artifact {
@@ -190,6 +190,7 @@ fn cascade(args: &Args) -> anyhow::Result<ExitCode> {
                 path.display(),
                 cal.report
                     .off_reason
+                    .as_deref()
                     .unwrap_or("no threshold passed on the calibration part")
             );
         };
