@@ -239,6 +239,13 @@ const EQUAL_COST_SPREAD: f64 = 0.01;
 /// fitted prices, or the cheapest and the dearest comparable model cost within 1%.
 fn quality_only_reason(catalog: &Catalog, c_min: f64, c_max: f64) -> Option<String> {
     let first = catalog.models.first()?;
+    if catalog.models.len() == 1 {
+        return Some(format!(
+            "the data has one model ({}): there is nothing to route between; reporting its \
+             quality only",
+            first.name
+        ));
+    }
     let same = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-12);
     if catalog.models.iter().all(|m| {
         same(m.input_per_mtok, first.input_per_mtok)
@@ -712,7 +719,7 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     if r.quality_only {
         writeln!(
             out,
-            "Quality only (all models cost the same): quality = realised test quality at lambda 0 \
+            "Quality only (cost metrics mean nothing here; see the warning): quality = realised test quality at lambda 0 \
              (se: standard error over prompts); vs_best_1 = quality minus the best single model's \
              ({}, {:.4}).",
             r.best_single.name, r.best_single.quality

@@ -183,6 +183,27 @@ fn regression_equal_prices_report_quality_only() {
     assert!(!table.contains("cost_ratio"), "{table}");
 }
 
+/// A pool of one model was reported as "every model has the same price": true, but the
+/// reader needs to hear that there is nothing to route between.
+#[test]
+fn regression_one_model_is_named_as_nothing_to_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("one.jsonl");
+    write_data(&data, &["only"], 120, &json!({}), |i, _, _| {
+        Some((if i % 4 == 0 { 0.0 } else { 1.0 }, 0.002))
+    });
+    let (r, table, stderr) = eval_json(&data, &["--routers", "knn"]);
+    assert_eq!(r["quality_only"], true);
+    assert!(stderr.contains("one model (only)"), "{stderr}");
+    assert!(stderr.contains("nothing to route between"), "{stderr}");
+    assert!(!stderr.contains("same price"), "{stderr}");
+    assert!(table.contains("Quality only"), "{table}");
+    assert_eq!(
+        f(&router(&r, "knn")["quality_first"]),
+        f(&r["best_single"]["quality"])
+    );
+}
+
 /// Defect 4: on small data an AIQ difference of one prompt looked like a result.
 #[test]
 fn regression_small_data_reports_aiq_noise() {
