@@ -183,7 +183,14 @@ impl FeedbackEntry {
     ) -> Self {
         let lambda = dec.lambda.unwrap_or(fallback_lambda);
         let cost = fb.cost_usd.unwrap_or(dec.cost_usd);
+        let residual = residual(fb.score - lambda * cost, dec.prior_reward);
+        // An overflowing reward (a huge lambda times a huge cost) is recorded at the bound.
         let reward = fb.score - lambda * cost;
+        let reward = if reward.is_finite() {
+            reward
+        } else {
+            dec.prior_reward + residual
+        };
         FeedbackEntry {
             decision_id: fb.decision_id.clone(),
             model: dec.model.clone(),
@@ -191,11 +198,27 @@ impl FeedbackEntry {
             cost_usd: cost,
             latency_ms: fb.latency_ms.or(dec.latency_ms),
             reward,
-            residual: reward - dec.prior_reward,
+            residual,
             received_ms: now_ms,
             replay: dec.replay.clone(),
             cascade: dec.cascade.clone(),
         }
+    }
+}
+
+/// What the bandit learns from a reward: `reward - prior_reward`, bounded. Its score part
+/// lies in [-1, 1]; its cost part, `lambda * (expected - realised cost)`, stays within four
+/// times `1 + |prior_reward|` (a bound on `lambda * expected cost`) while the realised cost
+/// is within five times the expected. A reward far outside that (a cost override or a
+/// per-request lambda off by orders of magnitude) is clipped there, so that one feedback
+/// cannot swamp a model's statistics.
+pub fn residual(reward: f64, prior_reward: f64) -> f64 {
+    let bound = 5.0 + 4.0 * prior_reward.abs();
+    let r = reward - prior_reward;
+    if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(-bound, bound)
     }
 }
 
@@ -325,5 +348,37 @@ mod tests {
         assert!((e.reward - 0.8).abs() < 1e-12);
         assert!((e.residual - 0.3).abs() < 1e-12);
         assert_eq!(e.latency_ms, Some(10.0));
+    }
+
+    /// Regression: one feedback with `cost_usd: 1e300` (or a decision made at a lambda of
+    /// 1e300) gave a reward of -1e302, which the bandit learnt: the model's predicted
+    /// score went to -5e300 and stayed there.
+    #[test]
+    fn an_absurd_cost_moves_the_bandit_by_a_bounded_amount() {
+        let dec = |lambda: f64| DecisionRecord {
+            id: "d".into(),
+            model: "m".into(),
+            x: vec![1.0],
+            prior_reward: 0.5,
+            lambda: Some(lambda),
+            cost_usd: 0.001,
+            latency_ms: None,
+            created_ms: 0,
+            cascade: None,
+            replay: None,
+        };
+        let huge_cost = req(r#"{"decision_id":"d","score":1,"cost_usd":1e300}"#).unwrap();
+        let e = FeedbackEntry::new(&huge_cost, &dec(100.0), 0.0, 5);
+        assert_eq!(e.residual, -(5.0 + 4.0 * 0.5));
+        assert!(e.reward < -1e301, "the reward is recorded as computed");
+        // Overflow (a huge lambda times a huge cost): finite, at the bound.
+        let e = FeedbackEntry::new(&huge_cost, &dec(1e300), 0.0, 5);
+        assert_eq!(e.residual, -7.0);
+        assert!(e.reward.is_finite() && (e.reward - (0.5 - 7.0)).abs() < 1e-12);
+        // An honest feedback is untouched: 1 - 100 * 0.001 - 0.5.
+        let honest = req(r#"{"decision_id":"d","score":1}"#).unwrap();
+        let e = FeedbackEntry::new(&honest, &dec(100.0), 0.0, 5);
+        assert!((e.residual - 0.4).abs() < 1e-12, "{}", e.residual);
+        assert_eq!(residual(f64::NAN, 0.5), 0.0);
     }
 }
