@@ -183,6 +183,62 @@ fn regression_equal_prices_report_quality_only() {
     assert!(!table.contains("cost_ratio"), "{table}");
 }
 
+/// Regression: a model with outcomes in test only was fitted a price of 0, so routers sent
+/// every cost-bound request to it and its real test scores inflated AIQ (on a 12-model
+/// routerbench slice, 0.838 -> 0.896), without a word. It is now left out, with a warning,
+/// by every lab command (`train` too).
+#[test]
+fn regression_a_model_without_train_outcomes_is_left_out_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("unseen.jsonl");
+    write_data(
+        &data,
+        &["big", "small", "new"],
+        200,
+        &json!({}),
+        |i, topic, m| {
+            let test = i % 5 == 4;
+            match m {
+                0 => Some((if i % 3 == 0 { 0.0 } else { 1.0 }, 0.01)),
+                1 => Some((if topic == 0 { 1.0 } else { 0.0 }, 0.001)),
+                // Perfect and nearly free, but only where nothing can be learnt about it.
+                _ => test.then_some((1.0, 0.000_01)),
+            }
+        },
+    );
+    let (r, _, stderr) = eval_json(&data, &["--routers", "knn"]);
+    let names: Vec<&str> = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big", "small"], "{}", r["models"]);
+    assert!(stderr.contains("no outcome in the train split"), "{stderr}");
+    assert!(stderr.contains("`new`"), "{stderr}");
+    let warned = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("`new`"));
+    assert!(warned, "{}", r["warnings"]);
+    // The routers' best quality is what the two real models allow, not the unseen one's 1.0.
+    assert!(f(&router(&r, "knn")["max_quality"]) < 1.0);
+
+    let rw = dir.path().join("r.rw");
+    let (out, err) = ok_out(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--router",
+        "knn",
+        "--out",
+        rw.to_str().unwrap(),
+    ]);
+    assert!(err.contains("`new`"), "{err}");
+    assert!(format!("{out}{err}").contains("2 models"), "{out}{err}");
+}
+
 /// A pool of one model was reported as "every model has the same price": true, but the
 /// reader needs to hear that there is nothing to route between.
 #[test]

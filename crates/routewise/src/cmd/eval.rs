@@ -136,12 +136,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let kinds = parse_routers(&args.routers)?;
     let ds = load_dataset(&args.data, args.limit)?;
-    {
-        let mut err = std::io::stderr().lock();
-        for w in &ds.warnings {
-            writeln!(err, "warning: {w}")?;
-        }
-    }
     if args.online {
         return online(&args, &kinds, &ds);
     }

@@ -79,7 +79,10 @@ impl routewise_eval::Progress for Bars {
     }
 }
 
-/// Loads the dataset, applying `--limit` per split.
+/// Loads the dataset, applying `--limit` per split, and prints its warnings on stderr
+/// (they also stay in `ds.warnings`, which `eval` reports in its JSON). A model with no
+/// outcome in the train split is left out, with a warning: nothing can be learnt about it
+/// (a router would predict it a score and a cost of 0, and send cost-bound traffic to it).
 pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset> {
     let pb = progress(None, "loading data");
     let mut ds = Dataset::load(path)?;
@@ -87,7 +90,50 @@ pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset
         ds.truncate_per_split(n);
     }
     pb.finish_and_clear();
+    if let Some(w) = drop_models_without_train_outcomes(&mut ds) {
+        ds.warnings.push(w);
+    }
+    let mut err = std::io::stderr().lock();
+    for w in &ds.warnings {
+        writeln!(err, "warning: {w}")?;
+    }
     Ok(ds)
+}
+
+/// Leaves out the models no train prompt has an outcome for (when there is a train
+/// split), and says which.
+fn drop_models_without_train_outcomes(ds: &mut Dataset) -> Option<String> {
+    let mut seen = vec![false; ds.models.len()];
+    let mut any_train = false;
+    for r in ds.train() {
+        any_train = true;
+        for (s, o) in seen.iter_mut().zip(&r.outcomes) {
+            *s |= o.is_some();
+        }
+    }
+    if !any_train || seen.iter().all(|s| *s) {
+        return None;
+    }
+    let left: Vec<String> = ds
+        .models
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| !**s)
+        .map(|(m, _)| format!("`{m}`"))
+        .collect();
+    ds.keep_models(&seen);
+    Some(format!(
+        "{} {} no outcome in the train split, so nothing can be learnt about {}; left out: \
+         {}",
+        left.len(),
+        if left.len() == 1 {
+            "model has"
+        } else {
+            "models have"
+        },
+        if left.len() == 1 { "it" } else { "them" },
+        left.join(", ")
+    ))
 }
 
 /// The dataset for a lab that replays whole policies (`eval --affinity`, `--pacing`,
