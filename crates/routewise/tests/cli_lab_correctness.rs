@@ -335,6 +335,54 @@ fn regression_cli_papercuts() {
     );
 }
 
+/// Regression: `route --lambda NaN` answered (with `"lambda": null`), `--lambda=-1e5`
+/// rewarded cost and picked the dearest model, and `eval --lambda NaN` dropped its
+/// `at_lambda` figures without a word. Policy numbers are checked where they are parsed.
+#[test]
+fn regression_policy_numbers_must_be_finite_and_non_negative() {
+    let cases: [&[&str]; 6] = [
+        &["route", "--model", "x.rw", "--lambda", "NaN", "hi"],
+        &["route", "--model", "x.rw", "--lambda=-100000", "hi"],
+        &["route", "--model", "x.rw", "--budget", "inf", "hi"],
+        &["eval", "--data", "x.jsonl", "--lambda", "NaN"],
+        &["replay", "--validate", "--data", "x.jsonl", "--lambda=-1"],
+        &[
+            "calibrate",
+            "--cascade",
+            "--alpha",
+            "0.05",
+            "--data",
+            "x.jsonl",
+            "--lambda",
+            "nan",
+        ],
+    ];
+    for args in cases {
+        let out = common::routewise(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("must be a finite number >= 0"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = common::routewise(&[
+        "route",
+        "--model",
+        "x.rw",
+        "--threshold",
+        "1.5",
+        "--strong",
+        "a",
+        "--weak",
+        "b",
+        "hi",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("must be in [0, 1]"), "{err}");
+}
+
 /// Unknown top-level keys are ignored with one warning per file (stderr and JSON).
 #[test]
 fn unknown_top_level_keys_warn_once() {

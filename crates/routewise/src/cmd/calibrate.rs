@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, default_value_t = routewise_eval::calibrate::DEFAULT_SPLITS)]
     pub splits: usize,
     /// Cascade: the escalation policy's lambda (0: quality first).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     pub lambda: f64,
     /// Cascade: the router feeding the acceptor and the escalation.
     #[arg(long, default_value = "knn")]

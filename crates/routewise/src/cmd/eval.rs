@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Also report each router's realised (quality, cost) at this lambda.
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative)]
     pub lambda: Option<f64>,
     /// Seed of the randomised routers and baselines.
     #[arg(long, default_value_t = 0)]

@@ -100,6 +100,25 @@ pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset
     Ok(ds)
 }
 
+/// `value_parser` of a policy number (lambda, a budget): finite and >= 0. A negative
+/// lambda would reward cost, and NaN compares false with everything.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a finite number >= 0, got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `value_parser` of a probability or share: in [0, 1].
+pub fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("must be in [0, 1], got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Leaves out the models no train prompt has an outcome for (when there is a train
 /// split), and says which.
 fn drop_models_without_train_outcomes(ds: &mut Dataset) -> Option<String> {

@@ -58,7 +58,7 @@ pub struct Args {
     pub sizes: Vec<usize>,
     /// The reward's cost weight (`score - lambda * cost_usd`). `--validate`: also the
     /// logger's policy (default 0); `--log`: default the policy's own lambda.
-    #[arg(long)]
+    #[arg(long, value_parser = super::non_negative)]
     pub lambda: Option<f64>,
     /// The logging router.
     #[arg(long, default_value = "knn")]

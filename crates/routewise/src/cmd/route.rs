@@ -21,13 +21,13 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// CARROT trade-off: maximise score - lambda * cost_usd.
-    #[arg(long, conflicts_with_all = ["budget", "threshold"])]
+    #[arg(long, conflicts_with_all = ["budget", "threshold"], value_parser = super::non_negative)]
     pub lambda: Option<f64>,
     /// Per-request budget in USD: best predicted score among models that fit.
-    #[arg(long, conflicts_with = "threshold")]
+    #[arg(long, conflicts_with = "threshold", value_parser = super::non_negative)]
     pub budget: Option<f64>,
     /// RouteLLM threshold on the strong model's predicted win (needs --strong, --weak).
-    #[arg(long, requires_all = ["strong", "weak"])]
+    #[arg(long, requires_all = ["strong", "weak"], value_parser = super::unit_interval)]
     pub threshold: Option<f64>,
     /// Strong model name for --threshold.
     #[arg(long)]
