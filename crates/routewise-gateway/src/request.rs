@@ -3,7 +3,7 @@
 //!
 //! Checked: `model` (string), `messages` (non-empty array of objects with a string `role`
 //! and a `content` that is a string, an array of parts, or null), `stream` (bool),
-//! `max_tokens` / `max_completion_tokens` (positive integers) and the routewise
+//! `max_tokens` / `max_completion_tokens` (positive integers), `n` (1 to [`MAX_N`]) and the routewise
 //! preference (`{"routewise": {"lambda": x}}` or `{"routewise": {"budget_usd": x}}`, or
 //! the `x-routewise-lambda` / `x-routewise-budget-usd` headers), parsed by
 //! `routewise_router::Policy` like the config's, and the cascade switch
@@ -38,6 +38,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+
+/// The most completions (`n`) one request may ask for (OpenAI's own limit).
+pub const MAX_N: u64 = 128;
 
 /// Header giving a per-request lambda.
 pub const LAMBDA_HEADER: &str = "x-routewise-lambda";
@@ -271,6 +274,18 @@ pub fn parse(
                     ))
                 }
             },
+        }
+    }
+    // `n` completions: an integer in [1, MAX_N], as OpenAI takes (budgets reserve for each).
+    match rest.get("n") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            if !v.as_u64().is_some_and(|n| (1..=MAX_N).contains(&n)) {
+                return Err(ApiError::bad_request(
+                    format!("`n` must be an integer from 1 to {MAX_N}"),
+                    Some("n"),
+                ));
+            }
         }
     }
     let stripped = rest.contains_key("routewise");
@@ -922,6 +937,30 @@ mod tests {
         assert_eq!(param(e), "messages[0].content[0].text");
     }
 
+    /// Regression: `n` of -1, 0, "5" or 1.5 was forwarded as given, and 1,000,000 was
+    /// refused as a spent budget; it is now a 400 naming `n` unless an integer 1..=128.
+    #[test]
+    fn regression_n_must_be_a_small_positive_integer() {
+        let m = json!([{"role": "user", "content": "hi"}]);
+        for n in [
+            json!(-1),
+            json!(0),
+            json!("5"),
+            json!(1.5),
+            json!(1_000_000),
+            json!(129),
+        ] {
+            let e = p(json!({"model": "a", "messages": m, "n": n})).unwrap_err();
+            assert_eq!(param(e), "n", "{n}");
+        }
+        for n in [json!(1), json!(128), Value::Null] {
+            assert!(
+                p(json!({"model": "a", "messages": m, "n": n})).is_ok(),
+                "{n}"
+            );
+        }
+    }
+
     #[test]
     fn regression_max_tokens_zero_is_refused() {
         // Found by fuzzing: 0 passed through, and the Anthropic provider sent max_tokens 0.
@@ -1034,7 +1073,10 @@ mod tests {
             pretty in proptest::bool::ANY,
         ) {
             let mut obj: Map<String, Value> = extra.into_iter().collect();
-            obj.remove("routewise");
+            // Keys routewise checks (their random values may be invalid).
+            for key in ["routewise", "n", "stream"] {
+                obj.remove(key);
+            }
             obj.insert("model".into(), Value::from("auto"));
             obj.insert("messages".into(), json!([{"role": "user", "content": "q"}]));
             let text = if pretty {
