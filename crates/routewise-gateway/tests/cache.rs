@@ -48,6 +48,35 @@ async fn exact_hits_skip_the_upstream_and_ignore_whitespace() {
     );
 }
 
+/// Regression: the key left out the request's `routewise` choices, so an answer routed
+/// under one lambda or cascade setting was served to a request asking for another (and a
+/// request whose cascade override the cascade stage would refuse got a 200 hit).
+#[tokio::test]
+async fn regression_the_requests_policy_choices_are_part_of_the_key() {
+    let (mock, gw) = setup("cache: {exact: true, semantic: {threshold: 0.9}}").await;
+    let plain = common::chat_body("Name three prime numbers.");
+    assert_eq!(ask(&gw, &plain).await.0, "miss");
+    assert_eq!(ask(&gw, &plain).await.0, "hit-exact");
+    let mut cheap = plain.clone();
+    cheap["routewise"] = json!({"lambda": 50});
+    assert_eq!(ask(&gw, &cheap).await.0, "miss");
+    assert_eq!(ask(&gw, &cheap).await.0, "hit-exact");
+    let mut no_cascade = plain.clone();
+    no_cascade["routewise"] = json!({"cascade": false});
+    assert_eq!(ask(&gw, &no_cascade).await.0, "miss");
+    // The latency objective too (a header).
+    let r = common::client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-routewise-slo-ms", "5000")
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(common::header(r.headers(), "x-routewise-cache"), "miss");
+    assert_eq!(mock.total_hits(), 4);
+}
+
 #[tokio::test]
 async fn semantic_hits_are_vetoed_by_changed_numbers_and_negations() {
     let (mock, gw) = setup("cache: {semantic: {threshold: 0.9}}").await;

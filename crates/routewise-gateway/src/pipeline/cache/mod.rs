@@ -3,7 +3,8 @@
 //!
 //! After the rules and the PII guard ([`super::rules`]), a request is keyed
 //! ([`routewise_signals::cache::RequestKeys`]): the scope (the `scope_header`'s value when
-//! configured, the requested model, the routes that matched), every parameter but
+//! configured, the requested model, the routes that matched, the request's own policy
+//! choices: `routewise` lambda or budget, cascade, latency and energy weights, SLO), every parameter but
 //! `stream`, `stream_options` and `user`, the earlier messages, and the last user message
 //! (whitespace-normalised). The exact key looks it up first; with `semantic`, the last user
 //! message's static embedding then finds the closest guarded entry of the same context at
@@ -42,7 +43,7 @@ use serde_json::Value;
 use crate::config::{CacheBackend, CacheConfig};
 use crate::models::ModelId;
 use crate::pipeline::rules::SignalTrace;
-use crate::request::ChatRequest;
+use crate::request::{CascadeChoice, ChatRequest};
 use crate::state::{AppState, Gateway};
 use crate::upstream::Answer;
 
@@ -213,11 +214,27 @@ pub fn probe(
         })
         .map(|(k, v)| (k.as_str(), v))
         .collect();
-    let scope = format!(
+    let mut scope = format!(
         "{tenant}\u{1f}{}\u{1f}{route}\u{1f}{}",
         req.model,
         last.unwrap_or(usize::MAX)
     );
+    // The request's own policy choices pick the model that answers (and the checks its
+    // answer passed): under another lambda, budget, cascade or latency objective the same
+    // messages are another question to the cache.
+    if req.preference.is_some()
+        || req.cascade != CascadeChoice::Config
+        || req.mu.is_some()
+        || req.nu.is_some()
+        || req.slo_ms.is_some()
+    {
+        use std::fmt::Write as _;
+        let _ = write!(
+            scope,
+            "\u{1f}{:?}|{:?}|{:?}|{:?}|{:?}",
+            req.preference, req.cascade, req.mu, req.nu, req.slo_ms
+        );
+    }
     let keys = RequestKeys::new(
         &scope,
         &serde_json::to_string(&params).unwrap_or_default(),
