@@ -63,10 +63,62 @@ const NEGATIONS: &[&str] = &[
     "least",
 ];
 
+/// Numbers spelled as words, with the spelling in digits they are compared as ("two" and
+/// "2" are one number; "two" and "three" are not): cardinals, their scales, and ordinals.
+const NUMBER_WORDS: &[(&str, &str)] = &[
+    ("zero", "0"),
+    ("one", "1"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("thirteen", "13"),
+    ("fourteen", "14"),
+    ("fifteen", "15"),
+    ("sixteen", "16"),
+    ("seventeen", "17"),
+    ("eighteen", "18"),
+    ("nineteen", "19"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("sixty", "60"),
+    ("seventy", "70"),
+    ("eighty", "80"),
+    ("ninety", "90"),
+    ("hundred", "100"),
+    ("thousand", "1000"),
+    ("million", "1000000"),
+    ("billion", "1000000000"),
+    ("trillion", "1000000000000"),
+    ("dozen", "12"),
+    ("half", "1/2"),
+    ("quarter", "1/4"),
+    ("first", "1st"),
+    ("second", "2nd"),
+    ("third", "3rd"),
+    ("fourth", "4th"),
+    ("fifth", "5th"),
+    ("sixth", "6th"),
+    ("seventh", "7th"),
+    ("eighth", "8th"),
+    ("ninth", "9th"),
+    ("tenth", "10th"),
+];
+
 /// What a semantic hit must agree on exactly.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Guard {
-    /// Numbers in the message, normalised (`1,000` = `1000`), sorted.
+    /// Numbers in the message, normalised (`1,000` = `1000`; number words in digits,
+    /// [`NUMBER_WORDS`]), sorted.
     numbers: Vec<String>,
     /// Negation words, sorted.
     negations: Vec<String>,
@@ -123,7 +175,9 @@ impl Guard {
                     g.numbers.push(n);
                 } else {
                     let lower = word.to_lowercase();
-                    if NEGATIONS.contains(&lower.as_str()) || lower.ends_with("n't") {
+                    if let Some((_, n)) = NUMBER_WORDS.iter().find(|(w, _)| *w == lower) {
+                        g.numbers.push((*n).to_string());
+                    } else if NEGATIONS.contains(&lower.as_str()) || lower.ends_with("n't") {
                         g.negations.push(lower);
                     } else if (word.len() == 1 && word.chars().all(|c| c.is_ascii_uppercase()))
                         || ((names_open_sentences || !sentence_start)
@@ -720,6 +774,24 @@ mod tests {
         };
         assert!(q("the  mitochondrion").agrees(&q("the mitochondrion")));
         assert!(!q("the mitochondrion").agrees(&q("the ribosome")));
+    }
+
+    /// Regression: the guards read digits only, so "What is two plus three?" was served
+    /// the cached answer to "What is two plus two?" (and five pills for one, the second
+    /// option for the first).
+    #[test]
+    fn spelled_out_numbers_are_numbers() {
+        let agree = |a: &str, b: &str| Guard::of(a).agrees(&Guard::of(b));
+        assert!(!agree("What is two plus two?", "What is two plus three?"));
+        assert!(!agree("Can I take one pill?", "Can I take five pills?"));
+        assert!(!agree(
+            "Is a hundred dollars enough?",
+            "Is twenty dollars enough?"
+        ));
+        assert!(!agree("Pick the first option", "Pick the second option"));
+        // The same number in digits or in words is one number.
+        assert!(agree("What is two plus 2?", "what is 2 plus two"));
+        assert!(agree("Name the third planet", "name the 3rd planet"));
     }
 
     proptest::proptest! {
