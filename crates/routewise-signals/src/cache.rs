@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 pub const TABLES: usize = 12;
 /// Signature bits per table.
 pub const BITS: usize = 8;
-/// Most candidates a semantic lookup compares (the most recent of each bucket first):
+/// Most entries a lookup reads from each bucket (newest first), and most candidates it
+/// compares (those in the most of the query's buckets first, [`ranked_candidates`]):
 /// templated traffic puts thousands of near-duplicates in the same buckets, and a lookup
 /// stays bounded whatever the cache holds.
 pub const MAX_CANDIDATES: usize = 128;
@@ -357,25 +358,63 @@ impl Lsh {
     }
 }
 
-/// Candidates from the buckets of a lookup (each newest first), round-robin across the
-/// buckets, without repeats, at most [`MAX_CANDIDATES`]: the cap takes the most recent
-/// entries of every table.
-pub fn round_robin<T: Copy + PartialEq>(buckets: &[&[T]]) -> Vec<T> {
-    let longest = buckets.iter().map(|b| b.len()).max().unwrap_or(0);
-    let mut out: Vec<T> = Vec::with_capacity(MAX_CANDIDATES);
-    'outer: for k in 0..longest {
+/// Candidates from the buckets of a lookup (one per LSH table, each newest first and
+/// read to at most [`MAX_CANDIDATES`] entries): the entries found in the most of the
+/// query's buckets first, ties to the most recent (round-robin order across the buckets),
+/// at most [`MAX_CANDIDATES`]. A near neighbour collides with the query in several of the
+/// [`TABLES`] tables, an unrelated entry in one at most, so where a context holds thousands
+/// of entries (every request under one system prompt) the cap keeps the likely matches
+/// rather than the newest. Sorts the ids (the Redis backend's; the in-memory index counts
+/// its slots in place, with the same result).
+pub fn ranked_candidates<T: Copy + Ord>(buckets: &[&[T]]) -> Vec<T> {
+    // (id, round-robin position) of every bucket entry, newest first across the buckets.
+    let mut seen: Vec<(T, u32)> = Vec::with_capacity(buckets.iter().map(|b| b.len()).sum());
+    round_robin(buckets, false, |x| seen.push((x, seen.len() as u32)));
+    seen.sort_unstable();
+    // Per id: how many buckets hold it, and its first (most recent) position.
+    let mut ranked: Vec<(u32, u32, T)> = Vec::with_capacity(seen.len());
+    for (x, pos) in seen {
+        match ranked.last_mut() {
+            Some(last) if last.2 == x => last.0 += 1,
+            _ => ranked.push((1, pos, x)),
+        }
+    }
+    top_candidates(ranked)
+}
+
+/// Visits the entries of `buckets` (each newest first, or newest last when `newest_last`;
+/// at most [`MAX_CANDIDATES`] read from each), round-robin: every bucket's newest, then
+/// every bucket's second, ...
+fn round_robin<T: Copy>(buckets: &[&[T]], newest_last: bool, mut visit: impl FnMut(T)) {
+    let longest = buckets
+        .iter()
+        .map(|b| b.len())
+        .max()
+        .unwrap_or(0)
+        .min(MAX_CANDIDATES);
+    for k in 0..longest {
         for b in buckets {
-            if let Some(&x) = b.get(k) {
-                if out.len() >= MAX_CANDIDATES {
-                    break 'outer;
-                }
-                if !out.contains(&x) {
-                    out.push(x);
-                }
+            let i = if newest_last {
+                b.len().checked_sub(k + 1)
+            } else {
+                Some(k)
+            };
+            if let Some(&x) = i.and_then(|i| b.get(i)) {
+                visit(x);
             }
         }
     }
-    out
+}
+
+/// The [`MAX_CANDIDATES`] best of `(buckets holding it, first position, id)`: most
+/// buckets first, then the most recent. In no particular order: the lookup judges them
+/// all and keeps the closest.
+fn top_candidates<T>(mut ranked: Vec<(u32, u32, T)>) -> Vec<T> {
+    if ranked.len() > MAX_CANDIDATES {
+        ranked.select_nth_unstable_by(MAX_CANDIDATES - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.truncate(MAX_CANDIDATES);
+    }
+    ranked.into_iter().map(|(_, _, x)| x).collect()
 }
 
 /// Whether a candidate (its embedding and guards) answers a semantic lookup, and with what
@@ -399,6 +438,8 @@ pub struct CacheIndex<V> {
     free: Vec<u32>,
     exact: HashMap<u128, u32>,
     tables: Vec<HashMap<(u64, u8), Vec<u32>>>,
+    /// Per slot, how many of a lookup's buckets hold it (all 0 between lookups).
+    hits: Vec<u8>,
     /// Most recently used first.
     head: u32,
     tail: u32,
@@ -425,6 +466,7 @@ impl<V: Clone> CacheIndex<V> {
             free: Vec::new(),
             exact: HashMap::new(),
             tables: (0..TABLES).map(|_| HashMap::new()).collect(),
+            hits: Vec::new(),
             head: NIL,
             tail: NIL,
             len: 0,
@@ -464,15 +506,7 @@ impl<V: Clone> CacheIndex<V> {
         let sigs = self.lsh.signatures(s.embedding);
         let mut best: Option<(u32, f32)> = None;
         let mut expired = Vec::new();
-        // Buckets are kept oldest first: reversed, newest first.
-        let buckets: Vec<Vec<u32>> = sigs
-            .iter()
-            .enumerate()
-            .filter_map(|(t, sig)| self.tables[t].get(&(keys.context, *sig)))
-            .map(|b| b.iter().rev().take(MAX_CANDIDATES).copied().collect())
-            .collect();
-        let views: Vec<&[u32]> = buckets.iter().map(Vec::as_slice).collect();
-        for slot in round_robin(&views) {
+        for slot in self.ranked_slots(keys.context, &sigs) {
             let Some(e) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
                 continue;
             };
@@ -492,6 +526,40 @@ impl<V: Clone> CacheIndex<V> {
         let (slot, sim) = best?;
         self.touch(slot);
         self.value(slot).map(|v| (HitKind::Semantic(sim), v))
+    }
+
+    /// [`ranked_candidates`] of the query's buckets, counted in place (`hits`) rather
+    /// than sorted: a lookup of templated traffic reads `TABLES x MAX_CANDIDATES` ids.
+    fn ranked_slots(&mut self, context: u64, sigs: &[u8; TABLES]) -> Vec<u32> {
+        // Buckets are kept oldest first.
+        let views: Vec<&[u32]> = sigs
+            .iter()
+            .enumerate()
+            .filter_map(|(t, sig)| self.tables[t].get(&(context, *sig)))
+            .map(Vec::as_slice)
+            .collect();
+        if self.hits.len() < self.slots.len() {
+            self.hits.resize(self.slots.len(), 0);
+        }
+        let hits = &mut self.hits;
+        let mut order: Vec<u32> = Vec::new();
+        round_robin(&views, true, |slot| {
+            if let Some(h) = hits.get_mut(slot as usize) {
+                if *h == 0 {
+                    order.push(slot);
+                }
+                *h = h.saturating_add(1);
+            }
+        });
+        let ranked = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &slot)| {
+                let h = hits.get_mut(slot as usize).map_or(0, std::mem::take);
+                (u32::from(h), pos as u32, slot)
+            })
+            .collect();
+        top_candidates(ranked)
     }
 
     /// Stores `value` for a request (replacing an entry with the same exact key); evicts
@@ -774,6 +842,92 @@ mod tests {
         };
         assert!(q("the  mitochondrion").agrees(&q("the mitochondrion")));
         assert!(!q("the mitochondrion").agrees(&q("the ribosome")));
+    }
+
+    /// An id in several buckets outranks newer ids in one; ties go to the newest; at most
+    /// the cap.
+    #[test]
+    fn candidates_in_more_buckets_come_first() {
+        // 12 buckets of 20 newer ids each (newest first), and id 0 the oldest of three.
+        let mut buckets: Vec<Vec<u32>> = (0..12u32)
+            .map(|t| (0..20).map(|k| 1000 + t * 100 + k).collect())
+            .collect();
+        for b in buckets.iter_mut().take(3) {
+            b.push(0);
+        }
+        let views: Vec<&[u32]> = buckets.iter().map(Vec::as_slice).collect();
+        let c = ranked_candidates(&views);
+        assert_eq!(c.len(), MAX_CANDIDATES);
+        assert!(c.contains(&0), "240 newer single-bucket ids crowded it out");
+        // The rest are the newest: the first 10 of every bucket (ranks 0-9) and 8 of
+        // rank 10, in round-robin order.
+        assert!(c.contains(&1000) && c.contains(&1109) && !c.contains(&1019));
+        // Under the cap, every id comes back once.
+        let few: Vec<&[u32]> = vec![&[3, 2, 1], &[2, 9]];
+        let mut c = ranked_candidates(&few);
+        c.sort_unstable();
+        assert_eq!(c, [1, 2, 3, 9]);
+    }
+
+    /// Regression: a lookup compared the 128 newest entries of the query's buckets, so in
+    /// a context holding thousands of entries (every request under one system prompt) an
+    /// older near duplicate was never compared: on the cache-quality bench (5,000 entries in
+    /// one context) a third of the paraphrase hits were lost. Here 20,000 newer entries put
+    /// 34 to 185 in each of the query's buckets (the newest-first cap missed it). The entries found in the most
+    /// of the query's buckets are compared first.
+    #[test]
+    fn an_old_near_duplicate_is_found_among_thousands_of_newer_entries() {
+        let dim = 16;
+        let mut state = 7u64;
+        let mut unit = || {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    state = routewise_router::baselines::splitmix64(state);
+                    (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+                })
+                .collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let mut c: CacheIndex<u32> = CacheIndex::new(settings(30_000), dim, 3);
+        let g = Guard::default();
+        let twin = unit();
+        let twin_keys = RequestKeys::new("m", "{}", &[], "the first question");
+        c.insert(
+            twin_keys,
+            Some(&Semantic {
+                embedding: &twin,
+                guard: &g,
+            }),
+            1,
+            0,
+        );
+        for i in 0..20_000u32 {
+            let e = unit();
+            let k = RequestKeys::new("m", "{}", &[], &format!("question {i}"));
+            c.insert(
+                k,
+                Some(&Semantic {
+                    embedding: &e,
+                    guard: &g,
+                }),
+                i + 2,
+                0,
+            );
+        }
+        let query = RequestKeys::new("m", "{}", &[], "the first question, reworded");
+        let got = c.get(
+            query,
+            Some(&Semantic {
+                embedding: &twin,
+                guard: &g,
+            }),
+            1,
+        );
+        assert!(
+            matches!(got, Some((HitKind::Semantic(s), 1)) if s > 0.999),
+            "{got:?}"
+        );
     }
 
     /// Regression: the guards read digits only, so "What is two plus three?" was served

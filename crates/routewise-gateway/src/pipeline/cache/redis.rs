@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::redis_link::RedisLink;
 pub use crate::redis_link::{LinkError as RedisCacheError, OP_TIMEOUT};
 use routewise_signals::cache::{
-    judge, round_robin, CacheSettings, Guard, HitKind, Lsh, RequestKeys, Semantic, TABLES,
+    judge, ranked_candidates, CacheSettings, Guard, HitKind, Lsh, RequestKeys, Semantic, TABLES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +127,7 @@ impl RedisCache {
         let buckets: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
         let refs: Vec<Vec<&String>> = buckets.iter().map(|b| b.iter().collect()).collect();
         let views: Vec<&[&String]> = refs.iter().map(Vec::as_slice).collect();
-        let ids = round_robin(&views);
+        let ids = ranked_candidates(&views);
         if ids.is_empty() {
             return Ok(None);
         }
