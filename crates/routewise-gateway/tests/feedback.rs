@@ -137,6 +137,38 @@ async fn feedback_is_acknowledged_once_and_errors_are_typed() {
     );
 }
 
+/// Regression: feedback on a decision answered from the cache (whose response carries a
+/// decision id like any other) was refused as "never issued", which it was not; the 404
+/// now says that such decisions take no feedback.
+#[tokio::test]
+async fn feedback_on_a_cache_hit_says_why_it_is_refused() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}cache: {{exact: true}}\n",
+        bandit_yaml(&mock.base_url(), &local_state(dir.path()))
+    );
+    let gw = start_online(&yaml).await;
+    route_one(&gw, "name three prime numbers").await;
+    let (status, h, v) = post(
+        &gw.url("/v1/chat/completions"),
+        &chat_body("name three prime numbers"),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(h["x-routewise-cache"], "hit-exact");
+    let id = h["x-routewise-decision-id"].to_str().unwrap();
+    let (status, _, v) = post(
+        &gw.url("/v1/feedback"),
+        &json!({"decision_id": id, "score": 1.0}),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    assert_openai_error(&v, "unknown_decision");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a cache hit"), "{message}");
+}
+
 #[tokio::test]
 async fn bad_feedback_moves_traffic_away_from_the_model() {
     let mock = MockUpstream::start().await.unwrap();

@@ -242,7 +242,10 @@ pub enum FeedbackError {
     BadRequest(String),
     #[error("score must be in [0, 1], got {0}")]
     ScoreOutOfRange(f64),
-    #[error("unknown decision id `{0}` (never issued, or expired and purged)")]
+    #[error(
+        "unknown decision id `{0}`: never issued, expired and purged, or a decision no model \
+         answered (a cache hit, a blocked request), which takes no feedback"
+    )]
     UnknownDecision(String),
     #[error("decision `{0}` is older than the feedback window")]
     Expired(String),
