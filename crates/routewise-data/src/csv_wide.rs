@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use crate::jsonl::{check_outcome, dataset_name, fill_missing_output};
+use crate::jsonl::{check_outcome, dataset_name, fill_missing_output, unknown_output_warning};
 use crate::split::{hash_split, DEFAULT_SPLIT_SEED};
 use crate::{estimate_tokens, Answer, DataError, Dataset, Outcome, Record, Split};
 
@@ -116,6 +116,7 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
     }
 
     let mut records = Vec::new();
+    let (mut total_outcomes, mut unknown_output) = (0usize, 0usize);
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut row = csv::StringRecord::new();
     loop {
@@ -205,7 +206,8 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
                 format!("a prompt needs at least 2 models, found {present}"),
             ));
         }
-        fill_missing_output(&mut outcomes, &missing_out, |o| o.as_mut());
+        total_outcomes += outcomes.iter().flatten().count();
+        unknown_output += fill_missing_output(&mut outcomes, &missing_out, |o| o.as_mut());
         records.push(Record {
             id,
             task: task_col.map(cell).unwrap_or("").to_string(),
@@ -225,7 +227,9 @@ pub fn parse(reader: impl Read, path: &Path) -> Result<Dataset, DataError> {
         models: models.into_iter().map(|m| m.name).collect(),
         records,
         answers: Vec::new(),
-        warnings: Vec::new(),
+        warnings: unknown_output_warning(path, unknown_output, total_outcomes)
+            .into_iter()
+            .collect(),
     })
 }
 

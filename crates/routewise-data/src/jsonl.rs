@@ -96,6 +96,7 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
     let mut models: Vec<String> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut rows: Vec<(Record, Vec<(usize, Outcome)>)> = Vec::new();
+    let (mut total_outcomes, mut unknown_output) = (0usize, 0usize);
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let mut answers = Interner::default();
     // Unknown top-level key -> the line it first appeared on.
@@ -185,7 +186,8 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
                 },
             ));
         }
-        fill_missing_output(&mut outs, &missing_out, |(_, o)| Some(o));
+        total_outcomes += outs.len();
+        unknown_output += fill_missing_output(&mut outs, &missing_out, |(_, o)| Some(o));
         let split = raw
             .split
             .unwrap_or_else(|| hash_split(&raw.id, DEFAULT_SPLIT_SEED));
@@ -229,6 +231,7 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
             keys.join(", ")
         ));
     }
+    warnings.extend(unknown_output_warning(path, unknown_output, total_outcomes));
     Ok(Dataset {
         name: dataset_name(path),
         models,
@@ -307,14 +310,15 @@ pub(crate) fn dataset_name(path: &Path) -> String {
 }
 
 /// Sets the output tokens of the outcomes at `missing` (indices into `items`) to the median
-/// over the prompt's other outcomes (0 when there are none). Shared by both loaders.
+/// over the prompt's other outcomes (0 when there are none). Returns how many were left at
+/// 0 that way (the prompt had no outcome with a length). Shared by both loaders.
 pub(crate) fn fill_missing_output<T>(
     items: &mut [T],
     missing: &[usize],
     outcome: impl Fn(&mut T) -> Option<&mut Outcome>,
-) {
+) -> usize {
     if missing.is_empty() {
-        return;
+        return 0;
     }
     let mut known: Vec<u32> = items
         .iter_mut()
@@ -329,6 +333,23 @@ pub(crate) fn fill_missing_output<T>(
             o.output_tokens = median;
         }
     }
+    if known.is_empty() {
+        missing.len()
+    } else {
+        0
+    }
+}
+
+/// The warning for outcomes whose output length is unknown (see [`fill_missing_output`]).
+pub(crate) fn unknown_output_warning(path: &Path, unknown: usize, total: usize) -> Option<String> {
+    (unknown > 0).then(|| {
+        format!(
+            "{}: {unknown} of {total} outcomes have no `output_tokens`, and no other model's on \
+             their prompt to borrow: their output length counts as 0, which fitted prices, \
+             expected costs and `simulate`'s service times then rest on",
+            path.display()
+        )
+    })
 }
 
 fn json_field(e: &serde_json::Error) -> String {
@@ -389,7 +410,9 @@ mod tests {
         assert_eq!(matches(a, 1), Some(false), "unreadable counts as wrong");
         assert_eq!(matches(a, 2), None, "no answer field: cannot grade");
         assert_eq!(matches(b, 0), None, "no reference: cannot grade");
-        assert!(d.warnings.is_empty());
+        // (No outcome here has a length: the one warning says so.)
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("no `output_tokens`"));
         // A prompt records answers when any model's field is there, even `null` alone.
         assert!(a.has_answers() && b.has_answers());
         let c = parse_str(concat!(
@@ -427,6 +450,29 @@ mod tests {
         assert!(e.contains("`reference`: empty string"), "{e}");
     }
 
+    /// Regression: with no `output_tokens` anywhere, every output length was read as 0
+    /// without a word (`simulate` then served gpt-4 at 25 req/s instead of 5).
+    #[test]
+    fn output_lengths_no_model_records_are_named() {
+        // Borrowed from another model of the prompt: no warning.
+        let d = parse_str(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"output_tokens":8},"m2":{"score":0,"cost_usd":0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.records[0].outcomes[1].unwrap().output_tokens, 8);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // None on the second prompt: its two outcomes count as 0, and the warning says so.
+        let d = parse_str(concat!(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"output_tokens":8},"m2":{"score":0,"cost_usd":0}}}"#,
+            "\n",
+            r#"{"id":"b","prompt":"y","models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(d.records[1].outcomes[0].unwrap().output_tokens, 0);
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(d.warnings[0].contains("2 of 4 outcomes have no `output_tokens`"));
+    }
+
     #[test]
     fn unknown_top_level_keys_warn_once_per_file_but_unknown_outcome_keys_fail() {
         let d = parse_str(concat!(
@@ -436,7 +482,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(d.records.len(), 2);
-        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(d.warnings[1].contains("4 of 4 outcomes have no `output_tokens`"));
         let w = &d.warnings[0];
         assert!(w.contains("`meta` (first on line 2)"), "{w}");
         assert!(w.contains("`source` (first on line 1)"), "{w}");

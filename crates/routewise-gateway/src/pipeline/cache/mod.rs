@@ -60,8 +60,9 @@ pub mod redis;
 /// Where the entries live.
 #[derive(Debug)]
 enum Backend {
-    /// This instance's memory, behind one mutex.
-    Memory(Mutex<CacheIndex<Cached>>),
+    /// This instance's memory, behind one mutex (boxed: the index is larger than the
+    /// Redis variant's pointer).
+    Memory(Box<Mutex<CacheIndex<Cached>>>),
     /// Redis, shared by every instance.
     Redis(Box<redis::RedisCache>),
 }
@@ -93,9 +94,9 @@ impl ResponseCache {
         };
         let dim = embedder.as_ref().map_or(0, Embedder::dim);
         let backend = match &config.backend {
-            CacheBackend::Memory => {
-                Backend::Memory(Mutex::new(CacheIndex::new(settings, dim, LSH_SEED)))
-            }
+            CacheBackend::Memory => Backend::Memory(Box::new(Mutex::new(CacheIndex::new(
+                settings, dim, LSH_SEED,
+            )))),
             CacheBackend::Redis { url, prefix } => Backend::Redis(Box::new(
                 redis::RedisCache::new(url, prefix, settings, Lsh::new(dim, LSH_SEED))?,
             )),
