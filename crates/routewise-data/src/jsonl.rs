@@ -108,10 +108,16 @@ pub fn parse(reader: impl BufRead, path: &Path) -> Result<Dataset, DataError> {
             path: path.to_path_buf(),
             source,
         })?;
+        // A UTF-8 byte order mark (editors on Windows write one) opens the first line.
+        let line = if i == 0 {
+            line.strip_prefix('\u{feff}').unwrap_or(&line)
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let mut de = serde_json::Deserializer::from_str(&line);
+        let mut de = serde_json::Deserializer::from_str(line);
         let raw: RawRecord = from_json(&mut de)
             .and_then(|raw| de.end().map(|()| raw).map_err(|e| (String::new(), e)))
             .map_err(|(field, e)| {
@@ -448,6 +454,27 @@ mod tests {
             r#"{"id":"a","prompt":"x","reference":" ","models":{"m1":{"score":1,"cost_usd":1},"m2":{"score":0,"cost_usd":0}}}"#,
         );
         assert!(e.contains("`reference`: empty string"), "{e}");
+    }
+
+    /// Regression: a file opening with a UTF-8 byte order mark was refused as "malformed
+    /// record: expected value at line 1 column 1" (the CSV loader already took it).
+    #[test]
+    fn a_byte_order_mark_opens_the_file() {
+        let d = parse_str(concat!(
+            "\u{feff}",
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"output_tokens":3}}}"#,
+        ))
+        .unwrap();
+        assert_eq!(d.records[0].id, "a");
+        // Anywhere else it is still an error.
+        let e = parse_str(concat!(
+            r#"{"id":"a","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"output_tokens":3}}}"#,
+            "\n\u{feff}",
+            r#"{"id":"b","prompt":"x","models":{"m1":{"score":1,"cost_usd":1,"output_tokens":3}}}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(":2:"), "{e}");
     }
 
     /// Regression: with no `output_tokens` anywhere, every output length was read as 0
