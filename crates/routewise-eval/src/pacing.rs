@@ -376,6 +376,13 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         .map(|i| stream.outcome(i, best).0)
         .sum::<f64>()
         / stream.len() as f64;
+    if best_spend <= 0.0 {
+        return Err(EvalError::Config(
+            "--pacing: the best model's answers to the test stream cost $0 (the data records \
+             no cost), so there is no budget to pace"
+                .into(),
+        ));
+    }
     let budget = opts.budget_fraction * best_spend;
     let min_spend: f64 = (0..stream.len())
         .map(|i| {

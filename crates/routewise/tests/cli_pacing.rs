@@ -106,3 +106,31 @@ fn a_budget_below_the_cheapest_models_spend_is_named_infeasible() {
     assert!(w.contains("every policy overspends"), "{w}");
     assert!(err.contains("warning: the budget"), "{err}");
 }
+
+/// Regression: with every cost at 0, `eval --pacing` printed `NaN%` for every policy's
+/// share of the budget; there is no budget to pace, and it now says so.
+#[test]
+fn a_dataset_without_costs_has_no_budget_to_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("free.jsonl");
+    let lines: String = (0..300)
+        .map(|i| {
+            let rec = serde_json::json!({
+                "id": format!("q{i}"),
+                "prompt": format!("question {i}"),
+                "split": if i % 5 == 4 { "test" } else { "train" },
+                "models": {
+                    "a": {"score": (i % 3 == 0) as u8 as f64, "cost_usd": 0.0},
+                    "b": {"score": (i % 2 == 0) as u8 as f64, "cost_usd": 0.0},
+                },
+            });
+            format!("{rec}\n")
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let out = common::routewise(&["eval", "--pacing", "--data", data.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no budget to pace"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("NaN"));
+}
