@@ -90,6 +90,27 @@ fn eval_cascades(data: &Path, extra: &[&str]) -> (Value, String) {
     (r, table)
 }
 
+/// `routewise calibrate --cascade --alpha 0.05 --splits 10` on `data`: the JSON report and
+/// stderr.
+fn calibrate_cascade(data: &Path) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cal.json");
+    let (_, err) = ok_out(&[
+        "calibrate",
+        "--cascade",
+        "--alpha",
+        "0.05",
+        "--data",
+        data.to_str().unwrap(),
+        "--splits",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let c = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (c, err)
+}
+
 fn cascade<'a>(r: &'a Value, name: &str) -> &'a Value {
     r["cascades"]
         .as_array()
@@ -272,20 +293,7 @@ fn cascades_are_not_reported_when_no_prompt_records_an_answer() {
     assert!(!table.contains("cascade-chain"), "{table}");
 
     // `calibrate --cascade` is off and says why, on stderr and in the JSON; no artifact.
-    let json = dir.path().join("cal.json");
-    let (_, err) = ok_out(&[
-        "calibrate",
-        "--cascade",
-        "--alpha",
-        "0.05",
-        "--data",
-        data.to_str().unwrap(),
-        "--splits",
-        "10",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (c, err) = calibrate_cascade(&data);
     assert_eq!(f(&c["off_rate"]), 1.0, "{c}");
     assert_eq!(c["tier"], json!([]), "{c}");
     let reason = c["off_reason"].as_str().unwrap();
@@ -364,20 +372,7 @@ fn a_family_without_enough_cheap_models_is_named_not_reported_empty() {
     assert!(warned(&r, "cascade-agreement"), "{}", r["warnings"]);
 
     // `calibrate --cascade` is off there and says why.
-    let json = dir.path().join("cal.json");
-    let (_, err) = ok_out(&[
-        "calibrate",
-        "--cascade",
-        "--alpha",
-        "0.05",
-        "--data",
-        one.to_str().unwrap(),
-        "--splits",
-        "10",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (c, err) = calibrate_cascade(&one);
     let reason = c["off_reason"].as_str().unwrap();
     assert!(reason.contains("no model is cheap enough"), "{reason}");
     assert!(err.contains(reason), "{err}");
