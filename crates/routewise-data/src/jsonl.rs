@@ -3,8 +3,10 @@
 //! `{score, cost_usd, input_tokens?, output_tokens?, answer?}`.
 //!
 //! Missing token counts are estimated as chars / 4 (input) and the median of the other
-//! models' outputs on the same prompt (output), the same rule the shared data uses.
-//! Blank lines are skipped. Every other problem is an error naming `file:line` and field.
+//! models' outputs on the same prompt (output), the same rule the shared data uses; an
+//! output length no model of the prompt gives counts as 0, and the file's warnings say
+//! how many. Blank lines and a UTF-8 byte order mark opening the file are skipped. Every
+//! other problem is an error naming `file:line` and field.
 //!
 //! Forward compatibility is deliberate and asymmetric:
 //! * an unknown **top-level** key (a field a newer writer added to the prompt) is ignored,
@@ -350,9 +352,9 @@ pub(crate) fn fill_missing_output<T>(
 pub(crate) fn unknown_output_warning(path: &Path, unknown: usize, total: usize) -> Option<String> {
     (unknown > 0).then(|| {
         format!(
-            "{}: {unknown} of {total} outcomes have no `output_tokens`, and no other model's on \
-             their prompt to borrow: their output length counts as 0, which fitted prices, \
-             expected costs and `simulate`'s service times then rest on",
+            "{}: {unknown} of {total} outcomes have no output length (`output_tokens`, or a \
+             response in a CSV), and no other model's on their prompt to borrow: it counts as \
+             0, which fitted prices, expected costs and `simulate`'s service times then rest on",
             path.display()
         )
     })
@@ -418,7 +420,7 @@ mod tests {
         assert_eq!(matches(b, 0), None, "no reference: cannot grade");
         // (No outcome here has a length: the one warning says so.)
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
-        assert!(d.warnings[0].contains("no `output_tokens`"));
+        assert!(d.warnings[0].contains("no output length"));
         // A prompt records answers when any model's field is there, even `null` alone.
         assert!(a.has_answers() && b.has_answers());
         let c = parse_str(concat!(
@@ -497,7 +499,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.records[1].outcomes[0].unwrap().output_tokens, 0);
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
-        assert!(d.warnings[0].contains("2 of 4 outcomes have no `output_tokens`"));
+        assert!(d.warnings[0].contains("2 of 4 outcomes have no output length"));
     }
 
     #[test]
@@ -510,7 +512,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.records.len(), 2);
         assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
-        assert!(d.warnings[1].contains("4 of 4 outcomes have no `output_tokens`"));
+        assert!(d.warnings[1].contains("4 of 4 outcomes have no output length"));
         let w = &d.warnings[0];
         assert!(w.contains("`meta` (first on line 2)"), "{w}");
         assert!(w.contains("`source` (first on line 1)"), "{w}");

@@ -354,7 +354,7 @@ pub fn calibrate_cascade(
         let halves: [Vec<usize>; 2] =
             [0, 1].map(|h| (0..fit_in.len()).filter(|i| i % 2 == h).collect());
         let mut local: Option<(f64, Cascade)> = None;
-        for tier in tiers(&candidates(&fit_in), 1, MAX_TIER) {
+        for tier in tiers(&candidates(&fit_in), Family::Chain.min_tier(), MAX_TIER) {
             tier_tried = true;
             let cascade = build(&fit_in, Family::Chain, tier);
             let pool = Pool::build(&fit_in, &cascade, opts.lambda)?;

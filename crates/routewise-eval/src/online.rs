@@ -167,7 +167,11 @@ pub fn replay(data: &ReplayData, config: &BanditConfig, opts: &ReplayOptions) ->
             let x = &data.contexts[i];
             let chosen = bandit.choose(x, &prior, &avail, &mut rng).unwrap_or(off);
             let r = truth[chosen];
-            bandit.update(chosen, x, r - prior[chosen]);
+            bandit.update(
+                chosen,
+                x,
+                routewise_online::feedback::residual(r, prior[chosen]),
+            );
             departures += usize::from(chosen != off);
             cb += r;
             co += truth[off];

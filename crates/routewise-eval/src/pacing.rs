@@ -378,8 +378,8 @@ pub fn evaluate_pacing(ds: &Dataset, opts: &PacingOptions) -> Result<PacingRepor
         / stream.len() as f64;
     if best_spend <= 0.0 {
         return Err(EvalError::Config(
-            "--pacing: the best model's answers to the test stream cost $0 (the data records \
-             no cost), so there is no budget to pace"
+            "--pacing: the best model's answers to the test stream cost $0, so there is no \
+             budget to pace"
                 .into(),
         ));
     }

@@ -17,7 +17,8 @@ use routewise_online::BanditConfig;
 use routewise_router::RouterKind;
 
 use super::{
-    load_dataset, parse_routers, replay_pool, write_json, Bars, FeaturizerArg, WithLeftOut,
+    load_dataset, load_dataset_with_left_out, parse_routers, replay_pool, write_json, Bars,
+    FeaturizerArg, WithLeftOut,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -135,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return describe(&args, routes);
     }
     let kinds = parse_routers(&args.routers)?;
-    let ds = load_dataset(&args.data, args.limit)?;
+    let (ds, dropped) = load_dataset_with_left_out(&args.data, args.limit)?;
     if args.online {
         return online(&args, &kinds, &ds);
     }
@@ -144,7 +145,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Onboarding (when it is the lab that runs) leaves one model out and routes among
         // the others.
         let onboards = !args.pacing && !args.affinity;
-        let left = replay_pool(&mut ds, if onboards { 3 } else { 2 })?;
+        let mut left = dropped;
+        left.extend(replay_pool(&mut ds, if onboards { 3 } else { 2 })?);
         if args.pacing {
             return pacing(&args, &kinds, &ds, &left);
         }

@@ -84,20 +84,42 @@ impl routewise_eval::Progress for Bars {
 /// outcome in the train split is left out, with a warning: nothing can be learnt about it
 /// (a router would predict it a score and a cost of 0, and send cost-bound traffic to it).
 pub fn load_dataset(path: &Path, limit: Option<usize>) -> anyhow::Result<Dataset> {
+    Ok(load_dataset_with_left_out(path, limit)?.0)
+}
+
+/// [`load_dataset`], with the names of the models it left out (for the reports'
+/// `models_left_out`, [`WithLeftOut`]).
+pub fn load_dataset_with_left_out(
+    path: &Path,
+    limit: Option<usize>,
+) -> anyhow::Result<(Dataset, Vec<String>)> {
     let pb = progress(None, "loading data");
     let mut ds = Dataset::load(path)?;
     if let Some(n) = limit {
         ds.truncate_per_split(n);
     }
     pb.finish_and_clear();
-    if let Some(w) = drop_models_without_train_outcomes(&mut ds) {
-        ds.warnings.push(w);
+    let left = drop_models_without_train_outcomes(&mut ds);
+    if !left.is_empty() {
+        let names: Vec<String> = left.iter().map(|m| format!("`{m}`")).collect();
+        ds.warnings.push(format!(
+            "{} {} no outcome in the train split, so nothing can be learnt about {}; left \
+             out: {}",
+            left.len(),
+            if left.len() == 1 {
+                "model has"
+            } else {
+                "models have"
+            },
+            if left.len() == 1 { "it" } else { "them" },
+            names.join(", ")
+        ));
     }
     let mut err = std::io::stderr().lock();
     for w in &ds.warnings {
         writeln!(err, "warning: {w}")?;
     }
-    Ok(ds)
+    Ok((ds, left))
 }
 
 /// `value_parser` of a policy number (lambda, a budget): finite and >= 0. A negative
@@ -120,8 +142,8 @@ pub fn unit_interval(s: &str) -> Result<f64, String> {
 }
 
 /// Leaves out the models no train prompt has an outcome for (when there is a train
-/// split), and says which.
-fn drop_models_without_train_outcomes(ds: &mut Dataset) -> Option<String> {
+/// split); returns their names.
+fn drop_models_without_train_outcomes(ds: &mut Dataset) -> Vec<String> {
     let mut seen = vec![false; ds.models.len()];
     let mut any_train = false;
     for r in ds.train() {
@@ -131,28 +153,17 @@ fn drop_models_without_train_outcomes(ds: &mut Dataset) -> Option<String> {
         }
     }
     if !any_train || seen.iter().all(|s| *s) {
-        return None;
+        return Vec::new();
     }
-    let left: Vec<String> = ds
+    let left = ds
         .models
         .iter()
         .zip(&seen)
         .filter(|(_, s)| !**s)
-        .map(|(m, _)| format!("`{m}`"))
+        .map(|(m, _)| m.clone())
         .collect();
     ds.keep_models(&seen);
-    Some(format!(
-        "{} {} no outcome in the train split, so nothing can be learnt about {}; left out: \
-         {}",
-        left.len(),
-        if left.len() == 1 {
-            "model has"
-        } else {
-            "models have"
-        },
-        if left.len() == 1 { "it" } else { "them" },
-        left.join(", ")
-    ))
+    left
 }
 
 /// The dataset for a lab that replays whole policies (`eval --affinity`, `--pacing`,

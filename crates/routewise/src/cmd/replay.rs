@@ -19,7 +19,9 @@ use routewise_eval::ope_log::{
 use routewise_eval::ope_validate::{validate, write_validation_table, ValidateOptions};
 use routewise_router::{Artifact, Policy, RouterKind};
 
-use super::{load_dataset, replay_pool, write_json, Bars, FeaturizerArg, WithLeftOut};
+use super::{
+    load_dataset_with_left_out, replay_pool, write_json, Bars, FeaturizerArg, WithLeftOut,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -88,8 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --log and --router, or --validate --data");
     };
     let logger: RouterKind = args.logger.parse()?;
-    let mut ds = load_dataset(data, args.limit)?;
-    let left = replay_pool(&mut ds, 2)?;
+    let (mut ds, mut left) = load_dataset_with_left_out(data, args.limit)?;
+    left.extend(replay_pool(&mut ds, 2)?);
     let opts = ValidateOptions {
         featurizer: args.featurizer.0,
         logger,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use routewise_eval::simulate::{simulate, DeploymentsFile, SimOptions, SimReport};
 use routewise_router::RouterKind;
 
-use super::{load_dataset, replay_pool, write_json, FeaturizerArg, WithLeftOut};
+use super::{load_dataset_with_left_out, replay_pool, write_json, FeaturizerArg, WithLeftOut};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -96,8 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             f.deployments
         }
     };
-    let mut ds = load_dataset(&args.data, None)?;
-    let left = replay_pool(&mut ds, 2)?;
+    let (mut ds, mut left) = load_dataset_with_left_out(&args.data, None)?;
+    left.extend(replay_pool(&mut ds, 2)?);
     // A left-out model's deployments have nothing to serve (the warning names the model).
     deployments.retain(|d| !left.contains(&d.model));
     let opts = SimOptions {
