@@ -286,3 +286,72 @@ fn a_pool_the_router_spreads_over_is_named_when_greedy_keeps_the_slo_at_2x() {
         "{text}"
     );
 }
+
+/// Regression: a model with outcomes only in test is left out when the data is loaded;
+/// `simulate --deployments` then failed on a deployments file naming it ("not in the
+/// dataset"), and the report's `models_left_out` did not list it.
+#[test]
+fn a_model_without_train_outcomes_is_left_out_of_the_deployments_and_named() {
+    let mut lines = String::new();
+    for i in 0..300 {
+        let test = i % 5 == 0;
+        let mut models = serde_json::Map::new();
+        for m in 0..3 {
+            models.insert(
+                format!("model-{m}"),
+                serde_json::json!({"score": ((i + m) % 2) as f64, "cost_usd": 0.001 * (m + 1) as f64,
+                                   "input_tokens": 20, "output_tokens": 50}),
+            );
+        }
+        if test {
+            models.insert(
+                "unseen".into(),
+                serde_json::json!({"score": 1.0, "cost_usd": 0.0001,
+                                   "input_tokens": 20, "output_tokens": 50}),
+            );
+        }
+        let rec = serde_json::json!({
+            "id": format!("q{i}"),
+            "prompt": format!("question number {i}"),
+            "split": if test { "test" } else { "train" },
+            "models": models,
+        });
+        lines.push_str(&format!("{rec}\n"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("unseen.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    let deployments = dir.path().join("d.yaml");
+    std::fs::write(
+        &deployments,
+        "deployments:\n  - {model: unseen, replicas: 2}\n  - {model: model-0, replicas: 2}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("sim.json");
+    let (_, err) = common::ok_out(&[
+        "simulate",
+        "--data",
+        data.to_str().unwrap(),
+        "--loads",
+        "1",
+        "--duration",
+        "30",
+        "--deployments",
+        deployments.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("`unseen`"), "{err}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        v["models_left_out"],
+        serde_json::json!(["unseen"]),
+        "{}",
+        v["models_left_out"]
+    );
+    let deps = v["deployments"].as_array().unwrap();
+    assert!(deps.iter().all(|d| d["model"] != "unseen"), "{deps:?}");
+    assert!(deps
+        .iter()
+        .any(|d| d["model"] == "model-0" && d["replicas"] == 2));
+}
