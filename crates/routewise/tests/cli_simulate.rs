@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use serde_json::Value;
 
 #[test]
@@ -133,33 +135,17 @@ fn a_model_missing_on_most_prompts_is_left_out_of_a_replay_and_named() {
     };
     let dir = tempfile::tempdir().unwrap();
     let sparse = common::sparse_head(&data, dir.path());
-    let deployments = dir.path().join("d.yaml");
-    std::fs::write(
-        &deployments,
+    let (v, err) = simulate_with_deployments(
+        &sparse,
         "deployments:\n  - {model: claude-v1, replicas: 2}\n  - {model: claude-v2, replicas: 2}\n",
-    )
-    .unwrap();
-    let out = dir.path().join("sim.json");
-    let (_, err) = common::ok_out(&[
-        "simulate",
-        "--data",
-        sparse.to_str().unwrap(),
-        "--loads",
-        "1",
-        "--duration",
         "60",
-        "--deployments",
-        deployments.to_str().unwrap(),
-        "--json",
-        out.to_str().unwrap(),
-    ]);
+    );
     assert!(
         err.contains("test prompts have every model's outcome")
             && err.contains("leaves out 1 of 11 models")
             && err.contains(": claude-v1"),
         "{err}"
     );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["models_left_out"], serde_json::json!(["claude-v1"]));
     let deps = v["deployments"].as_array().unwrap();
     assert_eq!(deps.len(), 10, "{deps:?}");
@@ -321,28 +307,12 @@ fn a_model_without_train_outcomes_is_left_out_of_the_deployments_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("unseen.jsonl");
     std::fs::write(&data, lines).unwrap();
-    let deployments = dir.path().join("d.yaml");
-    std::fs::write(
-        &deployments,
+    let (v, err) = simulate_with_deployments(
+        &data,
         "deployments:\n  - {model: unseen, replicas: 2}\n  - {model: model-0, replicas: 2}\n",
-    )
-    .unwrap();
-    let out = dir.path().join("sim.json");
-    let (_, err) = common::ok_out(&[
-        "simulate",
-        "--data",
-        data.to_str().unwrap(),
-        "--loads",
-        "1",
-        "--duration",
         "30",
-        "--deployments",
-        deployments.to_str().unwrap(),
-        "--json",
-        out.to_str().unwrap(),
-    ]);
+    );
     assert!(err.contains("`unseen`"), "{err}");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(
         v["models_left_out"],
         serde_json::json!(["unseen"]),
@@ -354,4 +324,28 @@ fn a_model_without_train_outcomes_is_left_out_of_the_deployments_and_named() {
     assert!(deps
         .iter()
         .any(|d| d["model"] == "model-0" && d["replicas"] == 2));
+}
+
+/// `routewise simulate --loads 1 --duration DURATION --deployments` (the file `yaml`) on
+/// `data`: the JSON report and stderr.
+fn simulate_with_deployments(data: &Path, yaml: &str, duration: &str) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let deployments = dir.path().join("d.yaml");
+    std::fs::write(&deployments, yaml).unwrap();
+    let out = dir.path().join("sim.json");
+    let (_, err) = common::ok_out(&[
+        "simulate",
+        "--data",
+        data.to_str().unwrap(),
+        "--loads",
+        "1",
+        "--duration",
+        duration,
+        "--deployments",
+        deployments.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    let v = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    (v, err)
 }
