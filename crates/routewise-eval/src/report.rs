@@ -719,8 +719,8 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     if r.quality_only {
         writeln!(
             out,
-            "Quality only (cost metrics mean nothing here; see the warning): quality = realised test quality at lambda 0 \
-             (se: standard error over prompts); vs_best_1 = quality minus the best single model's \
+            "Quality only (cost metrics mean nothing here; see the warning): quality = \
+             realised test quality at lambda 0 (se: standard error over prompts); vs_best_1 = quality minus the best single model's \
              ({}, {:.4}).",
             r.best_single.name, r.best_single.quality
         )?;
